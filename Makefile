@@ -1,0 +1,37 @@
+# sparse-serve: the two commands a user needs.
+#   make test   install missing Debian packages, configure, build, run every test
+#   make demo   the main job (arrives with the gRPC server issue)
+# Other targets: build, bench, clean.
+
+BUILD_DIR ?= build
+BUILD_TYPE ?= Release
+JOBS ?= $(shell nproc)
+
+.PHONY: all deps configure build test bench demo clean
+
+all: build
+
+deps:
+	@deploy/install-deps.sh
+
+$(BUILD_DIR)/build.ninja:
+	cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE)
+
+configure: deps $(BUILD_DIR)/build.ninja
+
+build: configure
+	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+test: build
+	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
+
+bench: build
+	$(BUILD_DIR)/bench/engine_bench
+
+demo:
+	@echo "make demo: the demo (train, serve, predict, compare) arrives with the gRPC server issue;"
+	@echo "until then run 'make test' and 'make bench' (see README.md)."
+	@exit 1
+
+clean:
+	rm -rf $(BUILD_DIR)

@@ -1,0 +1,251 @@
+#include "engine/dsm_model.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "engine/hashing.h"
+#include "engine/status_macros.h"
+#include "engine/workspace.h"
+
+namespace sparse {
+namespace {
+
+using Layout = MatmulSpec::WeightLayout;
+
+std::vector<float> Transpose(const std::vector<float>& a, int64_t rows, int64_t cols) {
+  std::vector<float> t(a.size());
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t j = 0; j < cols; ++j) t[j * rows + i] = a[i * cols + j];
+  }
+  return t;
+}
+
+// kmeans scores c·x - |c|²/2: the argmax is the nearest centroid.
+std::vector<float> CentroidBias(const std::vector<float>& centroids, int64_t d) {
+  std::vector<float> bias(centroids.size() / d);
+  for (size_t e = 0; e < bias.size(); ++e) {
+    double sq = 0;
+    for (int64_t j = 0; j < d; ++j) sq += double{centroids[e * d + j]} * centroids[e * d + j];
+    bias[e] = static_cast<float>(-0.5 * sq);
+  }
+  return bias;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DsmModel>> DsmModel::Create(const DsmWeights& w) {
+  RETURN_IF_ERROR(w.Validate());
+  const DenseWeights& net = w.network;
+  const bool relu = net.activation == Activation::kRelu;
+  const bool topk = w.router == RouterKind::kTopk;
+  ASSIGN_OR_RETURN(MatmulKernel top,
+                   MatmulKernel::Create({.k = topk ? w.num_blocks * w.active_units : w.active_units,
+                                         .n = net.output_dim, .layout = Layout::kInputMajor,
+                                         .accumulate = true}));
+  Kernels kernels{.router = std::nullopt, .bottom = std::nullopt, .top = std::move(top)};
+  if (w.router == RouterKind::kLsh && w.RouterBits() > 0) {
+    ASSIGN_OR_RETURN(kernels.router,
+                     MatmulKernel::Create({.k = net.input_dim, .n = w.num_blocks * w.RouterBits(),
+                                           .layout = Layout::kOutputMajor, .bias = true}));
+  } else if (w.router == RouterKind::kKmeans) {
+    ASSIGN_OR_RETURN(kernels.router,
+                     MatmulKernel::Create({.k = net.input_dim, .n = w.num_blocks * w.num_experts,
+                                           .layout = Layout::kOutputMajor, .bias = true}));
+  }
+  // topk needs the pre-activation Bx + c to rank units; it applies σ itself.
+  ASSIGN_OR_RETURN(kernels.bottom,
+                   MatmulKernel::Create({.k = net.input_dim,
+                                         .n = topk ? net.width : w.active_units,
+                                         .layout = Layout::kOutputMajor, .bias = true,
+                                         .relu = relu && !topk}));
+  ModelInfo info;
+  info.kind = ModelKind::kDsm;
+  info.input_dim = net.input_dim;
+  info.output_dim = net.output_dim;
+  info.flops_per_row = DsmFlopsPerRow(w);
+  info.parameters = static_cast<int64_t>(net.bottom_weight.size() + net.bottom_bias.size() +
+                                         net.top_weight.size() + net.top_bias.size() +
+                                         w.router_weight.size() + w.router_bias.size());
+  info.description = absl::StrCat("dsm router=", RouterKindName(w.router), " d=", net.input_dim,
+                                  " t=", net.width, " E=", w.num_experts, " k=", w.active_units,
+                                  " L=", w.num_blocks, " o=", net.output_dim, " ",
+                                  ActivationName(net.activation));
+  return std::unique_ptr<DsmModel>(new DsmModel(std::move(info), w, std::move(kernels)));
+}
+
+DsmModel::DsmModel(ModelInfo info, const DsmWeights& w, Kernels kernels)
+    : Model(std::move(info)), d_(w.network.input_dim), o_(w.network.output_dim),
+      t_(w.network.width), L_(w.num_blocks), E_(w.num_experts), k_(w.active_units),
+      bits_(w.RouterBits()), router_(w.router),
+      relu_(w.network.activation == Activation::kRelu), hash_seed_(w.hash_seed),
+      bottom_weight_(w.network.bottom_weight), bottom_bias_(w.network.bottom_bias),
+      top_weight_t_(Transpose(w.network.top_weight, w.network.output_dim, w.network.width)),
+      top_bias_(w.network.top_bias), router_weight_(w.router_weight),
+      router_bias_(w.router == RouterKind::kKmeans ? CentroidBias(w.router_weight, d_)
+                                                   : w.router_bias),
+      kernels_(std::move(kernels)) {}
+
+absl::Status DsmModel::PredictValidated(const float* x, int64_t rows, float* y,
+                                        PredictStats* stats, Route* route) const {
+  for (int64_t r = 0; r < rows; ++r) std::copy(top_bias_.begin(), top_bias_.end(), y + r * o_);
+  const bool routed = router_ != RouterKind::kTopk;
+  if (route != nullptr && routed) {
+    route->experts_per_row = L_;
+    route->expert_ids.resize(rows * L_);
+  }
+  const int64_t chunk = std::min(rows, MatmulKernel::kMaxBucketRows);
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    const int64_t n = std::min(chunk, rows - r0);
+    const float* xc = x + r0 * d_;
+    float* yc = y + r0 * o_;
+    if (!routed) {
+      RETURN_IF_ERROR(ComputeTopk(xc, n, yc, stats));
+      continue;
+    }
+    int32_t experts_local[MatmulKernel::kMaxBucketRows * 8];
+    std::vector<int32_t> experts_heap;
+    int32_t* experts = experts_local;
+    if (n * L_ > static_cast<int64_t>(std::size(experts_local))) {
+      experts_heap.resize(n * L_);
+      experts = experts_heap.data();
+    }
+    RETURN_IF_ERROR(RouteRows(xc, n, experts, stats));
+    if (route != nullptr) std::copy(experts, experts + n * L_, route->expert_ids.begin() + r0 * L_);
+    RETURN_IF_ERROR(ComputeRouted(xc, n, experts, yc, stats));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DsmModel::RouteRows(const float* x, int64_t n, int32_t* experts,
+                                 PredictStats* stats) const {
+  const auto start = std::chrono::steady_clock::now();
+  switch (router_) {
+    case RouterKind::kLsh: {
+      if (bits_ == 0) {
+        std::fill(experts, experts + n * L_, 0);
+        break;
+      }
+      float* z = ScratchFloats(Scratch::kRouter, n * L_ * bits_);
+      RETURN_IF_ERROR(kernels_.router->Run(x, n, router_weight_.data(), router_bias_.data(), z,
+                                           &stats->flops));
+      for (int64_t i = 0; i < n * L_; ++i) {
+        experts[i] = static_cast<int32_t>(HyperplaneKey(z + i * bits_, bits_));
+      }
+      break;
+    }
+    case RouterKind::kKmeans: {
+      float* z = ScratchFloats(Scratch::kRouter, n * L_ * E_);
+      RETURN_IF_ERROR(kernels_.router->Run(x, n, router_weight_.data(), router_bias_.data(), z,
+                                           &stats->flops));
+      for (int64_t i = 0; i < n * L_; ++i) {
+        const float* scores = z + i * E_;
+        experts[i] = static_cast<int32_t>(std::max_element(scores, scores + E_) - scores);
+      }
+      break;
+    }
+    case RouterKind::kHash:
+      for (int64_t r = 0; r < n; ++r) {
+        for (int64_t l = 0; l < L_; ++l) {
+          experts[r * L_ + l] = static_cast<int32_t>(
+              InputHash(x + r * d_, d_, hash_seed_ + static_cast<uint64_t>(l)) %
+              static_cast<uint64_t>(E_));
+        }
+      }
+      break;
+    case RouterKind::kTopk:
+      break;
+  }
+  stats->route_ns += NanosSince(start);
+  return absl::OkStatus();
+}
+
+absl::Status DsmModel::ComputeRouted(const float* x, int64_t n, const int32_t* experts, float* y,
+                                     PredictStats* stats) const {
+  const auto start = std::chrono::steady_clock::now();
+  float* hidden = ScratchFloats(Scratch::kHidden, n * k_);
+  float* out = ScratchFloats(Scratch::kOutput, n * o_);
+  float* gathered = ScratchFloats(Scratch::kInput, n * d_);
+  // order holds the rows sorted by expert (counting sort); starts[e] where
+  // expert e's rows begin in it.
+  int64_t* order = ScratchIndices(n + E_ + 1);
+  int64_t* starts = order + n;
+  for (int64_t l = 0; l < L_; ++l) {
+    std::fill(starts, starts + E_ + 1, 0);
+    for (int64_t r = 0; r < n; ++r) ++starts[experts[r * L_ + l] + 1];
+    for (int64_t e = 0; e < E_; ++e) starts[e + 1] += starts[e];
+    {
+      // Place rows; `starts` is shifted by one while filling, then restored.
+      for (int64_t r = 0; r < n; ++r) order[starts[experts[r * L_ + l]]++] = r;
+      for (int64_t e = E_; e > 0; --e) starts[e] = starts[e - 1];
+      starts[0] = 0;
+    }
+    for (int64_t e = 0; e < E_; ++e) {
+      const int64_t g = starts[e + 1] - starts[e];
+      if (g == 0) continue;
+      const int64_t slice = l * E_ + e;  // expert slice index into the t units
+      const float* xin = x;
+      if (g != n) {
+        for (int64_t i = 0; i < g; ++i) {
+          const int64_t r = order[starts[e] + i];
+          std::copy(x + r * d_, x + (r + 1) * d_, gathered + i * d_);
+        }
+        xin = gathered;
+      }
+      RETURN_IF_ERROR(kernels_.bottom->Run(xin, g, bottom_weight_.data() + slice * k_ * d_,
+                                           bottom_bias_.data() + slice * k_, hidden,
+                                           &stats->flops));
+      const float* top = top_weight_t_.data() + slice * k_ * o_;
+      if (g == n) {
+        // Every row of the chunk is in this group, in order: accumulate in place.
+        RETURN_IF_ERROR(kernels_.top.Run(hidden, g, top, nullptr, y, &stats->flops));
+        continue;
+      }
+      std::fill(out, out + g * o_, 0.0f);
+      RETURN_IF_ERROR(kernels_.top.Run(hidden, g, top, nullptr, out, &stats->flops));
+      for (int64_t i = 0; i < g; ++i) {
+        float* dst = y + order[starts[e] + i] * o_;
+        for (int64_t j = 0; j < o_; ++j) dst[j] += out[i * o_ + j];
+      }
+    }
+  }
+  stats->compute_ns += NanosSince(start);
+  return absl::OkStatus();
+}
+
+absl::Status DsmModel::ComputeTopk(const float* x, int64_t n, float* y,
+                                   PredictStats* stats) const {
+  const auto start = std::chrono::steady_clock::now();
+  const int64_t block_units = t_ / L_;
+  const int64_t active = L_ * k_;
+  float* z = ScratchFloats(Scratch::kHidden, n * t_);
+  RETURN_IF_ERROR(kernels_.bottom->Run(x, n, bottom_weight_.data(), bottom_bias_.data(), z,
+                                       &stats->flops));
+  float* units = ScratchFloats(Scratch::kRouter, active);
+  float* weights = ScratchFloats(Scratch::kGather, active * o_);
+  int64_t* index = ScratchIndices(block_units);
+  for (int64_t r = 0; r < n; ++r) {
+    const float* zr = z + r * t_;
+    for (int64_t l = 0; l < L_; ++l) {
+      const int64_t base = l * block_units;
+      for (int64_t i = 0; i < block_units; ++i) index[i] = base + i;
+      // The k largest pre-activations; ties go to the lower unit index so the
+      // selection is deterministic.
+      std::nth_element(index, index + k_ - 1, index + block_units, [zr](int64_t a, int64_t b) {
+        return zr[a] > zr[b] || (zr[a] == zr[b] && a < b);
+      });
+      for (int64_t i = 0; i < k_; ++i) {
+        const int64_t unit = index[i];
+        const float v = zr[unit];
+        units[l * k_ + i] = relu_ && v < 0.0f ? 0.0f : v;
+        std::copy(top_weight_t_.data() + unit * o_, top_weight_t_.data() + (unit + 1) * o_,
+                  weights + (l * k_ + i) * o_);
+      }
+    }
+    RETURN_IF_ERROR(kernels_.top.Run(units, 1, weights, nullptr, y + r * o_, &stats->flops));
+  }
+  stats->compute_ns += NanosSince(start);
+  return absl::OkStatus();
+}
+
+}  // namespace sparse

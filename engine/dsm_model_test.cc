@@ -1,0 +1,144 @@
+#include "engine/dsm_model.h"
+
+#include <string>
+
+#include "engine/dense_model.h"
+#include "gtest/gtest.h"
+#include "tests/testing/matchers.h"
+#include "tests/testing/random_models.h"
+#include "tests/testing/reference_model.h"
+
+namespace sparse {
+namespace {
+
+using ::sparse::testing::AllNear;
+using ::sparse::testing::DsmShape;
+using ::sparse::testing::RandomDense;
+using ::sparse::testing::RandomDsm;
+using ::sparse::testing::RandomInputs;
+using ::sparse::testing::ReferencePredict;
+
+struct Case {
+  RouterKind router;
+  int64_t blocks;
+  Activation activation;
+  int64_t o;
+};
+
+// FLOPs per row written out from DESIGN.md §1, independently of weights.cc.
+int64_t ExpectedFlops(const Case& c, int64_t d, int64_t E, int64_t k, int64_t t) {
+  const int64_t L = c.blocks, o = c.o;
+  int64_t r = 0;
+  while ((int64_t{1} << r) < E) ++r;
+  switch (c.router) {
+    case RouterKind::kLsh: return L * (2 * r * d + 2 * k * d + 2 * k * o);
+    case RouterKind::kHash: return L * (2 * k * d + 2 * k * o);
+    case RouterKind::kKmeans: return L * (2 * E * d + 2 * k * d + 2 * k * o);
+    case RouterKind::kTopk: return 2 * t * d + L * 2 * k * o;
+  }
+  return -1;
+}
+
+class DsmModelTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(DsmModelTest, MatchesReferenceRouteAndFlopsAtEveryBatchSize) {
+  const Case c = GetParam();
+  const int64_t d = 8, E = 8, k = 16;
+  DsmShape shape{.d = d, .o = c.o, .blocks = c.blocks, .experts = E, .active_units = k,
+                 .router = c.router, .activation = c.activation, .topk_block_units = 64};
+  const DsmWeights w = RandomDsm(shape, 11);
+  absl::StatusOr<std::unique_ptr<DsmModel>> model = DsmModel::Create(w);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const int64_t per_row = ExpectedFlops(c, d, E, k, w.network.width);
+  EXPECT_EQ((*model)->info().flops_per_row, per_row);
+
+  for (int64_t rows : {1, 2, 5, 8, 32, 33, 128, 150}) {
+    const std::vector<float> x = RandomInputs(rows, d, 500 + rows);
+    std::vector<float> y(rows * c.o);
+    PredictStats stats;
+    Route route;
+    ASSERT_OK((*model)->Predict(x, rows, absl::MakeSpan(y), &stats, &route));
+    Route expected_route;
+    EXPECT_TRUE(AllNear(y, ReferencePredict(w, x, rows, &expected_route))) << "rows=" << rows;
+    EXPECT_EQ(route.expert_ids, expected_route.expert_ids) << "rows=" << rows;
+    EXPECT_EQ(stats.flops, rows * per_row) << "rows=" << rows;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllRouters, DsmModelTest,
+    ::testing::Values(Case{RouterKind::kLsh, 1, Activation::kRelu, 1},
+                      Case{RouterKind::kLsh, 3, Activation::kRelu, 2},
+                      Case{RouterKind::kLsh, 1, Activation::kIdentity, 1},
+                      Case{RouterKind::kHash, 1, Activation::kRelu, 1},
+                      Case{RouterKind::kHash, 2, Activation::kRelu, 3},
+                      Case{RouterKind::kKmeans, 1, Activation::kRelu, 1},
+                      Case{RouterKind::kKmeans, 2, Activation::kIdentity, 2},
+                      Case{RouterKind::kTopk, 1, Activation::kRelu, 1},
+                      Case{RouterKind::kTopk, 2, Activation::kRelu, 2},
+                      Case{RouterKind::kTopk, 1, Activation::kIdentity, 1}),
+    [](const ::testing::TestParamInfo<Case>& info) {
+      return std::string(RouterKindName(info.param.router)) + "_L" +
+             std::to_string(info.param.blocks) + "_" +
+             std::string(ActivationName(info.param.activation)) + "_o" +
+             std::to_string(info.param.o);
+    });
+
+TEST(DsmModelTest, RoutedRowsUseEveryExpertAndSameInputSameExpert) {
+  for (RouterKind router : {RouterKind::kLsh, RouterKind::kHash, RouterKind::kKmeans}) {
+    const DsmWeights w = RandomDsm(DsmShape{.router = router}, 5);
+    auto model = DsmModel::Create(w);
+    ASSERT_TRUE(model.ok()) << model.status();
+    const int64_t rows = 512;
+    const std::vector<float> x = RandomInputs(rows, 8, 6);
+    std::vector<float> y(rows);
+    PredictStats stats;
+    Route batch;
+    ASSERT_OK((*model)->Predict(x, rows, absl::MakeSpan(y), &stats, &batch));
+    std::vector<int> seen(8, 0);
+    for (int32_t e : batch.expert_ids) ++seen.at(e);
+    for (int e = 0; e < 8; ++e) EXPECT_GT(seen[e], 0) << RouterKindName(router) << " expert " << e;
+    // A row routed alone goes where it went inside the batch.
+    for (int64_t r : {0, 17, 511}) {
+      std::vector<float> one(x.begin() + r * 8, x.begin() + (r + 1) * 8);
+      std::vector<float> y1(1);
+      Route single;
+      ASSERT_OK((*model)->Predict(one, 1, absl::MakeSpan(y1), &stats, &single));
+      EXPECT_EQ(single.expert_ids[0], batch.expert_ids[r]);
+      EXPECT_NEAR(y1[0], y[r], 1e-5);
+    }
+  }
+}
+
+TEST(DsmModelTest, CreateRejectsInconsistentShapes) {
+  DsmWeights w = RandomDsm(DsmShape{}, 1);
+  DsmWeights bad_experts = w;
+  bad_experts.num_experts = 6;  // 6 x 16 != 128 units
+  absl::Status s = DsmModel::Create(bad_experts).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("experts x active_units"), std::string::npos) << s;
+  DsmWeights bad_router = w;
+  bad_router.router_bias.pop_back();
+  EXPECT_NE(DsmModel::Create(bad_router).status().message().find("router.bias"), std::string::npos);
+  DsmWeights not_power_of_two = RandomDsm(DsmShape{.experts = 6}, 1);
+  EXPECT_FALSE(DsmModel::Create(not_power_of_two).ok());
+}
+
+TEST(DenseModelTest, MatchesReferenceAndCountsFullWidthFlops) {
+  for (Activation act : {Activation::kRelu, Activation::kIdentity}) {
+    const DenseWeights w = RandomDense(12, 300, 3, act, 9);
+    auto model = DenseModel::Create(w);
+    ASSERT_TRUE(model.ok()) << model.status();
+    for (int64_t rows : {1, 9, 128, 131}) {
+      const std::vector<float> x = RandomInputs(rows, 12, rows);
+      std::vector<float> y(rows * 3);
+      PredictStats stats;
+      ASSERT_OK((*model)->Predict(x, rows, absl::MakeSpan(y), &stats, nullptr));
+      EXPECT_TRUE(AllNear(y, ReferencePredict(w, x, rows))) << "rows=" << rows;
+      EXPECT_EQ(stats.flops, rows * (2 * 300 * 12 + 2 * 300 * 3));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace sparse

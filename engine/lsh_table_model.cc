@@ -1,0 +1,130 @@
+#include "engine/lsh_table_model.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "engine/hashing.h"
+#include "engine/status_macros.h"
+#include "engine/workspace.h"
+
+namespace sparse {
+absl::StatusOr<std::unique_ptr<LshTableModel>> LshTableModel::Create(
+    const LshTableWeights& w) {
+  RETURN_IF_ERROR(w.Validate());
+  const int64_t per_bucket = w.ValuesPerBucket();
+  int64_t parameters = static_cast<int64_t>(w.projection.size() + w.offset.size() + w.alpha.size());
+  std::vector<Table> tables(w.num_tables);
+  for (int64_t i = 0; i < w.num_tables; ++i) {
+    const LshTableWeights::Table& src = w.tables[i];
+    Table& dst = tables[i];
+    const int64_t n = static_cast<int64_t>(src.keys.size());
+    if (n >= int64_t{1} << 32) {
+      return absl::InvalidArgumentError(absl::StrCat("table.", i, " has too many buckets: ", n));
+    }
+    dst.index.reserve(n);
+    for (int64_t b = 0; b < n; ++b) dst.index.emplace(src.keys[b], static_cast<uint32_t>(b));
+    dst.values.resize((n + 1) * per_bucket);
+    std::copy(src.values.begin(), src.values.end(), dst.values.begin());
+    std::copy(src.fallback.begin(), src.fallback.end(), dst.values.begin() + n * per_bucket);
+    for (float& v : dst.values) v *= w.alpha[i];
+    parameters += static_cast<int64_t>(src.values.size() + src.fallback.size() + src.keys.size());
+  }
+  ASSIGN_OR_RETURN(MatmulKernel projection,
+                   MatmulKernel::Create({.k = w.input_dim, .n = w.num_tables * w.num_hashes,
+                                         .layout = MatmulSpec::WeightLayout::kOutputMajor,
+                                         .bias = true}));
+  std::unique_ptr<MatmulKernel> affine;
+  if (w.degree == 1) {
+    ASSIGN_OR_RETURN(MatmulKernel k,
+                     MatmulKernel::Create({.k = w.input_dim + 1, .n = w.output_dim,
+                                           .layout = MatmulSpec::WeightLayout::kOutputMajor,
+                                           .accumulate = true}));
+    affine = std::make_unique<MatmulKernel>(std::move(k));
+  }
+  ModelInfo info;
+  info.kind = ModelKind::kLshTable;
+  info.input_dim = w.input_dim;
+  info.output_dim = w.output_dim;
+  info.flops_per_row = LshTableFlopsPerRow(w);
+  info.parameters = parameters;
+  info.description = absl::StrCat("lsh_table family=", HashFamilyName(w.family), " d=",
+                                  w.input_dim, " s=", w.num_tables, " m=", w.num_hashes,
+                                  " delta=", w.degree, " o=", w.output_dim);
+  return std::unique_ptr<LshTableModel>(new LshTableModel(
+      std::move(info), w, std::move(tables), std::move(projection), std::move(affine)));
+}
+
+LshTableModel::LshTableModel(ModelInfo info, const LshTableWeights& w, std::vector<Table> tables,
+                             MatmulKernel projection, std::unique_ptr<MatmulKernel> affine)
+    : Model(std::move(info)), d_(w.input_dim), o_(w.output_dim), s_(w.num_tables),
+      m_(w.num_hashes), degree_(w.degree), family_(w.family), bucket_width_(w.bucket_width),
+      projection_(w.projection), offset_(w.offset), tables_(std::move(tables)),
+      projection_kernel_(std::move(projection)), affine_kernel_(std::move(affine)) {}
+
+absl::Status LshTableModel::PredictValidated(const float* x, int64_t rows, float* y,
+                                             PredictStats* stats, Route* route) const {
+  const int64_t per_bucket = degree_ == 0 ? o_ : o_ * (d_ + 1);
+  const int64_t hashes = s_ * m_;
+  if (route != nullptr) {
+    route->keys_per_row = s_;
+    route->bucket_keys.resize(rows * s_);
+    route->bucket_missed.resize(rows * s_);
+  }
+  std::fill(y, y + rows * o_, 0.0f);
+  const int64_t chunk = std::min(rows, MatmulKernel::kMaxBucketRows);
+  float* z = ScratchFloats(Scratch::kRouter, chunk * hashes);
+  float* augmented = degree_ == 1 ? ScratchFloats(Scratch::kInput, d_ + 1) : nullptr;
+
+  int64_t* buckets = ScratchIndices(chunk * s_);
+
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    const int64_t n = std::min(chunk, rows - r0);
+    // Route: all s*m projections of the chunk in one matmul, then one key
+    // and one index probe per (row, table).
+    const auto route_start = std::chrono::steady_clock::now();
+    RETURN_IF_ERROR(projection_kernel_.Run(x + r0 * d_, n, projection_.data(), offset_.data(), z,
+                                           &stats->flops));
+    for (int64_t r = 0; r < n; ++r) {
+      for (int64_t i = 0; i < s_; ++i) {
+        const float* zi = z + r * hashes + i * m_;
+        const uint64_t key = family_ == HashFamily::kHyperplane
+                                 ? HyperplaneKey(zi, m_)
+                                 : EuclideanKey(zi, m_, bucket_width_);
+        const Table& table = tables_[i];
+        const auto it = table.index.find(key);
+        const bool missed = it == table.index.end();
+        buckets[r * s_ + i] = missed ? static_cast<int64_t>(table.index.size()) : it->second;
+        if (route != nullptr) {
+          route->bucket_keys[(r0 + r) * s_ + i] = key;
+          route->bucket_missed[(r0 + r) * s_ + i] = missed ? 1 : 0;
+        }
+      }
+    }
+    stats->route_ns += NanosSince(route_start);
+
+    // Compute: each row adds its s bucket values (Δ=0) or affine maps (Δ=1).
+    const auto compute_start = std::chrono::steady_clock::now();
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t row = r0 + r;
+      float* out = y + row * o_;
+      if (augmented != nullptr) {
+        std::copy(x + row * d_, x + (row + 1) * d_, augmented);
+        augmented[d_] = 1.0f;
+      }
+      for (int64_t i = 0; i < s_; ++i) {
+        const float* value = tables_[i].values.data() + buckets[r * s_ + i] * per_bucket;
+        if (degree_ == 0) {
+          for (int64_t j = 0; j < o_; ++j) out[j] += value[j];
+          stats->flops += o_;
+        } else {
+          RETURN_IF_ERROR(affine_kernel_->Run(augmented, 1, value, nullptr, out, &stats->flops));
+        }
+      }
+    }
+    stats->compute_ns += NanosSince(compute_start);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace sparse

@@ -1,0 +1,106 @@
+#include "engine/matmul_kernel.h"
+
+#include <omp.h>
+
+#include <unordered_map>
+
+#include "absl/strings/str_cat.h"
+#include "engine/workspace.h"
+
+namespace sparse {
+namespace {
+
+using dnnl::memory;
+using Tag = memory::format_tag;
+using Dt = memory::data_type;
+
+absl::Status FromDnnl(const dnnl::error& e, absl::string_view what) {
+  return absl::InternalError(absl::StrCat("oneDNN ", what, " failed: ", e.what()));
+}
+
+}  // namespace
+
+void SetKernelThreads(int threads) { omp_set_num_threads(threads); }
+
+absl::StatusOr<MatmulKernel> MatmulKernel::Create(const MatmulSpec& spec) {
+  if (spec.k < 1 || spec.n < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("matmul needs K, N >= 1, got K=", spec.k, " N=", spec.n));
+  }
+  MatmulKernel kernel;
+  kernel.spec_ = spec;
+  try {
+    dnnl::post_ops ops;
+    // Order matters: sum (y += ...) is applied to the biased result, and the
+    // ReLU is applied before accumulating; no caller combines both today.
+    if (spec.relu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+    if (spec.accumulate) ops.append_sum(1.0f);
+    dnnl::primitive_attr attr;
+    attr.set_post_ops(ops);
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+
+    const memory::dims weight_dims = {spec.k, spec.n};
+    const Tag weight_tag = spec.layout == MatmulSpec::WeightLayout::kOutputMajor ? Tag::ba : Tag::ab;
+    for (int b = 0; b < kNumBuckets; ++b) {
+      const int64_t m = int64_t{1} << b;
+      Bucket& bucket = kernel.buckets_[b];
+      bucket.src = memory::desc({m, spec.k}, Dt::f32, Tag::ab);
+      bucket.weights = memory::desc(weight_dims, Dt::f32, weight_tag);
+      bucket.dst = memory::desc({m, spec.n}, Dt::f32, Tag::ab);
+      std::unique_ptr<dnnl::matmul::desc> desc;
+      if (spec.bias) {
+        bucket.bias = memory::desc({1, spec.n}, Dt::f32, Tag::ab);
+        desc = std::make_unique<dnnl::matmul::desc>(bucket.src, bucket.weights, bucket.bias,
+                                                    bucket.dst);
+      } else {
+        desc = std::make_unique<dnnl::matmul::desc>(bucket.src, bucket.weights, bucket.dst);
+      }
+      dnnl::matmul::primitive_desc pd(*desc, attr, CpuEngine());
+      bucket.scratchpad = pd.scratchpad_desc();
+      bucket.primitive = dnnl::matmul(pd);
+    }
+  } catch (const dnnl::error& e) {
+    return FromDnnl(e, absl::StrCat("matmul creation (K=", spec.k, ", N=", spec.n, ")"));
+  }
+  return kernel;
+}
+
+absl::Status MatmulKernel::Run(const float* x, int64_t rows, const float* w, const float* bias,
+                               float* y, int64_t* flops) const {
+  try {
+    dnnl::stream& stream = ThreadStream();
+    const dnnl::engine& engine = CpuEngine();
+    std::unordered_map<int, memory> args;
+    int64_t done = 0;
+    // Binary decomposition: full 128-row chunks, then the remainder's bits
+    // from the highest down. Every row runs once; none is padded.
+    while (done < rows) {
+      const int64_t left = rows - done;
+      int b = kNumBuckets - 1;
+      while ((int64_t{1} << b) > left) --b;
+      const Bucket& bucket = buckets_[b];
+      const int64_t m = int64_t{1} << b;
+      args.clear();
+      args.emplace(DNNL_ARG_SRC,
+                   memory(bucket.src, engine, const_cast<float*>(x + done * spec_.k)));
+      args.emplace(DNNL_ARG_WEIGHTS, memory(bucket.weights, engine, const_cast<float*>(w)));
+      if (spec_.bias) {
+        args.emplace(DNNL_ARG_BIAS, memory(bucket.bias, engine, const_cast<float*>(bias)));
+      }
+      args.emplace(DNNL_ARG_DST, memory(bucket.dst, engine, y + done * spec_.n));
+      const size_t pad = bucket.scratchpad.get_size();
+      if (pad > 0) {
+        args.emplace(DNNL_ARG_SCRATCHPAD, memory(bucket.scratchpad, engine, ScratchBytes(pad)));
+      }
+      bucket.primitive.execute(stream, args);
+      done += m;
+    }
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return FromDnnl(e, "matmul execution");
+  }
+  *flops += 2 * rows * spec_.k * spec_.n;
+  return absl::OkStatus();
+}
+
+}  // namespace sparse

@@ -1,0 +1,74 @@
+// MatmulKernel: y = act(x·W + bias) [+ y] on oneDNN 2.6 matmul primitives.
+//
+// Primitives are created once, in Create(), with static shapes: one per batch
+// bucket M = 1, 2, 4, ..., 128. Run() splits any row count into those
+// buckets (binary decomposition, no padding), so the arithmetic executed is
+// exactly 2·rows·K·N FLOPs and nothing is created on the request path.
+// Weights and bias are passed per call, which lets one kernel serve every
+// expert slice or bucket of the same shape.
+//
+// Thread-safety: Create() and destruction are not concurrent with Run().
+// Run() is safe from any number of threads at once: each thread executes on
+// its own oneDNN stream with its own scratchpad (see workspace.h).
+#ifndef SPARSE_ENGINE_MATMUL_KERNEL_H_
+#define SPARSE_ENGINE_MATMUL_KERNEL_H_
+
+#include <array>
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "oneapi/dnnl/dnnl.hpp"
+
+namespace sparse {
+
+struct MatmulSpec {
+  enum class WeightLayout {
+    kOutputMajor,  // W stored [N, K] row-major (a PyTorch Linear weight)
+    kInputMajor,   // W stored [K, N] row-major
+  };
+  int64_t k = 0;  // input features
+  int64_t n = 0;  // output features
+  WeightLayout layout = WeightLayout::kOutputMajor;
+  bool bias = false;        // adds a [N] bias
+  bool relu = false;        // applies ReLU after the bias
+  bool accumulate = false;  // adds the result into y instead of overwriting
+};
+
+class MatmulKernel {
+ public:
+  static constexpr int kNumBuckets = 8;
+  static constexpr int64_t kMaxBucketRows = int64_t{1} << (kNumBuckets - 1);  // 128
+
+  // Creates the primitives. Errors if oneDNN rejects the shape.
+  static absl::StatusOr<MatmulKernel> Create(const MatmulSpec& spec);
+
+  MatmulKernel(MatmulKernel&&) = default;
+  MatmulKernel& operator=(MatmulKernel&&) = default;
+
+  // x: [rows, K] row-major; w: laid out as spec.layout; bias: [N] (when
+  // spec.bias, else ignored); y: [rows, N] row-major. Adds 2·rows·K·N to
+  // *flops. REQUIRES: rows >= 1 and the pointers cover those extents.
+  absl::Status Run(const float* x, int64_t rows, const float* w, const float* bias,
+                   float* y, int64_t* flops) const;
+
+  const MatmulSpec& spec() const { return spec_; }
+
+ private:
+  struct Bucket {
+    dnnl::matmul primitive;
+    dnnl::memory::desc src, weights, bias, dst, scratchpad;
+  };
+  MatmulKernel() = default;
+
+  MatmulSpec spec_;
+  std::array<Bucket, kNumBuckets> buckets_;
+};
+
+// Sets the OpenMP thread count oneDNN uses on the calling thread. The
+// server runs one request per core with 1; benchmarks state what they use.
+void SetKernelThreads(int threads);
+
+}  // namespace sparse
+
+#endif  // SPARSE_ENGINE_MATMUL_KERNEL_H_

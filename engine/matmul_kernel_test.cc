@@ -1,0 +1,73 @@
+#include "engine/matmul_kernel.h"
+
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/testing/matchers.h"
+#include "tests/testing/random_models.h"
+
+namespace sparse {
+namespace {
+
+using ::sparse::testing::AllNear;
+using ::sparse::testing::RandomInputs;
+
+// y = x·W (+bias) computed with plain loops; W given as [N, K] or [K, N].
+std::vector<float> NaiveMatmul(const std::vector<float>& x, int64_t rows, const std::vector<float>& w,
+                               const std::vector<float>& bias, const MatmulSpec& spec) {
+  std::vector<float> y(rows * spec.n);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < spec.n; ++j) {
+      double acc = spec.bias ? bias[j] : 0.0;
+      for (int64_t i = 0; i < spec.k; ++i) {
+        const float wij = spec.layout == MatmulSpec::WeightLayout::kOutputMajor
+                              ? w[j * spec.k + i]
+                              : w[i * spec.n + j];
+        acc += double{x[r * spec.k + i]} * wij;
+      }
+      if (spec.relu && acc < 0) acc = 0;
+      y[r * spec.n + j] = static_cast<float>(acc);
+    }
+  }
+  return y;
+}
+
+TEST(MatmulKernelTest, EveryRowCountMatchesNaiveAndCountsExactFlops) {
+  for (auto layout : {MatmulSpec::WeightLayout::kOutputMajor, MatmulSpec::WeightLayout::kInputMajor}) {
+    const MatmulSpec spec{.k = 13, .n = 5, .layout = layout, .bias = true, .relu = true};
+    absl::StatusOr<MatmulKernel> kernel = MatmulKernel::Create(spec);
+    ASSERT_TRUE(kernel.ok()) << kernel.status();
+    const std::vector<float> w = RandomInputs(spec.n, spec.k, 1);
+    const std::vector<float> bias = RandomInputs(1, spec.n, 2);
+    for (int64_t rows : {1, 2, 3, 7, 8, 31, 127, 128, 129, 300}) {
+      const std::vector<float> x = RandomInputs(rows, spec.k, 100 + rows);
+      std::vector<float> y(rows * spec.n, 123.0f);
+      int64_t flops = 0;
+      ASSERT_OK(kernel->Run(x.data(), rows, w.data(), bias.data(), y.data(), &flops));
+      EXPECT_TRUE(AllNear(y, NaiveMatmul(x, rows, w, bias, spec))) << "rows=" << rows;
+      EXPECT_EQ(flops, 2 * rows * spec.k * spec.n) << "rows=" << rows;
+    }
+  }
+}
+
+TEST(MatmulKernelTest, AccumulateAddsIntoOutput) {
+  const MatmulSpec spec{.k = 4, .n = 3, .accumulate = true};
+  absl::StatusOr<MatmulKernel> kernel = MatmulKernel::Create(spec);
+  ASSERT_TRUE(kernel.ok()) << kernel.status();
+  const std::vector<float> w = RandomInputs(spec.n, spec.k, 3);
+  const std::vector<float> x = RandomInputs(5, spec.k, 4);
+  std::vector<float> y(5 * spec.n, 1.5f);
+  int64_t flops = 0;
+  ASSERT_OK(kernel->Run(x.data(), 5, w.data(), nullptr, y.data(), &flops));
+  std::vector<float> expected = NaiveMatmul(x, 5, w, {}, spec);
+  for (float& v : expected) v += 1.5f;
+  EXPECT_TRUE(AllNear(y, expected));
+}
+
+TEST(MatmulKernelTest, RejectsEmptyShape) {
+  EXPECT_FALSE(MatmulKernel::Create({.k = 0, .n = 3}).ok());
+}
+
+}  // namespace
+}  // namespace sparse

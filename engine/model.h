@@ -1,0 +1,85 @@
+// Model: the interface every servable model kind implements.
+//
+// A Model is immutable after creation. Predict() is const and safe to call
+// from any number of threads at once (per-thread scratch, workspace.h).
+// Ownership: callers own inputs, outputs, stats and route; the model keeps
+// no pointer to them after Predict() returns.
+#ifndef SPARSE_ENGINE_MODEL_H_
+#define SPARSE_ENGINE_MODEL_H_
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+
+namespace sparse {
+
+enum class ModelKind { kLshTable, kDsm, kDense };
+absl::string_view ModelKindName(ModelKind kind);
+
+struct ModelInfo {
+  ModelKind kind = ModelKind::kDense;
+  int64_t input_dim = 0;
+  int64_t output_dim = 0;
+  int64_t flops_per_row = 0;  // DESIGN.md §1 formula for this model
+  int64_t parameters = 0;     // stored floats (weights, biases, bucket values)
+  std::string description;    // e.g. "dsm router=lsh d=8 t=1024 E=16 k=64 L=1"
+};
+
+// What one Predict call did. FLOPs are counted by the kernels as they run.
+struct PredictStats {
+  int64_t flops = 0;
+  int64_t route_ns = 0;    // hashing / routing
+  int64_t compute_ns = 0;  // the selected slice, bucket values, dense layers
+};
+
+// Where each row went. Filled only when the caller passes a Route.
+struct Route {
+  int64_t keys_per_row = 0;             // LSH: s tables
+  std::vector<uint64_t> bucket_keys;    // [rows, keys_per_row]
+  std::vector<uint8_t> bucket_missed;   // [rows, keys_per_row]; 1 = fallback used
+  int64_t experts_per_row = 0;          // DSM routed: L blocks
+  std::vector<int32_t> expert_ids;      // [rows, experts_per_row]
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+
+  const ModelInfo& info() const { return info_; }
+
+  // Computes y [rows, o] from x [rows, d], both row-major.
+  // Errors (INVALID_ARGUMENT): rows < 1, x or y of the wrong size, a NaN or
+  // Inf input. On error y is unspecified and nothing else changes.
+  // `stats` is required; `route` may be null.
+  absl::Status Predict(absl::Span<const float> x, int64_t rows, absl::Span<float> y,
+                       PredictStats* stats, Route* route) const;
+
+ protected:
+  explicit Model(ModelInfo info) : info_(std::move(info)) {}
+
+  // Called by Predict() after the input is validated. Overwrites y, adds to
+  // *stats, fills *route when non-null.
+  virtual absl::Status PredictValidated(const float* x, int64_t rows, float* y,
+                                        PredictStats* stats, Route* route) const = 0;
+
+ private:
+  ModelInfo info_;
+};
+
+// Nanoseconds elapsed since `start` on the steady clock.
+inline int64_t NanosSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now() - start).count();
+}
+
+// Checks a row-major batch: rows >= 1, x.size() == rows * d, all finite.
+absl::Status ValidateBatch(absl::Span<const float> x, int64_t rows, int64_t d);
+
+}  // namespace sparse
+
+#endif  // SPARSE_ENGINE_MODEL_H_

@@ -1,0 +1,102 @@
+// The canonical weights of every model kind (DESIGN.md §1), in the layout the
+// checkpoint stores them. They are plain values: the trainer fills them, the
+// checkpoint reader produces them, and each engine model copies what it needs
+// into its own kernel layout at load. Nothing here is on the request path.
+#ifndef SPARSE_ENGINE_WEIGHTS_H_
+#define SPARSE_ENGINE_WEIGHTS_H_
+
+#include <cstdint>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace sparse {
+
+enum class HashFamily { kHyperplane, kEuclidean };
+enum class Activation { kRelu, kIdentity };
+enum class RouterKind { kLsh, kHash, kKmeans, kTopk };
+
+absl::string_view HashFamilyName(HashFamily family);
+absl::string_view ActivationName(Activation activation);
+absl::string_view RouterKindName(RouterKind router);
+absl::StatusOr<HashFamily> ParseHashFamily(absl::string_view name);
+absl::StatusOr<Activation> ParseActivation(absl::string_view name);
+absl::StatusOr<RouterKind> ParseRouterKind(absl::string_view name);
+
+// LSH(d, s, m, Δ): s tables of m hash functions each. Row i*m + j of
+// `projection` / entry i*m + j of `offset` is hash function j of table i.
+struct LshTableWeights {
+  struct Table {
+    std::vector<uint64_t> keys;   // [n] strictly increasing bucket keys
+    std::vector<float> values;    // [n, ValuesPerBucket()]
+    std::vector<float> fallback;  // [ValuesPerBucket()] for keys not stored
+  };
+
+  int64_t input_dim = 0;    // d
+  int64_t output_dim = 0;   // o
+  int64_t num_tables = 0;   // s
+  int64_t num_hashes = 0;   // m
+  int64_t degree = 0;       // Δ: 0 = constant per bucket, 1 = affine
+  HashFamily family = HashFamily::kHyperplane;
+  float bucket_width = 1.0f;   // w of the euclidean family; unused otherwise
+  std::vector<float> projection;  // [s*m, d]
+  std::vector<float> offset;      // [s*m]
+  std::vector<float> alpha;       // [s] table weights α_i
+  std::vector<Table> tables;      // [s]
+
+  // Δ=0: o constants. Δ=1: an o×(d+1) matrix, row-major; column d is the
+  // bias, so a bucket maps x to W·[x; 1].
+  int64_t ValuesPerBucket() const {
+    return degree == 0 ? output_dim : output_dim * (input_dim + 1);
+  }
+  // Checks every dimension, size, key order and that all floats are finite.
+  absl::Status Validate() const;
+};
+
+// The dense network y = A·σ(Bx + c) + a0 (also the body of a DSM).
+struct DenseWeights {
+  int64_t input_dim = 0;   // d
+  int64_t output_dim = 0;  // o
+  int64_t width = 0;       // t
+  Activation activation = Activation::kRelu;
+  std::vector<float> bottom_weight;  // B [t, d]
+  std::vector<float> bottom_bias;    // c [t]
+  std::vector<float> top_weight;     // A [o, t]
+  std::vector<float> top_bias;       // a0 [o]
+
+  absl::Status Validate() const;
+};
+
+// DSM(d, t, k): the network of `network` with a mask that keeps, in each of
+// `num_blocks` blocks of t/L consecutive units, `active_units` units.
+//  - kLsh / kHash / kKmeans: a block is `num_experts` expert slices of
+//    `active_units` consecutive units; the router picks one slice per block.
+//  - kTopk: the `active_units` largest entries of Bx + c in each block.
+struct DsmWeights {
+  DenseWeights network;
+  RouterKind router = RouterKind::kLsh;
+  int64_t num_blocks = 1;    // L
+  int64_t num_experts = 1;   // E per block (routed kinds; 0 for topk)
+  int64_t active_units = 0;  // k per block
+  // kLsh:    [L*r, d] hyperplanes, r = log2(E); row l*r + j is bit j of block l.
+  // kKmeans: [L*E, d] centroids; row l*E + e is expert e of block l.
+  std::vector<float> router_weight;
+  std::vector<float> router_bias;  // kLsh: [L*r] offsets; empty otherwise
+  uint64_t hash_seed = 0;          // kHash only
+
+  int64_t RouterBits() const;  // r = log2(E) for kLsh, else 0
+  absl::Status Validate() const;
+};
+
+// FLOPs per input row, as DESIGN.md §1 defines them. The engine counts the
+// arithmetic it executes; tests hold that count equal to these formulas.
+int64_t LshTableFlopsPerRow(const LshTableWeights& w);
+int64_t DsmFlopsPerRow(const DsmWeights& w);
+int64_t DenseFlopsPerRow(const DenseWeights& w);
+
+}  // namespace sparse
+
+#endif  // SPARSE_ENGINE_WEIGHTS_H_

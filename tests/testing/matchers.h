@@ -1,0 +1,44 @@
+// Small test helpers shared by the suites.
+#ifndef SPARSE_TESTS_TESTING_MATCHERS_H_
+#define SPARSE_TESTS_TESTING_MATCHERS_H_
+
+#include <cmath>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace sparse::testing {
+
+// Passes when every |a_i - b_i| <= abs_tol + rel_tol * |b_i|; reports the
+// first element that is not.
+inline ::testing::AssertionResult AllNear(const std::vector<float>& a, const std::vector<float>& b,
+                                          double abs_tol = 1e-4, double rel_tol = 1e-4) {
+  if (a.size() != b.size()) {
+    return ::testing::AssertionFailure() << "sizes differ: " << a.size() << " vs " << b.size();
+  }
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double diff = std::fabs(double{a[i]} - b[i]);
+    if (!(diff <= abs_tol + rel_tol * std::fabs(double{b[i]}))) {
+      return ::testing::AssertionFailure()
+             << "element " << i << ": " << a[i] << " vs " << b[i] << " (diff " << diff << ")";
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+}  // namespace sparse::testing
+
+// Status assertions with the names Abseil uses elsewhere.
+#define ASSERT_OK(expr)                                  \
+  do {                                                   \
+    const ::absl::Status sparse_assert_status_ = (expr); \
+    ASSERT_TRUE(sparse_assert_status_.ok()) << sparse_assert_status_; \
+  } while (0)
+#define EXPECT_OK(expr)                                  \
+  do {                                                   \
+    const ::absl::Status sparse_expect_status_ = (expr); \
+    EXPECT_TRUE(sparse_expect_status_.ok()) << sparse_expect_status_; \
+  } while (0)
+
+#endif  // SPARSE_TESTS_TESTING_MATCHERS_H_
