@@ -1,0 +1,596 @@
+#include "model_store/checkpoint.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <charconv>
+#include <filesystem>
+#include <system_error>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "engine/dsm_model.h"
+#include "engine/lsh_table_model.h"
+#include "engine/status_macros.h"
+#include "model_store/file_util.h"
+#include "model_store/safetensors.h"
+#include "nlohmann/json.hpp"
+
+namespace sparse {
+namespace {
+
+namespace fs = std::filesystem;
+using Json = nlohmann::json;
+using Metadata = std::map<std::string, std::string>;
+
+constexpr char kInfoPrefix[] = "info.";
+
+// ---- Metadata ---------------------------------------------------------------
+
+std::string FloatToString(float v) {
+  char buf[32];
+  const auto result = std::to_chars(buf, buf + sizeof(buf), v);
+  return std::string(buf, result.ptr);
+}
+
+// Reads typed metadata values and remembers which keys were consumed, so
+// unknown keys (typos) can be reported.
+class MetadataReader {
+ public:
+  MetadataReader(const Metadata& meta, absl::string_view file) : meta_(meta), file_(file) {}
+
+  absl::StatusOr<std::string> String(const std::string& key) {
+    auto it = meta_.find(key);
+    if (it == meta_.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(file_, ": __metadata__ is missing '", key, "'"));
+    }
+    used_.push_back(key);
+    return it->second;
+  }
+  absl::StatusOr<int64_t> Int(const std::string& key) {
+    ASSIGN_OR_RETURN(std::string s, String(key));
+    int64_t v = 0;
+    if (!absl::SimpleAtoi(s, &v)) return Bad(key, s, "an integer");
+    return v;
+  }
+  absl::StatusOr<uint64_t> Uint(const std::string& key) {
+    ASSIGN_OR_RETURN(std::string s, String(key));
+    uint64_t v = 0;
+    if (!absl::SimpleAtoi(s, &v)) return Bad(key, s, "a non-negative integer");
+    return v;
+  }
+  absl::StatusOr<float> Float(const std::string& key) {
+    ASSIGN_OR_RETURN(std::string s, String(key));
+    float v = 0;
+    if (!absl::SimpleAtof(s, &v)) return Bad(key, s, "a number");
+    return v;
+  }
+  // Errors on any key that was not read and is not "info.*"; collects the
+  // "info.*" keys into *info.
+  absl::Status Finish(std::map<std::string, std::string>* info) {
+    for (const auto& [key, value] : meta_) {
+      if (absl::StartsWith(key, kInfoPrefix)) {
+        if (info != nullptr) (*info)[key.substr(sizeof(kInfoPrefix) - 1)] = value;
+      } else if (std::find(used_.begin(), used_.end(), key) == used_.end()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(file_, ": unknown __metadata__ key '", key, "'"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::Status Bad(const std::string& key, const std::string& value, absl::string_view what) {
+    return absl::InvalidArgumentError(absl::StrCat(file_, ": __metadata__ '", key,
+                                                   "' must be ", what, ", got '", value, "'"));
+  }
+  const Metadata& meta_;
+  const std::string file_;
+  std::vector<std::string> used_;
+};
+
+// ---- Tensors ----------------------------------------------------------------
+
+// Takes named tensors out of parsed contents with the dtype and shape the
+// metadata implies; remembers which were taken so extras can be reported.
+class TensorReader {
+ public:
+  TensorReader(const SafetensorsContents& contents, absl::string_view file)
+      : contents_(contents), file_(file) {}
+
+  template <typename T>
+  absl::StatusOr<std::vector<T>> Get(const std::string& name, DType dtype,
+                                     const std::vector<int64_t>& shape) {
+    auto it = contents_.tensors.find(name);
+    if (it == contents_.tensors.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(file_, ": missing tensor '", name, "'"));
+    }
+    const TensorView& view = it->second;
+    if (view.dtype != dtype) {
+      return absl::InvalidArgumentError(absl::StrCat(file_, ": tensor '", name, "' has dtype ",
+                                                     DTypeName(view.dtype), ", expected ",
+                                                     DTypeName(dtype)));
+    }
+    if (view.shape != shape) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          file_, ": tensor '", name, "' has shape [", absl::StrJoin(view.shape, ", "),
+          "], expected [", absl::StrJoin(shape, ", "), "]"));
+    }
+    taken_.push_back(name);
+    std::vector<T> out(view.elements);
+    if (!out.empty()) std::memcpy(out.data(), view.bytes.data(), view.bytes.size());
+    return out;
+  }
+  absl::StatusOr<std::vector<float>> F32(const std::string& name, const std::vector<int64_t>& shape) {
+    return Get<float>(name, DType::kF32, shape);
+  }
+  // The element count of a 1-d tensor, for tensors whose length is data.
+  absl::StatusOr<int64_t> Length(const std::string& name) {
+    auto it = contents_.tensors.find(name);
+    if (it == contents_.tensors.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(file_, ": missing tensor '", name, "'"));
+    }
+    if (it->second.shape.size() != 1) {
+      return absl::InvalidArgumentError(absl::StrCat(file_, ": tensor '", name,
+                                                     "' must be 1-dimensional"));
+    }
+    return it->second.shape[0];
+  }
+  absl::Status Finish() {
+    for (const auto& [name, view] : contents_.tensors) {
+      if (std::find(taken_.begin(), taken_.end(), name) == taken_.end()) {
+        return absl::InvalidArgumentError(absl::StrCat(file_, ": unexpected tensor '", name, "'"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  const SafetensorsContents& contents_;
+  const std::string file_;
+  std::vector<std::string> taken_;
+};
+
+absl::Status WithFile(absl::string_view file, const absl::Status& s) {
+  if (s.ok()) return s;
+  return absl::Status(s.code(), absl::StrCat(file, ": ", s.message()));
+}
+
+// Limits on metadata dimensions before any shape is computed from them.
+absl::Status CheckMetaDims(absl::string_view file, std::initializer_list<std::pair<const char*, int64_t>> dims) {
+  for (const auto& [name, v] : dims) {
+    if (v < 0 || v > (int64_t{1} << 40)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(file, ": __metadata__ '", name, "' out of range: ", v));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// ---- Decode -----------------------------------------------------------------
+
+absl::StatusOr<DenseWeights> DecodeNetwork(MetadataReader& meta, TensorReader& tensors,
+                                           absl::string_view file) {
+  DenseWeights w;
+  ASSIGN_OR_RETURN(w.input_dim, meta.Int("input_dim"));
+  ASSIGN_OR_RETURN(w.output_dim, meta.Int("output_dim"));
+  ASSIGN_OR_RETURN(w.width, meta.Int("width"));
+  ASSIGN_OR_RETURN(std::string activation, meta.String("activation"));
+  absl::StatusOr<Activation> act = ParseActivation(activation);
+  RETURN_IF_ERROR(WithFile(file, act.status()));
+  w.activation = *act;
+  RETURN_IF_ERROR(CheckMetaDims(file, {{"input_dim", w.input_dim},
+                                       {"output_dim", w.output_dim},
+                                       {"width", w.width}}));
+  ASSIGN_OR_RETURN(w.bottom_weight, tensors.F32("bottom.weight", {w.width, w.input_dim}));
+  ASSIGN_OR_RETURN(w.bottom_bias, tensors.F32("bottom.bias", {w.width}));
+  ASSIGN_OR_RETURN(w.top_weight, tensors.F32("top.weight", {w.output_dim, w.width}));
+  ASSIGN_OR_RETURN(w.top_bias, tensors.F32("top.bias", {w.output_dim}));
+  return w;
+}
+
+absl::StatusOr<LshTableWeights> DecodeLsh(MetadataReader& meta, TensorReader& tensors,
+                                          absl::string_view file) {
+  LshTableWeights w;
+  ASSIGN_OR_RETURN(w.input_dim, meta.Int("input_dim"));
+  ASSIGN_OR_RETURN(w.output_dim, meta.Int("output_dim"));
+  ASSIGN_OR_RETURN(w.num_tables, meta.Int("tables"));
+  ASSIGN_OR_RETURN(w.num_hashes, meta.Int("hashes"));
+  ASSIGN_OR_RETURN(w.degree, meta.Int("degree"));
+  ASSIGN_OR_RETURN(std::string family, meta.String("family"));
+  absl::StatusOr<HashFamily> fam = ParseHashFamily(family);
+  RETURN_IF_ERROR(WithFile(file, fam.status()));
+  w.family = *fam;
+  ASSIGN_OR_RETURN(w.bucket_width, meta.Float("bucket_width"));
+  RETURN_IF_ERROR(CheckMetaDims(file, {{"input_dim", w.input_dim},
+                                       {"output_dim", w.output_dim},
+                                       {"tables", w.num_tables},
+                                       {"hashes", w.num_hashes}}));
+  if ((w.degree != 0 && w.degree != 1) || w.num_tables > 4096 ||
+      w.num_tables * w.num_hashes > (int64_t{1} << 30)) {
+    // Validate() gives the precise message; these bounds keep shapes sane.
+    RETURN_IF_ERROR(WithFile(file, w.Validate()));
+  }
+  const int64_t hashes = w.num_tables * w.num_hashes;
+  ASSIGN_OR_RETURN(w.projection, tensors.F32("hash.projection", {hashes, w.input_dim}));
+  ASSIGN_OR_RETURN(w.offset, tensors.F32("hash.offset", {hashes}));
+  ASSIGN_OR_RETURN(w.alpha, tensors.F32("alpha", {w.num_tables}));
+  std::vector<int64_t> per_bucket = {w.output_dim};
+  if (w.degree == 1) per_bucket.push_back(w.input_dim + 1);
+  w.tables.resize(w.num_tables);
+  for (int64_t i = 0; i < w.num_tables; ++i) {
+    const std::string prefix = absl::StrCat("table.", i);
+    ASSIGN_OR_RETURN(int64_t n, tensors.Length(prefix + ".keys"));
+    ASSIGN_OR_RETURN(w.tables[i].keys, tensors.Get<uint64_t>(prefix + ".keys", DType::kU64, {n}));
+    std::vector<int64_t> values_shape = {n};
+    values_shape.insert(values_shape.end(), per_bucket.begin(), per_bucket.end());
+    ASSIGN_OR_RETURN(w.tables[i].values, tensors.F32(prefix + ".values", values_shape));
+    ASSIGN_OR_RETURN(w.tables[i].fallback, tensors.F32(prefix + ".fallback", per_bucket));
+  }
+  return w;
+}
+
+absl::StatusOr<DsmWeights> DecodeDsm(MetadataReader& meta, TensorReader& tensors,
+                                     absl::string_view file) {
+  DsmWeights w;
+  ASSIGN_OR_RETURN(w.network, DecodeNetwork(meta, tensors, file));
+  ASSIGN_OR_RETURN(std::string router, meta.String("router"));
+  absl::StatusOr<RouterKind> kind = ParseRouterKind(router);
+  RETURN_IF_ERROR(WithFile(file, kind.status()));
+  w.router = *kind;
+  ASSIGN_OR_RETURN(w.num_blocks, meta.Int("blocks"));
+  ASSIGN_OR_RETURN(w.num_experts, meta.Int("experts"));
+  ASSIGN_OR_RETURN(w.active_units, meta.Int("active_units"));
+  RETURN_IF_ERROR(CheckMetaDims(file, {{"blocks", w.num_blocks},
+                                       {"experts", w.num_experts},
+                                       {"active_units", w.active_units}}));
+  const int64_t d = w.network.input_dim;
+  switch (w.router) {
+    case RouterKind::kLsh: {
+      if (w.num_experts < 1 || w.num_blocks > (int64_t{1} << 20)) {
+        RETURN_IF_ERROR(WithFile(file, w.Validate()));
+      }
+      const int64_t bits = w.num_blocks * w.RouterBits();
+      ASSIGN_OR_RETURN(w.router_weight, tensors.F32("router.weight", {bits, d}));
+      ASSIGN_OR_RETURN(w.router_bias, tensors.F32("router.bias", {bits}));
+      break;
+    }
+    case RouterKind::kKmeans: {
+      int64_t centroids = 0;
+      if (__builtin_mul_overflow(w.num_blocks, w.num_experts, &centroids)) {
+        return absl::InvalidArgumentError(absl::StrCat(file, ": blocks x experts overflows"));
+      }
+      ASSIGN_OR_RETURN(w.router_weight, tensors.F32("router.weight", {centroids, d}));
+      break;
+    }
+    case RouterKind::kHash: {
+      ASSIGN_OR_RETURN(w.hash_seed, meta.Uint("hash_seed"));
+      break;
+    }
+    case RouterKind::kTopk:
+      break;
+  }
+  return w;
+}
+
+absl::StatusOr<SafetensorsContents> ParseVerified(const MappedFile& file, absl::string_view name) {
+  return ParseSafetensors(file.bytes(), name);
+}
+
+// ---- Encode -----------------------------------------------------------------
+
+struct Encoded {
+  Metadata metadata;
+  std::vector<TensorToWrite> tensors;
+  void F32(std::string name, std::vector<int64_t> shape, const std::vector<float>& v) {
+    tensors.push_back({std::move(name), DType::kF32, std::move(shape), v.data()});
+  }
+};
+
+void EncodeNetwork(const DenseWeights& w, Encoded* e) {
+  e->metadata["input_dim"] = absl::StrCat(w.input_dim);
+  e->metadata["output_dim"] = absl::StrCat(w.output_dim);
+  e->metadata["width"] = absl::StrCat(w.width);
+  e->metadata["activation"] = std::string(ActivationName(w.activation));
+  e->F32("bottom.weight", {w.width, w.input_dim}, w.bottom_weight);
+  e->F32("bottom.bias", {w.width}, w.bottom_bias);
+  e->F32("top.weight", {w.output_dim, w.width}, w.top_weight);
+  e->F32("top.bias", {w.output_dim}, w.top_bias);
+}
+
+Encoded Encode(const LshTableWeights& w) {
+  Encoded e;
+  e.metadata["kind"] = "lsh_table";
+  e.metadata["input_dim"] = absl::StrCat(w.input_dim);
+  e.metadata["output_dim"] = absl::StrCat(w.output_dim);
+  e.metadata["tables"] = absl::StrCat(w.num_tables);
+  e.metadata["hashes"] = absl::StrCat(w.num_hashes);
+  e.metadata["degree"] = absl::StrCat(w.degree);
+  e.metadata["family"] = std::string(HashFamilyName(w.family));
+  e.metadata["bucket_width"] = FloatToString(w.bucket_width);
+  const int64_t hashes = w.num_tables * w.num_hashes;
+  e.F32("hash.projection", {hashes, w.input_dim}, w.projection);
+  e.F32("hash.offset", {hashes}, w.offset);
+  e.F32("alpha", {w.num_tables}, w.alpha);
+  std::vector<int64_t> per_bucket = {w.output_dim};
+  if (w.degree == 1) per_bucket.push_back(w.input_dim + 1);
+  for (int64_t i = 0; i < w.num_tables; ++i) {
+    const auto& t = w.tables[i];
+    const int64_t n = static_cast<int64_t>(t.keys.size());
+    const std::string prefix = absl::StrCat("table.", i);
+    e.tensors.push_back({prefix + ".keys", DType::kU64, {n}, t.keys.data()});
+    std::vector<int64_t> values_shape = {n};
+    values_shape.insert(values_shape.end(), per_bucket.begin(), per_bucket.end());
+    e.F32(prefix + ".values", values_shape, t.values);
+    e.F32(prefix + ".fallback", per_bucket, t.fallback);
+  }
+  return e;
+}
+
+Encoded Encode(const DsmWeights& w) {
+  Encoded e;
+  e.metadata["kind"] = "dsm";
+  EncodeNetwork(w.network, &e);
+  e.metadata["router"] = std::string(RouterKindName(w.router));
+  e.metadata["blocks"] = absl::StrCat(w.num_blocks);
+  e.metadata["experts"] = absl::StrCat(w.num_experts);
+  e.metadata["active_units"] = absl::StrCat(w.active_units);
+  const int64_t d = w.network.input_dim;
+  switch (w.router) {
+    case RouterKind::kLsh: {
+      const int64_t bits = w.num_blocks * w.RouterBits();
+      e.F32("router.weight", {bits, d}, w.router_weight);
+      e.F32("router.bias", {bits}, w.router_bias);
+      break;
+    }
+    case RouterKind::kKmeans:
+      e.F32("router.weight", {w.num_blocks * w.num_experts, d}, w.router_weight);
+      break;
+    case RouterKind::kHash:
+      e.metadata["hash_seed"] = absl::StrCat(w.hash_seed);
+      break;
+    case RouterKind::kTopk:
+      break;
+  }
+  return e;
+}
+
+std::string Serialize(Encoded e) {
+  e.metadata["format_version"] = absl::StrCat(kCheckpointFormatVersion);
+  return SerializeSafetensors(e.metadata, e.tensors);
+}
+
+absl::Status CheckFormatVersion(MetadataReader& meta) {
+  ASSIGN_OR_RETURN(int64_t version, meta.Int("format_version"));
+  if (version != kCheckpointFormatVersion) {
+    return absl::InvalidArgumentError(absl::StrCat("unsupported format_version ", version,
+                                                   " (this build reads ",
+                                                   kCheckpointFormatVersion, ")"));
+  }
+  return absl::OkStatus();
+}
+
+// ---- Manifest ---------------------------------------------------------------
+
+std::string ManifestJson(const std::map<std::string, std::string>& files) {
+  Json manifest = {{"format_version", kCheckpointFormatVersion}, {"files", Json::object()}};
+  for (const auto& [name, contents] : files) {
+    manifest["files"][name] = {
+        {"bytes", contents.size()},
+        {"sha256", Sha256Hex({reinterpret_cast<const uint8_t*>(contents.data()), contents.size()})}};
+  }
+  return manifest.dump(2) + "\n";
+}
+
+struct ManifestEntry {
+  uint64_t bytes = 0;
+  std::string sha256;
+};
+
+absl::StatusOr<std::map<std::string, ManifestEntry>> ReadManifest(const std::string& dir) {
+  absl::StatusOr<MappedFile> file = MappedFile::Open(dir + "/" + kManifestFile, kManifestFile);
+  if (absl::IsNotFound(file.status())) {
+    return absl::NotFoundError(
+        absl::StrCat("no ", kManifestFile, ": the version is incomplete or still being written"));
+  }
+  RETURN_IF_ERROR(file.status());
+  const char* text = reinterpret_cast<const char*>(file->bytes().data());
+  Json manifest = Json::parse(text, text + file->bytes().size(), nullptr, false);
+  const std::string m = kManifestFile;
+  if (manifest.is_discarded() || !manifest.is_object()) {
+    return absl::InvalidArgumentError(m + ": not a JSON object");
+  }
+  if (!manifest.contains("format_version") || !manifest["format_version"].is_number_integer() ||
+      manifest["format_version"].get<int64_t>() != kCheckpointFormatVersion) {
+    return absl::InvalidArgumentError(absl::StrCat(m, ": format_version must be ",
+                                                   kCheckpointFormatVersion));
+  }
+  if (!manifest.contains("files") || !manifest["files"].is_object()) {
+    return absl::InvalidArgumentError(m + ": 'files' must be an object");
+  }
+  std::map<std::string, ManifestEntry> entries;
+  for (auto it = manifest["files"].begin(); it != manifest["files"].end(); ++it) {
+    if (it.key() != kModelFile && it.key() != kDenseFile) {
+      return absl::InvalidArgumentError(absl::StrCat(m, ": unexpected file '", it.key(), "'"));
+    }
+    const Json& e = it.value();
+    if (!e.is_object() || !e.contains("bytes") || !e["bytes"].is_number_unsigned() ||
+        !e.contains("sha256") || !e["sha256"].is_string() ||
+        e["sha256"].get<std::string>().size() != 64) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          m, ": entry '", it.key(), "' needs 'bytes' (integer) and 'sha256' (64 hex digits)"));
+    }
+    entries[it.key()] = {e["bytes"].get<uint64_t>(), e["sha256"].get<std::string>()};
+  }
+  if (!entries.contains(kModelFile)) {
+    return absl::InvalidArgumentError(absl::StrCat(m, ": does not list ", kModelFile));
+  }
+  return entries;
+}
+
+absl::StatusOr<MappedFile> OpenVerified(const std::string& dir, const std::string& name,
+                                        const ManifestEntry& entry) {
+  ASSIGN_OR_RETURN(MappedFile file, MappedFile::Open(dir + "/" + name, name));
+  if (file.bytes().size() != entry.bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": size ", file.bytes().size(),
+                                                   " bytes, manifest says ", entry.bytes));
+  }
+  const std::string sha = Sha256Hex(file.bytes());
+  if (sha != entry.sha256) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": SHA-256 ", sha,
+                                                   " does not match the manifest's ", entry.sha256));
+  }
+  return file;
+}
+
+absl::StatusOr<DenseWeights> ReadDense(const MappedFile& file) {
+  ASSIGN_OR_RETURN(SafetensorsContents contents, ParseVerified(file, kDenseFile));
+  MetadataReader meta(contents.metadata, kDenseFile);
+  TensorReader tensors(contents, kDenseFile);
+  RETURN_IF_ERROR(WithFile(kDenseFile, CheckFormatVersion(meta)));
+  ASSIGN_OR_RETURN(std::string kind, meta.String("kind"));
+  if (kind != "dense") {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kDenseFile, ": kind must be 'dense', got '", kind, "'"));
+  }
+  ASSIGN_OR_RETURN(DenseWeights w, DecodeNetwork(meta, tensors, kDenseFile));
+  RETURN_IF_ERROR(meta.Finish(nullptr));
+  RETURN_IF_ERROR(tensors.Finish());
+  RETURN_IF_ERROR(WithFile(kDenseFile, w.Validate()));
+  return w;
+}
+
+}  // namespace
+
+std::string SerializeSparse(const Checkpoint& checkpoint) {
+  Encoded e = std::visit([](const auto& w) { return Encode(w); }, checkpoint.sparse);
+  for (const auto& [key, value] : checkpoint.info) e.metadata[kInfoPrefix + key] = value;
+  return Serialize(std::move(e));
+}
+
+std::string SerializeDense(const DenseWeights& dense) {
+  Encoded e;
+  e.metadata["kind"] = "dense";
+  EncodeNetwork(dense, &e);
+  return Serialize(std::move(e));
+}
+
+absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir) {
+  ASSIGN_OR_RETURN(auto manifest, ReadManifest(dir));
+  for (const char* name : {kModelFile, kDenseFile}) {
+    if (!manifest.contains(name) && fs::exists(fs::path(dir) / name)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, " is present but not listed in ", kManifestFile));
+    }
+  }
+  ASSIGN_OR_RETURN(MappedFile model_file, OpenVerified(dir, kModelFile, manifest[kModelFile]));
+  ASSIGN_OR_RETURN(SafetensorsContents contents, ParseVerified(model_file, kModelFile));
+  MetadataReader meta(contents.metadata, kModelFile);
+  TensorReader tensors(contents, kModelFile);
+  RETURN_IF_ERROR(WithFile(kModelFile, CheckFormatVersion(meta)));
+  ASSIGN_OR_RETURN(std::string kind, meta.String("kind"));
+  Checkpoint checkpoint;
+  if (kind == "lsh_table") {
+    ASSIGN_OR_RETURN(checkpoint.sparse, DecodeLsh(meta, tensors, kModelFile));
+  } else if (kind == "dsm") {
+    ASSIGN_OR_RETURN(checkpoint.sparse, DecodeDsm(meta, tensors, kModelFile));
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kModelFile, ": kind must be 'lsh_table' or 'dsm', got '", kind, "'"));
+  }
+  RETURN_IF_ERROR(meta.Finish(&checkpoint.info));
+  RETURN_IF_ERROR(tensors.Finish());
+  RETURN_IF_ERROR(WithFile(kModelFile, std::visit([](const auto& w) { return w.Validate(); },
+                                                  checkpoint.sparse)));
+  if (manifest.contains(kDenseFile)) {
+    ASSIGN_OR_RETURN(MappedFile dense_file, OpenVerified(dir, kDenseFile, manifest[kDenseFile]));
+    ASSIGN_OR_RETURN(checkpoint.dense, ReadDense(dense_file));
+  }
+  return checkpoint;
+}
+
+absl::Status WriteCheckpoint(const std::string& model_dir, int64_t version,
+                             const Checkpoint& checkpoint) {
+  if (version < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("version must be >= 1, got ", version));
+  }
+  RETURN_IF_ERROR(std::visit([](const auto& w) { return w.Validate(); }, checkpoint.sparse));
+  const auto [d, o] = std::visit(
+      [](const auto& w) -> std::pair<int64_t, int64_t> {
+        if constexpr (std::is_same_v<std::decay_t<decltype(w)>, DsmWeights>) {
+          return {w.network.input_dim, w.network.output_dim};
+        } else {
+          return {w.input_dim, w.output_dim};
+        }
+      },
+      checkpoint.sparse);
+  if (checkpoint.dense.has_value()) {
+    RETURN_IF_ERROR(WithFile(kDenseFile, checkpoint.dense->Validate()));
+    if (checkpoint.dense->input_dim != d || checkpoint.dense->output_dim != o) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "dense twin is ", checkpoint.dense->input_dim, " -> ", checkpoint.dense->output_dim,
+          " but the sparse model is ", d, " -> ", o));
+    }
+  }
+  std::map<std::string, std::string> files;
+  files[kModelFile] = SerializeSparse(checkpoint);
+  if (checkpoint.dense.has_value()) files[kDenseFile] = SerializeDense(*checkpoint.dense);
+
+  std::error_code ec;
+  fs::create_directories(model_dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create ", model_dir, ": ", ec.message()));
+  const std::string target = (fs::path(model_dir) / std::to_string(version)).string();
+  if (fs::exists(target)) {
+    return absl::AlreadyExistsError(absl::StrCat("version ", version, " already exists"));
+  }
+  static std::atomic<int> counter{0};
+  const std::string tmp = (fs::path(model_dir) / absl::StrCat(".tmp-", version, "-", ::getpid(),
+                                                               "-", counter++))
+                              .string();
+  fs::create_directory(tmp, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create ", tmp, ": ", ec.message()));
+  absl::Status status = [&]() -> absl::Status {
+    for (const auto& [name, contents] : files) {
+      RETURN_IF_ERROR(WriteFileSynced(tmp + "/" + name, contents));
+    }
+    RETURN_IF_ERROR(WriteFileSynced(tmp + "/" + kManifestFile, ManifestJson(files)));
+    RETURN_IF_ERROR(SyncDirectory(tmp));
+    if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, target.c_str(), RENAME_NOREPLACE) != 0) {
+      if (errno == EEXIST) {
+        return absl::AlreadyExistsError(absl::StrCat("version ", version, " already exists"));
+      }
+      return absl::InternalError(absl::StrCat("cannot publish version ", version, ": ",
+                                              std::strerror(errno)));
+    }
+    return SyncDirectory(model_dir);
+  }();
+  if (!status.ok()) fs::remove_all(tmp, ec);
+  return status;
+}
+
+absl::StatusOr<LoadedModel> LoadCheckpoint(const std::string& version_dir) {
+  ASSIGN_OR_RETURN(Checkpoint checkpoint, ReadCheckpoint(version_dir));
+  LoadedModel loaded;
+  loaded.info = std::move(checkpoint.info);
+  if (const auto* lsh = std::get_if<LshTableWeights>(&checkpoint.sparse)) {
+    ASSIGN_OR_RETURN(loaded.sparse, LshTableModel::Create(*lsh));
+  } else {
+    const DsmWeights& dsm = std::get<DsmWeights>(checkpoint.sparse);
+    ASSIGN_OR_RETURN(loaded.sparse, DsmModel::Create(dsm));
+    if (!checkpoint.dense.has_value()) {
+      ASSIGN_OR_RETURN(loaded.dense, DenseModel::Create(dsm.network));
+      loaded.dense_cost_only = true;
+    }
+  }
+  if (checkpoint.dense.has_value()) {
+    ASSIGN_OR_RETURN(loaded.dense, DenseModel::Create(*checkpoint.dense));
+  }
+  return loaded;
+}
+
+}  // namespace sparse

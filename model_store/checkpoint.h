@@ -1,0 +1,70 @@
+// Checkpoints: one model version as a directory (DESIGN.md §3,
+// docs/checkpoint-format.md):
+//   <version>/model.safetensors   the sparse model (kind lsh_table or dsm)
+//   <version>/dense.safetensors   the dense twin (kind dense), optional
+//   <version>/manifest.json       sizes and SHA-256 of both, written last
+// A directory without a valid manifest is not a version.
+#ifndef SPARSE_MODEL_STORE_CHECKPOINT_H_
+#define SPARSE_MODEL_STORE_CHECKPOINT_H_
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <variant>
+
+#include "absl/status/statusor.h"
+#include "engine/dense_model.h"
+#include "engine/model.h"
+#include "engine/weights.h"
+
+namespace sparse {
+
+inline constexpr int kCheckpointFormatVersion = 1;
+inline constexpr char kModelFile[] = "model.safetensors";
+inline constexpr char kDenseFile[] = "dense.safetensors";
+inline constexpr char kManifestFile[] = "manifest.json";
+
+struct Checkpoint {
+  std::variant<LshTableWeights, DsmWeights> sparse;
+  std::optional<DenseWeights> dense;  // the dense twin, if trained
+  // Free-form facts about the version (training data, test MSE, ...),
+  // stored as "__metadata__" keys "info.<key>" of model.safetensors.
+  std::map<std::string, std::string> info;
+};
+
+// Writes `checkpoint` as version `version` of the model directory
+// `model_dir` (created if missing). Atomic: files go to a hidden temporary
+// directory beside it, are synced, the manifest is written last, and the
+// directory is renamed into place. Errors: ALREADY_EXISTS if the version
+// exists (nothing is overwritten), INVALID_ARGUMENT for invalid weights.
+absl::Status WriteCheckpoint(const std::string& model_dir, int64_t version,
+                             const Checkpoint& checkpoint);
+
+// Reads and fully validates a version directory: the manifest, each file's
+// size and SHA-256, the safetensors structure, metadata and every tensor.
+// Error messages name the file and the field, never the directory path.
+absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& version_dir);
+
+// A version ready to serve.
+struct LoadedModel {
+  std::unique_ptr<Model> sparse;
+  // The dense endpoint. For a DSM without a twin this runs the DSM's own
+  // weights unmasked and `dense_cost_only` is true; for an LSH table without
+  // a twin it is null.
+  std::unique_ptr<DenseModel> dense;
+  bool dense_cost_only = false;
+  std::map<std::string, std::string> info;
+};
+
+// ReadCheckpoint, then builds the engine models.
+absl::StatusOr<LoadedModel> LoadCheckpoint(const std::string& version_dir);
+
+// Serialized model.safetensors / dense.safetensors contents, for writers
+// that need the bytes (tests, fuzz seeds).
+std::string SerializeSparse(const Checkpoint& checkpoint);
+std::string SerializeDense(const DenseWeights& dense);
+
+}  // namespace sparse
+
+#endif  // SPARSE_MODEL_STORE_CHECKPOINT_H_

@@ -1,0 +1,188 @@
+#include "model_store/safetensors.h"
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+#include <tuple>
+
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+
+namespace sparse {
+namespace {
+
+static_assert(std::endian::native == std::endian::little,
+              "safetensors data is little-endian; this build assumes a little-endian host");
+
+using Json = nlohmann::json;
+
+absl::Status Corrupt(absl::string_view file, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(file, ": ", what));
+}
+
+absl::StatusOr<DType> ParseDType(const std::string& name) {
+  if (name == "F32") return DType::kF32;
+  if (name == "U64") return DType::kU64;
+  if (name == "I64") return DType::kI64;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unsupported dtype '", name, "' (expected F32, U64 or I64)"));
+}
+
+// Reads a JSON array of non-negative integers that fit in int64.
+absl::StatusOr<std::vector<int64_t>> ReadIndexArray(const Json& j, absl::string_view what) {
+  if (!j.is_array()) return absl::InvalidArgumentError(absl::StrCat(what, " is not an array"));
+  std::vector<int64_t> out;
+  for (const Json& v : j) {
+    if (!v.is_number_unsigned() || v.get<uint64_t>() > uint64_t{INT64_MAX}) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, " must hold non-negative integers, got ", v.dump()));
+    }
+    out.push_back(static_cast<int64_t>(v.get<uint64_t>()));
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::string_view DTypeName(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return "F32";
+    case DType::kU64: return "U64";
+    case DType::kI64: return "I64";
+  }
+  return "?";
+}
+
+size_t DTypeSize(DType dtype) { return dtype == DType::kF32 ? 4 : 8; }
+
+absl::StatusOr<SafetensorsContents> ParseSafetensors(absl::Span<const uint8_t> file,
+                                                     absl::string_view name) {
+  if (file.size() < 8) {
+    return Corrupt(name, absl::StrCat("truncated: ", file.size(),
+                                      " bytes, shorter than the 8-byte header length"));
+  }
+  uint64_t header_len = 0;
+  std::memcpy(&header_len, file.data(), 8);
+  if (header_len > kMaxSafetensorsHeaderBytes) {
+    return Corrupt(name, absl::StrCat("header length ", header_len, " exceeds the limit of ",
+                                      kMaxSafetensorsHeaderBytes, " bytes"));
+  }
+  if (header_len > file.size() - 8) {
+    return Corrupt(name, absl::StrCat("truncated: header length ", header_len, " but only ",
+                                      file.size() - 8, " bytes follow"));
+  }
+  const char* header_begin = reinterpret_cast<const char*>(file.data() + 8);
+  Json header = Json::parse(header_begin, header_begin + header_len, nullptr,
+                            /*allow_exceptions=*/false);
+  if (header.is_discarded()) return Corrupt(name, "header is not valid JSON");
+  if (!header.is_object()) return Corrupt(name, "header is not a JSON object");
+
+  const absl::Span<const uint8_t> data = file.subspan(8 + header_len);
+  SafetensorsContents contents;
+  std::vector<std::tuple<int64_t, int64_t, std::string>> ranges;
+  for (auto it = header.begin(); it != header.end(); ++it) {
+    const std::string& key = it.key();
+    const Json& value = it.value();
+    if (key == "__metadata__") {
+      if (!value.is_object()) return Corrupt(name, "__metadata__ is not an object");
+      for (auto m = value.begin(); m != value.end(); ++m) {
+        if (!m.value().is_string()) {
+          return Corrupt(name, absl::StrCat("__metadata__.", m.key(), " is not a string"));
+        }
+        contents.metadata[m.key()] = m.value().get<std::string>();
+      }
+      continue;
+    }
+    const std::string field = absl::StrCat("tensor '", key, "'");
+    if (!value.is_object()) return Corrupt(name, absl::StrCat(field, " is not an object"));
+    if (!value.contains("dtype") || !value["dtype"].is_string()) {
+      return Corrupt(name, absl::StrCat(field, " has no string dtype"));
+    }
+    if (!value.contains("shape")) return Corrupt(name, absl::StrCat(field, " has no shape"));
+    if (!value.contains("data_offsets")) {
+      return Corrupt(name, absl::StrCat(field, " has no data_offsets"));
+    }
+    TensorView view;
+    absl::StatusOr<DType> dtype = ParseDType(value["dtype"].get<std::string>());
+    if (!dtype.ok()) return Corrupt(name, absl::StrCat(field, ": ", dtype.status().message()));
+    view.dtype = *dtype;
+    absl::StatusOr<std::vector<int64_t>> shape = ReadIndexArray(value["shape"], "shape");
+    if (!shape.ok()) return Corrupt(name, absl::StrCat(field, ": ", shape.status().message()));
+    view.shape = *std::move(shape);
+    int64_t bytes = static_cast<int64_t>(DTypeSize(view.dtype));
+    int64_t elements = 1;
+    for (int64_t dim : view.shape) {
+      if (__builtin_mul_overflow(elements, dim, &elements) ||
+          __builtin_mul_overflow(bytes, dim, &bytes)) {
+        return Corrupt(name, absl::StrCat(field, ": shape product overflows"));
+      }
+    }
+    view.elements = elements;
+    absl::StatusOr<std::vector<int64_t>> offsets =
+        ReadIndexArray(value["data_offsets"], "data_offsets");
+    if (!offsets.ok()) return Corrupt(name, absl::StrCat(field, ": ", offsets.status().message()));
+    if (offsets->size() != 2 || (*offsets)[0] > (*offsets)[1]) {
+      return Corrupt(name, absl::StrCat(field, ": data_offsets must be [begin, end] with begin <= end"));
+    }
+    const int64_t begin = (*offsets)[0], end = (*offsets)[1];
+    if (end - begin != bytes) {
+      return Corrupt(name, absl::StrCat(field, ": data_offsets span ", end - begin,
+                                        " bytes but dtype and shape need ", bytes));
+    }
+    if (static_cast<uint64_t>(end) > data.size()) {
+      return Corrupt(name, absl::StrCat(field, ": data_offsets end ", end,
+                                        " is past the data section of ", data.size(), " bytes"));
+    }
+    view.bytes = data.subspan(begin, end - begin);
+    ranges.emplace_back(begin, end, key);
+    contents.tensors.emplace(key, std::move(view));
+  }
+  // Byte ranges must tile the data section: in order, no overlap, no gap.
+  std::sort(ranges.begin(), ranges.end());
+  int64_t cursor = 0;
+  for (const auto& [begin, end, tensor] : ranges) {
+    if (begin < cursor) {
+      return Corrupt(name, absl::StrCat("tensor '", tensor, "' overlaps the previous tensor"));
+    }
+    if (begin > cursor) {
+      return Corrupt(name, absl::StrCat("gap of ", begin - cursor, " bytes before tensor '",
+                                        tensor, "'"));
+    }
+    cursor = end;
+  }
+  if (static_cast<uint64_t>(cursor) != data.size()) {
+    return Corrupt(name, absl::StrCat(data.size() - cursor,
+                                      " trailing bytes after the last tensor"));
+  }
+  return contents;
+}
+
+std::string SerializeSafetensors(const std::map<std::string, std::string>& metadata,
+                                 const std::vector<TensorToWrite>& tensors) {
+  Json header = Json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  uint64_t offset = 0;
+  for (const TensorToWrite& t : tensors) {
+    uint64_t bytes = DTypeSize(t.dtype);
+    for (int64_t dim : t.shape) bytes *= static_cast<uint64_t>(dim);
+    header[t.name] = {{"dtype", std::string(DTypeName(t.dtype))},
+                      {"shape", t.shape},
+                      {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+  }
+  std::string json = header.dump();
+  while ((8 + json.size()) % 8 != 0) json.push_back(' ');
+  std::string out;
+  out.reserve(8 + json.size() + offset);
+  const uint64_t len = json.size();
+  out.append(reinterpret_cast<const char*>(&len), 8);
+  out.append(json);
+  for (const TensorToWrite& t : tensors) {
+    size_t bytes = DTypeSize(t.dtype);
+    for (int64_t dim : t.shape) bytes *= static_cast<size_t>(dim);
+    out.append(static_cast<const char*>(t.data), bytes);
+  }
+  return out;
+}
+
+}  // namespace sparse

@@ -1,0 +1,64 @@
+// The safetensors layout (https://github.com/huggingface/safetensors):
+//   8-byte little-endian header length N | N bytes of JSON header | data.
+// The header maps tensor names to {dtype, shape, data_offsets} (offsets are
+// relative to the start of the data section) and may hold "__metadata__", a
+// map of strings to strings. We read F32, U64 and I64 tensors.
+//
+// ParseSafetensors validates everything before returning: header bounds,
+// JSON shape, dtypes, shapes with overflow-checked products, byte ranges
+// that are in order, non-overlapping, in bounds and cover the data section
+// exactly. Errors name the file (its display name) and the field.
+#ifndef SPARSE_MODEL_STORE_SAFETENSORS_H_
+#define SPARSE_MODEL_STORE_SAFETENSORS_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+
+namespace sparse {
+
+enum class DType { kF32, kU64, kI64 };
+absl::string_view DTypeName(DType dtype);
+size_t DTypeSize(DType dtype);
+
+// Largest header we accept; real headers of our models are a few KiB.
+inline constexpr uint64_t kMaxSafetensorsHeaderBytes = uint64_t{100} << 20;
+
+struct TensorView {
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  int64_t elements = 0;
+  absl::Span<const uint8_t> bytes;  // points into the parsed buffer
+};
+
+// A parsed file. Views point into the buffer given to ParseSafetensors,
+// which must outlive this object.
+struct SafetensorsContents {
+  std::map<std::string, std::string> metadata;
+  std::map<std::string, TensorView> tensors;
+};
+
+absl::StatusOr<SafetensorsContents> ParseSafetensors(absl::Span<const uint8_t> file,
+                                                     absl::string_view display_name);
+
+// A tensor to write; `data` must hold product(shape) * DTypeSize(dtype) bytes.
+struct TensorToWrite {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  const void* data = nullptr;
+};
+
+// Serializes metadata and tensors (data in the given order). The header is
+// padded with spaces so the data section starts 8-byte aligned.
+std::string SerializeSafetensors(const std::map<std::string, std::string>& metadata,
+                                 const std::vector<TensorToWrite>& tensors);
+
+}  // namespace sparse
+
+#endif  // SPARSE_MODEL_STORE_SAFETENSORS_H_
