@@ -26,7 +26,7 @@ test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
 
 bench: build
-	$(BUILD_DIR)/bench/engine_bench
+	$(BUILD_DIR)/bench/engine_bench --benchmark_min_time=1
 
 demo:
 	@echo "make demo: the demo (train, serve, predict, compare) arrives with the gRPC server issue;"

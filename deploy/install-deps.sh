@@ -9,7 +9,7 @@ set -euo pipefail
 
 PACKAGES=(
   # toolchain
-  g++ cmake ninja-build ccache pkg-config make
+  g++ cmake ninja-build ccache pkg-config make python3
   # libraries (DESIGN.md §6)
   libabsl-dev libdnnl-dev nlohmann-json3-dev libssl-dev
   # tests and benchmarks
