@@ -37,6 +37,11 @@ std::string FloatToString(float v) {
   return std::string(buf, result.ptr);
 }
 
+absl::Status WithFile(absl::string_view file, const absl::Status& s) {
+  if (s.ok()) return s;
+  return absl::Status(s.code(), absl::StrCat(file, ": ", s.message()));
+}
+
 // Reads typed metadata values and remembers which keys were consumed, so
 // unknown keys (typos) can be reported.
 class MetadataReader {
@@ -56,6 +61,24 @@ class MetadataReader {
     ASSIGN_OR_RETURN(std::string s, String(key));
     int64_t v = 0;
     if (!absl::SimpleAtoi(s, &v)) return Bad(key, s, "an integer");
+    return v;
+  }
+  // A dimension: an integer in [0, 2^40], checked before any shape is
+  // computed from it.
+  absl::StatusOr<int64_t> Dim(const std::string& key) {
+    ASSIGN_OR_RETURN(int64_t v, Int(key));
+    if (v < 0 || v > (int64_t{1} << 40)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(file_, ": __metadata__ '", key, "' out of range: ", v));
+    }
+    return v;
+  }
+  // An enum value, parsed by `parse` (ParseActivation, ParseRouterKind, ...).
+  template <typename T>
+  absl::StatusOr<T> Enum(const std::string& key, absl::StatusOr<T> (*parse)(absl::string_view)) {
+    ASSIGN_OR_RETURN(std::string s, String(key));
+    absl::StatusOr<T> v = parse(s);
+    RETURN_IF_ERROR(WithFile(file_, v.status()));
     return v;
   }
   absl::StatusOr<uint64_t> Uint(const std::string& key) {
@@ -156,37 +179,14 @@ class TensorReader {
   std::vector<std::string> taken_;
 };
 
-absl::Status WithFile(absl::string_view file, const absl::Status& s) {
-  if (s.ok()) return s;
-  return absl::Status(s.code(), absl::StrCat(file, ": ", s.message()));
-}
-
-// Limits on metadata dimensions before any shape is computed from them.
-absl::Status CheckMetaDims(absl::string_view file, std::initializer_list<std::pair<const char*, int64_t>> dims) {
-  for (const auto& [name, v] : dims) {
-    if (v < 0 || v > (int64_t{1} << 40)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(file, ": __metadata__ '", name, "' out of range: ", v));
-    }
-  }
-  return absl::OkStatus();
-}
-
 // ---- Decode -----------------------------------------------------------------
 
-absl::StatusOr<DenseWeights> DecodeNetwork(MetadataReader& meta, TensorReader& tensors,
-                                           absl::string_view file) {
+absl::StatusOr<DenseWeights> DecodeNetwork(MetadataReader& meta, TensorReader& tensors) {
   DenseWeights w;
-  ASSIGN_OR_RETURN(w.input_dim, meta.Int("input_dim"));
-  ASSIGN_OR_RETURN(w.output_dim, meta.Int("output_dim"));
-  ASSIGN_OR_RETURN(w.width, meta.Int("width"));
-  ASSIGN_OR_RETURN(std::string activation, meta.String("activation"));
-  absl::StatusOr<Activation> act = ParseActivation(activation);
-  RETURN_IF_ERROR(WithFile(file, act.status()));
-  w.activation = *act;
-  RETURN_IF_ERROR(CheckMetaDims(file, {{"input_dim", w.input_dim},
-                                       {"output_dim", w.output_dim},
-                                       {"width", w.width}}));
+  ASSIGN_OR_RETURN(w.input_dim, meta.Dim("input_dim"));
+  ASSIGN_OR_RETURN(w.output_dim, meta.Dim("output_dim"));
+  ASSIGN_OR_RETURN(w.width, meta.Dim("width"));
+  ASSIGN_OR_RETURN(w.activation, meta.Enum("activation", &ParseActivation));
   ASSIGN_OR_RETURN(w.bottom_weight, tensors.F32("bottom.weight", {w.width, w.input_dim}));
   ASSIGN_OR_RETURN(w.bottom_bias, tensors.F32("bottom.bias", {w.width}));
   ASSIGN_OR_RETURN(w.top_weight, tensors.F32("top.weight", {w.output_dim, w.width}));
@@ -197,20 +197,13 @@ absl::StatusOr<DenseWeights> DecodeNetwork(MetadataReader& meta, TensorReader& t
 absl::StatusOr<LshTableWeights> DecodeLsh(MetadataReader& meta, TensorReader& tensors,
                                           absl::string_view file) {
   LshTableWeights w;
-  ASSIGN_OR_RETURN(w.input_dim, meta.Int("input_dim"));
-  ASSIGN_OR_RETURN(w.output_dim, meta.Int("output_dim"));
-  ASSIGN_OR_RETURN(w.num_tables, meta.Int("tables"));
-  ASSIGN_OR_RETURN(w.num_hashes, meta.Int("hashes"));
+  ASSIGN_OR_RETURN(w.input_dim, meta.Dim("input_dim"));
+  ASSIGN_OR_RETURN(w.output_dim, meta.Dim("output_dim"));
+  ASSIGN_OR_RETURN(w.num_tables, meta.Dim("tables"));
+  ASSIGN_OR_RETURN(w.num_hashes, meta.Dim("hashes"));
   ASSIGN_OR_RETURN(w.degree, meta.Int("degree"));
-  ASSIGN_OR_RETURN(std::string family, meta.String("family"));
-  absl::StatusOr<HashFamily> fam = ParseHashFamily(family);
-  RETURN_IF_ERROR(WithFile(file, fam.status()));
-  w.family = *fam;
+  ASSIGN_OR_RETURN(w.family, meta.Enum("family", &ParseHashFamily));
   ASSIGN_OR_RETURN(w.bucket_width, meta.Float("bucket_width"));
-  RETURN_IF_ERROR(CheckMetaDims(file, {{"input_dim", w.input_dim},
-                                       {"output_dim", w.output_dim},
-                                       {"tables", w.num_tables},
-                                       {"hashes", w.num_hashes}}));
   if ((w.degree != 0 && w.degree != 1) || w.num_tables > 4096 ||
       w.num_tables * w.num_hashes > (int64_t{1} << 30)) {
     // Validate() gives the precise message; these bounds keep shapes sane.
@@ -238,17 +231,11 @@ absl::StatusOr<LshTableWeights> DecodeLsh(MetadataReader& meta, TensorReader& te
 absl::StatusOr<DsmWeights> DecodeDsm(MetadataReader& meta, TensorReader& tensors,
                                      absl::string_view file) {
   DsmWeights w;
-  ASSIGN_OR_RETURN(w.network, DecodeNetwork(meta, tensors, file));
-  ASSIGN_OR_RETURN(std::string router, meta.String("router"));
-  absl::StatusOr<RouterKind> kind = ParseRouterKind(router);
-  RETURN_IF_ERROR(WithFile(file, kind.status()));
-  w.router = *kind;
-  ASSIGN_OR_RETURN(w.num_blocks, meta.Int("blocks"));
-  ASSIGN_OR_RETURN(w.num_experts, meta.Int("experts"));
-  ASSIGN_OR_RETURN(w.active_units, meta.Int("active_units"));
-  RETURN_IF_ERROR(CheckMetaDims(file, {{"blocks", w.num_blocks},
-                                       {"experts", w.num_experts},
-                                       {"active_units", w.active_units}}));
+  ASSIGN_OR_RETURN(w.network, DecodeNetwork(meta, tensors));
+  ASSIGN_OR_RETURN(w.router, meta.Enum("router", &ParseRouterKind));
+  ASSIGN_OR_RETURN(w.num_blocks, meta.Dim("blocks"));
+  ASSIGN_OR_RETURN(w.num_experts, meta.Dim("experts"));
+  ASSIGN_OR_RETURN(w.active_units, meta.Dim("active_units"));
   const int64_t d = w.network.input_dim;
   switch (w.router) {
     case RouterKind::kLsh: {
@@ -276,10 +263,6 @@ absl::StatusOr<DsmWeights> DecodeDsm(MetadataReader& meta, TensorReader& tensors
       break;
   }
   return w;
-}
-
-absl::StatusOr<SafetensorsContents> ParseVerified(const MappedFile& file, absl::string_view name) {
-  return ParseSafetensors(file.bytes(), name);
 }
 
 // ---- Encode -----------------------------------------------------------------
@@ -449,7 +432,7 @@ absl::StatusOr<MappedFile> OpenVerified(const std::string& dir, const std::strin
 }
 
 absl::StatusOr<DenseWeights> ReadDense(const MappedFile& file) {
-  ASSIGN_OR_RETURN(SafetensorsContents contents, ParseVerified(file, kDenseFile));
+  ASSIGN_OR_RETURN(SafetensorsContents contents, ParseSafetensors(file.bytes(), kDenseFile));
   MetadataReader meta(contents.metadata, kDenseFile);
   TensorReader tensors(contents, kDenseFile);
   RETURN_IF_ERROR(WithFile(kDenseFile, CheckFormatVersion(meta)));
@@ -458,7 +441,7 @@ absl::StatusOr<DenseWeights> ReadDense(const MappedFile& file) {
     return absl::InvalidArgumentError(
         absl::StrCat(kDenseFile, ": kind must be 'dense', got '", kind, "'"));
   }
-  ASSIGN_OR_RETURN(DenseWeights w, DecodeNetwork(meta, tensors, kDenseFile));
+  ASSIGN_OR_RETURN(DenseWeights w, DecodeNetwork(meta, tensors));
   RETURN_IF_ERROR(meta.Finish(nullptr));
   RETURN_IF_ERROR(tensors.Finish());
   RETURN_IF_ERROR(WithFile(kDenseFile, w.Validate()));
@@ -489,7 +472,7 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir) {
     }
   }
   ASSIGN_OR_RETURN(MappedFile model_file, OpenVerified(dir, kModelFile, manifest[kModelFile]));
-  ASSIGN_OR_RETURN(SafetensorsContents contents, ParseVerified(model_file, kModelFile));
+  ASSIGN_OR_RETURN(SafetensorsContents contents, ParseSafetensors(model_file.bytes(), kModelFile));
   MetadataReader meta(contents.metadata, kModelFile);
   TensorReader tensors(contents, kModelFile);
   RETURN_IF_ERROR(WithFile(kModelFile, CheckFormatVersion(meta)));

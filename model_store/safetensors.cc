@@ -42,6 +42,12 @@ absl::StatusOr<std::vector<int64_t>> ReadIndexArray(const Json& j, absl::string_
   return out;
 }
 
+uint64_t ByteSize(const TensorToWrite& t) {
+  uint64_t bytes = DTypeSize(t.dtype);
+  for (int64_t dim : t.shape) bytes *= static_cast<uint64_t>(dim);
+  return bytes;
+}
+
 }  // namespace
 
 absl::string_view DTypeName(DType dtype) {
@@ -163,8 +169,7 @@ std::string SerializeSafetensors(const std::map<std::string, std::string>& metad
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
   for (const TensorToWrite& t : tensors) {
-    uint64_t bytes = DTypeSize(t.dtype);
-    for (int64_t dim : t.shape) bytes *= static_cast<uint64_t>(dim);
+    const uint64_t bytes = ByteSize(t);
     header[t.name] = {{"dtype", std::string(DTypeName(t.dtype))},
                       {"shape", t.shape},
                       {"data_offsets", {offset, offset + bytes}}};
@@ -177,11 +182,7 @@ std::string SerializeSafetensors(const std::map<std::string, std::string>& metad
   const uint64_t len = json.size();
   out.append(reinterpret_cast<const char*>(&len), 8);
   out.append(json);
-  for (const TensorToWrite& t : tensors) {
-    size_t bytes = DTypeSize(t.dtype);
-    for (int64_t dim : t.shape) bytes *= static_cast<size_t>(dim);
-    out.append(static_cast<const char*>(t.data), bytes);
-  }
+  for (const TensorToWrite& t : tensors) out.append(static_cast<const char*>(t.data), ByteSize(t));
   return out;
 }
 
