@@ -20,6 +20,8 @@ absl::StatusOr<std::unique_ptr<DenseModel>> DenseModel::Create(const DenseWeight
                    MatmulKernel::Create({.k = weights.width, .n = weights.output_dim,
                                          .layout = MatmulSpec::WeightLayout::kOutputMajor,
                                          .bias = true}));
+  ASSIGN_OR_RETURN(PackedWeights bottom_weight, bottom.PackAll(weights.bottom_weight.data(), 1));
+  ASSIGN_OR_RETURN(PackedWeights top_weight, top.PackAll(weights.top_weight.data(), 1));
   ModelInfo info;
   info.kind = ModelKind::kDense;
   info.input_dim = weights.input_dim;
@@ -30,27 +32,30 @@ absl::StatusOr<std::unique_ptr<DenseModel>> DenseModel::Create(const DenseWeight
   info.description = absl::StrCat("dense d=", weights.input_dim, " t=", weights.width,
                                   " o=", weights.output_dim, " ",
                                   ActivationName(weights.activation));
-  return std::unique_ptr<DenseModel>(
-      new DenseModel(std::move(info), weights, std::move(bottom), std::move(top)));
+  return std::unique_ptr<DenseModel>(new DenseModel(std::move(info), weights, std::move(bottom),
+                                                    std::move(top), std::move(bottom_weight),
+                                                    std::move(top_weight)));
 }
 
-DenseModel::DenseModel(ModelInfo info, DenseWeights weights, MatmulKernel bottom,
-                       MatmulKernel top)
-    : Model(std::move(info)), w_(std::move(weights)), bottom_(std::move(bottom)),
-      top_(std::move(top)) {}
+DenseModel::DenseModel(ModelInfo info, const DenseWeights& weights, MatmulKernel bottom,
+                       MatmulKernel top, PackedWeights bottom_weight, PackedWeights top_weight)
+    : Model(std::move(info)), d_(weights.input_dim), t_(weights.width), o_(weights.output_dim),
+      bottom_(std::move(bottom)), top_(std::move(top)), bottom_weight_(std::move(bottom_weight)),
+      top_weight_(std::move(top_weight)), bottom_bias_(weights.bottom_bias),
+      top_bias_(weights.top_bias) {}
 
 absl::Status DenseModel::PredictValidated(const float* x, int64_t rows, float* y,
                                           PredictStats* stats, Route* /*route*/) const {
   const auto start = std::chrono::steady_clock::now();
-  const int64_t d = w_.input_dim, t = w_.width, o = w_.output_dim;
+  const int64_t d = d_, t = t_, o = o_;
   // Hidden activations are bounded to one 128-row chunk at a time.
   float* hidden = ScratchFloats(Scratch::kHidden,
                                 static_cast<size_t>(std::min(rows, MatmulKernel::kMaxBucketRows) * t));
   for (int64_t r = 0; r < rows; r += MatmulKernel::kMaxBucketRows) {
     const int64_t n = std::min(MatmulKernel::kMaxBucketRows, rows - r);
-    RETURN_IF_ERROR(bottom_.Run(x + r * d, n, w_.bottom_weight.data(), w_.bottom_bias.data(),
-                                hidden, &stats->flops));
-    RETURN_IF_ERROR(top_.Run(hidden, n, w_.top_weight.data(), w_.top_bias.data(), y + r * o,
+    RETURN_IF_ERROR(bottom_.Run(x + r * d, n, bottom_weight_.data(), bottom_bias_.data(), hidden,
+                                &stats->flops));
+    RETURN_IF_ERROR(top_.Run(hidden, n, top_weight_.data(), top_bias_.data(), y + r * o,
                              &stats->flops));
   }
   stats->compute_ns += NanosSince(start);

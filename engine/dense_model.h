@@ -19,13 +19,17 @@ class DenseModel : public Model {
   static absl::StatusOr<std::unique_ptr<DenseModel>> Create(const DenseWeights& weights);
 
  private:
-  DenseModel(ModelInfo info, DenseWeights weights, MatmulKernel bottom, MatmulKernel top);
+  DenseModel(ModelInfo info, const DenseWeights& weights, MatmulKernel bottom, MatmulKernel top,
+             PackedWeights bottom_weight, PackedWeights top_weight);
   absl::Status PredictValidated(const float* x, int64_t rows, float* y, PredictStats* stats,
                                 Route* route) const override;
 
-  const DenseWeights w_;
+  const int64_t d_, t_, o_;
   const MatmulKernel bottom_;  // relu(x·Bᵀ + c) or x·Bᵀ + c
   const MatmulKernel top_;     // h·Aᵀ + a0
+  const PackedWeights bottom_weight_;  // B in bottom_'s layout
+  const PackedWeights top_weight_;     // A in top_'s layout
+  const std::vector<float> bottom_bias_, top_bias_;
 };
 
 }  // namespace sparse

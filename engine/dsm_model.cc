@@ -42,7 +42,9 @@ absl::StatusOr<std::unique_ptr<DsmModel>> DsmModel::Create(const DsmWeights& w) 
   ASSIGN_OR_RETURN(MatmulKernel top,
                    MatmulKernel::Create({.k = topk ? w.num_blocks * w.active_units : w.active_units,
                                          .n = net.output_dim, .layout = Layout::kInputMajor,
-                                         .accumulate = true}));
+                                         .accumulate = true,
+                                         // topk gathers its top weights per row.
+                                         .allow_packing = !topk}));
   Kernels kernels{.router = std::nullopt, .bottom = std::nullopt, .top = std::move(top)};
   if (w.router == RouterKind::kLsh && w.RouterBits() > 0) {
     ASSIGN_OR_RETURN(kernels.router,
@@ -59,6 +61,19 @@ absl::StatusOr<std::unique_ptr<DsmModel>> DsmModel::Create(const DsmWeights& w) 
                                          .n = topk ? net.width : w.active_units,
                                          .layout = Layout::kOutputMajor, .bias = true,
                                          .relu = relu && !topk}));
+  Weights packed;
+  const std::vector<float> top_t = Transpose(net.top_weight, net.output_dim, net.width);
+  const int64_t slices = topk ? 1 : w.num_blocks * w.num_experts;
+  ASSIGN_OR_RETURN(packed.bottom, kernels.bottom->PackAll(net.bottom_weight.data(), slices));
+  if (topk) {
+    packed.top = PackedWeights(top_t.size());
+    std::copy(top_t.begin(), top_t.end(), packed.top.data());
+  } else {
+    ASSIGN_OR_RETURN(packed.top, kernels.top.PackAll(top_t.data(), slices));
+  }
+  if (kernels.router.has_value()) {
+    ASSIGN_OR_RETURN(packed.router, kernels.router->PackAll(w.router_weight.data(), 1));
+  }
   ModelInfo info;
   info.kind = ModelKind::kDsm;
   info.input_dim = net.input_dim;
@@ -71,20 +86,19 @@ absl::StatusOr<std::unique_ptr<DsmModel>> DsmModel::Create(const DsmWeights& w) 
                                   " t=", net.width, " E=", w.num_experts, " k=", w.active_units,
                                   " L=", w.num_blocks, " o=", net.output_dim, " ",
                                   ActivationName(net.activation));
-  return std::unique_ptr<DsmModel>(new DsmModel(std::move(info), w, std::move(kernels)));
+  return std::unique_ptr<DsmModel>(
+      new DsmModel(std::move(info), w, std::move(kernels), std::move(packed)));
 }
 
-DsmModel::DsmModel(ModelInfo info, const DsmWeights& w, Kernels kernels)
+DsmModel::DsmModel(ModelInfo info, const DsmWeights& w, Kernels kernels, Weights weights)
     : Model(std::move(info)), d_(w.network.input_dim), o_(w.network.output_dim),
       t_(w.network.width), L_(w.num_blocks), E_(w.num_experts), k_(w.active_units),
       bits_(w.RouterBits()), router_(w.router),
       relu_(w.network.activation == Activation::kRelu), hash_seed_(w.hash_seed),
-      bottom_weight_(w.network.bottom_weight), bottom_bias_(w.network.bottom_bias),
-      top_weight_t_(Transpose(w.network.top_weight, w.network.output_dim, w.network.width)),
-      top_bias_(w.network.top_bias), router_weight_(w.router_weight),
+      bottom_bias_(w.network.bottom_bias), top_bias_(w.network.top_bias),
       router_bias_(w.router == RouterKind::kKmeans ? CentroidBias(w.router_weight, d_)
                                                    : w.router_bias),
-      kernels_(std::move(kernels)) {}
+      kernels_(std::move(kernels)), weights_(std::move(weights)) {}
 
 absl::Status DsmModel::PredictValidated(const float* x, int64_t rows, float* y,
                                         PredictStats* stats, Route* route) const {
@@ -127,7 +141,7 @@ absl::Status DsmModel::RouteRows(const float* x, int64_t n, int32_t* experts,
         break;
       }
       float* z = ScratchFloats(Scratch::kRouter, n * L_ * bits_);
-      RETURN_IF_ERROR(kernels_.router->Run(x, n, router_weight_.data(), router_bias_.data(), z,
+      RETURN_IF_ERROR(kernels_.router->Run(x, n, weights_.router.data(), router_bias_.data(), z,
                                            &stats->flops));
       for (int64_t i = 0; i < n * L_; ++i) {
         experts[i] = static_cast<int32_t>(HyperplaneKey(z + i * bits_, bits_));
@@ -136,7 +150,7 @@ absl::Status DsmModel::RouteRows(const float* x, int64_t n, int32_t* experts,
     }
     case RouterKind::kKmeans: {
       float* z = ScratchFloats(Scratch::kRouter, n * L_ * E_);
-      RETURN_IF_ERROR(kernels_.router->Run(x, n, router_weight_.data(), router_bias_.data(), z,
+      RETURN_IF_ERROR(kernels_.router->Run(x, n, weights_.router.data(), router_bias_.data(), z,
                                            &stats->flops));
       for (int64_t i = 0; i < n * L_; ++i) {
         const float* scores = z + i * E_;
@@ -192,10 +206,10 @@ absl::Status DsmModel::ComputeRouted(const float* x, int64_t n, const int32_t* e
         }
         xin = gathered;
       }
-      RETURN_IF_ERROR(kernels_.bottom->Run(xin, g, bottom_weight_.data() + slice * k_ * d_,
-                                           bottom_bias_.data() + slice * k_, hidden,
+      const float* bottom = weights_.bottom.data() + slice * kernels_.bottom->packed_floats();
+      RETURN_IF_ERROR(kernels_.bottom->Run(xin, g, bottom, bottom_bias_.data() + slice * k_, hidden,
                                            &stats->flops));
-      const float* top = top_weight_t_.data() + slice * k_ * o_;
+      const float* top = weights_.top.data() + slice * kernels_.top.packed_floats();
       if (g == n) {
         // Every row of the chunk is in this group, in order: accumulate in place.
         RETURN_IF_ERROR(kernels_.top.Run(hidden, g, top, nullptr, y, &stats->flops));
@@ -219,8 +233,9 @@ absl::Status DsmModel::ComputeTopk(const float* x, int64_t n, float* y,
   const int64_t block_units = t_ / L_;
   const int64_t active = L_ * k_;
   float* z = ScratchFloats(Scratch::kHidden, n * t_);
-  RETURN_IF_ERROR(kernels_.bottom->Run(x, n, bottom_weight_.data(), bottom_bias_.data(), z,
+  RETURN_IF_ERROR(kernels_.bottom->Run(x, n, weights_.bottom.data(), bottom_bias_.data(), z,
                                        &stats->flops));
+  const float* top_t = weights_.top.data();  // plain Aᵀ [t, o]
   float* units = ScratchFloats(Scratch::kRouter, active);
   float* weights = ScratchFloats(Scratch::kGather, active * o_);
   int64_t* index = ScratchIndices(block_units);
@@ -238,8 +253,7 @@ absl::Status DsmModel::ComputeTopk(const float* x, int64_t n, float* y,
         const int64_t unit = index[i];
         const float v = zr[unit];
         units[l * k_ + i] = relu_ && v < 0.0f ? 0.0f : v;
-        std::copy(top_weight_t_.data() + unit * o_, top_weight_t_.data() + (unit + 1) * o_,
-                  weights + (l * k_ + i) * o_);
+        std::copy(top_t + unit * o_, top_t + (unit + 1) * o_, weights + (l * k_ + i) * o_);
       }
     }
     RETURN_IF_ERROR(kernels_.top.Run(units, 1, weights, nullptr, y + r * o_, &stats->flops));

@@ -33,7 +33,13 @@ class DsmModel : public Model {
     std::optional<MatmulKernel> bottom;  // one slice (routed) or all of B (topk)
     MatmulKernel top;                    // accumulates into its output
   };
-  DsmModel(ModelInfo info, const DsmWeights& w, Kernels kernels);
+  // Weights in the kernels' layouts. Routed kinds: slice i (of L·E) of B at
+  // bottom + i·bottom.packed_floats(), of Aᵀ at top + i·top.packed_floats().
+  // topk: all of B packed, and Aᵀ [t, o] plain for gathering.
+  struct Weights {
+    PackedWeights router, bottom, top;
+  };
+  DsmModel(ModelInfo info, const DsmWeights& w, Kernels kernels, Weights weights);
   absl::Status PredictValidated(const float* x, int64_t rows, float* y, PredictStats* stats,
                                 Route* route) const override;
   // Fills experts[r * L + l] for the n rows of x.
@@ -46,13 +52,11 @@ class DsmModel : public Model {
   const RouterKind router_;
   const bool relu_;
   const uint64_t hash_seed_;
-  const std::vector<float> bottom_weight_;  // B [t, d]
   const std::vector<float> bottom_bias_;    // c [t]
-  const std::vector<float> top_weight_t_;   // Aᵀ [t, o]
   const std::vector<float> top_bias_;       // a0 [o]
-  const std::vector<float> router_weight_;  // lsh [L*r, d]; kmeans centroids [L*E, d]
   const std::vector<float> router_bias_;    // lsh offsets; kmeans -|c|²/2
   const Kernels kernels_;
+  const Weights weights_;
 };
 
 }  // namespace sparse

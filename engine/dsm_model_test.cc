@@ -23,6 +23,8 @@ struct Case {
   int64_t blocks;
   Activation activation;
   int64_t o;
+  int64_t d = 8;   // d = 64 and k = 64 make the kernels pack their weights
+  int64_t k = 16;
 };
 
 // FLOPs per row written out from DESIGN.md §1, independently of weights.cc.
@@ -43,9 +45,9 @@ class DsmModelTest : public ::testing::TestWithParam<Case> {};
 
 TEST_P(DsmModelTest, MatchesReferenceRouteAndFlopsAtEveryBatchSize) {
   const Case c = GetParam();
-  const int64_t d = 8, E = 8, k = 16;
+  const int64_t d = c.d, E = 8, k = c.k;
   DsmShape shape{.d = d, .o = c.o, .blocks = c.blocks, .experts = E, .active_units = k,
-                 .router = c.router, .activation = c.activation, .topk_block_units = 64};
+                 .router = c.router, .activation = c.activation, .topk_block_units = 4 * k};
   const DsmWeights w = RandomDsm(shape, 11);
   absl::StatusOr<std::unique_ptr<DsmModel>> model = DsmModel::Create(w);
   ASSERT_TRUE(model.ok()) << model.status();
@@ -76,12 +78,16 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{RouterKind::kKmeans, 2, Activation::kIdentity, 2},
                       Case{RouterKind::kTopk, 1, Activation::kRelu, 1},
                       Case{RouterKind::kTopk, 2, Activation::kRelu, 2},
-                      Case{RouterKind::kTopk, 1, Activation::kIdentity, 1}),
+                      Case{RouterKind::kTopk, 1, Activation::kIdentity, 1},
+                      Case{RouterKind::kLsh, 2, Activation::kRelu, 1, 64, 64},
+                      Case{RouterKind::kKmeans, 1, Activation::kRelu, 1, 64, 64},
+                      Case{RouterKind::kHash, 1, Activation::kRelu, 1, 64, 64},
+                      Case{RouterKind::kTopk, 2, Activation::kRelu, 1, 64, 64}),
     [](const ::testing::TestParamInfo<Case>& info) {
       return std::string(RouterKindName(info.param.router)) + "_L" +
              std::to_string(info.param.blocks) + "_" +
              std::string(ActivationName(info.param.activation)) + "_o" +
-             std::to_string(info.param.o);
+             std::to_string(info.param.o) + "_d" + std::to_string(info.param.d);
     });
 
 TEST(DsmModelTest, RoutedRowsUseEveryExpertAndSameInputSameExpert) {

@@ -34,12 +34,14 @@ absl::StatusOr<std::unique_ptr<LshTableModel>> LshTableModel::Create(
                    MatmulKernel::Create({.k = w.input_dim, .n = w.num_tables * w.num_hashes,
                                          .layout = MatmulSpec::WeightLayout::kOutputMajor,
                                          .bias = true}));
+  ASSIGN_OR_RETURN(PackedWeights projection_weight, projection.PackAll(w.projection.data(), 1));
   std::unique_ptr<MatmulKernel> affine;
   if (w.degree == 1) {
+    // Bucket matrices are used where they are stored: no packing.
     ASSIGN_OR_RETURN(MatmulKernel k,
                      MatmulKernel::Create({.k = w.input_dim + 1, .n = w.output_dim,
                                            .layout = MatmulSpec::WeightLayout::kOutputMajor,
-                                           .accumulate = true}));
+                                           .accumulate = true, .allow_packing = false}));
     affine = std::make_unique<MatmulKernel>(std::move(k));
   }
   ModelInfo info;
@@ -52,14 +54,16 @@ absl::StatusOr<std::unique_ptr<LshTableModel>> LshTableModel::Create(
                                   w.input_dim, " s=", w.num_tables, " m=", w.num_hashes,
                                   " delta=", w.degree, " o=", w.output_dim);
   return std::unique_ptr<LshTableModel>(new LshTableModel(
-      std::move(info), w, std::move(tables), std::move(projection), std::move(affine)));
+      std::move(info), w, std::move(tables), std::move(projection), std::move(projection_weight),
+      std::move(affine)));
 }
 
 LshTableModel::LshTableModel(ModelInfo info, const LshTableWeights& w, std::vector<Table> tables,
-                             MatmulKernel projection, std::unique_ptr<MatmulKernel> affine)
+                             MatmulKernel projection, PackedWeights projection_weight,
+                             std::unique_ptr<MatmulKernel> affine)
     : Model(std::move(info)), d_(w.input_dim), o_(w.output_dim), s_(w.num_tables),
       m_(w.num_hashes), degree_(w.degree), family_(w.family), bucket_width_(w.bucket_width),
-      projection_(w.projection), offset_(w.offset), tables_(std::move(tables)),
+      projection_(std::move(projection_weight)), offset_(w.offset), tables_(std::move(tables)),
       projection_kernel_(std::move(projection)), affine_kernel_(std::move(affine)) {}
 
 absl::Status LshTableModel::PredictValidated(const float* x, int64_t rows, float* y,

@@ -31,14 +31,15 @@ class LshTableModel : public Model {
     std::vector<float> values;    // [n + 1, per_bucket], α-scaled; row n = fallback
   };
   LshTableModel(ModelInfo info, const LshTableWeights& w, std::vector<Table> tables,
-                MatmulKernel projection, std::unique_ptr<MatmulKernel> affine);
+                MatmulKernel projection, PackedWeights projection_weight,
+                std::unique_ptr<MatmulKernel> affine);
   absl::Status PredictValidated(const float* x, int64_t rows, float* y, PredictStats* stats,
                                 Route* route) const override;
 
   const int64_t d_, o_, s_, m_, degree_;
   const HashFamily family_;
   const float bucket_width_;
-  const std::vector<float> projection_;  // [s*m, d]
+  const PackedWeights projection_;       // [s*m, d] in projection_kernel_'s layout
   const std::vector<float> offset_;      // [s*m]
   const std::vector<Table> tables_;
   const MatmulKernel projection_kernel_;

@@ -21,18 +21,20 @@ struct Case {
   HashFamily family;
   int64_t degree;
   int64_t o;
+  int64_t d = 8;  // d = 64 with m = 16 makes the projection kernel pack
+  int64_t m = 6;
 };
 
 class LshTableModelTest : public ::testing::TestWithParam<Case> {};
 
 TEST_P(LshTableModelTest, MatchesReferenceRouteAndFlopsAtEveryBatchSize) {
   const Case c = GetParam();
-  LshShape shape{.d = 8, .o = c.o, .s = 4, .m = 6, .degree = c.degree, .family = c.family};
+  LshShape shape{.d = c.d, .o = c.o, .s = 4, .m = c.m, .degree = c.degree, .family = c.family};
   const LshTableWeights w = RandomLshTable(shape, 42);
   absl::StatusOr<std::unique_ptr<LshTableModel>> model = LshTableModel::Create(w);
   ASSERT_TRUE(model.ok()) << model.status();
 
-  const int64_t s = 4, m = 6, d = 8, o = c.o;
+  const int64_t s = 4, m = c.m, d = c.d, o = c.o;
   const int64_t per_row = c.degree == 0 ? 2 * s * m * d + s * o : 2 * s * m * d + s * 2 * o * (d + 1);
   EXPECT_EQ((*model)->info().flops_per_row, per_row);
 
@@ -61,10 +63,13 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(Case{HashFamily::kHyperplane, 0, 1}, Case{HashFamily::kHyperplane, 0, 3},
                       Case{HashFamily::kHyperplane, 1, 1}, Case{HashFamily::kHyperplane, 1, 2},
                       Case{HashFamily::kEuclidean, 0, 1}, Case{HashFamily::kEuclidean, 0, 3},
-                      Case{HashFamily::kEuclidean, 1, 1}, Case{HashFamily::kEuclidean, 1, 2}),
+                      Case{HashFamily::kEuclidean, 1, 1}, Case{HashFamily::kEuclidean, 1, 2},
+                      Case{HashFamily::kHyperplane, 0, 1, 64, 16},
+                      Case{HashFamily::kEuclidean, 1, 2, 64, 16}),
     [](const ::testing::TestParamInfo<Case>& info) {
       return std::string(HashFamilyName(info.param.family)) + "_delta" +
-             std::to_string(info.param.degree) + "_o" + std::to_string(info.param.o);
+             std::to_string(info.param.degree) + "_o" + std::to_string(info.param.o) + "_d" +
+             std::to_string(info.param.d);
     });
 
 TEST(LshTableModelTest, EveryMissReturnsTheWeightedFallbacks) {

@@ -2,6 +2,9 @@
 
 #include <omp.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <new>
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
@@ -22,6 +25,15 @@ absl::Status FromDnnl(const dnnl::error& e, absl::string_view what) {
 
 void SetKernelThreads(int threads) { omp_set_num_threads(threads); }
 
+PackedWeights::PackedWeights(size_t floats) : size_(floats) {
+  // aligned_alloc needs a size that is a multiple of the alignment.
+  const size_t bytes = ((floats * sizeof(float) + 63) / 64) * 64;
+  data_.reset(static_cast<float*>(std::aligned_alloc(64, bytes == 0 ? 64 : bytes)));
+  if (data_ == nullptr) throw std::bad_alloc();
+}
+
+void PackedWeights::Free::operator()(float* p) const { std::free(p); }
+
 absl::StatusOr<MatmulKernel> MatmulKernel::Create(const MatmulSpec& spec) {
   if (spec.k < 1 || spec.n < 1) {
     return absl::InvalidArgumentError(
@@ -39,13 +51,29 @@ absl::StatusOr<MatmulKernel> MatmulKernel::Create(const MatmulSpec& spec) {
     attr.set_post_ops(ops);
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
 
-    const memory::dims weight_dims = {spec.k, spec.n};
     const Tag weight_tag = spec.layout == MatmulSpec::WeightLayout::kOutputMajor ? Tag::ba : Tag::ab;
+    kernel.plain_weights_ = memory::desc({spec.k, spec.n}, Dt::f32, weight_tag);
+    kernel.weights_ = kernel.plain_weights_;
+    if (spec.allow_packing) {
+      // The layout oneDNN prefers for a batch-1 product of this shape; the
+      // same layout serves every bucket.
+      const memory::desc any({spec.k, spec.n}, Dt::f32, Tag::any);
+      const memory::desc src({1, spec.k}, Dt::f32, Tag::ab);
+      const memory::desc dst({1, spec.n}, Dt::f32, Tag::ab);
+      const dnnl::matmul::primitive_desc probe(dnnl::matmul::desc(src, any, dst), attr,
+                                               CpuEngine());
+      const memory::desc preferred = probe.weights_desc();
+      if (preferred.get_size() * 4 <= kernel.plain_weights_.get_size() * 5) {
+        kernel.weights_ = preferred;
+      }
+    }
+    kernel.packs_ = kernel.weights_ != kernel.plain_weights_;
+    kernel.packed_floats_ = static_cast<int64_t>(kernel.weights_.get_size() / sizeof(float));
     for (int b = 0; b < kNumBuckets; ++b) {
       const int64_t m = int64_t{1} << b;
       Bucket& bucket = kernel.buckets_[b];
       bucket.src = memory::desc({m, spec.k}, Dt::f32, Tag::ab);
-      bucket.weights = memory::desc(weight_dims, Dt::f32, weight_tag);
+      bucket.weights = kernel.weights_;
       bucket.dst = memory::desc({m, spec.n}, Dt::f32, Tag::ab);
       std::unique_ptr<dnnl::matmul::desc> desc;
       if (spec.bias) {
@@ -63,6 +91,33 @@ absl::StatusOr<MatmulKernel> MatmulKernel::Create(const MatmulSpec& spec) {
     return FromDnnl(e, absl::StrCat("matmul creation (K=", spec.k, ", N=", spec.n, ")"));
   }
   return kernel;
+}
+
+absl::StatusOr<PackedWeights> MatmulKernel::PackAll(const float* plain, int64_t count) const {
+  PackedWeights packed(static_cast<size_t>(count * packed_floats_));
+  const int64_t plain_floats = spec_.k * spec_.n;
+  if (!packs_) {
+    std::copy(plain, plain + count * plain_floats, packed.data());
+    return packed;
+  }
+  try {
+    const dnnl::engine& engine = CpuEngine();
+    dnnl::stream& stream = ThreadStream();
+    // Padding in the blocked layout must be zero; the reorder writes all of
+    // it, but start from zeros so no byte is left uninitialised.
+    std::fill(packed.data(), packed.data() + packed.size(), 0.0f);
+    dnnl::reorder::primitive_desc pd(engine, plain_weights_, engine, weights_);
+    dnnl::reorder reorder(pd);
+    for (int64_t i = 0; i < count; ++i) {
+      memory src(plain_weights_, engine, const_cast<float*>(plain + i * plain_floats));
+      memory dst(weights_, engine, packed.data() + i * packed_floats_);
+      reorder.execute(stream, src, dst);
+    }
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return FromDnnl(e, "weight reorder");
+  }
+  return packed;
 }
 
 absl::Status MatmulKernel::Run(const float* x, int64_t rows, const float* w, const float* bias,

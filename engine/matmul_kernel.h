@@ -7,6 +7,12 @@
 // Weights and bias are passed per call, which lets one kernel serve every
 // expert slice or bucket of the same shape.
 //
+// Weights are packed once, at load, into the blocked layout oneDNN picks for
+// the shape (Pack / PackAll). On this machine kind that layout runs a batch-1
+// GEMV about 2x faster than the plain row-major one. Where the blocked
+// layout would pad the matrix by more than 25% (e.g. N = 1), or the spec
+// disallows packing (weights gathered per call), the plain layout is kept.
+//
 // Thread-safety: Create() and destruction are not concurrent with Run().
 // Run() is safe from any number of threads at once: each thread executes on
 // its own oneDNN stream with its own scratchpad (see workspace.h).
@@ -33,6 +39,24 @@ struct MatmulSpec {
   bool bias = false;        // adds a [N] bias
   bool relu = false;        // applies ReLU after the bias
   bool accumulate = false;  // adds the result into y instead of overwriting
+  bool allow_packing = true;  // false when Run() gets weights built per call
+};
+
+// A 64-byte-aligned float buffer holding packed weights. Move-only.
+class PackedWeights {
+ public:
+  PackedWeights() = default;
+  explicit PackedWeights(size_t floats);
+  float* data() { return data_.get(); }
+  const float* data() const { return data_.get(); }
+  size_t size() const { return size_; }
+
+ private:
+  struct Free {
+    void operator()(float* p) const;
+  };
+  std::unique_ptr<float[], Free> data_;
+  size_t size_ = 0;
 };
 
 class MatmulKernel {
@@ -46,7 +70,18 @@ class MatmulKernel {
   MatmulKernel(MatmulKernel&&) = default;
   MatmulKernel& operator=(MatmulKernel&&) = default;
 
-  // x: [rows, K] row-major; w: laid out as spec.layout; bias: [N] (when
+  // Floats one weight matrix takes in the kernel's layout (>= K·N).
+  int64_t packed_floats() const { return packed_floats_; }
+  // Whether the kernel's layout differs from spec.layout.
+  bool packs() const { return packs_; }
+
+  // Packs `count` weight matrices stored consecutively in spec.layout
+  // (matrix i at plain + i·K·N) into one buffer, matrix i at
+  // i·packed_floats(). Load-time only: it creates a reorder primitive.
+  absl::StatusOr<PackedWeights> PackAll(const float* plain, int64_t count) const;
+
+  // x: [rows, K] row-major; w: one matrix as PackAll laid it out (or, when
+  // !packs(), in spec.layout); bias: [N] (when
   // spec.bias, else ignored); y: [rows, N] row-major. Adds 2·rows·K·N to
   // *flops. REQUIRES: rows >= 1 and the pointers cover those extents.
   absl::Status Run(const float* x, int64_t rows, const float* w, const float* bias,
@@ -62,6 +97,10 @@ class MatmulKernel {
   MatmulKernel() = default;
 
   MatmulSpec spec_;
+  dnnl::memory::desc plain_weights_;  // spec.layout
+  dnnl::memory::desc weights_;        // the layout Run() expects
+  int64_t packed_floats_ = 0;
+  bool packs_ = false;
   std::array<Bucket, kNumBuckets> buckets_;
 };
 

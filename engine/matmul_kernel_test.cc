@@ -51,6 +51,44 @@ TEST(MatmulKernelTest, EveryRowCountMatchesNaiveAndCountsExactFlops) {
   }
 }
 
+TEST(MatmulKernelTest, PacksLargeWeightsIntoBlockedLayoutAndStaysExact) {
+  for (auto layout : {MatmulSpec::WeightLayout::kOutputMajor, MatmulSpec::WeightLayout::kInputMajor}) {
+    const MatmulSpec spec{.k = 128, .n = 256, .layout = layout, .bias = true, .relu = true};
+    absl::StatusOr<MatmulKernel> kernel = MatmulKernel::Create(spec);
+    ASSERT_TRUE(kernel.ok()) << kernel.status();
+    EXPECT_TRUE(kernel->packs());
+    // Three matrices packed together, each used through its own offset.
+    const std::vector<float> w = RandomInputs(3 * spec.n, spec.k, 5);
+    absl::StatusOr<PackedWeights> packed = kernel->PackAll(w.data(), 3);
+    ASSERT_TRUE(packed.ok()) << packed.status();
+    ASSERT_EQ(packed->size(), static_cast<size_t>(3 * kernel->packed_floats()));
+    const std::vector<float> bias = RandomInputs(1, spec.n, 6);
+    for (int64_t i = 0; i < 3; ++i) {
+      const std::vector<float> wi(w.begin() + i * spec.k * spec.n, w.begin() + (i + 1) * spec.k * spec.n);
+      for (int64_t rows : {1, 5, 128, 133}) {
+        const std::vector<float> x = RandomInputs(rows, spec.k, 7 + rows);
+        std::vector<float> y(rows * spec.n);
+        int64_t flops = 0;
+        ASSERT_OK(kernel->Run(x.data(), rows, packed->data() + i * kernel->packed_floats(),
+                              bias.data(), y.data(), &flops));
+        EXPECT_TRUE(AllNear(y, NaiveMatmul(x, rows, wi, bias, spec))) << "matrix " << i << " rows " << rows;
+      }
+    }
+  }
+}
+
+TEST(MatmulKernelTest, KeepsPlainLayoutWhenPackingWouldPadOrIsDisallowed) {
+  // N = 1 would pad to a 64-wide block: 64x the bytes for a memory-bound GEMV.
+  absl::StatusOr<MatmulKernel> narrow = MatmulKernel::Create({.k = 256, .n = 1});
+  ASSERT_TRUE(narrow.ok());
+  EXPECT_FALSE(narrow->packs());
+  EXPECT_EQ(narrow->packed_floats(), 256);
+  absl::StatusOr<MatmulKernel> gathered =
+      MatmulKernel::Create({.k = 128, .n = 256, .allow_packing = false});
+  ASSERT_TRUE(gathered.ok());
+  EXPECT_FALSE(gathered->packs());
+}
+
 TEST(MatmulKernelTest, AccumulateAddsIntoOutput) {
   const MatmulSpec spec{.k = 4, .n = 3, .accumulate = true};
   absl::StatusOr<MatmulKernel> kernel = MatmulKernel::Create(spec);
