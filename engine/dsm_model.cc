@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include "absl/strings/str_cat.h"
 #include "engine/hashing.h"
@@ -21,15 +22,41 @@ std::vector<float> Transpose(const std::vector<float>& a, int64_t rows, int64_t 
   return t;
 }
 
-// kmeans scores c·x - |c|²/2: the argmax is the nearest centroid.
-std::vector<float> CentroidBias(const std::vector<float>& centroids, int64_t d) {
-  std::vector<float> bias(centroids.size() / d);
-  for (size_t e = 0; e < bias.size(); ++e) {
-    double sq = 0;
-    for (int64_t j = 0; j < d; ++j) sq += double{centroids[e * d + j]} * centroids[e * d + j];
-    bias[e] = static_cast<float>(-0.5 * sq);
+// The kmeans router scores each centroid c of a block by c·x - |c|²/2, whose
+// argmax is the nearest centroid. Centroids are centred on their block's mean
+// μ first (c' = c - μ, bias = -c'·μ - |c'|²/2, the same argmax): without it,
+// centroids far from the origin lose the difference between them to float
+// rounding. Writes c' into *weights and the biases into *bias.
+absl::Status CentredCentroids(const std::vector<float>& centroids, int64_t blocks,
+                              int64_t experts, int64_t d, std::vector<float>* weights,
+                              std::vector<float>* bias) {
+  weights->resize(centroids.size());
+  bias->resize(blocks * experts);
+  for (int64_t l = 0; l < blocks; ++l) {
+    std::vector<double> mean(d, 0.0);
+    for (int64_t e = 0; e < experts; ++e) {
+      for (int64_t j = 0; j < d; ++j) mean[j] += centroids[(l * experts + e) * d + j];
+    }
+    for (double& m : mean) m /= static_cast<double>(experts);
+    for (int64_t e = 0; e < experts; ++e) {
+      const int64_t row = l * experts + e;
+      double dot = 0, sq = 0;
+      for (int64_t j = 0; j < d; ++j) {
+        const double c = centroids[row * d + j] - mean[j];
+        (*weights)[row * d + j] = static_cast<float>(c);
+        dot += c * mean[j];
+        sq += c * c;
+      }
+      const double b = -dot - 0.5 * sq;
+      if (!(std::fabs(b) < 3e38)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "router.weight: kmeans centroid ", row, " is too far from the others (|bias| = ", b,
+            " does not fit a float)"));
+      }
+      (*bias)[row] = static_cast<float>(b);
+    }
   }
-  return bias;
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -71,8 +98,14 @@ absl::StatusOr<std::unique_ptr<DsmModel>> DsmModel::Create(const DsmWeights& w) 
   } else {
     ASSIGN_OR_RETURN(packed.top, kernels.top.PackAll(top_t.data(), slices));
   }
-  if (kernels.router.has_value()) {
+  if (w.router == RouterKind::kKmeans) {
+    std::vector<float> centred;
+    RETURN_IF_ERROR(CentredCentroids(w.router_weight, w.num_blocks, w.num_experts,
+                                     net.input_dim, &centred, &packed.router_bias));
+    ASSIGN_OR_RETURN(packed.router, kernels.router->PackAll(centred.data(), 1));
+  } else if (kernels.router.has_value()) {
     ASSIGN_OR_RETURN(packed.router, kernels.router->PackAll(w.router_weight.data(), 1));
+    packed.router_bias = w.router_bias;
   }
   ModelInfo info;
   info.kind = ModelKind::kDsm;
@@ -96,8 +129,6 @@ DsmModel::DsmModel(ModelInfo info, const DsmWeights& w, Kernels kernels, Weights
       bits_(w.RouterBits()), router_(w.router),
       relu_(w.network.activation == Activation::kRelu), hash_seed_(w.hash_seed),
       bottom_bias_(w.network.bottom_bias), top_bias_(w.network.top_bias),
-      router_bias_(w.router == RouterKind::kKmeans ? CentroidBias(w.router_weight, d_)
-                                                   : w.router_bias),
       kernels_(std::move(kernels)), weights_(std::move(weights)) {}
 
 absl::Status DsmModel::PredictValidated(const float* x, int64_t rows, float* y,
@@ -141,7 +172,7 @@ absl::Status DsmModel::RouteRows(const float* x, int64_t n, int32_t* experts,
         break;
       }
       float* z = ScratchFloats(Scratch::kRouter, n * L_ * bits_);
-      RETURN_IF_ERROR(kernels_.router->Run(x, n, weights_.router.data(), router_bias_.data(), z,
+      RETURN_IF_ERROR(kernels_.router->Run(x, n, weights_.router.data(), weights_.router_bias.data(), z,
                                            &stats->flops));
       for (int64_t i = 0; i < n * L_; ++i) {
         experts[i] = static_cast<int32_t>(HyperplaneKey(z + i * bits_, bits_));
@@ -150,7 +181,7 @@ absl::Status DsmModel::RouteRows(const float* x, int64_t n, int32_t* experts,
     }
     case RouterKind::kKmeans: {
       float* z = ScratchFloats(Scratch::kRouter, n * L_ * E_);
-      RETURN_IF_ERROR(kernels_.router->Run(x, n, weights_.router.data(), router_bias_.data(), z,
+      RETURN_IF_ERROR(kernels_.router->Run(x, n, weights_.router.data(), weights_.router_bias.data(), z,
                                            &stats->flops));
       for (int64_t i = 0; i < n * L_; ++i) {
         const float* scores = z + i * E_;
@@ -246,8 +277,11 @@ absl::Status DsmModel::ComputeTopk(const float* x, int64_t n, float* y,
       for (int64_t i = 0; i < block_units; ++i) index[i] = base + i;
       // The k largest pre-activations; ties go to the lower unit index so the
       // selection is deterministic.
-      std::nth_element(index, index + k_ - 1, index + block_units, [zr](int64_t a, int64_t b) {
-        return zr[a] > zr[b] || (zr[a] == zr[b] && a < b);
+      // A NaN (inf - inf from a huge input) ranks lowest, keeping the
+      // comparison a strict weak order; Predict then rejects the output.
+      auto value = [zr](int64_t u) { return std::isnan(zr[u]) ? -INFINITY : zr[u]; };
+      std::nth_element(index, index + k_ - 1, index + block_units, [&value](int64_t a, int64_t b) {
+        return value(a) > value(b) || (value(a) == value(b) && a < b);
       });
       for (int64_t i = 0; i < k_; ++i) {
         const int64_t unit = index[i];

@@ -38,6 +38,7 @@ class DsmModel : public Model {
   // topk: all of B packed, and Aᵀ [t, o] plain for gathering.
   struct Weights {
     PackedWeights router, bottom, top;
+    std::vector<float> router_bias;  // lsh offsets; kmeans see CentredCentroids
   };
   DsmModel(ModelInfo info, const DsmWeights& w, Kernels kernels, Weights weights);
   absl::Status PredictValidated(const float* x, int64_t rows, float* y, PredictStats* stats,
@@ -54,7 +55,6 @@ class DsmModel : public Model {
   const uint64_t hash_seed_;
   const std::vector<float> bottom_bias_;    // c [t]
   const std::vector<float> top_bias_;       // a0 [o]
-  const std::vector<float> router_bias_;    // lsh offsets; kmeans -|c|²/2
   const Kernels kernels_;
   const Weights weights_;
 };

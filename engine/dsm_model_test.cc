@@ -116,6 +116,39 @@ TEST(DsmModelTest, RoutedRowsUseEveryExpertAndSameInputSameExpert) {
   }
 }
 
+// Centroids far from the origin and close together: c·x - |c|²/2 in float
+// would round both scores to the same value; the router must still pick
+// the nearest centroid.
+TEST(DsmModelTest, KmeansPicksNearestCentroidFarFromOrigin) {
+  DsmWeights w = RandomDsm({.d = 1, .experts = 2, .active_units = 1, .router = RouterKind::kKmeans}, 3);
+  w.router_weight = {1000.0f, 1000.5f};
+  auto model = DsmModel::Create(w);
+  ASSERT_TRUE(model.ok()) << model.status();
+  for (auto [x, expert] : std::vector<std::pair<float, int32_t>>{{1000.3f, 1}, {1000.2f, 0}, {999.0f, 0}, {1e4f, 1}}) {
+    std::vector<float> in = {x}, y(1);
+    PredictStats stats;
+    Route route;
+    ASSERT_OK((*model)->Predict(in, 1, absl::MakeSpan(y), &stats, &route));
+    EXPECT_EQ(route.expert_ids[0], expert) << "x=" << x;
+  }
+  w.router_weight = {1e30f, -1e30f};  // |c|² does not fit a float
+  EXPECT_EQ(DsmModel::Create(w).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(DsmModelTest, OverflowingInputIsAnErrorAndTheModelKeepsServing) {
+  for (RouterKind router : {RouterKind::kTopk, RouterKind::kLsh, RouterKind::kKmeans}) {
+    auto model = DsmModel::Create(RandomDsm({.router = router}, 4));
+    ASSERT_TRUE(model.ok()) << model.status();
+    std::vector<float> huge(8, 3e38f), y(1);
+    for (size_t i = 0; i < huge.size(); i += 2) huge[i] = -3e38f;
+    PredictStats stats;
+    absl::Status s = (*model)->Predict(huge, 1, absl::MakeSpan(y), &stats, nullptr);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << RouterKindName(router);
+    EXPECT_NE(s.message().find("too large"), std::string::npos) << s;
+    EXPECT_OK((*model)->Predict(RandomInputs(1, 8, 1), 1, absl::MakeSpan(y), &stats, nullptr));
+  }
+}
+
 TEST(DsmModelTest, CreateRejectsInconsistentShapes) {
   DsmWeights w = RandomDsm(DsmShape{}, 1);
   DsmWeights bad_experts = w;

@@ -45,7 +45,7 @@ uint64_t EuclideanKey(const float* z, int64_t m, float w) {
   uint64_t key = kFnvOffset;
   for (int64_t j = 0; j < m; ++j) {
     double h = std::floor(static_cast<double>(z[j]) / static_cast<double>(w));
-    if (h > kKeyClamp) h = kKeyClamp;
+    if (!(h <= kKeyClamp)) h = kKeyClamp;  // also NaN (inf - inf from a huge input)
     if (h < -kKeyClamp) h = -kKeyClamp;
     key = FnvInt64(key, static_cast<int64_t>(h));
   }

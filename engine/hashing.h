@@ -13,7 +13,7 @@ namespace sparse {
 uint64_t HyperplaneKey(const float* z, int64_t m);
 
 // Euclidean (p-stable) family: h_j = floor(z_j / w), clamped to
-// [-2^62, 2^62], folded into 64 bits with FNV-1a over the 8-byte
+// [-2^62, 2^62] (NaN counts as 2^62), folded into 64 bits with FNV-1a over the 8-byte
 // little-endian two's-complement value of each h_j (see FoldKey).
 uint64_t EuclideanKey(const float* z, int64_t m, float w);
 

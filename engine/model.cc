@@ -43,7 +43,17 @@ absl::Status Model::Predict(absl::Span<const float> x, int64_t rows, absl::Span<
         "output buffer has ", y.size(), " values, expected ", rows * info_.output_dim));
   }
   if (route != nullptr) *route = Route{};
-  return PredictValidated(x.data(), rows, y.data(), stats, route);
+  RETURN_IF_ERROR(PredictValidated(x.data(), rows, y.data(), stats, route));
+  // Finite inputs can still overflow (|x| near FLT_MAX): answer with an
+  // error, not with a NaN or Inf prediction.
+  for (size_t i = 0; i < y.size(); ++i) {
+    if (!std::isfinite(y[i])) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "input row ", i / info_.output_dim,
+          " is too large in magnitude: the model's output overflows"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace sparse

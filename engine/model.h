@@ -54,7 +54,8 @@ class Model {
 
   // Computes y [rows, o] from x [rows, d], both row-major.
   // Errors (INVALID_ARGUMENT): rows < 1, x or y of the wrong size, a NaN or
-  // Inf input. On error y is unspecified and nothing else changes.
+  // Inf input, an input so large that an output overflows. On error y is
+  // unspecified and nothing else changes.
   // `stats` is required; `route` may be null.
   absl::Status Predict(absl::Span<const float> x, int64_t rows, absl::Span<float> y,
                        PredictStats* stats, Route* route) const;

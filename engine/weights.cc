@@ -110,8 +110,7 @@ absl::Status LshTableWeights::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat(
         "hyperplane keys hold at most 64 bits, got hashes=", num_hashes));
   }
-  if (family == HashFamily::kEuclidean &&
-      !(std::isfinite(bucket_width) && bucket_width > 0)) {
+  if (!(std::isfinite(bucket_width) && bucket_width > 0)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "bucket_width must be a positive finite number, got ", bucket_width));
   }

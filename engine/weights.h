@@ -41,7 +41,7 @@ struct LshTableWeights {
   int64_t num_hashes = 0;   // m
   int64_t degree = 0;       // Δ: 0 = constant per bucket, 1 = affine
   HashFamily family = HashFamily::kHyperplane;
-  float bucket_width = 1.0f;   // w of the euclidean family; unused otherwise
+  float bucket_width = 1.0f;   // w of the euclidean family; unused (but > 0) otherwise
   std::vector<float> projection;  // [s*m, d]
   std::vector<float> offset;      // [s*m]
   std::vector<float> alpha;       // [s] table weights α_i

@@ -28,6 +28,8 @@ using Json = nlohmann::json;
 using Metadata = std::map<std::string, std::string>;
 
 constexpr char kInfoPrefix[] = "info.";
+// A manifest lists two files; anything near this size is not one.
+constexpr size_t kMaxManifestBytes = 64 << 10;
 
 // ---- Metadata ---------------------------------------------------------------
 
@@ -204,12 +206,11 @@ absl::StatusOr<LshTableWeights> DecodeLsh(MetadataReader& meta, TensorReader& te
   ASSIGN_OR_RETURN(w.degree, meta.Int("degree"));
   ASSIGN_OR_RETURN(w.family, meta.Enum("family", &ParseHashFamily));
   ASSIGN_OR_RETURN(w.bucket_width, meta.Float("bucket_width"));
-  if ((w.degree != 0 && w.degree != 1) || w.num_tables > 4096 ||
-      w.num_tables * w.num_hashes > (int64_t{1} << 30)) {
-    // Validate() gives the precise message; these bounds keep shapes sane.
-    RETURN_IF_ERROR(WithFile(file, w.Validate()));
+  if (w.degree != 0 && w.degree != 1) RETURN_IF_ERROR(WithFile(file, w.Validate()));
+  int64_t hashes = 0;
+  if (__builtin_mul_overflow(w.num_tables, w.num_hashes, &hashes)) {
+    return absl::InvalidArgumentError(absl::StrCat(file, ": tables x hashes overflows"));
   }
-  const int64_t hashes = w.num_tables * w.num_hashes;
   ASSIGN_OR_RETURN(w.projection, tensors.F32("hash.projection", {hashes, w.input_dim}));
   ASSIGN_OR_RETURN(w.offset, tensors.F32("hash.offset", {hashes}));
   ASSIGN_OR_RETURN(w.alpha, tensors.F32("alpha", {w.num_tables}));
@@ -239,9 +240,7 @@ absl::StatusOr<DsmWeights> DecodeDsm(MetadataReader& meta, TensorReader& tensors
   const int64_t d = w.network.input_dim;
   switch (w.router) {
     case RouterKind::kLsh: {
-      if (w.num_experts < 1 || w.num_blocks > (int64_t{1} << 20)) {
-        RETURN_IF_ERROR(WithFile(file, w.Validate()));
-      }
+      // Dim() bounds both by 2^40, so bits <= 2^40 * 40 cannot overflow.
       const int64_t bits = w.num_blocks * w.RouterBits();
       ASSIGN_OR_RETURN(w.router_weight, tensors.F32("router.weight", {bits, d}));
       ASSIGN_OR_RETURN(w.router_bias, tensors.F32("router.bias", {bits}));
@@ -382,6 +381,11 @@ absl::StatusOr<std::map<std::string, ManifestEntry>> ReadManifest(const std::str
         absl::StrCat("no ", kManifestFile, ": the version is incomplete or still being written"));
   }
   RETURN_IF_ERROR(file.status());
+  if (file->bytes().size() > kMaxManifestBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(kManifestFile, ": ", file->bytes().size(),
+                                                   " bytes, more than the ", kMaxManifestBytes,
+                                                   " a manifest can need"));
+  }
   const char* text = reinterpret_cast<const char*>(file->bytes().data());
   Json manifest = Json::parse(text, text + file->bytes().size(), nullptr, false);
   const std::string m = kManifestFile;
@@ -448,6 +452,19 @@ absl::StatusOr<DenseWeights> ReadDense(const MappedFile& file) {
   return w;
 }
 
+// (input_dim, output_dim) of the sparse model.
+std::pair<int64_t, int64_t> SparseDims(const std::variant<LshTableWeights, DsmWeights>& sparse) {
+  return std::visit(
+      [](const auto& w) -> std::pair<int64_t, int64_t> {
+        if constexpr (std::is_same_v<std::decay_t<decltype(w)>, DsmWeights>) {
+          return {w.network.input_dim, w.network.output_dim};
+        } else {
+          return {w.input_dim, w.output_dim};
+        }
+      },
+      sparse);
+}
+
 }  // namespace
 
 std::string SerializeSparse(const Checkpoint& checkpoint) {
@@ -466,7 +483,9 @@ std::string SerializeDense(const DenseWeights& dense) {
 absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir) {
   ASSIGN_OR_RETURN(auto manifest, ReadManifest(dir));
   for (const char* name : {kModelFile, kDenseFile}) {
-    if (!manifest.contains(name) && fs::exists(fs::path(dir) / name)) {
+    std::error_code ec;  // a file we cannot even stat is reported when opened
+    if (!manifest.contains(name) && fs::symlink_status(fs::path(dir) / name, ec).type() !=
+                                        fs::file_type::not_found && !ec) {
       return absl::InvalidArgumentError(
           absl::StrCat(name, " is present but not listed in ", kManifestFile));
     }
@@ -493,6 +512,12 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir) {
   if (manifest.contains(kDenseFile)) {
     ASSIGN_OR_RETURN(MappedFile dense_file, OpenVerified(dir, kDenseFile, manifest[kDenseFile]));
     ASSIGN_OR_RETURN(checkpoint.dense, ReadDense(dense_file));
+    const auto [d, o] = SparseDims(checkpoint.sparse);
+    if (checkpoint.dense->input_dim != d || checkpoint.dense->output_dim != o) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kDenseFile, ": the dense twin maps ", checkpoint.dense->input_dim, " -> ",
+          checkpoint.dense->output_dim, " but the sparse model maps ", d, " -> ", o));
+    }
   }
   return checkpoint;
 }
@@ -503,15 +528,7 @@ absl::Status WriteCheckpoint(const std::string& model_dir, int64_t version,
     return absl::InvalidArgumentError(absl::StrCat("version must be >= 1, got ", version));
   }
   RETURN_IF_ERROR(std::visit([](const auto& w) { return w.Validate(); }, checkpoint.sparse));
-  const auto [d, o] = std::visit(
-      [](const auto& w) -> std::pair<int64_t, int64_t> {
-        if constexpr (std::is_same_v<std::decay_t<decltype(w)>, DsmWeights>) {
-          return {w.network.input_dim, w.network.output_dim};
-        } else {
-          return {w.input_dim, w.output_dim};
-        }
-      },
-      checkpoint.sparse);
+  const auto [d, o] = SparseDims(checkpoint.sparse);
   if (checkpoint.dense.has_value()) {
     RETURN_IF_ERROR(WithFile(kDenseFile, checkpoint.dense->Validate()));
     if (checkpoint.dense->input_dim != d || checkpoint.dense->output_dim != o) {
@@ -528,7 +545,7 @@ absl::Status WriteCheckpoint(const std::string& model_dir, int64_t version,
   fs::create_directories(model_dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", model_dir, ": ", ec.message()));
   const std::string target = (fs::path(model_dir) / std::to_string(version)).string();
-  if (fs::exists(target)) {
+  if (fs::symlink_status(target, ec).type() != fs::file_type::not_found) {
     return absl::AlreadyExistsError(absl::StrCat("version ", version, " already exists"));
   }
   static std::atomic<int> counter{0};

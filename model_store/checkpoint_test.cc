@@ -1,5 +1,7 @@
 #include "model_store/checkpoint.h"
 
+#include <sys/stat.h>
+
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -150,6 +152,16 @@ TEST_F(CheckpointTest, ReadReturnsTheWeightsWritten) {
   EXPECT_EQ(got.tables[2].keys, lsh.tables[2].keys);
   EXPECT_EQ(got.tables[2].values, lsh.tables[2].values);
   EXPECT_FALSE(read->dense.has_value());
+}
+
+TEST_F(CheckpointTest, ManyTablesRoundTrip) {
+  // 5000 tables: a 15000-tensor header well inside the header limit.
+  Checkpoint c;
+  c.sparse = RandomLshTable({.d = 2, .s = 5000, .m = 2, .sample_rows = 16}, 4);
+  ASSERT_OK(WriteCheckpoint(root_.string(), 1, c));
+  absl::StatusOr<Checkpoint> read = ReadCheckpoint((root_ / "1").string());
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(std::get<LshTableWeights>(read->sparse).tables.size(), 5000u);
 }
 
 TEST_F(CheckpointTest, PublishingIsAtomicAndNeverOverwrites) {
@@ -345,6 +357,32 @@ std::vector<CorruptCase> CorruptCases() {
       {"dense_wrong_kind", false,
        MutateTensors(kDenseFile, [](Json& h, std::string&) { h["__metadata__"]["kind"] = "dsm"; }),
        "dense.safetensors: kind must be 'dense'"},
+      {"dense_twin_other_input_dim", false,
+       [](const fs::path& dir) {
+         Checkpoint other;
+         other.sparse = RandomLshTable({.d = 5}, 1);
+         other.dense = RandomDense(5, 16, 1, Activation::kRelu, 2);
+         const fs::path elsewhere = dir.parent_path() / "other";
+         ASSERT_OK(WriteCheckpoint(elsewhere.string(), 1, other));
+         fs::copy_file(elsewhere / "1" / kDenseFile, dir / kDenseFile,
+                       fs::copy_options::overwrite_existing);
+         ResealManifest(dir, kDenseFile);
+       },
+       "dense twin maps 5 -> 1 but the sparse model maps 8 -> 1"},
+      {"manifest_is_a_fifo", false,
+       [](const fs::path& dir) {
+         fs::remove(dir / kManifestFile);
+         ASSERT_EQ(::mkfifo((dir / kManifestFile).c_str(), 0644), 0);
+       },
+       "manifest.json is not a regular file"},
+      {"manifest_huge", false,
+       [](const fs::path& dir) {
+         WriteFile(dir / kManifestFile, std::string(1 << 20, '['));
+       },
+       "a manifest can need"},
+      {"unlisted_dense_is_a_symlink_loop", true,
+       [](const fs::path& dir) { fs::create_symlink(kDenseFile, dir / kDenseFile); },
+       "dense.safetensors is present but not listed"},
       {"dense_nan_bias", false,
        MutateTensors(kDenseFile, [](Json& h, std::string& data) {
          const float nan = std::numeric_limits<float>::quiet_NaN();

@@ -28,7 +28,9 @@ absl::Status ErrnoStatus(int err, absl::string_view what) {
 
 absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path,
                                             absl::string_view display_name) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO planted in the repository must not hang the
+  // loader; the regular-file check below then rejects it.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return ErrnoStatus(errno, absl::StrCat("cannot open ", display_name));
   struct stat st;
   if (::fstat(fd, &st) != 0) {

@@ -26,8 +26,10 @@ enum class DType { kF32, kU64, kI64 };
 absl::string_view DTypeName(DType dtype);
 size_t DTypeSize(DType dtype);
 
-// Largest header we accept; real headers of our models are a few KiB.
-inline constexpr uint64_t kMaxSafetensorsHeaderBytes = uint64_t{100} << 20;
+// Largest header we accept. A header holds ~100 bytes per tensor (an LSH
+// table of 4096 tables needs ~1.2 MiB); parsing JSON takes tens of times
+// its size in memory, so the cap also bounds what a hostile file can cost.
+inline constexpr uint64_t kMaxSafetensorsHeaderBytes = uint64_t{2} << 20;
 
 struct TensorView {
   DType dtype = DType::kF32;
