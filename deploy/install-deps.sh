@@ -11,7 +11,7 @@ PACKAGES=(
   # toolchain
   g++ cmake ninja-build ccache pkg-config make python3
   # libraries (DESIGN.md §6)
-  libabsl-dev libdnnl-dev nlohmann-json3-dev libssl-dev
+  libabsl-dev libdnnl-dev nlohmann-json3-dev libssl-dev libeigen3-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
 )

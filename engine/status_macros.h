@@ -22,7 +22,8 @@
 
 // ASSIGN_OR_RETURN(lhs, expr): evaluates `expr` (an absl::StatusOr<T>); on
 // error returns its status, otherwise moves the value into `lhs`, which may
-// be a declaration (`auto x`) or an existing variable.
+// be a declaration (`auto x`) or an existing variable. It expands to several
+// statements: inside an `if`, use braces.
 #define ASSIGN_OR_RETURN(lhs, expr)                                          \
   SPARSE_ASSIGN_OR_RETURN_IMPL_(                                             \
       SPARSE_STATUS_CONCAT_(sparse_statusor_, __LINE__), lhs, expr)

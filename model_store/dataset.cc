@@ -1,0 +1,486 @@
+#include "model_store/dataset.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <numeric>
+#include <random>
+#include <regex>
+#include <sstream>
+
+#include "Eigen/Dense"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "engine/status_macros.h"
+
+namespace sparse {
+namespace {
+
+// ---- Polynomials --------------------------------------------------------------
+
+// Σ_m c_m Π_i u_i^{e_mi} over all monomials of total degree <= D.
+class Polynomial {
+ public:
+  Polynomial(int64_t vars, int64_t degree, double abs_sum, std::mt19937_64& rng)
+      : vars_(vars), degree_(degree) {
+    std::vector<int> exponents(vars, 0);
+    Enumerate(0, degree, exponents);
+    std::uniform_real_distribution<double> u(-1.0, 1.0);
+    double total = 0;
+    for (Monomial& m : monomials_) {
+      m.coefficient = u(rng);
+      total += std::fabs(m.coefficient);
+    }
+    for (Monomial& m : monomials_) m.coefficient *= abs_sum / total;
+  }
+  double Evaluate(const double* u) const {
+    // powers[i * (D+1) + p] = u_i^p
+    thread_local std::vector<double> powers;
+    powers.resize(vars_ * (degree_ + 1));
+    for (int64_t i = 0; i < vars_; ++i) {
+      double p = 1;
+      for (int64_t e = 0; e <= degree_; ++e, p *= u[i]) powers[i * (degree_ + 1) + e] = p;
+    }
+    double y = 0;
+    for (const Monomial& m : monomials_) {
+      double term = m.coefficient;
+      for (const auto& [var, exp] : m.factors) term *= powers[var * (degree_ + 1) + exp];
+      y += term;
+    }
+    return y;
+  }
+  size_t size() const { return monomials_.size(); }
+
+ private:
+  struct Monomial {
+    std::vector<std::pair<int64_t, int>> factors;  // (variable, exponent > 0)
+    double coefficient = 0;
+  };
+  void Enumerate(int64_t var, int64_t left, std::vector<int>& exponents) {
+    if (var == vars_) {
+      Monomial m;
+      for (int64_t i = 0; i < vars_; ++i) {
+        if (exponents[i] > 0) m.factors.emplace_back(i, exponents[i]);
+      }
+      monomials_.push_back(std::move(m));
+      return;
+    }
+    for (int e = 0; e <= left; ++e) {
+      exponents[var] = e;
+      Enumerate(var + 1, left - e, exponents);
+    }
+    exponents[var] = 0;
+  }
+  int64_t vars_, degree_;
+  std::vector<Monomial> monomials_;
+};
+
+class PolynomialFunction : public TargetFunction {
+ public:
+  PolynomialFunction(const SyntheticSpec& spec, std::mt19937_64& rng)
+      : d_(spec.d), poly_(spec.d, spec.degree, 1.0, rng), degree_(spec.degree) {}
+  void Evaluate(const float* x, int64_t rows, float* y) const override {
+    std::vector<double> u(d_);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t i = 0; i < d_; ++i) u[i] = x[r * d_ + i];
+      y[r] = static_cast<float>(poly_.Evaluate(u.data()));
+    }
+  }
+  std::string Describe() const override {
+    return absl::StrCat("random polynomial of degree ", degree_, " in d=", d_, " (",
+                        poly_.size(), " monomials, sum |c| = 1)");
+  }
+
+ private:
+  int64_t d_;
+  Polynomial poly_;
+  int64_t degree_;
+};
+
+class ManifoldFunction : public TargetFunction {
+ public:
+  ManifoldFunction(const SyntheticSpec& spec, std::mt19937_64& rng)
+      : d_(spec.d), k_(spec.manifold_dim), degree_(spec.degree),
+        poly_(spec.manifold_dim, spec.degree, 1.0 / static_cast<double>(spec.degree), rng) {
+    // A: k orthonormal rows, from the QR factorisation of a Gaussian d x k.
+    std::normal_distribution<double> g(0.0, 1.0);
+    Eigen::MatrixXd m(d_, k_);
+    for (int64_t i = 0; i < d_; ++i) {
+      for (int64_t j = 0; j < k_; ++j) m(i, j) = g(rng);
+    }
+    Eigen::HouseholderQR<Eigen::MatrixXd> qr(m);
+    const Eigen::MatrixXd q = qr.householderQ() * Eigen::MatrixXd::Identity(d_, k_);
+    a_.resize(k_ * d_);
+    for (int64_t j = 0; j < k_; ++j) {
+      for (int64_t i = 0; i < d_; ++i) a_[j * d_ + i] = q(i, j);
+    }
+  }
+  void Evaluate(const float* x, int64_t rows, float* y) const override {
+    std::vector<double> u(k_);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t j = 0; j < k_; ++j) {
+        double s = 0;
+        for (int64_t i = 0; i < d_; ++i) s += a_[j * d_ + i] * x[r * d_ + i];
+        u[j] = s;
+      }
+      y[r] = static_cast<float>(poly_.Evaluate(u.data()));
+    }
+  }
+  std::string Describe() const override {
+    return absl::StrCat("random polynomial p(Ax) of degree ", degree_, " on a ", k_,
+                        "-dimensional subspace of d=", d_, " (sum |c| = 1/", degree_, ")");
+  }
+
+ private:
+  int64_t d_, k_, degree_;
+  Polynomial poly_;
+  std::vector<double> a_;  // [k, d]
+};
+
+class HypercubeFunction : public TargetFunction {
+ public:
+  HypercubeFunction(const SyntheticSpec& spec, std::mt19937_64& rng) : d_(spec.d) {
+    corners_.resize(size_t{1} << d_);
+    std::bernoulli_distribution coin(0.5);
+    // Bit i of the corner index set means y_i = +1.
+    for (double& v : corners_) v = coin(rng) ? 1.0 : -1.0;
+  }
+  void Evaluate(const float* x, int64_t rows, float* y) const override {
+    std::vector<double> v;
+    for (int64_t r = 0; r < rows; ++r) {
+      // Multilinear interpolation, one dimension at a time: Σ_y v_y Π (1 + y_i x_i)/2.
+      v = corners_;
+      size_t n = v.size();
+      for (int64_t i = d_ - 1; i >= 0; --i) {
+        const double xi = x[r * d_ + i];
+        n /= 2;
+        for (size_t c = 0; c < n; ++c) {
+          v[c] = v[c] * (1 - xi) / 2 + v[c + n] * (1 + xi) / 2;
+        }
+      }
+      y[r] = static_cast<float>(v[0]);
+    }
+  }
+  std::string Describe() const override {
+    return absl::StrCat("random hypercube function in d=", d_, " (", corners_.size(),
+                        " corners with values +-1)");
+  }
+
+ private:
+  int64_t d_;
+  std::vector<double> corners_;  // index bit i: y_i = +1
+};
+
+class ReluNetFunction : public TargetFunction {
+ public:
+  ReluNetFunction(const SyntheticSpec& spec, std::mt19937_64& rng)
+      : d_(spec.d), w_(spec.relu_width) {
+    auto layer = [&rng](int64_t in, int64_t out, std::vector<double>& weight,
+                        std::vector<double>& bias) {
+      std::normal_distribution<double> g(0.0, std::sqrt(2.0 / static_cast<double>(in)));
+      std::normal_distribution<double> b(0.0, 0.1);
+      weight.resize(out * in);
+      for (double& v : weight) v = g(rng);
+      bias.resize(out);
+      for (double& v : bias) v = b(rng);
+    };
+    layer(d_, w_, w1_, b1_);
+    layer(w_, w_, w2_, b2_);
+    layer(w_, 1, w3_, b3_);
+  }
+  void Evaluate(const float* x, int64_t rows, float* y) const override {
+    std::vector<double> h1(w_), h2(w_);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t j = 0; j < w_; ++j) {
+        double s = b1_[j];
+        for (int64_t i = 0; i < d_; ++i) s += w1_[j * d_ + i] * x[r * d_ + i];
+        h1[j] = std::max(s, 0.0);
+      }
+      for (int64_t j = 0; j < w_; ++j) {
+        double s = b2_[j];
+        for (int64_t i = 0; i < w_; ++i) s += w2_[j * w_ + i] * h1[i];
+        h2[j] = std::max(s, 0.0);
+      }
+      double s = b3_[0];
+      for (int64_t i = 0; i < w_; ++i) s += w3_[i] * h2[i];
+      y[r] = static_cast<float>(s);
+    }
+  }
+  std::string Describe() const override {
+    return absl::StrCat("random 3-layer ReLU network ", d_, " -> ", w_, " -> ", w_, " -> 1");
+  }
+
+ private:
+  int64_t d_, w_;
+  std::vector<double> w1_, b1_, w2_, b2_, w3_, b3_;
+};
+
+absl::Status CheckRange(absl::string_view name, int64_t v, int64_t lo, int64_t hi) {
+  if (v < lo || v > hi) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, " must be in [", lo, ", ", hi, "], got ", v));
+  }
+  return absl::OkStatus();
+}
+
+// ---- Files ----------------------------------------------------------------------
+
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) return absl::DataLossError(absl::StrCat("cannot read ", path));
+  return ss.str();
+}
+
+struct NpyArray {
+  std::vector<int64_t> shape;
+  std::vector<float> values;
+};
+
+absl::StatusOr<NpyArray> ParseNpy(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string bytes, ReadWholeFile(path));
+  auto bad = [&path](absl::string_view what) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", what));
+  };
+  if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0) {
+    return bad("not a .npy file (missing the \\x93NUMPY magic)");
+  }
+  const int major = static_cast<unsigned char>(bytes[6]);
+  size_t header_len = 0, header_start = 0;
+  if (major == 1) {
+    header_len = static_cast<unsigned char>(bytes[8]) | (static_cast<unsigned char>(bytes[9]) << 8);
+    header_start = 10;
+  } else if (major == 2 || major == 3) {
+    if (bytes.size() < 12) return bad("truncated header");
+    uint32_t n = 0;
+    std::memcpy(&n, bytes.data() + 8, 4);
+    header_len = n;
+    header_start = 12;
+  } else {
+    return bad(absl::StrCat("unsupported .npy version ", major));
+  }
+  if (header_start + header_len > bytes.size()) return bad("truncated header");
+  const std::string header = bytes.substr(header_start, header_len);
+  // The header is a Python dict literal with exactly these three keys.
+  std::smatch m;
+  if (!std::regex_search(header, m, std::regex(R"('descr'\s*:\s*'([<>|=])([fi])(\d+)')"))) {
+    return bad("header has no 'descr'");
+  }
+  const char order = m[1].str()[0];
+  const char type = m[2].str()[0];
+  const int size = std::stoi(m[3].str());
+  if (order == '>' || type != 'f' || (size != 4 && size != 8)) {
+    return bad(absl::StrCat("dtype must be little-endian float32 or float64, got '", m[1].str(),
+                            m[2].str(), m[3].str(), "'"));
+  }
+  if (!std::regex_search(header, m, std::regex(R"('fortran_order'\s*:\s*(True|False))")) ||
+      m[1].str() != "False") {
+    return bad("only C-order arrays are supported (fortran_order must be False)");
+  }
+  if (!std::regex_search(header, m, std::regex(R"('shape'\s*:\s*\(([^)]*)\))"))) {
+    return bad("header has no 'shape'");
+  }
+  NpyArray array;
+  int64_t elements = 1;
+  for (absl::string_view part : absl::StrSplit(m[1].str(), ',', absl::SkipWhitespace())) {
+    int64_t dim = 0;
+    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(part), &dim) || dim < 0 ||
+        __builtin_mul_overflow(elements, dim, &elements)) {
+      return bad(absl::StrCat("bad shape '(", m[1].str(), ")'"));
+    }
+    array.shape.push_back(dim);
+  }
+  const size_t data_start = header_start + header_len;
+  const size_t need = static_cast<size_t>(elements) * size;
+  if (bytes.size() - data_start != need) {
+    return bad(absl::StrCat("data has ", bytes.size() - data_start, " bytes, shape needs ", need));
+  }
+  array.values.resize(elements);
+  for (int64_t i = 0; i < elements; ++i) {
+    double v = 0;
+    if (size == 4) {
+      float f;
+      std::memcpy(&f, bytes.data() + data_start + 4 * i, 4);
+      v = f;
+    } else {
+      std::memcpy(&v, bytes.data() + data_start + 8 * i, 8);
+    }
+    if (!std::isfinite(v) || std::fabs(v) > 3.4e38) {
+      return bad(absl::StrCat("element ", i, " is not a finite float32 (", v, ")"));
+    }
+    array.values[i] = static_cast<float>(v);
+  }
+  return array;
+}
+
+}  // namespace
+
+absl::StatusOr<SyntheticKind> ParseSyntheticKind(absl::string_view name) {
+  if (name == "polynomial") return SyntheticKind::kPolynomial;
+  if (name == "hypercube") return SyntheticKind::kHypercube;
+  if (name == "relu_net") return SyntheticKind::kReluNet;
+  if (name == "manifold") return SyntheticKind::kManifold;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "synthetic function must be polynomial, hypercube, relu_net or manifold; got '", name, "'"));
+}
+
+absl::string_view SyntheticKindName(SyntheticKind kind) {
+  switch (kind) {
+    case SyntheticKind::kPolynomial: return "polynomial";
+    case SyntheticKind::kHypercube: return "hypercube";
+    case SyntheticKind::kReluNet: return "relu_net";
+    case SyntheticKind::kManifold: return "manifold";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<std::unique_ptr<TargetFunction>> TargetFunction::Create(const SyntheticSpec& spec) {
+  std::mt19937_64 rng(spec.seed);
+  switch (spec.kind) {
+    case SyntheticKind::kPolynomial:
+      RETURN_IF_ERROR(CheckRange("d", spec.d, 1, 64));
+      RETURN_IF_ERROR(CheckRange("degree", spec.degree, 1, 8));
+      return std::unique_ptr<TargetFunction>(new PolynomialFunction(spec, rng));
+    case SyntheticKind::kManifold:
+      RETURN_IF_ERROR(CheckRange("d", spec.d, 1, 4096));
+      RETURN_IF_ERROR(CheckRange("manifold_dim", spec.manifold_dim, 1, std::min<int64_t>(spec.d, 64)));
+      RETURN_IF_ERROR(CheckRange("degree", spec.degree, 1, 8));
+      return std::unique_ptr<TargetFunction>(new ManifoldFunction(spec, rng));
+    case SyntheticKind::kHypercube:
+      RETURN_IF_ERROR(CheckRange("d", spec.d, 1, 20));
+      return std::unique_ptr<TargetFunction>(new HypercubeFunction(spec, rng));
+    case SyntheticKind::kReluNet:
+      RETURN_IF_ERROR(CheckRange("d", spec.d, 1, 4096));
+      RETURN_IF_ERROR(CheckRange("relu_width", spec.relu_width, 1, 4096));
+      return std::unique_ptr<TargetFunction>(new ReluNetFunction(spec, rng));
+  }
+  return absl::InvalidArgumentError("unknown synthetic function");
+}
+
+Dataset SampleDataset(const TargetFunction& f, int64_t d, int64_t rows, uint64_t seed) {
+  Dataset data;
+  data.rows = rows;
+  data.d = d;
+  data.o = 1;
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  data.x.resize(rows * d);
+  for (float& v : data.x) v = u(rng);
+  data.y.resize(rows);
+  f.Evaluate(data.x.data(), rows, data.y.data());
+  return data;
+}
+
+absl::StatusOr<Dataset> ReadCsv(const std::string& path, int64_t outputs) {
+  if (outputs < 1) return absl::InvalidArgumentError("outputs must be >= 1");
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  Dataset data;
+  data.o = outputs;
+  std::string line;
+  int64_t line_no = 0, columns = -1;
+  std::vector<float> values;
+  while (std::getline(in, line)) {
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (absl::StripAsciiWhitespace(line).empty()) continue;
+    std::vector<absl::string_view> fields = absl::StrSplit(line, ',');
+    values.clear();
+    bool numeric = true;
+    for (absl::string_view field : fields) {
+      float v = 0;
+      if (!absl::SimpleAtof(absl::StripAsciiWhitespace(field), &v)) {
+        numeric = false;
+        break;
+      }
+      values.push_back(v);
+    }
+    if (!numeric) {
+      if (columns < 0 && data.rows == 0) {  // a header line
+        columns = static_cast<int64_t>(fields.size());
+        continue;
+      }
+      return absl::InvalidArgumentError(absl::StrCat(path, ":", line_no,
+                                                     ": expected numbers, got '", line, "'"));
+    }
+    if (columns < 0) columns = static_cast<int64_t>(fields.size());
+    if (static_cast<int64_t>(fields.size()) != columns) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ":", line_no, ": expected ", columns,
+                                                     " columns, got ", fields.size()));
+    }
+    if (columns <= outputs) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ":", line_no, ": ", columns, " columns leave no inputs beside ", outputs,
+          " target column(s)"));
+    }
+    for (size_t i = 0; i < values.size(); ++i) {
+      if (!std::isfinite(values[i])) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ":", line_no, ": column ", i + 1,
+                                                       " is not a finite number"));
+      }
+    }
+    data.d = columns - outputs;
+    data.x.insert(data.x.end(), values.begin(), values.begin() + data.d);
+    data.y.insert(data.y.end(), values.begin() + data.d, values.end());
+    ++data.rows;
+  }
+  if (data.rows == 0) return absl::InvalidArgumentError(absl::StrCat(path, ": no data rows"));
+  return data;
+}
+
+absl::StatusOr<Dataset> ReadNpy(const std::string& x_path, const std::string& y_path) {
+  ASSIGN_OR_RETURN(NpyArray x, ParseNpy(x_path));
+  ASSIGN_OR_RETURN(NpyArray y, ParseNpy(y_path));
+  if (x.shape.size() != 2 || x.shape[0] < 1 || x.shape[1] < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(x_path, ": inputs must have shape (n, d)"));
+  }
+  if (y.shape.empty() || y.shape.size() > 2 || y.shape[0] != x.shape[0] ||
+      (y.shape.size() == 2 && y.shape[1] < 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        y_path, ": targets must have shape (", x.shape[0], ",) or (", x.shape[0], ", o)"));
+  }
+  Dataset data;
+  data.rows = x.shape[0];
+  data.d = x.shape[1];
+  data.o = y.shape.size() == 2 ? y.shape[1] : 1;
+  data.x = std::move(x.values);
+  data.y = std::move(y.values);
+  return data;
+}
+
+absl::StatusOr<std::pair<Dataset, Dataset>> SplitHoldout(const Dataset& data, double fraction,
+                                                         uint64_t seed) {
+  if (!(fraction > 0 && fraction < 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("holdout fraction must be in (0, 1), got ", fraction));
+  }
+  const int64_t test_rows = static_cast<int64_t>(std::llround(fraction * data.rows));
+  if (test_rows < 1 || test_rows >= data.rows) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a holdout of ", fraction, " of ", data.rows, " rows leaves an empty train or test set"));
+  }
+  std::vector<int64_t> order(data.rows);
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937_64 rng(seed);
+  std::shuffle(order.begin(), order.end(), rng);
+  std::pair<Dataset, Dataset> out;
+  for (Dataset* part : {&out.first, &out.second}) {
+    part->d = data.d;
+    part->o = data.o;
+  }
+  for (int64_t i = 0; i < data.rows; ++i) {
+    Dataset& part = i < data.rows - test_rows ? out.first : out.second;
+    const int64_t r = order[i];
+    part.x.insert(part.x.end(), data.x.begin() + r * data.d, data.x.begin() + (r + 1) * data.d);
+    part.y.insert(part.y.end(), data.y.begin() + r * data.o, data.y.begin() + (r + 1) * data.o);
+    ++part.rows;
+  }
+  return out;
+}
+
+}  // namespace sparse

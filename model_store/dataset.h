@@ -1,0 +1,75 @@
+// Datasets for sparse-train: the paper's synthetic Lipschitz functions
+// (section 5, appendix D) sampled on U[-1,1]^d, and users' own data from CSV
+// or NumPy .npy files. Everything is seeded and reproducible.
+#ifndef SPARSE_MODEL_STORE_DATASET_H_
+#define SPARSE_MODEL_STORE_DATASET_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace sparse {
+
+// rows x d inputs and rows x o targets, row-major float32.
+struct Dataset {
+  int64_t rows = 0;
+  int64_t d = 0;
+  int64_t o = 0;
+  std::vector<float> x;
+  std::vector<float> y;
+};
+
+enum class SyntheticKind {
+  kPolynomial,   // random degree-D polynomial, Σ|coefficients| = 1
+  kHypercube,    // multilinear interpolation of random ±1 corner values
+  kReluNet,      // random 3-layer ReLU network
+  kManifold,     // p(Ax), A in R^{k×d} with orthonormal rows, Σ|c| = 1/D
+};
+absl::StatusOr<SyntheticKind> ParseSyntheticKind(absl::string_view name);
+absl::string_view SyntheticKindName(SyntheticKind kind);
+
+struct SyntheticSpec {
+  SyntheticKind kind = SyntheticKind::kPolynomial;
+  int64_t d = 8;
+  int64_t degree = 4;          // D (polynomial, manifold)
+  int64_t manifold_dim = 8;    // k (manifold)
+  int64_t relu_width = 64;     // hidden width of both layers (relu_net)
+  uint64_t seed = 1;           // draws the function
+};
+
+// A target function drawn once from its spec. Thread-compatible.
+class TargetFunction {
+ public:
+  virtual ~TargetFunction() = default;
+  // Errors on dimensions out of range (e.g. hypercube with d > 20).
+  static absl::StatusOr<std::unique_ptr<TargetFunction>> Create(const SyntheticSpec& spec);
+  // y[r] = f(x[r]) for rows x d inputs.
+  virtual void Evaluate(const float* x, int64_t rows, float* y) const = 0;
+  virtual std::string Describe() const = 0;
+};
+
+// `rows` inputs from U[-1,1]^d (seeded) and their targets f(x); o = 1.
+Dataset SampleDataset(const TargetFunction& f, int64_t d, int64_t rows, uint64_t seed);
+
+// Reads a CSV of numbers, one row per line: the last `outputs` columns are
+// targets, the rest inputs. A first line with a non-numeric field is a
+// header. Errors name the line: wrong column count, non-numeric or
+// non-finite values, no data rows.
+absl::StatusOr<Dataset> ReadCsv(const std::string& path, int64_t outputs);
+
+// Reads inputs [n, d] and targets [n] or [n, o] from two .npy files
+// (little-endian float32 or float64, C order).
+absl::StatusOr<Dataset> ReadNpy(const std::string& x_path, const std::string& y_path);
+
+// Splits off the last `fraction` of a seeded shuffle as a test set.
+absl::StatusOr<std::pair<Dataset, Dataset>> SplitHoldout(const Dataset& data, double fraction,
+                                                         uint64_t seed);
+
+}  // namespace sparse
+
+#endif  // SPARSE_MODEL_STORE_DATASET_H_

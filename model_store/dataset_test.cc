@@ -1,0 +1,207 @@
+#include "model_store/dataset.h"
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "gtest/gtest.h"
+#include "tests/testing/matchers.h"
+
+namespace sparse {
+namespace {
+
+namespace fs = std::filesystem;
+
+class DatasetFileTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("sparse_dataset_test_" + std::to_string(::getpid()));
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string Write(const std::string& name, const std::string& contents) {
+    const fs::path p = dir_ / name;
+    std::ofstream(p, std::ios::binary) << contents;
+    return p.string();
+  }
+  fs::path dir_;
+};
+
+// A .npy file with the given header dict and raw data.
+std::string Npy(const std::string& dict, const std::string& data) {
+  std::string header = dict;
+  while ((10 + header.size() + 1) % 64 != 0) header.push_back(' ');
+  header.push_back('\n');
+  std::string out = "\x93NUMPY";
+  out += '\x01';
+  out += '\x00';
+  out += static_cast<char>(header.size() & 0xff);
+  out += static_cast<char>(header.size() >> 8);
+  return out + header + data;
+}
+
+template <typename T>
+std::string Raw(const std::vector<T>& v) {
+  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+}
+
+TEST(SyntheticTest, SamplesAreReproducibleAndInTheBox) {
+  for (SyntheticKind kind : {SyntheticKind::kPolynomial, SyntheticKind::kHypercube,
+                             SyntheticKind::kReluNet, SyntheticKind::kManifold}) {
+    SyntheticSpec spec{.kind = kind, .d = kind == SyntheticKind::kManifold ? 16 : 8,
+                       .degree = 4, .manifold_dim = 4, .seed = 3};
+    auto f = TargetFunction::Create(spec);
+    ASSERT_TRUE(f.ok()) << f.status();
+    const Dataset a = SampleDataset(**f, spec.d, 500, 9);
+    const Dataset b = SampleDataset(**f, spec.d, 500, 9);
+    const Dataset c = SampleDataset(**f, spec.d, 500, 10);
+    EXPECT_EQ(a.x, b.x);
+    EXPECT_EQ(a.y, b.y);
+    EXPECT_NE(a.x, c.x);
+    for (float v : a.x) {
+      EXPECT_GE(v, -1.0f);
+      EXPECT_LE(v, 1.0f);
+    }
+    // A different function seed draws a different function.
+    spec.seed = 4;
+    auto g = TargetFunction::Create(spec);
+    ASSERT_TRUE(g.ok());
+    EXPECT_NE(SampleDataset(**g, spec.d, 500, 9).y, a.y) << SyntheticKindName(kind);
+  }
+}
+
+TEST(SyntheticTest, PolynomialIsBoundedByItsCoefficientSum) {
+  // Σ|c| = 1 and every monomial is in [-1, 1] on the box, so |p| <= 1.
+  auto f = TargetFunction::Create({.kind = SyntheticKind::kPolynomial, .d = 8, .degree = 4});
+  ASSERT_TRUE(f.ok());
+  std::vector<float> ones(8, 1.0f), y(1);
+  const Dataset data = SampleDataset(**f, 8, 2000, 1);
+  for (float v : data.y) EXPECT_LE(std::fabs(v), 1.0f);
+  EXPECT_NE((*f)->Describe().find("495 monomials"), std::string::npos) << (*f)->Describe();
+}
+
+TEST(SyntheticTest, HypercubeTakesItsCornerValuesAtTheCorners) {
+  auto f = TargetFunction::Create({.kind = SyntheticKind::kHypercube, .d = 5, .seed = 2});
+  ASSERT_TRUE(f.ok());
+  int plus = 0;
+  for (int corner = 0; corner < 32; ++corner) {
+    std::vector<float> x(5);
+    for (int i = 0; i < 5; ++i) x[i] = (corner >> i) & 1 ? 1.0f : -1.0f;
+    float y = 0;
+    (*f)->Evaluate(x.data(), 1, &y);
+    EXPECT_TRUE(y == 1.0f || y == -1.0f) << y;
+    plus += y == 1.0f;
+  }
+  EXPECT_GT(plus, 0);
+  EXPECT_LT(plus, 32);
+  // The centre averages all corners.
+  std::vector<float> centre(5, 0.0f);
+  float y = 0;
+  (*f)->Evaluate(centre.data(), 1, &y);
+  EXPECT_NEAR(y, (plus - (32 - plus)) / 32.0, 1e-6);
+}
+
+TEST(SyntheticTest, RejectsOutOfRangeSpecs) {
+  EXPECT_FALSE(TargetFunction::Create({.kind = SyntheticKind::kHypercube, .d = 30}).ok());
+  EXPECT_FALSE(TargetFunction::Create({.kind = SyntheticKind::kManifold, .d = 4, .manifold_dim = 8}).ok());
+  EXPECT_FALSE(ParseSyntheticKind("sine").ok());
+}
+
+TEST_F(DatasetFileTest, CsvWithAndWithoutHeader) {
+  auto with = ReadCsv(Write("a.csv", "x1,x2,y\n1,2,3\n4, 5 ,6\r\n\n7,8,9\n"), 1);
+  ASSERT_TRUE(with.ok()) << with.status();
+  EXPECT_EQ(with->rows, 3);
+  EXPECT_EQ(with->d, 2);
+  EXPECT_EQ(with->x, (std::vector<float>{1, 2, 4, 5, 7, 8}));
+  EXPECT_EQ(with->y, (std::vector<float>{3, 6, 9}));
+  auto two_targets = ReadCsv(Write("b.csv", "1,2,3\n4,5,6\n"), 2);
+  ASSERT_TRUE(two_targets.ok());
+  EXPECT_EQ(two_targets->d, 1);
+  EXPECT_EQ(two_targets->o, 2);
+}
+
+TEST_F(DatasetFileTest, CsvErrorsNameTheLine) {
+  struct Case {
+    std::string contents, expected;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"a,b\n1,2\n3\n", ":3: expected 2 columns, got 1"},
+           {"1,2\n3,x\n", ":2: expected numbers, got '3,x'"},
+           {"1,2\n3,nan\n", ":2: column 2 is not a finite number"},
+           {"1,2\ninf,2\n", ":2: column 1 is not a finite number"},
+           {"a,b\n", "no data rows"},
+           {"\x01\x02garbage\xff,\n1\n", ":2: expected"},
+           {"5\n6\n", "leave no inputs"},
+       }) {
+    auto r = ReadCsv(Write("bad.csv", c.contents), 1);
+    ASSERT_FALSE(r.ok()) << c.contents;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find(c.expected), std::string::npos)
+        << r.status().message() << "\nexpected: " << c.expected;
+  }
+  EXPECT_EQ(ReadCsv((dir_ / "missing.csv").string(), 1).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(DatasetFileTest, NpyFloat32AndFloat64) {
+  const std::string x = Write("x.npy", Npy("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 2), }",
+                                          Raw(std::vector<float>{1, 2, 3, 4, 5, 6})));
+  const std::string y = Write("y.npy", Npy("{'descr': '<f8', 'fortran_order': False, 'shape': (3,), }",
+                                          Raw(std::vector<double>{0.5, 1.5, 2.5})));
+  auto data = ReadNpy(x, y);
+  ASSERT_TRUE(data.ok()) << data.status();
+  EXPECT_EQ(data->rows, 3);
+  EXPECT_EQ(data->d, 2);
+  EXPECT_EQ(data->o, 1);
+  EXPECT_EQ(data->y, (std::vector<float>{0.5f, 1.5f, 2.5f}));
+}
+
+TEST_F(DatasetFileTest, NpyErrors) {
+  const std::string x = Write("x.npy", Npy("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 2), }",
+                                          Raw(std::vector<float>{1, 2, 3, 4, 5, 6})));
+  struct Case {
+    std::string y, expected;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"garbage", "not a .npy file"},
+           {Npy("{'descr': '<f4', 'fortran_order': False, 'shape': (4,), }", Raw(std::vector<float>(4))),
+            "targets must have shape (3,) or (3, o)"},
+           {Npy("{'descr': '<i8', 'fortran_order': False, 'shape': (3,), }", Raw(std::vector<int64_t>(3))),
+            "dtype must be little-endian float32 or float64"},
+           {Npy("{'descr': '<f4', 'fortran_order': True, 'shape': (3,), }", Raw(std::vector<float>(3))),
+            "fortran_order"},
+           {Npy("{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }", Raw(std::vector<float>(2))),
+            "data has 8 bytes, shape needs 12"},
+           {Npy("{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }",
+                Raw(std::vector<float>{1, NAN, 2})),
+            "element 1 is not a finite float32"},
+       }) {
+    auto r = ReadNpy(x, Write("y.npy", c.y));
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find(c.expected), std::string::npos)
+        << r.status().message() << "\nexpected: " << c.expected;
+  }
+}
+
+TEST(SplitHoldoutTest, SplitsDeterministicallyWithoutLosingRows) {
+  Dataset data{.rows = 10, .d = 1, .o = 1, .x = {}, .y = {}};
+  for (int i = 0; i < 10; ++i) {
+    data.x.push_back(i);
+    data.y.push_back(10 * i);
+  }
+  auto split = SplitHoldout(data, 0.3, 1);
+  ASSERT_TRUE(split.ok());
+  EXPECT_EQ(split->first.rows, 7);
+  EXPECT_EQ(split->second.rows, 3);
+  std::vector<float> all = split->first.x;
+  all.insert(all.end(), split->second.x.begin(), split->second.x.end());
+  std::sort(all.begin(), all.end());
+  EXPECT_EQ(all, data.x);
+  for (int64_t r = 0; r < split->second.rows; ++r) EXPECT_EQ(split->second.y[r], 10 * split->second.x[r]);
+  EXPECT_EQ(SplitHoldout(data, 0.3, 1)->second.x, split->second.x);
+  EXPECT_FALSE(SplitHoldout(data, 1.0, 1).ok());
+  EXPECT_FALSE(SplitHoldout(data, 0.01, 1).ok());
+}
+
+}  // namespace
+}  // namespace sparse

@@ -1,0 +1,360 @@
+// sparse-train: trains a sparse model (LSH table or DSM) and its dense twin
+// on the paper's synthetic functions or on your data, evaluates both
+// through the engine, and publishes them as a new version of a model in a
+// model repository. Run with --help for every flag.
+#include <omp.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <iostream>
+#include <string>
+#include <system_error>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "engine/status_macros.h"
+#include "model_store/checkpoint.h"
+#include "model_store/dataset.h"
+#include "model_store/trainer.h"
+#include "nlohmann/json.hpp"
+
+// Data
+ABSL_FLAG(std::string, dataset, "polynomial",
+          "Training data: a synthetic function (polynomial, hypercube, relu_net, manifold) "
+          "sampled on U[-1,1]^d, or 'csv' / 'npy' to read --train_file.");
+ABSL_FLAG(int64_t, d, 8, "Synthetic data: input dimension d.");
+ABSL_FLAG(int64_t, poly_degree, 4, "polynomial / manifold: degree D of the polynomial.");
+ABSL_FLAG(int64_t, manifold_dim, 8, "manifold: intrinsic dimension k of p(Ax), A in R^{k x d}.");
+ABSL_FLAG(int64_t, relu_width, 64, "relu_net: width of the target network's hidden layers.");
+ABSL_FLAG(uint64_t, function_seed, 1, "Synthetic data: seed that draws the target function.");
+ABSL_FLAG(int64_t, train_rows, 65536, "Synthetic data: training rows (paper: 2^16).");
+ABSL_FLAG(int64_t, test_rows, 16384, "Synthetic data: test rows (paper: 2^14).");
+ABSL_FLAG(std::string, train_file, "",
+          "csv: a CSV file (optional header; the last --outputs columns are targets). "
+          "npy: 'inputs.npy,targets.npy'.");
+ABSL_FLAG(std::string, test_file, "",
+          "Test data in the --train_file format; without it --holdout of the training file is "
+          "held out.");
+ABSL_FLAG(int64_t, outputs, 1, "csv: number of target columns at the end of each row.");
+ABSL_FLAG(double, holdout, 0.2, "Fraction of --train_file held out for testing when no --test_file.");
+// Model
+ABSL_FLAG(std::string, model, "dsm", "Sparse model kind: dsm or lsh_table.");
+ABSL_FLAG(std::string, router, "lsh", "dsm: router: lsh, hash (random hash), kmeans or topk.");
+ABSL_FLAG(int64_t, experts, 16, "dsm lsh/hash/kmeans: experts per block (a power of 2 for lsh).");
+ABSL_FLAG(int64_t, active_units, 64, "dsm: units kept per block (an expert's width).");
+ABSL_FLAG(int64_t, blocks, 1, "dsm: independently routed blocks whose outputs add.");
+ABSL_FLAG(int64_t, topk_width, 1024, "dsm topk: total width t.");
+ABSL_FLAG(std::string, activation, "relu", "dsm and dense: relu or identity.");
+ABSL_FLAG(int64_t, tables, 8, "lsh_table: number of tables s.");
+ABSL_FLAG(int64_t, hashes, 11, "lsh_table: hash functions per table m (2^m buckets per table for hyperplane).");
+ABSL_FLAG(int64_t, lsh_degree, 0, "lsh_table: 0 = constant buckets, 1 = affine buckets.");
+ABSL_FLAG(std::string, family, "hyperplane", "lsh_table: hyperplane or euclidean.");
+ABSL_FLAG(double, bucket_width, 0, "lsh_table euclidean: bucket width w (0 = std-dev of a projection).");
+ABSL_FLAG(int64_t, min_bucket_rows, 0,
+          "lsh_table: rows a bucket needs to be stored (0 = 1 for constant, d+2 for affine).");
+ABSL_FLAG(int64_t, dense_width, 0,
+          "Width of the dense twin (0 = the sparse model's activated units per row).");
+// Fitting
+ABSL_FLAG(double, ridge, 1e-6, "Relative ridge: lambda = ridge * trace(H^T H) / features.");
+ABSL_FLAG(int64_t, closed_form_limit, 8192,
+          "Widest top layer fitted in closed form; wider ones (topk, dense) use Adam.");
+ABSL_FLAG(int64_t, epochs, 20, "Adam epochs (only when a fit exceeds --closed_form_limit).");
+ABSL_FLAG(double, learning_rate, 1e-3, "Adam learning rate.");
+ABSL_FLAG(uint64_t, seed, 1, "Seed for the data sample, random features, hashes and routers.");
+ABSL_FLAG(int, threads, 0, "Threads for training GEMMs (0 = all cores).");
+// Output
+ABSL_FLAG(std::string, repository, "", "Model repository to publish into.");
+ABSL_FLAG(std::string, model_name, "", "Model name: publishes <repository>/<model_name>/<version>/.");
+ABSL_FLAG(int64_t, version, 0, "Version to publish (0 = one more than the newest present).");
+ABSL_FLAG(bool, dry_run, false, "Train and evaluate, but publish nothing.");
+ABSL_FLAG(bool, json, false, "Print the final summary as one JSON object on stdout.");
+ABSL_FLAG(bool, quiet, false, "No progress lines on stderr.");
+
+namespace sparse {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+template <typename T>
+absl::StatusOr<T> CheckPositive(const char* flag, T v) {
+  if (v <= 0) return absl::InvalidArgumentError(absl::StrCat("--", flag, " must be > 0, got ", v));
+  return v;
+}
+
+absl::StatusOr<TrainOptions> OptionsFromFlags() {
+  TrainOptions o;
+  const std::string model = absl::GetFlag(FLAGS_model);
+  if (model == "dsm") {
+    o.kind = ModelKind::kDsm;
+  } else if (model == "lsh_table") {
+    o.kind = ModelKind::kLshTable;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--model must be dsm or lsh_table, got '", model, "'"));
+  }
+  ASSIGN_OR_RETURN(o.router, ParseRouterKind(absl::GetFlag(FLAGS_router)));
+  ASSIGN_OR_RETURN(o.activation, ParseActivation(absl::GetFlag(FLAGS_activation)));
+  ASSIGN_OR_RETURN(o.family, ParseHashFamily(absl::GetFlag(FLAGS_family)));
+  ASSIGN_OR_RETURN(o.experts, CheckPositive("experts", absl::GetFlag(FLAGS_experts)));
+  ASSIGN_OR_RETURN(o.active_units, CheckPositive("active_units", absl::GetFlag(FLAGS_active_units)));
+  ASSIGN_OR_RETURN(o.blocks, CheckPositive("blocks", absl::GetFlag(FLAGS_blocks)));
+  ASSIGN_OR_RETURN(o.topk_width, CheckPositive("topk_width", absl::GetFlag(FLAGS_topk_width)));
+  ASSIGN_OR_RETURN(o.tables, CheckPositive("tables", absl::GetFlag(FLAGS_tables)));
+  ASSIGN_OR_RETURN(o.hashes, CheckPositive("hashes", absl::GetFlag(FLAGS_hashes)));
+  o.lsh_degree = absl::GetFlag(FLAGS_lsh_degree);
+  if (o.lsh_degree != 0 && o.lsh_degree != 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--lsh_degree must be 0 or 1, got ", o.lsh_degree));
+  }
+  o.bucket_width = static_cast<float>(absl::GetFlag(FLAGS_bucket_width));
+  o.min_bucket_rows = absl::GetFlag(FLAGS_min_bucket_rows);
+  o.dense_width = absl::GetFlag(FLAGS_dense_width);
+  if (o.dense_width < 0) return absl::InvalidArgumentError("--dense_width must be >= 0");
+  ASSIGN_OR_RETURN(o.ridge, CheckPositive("ridge", absl::GetFlag(FLAGS_ridge)));
+  ASSIGN_OR_RETURN(o.closed_form_limit, CheckPositive("closed_form_limit", absl::GetFlag(FLAGS_closed_form_limit)));
+  ASSIGN_OR_RETURN(o.epochs, CheckPositive("epochs", absl::GetFlag(FLAGS_epochs)));
+  ASSIGN_OR_RETURN(o.learning_rate, CheckPositive("learning_rate", absl::GetFlag(FLAGS_learning_rate)));
+  o.seed = absl::GetFlag(FLAGS_seed);
+  if (o.kind == ModelKind::kDsm && o.router == RouterKind::kTopk) {
+    if (o.topk_width % o.blocks != 0 || o.active_units > o.topk_width / o.blocks) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "topk needs --topk_width divisible by --blocks and --active_units <= topk_width / "
+          "blocks; got topk_width=", o.topk_width, " blocks=", o.blocks,
+          " active_units=", o.active_units));
+    }
+  }
+  if (o.kind == ModelKind::kLshTable && o.family == HashFamily::kHyperplane && o.hashes > 64) {
+    return absl::InvalidArgumentError(absl::StrCat("--hashes must be <= 64 for hyperplane, got ", o.hashes));
+  }
+  return o;
+}
+
+absl::StatusOr<Dataset> ReadFile(const std::string& format, const std::string& spec) {
+  if (format == "csv") return ReadCsv(spec, absl::GetFlag(FLAGS_outputs));
+  std::vector<std::string> parts = absl::StrSplit(spec, ',');
+  if (parts.size() != 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "npy data is given as 'inputs.npy,targets.npy', got '", spec, "'"));
+  }
+  return ReadNpy(parts[0], parts[1]);
+}
+
+struct Data {
+  Dataset train, test;
+  std::string description;
+};
+
+absl::StatusOr<Data> LoadData() {
+  const std::string dataset = absl::GetFlag(FLAGS_dataset);
+  Data data;
+  if (dataset == "csv" || dataset == "npy") {
+    const std::string train_file = absl::GetFlag(FLAGS_train_file);
+    if (train_file.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("--dataset=", dataset, " needs --train_file"));
+    }
+    ASSIGN_OR_RETURN(Dataset all, ReadFile(dataset, train_file));
+    const std::string test_file = absl::GetFlag(FLAGS_test_file);
+    if (!test_file.empty()) {
+      data.train = std::move(all);
+      ASSIGN_OR_RETURN(data.test, ReadFile(dataset, test_file));
+      data.description = absl::StrCat(dataset, " ", train_file, " (test: ", test_file, ")");
+    } else {
+      ASSIGN_OR_RETURN(auto split, SplitHoldout(all, absl::GetFlag(FLAGS_holdout), absl::GetFlag(FLAGS_seed)));
+      data.train = std::move(split.first);
+      data.test = std::move(split.second);
+      data.description = absl::StrCat(dataset, " ", train_file, " (", absl::GetFlag(FLAGS_holdout),
+                                      " held out)");
+    }
+    if (data.train.d != data.test.d || data.train.o != data.test.o) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "train file has ", data.train.d, " inputs + ", data.train.o, " targets, test file has ",
+          data.test.d, " + ", data.test.o));
+    }
+    return data;
+  }
+  ASSIGN_OR_RETURN(SyntheticKind kind, ParseSyntheticKind(dataset));
+  SyntheticSpec spec{.kind = kind,
+                     .d = absl::GetFlag(FLAGS_d),
+                     .degree = absl::GetFlag(FLAGS_poly_degree),
+                     .manifold_dim = absl::GetFlag(FLAGS_manifold_dim),
+                     .relu_width = absl::GetFlag(FLAGS_relu_width),
+                     .seed = absl::GetFlag(FLAGS_function_seed)};
+  ASSIGN_OR_RETURN(std::unique_ptr<TargetFunction> f, TargetFunction::Create(spec));
+  ASSIGN_OR_RETURN(int64_t train_rows, CheckPositive("train_rows", absl::GetFlag(FLAGS_train_rows)));
+  ASSIGN_OR_RETURN(int64_t test_rows, CheckPositive("test_rows", absl::GetFlag(FLAGS_test_rows)));
+  const uint64_t seed = absl::GetFlag(FLAGS_seed);
+  data.train = SampleDataset(*f, spec.d, train_rows, seed * 2 + 1);
+  data.test = SampleDataset(*f, spec.d, test_rows, seed * 2 + 2);
+  data.description = f->Describe();
+  return data;
+}
+
+// The model directory, created now so an unwritable repository fails before
+// any training time is spent.
+absl::StatusOr<std::string> PrepareModelDir() {
+  const std::string repo = absl::GetFlag(FLAGS_repository);
+  const std::string name = absl::GetFlag(FLAGS_model_name);
+  if (repo.empty() || name.empty()) {
+    return absl::InvalidArgumentError(
+        "--repository and --model_name say where to publish (or pass --dry_run)");
+  }
+  if (name == "." || name == ".." || name.find('/') != std::string::npos || name[0] == '.') {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--model_name must be a plain directory name (no '/', not starting with '.'), got '",
+        name, "'"));
+  }
+  const std::string dir = (fs::path(repo) / name).string();
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+  if (::access(dir.c_str(), W_OK) != 0) {
+    return absl::PermissionDeniedError(absl::StrCat("cannot write to ", dir));
+  }
+  return dir;
+}
+
+int64_t NextVersion(const std::string& model_dir) {
+  int64_t newest = 0;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(model_dir, ec)) {
+    int64_t v = 0;
+    if (absl::SimpleAtoi(entry.path().filename().string(), &v) && v > newest) newest = v;
+  }
+  return newest + 1;
+}
+
+void PrintHuman(const TrainResult& r, const Data& data, const std::string& published, double total) {
+  const ModelMetrics& s = r.sparse;
+  const ModelMetrics& d = r.dense;
+  std::printf("sparse-train: %s\n", s.description.c_str());
+  std::printf("  data: %s\n        %lld train rows, %lld test rows, d=%lld, o=%lld\n",
+              data.description.c_str(), static_cast<long long>(data.train.rows),
+              static_cast<long long>(data.test.rows), static_cast<long long>(data.train.d),
+              static_cast<long long>(data.train.o));
+  std::printf("  %-22s %-16s %s\n", "", "sparse", absl::StrCat("dense twin (t=", d.activated_units, ")").c_str());
+  std::printf("  %-22s %-16.4e %.4e\n", "test MSE", s.test_mse, d.test_mse);
+  std::printf("  %-22s %-16.4e %.4e\n", "train MSE", s.train_mse, d.train_mse);
+  if (s.classification) {
+    std::printf("  %-22s %-16.4f %.4f\n", "test accuracy", s.test_accuracy, d.test_accuracy);
+  }
+  std::printf("  %-22s %-16lld %lld\n", "activated units/row", static_cast<long long>(s.activated_units),
+              static_cast<long long>(d.activated_units));
+  std::printf("  %-22s %-16lld %lld\n", "FLOPs per row", static_cast<long long>(s.flops_per_row),
+              static_cast<long long>(d.flops_per_row));
+  std::printf("  %-22s %-16lld %lld\n", "parameters", static_cast<long long>(s.parameters),
+              static_cast<long long>(d.parameters));
+  std::printf("  sparse fit: %s\n  dense fit:  %s\n", s.solver.c_str(), d.solver.c_str());
+  std::printf("  time: train %.1f s, evaluate %.1f s, total %.1f s\n", r.train_seconds,
+              r.eval_seconds, total);
+  std::printf("  %s\n", published.empty() ? "dry run: nothing published"
+                                         : absl::StrCat("published ", published).c_str());
+}
+
+nlohmann::json MetricsJson(const ModelMetrics& m) {
+  nlohmann::json j = {{"test_mse", m.test_mse},
+                      {"train_mse", m.train_mse},
+                      {"activated_units", m.activated_units},
+                      {"flops_per_row", m.flops_per_row},
+                      {"parameters", m.parameters},
+                      {"solver", m.solver},
+                      {"description", m.description}};
+  if (m.classification) j["test_accuracy"] = m.test_accuracy;
+  return j;
+}
+
+absl::Status Run() {
+  const auto start = Clock::now();
+  const int threads = absl::GetFlag(FLAGS_threads);
+  if (threads > 0) omp_set_num_threads(threads);
+  ASSIGN_OR_RETURN(TrainOptions options, OptionsFromFlags());
+  std::string model_dir;
+  if (!absl::GetFlag(FLAGS_dry_run)) {
+    ASSIGN_OR_RETURN(model_dir, PrepareModelDir());
+  }
+  if (!absl::GetFlag(FLAGS_quiet)) {
+    options.progress = [start](const std::string& line) {
+      std::fprintf(stderr, "[sparse-train %6.1fs] %s\n",
+                   std::chrono::duration<double>(Clock::now() - start).count(), line.c_str());
+    };
+  }
+  if (options.progress) options.progress("loading data");
+  ASSIGN_OR_RETURN(Data data, LoadData());
+  ASSIGN_OR_RETURN(TrainResult result, Train(data.train, data.test, options));
+
+  std::string published;
+  if (!model_dir.empty()) {
+    int64_t version = absl::GetFlag(FLAGS_version);
+    if (version == 0) version = NextVersion(model_dir);
+    Checkpoint& c = result.checkpoint;
+    c.info["dataset"] = data.description;
+    c.info["train_rows"] = absl::StrCat(data.train.rows);
+    c.info["test_rows"] = absl::StrCat(data.test.rows);
+    c.info["test_mse"] = absl::StrFormat("%.9g", result.sparse.test_mse);
+    c.info["dense_test_mse"] = absl::StrFormat("%.9g", result.dense.test_mse);
+    c.info["sparse_solver"] = result.sparse.solver;
+    c.info["dense_solver"] = result.dense.solver;
+    c.info["seed"] = absl::StrCat(options.seed);
+    RETURN_IF_ERROR(WriteCheckpoint(model_dir, version, c));
+    published = (fs::path(model_dir) / std::to_string(version)).string();
+  }
+  const double total = std::chrono::duration<double>(Clock::now() - start).count();
+  if (absl::GetFlag(FLAGS_json)) {
+    nlohmann::json j = {{"sparse", MetricsJson(result.sparse)},
+                        {"dense", MetricsJson(result.dense)},
+                        {"data", data.description},
+                        {"train_rows", data.train.rows},
+                        {"test_rows", data.test.rows},
+                        {"train_seconds", result.train_seconds},
+                        {"eval_seconds", result.eval_seconds},
+                        {"total_seconds", total},
+                        {"published", published}};
+    std::cout << j.dump() << std::endl;
+  } else {
+    PrintHuman(result, data, published, total);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace sparse
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "trains a sparse model and its dense twin, and publishes them as a model version.\n\n"
+      "  sparse-train --repository=repo --model_name=poly_dsm                 # DSM, lsh router\n"
+      "  sparse-train --model=lsh_table --tables=8 --hashes=11 --repository=repo --model_name=poly_lsh\n"
+      "  sparse-train --dataset=csv --train_file=data.csv --outputs=1 --repository=repo --model_name=mine\n\n"
+      "Data defaults to the paper's random polynomial (d=8, degree 4, 2^16 train / 2^14 test rows).\n"
+      "Progress goes to stderr; the summary (or --json) to stdout. Exit status 0 on success,\n"
+      "1 on any error (nothing is published then).");
+  // --help lists the flags of this file (absl matches files named after the
+  // program, and ours is sparse_train_main.cc, not sparse-train.cc).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::StrContains(file, "sparse_train_main.");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
+  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  if (rest.size() > 1) {
+    std::fprintf(stderr, "sparse-train: unexpected argument '%s' (flags look like --name=value; see --help)\n",
+                 rest[1]);
+    return 1;
+  }
+  const absl::Status status = sparse::Run();
+  if (!status.ok()) {
+    std::fprintf(stderr, "sparse-train: error: %s\n", std::string(status.message()).c_str());
+    return 1;
+  }
+  return 0;
+}
