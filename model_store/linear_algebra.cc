@@ -99,4 +99,41 @@ absl::StatusOr<std::vector<double>> SolveRidge(const NormalEquations& eq, double
   return out;
 }
 
+absl::StatusOr<std::vector<double>> SolveRidgeChoosingLambda(const NormalEquations& fit,
+                                                             const NormalEquations& holdout,
+                                                             int64_t rows, double ridge,
+                                                             double* chosen, bool* validated) {
+  const int64_t p = fit.p, o = fit.o;
+  NormalEquations all = fit;
+  if (!holdout.gram.empty()) {
+    for (size_t i = 0; i < all.gram.size(); ++i) all.gram[i] += holdout.gram[i];
+    for (size_t i = 0; i < all.rhs.size(); ++i) all.rhs[i] += holdout.rhs[i];
+  }
+  *validated = false;
+  *chosen = ridge;
+  if (rows >= kWellDetermined * p) return SolveRidge(all, ridge);
+  constexpr double kSteps[] = {1, 10, 100, 1e3, 1e4};
+  if (holdout.gram.empty() || fit.gram.empty()) {
+    *chosen = ridge * kSteps[4];
+    return SolveRidge(all, *chosen);
+  }
+  using Matrix = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  Eigen::Map<const Matrix> gram_h(holdout.gram.data(), p, p);
+  Eigen::Map<const Matrix> rhs_h(holdout.rhs.data(), p, o);
+  double best = INFINITY;
+  for (double step : kSteps) {
+    absl::StatusOr<std::vector<double>> w = SolveRidge(fit, ridge * step);
+    if (!w.ok()) continue;
+    Eigen::Map<const Matrix> wm(w->data(), p, o);
+    // Held-out squared error up to the constant yᵀy: tr(WᵀGW) - 2 tr(WᵀB).
+    const double err = (wm.transpose() * gram_h * wm).trace() - 2 * (wm.transpose() * rhs_h).trace();
+    if (err < best) {
+      best = err;
+      *chosen = ridge * step;
+    }
+  }
+  *validated = true;
+  return SolveRidge(all, *chosen);
+}
+
 }  // namespace sparse

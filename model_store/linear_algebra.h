@@ -35,6 +35,19 @@ absl::Status Accumulate(const float* h, const float* y, int64_t n, NormalEquatio
 // ridge, so the same flag works for any feature scale). Returns W [p, o].
 absl::StatusOr<std::vector<double>> SolveRidge(const NormalEquations& eq, double ridge);
 
+// A ridge fit that picks λ when the data are too few to trust a fixed one.
+// Rows are accumulated into `fit` or `holdout` (about one in ten held out).
+// With at least kWellDetermined·p rows the fixed `ridge` is used on all rows;
+// otherwise each relative ridge in ridge·{1, 10, 100, 1e3, 1e4} is fitted on
+// `fit`, scored by squared error on `holdout`, and the best is refitted on
+// all rows (the strongest when there is no holdout). *chosen receives the
+// relative ridge used and *validated whether validation chose it.
+inline constexpr int64_t kWellDetermined = 8;
+absl::StatusOr<std::vector<double>> SolveRidgeChoosingLambda(const NormalEquations& fit,
+                                                             const NormalEquations& holdout,
+                                                             int64_t rows, double ridge,
+                                                             double* chosen, bool* validated);
+
 }  // namespace sparse
 
 #endif  // SPARSE_MODEL_STORE_LINEAR_ALGEBRA_H_

@@ -65,7 +65,9 @@ ABSL_FLAG(int64_t, min_bucket_rows, 0,
 ABSL_FLAG(int64_t, dense_width, 0,
           "Width of the dense twin (0 = the sparse model's activated units per row).");
 // Fitting
-ABSL_FLAG(double, ridge, 1e-6, "Relative ridge: lambda = ridge * trace(H^T H) / features.");
+ABSL_FLAG(double, ridge, 1e-5,
+          "Relative ridge: lambda = ridge * trace(H^T H) / features. Keep it >= 1e-5: the "
+          "normal equations are accumulated in float32.");
 ABSL_FLAG(int64_t, closed_form_limit, 8192,
           "Widest top layer fitted in closed form; wider ones (topk, dense) use Adam.");
 ABSL_FLAG(int64_t, epochs, 20, "Adam epochs (only when a fit exceeds --closed_form_limit).");

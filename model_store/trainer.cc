@@ -20,6 +20,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr int64_t kChunkRows = 4096;
+// Fewest rows an expert slice is fitted on (at least one row held out).
+constexpr int64_t kMinExpertRows = 10;
 
 double Seconds(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
@@ -98,6 +100,16 @@ void HyperplanesThroughData(const Dataset& data, const std::vector<int64_t>& poo
   }
 }
 
+// Adds rows of h [n, p] / y [n, o] to the normal equations: the last tenth
+// to `holdout` (for choosing the ridge), the rest to `fit`.
+absl::Status AccumulateSplit(const float* h, const float* y, int64_t n, NormalEquations* fit,
+                             NormalEquations* holdout) {
+  const int64_t held = n / 10, kept = n - held;
+  RETURN_IF_ERROR(Accumulate(h, y, kept, fit));
+  if (held > 0) RETURN_IF_ERROR(Accumulate(h + kept * fit->p, y + kept * fit->o, held, holdout));
+  return absl::OkStatus();
+}
+
 // Fits W [p, o] for targets y [n, o] from features that `features(r0, rows,
 // h)` computes for rows [r0, r0 + rows). Closed-form ridge when p is at most
 // closed_form_limit, Adam on minibatches otherwise. Sets *solver.
@@ -106,19 +118,23 @@ absl::StatusOr<std::vector<double>> FitLinear(
     const std::vector<float>& y, int64_t o, const TrainOptions& options, absl::string_view what,
     std::string* solver) {
   if (p <= options.closed_form_limit) {
-    *solver = absl::StrCat("closed-form ridge regression (", p, " features, relative ridge ",
-                           options.ridge, ")");
-    NormalEquations eq{.p = p, .o = o, .gram = {}, .rhs = {}};
+    NormalEquations fit{.p = p, .o = o, .gram = {}, .rhs = {}}, holdout = fit;
     std::vector<float> h(std::min(n, kChunkRows) * p);
     const int64_t chunks = (n + kChunkRows - 1) / kChunkRows;
     for (int64_t c = 0; c < chunks; ++c) {
       const int64_t r0 = c * kChunkRows, rows = std::min(kChunkRows, n - r0);
       RETURN_IF_ERROR(features(r0, rows, h.data()));
-      RETURN_IF_ERROR(Accumulate(h.data(), y.data() + r0 * o, rows, &eq));
+      RETURN_IF_ERROR(AccumulateSplit(h.data(), y.data() + r0 * o, rows, &fit, &holdout));
       if (chunks > 4) ReportEvery(options, absl::StrCat(what, ": normal equations, chunk"), c, chunks);
     }
     Report(options, absl::StrCat(what, ": solving ", p, "x", p, " ridge system"));
-    return SolveRidge(eq, options.ridge);
+    double chosen = 0;
+    bool validated = false;
+    ASSIGN_OR_RETURN(std::vector<double> w, SolveRidgeChoosingLambda(fit, holdout, n, options.ridge,
+                                                                     &chosen, &validated));
+    *solver = absl::StrCat("closed-form ridge regression (", p, " features, relative ridge ", chosen,
+                           validated ? ", chosen on held-out rows" : "", ")");
+    return w;
   }
   *solver = absl::StrCat("Adam (", options.epochs, " epochs, minibatch 256, learning rate ",
                          options.learning_rate, "; ", p, " features > closed_form_limit ",
@@ -244,19 +260,28 @@ absl::StatusOr<LshTableWeights> FitLsh(const Dataset& train, const TrainOptions&
       for (int64_t j = 0; j < o; ++j) out[j] = static_cast<float>(sum[j] / rows.size());
       return absl::OkStatus();
     }
-    NormalEquations eq{.p = d + 1, .o = o, .gram = {}, .rhs = {}};
-    eq.gram.assign((d + 1) * (d + 1), 0.0);
-    eq.rhs.assign((d + 1) * o, 0.0);
+    // Affine fit on [x, 1]; one row in ten is held out to choose the ridge.
+    NormalEquations fit{.p = d + 1, .o = o, .gram = {}, .rhs = {}}, holdout = fit;
     std::vector<double> z(d + 1);
-    for (int64_t r : rows) {
-      for (int64_t i = 0; i < d; ++i) z[i] = train.x[r * d + i];
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const int64_t r = rows[i];
+      NormalEquations& eq = i % 10 == 9 ? holdout : fit;
+      if (eq.gram.empty()) {
+        eq.gram.assign((d + 1) * (d + 1), 0.0);
+        eq.rhs.assign((d + 1) * o, 0.0);
+      }
+      for (int64_t a = 0; a < d; ++a) z[a] = train.x[r * d + a];
       z[d] = 1.0;
       for (int64_t a = 0; a <= d; ++a) {
         for (int64_t b = 0; b <= d; ++b) eq.gram[a * (d + 1) + b] += z[a] * z[b];
         for (int64_t j = 0; j < o; ++j) eq.rhs[a * o + j] += z[a] * train.y[r * o + j];
       }
     }
-    ASSIGN_OR_RETURN(std::vector<double> coef, SolveRidge(eq, options.ridge));
+    double chosen = 0;
+    bool validated = false;
+    ASSIGN_OR_RETURN(std::vector<double> coef,
+                     SolveRidgeChoosingLambda(fit, holdout, static_cast<int64_t>(rows.size()),
+                                              options.ridge, &chosen, &validated));
     // Bucket layout: o rows of d+1 (bias last).
     for (int64_t j = 0; j < o; ++j) {
       for (int64_t a = 0; a <= d; ++a) out[j * (d + 1) + a] = static_cast<float>(coef[a * o + j]);
@@ -477,13 +502,18 @@ absl::StatusOr<DsmWeights> FitRouted(const Dataset& train, const TrainOptions& o
   // fitted by backfitting on the residual (one pass when L = 1).
   std::vector<std::vector<float>> block_out(L, std::vector<float>(train.rows * o, 0.0f));
   const int passes = L == 1 ? 1 : 3;
-  int64_t empty = 0;
+  int64_t empty = 0, validated = 0;
+  double max_ridge = options.ridge;
   for (int pass = 0; pass < passes; ++pass) {
     for (int64_t l = 0; l < L; ++l) {
       for (int64_t e = 0; e < E; ++e) {
         const int64_t slice = l * E + e;
         const std::vector<int64_t>& rows = members[slice];
-        if (rows.empty()) {
+        if (static_cast<int64_t>(rows.size()) < kMinExpertRows) {
+          // Too few rows to fit, or even to hold one out: the expert keeps
+          // zero top weights and its rows get the other blocks' output + a0.
+          // (Its units all pass through these few rows, so its features
+          // vanish there and any ridge relative to them is meaningless.)
           if (pass == 0) ++empty;
           continue;
         }
@@ -503,9 +533,17 @@ absl::StatusOr<DsmWeights> FitRouted(const Dataset& train, const TrainOptions& o
         std::vector<float> h(n * k);
         RETURN_IF_ERROR(RandomFeatures(xs.data(), n, d, net.bottom_weight.data() + slice * k * d,
                                        net.bottom_bias.data() + slice * k, k, relu, h.data()));
-        NormalEquations eq{.p = k, .o = o, .gram = {}, .rhs = {}};
-        RETURN_IF_ERROR(Accumulate(h.data(), target.data(), n, &eq));
-        ASSIGN_OR_RETURN(std::vector<double> top, SolveRidge(eq, options.ridge));
+        NormalEquations fit{.p = k, .o = o, .gram = {}, .rhs = {}}, holdout = fit;
+        RETURN_IF_ERROR(AccumulateSplit(h.data(), target.data(), n, &fit, &holdout));
+        double chosen = 0;
+        bool was_validated = false;
+        ASSIGN_OR_RETURN(std::vector<double> top,
+                         SolveRidgeChoosingLambda(fit, holdout, n, options.ridge, &chosen,
+                                                  &was_validated));
+        if (pass == 0 && was_validated) {
+          ++validated;
+          max_ridge = std::max(max_ridge, chosen);
+        }
         StoreTop(top, k, o, t, slice * k, &net.top_weight);
         std::vector<float> wf(top.begin(), top.end()), pred(n * o);
         RETURN_IF_ERROR(Gemm(false, false, n, o, k, h.data(), wf.data(), pred.data()));
@@ -523,7 +561,13 @@ absl::StatusOr<DsmWeights> FitRouted(const Dataset& train, const TrainOptions& o
                          passes > 1 ? absl::StrCat(", ", passes, " backfitting passes over ", L,
                                                    " blocks")
                                     : std::string(),
-                         empty > 0 ? absl::StrCat("; ", empty, " experts got no training rows")
+                         validated > 0
+                             ? absl::StrCat("; ", validated, " experts with under ",
+                                            kWellDetermined, " rows per unit chose their ridge "
+                                            "on held-out rows (largest ", max_ridge, ")")
+                             : std::string(),
+                         empty > 0 ? absl::StrCat("; ", empty, " experts got fewer than ",
+                                                  kMinExpertRows, " training rows and stay zero")
                                    : std::string());
   return w;
 }

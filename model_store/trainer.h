@@ -50,7 +50,10 @@ struct TrainOptions {
   // (L·k for a DSM, s·(Δ=0 ? 1 : d+1) for an LSH table).
   int64_t dense_width = 0;
   // Fitting
-  double ridge = 1e-6;              // relative ridge (see SolveRidge)
+  // Relative ridge (see SolveRidge). The normal equations come from float32
+  // GEMMs (relative error ~1e-7), so the ridge must stay well above that:
+  // at 1e-6 an expert with fewer rows than units was measured to blow up.
+  double ridge = 1e-5;
   int64_t closed_form_limit = 8192; // widest closed-form fit
   int64_t epochs = 20;              // Adam
   double learning_rate = 1e-3;      // Adam

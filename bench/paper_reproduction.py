@@ -1,0 +1,264 @@
+#!/usr/bin/python3
+"""Reproduces the synthetic-function experiments of section 5 (and the
+manifold case of appendix D.2) of "A Theoretical View on Sparsely Activated
+Networks" with sparse-train, and writes docs/paper-reproduction.md.
+
+    /usr/bin/python3 bench/paper_reproduction.py [--small] \
+        [--sparse_train build/model_store/sparse-train] [--output docs/paper-reproduction.md]
+
+Every number in the report is measured by this run: each experiment is one
+`sparse-train --json --dry_run` call (the paper's 2^16 train / 2^14 test
+rows, seed 1). --small shrinks the data and the widths so the whole script
+runs in seconds (the test suite uses it); its numbers are not the report's.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+# Table 1 of the paper: FLOPs, eval MSE dense, DSM 50% sparsity, DSM 25% sparsity.
+PAPER_TABLE1 = {18432: (0.01015, 0.01014, 0.009655),
+                36864: (0.01009, 0.007438, 0.005054),
+                73728: (0.01046, 0.006115, 0.001799)}
+
+
+class Runner:
+    def __init__(self, binary, small):
+        self.binary = binary
+        self.small = small
+        self.runs = 0
+        self.seconds = 0.0
+
+    def train(self, **flags):
+        args = [self.binary, "--json", "--dry_run", "--quiet"]
+        if self.small:
+            flags.setdefault("train_rows", 4096)
+            flags.setdefault("test_rows", 1024)
+        for key, value in flags.items():
+            args.append("--%s=%s" % (key, value))
+        start = time.time()
+        done = subprocess.run(args, capture_output=True, text=True)
+        self.seconds += time.time() - start
+        self.runs += 1
+        if done.returncode != 0:
+            sys.exit("sparse-train failed (%s):\n%s" % (" ".join(args), done.stdout + done.stderr))
+        result = json.loads(done.stdout)
+        print("  %-70s sparse %.3e  dense %.3e  (%.1f s)" % (
+            " ".join(a for a in args[4:]), result["sparse"]["test_mse"],
+            result["dense"]["test_mse"], time.time() - start), file=sys.stderr, flush=True)
+        return result
+
+
+def fmt(v):
+    return "%.3e" % v
+
+
+def table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def verdict(ok):
+    return "**agrees**" if ok else "**does not agree**"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", action="store_true", help="tiny data and widths (for tests)")
+    parser.add_argument("--sparse_train", default="build/model_store/sparse-train")
+    parser.add_argument("--output", default="docs/paper-reproduction.md")
+    args = parser.parse_args()
+    if not os.access(args.sparse_train, os.X_OK):
+        sys.exit("no sparse-train binary at %s (run 'make build' first)" % args.sparse_train)
+    run = Runner(args.sparse_train, args.small)
+    start = time.time()
+    small = args.small
+    units = [16, 64, 256] if small else [16, 32, 64, 128, 256, 512, 1024]
+    sections = []
+
+    # ---- Table 1: same FLOPs, dense vs DSM at 50% and 25% of units active.
+    print("Table 1", file=sys.stderr)
+    widths = [64, 128] if small else [1024, 2048, 4096]
+    rows, t1 = [], []
+    for t in widths:
+        half = run.train(router="lsh", experts=2, active_units=t, dense_width=t)
+        quarter = run.train(router="lsh", experts=4, active_units=t, dense_width=1)
+        dense_flops = half["dense"]["flops_per_row"]
+        paper = PAPER_TABLE1.get(dense_flops)
+        rows.append([dense_flops, fmt(half["dense"]["test_mse"]), fmt(half["sparse"]["test_mse"]),
+                     fmt(quarter["sparse"]["test_mse"]), half["sparse"]["flops_per_row"],
+                     quarter["sparse"]["flops_per_row"],
+                     " / ".join(str(v) for v in paper) if paper else "—"])
+        t1.append((half["dense"]["test_mse"], half["sparse"]["test_mse"], quarter["sparse"]["test_mse"]))
+    sections.append("""## Table 1: test MSE at the same FLOPs
+
+Random polynomial, d=8, degree 4. The dense model has width t (FLOPs 2td + 2t);
+the DSM keeps t units active out of 2t (50 %%) or 4t (25 %%), routed by an LSH
+router over E = 2 or 4 experts, so it spends the same FLOPs plus 2·r·d for the
+router (columns "DSM FLOPs").
+
+%s
+
+The paper: at equal FLOPs the DSM has lower MSE than dense, and the sparser
+DSM (25 %%) the lowest. Here the DSM beats dense at every width: %s.
+The 25 %% DSM beats the 50 %% DSM at every width: %s.
+""" % (table(["dense FLOPs", "dense MSE", "DSM 50% MSE", "DSM 25% MSE", "DSM 50% FLOPs",
+              "DSM 25% FLOPs", "paper: dense / 50% / 25%"], rows),
+       verdict(all(h < dn and q < dn for dn, h, q in t1)),
+       verdict(all(q < h for dn, h, q in t1))))
+
+    # ---- Figure 2(a) / 3(a) / 7: MSE vs activated units.
+    def units_sweep(title, paper_claim, **data):
+        rows, wins = [], []
+        for k in units:
+            total = 4 * max(units) if small else 1024
+            dsm1 = run.train(router="lsh", experts=max(total // k, 1), active_units=k, **data)
+            dsm2 = run.train(router="lsh", experts=max(2 * total // k, 1), active_units=k,
+                             dense_width=1, **data)
+            topk = run.train(router="topk", topk_width=total, active_units=k, dense_width=1, **data)
+            rows.append([k, fmt(dsm1["dense"]["test_mse"]), fmt(dsm1["sparse"]["test_mse"]),
+                         fmt(dsm2["sparse"]["test_mse"]), fmt(topk["sparse"]["test_mse"])])
+            wins.append((k, dsm1["dense"]["test_mse"], dsm1["sparse"]["test_mse"],
+                         dsm2["sparse"]["test_mse"]))
+        total = 4 * max(units) if small else 1024
+        beats = [k for k, dn, a, b in wins if a < dn]
+        wider = [k for k, dn, a, b in wins if b < a]
+        return """## %s
+
+Test MSE against activated units per row k. Dense: width k. DSM: lsh router,
+total width %d or %d (E = total / k experts of k units); DSM topk: the k
+largest of %d units.
+
+%s
+
+The paper: %s Here the lsh-routed DSM (total width %d) beats dense at k =
+%s of %s (%s), and doubling the total width lowers its MSE at k = %s.
+""" % (title, total, 2 * total, total,
+       table(["k", "dense", "DSM lsh, width %d" % total, "DSM lsh, width %d" % (2 * total),
+              "DSM topk, width %d" % total], rows),
+       paper_claim, total, beats, units,
+       verdict(len(beats) == len(units)), wider)
+
+    print("Figure 2(a)", file=sys.stderr)
+    sections.append(units_sweep(
+        "Figure 2(a): random polynomial, d=8, degree 4",
+        "DSM outperforms dense at the same number of activated units, and quality improves as "
+        "total width increases.", dataset="polynomial"))
+    print("Figure 3(a)", file=sys.stderr)
+    sections.append(units_sweep(
+        "Figure 3(a): random hypercube function, d=8",
+        "both DSM and LSH outperform dense models with the same number of activated units.",
+        dataset="hypercube"))
+    print("Figure 7 (appendix D.2)", file=sys.stderr)
+    sections.append(units_sweep(
+        "Figure 7 (appendix D.2): polynomial on a low-dimensional manifold, d=64, k=8, degree 4",
+        "DSM outperforms dense at the same number of activated units, as in Figure 2.",
+        dataset="manifold", d=64, manifold_dim=8))
+
+    # ---- Figure 2(b): LSH vs number of buckets.
+    print("Figure 2(b)", file=sys.stderr)
+    bits = [4, 6, 8] if small else [6, 8, 10, 11, 12]
+    rows, lsh_wins = [], []
+    for m in bits:
+        buckets = 2 ** m
+        one = run.train(model="lsh_table", tables=1, hashes=m, dense_width=buckets)
+        eight = run.train(model="lsh_table", tables=8, hashes=m, dense_width=1)
+        rows.append([buckets, fmt(one["dense"]["test_mse"]), fmt(one["sparse"]["test_mse"]),
+                     fmt(eight["sparse"]["test_mse"])])
+        lsh_wins.append((buckets, one["dense"]["test_mse"], one["sparse"]["test_mse"],
+                         eight["sparse"]["test_mse"]))
+    large = [(b, dn, one, eight) for b, dn, one, eight in lsh_wins if b >= (256 if small else 2048)]
+    sections.append("""## Figure 2(b): LSH model vs number of buckets
+
+Random polynomial, d=8, degree 4. LSH tables with 2^m hyperplane buckets per
+table (Δ=0, one constant per bucket), 1 or 8 tables; dense: a ridge-fitted
+random-feature network as wide as the number of buckets.
+
+%s
+
+The paper: the LSH model outperforms the dense model when the number of
+buckets is large (≥ 2048). Here a single table beats a dense network of the
+same width at ≥ 2048 buckets: %s; 8 tables beat it: %s. Our dense baseline is
+fitted in closed form (the paper trains it by RMSProp), which makes it
+stronger than the paper's at these widths.
+""" % (table(["buckets per table", "dense (width = buckets)", "LSH, 1 table", "LSH, 8 tables"], rows),
+       verdict(all(one < dn for b, dn, one, e in large)),
+       verdict(all(e < dn for b, dn, one, e in large))))
+
+    # ---- Figure 4: dense vs random hash vs DSM vs LSH.
+    print("Figure 4", file=sys.stderr)
+    rows, fig4 = [], []
+    for k in units:
+        total = 4 * max(units) if small else 1024
+        lsh = run.train(router="lsh", experts=max(total // k, 1), active_units=k)
+        hashed = run.train(router="hash", experts=max(total // k, 1), active_units=k, dense_width=1)
+        tables = min(k, 64)
+        table_model = run.train(model="lsh_table", tables=tables, hashes=11, dense_width=1)
+        rows.append([k, fmt(lsh["dense"]["test_mse"]), fmt(hashed["sparse"]["test_mse"]),
+                     fmt(lsh["sparse"]["test_mse"]),
+                     "%s (%d tables)" % (fmt(table_model["sparse"]["test_mse"]), tables)])
+        fig4.append((lsh["dense"]["test_mse"], hashed["sparse"]["test_mse"], lsh["sparse"]["test_mse"]))
+    sections.append("""## Figure 4: dense, random hash, DSM and LSH
+
+Random polynomial, d=8, degree 4, at k activated units per row (total width
+%d for the routed DSMs; the LSH column uses min(k, 64) tables of 2^11
+buckets, each table contributing one activated value).
+
+%s
+
+The paper: DSM and LSH models outperform dense models, while random-hash
+models underperform dense models. Here the lsh-routed DSM beats the random
+hash at every k: %s; the random hash is worse than dense at every k: %s.
+""" % (4 * max(units) if small else 1024,
+       table(["k", "dense", "DSM random hash", "DSM lsh", "LSH tables"], rows),
+       verdict(all(l < h for dn, h, l in fig4)),
+       verdict(all(h > dn for dn, h, l in fig4))))
+
+    elapsed = time.time() - start
+    header = """# Paper reproduction
+
+What `bench/paper_reproduction.py` measured for the synthetic experiments of
+section 5 (and the manifold case of appendix D.2) of *A Theoretical View on
+Sparsely Activated Networks*. Every number below comes from this run; the
+paper's own numbers appear only where it prints them (Table 1). The other
+figures are plots in the paper, so we compare with their stated conclusions.
+
+- Command: `/usr/bin/python3 bench/paper_reproduction.py%s` (after `make build`)
+- Date: %s; machine: %s, %d cores (the project's `cpp` machine kind)
+- Data: 2^16 train / 2^14 test rows on U[-1,1]^d, function seed 1, seed 1
+- Run time: %d sparse-train runs, %.0f s in all
+
+## How this differs from the paper
+
+- **Fitting.** The paper trains every model for 50 epochs of RMSProp at
+  learning rate 1e-5. sparse-train keeps the bottom layers random, as the
+  paper does, and fits the top layer (or bucket values) exactly by ridge
+  regression: the optimum the paper's training approaches. Our dense
+  baselines are therefore at least as good as the paper's, which makes a
+  sparse win harder, not easier.
+- **Target scale.** We draw polynomial coefficients U[-1,1] over all 495
+  monomials of degree ≤ 4 in 8 variables and scale them to Σ|c| = 1
+  (appendix D.1). Such a polynomial has a variance of a few 1e-4 on the box,
+  so our MSEs are two orders of magnitude below the paper's Table 1 (about
+  1e-2), which must have used fewer monomials or another scaling. Compare
+  ratios between columns, not absolute values.
+- **The DSM.** The paper's DSM masks with top-k; our Table 1 and the "DSM lsh"
+  columns route with an LSH router over expert slices (the form that saves
+  FLOPs at serving time), and the "DSM topk" column is the paper's form.
+- **LSH tables.** Hyperplanes pass through random training points (DESIGN.md
+  §1); the paper does not say how it placed them.
+
+""" % (" --small" if small else "", datetime.date.today().isoformat(), platform.processor() or platform.machine(),
+       os.cpu_count(), run.runs, elapsed)
+    with open(args.output, "w") as f:
+        f.write(header + "\n".join(sections))
+    print("wrote %s (%d runs, %.0f s)" % (args.output, run.runs, elapsed), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
