@@ -7,7 +7,6 @@
 #include <numeric>
 #include <random>
 #include <regex>
-#include <sstream>
 
 #include "Eigen/Dense"
 #include "absl/strings/ascii.h"
@@ -15,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "engine/status_macros.h"
+#include "model_store/file_util.h"
 
 namespace sparse {
 namespace {
@@ -228,26 +228,19 @@ absl::Status CheckRange(absl::string_view name, int64_t v, int64_t lo, int64_t h
 
 // ---- Files ----------------------------------------------------------------------
 
-absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) return absl::DataLossError(absl::StrCat("cannot read ", path));
-  return ss.str();
-}
-
 struct NpyArray {
   std::vector<int64_t> shape;
   std::vector<float> values;
 };
 
 absl::StatusOr<NpyArray> ParseNpy(const std::string& path) {
-  ASSIGN_OR_RETURN(std::string bytes, ReadWholeFile(path));
+  ASSIGN_OR_RETURN(MappedFile file, MappedFile::Open(path, path));
+  const absl::string_view bytes(reinterpret_cast<const char*>(file.bytes().data()),
+                                file.bytes().size());
   auto bad = [&path](absl::string_view what) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", what));
   };
-  if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0) {
+  if (bytes.size() < 10 || bytes.substr(0, 6) != "\x93NUMPY") {
     return bad("not a .npy file (missing the \\x93NUMPY magic)");
   }
   const int major = static_cast<unsigned char>(bytes[6]);
@@ -265,7 +258,7 @@ absl::StatusOr<NpyArray> ParseNpy(const std::string& path) {
     return bad(absl::StrCat("unsupported .npy version ", major));
   }
   if (header_start + header_len > bytes.size()) return bad("truncated header");
-  const std::string header = bytes.substr(header_start, header_len);
+  const std::string header(bytes.substr(header_start, header_len));
   // The header is a Python dict literal with exactly these three keys.
   std::smatch m;
   if (!std::regex_search(header, m, std::regex(R"('descr'\s*:\s*'([<>|=])([fi])(\d+)')"))) {

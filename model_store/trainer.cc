@@ -599,6 +599,15 @@ bool LooksLikeClasses(const Dataset& data) {
   return true;
 }
 
+double MeanSquaredError(const std::vector<float>& pred, const Dataset& data) {
+  double sq = 0;
+  for (size_t i = 0; i < pred.size(); ++i) {
+    const double e = double{pred[i]} - data.y[i];
+    sq += e * e;
+  }
+  return sq / static_cast<double>(pred.size());
+}
+
 absl::StatusOr<std::vector<float>> PredictAll(const Model& model, const Dataset& data) {
   std::vector<float> y(data.rows * data.o);
   for (int64_t r = 0; r < data.rows; r += kChunkRows) {
@@ -629,9 +638,7 @@ absl::Status Evaluate(const Model& model, const Dataset& train, const Dataset& t
                       ModelMetrics* metrics) {
   ASSIGN_OR_RETURN(metrics->train_mse, EvaluateMse(model, train));
   ASSIGN_OR_RETURN(std::vector<float> pred, PredictAll(model, test));
-  double sq = 0;
-  for (size_t i = 0; i < pred.size(); ++i) sq += (double{pred[i]} - test.y[i]) * (double{pred[i]} - test.y[i]);
-  metrics->test_mse = sq / static_cast<double>(pred.size());
+  metrics->test_mse = MeanSquaredError(pred, test);
   metrics->classification = LooksLikeClasses(train);
   if (metrics->classification) metrics->test_accuracy = Accuracy(pred, test);
   metrics->parameters = model.info().parameters;
@@ -655,9 +662,7 @@ absl::Status CheckData(const Dataset& train, const Dataset& test) {
 
 absl::StatusOr<double> EvaluateMse(const Model& model, const Dataset& data) {
   ASSIGN_OR_RETURN(std::vector<float> pred, PredictAll(model, data));
-  double sq = 0;
-  for (size_t i = 0; i < pred.size(); ++i) sq += (double{pred[i]} - data.y[i]) * (double{pred[i]} - data.y[i]);
-  return sq / static_cast<double>(pred.size());
+  return MeanSquaredError(pred, data);
 }
 
 absl::StatusOr<TrainResult> Train(const Dataset& train, const Dataset& test,
