@@ -12,6 +12,9 @@ PACKAGES=(
   g++ cmake ninja-build ccache pkg-config make python3
   # libraries (DESIGN.md §6)
   libabsl-dev libdnnl-dev nlohmann-json3-dev libssl-dev libeigen3-dev
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  # the Python client test (Debian's grpcio for /usr/bin/python3)
+  python3-grpcio python3-grpc-tools
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
 )

@@ -1,0 +1,21 @@
+// The one place where an absl::Status becomes a grpc::Status. The codes
+// are the same numbers, so the conversion is a cast; messages pass through.
+#ifndef SPARSE_SERVER_GRPC_STATUS_H_
+#define SPARSE_SERVER_GRPC_STATUS_H_
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "grpcpp/support/status.h"
+
+namespace sparse {
+
+inline grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message()));
+}
+
+}  // namespace sparse
+
+#endif  // SPARSE_SERVER_GRPC_STATUS_H_

@@ -1,0 +1,97 @@
+// sparse-server: serves every model of a model repository over gRPC —
+// sparse.v1.SparseInference (Predict on the routed sparse path, PredictDense
+// on the dense baseline), grpc.health.v1.Health and server reflection.
+// SIGINT or SIGTERM stops it cleanly. Run with --help for the flags.
+#include <signal.h>
+
+#include <cstdio>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::string, model_repository, "",
+          "Model repository: <repository>/<model>/<version>/ directories written by sparse-train. "
+          "Every valid version of every model is loaded; the newest serves by default.");
+ABSL_FLAG(std::string, address, "0.0.0.0", "Address to listen on (127.0.0.1 for loopback only).");
+ABSL_FLAG(int, port, 8500, "gRPC port (0 picks a free one and prints it).");
+ABSL_FLAG(int, workers, 0, "Inference worker threads, one request each (0 = one per core).");
+ABSL_FLAG(int64_t, max_queue, 1024,
+          "Requests that may wait for a worker; beyond it requests get UNAVAILABLE.");
+ABSL_FLAG(int64_t, max_batch_rows, 1024, "Largest batch (rows) a request may carry.");
+ABSL_FLAG(int64_t, grace_ms, 5000, "On SIGINT/SIGTERM, how long in-flight calls may finish.");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "serves a model repository over gRPC.\n\n"
+      "  sparse-server --model_repository=models --port=8500\n\n"
+      "Services: sparse.v1.SparseInference (Predict, PredictDense, ListModels, GetModel),\n"
+      "grpc.health.v1.Health (\"\" = live, a model name = ready) and server reflection.");
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::StrContains(file, "server/main.");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
+  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  if (rest.size() > 1) {
+    std::fprintf(stderr, "sparse-server: unexpected argument '%s' (see --help)\n", rest[1]);
+    return 1;
+  }
+  if (absl::GetFlag(FLAGS_model_repository).empty()) {
+    std::fprintf(stderr, "sparse-server: --model_repository is required (see --help)\n");
+    return 1;
+  }
+  // Block the stop signals in every thread; one thread waits for them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  sparse::ServerOptions options;
+  options.model_repository = absl::GetFlag(FLAGS_model_repository);
+  options.address = absl::GetFlag(FLAGS_address);
+  options.port = absl::GetFlag(FLAGS_port);
+  options.workers = absl::GetFlag(FLAGS_workers);
+  options.max_queue = absl::GetFlag(FLAGS_max_queue);
+  options.max_batch_rows = absl::GetFlag(FLAGS_max_batch_rows);
+  std::vector<std::string> load_errors;
+  absl::StatusOr<std::unique_ptr<sparse::SparseServer>> server =
+      sparse::SparseServer::Start(options, &load_errors);
+  for (const std::string& e : load_errors) {
+    std::fprintf(stderr, "sparse-server: skipped %s\n", e.c_str());
+  }
+  if (!server.ok()) {
+    std::fprintf(stderr, "sparse-server: error: %s\n", std::string(server.status().message()).c_str());
+    return 1;
+  }
+  for (const auto& [name, versions] : (*server)->repository().models()) {
+    const auto& newest = versions.rbegin()->second->loaded;
+    std::fprintf(stderr, "sparse-server: model %s: %zu version(s), serving %lld: %s\n", name.c_str(),
+                 versions.size(), static_cast<long long>(versions.rbegin()->first),
+                 newest.sparse->info().description.c_str());
+  }
+  std::fprintf(stderr, "sparse-server: listening on %s:%d with %d workers\n",
+               options.address.c_str(), (*server)->port(), (*server)->workers());
+  std::printf("%d\n", (*server)->port());
+  std::fflush(stdout);
+
+  sparse::SparseServer* s = server->get();
+  const int64_t grace = absl::GetFlag(FLAGS_grace_ms);
+  std::thread stopper([s, stop_signals, grace] {
+    int signal = 0;
+    sigwait(&stop_signals, &signal);
+    std::fprintf(stderr, "sparse-server: %s received, stopping\n", signal == SIGINT ? "SIGINT" : "SIGTERM");
+    s->Shutdown(grace);
+  });
+  s->Wait();
+  stopper.join();
+  server->reset();
+  std::fprintf(stderr, "sparse-server: stopped\n");
+  return 0;
+}

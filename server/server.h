@@ -1,0 +1,61 @@
+// SparseServer: the repository, worker pool and gRPC services wired
+// together (sparse.v1.SparseInference, grpc.health.v1.Health, reflection).
+// Used by sparse-server's main and by in-process tests.
+#ifndef SPARSE_SERVER_SERVER_H_
+#define SPARSE_SERVER_SERVER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "grpcpp/server.h"
+#include "server/inference_service.h"
+#include "server/model_repository.h"
+#include "server/worker_pool.h"
+
+namespace sparse {
+
+struct ServerOptions {
+  std::string model_repository;
+  std::string address = "0.0.0.0";
+  int port = 8500;             // 0 picks a free port (see SparseServer::port)
+  int workers = 0;             // 0 = one per core
+  int64_t max_queue = 1024;    // requests waiting for a worker
+  int64_t max_batch_rows = 1024;
+  int64_t max_message_bytes = 64 << 20;
+};
+
+class SparseServer {
+ public:
+  // Loads the repository and starts serving. Versions that fail to load are
+  // skipped and listed in *load_errors (may be null). Errors: the
+  // repository is missing, holds no loadable model, or the port is taken.
+  static absl::StatusOr<std::unique_ptr<SparseServer>> Start(const ServerOptions& options,
+                                                             std::vector<std::string>* load_errors);
+  ~SparseServer();
+
+  int port() const { return port_; }
+  const ModelRepository& repository() const { return *repository_; }
+  int workers() const { return pool_->threads(); }
+
+  // Stops accepting calls, lets in-flight ones finish (up to `grace_ms`),
+  // then returns. Safe to call from any thread, more than once.
+  void Shutdown(int64_t grace_ms = 5000);
+  // Blocks until Shutdown() has completed.
+  void Wait();
+
+ private:
+  SparseServer() = default;
+
+  std::unique_ptr<ModelRepository> repository_;
+  std::unique_ptr<WorkerPool> pool_;
+  std::unique_ptr<InferenceService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+};
+
+}  // namespace sparse
+
+#endif  // SPARSE_SERVER_SERVER_H_

@@ -1,0 +1,51 @@
+// WorkerPool: a fixed set of threads that run inference, one request per
+// core, each with one OpenMP thread for oneDNN (DESIGN.md §5). The queue in
+// front of them is bounded: Submit() refuses work when it is full, so an
+// overloaded server answers UNAVAILABLE instead of growing without limit.
+//
+// Thread-safety: Submit() may be called from any thread. The destructor
+// runs every queued task, then joins the workers.
+#ifndef SPARSE_SERVER_WORKER_POOL_H_
+#define SPARSE_SERVER_WORKER_POOL_H_
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+
+namespace sparse {
+
+class WorkerPool {
+ public:
+  // REQUIRES: threads >= 1, max_queue >= 1.
+  WorkerPool(int threads, int64_t max_queue);
+  ~WorkerPool();
+  WorkerPool(const WorkerPool&) = delete;
+  WorkerPool& operator=(const WorkerPool&) = delete;
+
+  // Queues `task`; false (and `task` is dropped unrun) when the queue holds
+  // max_queue tasks already.
+  bool Submit(std::function<void()> task);
+
+  int threads() const { return static_cast<int>(workers_.size()); }
+
+ private:
+  void Work();
+  bool HasWorkOrStopping() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stopping_ || !queue_.empty();
+  }
+
+  const int64_t max_queue_;
+  mutable absl::Mutex mu_;
+  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace sparse
+
+#endif  // SPARSE_SERVER_WORKER_POOL_H_
