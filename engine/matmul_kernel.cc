@@ -5,7 +5,11 @@
 #include <algorithm>
 #include <cstdlib>
 #include <new>
+#include <atomic>
 #include <unordered_map>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
 
 #include "absl/strings/str_cat.h"
 #include "engine/workspace.h"
@@ -16,6 +20,19 @@ namespace {
 using dnnl::memory;
 using Tag = memory::format_tag;
 using Dt = memory::data_type;
+
+// The argument map of one bucket of one kernel on one thread. Its memory
+// objects are created on the thread's first call and re-pointed with
+// set_data_handle afterwards, so a call allocates nothing. Entries of
+// destroyed kernels stay (a few hundred bytes each) until the thread exits.
+using ArgCache = absl::flat_hash_map<std::pair<uint64_t, int>, std::unordered_map<int, memory>>;
+
+ArgCache& ThreadArgCache() {
+  thread_local ArgCache cache;
+  return cache;
+}
+
+std::atomic<uint64_t> next_kernel_id{1};
 
 absl::Status FromDnnl(const dnnl::error& e, absl::string_view what) {
   return absl::InternalError(absl::StrCat("oneDNN ", what, " failed: ", e.what()));
@@ -41,6 +58,7 @@ absl::StatusOr<MatmulKernel> MatmulKernel::Create(const MatmulSpec& spec) {
   }
   MatmulKernel kernel;
   kernel.spec_ = spec;
+  kernel.id_ = next_kernel_id.fetch_add(1);
   try {
     dnnl::post_ops ops;
     // Order matters: sum (y += ...) is applied to the biased result, and the
@@ -124,8 +142,7 @@ absl::Status MatmulKernel::Run(const float* x, int64_t rows, const float* w, con
                                float* y, int64_t* flops) const {
   try {
     dnnl::stream& stream = ThreadStream();
-    const dnnl::engine& engine = CpuEngine();
-    std::unordered_map<int, memory> args;
+    ArgCache& cache = ThreadArgCache();
     int64_t done = 0;
     // Binary decomposition: full 128-row chunks, then the remainder's bits
     // from the highest down. Every row runs once; none is padded.
@@ -135,18 +152,24 @@ absl::Status MatmulKernel::Run(const float* x, int64_t rows, const float* w, con
       while ((int64_t{1} << b) > left) --b;
       const Bucket& bucket = buckets_[b];
       const int64_t m = int64_t{1} << b;
-      args.clear();
-      args.emplace(DNNL_ARG_SRC,
-                   memory(bucket.src, engine, const_cast<float*>(x + done * spec_.k)));
-      args.emplace(DNNL_ARG_WEIGHTS, memory(bucket.weights, engine, const_cast<float*>(w)));
-      if (spec_.bias) {
-        args.emplace(DNNL_ARG_BIAS, memory(bucket.bias, engine, const_cast<float*>(bias)));
-      }
-      args.emplace(DNNL_ARG_DST, memory(bucket.dst, engine, y + done * spec_.n));
       const size_t pad = bucket.scratchpad.get_size();
-      if (pad > 0) {
-        args.emplace(DNNL_ARG_SCRATCHPAD, memory(bucket.scratchpad, engine, ScratchBytes(pad)));
+      auto [entry, inserted] = cache.try_emplace(std::make_pair(id_, b));
+      std::unordered_map<int, memory>& args = entry->second;
+      if (inserted) {
+        const dnnl::engine& engine = CpuEngine();
+        args.emplace(DNNL_ARG_SRC, memory(bucket.src, engine, DNNL_MEMORY_NONE));
+        args.emplace(DNNL_ARG_WEIGHTS, memory(bucket.weights, engine, DNNL_MEMORY_NONE));
+        if (spec_.bias) args.emplace(DNNL_ARG_BIAS, memory(bucket.bias, engine, DNNL_MEMORY_NONE));
+        args.emplace(DNNL_ARG_DST, memory(bucket.dst, engine, DNNL_MEMORY_NONE));
+        if (pad > 0) {
+          args.emplace(DNNL_ARG_SCRATCHPAD, memory(bucket.scratchpad, engine, DNNL_MEMORY_NONE));
+        }
       }
+      args.at(DNNL_ARG_SRC).set_data_handle(const_cast<float*>(x + done * spec_.k));
+      args.at(DNNL_ARG_WEIGHTS).set_data_handle(const_cast<float*>(w));
+      if (spec_.bias) args.at(DNNL_ARG_BIAS).set_data_handle(const_cast<float*>(bias));
+      args.at(DNNL_ARG_DST).set_data_handle(y + done * spec_.n);
+      if (pad > 0) args.at(DNNL_ARG_SCRATCHPAD).set_data_handle(ScratchBytes(pad));
       bucket.primitive.execute(stream, args);
       done += m;
     }

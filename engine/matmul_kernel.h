@@ -97,6 +97,7 @@ class MatmulKernel {
   MatmulKernel() = default;
 
   MatmulSpec spec_;
+  uint64_t id_ = 0;                   // unique per Create(); keys per-thread argument caches
   dnnl::memory::desc plain_weights_;  // spec.layout
   dnnl::memory::desc weights_;        // the layout Run() expects
   int64_t packed_floats_ = 0;
