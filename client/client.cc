@@ -1,0 +1,83 @@
+#include "client/client.h"
+
+#include "absl/strings/str_cat.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+
+namespace sparse {
+namespace {
+
+absl::Status FromGrpc(const grpc::Status& s, const std::string& target) {
+  if (s.ok()) return absl::OkStatus();
+  std::string message = s.error_message();
+  if (s.error_code() == grpc::StatusCode::UNAVAILABLE && message.find("connect") != std::string::npos) {
+    message = absl::StrCat("cannot reach sparse-server at ", target, " (", message, ")");
+  }
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), message);
+}
+
+}  // namespace
+
+SparseClient::SparseClient(const std::string& target, std::chrono::milliseconds timeout)
+    : target_(target),
+      timeout_(timeout),
+      channel_(grpc::CreateChannel(target, grpc::InsecureChannelCredentials())),
+      stub_(sparse::v1::SparseInference::NewStub(channel_)),
+      health_(grpc::health::v1::Health::NewStub(channel_)) {}
+
+absl::StatusOr<SparseClient::Call> SparseClient::Predict(const std::string& model, int64_t version,
+                                                          int64_t rows,
+                                                          const std::vector<float>& inputs,
+                                                          bool dense, bool route) {
+  sparse::v1::PredictRequest request;
+  request.set_model(model);
+  request.set_version(version);
+  request.set_rows(rows);
+  request.set_return_route(route);
+  request.mutable_inputs()->Add(inputs.begin(), inputs.end());
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + timeout_);
+  Call call;
+  const auto start = std::chrono::steady_clock::now();
+  const grpc::Status s = dense ? stub_->PredictDense(&context, request, &call.response)
+                               : stub_->Predict(&context, request, &call.response);
+  call.round_trip_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                           std::chrono::steady_clock::now() - start).count();
+  if (!s.ok()) return FromGrpc(s, target_);
+  return call;
+}
+
+absl::StatusOr<sparse::v1::ListModelsResponse> SparseClient::ListModels() {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + timeout_);
+  sparse::v1::ListModelsResponse response;
+  const grpc::Status s = stub_->ListModels(&context, {}, &response);
+  if (!s.ok()) return FromGrpc(s, target_);
+  return response;
+}
+
+absl::StatusOr<sparse::v1::ModelStatus> SparseClient::GetModel(const std::string& model) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + timeout_);
+  sparse::v1::GetModelRequest request;
+  request.set_model(model);
+  sparse::v1::ModelStatus response;
+  const grpc::Status s = stub_->GetModel(&context, request, &response);
+  if (!s.ok()) return FromGrpc(s, target_);
+  return response;
+}
+
+absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> SparseClient::Health(
+    const std::string& service) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + timeout_);
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::health::v1::HealthCheckResponse response;
+  const grpc::Status s = health_->Check(&context, request, &response);
+  if (!s.ok()) return FromGrpc(s, target_);
+  return response.status();
+}
+
+}  // namespace sparse

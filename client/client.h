@@ -1,0 +1,49 @@
+// SparseClient: a small synchronous client for sparse-server's native API
+// and health service, used by sparse-cli. Errors come back as absl::Status
+// with the server's code and message. Thread-safe (gRPC stubs are).
+#ifndef SPARSE_CLIENT_CLIENT_H_
+#define SPARSE_CLIENT_CLIENT_H_
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/channel.h"
+#include "sparse/v1/inference.grpc.pb.h"
+
+namespace sparse {
+
+class SparseClient {
+ public:
+  // `target` is host:port. Nothing connects until the first call.
+  explicit SparseClient(const std::string& target,
+                        std::chrono::milliseconds timeout = std::chrono::seconds(30));
+
+  struct Call {
+    sparse::v1::PredictResponse response;
+    int64_t round_trip_ns = 0;  // measured by the client
+  };
+  // Predict (or PredictDense when `dense`) on `rows` rows of `inputs`.
+  absl::StatusOr<Call> Predict(const std::string& model, int64_t version, int64_t rows,
+                               const std::vector<float>& inputs, bool dense, bool route);
+  absl::StatusOr<sparse::v1::ListModelsResponse> ListModels();
+  absl::StatusOr<sparse::v1::ModelStatus> GetModel(const std::string& model);
+  // Health of `service` ("" = the server itself, a model name = that model).
+  absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> Health(
+      const std::string& service);
+
+ private:
+  std::string target_;
+  std::chrono::milliseconds timeout_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<sparse::v1::SparseInference::Stub> stub_;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+};
+
+}  // namespace sparse
+
+#endif  // SPARSE_CLIENT_CLIENT_H_

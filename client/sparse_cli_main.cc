@@ -1,0 +1,350 @@
+// sparse-cli: talks to sparse-server.
+//
+//   sparse-cli predict --model=poly_dsm --inputs="0.1,0.2,...;..." [--both]
+//   sparse-cli predict --model=poly_dsm --csv=rows.csv        (or --csv=- for stdin)
+//   sparse-cli models
+//   sparse-cli health [--model=poly_dsm]
+//   sparse-cli bench --model=poly_dsm --requests=300
+//
+// Human-readable output by default; --json prints JSON for scripts. Exit
+// status: 0 on success, 1 on an error (the server's code and message are
+// printed), 2 on bad usage; `health` exits 1 unless SERVING.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "client/client.h"
+#include "engine/status_macros.h"  // header-only macros
+#include "google/protobuf/util/json_util.h"
+
+ABSL_FLAG(std::string, target, "localhost:8500", "sparse-server address, host:port.");
+ABSL_FLAG(std::string, model, "", "Model name (predict, bench; health: that model's readiness).");
+ABSL_FLAG(int64_t, version, 0, "Model version (0 = the newest the server has).");
+ABSL_FLAG(std::string, inputs, "",
+          "predict: input rows, values separated by ',' and rows by ';' (e.g. \"0.1,0.2;0.3,0.4\").");
+ABSL_FLAG(std::string, csv, "",
+          "predict: a CSV file of input rows (optional header), or '-' for stdin.");
+ABSL_FLAG(bool, dense, false, "predict: use the dense baseline endpoint (PredictDense).");
+ABSL_FLAG(bool, both, false, "predict: call both endpoints and print them side by side.");
+ABSL_FLAG(bool, route, true, "predict: ask for and print the route (buckets / experts).");
+ABSL_FLAG(bool, json, false, "Print JSON instead of text.");
+ABSL_FLAG(int64_t, requests, 300, "bench: requests per endpoint (after 20 warm-up requests).");
+ABSL_FLAG(int64_t, batch, 1, "bench: rows per request (random inputs in [-1, 1]).");
+ABSL_FLAG(int64_t, timeout_ms, 30000, "Deadline of each call.");
+
+namespace sparse {
+namespace {
+
+using sparse::v1::PredictResponse;
+
+std::string ToJson(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, options);
+  return out;
+}
+
+absl::Status Usage(absl::string_view message) {
+  return absl::InvalidArgumentError(message);
+}
+
+// Rows of numbers from "a,b;c,d" or CSV text (one row per line).
+absl::StatusOr<std::vector<std::vector<float>>> ParseRows(const std::string& text, char row_sep,
+                                                          absl::string_view source) {
+  std::vector<std::vector<float>> rows;
+  int64_t line = 0;
+  for (absl::string_view row : absl::StrSplit(text, row_sep)) {
+    ++line;
+    row = absl::StripAsciiWhitespace(row);
+    if (row.empty()) continue;
+    std::vector<float> values;
+    bool numeric = true;
+    for (absl::string_view field : absl::StrSplit(row, ',')) {
+      float v = 0;
+      if (!absl::SimpleAtof(absl::StripAsciiWhitespace(field), &v)) {
+        numeric = false;
+        break;
+      }
+      values.push_back(v);
+    }
+    if (!numeric) {
+      if (rows.empty() && row_sep == '\n') continue;  // a CSV header
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, " row ", line, ": expected numbers, got '", row, "'"));
+    }
+    if (!rows.empty() && values.size() != rows.front().size()) {
+      return absl::InvalidArgumentError(absl::StrCat(source, " row ", line, ": expected ",
+                                                     rows.front().size(), " values, got ",
+                                                     values.size()));
+    }
+    rows.push_back(std::move(values));
+  }
+  if (rows.empty()) return absl::InvalidArgumentError(absl::StrCat(source, ": no input rows"));
+  return rows;
+}
+
+absl::StatusOr<std::vector<std::vector<float>>> ReadInputs() {
+  const std::string inputs = absl::GetFlag(FLAGS_inputs), csv = absl::GetFlag(FLAGS_csv);
+  if (!inputs.empty() && !csv.empty()) return Usage("give --inputs or --csv, not both");
+  if (!inputs.empty()) return ParseRows(inputs, ';', "--inputs");
+  if (csv.empty()) return Usage("predict needs --inputs=\"v,v,...;v,v,...\" or --csv=file (or - for stdin)");
+  std::string text;
+  if (csv == "-") {
+    text.assign(std::istreambuf_iterator<char>(std::cin), {});
+  } else {
+    std::ifstream in(csv);
+    if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", csv));
+    text.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  return ParseRows(text, '\n', csv == "-" ? "stdin" : csv);
+}
+
+std::string Micros(int64_t ns) { return absl::StrFormat("%.1f", ns / 1000.0); }
+
+void PrintCost(const char* label, const PredictResponse& r, int64_t round_trip_ns) {
+  const auto& c = r.cost();
+  std::printf("  %-7s FLOPs %lld (%lld per row), dense baseline %lld; server %s us "
+              "(queue %s, route %s, compute %s), round trip %s us\n",
+              label, static_cast<long long>(c.flops()),
+              static_cast<long long>(r.rows() ? c.flops() / r.rows() : 0),
+              static_cast<long long>(c.dense_flops()), Micros(c.total_ns()).c_str(),
+              Micros(c.queue_ns()).c_str(), Micros(c.route_ns()).c_str(),
+              Micros(c.compute_ns()).c_str(), Micros(round_trip_ns).c_str());
+}
+
+std::string RowRoute(const PredictResponse& r, int64_t row) {
+  const auto& route = r.route();
+  std::vector<std::string> parts;
+  for (int64_t i = 0; i < route.keys_per_row(); ++i) {
+    const int64_t k = row * route.keys_per_row() + i;
+    parts.push_back(absl::StrCat(route.bucket_keys(k), route.bucket_missed(k) ? "(miss)" : ""));
+  }
+  if (!parts.empty()) return absl::StrCat("buckets ", absl::StrJoin(parts, " "));
+  for (int64_t i = 0; i < route.experts_per_row(); ++i) {
+    parts.push_back(absl::StrCat(route.expert_ids(row * route.experts_per_row() + i)));
+  }
+  return parts.empty() ? "" : absl::StrCat("expert ", absl::StrJoin(parts, " "));
+}
+
+absl::Status Predict(SparseClient& client) {
+  const std::string model = absl::GetFlag(FLAGS_model);
+  if (model.empty()) return Usage("predict needs --model");
+  ASSIGN_OR_RETURN(std::vector<std::vector<float>> rows, ReadInputs());
+  std::vector<float> flat;
+  for (const auto& row : rows) flat.insert(flat.end(), row.begin(), row.end());
+  const int64_t n = static_cast<int64_t>(rows.size());
+  const bool both = absl::GetFlag(FLAGS_both), dense_only = absl::GetFlag(FLAGS_dense);
+  const bool route = absl::GetFlag(FLAGS_route);
+  std::vector<std::pair<const char*, SparseClient::Call>> calls;
+  if (both || !dense_only) {
+    ASSIGN_OR_RETURN(auto call, client.Predict(model, absl::GetFlag(FLAGS_version), n, flat, false, route));
+    calls.emplace_back("sparse", std::move(call));
+  }
+  if (both || dense_only) {
+    ASSIGN_OR_RETURN(auto call, client.Predict(model, absl::GetFlag(FLAGS_version), n, flat, true, false));
+    calls.emplace_back("dense", std::move(call));
+  }
+  if (absl::GetFlag(FLAGS_json)) {
+    std::vector<std::string> parts;
+    for (const auto& [label, call] : calls) {
+      parts.push_back(absl::StrCat("\"", label, "\":", ToJson(call.response),
+                                   ",\"", label, "_round_trip_ns\":", call.round_trip_ns));
+    }
+    std::printf("{%s}\n", absl::StrJoin(parts, ",").c_str());
+    return absl::OkStatus();
+  }
+  const PredictResponse& first = calls.front().second.response;
+  std::printf("model %s version %lld: %lld row(s) x %lld output(s)%s\n", first.model().c_str(),
+              static_cast<long long>(first.version()), static_cast<long long>(n),
+              static_cast<long long>(first.output_dim()),
+              calls.size() == 2 && calls[1].second.response.dense_cost_only()
+                  ? " (dense endpoint is a cost-only baseline: no trained twin)"
+                  : "");
+  std::printf("  %-5s", "row");
+  for (const auto& [label, call] : calls) std::printf(" %-24s", label);
+  std::printf("\n");
+  const int64_t o = first.output_dim();
+  for (int64_t r = 0; r < n; ++r) {
+    std::printf("  %-5lld", static_cast<long long>(r));
+    for (const auto& [label, call] : calls) {
+      std::vector<std::string> values;
+      for (int64_t j = 0; j < o; ++j) values.push_back(absl::StrFormat("%.6g", call.response.outputs(r * o + j)));
+      std::printf(" %-24s", absl::StrJoin(values, ",").c_str());
+    }
+    const std::string rr = calls.front().first == std::string("sparse") && route
+                               ? RowRoute(calls.front().second.response, r) : "";
+    std::printf("%s\n", rr.empty() ? "" : absl::StrCat(" ", rr).c_str());
+  }
+  for (const auto& [label, call] : calls) PrintCost(label, call.response, call.round_trip_ns);
+  return absl::OkStatus();
+}
+
+absl::Status Models(SparseClient& client) {
+  ASSIGN_OR_RETURN(sparse::v1::ListModelsResponse list, client.ListModels());
+  if (absl::GetFlag(FLAGS_json)) {
+    std::printf("%s\n", ToJson(list).c_str());
+    return absl::OkStatus();
+  }
+  std::printf("%-16s %-8s %-10s %-8s %-14s %-14s %-11s %s\n", "model", "version", "kind", "d->o",
+              "FLOPs/row", "dense FLOPs", "test MSE", "description");
+  for (const auto& m : list.models()) {
+    for (const auto& v : m.versions()) {
+      const auto mse = v.info().find("test_mse");
+      std::printf("%-16s %-8s %-10s %-8s %-14lld %-14s %-11s %s\n", m.name().c_str(),
+                  absl::StrCat(v.version(), v.version() == m.serving_version() ? "*" : "").c_str(),
+                  v.kind().c_str(), absl::StrCat(v.input_dim(), "->", v.output_dim()).c_str(),
+                  static_cast<long long>(v.flops_per_row()),
+                  v.has_dense() ? absl::StrCat(v.dense_flops_per_row(), v.dense_cost_only() ? " (cost)" : "").c_str()
+                                : "none",
+                  mse == v.info().end() ? "-" : mse->second.substr(0, 10).c_str(), v.description().c_str());
+    }
+  }
+  std::printf("(* = the version that serves by default)\n");
+  return absl::OkStatus();
+}
+
+absl::Status Health(SparseClient& client, bool* serving) {
+  const std::string model = absl::GetFlag(FLAGS_model);
+  ASSIGN_OR_RETURN(auto status, client.Health(model));
+  *serving = status == grpc::health::v1::HealthCheckResponse::SERVING;
+  const std::string name = grpc::health::v1::HealthCheckResponse::ServingStatus_Name(status);
+  if (absl::GetFlag(FLAGS_json)) {
+    std::printf("{\"service\":\"%s\",\"status\":\"%s\"}\n", model.c_str(), name.c_str());
+  } else {
+    std::printf("%s: %s\n", model.empty() ? "server" : model.c_str(), name.c_str());
+  }
+  return absl::OkStatus();
+}
+
+// A minimal closed-loop comparison (one request in flight): the load
+// generator with sweeps, open loop and plots comes with the benchmark issue.
+absl::Status Bench(SparseClient& client) {
+  const std::string model = absl::GetFlag(FLAGS_model);
+  if (model.empty()) return Usage("bench needs --model");
+  ASSIGN_OR_RETURN(sparse::v1::ModelStatus status, client.GetModel(model));
+  const auto& version = status.versions(status.versions_size() - 1);
+  const int64_t d = version.input_dim(), rows = absl::GetFlag(FLAGS_batch);
+  const int64_t requests = absl::GetFlag(FLAGS_requests);
+  if (requests < 1 || rows < 1) return Usage("--requests and --batch must be >= 1");
+  std::mt19937_64 rng(1);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<std::vector<float>> pool(64);
+  for (auto& x : pool) {
+    x.resize(rows * d);
+    for (float& v : x) v = u(rng);
+  }
+  struct Result {
+    std::vector<int64_t> round_trip, compute;
+    int64_t flops = 0;
+  };
+  Result results[2];
+  for (int warm = 0; warm < 20; ++warm) {
+    for (bool dense : {false, true}) {
+      RETURN_IF_ERROR(client.Predict(model, 0, rows, pool[warm % pool.size()], dense, false).status());
+    }
+  }
+  for (int64_t i = 0; i < requests; ++i) {
+    for (int path = 0; path < 2; ++path) {  // alternate so both see the same conditions
+      ASSIGN_OR_RETURN(auto call, client.Predict(model, 0, rows, pool[i % pool.size()], path == 1, false));
+      results[path].round_trip.push_back(call.round_trip_ns);
+      results[path].compute.push_back(call.response.cost().compute_ns());
+      results[path].flops = call.response.cost().flops();
+    }
+  }
+  auto pct = [](std::vector<int64_t> v, double p) {
+    std::sort(v.begin(), v.end());
+    return v[std::min<size_t>(v.size() - 1, static_cast<size_t>(p * v.size()))] / 1000.0;
+  };
+  const char* names[2] = {"sparse", "dense"};
+  if (absl::GetFlag(FLAGS_json)) {
+    std::vector<std::string> parts;
+    for (int p = 0; p < 2; ++p) {
+      parts.push_back(absl::StrFormat(
+          "\"%s\":{\"requests\":%d,\"flops_per_request\":%d,\"p50_us\":%.2f,\"p99_us\":%.2f,"
+          "\"compute_p50_us\":%.2f}",
+          names[p], requests, results[p].flops, pct(results[p].round_trip, 0.5),
+          pct(results[p].round_trip, 0.99), pct(results[p].compute, 0.5)));
+    }
+    std::printf("{\"model\":\"%s\",\"batch\":%lld,%s}\n", model.c_str(), static_cast<long long>(rows),
+                absl::StrJoin(parts, ",").c_str());
+    return absl::OkStatus();
+  }
+  std::printf("%s, batch %lld, %lld requests per path, one in flight\n", model.c_str(),
+              static_cast<long long>(rows), static_cast<long long>(requests));
+  std::printf("  %-7s %14s %10s %10s %16s\n", "path", "FLOPs/request", "p50 us", "p99 us",
+              "compute p50 us");
+  for (int p = 0; p < 2; ++p) {
+    std::printf("  %-7s %14lld %10.1f %10.1f %16.1f\n", names[p],
+                static_cast<long long>(results[p].flops), pct(results[p].round_trip, 0.5),
+                pct(results[p].round_trip, 0.99), pct(results[p].compute, 0.5));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace sparse
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "talks to sparse-server.\n\n"
+      "  sparse-cli predict --model=M --inputs=\"v,v,...;v,v,...\" [--both|--dense] [--json]\n"
+      "  sparse-cli predict --model=M --csv=rows.csv    (--csv=- reads stdin)\n"
+      "  sparse-cli models [--json]\n"
+      "  sparse-cli health [--model=M]                  (exit 0 only when SERVING)\n"
+      "  sparse-cli bench --model=M [--requests=300] [--batch=1]\n\n"
+      "--target says where the server is (default localhost:8500).");
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::StrContains(file, "sparse_cli_main.");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() != 2) {
+    std::fprintf(stderr, "sparse-cli: expected one command (predict, models, health, bench); see --help\n");
+    return 2;
+  }
+  const std::string command = args[1];
+  sparse::SparseClient client(absl::GetFlag(FLAGS_target),
+                              std::chrono::milliseconds(absl::GetFlag(FLAGS_timeout_ms)));
+  absl::Status status;
+  bool serving = true;
+  if (command == "predict") {
+    status = sparse::Predict(client);
+  } else if (command == "models") {
+    status = sparse::Models(client);
+  } else if (command == "health") {
+    status = sparse::Health(client, &serving);
+  } else if (command == "bench") {
+    status = sparse::Bench(client);
+  } else {
+    std::fprintf(stderr, "sparse-cli: unknown command '%s' (predict, models, health, bench)\n",
+                 command.c_str());
+    return 2;
+  }
+  if (!status.ok()) {
+    std::fprintf(stderr, "sparse-cli: %s: %s\n", absl::StatusCodeToString(status.code()).c_str(),
+                 std::string(status.message()).c_str());
+    return status.code() == absl::StatusCode::kInvalidArgument &&
+                   absl::StrContains(status.message(), "--") ? 2 : 1;
+  }
+  return serving ? 0 : 1;
+}
