@@ -1,6 +1,6 @@
 # sparse-serve: the two commands a user needs.
 #   make test   install missing Debian packages, configure, build, run every test
-#   make demo   the main job (arrives with the gRPC server issue)
+#   make demo   the main job: train a demo repository, serve it, compare sparse vs dense
 # Other targets: build, bench, clean.
 
 BUILD_DIR ?= build
@@ -28,10 +28,8 @@ test: build
 bench: build
 	$(BUILD_DIR)/bench/engine_bench --benchmark_min_time=1
 
-demo:
-	@echo "make demo: the demo (train, serve, predict, compare) arrives with the gRPC server issue;"
-	@echo "until then run 'make test' and 'make bench' (see README.md)."
-	@exit 1
+demo: build
+	BUILD_DIR=$(BUILD_DIR) deploy/demo.sh
 
 clean:
 	rm -rf $(BUILD_DIR)

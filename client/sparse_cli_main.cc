@@ -252,7 +252,7 @@ absl::Status Bench(SparseClient& client) {
     for (float& v : x) v = u(rng);
   }
   struct Result {
-    std::vector<int64_t> round_trip, compute;
+    std::vector<int64_t> round_trip, route, compute;
     int64_t flops = 0;
   };
   Result results[2];
@@ -265,6 +265,7 @@ absl::Status Bench(SparseClient& client) {
     for (int path = 0; path < 2; ++path) {  // alternate so both see the same conditions
       ASSIGN_OR_RETURN(auto call, client.Predict(model, 0, rows, pool[i % pool.size()], path == 1, false));
       results[path].round_trip.push_back(call.round_trip_ns);
+      results[path].route.push_back(call.response.cost().route_ns());
       results[path].compute.push_back(call.response.cost().compute_ns());
       results[path].flops = call.response.cost().flops();
     }
@@ -279,9 +280,10 @@ absl::Status Bench(SparseClient& client) {
     for (int p = 0; p < 2; ++p) {
       parts.push_back(absl::StrFormat(
           "\"%s\":{\"requests\":%d,\"flops_per_request\":%d,\"p50_us\":%.2f,\"p99_us\":%.2f,"
-          "\"compute_p50_us\":%.2f}",
+          "\"route_p50_us\":%.2f,\"compute_p50_us\":%.2f}",
           names[p], requests, results[p].flops, pct(results[p].round_trip, 0.5),
-          pct(results[p].round_trip, 0.99), pct(results[p].compute, 0.5)));
+          pct(results[p].round_trip, 0.99), pct(results[p].route, 0.5),
+          pct(results[p].compute, 0.5)));
     }
     std::printf("{\"model\":\"%s\",\"batch\":%lld,%s}\n", model.c_str(), static_cast<long long>(rows),
                 absl::StrJoin(parts, ",").c_str());
@@ -289,12 +291,13 @@ absl::Status Bench(SparseClient& client) {
   }
   std::printf("%s, batch %lld, %lld requests per path, one in flight\n", model.c_str(),
               static_cast<long long>(rows), static_cast<long long>(requests));
-  std::printf("  %-7s %14s %10s %10s %16s\n", "path", "FLOPs/request", "p50 us", "p99 us",
-              "compute p50 us");
+  std::printf("  %-7s %14s %10s %10s %14s %16s\n", "path", "FLOPs/request", "p50 us", "p99 us",
+              "route p50 us", "compute p50 us");
   for (int p = 0; p < 2; ++p) {
-    std::printf("  %-7s %14lld %10.1f %10.1f %16.1f\n", names[p],
+    std::printf("  %-7s %14lld %10.1f %10.1f %14.1f %16.1f\n", names[p],
                 static_cast<long long>(results[p].flops), pct(results[p].round_trip, 0.5),
-                pct(results[p].round_trip, 0.99), pct(results[p].compute, 0.5));
+                pct(results[p].round_trip, 0.99), pct(results[p].route, 0.5),
+                pct(results[p].compute, 0.5));
   }
   return absl::OkStatus();
 }
