@@ -1,0 +1,148 @@
+#!/usr/bin/python3
+"""End to end, across processes and languages: sparse-train publishes the
+demo's two models (with fewer training rows), sparse-server serves them,
+and both a Python client generated from proto/ as shipped (Debian's grpcio
+and grpc-tools) and sparse-cli call Predict and PredictDense.
+
+    end_to_end_test.py SOURCE_DIR BUILD_DIR
+"""
+import json
+import math
+import os
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+source, build = sys.argv[1], sys.argv[2]
+TRAIN = os.path.join(build, "model_store", "sparse-train")
+SERVER = os.path.join(build, "server", "sparse-server")
+CLI = os.path.join(build, "client", "sparse-cli")
+failures = []
+
+
+def check(ok, what):
+    if not ok:
+        failures.append(what)
+        print("FAIL:", what, file=sys.stderr)
+
+
+def f32(values):
+    """Round to float32: the JSON printer and the Python stubs show the same
+    float32 values with different numbers of digits."""
+    return [struct.unpack("<f", struct.pack("<f", v))[0] for v in values]
+
+
+def run(args, **kw):
+    return subprocess.run(args, capture_output=True, text=True, **kw)
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    repo = os.path.join(tmp, "repo")
+    # The demo's models (deploy/demo.sh), trained on fewer rows to stay quick.
+    for args in (["--model=lsh_table", "--tables=8", "--hashes=11", "--model_name=poly_lsh"],
+                 ["--dataset=manifold", "--d=512", "--manifold_dim=8", "--router=lsh", "--experts=64",
+                  "--active_units=64", "--dense_width=4096", "--model_name=poly_dsm"]):
+        done = run([TRAIN, "--quiet", "--train_rows=8192", "--test_rows=1024",
+                    "--repository=" + repo] + args)
+        if done.returncode != 0:
+            sys.exit("sparse-train failed: " + done.stdout + done.stderr)
+
+    # Python stubs from the proto as shipped, never a checked-in copy.
+    stubs = os.path.join(tmp, "stubs")
+    os.mkdir(stubs)
+    done = run([sys.executable, "-m", "grpc_tools.protoc", "-I", os.path.join(source, "proto"),
+                "--python_out=" + stubs, "--grpc_python_out=" + stubs,
+                os.path.join(source, "proto", "sparse", "v1", "inference.proto")])
+    if done.returncode != 0:
+        sys.exit("grpc_tools.protoc failed: " + done.stderr)
+    sys.path.insert(0, stubs)
+    import grpc
+    from sparse.v1 import inference_pb2, inference_pb2_grpc
+
+    server = subprocess.Popen([SERVER, "--model_repository=" + repo, "--address=127.0.0.1", "--port=0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline())
+        target = "127.0.0.1:%d" % port
+        channel = grpc.insecure_channel(target)
+        grpc.channel_ready_future(channel).result(timeout=10)
+        stub = inference_pb2_grpc.SparseInferenceStub(channel)
+
+        models = {m.name: m for m in stub.ListModels(inference_pb2.ListModelsRequest()).models}
+        check(sorted(models) == ["poly_dsm", "poly_lsh"], "ListModels lists both models: %s" % sorted(models))
+
+        for name, d in (("poly_lsh", 8), ("poly_dsm", 512)):
+            version = models[name].versions[-1]
+            check(version.input_dim == d, "%s input_dim %d" % (name, version.input_dim))
+            rows = 3
+            x = [((i * 37) % 101) / 50.0 - 1.0 for i in range(rows * d)]
+            request = inference_pb2.PredictRequest(model=name, rows=rows, inputs=x, return_route=True)
+            sparse = stub.Predict(request, timeout=10)
+            dense = stub.PredictDense(request, timeout=10)
+            for label, r, per_row in (("Predict", sparse, version.flops_per_row),
+                                      ("PredictDense", dense, version.dense_flops_per_row)):
+                check(len(r.outputs) == rows * r.output_dim and all(math.isfinite(v) for v in r.outputs),
+                      "%s %s returns rows x o finite outputs" % (name, label))
+                check(r.cost.flops == rows * per_row,
+                      "%s %s cost.flops %d == rows x flops_per_row %d" % (name, label, r.cost.flops, rows * per_row))
+                check(r.cost.compute_ns > 0 and r.cost.total_ns >= r.cost.compute_ns,
+                      "%s %s reports compute and total time" % (name, label))
+            check(sparse.cost.dense_flops == dense.cost.flops, "%s dense_flops matches PredictDense" % name)
+            # The same rows through the C++ client give the same outputs.
+            cli = run([CLI, "--target=" + target, "predict", "--model=" + name, "--both", "--json",
+                       "--inputs=" + ";".join(",".join(repr(v) for v in x[r * d:(r + 1) * d]) for r in range(rows))])
+            check(cli.returncode == 0, "sparse-cli predict --both: " + cli.stderr)
+            if cli.returncode == 0:
+                both = json.loads(cli.stdout)
+                check(f32(both["sparse"]["outputs"]) == f32(sparse.outputs), "%s: Python and C++ clients agree (sparse)" % name)
+                check(f32(both["dense"]["outputs"]) == f32(dense.outputs), "%s: Python and C++ clients agree (dense)" % name)
+            if name == "poly_dsm":
+                ratio = dense.cost.flops / sparse.cost.flops
+                check(ratio >= 30, "demo DSM: PredictDense does >= 30x the FLOPs of Predict (got %.1fx)" % ratio)
+                check(len(sparse.route.expert_ids) == rows, "route has one expert per row")
+
+        # Errors reach Python as gRPC codes with messages.
+        try:
+            stub.Predict(inference_pb2.PredictRequest(model="poly_dsm", rows=1, inputs=[0.0] * 7), timeout=10)
+            check(False, "wrong width must fail")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.INVALID_ARGUMENT and "expected rows x d = 1 x 512" in e.details(),
+                  "wrong width -> INVALID_ARGUMENT with expected size: %s %s" % (e.code(), e.details()))
+        try:
+            stub.Predict(inference_pb2.PredictRequest(model="nope", rows=1, inputs=[0.0]), timeout=10)
+            check(False, "unknown model must fail")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.NOT_FOUND, "unknown model -> NOT_FOUND")
+
+        # sparse-cli's other commands.
+        models_out = run([CLI, "--target=" + target, "models"])
+        check(models_out.returncode == 0 and "poly_dsm" in models_out.stdout and "poly_lsh" in models_out.stdout,
+              "sparse-cli models lists both: " + models_out.stdout + models_out.stderr)
+        health = run([CLI, "--target=" + target, "health"])
+        check(health.returncode == 0 and "SERVING" in health.stdout, "sparse-cli health: " + health.stdout)
+        missing = run([CLI, "--target=" + target, "health", "--model=nope"])
+        check(missing.returncode == 1 and "NOT_FOUND" in missing.stderr, "health of unknown model fails: " + missing.stderr)
+        csv = run([CLI, "--target=" + target, "predict", "--model=poly_lsh", "--csv=-"],
+                  input="x1,x2,x3,x4,x5,x6,x7,x8\n" + ",".join(["0.5"] * 8) + "\n")
+        check(csv.returncode == 0 and "FLOPs" in csv.stdout, "predict from CSV on stdin: " + csv.stdout + csv.stderr)
+        bad = run([CLI, "--target=" + target, "predict", "--model=poly_lsh", "--inputs=1,2,3"])
+        check(bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr and "expected" in bad.stderr,
+              "bad width via sparse-cli: " + bad.stderr)
+        down = run([CLI, "--target=127.0.0.1:1", "--timeout_ms=2000", "models"])
+        check(down.returncode == 1 and "UNAVAILABLE" in down.stderr, "unreachable server: " + down.stderr)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            code = server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            code = None
+        log = server.stderr.read()
+    check(code == 0 and "stopped" in log, "SIGTERM stops the server cleanly (exit %s): %s" % (code, log))
+
+if failures:
+    sys.exit("%d check(s) failed" % len(failures))
+print("ok")
