@@ -207,14 +207,18 @@ absl::Status Models(SparseClient& client) {
               "FLOPs/row", "dense FLOPs", "test MSE", "description");
   for (const auto& m : list.models()) {
     for (const auto& v : m.versions()) {
-      const auto mse = v.info().find("test_mse");
+      const auto mse_it = v.info().find("test_mse");
+      double mse_value = 0;
+      const std::string mse = mse_it != v.info().end() && absl::SimpleAtod(mse_it->second, &mse_value)
+                                  ? absl::StrFormat("%.3e", mse_value)
+                                  : "-";
       std::printf("%-16s %-8s %-10s %-8s %-14lld %-14s %-11s %s\n", m.name().c_str(),
                   absl::StrCat(v.version(), v.version() == m.serving_version() ? "*" : "").c_str(),
                   v.kind().c_str(), absl::StrCat(v.input_dim(), "->", v.output_dim()).c_str(),
                   static_cast<long long>(v.flops_per_row()),
                   v.has_dense() ? absl::StrCat(v.dense_flops_per_row(), v.dense_cost_only() ? " (cost)" : "").c_str()
                                 : "none",
-                  mse == v.info().end() ? "-" : mse->second.substr(0, 10).c_str(), v.description().c_str());
+                  mse.c_str(), v.description().c_str());
     }
   }
   std::printf("(* = the version that serves by default)\n");
