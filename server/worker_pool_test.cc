@@ -1,0 +1,43 @@
+#include "server/worker_pool.h"
+
+#include <atomic>
+
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+
+namespace sparse {
+namespace {
+
+TEST(WorkerPoolTest, RunsEveryTaskAndDrainsOnDestruction) {
+  std::atomic<int> done{0};
+  {
+    WorkerPool pool(2, 1000);
+    EXPECT_EQ(pool.threads(), 2);
+    for (int i = 0; i < 500; ++i) ASSERT_TRUE(pool.Submit([&done] { ++done; }));
+  }
+  EXPECT_EQ(done.load(), 500);
+}
+
+TEST(WorkerPoolTest, AFullQueueRefusesExactlyTheOverflow) {
+  absl::Notification release, started;
+  std::atomic<int> done{0};
+  WorkerPool pool(1, 3);
+  // Occupy the only worker, then fill the queue.
+  ASSERT_TRUE(pool.Submit([&] {
+    started.Notify();
+    release.WaitForNotification();
+  }));
+  started.WaitForNotification();
+  int accepted = 0, refused = 0;
+  for (int i = 0; i < 10; ++i) (pool.Submit([&done] { ++done; }) ? accepted : refused)++;
+  EXPECT_EQ(accepted, 3);
+  EXPECT_EQ(refused, 7);
+  release.Notify();
+  // Queued work still runs; the pool accepts again once it drains.
+  while (done.load() < 3) absl::SleepFor(absl::Milliseconds(1));
+  EXPECT_TRUE(pool.Submit([&done] { ++done; }));
+}
+
+}  // namespace
+}  // namespace sparse
