@@ -19,9 +19,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -30,6 +27,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "client/client.h"
+#include "common/command_line.h"
 #include "engine/status_macros.h"  // header-only macros
 #include "google/protobuf/util/json_util.h"
 
@@ -310,26 +308,21 @@ absl::Status Bench(SparseClient& client) {
 }  // namespace sparse
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  const std::vector<std::string> args = sparse::ParseCommandLine(
+      argc, argv,
       "talks to sparse-server.\n\n"
       "  sparse-cli predict --model=M --inputs=\"v,v,...;v,v,...\" [--both|--dense] [--json]\n"
       "  sparse-cli predict --model=M --csv=rows.csv    (--csv=- reads stdin)\n"
       "  sparse-cli models [--json]\n"
       "  sparse-cli health [--model=M]                  (exit 0 only when SERVING)\n"
       "  sparse-cli bench --model=M [--requests=300] [--batch=1]\n\n"
-      "--target says where the server is (default localhost:8500).");
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) {
-    return absl::StrContains(file, "sparse_cli_main.");
-  };
-  usage.contains_helpshort_flags = usage.contains_help_flags;
-  absl::SetFlagsUsageConfig(usage);
-  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
-  if (args.size() != 2) {
+      "--target says where the server is (default localhost:8500).",
+      "sparse_cli_main.");
+  if (args.size() != 1) {
     std::fprintf(stderr, "sparse-cli: expected one command (predict, models, health, bench); see --help\n");
     return 2;
   }
-  const std::string command = args[1];
+  const std::string& command = args[0];
   sparse::SparseClient client(absl::GetFlag(FLAGS_target),
                               std::chrono::milliseconds(absl::GetFlag(FLAGS_timeout_ms)));
   absl::Status status;

@@ -14,14 +14,11 @@
 #include <system_error>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
-#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "common/command_line.h"
 #include "engine/status_macros.h"
 #include "model_store/checkpoint.h"
 #include "model_store/dataset.h"
@@ -331,26 +328,19 @@ absl::Status Run() {
 }  // namespace sparse
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  const std::vector<std::string> rest = sparse::ParseCommandLine(
+      argc, argv,
       "trains a sparse model and its dense twin, and publishes them as a model version.\n\n"
       "  sparse-train --repository=repo --model_name=poly_dsm                 # DSM, lsh router\n"
       "  sparse-train --model=lsh_table --tables=8 --hashes=11 --repository=repo --model_name=poly_lsh\n"
       "  sparse-train --dataset=csv --train_file=data.csv --outputs=1 --repository=repo --model_name=mine\n\n"
       "Data defaults to the paper's random polynomial (d=8, degree 4, 2^16 train / 2^14 test rows).\n"
       "Progress goes to stderr; the summary (or --json) to stdout. Exit status 0 on success,\n"
-      "1 on any error (nothing is published then).");
-  // --help lists the flags of this file (absl matches files named after the
-  // program, and ours is sparse_train_main.cc, not sparse-train.cc).
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) {
-    return absl::StrContains(file, "sparse_train_main.");
-  };
-  usage.contains_helpshort_flags = usage.contains_help_flags;
-  absl::SetFlagsUsageConfig(usage);
-  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
-  if (rest.size() > 1) {
+      "1 on any error (nothing is published then).",
+      "sparse_train_main.");
+  if (!rest.empty()) {
     std::fprintf(stderr, "sparse-train: unexpected argument '%s' (flags look like --name=value; see --help)\n",
-                 rest[1]);
+                 rest[0].c_str());
     return 1;
   }
   const absl::Status status = sparse::Run();

@@ -8,10 +8,7 @@
 #include <thread>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
-#include "absl/strings/match.h"
+#include "common/command_line.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, model_repository, "",
@@ -26,20 +23,15 @@ ABSL_FLAG(int64_t, max_batch_rows, 1024, "Largest batch (rows) a request may car
 ABSL_FLAG(int64_t, grace_ms, 5000, "On SIGINT/SIGTERM, how long in-flight calls may finish.");
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  const std::vector<std::string> rest = sparse::ParseCommandLine(
+      argc, argv,
       "serves a model repository over gRPC.\n\n"
       "  sparse-server --model_repository=models --port=8500\n\n"
       "Services: sparse.v1.SparseInference (Predict, PredictDense, ListModels, GetModel),\n"
-      "grpc.health.v1.Health (\"\" = live, a model name = ready) and server reflection.");
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) {
-    return absl::StrContains(file, "server/main.");
-  };
-  usage.contains_helpshort_flags = usage.contains_help_flags;
-  absl::SetFlagsUsageConfig(usage);
-  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
-  if (rest.size() > 1) {
-    std::fprintf(stderr, "sparse-server: unexpected argument '%s' (see --help)\n", rest[1]);
+      "grpc.health.v1.Health (\"\" = live, a model name = ready) and server reflection.",
+      "server/main.");
+  if (!rest.empty()) {
+    std::fprintf(stderr, "sparse-server: unexpected argument '%s' (see --help)\n", rest[0].c_str());
     return 1;
   }
   if (absl::GetFlag(FLAGS_model_repository).empty()) {

@@ -1,0 +1,21 @@
+// Command-line set-up shared by sparse-server, sparse-cli and sparse-train.
+#ifndef SPARSE_COMMON_COMMAND_LINE_H_
+#define SPARSE_COMMON_COMMAND_LINE_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+
+namespace sparse {
+
+// Sets the usage text, makes --help list the flags defined in the source
+// file whose path contains `main_file` (absl only matches files named
+// after the program, and ours are named foo_main.cc), and parses the
+// command line. Returns the positional arguments after the program name.
+std::vector<std::string> ParseCommandLine(int argc, char** argv, absl::string_view usage,
+                                          absl::string_view main_file);
+
+}  // namespace sparse
+
+#endif  // SPARSE_COMMON_COMMAND_LINE_H_
