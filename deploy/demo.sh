@@ -25,12 +25,16 @@ for bin in "$TRAIN" "$SERVER" "$CLI"; do
 done
 say() { echo "[demo] $*" >&2; }
 
-if [[ ! -d "$REPO/poly_lsh" ]]; then
+# A model counts as trained when one of its versions has a manifest (a run
+# that failed or was interrupted leaves none, and is retrained).
+trained() { compgen -G "$REPO/$1/*/manifest.json" >/dev/null; }
+
+if ! trained poly_lsh; then
   say "training poly_lsh (LSH table on the random polynomial, a few seconds)"
   "$TRAIN" --quiet --model=lsh_table --tables=8 --hashes=11 \
     --repository="$REPO" --model_name=poly_lsh >&2
 fi
-if [[ ! -d "$REPO/poly_dsm" ]]; then
+if ! trained poly_dsm; then
   say "training poly_dsm (DSM with an lsh router and its full-width dense twin, about 30 s)"
   "$TRAIN" --quiet --dataset=manifold --d=512 --manifold_dim=8 --router=lsh --experts=64 \
     --active_units=64 --dense_width=4096 --repository="$REPO" --model_name=poly_dsm >&2
@@ -50,11 +54,12 @@ trap cleanup EXIT
 say "starting sparse-server on 127.0.0.1 (a free port)"
 "$SERVER" --model_repository="$REPO" --address=127.0.0.1 --port=0 >"$work/port" 2>"$work/server.log" &
 server_pid=$!
-for _ in $(seq 1 100); do
+for _ in $(seq 1 600); do
   [[ -s "$work/port" ]] && break
   kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log" >&2; exit 1; }
   sleep 0.1
 done
+[[ -s "$work/port" ]] || { echo "demo: sparse-server did not start within 60 s:" >&2; cat "$work/server.log" >&2; exit 1; }
 port=$(head -n 1 "$work/port")
 target="127.0.0.1:$port"
 "$CLI" --target="$target" health >/dev/null || { echo "demo: server is not serving" >&2; exit 1; }

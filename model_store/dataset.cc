@@ -226,6 +226,18 @@ absl::Status CheckRange(absl::string_view name, int64_t v, int64_t lo, int64_t h
   return absl::OkStatus();
 }
 
+// C(vars + degree, degree) monomials must stay evaluable: at most a million.
+absl::Status CheckMonomials(int64_t vars, int64_t degree) {
+  double count = 1;
+  for (int64_t i = 1; i <= degree; ++i) count = count * static_cast<double>(vars + i) / i;
+  if (count > 1e6) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a degree-", degree, " polynomial in ", vars, " variables has ", count,
+        " monomials; the limit is 1e6 (lower the degree or the dimension)"));
+  }
+  return absl::OkStatus();
+}
+
 // ---- Files ----------------------------------------------------------------------
 
 struct NpyArray {
@@ -289,9 +301,11 @@ absl::StatusOr<NpyArray> ParseNpy(const std::string& path) {
     array.shape.push_back(dim);
   }
   const size_t data_start = header_start + header_len;
-  const size_t need = static_cast<size_t>(elements) * size;
-  if (bytes.size() - data_start != need) {
-    return bad(absl::StrCat("data has ", bytes.size() - data_start, " bytes, shape needs ", need));
+  size_t need = 0;
+  if (__builtin_mul_overflow(static_cast<size_t>(elements), static_cast<size_t>(size), &need) ||
+      bytes.size() - data_start != need) {
+    return bad(absl::StrCat("data has ", bytes.size() - data_start, " bytes, shape (",
+                            m[1].str(), ") needs ", elements, " x ", size));
   }
   array.values.resize(elements);
   for (int64_t i = 0; i < elements; ++i) {
@@ -338,11 +352,13 @@ absl::StatusOr<std::unique_ptr<TargetFunction>> TargetFunction::Create(const Syn
     case SyntheticKind::kPolynomial:
       RETURN_IF_ERROR(CheckRange("d", spec.d, 1, 64));
       RETURN_IF_ERROR(CheckRange("degree", spec.degree, 1, 8));
+      RETURN_IF_ERROR(CheckMonomials(spec.d, spec.degree));
       return std::unique_ptr<TargetFunction>(new PolynomialFunction(spec, rng));
     case SyntheticKind::kManifold:
       RETURN_IF_ERROR(CheckRange("d", spec.d, 1, 4096));
       RETURN_IF_ERROR(CheckRange("manifold_dim", spec.manifold_dim, 1, std::min<int64_t>(spec.d, 64)));
       RETURN_IF_ERROR(CheckRange("degree", spec.degree, 1, 8));
+      RETURN_IF_ERROR(CheckMonomials(spec.manifold_dim, spec.degree));
       return std::unique_ptr<TargetFunction>(new ManifoldFunction(spec, rng));
     case SyntheticKind::kHypercube:
       RETURN_IF_ERROR(CheckRange("d", spec.d, 1, 20));
@@ -381,20 +397,24 @@ absl::StatusOr<Dataset> ReadCsv(const std::string& path, int64_t outputs) {
   while (std::getline(in, line)) {
     ++line_no;
     if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line_no == 1 && line.compare(0, 3, "\xEF\xBB\xBF") == 0) line.erase(0, 3);  // UTF-8 BOM
     if (absl::StripAsciiWhitespace(line).empty()) continue;
     std::vector<absl::string_view> fields = absl::StrSplit(line, ',');
     values.clear();
-    bool numeric = true;
+    bool numeric = true, any_number = false;
     for (absl::string_view field : fields) {
       float v = 0;
-      if (!absl::SimpleAtof(absl::StripAsciiWhitespace(field), &v)) {
+      if (absl::SimpleAtof(absl::StripAsciiWhitespace(field), &v)) {
+        any_number = true;
+        values.push_back(v);
+      } else {
         numeric = false;
-        break;
       }
-      values.push_back(v);
     }
     if (!numeric) {
-      if (columns < 0 && data.rows == 0) {  // a header line
+      // Only a first line without a single number is a header; a first line
+      // with some numbers is a malformed row and reported as one.
+      if (columns < 0 && data.rows == 0 && !any_number) {
         columns = static_cast<int64_t>(fields.size());
         continue;
       }

@@ -106,6 +106,8 @@ TEST(SyntheticTest, RejectsOutOfRangeSpecs) {
   EXPECT_FALSE(TargetFunction::Create({.kind = SyntheticKind::kHypercube, .d = 30}).ok());
   EXPECT_FALSE(TargetFunction::Create({.kind = SyntheticKind::kManifold, .d = 4, .manifold_dim = 8}).ok());
   EXPECT_FALSE(ParseSyntheticKind("sine").ok());
+  absl::Status huge = TargetFunction::Create({.kind = SyntheticKind::kPolynomial, .d = 64, .degree = 8}).status();
+  EXPECT_NE(huge.message().find("monomials; the limit is 1e6"), std::string::npos) << huge;
 }
 
 TEST_F(DatasetFileTest, CsvWithAndWithoutHeader) {
@@ -133,6 +135,8 @@ TEST_F(DatasetFileTest, CsvErrorsNameTheLine) {
            {"a,b\n", "no data rows"},
            {"\x01\x02garbage\xff,\n1\n", ":2: expected"},
            {"5\n6\n", "leave no inputs"},
+           // A first line with some numbers is a broken row, not a header.
+           {"1.0,,3\n4,5,6\n", ":1: expected numbers, got '1.0,,3'"},
        }) {
     auto r = ReadCsv(Write("bad.csv", c.contents), 1);
     ASSERT_FALSE(r.ok()) << c.contents;
@@ -141,6 +145,16 @@ TEST_F(DatasetFileTest, CsvErrorsNameTheLine) {
         << r.status().message() << "\nexpected: " << c.expected;
   }
   EXPECT_EQ(ReadCsv((dir_ / "missing.csv").string(), 1).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(DatasetFileTest, CsvWithAUtf8ByteOrderMarkKeepsItsHeader) {
+  auto data = ReadCsv(Write("bom.csv", "\xEF\xBB\xBFx,y\n1,2\n3,4\n"), 1);
+  ASSERT_TRUE(data.ok()) << data.status();
+  EXPECT_EQ(data->rows, 2);
+  // Without a header, the BOM must not make the first row look like one.
+  auto no_header = ReadCsv(Write("bom2.csv", "\xEF\xBB\xBF" "1,2\n3,4\n"), 1);
+  ASSERT_TRUE(no_header.ok()) << no_header.status();
+  EXPECT_EQ(no_header->rows, 2);
 }
 
 TEST_F(DatasetFileTest, NpyFloat32AndFloat64) {
@@ -171,10 +185,13 @@ TEST_F(DatasetFileTest, NpyErrors) {
            {Npy("{'descr': '<f4', 'fortran_order': True, 'shape': (3,), }", Raw(std::vector<float>(3))),
             "fortran_order"},
            {Npy("{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }", Raw(std::vector<float>(2))),
-            "data has 8 bytes, shape needs 12"},
+            "data has 8 bytes, shape (3,) needs 3 x 4"},
            {Npy("{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }",
                 Raw(std::vector<float>{1, NAN, 2})),
             "element 1 is not a finite float32"},
+           // 2^31 x 2^31 float32s: 2^64 bytes, which wraps to 0 in 64 bits.
+           {Npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2147483648, 2147483648), }", ""),
+            "needs"},
        }) {
     auto r = ReadNpy(x, Write("y.npy", c.y));
     ASSERT_FALSE(r.ok());

@@ -166,13 +166,16 @@ absl::StatusOr<Data> LoadData() {
     if (!test_file.empty()) {
       data.train = std::move(all);
       ASSIGN_OR_RETURN(data.test, ReadFile(dataset, test_file));
-      data.description = absl::StrCat(dataset, " ", train_file, " (test: ", test_file, ")");
+      // File names only: the description is stored in the checkpoint and
+      // served by GetModel, where directories have no business.
+      data.description = absl::StrCat(dataset, " ", fs::path(train_file).filename().string(),
+                                      " (test: ", fs::path(test_file).filename().string(), ")");
     } else {
       ASSIGN_OR_RETURN(auto split, SplitHoldout(all, absl::GetFlag(FLAGS_holdout), absl::GetFlag(FLAGS_seed)));
       data.train = std::move(split.first);
       data.test = std::move(split.second);
-      data.description = absl::StrCat(dataset, " ", train_file, " (", absl::GetFlag(FLAGS_holdout),
-                                      " held out)");
+      data.description = absl::StrCat(dataset, " ", fs::path(train_file).filename().string(), " (",
+                                      absl::GetFlag(FLAGS_holdout), " held out)");
     }
     if (data.train.d != data.test.d || data.train.o != data.test.o) {
       return absl::InvalidArgumentError(absl::StrCat(

@@ -647,6 +647,39 @@ absl::Status Evaluate(const Model& model, const Dataset& train, const Dataset& t
   return absl::OkStatus();
 }
 
+// Model sizes implied by the options, checked before anything is allocated:
+// at most 2^31 floats (8 GiB) in any weight matrix.
+absl::Status CheckSizes(const Dataset& train, const TrainOptions& o) {
+  constexpr int64_t kMaxFloats = int64_t{1} << 31;
+  auto product = [](std::initializer_list<int64_t> factors, int64_t* out) {
+    int64_t p = 1;
+    for (int64_t f : factors) {
+      if (f < 0 || __builtin_mul_overflow(p, f, &p)) return false;
+    }
+    *out = p;
+    return true;
+  };
+  int64_t width = 0, floats = 0;
+  if (o.kind == ModelKind::kDsm) {
+    const bool ok = o.router == RouterKind::kTopk ? product({o.topk_width}, &width)
+                                                  : product({o.blocks, o.experts, o.active_units}, &width);
+    if (!ok || !product({width, train.d}, &floats) || floats > kMaxFloats) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the DSM would have blocks x experts x active_units (or topk_width) x d above 2^31 "
+          "weights; got blocks=", o.blocks, " experts=", o.experts, " active_units=",
+          o.active_units, " topk_width=", o.topk_width, " d=", train.d));
+    }
+  } else if (!product({o.tables, o.hashes, train.d}, &floats) || floats > kMaxFloats) {
+    return absl::InvalidArgumentError(absl::StrCat("tables x hashes x d is above 2^31: tables=",
+                                                   o.tables, " hashes=", o.hashes, " d=", train.d));
+  }
+  if (!product({o.dense_width, train.d}, &floats) || floats > kMaxFloats) {
+    return absl::InvalidArgumentError(absl::StrCat("dense_width x d is above 2^31: dense_width=",
+                                                   o.dense_width, " d=", train.d));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckData(const Dataset& train, const Dataset& test) {
   if (train.rows < 2) return absl::InvalidArgumentError("the training set needs at least 2 rows");
   if (test.rows < 1) return absl::InvalidArgumentError("the test set is empty");
@@ -668,6 +701,7 @@ absl::StatusOr<double> EvaluateMse(const Model& model, const Dataset& data) {
 absl::StatusOr<TrainResult> Train(const Dataset& train, const Dataset& test,
                                   const TrainOptions& options) {
   RETURN_IF_ERROR(CheckData(train, test));
+  RETURN_IF_ERROR(CheckSizes(train, options));
   TrainResult result;
   const auto start = Clock::now();
   std::unique_ptr<Model> sparse;

@@ -131,6 +131,10 @@ TEST(TrainerTest, RejectsOptionsThatDoNotFit) {
   EXPECT_EQ(Train(Poly().train, Poly().test, {.kind = ModelKind::kDsm, .router = RouterKind::kLsh, .experts = 6})
                 .status().code(),
             absl::StatusCode::kInvalidArgument);
+  absl::Status huge = Train(Poly().train, Poly().test,
+                            {.kind = ModelKind::kDsm, .experts = 1 << 20, .active_units = 4096}).status();
+  EXPECT_EQ(huge.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(huge.message().find("above 2^31"), std::string::npos) << huge;
   Dataset other = Poly().test;
   other.d = 7;
   EXPECT_FALSE(Train(Poly().train, other, {}).ok());

@@ -38,11 +38,12 @@ void FillStatus(const std::string& name, const ModelRepository::Versions& versio
   }
 }
 
-// Runs one request on the calling (worker) thread.
-absl::Status Handle(const ModelRepository& repository, int64_t max_batch_rows,
-                    const PredictRequest& request, bool dense, Clock::time_point arrival,
-                    PredictResponse* response) {
-  const auto start = Clock::now();
+// The checks that need no compute, run on the gRPC thread before a request
+// is queued: so a bad request gets its own code even when the queue is full,
+// and never occupies the queue. Returns the version to run.
+absl::StatusOr<std::shared_ptr<const Servable>> Admit(const ModelRepository& repository,
+                                                      int64_t max_batch_rows,
+                                                      const PredictRequest& request, bool dense) {
   ASSIGN_OR_RETURN(std::shared_ptr<const Servable> servable,
                    repository.Find(request.model(), request.version()));
   const LoadedModel& loaded = servable->loaded;
@@ -53,7 +54,7 @@ absl::Status Handle(const ModelRepository& repository, int64_t max_batch_rows,
         " has no dense twin; PredictDense needs one (train it with sparse-train)"));
   }
   const int64_t rows = request.rows();
-  const int64_t d = model->info().input_dim, o = model->info().output_dim;
+  const int64_t d = model->info().input_dim;
   if (rows < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "empty batch: rows must be >= 1, got ", rows, " (inputs hold rows x ", d, " values)"));
@@ -67,6 +68,16 @@ absl::Status Handle(const ModelRepository& repository, int64_t max_batch_rows,
         "model '", request.model(), "' takes ", d, " inputs per row: expected rows x d = ", rows,
         " x ", d, " = ", rows * d, " values, got ", request.inputs_size()));
   }
+  return servable;
+}
+
+// Runs one admitted request on the calling (worker) thread.
+absl::Status Handle(const Servable& servable, const PredictRequest& request, bool dense,
+                    Clock::time_point arrival, PredictResponse* response) {
+  const auto start = Clock::now();
+  const LoadedModel& loaded = servable.loaded;
+  const Model* model = dense ? static_cast<const Model*>(loaded.dense.get()) : loaded.sparse.get();
+  const int64_t rows = request.rows(), o = model->info().output_dim;
   response->mutable_outputs()->Resize(static_cast<int>(rows * o), 0.0f);
   PredictStats stats;
   Route route;
@@ -74,8 +85,8 @@ absl::Status Handle(const ModelRepository& repository, int64_t max_batch_rows,
   RETURN_IF_ERROR(model->Predict(absl::MakeConstSpan(request.inputs().data(), request.inputs_size()),
                                  rows, absl::MakeSpan(response->mutable_outputs()->mutable_data(), rows * o),
                                  &stats, want_route ? &route : nullptr));
-  response->set_model(servable->model);
-  response->set_version(servable->version);
+  response->set_model(servable.model);
+  response->set_version(servable.version);
   response->set_rows(rows);
   response->set_output_dim(o);
   response->set_dense_cost_only(dense && loaded.dense_cost_only);
@@ -121,20 +132,27 @@ grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* c
                                                   PredictResponse* response, bool dense) {
   const auto arrival = Clock::now();
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  const bool queued = pool_->Submit([this, context, request, response, dense, arrival, reactor] {
+  absl::StatusOr<std::shared_ptr<const Servable>> servable =
+      Admit(*repository_, max_batch_rows_, *request, dense);
+  if (!servable.ok()) {
+    reactor->Finish(ToGrpcStatus(servable.status()));
+    return reactor;
+  }
+  const bool queued = pool_->Submit([context, request, response, dense, arrival, reactor,
+                                     servable = *std::move(servable)] {
     // A request whose deadline passed or whose client left while queued is
-    // dropped before compute.
-    if (context->IsCancelled()) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled while queued"));
-      return;
-    }
+    // dropped before compute. (gRPC also cancels a call at its deadline, so
+    // the deadline is checked first to report the right code.)
     if (context->deadline() < std::chrono::system_clock::now()) {
       reactor->Finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
                                    "deadline passed while the request was queued"));
       return;
     }
-    reactor->Finish(ToGrpcStatus(
-        Handle(*repository_, max_batch_rows_, *request, dense, arrival, response)));
+    if (context->IsCancelled()) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled while queued"));
+      return;
+    }
+    reactor->Finish(ToGrpcStatus(Handle(*servable, *request, dense, arrival, response)));
   });
   if (!queued) {
     reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,

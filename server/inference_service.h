@@ -1,8 +1,9 @@
 // InferenceService: sparse.v1.SparseInference on gRPC's callback API.
 //
-// A call never blocks a gRPC thread: Predict / PredictDense validate the
-// request's shape, then hand it to the WorkerPool, whose worker runs the
-// model and finishes the call. Queue, route and compute time are measured
+// A call never blocks a gRPC thread: Predict / PredictDense look up the
+// model and check the request's shape on the gRPC thread (so bad requests
+// get their own code and never occupy the queue), then hand it to the
+// WorkerPool, whose worker runs the model and finishes the call. Queue, route and compute time are measured
 // per request and returned in Cost. Thread-safe; the repository and pool
 // must outlive the service.
 #ifndef SPARSE_SERVER_INFERENCE_SERVICE_H_

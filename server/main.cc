@@ -45,6 +45,14 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
+  if (absl::GetFlag(FLAGS_max_queue) < 1 || absl::GetFlag(FLAGS_max_batch_rows) < 1 ||
+      absl::GetFlag(FLAGS_max_batch_rows) > (1 << 20) || absl::GetFlag(FLAGS_workers) < 0 ||
+      absl::GetFlag(FLAGS_port) < 0 || absl::GetFlag(FLAGS_port) > 65535) {
+    std::fprintf(stderr,
+                 "sparse-server: need --max_queue >= 1, 1 <= --max_batch_rows <= 1048576, "
+                 "--workers >= 0 and 0 <= --port <= 65535 (see --help)\n");
+    return 1;
+  }
   sparse::ServerOptions options;
   options.model_repository = absl::GetFlag(FLAGS_model_repository);
   options.address = absl::GetFlag(FLAGS_address);

@@ -21,14 +21,26 @@ absl::StatusOr<std::unique_ptr<ModelRepository>> ModelRepository::Load(
   auto report = [errors](std::string line) {
     if (errors != nullptr) errors->push_back(std::move(line));
   };
-  for (const fs::directory_entry& model_dir : fs::directory_iterator(root, ec)) {
+  // Iterators advance with error codes (never throwing), and each
+  // directory has its own: an unreadable model is reported and skipped
+  // without hiding the others.
+  fs::directory_iterator model_it(root, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot list ", root, ": ", ec.message()));
+  for (; model_it != fs::directory_iterator(); model_it.increment(ec)) {
+    if (ec) return absl::InternalError(absl::StrCat("cannot list ", root, ": ", ec.message()));
+    const fs::directory_entry& model_dir = *model_it;
     const std::string name = model_dir.path().filename().string();
-    if (name.empty() || name[0] == '.' || !model_dir.is_directory(ec)) continue;
+    std::error_code model_ec;
+    if (name.empty() || name[0] == '.' || !model_dir.is_directory(model_ec)) continue;
     Versions versions;
-    for (const fs::directory_entry& version_dir : fs::directory_iterator(model_dir.path(), ec)) {
+    fs::directory_iterator version_it(model_dir.path(), model_ec);
+    if (model_ec) report(absl::StrCat(name, ": cannot list: ", model_ec.message()));
+    for (; !model_ec && version_it != fs::directory_iterator(); version_it.increment(model_ec)) {
+      const fs::directory_entry& version_dir = *version_it;
       const std::string entry = version_dir.path().filename().string();
       int64_t version = 0;
-      if (!absl::SimpleAtoi(entry, &version) || version < 1 || !version_dir.is_directory(ec)) {
+      std::error_code entry_ec;
+      if (!absl::SimpleAtoi(entry, &version) || version < 1 || !version_dir.is_directory(entry_ec)) {
         continue;  // not a version: temp dirs, config.pbtxt, stray files
       }
       absl::StatusOr<LoadedModel> loaded = LoadCheckpoint(version_dir.path().string());
@@ -42,9 +54,9 @@ absl::StatusOr<std::unique_ptr<ModelRepository>> ModelRepository::Load(
       servable->loaded = *std::move(loaded);
       versions.emplace(version, std::move(servable));
     }
+    if (model_ec) report(absl::StrCat(name, ": listing stopped: ", model_ec.message()));
     if (!versions.empty()) repo->models_.emplace(name, std::move(versions));
   }
-  if (ec) return absl::InternalError(absl::StrCat("cannot list ", root, ": ", ec.message()));
   return repo;
 }
 

@@ -1,5 +1,6 @@
 #include "server/server.h"
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
 
@@ -29,13 +30,25 @@ absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
   server->pool_ = std::make_unique<WorkerPool>(workers, options.max_queue);
   server->service_ = std::make_unique<InferenceService>(server->repository_.get(),
                                                         server->pool_.get(), options.max_batch_rows);
+  int64_t message_bytes = options.max_message_bytes;
+  if (message_bytes <= 0) {
+    int64_t widest = 1;
+    for (const auto& [name, versions] : server->repository_->models()) {
+      for (const auto& [number, servable] : versions) {
+        widest = std::max({widest, servable->loaded.sparse->info().input_dim,
+                           servable->loaded.sparse->info().output_dim});
+      }
+    }
+    message_bytes = std::min<int64_t>(options.max_batch_rows * widest * 4 + (int64_t{1} << 20),
+                                      int64_t{1} << 30);
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddListeningPort(absl::StrCat(options.address, ":", options.port),
                            grpc::InsecureServerCredentials(), &server->port_);
-  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
-  builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  builder.SetMaxReceiveMessageSize(static_cast<int>(message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(message_bytes));
   builder.RegisterService(server->service_.get());
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {

@@ -24,7 +24,10 @@ struct ServerOptions {
   int workers = 0;             // 0 = one per core
   int64_t max_queue = 1024;    // requests waiting for a worker
   int64_t max_batch_rows = 1024;
-  int64_t max_message_bytes = 64 << 20;
+  // Largest gRPC message; 0 = just enough for max_batch_rows rows of the
+  // widest loaded model (plus 1 MiB), so oversized junk is refused by gRPC
+  // before it is buffered or queued.
+  int64_t max_message_bytes = 0;
 };
 
 class SparseServer {
