@@ -48,6 +48,20 @@ absl::StatusOr<SparseClient::Call> SparseClient::Predict(const std::string& mode
   return call;
 }
 
+absl::StatusOr<int64_t> SparseClient::Echo(const std::string& payload) {
+  sparse::v1::EchoRequest request;
+  request.set_payload(payload);
+  sparse::v1::EchoResponse response;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + timeout_);
+  const auto start = std::chrono::steady_clock::now();
+  const grpc::Status s = stub_->Echo(&context, request, &response);
+  const int64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                         std::chrono::steady_clock::now() - start).count();
+  if (!s.ok()) return FromGrpc(s, target_);
+  return ns;
+}
+
 absl::StatusOr<sparse::v1::ListModelsResponse> SparseClient::ListModels() {
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + timeout_);

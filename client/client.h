@@ -30,6 +30,9 @@ class SparseClient {
   // Predict (or PredictDense when `dense`) on `rows` rows of `inputs`.
   absl::StatusOr<Call> Predict(const std::string& model, int64_t version, int64_t rows,
                                const std::vector<float>& inputs, bool dense, bool route);
+  // Echo: the serving path without a model (see the proto); returns the
+  // client-measured round trip in nanoseconds.
+  absl::StatusOr<int64_t> Echo(const std::string& payload);
   absl::StatusOr<sparse::v1::ListModelsResponse> ListModels();
   absl::StatusOr<sparse::v1::ModelStatus> GetModel(const std::string& model);
   // Health of `service` ("" = the server itself, a model name = that model).

@@ -10,6 +10,9 @@
 // status: 0 on success, 1 on an error (the server's code and message are
 // printed), 2 on bad usage; `health` exits 1 unless SERVING.
 #include <algorithm>
+#include <atomic>
+#include <functional>
+#include <thread>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -20,6 +23,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/ascii.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -45,6 +49,9 @@ ABSL_FLAG(bool, json, false, "Print JSON instead of text.");
 ABSL_FLAG(int64_t, requests, 300, "bench: requests per endpoint (after 20 warm-up requests).");
 ABSL_FLAG(int64_t, batch, 1, "bench: rows per request (random inputs in [-1, 1]).");
 ABSL_FLAG(int64_t, timeout_ms, 30000, "Deadline of each call.");
+ABSL_FLAG(int, concurrency, 1, "bench: requests kept in flight (closed loop, one caller thread each).");
+ABSL_FLAG(std::string, echo_target, "",
+          "bench: also measure a bare gRPC echo server at host:port (build/bench/echo_server).");
 
 namespace sparse {
 namespace {
@@ -236,8 +243,67 @@ absl::Status Health(SparseClient& client, bool* serving) {
   return absl::OkStatus();
 }
 
-// A minimal closed-loop comparison (one request in flight): the load
-// generator with sweeps, open loop and plots comes with the benchmark issue.
+// Closed-loop comparison: `--concurrency` callers each keep one request in
+// flight, first on the sparse endpoint, then the dense one, then Echo on
+// this server (the serving path without a model) and, with --echo_target, a
+// bare gRPC echo server (the transport floor). Open-loop load, sweeps and
+// plots come with the rest of the load generator (issue 5).
+struct Sample {
+  int64_t round_trip_ns = 0, route_ns = 0, compute_ns = 0, flops = 0;
+};
+
+struct PathResult {
+  std::string name;
+  std::vector<int64_t> round_trip, route, compute;
+  int64_t flops = 0, errors = 0;
+  double seconds = 0;
+  std::string first_error;
+};
+
+PathResult RunClosedLoop(const std::string& name, int64_t requests, int concurrency,
+                         const std::function<absl::StatusOr<Sample>(int64_t)>& call) {
+  PathResult result;
+  result.name = name;
+  std::atomic<int64_t> next{0};
+  absl::Mutex mu;
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<std::thread> callers;
+  for (int c = 0; c < concurrency; ++c) {
+    callers.emplace_back([&] {
+      std::vector<Sample> mine;
+      int64_t errors = 0;
+      std::string error;
+      for (int64_t i = next++; i < requests; i = next++) {
+        absl::StatusOr<Sample> sample = call(i);
+        if (sample.ok()) {
+          mine.push_back(*sample);
+        } else {
+          ++errors;
+          if (error.empty()) error = std::string(sample.status().message());
+        }
+      }
+      absl::MutexLock lock(&mu);
+      for (const Sample& s : mine) {
+        result.round_trip.push_back(s.round_trip_ns);
+        result.route.push_back(s.route_ns);
+        result.compute.push_back(s.compute_ns);
+        result.flops = s.flops;
+      }
+      result.errors += errors;
+      if (result.first_error.empty()) result.first_error = error;
+    });
+  }
+  for (std::thread& t : callers) t.join();
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return result;
+}
+
+double Percentile(std::vector<int64_t> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min<size_t>(v.size() - 1, static_cast<size_t>(p * v.size()))] / 1000.0;
+}
+
 absl::Status Bench(SparseClient& client) {
   const std::string model = absl::GetFlag(FLAGS_model);
   if (model.empty()) return Usage("bench needs --model");
@@ -245,7 +311,10 @@ absl::Status Bench(SparseClient& client) {
   const auto& version = status.versions(status.versions_size() - 1);
   const int64_t d = version.input_dim(), rows = absl::GetFlag(FLAGS_batch);
   const int64_t requests = absl::GetFlag(FLAGS_requests);
-  if (requests < 1 || rows < 1) return Usage("--requests and --batch must be >= 1");
+  const int concurrency = absl::GetFlag(FLAGS_concurrency);
+  if (requests < 1 || rows < 1 || concurrency < 1 || concurrency > 1024) {
+    return Usage("--requests and --batch must be >= 1 and --concurrency in [1, 1024]");
+  }
   std::mt19937_64 rng(1);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   std::vector<std::vector<float>> pool(64);
@@ -253,54 +322,70 @@ absl::Status Bench(SparseClient& client) {
     x.resize(rows * d);
     for (float& v : x) v = u(rng);
   }
-  struct Result {
-    std::vector<int64_t> round_trip, route, compute;
-    int64_t flops = 0;
+  // Echo carries as many bytes as a Predict request of this batch.
+  const std::string payload(static_cast<size_t>(rows * d * sizeof(float)), 'x');
+  auto predict = [&](bool dense) {
+    return [&, dense](int64_t i) -> absl::StatusOr<Sample> {
+      ASSIGN_OR_RETURN(auto call, client.Predict(model, 0, rows, pool[i % pool.size()], dense, false));
+      const auto& cost = call.response.cost();
+      return Sample{call.round_trip_ns, cost.route_ns(), cost.compute_ns(), cost.flops()};
+    };
   };
-  Result results[2];
+  auto echo = [&payload](SparseClient& target) {
+    return [&target, &payload](int64_t) -> absl::StatusOr<Sample> {
+      ASSIGN_OR_RETURN(int64_t ns, target.Echo(payload));
+      return Sample{ns, 0, 0, 0};
+    };
+  };
+  // Warm up every worker and connection first.
   for (int warm = 0; warm < 20; ++warm) {
-    for (bool dense : {false, true}) {
-      RETURN_IF_ERROR(client.Predict(model, 0, rows, pool[warm % pool.size()], dense, false).status());
+    for (bool dense : {false, true}) RETURN_IF_ERROR(predict(dense)(warm).status());
+  }
+  std::vector<PathResult> results;
+  results.push_back(RunClosedLoop("sparse", requests, concurrency, predict(false)));
+  results.push_back(RunClosedLoop("dense", requests, concurrency, predict(true)));
+  results.push_back(RunClosedLoop("echo", requests, concurrency, echo(client)));
+  std::unique_ptr<SparseClient> bare;
+  const std::string echo_target = absl::GetFlag(FLAGS_echo_target);
+  if (!echo_target.empty()) {
+    bare = std::make_unique<SparseClient>(echo_target, std::chrono::milliseconds(absl::GetFlag(FLAGS_timeout_ms)));
+    for (int warm = 0; warm < 20; ++warm) RETURN_IF_ERROR(bare->Echo(payload).status());
+    results.push_back(RunClosedLoop("bare_echo", requests, concurrency, echo(*bare)));
+  }
+  for (const PathResult& r : results) {
+    if (r.errors == requests) {
+      return absl::UnavailableError(absl::StrCat(r.name, ": every request failed: ", r.first_error));
     }
   }
-  for (int64_t i = 0; i < requests; ++i) {
-    for (int path = 0; path < 2; ++path) {  // alternate so both see the same conditions
-      ASSIGN_OR_RETURN(auto call, client.Predict(model, 0, rows, pool[i % pool.size()], path == 1, false));
-      results[path].round_trip.push_back(call.round_trip_ns);
-      results[path].route.push_back(call.response.cost().route_ns());
-      results[path].compute.push_back(call.response.cost().compute_ns());
-      results[path].flops = call.response.cost().flops();
-    }
-  }
-  auto pct = [](std::vector<int64_t> v, double p) {
-    std::sort(v.begin(), v.end());
-    return v[std::min<size_t>(v.size() - 1, static_cast<size_t>(p * v.size()))] / 1000.0;
-  };
-  const char* names[2] = {"sparse", "dense"};
   if (absl::GetFlag(FLAGS_json)) {
     std::vector<std::string> parts;
-    for (int p = 0; p < 2; ++p) {
+    for (const PathResult& r : results) {
       parts.push_back(absl::StrFormat(
-          "\"%s\":{\"requests\":%d,\"flops_per_request\":%d,\"p50_us\":%.2f,\"p99_us\":%.2f,"
-          "\"route_p50_us\":%.2f,\"compute_p50_us\":%.2f}",
-          names[p], requests, results[p].flops, pct(results[p].round_trip, 0.5),
-          pct(results[p].round_trip, 0.99), pct(results[p].route, 0.5),
-          pct(results[p].compute, 0.5)));
+          "\"%s\":{\"requests\":%d,\"errors\":%d,\"throughput_rps\":%.1f,\"flops_per_request\":%d,"
+          "\"p50_us\":%.2f,\"p90_us\":%.2f,\"p99_us\":%.2f,\"route_p50_us\":%.2f,"
+          "\"compute_p50_us\":%.2f}",
+          r.name, static_cast<int64_t>(r.round_trip.size()), r.errors,
+          r.round_trip.size() / r.seconds, r.flops, Percentile(r.round_trip, 0.5),
+          Percentile(r.round_trip, 0.9), Percentile(r.round_trip, 0.99), Percentile(r.route, 0.5),
+          Percentile(r.compute, 0.5)));
     }
-    std::printf("{\"model\":\"%s\",\"batch\":%lld,%s}\n", model.c_str(), static_cast<long long>(rows),
-                absl::StrJoin(parts, ",").c_str());
+    std::printf("{\"model\":\"%s\",\"batch\":%lld,\"concurrency\":%d,%s}\n", model.c_str(),
+                static_cast<long long>(rows), concurrency, absl::StrJoin(parts, ",").c_str());
     return absl::OkStatus();
   }
-  std::printf("%s, batch %lld, %lld requests per path, one in flight\n", model.c_str(),
-              static_cast<long long>(rows), static_cast<long long>(requests));
-  std::printf("  %-7s %14s %10s %10s %14s %16s\n", "path", "FLOPs/request", "p50 us", "p99 us",
-              "route p50 us", "compute p50 us");
-  for (int p = 0; p < 2; ++p) {
-    std::printf("  %-7s %14lld %10.1f %10.1f %14.1f %16.1f\n", names[p],
-                static_cast<long long>(results[p].flops), pct(results[p].round_trip, 0.5),
-                pct(results[p].round_trip, 0.99), pct(results[p].route, 0.5),
-                pct(results[p].compute, 0.5));
+  std::printf("%s, batch %lld, %lld requests per path, %d in flight (closed loop)\n", model.c_str(),
+              static_cast<long long>(rows), static_cast<long long>(requests), concurrency);
+  std::printf("  %-9s %10s %14s %9s %9s %9s %9s %11s %7s\n", "path", "req/s", "FLOPs/request",
+              "p50 us", "p90 us", "p99 us", "route us", "compute us", "errors");
+  for (const PathResult& r : results) {
+    std::printf("  %-9s %10.0f %14lld %9.1f %9.1f %9.1f %9.1f %11.1f %7lld\n", r.name.c_str(),
+                r.round_trip.size() / r.seconds, static_cast<long long>(r.flops),
+                Percentile(r.round_trip, 0.5), Percentile(r.round_trip, 0.9),
+                Percentile(r.round_trip, 0.99), Percentile(r.route, 0.5),
+                Percentile(r.compute, 0.5), static_cast<long long>(r.errors));
   }
+  std::printf("  (echo: this server's path without a model%s)\n",
+              bare ? "; bare_echo: a bare gRPC echo server, the transport floor" : "");
   return absl::OkStatus();
 }
 
@@ -315,7 +400,8 @@ int main(int argc, char** argv) {
       "  sparse-cli predict --model=M --csv=rows.csv    (--csv=- reads stdin)\n"
       "  sparse-cli models [--json]\n"
       "  sparse-cli health [--model=M]                  (exit 0 only when SERVING)\n"
-      "  sparse-cli bench --model=M [--requests=300] [--batch=1]\n\n"
+      "  sparse-cli bench --model=M [--requests=300] [--batch=1] [--concurrency=1]\n"
+      "                   [--echo_target=host:port]\n\n"
       "--target says where the server is (default localhost:8500).",
       "sparse_cli_main.");
   if (args.size() != 1) {

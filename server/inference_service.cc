@@ -161,6 +161,24 @@ grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* c
   return reactor;
 }
 
+grpc::ServerUnaryReactor* InferenceService::Echo(grpc::CallbackServerContext* context,
+                                                 const sparse::v1::EchoRequest* request,
+                                                 sparse::v1::EchoResponse* response) {
+  const auto arrival = Clock::now();
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const bool queued = pool_->Submit([request, response, reactor, arrival] {
+    response->set_payload(request->payload());
+    response->set_queue_ns(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - arrival).count());
+    reactor->Finish(grpc::Status::OK);
+  });
+  if (!queued) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                 "the inference queue is full; retry with backoff"));
+  }
+  return reactor;
+}
+
 grpc::ServerUnaryReactor* InferenceService::ListModels(grpc::CallbackServerContext* context,
                                                        const sparse::v1::ListModelsRequest*,
                                                        sparse::v1::ListModelsResponse* response) {

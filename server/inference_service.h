@@ -35,6 +35,9 @@ class InferenceService final : public sparse::v1::SparseInference::CallbackServi
   grpc::ServerUnaryReactor* GetModel(grpc::CallbackServerContext* context,
                                      const sparse::v1::GetModelRequest* request,
                                      sparse::v1::ModelStatus* response) override;
+  grpc::ServerUnaryReactor* Echo(grpc::CallbackServerContext* context,
+                                 const sparse::v1::EchoRequest* request,
+                                 sparse::v1::EchoResponse* response) override;
 
  private:
   grpc::ServerUnaryReactor* Infer(grpc::CallbackServerContext* context,

@@ -277,6 +277,16 @@ TEST_F(ServerTest, TwoHundredMalformedRequestsThenAValidOneIsAnsweredCorrectly) 
             EnginePredict(*server_->repository().models().at("dsm").at(2)->loaded.sparse, x, 4));
 }
 
+TEST_F(ServerTest, EchoReturnsThePayloadThroughTheWorkerQueue) {
+  grpc::ClientContext context;
+  sparse::v1::EchoRequest request;
+  request.set_payload(std::string(1000, 'z'));
+  sparse::v1::EchoResponse response;
+  ASSERT_TRUE(Stub()->Echo(&context, request, &response).ok());
+  EXPECT_EQ(response.payload(), request.payload());
+  EXPECT_GE(response.queue_ns(), 0);
+}
+
 TEST_F(ServerTest, AnExpiredDeadlineIsReported) {
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() - std::chrono::milliseconds(1));
