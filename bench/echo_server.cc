@@ -5,8 +5,6 @@
 // transport. Prints its port on stdout.
 //
 //   build/bench/echo_server [--port=0] [--address=127.0.0.1]
-#include <signal.h>
-
 #include <cstdio>
 #include <thread>
 
@@ -41,11 +39,7 @@ int main(int argc, char** argv) {
                            "a bare gRPC echo server (SparseInference.Echo only), the transport "
                            "floor for benchmarks.",
                            "bench/echo_server.");
-  sigset_t stop;
-  sigemptyset(&stop);
-  sigaddset(&stop, SIGINT);
-  sigaddset(&stop, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+  sparse::BlockStopSignals();
   EchoOnly service;
   int port = 0;
   grpc::ServerBuilder builder;
@@ -59,9 +53,8 @@ int main(int argc, char** argv) {
   }
   std::printf("%d\n", port);
   std::fflush(stdout);
-  std::thread stopper([&server, stop] {
-    int signal = 0;
-    sigwait(&stop, &signal);
+  std::thread stopper([&server] {
+    sparse::WaitForStopSignal();
     server->Shutdown();
   });
   server->Wait();

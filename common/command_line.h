@@ -1,4 +1,5 @@
-// Command-line set-up shared by sparse-server, sparse-cli and sparse-train.
+// Command-line and signal set-up shared by sparse-server, sparse-cli,
+// sparse-train and the benchmark servers.
 #ifndef SPARSE_COMMON_COMMAND_LINE_H_
 #define SPARSE_COMMON_COMMAND_LINE_H_
 
@@ -15,6 +16,12 @@ namespace sparse {
 // command line. Returns the positional arguments after the program name.
 std::vector<std::string> ParseCommandLine(int argc, char** argv, absl::string_view usage,
                                           absl::string_view main_file);
+
+// SIGINT/SIGTERM handling for servers. Call BlockStopSignals() before any
+// thread starts (threads inherit the mask); then one thread calls
+// WaitForStopSignal(), which returns the signal's name when one arrives.
+void BlockStopSignals();
+const char* WaitForStopSignal();
 
 }  // namespace sparse
 

@@ -2,8 +2,6 @@
 // sparse.v1.SparseInference (Predict on the routed sparse path, PredictDense
 // on the dense baseline), grpc.health.v1.Health and server reflection.
 // SIGINT or SIGTERM stops it cleanly. Run with --help for the flags.
-#include <signal.h>
-
 #include <cstdio>
 #include <thread>
 
@@ -39,11 +37,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   // Block the stop signals in every thread; one thread waits for them.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  sparse::BlockStopSignals();
 
   if (absl::GetFlag(FLAGS_max_queue) < 1 || absl::GetFlag(FLAGS_max_batch_rows) < 1 ||
       absl::GetFlag(FLAGS_max_batch_rows) > (1 << 20) || absl::GetFlag(FLAGS_workers) < 0 ||
@@ -83,10 +77,8 @@ int main(int argc, char** argv) {
 
   sparse::SparseServer* s = server->get();
   const int64_t grace = absl::GetFlag(FLAGS_grace_ms);
-  std::thread stopper([s, stop_signals, grace] {
-    int signal = 0;
-    sigwait(&stop_signals, &signal);
-    std::fprintf(stderr, "sparse-server: %s received, stopping\n", signal == SIGINT ? "SIGINT" : "SIGTERM");
+  std::thread stopper([s, grace] {
+    std::fprintf(stderr, "sparse-server: %s received, stopping\n", sparse::WaitForStopSignal());
     s->Shutdown(grace);
   });
   s->Wait();
