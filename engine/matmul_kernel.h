@@ -87,7 +87,6 @@ class MatmulKernel {
   absl::Status Run(const float* x, int64_t rows, const float* w, const float* bias,
                    float* y, int64_t* flops) const;
 
-  const MatmulSpec& spec() const { return spec_; }
 
  private:
   struct Bucket {
