@@ -11,6 +11,7 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "common/command_line.h"
+#include "common/process_cpu.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "sparse/v1/inference.grpc.pb.h"
@@ -26,6 +27,19 @@ class EchoOnly final : public sparse::v1::SparseInference::CallbackService {
                                  const sparse::v1::EchoRequest* request,
                                  sparse::v1::EchoResponse* response) override {
     response->set_payload(request->payload());
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+  // Process CPU, so the load generator reports CPU per request for the
+  // floor too.
+  grpc::ServerUnaryReactor* GetServerStats(grpc::CallbackServerContext* context,
+                                           const sparse::v1::ServerStatsRequest*,
+                                           sparse::v1::ServerStats* response) override {
+    const sparse::ProcessCpu cpu = sparse::ReadProcessCpu();
+    response->set_cpu_user_ns(cpu.user_ns);
+    response->set_cpu_system_ns(cpu.system_ns);
+    response->set_cores(sparse::UsableCores());
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     reactor->Finish(grpc::Status::OK);
     return reactor;

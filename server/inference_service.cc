@@ -3,6 +3,8 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "common/process_cpu.h"
+#include "engine/matmul_kernel.h"
 #include "engine/status_macros.h"
 #include "server/grpc_status.h"
 
@@ -71,7 +73,18 @@ absl::StatusOr<std::shared_ptr<const Servable>> Admit(const ModelRepository& rep
   return servable;
 }
 
-// Runs one admitted request on the calling (worker) thread.
+// oneDNN runs with one OpenMP thread on every thread that computes (one
+// request per core, DESIGN.md §5); gRPC's threads are set on first use.
+void UseOneKernelThread() {
+  thread_local bool set = false;
+  if (!set) {
+    SetKernelThreads(1);
+    set = true;
+  }
+}
+
+// Runs one admitted request on the calling thread (a worker or, for a cheap
+// request, the gRPC thread).
 absl::Status Handle(const Servable& servable, const PredictRequest& request, bool dense,
                     Clock::time_point arrival, PredictResponse* response) {
   const auto start = Clock::now();
@@ -112,8 +125,11 @@ absl::Status Handle(const Servable& servable, const PredictRequest& request, boo
 }  // namespace
 
 InferenceService::InferenceService(const ModelRepository* repository, WorkerPool* pool,
-                                   int64_t max_batch_rows)
-    : repository_(repository), pool_(pool), max_batch_rows_(max_batch_rows) {}
+                                   const Options& options)
+    : repository_(repository),
+      pool_(pool),
+      options_(options),
+      start_(Clock::now()) {}
 
 grpc::ServerUnaryReactor* InferenceService::Predict(grpc::CallbackServerContext* context,
                                                     const PredictRequest* request,
@@ -133,9 +149,16 @@ grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* c
   const auto arrival = Clock::now();
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<std::shared_ptr<const Servable>> servable =
-      Admit(*repository_, max_batch_rows_, *request, dense);
+      Admit(*repository_, options_.max_batch_rows, *request, dense);
   if (!servable.ok()) {
     reactor->Finish(ToGrpcStatus(servable.status()));
+    return reactor;
+  }
+  const LoadedModel& loaded = (*servable)->loaded;
+  const Model& model = dense ? static_cast<const Model&>(*loaded.dense) : *loaded.sparse;
+  if (request->rows() * model.info().flops_per_row <= options_.inline_max_flops) {
+    UseOneKernelThread();
+    reactor->Finish(ToGrpcStatus(Handle(**servable, *request, dense, arrival, response)));
     return reactor;
   }
   const bool queued = pool_->Submit([context, request, response, dense, arrival, reactor,
@@ -166,16 +189,26 @@ grpc::ServerUnaryReactor* InferenceService::Echo(grpc::CallbackServerContext* co
                                                  sparse::v1::EchoResponse* response) {
   const auto arrival = Clock::now();
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  const bool queued = pool_->Submit([request, response, reactor, arrival] {
-    response->set_payload(request->payload());
-    response->set_queue_ns(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - arrival).count());
-    reactor->Finish(grpc::Status::OK);
-  });
-  if (!queued) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                                 "the inference queue is full; retry with backoff"));
-  }
+  // A model of zero FLOPs: answered on the gRPC thread, like any request
+  // under inline_max_flops.
+  response->set_payload(request->payload());
+  response->set_queue_ns(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - arrival).count());
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* InferenceService::GetServerStats(grpc::CallbackServerContext* context,
+                                                           const sparse::v1::ServerStatsRequest*,
+                                                           sparse::v1::ServerStats* response) {
+  const ProcessCpu cpu = ReadProcessCpu();
+  response->set_cpu_user_ns(cpu.user_ns);
+  response->set_cpu_system_ns(cpu.system_ns);
+  response->set_uptime_ns(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start_).count());
+  response->set_cores(UsableCores());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
   return reactor;
 }
 

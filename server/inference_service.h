@@ -1,14 +1,20 @@
 // InferenceService: sparse.v1.SparseInference on gRPC's callback API.
 //
-// A call never blocks a gRPC thread: Predict / PredictDense look up the
-// model and check the request's shape on the gRPC thread (so bad requests
-// get their own code and never occupy the queue), then hand it to the
-// WorkerPool, whose worker runs the model and finishes the call. Queue, route and compute time are measured
-// per request and returned in Cost. Thread-safe; the repository and pool
-// must outlive the service.
+// Predict / PredictDense look up the model and check the request's shape on
+// the gRPC thread (so bad requests get their own code and never occupy the
+// queue). A request whose cost is at most `inline_max_flops` (an LSH table,
+// a small expert slice: a few microseconds) then runs right there, as a bare
+// gRPC handler would answer: handing it to a worker would cost more than the
+// model (a thread wake-up and two cache-cold cores, ~30 us measured, see
+// docs/benchmarks.md). Anything dearer goes to the WorkerPool, whose worker
+// runs the model and finishes the call, so a gRPC thread never blocks on a
+// big GEMV. Queue, route and compute time are measured per request and
+// returned in Cost. Thread-safe; the repository and pool must outlive the
+// service.
 #ifndef SPARSE_SERVER_INFERENCE_SERVICE_H_
 #define SPARSE_SERVER_INFERENCE_SERVICE_H_
 
+#include <chrono>
 #include <cstdint>
 
 #include "absl/status/status.h"
@@ -20,8 +26,13 @@ namespace sparse {
 
 class InferenceService final : public sparse::v1::SparseInference::CallbackService {
  public:
-  // `max_batch_rows`: larger batches are INVALID_ARGUMENT.
-  InferenceService(const ModelRepository* repository, WorkerPool* pool, int64_t max_batch_rows);
+  struct Options {
+    int64_t max_batch_rows = 1024;  // larger batches are INVALID_ARGUMENT
+    // Requests costing at most this many FLOPs (rows x FLOPs per row of the
+    // path asked for) run on the gRPC thread; 0 queues every request.
+    int64_t inline_max_flops = 262144;
+  };
+  InferenceService(const ModelRepository* repository, WorkerPool* pool, const Options& options);
 
   grpc::ServerUnaryReactor* Predict(grpc::CallbackServerContext* context,
                                     const sparse::v1::PredictRequest* request,
@@ -38,6 +49,9 @@ class InferenceService final : public sparse::v1::SparseInference::CallbackServi
   grpc::ServerUnaryReactor* Echo(grpc::CallbackServerContext* context,
                                  const sparse::v1::EchoRequest* request,
                                  sparse::v1::EchoResponse* response) override;
+  grpc::ServerUnaryReactor* GetServerStats(grpc::CallbackServerContext* context,
+                                           const sparse::v1::ServerStatsRequest* request,
+                                           sparse::v1::ServerStats* response) override;
 
  private:
   grpc::ServerUnaryReactor* Infer(grpc::CallbackServerContext* context,
@@ -46,7 +60,8 @@ class InferenceService final : public sparse::v1::SparseInference::CallbackServi
 
   const ModelRepository* const repository_;
   WorkerPool* const pool_;
-  const int64_t max_batch_rows_;
+  const Options options_;
+  const std::chrono::steady_clock::time_point start_;
 };
 
 }  // namespace sparse

@@ -78,10 +78,21 @@ class ServerTest : public ::testing::Test {
     server_ = server->release();
     channel_ = new std::shared_ptr<grpc::Channel>(grpc::CreateChannel(
         "127.0.0.1:" + std::to_string(server_->port()), grpc::InsecureChannelCredentials()));
+    // The same repository with every request sent through the worker queue
+    // (the default server answers these small models on the gRPC thread).
+    options.inline_max_flops = 0;
+    options.workers = 1;
+    server = SparseServer::Start(options, nullptr);
+    ASSERT_TRUE(server.ok()) << server.status();
+    queued_server_ = server->release();
+    queued_channel_ = new std::shared_ptr<grpc::Channel>(grpc::CreateChannel(
+        "127.0.0.1:" + std::to_string(queued_server_->port()), grpc::InsecureChannelCredentials()));
   }
   static void TearDownTestSuite() {
     delete channel_;
     delete server_;
+    delete queued_channel_;
+    delete queued_server_;
     fs::remove_all(*root_);
     delete root_;
     delete errors_;
@@ -112,12 +123,16 @@ class ServerTest : public ::testing::Test {
   static std::vector<std::string>* errors_;
   static SparseServer* server_;
   static std::shared_ptr<grpc::Channel>* channel_;
+  static SparseServer* queued_server_;
+  static std::shared_ptr<grpc::Channel>* queued_channel_;
 };
 
 fs::path* ServerTest::root_ = nullptr;
 std::vector<std::string>* ServerTest::errors_ = nullptr;
 SparseServer* ServerTest::server_ = nullptr;
 std::shared_ptr<grpc::Channel>* ServerTest::channel_ = nullptr;
+SparseServer* ServerTest::queued_server_ = nullptr;
+std::shared_ptr<grpc::Channel>* ServerTest::queued_channel_ = nullptr;
 
 TEST_F(ServerTest, SkipsTheBrokenVersionAndServesTheRest) {
   ASSERT_EQ(errors_->size(), 1u);
@@ -277,7 +292,55 @@ TEST_F(ServerTest, TwoHundredMalformedRequestsThenAValidOneIsAnsweredCorrectly) 
             EnginePredict(*server_->repository().models().at("dsm").at(2)->loaded.sparse, x, 4));
 }
 
-TEST_F(ServerTest, EchoReturnsThePayloadThroughTheWorkerQueue) {
+TEST_F(ServerTest, InlineAndQueuedRequestsGetTheSameAnswerAndCost) {
+  auto queued = sparse::v1::SparseInference::NewStub(*queued_channel_);
+  const std::vector<float> x = RandomInputs(5, kD, 77);
+  for (const std::string model : {"lsh", "dsm"}) {
+    for (bool dense : {false, true}) {
+      SCOPED_TRACE(model + (dense ? " dense" : " sparse"));
+      PredictResponse inline_response, queued_response;
+      ASSERT_TRUE(Call(Request(model, x, 5), &inline_response, dense).ok());
+      grpc::ClientContext context;
+      const PredictRequest request = Request(model, x, 5);
+      const grpc::Status status = dense ? queued->PredictDense(&context, request, &queued_response)
+                                        : queued->Predict(&context, request, &queued_response);
+      ASSERT_TRUE(status.ok()) << status.error_message();
+      EXPECT_EQ(std::vector<float>(queued_response.outputs().begin(), queued_response.outputs().end()),
+                std::vector<float>(inline_response.outputs().begin(), inline_response.outputs().end()));
+      EXPECT_EQ(queued_response.cost().flops(), inline_response.cost().flops());
+      EXPECT_EQ(queued_response.cost().dense_flops(), inline_response.cost().dense_flops());
+      EXPECT_GE(queued_response.cost().total_ns(), queued_response.cost().queue_ns());
+    }
+  }
+}
+
+TEST_F(ServerTest, AnExpiredDeadlineIsReportedOnTheQueuedPathToo) {
+  auto queued = sparse::v1::SparseInference::NewStub(*queued_channel_);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() - std::chrono::milliseconds(1));
+  PredictResponse response;
+  EXPECT_EQ(queued->Predict(&context, Request("dsm", RandomInputs(1, kD, 1), 1), &response).error_code(),
+            grpc::StatusCode::DEADLINE_EXCEEDED);
+}
+
+TEST_F(ServerTest, ServerStatsReportTheProcessCpuGrowingWithWork) {
+  auto stats = [&] {
+    grpc::ClientContext context;
+    sparse::v1::ServerStats out;
+    EXPECT_TRUE(Stub()->GetServerStats(&context, sparse::v1::ServerStatsRequest(), &out).ok());
+    return out;
+  };
+  const sparse::v1::ServerStats before = stats();
+  PredictResponse response;
+  for (int i = 0; i < 200; ++i) ASSERT_TRUE(Call(Request("dsm", RandomInputs(1, kD, i), 1), &response).ok());
+  const sparse::v1::ServerStats after = stats();
+  EXPECT_GE(after.cores(), 1);
+  EXPECT_GT(after.uptime_ns(), before.uptime_ns());
+  // The test and the server share the process: 200 round trips cost CPU.
+  EXPECT_GT(after.cpu_user_ns() + after.cpu_system_ns(), before.cpu_user_ns() + before.cpu_system_ns());
+}
+
+TEST_F(ServerTest, EchoReturnsThePayload) {
   grpc::ClientContext context;
   sparse::v1::EchoRequest request;
   request.set_payload(std::string(1000, 'z'));

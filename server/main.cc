@@ -18,6 +18,10 @@ ABSL_FLAG(int, workers, 0, "Inference worker threads, one request each (0 = one 
 ABSL_FLAG(int64_t, max_queue, 1024,
           "Requests that may wait for a worker; beyond it requests get UNAVAILABLE.");
 ABSL_FLAG(int64_t, max_batch_rows, 1024, "Largest batch (rows) a request may carry.");
+ABSL_FLAG(int64_t, inline_max_flops, 262144,
+          "Requests costing at most this many FLOPs (rows x FLOPs per row) run on the gRPC thread "
+          "that received them instead of queueing for a worker: for an LSH table or a small expert "
+          "slice the hand-off costs more than the model. 0 queues every request.");
 ABSL_FLAG(int64_t, grace_ms, 5000, "On SIGINT/SIGTERM, how long in-flight calls may finish.");
 
 int main(int argc, char** argv) {
@@ -41,10 +45,11 @@ int main(int argc, char** argv) {
 
   if (absl::GetFlag(FLAGS_max_queue) < 1 || absl::GetFlag(FLAGS_max_batch_rows) < 1 ||
       absl::GetFlag(FLAGS_max_batch_rows) > (1 << 20) || absl::GetFlag(FLAGS_workers) < 0 ||
-      absl::GetFlag(FLAGS_port) < 0 || absl::GetFlag(FLAGS_port) > 65535) {
+      absl::GetFlag(FLAGS_port) < 0 || absl::GetFlag(FLAGS_port) > 65535 ||
+      absl::GetFlag(FLAGS_inline_max_flops) < 0) {
     std::fprintf(stderr,
                  "sparse-server: need --max_queue >= 1, 1 <= --max_batch_rows <= 1048576, "
-                 "--workers >= 0 and 0 <= --port <= 65535 (see --help)\n");
+                 "--workers >= 0, --inline_max_flops >= 0 and 0 <= --port <= 65535 (see --help)\n");
     return 1;
   }
   sparse::ServerOptions options;
@@ -54,6 +59,7 @@ int main(int argc, char** argv) {
   options.workers = absl::GetFlag(FLAGS_workers);
   options.max_queue = absl::GetFlag(FLAGS_max_queue);
   options.max_batch_rows = absl::GetFlag(FLAGS_max_batch_rows);
+  options.inline_max_flops = absl::GetFlag(FLAGS_inline_max_flops);
   std::vector<std::string> load_errors;
   absl::StatusOr<std::unique_ptr<sparse::SparseServer>> server =
       sparse::SparseServer::Start(options, &load_errors);

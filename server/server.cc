@@ -28,8 +28,10 @@ absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
                           ? options.workers
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   server->pool_ = std::make_unique<WorkerPool>(workers, options.max_queue);
-  server->service_ = std::make_unique<InferenceService>(server->repository_.get(),
-                                                        server->pool_.get(), options.max_batch_rows);
+  server->service_ = std::make_unique<InferenceService>(
+      server->repository_.get(), server->pool_.get(),
+      InferenceService::Options{.max_batch_rows = options.max_batch_rows,
+                                .inline_max_flops = options.inline_max_flops});
   int64_t message_bytes = options.max_message_bytes;
   if (message_bytes <= 0) {
     int64_t widest = 1;

@@ -24,6 +24,9 @@ struct ServerOptions {
   int workers = 0;             // 0 = one per core
   int64_t max_queue = 1024;    // requests waiting for a worker
   int64_t max_batch_rows = 1024;
+  // Requests costing at most this many FLOPs run on the gRPC thread instead
+  // of a worker (InferenceService::Options); 0 queues every request.
+  int64_t inline_max_flops = 262144;
   // Largest gRPC message; 0 = just enough for max_batch_rows rows of the
   // widest loaded model (plus 1 MiB), so oversized junk is refused by gRPC
   // before it is buffered or queued.
