@@ -62,6 +62,53 @@ absl::StatusOr<int64_t> SparseClient::Echo(const std::string& payload) {
   return ns;
 }
 
+void SparseClient::PredictAsync(
+    const sparse::v1::PredictRequest* request, bool dense,
+    std::function<void(absl::Status, const sparse::v1::PredictResponse&)> done) {
+  struct State {
+    grpc::ClientContext context;
+    sparse::v1::PredictResponse response;
+    std::function<void(absl::Status, const sparse::v1::PredictResponse&)> done;
+  };
+  auto* state = new State;
+  state->done = std::move(done);
+  state->context.set_deadline(std::chrono::system_clock::now() + timeout_);
+  auto finish = [this, state](grpc::Status s) {
+    state->done(FromGrpc(s, target_), state->response);
+    delete state;
+  };
+  if (dense) {
+    stub_->async()->PredictDense(&state->context, request, &state->response, std::move(finish));
+  } else {
+    stub_->async()->Predict(&state->context, request, &state->response, std::move(finish));
+  }
+}
+
+void SparseClient::EchoAsync(const sparse::v1::EchoRequest* request,
+                             std::function<void(absl::Status)> done) {
+  struct State {
+    grpc::ClientContext context;
+    sparse::v1::EchoResponse response;
+    std::function<void(absl::Status)> done;
+  };
+  auto* state = new State;
+  state->done = std::move(done);
+  state->context.set_deadline(std::chrono::system_clock::now() + timeout_);
+  stub_->async()->Echo(&state->context, request, &state->response, [this, state](grpc::Status s) {
+    state->done(FromGrpc(s, target_));
+    delete state;
+  });
+}
+
+absl::StatusOr<sparse::v1::ServerStats> SparseClient::GetServerStats() {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + timeout_);
+  sparse::v1::ServerStats response;
+  const grpc::Status s = stub_->GetServerStats(&context, {}, &response);
+  if (!s.ok()) return FromGrpc(s, target_);
+  return response;
+}
+
 absl::StatusOr<sparse::v1::ListModelsResponse> SparseClient::ListModels() {
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + timeout_);

@@ -1,11 +1,13 @@
-// SparseClient: a small synchronous client for sparse-server's native API
-// and health service, used by sparse-cli. Errors come back as absl::Status
+// SparseClient: a small client for sparse-server's native API and health
+// service, used by sparse-cli: synchronous calls, plus asynchronous Predict
+// and Echo for the load generator. Errors come back as absl::Status
 // with the server's code and message. Thread-safe (gRPC stubs are).
 #ifndef SPARSE_CLIENT_CLIENT_H_
 #define SPARSE_CLIENT_CLIENT_H_
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -33,6 +35,14 @@ class SparseClient {
   // Echo: the serving path without a model (see the proto); returns the
   // client-measured round trip in nanoseconds.
   absl::StatusOr<int64_t> Echo(const std::string& payload);
+  // Asynchronous Predict (or PredictDense) and Echo on gRPC's callback API:
+  // `done` runs on a gRPC thread when the call ends, with the call's status
+  // and the response (empty on error). `request` must stay alive until then.
+  void PredictAsync(const sparse::v1::PredictRequest* request, bool dense,
+                    std::function<void(absl::Status, const sparse::v1::PredictResponse&)> done);
+  void EchoAsync(const sparse::v1::EchoRequest* request, std::function<void(absl::Status)> done);
+  // The server process's CPU time (UNIMPLEMENTED from a server without it).
+  absl::StatusOr<sparse::v1::ServerStats> GetServerStats();
   absl::StatusOr<sparse::v1::ListModelsResponse> ListModels();
   absl::StatusOr<sparse::v1::ModelStatus> GetModel(const std::string& model);
   // Health of `service` ("" = the server itself, a model name = that model).

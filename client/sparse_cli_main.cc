@@ -4,7 +4,8 @@
 //   sparse-cli predict --model=poly_dsm --csv=rows.csv        (or --csv=- for stdin)
 //   sparse-cli models
 //   sparse-cli health [--model=poly_dsm]
-//   sparse-cli bench --model=poly_dsm --requests=300
+//   sparse-cli bench --model=poly_dsm --concurrency=1,4,16 --plot=poly_dsm.svg
+//   sparse-cli bench --model=poly_dsm --mode=open --rate=500,1000,2000
 //
 // Human-readable output by default; --json prints JSON for scripts. Exit
 // status: 0 on success, 1 on an error (the server's code and message are
@@ -30,6 +31,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "client/bench_command.h"
 #include "client/client.h"
 #include "common/command_line.h"
 #include "engine/status_macros.h"  // header-only macros
@@ -41,17 +43,48 @@ ABSL_FLAG(int64_t, version, 0, "Model version (0 = the newest the server has).")
 ABSL_FLAG(std::string, inputs, "",
           "predict: input rows, values separated by ',' and rows by ';' (e.g. \"0.1,0.2;0.3,0.4\").");
 ABSL_FLAG(std::string, csv, "",
-          "predict: a CSV file of input rows (optional header), or '-' for stdin.");
+          "predict: a CSV file of input rows (optional header), or '-' for stdin; bench: write "
+          "the results as CSV here.");
 ABSL_FLAG(bool, dense, false, "predict: use the dense baseline endpoint (PredictDense).");
 ABSL_FLAG(bool, both, false, "predict: call both endpoints and print them side by side.");
 ABSL_FLAG(bool, route, true, "predict: ask for and print the route (buckets / experts).");
-ABSL_FLAG(bool, json, false, "Print JSON instead of text.");
-ABSL_FLAG(int64_t, requests, 300, "bench: requests per endpoint (after 20 warm-up requests).");
-ABSL_FLAG(int64_t, batch, 1, "bench: rows per request (random inputs in [-1, 1]).");
+ABSL_FLAG(bool, json, false, "Print JSON instead of text (bench: every level, path and window).");
 ABSL_FLAG(int64_t, timeout_ms, 30000, "Deadline of each call.");
-ABSL_FLAG(int, concurrency, 1, "bench: requests kept in flight (closed loop, one caller thread each).");
+ABSL_FLAG(std::string, paths, "sparse,dense",
+          "bench: paths to drive, alternating at every load level: sparse (Predict), dense "
+          "(PredictDense), echo (this server without a model), bare_echo (--echo_target).");
 ABSL_FLAG(std::string, echo_target, "",
-          "bench: also measure a bare gRPC echo server at host:port (build/bench/echo_server).");
+          "bench: also measure a bare gRPC echo server at host:port (build/bench/echo_server), "
+          "the transport floor (adds bare_echo to --paths).");
+ABSL_FLAG(int64_t, batch, 1, "bench: rows per request (random inputs in [-1, 1]).");
+ABSL_FLAG(std::string, mode, "closed",
+          "bench: closed (--concurrency requests in flight, each completion sends the next) or "
+          "open (requests due at --rate whether or not earlier ones came back; latency counts "
+          "from each request's intended send time, so a stalled server shows).");
+ABSL_FLAG(std::string, concurrency, "1",
+          "bench, closed loop: requests in flight; a comma-separated list sweeps, e.g. "
+          "1,2,4,8,16,32,64.");
+ABSL_FLAG(std::string, rate, "",
+          "bench, open loop: offered requests per second; a list sweeps, e.g. 1000,5000,10000.");
+ABSL_FLAG(std::string, arrival, "constant",
+          "bench, open loop: constant gaps or poisson (exponential gaps, the same mean rate).");
+ABSL_FLAG(double, warmup_seconds, 1, "bench: load before measuring, at every level and path.");
+ABSL_FLAG(double, window_seconds, 1, "bench: length of one measurement window.");
+ABSL_FLAG(int, stable_windows, 3,
+          "bench: a level ends when this many consecutive windows agree on throughput within "
+          "--stability; they are what is reported.");
+ABSL_FLAG(int, max_windows, 10,
+          "bench: a level ends after this many windows even if not stable (reported as such).");
+ABSL_FLAG(double, stability, 0.10, "bench: tolerance, as a fraction of the mean throughput.");
+ABSL_FLAG(int64_t, max_requests, 1000000, "bench: at most this many requests per level and path.");
+ABSL_FLAG(int64_t, max_outstanding, 4096,
+          "bench, open loop: at most this many requests in flight; when reached, sending waits "
+          "(and the wait counts in latency).");
+ABSL_FLAG(std::string, plot, "", "bench: write an SVG plot of latency (p50, p99) vs throughput here.");
+ABSL_FLAG(bool, quiet, false, "bench: no progress line on stderr.");
+ABSL_FLAG(bool, allow_remote, false,
+          "bench: allow driving load at a target that is not on this machine (loopback only by "
+          "default).");
 
 namespace sparse {
 namespace {
@@ -243,150 +276,58 @@ absl::Status Health(SparseClient& client, bool* serving) {
   return absl::OkStatus();
 }
 
-// Closed-loop comparison: `--concurrency` callers each keep one request in
-// flight, first on the sparse endpoint, then the dense one, then Echo on
-// this server (the serving path without a model) and, with --echo_target, a
-// bare gRPC echo server (the transport floor). Open-loop load, sweeps and
-// plots come with the rest of the load generator (issue 5).
-struct Sample {
-  int64_t round_trip_ns = 0, route_ns = 0, compute_ns = 0, flops = 0;
-};
-
-struct PathResult {
-  std::string name;
-  std::vector<int64_t> round_trip, route, compute;
-  int64_t flops = 0, errors = 0;
-  double seconds = 0;
-  std::string first_error;
-};
-
-PathResult RunClosedLoop(const std::string& name, int64_t requests, int concurrency,
-                         const std::function<absl::StatusOr<Sample>(int64_t)>& call) {
-  PathResult result;
-  result.name = name;
-  std::atomic<int64_t> next{0};
-  absl::Mutex mu;
-  const auto start = std::chrono::steady_clock::now();
-  std::vector<std::thread> callers;
-  for (int c = 0; c < concurrency; ++c) {
-    callers.emplace_back([&] {
-      std::vector<Sample> mine;
-      int64_t errors = 0;
-      std::string error;
-      for (int64_t i = next++; i < requests; i = next++) {
-        absl::StatusOr<Sample> sample = call(i);
-        if (sample.ok()) {
-          mine.push_back(*sample);
-        } else {
-          ++errors;
-          if (error.empty()) error = std::string(sample.status().message());
-        }
-      }
-      absl::MutexLock lock(&mu);
-      for (const Sample& s : mine) {
-        result.round_trip.push_back(s.round_trip_ns);
-        result.route.push_back(s.route_ns);
-        result.compute.push_back(s.compute_ns);
-        result.flops = s.flops;
-      }
-      result.errors += errors;
-      if (result.first_error.empty()) result.first_error = error;
-    });
+// Splits a comma-separated flag into numbers.
+template <typename T>
+absl::StatusOr<std::vector<T>> Levels(const std::string& flag, const std::string& text) {
+  std::vector<T> out;
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
+    double v = 0;
+    if (!absl::SimpleAtod(absl::StripAsciiWhitespace(part), &v) || !(v > 0)) {
+      return Usage(absl::StrCat("--", flag, ": expected positive numbers separated by commas, got '",
+                                part, "'"));
+    }
+    out.push_back(static_cast<T>(v));
   }
-  for (std::thread& t : callers) t.join();
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return result;
+  return out;
 }
 
-double Percentile(std::vector<int64_t> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[std::min<size_t>(v.size() - 1, static_cast<size_t>(p * v.size()))] / 1000.0;
-}
-
-absl::Status Bench(SparseClient& client) {
-  const std::string model = absl::GetFlag(FLAGS_model);
-  if (model.empty()) return Usage("bench needs --model");
-  ASSIGN_OR_RETURN(sparse::v1::ModelStatus status, client.GetModel(model));
-  const auto& version = status.versions(status.versions_size() - 1);
-  const int64_t d = version.input_dim(), rows = absl::GetFlag(FLAGS_batch);
-  const int64_t requests = absl::GetFlag(FLAGS_requests);
-  const int concurrency = absl::GetFlag(FLAGS_concurrency);
-  if (requests < 1 || rows < 1 || concurrency < 1 || concurrency > 1024) {
-    return Usage("--requests and --batch must be >= 1 and --concurrency in [1, 1024]");
+absl::Status Bench() {
+  BenchOptions o;
+  o.target = absl::GetFlag(FLAGS_target);
+  o.echo_target = absl::GetFlag(FLAGS_echo_target);
+  o.allow_remote = absl::GetFlag(FLAGS_allow_remote);
+  o.model = absl::GetFlag(FLAGS_model);
+  o.version = absl::GetFlag(FLAGS_version);
+  o.paths = absl::StrSplit(absl::GetFlag(FLAGS_paths), ',', absl::SkipWhitespace());
+  if (!o.echo_target.empty() && std::find(o.paths.begin(), o.paths.end(), "bare_echo") == o.paths.end()) {
+    o.paths.push_back("bare_echo");
   }
-  std::mt19937_64 rng(1);
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  std::vector<std::vector<float>> pool(64);
-  for (auto& x : pool) {
-    x.resize(rows * d);
-    for (float& v : x) v = u(rng);
+  o.batch = absl::GetFlag(FLAGS_batch);
+  const std::string mode = absl::GetFlag(FLAGS_mode), arrival = absl::GetFlag(FLAGS_arrival);
+  if (mode != "closed" && mode != "open") return Usage("--mode: expected closed or open, got '" + mode + "'");
+  if (arrival != "constant" && arrival != "poisson") {
+    return Usage("--arrival: expected constant or poisson, got '" + arrival + "'");
   }
-  // Echo carries as many bytes as a Predict request of this batch.
-  const std::string payload(static_cast<size_t>(rows * d * sizeof(float)), 'x');
-  auto predict = [&](bool dense) {
-    return [&, dense](int64_t i) -> absl::StatusOr<Sample> {
-      ASSIGN_OR_RETURN(auto call, client.Predict(model, 0, rows, pool[i % pool.size()], dense, false));
-      const auto& cost = call.response.cost();
-      return Sample{call.round_trip_ns, cost.route_ns(), cost.compute_ns(), cost.flops()};
-    };
-  };
-  auto echo = [&payload](SparseClient& target) {
-    return [&target, &payload](int64_t) -> absl::StatusOr<Sample> {
-      ASSIGN_OR_RETURN(int64_t ns, target.Echo(payload));
-      return Sample{ns, 0, 0, 0};
-    };
-  };
-  // Warm up every worker and connection first.
-  for (int warm = 0; warm < 20; ++warm) {
-    for (bool dense : {false, true}) RETURN_IF_ERROR(predict(dense)(warm).status());
+  o.mode = mode == "closed" ? Load::Mode::kClosed : Load::Mode::kOpen;
+  o.poisson = arrival == "poisson";
+  if (o.mode == Load::Mode::kClosed) {
+    ASSIGN_OR_RETURN(o.concurrency, Levels<int>("concurrency", absl::GetFlag(FLAGS_concurrency)));
+  } else {
+    ASSIGN_OR_RETURN(o.rates, Levels<double>("rate", absl::GetFlag(FLAGS_rate)));
   }
-  std::vector<PathResult> results;
-  results.push_back(RunClosedLoop("sparse", requests, concurrency, predict(false)));
-  results.push_back(RunClosedLoop("dense", requests, concurrency, predict(true)));
-  results.push_back(RunClosedLoop("echo", requests, concurrency, echo(client)));
-  std::unique_ptr<SparseClient> bare;
-  const std::string echo_target = absl::GetFlag(FLAGS_echo_target);
-  if (!echo_target.empty()) {
-    bare = std::make_unique<SparseClient>(echo_target, std::chrono::milliseconds(absl::GetFlag(FLAGS_timeout_ms)));
-    for (int warm = 0; warm < 20; ++warm) RETURN_IF_ERROR(bare->Echo(payload).status());
-    results.push_back(RunClosedLoop("bare_echo", requests, concurrency, echo(*bare)));
-  }
-  for (const PathResult& r : results) {
-    if (r.errors == requests) {
-      return absl::UnavailableError(absl::StrCat(r.name, ": every request failed: ", r.first_error));
-    }
-  }
-  if (absl::GetFlag(FLAGS_json)) {
-    std::vector<std::string> parts;
-    for (const PathResult& r : results) {
-      parts.push_back(absl::StrFormat(
-          "\"%s\":{\"requests\":%d,\"errors\":%d,\"throughput_rps\":%.1f,\"flops_per_request\":%d,"
-          "\"p50_us\":%.2f,\"p90_us\":%.2f,\"p99_us\":%.2f,\"route_p50_us\":%.2f,"
-          "\"compute_p50_us\":%.2f}",
-          r.name, static_cast<int64_t>(r.round_trip.size()), r.errors,
-          r.round_trip.size() / r.seconds, r.flops, Percentile(r.round_trip, 0.5),
-          Percentile(r.round_trip, 0.9), Percentile(r.round_trip, 0.99), Percentile(r.route, 0.5),
-          Percentile(r.compute, 0.5)));
-    }
-    std::printf("{\"model\":\"%s\",\"batch\":%lld,\"concurrency\":%d,%s}\n", model.c_str(),
-                static_cast<long long>(rows), concurrency, absl::StrJoin(parts, ",").c_str());
-    return absl::OkStatus();
-  }
-  std::printf("%s, batch %lld, %lld requests per path, %d in flight (closed loop)\n", model.c_str(),
-              static_cast<long long>(rows), static_cast<long long>(requests), concurrency);
-  std::printf("  %-9s %10s %14s %9s %9s %9s %9s %11s %7s\n", "path", "req/s", "FLOPs/request",
-              "p50 us", "p90 us", "p99 us", "route us", "compute us", "errors");
-  for (const PathResult& r : results) {
-    std::printf("  %-9s %10.0f %14lld %9.1f %9.1f %9.1f %9.1f %11.1f %7lld\n", r.name.c_str(),
-                r.round_trip.size() / r.seconds, static_cast<long long>(r.flops),
-                Percentile(r.round_trip, 0.5), Percentile(r.round_trip, 0.9),
-                Percentile(r.round_trip, 0.99), Percentile(r.route, 0.5),
-                Percentile(r.compute, 0.5), static_cast<long long>(r.errors));
-  }
-  std::printf("  (echo: this server's path without a model%s)\n",
-              bare ? "; bare_echo: a bare gRPC echo server, the transport floor" : "");
-  return absl::OkStatus();
+  o.schedule.warmup_seconds = absl::GetFlag(FLAGS_warmup_seconds);
+  o.schedule.window_seconds = absl::GetFlag(FLAGS_window_seconds);
+  o.schedule.stable_windows = absl::GetFlag(FLAGS_stable_windows);
+  o.schedule.max_windows = absl::GetFlag(FLAGS_max_windows);
+  o.schedule.stability = absl::GetFlag(FLAGS_stability);
+  o.schedule.max_requests = absl::GetFlag(FLAGS_max_requests);
+  o.schedule.max_outstanding = absl::GetFlag(FLAGS_max_outstanding);
+  o.timeout = std::chrono::milliseconds(absl::GetFlag(FLAGS_timeout_ms));
+  o.csv_path = absl::GetFlag(FLAGS_csv);
+  o.plot_path = absl::GetFlag(FLAGS_plot);
+  o.json = absl::GetFlag(FLAGS_json);
+  o.progress = !absl::GetFlag(FLAGS_quiet);
+  return RunBench(o);
 }
 
 }  // namespace
@@ -400,8 +341,9 @@ int main(int argc, char** argv) {
       "  sparse-cli predict --model=M --csv=rows.csv    (--csv=- reads stdin)\n"
       "  sparse-cli models [--json]\n"
       "  sparse-cli health [--model=M]                  (exit 0 only when SERVING)\n"
-      "  sparse-cli bench --model=M [--requests=300] [--batch=1] [--concurrency=1]\n"
-      "                   [--echo_target=host:port]\n\n"
+      "  sparse-cli bench --model=M [--concurrency=1,4,16] [--batch=1] [--paths=sparse,dense]\n"
+      "                   [--echo_target=host:port] [--csv=F] [--plot=F.svg] [--json]\n"
+      "  sparse-cli bench --model=M --mode=open --rate=1000,5000 [--arrival=poisson]\n\n"
       "--target says where the server is (default localhost:8500).",
       "sparse_cli_main.");
   if (args.size() != 1) {
@@ -420,7 +362,7 @@ int main(int argc, char** argv) {
   } else if (command == "health") {
     status = sparse::Health(client, &serving);
   } else if (command == "bench") {
-    status = sparse::Bench(client);
+    status = sparse::Bench();
   } else {
     std::fprintf(stderr, "sparse-cli: unknown command '%s' (predict, models, health, bench)\n",
                  command.c_str());

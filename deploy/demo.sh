@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The main job (make demo): train a small model repository if there is none,
-# start sparse-server on localhost, send a few hundred prediction RPCs to
+# start sparse-server on localhost, measure thousands of prediction RPCs on
 # each model on both endpoints, print how sparse and dense compare, stop.
 #
 #   deploy/demo.sh            (make demo builds first, then runs this)
-#   DEMO_REQUESTS=1000 deploy/demo.sh
+#   DEMO_SECONDS=2 deploy/demo.sh     (measurement window per path, default 0.5 s)
 #
 # Models (trained once into $BUILD_DIR/demo-models, reused afterwards):
 #   poly_lsh  LSH table, 8 tables x 11 hyperplane bits, on the paper's random
@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD_DIR:-build}
 REPO=${DEMO_REPOSITORY:-$BUILD/demo-models}
-REQUESTS=${DEMO_REQUESTS:-300}
+WINDOW=${DEMO_SECONDS:-0.5}
 TRAIN=$BUILD/model_store/sparse-train
 SERVER=$BUILD/server/sparse-server
 CLI=$BUILD/client/sparse-cli
@@ -66,8 +66,9 @@ target="127.0.0.1:$port"
 "$CLI" --target="$target" models --json >"$work/models.json"
 
 for model in poly_lsh poly_dsm; do
-  say "sending $REQUESTS requests to each endpoint of $model"
-  "$CLI" --target="$target" bench --model="$model" --requests="$REQUESTS" --json >"$work/$model.json"
+  say "measuring both endpoints of $model, one request in flight (sparse-cli bench)"
+  "$CLI" --target="$target" bench --model="$model" --concurrency=1 --warmup_seconds=0.5 \
+    --window_seconds="$WINDOW" --max_windows=8 --quiet --json >"$work/$model.json"
 done
 
 kill -TERM "$server_pid"
@@ -82,7 +83,7 @@ print()
 print("%-9s %-7s %-11s %14s %9s %9s %10s %12s" % ("model", "path", "test MSE", "FLOPs/request",
                                                   "p50 us", "p99 us", "route us", "compute us"))
 for name in ["poly_lsh", "poly_dsm"]:
-    bench = json.load(open(os.path.join(work, name + ".json")))
+    bench = {r["path"]: r for r in json.load(open(os.path.join(work, name + ".json")))["results"]}
     info = models[name]["versions"][-1]["info"]
     for path, key in (("sparse", "test_mse"), ("dense", "dense_test_mse")):
         b = bench[path]
@@ -90,7 +91,7 @@ for name in ["poly_lsh", "poly_dsm"]:
             name, path, "%.3e" % float(info.get(key, "nan")), b["flops_per_request"],
             b["p50_us"], b["p99_us"], b["route_p50_us"], b["compute_p50_us"]))
 for name in ["poly_lsh", "poly_dsm"]:
-    bench = json.load(open(os.path.join(work, name + ".json")))
+    bench = {r["path"]: r for r in json.load(open(os.path.join(work, name + ".json")))["results"]}
     s, d = bench["sparse"], bench["dense"]
     print("%s: dense / sparse = %.2fx the FLOPs, %.2fx the compute time, %.2fx route+compute" % (
         name, d["flops_per_request"] / s["flops_per_request"],

@@ -6,6 +6,7 @@ and grpc-tools) and sparse-cli call Predict and PredictDense.
 
     end_to_end_test.py SOURCE_DIR BUILD_DIR
 """
+import csv as csvlib
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from xml.etree import ElementTree
 
 source, build = sys.argv[1], sys.argv[2]
 TRAIN = os.path.join(build, "model_store", "sparse-train")
@@ -131,6 +133,42 @@ with tempfile.TemporaryDirectory() as tmp:
         bad = run([CLI, "--target=" + target, "predict", "--model=poly_lsh", "--inputs=1,2,3"])
         check(bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr and "expected" in bad.stderr,
               "bad width via sparse-cli: " + bad.stderr)
+        # sparse-cli bench: a two-level sweep over both endpoints, written as
+        # JSON, CSV and an SVG plot.
+        csv_path, svg_path = os.path.join(tmp, "bench.csv"), os.path.join(tmp, "bench.svg")
+        bench = run([CLI, "--target=" + target, "bench", "--model=poly_dsm", "--concurrency=1,4",
+                     "--warmup_seconds=0.1", "--window_seconds=0.2", "--stable_windows=2",
+                     "--max_windows=3", "--json", "--quiet", "--csv=" + csv_path, "--plot=" + svg_path])
+        check(bench.returncode == 0, "sparse-cli bench: " + bench.stderr)
+        if bench.returncode == 0:
+            results = json.loads(bench.stdout)["results"]
+            check([(r["path"], r["concurrency"]) for r in results] ==
+                  [("sparse", 1), ("dense", 1), ("sparse", 4), ("dense", 4)],
+                  "bench alternates paths at each level: %s" % [(r["path"], r.get("concurrency")) for r in results])
+            for r in results:
+                check(r["requests"] > 0 and r["errors"] == 0 and r["throughput_rps"] > 0 and
+                      r["p50_us"] <= r["p99_us"] <= r["p999_us"] and
+                      r["server_cpu_us_per_request"] > 0 and r["client_cpu_us_per_request"] > 0,
+                      "bench figures are consistent: %s" % r)
+            sparse = [r for r in results if r["path"] == "sparse"][0]
+            dense = [r for r in results if r["path"] == "dense"][0]
+            check(sparse["flops_per_request"] == 71808 and dense["flops_per_request"] == 4202496,
+                  "bench reports the engine's FLOPs: %d %d" % (sparse["flops_per_request"], dense["flops_per_request"]))
+            rows = list(csvlib.DictReader(open(csv_path)))
+            check(len(rows) == 4 and rows[0]["path"] == "sparse" and float(rows[0]["throughput_rps"]) > 0,
+                  "bench --csv: %s" % rows[:1])
+            svg = ElementTree.parse(svg_path).getroot()
+            lines = svg.findall("{http://www.w3.org/2000/svg}polyline")
+            check(len(lines) == 4 and all(len(l.get("points").split()) == 2 for l in lines),
+                  "bench --plot: 4 series (p50/p99 of sparse and dense) of 2 points each")
+        remote = run([CLI, "--target=10.1.2.3:8500", "bench", "--model=poly_dsm"])
+        check(remote.returncode == 2 and "--allow_remote" in remote.stderr,
+              "bench refuses a remote target unless --allow_remote: " + remote.stderr)
+        open_loop = run([CLI, "--target=" + target, "bench", "--model=poly_lsh", "--mode=open",
+                         "--rate=200", "--arrival=poisson", "--paths=sparse", "--warmup_seconds=0",
+                         "--window_seconds=0.3", "--stable_windows=2", "--max_windows=2", "--json", "--quiet"])
+        check(open_loop.returncode == 0 and json.loads(open_loop.stdout)["results"][0]["rate_rps"] == 200,
+              "bench open loop: " + open_loop.stdout + open_loop.stderr)
         down = run([CLI, "--target=127.0.0.1:1", "--timeout_ms=2000", "models"])
         check(down.returncode == 1 and "UNAVAILABLE" in down.stderr, "unreachable server: " + down.stderr)
     finally:

@@ -41,4 +41,15 @@ inline ::testing::AssertionResult AllNear(const std::vector<float>& a, const std
     EXPECT_TRUE(sparse_expect_status_.ok()) << sparse_expect_status_; \
   } while (0)
 
+// `lhs` = the value of a StatusOr expression, or the test stops with its
+// status. `lhs` may declare a variable: ASSERT_OK_AND_ASSIGN(Foo f, Make());
+#define SPARSE_CONCAT_INNER_(a, b) a##b
+#define SPARSE_CONCAT_(a, b) SPARSE_CONCAT_INNER_(a, b)
+#define ASSERT_OK_AND_ASSIGN(lhs, expr) \
+  ASSERT_OK_AND_ASSIGN_IMPL_(SPARSE_CONCAT_(sparse_statusor_, __LINE__), lhs, expr)
+#define ASSERT_OK_AND_ASSIGN_IMPL_(statusor, lhs, expr)   \
+  auto statusor = (expr);                                 \
+  ASSERT_TRUE(statusor.ok()) << statusor.status();        \
+  lhs = std::move(statusor).value()
+
 #endif  // SPARSE_TESTS_TESTING_MATCHERS_H_

@@ -1,0 +1,362 @@
+#include "client/bench_command.h"
+
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <random>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+#include "client/client.h"
+#include "client/svg_plot.h"
+#include "engine/status_macros.h"  // header-only macros
+#include "nlohmann/json.hpp"
+
+namespace sparse {
+namespace {
+
+using Json = nlohmann::json;
+using sparse::v1::PredictRequest;
+using sparse::v1::PredictResponse;
+
+constexpr int kInputPool = 64;  // distinct request bodies cycled through
+
+// A path's requests and the client that sends them, alive for the run.
+struct PathSetup {
+  std::string name;
+  SparseClient* client = nullptr;
+  std::vector<PredictRequest> predict;  // sparse / dense
+  sparse::v1::EchoRequest echo;         // echo / bare_echo
+  bool dense = false;
+};
+
+LoadPath MakeLoadPath(PathSetup* setup) {
+  LoadPath path;
+  path.name = setup->name;
+  SparseClient* client = setup->client;
+  if (setup->predict.empty()) {
+    path.issue = [setup, client](int64_t, std::function<void(absl::Status, ServerSide)> done) {
+      client->EchoAsync(&setup->echo, [done = std::move(done)](absl::Status s) { done(s, {}); });
+    };
+  } else {
+    path.issue = [setup, client](int64_t i, std::function<void(absl::Status, ServerSide)> done) {
+      client->PredictAsync(&setup->predict[i % setup->predict.size()], setup->dense,
+                           [done = std::move(done)](absl::Status s, const PredictResponse& r) {
+                             const auto& c = r.cost();
+                             done(s, ServerSide{.total_ns = c.total_ns(),
+                                                .queue_ns = c.queue_ns(),
+                                                .route_ns = c.route_ns(),
+                                                .compute_ns = c.compute_ns(),
+                                                .flops = c.flops()});
+                           });
+    };
+  }
+  path.server_cpu_ns = [client]() -> absl::StatusOr<int64_t> {
+    ASSIGN_OR_RETURN(sparse::v1::ServerStats stats, client->GetServerStats());
+    return stats.cpu_user_ns() + stats.cpu_system_ns();
+  };
+  return path;
+}
+
+std::string Level(const LevelResult& r) {
+  return r.load.mode == Load::Mode::kClosed ? absl::StrCat(r.load.concurrency)
+                                            : absl::StrFormat("%g", r.load.rate);
+}
+
+std::string Cpu(double us) { return us < 0 ? "-" : absl::StrFormat("%.1f", us); }
+
+Json ToJson(const LevelResult& r) {
+  Json windows = Json::array();
+  for (const WindowResult& w : r.windows) {
+    windows.push_back({{"seconds", w.seconds}, {"completed", w.completed}, {"errors", w.errors},
+                       {"throughput_rps", w.throughput}, {"p50_us", w.p50_us}, {"p99_us", w.p99_us}});
+  }
+  Json j = {{"path", r.path},
+            {"mode", r.load.mode == Load::Mode::kClosed ? "closed" : "open"},
+            {"stable", r.stable},
+            {"seconds", r.seconds},
+            {"requests", r.completed},
+            {"errors", r.errors},
+            {"throughput_rps", r.throughput},
+            {"p50_us", r.p50_us},
+            {"p90_us", r.p90_us},
+            {"p99_us", r.p99_us},
+            {"p999_us", r.p999_us},
+            {"mean_us", r.mean_us},
+            {"max_us", r.max_us},
+            {"server_us", r.server_us},
+            {"queue_us", r.queue_us},
+            {"route_us", r.route_us},
+            {"compute_us", r.compute_us},
+            {"network_us", r.network_us},
+            {"route_p50_us", r.route_p50_us},
+            {"compute_p50_us", r.compute_p50_us},
+            {"flops_per_request", r.flops_per_request},
+            {"client_cpu_us_per_request", r.client_cpu_us_per_request},
+            {"server_cpu_us_per_request",
+             r.server_cpu_us_per_request < 0 ? Json(nullptr) : Json(r.server_cpu_us_per_request)},
+            {"windows", windows}};
+  if (r.load.mode == Load::Mode::kClosed) {
+    j["concurrency"] = r.load.concurrency;
+  } else {
+    j["rate_rps"] = r.load.rate;
+    j["arrival"] = r.load.poisson ? "poisson" : "constant";
+  }
+  if (!r.first_error.empty()) j["first_error"] = r.first_error;
+  return j;
+}
+
+absl::Status WriteFile(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::trunc);
+  out << text;
+  out.close();
+  if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
+  return absl::OkStatus();
+}
+
+std::string Csv(const std::string& model, int64_t batch, const std::vector<LevelResult>& results) {
+  std::string out =
+      "model,batch,path,mode,concurrency,rate_rps,arrival,stable,seconds,requests,errors,"
+      "throughput_rps,p50_us,p90_us,p99_us,p999_us,mean_us,max_us,server_us,queue_us,route_us,"
+      "compute_us,network_us,flops_per_request,client_cpu_us_per_request,"
+      "server_cpu_us_per_request\n";
+  for (const LevelResult& r : results) {
+    const bool closed = r.load.mode == Load::Mode::kClosed;
+    absl::StrAppendFormat(
+        &out, "%s,%d,%s,%s,%s,%s,%s,%d,%.3f,%d,%d,%.1f,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,"
+              "%.2f,%.2f,%d,%.2f,%s\n",
+        model, batch, r.path, closed ? "closed" : "open", closed ? absl::StrCat(r.load.concurrency) : "",
+        closed ? "" : absl::StrFormat("%g", r.load.rate), closed ? "" : (r.load.poisson ? "poisson" : "constant"),
+        r.stable ? 1 : 0, r.seconds, r.completed, r.errors, r.throughput, r.p50_us, r.p90_us, r.p99_us,
+        r.p999_us, r.mean_us, r.max_us, r.server_us, r.queue_us, r.route_us, r.compute_us, r.network_us,
+        r.flops_per_request, r.client_cpu_us_per_request,
+        r.server_cpu_us_per_request < 0 ? "" : absl::StrFormat("%.2f", r.server_cpu_us_per_request));
+  }
+  return out;
+}
+
+std::string Plot(const BenchOptions& o, const std::vector<LevelResult>& results) {
+  static const std::map<std::string, std::string> kColors = {
+      {"sparse", "#1f77b4"}, {"dense", "#d62728"}, {"echo", "#2ca02c"}, {"bare_echo", "#7f7f7f"}};
+  std::vector<PlotSeries> series;
+  for (const std::string& path : o.paths) {
+    const auto color = kColors.find(path);
+    PlotSeries p50{.name = path + " p50", .color = color == kColors.end() ? "black" : color->second,
+                   .dashed = false, .points = {}};
+    PlotSeries p99 = p50;
+    p99.name = path + " p99";
+    p99.dashed = true;
+    for (const LevelResult& r : results) {
+      if (r.path != path || r.completed == 0) continue;
+      p50.points.emplace_back(r.throughput, r.p50_us);
+      p99.points.emplace_back(r.throughput, r.p99_us);
+    }
+    series.push_back(std::move(p50));
+    series.push_back(std::move(p99));
+  }
+  const bool closed = o.mode == Load::Mode::kClosed;
+  std::vector<std::string> levels;
+  if (closed) {
+    for (int c : o.concurrency) levels.push_back(absl::StrCat(c));
+  } else {
+    for (double r : o.rates) levels.push_back(absl::StrFormat("%g", r));
+  }
+  return LatencyThroughputSvg(
+      absl::StrFormat("%s: latency vs throughput, batch %d", o.model, o.batch),
+      closed ? absl::StrCat("closed loop, concurrency ", absl::StrJoin(levels, ", "))
+             : absl::StrCat("open loop (", o.poisson ? "poisson" : "constant",
+                            "), offered req/s ", absl::StrJoin(levels, ", ")),
+      series);
+}
+
+void PrintTable(const BenchOptions& o, const std::vector<LevelResult>& results) {
+  const bool closed = o.mode == Load::Mode::kClosed;
+  std::printf("%s, batch %lld, %s loop%s; windows of %gs after %gs warm-up, stable = last %d "
+              "windows within +-%g%%\n",
+              o.model.c_str(), static_cast<long long>(o.batch), closed ? "closed" : "open",
+              closed ? "" : (o.poisson ? " (poisson arrivals)" : " (constant rate)"),
+              o.schedule.window_seconds, o.schedule.warmup_seconds, o.schedule.stable_windows,
+              o.schedule.stability * 100);
+  std::printf("  %-8s %-9s %9s %8s %8s %8s %9s %7s %10s %13s %16s %14s %s\n",
+              closed ? "inflight" : "offered", "path", "req/s", "p50 us", "p90 us", "p99 us",
+              "p99.9 us", "errors", "FLOPs/req", "server us", "queue/compute", "CPU us/req",
+              "stable");
+  for (const LevelResult& r : results) {
+    std::printf("  %-8s %-9s %9.0f %8.1f %8.1f %8.1f %9.1f %7lld %10lld %13.1f %7.1f/%-8.1f %6s/%-7s %s\n",
+                Level(r).c_str(), r.path.c_str(), r.throughput, r.p50_us, r.p90_us, r.p99_us,
+                r.p999_us, static_cast<long long>(r.errors),
+                static_cast<long long>(r.flops_per_request), r.server_us, r.queue_us,
+                r.route_us + r.compute_us, Cpu(r.client_cpu_us_per_request).c_str(),
+                Cpu(r.server_cpu_us_per_request).c_str(), r.stable ? "yes" : "no");
+  }
+  std::printf("  server us: mean time on the server (arrival to answer); queue/compute: its mean wait "
+              "for a worker\n  and route+compute; the rest of the round trip is network and "
+              "client. CPU us/req: client/server\n  process CPU per request (all threads).%s\n",
+              std::find(o.paths.begin(), o.paths.end(), "bare_echo") != o.paths.end()
+                  ? " echo: this server without a model; bare_echo: a bare gRPC echo server."
+                  : "");
+  for (const LevelResult& r : results) {
+    if (!r.first_error.empty()) {
+      std::printf("  %s at %s: %lld errors, the first: %s\n", r.path.c_str(),
+                  r.load.Describe().c_str(), static_cast<long long>(r.errors), r.first_error.c_str());
+    }
+  }
+}
+
+absl::Status Check(const BenchOptions& o) {
+  if (o.model.empty()) return absl::InvalidArgumentError("bench needs --model");
+  if (o.batch < 1) return absl::InvalidArgumentError("--batch must be >= 1");
+  if (o.paths.empty()) return absl::InvalidArgumentError("--paths is empty");
+  for (const std::string& p : o.paths) {
+    if (p != "sparse" && p != "dense" && p != "echo" && p != "bare_echo") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--paths: unknown path '", p, "' (expected sparse, dense, echo or bare_echo)"));
+    }
+    if (p == "bare_echo" && o.echo_target.empty()) {
+      return absl::InvalidArgumentError("--paths=bare_echo needs --echo_target=host:port");
+    }
+  }
+  if (o.mode == Load::Mode::kClosed && o.concurrency.empty()) {
+    return absl::InvalidArgumentError("--concurrency needs at least one level, e.g. 1,4,16");
+  }
+  if (o.mode == Load::Mode::kOpen && o.rates.empty()) {
+    return absl::InvalidArgumentError("--mode=open needs --rate, e.g. --rate=1000,2000");
+  }
+  for (const std::string& t : {o.target, o.echo_target}) {
+    if (!t.empty() && !o.allow_remote && !IsLoopbackTarget(t)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "bench drives load at ", t, ", which is not on this machine; pass --allow_remote to "
+          "load a remote server"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool IsLoopbackTarget(const std::string& target) {
+  absl::string_view t = target;
+  absl::ConsumePrefix(&t, "dns:///");
+  absl::ConsumePrefix(&t, "ipv4:");
+  absl::ConsumePrefix(&t, "ipv6:");
+  if (absl::StartsWith(t, "unix:") || absl::StartsWith(t, "unix-abstract:")) return true;
+  if (absl::StartsWith(t, "[::1]")) return true;
+  const absl::string_view host = t.substr(0, t.rfind(':'));
+  return host == "localhost" || absl::StartsWith(host, "127.");
+}
+
+absl::Status RunBench(const BenchOptions& o) {
+  RETURN_IF_ERROR(Check(o));
+  SparseClient client(o.target, o.timeout);
+  ASSIGN_OR_RETURN(sparse::v1::ModelStatus status, client.GetModel(o.model));
+  const sparse::v1::VersionStatus* version = &status.versions(status.versions_size() - 1);
+  for (const auto& v : status.versions()) {
+    if (v.version() == (o.version ? o.version : status.serving_version())) version = &v;
+  }
+  const int64_t d = version->input_dim();
+  std::unique_ptr<SparseClient> bare;
+  if (!o.echo_target.empty()) bare = std::make_unique<SparseClient>(o.echo_target, o.timeout);
+
+  // Request bodies: kInputPool random batches in [-1, 1], the same for every
+  // path; Echo carries as many bytes as a Predict request of this batch.
+  std::mt19937_64 rng(1);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<PathSetup> setups(o.paths.size());
+  for (size_t i = 0; i < o.paths.size(); ++i) {
+    PathSetup& s = setups[i];
+    s.name = o.paths[i];
+    s.client = s.name == "bare_echo" ? bare.get() : &client;
+    s.echo.set_payload(std::string(static_cast<size_t>(o.batch * d * sizeof(float)), 'x'));
+    if (s.name == "sparse" || s.name == "dense") {
+      s.dense = s.name == "dense";
+      rng.seed(1);
+      for (int k = 0; k < kInputPool; ++k) {
+        PredictRequest r;
+        r.set_model(o.model);
+        r.set_version(o.version);
+        r.set_rows(o.batch);
+        for (int64_t j = 0; j < o.batch * d; ++j) r.add_inputs(u(rng));
+        s.predict.push_back(std::move(r));
+      }
+    }
+  }
+  // One request per path first: a wrong model or a missing dense twin fails
+  // here with the server's message, not as a table of errors.
+  for (PathSetup& s : setups) {
+    absl::Status first;
+    if (s.predict.empty()) {
+      first = s.client->Echo(s.echo.payload()).status();
+    } else {
+      std::vector<float> x(s.predict[0].inputs().begin(), s.predict[0].inputs().end());
+      first = s.client->Predict(o.model, o.version, o.batch, x, s.dense, false).status();
+    }
+    if (!first.ok()) {
+      return absl::Status(first.code(), absl::StrCat(s.name, ": ", first.message()));
+    }
+  }
+
+  std::vector<Load> loads;
+  if (o.mode == Load::Mode::kClosed) {
+    for (int c : o.concurrency) loads.push_back(Load{.mode = Load::Mode::kClosed, .concurrency = c});
+  } else {
+    for (double r : o.rates) {
+      loads.push_back(Load{.mode = Load::Mode::kOpen, .concurrency = 1, .rate = r, .poisson = o.poisson});
+    }
+  }
+  const int steps = static_cast<int>(loads.size() * setups.size());
+  int step = 0;
+  const bool tty = isatty(fileno(stderr));
+  std::vector<LevelResult> results;
+  for (const Load& load : loads) {
+    for (PathSetup& s : setups) {  // the paths alternate at every level
+      ++step;
+      ProgressCallback progress;
+      if (o.progress) {
+        progress = [&, step](const LevelResult& r, int window) {
+          std::fprintf(stderr, "%s[bench %d/%d] %s %s: window %d/%d, %.0f req/s, p50 %.1f us, p99 "
+                       "%.1f us, %lld errors%s",
+                       tty ? "\r\033[K" : "", step, steps, r.path.c_str(), load.Describe().c_str(),
+                       window + 1, o.schedule.max_windows, r.throughput, r.p50_us, r.p99_us,
+                       static_cast<long long>(r.errors), tty ? "" : "\n");
+          std::fflush(stderr);
+        };
+      }
+      LoadPath path = MakeLoadPath(&s);
+      ASSIGN_OR_RETURN(LevelResult r, RunLevel(path, load, o.schedule, progress));
+      if (r.completed == 0 && r.errors > 0) {
+        if (o.progress && tty) std::fprintf(stderr, "\n");
+        return absl::UnavailableError(absl::StrCat(r.path, " at ", load.Describe(),
+                                                   ": every request failed: ", r.first_error));
+      }
+      results.push_back(std::move(r));
+    }
+  }
+  if (o.progress && tty) std::fprintf(stderr, "\r\033[K");
+
+  if (!o.csv_path.empty()) RETURN_IF_ERROR(WriteFile(o.csv_path, Csv(o.model, o.batch, results)));
+  if (!o.plot_path.empty()) RETURN_IF_ERROR(WriteFile(o.plot_path, Plot(o, results)));
+  if (o.json) {
+    Json levels = Json::array();
+    for (const LevelResult& r : results) levels.push_back(ToJson(r));
+    const Json out = {{"model", o.model},
+                      {"version", version->version()},
+                      {"batch", o.batch},
+                      {"mode", o.mode == Load::Mode::kClosed ? "closed" : "open"},
+                      {"results", levels}};
+    std::printf("%s\n", out.dump().c_str());
+  } else {
+    PrintTable(o, results);
+    if (!o.csv_path.empty()) std::printf("  wrote %s\n", o.csv_path.c_str());
+    if (!o.plot_path.empty()) std::printf("  wrote %s\n", o.plot_path.c_str());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace sparse

@@ -1,0 +1,47 @@
+// `sparse-cli bench`: the sparse and dense endpoints of one model (and,
+// when asked, Echo on the same server and a bare gRPC echo server) driven by
+// the load generator at every requested load level, alternating paths at
+// each level, then printed side by side, and optionally written as CSV,
+// JSON and an SVG latency-vs-throughput plot.
+#ifndef SPARSE_CLIENT_BENCH_COMMAND_H_
+#define SPARSE_CLIENT_BENCH_COMMAND_H_
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "client/load_generator.h"
+
+namespace sparse {
+
+struct BenchOptions {
+  std::string target;       // sparse-server
+  std::string echo_target;  // bench/echo_server; "" = none
+  bool allow_remote = false;
+  std::string model;
+  int64_t version = 0;
+  std::vector<std::string> paths;  // sparse, dense, echo, bare_echo
+  int64_t batch = 1;
+  Load::Mode mode = Load::Mode::kClosed;
+  std::vector<int> concurrency;  // closed loop levels
+  std::vector<double> rates;     // open loop levels
+  bool poisson = false;
+  Schedule schedule;
+  std::chrono::milliseconds timeout{30000};
+  std::string csv_path, plot_path;  // "" = not written
+  bool json = false;                // print JSON instead of the table
+  bool progress = true;             // a line per window on stderr
+};
+
+// Runs the benchmark and prints the result on stdout. Errors: bad options
+// (INVALID_ARGUMENT, with the flag to fix), an unreachable server, an
+// unknown model, or a path whose every request failed.
+absl::Status RunBench(const BenchOptions& options);
+
+// True for targets on this machine: localhost, 127.0.0.0/8, [::1], unix:.
+bool IsLoopbackTarget(const std::string& target);
+
+}  // namespace sparse
+
+#endif  // SPARSE_CLIENT_BENCH_COMMAND_H_

@@ -1,0 +1,204 @@
+// The load generator: what a user relies on when reading its numbers.
+//  - Open loop above capacity, against a real sparse-server running a
+//    deliberately slow model on one worker, reports latency growing window
+//    after window (latency counts from intended send times), while the same
+//    server at a third of its capacity shows flat latency.
+//  - Closed loop never exceeds what its concurrency allows (Little's law),
+//    failed requests are counted with the first error, and the request bound
+//    holds.
+#include "client/load_generator.h"
+
+#include <filesystem>
+#include <thread>
+
+#include "client/client.h"
+#include "gtest/gtest.h"
+#include "model_store/checkpoint.h"
+#include "server/server.h"
+#include "tests/testing/matchers.h"
+#include "tests/testing/random_models.h"
+
+namespace sparse {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A path whose every request ends after `service` on a thread of its own:
+// a server with unlimited parallelism and a fixed service time.
+LoadPath SleepingPath(std::chrono::microseconds service, absl::Status outcome = absl::OkStatus()) {
+  LoadPath path;
+  path.name = "sleeper";
+  path.issue = [service, outcome](int64_t, std::function<void(absl::Status, ServerSide)> done) {
+    std::thread([service, outcome, done = std::move(done)] {
+      std::this_thread::sleep_for(service);
+      done(outcome, ServerSide{.total_ns = 1000, .queue_ns = 0, .route_ns = 0, .compute_ns = 1000,
+                               .flops = 42});
+    }).detach();
+  };
+  return path;
+}
+
+Schedule Short(int windows) {
+  return Schedule{.warmup_seconds = 0.1,
+                  .window_seconds = 0.3,
+                  .stable_windows = windows,
+                  .max_windows = windows,
+                  .stability = 0.5,
+                  .max_requests = 1'000'000,
+                  .max_outstanding = 4096,
+                  .seed = 1};
+}
+
+TEST(LoadGeneratorTest, ClosedLoopThroughputIsBoundedByConcurrencyOverServiceTime) {
+  ASSERT_OK_AND_ASSIGN(
+      LevelResult r, RunLevel(SleepingPath(std::chrono::milliseconds(2)),
+                              Load{.mode = Load::Mode::kClosed, .concurrency = 4}, Short(2)));
+  // 4 in flight, each taking at least 2 ms: at most 2000 requests/s.
+  EXPECT_LE(r.throughput, 2000 * 1.02);
+  EXPECT_GT(r.throughput, 2000 * 0.25);
+  EXPECT_GE(r.p50_us, 2000);
+  EXPECT_EQ(r.errors, 0);
+  EXPECT_EQ(r.flops_per_request, 42);
+  EXPECT_EQ(r.windows.size(), 2u);
+  EXPECT_EQ(r.server_cpu_us_per_request, -1);  // the path cannot tell
+}
+
+TEST(LoadGeneratorTest, FailedRequestsAreCountedWithTheFirstError) {
+  ASSERT_OK_AND_ASSIGN(
+      LevelResult r,
+      RunLevel(SleepingPath(std::chrono::microseconds(500), absl::UnavailableError("queue full")),
+               Load{.mode = Load::Mode::kClosed, .concurrency = 2}, Short(2)));
+  EXPECT_EQ(r.completed, 0);
+  EXPECT_GT(r.errors, 100);
+  EXPECT_EQ(r.first_error, "UNAVAILABLE: queue full");
+}
+
+TEST(LoadGeneratorTest, TheRequestBoundStopsALevelEarly) {
+  Schedule s = Short(5);
+  s.max_requests = 50;
+  ASSERT_OK_AND_ASSIGN(LevelResult r, RunLevel(SleepingPath(std::chrono::microseconds(100)),
+                                               Load{.mode = Load::Mode::kOpen, .rate = 1000}, s));
+  EXPECT_LE(r.completed, 50);
+  EXPECT_LT(r.windows.size(), 5u);
+}
+
+TEST(LoadGeneratorTest, OpenLoopSendsAtTheOfferedRate) {
+  ASSERT_OK_AND_ASSIGN(
+      LevelResult r, RunLevel(SleepingPath(std::chrono::microseconds(200)),
+                              Load{.mode = Load::Mode::kOpen, .rate = 500, .poisson = true}, Short(3)));
+  EXPECT_NEAR(r.throughput, 500, 500 * 0.3);
+  EXPECT_LT(r.p50_us, 5000);  // far below capacity: no queueing
+}
+
+TEST(LoadGeneratorTest, RefusesAnInvalidLoadOrSchedule) {
+  const LoadPath path = SleepingPath(std::chrono::microseconds(1));
+  EXPECT_EQ(RunLevel(path, Load{.mode = Load::Mode::kClosed, .concurrency = 0}, Short(1)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(RunLevel(path, Load{.mode = Load::Mode::kOpen, .rate = -1}, Short(1)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  Schedule bad = Short(3);
+  bad.max_windows = 2;
+  EXPECT_EQ(RunLevel(path, Load{}, bad).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(LoadGeneratorTest, QuantilesUseNearestRank) {
+  std::vector<int64_t> v;
+  for (int i = 1; i <= 1000; ++i) v.push_back(i * 1000);  // 1..1000 us
+  EXPECT_EQ(QuantileMicros(v, 0.5), 500);
+  EXPECT_EQ(QuantileMicros(v, 0.99), 990);
+  EXPECT_EQ(QuantileMicros(v, 0.999), 999);
+  EXPECT_EQ(QuantileMicros(v, 1.0), 1000);
+  EXPECT_EQ(QuantileMicros({}, 0.5), 0);
+}
+
+// A real server with one worker and a model slow enough (a 512 x 8192 dense
+// GEMV, ~1 ms) that a few thousand requests per second overload it.
+class SlowServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = fs::temp_directory_path() / ("sparse_load_test_" + std::to_string(::getpid()));
+    fs::remove_all(root_);
+    Checkpoint slow;
+    slow.sparse = testing::RandomLshTable({.d = 512}, 1);
+    slow.dense = testing::RandomDense(512, 8192, 1, Activation::kRelu, 2);
+    ASSERT_OK(WriteCheckpoint((root_ / "slow").string(), 1, slow));
+    ServerOptions options;
+    options.model_repository = root_.string();
+    options.address = "127.0.0.1";
+    options.port = 0;
+    options.workers = 1;
+    options.max_queue = 1 << 20;
+    absl::StatusOr<std::unique_ptr<SparseServer>> server = SparseServer::Start(options, nullptr);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    client_ = std::make_unique<SparseClient>("127.0.0.1:" + std::to_string(server_->port()));
+    request_.set_model("slow");
+    request_.set_rows(1);
+    for (float v : testing::RandomInputs(1, 512, 3)) request_.add_inputs(v);
+  }
+  void TearDown() override {
+    client_.reset();
+    server_.reset();
+    fs::remove_all(root_);
+  }
+
+  LoadPath Dense() {
+    LoadPath path;
+    path.name = "dense";
+    path.issue = [this](int64_t, std::function<void(absl::Status, ServerSide)> done) {
+      client_->PredictAsync(&request_, /*dense=*/true,
+                            [done = std::move(done)](absl::Status s, const sparse::v1::PredictResponse& r) {
+                              done(s, ServerSide{.total_ns = r.cost().total_ns(),
+                                                 .queue_ns = r.cost().queue_ns(),
+                                                 .route_ns = 0,
+                                                 .compute_ns = r.cost().compute_ns(),
+                                                 .flops = r.cost().flops()});
+                            });
+    };
+    path.server_cpu_ns = [this]() -> absl::StatusOr<int64_t> {
+      absl::StatusOr<sparse::v1::ServerStats> s = client_->GetServerStats();
+      if (!s.ok()) return s.status();
+      return s->cpu_user_ns() + s->cpu_system_ns();
+    };
+    return path;
+  }
+
+  fs::path root_;
+  std::unique_ptr<SparseServer> server_;
+  std::unique_ptr<SparseClient> client_;
+  sparse::v1::PredictRequest request_;
+};
+
+TEST_F(SlowServerTest, OpenLoopAboveCapacityReportsGrowingLatency) {
+  // The server's capacity, from a closed loop with one request in flight.
+  ASSERT_OK_AND_ASSIGN(LevelResult closed,
+                       RunLevel(Dense(), Load{.mode = Load::Mode::kClosed, .concurrency = 1}, Short(2)));
+  ASSERT_EQ(closed.errors, 0) << closed.first_error;
+  const double capacity = closed.throughput;
+  ASSERT_GT(capacity, 20);
+  EXPECT_EQ(closed.flops_per_request, 2 * 8192 * 512 + 2 * 8192);
+  EXPECT_GT(closed.server_cpu_us_per_request, 0);
+
+  // Three times the capacity: every window's requests waited longer than the
+  // last window's, and far longer than one request takes.
+  Schedule s = Short(4);
+  s.warmup_seconds = 0;
+  s.max_outstanding = 64;  // sending waits, and the wait counts
+  ASSERT_OK_AND_ASSIGN(LevelResult over,
+                       RunLevel(Dense(), Load{.mode = Load::Mode::kOpen, .rate = 3 * capacity}, s));
+  ASSERT_EQ(over.windows.size(), 4u);
+  for (size_t w = 1; w < over.windows.size(); ++w) {
+    EXPECT_GT(over.windows[w].p50_us, over.windows[w - 1].p50_us) << "window " << w;
+  }
+  EXPECT_GT(over.windows.back().p50_us, 10 * closed.p50_us);
+  EXPECT_LT(over.throughput, 1.5 * capacity);  // it cannot serve what it cannot
+
+  // A third of the capacity: no queue builds up.
+  ASSERT_OK_AND_ASSIGN(LevelResult under,
+                       RunLevel(Dense(), Load{.mode = Load::Mode::kOpen, .rate = capacity / 3}, Short(3)));
+  EXPECT_LT(under.p50_us, 3 * closed.p50_us);
+  EXPECT_NEAR(under.throughput, capacity / 3, capacity / 3 * 0.3);
+}
+
+}  // namespace
+}  // namespace sparse
