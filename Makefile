@@ -1,13 +1,14 @@
 # sparse-serve: the two commands a user needs.
 #   make test   install missing Debian packages, configure, build, run every test
 #   make demo   the main job: train a demo repository, serve it, compare sparse vs dense
-# Other targets: build, bench, clean.
+# Other targets: build, bench (engine microbenchmarks), bench-serving (sparse vs dense
+# under load, docs/benchmarks.md), clean.
 
 BUILD_DIR ?= build
 BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps configure build test bench demo clean
+.PHONY: all deps configure build test bench bench-serving demo clean
 
 all: build
 
@@ -27,6 +28,9 @@ test: build
 
 bench: build
 	$(BUILD_DIR)/bench/engine_bench --benchmark_min_time=1
+
+bench-serving: build
+	BUILD_DIR=$(BUILD_DIR) bench/serving_bench.sh
 
 demo: build
 	BUILD_DIR=$(BUILD_DIR) deploy/demo.sh

@@ -6,63 +6,28 @@
 #   deploy/demo.sh            (make demo builds first, then runs this)
 #   DEMO_SECONDS=2 deploy/demo.sh     (measurement window per path, default 0.5 s)
 #
-# Models (trained once into $BUILD_DIR/demo-models, reused afterwards):
-#   poly_lsh  LSH table, 8 tables x 11 hyperplane bits, on the paper's random
-#             polynomial (d=8, degree 4); dense twin: its 8 activated units.
-#   poly_dsm  DSM with an lsh router, 64 experts x 64 units (t=4096), on the
-#             paper's manifold polynomial p(Ax) (appendix D.2, d=512, k=8);
-#             dense twin: the full width t=4096.
+# Models: see train_demo_models in deploy/lib.sh (trained once into
+# $BUILD_DIR/demo-models, reused afterwards).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD_DIR:-build}
 REPO=${DEMO_REPOSITORY:-$BUILD/demo-models}
 WINDOW=${DEMO_SECONDS:-0.5}
-TRAIN=$BUILD/model_store/sparse-train
-SERVER=$BUILD/server/sparse-server
-CLI=$BUILD/client/sparse-cli
-for bin in "$TRAIN" "$SERVER" "$CLI"; do
-  [[ -x "$bin" ]] || { echo "demo: $bin is missing; run 'make demo' (it builds first)" >&2; exit 1; }
-done
 say() { echo "[demo] $*" >&2; }
-
-# A model counts as trained when one of its versions has a manifest (a run
-# that failed or was interrupted leaves none, and is retrained).
-trained() { compgen -G "$REPO/$1/*/manifest.json" >/dev/null; }
-
-if ! trained poly_lsh; then
-  say "training poly_lsh (LSH table on the random polynomial, a few seconds)"
-  "$TRAIN" --quiet --model=lsh_table --tables=8 --hashes=11 \
-    --repository="$REPO" --model_name=poly_lsh >&2
-fi
-if ! trained poly_dsm; then
-  say "training poly_dsm (DSM with an lsh router and its full-width dense twin, about 30 s)"
-  "$TRAIN" --quiet --dataset=manifold --d=512 --manifold_dim=8 --router=lsh --experts=64 \
-    --active_units=64 --dense_width=4096 --repository="$REPO" --model_name=poly_dsm >&2
-fi
+source deploy/lib.sh
+require_binaries "$TRAIN" "$SERVER" "$CLI"
+train_demo_models "$REPO"
 
 work=$(mktemp -d)
 server_pid=""
 cleanup() {
-  if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
-    kill -TERM "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-  fi
+  stop_process "$server_pid"
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 say "starting sparse-server on 127.0.0.1 (a free port)"
-"$SERVER" --model_repository="$REPO" --address=127.0.0.1 --port=0 >"$work/port" 2>"$work/server.log" &
-server_pid=$!
-for _ in $(seq 1 600); do
-  [[ -s "$work/port" ]] && break
-  kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log" >&2; exit 1; }
-  sleep 0.1
-done
-[[ -s "$work/port" ]] || { echo "demo: sparse-server did not start within 60 s:" >&2; cat "$work/server.log" >&2; exit 1; }
-port=$(head -n 1 "$work/port")
-target="127.0.0.1:$port"
-"$CLI" --target="$target" health >/dev/null || { echo "demo: server is not serving" >&2; exit 1; }
+start_server "$work/server.log" --model_repository="$REPO"
 "$CLI" --target="$target" models --json >"$work/models.json"
 
 for model in poly_lsh poly_dsm; do

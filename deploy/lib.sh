@@ -1,0 +1,67 @@
+# Shell functions shared by deploy/demo.sh and bench/serving_bench.sh.
+# Source it after setting BUILD (the build directory) and defining say().
+
+TRAIN=$BUILD/model_store/sparse-train
+SERVER=$BUILD/server/sparse-server
+CLI=$BUILD/client/sparse-cli
+ECHO_SERVER=$BUILD/bench/echo_server
+
+require_binaries() {
+  local bin
+  for bin in "$@"; do
+    [[ -x "$bin" ]] || { echo "$bin is missing; build first (make build)" >&2; exit 1; }
+  done
+}
+
+# A model counts as trained when one of its versions has a manifest (a run
+# that failed or was interrupted leaves none, and is retrained).
+trained() { compgen -G "$1/$2/*/manifest.json" >/dev/null; }
+
+# The demo's models, trained once into repository $1:
+#   poly_lsh  LSH table, 8 tables x 11 hyperplane bits, on the paper's random
+#             polynomial (d=8, degree 4); dense twin: its 8 activated units.
+#   poly_dsm  DSM with an lsh router, 64 experts x 64 units (t=4096), on the
+#             paper's manifold polynomial p(Ax) (appendix D.2, d=512, k=8);
+#             dense twin: the full width t=4096.
+train_demo_models() {
+  local repo=$1
+  if ! trained "$repo" poly_lsh; then
+    say "training poly_lsh (LSH table on the random polynomial, a few seconds)"
+    "$TRAIN" --quiet --model=lsh_table --tables=8 --hashes=11 \
+      --repository="$repo" --model_name=poly_lsh >&2
+  fi
+  if ! trained "$repo" poly_dsm; then
+    say "training poly_dsm (DSM with an lsh router and its full-width dense twin, about 30 s)"
+    "$TRAIN" --quiet --dataset=manifold --d=512 --manifold_dim=8 --router=lsh --experts=64 \
+      --active_units=64 --dense_width=4096 --repository="$repo" --model_name=poly_dsm >&2
+  fi
+}
+
+# Starts sparse-server on a free loopback port with the given flags; sets
+# server_pid and target. The caller kills $server_pid (stop_server).
+start_server() {
+  local log=$1
+  shift
+  local port_file
+  port_file=$(mktemp)
+  "$SERVER" --address=127.0.0.1 --port=0 "$@" >"$port_file" 2>"$log" &
+  server_pid=$!
+  local i
+  for i in $(seq 1 600); do
+    [[ -s "$port_file" ]] && break
+    kill -0 "$server_pid" 2>/dev/null || { cat "$log" >&2; rm -f "$port_file"; exit 1; }
+    sleep 0.1
+  done
+  [[ -s "$port_file" ]] || { echo "sparse-server did not start within 60 s:" >&2; cat "$log" >&2; exit 1; }
+  target="127.0.0.1:$(head -n 1 "$port_file")"
+  rm -f "$port_file"
+  "$CLI" --target="$target" health >/dev/null || { echo "sparse-server is not serving" >&2; exit 1; }
+}
+
+# Stops the process $1 (SIGTERM) if it is running and waits for it.
+stop_process() {
+  if [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; then
+    kill -TERM "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+  fi
+}
