@@ -2,13 +2,14 @@
 #   make test   install missing Debian packages, configure, build, run every test
 #   make demo   the main job: train a demo repository, serve it, compare sparse vs dense
 # Other targets: build, bench (engine microbenchmarks), bench-serving (sparse vs dense
-# under load, docs/benchmarks.md), clean.
+# under load, docs/benchmarks.md), peers (our engine next to PyTorch and FAISS;
+# needs the demo models), clean.
 
 BUILD_DIR ?= build
 BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps configure build test bench bench-serving demo clean
+.PHONY: all deps configure build test bench bench-serving peers demo clean
 
 all: build
 
@@ -31,6 +32,17 @@ bench: build
 
 bench-serving: build
 	BUILD_DIR=$(BUILD_DIR) bench/serving_bench.sh
+
+# Installs PyTorch and FAISS if missing, re-runs CMake so it finds FAISS, and
+# builds and runs only what bench/peers needs.
+peers:
+	@ls $(BUILD_DIR)/demo-models/poly_lsh/*/manifest.json \
+	    $(BUILD_DIR)/demo-models/poly_dsm/*/manifest.json >/dev/null 2>&1 || \
+	  { echo "make peers: needs the demo models in $(BUILD_DIR)/demo-models; run 'make demo' first" >&2; exit 1; }
+	@deploy/install-deps.sh --peers
+	cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE)
+	cmake --build $(BUILD_DIR) --target peers_bench -j $(JOBS)
+	BUILD_DIR=$(BUILD_DIR) bench/peers/run.sh
 
 demo: build
 	BUILD_DIR=$(BUILD_DIR) deploy/demo.sh

@@ -4,7 +4,8 @@
 # nothing is fetched when everything is present.
 #
 #   deploy/install-deps.sh          install what is missing
-#   deploy/install-deps.sh --list   print the package list and exit
+#   deploy/install-deps.sh --peers  also the peers benchmark's packages (make peers)
+#   deploy/install-deps.sh --list   print the package list and exit (with --peers too)
 set -euo pipefail
 
 PACKAGES=(
@@ -19,7 +20,22 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
 )
 
-if [[ "${1:-}" == "--list" ]]; then
+# Optional: bench/peers (make peers) compares us with PyTorch and FAISS.
+# OpenBLAS is the BLAS both then run on; libtorch only recommends it, and
+# without it both fall back to the reference BLAS, a comparison that would
+# flatter us.
+PEERS_PACKAGES=(python3-torch libfaiss-dev libopenblas0)
+
+list=0
+for arg in "$@"; do
+  case "$arg" in
+    --list) list=1 ;;
+    --peers) PACKAGES+=("${PEERS_PACKAGES[@]}") ;;
+    *) echo "install-deps: unknown argument: $arg (expected --peers or --list)" >&2; exit 2 ;;
+  esac
+done
+
+if [[ $list -eq 1 ]]; then
   printf '%s\n' "${PACKAGES[@]}"
   exit 0
 fi

@@ -10,8 +10,20 @@
 // Weights are packed once, at load, into the blocked layout oneDNN picks for
 // the shape (Pack / PackAll). On this machine kind that layout runs a batch-1
 // GEMV about 2x faster than the plain row-major one. Where the blocked
-// layout would pad the matrix by more than 25% (e.g. N = 1), or the spec
-// disallows packing (weights gathered per call), the plain layout is kept.
+// layout would pad the matrix by more than 25% (small N: an lsh router's r
+// hyperplanes, an o = 1 top layer, LSH projections of small d), weights stay
+// plain, as output-major [N, K] when K >= N and input-major [K, N]
+// otherwise; where the spec disallows packing (weights gathered per call),
+// spec.layout is kept.
+//
+// Plain weights run the buckets of 1 and 2 rows, and every row count when
+// N = 1, on oneDNN's sgemm (dnnl_sgemm, no primitive) instead: executing a
+// matmul primitive costs ~0.33 µs however small the product, sgemm ~0.1 µs,
+// and the layouts above are the ones sgemm runs fastest. Measured on this
+// machine kind (2026-11-23, while building bench/peers): 3-7x faster per
+// call at 1 row for these shapes, 1.25x or more at 2; from 4 rows up
+// neither wins everywhere (sgemm was up to 3.6x slower), except at N = 1,
+// where sgemm was faster at every row count.
 //
 // Thread-safety: Create() and destruction are not concurrent with Run().
 // Run() is safe from any number of threads at once: each thread executes on
@@ -63,6 +75,8 @@ class MatmulKernel {
  public:
   static constexpr int kNumBuckets = 8;
   static constexpr int64_t kMaxBucketRows = int64_t{1} << (kNumBuckets - 1);  // 128
+  // Plain-layout buckets up to this many rows run on sgemm (see above).
+  static constexpr int64_t kSgemmMaxRows = 2;
 
   // Creates the primitives. Errors if oneDNN rejects the shape.
   static absl::StatusOr<MatmulKernel> Create(const MatmulSpec& spec);
@@ -94,6 +108,9 @@ class MatmulKernel {
     dnnl::memory::desc src, weights, bias, dst, scratchpad;
   };
   MatmulKernel() = default;
+  // y = act(x·W + bias) [+ y] for `rows` rows on dnnl_sgemm. REQUIRES: sgemm_.
+  absl::Status RunSgemm(const float* x, int64_t rows, const float* w, const float* bias,
+                        float* y, int64_t* flops) const;
 
   MatmulSpec spec_;
   uint64_t id_ = 0;                   // unique per Create(); keys per-thread argument caches
@@ -101,6 +118,8 @@ class MatmulKernel {
   dnnl::memory::desc weights_;        // the layout Run() expects
   int64_t packed_floats_ = 0;
   bool packs_ = false;
+  bool sgemm_ = false;             // plain weights, and not ReLU and accumulate together
+  bool sgemm_transposed_ = false;  // weights_ is output-major (or N = 1)
   std::array<Bucket, kNumBuckets> buckets_;
 };
 

@@ -33,18 +33,28 @@ std::vector<float> NaiveMatmul(const std::vector<float>& x, int64_t rows, const 
   return y;
 }
 
+// w in the layout Run() expects: packed when the kernel packs.
+std::vector<float> LayoutForRun(const MatmulKernel& kernel, const std::vector<float>& w) {
+  if (!kernel.packs()) return w;
+  absl::StatusOr<PackedWeights> packed = kernel.PackAll(w.data(), 1);
+  EXPECT_TRUE(packed.ok()) << packed.status();
+  if (!packed.ok()) return {};
+  return std::vector<float>(packed->data(), packed->data() + packed->size());
+}
+
 TEST(MatmulKernelTest, EveryRowCountMatchesNaiveAndCountsExactFlops) {
   for (auto layout : {MatmulSpec::WeightLayout::kOutputMajor, MatmulSpec::WeightLayout::kInputMajor}) {
     const MatmulSpec spec{.k = 13, .n = 5, .layout = layout, .bias = true, .relu = true};
     absl::StatusOr<MatmulKernel> kernel = MatmulKernel::Create(spec);
     ASSERT_TRUE(kernel.ok()) << kernel.status();
     const std::vector<float> w = RandomInputs(spec.n, spec.k, 1);
+    const std::vector<float> w_run = LayoutForRun(*kernel, w);
     const std::vector<float> bias = RandomInputs(1, spec.n, 2);
     for (int64_t rows : {1, 2, 3, 7, 8, 31, 127, 128, 129, 300}) {
       const std::vector<float> x = RandomInputs(rows, spec.k, 100 + rows);
       std::vector<float> y(rows * spec.n, 123.0f);
       int64_t flops = 0;
-      ASSERT_OK(kernel->Run(x.data(), rows, w.data(), bias.data(), y.data(), &flops));
+      ASSERT_OK(kernel->Run(x.data(), rows, w_run.data(), bias.data(), y.data(), &flops));
       EXPECT_TRUE(AllNear(y, NaiveMatmul(x, rows, w, bias, spec))) << "rows=" << rows;
       EXPECT_EQ(flops, 2 * rows * spec.k * spec.n) << "rows=" << rows;
     }
@@ -89,15 +99,56 @@ TEST(MatmulKernelTest, KeepsPlainLayoutWhenPackingWouldPadOrIsDisallowed) {
   EXPECT_FALSE(gathered->packs());
 }
 
+TEST(MatmulKernelTest, KeepsNarrowWeightsPlainInTheLayoutSgemmRunsFastest) {
+  struct Case {
+    MatmulSpec spec;
+    bool packs;  // whether the plain layout chosen differs from spec.layout
+  };
+  // K >= N: output-major (dot products along K); K < N: input-major.
+  const Case cases[] = {
+      {{.k = 512, .n = 6, .layout = MatmulSpec::WeightLayout::kOutputMajor, .bias = true}, false},
+      {{.k = 512, .n = 6, .layout = MatmulSpec::WeightLayout::kInputMajor, .bias = true}, true},
+      {{.k = 8, .n = 88, .layout = MatmulSpec::WeightLayout::kOutputMajor, .bias = true,
+        .relu = true}, true},
+      {{.k = 64, .n = 1, .layout = MatmulSpec::WeightLayout::kInputMajor, .accumulate = true},
+       false},
+  };
+  for (const Case& c : cases) {
+    const MatmulSpec& spec = c.spec;
+    absl::StatusOr<MatmulKernel> kernel = MatmulKernel::Create(spec);
+    ASSERT_TRUE(kernel.ok()) << kernel.status();
+    EXPECT_EQ(kernel->packs(), c.packs) << "K=" << spec.k << " N=" << spec.n;
+    EXPECT_EQ(kernel->packed_floats(), spec.k * spec.n);
+    const std::vector<float> w = RandomInputs(spec.n, spec.k, 8);
+    const std::vector<float> w_run = LayoutForRun(*kernel, w);
+    const std::vector<float> bias = RandomInputs(1, spec.n, 9);
+    // 1 and 2 rows run on sgemm, 3 on sgemm and a primitive, 32 on a
+    // primitive (all on sgemm when N = 1).
+    for (int64_t rows : {1, 2, 3, 32}) {
+      const std::vector<float> x = RandomInputs(rows, spec.k, 10 + rows);
+      std::vector<float> y(rows * spec.n, 0.25f);
+      int64_t flops = 0;
+      ASSERT_OK(kernel->Run(x.data(), rows, w_run.data(), bias.data(), y.data(), &flops));
+      std::vector<float> expected = NaiveMatmul(x, rows, w, bias, spec);
+      if (spec.accumulate) {
+        for (float& v : expected) v += 0.25f;
+      }
+      EXPECT_TRUE(AllNear(y, expected)) << "K=" << spec.k << " N=" << spec.n << " rows " << rows;
+      EXPECT_EQ(flops, 2 * rows * spec.k * spec.n);
+    }
+  }
+}
+
 TEST(MatmulKernelTest, AccumulateAddsIntoOutput) {
   const MatmulSpec spec{.k = 4, .n = 3, .accumulate = true};
   absl::StatusOr<MatmulKernel> kernel = MatmulKernel::Create(spec);
   ASSERT_TRUE(kernel.ok()) << kernel.status();
   const std::vector<float> w = RandomInputs(spec.n, spec.k, 3);
+  const std::vector<float> w_run = LayoutForRun(*kernel, w);
   const std::vector<float> x = RandomInputs(5, spec.k, 4);
   std::vector<float> y(5 * spec.n, 1.5f);
   int64_t flops = 0;
-  ASSERT_OK(kernel->Run(x.data(), 5, w.data(), nullptr, y.data(), &flops));
+  ASSERT_OK(kernel->Run(x.data(), 5, w_run.data(), nullptr, y.data(), &flops));
   std::vector<float> expected = NaiveMatmul(x, 5, w, {}, spec);
   for (float& v : expected) v += 1.5f;
   EXPECT_TRUE(AllNear(y, expected));
