@@ -7,12 +7,18 @@
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
+#include "absl/synchronization/mutex.h"
 
 namespace sparse {
 
 std::vector<std::string> ParseCommandLine(int argc, char** argv, absl::string_view usage,
                                           absl::string_view main_file) {
   absl::SetProgramUsageMessage(usage);
+  // Debian's Abseil is built without NDEBUG, so every absl::Mutex (gRPC's
+  // own locks included) tracks lock order for deadlock detection by
+  // default: perf showed its graph-cycle bookkeeping on every request. The
+  // tests keep it on; the binaries turn it off, as a release build would.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   absl::FlagsUsageConfig config;
   const std::string file(main_file);
   config.contains_help_flags = [file](absl::string_view path) {

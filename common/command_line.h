@@ -14,6 +14,7 @@ namespace sparse {
 // file whose path contains `main_file` (absl only matches files named
 // after the program, and ours are named foo_main.cc), and parses the
 // command line. Returns the positional arguments after the program name.
+// Also turns off Abseil's mutex deadlock detection (see the .cc).
 std::vector<std::string> ParseCommandLine(int argc, char** argv, absl::string_view usage,
                                           absl::string_view main_file);
 
