@@ -161,9 +161,31 @@ void BM_OneDnnGemvFloor(benchmark::State& state) {
   state.counters["flops_per_row"] = 2.0 * k * n;
 }
 
+// The other floor: oneDNN's sgemm on plain input-major weights [K, N], the
+// route our kernels take at 1-2 rows for matrices beyond the cache (see
+// engine/matmul_kernel.h). The summary compares against the faster floor.
+void BM_SgemmGemvFloor(benchmark::State& state) {
+  SetKernelThreads(1);
+  Fixture& f = GetFixture();
+  const int64_t m = state.range(0), k = 1024, n = 16384;
+  std::vector<float> w(k * n);  // input-major copy of the [N, K] floor weights
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t i = 0; i < k; ++i) w[i * n + j] = f.floor_weights[j * k + i];
+  }
+  std::vector<float> out(m * n);
+  int64_t off = 0;
+  for (auto _ : state) {
+    dnnl_sgemm('N', 'N', m, n, k, 1.0f, f.dsm_inputs.data() + off * k, k, w.data(), n, 0.0f,
+               out.data(), n);
+    off = off + 2 * m <= kPoolRows ? off + m : 0;
+  }
+  state.counters["flops_per_row"] = 2.0 * k * n;
+}
+
 BENCHMARK(BM_DsmSparse)->Arg(1)->Arg(32)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_DsmDense)->Arg(1)->Arg(32)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_OneDnnGemvFloor)->Arg(1)->Arg(32)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_SgemmGemvFloor)->Arg(1)->Arg(32)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_LshTable)->Arg(1)->Arg(32)->Unit(benchmark::kMicrosecond);
 
 // Console output as usual, plus the per-run real times for the summary.
@@ -192,13 +214,14 @@ void PrintSummary(const SummaryReporter& r) {
   for (const char* batch : {"1", "32"}) {
     const std::string b = batch;
     const double sparse = r.Us("BM_DsmSparse/" + b), dense = r.Us("BM_DsmDense/" + b);
-    const double floor = r.Us("BM_OneDnnGemvFloor/" + b);
+    const double primitive = r.Us("BM_OneDnnGemvFloor/" + b), sgemm = r.Us("BM_SgemmGemvFloor/" + b);
+    const double floor = primitive > 0 && sgemm > 0 ? std::min(primitive, sgemm) : primitive + sgemm;
     if (sparse > 0 && dense > 0) {
       std::printf("  batch %-2s DSM dense/sparse latency: %7.1fx%s\n", batch, dense / sparse,
                   b == "1" ? (dense / sparse >= 30 ? "  (target >= 30x: met)" : "  (target >= 30x: NOT met)") : "");
     }
     if (dense > 0 && floor > 0) {
-      std::printf("  batch %-2s dense / oneDNN GEMV floor: %6.2fx%s\n", batch, dense / floor,
+      std::printf("  batch %-2s dense / faster oneDNN floor: %4.2fx%s\n", batch, dense / floor,
                   b == "1" ? (dense / floor <= 1.25 ? "  (target <= 1.25x: met)" : "  (target <= 1.25x: NOT met)") : "");
     }
   }

@@ -83,22 +83,34 @@ absl::StatusOr<MatmulKernel> MatmulKernel::Create(const MatmulSpec& spec) {
       const dnnl::matmul::primitive_desc probe(dnnl::matmul::desc(src, any, dst), attr,
                                                CpuEngine());
       const memory::desc preferred = probe.weights_desc();
-      if (preferred.get_size() * 4 <= kernel.plain_weights_.get_size() * 5) {
+      // Plain, in the layout oneDNN's sgemm runs fastest (see the header);
+      // for N = 1 both plain layouts are the same bytes.
+      const memory::desc sgemm_plain =
+          spec.n > 1 ? memory::desc({spec.k, spec.n}, Dt::f32, spec.k >= spec.n ? Tag::ba : Tag::ab)
+                     : kernel.plain_weights_;
+      const bool beyond_cache =
+          static_cast<int64_t>(kernel.plain_weights_.get_size()) > kPlainAboveBytes;
+      if (preferred.get_size() * 4 > kernel.plain_weights_.get_size() * 5) {
+        kernel.weights_ = sgemm_plain;
+      } else if (beyond_cache && !(spec.relu && spec.accumulate)) {
+        kernel.sgemm_weights_ = sgemm_plain;
         kernel.weights_ = preferred;
-      } else if (spec.n > 1) {
-        // Plain, in the layout oneDNN's sgemm runs fastest (see the header);
-        // for N = 1 both plain layouts are the same bytes.
-        kernel.weights_ =
-            memory::desc({spec.k, spec.n}, Dt::f32, spec.k >= spec.n ? Tag::ba : Tag::ab);
+        kernel.primitive_offset_ = static_cast<int64_t>(sgemm_plain.get_size() / sizeof(float));
+      } else {
+        kernel.weights_ = preferred;
       }
     }
-    kernel.packs_ = kernel.weights_ != kernel.plain_weights_;
     const memory::desc output_major({spec.k, spec.n}, Dt::f32, Tag::ba);
     const memory::desc input_major({spec.k, spec.n}, Dt::f32, Tag::ab);
-    kernel.sgemm_ = (kernel.weights_ == output_major || kernel.weights_ == input_major) &&
-                    !(spec.relu && spec.accumulate);
-    kernel.sgemm_transposed_ = kernel.weights_ == output_major || spec.n == 1;
-    kernel.packed_floats_ = static_cast<int64_t>(kernel.weights_.get_size() / sizeof(float));
+    if (kernel.primitive_offset_ == 0 &&
+        (kernel.weights_ == output_major || kernel.weights_ == input_major)) {
+      kernel.sgemm_weights_ = kernel.weights_;  // one plain copy serves both
+    }
+    kernel.packs_ = kernel.primitive_offset_ > 0 || kernel.weights_ != kernel.plain_weights_;
+    kernel.sgemm_ = !kernel.sgemm_weights_.is_zero() && !(spec.relu && spec.accumulate);
+    kernel.sgemm_transposed_ = kernel.sgemm_weights_ == output_major || spec.n == 1;
+    kernel.packed_floats_ = kernel.primitive_offset_ +
+                            static_cast<int64_t>(kernel.weights_.get_size() / sizeof(float));
     for (int b = 0; b < kNumBuckets; ++b) {
       const int64_t m = int64_t{1} << b;
       Bucket& bucket = kernel.buckets_[b];
@@ -144,12 +156,17 @@ absl::StatusOr<PackedWeights> MatmulKernel::PackAll(const float* plain, int64_t 
     // Padding in the blocked layout must be zero; the reorder writes all of
     // it, but start from zeros so no byte is left uninitialised.
     std::fill(packed.data(), packed.data() + packed.size(), 0.0f);
-    dnnl::reorder::primitive_desc pd(engine, plain_weights_, engine, weights_);
-    dnnl::reorder reorder(pd);
-    for (int64_t i = 0; i < count; ++i) {
-      memory src(plain_weights_, engine, const_cast<float*>(plain + i * plain_floats));
-      memory dst(weights_, engine, packed.data() + i * packed_floats_);
-      reorder.execute(stream, src, dst);
+    // The primitives' copy, then (when there are two) sgemm's plain one.
+    std::vector<std::pair<memory::desc, int64_t>> copies = {{weights_, primitive_offset_}};
+    if (primitive_offset_ > 0) copies.emplace_back(sgemm_weights_, 0);
+    for (const auto& [layout, offset] : copies) {
+      dnnl::reorder::primitive_desc pd(engine, plain_weights_, engine, layout);
+      dnnl::reorder reorder(pd);
+      for (int64_t i = 0; i < count; ++i) {
+        memory src(plain_weights_, engine, const_cast<float*>(plain + i * plain_floats));
+        memory dst(layout, engine, packed.data() + i * packed_floats_ + offset);
+        reorder.execute(stream, src, dst);
+      }
     }
     stream.wait();
   } catch (const dnnl::error& e) {
@@ -226,7 +243,7 @@ absl::Status MatmulKernel::Run(const float* x, int64_t rows, const float* w, con
         }
       }
       args.at(DNNL_ARG_SRC).set_data_handle(const_cast<float*>(x + done * spec_.k));
-      args.at(DNNL_ARG_WEIGHTS).set_data_handle(const_cast<float*>(w));
+      args.at(DNNL_ARG_WEIGHTS).set_data_handle(const_cast<float*>(w + primitive_offset_));
       if (spec_.bias) args.at(DNNL_ARG_BIAS).set_data_handle(const_cast<float*>(bias));
       args.at(DNNL_ARG_DST).set_data_handle(y + done * spec_.n);
       if (pad > 0) args.at(DNNL_ARG_SCRATCHPAD).set_data_handle(ScratchBytes(pad));

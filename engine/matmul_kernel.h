@@ -9,12 +9,21 @@
 //
 // Weights are packed once, at load, into the blocked layout oneDNN picks for
 // the shape (Pack / PackAll). On this machine kind that layout runs a batch-1
-// GEMV about 2x faster than the plain row-major one. Where the blocked
-// layout would pad the matrix by more than 25% (small N: an lsh router's r
-// hyperplanes, an o = 1 top layer, LSH projections of small d), weights stay
-// plain, as output-major [N, K] when K >= N and input-major [K, N]
-// otherwise; where the spec disallows packing (weights gathered per call),
-// spec.layout is kept.
+// GEMV about 2x faster than the plain row-major one on a primitive. Weights
+// stay plain, as output-major [N, K] when K >= N and input-major [K, N]
+// otherwise, where the blocked layout would pad the matrix by more than 25%
+// (small N: an lsh router's r hyperplanes, an o = 1 top layer, LSH
+// projections of small d). Where the spec disallows packing (weights
+// gathered per call), spec.layout is kept.
+//
+// A matrix larger than kPlainAboveBytes is kept twice, plain and blocked:
+// streamed from memory at 1-2 rows, sgemm on plain rows beats the blocked
+// kernel (the 64 MiB dense layer of the d=1024 DSM: 2.1-2.35 ms against
+// 3.2-3.4 ms), while from a few rows up the blocked kernel wins (32 rows:
+// 10.7 ms against 15.8 ms for a primitive on plain weights; bench/peers,
+// 2026-11-23). An 8 MiB matrix, which L3 holds, is faster blocked at every
+// row count (98 against 113 us at 1 row) and is kept once. The second copy
+// is what a dense baseline at full speed for both batch sizes costs.
 //
 // Plain weights run the buckets of 1 and 2 rows, and every row count when
 // N = 1, on oneDNN's sgemm (dnnl_sgemm, no primitive) instead: executing a
@@ -77,6 +86,9 @@ class MatmulKernel {
   static constexpr int64_t kMaxBucketRows = int64_t{1} << (kNumBuckets - 1);  // 128
   // Plain-layout buckets up to this many rows run on sgemm (see above).
   static constexpr int64_t kSgemmMaxRows = 2;
+  // Weight matrices larger than this stay plain (see above): above an L3
+  // slice of the machine kind measured (32 MiB per CCD on its EPYC).
+  static constexpr int64_t kPlainAboveBytes = int64_t{32} << 20;
 
   // Creates the primitives. Errors if oneDNN rejects the shape.
   static absl::StatusOr<MatmulKernel> Create(const MatmulSpec& spec);
@@ -84,10 +96,16 @@ class MatmulKernel {
   MatmulKernel(MatmulKernel&&) = default;
   MatmulKernel& operator=(MatmulKernel&&) = default;
 
-  // Floats one weight matrix takes in the kernel's layout (>= K·N).
+  // Floats one weight matrix takes in the kernel's layout (>= K·N; about
+  // 2·K·N when it keeps two copies).
   int64_t packed_floats() const { return packed_floats_; }
   // Whether the kernel's layout differs from spec.layout.
   bool packs() const { return packs_; }
+  // Whether 1-2-row buckets run on sgemm (over a plain copy of the weights).
+  bool runs_sgemm() const { return sgemm_; }
+  // Whether each matrix is stored twice: plain for sgemm, blocked for the
+  // primitives (matrices beyond kPlainAboveBytes; see above).
+  bool keeps_two_copies() const { return primitive_offset_ > 0; }
 
   // Packs `count` weight matrices stored consecutively in spec.layout
   // (matrix i at plain + i·K·N) into one buffer, matrix i at
@@ -115,7 +133,9 @@ class MatmulKernel {
   MatmulSpec spec_;
   uint64_t id_ = 0;                   // unique per Create(); keys per-thread argument caches
   dnnl::memory::desc plain_weights_;  // spec.layout
-  dnnl::memory::desc weights_;        // the layout Run() expects
+  dnnl::memory::desc weights_;        // the primitives' layout
+  dnnl::memory::desc sgemm_weights_;  // the plain copy sgemm reads, at offset 0
+  int64_t primitive_offset_ = 0;      // where weights_ starts in a matrix (0: one copy)
   int64_t packed_floats_ = 0;
   bool packs_ = false;
   bool sgemm_ = false;             // plain weights, and not ReLU and accumulate together

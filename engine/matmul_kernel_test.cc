@@ -99,6 +99,35 @@ TEST(MatmulKernelTest, KeepsPlainLayoutWhenPackingWouldPadOrIsDisallowed) {
   EXPECT_FALSE(gathered->packs());
 }
 
+TEST(MatmulKernelTest, KeepsWeightsBeyondTheCacheThresholdTwiceAndIsExact) {
+  // 1024 x 8448 floats = 33 MiB > kPlainAboveBytes: a plain copy for sgemm
+  // (1-2 rows) and a blocked one for the primitives (4 rows and up); a
+  // 5-row batch uses both, and every path gives the naive result.
+  const MatmulSpec spec{.k = 1024, .n = 8448, .bias = true, .relu = true};
+  ASSERT_GT(spec.k * spec.n * 4, MatmulKernel::kPlainAboveBytes);
+  absl::StatusOr<MatmulKernel> kernel = MatmulKernel::Create(spec);
+  ASSERT_TRUE(kernel.ok()) << kernel.status();
+  EXPECT_TRUE(kernel->keeps_two_copies());
+  EXPECT_TRUE(kernel->runs_sgemm());
+  EXPECT_EQ(kernel->packed_floats(), 2 * spec.k * spec.n);  // no padding at this shape
+  // Half the size, which L3 holds: blocked only, on primitives.
+  absl::StatusOr<MatmulKernel> cached = MatmulKernel::Create({.k = 1024, .n = 4096});
+  ASSERT_TRUE(cached.ok());
+  EXPECT_FALSE(cached->runs_sgemm());
+  EXPECT_FALSE(cached->keeps_two_copies());
+  const std::vector<float> w = RandomInputs(spec.n, spec.k, 21);
+  const std::vector<float> w_run = LayoutForRun(*kernel, w);
+  const std::vector<float> bias = RandomInputs(1, spec.n, 22);
+  for (int64_t rows : {1, 2, 5, 32}) {
+    const std::vector<float> x = RandomInputs(rows, spec.k, 30 + rows);
+    std::vector<float> y(rows * spec.n);
+    int64_t flops = 0;
+    ASSERT_OK(kernel->Run(x.data(), rows, w_run.data(), bias.data(), y.data(), &flops));
+    EXPECT_TRUE(AllNear(y, NaiveMatmul(x, rows, w, bias, spec))) << "rows " << rows;
+    EXPECT_EQ(flops, 2 * rows * spec.k * spec.n);
+  }
+}
+
 TEST(MatmulKernelTest, KeepsNarrowWeightsPlainInTheLayoutSgemmRunsFastest) {
   struct Case {
     MatmulSpec spec;
