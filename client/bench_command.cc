@@ -226,6 +226,20 @@ absl::Status Check(const BenchOptions& o) {
   if (o.mode == Load::Mode::kClosed && o.concurrency.empty()) {
     return absl::InvalidArgumentError("--concurrency needs at least one level, e.g. 1,4,16");
   }
+  for (int c : o.concurrency) {
+    if (c > 4096) {
+      return absl::InvalidArgumentError(absl::StrCat("--concurrency: at most 4096, got ", c));
+    }
+  }
+  // Output files are checked before minutes of measuring, not after.
+  for (const std::string& path : {o.csv_path, o.plot_path}) {
+    if (path.empty()) continue;
+    std::ofstream probe(path, std::ios::app);
+    if (!probe) {
+      return absl::InvalidArgumentError(absl::StrCat("cannot write ", path,
+                                                     " (given to --csv or --plot)"));
+    }
+  }
   if (o.mode == Load::Mode::kOpen && o.rates.empty()) {
     return absl::InvalidArgumentError("--mode=open needs --rate, e.g. --rate=1000,2000");
   }

@@ -161,6 +161,10 @@ with tempfile.TemporaryDirectory() as tmp:
             lines = svg.findall("{http://www.w3.org/2000/svg}polyline")
             check(len(lines) == 4 and all(len(l.get("points").split()) == 2 for l in lines),
                   "bench --plot: 4 series (p50/p99 of sparse and dense) of 2 points each")
+        unwritable = run([CLI, "--target=" + target, "bench", "--model=poly_dsm",
+                          "--plot=" + os.path.join(tmp, "no", "such", "dir.svg")])
+        check(unwritable.returncode == 2 and "cannot write" in unwritable.stderr,
+              "bench refuses an unwritable --plot before measuring: " + unwritable.stderr)
         remote = run([CLI, "--target=10.1.2.3:8500", "bench", "--model=poly_dsm"])
         check(remote.returncode == 2 and "--allow_remote" in remote.stderr,
               "bench refuses a remote target unless --allow_remote: " + remote.stderr)
