@@ -64,7 +64,12 @@ class Run : public std::enable_shared_from_this<Run> {
     const double constant_gap = 1.0 / load_.rate;
     auto due = Clock::now();
     while (true) {
-      std::this_thread::sleep_until(due);
+      // Sleep until the request is due, waking at least every 50 ms so a
+      // slow rate never holds up the end of the level.
+      while (Clock::now() < due) {
+        if (stop_requested_.load()) return;
+        std::this_thread::sleep_until(std::min(due, Clock::now() + std::chrono::milliseconds(50)));
+      }
       {
         absl::MutexLock lock(&mu_);
         mu_.Await(absl::Condition(
@@ -96,6 +101,7 @@ class Run : public std::enable_shared_from_this<Run> {
 
   // Stops issuing and waits for every request in flight to end.
   void Stop() {
+    stop_requested_.store(true);
     absl::MutexLock lock(&mu_);
     stopping_ = true;
     mu_.Await(absl::Condition(
@@ -144,6 +150,7 @@ class Run : public std::enable_shared_from_this<Run> {
   const Load load_;
   const Schedule schedule_;
   std::atomic<int64_t> issued_{0};
+  std::atomic<bool> stop_requested_{false};  // stopping_, readable without mu_
   absl::Mutex mu_;
   std::vector<Record> records_ ABSL_GUARDED_BY(mu_);
   int64_t errors_ ABSL_GUARDED_BY(mu_) = 0;
