@@ -268,7 +268,9 @@ bool IsLoopbackTarget(const std::string& target) {
 
 absl::Status RunBench(const BenchOptions& o) {
   RETURN_IF_ERROR(Check(o));
-  SparseClient client(o.target, o.timeout);
+  ASSIGN_OR_RETURN(std::unique_ptr<SparseClient> main_client,
+                   SparseClient::Create(o.target, o.timeout, o.tls));
+  SparseClient& client = *main_client;
   ASSIGN_OR_RETURN(sparse::v1::ModelStatus status, client.GetModel(o.model));
   const sparse::v1::VersionStatus* version = &status.versions(status.versions_size() - 1);
   for (const auto& v : status.versions()) {

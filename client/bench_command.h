@@ -11,13 +11,15 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "client/client.h"
 #include "client/load_generator.h"
 
 namespace sparse {
 
 struct BenchOptions {
   std::string target;       // sparse-server
-  std::string echo_target;  // bench/echo_server; "" = none
+  std::string echo_target;  // bench/echo_server (plaintext); "" = none
+  ClientTls tls;            // how to reach `target`
   bool allow_remote = false;
   std::string model;
   int64_t version = 0;

@@ -1,6 +1,10 @@
 #include "client/client.h"
 
+#include <tuple>
+
 #include "absl/strings/str_cat.h"
+#include "common/pem.h"
+#include "engine/status_macros.h"  // header-only macros
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -20,11 +24,34 @@ absl::Status FromGrpc(const grpc::Status& s, const std::string& target) {
 }  // namespace
 
 SparseClient::SparseClient(const std::string& target, std::chrono::milliseconds timeout)
+    : SparseClient(target, timeout, grpc::CreateChannel(target, grpc::InsecureChannelCredentials())) {}
+
+SparseClient::SparseClient(const std::string& target, std::chrono::milliseconds timeout,
+                           std::shared_ptr<grpc::Channel> channel)
     : target_(target),
       timeout_(timeout),
-      channel_(grpc::CreateChannel(target, grpc::InsecureChannelCredentials())),
+      channel_(std::move(channel)),
       stub_(sparse::v1::SparseInference::NewStub(channel_)),
       health_(grpc::health::v1::Health::NewStub(channel_)) {}
+
+absl::StatusOr<std::unique_ptr<SparseClient>> SparseClient::Create(
+    const std::string& target, std::chrono::milliseconds timeout, const ClientTls& tls) {
+  if (!tls.enabled) return std::make_unique<SparseClient>(target, timeout);
+  if (tls.cert_file.empty() != tls.key_file.empty()) {
+    return absl::InvalidArgumentError("a client certificate needs both --tls_cert and --tls_key");
+  }
+  grpc::SslCredentialsOptions ssl;
+  for (auto [path, out, flag] : {std::tuple{&tls.ca_file, &ssl.pem_root_certs, "--tls_ca"},
+                                 std::tuple{&tls.cert_file, &ssl.pem_cert_chain, "--tls_cert"},
+                                 std::tuple{&tls.key_file, &ssl.pem_private_key, "--tls_key"}}) {
+    if (path->empty()) continue;
+    ASSIGN_OR_RETURN(*out, ReadPemFile(*path, flag));
+  }
+  grpc::ChannelArguments args;
+  if (!tls.server_name.empty()) args.SetSslTargetNameOverride(tls.server_name);
+  return std::unique_ptr<SparseClient>(new SparseClient(
+      target, timeout, grpc::CreateCustomChannel(target, grpc::SslCredentials(ssl), args)));
+}
 
 absl::StatusOr<SparseClient::Call> SparseClient::Predict(const std::string& model, int64_t version,
                                                           int64_t rows,

@@ -19,9 +19,23 @@
 
 namespace sparse {
 
+// How to reach a server that has TLS on: PEM files, all optional. With no
+// ca_file the system's roots verify the server; cert_file and key_file (both
+// or neither) are the client's certificate for mutual TLS; server_name
+// overrides the name checked against the server's certificate.
+struct ClientTls {
+  bool enabled = false;
+  std::string ca_file, cert_file, key_file, server_name;
+};
+
 class SparseClient {
  public:
-  // `target` is host:port. Nothing connects until the first call.
+  // `target` is host:port. Nothing connects until the first call. Errors:
+  // unreadable or half-given TLS files.
+  static absl::StatusOr<std::unique_ptr<SparseClient>> Create(
+      const std::string& target, std::chrono::milliseconds timeout, const ClientTls& tls);
+
+  // A plaintext client.
   explicit SparseClient(const std::string& target,
                         std::chrono::milliseconds timeout = std::chrono::seconds(30));
 
@@ -50,6 +64,9 @@ class SparseClient {
       const std::string& service);
 
  private:
+  SparseClient(const std::string& target, std::chrono::milliseconds timeout,
+               std::shared_ptr<grpc::Channel> channel);
+
   std::string target_;
   std::chrono::milliseconds timeout_;
   std::shared_ptr<grpc::Channel> channel_;

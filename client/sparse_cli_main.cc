@@ -50,6 +50,14 @@ ABSL_FLAG(bool, both, false, "predict: call both endpoints and print them side b
 ABSL_FLAG(bool, route, true, "predict: ask for and print the route (buckets / experts).");
 ABSL_FLAG(bool, json, false, "Print JSON instead of text (bench: every level, path and window).");
 ABSL_FLAG(int64_t, timeout_ms, 30000, "Deadline of each call.");
+ABSL_FLAG(bool, tls, false,
+          "Talk TLS to --target (implied by any other --tls_ flag); the system's roots verify "
+          "the server unless --tls_ca is given.");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA certificates that verify the server's certificate.");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate, for servers that require mutual TLS.");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "Name to check the server's certificate against, when it differs from --target's host.");
 ABSL_FLAG(std::string, paths, "sparse,dense",
           "bench: paths to drive, alternating at every load level: sparse (Predict), dense "
           "(PredictDense), echo (this server without a model), bare_echo (--echo_target).");
@@ -291,8 +299,20 @@ absl::StatusOr<std::vector<T>> Levels(const std::string& flag, const std::string
   return out;
 }
 
+ClientTls TlsFromFlags() {
+  ClientTls tls{.enabled = absl::GetFlag(FLAGS_tls),
+                .ca_file = absl::GetFlag(FLAGS_tls_ca),
+                .cert_file = absl::GetFlag(FLAGS_tls_cert),
+                .key_file = absl::GetFlag(FLAGS_tls_key),
+                .server_name = absl::GetFlag(FLAGS_tls_server_name)};
+  tls.enabled = tls.enabled || !tls.ca_file.empty() || !tls.cert_file.empty() ||
+                !tls.key_file.empty() || !tls.server_name.empty();
+  return tls;
+}
+
 absl::Status Bench() {
   BenchOptions o;
+  o.tls = TlsFromFlags();
   o.target = absl::GetFlag(FLAGS_target);
   o.echo_target = absl::GetFlag(FLAGS_echo_target);
   o.allow_remote = absl::GetFlag(FLAGS_allow_remote);
@@ -344,23 +364,27 @@ int main(int argc, char** argv) {
       "  sparse-cli bench --model=M [--concurrency=1,4,16] [--batch=1] [--paths=sparse,dense]\n"
       "                   [--echo_target=host:port] [--csv=F] [--plot=F.svg] [--json]\n"
       "  sparse-cli bench --model=M --mode=open --rate=1000,5000 [--arrival=poisson]\n\n"
-      "--target says where the server is (default localhost:8500).",
+      "--target says where the server is (default localhost:8500); --tls_ca, --tls_cert and\n"
+      "--tls_key reach a server with TLS or mutual TLS on.",
       "sparse_cli_main.");
   if (args.size() != 1) {
     std::fprintf(stderr, "sparse-cli: expected one command (predict, models, health, bench); see --help\n");
     return 2;
   }
   const std::string& command = args[0];
-  sparse::SparseClient client(absl::GetFlag(FLAGS_target),
-                              std::chrono::milliseconds(absl::GetFlag(FLAGS_timeout_ms)));
-  absl::Status status;
+  absl::StatusOr<std::unique_ptr<sparse::SparseClient>> client = sparse::SparseClient::Create(
+      absl::GetFlag(FLAGS_target), std::chrono::milliseconds(absl::GetFlag(FLAGS_timeout_ms)),
+      sparse::TlsFromFlags());
+  absl::Status status = client.status();
   bool serving = true;
-  if (command == "predict") {
-    status = sparse::Predict(client);
+  if (!status.ok()) {
+    // reported below
+  } else if (command == "predict") {
+    status = sparse::Predict(**client);
   } else if (command == "models") {
-    status = sparse::Models(client);
+    status = sparse::Models(**client);
   } else if (command == "health") {
-    status = sparse::Health(client, &serving);
+    status = sparse::Health(**client, &serving);
   } else if (command == "bench") {
     status = sparse::Bench();
   } else {

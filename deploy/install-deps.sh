@@ -18,6 +18,8 @@ PACKAGES=(
   python3-grpcio python3-grpc-tools
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
+  # the TLS test makes its certificates with the openssl command line
+  openssl
 )
 
 # Optional: bench/peers (make peers) compares us with PyTorch and FAISS.

@@ -22,13 +22,24 @@ ABSL_FLAG(int64_t, inline_max_flops, 262144,
           "Requests costing at most this many FLOPs (rows x FLOPs per row) run on the gRPC thread "
           "that received them instead of queueing for a worker: for an LSH table or a small expert "
           "slice the hand-off costs more than the model. 0 queues every request.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain for TLS on --port (with --tls_key); empty = plaintext.");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key for --tls_cert.");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA certificates: with TLS on, clients must present a certificate one of them "
+          "signed (mutual TLS).");
+ABSL_FLAG(int, health_port, -1,
+          "Also serve grpc.health.v1 alone, in plaintext, on this port (for Kubernetes probes "
+          "when --port needs TLS); -1 = no such port, 0 = a free one (printed after --port).");
 ABSL_FLAG(int64_t, grace_ms, 5000, "On SIGINT/SIGTERM, how long in-flight calls may finish.");
 
 int main(int argc, char** argv) {
   const std::vector<std::string> rest = sparse::ParseCommandLine(
       argc, argv,
       "serves a model repository over gRPC.\n\n"
-      "  sparse-server --model_repository=models --port=8500\n\n"
+      "  sparse-server --model_repository=models --port=8500\n"
+      "  sparse-server --model_repository=models --tls_cert=server.pem --tls_key=server.key \\\n"
+      "      [--tls_client_ca=clients-ca.pem] [--health_port=8501]\n\n"
       "Services: sparse.v1.SparseInference (Predict, PredictDense, ListModels, GetModel),\n"
       "grpc.health.v1.Health (\"\" = live, a model name = ready) and server reflection.",
       "server/main.");
@@ -46,10 +57,12 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_max_queue) < 1 || absl::GetFlag(FLAGS_max_batch_rows) < 1 ||
       absl::GetFlag(FLAGS_max_batch_rows) > (1 << 20) || absl::GetFlag(FLAGS_workers) < 0 ||
       absl::GetFlag(FLAGS_port) < 0 || absl::GetFlag(FLAGS_port) > 65535 ||
-      absl::GetFlag(FLAGS_inline_max_flops) < 0) {
+      absl::GetFlag(FLAGS_inline_max_flops) < 0 || absl::GetFlag(FLAGS_health_port) < -1 ||
+      absl::GetFlag(FLAGS_health_port) > 65535) {
     std::fprintf(stderr,
                  "sparse-server: need --max_queue >= 1, 1 <= --max_batch_rows <= 1048576, "
-                 "--workers >= 0, --inline_max_flops >= 0 and 0 <= --port <= 65535 (see --help)\n");
+                 "--workers >= 0, --inline_max_flops >= 0, 0 <= --port <= 65535 and "
+                 "-1 <= --health_port <= 65535 (see --help)\n");
     return 1;
   }
   sparse::ServerOptions options;
@@ -60,6 +73,10 @@ int main(int argc, char** argv) {
   options.max_queue = absl::GetFlag(FLAGS_max_queue);
   options.max_batch_rows = absl::GetFlag(FLAGS_max_batch_rows);
   options.inline_max_flops = absl::GetFlag(FLAGS_inline_max_flops);
+  options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  options.health_port = absl::GetFlag(FLAGS_health_port);
   std::vector<std::string> load_errors;
   absl::StatusOr<std::unique_ptr<sparse::SparseServer>> server =
       sparse::SparseServer::Start(options, &load_errors);
@@ -76,9 +93,18 @@ int main(int argc, char** argv) {
                  versions.size(), static_cast<long long>(versions.rbegin()->first),
                  newest.sparse->info().description.c_str());
   }
-  std::fprintf(stderr, "sparse-server: listening on %s:%d with %d workers\n",
-               options.address.c_str(), (*server)->port(), (*server)->workers());
+  std::fprintf(stderr, "sparse-server: listening on %s:%d (%s) with %d workers\n",
+               options.address.c_str(), (*server)->port(),
+               options.tls_cert_file.empty()        ? "plaintext"
+               : options.tls_client_ca_file.empty() ? "TLS"
+                                                    : "mutual TLS",
+               (*server)->workers());
   std::printf("%d\n", (*server)->port());
+  if ((*server)->health_port() > 0) {
+    std::fprintf(stderr, "sparse-server: health only, plaintext, on %s:%d\n",
+                 options.address.c_str(), (*server)->health_port());
+    std::printf("%d\n", (*server)->health_port());
+  }
   std::fflush(stdout);
 
   sparse::SparseServer* s = server->get();

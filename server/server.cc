@@ -5,12 +5,41 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/pem.h"
+#include "engine/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 
 namespace sparse {
+namespace {
+
+// Plaintext, TLS or mutual TLS, from the options' PEM files.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
+    const ServerOptions& options) {
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("TLS needs both --tls_cert and --tls_key");
+  }
+  if (options.tls_cert_file.empty()) {
+    if (!options.tls_client_ca_file.empty()) {
+      return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  grpc::SslServerCredentialsOptions ssl(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  ASSIGN_OR_RETURN(pair.cert_chain, ReadPemFile(options.tls_cert_file, "--tls_cert"));
+  ASSIGN_OR_RETURN(pair.private_key, ReadPemFile(options.tls_key_file, "--tls_key"));
+  ssl.pem_key_cert_pairs.push_back(std::move(pair));
+  if (!options.tls_client_ca_file.empty()) {
+    ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPemFile(options.tls_client_ca_file, "--tls_client_ca"));
+    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(ssl);
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
     const ServerOptions& options, std::vector<std::string>* load_errors) {
@@ -44,11 +73,14 @@ absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
     message_bytes = std::min<int64_t>(options.max_batch_rows * widest * 4 + (int64_t{1} << 20),
                                       int64_t{1} << 30);
   }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      ServerCredentials(options);
+  if (!credentials.ok()) return credentials.status();
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(absl::StrCat(options.address, ":", options.port),
-                           grpc::InsecureServerCredentials(), &server->port_);
+  builder.AddListeningPort(absl::StrCat(options.address, ":", options.port), *credentials,
+                           &server->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(message_bytes));
   builder.RegisterService(server->service_.get());
@@ -57,10 +89,25 @@ absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.address, ":",
                                                options.port, " (in use or not permitted?)"));
   }
-  grpc::HealthCheckServiceInterface* health = server->server_->GetHealthCheckService();
-  health->SetServingStatus("", true);
-  for (const auto& [name, unused] : server->repository_->models()) {
-    health->SetServingStatus(name, true);
+  if (options.health_port >= 0) {
+    // A server with no service of its own gets only the default health
+    // service: nothing else is reachable on this plaintext port.
+    grpc::ServerBuilder health_builder;
+    health_builder.AddListeningPort(absl::StrCat(options.address, ":", options.health_port),
+                                    grpc::InsecureServerCredentials(), &server->health_port_);
+    server->health_server_ = health_builder.BuildAndStart();
+    if (server->health_server_ == nullptr || server->health_port_ == 0) {
+      return absl::UnavailableError(absl::StrCat("cannot listen on ", options.address, ":",
+                                                 options.health_port, " (--health_port)"));
+    }
+  }
+  for (grpc::Server* s : {server->server_.get(), server->health_server_.get()}) {
+    if (s == nullptr) continue;
+    grpc::HealthCheckServiceInterface* health = s->GetHealthCheckService();
+    health->SetServingStatus("", true);
+    for (const auto& [name, unused] : server->repository_->models()) {
+      health->SetServingStatus(name, true);
+    }
   }
   return server;
 }
@@ -74,12 +121,17 @@ SparseServer::~SparseServer() {
 
 void SparseServer::Shutdown(int64_t grace_ms) {
   if (server_ == nullptr) return;
-  server_->GetHealthCheckService()->Shutdown();
-  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(grace_ms));
+  const auto deadline = std::chrono::system_clock::now() + std::chrono::milliseconds(grace_ms);
+  for (grpc::Server* s : {server_.get(), health_server_.get()}) {
+    if (s != nullptr) s->GetHealthCheckService()->Shutdown();  // NOT_SERVING from here on
+  }
+  server_->Shutdown(deadline);
+  if (health_server_ != nullptr) health_server_->Shutdown(deadline);
 }
 
 void SparseServer::Wait() {
   if (server_ != nullptr) server_->Wait();
+  if (health_server_ != nullptr) health_server_->Wait();
 }
 
 }  // namespace sparse

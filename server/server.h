@@ -31,6 +31,14 @@ struct ServerOptions {
   // widest loaded model (plus 1 MiB), so oversized junk is refused by gRPC
   // before it is buffered or queued.
   int64_t max_message_bytes = 0;
+  // TLS on the main port: PEM files of the server's certificate chain and
+  // key (both or neither). With tls_client_ca_file too, clients must present
+  // a certificate that CA signed (mutual TLS).
+  std::string tls_cert_file, tls_key_file, tls_client_ca_file;
+  // A second, plaintext port that serves only grpc.health.v1 (for
+  // Kubernetes probes when the main port needs TLS); -1 = none, 0 = a free
+  // port (see SparseServer::health_port).
+  int health_port = -1;
 };
 
 class SparseServer {
@@ -43,6 +51,7 @@ class SparseServer {
   ~SparseServer();
 
   int port() const { return port_; }
+  int health_port() const { return health_port_; }  // 0 when there is none
   const ModelRepository& repository() const { return *repository_; }
   int workers() const { return pool_->threads(); }
 
@@ -59,7 +68,9 @@ class SparseServer {
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<InferenceService> service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::Server> health_server_;  // plaintext, health only
   int port_ = 0;
+  int health_port_ = 0;
 };
 
 }  // namespace sparse

@@ -10,35 +10,24 @@ import csv as csvlib
 import json
 import math
 import os
-import signal
 import struct
 import subprocess
 import sys
 import tempfile
-import time
 from xml.etree import ElementTree
 
 source, build = sys.argv[1], sys.argv[2]
+sys.path.insert(0, os.path.join(source, "tests", "testing"))
+from harness import check, finish, run, stop  # noqa: E402
 TRAIN = os.path.join(build, "model_store", "sparse-train")
 SERVER = os.path.join(build, "server", "sparse-server")
 CLI = os.path.join(build, "client", "sparse-cli")
-failures = []
-
-
-def check(ok, what):
-    if not ok:
-        failures.append(what)
-        print("FAIL:", what, file=sys.stderr)
 
 
 def f32(values):
     """Round to float32: the JSON printer and the Python stubs show the same
     float32 values with different numbers of digits."""
     return [struct.unpack("<f", struct.pack("<f", v))[0] for v in values]
-
-
-def run(args, **kw):
-    return subprocess.run(args, capture_output=True, text=True, **kw)
 
 
 with tempfile.TemporaryDirectory() as tmp:
@@ -176,15 +165,7 @@ with tempfile.TemporaryDirectory() as tmp:
         down = run([CLI, "--target=127.0.0.1:1", "--timeout_ms=2000", "models"])
         check(down.returncode == 1 and "UNAVAILABLE" in down.stderr, "unreachable server: " + down.stderr)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            code = server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            code = None
-        log = server.stderr.read()
+        code, log = stop(server)
     check(code == 0 and "stopped" in log, "SIGTERM stops the server cleanly (exit %s): %s" % (code, log))
 
-if failures:
-    sys.exit("%d check(s) failed" % len(failures))
-print("ok")
+finish()

@@ -1,0 +1,124 @@
+"""TLS, mutual TLS and the plaintext health-only port, end to end.
+
+Certificates are made here with the openssl command line (a CA, a server
+certificate for 127.0.0.1, a client certificate, and a second CA that the
+server does not trust). sparse-server runs with --tls_cert/--tls_key/
+--tls_client_ca and --health_port; sparse-cli talks to it with and without
+the right credentials. What a user relies on:
+  - with the CA and a client certificate, predict, models and bench work;
+  - no TLS, no client certificate, a client certificate from another CA, or
+    a server checked against the wrong CA: every call fails;
+  - the plaintext health port answers health checks (server and per model)
+    and nothing else;
+  - a key or certificate that is not PEM stops the server at start with a
+    message naming the flag.
+
+Usage: tls_test.py <source dir> <build dir>
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+source, build = sys.argv[1], sys.argv[2]
+sys.path.insert(0, os.path.join(source, "tests", "testing"))
+from harness import check, finish, run, stop  # noqa: E402
+SERVER = os.path.join(build, "server", "sparse-server")
+CLI = os.path.join(build, "client", "sparse-cli")
+
+
+def openssl(*args):
+    done = run(["openssl"] + list(args))
+    if done.returncode != 0:
+        sys.exit("openssl %s failed: %s" % (" ".join(args), done.stderr))
+
+
+def make_ca(d, name):
+    key, cert = os.path.join(d, name + ".key"), os.path.join(d, name + ".pem")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=" + name,
+            "-keyout", key, "-out", cert)
+    return key, cert
+
+
+def make_cert(d, name, ca_key, ca_cert, san=None):
+    key, csr, cert = (os.path.join(d, name + ext) for ext in (".key", ".csr", ".pem"))
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + name, "-keyout", key, "-out", csr)
+    ext = os.path.join(d, name + ".ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=%s\n" % san if san else "extendedKeyUsage=clientAuth\n")
+    openssl("x509", "-req", "-in", csr, "-CA", ca_cert, "-CAkey", ca_key, "-CAcreateserial",
+            "-days", "2", "-extfile", ext, "-out", cert)
+    return key, cert
+
+
+def start_server(repo, *flags):
+    server = subprocess.Popen([SERVER, "--model_repository=" + repo, "--address=127.0.0.1", "--port=0"]
+                              + list(flags), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return server
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    repo = os.path.join(tmp, "repo")
+    done = run(["/usr/bin/python3", os.path.join(source, "docs", "examples", "write_dsm_checkpoint.py"),
+                os.path.join(repo, "m"), "1"])
+    if done.returncode != 0:
+        sys.exit("writing the example checkpoint failed: " + done.stderr)
+    ca_key, ca = make_ca(tmp, "ca")
+    rogue_key, rogue_ca = make_ca(tmp, "rogue")
+    server_key, server_cert = make_cert(tmp, "server", ca_key, ca, san="IP:127.0.0.1,DNS:localhost")
+    client_key, client_cert = make_cert(tmp, "client", ca_key, ca)
+    rogue_client_key, rogue_client_cert = make_cert(tmp, "intruder", rogue_key, rogue_ca)
+
+    # Not PEM: refused at start, naming the flag.
+    junk = os.path.join(tmp, "junk.pem")
+    with open(junk, "w") as f:
+        f.write("not a key\n")
+    bad = start_server(repo, "--tls_cert=" + server_cert, "--tls_key=" + junk)
+    out, err = bad.communicate(timeout=30)
+    check(bad.returncode == 1 and "--tls_key" in err and "PEM" in err,
+          "a non-PEM --tls_key stops the server: %s %s" % (bad.returncode, err))
+
+    server = start_server(repo, "--tls_cert=" + server_cert, "--tls_key=" + server_key,
+                          "--tls_client_ca=" + ca, "--health_port=0")
+    try:
+        port, health_port = int(server.stdout.readline()), int(server.stdout.readline())
+        target = "--target=127.0.0.1:%d" % port
+        good = ["--tls_ca=" + ca, "--tls_cert=" + client_cert, "--tls_key=" + client_key]
+        short = ["--timeout_ms=5000"]
+
+        ok = run([CLI, target] + good + ["predict", "--model=m", "--inputs=0.1,0.2,0.3,0.4", "--json"])
+        check(ok.returncode == 0 and json.loads(ok.stdout)["sparse"]["rows"] in (1, "1"),
+              "predict over mutual TLS: " + ok.stdout + ok.stderr)
+        models = run([CLI, target] + good + ["models"])
+        check(models.returncode == 0 and "m " in models.stdout, "models over mutual TLS: " + models.stderr)
+        bench = run([CLI, target] + good + ["bench", "--model=m", "--warmup_seconds=0.1",
+                                             "--window_seconds=0.2", "--stable_windows=1",
+                                             "--max_windows=1", "--json", "--quiet"])
+        check(bench.returncode == 0 and all(r["errors"] == 0 for r in json.loads(bench.stdout)["results"]),
+              "bench over mutual TLS: " + bench.stdout + bench.stderr)
+
+        for label, creds in (
+                ("plaintext", []),
+                ("TLS without a client certificate", ["--tls_ca=" + ca]),
+                ("a client certificate from another CA",
+                 ["--tls_ca=" + ca, "--tls_cert=" + rogue_client_cert, "--tls_key=" + rogue_client_key]),
+                ("the server checked against the wrong CA",
+                 ["--tls_ca=" + rogue_ca, "--tls_cert=" + client_cert, "--tls_key=" + client_key])):
+            refused = run([CLI, target] + short + creds + ["predict", "--model=m", "--inputs=0.1,0.2,0.3,0.4"])
+            check(refused.returncode == 1 and "UNAVAILABLE" in refused.stderr,
+                  "%s is refused: %s %s" % (label, refused.returncode, refused.stderr))
+
+        health_target = "--target=127.0.0.1:%d" % health_port
+        live = run([CLI, health_target, "health"])
+        check(live.returncode == 0 and "SERVING" in live.stdout, "plaintext health port, server: " + live.stdout + live.stderr)
+        ready = run([CLI, health_target, "health", "--model=m"])
+        check(ready.returncode == 0 and "SERVING" in ready.stdout, "plaintext health port, model: " + ready.stdout + ready.stderr)
+        other = run([CLI, health_target] + short + ["models"])
+        check(other.returncode == 1 and "UNIMPLEMENTED" in other.stderr,
+              "the health port serves nothing else: " + other.stderr)
+    finally:
+        code, log = stop(server)
+    check(code == 0 and "mutual TLS" in log, "server said mutual TLS and stopped cleanly (exit %s): %s" % (code, log))
+
+finish()
