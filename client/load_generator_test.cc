@@ -6,6 +6,7 @@
 //  - Closed loop never exceeds what its concurrency allows (Little's law),
 //    failed requests are counted with the first error, and the request bound
 //    holds.
+//  - On the same slow server: a graceful drain finishes every queued request.
 #include "client/load_generator.h"
 
 #include <algorithm>
@@ -214,6 +215,45 @@ TEST_F(SlowServerTest, OpenLoopAboveCapacityReportsGrowingLatency) {
                        RunLevel(Dense(), Load{.mode = Load::Mode::kOpen, .rate = capacity / 10}, Short(3)));
   EXPECT_LT(under.p50_us, 5 * closed.p50_us);
   EXPECT_LT(under.p50_us, over.windows.front().p50_us);
+}
+
+// Graceful drain (sparse-server's SIGTERM path calls Shutdown): with ~1.5 s of
+// work queued behind one worker, Shutdown lets every request already
+// received finish with OK, and refuses new ones.
+TEST_F(SlowServerTest, ShutdownFinishesEveryQueuedRequest) {
+  constexpr int kRequests = 3000;  // ~0.5 ms each on one worker
+  absl::Mutex mu;
+  int ok = 0, failed = 0;
+  std::string first_error;
+  for (int i = 0; i < kRequests; ++i) {
+    client_->PredictAsync(&request_, /*dense=*/true,
+                          [&](absl::Status s, const sparse::v1::PredictResponse&) {
+                            absl::MutexLock lock(&mu);
+                            if (s.ok()) {
+                              ++ok;
+                            } else if (++failed == 1) {
+                              first_error = s.ToString();
+                            }
+                          });
+  }
+  // Give every request time to reach the server (loopback, one connection)
+  // while the worker has most of them still queued.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  {
+    absl::MutexLock lock(&mu);
+    ASSERT_LT(ok, kRequests / 2) << "the model ran too fast for this test to mean anything";
+  }
+  server_->Shutdown(/*grace_ms=*/60'000);
+  server_->Wait();
+  {
+    absl::MutexLock lock(&mu);
+    auto all_answered = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return ok + failed == kRequests; };
+    mu.AwaitWithTimeout(absl::Condition(&all_answered), absl::Seconds(10));
+    EXPECT_EQ(ok, kRequests);
+    EXPECT_EQ(failed, 0) << first_error;
+  }
+  EXPECT_FALSE(client_->Predict("slow", 0, 1, std::vector<float>(512, 0.1f), true, false).ok())
+      << "a request after shutdown must be refused";
 }
 
 }  // namespace

@@ -31,7 +31,10 @@ ABSL_FLAG(std::string, tls_client_ca, "",
 ABSL_FLAG(int, health_port, -1,
           "Also serve grpc.health.v1 alone, in plaintext, on this port (for Kubernetes probes "
           "when --port needs TLS); -1 = no such port, 0 = a free one (printed after --port).");
-ABSL_FLAG(int64_t, grace_ms, 5000, "On SIGINT/SIGTERM, how long in-flight calls may finish.");
+ABSL_FLAG(double, drain_seconds, 30,
+          "On SIGINT/SIGTERM: health turns NOT_SERVING, new calls are refused, and calls in "
+          "flight or queued get this long to finish (match Kubernetes' "
+          "terminationGracePeriodSeconds); then the rest are cancelled and the process exits 0.");
 
 int main(int argc, char** argv) {
   const std::vector<std::string> rest = sparse::ParseCommandLine(
@@ -57,11 +60,12 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_max_queue) < 1 || absl::GetFlag(FLAGS_max_batch_rows) < 1 ||
       absl::GetFlag(FLAGS_max_batch_rows) > (1 << 20) || absl::GetFlag(FLAGS_workers) < 0 ||
       absl::GetFlag(FLAGS_port) < 0 || absl::GetFlag(FLAGS_port) > 65535 ||
-      absl::GetFlag(FLAGS_inline_max_flops) < 0 || absl::GetFlag(FLAGS_health_port) < -1 ||
+      absl::GetFlag(FLAGS_inline_max_flops) < 0 || !(absl::GetFlag(FLAGS_drain_seconds) >= 0) ||
+      absl::GetFlag(FLAGS_health_port) < -1 ||
       absl::GetFlag(FLAGS_health_port) > 65535) {
     std::fprintf(stderr,
                  "sparse-server: need --max_queue >= 1, 1 <= --max_batch_rows <= 1048576, "
-                 "--workers >= 0, --inline_max_flops >= 0, 0 <= --port <= 65535 and "
+                 "--workers >= 0, --inline_max_flops >= 0, --drain_seconds >= 0, 0 <= --port <= 65535 and "
                  "-1 <= --health_port <= 65535 (see --help)\n");
     return 1;
   }
@@ -108,7 +112,7 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   sparse::SparseServer* s = server->get();
-  const int64_t grace = absl::GetFlag(FLAGS_grace_ms);
+  const auto grace = static_cast<int64_t>(absl::GetFlag(FLAGS_drain_seconds) * 1000);
   std::thread stopper([s, grace] {
     std::fprintf(stderr, "sparse-server: %s received, stopping\n", sparse::WaitForStopSignal());
     s->Shutdown(grace);

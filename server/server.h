@@ -55,8 +55,9 @@ class SparseServer {
   const ModelRepository& repository() const { return *repository_; }
   int workers() const { return pool_->threads(); }
 
-  // Stops accepting calls, lets in-flight ones finish (up to `grace_ms`),
-  // then returns. Safe to call from any thread, more than once.
+  // Drains: health turns NOT_SERVING, new calls are refused, calls in
+  // flight or queued for a worker finish (up to `grace_ms`; later ones are
+  // cancelled), then returns. Safe to call from any thread, more than once.
   void Shutdown(int64_t grace_ms = 5000);
   // Blocks until Shutdown() has completed.
   void Wait();
