@@ -146,42 +146,50 @@ grpc::ServerUnaryReactor* InferenceService::PredictDense(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* context,
                                                   const PredictRequest* request,
                                                   PredictResponse* response, bool dense) {
-  const auto arrival = Clock::now();
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  Run(context, request, response, dense, [reactor](grpc::Status s) { reactor->Finish(s); });
+  return reactor;
+}
+
+void InferenceService::Run(grpc::CallbackServerContext* context, const PredictRequest* request,
+                           PredictResponse* response, bool dense,
+                           std::function<void(grpc::Status)> done) {
+  const auto arrival = Clock::now();
   absl::StatusOr<std::shared_ptr<const Servable>> servable =
       Admit(*repository_, options_.max_batch_rows, *request, dense);
   if (!servable.ok()) {
-    reactor->Finish(ToGrpcStatus(servable.status()));
-    return reactor;
+    done(ToGrpcStatus(servable.status()));
+    return;
   }
   const LoadedModel& loaded = (*servable)->loaded;
   const Model& model = dense ? static_cast<const Model&>(*loaded.dense) : *loaded.sparse;
   if (request->rows() * model.info().flops_per_row <= options_.inline_max_flops) {
     UseOneKernelThread();
-    reactor->Finish(ToGrpcStatus(Handle(**servable, *request, dense, arrival, response)));
-    return reactor;
+    done(ToGrpcStatus(Handle(**servable, *request, dense, arrival, response)));
+    return;
   }
-  const bool queued = pool_->Submit([context, request, response, dense, arrival, reactor,
+  // Shared: if the queue is full the task is dropped, and `done` still runs.
+  auto finish = std::make_shared<std::function<void(grpc::Status)>>(std::move(done));
+  const bool queued = pool_->Submit([context, request, response, dense, arrival, finish,
                                      servable = *std::move(servable)] {
     // A request whose deadline passed or whose client left while queued is
     // dropped before compute. (gRPC also cancels a call at its deadline, so
     // the deadline is checked first to report the right code.)
     if (context->deadline() < std::chrono::system_clock::now()) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                                   "deadline passed while the request was queued"));
+      (*finish)(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                             "deadline passed while the request was queued"));
       return;
     }
     if (context->IsCancelled()) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled while queued"));
+      (*finish)(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled while queued"));
       return;
     }
-    reactor->Finish(ToGrpcStatus(Handle(*servable, *request, dense, arrival, response)));
+    (*finish)(ToGrpcStatus(Handle(*servable, *request, dense, arrival, response)));
   });
   if (!queued) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                                 "the inference queue is full; retry with backoff"));
+    (*finish)(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                           "the inference queue is full; retry with backoff"));
   }
-  return reactor;
 }
 
 grpc::ServerUnaryReactor* InferenceService::Echo(grpc::CallbackServerContext* context,

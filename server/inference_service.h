@@ -16,6 +16,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 
 #include "absl/status/status.h"
 #include "server/model_repository.h"
@@ -52,6 +53,14 @@ class InferenceService final : public sparse::v1::SparseInference::CallbackServi
   grpc::ServerUnaryReactor* GetServerStats(grpc::CallbackServerContext* context,
                                            const sparse::v1::ServerStatsRequest* request,
                                            sparse::v1::ServerStats* response) override;
+
+  // The path behind Predict / PredictDense, for other front ends (the Open
+  // Inference Protocol): admits `request`, runs it inline or on a worker,
+  // fills `response` and calls `done` once, from a gRPC thread or a worker.
+  // `request`, `response` and `context` must stay alive until then.
+  void Run(grpc::CallbackServerContext* context, const sparse::v1::PredictRequest* request,
+           sparse::v1::PredictResponse* response, bool dense,
+           std::function<void(grpc::Status)> done);
 
  private:
   grpc::ServerUnaryReactor* Infer(grpc::CallbackServerContext* context,

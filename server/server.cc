@@ -84,6 +84,8 @@ absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
   builder.SetMaxReceiveMessageSize(static_cast<int>(message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(message_bytes));
   builder.RegisterService(server->service_.get());
+  server->oip_service_ = std::make_unique<OipService>(server->repository_.get(), server->service_.get());
+  builder.RegisterService(server->oip_service_.get());
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.address, ":",

@@ -13,6 +13,7 @@
 #include "grpcpp/server.h"
 #include "server/inference_service.h"
 #include "server/model_repository.h"
+#include "server/oip_service.h"
 #include "server/worker_pool.h"
 
 namespace sparse {
@@ -68,6 +69,7 @@ class SparseServer {
   std::unique_ptr<ModelRepository> repository_;
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<InferenceService> service_;
+  std::unique_ptr<OipService> oip_service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<grpc::Server> health_server_;  // plaintext, health only
   int port_ = 0;

@@ -18,7 +18,7 @@ from xml.etree import ElementTree
 
 source, build = sys.argv[1], sys.argv[2]
 sys.path.insert(0, os.path.join(source, "tests", "testing"))
-from harness import check, finish, run, stop  # noqa: E402
+from harness import check, finish, python_stubs, run, stop  # noqa: E402
 TRAIN = os.path.join(build, "model_store", "sparse-train")
 SERVER = os.path.join(build, "server", "sparse-server")
 CLI = os.path.join(build, "client", "sparse-cli")
@@ -41,15 +41,7 @@ with tempfile.TemporaryDirectory() as tmp:
         if done.returncode != 0:
             sys.exit("sparse-train failed: " + done.stdout + done.stderr)
 
-    # Python stubs from the proto as shipped, never a checked-in copy.
-    stubs = os.path.join(tmp, "stubs")
-    os.mkdir(stubs)
-    done = run([sys.executable, "-m", "grpc_tools.protoc", "-I", os.path.join(source, "proto"),
-                "--python_out=" + stubs, "--grpc_python_out=" + stubs,
-                os.path.join(source, "proto", "sparse", "v1", "inference.proto")])
-    if done.returncode != 0:
-        sys.exit("grpc_tools.protoc failed: " + done.stderr)
-    sys.path.insert(0, stubs)
+    python_stubs(source, os.path.join(tmp, "stubs"), "sparse/v1/inference.proto")
     import grpc
     from sparse.v1 import inference_pb2, inference_pb2_grpc
 

@@ -1,5 +1,6 @@
 """What the Python end-to-end tests share: collecting failed checks,
 running a binary, and stopping a server the way an operator would."""
+import os
 import signal
 import subprocess
 import sys
@@ -16,6 +17,19 @@ def check(ok, what):
 
 def run(args, **kw):
     return subprocess.run(args, capture_output=True, text=True, **kw)
+
+
+def python_stubs(source, directory, *protos):
+    """Generates Python stubs for `protos` (paths under proto/) into
+    `directory` with grpc_tools, from the protos as shipped (never a
+    checked-in copy), and makes them importable."""
+    os.makedirs(directory, exist_ok=True)
+    done = run([sys.executable, "-m", "grpc_tools.protoc", "-I", os.path.join(source, "proto"),
+                "--python_out=" + directory, "--grpc_python_out=" + directory]
+               + [os.path.join(source, "proto", p) for p in protos])
+    if done.returncode != 0:
+        sys.exit("grpc_tools.protoc failed: " + done.stderr)
+    sys.path.insert(0, directory)
 
 
 def stop(server):

@@ -1,0 +1,54 @@
+// OipService: the Open Inference Protocol (inference.GRPCInferenceService,
+// proto/inference/grpc_service.proto) over the same models and the same
+// request path as sparse.v1 (DESIGN.md §4).
+//
+// - Model `m` is the routed sparse path; `m.dense` is its dense twin.
+// - ModelInfer takes one FP32 input tensor of shape [rows, d] (or [d] for one
+//   row), its data either in contents.fp32_contents or in
+//   raw_input_contents[0] (little-endian floats), and answers one FP32 output
+//   tensor "output" of shape [rows, o] in contents.fp32_contents. The
+//   request's cost goes into the response parameters: flops, dense_flops,
+//   compute_ns (route + compute), queue_ns.
+// - Versions are decimal strings; empty means the newest loaded.
+//
+// Thread-safe; the repository and the inference service must outlive it.
+#ifndef SPARSE_SERVER_OIP_SERVICE_H_
+#define SPARSE_SERVER_OIP_SERVICE_H_
+
+#include "inference/grpc_service.grpc.pb.h"
+#include "server/inference_service.h"
+#include "server/model_repository.h"
+
+namespace sparse {
+
+class OipService final : public inference::GRPCInferenceService::CallbackService {
+ public:
+  OipService(const ModelRepository* repository, InferenceService* inference);
+
+  grpc::ServerUnaryReactor* ServerLive(grpc::CallbackServerContext* context,
+                                       const inference::ServerLiveRequest* request,
+                                       inference::ServerLiveResponse* response) override;
+  grpc::ServerUnaryReactor* ServerReady(grpc::CallbackServerContext* context,
+                                        const inference::ServerReadyRequest* request,
+                                        inference::ServerReadyResponse* response) override;
+  grpc::ServerUnaryReactor* ModelReady(grpc::CallbackServerContext* context,
+                                       const inference::ModelReadyRequest* request,
+                                       inference::ModelReadyResponse* response) override;
+  grpc::ServerUnaryReactor* ServerMetadata(grpc::CallbackServerContext* context,
+                                           const inference::ServerMetadataRequest* request,
+                                           inference::ServerMetadataResponse* response) override;
+  grpc::ServerUnaryReactor* ModelMetadata(grpc::CallbackServerContext* context,
+                                          const inference::ModelMetadataRequest* request,
+                                          inference::ModelMetadataResponse* response) override;
+  grpc::ServerUnaryReactor* ModelInfer(grpc::CallbackServerContext* context,
+                                       const inference::ModelInferRequest* request,
+                                       inference::ModelInferResponse* response) override;
+
+ private:
+  const ModelRepository* const repository_;
+  InferenceService* const inference_;
+};
+
+}  // namespace sparse
+
+#endif  // SPARSE_SERVER_OIP_SERVICE_H_
