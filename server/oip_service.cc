@@ -82,6 +82,13 @@ absl::Status ToPredictRequest(const inference::ModelInferRequest& in, const Targ
     return absl::InvalidArgumentError(absl::StrCat("input '", input.name(), "': expected shape [rows, ",
                                                    input_dim, "], got [", shape, "]"));
   }
+  // sparse-server never accepts more than 2^20 rows (--max_batch_rows); the
+  // configured limit is enforced with the native request. Checked here first
+  // so rows x d cannot overflow.
+  if (rows > (int64_t{1} << 20)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("input '", input.name(), "': ", rows, " rows is more than any batch limit"));
+  }
   const int64_t n = rows * input_dim;
   out->set_model(t.model);
   out->set_version(t.version);

@@ -112,6 +112,9 @@ with tempfile.TemporaryDirectory() as tmp:
             ("bad version", oip.ModelInferRequest(model_name="m", model_version="abc",
                                                   inputs=[tensor([1, 8], [0.0] * 8)]),
              grpc.StatusCode.INVALID_ARGUMENT, "positive integer"),
+            ("a shape whose size overflows", oip.ModelInferRequest(
+                model_name="m", inputs=[tensor([2 ** 61, 8], [])]),
+             grpc.StatusCode.INVALID_ARGUMENT, "rows"),
             ("two inputs", oip.ModelInferRequest(model_name="m", inputs=[tensor([1, 8], [0.0] * 8)] * 2),
              grpc.StatusCode.INVALID_ARGUMENT, "exactly 1 input"),
         ]
