@@ -39,6 +39,17 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
   return grpc::SslServerCredentials(ssl);
 }
 
+// Drops every builder plugin (server reflection, which
+// InitProtoReflectionServerBuilderPlugin adds to all later builders): the
+// health-only port must serve the health service and nothing else.
+class NoPlugins final : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    plugins->clear();
+  }
+};
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
@@ -88,13 +99,23 @@ absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
   builder.RegisterService(server->oip_service_.get());
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
+    if (!options.tls_cert_file.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cannot start TLS on ", options.address, ":", options.port, ": check that --tls_cert=",
+          options.tls_cert_file, " and --tls_key=", options.tls_key_file,
+          " hold a valid certificate and its key (gRPC's log above says more), and that the "
+          "port is free"));
+    }
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.address, ":",
                                                options.port, " (in use or not permitted?)"));
   }
   if (options.health_port >= 0) {
-    // A server with no service of its own gets only the default health
-    // service: nothing else is reachable on this plaintext port.
+    // Only the default health service, no plugins (reflection), and every
+    // other method answered UNIMPLEMENTED: nothing else on this plaintext port.
     grpc::ServerBuilder health_builder;
+    health_builder.SetOption(std::make_unique<NoPlugins>());
+    server->refuse_others_ = std::make_unique<grpc::CallbackGenericService>();
+    health_builder.RegisterCallbackGenericService(server->refuse_others_.get());
     health_builder.AddListeningPort(absl::StrCat(options.address, ":", options.health_port),
                                     grpc::InsecureServerCredentials(), &server->health_port_);
     server->health_server_ = health_builder.BuildAndStart();

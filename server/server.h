@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "grpcpp/generic/async_generic_service.h"
 #include "grpcpp/server.h"
 #include "server/inference_service.h"
 #include "server/model_repository.h"
@@ -70,6 +71,10 @@ class SparseServer {
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<InferenceService> service_;
   std::unique_ptr<OipService> oip_service_;
+  // Answers every other method on the health port UNIMPLEMENTED (and gives
+  // that server the callback queue gRPC requires).
+  // Declared before the server that uses it, so it is destroyed after.
+  std::unique_ptr<grpc::CallbackGenericService> refuse_others_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<grpc::Server> health_server_;  // plaintext, health only
   int port_ = 0;

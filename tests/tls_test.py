@@ -70,6 +70,15 @@ with tempfile.TemporaryDirectory() as tmp:
     client_key, client_cert = make_cert(tmp, "client", ca_key, ca)
     rogue_client_key, rogue_client_cert = make_cert(tmp, "intruder", rogue_key, rogue_ca)
 
+    # PEM-looking garbage: refused at start, naming the files.
+    fake = os.path.join(tmp, "fake.pem")
+    with open(fake, "w") as f:
+        f.write("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    bad = start_server(repo, "--tls_cert=" + fake, "--tls_key=" + server_key)
+    out, err = bad.communicate(timeout=30)
+    check(bad.returncode == 1 and "--tls_cert=" + fake in err,
+          "an invalid certificate stops the server naming it: %s %s" % (bad.returncode, err[-300:]))
+
     # Not PEM: refused at start, naming the flag.
     junk = os.path.join(tmp, "junk.pem")
     with open(junk, "w") as f:
@@ -117,6 +126,16 @@ with tempfile.TemporaryDirectory() as tmp:
         other = run([CLI, health_target] + short + ["models"])
         check(other.returncode == 1 and "UNIMPLEMENTED" in other.stderr,
               "the health port serves nothing else: " + other.stderr)
+        # Not even server reflection (which would hand out the API's schema).
+        import grpc
+        channel = grpc.insecure_channel("127.0.0.1:%d" % health_port)
+        reflect = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                                        request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        try:
+            answers = list(reflect(iter([b"\x3a\x00"]), timeout=5))  # list_services: ""
+            check(False, "reflection answered on the health port: %r" % answers)
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.UNIMPLEMENTED, "reflection on the health port: %s" % e.code())
     finally:
         code, log = stop(server)
     check(code == 0 and "mutual TLS" in log, "server said mutual TLS and stopped cleanly (exit %s): %s" % (code, log))
