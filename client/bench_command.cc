@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <filesystem>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -231,11 +232,15 @@ absl::Status Check(const BenchOptions& o) {
       return absl::InvalidArgumentError(absl::StrCat("--concurrency: at most 4096, got ", c));
     }
   }
-  // Output files are checked before minutes of measuring, not after.
+  // Output files are checked before minutes of measuring, not after, and
+  // without creating them (a failed run leaves nothing behind).
   for (const std::string& path : {o.csv_path, o.plot_path}) {
     if (path.empty()) continue;
-    std::ofstream probe(path, std::ios::app);
-    if (!probe) {
+    const std::filesystem::path p(path);
+    const std::string dir = p.has_parent_path() ? p.parent_path().string() : ".";
+    const bool writable = access(path.c_str(), F_OK) == 0 ? access(path.c_str(), W_OK) == 0
+                                                          : access(dir.c_str(), W_OK) == 0;
+    if (!writable) {
       return absl::InvalidArgumentError(absl::StrCat("cannot write ", path,
                                                      " (given to --csv or --plot)"));
     }
@@ -263,7 +268,10 @@ bool IsLoopbackTarget(const std::string& target) {
   if (absl::StartsWith(t, "unix:") || absl::StartsWith(t, "unix-abstract:")) return true;
   if (absl::StartsWith(t, "[::1]")) return true;
   const absl::string_view host = t.substr(0, t.rfind(':'));
-  return host == "localhost" || absl::StartsWith(host, "127.");
+  if (host == "localhost") return true;
+  // 127.0.0.0/8 as a dotted address, not a name that starts with "127.".
+  return absl::StartsWith(host, "127.") &&
+         host.find_first_not_of("0123456789.") == absl::string_view::npos;
 }
 
 absl::Status RunBench(const BenchOptions& o) {

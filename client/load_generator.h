@@ -40,7 +40,8 @@ struct ServerSide {
 struct LoadPath {
   std::string name;
   // Starts request number `index` and returns at once; `done` must be called
-  // exactly once, from any thread, when the request ends.
+  // exactly once, from another thread, when the request ends (not from
+  // inside `issue`: a closed loop would recurse; gRPC's callbacks never do).
   std::function<void(int64_t index, std::function<void(absl::Status, ServerSide)> done)> issue;
   // The server process's CPU time in ns so far; null or an error when the
   // server cannot tell (then server CPU per request is reported as unknown).

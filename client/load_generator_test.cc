@@ -148,8 +148,8 @@ class SlowServerTest : public ::testing::Test {
     for (float v : testing::RandomInputs(1, 512, 3)) request_.add_inputs(v);
   }
   void TearDown() override {
+    server_.reset();  // ends every call still open, while the client lives
     client_.reset();
-    server_.reset();
     fs::remove_all(root_);
   }
 
@@ -222,17 +222,23 @@ TEST_F(SlowServerTest, OpenLoopAboveCapacityReportsGrowingLatency) {
 // received finish with OK, and refuses new ones.
 TEST_F(SlowServerTest, ShutdownFinishesEveryQueuedRequest) {
   constexpr int kRequests = 3000;  // ~0.5 ms each on one worker
-  absl::Mutex mu;
-  int ok = 0, failed = 0;
-  std::string first_error;
+  // Shared with the callbacks, so an early return cannot leave them
+  // pointing at a dead stack frame.
+  struct Tally {
+    absl::Mutex mu;
+    int ok ABSL_GUARDED_BY(mu) = 0;
+    int failed ABSL_GUARDED_BY(mu) = 0;
+    std::string first_error ABSL_GUARDED_BY(mu);
+  };
+  auto tally = std::make_shared<Tally>();
   for (int i = 0; i < kRequests; ++i) {
     client_->PredictAsync(&request_, /*dense=*/true,
-                          [&](absl::Status s, const sparse::v1::PredictResponse&) {
-                            absl::MutexLock lock(&mu);
+                          [tally](absl::Status s, const sparse::v1::PredictResponse&) {
+                            absl::MutexLock lock(&tally->mu);
                             if (s.ok()) {
-                              ++ok;
-                            } else if (++failed == 1) {
-                              first_error = s.ToString();
+                              ++tally->ok;
+                            } else if (++tally->failed == 1) {
+                              tally->first_error = s.ToString();
                             }
                           });
   }
@@ -240,17 +246,18 @@ TEST_F(SlowServerTest, ShutdownFinishesEveryQueuedRequest) {
   // while the worker has most of them still queued.
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   {
-    absl::MutexLock lock(&mu);
-    ASSERT_LT(ok, kRequests / 2) << "the model ran too fast for this test to mean anything";
+    absl::MutexLock lock(&tally->mu);
+    EXPECT_LT(tally->ok, kRequests / 2) << "the model ran too fast for this test to mean anything";
   }
   server_->Shutdown(/*grace_ms=*/60'000);
   server_->Wait();
   {
-    absl::MutexLock lock(&mu);
-    auto all_answered = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return ok + failed == kRequests; };
-    mu.AwaitWithTimeout(absl::Condition(&all_answered), absl::Seconds(10));
-    EXPECT_EQ(ok, kRequests);
-    EXPECT_EQ(failed, 0) << first_error;
+    absl::MutexLock lock(&tally->mu);
+    Tally* t = tally.get();
+    auto all_answered = [t]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(t->mu) { return t->ok + t->failed == kRequests; };
+    tally->mu.AwaitWithTimeout(absl::Condition(&all_answered), absl::Seconds(10));
+    EXPECT_EQ(tally->ok, kRequests);
+    EXPECT_EQ(tally->failed, 0) << tally->first_error;
   }
   EXPECT_FALSE(client_->Predict("slow", 0, 1, std::vector<float>(512, 0.1f), true, false).ok())
       << "a request after shutdown must be refused";

@@ -15,6 +15,7 @@
 #include <functional>
 #include <thread>
 #include <cmath>
+#include <type_traits>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -284,15 +285,18 @@ absl::Status Health(SparseClient& client, bool* serving) {
   return absl::OkStatus();
 }
 
-// Splits a comma-separated flag into numbers.
+// Splits a comma-separated flag into numbers in (0, max] (whole numbers
+// when T is an integer type), all checked before any level runs.
 template <typename T>
-absl::StatusOr<std::vector<T>> Levels(const std::string& flag, const std::string& text) {
+absl::StatusOr<std::vector<T>> Levels(const std::string& flag, const std::string& text, double max) {
   std::vector<T> out;
   for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
     double v = 0;
-    if (!absl::SimpleAtod(absl::StripAsciiWhitespace(part), &v) || !(v > 0)) {
-      return Usage(absl::StrCat("--", flag, ": expected positive numbers separated by commas, got '",
-                                part, "'"));
+    if (!absl::SimpleAtod(absl::StripAsciiWhitespace(part), &v) || !(v > 0 && v <= max) ||
+        (std::is_integral_v<T> && v != std::floor(v))) {
+      return Usage(absl::StrCat("--", flag, ": expected ",
+                                std::is_integral_v<T> ? "whole numbers" : "numbers", " in (0, ", max,
+                                "] separated by commas, got '", part, "'"));
     }
     out.push_back(static_cast<T>(v));
   }
@@ -331,9 +335,9 @@ absl::Status Bench() {
   o.mode = mode == "closed" ? Load::Mode::kClosed : Load::Mode::kOpen;
   o.poisson = arrival == "poisson";
   if (o.mode == Load::Mode::kClosed) {
-    ASSIGN_OR_RETURN(o.concurrency, Levels<int>("concurrency", absl::GetFlag(FLAGS_concurrency)));
+    ASSIGN_OR_RETURN(o.concurrency, Levels<int>("concurrency", absl::GetFlag(FLAGS_concurrency), 4096));
   } else {
-    ASSIGN_OR_RETURN(o.rates, Levels<double>("rate", absl::GetFlag(FLAGS_rate)));
+    ASSIGN_OR_RETURN(o.rates, Levels<double>("rate", absl::GetFlag(FLAGS_rate), 1e7));
   }
   o.schedule.warmup_seconds = absl::GetFlag(FLAGS_warmup_seconds);
   o.schedule.window_seconds = absl::GetFlag(FLAGS_window_seconds);

@@ -95,7 +95,9 @@ absl::StatusOr<MatmulKernel> MatmulKernel::Create(const MatmulSpec& spec) {
       } else if (beyond_cache && !(spec.relu && spec.accumulate)) {
         kernel.sgemm_weights_ = sgemm_plain;
         kernel.weights_ = preferred;
-        kernel.primitive_offset_ = static_cast<int64_t>(sgemm_plain.get_size() / sizeof(float));
+        // The blocked copy starts on a 64-byte boundary, like the buffer.
+        kernel.primitive_offset_ =
+            (static_cast<int64_t>(sgemm_plain.get_size() / sizeof(float)) + 15) / 16 * 16;
       } else {
         kernel.weights_ = preferred;
       }

@@ -109,7 +109,7 @@ TEST(MatmulKernelTest, KeepsWeightsBeyondTheCacheThresholdTwiceAndIsExact) {
   ASSERT_TRUE(kernel.ok()) << kernel.status();
   EXPECT_TRUE(kernel->keeps_two_copies());
   EXPECT_TRUE(kernel->runs_sgemm());
-  EXPECT_EQ(kernel->packed_floats(), 2 * spec.k * spec.n);  // no padding at this shape
+  EXPECT_EQ(kernel->packed_floats(), 2 * spec.k * spec.n);  // K·N is a multiple of 16: no gap
   // Half the size, which L3 holds: blocked only, on primitives.
   absl::StatusOr<MatmulKernel> cached = MatmulKernel::Create({.k = 1024, .n = 4096});
   ASSERT_TRUE(cached.ok());

@@ -1,6 +1,8 @@
 #include "server/inference_service.h"
 
+#include <algorithm>
 #include <chrono>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "common/process_cpu.h"
@@ -64,6 +66,12 @@ absl::StatusOr<std::shared_ptr<const Servable>> Admit(const ModelRepository& rep
   if (rows > max_batch_rows) {
     return absl::InvalidArgumentError(absl::StrCat("batch of ", rows,
                                                    " rows exceeds the limit of ", max_batch_rows));
+  }
+  const int64_t o = model->info().output_dim;
+  if (rows * std::max(d, o) > std::numeric_limits<int>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch of ", rows, " rows x ", std::max(d, o), " values exceeds what one message can carry (",
+        std::numeric_limits<int>::max(), " values); send fewer rows"));
   }
   if (request.inputs_size() != rows * d) {
     return absl::InvalidArgumentError(absl::StrCat(

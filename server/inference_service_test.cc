@@ -314,15 +314,6 @@ TEST_F(ServerTest, InlineAndQueuedRequestsGetTheSameAnswerAndCost) {
   }
 }
 
-TEST_F(ServerTest, AnExpiredDeadlineIsReportedOnTheQueuedPathToo) {
-  auto queued = sparse::v1::SparseInference::NewStub(*queued_channel_);
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() - std::chrono::milliseconds(1));
-  PredictResponse response;
-  EXPECT_EQ(queued->Predict(&context, Request("dsm", RandomInputs(1, kD, 1), 1), &response).error_code(),
-            grpc::StatusCode::DEADLINE_EXCEEDED);
-}
-
 TEST_F(ServerTest, ServerStatsReportTheProcessCpuGrowingWithWork) {
   auto stats = [&] {
     grpc::ClientContext context;

@@ -60,12 +60,12 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_max_queue) < 1 || absl::GetFlag(FLAGS_max_batch_rows) < 1 ||
       absl::GetFlag(FLAGS_max_batch_rows) > (1 << 20) || absl::GetFlag(FLAGS_workers) < 0 ||
       absl::GetFlag(FLAGS_port) < 0 || absl::GetFlag(FLAGS_port) > 65535 ||
-      absl::GetFlag(FLAGS_inline_max_flops) < 0 || !(absl::GetFlag(FLAGS_drain_seconds) >= 0) ||
+      absl::GetFlag(FLAGS_inline_max_flops) < 0 || !(absl::GetFlag(FLAGS_drain_seconds) >= 0 && absl::GetFlag(FLAGS_drain_seconds) <= 86400) ||
       absl::GetFlag(FLAGS_health_port) < -1 ||
       absl::GetFlag(FLAGS_health_port) > 65535) {
     std::fprintf(stderr,
                  "sparse-server: need --max_queue >= 1, 1 <= --max_batch_rows <= 1048576, "
-                 "--workers >= 0, --inline_max_flops >= 0, --drain_seconds >= 0, 0 <= --port <= 65535 and "
+                 "--workers >= 0, --inline_max_flops >= 0, 0 <= --drain_seconds <= 86400, 0 <= --port <= 65535 and "
                  "-1 <= --health_port <= 65535 (see --help)\n");
     return 1;
   }
