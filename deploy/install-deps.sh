@@ -13,13 +13,14 @@ PACKAGES=(
   g++ cmake ninja-build ccache pkg-config make python3
   # libraries (DESIGN.md §6)
   libabsl-dev libdnnl-dev nlohmann-json3-dev libssl-dev libeigen3-dev
-  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc prometheus-cpp-dev
   # the Python client test (Debian's grpcio for /usr/bin/python3)
   python3-grpcio python3-grpc-tools
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
-  # the TLS test makes its certificates with the openssl command line
-  openssl
+  # the TLS test makes its certificates with the openssl command line; the
+  # metrics test is scraped by a real Prometheus server
+  openssl prometheus
 )
 
 # Optional: bench/peers (make peers) compares us with PyTorch and FAISS.

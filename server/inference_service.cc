@@ -163,6 +163,16 @@ void InferenceService::Run(grpc::CallbackServerContext* context, const PredictRe
                            PredictResponse* response, bool dense,
                            std::function<void(grpc::Status)> done) {
   const auto arrival = Clock::now();
+  if (options_.metrics != nullptr) {
+    // Counted under the model's name only when it is loaded: a client must
+    // not be able to grow the metrics' label set.
+    std::string model = repository_->models().contains(request->model()) ? request->model() : "";
+    done = [metrics = options_.metrics, model = std::move(model), dense, response,
+            done = std::move(done)](grpc::Status s) {
+      metrics->Observe(model, dense, s, response->cost());
+      done(std::move(s));
+    };
+  }
   absl::StatusOr<std::shared_ptr<const Servable>> servable =
       Admit(*repository_, options_.max_batch_rows, *request, dense);
   if (!servable.ok()) {

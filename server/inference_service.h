@@ -19,6 +19,7 @@
 #include <functional>
 
 #include "absl/status/status.h"
+#include "server/metrics.h"
 #include "server/model_repository.h"
 #include "server/worker_pool.h"
 #include "sparse/v1/inference.grpc.pb.h"
@@ -32,6 +33,7 @@ class InferenceService final : public sparse::v1::SparseInference::CallbackServi
     // Requests costing at most this many FLOPs (rows x FLOPs per row of the
     // path asked for) run on the gRPC thread; 0 queues every request.
     int64_t inline_max_flops = 262144;
+    ServerMetrics* metrics = nullptr;  // counts every answered request; may be null
   };
   InferenceService(const ModelRepository* repository, WorkerPool* pool, const Options& options);
 

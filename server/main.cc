@@ -31,6 +31,10 @@ ABSL_FLAG(std::string, tls_client_ca, "",
 ABSL_FLAG(int, health_port, -1,
           "Also serve grpc.health.v1 alone, in plaintext, on this port (for Kubernetes probes "
           "when --port needs TLS); -1 = no such port, 0 = a free one (printed after --port).");
+ABSL_FLAG(int, metrics_port, -1,
+          "Serve Prometheus metrics (GET /metrics) on this port: requests by model, path and code, "
+          "latency histograms, FLOPs, batch sizes, loaded versions; -1 = off, 0 = a free one "
+          "(printed on stdout after --port and --health_port).");
 ABSL_FLAG(double, drain_seconds, 30,
           "On SIGINT/SIGTERM: health turns NOT_SERVING, new calls are refused, and calls in "
           "flight or queued get this long to finish (match Kubernetes' "
@@ -61,12 +65,13 @@ int main(int argc, char** argv) {
       absl::GetFlag(FLAGS_max_batch_rows) > (1 << 20) || absl::GetFlag(FLAGS_workers) < 0 ||
       absl::GetFlag(FLAGS_port) < 0 || absl::GetFlag(FLAGS_port) > 65535 ||
       absl::GetFlag(FLAGS_inline_max_flops) < 0 || !(absl::GetFlag(FLAGS_drain_seconds) >= 0 && absl::GetFlag(FLAGS_drain_seconds) <= 86400) ||
-      absl::GetFlag(FLAGS_health_port) < -1 ||
+      absl::GetFlag(FLAGS_health_port) < -1 || absl::GetFlag(FLAGS_metrics_port) < -1 ||
+      absl::GetFlag(FLAGS_metrics_port) > 65535 ||
       absl::GetFlag(FLAGS_health_port) > 65535) {
     std::fprintf(stderr,
                  "sparse-server: need --max_queue >= 1, 1 <= --max_batch_rows <= 1048576, "
                  "--workers >= 0, --inline_max_flops >= 0, 0 <= --drain_seconds <= 86400, 0 <= --port <= 65535 and "
-                 "-1 <= --health_port <= 65535 (see --help)\n");
+                 "-1 <= --health_port, --metrics_port <= 65535 (see --help)\n");
     return 1;
   }
   sparse::ServerOptions options;
@@ -81,6 +86,7 @@ int main(int argc, char** argv) {
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   options.health_port = absl::GetFlag(FLAGS_health_port);
+  options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   std::vector<std::string> load_errors;
   absl::StatusOr<std::unique_ptr<sparse::SparseServer>> server =
       sparse::SparseServer::Start(options, &load_errors);
@@ -108,6 +114,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "sparse-server: health only, plaintext, on %s:%d\n",
                  options.address.c_str(), (*server)->health_port());
     std::printf("%d\n", (*server)->health_port());
+  }
+  if ((*server)->metrics_port() > 0) {
+    std::fprintf(stderr, "sparse-server: Prometheus metrics on http://%s:%d/metrics\n",
+                 options.address.c_str(), (*server)->metrics_port());
+    std::printf("%d\n", (*server)->metrics_port());
   }
   std::fflush(stdout);
 

@@ -68,10 +68,28 @@ absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
                           ? options.workers
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   server->pool_ = std::make_unique<WorkerPool>(workers, options.max_queue);
+  server->metrics_ = std::make_unique<ServerMetrics>();
+  for (const auto& [name, versions] : server->repository_->models()) {
+    server->metrics_->SetLoadedVersions(name, static_cast<int>(versions.size()));
+  }
+  if (options.metrics_port >= 0) {
+    try {
+      server->exposer_ = std::make_unique<prometheus::Exposer>(
+          absl::StrCat(options.address, ":", options.metrics_port));
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", options.address, ":",
+                                                 options.metrics_port, " (--metrics_port): ",
+                                                 e.what()));
+    }
+    server->exposer_->RegisterCollectable(server->metrics_->registry());
+    const std::vector<int> ports = server->exposer_->GetListeningPorts();
+    server->metrics_port_ = ports.empty() ? 0 : ports.front();
+  }
   server->service_ = std::make_unique<InferenceService>(
       server->repository_.get(), server->pool_.get(),
       InferenceService::Options{.max_batch_rows = options.max_batch_rows,
-                                .inline_max_flops = options.inline_max_flops});
+                                .inline_max_flops = options.inline_max_flops,
+                                .metrics = server->metrics_.get()});
   int64_t message_bytes = options.max_message_bytes;
   if (message_bytes <= 0) {
     int64_t widest = 1;

@@ -13,6 +13,8 @@
 #include "grpcpp/generic/async_generic_service.h"
 #include "grpcpp/server.h"
 #include "server/inference_service.h"
+#include "prometheus/exposer.h"
+#include "server/metrics.h"
 #include "server/model_repository.h"
 #include "server/oip_service.h"
 #include "server/worker_pool.h"
@@ -41,6 +43,9 @@ struct ServerOptions {
   // Kubernetes probes when the main port needs TLS); -1 = none, 0 = a free
   // port (see SparseServer::health_port).
   int health_port = -1;
+  // Prometheus text endpoint (GET /metrics) on this port; -1 = none, 0 = a
+  // free port (see SparseServer::metrics_port).
+  int metrics_port = -1;
 };
 
 class SparseServer {
@@ -54,6 +59,7 @@ class SparseServer {
 
   int port() const { return port_; }
   int health_port() const { return health_port_; }  // 0 when there is none
+  int metrics_port() const { return metrics_port_; }  // 0 when there is none
   const ModelRepository& repository() const { return *repository_; }
   int workers() const { return pool_->threads(); }
 
@@ -68,6 +74,8 @@ class SparseServer {
   SparseServer() = default;
 
   std::unique_ptr<ModelRepository> repository_;
+  std::unique_ptr<ServerMetrics> metrics_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<InferenceService> service_;
   std::unique_ptr<OipService> oip_service_;
@@ -79,6 +87,7 @@ class SparseServer {
   std::unique_ptr<grpc::Server> health_server_;  // plaintext, health only
   int port_ = 0;
   int health_port_ = 0;
+  int metrics_port_ = 0;
 };
 
 }  // namespace sparse

@@ -1,0 +1,123 @@
+"""Prometheus metrics, scraped by a real Prometheus server (Debian's
+prometheus package).
+
+A small DSM with its dense twin is served with --metrics_port; the test
+sends a known number of requests (sparse, dense, and bad ones for an
+unknown model and of the wrong width), reads /metrics itself, then starts
+Prometheus scraping the endpoint every second and queries the request
+counter through Prometheus's HTTP API until it returns the numbers sent.
+
+Usage: metrics_test.py <source dir> <build dir>
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+
+source, build = sys.argv[1], sys.argv[2]
+sys.path.insert(0, os.path.join(source, "tests", "testing"))
+from harness import check, finish, python_stubs, run, stop  # noqa: E402
+
+TRAIN = os.path.join(build, "model_store", "sparse-train")
+SERVER = os.path.join(build, "server", "sparse-server")
+SPARSE, DENSE = 37, 5
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.read().decode()
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    repo = os.path.join(tmp, "repo")
+    done = run([TRAIN, "--quiet", "--train_rows=4096", "--test_rows=512", "--repository=" + repo,
+                "--model_name=m"])
+    if done.returncode != 0:
+        sys.exit("sparse-train failed: " + done.stdout + done.stderr)
+    python_stubs(source, os.path.join(tmp, "stubs"), "sparse/v1/inference.proto")
+    import grpc
+    from sparse.v1 import inference_pb2 as pb, inference_pb2_grpc as pb_grpc
+
+    server = subprocess.Popen([SERVER, "--model_repository=" + repo, "--address=127.0.0.1", "--port=0",
+                               "--metrics_port=0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    prometheus = None
+    try:
+        port, metrics_port = int(server.stdout.readline()), int(server.stdout.readline())
+        channel = grpc.insecure_channel("127.0.0.1:%d" % port)
+        grpc.channel_ready_future(channel).result(timeout=10)
+        stub = pb_grpc.SparseInferenceStub(channel)
+        x = [0.1 * j for j in range(8)]
+        for _ in range(SPARSE):
+            stub.Predict(pb.PredictRequest(model="m", rows=1, inputs=x), timeout=10)
+        for _ in range(DENSE):
+            stub.PredictDense(pb.PredictRequest(model="m", rows=1, inputs=x), timeout=10)
+        for request in (pb.PredictRequest(model="nope", rows=1, inputs=x),
+                        pb.PredictRequest(model="m", rows=1, inputs=x[:3])):
+            try:
+                stub.Predict(request, timeout=10)
+            except grpc.RpcError:
+                pass
+
+        text = get("http://127.0.0.1:%d/metrics" % metrics_port)
+        lines = text.splitlines()
+
+        def value(prefix):
+            hits = [float(l.rsplit(" ", 1)[1]) for l in lines if l.startswith(prefix)]
+            return hits[0] if len(hits) == 1 else None
+
+        check(value('sparse_requests_total{code="OK",model="m",path="sparse"}') == SPARSE,
+              "sparse OK count on /metrics")
+        check(value('sparse_requests_total{code="OK",model="m",path="dense"}') == DENSE,
+              "dense OK count on /metrics")
+        check(value('sparse_requests_total{code="NOT_FOUND",model="",path="sparse"}') == 1,
+              "an unknown model is counted under model=\"\", not its name")
+        check(value('sparse_requests_total{code="INVALID_ARGUMENT",model="m",path="sparse"}') == 1,
+              "a bad request is counted with its code")
+        check("nope" not in text, "a client-chosen model name never becomes a label")
+        check(value('sparse_loaded_versions{model="m"}') == 1, "loaded versions gauge")
+        check(value('sparse_request_seconds_count{model="m",path="sparse",stage="total"}') == SPARSE,
+              "latency histogram counts every successful sparse request")
+        flops = value('sparse_flops_total{model="m",path="sparse"}')
+        check(flops is not None and flops > 0 and flops % SPARSE == 0, "FLOPs counter: %s" % flops)
+
+        # A real Prometheus scrapes it; its query must see the same numbers.
+        prom_port = free_port()
+        config = os.path.join(tmp, "prometheus.yml")
+        with open(config, "w") as f:
+            f.write("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: sparse\n"
+                    "    static_configs:\n      - targets: ['127.0.0.1:%d']\n" % metrics_port)
+        prometheus = subprocess.Popen(
+            ["prometheus", "--config.file=" + config, "--storage.tsdb.path=" + os.path.join(tmp, "tsdb"),
+             "--web.listen-address=127.0.0.1:%d" % prom_port],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        query = urllib.parse.quote('sum by (path) (sparse_requests_total{model="m",code="OK"})')
+        got = {}
+        deadline = time.time() + 60
+        while time.time() < deadline and got != {"sparse": SPARSE, "dense": DENSE}:
+            time.sleep(1)
+            try:
+                answer = json.loads(get("http://127.0.0.1:%d/api/v1/query?query=%s" % (prom_port, query)))
+                got = {r["metric"]["path"]: int(float(r["value"][1])) for r in answer["data"]["result"]}
+            except OSError:
+                pass  # Prometheus still starting
+        check(got == {"sparse": SPARSE, "dense": DENSE},
+              "Prometheus's query returns the requests sent: %s" % got)
+    finally:
+        if prometheus is not None:
+            prometheus.terminate()
+            prometheus.wait(timeout=30)
+        code, log = stop(server)
+    check(code == 0, "server stopped cleanly (exit %s): %s" % (code, log))
+
+finish()
