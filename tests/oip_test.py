@@ -19,17 +19,13 @@ import tempfile
 
 source, build = sys.argv[1], sys.argv[2]
 sys.path.insert(0, os.path.join(source, "tests", "testing"))
-from harness import check, finish, python_stubs, run, stop  # noqa: E402
+from harness import check, finish, python_stubs, stop, train_small_dsm  # noqa: E402
 
-TRAIN = os.path.join(build, "model_store", "sparse-train")
 SERVER = os.path.join(build, "server", "sparse-server")
 
 with tempfile.TemporaryDirectory() as tmp:
     repo = os.path.join(tmp, "repo")
-    done = run([TRAIN, "--quiet", "--train_rows=4096", "--test_rows=512", "--repository=" + repo,
-                "--model_name=m"])
-    if done.returncode != 0:
-        sys.exit("sparse-train failed: " + done.stdout + done.stderr)
+    train_small_dsm(build, repo, "m")
     python_stubs(source, os.path.join(tmp, "stubs"), "inference/grpc_service.proto",
                  "sparse/v1/inference.proto")
     import grpc
