@@ -164,12 +164,10 @@ void InferenceService::Run(grpc::CallbackServerContext* context, const PredictRe
                            std::function<void(grpc::Status)> done) {
   const auto arrival = Clock::now();
   if (options_.metrics != nullptr) {
-    // Counted under the model's name only when it is loaded: a client must
-    // not be able to grow the metrics' label set.
-    std::string model = repository_->models().contains(request->model()) ? request->model() : "";
-    done = [metrics = options_.metrics, model = std::move(model), dense, response,
+    // ServerMetrics counts a model that is not loaded under model="".
+    done = [metrics = options_.metrics, request, dense, response,
             done = std::move(done)](grpc::Status s) {
-      metrics->Observe(model, dense, s, response->cost());
+      metrics->Observe(request->model(), dense, s, response->cost());
       done(std::move(s));
     };
   }

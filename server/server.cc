@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -68,10 +69,11 @@ absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
                           ? options.workers
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   server->pool_ = std::make_unique<WorkerPool>(workers, options.max_queue);
-  server->metrics_ = std::make_unique<ServerMetrics>();
+  std::map<std::string, int> loaded_versions;
   for (const auto& [name, versions] : server->repository_->models()) {
-    server->metrics_->SetLoadedVersions(name, static_cast<int>(versions.size()));
+    loaded_versions[name] = static_cast<int>(versions.size());
   }
+  server->metrics_ = std::make_unique<ServerMetrics>(loaded_versions);
   if (options.metrics_port >= 0) {
     try {
       server->exposer_ = std::make_unique<prometheus::Exposer>(
