@@ -38,31 +38,25 @@ struct PathSetup {
   bool dense = false;
 };
 
-LoadPath MakeLoadPath(PathSetup* setup) {
-  LoadPath path;
-  path.name = setup->name;
-  SparseClient* client = setup->client;
-  if (setup->predict.empty()) {
-    path.issue = [setup, client](int64_t, std::function<void(absl::Status, ServerSide)> done) {
-      client->EchoAsync(&setup->echo, [done = std::move(done)](absl::Status s) { done(s, {}); });
-    };
-  } else {
-    path.issue = [setup, client](int64_t i, std::function<void(absl::Status, ServerSide)> done) {
-      client->PredictAsync(&setup->predict[i % setup->predict.size()], setup->dense,
-                           [done = std::move(done)](absl::Status s, const PredictResponse& r) {
-                             const auto& c = r.cost();
-                             done(s, ServerSide{.total_ns = c.total_ns(),
-                                                .queue_ns = c.queue_ns(),
-                                                .route_ns = c.route_ns(),
-                                                .compute_ns = c.compute_ns(),
-                                                .flops = c.flops()});
-                           });
-    };
-  }
-  path.server_cpu_ns = [client]() -> absl::StatusOr<int64_t> {
+// The server's process CPU, from GetServerStats.
+std::function<absl::StatusOr<int64_t>()> ServerCpu(SparseClient* client) {
+  return [client]() -> absl::StatusOr<int64_t> {
     ASSIGN_OR_RETURN(sparse::v1::ServerStats stats, client->GetServerStats());
     return stats.cpu_user_ns() + stats.cpu_system_ns();
   };
+}
+
+LoadPath MakeLoadPath(PathSetup* setup) {
+  if (!setup->predict.empty()) {
+    return PredictLoadPath(setup->name, setup->client, &setup->predict, setup->dense);
+  }
+  LoadPath path;
+  path.name = setup->name;
+  SparseClient* client = setup->client;
+  path.issue = [setup, client](int64_t, std::function<void(absl::Status, ServerSide)> done) {
+    client->EchoAsync(&setup->echo, [done = std::move(done)](absl::Status s) { done(s, {}); });
+  };
+  path.server_cpu_ns = ServerCpu(client);
   return path;
 }
 
@@ -259,6 +253,25 @@ absl::Status Check(const BenchOptions& o) {
 }
 
 }  // namespace
+
+LoadPath PredictLoadPath(const std::string& name, SparseClient* client,
+                         const std::vector<PredictRequest>* requests, bool dense) {
+  LoadPath path;
+  path.name = name;
+  path.issue = [client, requests, dense](int64_t i, std::function<void(absl::Status, ServerSide)> done) {
+    client->PredictAsync(&(*requests)[i % requests->size()], dense,
+                         [done = std::move(done)](absl::Status s, const PredictResponse& r) {
+                           const auto& c = r.cost();
+                           done(s, ServerSide{.total_ns = c.total_ns(),
+                                              .queue_ns = c.queue_ns(),
+                                              .route_ns = c.route_ns(),
+                                              .compute_ns = c.compute_ns(),
+                                              .flops = c.flops()});
+                         });
+  };
+  path.server_cpu_ns = ServerCpu(client);
+  return path;
+}
 
 bool IsLoopbackTarget(const std::string& target) {
   absl::string_view t = target;

@@ -41,6 +41,12 @@ struct BenchOptions {
 // unknown model, or a path whose every request failed.
 absl::Status RunBench(const BenchOptions& options);
 
+// A load path sending `requests` in turn to Predict (or PredictDense when
+// `dense`) through `client`, with the server's CPU from GetServerStats.
+// `client` and `requests` (not empty) must outlive every level run on it.
+LoadPath PredictLoadPath(const std::string& name, SparseClient* client,
+                         const std::vector<sparse::v1::PredictRequest>* requests, bool dense);
+
 // True for targets on this machine: localhost, 127.0.0.0/8, [::1], unix:.
 bool IsLoopbackTarget(const std::string& target);
 

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "client/bench_command.h"
 #include "client/client.h"
 #include "gtest/gtest.h"
 #include "model_store/checkpoint.h"
@@ -143,9 +144,10 @@ class SlowServerTest : public ::testing::Test {
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
     client_ = std::make_unique<SparseClient>("127.0.0.1:" + std::to_string(server_->port()));
-    request_.set_model("slow");
-    request_.set_rows(1);
-    for (float v : testing::RandomInputs(1, 512, 3)) request_.add_inputs(v);
+    sparse::v1::PredictRequest& request = requests_.emplace_back();
+    request.set_model("slow");
+    request.set_rows(1);
+    for (float v : testing::RandomInputs(1, 512, 3)) request.add_inputs(v);
   }
   void TearDown() override {
     server_.reset();  // ends every call still open, while the client lives
@@ -153,31 +155,12 @@ class SlowServerTest : public ::testing::Test {
     fs::remove_all(root_);
   }
 
-  LoadPath Dense() {
-    LoadPath path;
-    path.name = "dense";
-    path.issue = [this](int64_t, std::function<void(absl::Status, ServerSide)> done) {
-      client_->PredictAsync(&request_, /*dense=*/true,
-                            [done = std::move(done)](absl::Status s, const sparse::v1::PredictResponse& r) {
-                              done(s, ServerSide{.total_ns = r.cost().total_ns(),
-                                                 .queue_ns = r.cost().queue_ns(),
-                                                 .route_ns = 0,
-                                                 .compute_ns = r.cost().compute_ns(),
-                                                 .flops = r.cost().flops()});
-                            });
-    };
-    path.server_cpu_ns = [this]() -> absl::StatusOr<int64_t> {
-      absl::StatusOr<sparse::v1::ServerStats> s = client_->GetServerStats();
-      if (!s.ok()) return s.status();
-      return s->cpu_user_ns() + s->cpu_system_ns();
-    };
-    return path;
-  }
+  LoadPath Dense() { return PredictLoadPath("dense", client_.get(), &requests_, /*dense=*/true); }
 
   fs::path root_;
   std::unique_ptr<SparseServer> server_;
   std::unique_ptr<SparseClient> client_;
-  sparse::v1::PredictRequest request_;
+  std::vector<sparse::v1::PredictRequest> requests_;  // one request
 };
 
 TEST_F(SlowServerTest, OpenLoopAboveCapacityReportsGrowingLatency) {
@@ -232,7 +215,7 @@ TEST_F(SlowServerTest, ShutdownFinishesEveryQueuedRequest) {
   };
   auto tally = std::make_shared<Tally>();
   for (int i = 0; i < kRequests; ++i) {
-    client_->PredictAsync(&request_, /*dense=*/true,
+    client_->PredictAsync(&requests_[0], /*dense=*/true,
                           [tally](absl::Status s, const sparse::v1::PredictResponse&) {
                             absl::MutexLock lock(&tally->mu);
                             if (s.ok()) {
