@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <limits>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "common/process_cpu.h"
@@ -17,11 +18,11 @@ using Clock = std::chrono::steady_clock;
 using sparse::v1::PredictRequest;
 using sparse::v1::PredictResponse;
 
-void FillStatus(const std::string& name, const ModelRepository::Versions& versions,
+void FillStatus(const std::string& name, const ModelState& state,
                 sparse::v1::ModelStatus* out) {
   out->set_name(name);
-  out->set_serving_version(versions.rbegin()->first);
-  for (const auto& [number, servable] : versions) {
+  out->set_serving_version(state.versions.empty() ? 0 : state.versions.rbegin()->first);
+  for (const auto& [number, servable] : state.versions) {
     const LoadedModel& m = servable->loaded;
     const ModelInfo& info = m.sparse->info();
     sparse::v1::VersionStatus* v = out->add_versions();
@@ -40,6 +41,12 @@ void FillStatus(const std::string& name, const ModelRepository::Versions& versio
     }
     for (const auto& [key, value] : m.info) (*v->mutable_info())[key] = value;
   }
+  for (const auto& [number, failure] : state.failures) {
+    sparse::v1::VersionFailure* f = out->add_failed_versions();
+    f->set_version(number);
+    f->set_error(failure.error);
+  }
+  out->set_config_error(state.config_error);
 }
 
 // The checks that need no compute, run on the gRPC thread before a request
@@ -91,43 +98,133 @@ void UseOneKernelThread() {
   }
 }
 
-// Runs one admitted request on the calling thread (a worker or, for a cheap
-// request, the gRPC thread).
-absl::Status Handle(const Servable& servable, const PredictRequest& request, bool dense,
-                    Clock::time_point arrival, PredictResponse* response) {
-  const auto start = Clock::now();
+const Model& PathModel(const Servable& servable, bool dense) {
   const LoadedModel& loaded = servable.loaded;
-  const Model* model = dense ? static_cast<const Model*>(loaded.dense.get()) : loaded.sparse.get();
-  const int64_t rows = request.rows(), o = model->info().output_dim;
-  response->mutable_outputs()->Resize(static_cast<int>(rows * o), 0.0f);
-  PredictStats stats;
-  Route route;
-  const bool want_route = request.return_route() && !dense;
-  RETURN_IF_ERROR(model->Predict(absl::MakeConstSpan(request.inputs().data(), request.inputs_size()),
-                                 rows, absl::MakeSpan(response->mutable_outputs()->mutable_data(), rows * o),
-                                 &stats, want_route ? &route : nullptr));
+  return dense ? static_cast<const Model&>(*loaded.dense) : *loaded.sparse;
+}
+
+int64_t NanosBetween(Clock::time_point from, Clock::time_point to) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(to - from).count();
+}
+
+// Fills `response` for rows [first_row, first_row + rows) of a batch of
+// `batch_rows` rows that ran as one (`batch` holds its FLOPs and times;
+// FLOPs per row are the same for every row of a model, so a request's share
+// is exact). `outputs` is the batch's output (null when the kernels wrote
+// into the response already); `route` the batch's route, or null.
+void FillResponse(const Servable& servable, bool dense, const PredictRequest& request,
+                  const PredictStats& batch, int64_t batch_rows, int64_t first_row,
+                  const float* outputs, const Route* route, Clock::time_point arrival,
+                  Clock::time_point start, PredictResponse* response) {
+  const LoadedModel& loaded = servable.loaded;
+  const int64_t rows = request.rows(), o = PathModel(servable, dense).info().output_dim;
+  if (outputs != nullptr) {
+    response->mutable_outputs()->Add(outputs + first_row * o, outputs + (first_row + rows) * o);
+  }
   response->set_model(servable.model);
   response->set_version(servable.version);
   response->set_rows(rows);
   response->set_output_dim(o);
   response->set_dense_cost_only(dense && loaded.dense_cost_only);
   sparse::v1::Cost* cost = response->mutable_cost();
-  cost->set_flops(stats.flops);
+  cost->set_flops(batch.flops / batch_rows * rows);
   cost->set_dense_flops(loaded.dense != nullptr ? rows * loaded.dense->info().flops_per_row : 0);
-  cost->set_queue_ns(std::chrono::duration_cast<std::chrono::nanoseconds>(start - arrival).count());
-  cost->set_route_ns(stats.route_ns);
-  cost->set_compute_ns(stats.compute_ns);
-  cost->set_batch_size(rows);
-  if (want_route) {
+  cost->set_queue_ns(NanosBetween(arrival, start));
+  cost->set_route_ns(batch.route_ns);
+  cost->set_compute_ns(batch.compute_ns);
+  cost->set_batch_size(batch_rows);
+  if (route != nullptr && request.return_route() && !dense) {
     sparse::v1::Route* r = response->mutable_route();
-    r->set_keys_per_row(route.keys_per_row);
-    r->mutable_bucket_keys()->Add(route.bucket_keys.begin(), route.bucket_keys.end());
-    for (uint8_t missed : route.bucket_missed) r->add_bucket_missed(missed != 0);
-    r->set_experts_per_row(route.experts_per_row);
-    r->mutable_expert_ids()->Add(route.expert_ids.begin(), route.expert_ids.end());
+    const int64_t keys = route->keys_per_row, experts = route->experts_per_row;
+    r->set_keys_per_row(keys);
+    r->mutable_bucket_keys()->Add(route->bucket_keys.begin() + first_row * keys,
+                                  route->bucket_keys.begin() + (first_row + rows) * keys);
+    for (int64_t i = first_row * keys; i < (first_row + rows) * keys; ++i) {
+      r->add_bucket_missed(route->bucket_missed[i] != 0);
+    }
+    r->set_experts_per_row(experts);
+    r->mutable_expert_ids()->Add(route->expert_ids.begin() + first_row * experts,
+                                 route->expert_ids.begin() + (first_row + rows) * experts);
   }
-  cost->set_total_ns(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - arrival).count());
+  cost->set_total_ns(NanosBetween(arrival, Clock::now()));
+}
+
+// Runs one admitted request on the calling thread (a worker or, for a cheap
+// request, the gRPC thread); the kernels write straight into the response.
+absl::Status Handle(const Servable& servable, const PredictRequest& request, bool dense,
+                    Clock::time_point arrival, PredictResponse* response) {
+  const auto start = Clock::now();
+  const Model& model = PathModel(servable, dense);
+  const int64_t rows = request.rows(), o = model.info().output_dim;
+  response->mutable_outputs()->Resize(static_cast<int>(rows * o), 0.0f);
+  PredictStats stats;
+  Route route;
+  const bool want_route = request.return_route() && !dense;
+  RETURN_IF_ERROR(model.Predict(absl::MakeConstSpan(request.inputs().data(), request.inputs_size()),
+                                rows, absl::MakeSpan(response->mutable_outputs()->mutable_data(), rows * o),
+                                &stats, want_route ? &route : nullptr));
+  FillResponse(servable, dense, request, stats, rows, 0, nullptr, want_route ? &route : nullptr,
+               arrival, start, response);
   return absl::OkStatus();
+}
+
+// Finishes a request whose deadline passed or whose client left while it
+// was queued, before any compute; false if it is still wanted.
+bool DropIfStale(const PendingRequest& p) {
+  // gRPC also cancels a call at its deadline, so the deadline is checked
+  // first to report the right code.
+  if (p.context->deadline() < std::chrono::system_clock::now()) {
+    p.done(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                        "deadline passed while the request was queued"));
+    return true;
+  }
+  if (p.context->IsCancelled()) {
+    p.done(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled while queued"));
+    return true;
+  }
+  return false;
+}
+
+// Runs queued requests of one version and path as one batch: their rows
+// are concatenated and computed together (a DSM groups them by expert, an
+// LSH table projects them in one product), then each gets its own rows.
+void RunBatch(const Servable& servable, bool dense, std::vector<PendingRequest> batch) {
+  const auto start = Clock::now();
+  std::vector<PendingRequest> live;
+  for (PendingRequest& p : batch) {
+    if (!DropIfStale(p)) live.push_back(std::move(p));
+  }
+  if (live.empty()) return;
+  UseOneKernelThread();
+  if (live.size() == 1) {
+    PendingRequest& p = live.front();
+    p.done(ToGrpcStatus(Handle(servable, *p.request, dense, p.arrival, p.response)));
+    return;
+  }
+  const Model& model = PathModel(servable, dense);
+  const int64_t d = model.info().input_dim, o = model.info().output_dim;
+  int64_t rows = 0;
+  bool want_route = false;
+  for (const PendingRequest& p : live) {
+    rows += p.request->rows();
+    want_route = want_route || (p.request->return_route() && !dense);
+  }
+  std::vector<float> x;
+  x.reserve(rows * d);
+  for (const PendingRequest& p : live) x.insert(x.end(), p.request->inputs().begin(), p.request->inputs().end());
+  std::vector<float> y(rows * o, 0.0f);
+  PredictStats stats;
+  Route route;
+  const absl::Status s = model.Predict(x, rows, absl::MakeSpan(y), &stats, want_route ? &route : nullptr);
+  int64_t first = 0;
+  for (PendingRequest& p : live) {
+    if (s.ok()) {
+      FillResponse(servable, dense, *p.request, stats, rows, first, y.data(),
+                   want_route ? &route : nullptr, p.arrival, start, p.response);
+    }
+    first += p.request->rows();
+    p.done(ToGrpcStatus(s));
+  }
 }
 
 }  // namespace
@@ -177,34 +274,58 @@ void InferenceService::Run(grpc::CallbackServerContext* context, const PredictRe
     done(ToGrpcStatus(servable.status()));
     return;
   }
-  const LoadedModel& loaded = (*servable)->loaded;
-  const Model& model = dense ? static_cast<const Model&>(*loaded.dense) : *loaded.sparse;
-  if (request->rows() * model.info().flops_per_row <= options_.inline_max_flops) {
+  const Servable* servable_ref = servable->get();
+  if (request->rows() * PathModel(*servable_ref, dense).info().flops_per_row <=
+      options_.inline_max_flops) {
     UseOneKernelThread();
     done(ToGrpcStatus(Handle(**servable, *request, dense, arrival, response)));
     return;
   }
+  PendingRequest pending{context, request, response, arrival, std::move(done)};
+  if (servable_ref->batcher(dense).enabled()) {
+    Enqueue(*std::move(servable), dense, std::move(pending));
+    return;
+  }
   // Shared: if the queue is full the task is dropped, and `done` still runs.
-  auto finish = std::make_shared<std::function<void(grpc::Status)>>(std::move(done));
-  const bool queued = pool_->Submit([context, request, response, dense, arrival, finish,
-                                     servable = *std::move(servable)] {
-    // A request whose deadline passed or whose client left while queued is
-    // dropped before compute. (gRPC also cancels a call at its deadline, so
-    // the deadline is checked first to report the right code.)
-    if (context->deadline() < std::chrono::system_clock::now()) {
-      (*finish)(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                             "deadline passed while the request was queued"));
-      return;
-    }
-    if (context->IsCancelled()) {
-      (*finish)(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled while queued"));
-      return;
-    }
-    (*finish)(ToGrpcStatus(Handle(*servable, *request, dense, arrival, response)));
+  auto shared = std::make_shared<PendingRequest>(std::move(pending));
+  const bool queued = pool_->Submit([shared, dense, servable = *std::move(servable)] {
+    RunBatch(*servable, dense, {std::move(*shared)});
   });
   if (!queued) {
-    (*finish)(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                           "the inference queue is full; retry with backoff"));
+    shared->done(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                              "the inference queue is full; retry with backoff"));
+  }
+}
+
+void InferenceService::Enqueue(std::shared_ptr<const Servable> servable, bool dense,
+                               PendingRequest pending) {
+  switch (servable->batcher(dense).Add(&pending)) {
+    case Batcher::AddResult::kFull:
+      pending.done(grpc::Status(
+          grpc::StatusCode::UNAVAILABLE,
+          absl::StrCat("the batching queue of model '", servable->model,
+                       "' is full (dynamic_batching.max_queue_size); retry with backoff")));
+      return;
+    case Batcher::AddResult::kQueued:
+      return;
+    case Batcher::AddResult::kQueuedScheduleDrain:
+      ScheduleDrain(std::move(servable), dense);
+      return;
+  }
+}
+
+void InferenceService::ScheduleDrain(std::shared_ptr<const Servable> servable, bool dense) {
+  const bool queued = pool_->Submit([this, servable, dense] {
+    bool another = false;
+    std::vector<PendingRequest> batch = servable->batcher(dense).Take(&another);
+    if (another) ScheduleDrain(servable, dense);
+    RunBatch(*servable, dense, std::move(batch));
+  });
+  if (!queued) {
+    for (PendingRequest& p : servable->batcher(dense).TakeAll()) {
+      p.done(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          "the inference queue is full; retry with backoff"));
+    }
   }
 }
 
@@ -239,8 +360,8 @@ grpc::ServerUnaryReactor* InferenceService::GetServerStats(grpc::CallbackServerC
 grpc::ServerUnaryReactor* InferenceService::ListModels(grpc::CallbackServerContext* context,
                                                        const sparse::v1::ListModelsRequest*,
                                                        sparse::v1::ListModelsResponse* response) {
-  for (const auto& [name, versions] : repository_->models()) {
-    FillStatus(name, versions, response->add_models());
+  for (const auto& [name, state] : *repository_->snapshot()) {
+    FillStatus(name, state, response->add_models());
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
@@ -251,13 +372,40 @@ grpc::ServerUnaryReactor* InferenceService::GetModel(grpc::CallbackServerContext
                                                      const sparse::v1::GetModelRequest* request,
                                                      sparse::v1::ModelStatus* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<std::shared_ptr<const Servable>> found = repository_->Find(request->model(), 0);
-  if (!found.ok()) {
-    reactor->Finish(ToGrpcStatus(found.status()));
+  const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
+  auto it = snapshot->find(request->model());
+  if (it == snapshot->end()) {
+    // Find() words the error (and lists what is loaded).
+    reactor->Finish(ToGrpcStatus(repository_->Find(request->model(), 0).status()));
     return reactor;
   }
-  FillStatus(request->model(), repository_->models().at(request->model()), response);
+  FillStatus(it->first, it->second, response);
   reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+ModelControlService::ModelControlService(ModelRepository* repository) : repository_(repository) {}
+
+grpc::ServerUnaryReactor* ModelControlService::LoadModel(
+    grpc::CallbackServerContext* context, const sparse::v1::LoadModelRequest* request,
+    sparse::v1::ModelStatus* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  // Loading reads, validates and warms up whole checkpoints (seconds for a
+  // big one): on its own thread, never on one of gRPC's. The server's
+  // shutdown waits for the call, so the repository outlives the thread's use.
+  std::thread([this, request, response, reactor] {
+    absl::StatusOr<ModelState> state = repository_->LoadModel(request->model());
+    if (state.ok()) FillStatus(request->model(), *state, response);
+    reactor->Finish(ToGrpcStatus(state.status()));
+  }).detach();
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ModelControlService::UnloadModel(
+    grpc::CallbackServerContext* context, const sparse::v1::UnloadModelRequest* request,
+    sparse::v1::UnloadModelResponse*) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(repository_->UnloadModel(request->model())));
   return reactor;
 }
 

@@ -65,6 +65,10 @@ class InferenceService final : public sparse::v1::SparseInference::CallbackServi
            std::function<void(grpc::Status)> done);
 
  private:
+  // Queues an admitted request on its version's batcher.
+  void Enqueue(std::shared_ptr<const Servable> servable, bool dense, PendingRequest pending);
+  // Asks a worker to take a batch from the servable's batcher and run it.
+  void ScheduleDrain(std::shared_ptr<const Servable> servable, bool dense);
   grpc::ServerUnaryReactor* Infer(grpc::CallbackServerContext* context,
                                   const sparse::v1::PredictRequest* request,
                                   sparse::v1::PredictResponse* response, bool dense);
@@ -73,6 +77,22 @@ class InferenceService final : public sparse::v1::SparseInference::CallbackServi
   WorkerPool* const pool_;
   const Options options_;
   const std::chrono::steady_clock::time_point start_;
+};
+
+// sparse.v1.ModelControl: LoadModel / UnloadModel on the repository. Only
+// registered when sparse-server runs with --model_control.
+class ModelControlService final : public sparse::v1::ModelControl::CallbackService {
+ public:
+  explicit ModelControlService(ModelRepository* repository);
+  grpc::ServerUnaryReactor* LoadModel(grpc::CallbackServerContext* context,
+                                      const sparse::v1::LoadModelRequest* request,
+                                      sparse::v1::ModelStatus* response) override;
+  grpc::ServerUnaryReactor* UnloadModel(grpc::CallbackServerContext* context,
+                                        const sparse::v1::UnloadModelRequest* request,
+                                        sparse::v1::UnloadModelResponse* response) override;
+
+ private:
+  ModelRepository* const repository_;
 };
 
 }  // namespace sparse

@@ -40,6 +40,9 @@ PredictRequest Request(const std::string& model, const std::vector<float>& x,
 }
 
 class ServerTest : public ::testing::Test {
+ public:
+  static SparseServer* server() { return server_; }
+
  protected:
   static void SetUpTestSuite() {
     root_ = new fs::path(fs::temp_directory_path() /
@@ -65,6 +68,7 @@ class ServerTest : public ::testing::Test {
     // A broken version beside good ones: skipped, the rest serve.
     fs::create_directories(*root_ / "dsm" / "3");
     std::ofstream(*root_ / "dsm" / "3" / kModelFile) << "junk";
+    std::ofstream(*root_ / "dsm" / "config.pbtxt") << "version_policy { all {} }\n";
 
     ServerOptions options;
     options.model_repository = root_->string();
@@ -127,6 +131,15 @@ class ServerTest : public ::testing::Test {
   static std::shared_ptr<grpc::Channel>* queued_channel_;
 };
 
+// The loaded version `version` (0 = newest) of `model`; kept alive by the
+// server's snapshot for as long as the suite runs.
+const ::sparse::Servable& Servable(const std::string& model, int64_t version) {
+  absl::StatusOr<std::shared_ptr<const ::sparse::Servable>> found =
+      ServerTest::server()->repository().Find(model, version);
+  EXPECT_TRUE(found.ok()) << found.status();
+  return **found;
+}
+
 fs::path* ServerTest::root_ = nullptr;
 std::vector<std::string>* ServerTest::errors_ = nullptr;
 SparseServer* ServerTest::server_ = nullptr;
@@ -137,7 +150,19 @@ std::shared_ptr<grpc::Channel>* ServerTest::queued_channel_ = nullptr;
 TEST_F(ServerTest, SkipsTheBrokenVersionAndServesTheRest) {
   ASSERT_EQ(errors_->size(), 1u);
   EXPECT_NE(errors_->front().find("dsm version 3"), std::string::npos) << errors_->front();
-  EXPECT_EQ(server_->repository().models().size(), 4u);
+  EXPECT_EQ(server_->repository().snapshot()->size(), 4u);
+  grpc::ClientContext context;
+  sparse::v1::GetModelRequest get;
+  get.set_model("dsm");
+  sparse::v1::ModelStatus status;
+  ASSERT_TRUE(Stub()->GetModel(&context, get, &status).ok());
+  EXPECT_EQ(status.versions_size(), 2);
+  ASSERT_EQ(status.failed_versions_size(), 1);
+  EXPECT_EQ(status.failed_versions(0).version(), 3);
+  EXPECT_NE(status.failed_versions(0).error().find(kManifestFile), std::string::npos)
+      << status.failed_versions(0).error();
+  // No file system path in what a client sees.
+  EXPECT_EQ(status.failed_versions(0).error().find(root_->string()), std::string::npos);
 }
 
 TEST_F(ServerTest, ListModelsAndGetModelDescribeEveryVersion) {
@@ -155,7 +180,7 @@ TEST_F(ServerTest, ListModelsAndGetModelDescribeEveryVersion) {
   sparse::v1::ModelStatus status;
   ASSERT_TRUE(Stub()->GetModel(&context2, get, &status).ok());
   const sparse::v1::VersionStatus& v = status.versions(0);
-  const LoadedModel& loaded = server_->repository().models().at("lsh").at(1)->loaded;
+  const LoadedModel& loaded = Servable("lsh", 1).loaded;
   EXPECT_EQ(v.kind(), "lsh_table");
   EXPECT_EQ(v.input_dim(), kD);
   EXPECT_EQ(v.output_dim(), 2);
@@ -175,7 +200,7 @@ TEST_F(ServerTest, ListModelsAndGetModelDescribeEveryVersion) {
 
 TEST_F(ServerTest, BothEndpointsMatchTheEngineAndReportItsFlops) {
   for (const std::string& model : {std::string("lsh"), std::string("dsm")}) {
-    const LoadedModel& loaded = server_->repository().models().at(model).rbegin()->second->loaded;
+    const LoadedModel& loaded = Servable(model, 0).loaded;
     for (int64_t rows : {1, 5, 64}) {
       const std::vector<float> x = RandomInputs(rows, kD, rows);
       PredictResponse sparse_response, dense_response;
@@ -207,13 +232,12 @@ TEST_F(ServerTest, BothEndpointsMatchTheEngineAndReportItsFlops) {
 
 TEST_F(ServerTest, ARequestMayNameAVersion) {
   const std::vector<float> x = RandomInputs(3, kD, 7);
-  const auto& versions = server_->repository().models().at("dsm");
   for (int64_t v : {1, 2}) {
     PredictResponse response;
     ASSERT_TRUE(Call(Request("dsm", x, 3, false, v), &response).ok());
     EXPECT_EQ(response.version(), v);
     EXPECT_EQ(std::vector<float>(response.outputs().begin(), response.outputs().end()),
-              EnginePredict(*versions.at(v)->loaded.sparse, x, 3));
+              EnginePredict(*Servable("dsm", v).loaded.sparse, x, 3));
   }
   PredictResponse newest;
   ASSERT_TRUE(Call(Request("dsm", x, 3), &newest).ok());
@@ -289,7 +313,7 @@ TEST_F(ServerTest, TwoHundredMalformedRequestsThenAValidOneIsAnsweredCorrectly) 
   PredictResponse response;
   ASSERT_TRUE(Call(Request("dsm", x, 4), &response).ok());
   EXPECT_EQ(std::vector<float>(response.outputs().begin(), response.outputs().end()),
-            EnginePredict(*server_->repository().models().at("dsm").at(2)->loaded.sparse, x, 4));
+            EnginePredict(*Servable("dsm", 2).loaded.sparse, x, 4));
 }
 
 TEST_F(ServerTest, InlineAndQueuedRequestsGetTheSameAnswerAndCost) {

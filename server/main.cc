@@ -11,7 +11,8 @@
 
 ABSL_FLAG(std::string, model_repository, "",
           "Model repository: <repository>/<model>/<version>/ directories written by sparse-train. "
-          "Every valid version of every model is loaded; the newest serves by default.");
+          "Each model's config.pbtxt picks the versions that load (default: the newest one that "
+          "loads); a request without a version gets the newest loaded.");
 ABSL_FLAG(std::string, address, "0.0.0.0", "Address to listen on (127.0.0.1 for loopback only).");
 ABSL_FLAG(int, port, 8500, "gRPC port (0 picks a free one and prints it).");
 ABSL_FLAG(int, workers, 0, "Inference worker threads, one request each (0 = one per core).");
@@ -35,6 +36,13 @@ ABSL_FLAG(int, metrics_port, -1,
           "Serve Prometheus metrics (GET /metrics) on this port: requests by model, path and code, "
           "latency histograms, FLOPs, batch sizes, loaded versions; -1 = off, 0 = a free one "
           "(printed on stdout after --port and --health_port).");
+ABSL_FLAG(double, poll_seconds, 0,
+          "Rescan --model_repository this often: new versions load in the background and serve "
+          "once validated and warmed up, removed ones unload, a changed config.pbtxt applies. "
+          "0 = load once at start.");
+ABSL_FLAG(bool, model_control, false,
+          "Serve sparse.v1.ModelControl (LoadModel / UnloadModel) so a client decides what "
+          "serves; excludes --poll_seconds. With TLS it needs --tls_client_ca.");
 ABSL_FLAG(double, drain_seconds, 30,
           "On SIGINT/SIGTERM: health turns NOT_SERVING, new calls are refused, and calls in "
           "flight or queued get this long to finish (match Kubernetes' "
@@ -47,7 +55,11 @@ int main(int argc, char** argv) {
       "  sparse-server --model_repository=models --port=8500\n"
       "  sparse-server --model_repository=models --tls_cert=server.pem --tls_key=server.key \\\n"
       "      [--tls_client_ca=clients-ca.pem] [--health_port=8501]\n\n"
+      "Models: <repository>/<model>/<version>/ as sparse-train writes them, and an optional\n"
+      "<repository>/<model>/config.pbtxt (version policy, dynamic batching; docs/configuration.md).\n\n"
       "Services: sparse.v1.SparseInference (Predict, PredictDense, ListModels, GetModel),\n"
+      "inference.GRPCInferenceService (Open Inference Protocol v2), sparse.v1.ModelControl\n"
+      "(with --model_control), "
       "grpc.health.v1.Health (\"\" = live, a model name = ready) and server reflection.",
       "server/main.");
   if (!rest.empty()) {
@@ -64,13 +76,14 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_max_queue) < 1 || absl::GetFlag(FLAGS_max_batch_rows) < 1 ||
       absl::GetFlag(FLAGS_max_batch_rows) > (1 << 20) || absl::GetFlag(FLAGS_workers) < 0 ||
       absl::GetFlag(FLAGS_port) < 0 || absl::GetFlag(FLAGS_port) > 65535 ||
-      absl::GetFlag(FLAGS_inline_max_flops) < 0 || !(absl::GetFlag(FLAGS_drain_seconds) >= 0 && absl::GetFlag(FLAGS_drain_seconds) <= 86400) ||
+      absl::GetFlag(FLAGS_inline_max_flops) < 0 ||
+      !(absl::GetFlag(FLAGS_poll_seconds) >= 0 && absl::GetFlag(FLAGS_poll_seconds) <= 86400) || !(absl::GetFlag(FLAGS_drain_seconds) >= 0 && absl::GetFlag(FLAGS_drain_seconds) <= 86400) ||
       absl::GetFlag(FLAGS_health_port) < -1 || absl::GetFlag(FLAGS_metrics_port) < -1 ||
       absl::GetFlag(FLAGS_metrics_port) > 65535 ||
       absl::GetFlag(FLAGS_health_port) > 65535) {
     std::fprintf(stderr,
                  "sparse-server: need --max_queue >= 1, 1 <= --max_batch_rows <= 1048576, "
-                 "--workers >= 0, --inline_max_flops >= 0, 0 <= --drain_seconds <= 86400, 0 <= --port <= 65535 and "
+                 "--workers >= 0, --inline_max_flops >= 0, 0 <= --drain_seconds, --poll_seconds <= 86400, 0 <= --port <= 65535 and "
                  "-1 <= --health_port, --metrics_port <= 65535 (see --help)\n");
     return 1;
   }
@@ -87,6 +100,8 @@ int main(int argc, char** argv) {
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   options.health_port = absl::GetFlag(FLAGS_health_port);
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  options.poll_seconds = absl::GetFlag(FLAGS_poll_seconds);
+  options.model_control = absl::GetFlag(FLAGS_model_control);
   std::vector<std::string> load_errors;
   absl::StatusOr<std::unique_ptr<sparse::SparseServer>> server =
       sparse::SparseServer::Start(options, &load_errors);
@@ -97,10 +112,16 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "sparse-server: error: %s\n", std::string(server.status().message()).c_str());
     return 1;
   }
-  for (const auto& [name, versions] : (*server)->repository().models()) {
-    const auto& newest = versions.rbegin()->second->loaded;
-    std::fprintf(stderr, "sparse-server: model %s: %zu version(s), serving %lld: %s\n", name.c_str(),
-                 versions.size(), static_cast<long long>(versions.rbegin()->first),
+  for (const auto& [name, state] : *(*server)->repository().snapshot()) {
+    if (state.versions.empty()) {
+      std::fprintf(stderr, "sparse-server: model %s: no version loads (GetModel lists why)\n",
+                   name.c_str());
+      continue;
+    }
+    const auto& newest = state.versions.rbegin()->second->loaded;
+    std::fprintf(stderr, "sparse-server: model %s: %zu version(s), newest %lld: %s\n",
+                 name.c_str(), state.versions.size(),
+                 static_cast<long long>(state.versions.rbegin()->first),
                  newest.sparse->info().description.c_str());
   }
   std::fprintf(stderr, "sparse-server: listening on %s:%d (%s) with %d workers\n",

@@ -26,60 +26,76 @@ constexpr const char* kCodeNames[] = {
 
 }  // namespace
 
-ServerMetrics::ServerMetrics(const std::map<std::string, int>& versions)
-    : registry_(std::make_shared<prometheus::Registry>()) {
-  auto& requests = prometheus::BuildCounter()
-                       .Name("sparse_requests_total")
-                       .Help("Answered Predict/PredictDense/ModelInfer requests by model, path and gRPC code")
-                       .Register(*registry_);
-  auto& seconds = prometheus::BuildHistogram()
-                      .Name("sparse_request_seconds")
-                      .Help("Server time per successful request: stage queue (waiting for a worker), "
-                            "compute (route + compute) and total (arrival to answer)")
-                      .Register(*registry_);
-  auto& flops = prometheus::BuildCounter()
-                    .Name("sparse_flops_total")
-                    .Help("FLOPs the kernels executed")
-                    .Register(*registry_);
-  auto& dense_flops = prometheus::BuildCounter()
-                          .Name("sparse_dense_flops_total")
-                          .Help("FLOPs the dense baseline costs for the same rows")
-                          .Register(*registry_);
-  auto& batch_rows = prometheus::BuildHistogram()
-                         .Name("sparse_batch_rows")
-                         .Help("Rows computed together per request")
-                         .Register(*registry_);
-  auto& loaded = prometheus::BuildGauge()
-                     .Name("sparse_loaded_versions")
-                     .Help("Versions of each model loaded")
-                     .Register(*registry_);
-  std::map<std::string, int> models = versions;
-  models.emplace("", 0);  // requests for models that are not loaded
-  for (const auto& [model, count] : models) {
-    if (!model.empty()) loaded.Add({{"model", model}}).Set(count);
-    std::array<PathSeries, 2>& paths = series_[model];
-    for (int dense = 0; dense < 2; ++dense) {
-      const std::string path = dense ? "dense" : "sparse";
-      PathSeries& s = paths[dense];
-      for (int code = 0; code < kCodes; ++code) {
-        s.requests[code] = &requests.Add({{"model", model}, {"path", path}, {"code", kCodeNames[code]}});
-      }
-      if (model.empty()) continue;  // nothing succeeds for a model that is not loaded
-      s.queue = &seconds.Add({{"model", model}, {"path", path}, {"stage", "queue"}}, SecondsBuckets());
-      s.compute = &seconds.Add({{"model", model}, {"path", path}, {"stage", "compute"}}, SecondsBuckets());
-      s.total = &seconds.Add({{"model", model}, {"path", path}, {"stage", "total"}}, SecondsBuckets());
-      s.flops = &flops.Add({{"model", model}, {"path", path}});
-      s.dense_flops = &dense_flops.Add({{"model", model}, {"path", path}});
-      s.batch_rows = &batch_rows.Add({{"model", model}, {"path", path}}, RowBuckets());
+ServerMetrics::ServerMetrics()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      requests_(prometheus::BuildCounter()
+                    .Name("sparse_requests_total")
+                    .Help("Answered Predict/PredictDense/ModelInfer requests by model, path and gRPC code")
+                    .Register(*registry_)),
+      seconds_(prometheus::BuildHistogram()
+                   .Name("sparse_request_seconds")
+                   .Help("Server time per successful request: stage queue (waiting for a worker or "
+                         "a batch), compute (route + compute) and total (arrival to answer)")
+                   .Register(*registry_)),
+      flops_(prometheus::BuildCounter()
+                 .Name("sparse_flops_total")
+                 .Help("FLOPs the kernels executed")
+                 .Register(*registry_)),
+      dense_flops_(prometheus::BuildCounter()
+                       .Name("sparse_dense_flops_total")
+                       .Help("FLOPs the dense baseline costs for the same rows")
+                       .Register(*registry_)),
+      batch_rows_(prometheus::BuildHistogram()
+                      .Name("sparse_batch_rows")
+                      .Help("Rows computed together with each request (its batch)")
+                      .Register(*registry_)),
+      loaded_(prometheus::BuildGauge()
+                  .Name("sparse_loaded_versions")
+                  .Help("Versions of each model serving")
+                  .Register(*registry_)) {
+  absl::MutexLock lock(&mu_);
+  AddModel("");  // requests for models that are not loaded
+}
+
+void ServerMetrics::AddModel(const std::string& model) {
+  if (series_.contains(model)) return;
+  if (!model.empty()) loaded_gauges_[model] = &loaded_.Add({{"model", model}});
+  std::array<PathSeries, 2>& paths = series_[model];
+  for (int dense = 0; dense < 2; ++dense) {
+    const std::string path = dense ? "dense" : "sparse";
+    PathSeries& s = paths[dense];
+    for (int code = 0; code < kCodes; ++code) {
+      s.requests[code] = &requests_.Add({{"model", model}, {"path", path}, {"code", kCodeNames[code]}});
     }
+    if (model.empty()) continue;  // nothing succeeds for a model that is not loaded
+    s.queue = &seconds_.Add({{"model", model}, {"path", path}, {"stage", "queue"}}, SecondsBuckets());
+    s.compute = &seconds_.Add({{"model", model}, {"path", path}, {"stage", "compute"}}, SecondsBuckets());
+    s.total = &seconds_.Add({{"model", model}, {"path", path}, {"stage", "total"}}, SecondsBuckets());
+    s.flops = &flops_.Add({{"model", model}, {"path", path}});
+    s.dense_flops = &dense_flops_.Add({{"model", model}, {"path", path}});
+    s.batch_rows = &batch_rows_.Add({{"model", model}, {"path", path}}, RowBuckets());
+  }
+}
+
+void ServerMetrics::SetLoadedVersions(const std::map<std::string, int>& versions) {
+  absl::MutexLock lock(&mu_);
+  for (const auto& [model, count] : versions) AddModel(model);
+  for (const auto& [model, gauge] : loaded_gauges_) {
+    auto it = versions.find(model);
+    gauge->Set(it == versions.end() ? 0 : it->second);
   }
 }
 
 void ServerMetrics::Observe(const std::string& model, bool dense, const grpc::Status& status,
                             const sparse::v1::Cost& cost) {
-  auto it = series_.find(model);
-  if (it == series_.end()) it = series_.find("");
-  const PathSeries& s = it->second[dense ? 1 : 0];
+  const PathSeries* found;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    auto it = series_.find(model);
+    if (it == series_.end()) it = series_.find("");
+    found = &it->second[dense ? 1 : 0];  // never erased; node map: never moved
+  }
+  const PathSeries& s = *found;
   const int code = static_cast<int>(status.error_code());
   s.requests[code >= 0 && code < kCodes ? code : 2]->Increment();  // 2: UNKNOWN
   if (!status.ok() || s.total == nullptr) return;

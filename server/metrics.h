@@ -8,11 +8,12 @@
 //   sparse_batch_rows{model,path}                  histogram, rows per computed batch
 //   sparse_loaded_versions{model}                  gauge
 //
-// Every series is created up front for the models given, so recording a
-// request is a lookup in an immutable map and a few atomic adds (creating a
-// labelled series per request measured ~15 % of the server's CPU at 16 in
-// flight). A request for a model not given is counted under model="" (a
-// client cannot grow the label set). Thread-safe.
+// Every series of a model is created when the model is loaded (by
+// SetLoadedVersions, off the request path), so recording a request is a
+// lookup under a reader lock and a few atomic adds (creating a labelled
+// series per request measured ~15 % of the server's CPU at 16 in flight).
+// A request for a model not loaded is counted under model="" (a client
+// cannot grow the label set). Thread-safe.
 #ifndef SPARSE_SERVER_METRICS_H_
 #define SPARSE_SERVER_METRICS_H_
 
@@ -22,9 +23,13 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/node_hash_map.h"
+#include "absl/synchronization/mutex.h"
 #include "grpcpp/support/status.h"
 #include "prometheus/counter.h"
+#include "prometheus/family.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
@@ -34,8 +39,11 @@ namespace sparse {
 
 class ServerMetrics {
  public:
-  // `versions`: each served model and how many versions it has loaded.
-  explicit ServerMetrics(const std::map<std::string, int>& versions);
+  ServerMetrics();
+
+  // Each model the repository knows and how many versions of it serve now;
+  // models missing from `versions` that had series get 0 loaded versions.
+  void SetLoadedVersions(const std::map<std::string, int>& versions);
 
   // One answered request; `cost` is read only when `status` is OK.
   void Observe(const std::string& model, bool dense, const grpc::Status& status,
@@ -55,10 +63,20 @@ class ServerMetrics {
     prometheus::Histogram* batch_rows = nullptr;
   };
 
+  void AddModel(const std::string& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   std::shared_ptr<prometheus::Registry> registry_;
-  // model -> {sparse, dense}; "" for models not loaded. Immutable after
-  // construction.
-  absl::flat_hash_map<std::string, std::array<PathSeries, 2>> series_;
+  prometheus::Family<prometheus::Counter>& requests_;
+  prometheus::Family<prometheus::Histogram>& seconds_;
+  prometheus::Family<prometheus::Counter>& flops_;
+  prometheus::Family<prometheus::Counter>& dense_flops_;
+  prometheus::Family<prometheus::Histogram>& batch_rows_;
+  prometheus::Family<prometheus::Gauge>& loaded_;
+  mutable absl::Mutex mu_;
+  // model -> {sparse, dense}; "" for models not loaded. Grows only; a node
+  // map, so a PathSeries never moves while a request records into it.
+  absl::node_hash_map<std::string, std::array<PathSeries, 2>> series_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, prometheus::Gauge*> loaded_gauges_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace sparse

@@ -1,76 +1,525 @@
 #include "server/model_repository.h"
 
+#include <malloc.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <deque>
 #include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
 #include <system_error>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/matmul_kernel.h"
+#include "google/protobuf/io/tokenizer.h"
+#include "google/protobuf/text_format.h"
 
 namespace sparse {
 
 namespace fs = std::filesystem;
 
-absl::StatusOr<std::unique_ptr<ModelRepository>> ModelRepository::Load(
-    const std::string& root, std::vector<std::string>* errors) {
+namespace {
+
+constexpr char kConfigFile[] = "config.pbtxt";
+
+// Collects the first text-format error with its position.
+class FirstError final : public google::protobuf::io::ErrorCollector {
+ public:
+  void AddError(int line, int column, const std::string& message) override {
+    if (error.empty()) error = absl::StrCat("line ", line + 1, " column ", column + 1, ": ", message);
+  }
+  std::string error;
+};
+
+// Every version directory under `model_dir`, newest first.
+std::vector<int64_t> ListVersions(const fs::path& model_dir, std::error_code* ec) {
+  std::vector<int64_t> versions;
+  fs::directory_iterator it(model_dir, *ec);
+  for (; !*ec && it != fs::directory_iterator(); it.increment(*ec)) {
+    int64_t version = 0;
+    std::error_code entry_ec;
+    if (absl::SimpleAtoi(it->path().filename().string(), &version) && version >= 1 &&
+        it->is_directory(entry_ec)) {
+      versions.push_back(version);
+    }
+  }
+  std::sort(versions.rbegin(), versions.rend());
+  return versions;
+}
+
+// Names, sizes and modification times of a version's files: a failed
+// version is tried again only when this changes (a copy finished, a file
+// was replaced), not on every rescan.
+std::string Fingerprint(const fs::path& dir) {
+  std::vector<std::string> parts;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    std::error_code file_ec;
+    const auto size = it->file_size(file_ec);
+    const auto time = it->last_write_time(file_ec);
+    parts.push_back(absl::StrCat(it->path().filename().string(), ":", file_ec ? 0 : size, ":",
+                                 time.time_since_epoch().count()));
+  }
+  std::sort(parts.begin(), parts.end());
+  return absl::StrJoin(parts, ",");
+}
+
+bool SameBatching(const sparse::v1::ModelConfig& a, const sparse::v1::ModelConfig& b) {
+  return a.has_dynamic_batching() == b.has_dynamic_batching() &&
+         a.dynamic_batching().SerializeAsString() == b.dynamic_batching().SerializeAsString();
+}
+
+BatchingOptions ToBatchingOptions(const sparse::v1::ModelConfig& config) {
+  const sparse::v1::DynamicBatching& b = config.dynamic_batching();
+  return BatchingOptions{.enabled = config.has_dynamic_batching(),
+                         .max_batch_rows = b.max_batch_rows() > 0 ? b.max_batch_rows() : 64,
+                         .max_queue_delay_us = b.max_queue_delay_us(),
+                         .max_queue_size = b.max_queue_size() > 0 ? b.max_queue_size() : 1024};
+}
+
+void DefaultLog(const std::string& line) { std::fprintf(stderr, "sparse-server: %s\n", line.c_str()); }
+
+}  // namespace
+
+absl::StatusOr<sparse::v1::ModelConfig> ParseModelConfig(absl::string_view text) {
+  sparse::v1::ModelConfig config;
+  google::protobuf::TextFormat::Parser parser;
+  FirstError errors;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(std::string(text), &config)) {
+    return absl::InvalidArgumentError(absl::StrCat(kConfigFile, " ", errors.error));
+  }
+  const sparse::v1::VersionPolicy& policy = config.version_policy();
+  if (policy.has_latest() && policy.latest().num_versions() < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kConfigFile, ": version_policy.latest.num_versions must be >= 1, got ",
+        policy.latest().num_versions()));
+  }
+  if (policy.has_specific()) {
+    if (policy.specific().versions().empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kConfigFile, ": version_policy.specific lists no versions"));
+    }
+    for (int64_t v : policy.specific().versions()) {
+      if (v < 1) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            kConfigFile, ": version_policy.specific.versions must be >= 1, got ", v));
+      }
+    }
+  }
+  if (config.has_dynamic_batching()) {
+    const sparse::v1::DynamicBatching& b = config.dynamic_batching();
+    if (b.max_batch_rows() < 0 || b.max_batch_rows() > (1 << 20) || b.max_queue_delay_us() < 0 ||
+        b.max_queue_delay_us() > 10'000'000 || b.max_queue_size() < 0 ||
+        b.max_queue_size() > (1 << 24)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kConfigFile, ": dynamic_batching needs 0 <= max_batch_rows <= 1048576, ",
+          "0 <= max_queue_delay_us <= 10000000 and 0 <= max_queue_size <= 16777216; got ",
+          b.ShortDebugString()));
+    }
+  }
+  return config;
+}
+
+absl::Status CheckModelName(absl::string_view name) {
+  if (name.empty() || name == "." || name == ".." || name[0] == '.' ||
+      name.find('/') != absl::string_view::npos || name.find('\0') != absl::string_view::npos) {
+    return absl::InvalidArgumentError(
+        "a model name is a plain directory name: not empty, not hidden, without '/' or NUL");
+  }
+  return absl::OkStatus();
+}
+
+// Frees removed versions on its own thread: the last request to let go of
+// one (a gRPC thread or a worker) only queues it here. Unmapping files and
+// freeing packed weights then never adds to a request's latency.
+class ModelRepository::Reaper {
+ public:
+  Reaper() : thread_([this] { Run(); }) {}
+  ~Reaper() {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+    }
+    thread_.join();
+  }
+  void Retire(const Servable* servable) {
+    absl::MutexLock lock(&mu_);
+    queue_.push_back(servable);
+  }
+
+ private:
+  bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !queue_.empty(); }
+  void Run() {
+    absl::MutexLock lock(&mu_);
+    while (true) {
+      mu_.Await(absl::Condition(this, &Reaper::HasWork));
+      if (queue_.empty()) return;  // stopping, nothing left
+      std::deque<const Servable*> batch;
+      batch.swap(queue_);
+      mu_.Unlock();
+      for (const Servable* s : batch) delete s;
+      malloc_trim(0);  // hand the freed weights back to the system
+      mu_.Lock();
+    }
+  }
+
+  absl::Mutex mu_;
+  std::deque<const Servable*> queue_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+ModelRepository::ModelRepository(std::string root, Options options)
+    : root_(std::move(root)),
+      options_(std::move(options)),
+      reaper_(std::make_shared<Reaper>()),
+      snapshot_(std::make_shared<RepositorySnapshot>()) {}
+
+ModelRepository::~ModelRepository() {
+  StopPolling();
+  // Whatever requests still hold is freed by them (the reaper is gone).
+}
+
+absl::StatusOr<std::unique_ptr<ModelRepository>> ModelRepository::Open(
+    const std::string& root, Options options, std::vector<std::string>* errors) {
   std::error_code ec;
   if (!fs::is_directory(root, ec)) {
     return absl::NotFoundError(absl::StrCat("model repository ", root, " is not a directory"));
   }
-  auto repo = std::unique_ptr<ModelRepository>(new ModelRepository());
-  auto report = [errors](std::string line) {
-    if (errors != nullptr) errors->push_back(std::move(line));
-  };
-  // Iterators advance with error codes (never throwing), and each
-  // directory has its own: an unreadable model is reported and skipped
-  // without hiding the others.
-  fs::directory_iterator model_it(root, ec);
+  fs::directory_iterator probe(root, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot list ", root, ": ", ec.message()));
-  for (; model_it != fs::directory_iterator(); model_it.increment(ec)) {
-    if (ec) return absl::InternalError(absl::StrCat("cannot list ", root, ": ", ec.message()));
-    const fs::directory_entry& model_dir = *model_it;
-    const std::string name = model_dir.path().filename().string();
-    std::error_code model_ec;
-    if (name.empty() || name[0] == '.' || !model_dir.is_directory(model_ec)) continue;
-    Versions versions;
-    fs::directory_iterator version_it(model_dir.path(), model_ec);
-    if (model_ec) report(absl::StrCat(name, ": cannot list: ", model_ec.message()));
-    for (; !model_ec && version_it != fs::directory_iterator(); version_it.increment(model_ec)) {
-      const fs::directory_entry& version_dir = *version_it;
-      const std::string entry = version_dir.path().filename().string();
-      int64_t version = 0;
-      std::error_code entry_ec;
-      if (!absl::SimpleAtoi(entry, &version) || version < 1 || !version_dir.is_directory(entry_ec)) {
-        continue;  // not a version: temp dirs, config.pbtxt, stray files
+  if (!options.log) options.log = DefaultLog;
+  // The first scan reports into *errors; later ones into the log.
+  auto repo = std::unique_ptr<ModelRepository>(new ModelRepository(root, options));
+  std::vector<std::string> lines;
+  {
+    absl::MutexLock lock(&repo->load_mu_);
+    auto next = std::make_shared<RepositorySnapshot>();
+    for (fs::directory_iterator it(root, ec); !ec && it != fs::directory_iterator();
+         it.increment(ec)) {
+      const std::string name = it->path().filename().string();
+      std::error_code dir_ec;
+      if (!CheckModelName(name).ok() || !it->is_directory(dir_ec)) continue;
+      ModelState state = repo->ScanModel(name, nullptr, &lines);
+      if (!state.versions.empty() || !state.failures.empty() || !state.config_error.empty()) {
+        next->emplace(name, std::move(state));
       }
-      absl::StatusOr<LoadedModel> loaded = LoadCheckpoint(version_dir.path().string());
-      if (!loaded.ok()) {
-        report(absl::StrCat(name, " version ", version, ": ", loaded.status().message()));
-        continue;
-      }
-      auto servable = std::make_shared<Servable>();
-      servable->model = name;
-      servable->version = version;
-      servable->loaded = *std::move(loaded);
-      versions.emplace(version, std::move(servable));
     }
-    if (model_ec) report(absl::StrCat(name, ": listing stopped: ", model_ec.message()));
-    if (!versions.empty()) repo->models_.emplace(name, std::move(versions));
+    absl::MutexLock snapshot_lock(&repo->snapshot_mu_);
+    repo->snapshot_ = std::move(next);
+  }
+  // What did not load (the lines saying what did are for later scans' log).
+  if (errors != nullptr) {
+    for (const auto& [name, state] : *repo->snapshot()) {
+      if (!state.config_error.empty()) errors->push_back(absl::StrCat(name, ": ", state.config_error));
+      for (const auto& [version, failure] : state.failures) {
+        errors->push_back(absl::StrCat(name, " version ", version, ": ", failure.error));
+      }
+    }
   }
   return repo;
 }
 
+std::shared_ptr<const Servable> ModelRepository::LoadVersion(const std::string& name,
+                                                             int64_t version,
+                                                             const std::string& dir,
+                                                             const ModelState& state,
+                                                             std::string* error) const {
+  absl::StatusOr<LoadedModel> loaded = LoadCheckpoint(dir);
+  if (!loaded.ok()) {
+    *error = std::string(loaded.status().message());
+    return nullptr;
+  }
+  // Warm up: one prediction per batch bucket on each path, on this thread,
+  // so the first requests find every code path run once and a model that
+  // cannot predict never serves.
+  SetKernelThreads(1);
+  for (const Model* model : {static_cast<const Model*>(loaded->sparse.get()),
+                             static_cast<const Model*>(loaded->dense.get())}) {
+    if (model == nullptr) continue;
+    const int64_t d = model->info().input_dim, o = model->info().output_dim;
+    const int64_t largest = std::min<int64_t>(options_.max_batch_rows, 128);
+    std::vector<float> x(largest * d, 0.0f), y(largest * o);
+    for (int64_t rows = 1; rows <= largest; rows *= 2) {
+      PredictStats stats;
+      absl::Status s = model->Predict(absl::MakeConstSpan(x.data(), rows * d), rows,
+                                      absl::MakeSpan(y.data(), rows * o), &stats, nullptr);
+      if (!s.ok()) {
+        *error = absl::StrCat("warm-up prediction of ", rows, " rows failed: ", s.message());
+        return nullptr;
+      }
+    }
+  }
+  // Freed by the reaper thread, or here when the repository is gone.
+  std::weak_ptr<Reaper> reaper = reaper_;
+  std::shared_ptr<Servable> servable(new Servable(), [reaper](const Servable* s) {
+    if (std::shared_ptr<Reaper> r = reaper.lock()) {
+      r->Retire(s);
+    } else {
+      delete s;
+    }
+  });
+  servable->model = name;
+  servable->version = version;
+  servable->loaded = *std::move(loaded);
+  for (auto& batcher : servable->batchers) {
+    batcher = std::make_unique<Batcher>();
+    batcher->SetOptions(ToBatchingOptions(state.config));
+  }
+  return servable;
+}
+
+ModelState ModelRepository::ScanModel(const std::string& name, const ModelState* previous,
+                                      std::vector<std::string>* log) const {
+  const fs::path model_dir = fs::path(root_) / name;
+  ModelState state;
+  if (previous != nullptr) {
+    state.config = previous->config;
+    state.config_text = previous->config_text;
+  }
+  // config.pbtxt: absent = defaults; unparsable = keep the previous one.
+  std::string text;
+  std::error_code ec;
+  if (fs::exists(model_dir / kConfigFile, ec)) {
+    std::ifstream in(model_dir / kConfigFile, std::ios::binary);
+    std::stringstream buffer;
+    buffer << in.rdbuf();
+    text = buffer.str();
+    if (!in.good() && !in.eof()) text.clear();
+  }
+  if (previous == nullptr || text != previous->config_text) {
+    absl::StatusOr<sparse::v1::ModelConfig> config = ParseModelConfig(text);
+    if (config.ok()) {
+      const bool had = previous != nullptr;
+      state.config = *std::move(config);
+      state.config_text = text;
+      if (had) log->push_back(absl::StrCat("model ", name, ": new ", kConfigFile, " applied"));
+    } else {
+      state.config_error = std::string(config.status().message());
+      if (previous == nullptr || previous->config_error != state.config_error) {
+        log->push_back(absl::StrCat("model ", name, ": ", state.config_error,
+                                    previous != nullptr && previous->config_error.empty()
+                                        ? " (the previous config stays)"
+                                        : " (defaults apply)"));
+      }
+    }
+  } else {
+    state.config_error = previous->config_error;
+  }
+
+  const std::vector<int64_t> on_disk = ListVersions(model_dir, &ec);
+  if (ec) {
+    // Unreadable now: keep what serves rather than unloading on a glitch.
+    log->push_back(absl::StrCat("model ", name, ": cannot list its versions (", ec.message(),
+                                "); what serves stays"));
+    if (previous != nullptr) return *previous;
+    return state;
+  }
+  const sparse::v1::VersionPolicy& policy = state.config.version_policy();
+  const std::set<int64_t> specific(policy.specific().versions().begin(),
+                                   policy.specific().versions().end());
+  const size_t want = policy.has_all() || policy.has_specific()
+                          ? on_disk.size()
+                          : (policy.has_latest() ? policy.latest().num_versions() : 1);
+  const bool batching_changed =
+      previous != nullptr && !SameBatching(previous->config, state.config);
+  for (int64_t version : on_disk) {
+    if (state.versions.size() >= want) break;
+    if (policy.has_specific() && specific.count(version) == 0) continue;
+    if (previous != nullptr) {
+      auto loaded = previous->versions.find(version);
+      if (loaded != previous->versions.end()) {
+        if (batching_changed) {
+          for (const auto& batcher : loaded->second->batchers) {
+            batcher->SetOptions(ToBatchingOptions(state.config));
+          }
+        }
+        state.versions.emplace(version, loaded->second);
+        continue;
+      }
+    }
+    const fs::path dir = model_dir / std::to_string(version);
+    const std::string fingerprint = Fingerprint(dir);
+    if (previous != nullptr) {
+      auto failed = previous->failures.find(version);
+      if (failed != previous->failures.end() && failed->second.fingerprint == fingerprint) {
+        state.failures.emplace(version, failed->second);  // unchanged: not tried again
+        continue;
+      }
+    }
+    std::string error;
+    std::shared_ptr<const Servable> servable = LoadVersion(name, version, dir.string(), state, &error);
+    if (servable == nullptr) {
+      log->push_back(absl::StrCat("model ", name, " version ", version, " not loaded: ", error));
+      state.failures.emplace(version, ModelState::Failure{error, fingerprint});
+      continue;
+    }
+    log->push_back(absl::StrCat("model ", name, " version ", version, " loaded: ",
+                                servable->loaded.sparse->info().description));
+    state.versions.emplace(version, std::move(servable));
+  }
+  if (previous != nullptr) {
+    for (const auto& [version, unused] : previous->versions) {
+      if (state.versions.count(version) == 0) {
+        log->push_back(absl::StrCat("model ", name, " version ", version, " unloaded"));
+      }
+    }
+  }
+  return state;
+}
+
+void ModelRepository::Publish(std::shared_ptr<const RepositorySnapshot> next,
+                              const std::vector<std::string>& log) {
+  for (const std::string& line : log) options_.log(line);
+  std::shared_ptr<const RepositorySnapshot> old;
+  {
+    absl::MutexLock lock(&snapshot_mu_);
+    old = std::exchange(snapshot_, next);
+  }
+  if (options_.on_publish) options_.on_publish(*next);
+  // `old` drops here; versions no request holds go to the reaper.
+}
+
+void ModelRepository::Rescan() {
+  absl::MutexLock lock(&load_mu_);
+  const std::shared_ptr<const RepositorySnapshot> current = snapshot();
+  auto next = std::make_shared<RepositorySnapshot>();
+  std::vector<std::string> log;
+  std::error_code ec;
+  std::set<std::string> seen;
+  for (fs::directory_iterator it(root_, ec); !ec && it != fs::directory_iterator();
+       it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    std::error_code dir_ec;
+    if (!CheckModelName(name).ok() || !it->is_directory(dir_ec)) continue;
+    seen.insert(name);
+    auto previous = current->find(name);
+    ModelState state =
+        ScanModel(name, previous == current->end() ? nullptr : &previous->second, &log);
+    if (!state.versions.empty() || !state.failures.empty() || !state.config_error.empty()) {
+      next->emplace(name, std::move(state));
+    } else if (previous != current->end()) {
+      log.push_back(absl::StrCat("model ", name, " unloaded: no version directory left"));
+    }
+  }
+  if (ec) {
+    options_.log(absl::StrCat("cannot list the model repository (", ec.message(),
+                              "); what serves stays"));
+    return;
+  }
+  for (const auto& [name, unused] : *current) {
+    if (seen.count(name) == 0) log.push_back(absl::StrCat("model ", name, " unloaded: its directory is gone"));
+  }
+  auto serving = [](const RepositorySnapshot& s) {
+    size_t n = 0;
+    for (const auto& [name, state] : s) n += state.versions.size();
+    return n;
+  };
+  if (serving(*next) == 0 && serving(*current) > 0) {
+    // An empty or unmounted repository: keep serving what we have.
+    options_.log(absl::StrCat("the model repository holds nothing that loads; keeping the ",
+                              serving(*current), " version(s) that serve"));
+    return;
+  }
+  // Publish only when something changed (log lines say what).
+  if (log.empty() && next->size() == current->size()) return;
+  Publish(std::move(next), log);
+}
+
+absl::StatusOr<ModelState> ModelRepository::LoadModel(absl::string_view model) {
+  if (absl::Status s = CheckModelName(model); !s.ok()) return s;
+  const std::string name(model);
+  absl::MutexLock lock(&load_mu_);
+  std::error_code ec;
+  if (!fs::is_directory(fs::path(root_) / name, ec)) {
+    return absl::NotFoundError(absl::StrCat("the repository has no model directory '", name, "'"));
+  }
+  const std::shared_ptr<const RepositorySnapshot> current = snapshot();
+  auto previous = current->find(name);
+  std::vector<std::string> log;
+  ModelState state =
+      ScanModel(name, previous == current->end() ? nullptr : &previous->second, &log);
+  auto next = std::make_shared<RepositorySnapshot>(*current);
+  (*next)[name] = state;
+  Publish(std::move(next), log);
+  if (state.versions.empty()) {
+    std::vector<std::string> why;
+    if (!state.config_error.empty()) why.push_back(state.config_error);
+    for (const auto& [version, failure] : state.failures) {
+      why.push_back(absl::StrCat("version ", version, ": ", failure.error));
+    }
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model '", name, "' has no version that loads",
+        why.empty() ? " (no version directory)" : absl::StrCat(": ", absl::StrJoin(why, "; "))));
+  }
+  return state;
+}
+
+absl::Status ModelRepository::UnloadModel(absl::string_view model) {
+  if (absl::Status s = CheckModelName(model); !s.ok()) return s;
+  absl::MutexLock lock(&load_mu_);
+  const std::shared_ptr<const RepositorySnapshot> current = snapshot();
+  if (current->count(std::string(model)) == 0) {
+    return absl::NotFoundError(absl::StrCat("model '", model, "' is not loaded"));
+  }
+  auto next = std::make_shared<RepositorySnapshot>(*current);
+  next->erase(std::string(model));
+  Publish(std::move(next), {absl::StrCat("model ", model, " unloaded on request")});
+  return absl::OkStatus();
+}
+
+void ModelRepository::StartPolling(std::chrono::milliseconds interval) {
+  absl::MutexLock lock(&poll_mu_);
+  if (polling_) return;
+  polling_ = true;
+  poller_ = std::thread([this, interval] {
+    absl::MutexLock lock(&poll_mu_);
+    while (true) {
+      if (poll_mu_.AwaitWithTimeout(absl::Condition(this, &ModelRepository::PollStopped),
+                                    absl::FromChrono(interval))) {
+        return;
+      }
+      poll_mu_.Unlock();
+      Rescan();
+      poll_mu_.Lock();
+    }
+  });
+}
+
+void ModelRepository::StopPolling() {
+  {
+    absl::MutexLock lock(&poll_mu_);
+    polling_ = false;
+  }
+  if (poller_.joinable()) poller_.join();
+}
+
+std::shared_ptr<const RepositorySnapshot> ModelRepository::snapshot() const {
+  absl::ReaderMutexLock lock(&snapshot_mu_);
+  return snapshot_;
+}
+
 absl::StatusOr<std::shared_ptr<const Servable>> ModelRepository::Find(absl::string_view model,
                                                                       int64_t version) const {
-  auto it = models_.find(std::string(model));
-  if (it == models_.end()) {
+  absl::ReaderMutexLock lock(&snapshot_mu_);
+  auto it = snapshot_->find(std::string(model));
+  if (it == snapshot_->end()) {
     std::vector<std::string> names;
-    for (const auto& [name, unused] : models_) names.push_back(name);
+    for (const auto& [name, unused] : *snapshot_) names.push_back(name);
     return absl::NotFoundError(absl::StrCat("model '", model, "' is not loaded (loaded: ",
                                             names.empty() ? "none" : absl::StrJoin(names, ", "),
                                             ")"));
   }
-  const Versions& versions = it->second;
+  const ModelState::Versions& versions = it->second.versions;
+  if (versions.empty()) {
+    return absl::UnavailableError(absl::StrCat(
+        "model '", model, "' has no version that loads (GetModel lists why)"));
+  }
   if (version == 0) return versions.rbegin()->second;
   auto v = versions.find(version);
   if (v == versions.end()) {

@@ -1,25 +1,43 @@
-// ModelRepository: every valid version of every model under a repository
-// root (DESIGN.md §3), loaded at start.
+// ModelRepository: the versions being served from a repository root
+// (DESIGN.md §3), and their life cycle.
 //
-// Layout: <root>/<model>/<version>/ with integer versions >= 1. Hidden
-// entries (".tmp-*" from a publisher in progress) are ignored; a version
-// that fails to load (no manifest, corrupt files) is skipped and reported,
-// and the others still serve. Immutable after Load(), so every method is
-// safe from any number of threads. Requests hold a shared_ptr to the
-// version they run on. (Polling and explicit load/unload come with the
-// production-serving issue.)
+// Layout: <root>/<model>/config.pbtxt (optional, sparse.v1.ModelConfig in
+// text format) and <root>/<model>/<version>/ with integer versions >= 1.
+// Hidden entries (".tmp-*" from a publisher in progress) are ignored.
+//
+// What serves is an immutable snapshot (model -> versions, config, failed
+// loads), replaced whole. Rescan() and LoadModel() build the next snapshot
+// off the request path: a version the policy selects that is not loaded yet
+// is read, validated and warmed up (one prediction per batch bucket on each
+// path) before the snapshot that holds it is published; a version that fails
+// is logged and listed in the model's failures, and an older good version
+// keeps serving. Lifecycle operations run one at a time, so a slow load can
+// never publish over a newer one. Requests hold a shared_ptr to the version
+// they run on; when the last one lets go of a removed version, a background
+// thread frees it (never a request thread). A rescan that finds nothing to
+// serve (an empty or unmounted repository) keeps everything.
+//
+// Thread-safe: Find() and snapshot() from any thread, any time.
 #ifndef SPARSE_SERVER_MODEL_REPOSITORY_H_
 #define SPARSE_SERVER_MODEL_REPOSITORY_H_
 
+#include <array>
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "model_store/checkpoint.h"
+#include "server/batcher.h"
+#include "sparse/v1/model_config.pb.h"
 
 namespace sparse {
 
@@ -27,26 +45,101 @@ struct Servable {
   std::string model;
   int64_t version = 0;
   LoadedModel loaded;
+  // Dynamic batching queues for the sparse [0] and dense [1] paths;
+  // enabled() only when the model's config.pbtxt asks for batching.
+  std::array<std::unique_ptr<Batcher>, 2> batchers;
+  Batcher& batcher(bool dense) const { return *batchers[dense ? 1 : 0]; }
 };
+
+struct ModelState {
+  using Versions = std::map<int64_t, std::shared_ptr<const Servable>>;
+  Versions versions;  // may be empty while every selected version fails
+  sparse::v1::ModelConfig config;
+  std::string config_text;   // as read, to notice changes
+  std::string config_error;  // config.pbtxt did not parse; `config` is the previous one
+  struct Failure {
+    std::string error;
+    std::string fingerprint;  // the files as they were; retried when they change
+  };
+  std::map<int64_t, Failure> failures;
+};
+using RepositorySnapshot = std::map<std::string, ModelState>;
+
+// Parses config.pbtxt text and checks its values. Errors name the line and
+// column (never a path).
+absl::StatusOr<sparse::v1::ModelConfig> ParseModelConfig(absl::string_view text);
+
+// A plain model directory name: not empty, no '/', NUL, "." or "..", not
+// hidden. INVALID_ARGUMENT otherwise.
+absl::Status CheckModelName(absl::string_view name);
 
 class ModelRepository {
  public:
-  // Loads `root`. Errors only if `root` is not a readable directory; each
-  // version that fails to load adds a line to *errors (which may be null).
-  static absl::StatusOr<std::unique_ptr<ModelRepository>> Load(const std::string& root,
+  struct Options {
+    // Largest batch a request may carry: warm-up runs every batch bucket
+    // (1, 2, 4, ..., 128) up to it.
+    int64_t max_batch_rows = 1024;
+    // Log lines after Open (loads, unloads, failures); default stderr.
+    std::function<void(const std::string&)> log;
+    // Called after each new snapshot is published (from the thread that
+    // published it), e.g. to update health and metrics.
+    std::function<void(const RepositorySnapshot&)> on_publish;
+  };
+
+  // Loads what `root` holds. Errors only if `root` is not a readable
+  // directory; each version that fails to load adds a line to *errors (may
+  // be null).
+  static absl::StatusOr<std::unique_ptr<ModelRepository>> Open(const std::string& root,
+                                                               Options options,
                                                                std::vector<std::string>* errors);
+  ~ModelRepository();
 
   // The version to serve: `version`, or the newest when it is 0.
-  // NOT_FOUND names the model or version asked for and what is loaded.
+  // NOT_FOUND names the model or version asked for and what is loaded;
+  // UNAVAILABLE when the model is known but no version of it loaded.
   absl::StatusOr<std::shared_ptr<const Servable>> Find(absl::string_view model,
                                                        int64_t version) const;
+  std::shared_ptr<const RepositorySnapshot> snapshot() const;
 
-  // model name -> version -> servable, for listing.
-  using Versions = std::map<int64_t, std::shared_ptr<const Servable>>;
-  const std::map<std::string, Versions>& models() const { return models_; }
+  // Reads every model directory again and publishes what changed.
+  void Rescan();
+  // Rescan() every `interval` on a background thread until Stop().
+  void StartPolling(std::chrono::milliseconds interval);
+  // Stops polling (waits for a rescan in progress). Idempotent.
+  void StopPolling();
+
+  // Explicit control. LoadModel (re)reads one model directory; the error
+  // says why nothing of it serves (its previous versions keep serving).
+  absl::StatusOr<ModelState> LoadModel(absl::string_view model);
+  absl::Status UnloadModel(absl::string_view model);
 
  private:
-  std::map<std::string, Versions> models_;
+  class Reaper;
+  explicit ModelRepository(std::string root, Options options);
+
+  // Builds the next state of one model from disk. `previous` may be null.
+  ModelState ScanModel(const std::string& name, const ModelState* previous,
+                       std::vector<std::string>* log) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(load_mu_);
+  std::shared_ptr<const Servable> LoadVersion(const std::string& name, int64_t version,
+                                              const std::string& dir, const ModelState& state,
+                                              std::string* error) const;
+  void Publish(std::shared_ptr<const RepositorySnapshot> next,
+               const std::vector<std::string>& log) ABSL_EXCLUSIVE_LOCKS_REQUIRED(load_mu_);
+
+  bool PollStopped() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(poll_mu_) { return !polling_; }
+
+  const std::string root_;
+  const Options options_;
+  std::shared_ptr<Reaper> reaper_;
+
+  // Serializes Rescan, LoadModel and UnloadModel.
+  absl::Mutex load_mu_;
+  mutable absl::Mutex snapshot_mu_;
+  std::shared_ptr<const RepositorySnapshot> snapshot_ ABSL_GUARDED_BY(snapshot_mu_);
+
+  absl::Mutex poll_mu_;
+  bool polling_ ABSL_GUARDED_BY(poll_mu_) = false;
+  std::thread poller_;
 };
 
 }  // namespace sparse

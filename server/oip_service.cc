@@ -133,7 +133,9 @@ grpc::ServerUnaryReactor* OipService::ServerLive(grpc::CallbackServerContext* co
 grpc::ServerUnaryReactor* OipService::ServerReady(grpc::CallbackServerContext* context,
                                                   const inference::ServerReadyRequest*,
                                                   inference::ServerReadyResponse* response) {
-  response->set_ready(!repository_->models().empty());
+  bool ready = false;
+  for (const auto& [name, state] : *repository_->snapshot()) ready = ready || !state.versions.empty();
+  response->set_ready(ready);
   return FinishWith(context, absl::OkStatus());
 }
 
@@ -143,7 +145,8 @@ grpc::ServerUnaryReactor* OipService::ModelReady(grpc::CallbackServerContext* co
   absl::StatusOr<Target> t = ParseTarget(request->name(), request->version());
   if (!t.ok()) return FinishWith(context, t.status());
   absl::StatusOr<std::shared_ptr<const Servable>> found = FindTarget(*repository_, *t);
-  if (!found.ok() && found.status().code() != absl::StatusCode::kNotFound) {
+  if (!found.ok() && found.status().code() != absl::StatusCode::kNotFound &&
+      found.status().code() != absl::StatusCode::kUnavailable) {
     return FinishWith(context, found.status());
   }
   response->set_ready(found.ok());  // a model that is not loaded is not ready
@@ -168,7 +171,10 @@ grpc::ServerUnaryReactor* OipService::ModelMetadata(grpc::CallbackServerContext*
   const LoadedModel& loaded = (*found)->loaded;
   const ModelInfo& info = t->dense ? loaded.dense->info() : loaded.sparse->info();
   response->set_name(request->name());
-  for (const auto& [number, servable] : repository_->models().at(t->model)) {
+  const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
+  auto state = snapshot->find(t->model);
+  if (state == snapshot->end()) return FinishWith(context, absl::NotFoundError("model unloaded"));
+  for (const auto& [number, servable] : state->second.versions) {
     if (!t->dense || servable->loaded.dense != nullptr) response->add_versions(absl::StrCat(number));
   }
   response->set_platform(absl::StrCat("sparse-serve_", t->dense ? "dense" : ModelKindName(info.kind)));

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <set>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -55,12 +56,40 @@ class NoPlugins final : public grpc::ServerBuilderOption {
 
 absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
     const ServerOptions& options, std::vector<std::string>* load_errors) {
+  if (options.model_control && options.poll_seconds > 0) {
+    return absl::InvalidArgumentError(
+        "--model_control and --poll_seconds exclude each other: a poll would undo an explicit "
+        "UnloadModel");
+  }
+  if (options.model_control && !options.tls_cert_file.empty() &&
+      options.tls_client_ca_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--model_control with TLS needs --tls_client_ca: only clients with a certificate may "
+        "load and unload models");
+  }
   auto server = std::unique_ptr<SparseServer>(new SparseServer());
+  server->metrics_ = std::make_unique<ServerMetrics>();
+  ModelRepository::Options repository_options;
+  repository_options.max_batch_rows = options.max_batch_rows;
+  // Readiness and metrics follow every snapshot. The servers do not exist
+  // during the first load; Start() sets their health below.
+  SparseServer* s = server.get();
+  repository_options.on_publish = [s](const RepositorySnapshot& snapshot) {
+    std::map<std::string, int> versions;
+    for (const auto& [name, state] : snapshot) {
+      versions[name] = static_cast<int>(state.versions.size());
+    }
+    s->metrics_->SetLoadedVersions(versions);
+    s->SetModelHealth(snapshot);
+  };
   absl::StatusOr<std::unique_ptr<ModelRepository>> repository =
-      ModelRepository::Load(options.model_repository, load_errors);
+      ModelRepository::Open(options.model_repository, repository_options, load_errors);
   if (!repository.ok()) return repository.status();
   server->repository_ = *std::move(repository);
-  if (server->repository_->models().empty()) {
+  const std::shared_ptr<const RepositorySnapshot> first = server->repository_->snapshot();
+  size_t serving = 0;
+  for (const auto& [name, state] : *first) serving += state.versions.size();
+  if (serving == 0) {
     return absl::NotFoundError(absl::StrCat("no loadable model in ", options.model_repository,
                                             " (expected <model>/<version>/ directories written by "
                                             "sparse-train)"));
@@ -69,11 +98,7 @@ absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
                           ? options.workers
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   server->pool_ = std::make_unique<WorkerPool>(workers, options.max_queue);
-  std::map<std::string, int> loaded_versions;
-  for (const auto& [name, versions] : server->repository_->models()) {
-    loaded_versions[name] = static_cast<int>(versions.size());
-  }
-  server->metrics_ = std::make_unique<ServerMetrics>(loaded_versions);
+  repository_options.on_publish(*first);
   if (options.metrics_port >= 0) {
     try {
       server->exposer_ = std::make_unique<prometheus::Exposer>(
@@ -94,15 +119,16 @@ absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
                                 .metrics = server->metrics_.get()});
   int64_t message_bytes = options.max_message_bytes;
   if (message_bytes <= 0) {
+    // At least 64 MiB, so a wider model loaded later still fits.
     int64_t widest = 1;
-    for (const auto& [name, versions] : server->repository_->models()) {
-      for (const auto& [number, servable] : versions) {
+    for (const auto& [name, state] : *first) {
+      for (const auto& [number, servable] : state.versions) {
         widest = std::max({widest, servable->loaded.sparse->info().input_dim,
                            servable->loaded.sparse->info().output_dim});
       }
     }
-    message_bytes = std::min<int64_t>(options.max_batch_rows * widest * 4 + (int64_t{1} << 20),
-                                      int64_t{1} << 30);
+    message_bytes = std::clamp<int64_t>(options.max_batch_rows * widest * 4 + (int64_t{1} << 20),
+                                        int64_t{64} << 20, int64_t{1} << 30);
   }
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
       ServerCredentials(options);
@@ -117,6 +143,10 @@ absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
   builder.RegisterService(server->service_.get());
   server->oip_service_ = std::make_unique<OipService>(server->repository_.get(), server->service_.get());
   builder.RegisterService(server->oip_service_.get());
+  if (options.model_control) {
+    server->control_service_ = std::make_unique<ModelControlService>(server->repository_.get());
+    builder.RegisterService(server->control_service_.get());
+  }
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
     if (!options.tls_cert_file.empty()) {
@@ -144,15 +174,33 @@ absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
                                                  options.health_port, " (--health_port)"));
     }
   }
-  for (grpc::Server* s : {server->server_.get(), server->health_server_.get()}) {
+  {
+    absl::MutexLock lock(&server->health_mu_);
+    server->health_ready_ = true;
+  }
+  server->SetModelHealth(*server->repository_->snapshot());
+  if (options.poll_seconds > 0) {
+    server->repository_->StartPolling(std::chrono::milliseconds(
+        std::max<int64_t>(1, static_cast<int64_t>(options.poll_seconds * 1000))));
+  }
+  return server;
+}
+
+void SparseServer::SetModelHealth(const RepositorySnapshot& snapshot) {
+  absl::MutexLock lock(&health_mu_);
+  if (!health_ready_) return;  // Start() sets it once the servers run
+  for (grpc::Server* s : {server_.get(), health_server_.get()}) {
     if (s == nullptr) continue;
     grpc::HealthCheckServiceInterface* health = s->GetHealthCheckService();
     health->SetServingStatus("", true);
-    for (const auto& [name, unused] : server->repository_->models()) {
-      health->SetServingStatus(name, true);
+    for (const std::string& name : health_models_) {
+      if (snapshot.count(name) == 0) health->SetServingStatus(name, false);  // unloaded
+    }
+    for (const auto& [name, state] : snapshot) {
+      health->SetServingStatus(name, !state.versions.empty());
     }
   }
-  return server;
+  for (const auto& [name, state] : snapshot) health_models_.insert(name);
 }
 
 SparseServer::~SparseServer() {
@@ -165,6 +213,7 @@ SparseServer::~SparseServer() {
 void SparseServer::Shutdown(int64_t grace_ms) {
   if (server_ == nullptr) return;
   const auto deadline = std::chrono::system_clock::now() + std::chrono::milliseconds(grace_ms);
+  repository_->StopPolling();  // nothing loads while draining
   for (grpc::Server* s : {server_.get(), health_server_.get()}) {
     if (s != nullptr) s->GetHealthCheckService()->Shutdown();  // NOT_SERVING from here on
   }

@@ -6,10 +6,12 @@
 
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "grpcpp/generic/async_generic_service.h"
 #include "grpcpp/server.h"
 #include "server/inference_service.h"
@@ -46,13 +48,21 @@ struct ServerOptions {
   // Prometheus text endpoint (GET /metrics) on this port; -1 = none, 0 = a
   // free port (see SparseServer::metrics_port).
   int metrics_port = -1;
+  // Rescan the repository this often (new versions, removed ones, changed
+  // config.pbtxt); 0 = load once at start.
+  double poll_seconds = 0;
+  // Serve sparse.v1.ModelControl (LoadModel / UnloadModel). With TLS on it
+  // needs mutual TLS (tls_client_ca_file), so only clients holding a
+  // certificate can change what serves.
+  bool model_control = false;
 };
 
 class SparseServer {
  public:
   // Loads the repository and starts serving. Versions that fail to load are
-  // skipped and listed in *load_errors (may be null). Errors: the
-  // repository is missing, holds no loadable model, or the port is taken.
+  // skipped and listed in *load_errors (may be null); later load and unload
+  // lines go to stderr. Errors: the repository is missing, holds no
+  // loadable model, or the port is taken.
   static absl::StatusOr<std::unique_ptr<SparseServer>> Start(const ServerOptions& options,
                                                              std::vector<std::string>* load_errors);
   ~SparseServer();
@@ -60,7 +70,7 @@ class SparseServer {
   int port() const { return port_; }
   int health_port() const { return health_port_; }  // 0 when there is none
   int metrics_port() const { return metrics_port_; }  // 0 when there is none
-  const ModelRepository& repository() const { return *repository_; }
+  ModelRepository& repository() const { return *repository_; }
   int workers() const { return pool_->threads(); }
 
   // Drains: health turns NOT_SERVING, new calls are refused, calls in
@@ -72,6 +82,8 @@ class SparseServer {
 
  private:
   SparseServer() = default;
+  // Health per model follows the snapshot: SERVING while a version serves.
+  void SetModelHealth(const RepositorySnapshot& snapshot);
 
   std::unique_ptr<ModelRepository> repository_;
   std::unique_ptr<ServerMetrics> metrics_;
@@ -79,12 +91,16 @@ class SparseServer {
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<InferenceService> service_;
   std::unique_ptr<OipService> oip_service_;
+  std::unique_ptr<ModelControlService> control_service_;
   // Answers every other method on the health port UNIMPLEMENTED (and gives
   // that server the callback queue gRPC requires).
   // Declared before the server that uses it, so it is destroyed after.
   std::unique_ptr<grpc::CallbackGenericService> refuse_others_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<grpc::Server> health_server_;  // plaintext, health only
+  absl::Mutex health_mu_;
+  bool health_ready_ ABSL_GUARDED_BY(health_mu_) = false;
+  std::set<std::string> health_models_ ABSL_GUARDED_BY(health_mu_);  // every name ever set
   int port_ = 0;
   int health_port_ = 0;
   int metrics_port_ = 0;

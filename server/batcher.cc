@@ -1,0 +1,67 @@
+#include "server/batcher.h"
+
+#include <algorithm>
+
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+
+namespace sparse {
+
+void Batcher::SetOptions(const BatchingOptions& options) {
+  absl::MutexLock lock(&mu_);
+  options_ = options;
+  options_.max_batch_rows = std::max<int64_t>(1, options_.max_batch_rows);
+  options_.max_queue_delay_us = std::max<int64_t>(0, options_.max_queue_delay_us);
+  options_.max_queue_size = std::max<int64_t>(1, options_.max_queue_size);
+  enabled_.store(options.enabled, std::memory_order_relaxed);
+}
+
+Batcher::AddResult Batcher::Add(PendingRequest* request) {
+  absl::MutexLock lock(&mu_);
+  if (static_cast<int64_t>(queue_.size()) >= options_.max_queue_size) return AddResult::kFull;
+  queued_rows_ += request->request->rows();
+  queue_.push_back(std::move(*request));
+  if (drain_scheduled_) return AddResult::kQueued;
+  drain_scheduled_ = true;
+  return AddResult::kQueuedScheduleDrain;
+}
+
+std::vector<PendingRequest> Batcher::Take(bool* schedule_another) {
+  absl::MutexLock lock(&mu_);
+  const int64_t max_rows = options_.max_batch_rows;
+  if (options_.max_queue_delay_us > 0 && !queue_.empty() && queued_rows_ < max_rows) {
+    // Wait for a full batch, at most until the oldest request has waited
+    // max_queue_delay_us.
+    const auto waited = std::chrono::steady_clock::now() - queue_.front().arrival;
+    const absl::Duration left =
+        absl::Microseconds(options_.max_queue_delay_us) - absl::FromChrono(waited);
+    if (left > absl::ZeroDuration()) {
+      mu_.AwaitWithTimeout(absl::Condition(this, &Batcher::BatchFull), left);
+    }
+  }
+  std::vector<PendingRequest> batch;
+  int64_t rows = 0;
+  while (!queue_.empty()) {
+    const int64_t next = queue_.front().request->rows();
+    if (!batch.empty() && rows + next > max_rows) break;
+    rows += next;
+    batch.push_back(std::move(queue_.front()));
+    queue_.pop_front();
+  }
+  queued_rows_ -= rows;
+  drain_scheduled_ = !queue_.empty();
+  *schedule_another = drain_scheduled_;
+  return batch;
+}
+
+std::vector<PendingRequest> Batcher::TakeAll() {
+  absl::MutexLock lock(&mu_);
+  std::vector<PendingRequest> all(std::make_move_iterator(queue_.begin()),
+                                  std::make_move_iterator(queue_.end()));
+  queue_.clear();
+  queued_rows_ = 0;
+  drain_scheduled_ = false;
+  return all;
+}
+
+}  // namespace sparse

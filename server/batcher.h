@@ -1,0 +1,88 @@
+// Batcher: dynamic batching for one model version and path (DESIGN.md §5).
+//
+// Requests too dear to run on the gRPC thread wait here instead of going to
+// the worker pool one by one. The first request into an idle queue asks for
+// one drain task; the worker that runs it calls Take(), which waits up to
+// max_queue_delay for max_batch_rows rows, then hands back the oldest
+// requests up to that many rows. If requests remain, Take() says so and the
+// caller schedules another drain task, so every free worker forms its own
+// batch while the others compute. Under load a batch holds whatever arrived
+// while the workers were busy.
+//
+// The options can change while requests wait (a new config.pbtxt); Take()
+// uses the options current when it is called. Thread-safe.
+#ifndef SPARSE_SERVER_BATCHER_H_
+#define SPARSE_SERVER_BATCHER_H_
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "grpcpp/server_context.h"
+#include "sparse/v1/inference.pb.h"
+
+namespace sparse {
+
+struct BatchingOptions {
+  bool enabled = false;
+  int64_t max_batch_rows = 64;
+  int64_t max_queue_delay_us = 0;
+  int64_t max_queue_size = 1024;
+};
+
+// One queued request. Everything it points to stays alive until `done`.
+struct PendingRequest {
+  grpc::CallbackServerContext* context = nullptr;
+  const sparse::v1::PredictRequest* request = nullptr;
+  sparse::v1::PredictResponse* response = nullptr;
+  std::chrono::steady_clock::time_point arrival;
+  std::function<void(grpc::Status)> done;
+};
+
+class Batcher {
+ public:
+  Batcher() = default;
+  Batcher(const Batcher&) = delete;
+  Batcher& operator=(const Batcher&) = delete;
+
+  void SetOptions(const BatchingOptions& options);
+  bool enabled() const { return enabled_.load(std::memory_order_relaxed); }
+
+  enum class AddResult { kQueued, kQueuedScheduleDrain, kFull };
+  // Queues `request` unless max_queue_size requests wait already (then it
+  // is handed back untouched in *request, and kFull is returned). On
+  // kQueuedScheduleDrain the caller must run (or schedule) a drain task that
+  // calls Take().
+  AddResult Add(PendingRequest* request);
+
+  // For a drain task: waits up to max_queue_delay_us for max_batch_rows
+  // rows, then returns the oldest requests up to that many rows (at least
+  // one request). *schedule_another is true when requests remain; the
+  // caller then schedules one more drain task.
+  std::vector<PendingRequest> Take(bool* schedule_another);
+
+  // Removes every waiting request (for when a drain task cannot be
+  // scheduled); the caller finishes them.
+  std::vector<PendingRequest> TakeAll();
+
+ private:
+  bool BatchFull() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return queued_rows_ >= options_.max_batch_rows;
+  }
+
+  std::atomic<bool> enabled_{false};
+  mutable absl::Mutex mu_;
+  BatchingOptions options_ ABSL_GUARDED_BY(mu_);
+  std::deque<PendingRequest> queue_ ABSL_GUARDED_BY(mu_);
+  int64_t queued_rows_ ABSL_GUARDED_BY(mu_) = 0;
+  bool drain_scheduled_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace sparse
+
+#endif  // SPARSE_SERVER_BATCHER_H_

@@ -1,0 +1,101 @@
+// Batcher: batches form from the oldest requests up to max_batch_rows, one
+// drain is asked for at a time, a full queue refuses, and a free worker
+// waits at most max_queue_delay_us for a fuller batch.
+#include "server/batcher.h"
+
+#include <thread>
+
+#include "gtest/gtest.h"
+
+namespace sparse {
+namespace {
+
+using sparse::v1::PredictRequest;
+
+class BatcherTest : public ::testing::Test {
+ protected:
+  // A pending request of `rows` rows; the request objects live in the fixture.
+  PendingRequest Pending(int64_t rows) {
+    requests_.push_back(std::make_unique<PredictRequest>());
+    requests_.back()->set_rows(rows);
+    PendingRequest p;
+    p.request = requests_.back().get();
+    p.arrival = std::chrono::steady_clock::now();
+    return p;
+  }
+  std::vector<std::unique_ptr<PredictRequest>> requests_;
+};
+
+std::vector<int64_t> Rows(const std::vector<PendingRequest>& batch) {
+  std::vector<int64_t> rows;
+  for (const PendingRequest& p : batch) rows.push_back(p.request->rows());
+  return rows;
+}
+
+TEST_F(BatcherTest, TakesTheOldestRequestsUpToMaxRowsAndAsksForOneDrainAtATime) {
+  Batcher b;
+  b.SetOptions({.enabled = true, .max_batch_rows = 8, .max_queue_delay_us = 0, .max_queue_size = 10});
+  EXPECT_TRUE(b.enabled());
+  PendingRequest p = Pending(3);
+  EXPECT_EQ(b.Add(&p), Batcher::AddResult::kQueuedScheduleDrain);
+  for (int64_t rows : {4, 2, 5}) {
+    PendingRequest q = Pending(rows);
+    EXPECT_EQ(b.Add(&q), Batcher::AddResult::kQueued);
+  }
+  bool another = false;
+  EXPECT_EQ(Rows(b.Take(&another)), (std::vector<int64_t>{3, 4}));  // 3+4 = 7; +2 > 8
+  EXPECT_TRUE(another);
+  EXPECT_EQ(Rows(b.Take(&another)), (std::vector<int64_t>{2, 5}));
+  EXPECT_FALSE(another);
+  // Idle again: the next request asks for a drain.
+  PendingRequest r = Pending(20);  // larger than a batch: runs alone
+  EXPECT_EQ(b.Add(&r), Batcher::AddResult::kQueuedScheduleDrain);
+  EXPECT_EQ(Rows(b.Take(&another)), (std::vector<int64_t>{20}));
+}
+
+TEST_F(BatcherTest, AFullQueueRefusesAndHandsTheRequestBack) {
+  Batcher b;
+  b.SetOptions({.enabled = true, .max_batch_rows = 8, .max_queue_delay_us = 0, .max_queue_size = 2});
+  for (int i = 0; i < 2; ++i) {
+    PendingRequest p = Pending(1);
+    EXPECT_NE(b.Add(&p), Batcher::AddResult::kFull);
+  }
+  PendingRequest refused = Pending(1);
+  refused.done = [](grpc::Status) {};
+  EXPECT_EQ(b.Add(&refused), Batcher::AddResult::kFull);
+  EXPECT_TRUE(refused.done != nullptr);  // still the caller's to finish
+  EXPECT_EQ(b.TakeAll().size(), 2u);
+}
+
+TEST_F(BatcherTest, AFreeWorkerWaitsForAFullBatchAtMostTheQueueDelay) {
+  Batcher b;
+  b.SetOptions({.enabled = true, .max_batch_rows = 4, .max_queue_delay_us = 5'000'000, .max_queue_size = 10});
+  PendingRequest first = Pending(1);
+  b.Add(&first);
+  // Rows arrive while the worker waits: it returns as soon as 4 are there,
+  // long before the 5 s delay.
+  std::thread adder([&] {
+    for (int i = 0; i < 3; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      PendingRequest p = Pending(1);
+      b.Add(&p);
+    }
+  });
+  const auto start = std::chrono::steady_clock::now();
+  bool another = false;
+  std::vector<PendingRequest> batch = b.Take(&another);
+  adder.join();
+  EXPECT_EQ(batch.size(), 4u);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(4));
+
+  // With a short delay and nobody else coming, it takes what is there.
+  b.SetOptions({.enabled = true, .max_batch_rows = 4, .max_queue_delay_us = 2000, .max_queue_size = 10});
+  PendingRequest alone = Pending(1);
+  b.Add(&alone);
+  const auto wait_start = std::chrono::steady_clock::now();
+  EXPECT_EQ(b.Take(&another).size(), 1u);
+  EXPECT_GE(std::chrono::steady_clock::now() - wait_start, std::chrono::microseconds(1500));
+}
+
+}  // namespace
+}  // namespace sparse

@@ -1,0 +1,251 @@
+// The model life cycle on a real repository directory: version policies,
+// rescans that pick up new and removed versions, corrupt versions that never
+// replace a good one, config.pbtxt, explicit load / unload, polling, and
+// what a request holding an old version keeps.
+#include "server/model_repository.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/matchers.h"
+#include "tests/testing/random_models.h"
+
+namespace sparse {
+namespace {
+
+namespace fs = std::filesystem;
+using ::sparse::testing::RandomDense;
+using ::sparse::testing::RandomDsm;
+using ::sparse::testing::RandomInputs;
+using ::testing::HasSubstr;
+
+class ModelRepositoryTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = fs::temp_directory_path() /
+            absl::StrCat("sparse_repository_test_", ::getpid(), "_",
+                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(root_);
+    fs::create_directories(root_);
+  }
+  void TearDown() override { fs::remove_all(root_); }
+
+  void Publish(const std::string& model, int64_t version) {
+    Checkpoint c;
+    c.sparse = RandomDsm({.d = 8, .o = 1, .experts = 4, .active_units = 8}, 100 + version);
+    c.dense = RandomDense(8, 32, 1, Activation::kRelu, 200 + version);
+    ASSERT_OK(WriteCheckpoint((root_ / model).string(), version, c));
+  }
+  // A version directory whose model file is garbage.
+  void PublishCorrupt(const std::string& model, int64_t version) {
+    const fs::path dir = root_ / model / std::to_string(version);
+    fs::create_directories(dir);
+    std::ofstream(dir / kModelFile) << "not a checkpoint";
+  }
+  void WriteConfig(const std::string& model, const std::string& text) {
+    std::ofstream(root_ / model / "config.pbtxt") << text;
+  }
+
+  std::unique_ptr<ModelRepository> Open(std::vector<std::string>* errors = nullptr) {
+    ModelRepository::Options options;
+    options.max_batch_rows = 8;
+    options.log = [this](const std::string& line) { log_.push_back(line); };
+    options.on_publish = [this](const RepositorySnapshot&) { ++publishes_; };
+    absl::StatusOr<std::unique_ptr<ModelRepository>> repo =
+        ModelRepository::Open(root_.string(), options, errors);
+    EXPECT_TRUE(repo.ok()) << repo.status();
+    return repo.ok() ? *std::move(repo) : nullptr;
+  }
+
+  static std::vector<int64_t> Versions(const ModelRepository& repo, const std::string& model) {
+    std::vector<int64_t> out;
+    const auto snapshot = repo.snapshot();
+    auto it = snapshot->find(model);
+    if (it == snapshot->end()) return out;
+    for (const auto& [v, unused] : it->second.versions) out.push_back(v);
+    return out;
+  }
+
+  int LogLinesWith(const std::string& text) const {
+    int n = 0;
+    for (const std::string& line : log_) n += line.find(text) != std::string::npos;
+    return n;
+  }
+
+  fs::path root_;
+  std::vector<std::string> log_;
+  int publishes_ = 0;
+};
+
+TEST_F(ModelRepositoryTest, ByDefaultTheNewestVersionServesAndARescanSwapsInTheNextOne) {
+  Publish("m", 1);
+  Publish("m", 2);
+  auto repo = Open();
+  EXPECT_THAT(Versions(*repo, "m"), ::testing::ElementsAre(2));
+
+  // A request that started on version 2 keeps it through the swap.
+  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const Servable> held, repo->Find("m", 0));
+  Publish("m", 3);
+  repo->Rescan();
+  EXPECT_THAT(Versions(*repo, "m"), ::testing::ElementsAre(3));
+  EXPECT_EQ(LogLinesWith("m version 3 loaded"), 1);
+  EXPECT_EQ(LogLinesWith("m version 2 unloaded"), 1);
+  EXPECT_EQ(held->version, 2);
+  const std::vector<float> x = RandomInputs(2, 8, 1);
+  std::vector<float> y(2);
+  PredictStats stats;
+  EXPECT_OK(held->loaded.sparse->Predict(x, 2, absl::MakeSpan(y), &stats, nullptr));
+  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const Servable> now, repo->Find("m", 0));
+  EXPECT_EQ(now->version, 3);
+  EXPECT_EQ(repo->Find("m", 2).status().code(), absl::StatusCode::kNotFound);
+
+  // Nothing changed: no new snapshot.
+  const int publishes = publishes_;
+  repo->Rescan();
+  EXPECT_EQ(publishes_, publishes);
+}
+
+TEST_F(ModelRepositoryTest, ACorruptVersionNeverReplacesTheServingOneAndIsReportedOnce) {
+  Publish("m", 1);
+  auto repo = Open();
+  PublishCorrupt("m", 2);
+  repo->Rescan();
+  repo->Rescan();  // unchanged files: not read again, not logged again
+  EXPECT_THAT(Versions(*repo, "m"), ::testing::ElementsAre(1));
+  EXPECT_EQ(LogLinesWith("m version 2 not loaded"), 1);
+  const ModelState& state = repo->snapshot()->at("m");
+  ASSERT_EQ(state.failures.count(2), 1u);
+  EXPECT_THAT(state.failures.at(2).error, HasSubstr(kManifestFile));
+  EXPECT_THAT(state.failures.at(2).error, ::testing::Not(HasSubstr(root_.string())));
+
+  // The version is replaced by a good one: tried again, and it serves.
+  fs::remove_all(root_ / "m" / "2");
+  Publish("m", 2);
+  repo->Rescan();
+  EXPECT_THAT(Versions(*repo, "m"), ::testing::ElementsAre(2));
+  EXPECT_TRUE(repo->snapshot()->at("m").failures.empty());
+}
+
+TEST_F(ModelRepositoryTest, VersionPoliciesLatestAllAndSpecific) {
+  for (int v = 1; v <= 4; ++v) Publish("m", v);
+  WriteConfig("m", "version_policy { latest { num_versions: 2 } }");
+  auto repo = Open();
+  EXPECT_THAT(Versions(*repo, "m"), ::testing::ElementsAre(3, 4));
+
+  WriteConfig("m", "version_policy { all {} }");
+  repo->Rescan();
+  EXPECT_THAT(Versions(*repo, "m"), ::testing::ElementsAre(1, 2, 3, 4));
+
+  WriteConfig("m", "version_policy { specific { versions: [1, 3, 9] } }");
+  repo->Rescan();
+  EXPECT_THAT(Versions(*repo, "m"), ::testing::ElementsAre(1, 3));
+
+  // Latest 2 with the newest corrupt: the two newest that load.
+  WriteConfig("m", "version_policy { latest { num_versions: 2 } }");
+  PublishCorrupt("m", 5);
+  repo->Rescan();
+  EXPECT_THAT(Versions(*repo, "m"), ::testing::ElementsAre(3, 4));
+  EXPECT_EQ(repo->snapshot()->at("m").failures.count(5), 1u);
+}
+
+TEST_F(ModelRepositoryTest, ABadConfigKeepsThePreviousOneAndSaysWhere) {
+  Publish("m", 1);
+  Publish("m", 2);
+  WriteConfig("m", "version_policy { all {} }");
+  auto repo = Open();
+  WriteConfig("m", "version_policy { all {} }\ndynamic_batching { max_batch_rows: \"many\" }");
+  repo->Rescan();
+  const ModelState& state = repo->snapshot()->at("m");
+  EXPECT_THAT(state.config_error, HasSubstr("config.pbtxt line 2"));
+  EXPECT_THAT(Versions(*repo, "m"), ::testing::ElementsAre(1, 2));  // still "all"
+  EXPECT_EQ(LogLinesWith("the previous config stays"), 1);
+
+  EXPECT_THAT(ParseModelConfig("version_policy { latest { num_versions: 0 } }").status().message(),
+              HasSubstr("num_versions must be >= 1"));
+  EXPECT_THAT(ParseModelConfig("dynamic_batching { max_queue_delay_us: -5 }").status().message(),
+              HasSubstr("max_queue_delay_us"));
+  EXPECT_THAT(ParseModelConfig("no_such_field: 1").status().message(), HasSubstr("line 1"));
+}
+
+TEST_F(ModelRepositoryTest, DynamicBatchingFollowsTheConfigWithoutReloading) {
+  Publish("m", 1);
+  auto repo = Open();
+  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const Servable> before, repo->Find("m", 0));
+  EXPECT_FALSE(before->batcher(false).enabled());
+  WriteConfig("m", "dynamic_batching { max_batch_rows: 32 }");
+  repo->Rescan();
+  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const Servable> after, repo->Find("m", 0));
+  EXPECT_EQ(after.get(), before.get());  // the same loaded version
+  EXPECT_TRUE(after->batcher(false).enabled());
+  EXPECT_TRUE(after->batcher(true).enabled());
+}
+
+TEST_F(ModelRepositoryTest, RemovedModelsUnloadButAnEmptyRepositoryKeepsEverything) {
+  Publish("a", 1);
+  Publish("b", 1);
+  auto repo = Open();
+  fs::remove_all(root_ / "b");
+  repo->Rescan();
+  EXPECT_EQ(repo->snapshot()->count("b"), 0u);
+  EXPECT_EQ(LogLinesWith("model b unloaded"), 1);
+
+  // Unmounted or emptied: what serves stays.
+  fs::remove_all(root_ / "a");
+  repo->Rescan();
+  EXPECT_THAT(Versions(*repo, "a"), ::testing::ElementsAre(1));
+  EXPECT_EQ(LogLinesWith("holds nothing that loads"), 1);
+  fs::remove_all(root_);
+  repo->Rescan();
+  EXPECT_THAT(Versions(*repo, "a"), ::testing::ElementsAre(1));
+}
+
+TEST_F(ModelRepositoryTest, ExplicitLoadAndUnload) {
+  Publish("a", 1);
+  auto repo = Open();
+  Publish("b", 1);
+  EXPECT_EQ(repo->Find("b", 0).status().code(), absl::StatusCode::kNotFound);
+  ASSERT_OK_AND_ASSIGN(ModelState b, repo->LoadModel("b"));
+  EXPECT_EQ(b.versions.size(), 1u);
+  EXPECT_OK(repo->Find("b", 0).status());
+
+  EXPECT_OK(repo->UnloadModel("a"));
+  EXPECT_EQ(repo->Find("a", 0).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(repo->UnloadModel("a").code(), absl::StatusCode::kNotFound);
+
+  for (const char* bad : {"..", "../a", "/etc", ".hidden", ""}) {
+    EXPECT_EQ(repo->LoadModel(bad).status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+  EXPECT_EQ(repo->LoadModel(std::string("a\0b", 3)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(repo->LoadModel("nope").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(repo->LoadModel("nope").status().message(),
+              ::testing::Not(HasSubstr(root_.string())));
+
+  PublishCorrupt("c", 1);
+  absl::StatusOr<ModelState> c = repo->LoadModel("c");
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(c.status().message(), HasSubstr("version 1"));
+  EXPECT_EQ(repo->Find("c", 0).status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(ModelRepositoryTest, PollingPicksUpANewVersion) {
+  Publish("m", 1);
+  auto repo = Open();
+  repo->StartPolling(std::chrono::milliseconds(20));
+  Publish("m", 2);
+  for (int i = 0; i < 500 && Versions(*repo, "m") != std::vector<int64_t>{2}; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_THAT(Versions(*repo, "m"), ::testing::ElementsAre(2));
+  repo->StopPolling();
+  repo->StopPolling();  // idempotent
+}
+
+}  // namespace
+}  // namespace sparse
