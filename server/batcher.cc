@@ -29,14 +29,15 @@ Batcher::AddResult Batcher::Add(PendingRequest* request) {
 std::vector<PendingRequest> Batcher::Take(bool* schedule_another) {
   absl::MutexLock lock(&mu_);
   const int64_t max_rows = options_.max_batch_rows;
-  if (options_.max_queue_delay_us > 0 && !queue_.empty() && queued_rows_ < max_rows) {
-    // Wait for a full batch, at most until the oldest request has waited
-    // max_queue_delay_us.
+  if (options_.max_queue_delay_us > 0 && !queue_.empty() && running_ > 0 && !BatchFull()) {
+    // Another batch computes: wait for a full batch while it does, at most
+    // until the oldest request has waited max_queue_delay_us. With nothing
+    // computing, start at once: a lone request never waits for company.
     const auto waited = std::chrono::steady_clock::now() - queue_.front().arrival;
     const absl::Duration left =
         absl::Microseconds(options_.max_queue_delay_us) - absl::FromChrono(waited);
     if (left > absl::ZeroDuration()) {
-      mu_.AwaitWithTimeout(absl::Condition(this, &Batcher::BatchFull), left);
+      mu_.AwaitWithTimeout(absl::Condition(this, &Batcher::FullOrIdle), left);
     }
   }
   std::vector<PendingRequest> batch;
@@ -49,9 +50,15 @@ std::vector<PendingRequest> Batcher::Take(bool* schedule_another) {
     queue_.pop_front();
   }
   queued_rows_ -= rows;
+  if (!batch.empty()) ++running_;
   drain_scheduled_ = !queue_.empty();
   *schedule_another = drain_scheduled_;
   return batch;
+}
+
+void Batcher::Finished() {
+  absl::MutexLock lock(&mu_);
+  --running_;
 }
 
 std::vector<PendingRequest> Batcher::TakeAll() {

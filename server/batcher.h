@@ -2,12 +2,14 @@
 //
 // Requests too dear to run on the gRPC thread wait here instead of going to
 // the worker pool one by one. The first request into an idle queue asks for
-// one drain task; the worker that runs it calls Take(), which waits up to
-// max_queue_delay for max_batch_rows rows, then hands back the oldest
-// requests up to that many rows. If requests remain, Take() says so and the
-// caller schedules another drain task, so every free worker forms its own
-// batch while the others compute. Under load a batch holds whatever arrived
-// while the workers were busy.
+// one drain task; the worker that runs it calls Take(), which hands back the
+// oldest requests up to max_batch_rows rows. If requests remain, Take() says
+// so and the caller schedules another drain task, so every free worker forms
+// its own batch while the others compute. Under load a batch holds whatever
+// arrived while the workers were busy; and while another batch computes, a
+// free worker waits up to max_queue_delay_us for a full one (answers just
+// went out; their clients' next requests are on the way). When nothing
+// computes it never waits, so a lone request pays no delay.
 //
 // The options can change while requests wait (a new config.pbtxt); Take()
 // uses the options current when it is called. Thread-safe.
@@ -60,11 +62,15 @@ class Batcher {
   // calls Take().
   AddResult Add(PendingRequest* request);
 
-  // For a drain task: waits up to max_queue_delay_us for max_batch_rows
-  // rows, then returns the oldest requests up to that many rows (at least
-  // one request). *schedule_another is true when requests remain; the
-  // caller then schedules one more drain task.
+  // For a drain task: returns the oldest requests up to max_batch_rows rows
+  // (at least one request; none only if TakeAll() emptied the queue). While
+  // another batch of this batcher computes and fewer rows wait, it first
+  // waits for a full batch, up to max_queue_delay_us after the oldest
+  // request arrived. *schedule_another is true when requests remain; the
+  // caller then schedules one more drain task. Call Finished() once the
+  // batch has run, unless it was empty.
   std::vector<PendingRequest> Take(bool* schedule_another);
+  void Finished();
 
   // Removes every waiting request (for when a drain task cannot be
   // scheduled); the caller finishes them.
@@ -74,6 +80,9 @@ class Batcher {
   bool BatchFull() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return queued_rows_ >= options_.max_batch_rows;
   }
+  bool FullOrIdle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return BatchFull() || running_ == 0;
+  }
 
   std::atomic<bool> enabled_{false};
   mutable absl::Mutex mu_;
@@ -81,6 +90,7 @@ class Batcher {
   std::deque<PendingRequest> queue_ ABSL_GUARDED_BY(mu_);
   int64_t queued_rows_ ABSL_GUARDED_BY(mu_) = 0;
   bool drain_scheduled_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t running_ ABSL_GUARDED_BY(mu_) = 0;  // batches taken and not Finished()
 };
 
 }  // namespace sparse

@@ -1,6 +1,6 @@
 // Batcher: batches form from the oldest requests up to max_batch_rows, one
-// drain is asked for at a time, a full queue refuses, and a free worker
-// waits at most max_queue_delay_us for a fuller batch.
+// drain is asked for at a time, a full queue refuses, and while a batch
+// computes a free worker waits at most max_queue_delay_us for a fuller one.
 #include "server/batcher.h"
 
 #include <thread>
@@ -67,13 +67,21 @@ TEST_F(BatcherTest, AFullQueueRefusesAndHandsTheRequestBack) {
   EXPECT_EQ(b.TakeAll().size(), 2u);
 }
 
-TEST_F(BatcherTest, AFreeWorkerWaitsForAFullBatchAtMostTheQueueDelay) {
+TEST_F(BatcherTest, WhileABatchComputesAFreeWorkerWaitsForAFullOneAtMostTheQueueDelay) {
   Batcher b;
   b.SetOptions({.enabled = true, .max_batch_rows = 4, .max_queue_delay_us = 5'000'000, .max_queue_size = 10});
+  bool another = false;
+  // Nothing computes: a lone request goes at once despite the 5 s delay.
+  PendingRequest lone = Pending(1);
+  b.Add(&lone);
+  auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(b.Take(&another).size(), 1u);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(4));
+
+  // That batch computes now. The next worker waits for 4 rows, and goes as
+  // soon as they are there, long before the 5 s delay.
   PendingRequest first = Pending(1);
   b.Add(&first);
-  // Rows arrive while the worker waits: it returns as soon as 4 are there,
-  // long before the 5 s delay.
   std::thread adder([&] {
     for (int i = 0; i < 3; ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
@@ -81,20 +89,33 @@ TEST_F(BatcherTest, AFreeWorkerWaitsForAFullBatchAtMostTheQueueDelay) {
       b.Add(&p);
     }
   });
-  const auto start = std::chrono::steady_clock::now();
-  bool another = false;
+  start = std::chrono::steady_clock::now();
   std::vector<PendingRequest> batch = b.Take(&another);
   adder.join();
   EXPECT_EQ(batch.size(), 4u);
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(4));
 
-  // With a short delay and nobody else coming, it takes what is there.
+  // Two batches compute; with a short delay and nobody else coming, the
+  // next worker takes what is there once the delay is over.
   b.SetOptions({.enabled = true, .max_batch_rows = 4, .max_queue_delay_us = 2000, .max_queue_size = 10});
   PendingRequest alone = Pending(1);
   b.Add(&alone);
-  const auto wait_start = std::chrono::steady_clock::now();
+  start = std::chrono::steady_clock::now();
   EXPECT_EQ(b.Take(&another).size(), 1u);
-  EXPECT_GE(std::chrono::steady_clock::now() - wait_start, std::chrono::microseconds(1500));
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::microseconds(1500));
+
+  // When the batches finish, a waiting worker stops waiting.
+  b.SetOptions({.enabled = true, .max_batch_rows = 4, .max_queue_delay_us = 5'000'000, .max_queue_size = 10});
+  PendingRequest last = Pending(1);
+  b.Add(&last);
+  std::thread finisher([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    for (int i = 0; i < 3; ++i) b.Finished();
+  });
+  start = std::chrono::steady_clock::now();
+  EXPECT_EQ(b.Take(&another).size(), 1u);
+  finisher.join();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(4));
 }
 
 }  // namespace

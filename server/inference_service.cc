@@ -316,10 +316,13 @@ void InferenceService::Enqueue(std::shared_ptr<const Servable> servable, bool de
 
 void InferenceService::ScheduleDrain(std::shared_ptr<const Servable> servable, bool dense) {
   const bool queued = pool_->Submit([this, servable, dense] {
+    Batcher& batcher = servable->batcher(dense);
     bool another = false;
-    std::vector<PendingRequest> batch = servable->batcher(dense).Take(&another);
+    std::vector<PendingRequest> batch = batcher.Take(&another);
     if (another) ScheduleDrain(servable, dense);
+    if (batch.empty()) return;
     RunBatch(*servable, dense, std::move(batch));
+    batcher.Finished();
   });
   if (!queued) {
     for (PendingRequest& p : servable->batcher(dense).TakeAll()) {
