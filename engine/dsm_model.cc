@@ -134,7 +134,20 @@ DsmModel::DsmModel(ModelInfo info, const DsmWeights& w, Kernels kernels, Weights
       bits_(w.RouterBits()), router_(w.router),
       relu_(w.network.activation == Activation::kRelu), hash_seed_(w.hash_seed),
       bottom_bias_(w.network.bottom_bias), top_bias_(w.network.top_bias),
-      kernels_(std::move(kernels)), weights_(std::move(weights)) {}
+      kernels_(std::move(kernels)), weights_(std::move(weights)),
+      expert_rows_(new std::atomic<int64_t>[L_ * E_]()) {}
+
+RoutingCounts DsmModel::Routing() const {
+  RoutingCounts counts;
+  if (router_ == RouterKind::kTopk) return counts;
+  counts.blocks = L_;
+  counts.experts = E_;
+  counts.expert_rows.resize(L_ * E_);
+  for (int64_t i = 0; i < L_ * E_; ++i) {
+    counts.expert_rows[i] = expert_rows_[i].load(std::memory_order_relaxed);
+  }
+  return counts;
+}
 
 absl::Status DsmModel::PredictValidated(const float* x, int64_t rows, float* y,
                                         PredictStats* stats, Route* route) const {
@@ -161,6 +174,9 @@ absl::Status DsmModel::PredictValidated(const float* x, int64_t rows, float* y,
       experts = experts_heap.data();
     }
     RETURN_IF_ERROR(RouteRows(xc, n, experts, stats));
+    for (int64_t i = 0; i < n * L_; ++i) {
+      expert_rows_[(i % L_) * E_ + experts[i]].fetch_add(1, std::memory_order_relaxed);
+    }
     if (route != nullptr) std::copy(experts, experts + n * L_, route->expert_ids.begin() + r0 * L_);
     RETURN_IF_ERROR(ComputeRouted(xc, n, experts, yc, stats));
   }

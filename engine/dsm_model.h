@@ -12,6 +12,7 @@
 #ifndef SPARSE_ENGINE_DSM_MODEL_H_
 #define SPARSE_ENGINE_DSM_MODEL_H_
 
+#include <atomic>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -26,6 +27,7 @@ namespace sparse {
 class DsmModel : public Model {
  public:
   static absl::StatusOr<std::unique_ptr<DsmModel>> Create(const DsmWeights& weights);
+  RoutingCounts Routing() const override;
 
  private:
   struct Kernels {
@@ -57,6 +59,8 @@ class DsmModel : public Model {
   const std::vector<float> top_bias_;       // a0 [o]
   const Kernels kernels_;
   const Weights weights_;
+  // Rows routed to expert e of block l at [l * E + e] (routed kinds only).
+  const std::unique_ptr<std::atomic<int64_t>[]> expert_rows_;
 };
 
 }  // namespace sparse

@@ -104,6 +104,11 @@ TEST(DsmModelTest, RoutedRowsUseEveryExpertAndSameInputSameExpert) {
     std::vector<int> seen(8, 0);
     for (int32_t e : batch.expert_ids) ++seen.at(e);
     for (int e = 0; e < 8; ++e) EXPECT_GT(seen[e], 0) << RouterKindName(router) << " expert " << e;
+    // The routing counters (for metrics) saw the same rows per expert.
+    const RoutingCounts counts = (*model)->Routing();
+    ASSERT_EQ(counts.blocks, 1);
+    ASSERT_EQ(counts.experts, 8);
+    EXPECT_EQ(counts.expert_rows, std::vector<int64_t>(seen.begin(), seen.end()));
     // A row routed alone goes where it went inside the batch.
     for (int64_t r : {0, 17, 511}) {
       std::vector<float> one(x.begin() + r * 8, x.begin() + (r + 1) * 8);

@@ -89,6 +89,7 @@ absl::Status LshTableModel::PredictValidated(const float* x, int64_t rows, float
     const auto route_start = std::chrono::steady_clock::now();
     RETURN_IF_ERROR(projection_kernel_.Run(x + r0 * d_, n, projection_.data(), offset_.data(), z,
                                            &stats->flops));
+    int64_t chunk_misses = 0;
     for (int64_t r = 0; r < n; ++r) {
       for (int64_t i = 0; i < s_; ++i) {
         const float* zi = z + r * hashes + i * m_;
@@ -98,6 +99,7 @@ absl::Status LshTableModel::PredictValidated(const float* x, int64_t rows, float
         const Table& table = tables_[i];
         const auto it = table.index.find(key);
         const bool missed = it == table.index.end();
+        chunk_misses += missed;
         buckets[r * s_ + i] = missed ? static_cast<int64_t>(table.index.size()) : it->second;
         if (route != nullptr) {
           route->bucket_keys[(r0 + r) * s_ + i] = key;
@@ -105,6 +107,8 @@ absl::Status LshTableModel::PredictValidated(const float* x, int64_t rows, float
         }
       }
     }
+    lookups_.fetch_add(n * s_, std::memory_order_relaxed);
+    misses_.fetch_add(chunk_misses, std::memory_order_relaxed);
     stats->route_ns += NanosSince(route_start);
 
     // Compute: each row adds its s bucket values (Δ=0) or affine maps (Δ=1).
@@ -129,6 +133,13 @@ absl::Status LshTableModel::PredictValidated(const float* x, int64_t rows, float
     stats->compute_ns += NanosSince(compute_start);
   }
   return absl::OkStatus();
+}
+
+RoutingCounts LshTableModel::Routing() const {
+  RoutingCounts counts;
+  counts.lookups = lookups_.load(std::memory_order_relaxed);
+  counts.misses = misses_.load(std::memory_order_relaxed);
+  return counts;
 }
 
 }  // namespace sparse

@@ -10,6 +10,7 @@
 #ifndef SPARSE_ENGINE_LSH_TABLE_MODEL_H_
 #define SPARSE_ENGINE_LSH_TABLE_MODEL_H_
 
+#include <atomic>
 #include <memory>
 #include <vector>
 
@@ -24,6 +25,7 @@ namespace sparse {
 class LshTableModel : public Model {
  public:
   static absl::StatusOr<std::unique_ptr<LshTableModel>> Create(const LshTableWeights& weights);
+  RoutingCounts Routing() const override;
 
  private:
   struct Table {
@@ -44,6 +46,7 @@ class LshTableModel : public Model {
   const std::vector<Table> tables_;
   const MatmulKernel projection_kernel_;
   const std::unique_ptr<MatmulKernel> affine_kernel_;  // Δ=1 only
+  mutable std::atomic<int64_t> lookups_{0}, misses_{0};  // see Model::Routing
 };
 
 }  // namespace sparse

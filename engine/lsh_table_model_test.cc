@@ -83,6 +83,9 @@ TEST(LshTableModelTest, EveryMissReturnsTheWeightedFallbacks) {
   Route route;
   ASSERT_OK((*model)->Predict(x, 3, absl::MakeSpan(y), &stats, &route));
   for (uint8_t missed : route.bucket_missed) EXPECT_EQ(missed, 1);
+  // The routing counters (for metrics): 3 rows x 3 tables, all missed.
+  EXPECT_EQ((*model)->Routing().lookups, 9);
+  EXPECT_EQ((*model)->Routing().misses, 9);
   for (int64_t r = 0; r < 3; ++r) {
     for (int64_t j = 0; j < 2; ++j) {
       float expected = 0;

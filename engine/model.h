@@ -1,6 +1,7 @@
 // Model: the interface every servable model kind implements.
 //
-// A Model is immutable after creation. Predict() is const and safe to call
+// A Model is immutable after creation, but for the routing counters it keeps
+// for metrics (atomics, see Routing()). Predict() is const and safe to call
 // from any number of threads at once (per-thread scratch, workspace.h).
 // Ownership: callers own inputs, outputs, stats and route; the model keeps
 // no pointer to them after Predict() returns.
@@ -46,11 +47,25 @@ struct Route {
   std::vector<int32_t> expert_ids;      // [rows, experts_per_row]
 };
 
+// What a model's router has done since the model was created, for metrics:
+// rows sent to each expert (DSM with a router) and bucket lookups and misses
+// (LSH tables). Counted with relaxed atomics as requests run, so a read
+// while requests run sees each counter a moment apart.
+struct RoutingCounts {
+  int64_t blocks = 0, experts = 0;  // DSM: L blocks of E experts
+  std::vector<int64_t> expert_rows;  // [blocks * experts]
+  int64_t lookups = 0, misses = 0;   // LSH: row x table probes, and those that missed
+};
+
 class Model {
  public:
   virtual ~Model() = default;
 
   const ModelInfo& info() const { return info_; }
+
+  // Counts since creation; empty for kinds without a router (dense, top-k
+  // DSM). These counters are the one thing Predict() changes in a model.
+  virtual RoutingCounts Routing() const { return {}; }
 
   // Computes y [rows, o] from x [rows, d], both row-major.
   // Errors (INVALID_ARGUMENT): rows < 1, x or y of the wrong size, a NaN or

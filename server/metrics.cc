@@ -1,5 +1,8 @@
 #include "server/metrics.h"
 
+#include <algorithm>
+#include <string>
+
 #include "prometheus/family.h"
 
 namespace sparse {
@@ -105,6 +108,71 @@ void ServerMetrics::Observe(const std::string& model, bool dense, const grpc::St
   s.flops->Increment(static_cast<double>(cost.flops()));
   s.dense_flops->Increment(static_cast<double>(cost.dense_flops()));
   s.batch_rows->Observe(static_cast<double>(cost.batch_size()));
+}
+
+std::vector<prometheus::MetricFamily> RoutingCollector::Collect() const {
+  prometheus::MetricFamily rows{"sparse_expert_rows_total",
+                                "Rows the router sent to each expert of each block (DSM), since the "
+                                "version loaded",
+                                prometheus::MetricType::Counter,
+                                {}};
+  prometheus::MetricFamily imbalance{
+      "sparse_expert_load_imbalance",
+      "Rows of the busiest expert over the mean rows per expert, worst block (1 = balanced); "
+      "0 before any row",
+      prometheus::MetricType::Gauge,
+      {}};
+  prometheus::MetricFamily lookups{"sparse_bucket_lookups_total",
+                                   "Bucket probes (rows x tables) of an LSH table since the version "
+                                   "loaded",
+                                   prometheus::MetricType::Counter,
+                                   {}};
+  prometheus::MetricFamily misses{"sparse_bucket_misses_total",
+                                  "Bucket probes that found no stored bucket (the fallback value "
+                                  "answered); miss rate = misses / lookups",
+                                  prometheus::MetricType::Counter,
+                                  {}};
+  for (const auto& [name, state] : *repository_->snapshot()) {
+    for (const auto& [number, servable] : state.versions) {
+      const RoutingCounts now = servable->loaded.sparse->Routing();
+      const RoutingCounts& base = servable->warmup_routing;
+      const std::string version = std::to_string(number);
+      using Label = prometheus::ClientMetric::Label;
+      if (now.experts > 0) {
+        double worst = 0;
+        for (int64_t l = 0; l < now.blocks; ++l) {
+          int64_t total = 0, busiest = 0;
+          for (int64_t e = 0; e < now.experts; ++e) {
+            const int64_t i = l * now.experts + e;
+            const int64_t n = now.expert_rows[i] - base.expert_rows[i];
+            total += n;
+            busiest = std::max(busiest, n);
+            prometheus::ClientMetric m;
+            m.label = {Label{"block", std::to_string(l)}, Label{"expert", std::to_string(e)},
+                       Label{"model", name}, Label{"version", version}};
+            m.counter.value = static_cast<double>(n);
+            rows.metric.push_back(std::move(m));
+          }
+          if (total > 0) {
+            worst = std::max(worst, static_cast<double>(busiest) * now.experts / total);
+          }
+        }
+        prometheus::ClientMetric m;
+        m.label = {Label{"model", name}, Label{"version", version}};
+        m.gauge.value = worst;
+        imbalance.metric.push_back(std::move(m));
+      }
+      if (servable->loaded.sparse->info().kind == ModelKind::kLshTable) {
+        prometheus::ClientMetric l, x;
+        l.label = x.label = {Label{"model", name}, Label{"version", version}};
+        l.counter.value = static_cast<double>(now.lookups - base.lookups);
+        x.counter.value = static_cast<double>(now.misses - base.misses);
+        lookups.metric.push_back(std::move(l));
+        misses.metric.push_back(std::move(x));
+      }
+    }
+  }
+  return {std::move(rows), std::move(imbalance), std::move(lookups), std::move(misses)};
 }
 
 }  // namespace sparse

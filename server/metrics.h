@@ -8,6 +8,14 @@
 //   sparse_batch_rows{model,path}                  histogram, rows per computed batch
 //   sparse_loaded_versions{model}                  gauge
 //
+// and, read from the models at each scrape (RoutingCollector), per loaded
+// version of the sparse path:
+//
+//   sparse_expert_rows_total{model,version,block,expert}  counter, rows routed to each expert (DSM)
+//   sparse_expert_load_imbalance{model,version}  gauge, busiest expert's rows / mean rows per expert
+//   sparse_bucket_lookups_total{model,version}   counter, row x table probes (LSH table)
+//   sparse_bucket_misses_total{model,version}    counter, probes that found no bucket (fallback used)
+//
 // Every series of a model is created when the model is loaded (by
 // SetLoadedVersions, off the request path), so recording a request is a
 // lookup under a reader lock and a few atomic adds (creating a labelled
@@ -33,6 +41,8 @@
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "prometheus/collectable.h"
+#include "server/model_repository.h"
 #include "sparse/v1/inference.pb.h"
 
 namespace sparse {
@@ -77,6 +87,19 @@ class ServerMetrics {
   // map, so a PathSeries never moves while a request records into it.
   absl::node_hash_map<std::string, std::array<PathSeries, 2>> series_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, prometheus::Gauge*> loaded_gauges_ ABSL_GUARDED_BY(mu_);
+};
+
+// The routing metrics above, built from the repository's snapshot when
+// Prometheus scrapes; nothing is recorded on the request path but the
+// models' own atomic counters. Counts start at zero when a version loads
+// (warm-up excluded) and go when it unloads.
+class RoutingCollector final : public prometheus::Collectable {
+ public:
+  explicit RoutingCollector(const ModelRepository* repository) : repository_(repository) {}
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+ private:
+  const ModelRepository* const repository_;
 };
 
 }  // namespace sparse

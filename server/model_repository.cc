@@ -267,6 +267,7 @@ std::shared_ptr<const Servable> ModelRepository::LoadVersion(const std::string& 
   servable->model = name;
   servable->version = version;
   servable->loaded = *std::move(loaded);
+  servable->warmup_routing = servable->loaded.sparse->Routing();
   for (auto& batcher : servable->batchers) {
     batcher = std::make_unique<Batcher>();
     batcher->SetOptions(ToBatchingOptions(state.config));

@@ -45,6 +45,9 @@ struct Servable {
   std::string model;
   int64_t version = 0;
   LoadedModel loaded;
+  // The sparse model's routing counts after warm-up; metrics report what
+  // came after.
+  RoutingCounts warmup_routing;
   // Dynamic batching queues for the sparse [0] and dense [1] paths;
   // enabled() only when the model's config.pbtxt asks for batching.
   std::array<std::unique_ptr<Batcher>, 2> batchers;

@@ -109,6 +109,8 @@ absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
                                                  e.what()));
     }
     server->exposer_->RegisterCollectable(server->metrics_->registry());
+    server->routing_collector_ = std::make_shared<RoutingCollector>(server->repository_.get());
+    server->exposer_->RegisterCollectable(server->routing_collector_);
     const std::vector<int> ports = server->exposer_->GetListeningPorts();
     server->metrics_port_ = ports.empty() ? 0 : ports.front();
   }

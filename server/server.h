@@ -87,6 +87,7 @@ class SparseServer {
 
   std::unique_ptr<ModelRepository> repository_;
   std::unique_ptr<ServerMetrics> metrics_;
+  std::shared_ptr<RoutingCollector> routing_collector_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<InferenceService> service_;

@@ -84,6 +84,15 @@ with tempfile.TemporaryDirectory() as tmp:
         check(value('sparse_loaded_versions{model="m"}') == 1, "loaded versions gauge")
         check(value('sparse_request_seconds_count{model="m",path="sparse",stage="total"}') == SPARSE,
               "latency histogram counts every successful sparse request")
+        # Routing, read from the model at the scrape: every sparse row went
+        # to one expert per block (the small DSM has one block); warm-up
+        # rows are not counted, dense rows are never routed.
+        expert_rows = [float(l.rsplit(" ", 1)[1]) for l in lines
+                       if l.startswith("sparse_expert_rows_total{") and 'model="m"' in l]
+        check(len(expert_rows) > 1 and sum(expert_rows) == SPARSE,
+              "rows per expert add up to the sparse rows sent: %s" % sum(expert_rows))
+        imbalance = value('sparse_expert_load_imbalance{model="m",version="1"}')
+        check(imbalance is not None and imbalance >= 1, "expert load imbalance gauge: %s" % imbalance)
         flops = value('sparse_flops_total{model="m",path="sparse"}')
         check(flops is not None and flops > 0 and flops % SPARSE == 0, "FLOPs counter: %s" % flops)
 
