@@ -2,6 +2,7 @@
 #   make test   install missing Debian packages, configure, build, run every test
 #   make demo   the main job: train a demo repository, serve it, compare sparse vs dense
 # Other targets: build, bench (engine microbenchmarks), bench-serving (sparse vs dense
+# under load, docs/benchmarks.md), bench-lifecycle (dynamic batching and hot reload
 # under load, docs/benchmarks.md), peers (our engine next to PyTorch and FAISS;
 # needs the demo models), clean.
 
@@ -9,7 +10,7 @@ BUILD_DIR ?= build
 BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps configure build test bench bench-serving peers demo clean
+.PHONY: all deps configure build test bench bench-serving bench-lifecycle peers demo clean
 
 all: build
 
@@ -32,6 +33,9 @@ bench: build
 
 bench-serving: build
 	BUILD_DIR=$(BUILD_DIR) bench/serving_bench.sh
+
+bench-lifecycle: build
+	BUILD_DIR=$(BUILD_DIR) bench/lifecycle_bench.sh
 
 # Installs PyTorch and FAISS if missing, re-runs CMake so it finds FAISS, and
 # builds and runs only what bench/peers needs.

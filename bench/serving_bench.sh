@@ -29,11 +29,7 @@ require_binaries "$TRAIN" "$SERVER" "$CLI" "$ECHO_SERVER"
 mkdir -p "$OUT" "$REPO"
 
 train_demo_models "$REPO"
-if ! trained "$REPO" dsm1024; then
-  say "training dsm1024 (d=1024, 64 x 256 units, and a dense twin of 16384 units by Adam; a few minutes)"
-  "$TRAIN" --quiet --dataset=manifold --d=1024 --manifold_dim=8 --router=lsh --experts=64 \
-    --active_units=256 --dense_width=16384 --repository="$REPO" --model_name=dsm1024 >&2
-fi
+train_dsm1024 "$REPO"
 
 server_pid=""
 echo_pid=""

@@ -232,7 +232,14 @@ TEST_F(SlowServerTest, ShutdownFinishesEveryQueuedRequest) {
     absl::MutexLock lock(&tally->mu);
     EXPECT_LT(tally->ok, kRequests / 2) << "the model ran too fast for this test to mean anything";
   }
-  server_->Shutdown(/*grace_ms=*/60'000);
+  std::thread stopper([this] { server_->Shutdown(/*grace_ms=*/60'000); });
+  // While the queue drains, a new request is refused as retryable, saying why.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const absl::Status refused =
+      client_->Predict("slow", 0, 1, std::vector<float>(512, 0.1f), true, false).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable) << refused;
+  EXPECT_NE(refused.message().find("shutting down"), absl::string_view::npos) << refused;
+  stopper.join();
   server_->Wait();
   {
     absl::MutexLock lock(&tally->mu);

@@ -37,6 +37,18 @@ train_demo_models() {
   fi
 }
 
+# dsm1024, the engine benchmark's DSM (d=1024, 64 experts x 256 units, lsh
+# router) on the paper's manifold function (k=8), with its full-width dense
+# twin (t=16384), trained once into repository $1 (a few minutes).
+train_dsm1024() {
+  local repo=$1
+  if ! trained "$repo" dsm1024; then
+    say "training dsm1024 (d=1024, 64 x 256 units, and a dense twin of 16384 units by Adam; a few minutes)"
+    "$TRAIN" --quiet --dataset=manifold --d=1024 --manifold_dim=8 --router=lsh --experts=64 \
+      --active_units=256 --dense_width=16384 --repository="$repo" --model_name=dsm1024 >&2
+  fi
+}
+
 # Starts sparse-server on a free loopback port with the given flags; sets
 # server_pid and target. The caller kills $server_pid (stop_server).
 start_server() {

@@ -10,7 +10,9 @@
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
 
 #include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"
@@ -25,12 +27,29 @@ using Dt = memory::data_type;
 
 // The argument map of one bucket of one kernel on one thread. Its memory
 // objects are created on the thread's first call and re-pointed with
-// set_data_handle afterwards, so a call allocates nothing. Entries of
-// destroyed kernels stay (a few hundred bytes each) until the thread exits.
+// set_data_handle afterwards, so a call allocates nothing.
 using ArgCache = absl::flat_hash_map<std::pair<uint64_t, int>, std::unordered_map<int, memory>>;
+
+// Ids of destroyed kernels, in order. A thread drops their cache entries on
+// its next Run (a version unloaded by a hot reload must not leave a few KiB
+// per kernel per thread behind for ever). 8 bytes per destroyed kernel.
+absl::Mutex retired_mu;
+std::vector<uint64_t>& RetiredIds() ABSL_EXCLUSIVE_LOCKS_REQUIRED(retired_mu) {
+  static auto* ids = new std::vector<uint64_t>();
+  return *ids;
+}
+std::atomic<size_t> retired_count{0};
 
 ArgCache& ThreadArgCache() {
   thread_local ArgCache cache;
+  thread_local size_t seen = 0;
+  if (retired_count.load(std::memory_order_acquire) != seen) {
+    absl::MutexLock lock(&retired_mu);
+    const std::vector<uint64_t>& ids = RetiredIds();
+    for (; seen < ids.size(); ++seen) {
+      for (int b = 0; b < MatmulKernel::kNumBuckets; ++b) cache.erase(std::make_pair(ids[seen], b));
+    }
+  }
   return cache;
 }
 
@@ -43,6 +62,23 @@ absl::Status FromDnnl(const dnnl::error& e, absl::string_view what) {
 }  // namespace
 
 void SetKernelThreads(int threads) { omp_set_num_threads(threads); }
+
+int64_t ThreadArgCacheEntriesForTesting() { return static_cast<int64_t>(ThreadArgCache().size()); }
+
+MatmulKernel::Id& MatmulKernel::Id::operator=(Id&& other) noexcept {
+  if (this != &other) {
+    Id retired(value_);  // retires the id this one held
+    value_ = std::exchange(other.value_, 0);
+  }
+  return *this;
+}
+
+MatmulKernel::Id::~Id() {
+  if (value_ == 0) return;
+  absl::MutexLock lock(&retired_mu);
+  RetiredIds().push_back(value_);
+  retired_count.store(RetiredIds().size(), std::memory_order_release);
+}
 
 PackedWeights::PackedWeights(size_t floats) : size_(floats) {
   // aligned_alloc needs a size that is a multiple of the alignment.
@@ -60,7 +96,7 @@ absl::StatusOr<MatmulKernel> MatmulKernel::Create(const MatmulSpec& spec) {
   }
   MatmulKernel kernel;
   kernel.spec_ = spec;
-  kernel.id_ = next_kernel_id.fetch_add(1);
+  kernel.id_ = Id(next_kernel_id.fetch_add(1));
   try {
     dnnl::post_ops ops;
     // Order matters: sum (y += ...) is applied to the biased result, and the
@@ -232,7 +268,7 @@ absl::Status MatmulKernel::Run(const float* x, int64_t rows, const float* w, con
       }
       const Bucket& bucket = buckets_[b];
       const size_t pad = bucket.scratchpad.get_size();
-      auto [entry, inserted] = cache.try_emplace(std::make_pair(id_, b));
+      auto [entry, inserted] = cache.try_emplace(std::make_pair(id_.value(), b));
       std::unordered_map<int, memory>& args = entry->second;
       if (inserted) {
         const dnnl::engine& engine = CpuEngine();

@@ -43,6 +43,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <utility>
 
 #include "absl/status/statusor.h"
 #include "oneapi/dnnl/dnnl.hpp"
@@ -130,8 +131,25 @@ class MatmulKernel {
   absl::Status RunSgemm(const float* x, int64_t rows, const float* w, const float* bias,
                         float* y, int64_t* flops) const;
 
+  // Unique per Create(); keys the per-thread argument caches. When a kernel
+  // is destroyed its id is retired, and each thread drops the kernel's
+  // cache entries on its next Run, so loading and unloading versions for
+  // ever does not grow memory. A moved-from id is 0 and retires nothing.
+  class Id {
+   public:
+    Id() = default;
+    explicit Id(uint64_t value) : value_(value) {}
+    Id(Id&& other) noexcept : value_(std::exchange(other.value_, 0)) {}
+    Id& operator=(Id&& other) noexcept;
+    ~Id();
+    uint64_t value() const { return value_; }
+
+   private:
+    uint64_t value_ = 0;
+  };
+
   MatmulSpec spec_;
-  uint64_t id_ = 0;                   // unique per Create(); keys per-thread argument caches
+  Id id_;
   dnnl::memory::desc plain_weights_;  // spec.layout
   dnnl::memory::desc weights_;        // the primitives' layout
   dnnl::memory::desc sgemm_weights_;  // the plain copy sgemm reads, at offset 0
@@ -146,6 +164,10 @@ class MatmulKernel {
 // Sets the OpenMP thread count oneDNN uses on the calling thread. The
 // server runs one request per core with 1; benchmarks state what they use.
 void SetKernelThreads(int threads);
+
+// Entries in the calling thread's argument cache (one per kernel and
+// bucket the thread has run), after dropping those of destroyed kernels.
+int64_t ThreadArgCacheEntriesForTesting();
 
 }  // namespace sparse
 

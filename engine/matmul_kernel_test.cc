@@ -183,6 +183,30 @@ TEST(MatmulKernelTest, AccumulateAddsIntoOutput) {
   EXPECT_TRUE(AllNear(y, expected));
 }
 
+// Hot reloads create and destroy kernels for as long as the server runs:
+// a destroyed kernel's per-thread state must go too.
+TEST(MatmulKernelTest, ADestroyedKernelLeavesNothingInTheThreadsCache) {
+  const MatmulSpec spec{.k = 4, .n = 3};
+  const int64_t before = ThreadArgCacheEntriesForTesting();
+  for (int round = 0; round < 3; ++round) {
+    std::vector<MatmulKernel> kernels;
+    for (int i = 0; i < 10; ++i) {
+      absl::StatusOr<MatmulKernel> kernel = MatmulKernel::Create(spec);
+      ASSERT_TRUE(kernel.ok()) << kernel.status();
+      kernels.push_back(*std::move(kernel));  // moved-from kernels retire nothing
+    }
+    const std::vector<float> w = LayoutForRun(kernels[0], RandomInputs(spec.n, spec.k, 3));
+    const std::vector<float> x = RandomInputs(8, spec.k, 4);
+    std::vector<float> y(8 * spec.n);
+    int64_t flops = 0;
+    for (const MatmulKernel& k : kernels) {
+      ASSERT_OK(k.Run(x.data(), 8, w.data(), nullptr, y.data(), &flops));  // one 8-row bucket
+    }
+    EXPECT_EQ(ThreadArgCacheEntriesForTesting(), before + 10);
+  }
+  EXPECT_EQ(ThreadArgCacheEntriesForTesting(), before);
+}
+
 TEST(MatmulKernelTest, RejectsEmptyShape) {
   EXPECT_FALSE(MatmulKernel::Create({.k = 0, .n = 3}).ok());
 }

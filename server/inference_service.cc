@@ -260,13 +260,20 @@ void InferenceService::Run(grpc::CallbackServerContext* context, const PredictRe
                            PredictResponse* response, bool dense,
                            std::function<void(grpc::Status)> done) {
   const auto arrival = Clock::now();
-  if (options_.metrics != nullptr) {
+  // Counted in flight until answered, so a drain knows when it is done.
+  in_flight_.fetch_add(1, std::memory_order_relaxed);
+  done = [this, request, dense, response, done = std::move(done)](grpc::Status s) {
     // ServerMetrics counts a model that is not loaded under model="".
-    done = [metrics = options_.metrics, request, dense, response,
-            done = std::move(done)](grpc::Status s) {
-      metrics->Observe(request->model(), dense, s, response->cost());
-      done(std::move(s));
-    };
+    if (options_.metrics != nullptr) {
+      options_.metrics->Observe(request->model(), dense, s, response->cost());
+    }
+    done(std::move(s));
+    in_flight_.fetch_sub(1, std::memory_order_release);
+  };
+  if (draining_.load(std::memory_order_relaxed)) {
+    done(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                      "sparse-server is shutting down; send the request to another replica"));
+    return;
   }
   absl::StatusOr<std::shared_ptr<const Servable>> servable =
       Admit(*repository_, options_.max_batch_rows, *request, dense);
@@ -330,6 +337,15 @@ void InferenceService::ScheduleDrain(std::shared_ptr<const Servable> servable, b
                           "the inference queue is full; retry with backoff"));
     }
   }
+}
+
+bool InferenceService::Drain(std::chrono::system_clock::time_point deadline) {
+  draining_.store(true, std::memory_order_relaxed);
+  while (in_flight_.load(std::memory_order_acquire) > 0) {
+    if (std::chrono::system_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
 }
 
 grpc::ServerUnaryReactor* InferenceService::Echo(grpc::CallbackServerContext* context,

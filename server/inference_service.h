@@ -14,6 +14,7 @@
 #ifndef SPARSE_SERVER_INFERENCE_SERVICE_H_
 #define SPARSE_SERVER_INFERENCE_SERVICE_H_
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -64,6 +65,11 @@ class InferenceService final : public sparse::v1::SparseInference::CallbackServi
            sparse::v1::PredictResponse* response, bool dense,
            std::function<void(grpc::Status)> done);
 
+  // From now on Run() answers UNAVAILABLE ("shutting down", which clients
+  // retry elsewhere); waits until every request already admitted is
+  // answered, or until `deadline` (then false).
+  bool Drain(std::chrono::system_clock::time_point deadline);
+
  private:
   // Queues an admitted request on its version's batcher.
   void Enqueue(std::shared_ptr<const Servable> servable, bool dense, PendingRequest pending);
@@ -77,6 +83,8 @@ class InferenceService final : public sparse::v1::SparseInference::CallbackServi
   WorkerPool* const pool_;
   const Options options_;
   const std::chrono::steady_clock::time_point start_;
+  std::atomic<int64_t> in_flight_{0};
+  std::atomic<bool> draining_{false};
 };
 
 // sparse.v1.ModelControl: LoadModel / UnloadModel on the repository. Only

@@ -219,6 +219,11 @@ void SparseServer::Shutdown(int64_t grace_ms) {
   for (grpc::Server* s : {server_.get(), health_server_.get()}) {
     if (s != nullptr) s->GetHealthCheckService()->Shutdown();  // NOT_SERVING from here on
   }
+  // Requests that arrive from now on are refused UNAVAILABLE (retryable)
+  // while those admitted finish; then gRPC stops, cancelling what is left
+  // at the deadline. (A call that reaches gRPC in its last moment is
+  // cancelled by gRPC itself.)
+  service_->Drain(deadline);
   server_->Shutdown(deadline);
   if (health_server_ != nullptr) health_server_->Shutdown(deadline);
 }

@@ -41,16 +41,16 @@ def train_small_dsm(build, repo, name):
         sys.exit("sparse-train failed: " + done.stdout + done.stderr)
 
 
-def stop(server):
-    """SIGTERM, then the exit code (None if it had to be killed after 15 s)
-    and everything the server wrote to stderr."""
+def stop(server, timeout=15):
+    """SIGTERM, then the exit code (None if it had to be killed after
+    `timeout` seconds) and what the server wrote to stderr (if piped)."""
     server.send_signal(signal.SIGTERM)
     try:
-        code = server.wait(timeout=15)
+        code = server.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         server.kill()
         code = None
-    return code, server.stderr.read()
+    return code, server.stderr.read() if server.stderr is not None else ""
 
 
 def finish():

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Production-serving figures of docs/benchmarks.md (make bench-lifecycle):
+# dynamic batching on and off, and hot reload under load, both on dsm1024.
+#
+#   bench/lifecycle_bench.sh     (about 5 minutes, plus dsm1024's training
+#                                 the first time if bench-serving has not
+#                                 trained it)
+#
+#  1. Batching: one server, one repository holding dsm1024's version twice
+#     (symlinks): model "off" without config.pbtxt and model "on" with
+#     dynamic_batching { max_batch_rows: 32 max_queue_delay_us: 5000 }.
+#     Closed-loop sweeps of both endpoints of each, then the ratios the
+#     issue asks for: dense at 64 in flight on/off (>= 4x) and sparse on/off
+#     (never lower).
+#  2. Hot reload: tests/hot_reload_test.py at 32 in flight for 60 s while
+#     20 new versions and 5 corrupt ones are published.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${BUILD_DIR:-build}
+OUT=${OUT:-$BUILD/bench-results}
+REPO=$BUILD/bench-models
+say() { echo "[lifecycle-bench] $*" >&2; }
+source deploy/lib.sh
+require_binaries "$TRAIN" "$SERVER" "$CLI"
+mkdir -p "$OUT" "$REPO"
+train_dsm1024 "$REPO"
+version_dir=$(dirname "$(ls -d "$REPO"/dsm1024/*/manifest.json | sort -V | tail -n 1)")
+
+batching_repo=$(mktemp -d)
+server_pid=""
+cleanup() {
+  stop_process "$server_pid"
+  rm -rf "$batching_repo"
+}
+trap cleanup EXIT
+mkdir -p "$batching_repo/off" "$batching_repo/on"
+ln -s "$(realpath "$version_dir")" "$batching_repo/off/1"
+ln -s "$(realpath "$version_dir")" "$batching_repo/on/1"
+echo 'dynamic_batching { max_batch_rows: 32 max_queue_delay_us: 5000 }' >"$batching_repo/on/config.pbtxt"
+
+say "batching: dsm1024 without and with dynamic batching, closed loop 1..64, sparse / dense"
+start_server "$OUT/lifecycle-server.log" --model_repository="$batching_repo"
+schedule=(--warmup_seconds=1 --window_seconds=1 --stable_windows=3 --max_windows=10)
+for model in off on; do
+  "$CLI" --target="$target" bench --model=$model --concurrency=1,4,16,64 --paths=sparse,dense \
+    "${schedule[@]}" --csv="$OUT/batching-$model.csv" --plot="$OUT/batching-$model.svg" \
+    --json >"$OUT/batching-$model.json"
+done
+stop_process "$server_pid"
+server_pid=""
+
+/usr/bin/python3 - "$OUT" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+runs = {m: json.load(open(os.path.join(out, "batching-%s.json" % m)))["results"] for m in ("off", "on")}
+def at(model, path, c):
+    return next(r for r in runs[model] if r["path"] == path and r["concurrency"] == c)
+print("\ndsm1024, closed loop, dynamic batching off / on (max_batch_rows 32, max_queue_delay_us 5000):")
+print("  %-8s %-7s %11s %11s %7s %11s %11s" % ("inflight", "path", "off req/s", "on req/s", "on/off",
+                                           "off p50 us", "on p50 us"))
+for c in (1, 4, 16, 64):
+    for path in ("sparse", "dense"):
+        off, on = at("off", path, c), at("on", path, c)
+        print("  %-8d %-7s %11.0f %11.0f %6.2fx %11.1f %11.1f" % (
+            c, path, off["throughput_rps"], on["throughput_rps"], on["throughput_rps"] / off["throughput_rps"],
+            off["p50_us"], on["p50_us"]))
+dense = at("on", "dense", 64)["throughput_rps"] / at("off", "dense", 64)["throughput_rps"]
+sparse = at("on", "sparse", 64)["throughput_rps"] / at("off", "sparse", 64)["throughput_rps"]
+print("\n  dense at 64 in flight, batching on / off   %6.2fx  (target >= 4: %s)" % (dense, "holds" if dense >= 4 else "MISSED"))
+print("  sparse at 64 in flight, batching on / off  %6.2fx  (target: not lower; run-to-run noise is ~5 %%)" % sparse)
+PY
+
+say "hot reload: 60 s at 32 in flight, 20 new + 5 corrupt versions of dsm1024"
+/usr/bin/python3 tests/hot_reload_test.py . "$BUILD" --version_dir="$version_dir" --seconds=60 \
+  --versions=20 --corrupt=5 --concurrency=32
