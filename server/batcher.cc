@@ -13,6 +13,7 @@ void Batcher::SetOptions(const BatchingOptions& options) {
   options_.max_batch_rows = std::max<int64_t>(1, options_.max_batch_rows);
   options_.max_queue_delay_us = std::max<int64_t>(0, options_.max_queue_delay_us);
   options_.max_queue_size = std::max<int64_t>(1, options_.max_queue_size);
+  options_.workers = std::max(1, options_.workers);
   enabled_.store(options.enabled, std::memory_order_relaxed);
 }
 
@@ -29,15 +30,14 @@ Batcher::AddResult Batcher::Add(PendingRequest* request) {
 std::vector<PendingRequest> Batcher::Take(bool* schedule_another) {
   absl::MutexLock lock(&mu_);
   const int64_t max_rows = options_.max_batch_rows;
-  if (options_.max_queue_delay_us > 0 && !queue_.empty() && running_ > 0 && !BatchFull()) {
-    // Another batch computes: wait for a full batch while it does, at most
-    // until the oldest request has waited max_queue_delay_us. With nothing
-    // computing, start at once: a lone request never waits for company.
+  if (options_.max_queue_delay_us > 0 && !queue_.empty() && !FairShareQueued()) {
+    // Wait for this worker's fair share of the rows in the server, at most
+    // until the oldest request has waited max_queue_delay_us.
     const auto waited = std::chrono::steady_clock::now() - queue_.front().arrival;
     const absl::Duration left =
         absl::Microseconds(options_.max_queue_delay_us) - absl::FromChrono(waited);
     if (left > absl::ZeroDuration()) {
-      mu_.AwaitWithTimeout(absl::Condition(this, &Batcher::FullOrIdle), left);
+      mu_.AwaitWithTimeout(absl::Condition(this, &Batcher::FairShareQueued), left);
     }
   }
   std::vector<PendingRequest> batch;
@@ -50,15 +50,15 @@ std::vector<PendingRequest> Batcher::Take(bool* schedule_another) {
     queue_.pop_front();
   }
   queued_rows_ -= rows;
-  if (!batch.empty()) ++running_;
+  running_rows_ += rows;
   drain_scheduled_ = !queue_.empty();
   *schedule_another = drain_scheduled_;
   return batch;
 }
 
-void Batcher::Finished() {
+void Batcher::Finished(int64_t rows) {
   absl::MutexLock lock(&mu_);
-  --running_;
+  running_rows_ -= rows;
 }
 
 std::vector<PendingRequest> Batcher::TakeAll() {

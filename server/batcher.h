@@ -6,16 +6,20 @@
 // oldest requests up to max_batch_rows rows. If requests remain, Take() says
 // so and the caller schedules another drain task, so every free worker forms
 // its own batch while the others compute. Under load a batch holds whatever
-// arrived while the workers were busy; and while another batch computes, a
-// free worker waits up to max_queue_delay_us for a full one (answers just
-// went out; their clients' next requests are on the way). When nothing
-// computes it never waits, so a lone request pays no delay.
+// arrived while the workers were busy. With max_queue_delay_us set, a free
+// worker waits (at most that long) for its fair share of the rows in the
+// server: (rows queued + rows computing) / workers, capped at
+// max_batch_rows. So under a steady load every worker runs batches of about
+// the same size, instead of one grabbing the few requests that arrived just
+// after it answered; and when nothing computes the share is what is queued,
+// so a lone request never waits.
 //
 // The options can change while requests wait (a new config.pbtxt); Take()
 // uses the options current when it is called. Thread-safe.
 #ifndef SPARSE_SERVER_BATCHER_H_
 #define SPARSE_SERVER_BATCHER_H_
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -32,6 +36,7 @@ namespace sparse {
 
 struct BatchingOptions {
   bool enabled = false;
+  int workers = 1;  // threads that run batches (the fair share divides by it)
   int64_t max_batch_rows = 64;
   int64_t max_queue_delay_us = 0;
   int64_t max_queue_size = 1024;
@@ -63,14 +68,14 @@ class Batcher {
   AddResult Add(PendingRequest* request);
 
   // For a drain task: returns the oldest requests up to max_batch_rows rows
-  // (at least one request; none only if TakeAll() emptied the queue). While
-  // another batch of this batcher computes and fewer rows wait, it first
-  // waits for a full batch, up to max_queue_delay_us after the oldest
-  // request arrived. *schedule_another is true when requests remain; the
-  // caller then schedules one more drain task. Call Finished() once the
-  // batch has run, unless it was empty.
+  // (at least one request; none only if TakeAll() emptied the queue). With
+  // max_queue_delay_us set, it first waits for the fair share of rows (see
+  // above), up to max_queue_delay_us after the oldest request arrived.
+  // *schedule_another is true when requests remain; the caller then
+  // schedules one more drain task. Call Finished(rows) once the batch has
+  // run, unless it was empty.
   std::vector<PendingRequest> Take(bool* schedule_another);
-  void Finished();
+  void Finished(int64_t rows);
 
   // Removes every waiting request (for when a drain task cannot be
   // scheduled); the caller finishes them.
@@ -80,8 +85,10 @@ class Batcher {
   bool BatchFull() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return queued_rows_ >= options_.max_batch_rows;
   }
-  bool FullOrIdle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return BatchFull() || running_ == 0;
+  // Enough rows queued for one worker's fair share.
+  bool FairShareQueued() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const int64_t share = (queued_rows_ + running_rows_ + options_.workers - 1) / options_.workers;
+    return queued_rows_ >= std::min(share, options_.max_batch_rows);
   }
 
   std::atomic<bool> enabled_{false};
@@ -90,7 +97,7 @@ class Batcher {
   std::deque<PendingRequest> queue_ ABSL_GUARDED_BY(mu_);
   int64_t queued_rows_ ABSL_GUARDED_BY(mu_) = 0;
   bool drain_scheduled_ ABSL_GUARDED_BY(mu_) = false;
-  int64_t running_ ABSL_GUARDED_BY(mu_) = 0;  // batches taken and not Finished()
+  int64_t running_rows_ ABSL_GUARDED_BY(mu_) = 0;  // rows taken and not Finished()
 };
 
 }  // namespace sparse

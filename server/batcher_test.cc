@@ -1,6 +1,6 @@
 // Batcher: batches form from the oldest requests up to max_batch_rows, one
-// drain is asked for at a time, a full queue refuses, and while a batch
-// computes a free worker waits at most max_queue_delay_us for a fuller one.
+// drain is asked for at a time, a full queue refuses, and a free worker
+// waits at most max_queue_delay_us for its fair share of the rows.
 #include "server/batcher.h"
 
 #include <thread>
@@ -34,7 +34,7 @@ std::vector<int64_t> Rows(const std::vector<PendingRequest>& batch) {
 
 TEST_F(BatcherTest, TakesTheOldestRequestsUpToMaxRowsAndAsksForOneDrainAtATime) {
   Batcher b;
-  b.SetOptions({.enabled = true, .max_batch_rows = 8, .max_queue_delay_us = 0, .max_queue_size = 10});
+  b.SetOptions({.enabled = true, .workers = 1, .max_batch_rows = 8, .max_queue_delay_us = 0, .max_queue_size = 10});
   EXPECT_TRUE(b.enabled());
   PendingRequest p = Pending(3);
   EXPECT_EQ(b.Add(&p), Batcher::AddResult::kQueuedScheduleDrain);
@@ -55,7 +55,7 @@ TEST_F(BatcherTest, TakesTheOldestRequestsUpToMaxRowsAndAsksForOneDrainAtATime) 
 
 TEST_F(BatcherTest, AFullQueueRefusesAndHandsTheRequestBack) {
   Batcher b;
-  b.SetOptions({.enabled = true, .max_batch_rows = 8, .max_queue_delay_us = 0, .max_queue_size = 2});
+  b.SetOptions({.enabled = true, .workers = 1, .max_batch_rows = 8, .max_queue_delay_us = 0, .max_queue_size = 2});
   for (int i = 0; i < 2; ++i) {
     PendingRequest p = Pending(1);
     EXPECT_NE(b.Add(&p), Batcher::AddResult::kFull);
@@ -67,9 +67,10 @@ TEST_F(BatcherTest, AFullQueueRefusesAndHandsTheRequestBack) {
   EXPECT_EQ(b.TakeAll().size(), 2u);
 }
 
-TEST_F(BatcherTest, WhileABatchComputesAFreeWorkerWaitsForAFullOneAtMostTheQueueDelay) {
+TEST_F(BatcherTest, AFreeWorkerWaitsForItsFairShareAtMostTheQueueDelay) {
   Batcher b;
-  b.SetOptions({.enabled = true, .max_batch_rows = 4, .max_queue_delay_us = 5'000'000, .max_queue_size = 10});
+  b.SetOptions({.enabled = true, .workers = 2, .max_batch_rows = 8, .max_queue_delay_us = 5'000'000,
+                .max_queue_size = 64});
   bool another = false;
   // Nothing computes: a lone request goes at once despite the 5 s delay.
   PendingRequest lone = Pending(1);
@@ -77,13 +78,22 @@ TEST_F(BatcherTest, WhileABatchComputesAFreeWorkerWaitsForAFullOneAtMostTheQueue
   auto start = std::chrono::steady_clock::now();
   EXPECT_EQ(b.Take(&another).size(), 1u);
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(4));
+  b.Finished(1);
 
-  // That batch computes now. The next worker waits for 4 rows, and goes as
-  // soon as they are there, long before the 5 s delay.
+  // Six rows queued, none computing: the share of one of 2 workers is 3, so
+  // the first worker takes all six at once.
+  for (int i = 0; i < 6; ++i) {
+    PendingRequest p = Pending(1);
+    b.Add(&p);
+  }
+  EXPECT_EQ(b.Take(&another).size(), 6u);
+  // Those 6 compute. The next worker waits for its share: q queued rows
+  // with q >= (q + 6) / 2, so 6; it goes as soon as they are there, long
+  // before the 5 s delay.
   PendingRequest first = Pending(1);
   b.Add(&first);
   std::thread adder([&] {
-    for (int i = 0; i < 3; ++i) {
+    for (int i = 0; i < 5; ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
       PendingRequest p = Pending(1);
       b.Add(&p);
@@ -92,25 +102,28 @@ TEST_F(BatcherTest, WhileABatchComputesAFreeWorkerWaitsForAFullOneAtMostTheQueue
   start = std::chrono::steady_clock::now();
   std::vector<PendingRequest> batch = b.Take(&another);
   adder.join();
-  EXPECT_EQ(batch.size(), 4u);
+  EXPECT_EQ(batch.size(), 6u);
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(4));
 
-  // Two batches compute; with a short delay and nobody else coming, the
-  // next worker takes what is there once the delay is over.
-  b.SetOptions({.enabled = true, .max_batch_rows = 4, .max_queue_delay_us = 2000, .max_queue_size = 10});
+  // 12 rows compute; with a short delay and nobody else coming, the next
+  // worker takes what is there once the delay is over.
+  b.SetOptions({.enabled = true, .workers = 2, .max_batch_rows = 8, .max_queue_delay_us = 2000,
+                .max_queue_size = 64});
   PendingRequest alone = Pending(1);
   b.Add(&alone);
   start = std::chrono::steady_clock::now();
   EXPECT_EQ(b.Take(&another).size(), 1u);
   EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::microseconds(1500));
 
-  // When the batches finish, a waiting worker stops waiting.
-  b.SetOptions({.enabled = true, .max_batch_rows = 4, .max_queue_delay_us = 5'000'000, .max_queue_size = 10});
+  // When the computing batches finish, a waiting worker's share is what is
+  // queued: it stops waiting.
+  b.SetOptions({.enabled = true, .workers = 2, .max_batch_rows = 8, .max_queue_delay_us = 5'000'000,
+                .max_queue_size = 64});
   PendingRequest last = Pending(1);
   b.Add(&last);
   std::thread finisher([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    for (int i = 0; i < 3; ++i) b.Finished();
+    b.Finished(13);
   });
   start = std::chrono::steady_clock::now();
   EXPECT_EQ(b.Take(&another).size(), 1u);

@@ -328,8 +328,10 @@ void InferenceService::ScheduleDrain(std::shared_ptr<const Servable> servable, b
     std::vector<PendingRequest> batch = batcher.Take(&another);
     if (another) ScheduleDrain(servable, dense);
     if (batch.empty()) return;
+    int64_t rows = 0;
+    for (const PendingRequest& p : batch) rows += p.request->rows();
     RunBatch(*servable, dense, std::move(batch));
-    batcher.Finished();
+    batcher.Finished(rows);
   });
   if (!queued) {
     for (PendingRequest& p : servable->batcher(dense).TakeAll()) {

@@ -73,9 +73,12 @@ bool SameBatching(const sparse::v1::ModelConfig& a, const sparse::v1::ModelConfi
          a.dynamic_batching().SerializeAsString() == b.dynamic_batching().SerializeAsString();
 }
 
-BatchingOptions ToBatchingOptions(const sparse::v1::ModelConfig& config) {
+BatchingOptions ToBatchingOptions(const sparse::v1::ModelConfig& config, int workers, bool dense) {
   const sparse::v1::DynamicBatching& b = config.dynamic_batching();
-  return BatchingOptions{.enabled = config.has_dynamic_batching(),
+  using P = sparse::v1::DynamicBatching;
+  const bool path_on = b.paths() == P::BOTH || b.paths() == (dense ? P::DENSE_ONLY : P::SPARSE_ONLY);
+  return BatchingOptions{.enabled = config.has_dynamic_batching() && path_on,
+                         .workers = workers,
                          .max_batch_rows = b.max_batch_rows() > 0 ? b.max_batch_rows() : 64,
                          .max_queue_delay_us = b.max_queue_delay_us(),
                          .max_queue_size = b.max_queue_size() > 0 ? b.max_queue_size() : 1024};
@@ -268,9 +271,9 @@ std::shared_ptr<const Servable> ModelRepository::LoadVersion(const std::string& 
   servable->version = version;
   servable->loaded = *std::move(loaded);
   servable->warmup_routing = servable->loaded.sparse->Routing();
-  for (auto& batcher : servable->batchers) {
-    batcher = std::make_unique<Batcher>();
-    batcher->SetOptions(ToBatchingOptions(state.config));
+  for (int dense = 0; dense < 2; ++dense) {
+    servable->batchers[dense] = std::make_unique<Batcher>();
+    servable->batchers[dense]->SetOptions(ToBatchingOptions(state.config, options_.workers, dense));
   }
   return servable;
 }
@@ -336,8 +339,9 @@ ModelState ModelRepository::ScanModel(const std::string& name, const ModelState*
       auto loaded = previous->versions.find(version);
       if (loaded != previous->versions.end()) {
         if (batching_changed) {
-          for (const auto& batcher : loaded->second->batchers) {
-            batcher->SetOptions(ToBatchingOptions(state.config));
+          for (int dense = 0; dense < 2; ++dense) {
+            loaded->second->batchers[dense]->SetOptions(
+                ToBatchingOptions(state.config, options_.workers, dense));
           }
         }
         state.versions.emplace(version, loaded->second);

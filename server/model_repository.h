@@ -82,6 +82,8 @@ class ModelRepository {
     // Largest batch a request may carry: warm-up runs every batch bucket
     // (1, 2, 4, ..., 128) up to it.
     int64_t max_batch_rows = 1024;
+    // Worker threads (dynamic batching shares rows between them).
+    int workers = 1;
     // Log lines after Open (loads, unloads, failures); default stderr.
     std::function<void(const std::string&)> log;
     // Called after each new snapshot is published (from the thread that

@@ -184,6 +184,10 @@ TEST_F(ModelRepositoryTest, DynamicBatchingFollowsTheConfigWithoutReloading) {
   EXPECT_EQ(after.get(), before.get());  // the same loaded version
   EXPECT_TRUE(after->batcher(false).enabled());
   EXPECT_TRUE(after->batcher(true).enabled());
+  WriteConfig("m", "dynamic_batching { max_batch_rows: 32 paths: DENSE_ONLY }");
+  repo->Rescan();
+  EXPECT_FALSE(after->batcher(false).enabled());
+  EXPECT_TRUE(after->batcher(true).enabled());
 }
 
 TEST_F(ModelRepositoryTest, RemovedModelsUnloadButAnEmptyRepositoryKeepsEverything) {

@@ -71,6 +71,10 @@ absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
   server->metrics_ = std::make_unique<ServerMetrics>();
   ModelRepository::Options repository_options;
   repository_options.max_batch_rows = options.max_batch_rows;
+  const int workers = options.workers > 0
+                          ? options.workers
+                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  repository_options.workers = workers;
   // Readiness and metrics follow every snapshot. The servers do not exist
   // during the first load; Start() sets their health below.
   SparseServer* s = server.get();
@@ -94,9 +98,6 @@ absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
                                             " (expected <model>/<version>/ directories written by "
                                             "sparse-train)"));
   }
-  const int workers = options.workers > 0
-                          ? options.workers
-                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   server->pool_ = std::make_unique<WorkerPool>(workers, options.max_queue);
   repository_options.on_publish(*first);
   if (options.metrics_port >= 0) {
