@@ -1,7 +1,7 @@
 # sparse-serve: the two commands a user needs.
 #   make test   install missing Debian packages, configure, build, run every test
 #   make demo   the main job: train a demo repository, serve it, compare sparse vs dense
-# Other targets: build, bench (engine microbenchmarks), bench-serving (sparse vs dense
+# Other targets: build, test-container (the container image, end to end), bench (engine microbenchmarks), bench-serving (sparse vs dense
 # under load, docs/benchmarks.md), bench-lifecycle (dynamic batching and hot reload
 # under load, docs/benchmarks.md), peers (our engine next to PyTorch and FAISS;
 # needs the demo models), clean.
@@ -10,7 +10,7 @@ BUILD_DIR ?= build
 BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps configure build test bench bench-serving bench-lifecycle peers demo clean
+.PHONY: all deps configure build test test-container bench bench-serving bench-lifecycle peers demo clean
 
 all: build
 
@@ -27,6 +27,11 @@ build: configure
 
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
+
+# Builds the container image with podman (installed from Debian if missing)
+# and checks it end to end: deploy/container-test.sh, docs/deploy.md.
+test-container: build
+	BUILD_DIR=$(BUILD_DIR) deploy/container-test.sh
 
 bench: build
 	$(BUILD_DIR)/bench/engine_bench --benchmark_min_time=1

@@ -19,8 +19,9 @@ PACKAGES=(
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # the TLS test makes its certificates with the openssl command line; the
-  # metrics test is scraped by a real Prometheus server
-  openssl prometheus
+  # metrics test is scraped by a real Prometheus server; the deployment
+  # test parses YAML
+  openssl prometheus python3-yaml
 )
 
 # Optional: bench/peers (make peers) compares us with PyTorch and FAISS.
@@ -42,6 +43,10 @@ if [[ $list -eq 1 ]]; then
   printf '%s\n' "${PACKAGES[@]}"
   exit 0
 fi
+
+# The deployment test runs kubectl: Debian's kubernetes-client, unless a
+# kubectl is installed already (from another package).
+command -v kubectl >/dev/null || PACKAGES+=(kubernetes-client)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
