@@ -1,16 +1,19 @@
 # sparse-serve: the two commands a user needs.
 #   make test   install missing Debian packages, configure, build, run every test
 #   make demo   the main job: train a demo repository, serve it, compare sparse vs dense
-# Other targets: build, test-container (the container image, end to end), bench (engine microbenchmarks), bench-serving (sparse vs dense
-# under load, docs/benchmarks.md), bench-lifecycle (dynamic batching and hot reload
-# under load, docs/benchmarks.md), peers (our engine next to PyTorch and FAISS;
-# needs the demo models), clean.
+# Other targets: build; test-container (the container image, end to end);
+# test-asan and test-tsan (the suite under sanitizers) and fuzz (libFuzzer
+# targets), docs/reliability.md; bench (engine microbenchmarks);
+# bench-serving (sparse vs dense under load) and bench-lifecycle (dynamic
+# batching and hot reload under load), docs/benchmarks.md; peers (our engine
+# next to PyTorch and FAISS; needs the demo models); clean.
 
 BUILD_DIR ?= build
 BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc)
+ASAN_OPTIONS_SET = detect_leaks=1:abort_on_error=0:halt_on_error=1:detect_stack_use_after_return=0
 
-.PHONY: all deps configure build test test-container bench bench-serving bench-lifecycle peers demo clean
+.PHONY: all deps deps-sanitizers configure build test test-container test-asan test-tsan fuzz bench bench-serving bench-lifecycle peers demo clean
 
 all: build
 
@@ -32,6 +35,41 @@ test: build
 # and checks it end to end: deploy/container-test.sh, docs/deploy.md.
 test-container: build
 	BUILD_DIR=$(BUILD_DIR) deploy/container-test.sh
+
+# Sanitizer builds, with clang 14, in their own build directories.
+ASAN_DIR ?= build-asan
+TSAN_DIR ?= build-tsan
+FUZZ_SECONDS ?= 60
+SANITIZER_CMAKE = -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++
+
+$(ASAN_DIR)/build.ninja:
+	cmake -S . -B $(ASAN_DIR) $(SANITIZER_CMAKE) -DSPARSE_SANITIZE=asan
+
+$(TSAN_DIR)/build.ninja:
+	cmake -S . -B $(TSAN_DIR) $(SANITIZER_CMAKE) -DSPARSE_SANITIZE=tsan
+
+# The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer.
+test-asan: deps-sanitizers $(ASAN_DIR)/build.ninja
+	cmake --build $(ASAN_DIR) -j $(JOBS)
+	cd $(ASAN_DIR) && ASAN_OPTIONS=$(ASAN_OPTIONS_SET) UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/sanitizers/lsan.supp \
+	  ctest --output-on-failure -j $(JOBS) --timeout 900
+
+# The suite under ThreadSanitizer; TSAN_TESTS (a ctest regex) picks tests,
+# e.g. make test-tsan TSAN_TESTS='model_repository|batcher|lifecycle'.
+TSAN_TESTS ?= .
+test-tsan: deps-sanitizers $(TSAN_DIR)/build.ninja
+	cmake --build $(TSAN_DIR) -j $(JOBS)
+	cd $(TSAN_DIR) && TSAN_OPTIONS="suppressions=$(CURDIR)/tests/sanitizers/tsan.supp halt_on_error=1 second_deadlock_stack=1" \
+	  ctest --output-on-failure -j $(JOBS) --timeout 900 -R '$(TSAN_TESTS)'
+
+# Each libFuzzer target on its seed corpus for FUZZ_SECONDS (default 60).
+fuzz: deps-sanitizers $(ASAN_DIR)/build.ninja
+	cmake --build $(ASAN_DIR) -j $(JOBS) --target checkpoint_fuzz model_config_fuzz request_fuzz
+	BUILD_DIR=$(ASAN_DIR) FUZZ_SECONDS=$(FUZZ_SECONDS) tests/fuzz/run.sh
+
+deps-sanitizers:
+	@deploy/install-deps.sh --sanitizers
 
 bench: build
 	$(BUILD_DIR)/bench/engine_bench --benchmark_min_time=1
@@ -57,4 +95,4 @@ demo: build
 	BUILD_DIR=$(BUILD_DIR) deploy/demo.sh
 
 clean:
-	rm -rf $(BUILD_DIR)
+	rm -rf $(BUILD_DIR) $(ASAN_DIR) $(TSAN_DIR)

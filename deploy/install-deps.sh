@@ -29,13 +29,17 @@ PACKAGES=(
 # without it both fall back to the reference BLAS, a comparison that would
 # flatter us.
 PEERS_PACKAGES=(python3-torch libfaiss-dev libopenblas0)
+# make test-asan, test-tsan and fuzz: clang 14 with its sanitizer and
+# libFuzzer runtimes.
+SANITIZER_PACKAGES=(clang libclang-rt-14-dev)
 
 list=0
 for arg in "$@"; do
   case "$arg" in
     --list) list=1 ;;
     --peers) PACKAGES+=("${PEERS_PACKAGES[@]}") ;;
-    *) echo "install-deps: unknown argument: $arg (expected --peers or --list)" >&2; exit 2 ;;
+    --sanitizers) PACKAGES+=("${SANITIZER_PACKAGES[@]}") ;;
+    *) echo "install-deps: unknown argument: $arg (expected --peers, --sanitizers or --list)" >&2; exit 2 ;;
   esac
 done
 

@@ -359,16 +359,6 @@ absl::Status CheckFormatVersion(MetadataReader& meta) {
 
 // ---- Manifest ---------------------------------------------------------------
 
-std::string ManifestJson(const std::map<std::string, std::string>& files) {
-  Json manifest = {{"format_version", kCheckpointFormatVersion}, {"files", Json::object()}};
-  for (const auto& [name, contents] : files) {
-    manifest["files"][name] = {
-        {"bytes", contents.size()},
-        {"sha256", Sha256Hex({reinterpret_cast<const uint8_t*>(contents.data()), contents.size()})}};
-  }
-  return manifest.dump(2) + "\n";
-}
-
 struct ManifestEntry {
   uint64_t bytes = 0;
   std::string sha256;
@@ -466,6 +456,16 @@ std::pair<int64_t, int64_t> SparseDims(const std::variant<LshTableWeights, DsmWe
 }
 
 }  // namespace
+
+std::string ManifestJson(const std::map<std::string, std::string>& files) {
+  Json manifest = {{"format_version", kCheckpointFormatVersion}, {"files", Json::object()}};
+  for (const auto& [name, contents] : files) {
+    manifest["files"][name] = {
+        {"bytes", contents.size()},
+        {"sha256", Sha256Hex({reinterpret_cast<const uint8_t*>(contents.data()), contents.size()})}};
+  }
+  return manifest.dump(2) + "\n";
+}
 
 std::string SerializeSparse(const Checkpoint& checkpoint) {
   Encoded e = std::visit([](const auto& w) { return Encode(w); }, checkpoint.sparse);

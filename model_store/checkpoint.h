@@ -60,6 +60,10 @@ struct LoadedModel {
 // ReadCheckpoint, then builds the engine models.
 absl::StatusOr<LoadedModel> LoadCheckpoint(const std::string& version_dir);
 
+// The manifest.json text for a version holding `files` (name -> contents):
+// each file's size and SHA-256. For writers that need the bytes (fuzzing).
+std::string ManifestJson(const std::map<std::string, std::string>& files);
+
 // Serialized model.safetensors / dense.safetensors contents, for writers
 // that need the bytes (tests, fuzz seeds).
 std::string SerializeSparse(const Checkpoint& checkpoint);

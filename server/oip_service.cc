@@ -120,6 +120,17 @@ absl::Status ToPredictRequest(const inference::ModelInferRequest& in, const Targ
 
 }  // namespace
 
+absl::StatusOr<bool> TranslateModelInfer(const ModelRepository& repository,
+                                         const inference::ModelInferRequest& request,
+                                         sparse::v1::PredictRequest* out) {
+  ASSIGN_OR_RETURN(Target t, ParseTarget(request.model_name(), request.model_version()));
+  ASSIGN_OR_RETURN(std::shared_ptr<const Servable> servable, FindTarget(repository, t));
+  const LoadedModel& loaded = servable->loaded;
+  const ModelInfo& info = t.dense ? loaded.dense->info() : loaded.sparse->info();
+  RETURN_IF_ERROR(ToPredictRequest(request, t, info.input_dim, out));
+  return t.dense;
+}
+
 OipService::OipService(const ModelRepository* repository, InferenceService* inference)
     : repository_(repository), inference_(inference) {}
 
@@ -194,23 +205,16 @@ grpc::ServerUnaryReactor* OipService::ModelMetadata(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* OipService::ModelInfer(grpc::CallbackServerContext* context,
                                                  const inference::ModelInferRequest* request,
                                                  inference::ModelInferResponse* response) {
-  absl::StatusOr<Target> t = ParseTarget(request->model_name(), request->model_version());
-  if (!t.ok()) return FinishWith(context, t.status());
-  absl::StatusOr<std::shared_ptr<const Servable>> found = FindTarget(*repository_, *t);
-  if (!found.ok()) return FinishWith(context, found.status());
-  const LoadedModel& loaded = (*found)->loaded;
-  const ModelInfo& info = t->dense ? loaded.dense->info() : loaded.sparse->info();
   // The native request and response live until the call finishes.
   struct Call {
     sparse::v1::PredictRequest request;
     sparse::v1::PredictResponse response;
   };
   auto call = std::make_shared<Call>();
-  if (absl::Status s = ToPredictRequest(*request, *t, info.input_dim, &call->request); !s.ok()) {
-    return FinishWith(context, s);
-  }
+  absl::StatusOr<bool> dense = TranslateModelInfer(*repository_, *request, &call->request);
+  if (!dense.ok()) return FinishWith(context, dense.status());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  inference_->Run(context, &call->request, &call->response, t->dense,
+  inference_->Run(context, &call->request, &call->response, *dense,
                   [call, request, response, reactor](grpc::Status status) {
                     if (!status.ok()) {
                       reactor->Finish(status);

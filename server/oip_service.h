@@ -21,6 +21,13 @@
 
 namespace sparse {
 
+// The native request a ModelInferRequest stands for; true when it names the
+// dense twin. Errors are those ModelInfer answers (NOT_FOUND, INVALID_ARGUMENT
+// with what was expected). Used by ModelInfer and by the request fuzzer.
+absl::StatusOr<bool> TranslateModelInfer(const ModelRepository& repository,
+                                         const inference::ModelInferRequest& request,
+                                         sparse::v1::PredictRequest* out);
+
 class OipService final : public inference::GRPCInferenceService::CallbackService {
  public:
   OipService(const ModelRepository* repository, InferenceService* inference);

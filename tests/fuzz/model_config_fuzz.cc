@@ -1,0 +1,17 @@
+// Fuzzes config.pbtxt parsing and validation (ParseModelConfig): any text
+// gets a config or an error naming the line, never a crash.
+#include <cstdint>
+#include <string>
+
+#include "server/model_repository.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const absl::StatusOr<sparse::v1::ModelConfig> config =
+      sparse::ParseModelConfig(absl::string_view(reinterpret_cast<const char*>(data), size));
+  if (config.ok()) {
+    // What the repository derives from a valid config stays in range.
+    const auto& b = config->dynamic_batching();
+    if (b.max_batch_rows() < 0 || b.max_queue_delay_us() < 0 || b.max_queue_size() < 0) __builtin_trap();
+  }
+  return 0;
+}
