@@ -7,7 +7,7 @@
 #                                 trained it)
 #
 #  1. Batching: one server, one repository holding dsm1024's version three
-#     times (symlinks): model "off" without config.pbtxt, "on" with
+#     times (hard links): model "off" without config.pbtxt, "on" with
 #     dynamic_batching { max_batch_rows: 32 max_queue_delay_us: 5000 } and
 #     "dense_only" with the same and paths: DENSE_ONLY. Closed-loop sweeps of
 #     both endpoints of each, then the ratios the issue asks for: dense at 64
@@ -26,7 +26,9 @@ mkdir -p "$OUT" "$REPO"
 train_dsm1024 "$REPO"
 version_dir=$(dirname "$(ls -d "$REPO"/dsm1024/*/manifest.json | sort -V | tail -n 1)")
 
-batching_repo=$(mktemp -d)
+# Inside the build directory: the versions are hard links of dsm1024's files
+# (the server refuses symlinks that lead out of its repository).
+batching_repo=$(mktemp -d "$BUILD/batching-repo.XXXXXX")
 server_pid=""
 cleanup() {
   stop_process "$server_pid"
@@ -35,7 +37,7 @@ cleanup() {
 trap cleanup EXIT
 for model in off on dense_only; do
   mkdir -p "$batching_repo/$model"
-  ln -s "$(realpath "$version_dir")" "$batching_repo/$model/1"
+  cp -al "$version_dir" "$batching_repo/$model/1"
 done
 echo 'dynamic_batching { max_batch_rows: 32 max_queue_delay_us: 5000 }' >"$batching_repo/on/config.pbtxt"
 echo 'dynamic_batching { max_batch_rows: 32 max_queue_delay_us: 5000 paths: DENSE_ONLY }' \

@@ -228,6 +228,26 @@ absl::StatusOr<std::unique_ptr<ModelRepository>> ModelRepository::Open(
   return repo;
 }
 
+bool ModelRepository::InsideRoot(const fs::path& path) const {
+  std::error_code ec;
+  const fs::path real = fs::canonical(path, ec);
+  if (ec) return false;
+  const fs::path root = fs::canonical(root_, ec);
+  if (ec) return false;
+  // Component by component: /models2 is not inside /models.
+  auto inside = [&root](const fs::path& p) {
+    return std::mismatch(root.begin(), root.end(), p.begin(), p.end()).first == root.end();
+  };
+  if (!inside(real)) return false;
+  // The files too: a version's model.safetensors may be a link as well.
+  for (fs::directory_iterator it(real, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    std::error_code file_ec;
+    const fs::path file = fs::canonical(it->path(), file_ec);
+    if (file_ec || !inside(file)) return false;
+  }
+  return !ec;
+}
+
 std::shared_ptr<const Servable> ModelRepository::LoadVersion(const std::string& name,
                                                              int64_t version,
                                                              const std::string& dir,
@@ -350,6 +370,19 @@ ModelState ModelRepository::ScanModel(const std::string& name, const ModelState*
     }
     const fs::path dir = model_dir / std::to_string(version);
     const std::string fingerprint = Fingerprint(dir);
+    if (!InsideRoot(dir)) {
+      // A symlink (of the version or the model) leading out of the
+      // repository: whoever can write the repository must not be able to
+      // make the server read elsewhere.
+      const std::string error =
+          "the version directory leads outside the model repository (a symlink?); refused";
+      if (previous == nullptr || previous->failures.count(version) == 0 ||
+          previous->failures.at(version).error != error) {
+        log->push_back(absl::StrCat("model ", name, " version ", version, " not loaded: ", error));
+      }
+      state.failures.emplace(version, ModelState::Failure{error, fingerprint});
+      continue;
+    }
     if (previous != nullptr) {
       auto failed = previous->failures.find(version);
       if (failed != previous->failures.end() && failed->second.fingerprint == fingerprint) {

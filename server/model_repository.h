@@ -15,7 +15,8 @@
 // never publish over a newer one. Requests hold a shared_ptr to the version
 // they run on; when the last one lets go of a removed version, a background
 // thread frees it (never a request thread). A rescan that finds nothing to
-// serve (an empty or unmounted repository) keeps everything.
+// serve (an empty or unmounted repository) keeps everything. A version whose
+// directory resolves (through symlinks) outside the root is refused.
 //
 // Thread-safe: Find() and snapshot() from any thread, any time.
 #ifndef SPARSE_SERVER_MODEL_REPOSITORY_H_
@@ -24,6 +25,7 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
@@ -128,6 +130,9 @@ class ModelRepository {
   std::shared_ptr<const Servable> LoadVersion(const std::string& name, int64_t version,
                                               const std::string& dir, const ModelState& state,
                                               std::string* error) const;
+  // Whether `path` and the entries in it, with every symlink resolved, are
+  // inside the root.
+  bool InsideRoot(const std::filesystem::path& path) const;
   void Publish(std::shared_ptr<const RepositorySnapshot> next,
                const std::vector<std::string>& log) ABSL_EXCLUSIVE_LOCKS_REQUIRED(load_mu_);
 

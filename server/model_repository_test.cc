@@ -238,6 +238,43 @@ TEST_F(ModelRepositoryTest, ExplicitLoadAndUnload) {
   EXPECT_EQ(repo->Find("c", 0).status().code(), absl::StatusCode::kUnavailable);
 }
 
+TEST_F(ModelRepositoryTest, AVersionThatLeadsOutOfTheRepositoryIsRefused) {
+  Publish("m", 1);
+  auto repo = Open();
+  // A good checkpoint, outside the root, linked in as version 2.
+  const fs::path outside = root_.string() + "-outside";
+  fs::remove_all(outside);
+  Checkpoint c;
+  c.sparse = RandomDsm({.d = 8, .o = 1, .experts = 4, .active_units = 8}, 7);
+  ASSERT_OK(WriteCheckpoint((outside / "m").string(), 2, c));
+  fs::create_directory_symlink(outside / "m" / "2", root_ / "m" / "2");
+  // A link that stays inside the repository is fine.
+  Publish("store", 3);
+  fs::create_directory_symlink(root_ / "store" / "3", root_ / "m" / "3");
+  repo->Rescan();
+  repo->Rescan();
+  EXPECT_THAT(Versions(*repo, "m"), ::testing::ElementsAre(3));
+  WriteConfig("m", "version_policy { all {} }");
+  repo->Rescan();
+  EXPECT_THAT(Versions(*repo, "m"), ::testing::ElementsAre(1, 3));
+  const ModelState& state = repo->snapshot()->at("m");
+  ASSERT_EQ(state.failures.count(2), 1u);
+  EXPECT_THAT(state.failures.at(2).error, HasSubstr("outside the model repository"));
+  EXPECT_THAT(state.failures.at(2).error, ::testing::Not(HasSubstr(outside.string())));
+  EXPECT_EQ(LogLinesWith("m version 2 not loaded"), 1);
+
+  // A version directory inside whose model file links out.
+  ASSERT_OK(WriteCheckpoint((outside / "m").string(), 4, c));
+  fs::create_directories(root_ / "m" / "4");
+  for (const char* file : {kModelFile, kManifestFile}) {
+    fs::create_symlink(outside / "m" / "4" / file, root_ / "m" / "4" / file);
+  }
+  repo->Rescan();
+  EXPECT_THAT(Versions(*repo, "m"), ::testing::ElementsAre(1, 3));
+  EXPECT_EQ(repo->snapshot()->at("m").failures.count(4), 1u);
+  fs::remove_all(outside);
+}
+
 TEST_F(ModelRepositoryTest, PollingPicksUpANewVersion) {
   Publish("m", 1);
   auto repo = Open();
