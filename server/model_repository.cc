@@ -128,6 +128,12 @@ absl::StatusOr<sparse::v1::ModelConfig> ParseModelConfig(absl::string_view text)
   return config;
 }
 
+size_t ServingVersions(const RepositorySnapshot& snapshot) {
+  size_t n = 0;
+  for (const auto& [name, state] : snapshot) n += state.versions.size();
+  return n;
+}
+
 absl::Status CheckModelName(absl::string_view name) {
   if (name.empty() || name == "." || name == ".." || name[0] == '.' ||
       name.find('/') != absl::string_view::npos || name.find('\0') != absl::string_view::npos) {
@@ -202,17 +208,8 @@ absl::StatusOr<std::unique_ptr<ModelRepository>> ModelRepository::Open(
   std::vector<std::string> lines;
   {
     absl::MutexLock lock(&repo->load_mu_);
-    auto next = std::make_shared<RepositorySnapshot>();
-    for (fs::directory_iterator it(root, ec); !ec && it != fs::directory_iterator();
-         it.increment(ec)) {
-      const std::string name = it->path().filename().string();
-      std::error_code dir_ec;
-      if (!CheckModelName(name).ok() || !it->is_directory(dir_ec)) continue;
-      ModelState state = repo->ScanModel(name, nullptr, &lines);
-      if (!state.versions.empty() || !state.failures.empty() || !state.config_error.empty()) {
-        next->emplace(name, std::move(state));
-      }
-    }
+    // A listing that stops part way still serves what it found.
+    std::shared_ptr<RepositorySnapshot> next = repo->ScanRepository(RepositorySnapshot(), &lines, &ec);
     absl::MutexLock snapshot_lock(&repo->snapshot_mu_);
     repo->snapshot_ = std::move(next);
   }
@@ -370,19 +367,6 @@ ModelState ModelRepository::ScanModel(const std::string& name, const ModelState*
     }
     const fs::path dir = model_dir / std::to_string(version);
     const std::string fingerprint = Fingerprint(dir);
-    if (!InsideRoot(dir)) {
-      // A symlink (of the version or the model) leading out of the
-      // repository: whoever can write the repository must not be able to
-      // make the server read elsewhere.
-      const std::string error =
-          "the version directory leads outside the model repository (a symlink?); refused";
-      if (previous == nullptr || previous->failures.count(version) == 0 ||
-          previous->failures.at(version).error != error) {
-        log->push_back(absl::StrCat("model ", name, " version ", version, " not loaded: ", error));
-      }
-      state.failures.emplace(version, ModelState::Failure{error, fingerprint});
-      continue;
-    }
     if (previous != nullptr) {
       auto failed = previous->failures.find(version);
       if (failed != previous->failures.end() && failed->second.fingerprint == fingerprint) {
@@ -391,7 +375,15 @@ ModelState ModelRepository::ScanModel(const std::string& name, const ModelState*
       }
     }
     std::string error;
-    std::shared_ptr<const Servable> servable = LoadVersion(name, version, dir.string(), state, &error);
+    std::shared_ptr<const Servable> servable;
+    if (InsideRoot(dir)) {
+      servable = LoadVersion(name, version, dir.string(), state, &error);
+    } else {
+      // A symlink (of the version, the model or a file) leading out of the
+      // repository: whoever can write the repository must not be able to
+      // make the server read elsewhere.
+      error = "the version directory leads outside the model repository (a symlink?); refused";
+    }
     if (servable == nullptr) {
       log->push_back(absl::StrCat("model ", name, " version ", version, " not loaded: ", error));
       state.failures.emplace(version, ModelState::Failure{error, fingerprint});
@@ -423,45 +415,48 @@ void ModelRepository::Publish(std::shared_ptr<const RepositorySnapshot> next,
   // `old` drops here; versions no request holds go to the reaper.
 }
 
-void ModelRepository::Rescan() {
-  absl::MutexLock lock(&load_mu_);
-  const std::shared_ptr<const RepositorySnapshot> current = snapshot();
+std::shared_ptr<RepositorySnapshot> ModelRepository::ScanRepository(
+    const RepositorySnapshot& current, std::vector<std::string>* log, std::error_code* ec) const {
   auto next = std::make_shared<RepositorySnapshot>();
-  std::vector<std::string> log;
-  std::error_code ec;
   std::set<std::string> seen;
-  for (fs::directory_iterator it(root_, ec); !ec && it != fs::directory_iterator();
-       it.increment(ec)) {
+  for (fs::directory_iterator it(root_, *ec); !*ec && it != fs::directory_iterator();
+       it.increment(*ec)) {
     const std::string name = it->path().filename().string();
     std::error_code dir_ec;
     if (!CheckModelName(name).ok() || !it->is_directory(dir_ec)) continue;
     seen.insert(name);
-    auto previous = current->find(name);
+    auto previous = current.find(name);
     ModelState state =
-        ScanModel(name, previous == current->end() ? nullptr : &previous->second, &log);
+        ScanModel(name, previous == current.end() ? nullptr : &previous->second, log);
     if (!state.versions.empty() || !state.failures.empty() || !state.config_error.empty()) {
       next->emplace(name, std::move(state));
-    } else if (previous != current->end()) {
-      log.push_back(absl::StrCat("model ", name, " unloaded: no version directory left"));
+    } else if (previous != current.end()) {
+      log->push_back(absl::StrCat("model ", name, " unloaded: no version directory left"));
     }
   }
+  for (const auto& [name, unused] : current) {
+    if (seen.count(name) == 0) {
+      log->push_back(absl::StrCat("model ", name, " unloaded: its directory is gone"));
+    }
+  }
+  return next;
+}
+
+void ModelRepository::Rescan() {
+  absl::MutexLock lock(&load_mu_);
+  const std::shared_ptr<const RepositorySnapshot> current = snapshot();
+  std::vector<std::string> log;
+  std::error_code ec;
+  std::shared_ptr<RepositorySnapshot> next = ScanRepository(*current, &log, &ec);
   if (ec) {
     options_.log(absl::StrCat("cannot list the model repository (", ec.message(),
                               "); what serves stays"));
     return;
   }
-  for (const auto& [name, unused] : *current) {
-    if (seen.count(name) == 0) log.push_back(absl::StrCat("model ", name, " unloaded: its directory is gone"));
-  }
-  auto serving = [](const RepositorySnapshot& s) {
-    size_t n = 0;
-    for (const auto& [name, state] : s) n += state.versions.size();
-    return n;
-  };
-  if (serving(*next) == 0 && serving(*current) > 0) {
+  if (ServingVersions(*next) == 0 && ServingVersions(*current) > 0) {
     // An empty or unmounted repository: keep serving what we have.
     options_.log(absl::StrCat("the model repository holds nothing that loads; keeping the ",
-                              serving(*current), " version(s) that serve"));
+                              ServingVersions(*current), " version(s) that serve"));
     return;
   }
   // Publish only when something changed (log lines say what).

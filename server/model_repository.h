@@ -30,6 +30,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -69,6 +70,9 @@ struct ModelState {
   std::map<int64_t, Failure> failures;
 };
 using RepositorySnapshot = std::map<std::string, ModelState>;
+
+// Versions serving across every model of `snapshot`.
+size_t ServingVersions(const RepositorySnapshot& snapshot);
 
 // Parses config.pbtxt text and checks its values. Errors name the line and
 // column (never a path).
@@ -124,6 +128,13 @@ class ModelRepository {
   class Reaper;
   explicit ModelRepository(std::string root, Options options);
 
+  // Builds the next snapshot from every model directory under the root,
+  // logging what loaded, failed and unloaded against `current`; *ec is set
+  // when the listing stopped.
+  std::shared_ptr<RepositorySnapshot> ScanRepository(const RepositorySnapshot& current,
+                                                     std::vector<std::string>* log,
+                                                     std::error_code* ec) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(load_mu_);
   // Builds the next state of one model from disk. `previous` may be null.
   ModelState ScanModel(const std::string& name, const ModelState* previous,
                        std::vector<std::string>* log) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(load_mu_);

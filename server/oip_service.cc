@@ -144,9 +144,7 @@ grpc::ServerUnaryReactor* OipService::ServerLive(grpc::CallbackServerContext* co
 grpc::ServerUnaryReactor* OipService::ServerReady(grpc::CallbackServerContext* context,
                                                   const inference::ServerReadyRequest*,
                                                   inference::ServerReadyResponse* response) {
-  bool ready = false;
-  for (const auto& [name, state] : *repository_->snapshot()) ready = ready || !state.versions.empty();
-  response->set_ready(ready);
+  response->set_ready(ServingVersions(*repository_->snapshot()) > 0);
   return FinishWith(context, absl::OkStatus());
 }
 

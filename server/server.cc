@@ -91,9 +91,7 @@ absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
   if (!repository.ok()) return repository.status();
   server->repository_ = *std::move(repository);
   const std::shared_ptr<const RepositorySnapshot> first = server->repository_->snapshot();
-  size_t serving = 0;
-  for (const auto& [name, state] : *first) serving += state.versions.size();
-  if (serving == 0) {
+  if (ServingVersions(*first) == 0) {
     return absl::NotFoundError(absl::StrCat("no loadable model in ", options.model_repository,
                                             " (expected <model>/<version>/ directories written by "
                                             "sparse-train)"));
