@@ -13,6 +13,9 @@ PACKAGES=(
   g++ cmake ninja-build ccache pkg-config make python3
   # libraries (DESIGN.md §6)
   libabsl-dev libdnnl-dev nlohmann-json3-dev libssl-dev libeigen3-dev
+  # Debian's oneDNN is built with the OpenCL GPU runtime: its CMake config
+  # calls find_package(OpenCL REQUIRED), and apt only recommends the package
+  ocl-icd-opencl-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc prometheus-cpp-dev
   # the Python client test (Debian's grpcio for /usr/bin/python3)
   python3-grpcio python3-grpc-tools

@@ -365,7 +365,7 @@ struct ManifestEntry {
 };
 
 absl::StatusOr<std::map<std::string, ManifestEntry>> ReadManifest(const std::string& dir) {
-  absl::StatusOr<MappedFile> file = MappedFile::Open(dir + "/" + kManifestFile, kManifestFile);
+  absl::StatusOr<FileContents> file = FileContents::Read(dir + "/" + kManifestFile, kManifestFile);
   if (absl::IsNotFound(file.status())) {
     return absl::NotFoundError(
         absl::StrCat("no ", kManifestFile, ": the version is incomplete or still being written"));
@@ -410,9 +410,9 @@ absl::StatusOr<std::map<std::string, ManifestEntry>> ReadManifest(const std::str
   return entries;
 }
 
-absl::StatusOr<MappedFile> OpenVerified(const std::string& dir, const std::string& name,
+absl::StatusOr<FileContents> OpenVerified(const std::string& dir, const std::string& name,
                                         const ManifestEntry& entry) {
-  ASSIGN_OR_RETURN(MappedFile file, MappedFile::Open(dir + "/" + name, name));
+  ASSIGN_OR_RETURN(FileContents file, FileContents::Read(dir + "/" + name, name));
   if (file.bytes().size() != entry.bytes) {
     return absl::InvalidArgumentError(absl::StrCat(name, ": size ", file.bytes().size(),
                                                    " bytes, manifest says ", entry.bytes));
@@ -425,7 +425,7 @@ absl::StatusOr<MappedFile> OpenVerified(const std::string& dir, const std::strin
   return file;
 }
 
-absl::StatusOr<DenseWeights> ReadDense(const MappedFile& file) {
+absl::StatusOr<DenseWeights> ReadDense(const FileContents& file) {
   ASSIGN_OR_RETURN(SafetensorsContents contents, ParseSafetensors(file.bytes(), kDenseFile));
   MetadataReader meta(contents.metadata, kDenseFile);
   TensorReader tensors(contents, kDenseFile);
@@ -490,7 +490,7 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir) {
           absl::StrCat(name, " is present but not listed in ", kManifestFile));
     }
   }
-  ASSIGN_OR_RETURN(MappedFile model_file, OpenVerified(dir, kModelFile, manifest[kModelFile]));
+  ASSIGN_OR_RETURN(FileContents model_file, OpenVerified(dir, kModelFile, manifest[kModelFile]));
   ASSIGN_OR_RETURN(SafetensorsContents contents, ParseSafetensors(model_file.bytes(), kModelFile));
   MetadataReader meta(contents.metadata, kModelFile);
   TensorReader tensors(contents, kModelFile);
@@ -510,7 +510,7 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir) {
   RETURN_IF_ERROR(WithFile(kModelFile, std::visit([](const auto& w) { return w.Validate(); },
                                                   checkpoint.sparse)));
   if (manifest.contains(kDenseFile)) {
-    ASSIGN_OR_RETURN(MappedFile dense_file, OpenVerified(dir, kDenseFile, manifest[kDenseFile]));
+    ASSIGN_OR_RETURN(FileContents dense_file, OpenVerified(dir, kDenseFile, manifest[kDenseFile]));
     ASSIGN_OR_RETURN(checkpoint.dense, ReadDense(dense_file));
     const auto [d, o] = SparseDims(checkpoint.sparse);
     if (checkpoint.dense->input_dim != d || checkpoint.dense->output_dim != o) {

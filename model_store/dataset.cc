@@ -246,7 +246,7 @@ struct NpyArray {
 };
 
 absl::StatusOr<NpyArray> ParseNpy(const std::string& path) {
-  ASSIGN_OR_RETURN(MappedFile file, MappedFile::Open(path, path));
+  ASSIGN_OR_RETURN(FileContents file, FileContents::Read(path, path));
   const absl::string_view bytes(reinterpret_cast<const char*>(file.bytes().data()),
                                 file.bytes().size());
   auto bad = [&path](absl::string_view what) {

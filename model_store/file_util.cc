@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <openssl/evp.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -26,52 +25,48 @@ absl::Status ErrnoStatus(int err, absl::string_view what) {
 
 }  // namespace
 
-absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path,
-                                            absl::string_view display_name) {
+absl::StatusOr<FileContents> FileContents::Read(const std::string& path,
+                                                absl::string_view display_name) {
   // O_NONBLOCK: opening a FIFO planted in the repository must not hang the
   // loader; the regular-file check below then rejects it.
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return ErrnoStatus(errno, absl::StrCat("cannot open ", display_name));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
   struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ::close(fd);
-    return ErrnoStatus(err, absl::StrCat("cannot stat ", display_name));
-  }
+  if (::fstat(fd, &st) != 0) return ErrnoStatus(errno, absl::StrCat("cannot stat ", display_name));
   if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
     return absl::InvalidArgumentError(absl::StrCat(display_name, " is not a regular file"));
   }
   const size_t size = static_cast<size_t>(st.st_size);
-  if (size == 0) {
-    ::close(fd);
-    return MappedFile(nullptr, 0);
+  // One byte more than the size, rounded up to the alignment: a read that
+  // fills it shows the file grew.
+  constexpr size_t kAlign = 64;
+  const size_t capacity = (size + 1 + kAlign - 1) / kAlign * kAlign;
+  std::unique_ptr<uint8_t, Free> data(static_cast<uint8_t*>(std::aligned_alloc(kAlign, capacity)));
+  if (data == nullptr) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate ", size, " bytes to read ", display_name));
   }
-  void* data = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-  const int err = errno;
-  ::close(fd);
-  if (data == MAP_FAILED) return ErrnoStatus(err, absl::StrCat("cannot map ", display_name));
-  return MappedFile(static_cast<const uint8_t*>(data), size);
-}
-
-MappedFile::MappedFile(MappedFile&& other) noexcept : data_(other.data_), size_(other.size_) {
-  other.data_ = nullptr;
-  other.size_ = 0;
-}
-
-MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
-  if (this != &other) {
-    if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
-    data_ = other.data_;
-    size_ = other.size_;
-    other.data_ = nullptr;
-    other.size_ = 0;
+  size_t done = 0;
+  while (done < capacity) {
+    const ssize_t n = ::pread(fd, data.get() + done, capacity - done, static_cast<off_t>(done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno, absl::StrCat("cannot read ", display_name));
+    }
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
   }
-  return *this;
-}
-
-MappedFile::~MappedFile() {
-  if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
+  if (done != size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        display_name, done > size ? " grew" : " shrank", " while being read (", size,
+        " bytes when opened): is it still being written? Publish a version by renaming a "
+        "finished directory into place"));
+  }
+  return FileContents(std::move(data), size);
 }
 
 std::string Sha256Hex(absl::Span<const uint8_t> data) {

@@ -1,10 +1,12 @@
-// File helpers for the checkpoint code: a read-only memory map, SHA-256, and
+// File helpers for the checkpoint code: reading a whole file, SHA-256, and
 // durable writes (write, fsync, rename) so a crash never leaves a torn file
 // under its final name.
 #ifndef SPARSE_MODEL_STORE_FILE_UTIL_H_
 #define SPARSE_MODEL_STORE_FILE_UTIL_H_
 
 #include <cstdint>
+#include <cstdlib>
+#include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -13,26 +15,36 @@
 
 namespace sparse {
 
-// A read-only, private memory map of a whole file. Move-only; unmaps on
-// destruction. Safe to read from many threads.
-class MappedFile {
+// The bytes of a whole file, read into memory (64-byte aligned). Move-only.
+// Safe to read from many threads.
+//
+// Not a memory map on purpose: a mapped file that someone truncates in
+// place (an operator's `cp` over a version being loaded, say) kills the
+// process with SIGBUS on the next read of a vanished page. Read once, the
+// bytes cannot change under the reader; a file that shrinks or grows while
+// it is read is an error.
+class FileContents {
  public:
-  // Errors: NOT_FOUND if the file does not exist, otherwise INTERNAL/
-  // PERMISSION_DENIED with the errno text. Messages name `display_name`
-  // rather than the path.
-  static absl::StatusOr<MappedFile> Open(const std::string& path, absl::string_view display_name);
+  // Errors: NOT_FOUND if the file does not exist, INVALID_ARGUMENT if it is
+  // not a regular file or changed size while being read, otherwise
+  // INTERNAL/PERMISSION_DENIED with the errno text. Messages name
+  // `display_name` rather than the path.
+  static absl::StatusOr<FileContents> Read(const std::string& path, absl::string_view display_name);
 
-  MappedFile(MappedFile&& other) noexcept;
-  MappedFile& operator=(MappedFile&& other) noexcept;
-  MappedFile(const MappedFile&) = delete;
-  MappedFile& operator=(const MappedFile&) = delete;
-  ~MappedFile();
+  FileContents(FileContents&&) noexcept = default;
+  FileContents& operator=(FileContents&&) noexcept = default;
+  FileContents(const FileContents&) = delete;
+  FileContents& operator=(const FileContents&) = delete;
 
-  absl::Span<const uint8_t> bytes() const { return {data_, size_}; }
+  absl::Span<const uint8_t> bytes() const { return {data_.get(), size_}; }
 
  private:
-  MappedFile(const uint8_t* data, size_t size) : data_(data), size_(size) {}
-  const uint8_t* data_ = nullptr;
+  struct Free {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  FileContents(std::unique_ptr<uint8_t, Free> data, size_t size)
+      : data_(std::move(data)), size_(size) {}
+  std::unique_ptr<uint8_t, Free> data_;
   size_t size_ = 0;
 };
 
