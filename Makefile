@@ -5,7 +5,8 @@
 # test-asan and test-tsan (the suite under sanitizers) and fuzz (libFuzzer
 # targets), docs/reliability.md; bench (engine microbenchmarks);
 # bench-serving (sparse vs dense under load) and bench-lifecycle (dynamic
-# batching and hot reload under load), docs/benchmarks.md; peers (our engine
+# batching and hot reload under load), docs/benchmarks.md; soak (ten
+# minutes under load with hot reloads), docs/reliability.md; peers (our engine
 # next to PyTorch and FAISS; needs the demo models); clean.
 
 BUILD_DIR ?= build
@@ -13,7 +14,7 @@ BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc)
 ASAN_OPTIONS_SET = detect_leaks=1:abort_on_error=0:halt_on_error=1:detect_stack_use_after_return=0
 
-.PHONY: all deps deps-sanitizers configure build test test-container test-asan test-tsan fuzz bench bench-serving bench-lifecycle peers demo clean
+.PHONY: all deps deps-sanitizers configure build test test-container test-asan test-tsan fuzz bench bench-serving bench-lifecycle soak peers demo clean
 
 all: build
 
@@ -92,6 +93,11 @@ bench-serving: build
 
 bench-lifecycle: build
 	BUILD_DIR=$(BUILD_DIR) bench/lifecycle_bench.sh
+
+# Ten minutes of dsm1024 at a fixed rate with a hot reload every 30 s
+# (docs/reliability.md).
+soak: build
+	BUILD_DIR=$(BUILD_DIR) bench/soak.sh
 
 # Installs PyTorch and FAISS if missing, re-runs CMake so it finds FAISS, and
 # builds and runs only what bench/peers needs.

@@ -46,32 +46,10 @@ parser.add_argument("--concurrency", type=int, default=8)
 args = parser.parse_args()
 
 sys.path.insert(0, os.path.join(args.source, "tests", "testing"))
-from harness import check, finish, python_stubs, stop, train_small_dsm  # noqa: E402
+from harness import check, finish, link_version, memory_kib, python_stubs, stop, train_small_dsm  # noqa: E402
 
 SERVER = os.path.join(args.build, "server", "sparse-server")
 CLI = os.path.join(args.build, "client", "sparse-cli")
-
-
-def memory_kib(pid):
-    """Resident memory of `pid`: total, anonymous (heap: packed weights,
-    buffers) and file-backed (mapped checkpoints, code), in KiB."""
-    fields = {}
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "RssAnon", "RssFile"):
-                fields[key] = int(value.split()[0])
-    return fields
-
-
-def link_version(source_dir, model_dir, version):
-    """Publishes `source_dir`'s files as `version`: hard links in a hidden
-    directory, renamed into place."""
-    tmp = os.path.join(model_dir, ".tmp-%d" % version)
-    os.makedirs(tmp)
-    for name in os.listdir(source_dir):
-        os.link(os.path.join(source_dir, name), os.path.join(tmp, name))
-    os.rename(tmp, os.path.join(model_dir, str(version)))
 
 
 def corrupt_version(source_dir, model_dir, version, kind):

@@ -57,3 +57,46 @@ def finish():
     if failures:
         sys.exit("%d check(s) failed" % len(failures))
     print("ok")
+
+
+def start_server(build, repo, *flags, stderr=None):
+    """Starts sparse-server on `repo` on loopback with a free port (and any
+    other --flags), waits until its port is open, and returns the process
+    and the ports it printed (main first, then --health_port and
+    --metrics_port when asked for)."""
+    import grpc
+    server = subprocess.Popen([os.path.join(build, "server", "sparse-server"), "--model_repository=" + repo,
+                               "--address=127.0.0.1", "--port=0"] + list(flags),
+                              stdout=subprocess.PIPE, stderr=stderr, text=True)
+    wanted = 1 + sum(1 for f in flags if f.startswith(("--health_port", "--metrics_port")))
+    ports = []
+    for _ in range(wanted):
+        line = server.stdout.readline()
+        if not line:
+            server.wait(timeout=30)
+            sys.exit("sparse-server exited %s before printing its ports" % server.returncode)
+        ports.append(int(line))
+    grpc.channel_ready_future(grpc.insecure_channel("127.0.0.1:%d" % ports[0])).result(timeout=30)
+    return server, ports
+
+
+def memory_kib(pid):
+    """Resident memory of `pid`: total, anonymous (heap: packed weights,
+    buffers) and file-backed (code and libraries), in KiB."""
+    fields = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                fields[key] = int(value.split()[0])
+    return fields
+
+
+def link_version(source_dir, model_dir, version):
+    """Publishes `source_dir`'s files as `version`: hard links in a hidden
+    directory, renamed into place."""
+    tmp = os.path.join(model_dir, ".tmp-%d" % version)
+    os.makedirs(tmp)
+    for name in os.listdir(source_dir):
+        os.link(os.path.join(source_dir, name), os.path.join(tmp, name))
+    os.rename(tmp, os.path.join(model_dir, str(version)))
