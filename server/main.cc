@@ -19,6 +19,10 @@ ABSL_FLAG(int, workers, 0, "Inference worker threads, one request each (0 = one 
 ABSL_FLAG(int64_t, max_queue, 1024,
           "Requests that may wait for a worker; beyond it requests get UNAVAILABLE.");
 ABSL_FLAG(int64_t, max_batch_rows, 1024, "Largest batch (rows) a request may carry.");
+ABSL_FLAG(int, max_concurrent_streams, 1024,
+          "Calls one client connection may have open at once (HTTP/2 "
+          "SETTINGS_MAX_CONCURRENT_STREAMS); further calls wait in the client. Bounds what one "
+          "connection can hold on the server.");
 ABSL_FLAG(int64_t, inline_max_flops, 262144,
           "Requests costing at most this many FLOPs (rows x FLOPs per row) run on the gRPC thread "
           "that received them instead of queueing for a worker: for an LSH table or a small expert "
@@ -76,14 +80,14 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_max_queue) < 1 || absl::GetFlag(FLAGS_max_batch_rows) < 1 ||
       absl::GetFlag(FLAGS_max_batch_rows) > (1 << 20) || absl::GetFlag(FLAGS_workers) < 0 ||
       absl::GetFlag(FLAGS_port) < 0 || absl::GetFlag(FLAGS_port) > 65535 ||
-      absl::GetFlag(FLAGS_inline_max_flops) < 0 ||
+      absl::GetFlag(FLAGS_inline_max_flops) < 0 || absl::GetFlag(FLAGS_max_concurrent_streams) < 1 ||
       !(absl::GetFlag(FLAGS_poll_seconds) >= 0 && absl::GetFlag(FLAGS_poll_seconds) <= 86400) || !(absl::GetFlag(FLAGS_drain_seconds) >= 0 && absl::GetFlag(FLAGS_drain_seconds) <= 86400) ||
       absl::GetFlag(FLAGS_health_port) < -1 || absl::GetFlag(FLAGS_metrics_port) < -1 ||
       absl::GetFlag(FLAGS_metrics_port) > 65535 ||
       absl::GetFlag(FLAGS_health_port) > 65535) {
     std::fprintf(stderr,
                  "sparse-server: need --max_queue >= 1, 1 <= --max_batch_rows <= 1048576, "
-                 "--workers >= 0, --inline_max_flops >= 0, 0 <= --drain_seconds, --poll_seconds <= 86400, 0 <= --port <= 65535 and "
+                 "--workers >= 0, --inline_max_flops >= 0, --max_concurrent_streams >= 1, 0 <= --drain_seconds, --poll_seconds <= 86400, 0 <= --port <= 65535 and "
                  "-1 <= --health_port, --metrics_port <= 65535 (see --help)\n");
     return 1;
   }
@@ -95,6 +99,7 @@ int main(int argc, char** argv) {
   options.max_queue = absl::GetFlag(FLAGS_max_queue);
   options.max_batch_rows = absl::GetFlag(FLAGS_max_batch_rows);
   options.inline_max_flops = absl::GetFlag(FLAGS_inline_max_flops);
+  options.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
   options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);

@@ -141,6 +141,7 @@ absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
                            &server->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(message_bytes));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_concurrent_streams);
   builder.RegisterService(server->service_.get());
   server->oip_service_ = std::make_unique<OipService>(server->repository_.get(), server->service_.get());
   builder.RegisterService(server->oip_service_.get());

@@ -37,6 +37,10 @@ struct ServerOptions {
   // widest loaded model (plus 1 MiB), so oversized junk is refused by gRPC
   // before it is buffered or queued.
   int64_t max_message_bytes = 0;
+  // HTTP/2 streams (calls) one client connection may have open at once
+  // (SETTINGS_MAX_CONCURRENT_STREAMS); further calls wait in the client.
+  // Bounds what one connection can pin on the server (docs/security.md).
+  int max_concurrent_streams = 1024;
   // TLS on the main port: PEM files of the server's certificate chain and
   // key (both or neither). With tls_client_ca_file too, clients must present
   // a certificate that CA signed (mutual TLS).

@@ -3,6 +3,8 @@
 Each scenario is bounded in time and stays on loopback:
   overflow     one worker kept busy, a burst of requests: exactly
                burst - max_queue are refused UNAVAILABLE, the rest answer
+  streams      the same with --max_concurrent_streams=2: nothing refused,
+               the calls wait in the client for a stream
   deadlines    requests with 1 ms deadlines queued behind a busy worker:
                DEADLINE_EXCEEDED, dropped before any compute
   cancel       queued requests cancelled by the client, and a client process
@@ -90,9 +92,10 @@ class BusyServer:
     """sparse-server with one worker and a queue of MAX_QUEUE, serving the
     wide DSM `w`, and a way to keep its worker busy for ~2 s."""
 
-    def __init__(self, repo):
+    def __init__(self, repo, *flags):
         self.server, ports = start_server(build, repo, "--workers=1", "--max_queue=%d" % MAX_QUEUE,
-                                          "--inline_max_flops=0", "--max_batch_rows=65536", "--metrics_port=0")
+                                          "--inline_max_flops=0", "--max_batch_rows=65536", "--metrics_port=0",
+                                          *flags)
         self.port, self.metrics_port = ports
         self.channel = grpc.insecure_channel("127.0.0.1:%d" % self.port,
                                              options=[("grpc.max_send_message_length", -1)])
@@ -140,6 +143,23 @@ def scenario_overflow(busy):
     check(len(refused) == burst - MAX_QUEUE and ok == MAX_QUEUE,
           "exactly %d refused and %d answered: %s" % (burst - MAX_QUEUE, MAX_QUEUE, codes))
     check(all("queue is full" in d for d in refused), "refusals say the queue is full: %s" % refused[:1])
+
+
+def scenario_streams(repo):
+    """--max_concurrent_streams=2: the same burst as `overflow` cannot fill
+    the queue, because one connection has only two calls open at a time;
+    the rest wait in the client and every request is answered."""
+    capped = BusyServer(repo, "--max_concurrent_streams=2")
+    try:
+        slow = capped.busy()
+        futures = [capped.stub.Predict.future(capped.one, timeout=60) for _ in range(3 * MAX_QUEUE)]
+        codes = [code_of(f)[0] for f in futures]
+        check(code_of(slow)[0] == grpc.StatusCode.OK, "the slow request answered")
+        print("  streams: burst of %d behind a busy worker, 2 streams per connection: %s"
+              % (len(codes), {c.name: codes.count(c) for c in set(codes)}))
+        check(all(c == grpc.StatusCode.OK for c in codes), "every request waited for a stream and was answered")
+    finally:
+        stop(capped.server)
 
 
 def scenario_deadlines(busy):
@@ -388,9 +408,9 @@ with tempfile.TemporaryDirectory() as tmp:
     python_stubs(source, stubs_dir, "sparse/v1/inference.proto")
     import grpc
     from sparse.v1 import inference_pb2 as pb, inference_pb2_grpc as pb_grpc
-    scenarios = chosen or ["overflow", "deadlines", "cancel", "bad_input", "kill", "disk_full"]
+    scenarios = chosen or ["overflow", "streams", "deadlines", "cancel", "bad_input", "kill", "disk_full"]
     busy = None
-    if set(scenarios) & {"overflow", "deadlines", "cancel", "bad_input"}:
+    if set(scenarios) & {"overflow", "streams", "deadlines", "cancel", "bad_input"}:
         repo = os.path.join(tmp, "repo")
         os.makedirs(os.path.join(repo, "w"))
         write_wide_dsm(os.path.join(repo, "w"), 1)
@@ -401,6 +421,8 @@ with tempfile.TemporaryDirectory() as tmp:
             started = time.time()
             if name == "bad_input":
                 scenario_bad_input(busy, repo)
+            elif name == "streams":
+                scenario_streams(repo)
             elif name in ("kill", "disk_full"):
                 globals()["scenario_" + name](tmp)
             else:
