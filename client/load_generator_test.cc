@@ -140,6 +140,9 @@ class SlowServerTest : public ::testing::Test {
     options.port = 0;
     options.workers = 1;
     options.max_queue = 1 << 20;
+    // Every request of a test is on the server at once (one connection):
+    // none waits in the client for a stream.
+    options.max_concurrent_streams = 1 << 20;
     absl::StatusOr<std::unique_ptr<SparseServer>> server = SparseServer::Start(options, nullptr);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
