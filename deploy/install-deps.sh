@@ -17,8 +17,9 @@ PACKAGES=(
   # calls find_package(OpenCL REQUIRED), and apt only recommends the package
   ocl-icd-opencl-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc prometheus-cpp-dev
-  # the Python client test (Debian's grpcio for /usr/bin/python3)
-  python3-grpcio python3-grpc-tools
+  # the Python package and its tests (Debian's grpcio, NumPy and PyTorch for
+  # /usr/bin/python3; docs/python.md)
+  python3-grpcio python3-grpc-tools python3-numpy python3-torch
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # the TLS test makes its certificates with the openssl command line; the
@@ -27,11 +28,12 @@ PACKAGES=(
   openssl prometheus python3-yaml
 )
 
-# Optional: bench/peers (make peers) compares us with PyTorch and FAISS.
+# Optional: bench/peers (make peers) compares us with PyTorch (installed
+# above) and FAISS.
 # OpenBLAS is the BLAS both then run on; libtorch only recommends it, and
 # without it both fall back to the reference BLAS, a comparison that would
 # flatter us.
-PEERS_PACKAGES=(python3-torch libfaiss-dev libopenblas0)
+PEERS_PACKAGES=(libfaiss-dev libopenblas0)
 # make test-asan, test-tsan and fuzz: clang 14 with its sanitizer and
 # libFuzzer runtimes.
 SANITIZER_PACKAGES=(clang libclang-rt-14-dev)

@@ -1,0 +1,321 @@
+"""Calling sparse-server from Python with NumPy arrays.
+
+    from sparse_serve import Client
+    with Client("127.0.0.1:8500") as client:
+        p = client.predict("poly_dsm", x)            # x: (rows, d) or (d,)
+        p.outputs, p.cost.flops, p.version
+        client.predict("poly_dsm", x, dense=True)     # the dense baseline
+
+Client speaks the native API (sparse.v1.SparseInference) by default, or the
+Open Inference Protocol v2 (inference.GRPCInferenceService) with
+protocol="oip". AsyncClient is the same on grpc.aio. Every failed call
+raises SparseServeError, which carries the gRPC status code and message.
+"""
+import dataclasses
+from typing import Dict, List, Optional
+
+import grpc
+import numpy as np
+
+from sparse_serve._generated.grpc.health.v1 import health_pb2, health_pb2_grpc
+from sparse_serve._generated.inference import grpc_service_pb2 as oip_pb
+from sparse_serve._generated.inference import grpc_service_pb2_grpc as oip_grpc
+from sparse_serve._generated.sparse.v1 import inference_pb2 as pb
+from sparse_serve._generated.sparse.v1 import inference_pb2_grpc as pb_grpc
+
+PROTOCOLS = ("native", "oip")
+# The server bounds message sizes itself (docs/security.md).
+_CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+
+
+class SparseServeError(Exception):
+    """A call the server (or the channel) answered with an error.
+
+    code: the grpc.StatusCode (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE, ...;
+    docs/api.md lists what each means); details: the server's message."""
+
+    def __init__(self, code, details):
+        super().__init__("%s: %s" % (code.name, details))
+        self.code = code
+        self.details = details
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """What a request cost on the server (times in nanoseconds). Over OIP
+    only flops, dense_flops, queue_ns and compute_ns (route + compute) are
+    reported; the rest are 0."""
+    flops: int
+    dense_flops: int
+    queue_ns: int = 0
+    route_ns: int = 0
+    compute_ns: int = 0
+    total_ns: int = 0
+    batch_size: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """Where each row went (native protocol, sparse path, route=True).
+    LSH tables: bucket_keys and bucket_missed, (rows, tables). DSM:
+    expert_ids, (rows, blocks). The other arrays are empty."""
+    bucket_keys: np.ndarray
+    bucket_missed: np.ndarray
+    expert_ids: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """outputs: float32, (rows, o), or (o,) when the input was one row of
+    shape (d,). dense_cost_only: PredictDense on a DSM without a trained
+    twin ran the DSM's own weights unmasked (a cost baseline, not a model)."""
+    outputs: np.ndarray
+    model: str
+    version: int
+    cost: Cost
+    route: Optional[Route] = None
+    dense_cost_only: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionInfo:
+    version: int
+    kind: str
+    description: str
+    input_dim: int
+    output_dim: int
+    flops_per_row: int
+    dense_flops_per_row: int
+    parameters: int
+    dense_parameters: int
+    has_dense: bool
+    dense_cost_only: bool
+    info: Dict[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    serving_version: int
+    versions: List[VersionInfo]
+    failed_versions: Dict[int, str]
+    config_error: str
+
+
+def _rows(x):
+    """x as C-contiguous float32 rows, and whether it was one row (d,)."""
+    a = np.ascontiguousarray(x, dtype=np.float32)
+    if a.ndim == 1:
+        return a.reshape(1, -1), True
+    if a.ndim != 2:
+        raise ValueError("predict: x must have shape (rows, d) or (d,), got %s" % (a.shape,))
+    return a, False
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _predict_request(model, a, version, route):
+    """A serialized PredictRequest whose inputs are the array's bytes as
+    they are (field 4, packed floats): no per-float Python work."""
+    head = pb.PredictRequest(model=model, version=version or 0, rows=a.shape[0],
+                             return_route=route).SerializeToString()
+    raw = a.tobytes()
+    return head + b"\x22" + _varint(len(raw)) + raw
+
+
+def _prediction(r, one_row):
+    outputs = np.array(r.outputs, dtype=np.float32).reshape(r.rows, r.output_dim)
+    route = None
+    if r.HasField("route"):
+        q = r.route
+        rows = max(r.rows, 1)
+        route = Route(
+            bucket_keys=np.array(q.bucket_keys, dtype=np.uint64).reshape(rows, q.keys_per_row) if q.keys_per_row
+            else np.zeros((0,), np.uint64),
+            bucket_missed=np.array(q.bucket_missed, dtype=bool).reshape(rows, q.keys_per_row) if q.keys_per_row
+            else np.zeros((0,), bool),
+            expert_ids=np.array(q.expert_ids, dtype=np.int32).reshape(rows, q.experts_per_row)
+            if q.experts_per_row else np.zeros((0,), np.int32))
+    c = r.cost
+    return Prediction(outputs=outputs[0] if one_row else outputs, model=r.model, version=r.version,
+                      cost=Cost(c.flops, c.dense_flops, c.queue_ns, c.route_ns, c.compute_ns, c.total_ns,
+                                c.batch_size),
+                      route=route, dense_cost_only=r.dense_cost_only)
+
+
+def _infer_request(model, a, version, dense):
+    request = oip_pb.ModelInferRequest(model_name=model + (".dense" if dense else ""),
+                                       model_version=str(version) if version else "")
+    request.inputs.add(name="input", datatype="FP32", shape=list(a.shape))
+    request.raw_input_contents.append(a.tobytes())
+    return request
+
+
+def _inferred(model, r, one_row):
+    out = r.outputs[0]
+    if r.raw_output_contents:
+        values = np.frombuffer(r.raw_output_contents[0], dtype="<f4")
+    else:
+        values = np.array(out.contents.fp32_contents, dtype=np.float32)
+    values = values.reshape(tuple(out.shape))
+    p = r.parameters
+    cost = Cost(flops=p["flops"].int64_param if "flops" in p else 0,
+                dense_flops=p["dense_flops"].int64_param if "dense_flops" in p else 0,
+                queue_ns=p["queue_ns"].int64_param if "queue_ns" in p else 0,
+                compute_ns=p["compute_ns"].int64_param if "compute_ns" in p else 0)
+    return Prediction(outputs=values[0] if one_row else values, model=model,
+                      version=int(r.model_version) if r.model_version else 0, cost=cost)
+
+
+def _model_info(m):
+    return ModelInfo(
+        name=m.name, serving_version=m.serving_version,
+        versions=[VersionInfo(v.version, v.kind, v.description, v.input_dim, v.output_dim, v.flops_per_row,
+                              v.dense_flops_per_row, v.parameters, v.dense_parameters, v.has_dense,
+                              v.dense_cost_only, dict(v.info)) for v in m.versions],
+        failed_versions={f.version: f.error for f in m.failed_versions}, config_error=m.config_error)
+
+
+def _check_protocol(protocol):
+    if protocol not in PROTOCOLS:
+        raise ValueError("protocol must be one of %s, got %r" % (", ".join(PROTOCOLS), protocol))
+
+
+def _check_route(protocol, route, dense):
+    if route and protocol != "native":
+        raise ValueError("route=True needs the native protocol: the Open Inference Protocol has no route")
+    if route and dense:
+        raise ValueError("route=True is for the sparse path: the dense baseline has no route")
+
+
+def _channel(module, target, credentials, options):
+    options = _CHANNEL_OPTIONS + list(options)
+    if credentials is not None:
+        return module.secure_channel(target, credentials, options=options)
+    return module.insecure_channel(target, options=options)
+
+
+class _Stubs:
+    """The channel and stubs both clients share; `module` is grpc or grpc.aio."""
+
+    def __init__(self, module, target, protocol, credentials, timeout, options):
+        _check_protocol(protocol)
+        self.protocol = protocol
+        self.timeout = timeout
+        self._channel = _channel(module, target, credentials, options)
+        self._stub = pb_grpc.SparseInferenceStub(self._channel)
+        self._oip = oip_grpc.GRPCInferenceServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        # Predict and PredictDense with requests serialized by
+        # _predict_request (the inputs copied as bytes).
+        self._raw = {dense: self._channel.unary_unary(
+            "/sparse.v1.SparseInference/" + ("PredictDense" if dense else "Predict"),
+            request_serializer=lambda b: b, response_deserializer=pb.PredictResponse.FromString)
+            for dense in (False, True)}
+
+
+class Client(_Stubs):
+    """A blocking client. target: "host:port". credentials: grpc channel
+    credentials for TLS (grpc.ssl_channel_credentials(...)); None for
+    plaintext. timeout: the default deadline of each call, in seconds.
+    Thread-safe; close() (or a with block) releases the channel."""
+
+    def __init__(self, target, protocol="native", credentials=None, timeout=30.0, options=()):
+        _Stubs.__init__(self, grpc, target, protocol, credentials, timeout, options)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self._channel.close()
+
+    def _call(self, method, request, timeout):
+        try:
+            return method(request, timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as e:
+            raise SparseServeError(e.code(), e.details()) from None
+
+    def predict(self, model, x, dense=False, version=None, route=False, timeout=None):
+        """Runs x (rows, d) through `model`'s routed sparse path, or its
+        dense baseline with dense=True. version: None for the newest loaded.
+        route: also return where each row went (native protocol only)."""
+        _check_route(self.protocol, route, dense)
+        a, one_row = _rows(x)
+        if self.protocol == "oip":
+            return _inferred(model, self._call(self._oip.ModelInfer, _infer_request(model, a, version, dense),
+                                               timeout), one_row)
+        return _prediction(self._call(self._raw[dense], _predict_request(model, a, version, route), timeout),
+                           one_row)
+
+    def models(self, timeout=None):
+        """Every model the server knows, with its loaded versions."""
+        return [_model_info(m) for m in self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout).models]
+
+    def model(self, name, timeout=None):
+        return _model_info(self._call(self._stub.GetModel, pb.GetModelRequest(model=name), timeout))
+
+    def health(self, model="", timeout=None):
+        """True when the server is live (model="") or `model` has a version
+        serving; False when it answers NOT_SERVING. Errors (no such model,
+        no server) raise SparseServeError."""
+        r = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=model), timeout)
+        return r.status == health_pb2.HealthCheckResponse.SERVING
+
+
+class AsyncClient(_Stubs):
+    """Client on grpc.aio: the same methods, as coroutines.
+
+        async with AsyncClient("127.0.0.1:8500") as client:
+            p = await client.predict("poly_dsm", x)
+    """
+
+    def __init__(self, target, protocol="native", credentials=None, timeout=30.0, options=()):
+        _Stubs.__init__(self, grpc.aio, target, protocol, credentials, timeout, options)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+    async def close(self):
+        await self._channel.close()
+
+    async def _call(self, method, request, timeout):
+        try:
+            return await method(request, timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as e:
+            raise SparseServeError(e.code(), e.details()) from None
+
+    async def predict(self, model, x, dense=False, version=None, route=False, timeout=None):
+        _check_route(self.protocol, route, dense)
+        a, one_row = _rows(x)
+        if self.protocol == "oip":
+            return _inferred(model, await self._call(self._oip.ModelInfer,
+                                                     _infer_request(model, a, version, dense), timeout), one_row)
+        return _prediction(await self._call(self._raw[dense], _predict_request(model, a, version, route),
+                                            timeout), one_row)
+
+    async def models(self, timeout=None):
+        r = await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        return [_model_info(m) for m in r.models]
+
+    async def model(self, name, timeout=None):
+        return _model_info(await self._call(self._stub.GetModel, pb.GetModelRequest(model=name), timeout))
+
+    async def health(self, model="", timeout=None):
+        r = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=model), timeout)
+        return r.status == health_pb2.HealthCheckResponse.SERVING

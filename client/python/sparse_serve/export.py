@@ -1,0 +1,238 @@
+"""Writing model versions sparse-server loads (docs/checkpoint-format.md).
+
+    from sparse_serve import export
+    export.export_dsm(model, "models/my_dsm", dense=twin)        # a DSM module
+    export.export_lsh_table("models/my_lsh", projection, offset, tables)
+
+Each call writes one version directory the way sparse-train does: the tensor
+files and then the manifest (sizes and SHA-256) into a hidden temporary
+directory beside the target, each file fsynced, then one rename into place,
+so a server polling the repository never sees half a version. It returns the
+version's path. A model the format cannot represent is refused with a
+ValueError that says what is wrong, and nothing is written.
+"""
+import hashlib
+import json
+import os
+
+import numpy as np
+
+FORMAT_VERSION = "1"
+_DTYPES = {np.dtype("<f4"): "F32", np.dtype("<u8"): "U64", np.dtype("<i8"): "I64"}
+
+
+def _safetensors(metadata, tensors):
+    """tensors: (name, array) pairs in file order; arrays already in one of
+    the three dtypes."""
+    header, blobs, offset = {"__metadata__": metadata}, [], 0
+    for name, a in tensors:
+        a = np.ascontiguousarray(a)
+        raw = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {"dtype": _DTYPES[a.dtype.newbyteorder("<")], "shape": list(a.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * ((8 - (8 + len(text)) % 8) % 8)  # the data starts 8-aligned
+    return len(text).to_bytes(8, "little") + text + b"".join(blobs)
+
+
+def _f32(name, value, shape=None):
+    a = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value, dtype=np.float32)
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise ValueError("%s has shape %s, expected %s" % (name, tuple(a.shape), tuple(shape)))
+    if not np.all(np.isfinite(a)):
+        raise ValueError("%s holds NaN or infinite values; the server refuses such weights" % name)
+    return a
+
+
+def _next_version(model_dir):
+    versions = [int(n) for n in os.listdir(model_dir) if n.isdigit()] if os.path.isdir(model_dir) else []
+    return max(versions, default=0) + 1
+
+
+def write_version(model_dir, model_file, dense_file=None, version=None):
+    """Publishes serialized model.safetensors (and dense.safetensors) bytes
+    as a new version of the model in `model_dir`. version: None for one more
+    than the newest present. Returns the version directory."""
+    os.makedirs(model_dir, exist_ok=True)
+    version = _next_version(model_dir) if version is None else int(version)
+    if version < 1:
+        raise ValueError("version must be >= 1, got %d" % version)
+    final = os.path.join(model_dir, str(version))
+    if os.path.lexists(final):
+        raise FileExistsError("version %d already exists in %s" % (version, model_dir))
+    files = {"model.safetensors": model_file}
+    if dense_file is not None:
+        files["dense.safetensors"] = dense_file
+    tmp = os.path.join(model_dir, ".tmp-%d-%d" % (version, os.getpid()))
+    os.mkdir(tmp)
+    try:
+        manifest = {"format_version": 1, "files": {}}
+        for name, data in sorted(files.items()):
+            _write_synced(os.path.join(tmp, name), data)
+            manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        _write_synced(os.path.join(tmp, "manifest.json"), json.dumps(manifest, indent=2).encode())
+        _sync_dir(tmp)
+        if os.path.lexists(final):
+            raise FileExistsError("version %d already exists in %s" % (version, model_dir))
+        os.rename(tmp, final)
+        _sync_dir(model_dir)
+    except BaseException:
+        for name in os.listdir(tmp) if os.path.isdir(tmp) else []:
+            os.unlink(os.path.join(tmp, name))
+        if os.path.isdir(tmp):
+            os.rmdir(tmp)
+        raise
+    return final
+
+
+def _write_synced(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _sync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _linear(name, layer):
+    """(weight (out, in), bias (out,)) of an nn.Linear; a missing bias is zeros."""
+    if not hasattr(layer, "weight") or getattr(layer.weight, "dim", lambda: 0)() != 2:
+        raise ValueError("%s must be an nn.Linear (a 2-D weight), got %s" % (name, type(layer).__name__))
+    w = _f32(name + ".weight", layer.weight)
+    b = np.zeros(w.shape[0], np.float32) if layer.bias is None else _f32(name + ".bias", layer.bias, (w.shape[0],))
+    return w, b
+
+
+def _activation_name(module):
+    name = getattr(module, "activation_name", None)
+    if name is None:
+        act = type(getattr(module, "activation", None)).__name__
+        name = {"ReLU": "relu", "Identity": "identity"}.get(act)
+    if name not in ("relu", "identity"):
+        raise ValueError("the activation must be ReLU or Identity (relu/identity), got %r" % (name,))
+    return name
+
+
+def _dense_file(dense, d, o, info):
+    bw, bb = _linear("dense.bottom", dense.bottom)
+    tw, tb = _linear("dense.top", dense.top)
+    t = bw.shape[0]
+    if bw.shape[1] != d or tw.shape != (o, t):
+        raise ValueError("the dense twin maps %d -> %d through %d units (top %s), but the model maps %d -> %d"
+                         % (bw.shape[1], tw.shape[0], t, tw.shape, d, o))
+    metadata = {"format_version": FORMAT_VERSION, "kind": "dense", "input_dim": str(d), "output_dim": str(o),
+                "width": str(t), "activation": _activation_name(dense)}
+    metadata.update(info)
+    return _safetensors(metadata, [("bottom.weight", bw), ("bottom.bias", bb), ("top.weight", tw),
+                                   ("top.bias", tb)])
+
+
+def _info(info):
+    return {"info." + str(k): str(v) for k, v in (info or {}).items()}
+
+
+def export_dsm(module, model_dir, version=None, dense=None, info=None):
+    """Writes a DSM module (sparse_serve.nn.DSM, or any module with the same
+    attributes: bottom and top nn.Linear, activation, router_kind, experts,
+    active_units, blocks, and router (lsh: nn.Linear of blocks * log2(E)
+    hyperplanes) or centroids (kmeans: blocks * E rows)) as a new version.
+    dense: its dense twin (bottom and top nn.Linear, activation), or None to
+    let the server run the DSM unmasked as a cost-only baseline. info: a
+    dict of facts kept with the version."""
+    router = getattr(module, "router_kind", None)
+    if router not in ("lsh", "kmeans", "topk"):
+        raise ValueError("router_kind must be lsh, kmeans or topk, got %r (the hash router is sparse-train's)"
+                         % (router,))
+    bw, bb = _linear("bottom", module.bottom)
+    tw, tb = _linear("top", module.top)
+    t, d = bw.shape
+    o = tw.shape[0]
+    if tw.shape[1] != t:
+        raise ValueError("top takes %d units but bottom makes %d" % (tw.shape[1], t))
+    blocks, k = int(module.blocks), int(module.active_units)
+    experts = int(module.experts) if router != "topk" else 0
+    if blocks < 1 or t % blocks:
+        raise ValueError("the width %d is not divisible into %d blocks" % (t, blocks))
+    if router != "topk" and experts * k != t // blocks:
+        raise ValueError("%d experts x %d active units != %d units per block" % (experts, k, t // blocks))
+    if router == "topk" and not 0 < k <= t // blocks:
+        raise ValueError("topk keeps %d of %d units per block" % (k, t // blocks))
+    metadata = {"format_version": FORMAT_VERSION, "kind": "dsm", "input_dim": str(d), "output_dim": str(o),
+                "width": str(t), "activation": _activation_name(module), "router": router,
+                "blocks": str(blocks), "experts": str(experts), "active_units": str(k)}
+    metadata.update(_info(info))
+    tensors = [("bottom.weight", bw), ("bottom.bias", bb), ("top.weight", tw), ("top.bias", tb)]
+    if router == "lsh":
+        if experts < 2 or experts & (experts - 1):
+            raise ValueError("the lsh router needs a power-of-two number of experts >= 2, got %d" % experts)
+        r = experts.bit_length() - 1
+        rw, rb = _linear("router", module.router)
+        if rw.shape != (blocks * r, d):
+            raise ValueError("router has shape %s, expected (%d, %d): log2(%d) hyperplanes per block"
+                             % (rw.shape, blocks * r, d, experts))
+        tensors += [("router.weight", rw), ("router.bias", rb)]
+    elif router == "kmeans":
+        tensors.append(("router.weight", _f32("centroids", module.centroids, (blocks * experts, d))))
+    dense_file = _dense_file(dense, d, o, _info(info)) if dense is not None else None
+    return write_version(model_dir, _safetensors(metadata, tensors), dense_file, version)
+
+
+def export_lsh_table(model_dir, projection, offset, tables, degree=0, family="hyperplane", bucket_width=1.0,
+                     alpha=None, version=None, info=None):
+    """Writes an LSH table model from its arrays as a new version (or a
+    sparse_serve.nn.LshTable: export_lsh_table(dir, **m.arrays()) works too).
+
+    projection: (s * m, d), row i * m + j is hash j of table i; offset:
+    (s * m,); tables: s triples (keys, values, fallback): keys distinct
+    non-negative integers (sorted here, with their values), values (n, o)
+    for degree 0 or (n, o, d + 1) for degree 1, fallback (o,) or
+    (o, d + 1); alpha: (s,) table weights, default 1/s. family: hyperplane
+    or euclidean (with bucket_width w > 0)."""
+    projection = _f32("projection", projection)
+    if projection.ndim != 2:
+        raise ValueError("projection must be 2-D (tables * hashes, d), got shape %s" % (projection.shape,))
+    s = len(tables)
+    if s < 1 or projection.shape[0] % s:
+        raise ValueError("projection has %d rows: not hashes x %d tables" % (projection.shape[0], s))
+    m, d = projection.shape[0] // s, projection.shape[1]
+    if family not in ("hyperplane", "euclidean"):
+        raise ValueError("family must be hyperplane or euclidean, got %r" % (family,))
+    if family == "hyperplane" and m > 64:
+        raise ValueError("a hyperplane key holds at most 64 hash bits, got %d per table" % m)
+    if degree not in (0, 1):
+        raise ValueError("degree must be 0 (constant buckets) or 1 (affine), got %r" % (degree,))
+    if not (np.isfinite(bucket_width) and bucket_width > 0):
+        raise ValueError("bucket_width must be a finite number > 0, got %r" % (bucket_width,))
+    offset = _f32("offset", offset, (s * m,))
+    alpha = np.full(s, 1.0 / s, np.float32) if alpha is None else _f32("alpha", alpha, (s,))
+    first_values = _f32("table 0 values", tables[0][1])
+    o = first_values.shape[1] if first_values.ndim >= 2 else None
+    fallback0 = _f32("table 0 fallback", tables[0][2])
+    o = fallback0.shape[0] if fallback0.ndim >= 1 else o
+    value_shape = (o,) if degree == 0 else (o, d + 1)
+    metadata = {"format_version": FORMAT_VERSION, "kind": "lsh_table", "input_dim": str(d), "output_dim": str(o),
+                "tables": str(s), "hashes": str(m), "degree": str(degree), "family": family,
+                "bucket_width": repr(float(np.float32(bucket_width)))}
+    metadata.update(_info(info))
+    tensors = [("hash.projection", projection), ("hash.offset", offset), ("alpha", alpha)]
+    for i, (keys, values, fallback) in enumerate(tables):
+        keys = np.asarray(keys.cpu().numpy() if hasattr(keys, "cpu") else keys)
+        if keys.ndim != 1 or (keys.size and (not np.issubdtype(keys.dtype, np.integer) or keys.min() < 0)):
+            raise ValueError("table %d keys must be a 1-D array of non-negative integers" % i)
+        keys = keys.astype(np.uint64)
+        values = _f32("table %d values" % i, values, (len(keys),) + value_shape)
+        order = np.argsort(keys, kind="stable")
+        keys, values = keys[order], values[order]
+        if keys.size > 1 and np.any(keys[1:] == keys[:-1]):
+            raise ValueError("table %d has the key %d twice" % (i, int(keys[1:][keys[1:] == keys[:-1]][0])))
+        tensors += [("table.%d.keys" % i, keys), ("table.%d.values" % i, values),
+                    ("table.%d.fallback" % i, _f32("table %d fallback" % i, fallback, value_shape))]
+    return write_version(model_dir, _safetensors(metadata, tensors), None, version)
