@@ -8,7 +8,8 @@ Each scenario is bounded in time and stays on loopback:
   deadlines    requests with 1 ms deadlines queued behind a busy worker:
                DEADLINE_EXCEEDED, dropped before any compute
   cancel       queued requests cancelled by the client, and a client process
-               SIGKILLed with requests queued: dropped as CANCELLED
+               SIGKILLed with requests queued: dropped as CANCELLED; a request
+               cancelled while it computes frees the worker for the next
   bad_input    every kind of bad request gets its documented code, with no
                path in the message, and the next good request is answered
   kill         sparse-server SIGKILLed under load restarts on the same
@@ -208,6 +209,14 @@ def scenario_cancel(busy):
     check(vanished == MAX_QUEUE, "the server dropped every request of the killed client (%d)" % vanished)
     check(busy.sparse_flops() == flops_before, "no FLOPs were spent on them")
     check(busy.stub.Predict(busy.one, timeout=10).outputs, "a request after them is answered")
+    # The computing request itself cancelled: its compute runs to the end
+    # (a oneDNN call cannot be interrupted), the answer goes nowhere, and
+    # the worker takes the next request.
+    slow = busy.busy()
+    slow.cancel()
+    started = time.time()
+    check(busy.stub.Predict(busy.one, timeout=30).outputs, "a request after a cancelled computing one is answered")
+    print("  cancel: a request cancelled while it computed; the next one answered %.2f s later" % (time.time() - started))
 
 
 CHILD_CLIENT = """
