@@ -5,17 +5,19 @@
 
 copies client/python/sparse_serve/*.py to <output dir>/sparse_serve/ and
 generates the gRPC stubs from proto/ as shipped (Debian's python3-grpc-tools)
-into <output dir>/sparse_serve/_generated/. The protos are staged under that
-package path first, so the generated modules import each other as
-sparse_serve._generated.… and never shadow a top-level package (the health
-proto would otherwise become a module `grpc.health.v1`, hiding grpcio).
+into <output dir>/sparse_serve/_generated/. The protos keep their own paths
+(sparse/v1/inference.proto, ...), so they register in protobuf's descriptor
+pool exactly as any other stubs of them do and can be imported side by side;
+the generated modules' imports of each other are then qualified with
+sparse_serve._generated, so nothing shadows a top-level package (the health
+stubs would otherwise be a module `grpc.health.v1`, hiding grpcio).
 CMake runs this at build time; use the result with PYTHONPATH=<output dir>.
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
-import tempfile
 
 PROTOS = ["sparse/v1/inference.proto", "inference/grpc_service.proto", "grpc/health/v1/health.proto"]
 
@@ -32,18 +34,22 @@ def main():
     for name in sorted(os.listdir(here)):
         if name.endswith(".py"):
             shutil.copyfile(os.path.join(here, name), os.path.join(package, name))
-    with tempfile.TemporaryDirectory() as stage:
-        staged = []
-        for proto in PROTOS:
-            target = os.path.join(stage, "sparse_serve", "_generated", proto)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            shutil.copyfile(os.path.join(source, "proto", proto), target)
-            staged.append(target)
-        done = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", stage, "--python_out=" + out,
-                               "--grpc_python_out=" + out] + staged, capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.exit("build_package: grpc_tools.protoc failed (is python3-grpc-tools installed?): "
-                     + done.stderr)
+    os.makedirs(generated)
+    done = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", os.path.join(source, "proto"),
+                           "--python_out=" + generated, "--grpc_python_out=" + generated]
+                          + [os.path.join(source, "proto", p) for p in PROTOS], capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit("build_package: grpc_tools.protoc failed (is python3-grpc-tools installed?): " + done.stderr)
+    qualify = re.compile(r"^from (%s) import " % "|".join(
+        re.escape(os.path.dirname(p).replace("/", ".")) for p in PROTOS), re.M)
+    for directory, _, files in os.walk(generated):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(directory, name)
+                with open(path) as f:
+                    text = f.read()
+                with open(path, "w") as f:
+                    f.write(qualify.sub(r"from sparse_serve._generated.\1 import ", text))
     for directory, _, _ in os.walk(generated):
         open(os.path.join(directory, "__init__.py"), "a").close()
 

@@ -35,38 +35,32 @@ import urllib.request
 source, build = sys.argv[1], sys.argv[2]
 chosen = sys.argv[3:]
 sys.path.insert(0, os.path.join(source, "tests", "testing"))
-sys.path.insert(0, os.path.join(source, "docs", "examples"))
+sys.path.insert(0, os.path.join(build, "python"))
 from harness import check, finish, python_stubs, run, start_server, stop, train_small_dsm  # noqa: E402
-from write_dsm_checkpoint import safetensors  # noqa: E402
+import numpy as np  # noqa: E402
+from sparse_serve import export  # noqa: E402
 
 TRAIN = os.path.join(build, "model_store", "sparse-train")
 MAX_QUEUE = 4
 
 
-def write_wide_dsm(model_dir, version, d=128, experts=16, k=512):
+def write_wide_dsm(model_dir, version, d=128, experts=128, k=512):
     """A DSM without a dense twin whose dense path (the DSM's own weights,
-    unmasked: 2*T*d FLOPs a row, T = experts*k) is slow enough to keep a
-    worker busy; published atomically like sparse-train does."""
-    t = experts * k
-    r = experts.bit_length() - 1
+    unmasked: 2*T*d FLOPs a row, T = experts*k = 65536) is slow enough that
+    a few thousand rows keep a worker busy for seconds: a request small
+    enough (~2 MB) to arrive at once even on a loaded machine."""
+    t, r = experts * k, experts.bit_length() - 1
 
     def values(n, scale, salt):
-        return [scale * (((i * 2654435761 + salt) % 1000) / 1000.0 - 0.5) for i in range(n)]
-    tensors = [("bottom.weight", "F32", [t, d], values(t * d, 0.2, 1)), ("bottom.bias", "F32", [t], values(t, 0.1, 2)),
-               ("top.weight", "F32", [1, t], values(t, 0.01, 3)), ("top.bias", "F32", [1], [0.5]),
-               ("router.weight", "F32", [r, d], values(r * d, 1.0, 4)), ("router.bias", "F32", [r], values(r, 0.1, 5))]
+        return (scale * (((np.arange(n, dtype=np.uint64) * 2654435761 + salt) % 1000) / 1000.0 - 0.5)).astype(
+            np.float32)
+    tensors = [("bottom.weight", values(t * d, 0.2, 1).reshape(t, d)), ("bottom.bias", values(t, 0.1, 2)),
+               ("top.weight", values(t, 0.01, 3).reshape(1, t)), ("top.bias", np.array([0.5], np.float32)),
+               ("router.weight", values(r * d, 1.0, 4).reshape(r, d)), ("router.bias", values(r, 0.1, 5))]
     metadata = {"format_version": "1", "kind": "dsm", "input_dim": str(d), "output_dim": "1", "width": str(t),
                 "activation": "relu", "router": "lsh", "blocks": "1", "experts": str(experts),
                 "active_units": str(k)}
-    model = safetensors(metadata, tensors)
-    tmp = os.path.join(model_dir, ".tmp-%d" % version)
-    os.makedirs(tmp)
-    with open(os.path.join(tmp, "model.safetensors"), "wb") as f:
-        f.write(model)
-    with open(os.path.join(tmp, "manifest.json"), "w") as f:
-        json.dump({"format_version": 1, "files": {"model.safetensors": {
-            "bytes": len(model), "sha256": hashlib.sha256(model).hexdigest()}}}, f)
-    os.rename(tmp, os.path.join(model_dir, str(version)))
+    export.write_version(model_dir, export.safetensors(metadata, tensors), version=version)
 
 
 def metric(port, name, **labels):
@@ -104,9 +98,9 @@ class BusyServer:
         self.d = self.stub.GetModel(pb.GetModelRequest(model="w"), timeout=10).versions[0].input_dim
         self.one = pb.PredictRequest(model="w", rows=1, inputs=[0.25] * self.d)
         # Rows that keep the worker on the dense path for about 2 s here.
-        calibration = pb.PredictRequest(model="w", rows=4096, inputs=[0.1] * (4096 * self.d))
-        per_row = self.stub.PredictDense(calibration, timeout=60).cost.compute_ns * 1e-9 / 4096
-        self.slow_rows = int(min(65536, max(1024, 2.0 / per_row)))
+        calibration = pb.PredictRequest(model="w", rows=256, inputs=[0.1] * (256 * self.d))
+        per_row = self.stub.PredictDense(calibration, timeout=60).cost.compute_ns * 1e-9 / 256
+        self.slow_rows = int(min(65536, max(256, 2.0 / per_row)))
         self.slow = pb.PredictRequest(model="w", rows=self.slow_rows, inputs=[0.1] * (self.slow_rows * self.d))
 
     def busy(self):
@@ -421,7 +415,6 @@ with tempfile.TemporaryDirectory() as tmp:
     busy = None
     if set(scenarios) & {"overflow", "streams", "deadlines", "cancel", "bad_input"}:
         repo = os.path.join(tmp, "repo")
-        os.makedirs(os.path.join(repo, "w"))
         write_wide_dsm(os.path.join(repo, "w"), 1)
         busy = BusyServer(repo)
         print("  busy worker: %d rows on the dense path" % busy.slow_rows)

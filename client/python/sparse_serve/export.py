@@ -21,9 +21,10 @@ FORMAT_VERSION = "1"
 _DTYPES = {np.dtype("<f4"): "F32", np.dtype("<u8"): "U64", np.dtype("<i8"): "I64"}
 
 
-def _safetensors(metadata, tensors):
-    """tensors: (name, array) pairs in file order; arrays already in one of
-    the three dtypes."""
+def safetensors(metadata, tensors):
+    """The bytes of a safetensors file: `metadata` (str -> str) and
+    `tensors`, (name, NumPy array) pairs in file order, each float32, uint64
+    or int64. For writers of other model shapes with write_version."""
     header, blobs, offset = {"__metadata__": metadata}, [], 0
     for name, a in tensors:
         a = np.ascontiguousarray(a)
@@ -131,7 +132,7 @@ def _dense_file(dense, d, o, info):
     metadata = {"format_version": FORMAT_VERSION, "kind": "dense", "input_dim": str(d), "output_dim": str(o),
                 "width": str(t), "activation": _activation_name(dense)}
     metadata.update(info)
-    return _safetensors(metadata, [("bottom.weight", bw), ("bottom.bias", bb), ("top.weight", tw),
+    return safetensors(metadata, [("bottom.weight", bw), ("bottom.bias", bb), ("top.weight", tw),
                                    ("top.bias", tb)])
 
 
@@ -182,7 +183,7 @@ def export_dsm(module, model_dir, version=None, dense=None, info=None):
     elif router == "kmeans":
         tensors.append(("router.weight", _f32("centroids", module.centroids, (blocks * experts, d))))
     dense_file = _dense_file(dense, d, o, _info(info)) if dense is not None else None
-    return write_version(model_dir, _safetensors(metadata, tensors), dense_file, version)
+    return write_version(model_dir, safetensors(metadata, tensors), dense_file, version)
 
 
 def export_lsh_table(model_dir, projection, offset, tables, degree=0, family="hyperplane", bucket_width=1.0,
@@ -235,4 +236,4 @@ def export_lsh_table(model_dir, projection, offset, tables, degree=0, family="hy
             raise ValueError("table %d has the key %d twice" % (i, int(keys[1:][keys[1:] == keys[:-1]][0])))
         tensors += [("table.%d.keys" % i, keys), ("table.%d.values" % i, values),
                     ("table.%d.fallback" % i, _f32("table %d fallback" % i, fallback, value_shape))]
-    return write_version(model_dir, _safetensors(metadata, tensors), None, version)
+    return write_version(model_dir, safetensors(metadata, tensors), None, version)
