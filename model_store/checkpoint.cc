@@ -1,8 +1,11 @@
 #include "model_store/checkpoint.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <atomic>
 #include <charconv>
@@ -13,6 +16,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "engine/dsm_model.h"
 #include "engine/lsh_table_model.h"
 #include "engine/status_macros.h"
@@ -522,6 +526,43 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir) {
   return checkpoint;
 }
 
+namespace {
+
+// Publishing writes into <model_dir>/.tmp-<version>-<host>-<pid>-<n>/.
+constexpr absl::string_view kTemporaryPrefix = ".tmp-";
+
+std::string HostName() {
+  char name[256] = {};
+  if (::gethostname(name, sizeof(name) - 1) != 0 || name[0] == '\0') return "unknown";
+  return name;
+}
+
+// Removes the temporary directories that writers on this host left when
+// they died mid-publish (a SIGKILL, a crash): those whose host is this one
+// and whose process no longer exists. Directories of live writers, and of
+// writers on other hosts sharing the repository, are left alone.
+void RemoveStaleTemporaryDirectories(const std::string& model_dir) {
+  std::error_code ec;
+  const std::string host = HostName();
+  for (const fs::directory_entry& entry : fs::directory_iterator(model_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (!absl::StartsWith(name, kTemporaryPrefix)) continue;
+    // <version>-<host>-<pid>-<n>, where the host may hold dashes.
+    const std::vector<std::string> parts = absl::StrSplit(name.substr(kTemporaryPrefix.size()), '-');
+    if (parts.size() < 4) continue;
+    int64_t pid = 0;
+    const std::string name_host =
+        absl::StrJoin(parts.begin() + 1, parts.end() - 2, "-");
+    if (name_host != host || !absl::SimpleAtoi(parts[parts.size() - 2], &pid) || pid <= 0 ||
+        pid == ::getpid()) {
+      continue;
+    }
+    if (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) fs::remove_all(entry.path(), ec);
+  }
+}
+
+}  // namespace
+
 absl::Status WriteCheckpoint(const std::string& model_dir, int64_t version,
                              const Checkpoint& checkpoint) {
   if (version < 1) {
@@ -548,10 +589,12 @@ absl::Status WriteCheckpoint(const std::string& model_dir, int64_t version,
   if (fs::symlink_status(target, ec).type() != fs::file_type::not_found) {
     return absl::AlreadyExistsError(absl::StrCat("version ", version, " already exists"));
   }
+  RemoveStaleTemporaryDirectories(model_dir);
   static std::atomic<int> counter{0};
-  const std::string tmp = (fs::path(model_dir) / absl::StrCat(".tmp-", version, "-", ::getpid(),
-                                                               "-", counter++))
-                              .string();
+  const std::string tmp =
+      (fs::path(model_dir) / absl::StrCat(kTemporaryPrefix, version, "-", HostName(), "-", ::getpid(),
+                                          "-", counter++))
+          .string();
   fs::create_directory(tmp, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", tmp, ": ", ec.message()));
   absl::Status status = [&]() -> absl::Status {

@@ -38,6 +38,9 @@ struct Checkpoint {
 // directory beside it, are synced, the manifest is written last, and the
 // directory is renamed into place. Errors: ALREADY_EXISTS if the version
 // exists (nothing is overwritten), INVALID_ARGUMENT for invalid weights.
+// The temporary directory is .tmp-<version>-<host>-<pid>-<n>; before it is
+// made, those that writers on this host left when they died mid-publish
+// (their process is gone) are removed.
 absl::Status WriteCheckpoint(const std::string& model_dir, int64_t version,
                              const Checkpoint& checkpoint);
 

@@ -14,7 +14,8 @@ Each scenario is bounded in time and stays on loopback:
                path in the message, and the next good request is answered
   kill         sparse-server SIGKILLed under load restarts on the same
                repository and port and answers the same; a trainer killed
-               while it publishes never leaves a half version that loads
+               while it publishes never leaves a half version that loads,
+               and the next one removes what the dead ones left
   disk_full    sparse-train publishing onto a full file system fails with a
                clear error, leaves nothing behind, and the served version
                keeps serving (in a private mount namespace with a small tmpfs)
@@ -25,6 +26,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -318,9 +320,17 @@ def scenario_kill(tmp):
         time.sleep(whole * (0.7 + 0.05 * i))
         trainer.kill()
         kills.append(trainer.wait())
-    os.makedirs(os.path.join(repo, "m", ".tmp-9-99999-0"))  # as a kill during the copy leaves it
-    with open(os.path.join(repo, "m", ".tmp-9-99999-0", "model.safetensors"), "wb") as f:
-        f.write(b"\0" * 100)
+    # Half-written temp directories as a kill leaves them: one of a writer
+    # on this host that is gone, one of a writer on another host sharing
+    # the repository (which must be left alone).
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead_here = ".tmp-9-%s-%d-0" % (socket.gethostname(), gone.pid)
+    other_host = ".tmp-9-some-other-host-1-0"
+    for name in (dead_here, other_host):
+        os.makedirs(os.path.join(repo, "m", name))
+        with open(os.path.join(repo, "m", name, "model.safetensors"), "wb") as f:
+            f.write(b"\0" * 100)
     with open(os.path.join(repo, "m", "config.pbtxt"), "w") as f:
         f.write("version_policy { all {} }\n")
     entries = sorted(os.listdir(os.path.join(repo, "m")))
@@ -341,6 +351,10 @@ def scenario_kill(tmp):
     check(all(e.startswith(".") or e.isdigit() or e == "config.pbtxt" for e in entries), "only versions and hidden temp dirs: %s" % entries)
     done = run([TRAIN, "--quiet", "--train_rows=4096", "--test_rows=512", "--repository=" + repo, "--model_name=m"])
     check(done.returncode == 0, "the next sparse-train publishes: %s" % done.stderr[-500:])
+    left = sorted(e for e in os.listdir(os.path.join(repo, "m")) if e.startswith("."))
+    print("  kill: after the next publish, hidden entries left: %s" % left)
+    check(left == [other_host], "the next sparse-train removed the dead writers' temp dirs on this host, "
+          "and only those: %s" % left)
     code, _ = stop(server)
     check(code == 0, "the restarted server stops cleanly")
 

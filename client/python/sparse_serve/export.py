@@ -14,6 +14,7 @@ ValueError that says what is wrong, and nothing is written.
 import hashlib
 import json
 import os
+import socket
 
 import numpy as np
 
@@ -66,7 +67,9 @@ def write_version(model_dir, model_file, dense_file=None, version=None):
     files = {"model.safetensors": model_file}
     if dense_file is not None:
         files["dense.safetensors"] = dense_file
-    tmp = os.path.join(model_dir, ".tmp-%d-%d" % (version, os.getpid()))
+    # Named as sparse-train names its own, so that a later sparse-train on
+    # this host removes it if this process dies mid-publish.
+    tmp = os.path.join(model_dir, ".tmp-%d-%s-%d-0" % (version, socket.gethostname(), os.getpid()))
     os.mkdir(tmp)
     try:
         manifest = {"format_version": 1, "files": {}}
