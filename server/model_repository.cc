@@ -42,7 +42,10 @@ std::vector<int64_t> ListVersions(const fs::path& model_dir, std::error_code* ec
   for (; !*ec && it != fs::directory_iterator(); it.increment(*ec)) {
     int64_t version = 0;
     std::error_code entry_ec;
-    if (absl::SimpleAtoi(it->path().filename().string(), &version) && version >= 1 &&
+    // Only canonical names ("7", not "007", "+7" or " 7"): a version is
+    // looked up on disk by its number's name.
+    const std::string name = it->path().filename().string();
+    if (absl::SimpleAtoi(name, &version) && version >= 1 && std::to_string(version) == name &&
         it->is_directory(entry_ec)) {
       versions.push_back(version);
     }

@@ -132,6 +132,18 @@ TEST_F(ModelRepositoryTest, ACorruptVersionNeverReplacesTheServingOneAndIsReport
   EXPECT_TRUE(repo->snapshot()->at("m").failures.empty());
 }
 
+TEST_F(ModelRepositoryTest, OnlyCanonicalVersionNamesAreVersions) {
+  Publish("m", 1);
+  Publish("m", 2);
+  // "007" and "+5" parse as numbers but are not the names of 7 and 5.
+  fs::rename(root_ / "m" / "2", root_ / "m" / "007");
+  Publish("m", 3);
+  fs::rename(root_ / "m" / "3", root_ / "m" / "+5");
+  auto repo = Open();
+  EXPECT_THAT(Versions(*repo, "m"), ::testing::ElementsAre(1));
+  EXPECT_TRUE(repo->snapshot()->at("m").failures.empty());
+}
+
 TEST_F(ModelRepositoryTest, VersionPoliciesLatestAllAndSpecific) {
   for (int v = 1; v <= 4; ++v) Publish("m", v);
   WriteConfig("m", "version_policy { latest { num_versions: 2 } }");
