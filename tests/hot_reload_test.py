@@ -46,9 +46,9 @@ parser.add_argument("--concurrency", type=int, default=8)
 args = parser.parse_args()
 
 sys.path.insert(0, os.path.join(args.source, "tests", "testing"))
-from harness import check, finish, link_version, memory_kib, python_stubs, stop, train_small_dsm  # noqa: E402
+from harness import (check, finish, link_version, memory_kib, python_stubs, republishing_repo,  # noqa: E402
+                     start_server, stop)
 
-SERVER = os.path.join(args.build, "server", "sparse-server")
 CLI = os.path.join(args.build, "client", "sparse-cli")
 
 
@@ -81,30 +81,18 @@ def corrupt_version(source_dir, model_dir, version, kind):
 CORRUPT_KINDS = ["truncated", "flipped", "no_manifest", "bad_manifest"]
 
 with tempfile.TemporaryDirectory() as tmp:
-    repo = os.path.join(tmp, "repo")
-    model_dir = os.path.join(repo, "m")
-    os.makedirs(model_dir)
-    if args.version_dir:
-        base = args.version_dir
-    else:
-        train_small_dsm(args.build, os.path.join(tmp, "trained"), "m")
-        base = os.path.join(tmp, "trained", "m", "1")
-    link_version(base, model_dir, 1)
+    repo, model_dir, base = republishing_repo(args.build, tmp, args.version_dir)
     python_stubs(args.source, os.path.join(tmp, "stubs"), "sparse/v1/inference.proto")
     import grpc
     from sparse.v1 import inference_pb2 as pb, inference_pb2_grpc as pb_grpc
 
     log_path = os.path.join(tmp, "server.log")
     log = open(log_path, "w")
-    server = subprocess.Popen([SERVER, "--model_repository=" + repo, "--address=127.0.0.1", "--port=0",
-                               "--poll_seconds=1"], stdout=subprocess.PIPE, stderr=log, text=True)
+    server, ports = start_server(args.build, repo, "--poll_seconds=1", stderr=log)
     bench = None
     try:
-        port = int(server.stdout.readline())
-        target = "127.0.0.1:%d" % port
-        channel = grpc.insecure_channel(target)
-        grpc.channel_ready_future(channel).result(timeout=30)
-        stub = pb_grpc.SparseInferenceStub(channel)
+        target = "127.0.0.1:%d" % ports[0]
+        stub = pb_grpc.SparseInferenceStub(grpc.insecure_channel(target))
         d = stub.GetModel(pb.GetModelRequest(model="m"), timeout=10).versions[0].input_dim
         x = [((7 * j) % 13) / 13.0 - 0.5 for j in range(d)]
         expected = list(stub.Predict(pb.PredictRequest(model="m", rows=1, inputs=x), timeout=30).outputs)

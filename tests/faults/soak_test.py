@@ -41,20 +41,13 @@ parser.add_argument("--csv", help="write the RSS curve here (seconds, version, R
 args = parser.parse_args()
 
 sys.path.insert(0, os.path.join(args.source, "tests", "testing"))
-from harness import check, finish, link_version, memory_kib, python_stubs, start_server, stop, train_small_dsm  # noqa: E402
+from harness import (check, finish, link_version, memory_kib, python_stubs, republishing_repo,  # noqa: E402
+                     start_server, stop)
 
 CLI = os.path.join(args.build, "client", "sparse-cli")
 
 with tempfile.TemporaryDirectory() as tmp:
-    repo = os.path.join(tmp, "repo")
-    model_dir = os.path.join(repo, "m")
-    os.makedirs(model_dir)
-    if args.version_dir:
-        base = args.version_dir
-    else:
-        train_small_dsm(args.build, os.path.join(tmp, "trained"), "m")
-        base = os.path.join(tmp, "trained", "m", "1")
-    link_version(base, model_dir, 1)
+    repo, model_dir, base = republishing_repo(args.build, tmp, args.version_dir)
     python_stubs(args.source, os.path.join(tmp, "stubs"), "sparse/v1/inference.proto")
     import grpc
     from sparse.v1 import inference_pb2 as pb, inference_pb2_grpc as pb_grpc

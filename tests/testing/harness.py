@@ -100,3 +100,18 @@ def link_version(source_dir, model_dir, version):
     for name in os.listdir(source_dir):
         os.link(os.path.join(source_dir, name), os.path.join(tmp, name))
     os.rename(tmp, os.path.join(model_dir, str(version)))
+
+
+def republishing_repo(build, tmp, version_dir=None):
+    """A repository under `tmp` whose model "m" holds one version, 1: hard
+    links of `version_dir`'s files, or of a small DSM trained here when it
+    is None. Returns (repository, model directory, the version directory
+    to publish again with link_version)."""
+    repo = os.path.join(tmp, "repo")
+    model_dir = os.path.join(repo, "m")
+    os.makedirs(model_dir)
+    if version_dir is None:
+        train_small_dsm(build, os.path.join(tmp, "trained"), "m")
+        version_dir = os.path.join(tmp, "trained", "m", "1")
+    link_version(version_dir, model_dir, 1)
+    return repo, model_dir, version_dir
