@@ -24,7 +24,7 @@ source deploy/lib.sh
 require_binaries "$TRAIN" "$SERVER" "$CLI"
 mkdir -p "$OUT" "$REPO"
 train_dsm1024 "$REPO"
-version_dir=$(dirname "$(ls -d "$REPO"/dsm1024/*/manifest.json | sort -V | tail -n 1)")
+version_dir=$(newest_version_dir "$REPO" dsm1024)
 
 # Inside the build directory: the versions are hard links of dsm1024's files
 # (the server refuses symlinks that lead out of its repository).

@@ -17,7 +17,7 @@ source deploy/lib.sh
 require_binaries "$TRAIN" "$SERVER" "$CLI"
 mkdir -p "$OUT" "$REPO"
 train_dsm1024 "$REPO"
-version_dir=$(dirname "$(ls -d "$REPO"/dsm1024/*/manifest.json | sort -V | tail -n 1)")
+version_dir=$(newest_version_dir "$REPO" dsm1024)
 seconds=${SOAK_SECONDS:-600}
 rate=${SOAK_RATE:-100}
 every=${SOAK_RELOAD_EVERY:-30}

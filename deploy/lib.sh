@@ -49,6 +49,11 @@ train_dsm1024() {
   fi
 }
 
+# The newest published version directory of model $2 in repository $1.
+newest_version_dir() {
+  dirname "$(ls -d "$1/$2"/*/manifest.json | sort -V | tail -n 1)"
+}
+
 # Starts sparse-server on a free loopback port with the given flags; sets
 # server_pid and target. The caller kills $server_pid (stop_server).
 start_server() {

@@ -5,9 +5,8 @@
 #include <stdio.h>
 #include <unistd.h>
 
-#include <cerrno>
-
 #include <atomic>
+#include <cerrno>
 #include <charconv>
 #include <filesystem>
 #include <system_error>
@@ -537,13 +536,12 @@ std::string HostName() {
   return name;
 }
 
-// Removes the temporary directories that writers on this host left when
-// they died mid-publish (a SIGKILL, a crash): those whose host is this one
-// and whose process no longer exists. Directories of live writers, and of
-// writers on other hosts sharing the repository, are left alone.
-void RemoveStaleTemporaryDirectories(const std::string& model_dir) {
+// Removes the temporary directories that writers on this host (`host`)
+// left when they died mid-publish (a SIGKILL, a crash): those whose
+// process no longer exists. Directories of live writers, and of writers on
+// other hosts sharing the repository, are left alone.
+void RemoveStaleTemporaryDirectories(const std::string& model_dir, const std::string& host) {
   std::error_code ec;
-  const std::string host = HostName();
   for (const fs::directory_entry& entry : fs::directory_iterator(model_dir, ec)) {
     const std::string name = entry.path().filename().string();
     if (!absl::StartsWith(name, kTemporaryPrefix)) continue;
@@ -551,8 +549,7 @@ void RemoveStaleTemporaryDirectories(const std::string& model_dir) {
     const std::vector<std::string> parts = absl::StrSplit(name.substr(kTemporaryPrefix.size()), '-');
     if (parts.size() < 4) continue;
     int64_t pid = 0;
-    const std::string name_host =
-        absl::StrJoin(parts.begin() + 1, parts.end() - 2, "-");
+    const std::string name_host = absl::StrJoin(parts.begin() + 1, parts.end() - 2, "-");
     if (name_host != host || !absl::SimpleAtoi(parts[parts.size() - 2], &pid) || pid <= 0 ||
         pid == ::getpid()) {
       continue;
@@ -589,11 +586,12 @@ absl::Status WriteCheckpoint(const std::string& model_dir, int64_t version,
   if (fs::symlink_status(target, ec).type() != fs::file_type::not_found) {
     return absl::AlreadyExistsError(absl::StrCat("version ", version, " already exists"));
   }
-  RemoveStaleTemporaryDirectories(model_dir);
+  const std::string host = HostName();
+  RemoveStaleTemporaryDirectories(model_dir, host);
   static std::atomic<int> counter{0};
   const std::string tmp =
-      (fs::path(model_dir) / absl::StrCat(kTemporaryPrefix, version, "-", HostName(), "-", ::getpid(),
-                                          "-", counter++))
+      (fs::path(model_dir) / absl::StrCat(kTemporaryPrefix, version, "-", host, "-", ::getpid(), "-",
+                                          counter++))
           .string();
   fs::create_directory(tmp, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", tmp, ": ", ec.message()));
