@@ -23,7 +23,6 @@ Each scenario is bounded in time and stays on loopback:
 Usage: faults_test.py <source dir> <build dir> [scenario ...]
 """
 import hashlib
-import json
 import os
 import re
 import socket
