@@ -52,8 +52,22 @@ absl::Status ValidateBatch(absl::Span<const float> x, int64_t rows, int64_t d) {
   return absl::OkStatus();
 }
 
-absl::Status Model::Predict(absl::Span<const float> x, int64_t rows, absl::Span<float> y,
-                            PredictStats* stats, Route* route) const {
+absl::Status CheckOutputs(absl::Span<const float> y, int64_t output_dim) {
+  // Finite inputs can still overflow (|x| near FLT_MAX): answer with an
+  // error, not with a NaN or Inf prediction.
+  if (AllFinite(y)) return absl::OkStatus();
+  for (size_t i = 0; i < y.size(); ++i) {
+    if (!std::isfinite(y[i])) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "input row ", static_cast<int64_t>(i) / output_dim,
+          " is too large in magnitude: the model's output overflows"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Model::PredictRows(absl::Span<const float> x, int64_t rows, absl::Span<float> y,
+                                PredictStats* stats, Route* route) const {
   RETURN_IF_ERROR(ValidateBatch(x, rows, info_.input_dim));
   if (static_cast<int64_t>(y.size()) / info_.output_dim != rows ||
       static_cast<int64_t>(y.size()) % info_.output_dim != 0) {
@@ -61,18 +75,13 @@ absl::Status Model::Predict(absl::Span<const float> x, int64_t rows, absl::Span<
         "output buffer has ", y.size(), " values, expected ", rows * info_.output_dim));
   }
   if (route != nullptr) *route = Route{};
-  RETURN_IF_ERROR(PredictValidated(x.data(), rows, y.data(), stats, route));
-  // Finite inputs can still overflow (|x| near FLT_MAX): answer with an
-  // error, not with a NaN or Inf prediction.
-  if (AllFinite(y)) return absl::OkStatus();
-  for (size_t i = 0; i < y.size(); ++i) {
-    if (!std::isfinite(y[i])) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "input row ", i / info_.output_dim,
-          " is too large in magnitude: the model's output overflows"));
-    }
-  }
-  return absl::OkStatus();
+  return PredictValidated(x.data(), rows, y.data(), stats, route);
+}
+
+absl::Status Model::Predict(absl::Span<const float> x, int64_t rows, absl::Span<float> y,
+                            PredictStats* stats, Route* route) const {
+  RETURN_IF_ERROR(PredictRows(x, rows, y, stats, route));
+  return CheckOutputs(y, info_.output_dim);
 }
 
 }  // namespace sparse

@@ -75,6 +75,14 @@ class Model {
   absl::Status Predict(absl::Span<const float> x, int64_t rows, absl::Span<float> y,
                        PredictStats* stats, Route* route) const;
 
+  // Predict() for a batch of several requests' rows (dynamic batching): an
+  // output that overflows is not an error here, since it belongs to one
+  // request only. Each row's outputs depend on that row alone, so the
+  // caller checks each request's own rows with CheckOutputs() and fails
+  // only the requests whose rows overflowed. Input errors as Predict().
+  absl::Status PredictRows(absl::Span<const float> x, int64_t rows, absl::Span<float> y,
+                           PredictStats* stats, Route* route) const;
+
  protected:
   explicit Model(ModelInfo info) : info_(std::move(info)) {}
 
@@ -94,7 +102,13 @@ inline int64_t NanosSince(std::chrono::steady_clock::time_point start) {
 }
 
 // Checks a row-major batch: rows >= 1, x.size() == rows * d, all finite.
+// The error names the first bad row, counted from 0 within `x`.
 absl::Status ValidateBatch(absl::Span<const float> x, int64_t rows, int64_t d);
+
+// Checks outputs [rows, output_dim]: INVALID_ARGUMENT naming the first row
+// (counted from 0 within `y`) whose output is not finite, i.e. whose input
+// was so large in magnitude that the model's output overflowed.
+absl::Status CheckOutputs(absl::Span<const float> y, int64_t output_dim);
 
 }  // namespace sparse
 

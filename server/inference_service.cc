@@ -9,7 +9,9 @@
 #include "common/process_cpu.h"
 #include "engine/matmul_kernel.h"
 #include "engine/status_macros.h"
+#include "common/client_text.h"
 #include "server/grpc_status.h"
+#include "server/raw_unary.h"
 
 namespace sparse {
 namespace {
@@ -51,7 +53,7 @@ void FillStatus(const std::string& name, const ModelState& state,
 
 // The checks that need no compute, run on the gRPC thread before a request
 // is queued: so a bad request gets its own code even when the queue is full,
-// and never occupies the queue. Returns the version to run.
+// never occupies the queue and never joins a batch. Returns the version to run.
 absl::StatusOr<std::shared_ptr<const Servable>> Admit(const ModelRepository& repository,
                                                       int64_t max_batch_rows,
                                                       const PredictRequest& request, bool dense) {
@@ -61,7 +63,7 @@ absl::StatusOr<std::shared_ptr<const Servable>> Admit(const ModelRepository& rep
   const Model* model = dense ? static_cast<const Model*>(loaded.dense.get()) : loaded.sparse.get();
   if (model == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "model '", request.model(), "' version ", servable->version,
+        "model '", ClientText(request.model()), "' version ", servable->version,
         " has no dense twin; PredictDense needs one (train it with sparse-train)"));
   }
   const int64_t rows = request.rows();
@@ -82,9 +84,14 @@ absl::StatusOr<std::shared_ptr<const Servable>> Admit(const ModelRepository& rep
   }
   if (request.inputs_size() != rows * d) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "model '", request.model(), "' takes ", d, " inputs per row: expected rows x d = ", rows,
-        " x ", d, " = ", rows * d, " values, got ", request.inputs_size()));
+        "model '", ClientText(request.model()), "' takes ", d,
+        " inputs per row: expected rows x d = ", rows, " x ", d, " = ", rows * d, " values, got ",
+        request.inputs_size()));
   }
+  // Every value finite, checked per request: a NaN names this request's own
+  // row, and never reaches a batch shared with other requests.
+  RETURN_IF_ERROR(
+      ValidateBatch(absl::MakeConstSpan(request.inputs().data(), request.inputs_size()), rows, d));
   return servable;
 }
 
@@ -171,6 +178,8 @@ absl::Status Handle(const Servable& servable, const PredictRequest& request, boo
 // Finishes a request whose deadline passed or whose client left while it
 // was queued, before any compute; false if it is still wanted.
 bool DropIfStale(const PendingRequest& p) {
+  // An in-process caller (no gRPC call) has no deadline and cannot leave.
+  if (p.context == nullptr) return false;
   // gRPC also cancels a call at its deadline, so the deadline is checked
   // first to report the right code.
   if (p.context->deadline() < std::chrono::system_clock::now()) {
@@ -188,6 +197,11 @@ bool DropIfStale(const PendingRequest& p) {
 // Runs queued requests of one version and path as one batch: their rows
 // are concatenated and computed together (a DSM groups them by expert, an
 // LSH table projects them in one product), then each gets its own rows.
+// A request fails alone: each row's outputs depend on that row only, so an
+// output that overflows fails the request that sent the row, naming its own
+// row, and the others get their answers (and their own rows' FLOPs). Should
+// the batch fail as a whole (it cannot for admitted requests, but oneDNN may
+// still), each request is run again on its own.
 void RunBatch(const Servable& servable, bool dense, std::vector<PendingRequest> batch) {
   const auto start = Clock::now();
   std::vector<PendingRequest> live;
@@ -215,15 +229,25 @@ void RunBatch(const Servable& servable, bool dense, std::vector<PendingRequest> 
   std::vector<float> y(rows * o, 0.0f);
   PredictStats stats;
   Route route;
-  const absl::Status s = model.Predict(x, rows, absl::MakeSpan(y), &stats, want_route ? &route : nullptr);
+  const absl::Status s =
+      model.PredictRows(x, rows, absl::MakeSpan(y), &stats, want_route ? &route : nullptr);
+  if (!s.ok()) {
+    for (PendingRequest& p : live) {
+      p.done(ToGrpcStatus(Handle(servable, *p.request, dense, p.arrival, p.response)));
+    }
+    return;
+  }
   int64_t first = 0;
   for (PendingRequest& p : live) {
-    if (s.ok()) {
+    const int64_t own_rows = p.request->rows();
+    const absl::Status own =
+        CheckOutputs(absl::MakeConstSpan(y).subspan(first * o, own_rows * o), o);
+    if (own.ok()) {
       FillResponse(servable, dense, *p.request, stats, rows, first, y.data(),
                    want_route ? &route : nullptr, p.arrival, start, p.response);
     }
-    first += p.request->rows();
-    p.done(ToGrpcStatus(s));
+    first += own_rows;
+    p.done(ToGrpcStatus(own));
   }
 }
 
@@ -237,23 +261,25 @@ InferenceService::InferenceService(const ModelRepository* repository, WorkerPool
       start_(Clock::now()) {}
 
 grpc::ServerUnaryReactor* InferenceService::Predict(grpc::CallbackServerContext* context,
-                                                    const PredictRequest* request,
-                                                    PredictResponse* response) {
+                                                    const grpc::ByteBuffer* request,
+                                                    grpc::ByteBuffer* response) {
   return Infer(context, request, response, /*dense=*/false);
 }
 
 grpc::ServerUnaryReactor* InferenceService::PredictDense(grpc::CallbackServerContext* context,
-                                                         const PredictRequest* request,
-                                                         PredictResponse* response) {
+                                                         const grpc::ByteBuffer* request,
+                                                         grpc::ByteBuffer* response) {
   return Infer(context, request, response, /*dense=*/true);
 }
 
 grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* context,
-                                                  const PredictRequest* request,
-                                                  PredictResponse* response, bool dense) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  Run(context, request, response, dense, [reactor](grpc::Status s) { reactor->Finish(s); });
-  return reactor;
+                                                  const grpc::ByteBuffer* request,
+                                                  grpc::ByteBuffer* response, bool dense) {
+  return ServeUnary<PredictRequest, PredictResponse>(
+      context, request, response,
+      [this, context, dense](const PredictRequest& r, PredictResponse* out, UnaryDone done) {
+        Run(context, &r, out, dense, std::move(done));
+      });
 }
 
 void InferenceService::Run(grpc::CallbackServerContext* context, const PredictRequest* request,
@@ -351,83 +377,91 @@ bool InferenceService::Drain(std::chrono::system_clock::time_point deadline) {
 }
 
 grpc::ServerUnaryReactor* InferenceService::Echo(grpc::CallbackServerContext* context,
-                                                 const sparse::v1::EchoRequest* request,
-                                                 sparse::v1::EchoResponse* response) {
+                                                 const grpc::ByteBuffer* request,
+                                                 grpc::ByteBuffer* response) {
   const auto arrival = Clock::now();
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   // A model of zero FLOPs: answered on the gRPC thread, like any request
   // under inline_max_flops.
-  response->set_payload(request->payload());
-  response->set_queue_ns(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - arrival).count());
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+  return ServeUnaryNow<sparse::v1::EchoRequest, sparse::v1::EchoResponse>(
+      context, request, response,
+      [arrival](const sparse::v1::EchoRequest& r, sparse::v1::EchoResponse* out) {
+        out->set_payload(r.payload());
+        out->set_queue_ns(NanosBetween(arrival, Clock::now()));
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* InferenceService::GetServerStats(grpc::CallbackServerContext* context,
-                                                           const sparse::v1::ServerStatsRequest*,
-                                                           sparse::v1::ServerStats* response) {
-  const ProcessCpu cpu = ReadProcessCpu();
-  response->set_cpu_user_ns(cpu.user_ns);
-  response->set_cpu_system_ns(cpu.system_ns);
-  response->set_uptime_ns(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start_).count());
-  response->set_cores(UsableCores());
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+                                                           const grpc::ByteBuffer* request,
+                                                           grpc::ByteBuffer* response) {
+  return ServeUnaryNow<sparse::v1::ServerStatsRequest, sparse::v1::ServerStats>(
+      context, request, response,
+      [this](const sparse::v1::ServerStatsRequest&, sparse::v1::ServerStats* out) {
+        const ProcessCpu cpu = ReadProcessCpu();
+        out->set_cpu_user_ns(cpu.user_ns);
+        out->set_cpu_system_ns(cpu.system_ns);
+        out->set_uptime_ns(NanosBetween(start_, Clock::now()));
+        out->set_cores(UsableCores());
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* InferenceService::ListModels(grpc::CallbackServerContext* context,
-                                                       const sparse::v1::ListModelsRequest*,
-                                                       sparse::v1::ListModelsResponse* response) {
-  for (const auto& [name, state] : *repository_->snapshot()) {
-    FillStatus(name, state, response->add_models());
-  }
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+                                                       const grpc::ByteBuffer* request,
+                                                       grpc::ByteBuffer* response) {
+  return ServeUnaryNow<sparse::v1::ListModelsRequest, sparse::v1::ListModelsResponse>(
+      context, request, response,
+      [this](const sparse::v1::ListModelsRequest&, sparse::v1::ListModelsResponse* out) {
+        for (const auto& [name, state] : *repository_->snapshot()) {
+          FillStatus(name, state, out->add_models());
+        }
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* InferenceService::GetModel(grpc::CallbackServerContext* context,
-                                                     const sparse::v1::GetModelRequest* request,
-                                                     sparse::v1::ModelStatus* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
-  auto it = snapshot->find(request->model());
-  if (it == snapshot->end()) {
-    // Find() words the error (and lists what is loaded).
-    reactor->Finish(ToGrpcStatus(repository_->Find(request->model(), 0).status()));
-    return reactor;
-  }
-  FillStatus(it->first, it->second, response);
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+                                                     const grpc::ByteBuffer* request,
+                                                     grpc::ByteBuffer* response) {
+  return ServeUnaryNow<sparse::v1::GetModelRequest, sparse::v1::ModelStatus>(
+      context, request, response,
+      [this](const sparse::v1::GetModelRequest& r, sparse::v1::ModelStatus* out) -> absl::Status {
+        const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
+        auto it = snapshot->find(r.model());
+        // Find() words the error (and lists what is loaded).
+        if (it == snapshot->end()) return repository_->Find(r.model(), 0).status();
+        FillStatus(it->first, it->second, out);
+        return absl::OkStatus();
+      });
 }
 
 ModelControlService::ModelControlService(ModelRepository* repository) : repository_(repository) {}
 
-grpc::ServerUnaryReactor* ModelControlService::LoadModel(
-    grpc::CallbackServerContext* context, const sparse::v1::LoadModelRequest* request,
-    sparse::v1::ModelStatus* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  // Loading reads, validates and warms up whole checkpoints (seconds for a
-  // big one): on its own thread, never on one of gRPC's. The server's
-  // shutdown waits for the call, so the repository outlives the thread's use.
-  std::thread([this, request, response, reactor] {
-    absl::StatusOr<ModelState> state = repository_->LoadModel(request->model());
-    if (state.ok()) FillStatus(request->model(), *state, response);
-    reactor->Finish(ToGrpcStatus(state.status()));
-  }).detach();
-  return reactor;
+grpc::ServerUnaryReactor* ModelControlService::LoadModel(grpc::CallbackServerContext* context,
+                                                         const grpc::ByteBuffer* request,
+                                                         grpc::ByteBuffer* response) {
+  return ServeUnary<sparse::v1::LoadModelRequest, sparse::v1::ModelStatus>(
+      context, request, response,
+      [this](const sparse::v1::LoadModelRequest& r, sparse::v1::ModelStatus* out, UnaryDone done) {
+        // Loading reads, validates and warms up whole checkpoints (seconds
+        // for a big one): on its own thread, never on one of gRPC's. The
+        // server's shutdown waits for the call, so the repository outlives
+        // the thread's use.
+        std::thread([this, &r, out, done = std::move(done)] {
+          absl::StatusOr<ModelState> state = repository_->LoadModel(r.model());
+          if (state.ok()) FillStatus(r.model(), *state, out);
+          done(ToGrpcStatus(state.status()));
+        }).detach();
+      });
 }
 
-grpc::ServerUnaryReactor* ModelControlService::UnloadModel(
-    grpc::CallbackServerContext* context, const sparse::v1::UnloadModelRequest* request,
-    sparse::v1::UnloadModelResponse*) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(repository_->UnloadModel(request->model())));
-  return reactor;
+grpc::ServerUnaryReactor* ModelControlService::UnloadModel(grpc::CallbackServerContext* context,
+                                                           const grpc::ByteBuffer* request,
+                                                           grpc::ByteBuffer* response) {
+  return ServeUnaryNow<sparse::v1::UnloadModelRequest, sparse::v1::UnloadModelResponse>(
+      context, request, response,
+      [this](const sparse::v1::UnloadModelRequest& r, sparse::v1::UnloadModelResponse*) {
+        return repository_->UnloadModel(r.model());
+      });
 }
 
 }  // namespace sparse

@@ -1,8 +1,8 @@
 // InferenceService: sparse.v1.SparseInference on gRPC's callback API.
 //
-// Predict / PredictDense look up the model and check the request's shape on
-// the gRPC thread (so bad requests get their own code and never occupy the
-// queue). A request whose cost is at most `inline_max_flops` (an LSH table,
+// Predict / PredictDense look up the model and check the request's shape and
+// every input value on the gRPC thread (so a bad request gets its own code,
+// never occupies the queue and is never batched with others). A request whose cost is at most `inline_max_flops` (an LSH table,
 // a small expert slice: a few microseconds) then runs right there, as a bare
 // gRPC handler would answer: handing it to a worker would cost more than the
 // model (a thread wake-up and two cache-cold cores, ~30 us measured, see
@@ -27,7 +27,17 @@
 
 namespace sparse {
 
-class InferenceService final : public sparse::v1::SparseInference::CallbackService {
+// Every method is registered raw and parses its own request body
+// (server/raw_unary.h), so a body that does not parse gets INVALID_ARGUMENT.
+using SparseInferenceRawService = sparse::v1::SparseInference::WithRawCallbackMethod_Predict<
+    sparse::v1::SparseInference::WithRawCallbackMethod_PredictDense<
+        sparse::v1::SparseInference::WithRawCallbackMethod_ListModels<
+            sparse::v1::SparseInference::WithRawCallbackMethod_GetModel<
+                sparse::v1::SparseInference::WithRawCallbackMethod_Echo<
+                    sparse::v1::SparseInference::WithRawCallbackMethod_GetServerStats<
+                        sparse::v1::SparseInference::Service>>>>>>;
+
+class InferenceService final : public SparseInferenceRawService {
  public:
   struct Options {
     int64_t max_batch_rows = 1024;  // larger batches are INVALID_ARGUMENT
@@ -38,29 +48,31 @@ class InferenceService final : public sparse::v1::SparseInference::CallbackServi
   };
   InferenceService(const ModelRepository* repository, WorkerPool* pool, const Options& options);
 
+  // sparse.v1.SparseInference; each body is parsed as the method's request.
   grpc::ServerUnaryReactor* Predict(grpc::CallbackServerContext* context,
-                                    const sparse::v1::PredictRequest* request,
-                                    sparse::v1::PredictResponse* response) override;
+                                    const grpc::ByteBuffer* request,
+                                    grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* PredictDense(grpc::CallbackServerContext* context,
-                                         const sparse::v1::PredictRequest* request,
-                                         sparse::v1::PredictResponse* response) override;
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
-                                       const sparse::v1::ListModelsRequest* request,
-                                       sparse::v1::ListModelsResponse* response) override;
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetModel(grpc::CallbackServerContext* context,
-                                     const sparse::v1::GetModelRequest* request,
-                                     sparse::v1::ModelStatus* response) override;
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Echo(grpc::CallbackServerContext* context,
-                                 const sparse::v1::EchoRequest* request,
-                                 sparse::v1::EchoResponse* response) override;
+                                 const grpc::ByteBuffer* request,
+                                 grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetServerStats(grpc::CallbackServerContext* context,
-                                           const sparse::v1::ServerStatsRequest* request,
-                                           sparse::v1::ServerStats* response) override;
+                                           const grpc::ByteBuffer* request,
+                                           grpc::ByteBuffer* response) override;
 
   // The path behind Predict / PredictDense, for other front ends (the Open
   // Inference Protocol): admits `request`, runs it inline or on a worker,
   // fills `response` and calls `done` once, from a gRPC thread or a worker.
   // `request`, `response` and `context` must stay alive until then.
+  // `context` may be null for an in-process caller: no deadline, no cancel.
   void Run(grpc::CallbackServerContext* context, const sparse::v1::PredictRequest* request,
            sparse::v1::PredictResponse* response, bool dense,
            std::function<void(grpc::Status)> done);
@@ -76,8 +88,8 @@ class InferenceService final : public sparse::v1::SparseInference::CallbackServi
   // Asks a worker to take a batch from the servable's batcher and run it.
   void ScheduleDrain(std::shared_ptr<const Servable> servable, bool dense);
   grpc::ServerUnaryReactor* Infer(grpc::CallbackServerContext* context,
-                                  const sparse::v1::PredictRequest* request,
-                                  sparse::v1::PredictResponse* response, bool dense);
+                                  const grpc::ByteBuffer* request, grpc::ByteBuffer* response,
+                                  bool dense);
 
   const ModelRepository* const repository_;
   WorkerPool* const pool_;
@@ -89,15 +101,18 @@ class InferenceService final : public sparse::v1::SparseInference::CallbackServi
 
 // sparse.v1.ModelControl: LoadModel / UnloadModel on the repository. Only
 // registered when sparse-server runs with --model_control.
-class ModelControlService final : public sparse::v1::ModelControl::CallbackService {
+class ModelControlService final
+    : public sparse::v1::ModelControl::WithRawCallbackMethod_LoadModel<
+          sparse::v1::ModelControl::WithRawCallbackMethod_UnloadModel<
+              sparse::v1::ModelControl::Service>> {
  public:
   explicit ModelControlService(ModelRepository* repository);
   grpc::ServerUnaryReactor* LoadModel(grpc::CallbackServerContext* context,
-                                      const sparse::v1::LoadModelRequest* request,
-                                      sparse::v1::ModelStatus* response) override;
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* UnloadModel(grpc::CallbackServerContext* context,
-                                        const sparse::v1::UnloadModelRequest* request,
-                                        sparse::v1::UnloadModelResponse* response) override;
+                                        const grpc::ByteBuffer* request,
+                                        grpc::ByteBuffer* response) override;
 
  private:
   ModelRepository* const repository_;

@@ -8,7 +8,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "engine/status_macros.h"
+#include "common/client_text.h"
 #include "server/grpc_status.h"
+#include "server/raw_unary.h"
 
 namespace sparse {
 namespace {
@@ -28,7 +30,8 @@ absl::StatusOr<Target> ParseTarget(absl::string_view name, absl::string_view ver
   t.model = std::string(name);
   if (!version.empty() && (!absl::SimpleAtoi(version, &t.version) || t.version < 1)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("model version must be a positive integer or empty, got '", version, "'"));
+        absl::StrCat("model version must be a positive integer or empty, got '",
+                     ClientText(version), "'"));
   }
   return t;
 }
@@ -39,8 +42,9 @@ absl::StatusOr<std::shared_ptr<const Servable>> FindTarget(const ModelRepository
                                                           const Target& t) {
   ASSIGN_OR_RETURN(std::shared_ptr<const Servable> servable, repository.Find(t.model, t.version));
   if (t.dense && servable->loaded.dense == nullptr) {
-    return absl::NotFoundError(absl::StrCat("model '", t.model, "' has no dense twin, so '",
-                                            t.model, kDenseSuffix, "' does not exist"));
+    return absl::NotFoundError(absl::StrCat("model '", ClientText(t.model),
+                                            "' has no dense twin, so '", ClientText(t.model),
+                                            kDenseSuffix, "' does not exist"));
   }
   return servable;
 }
@@ -49,12 +53,6 @@ inference::InferParameter Int64Param(int64_t v) {
   inference::InferParameter p;
   p.set_int64_param(v);
   return p;
-}
-
-grpc::ServerUnaryReactor* FinishWith(grpc::CallbackServerContext* context, const absl::Status& s) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(s));
-  return reactor;
 }
 
 // Translates a ModelInferRequest into the native request (the input's
@@ -69,7 +67,8 @@ absl::Status ToPredictRequest(const inference::ModelInferRequest& in, const Targ
   const auto& input = in.inputs(0);
   if (input.datatype() != "FP32") {
     return absl::InvalidArgumentError(
-        absl::StrCat("input '", input.name(), "': expected datatype FP32, got '", input.datatype(), "'"));
+        absl::StrCat("input '", ClientText(input.name()), "': expected datatype FP32, got '",
+                     ClientText(input.datatype()), "'"));
   }
   int64_t rows = 0;
   if (input.shape_size() == 2 && input.shape(1) == input_dim && input.shape(0) >= 1) {
@@ -79,7 +78,8 @@ absl::Status ToPredictRequest(const inference::ModelInferRequest& in, const Targ
   } else {
     std::string shape;
     for (int64_t v : input.shape()) absl::StrAppend(&shape, shape.empty() ? "" : ", ", v);
-    return absl::InvalidArgumentError(absl::StrCat("input '", input.name(), "': expected shape [rows, ",
+    return absl::InvalidArgumentError(absl::StrCat("input '", ClientText(input.name()),
+                                                   "': expected shape [rows, ",
                                                    input_dim, "], got [", shape, "]"));
   }
   // sparse-server never accepts more than 2^20 rows (--max_batch_rows); the
@@ -87,7 +87,8 @@ absl::Status ToPredictRequest(const inference::ModelInferRequest& in, const Targ
   // so rows x d cannot overflow.
   if (rows > (int64_t{1} << 20)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("input '", input.name(), "': ", rows, " rows is more than any batch limit"));
+        absl::StrCat("input '", ClientText(input.name()), "': ", rows,
+                     " rows is more than any batch limit"));
   }
   const int64_t n = rows * input_dim;
   out->set_model(t.model);
@@ -109,7 +110,7 @@ absl::Status ToPredictRequest(const inference::ModelInferRequest& in, const Targ
     return absl::OkStatus();
   }
   if (input.contents().fp32_contents_size() != n) {
-    return absl::InvalidArgumentError(absl::StrCat("input '", input.name(), "': shape [", rows, ", ",
+    return absl::InvalidArgumentError(absl::StrCat("input '", ClientText(input.name()), "': shape [", rows, ", ",
                                                    input_dim, "] needs ", n,
                                                    " fp32_contents, got ",
                                                    input.contents().fp32_contents_size()));
@@ -135,107 +136,134 @@ OipService::OipService(const ModelRepository* repository, InferenceService* infe
     : repository_(repository), inference_(inference) {}
 
 grpc::ServerUnaryReactor* OipService::ServerLive(grpc::CallbackServerContext* context,
-                                                 const inference::ServerLiveRequest*,
-                                                 inference::ServerLiveResponse* response) {
-  response->set_live(true);
-  return FinishWith(context, absl::OkStatus());
+                                                 const grpc::ByteBuffer* request,
+                                                 grpc::ByteBuffer* response) {
+  return ServeUnaryNow<inference::ServerLiveRequest, inference::ServerLiveResponse>(
+      context, request, response,
+      [](const inference::ServerLiveRequest&, inference::ServerLiveResponse* out) {
+        out->set_live(true);
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* OipService::ServerReady(grpc::CallbackServerContext* context,
-                                                  const inference::ServerReadyRequest*,
-                                                  inference::ServerReadyResponse* response) {
-  response->set_ready(ServingVersions(*repository_->snapshot()) > 0);
-  return FinishWith(context, absl::OkStatus());
+                                                  const grpc::ByteBuffer* request,
+                                                  grpc::ByteBuffer* response) {
+  return ServeUnaryNow<inference::ServerReadyRequest, inference::ServerReadyResponse>(
+      context, request, response,
+      [this](const inference::ServerReadyRequest&, inference::ServerReadyResponse* out) {
+        out->set_ready(ServingVersions(*repository_->snapshot()) > 0);
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* OipService::ModelReady(grpc::CallbackServerContext* context,
-                                                 const inference::ModelReadyRequest* request,
-                                                 inference::ModelReadyResponse* response) {
-  absl::StatusOr<Target> t = ParseTarget(request->name(), request->version());
-  if (!t.ok()) return FinishWith(context, t.status());
-  absl::StatusOr<std::shared_ptr<const Servable>> found = FindTarget(*repository_, *t);
-  if (!found.ok() && found.status().code() != absl::StatusCode::kNotFound &&
-      found.status().code() != absl::StatusCode::kUnavailable) {
-    return FinishWith(context, found.status());
-  }
-  response->set_ready(found.ok());  // a model that is not loaded is not ready
-  return FinishWith(context, absl::OkStatus());
+                                                 const grpc::ByteBuffer* request,
+                                                 grpc::ByteBuffer* response) {
+  return ServeUnaryNow<inference::ModelReadyRequest, inference::ModelReadyResponse>(
+      context, request, response,
+      [this](const inference::ModelReadyRequest& r,
+             inference::ModelReadyResponse* out) -> absl::Status {
+        ASSIGN_OR_RETURN(Target t, ParseTarget(r.name(), r.version()));
+        absl::StatusOr<std::shared_ptr<const Servable>> found = FindTarget(*repository_, t);
+        if (!found.ok() && found.status().code() != absl::StatusCode::kNotFound &&
+            found.status().code() != absl::StatusCode::kUnavailable) {
+          return found.status();
+        }
+        out->set_ready(found.ok());  // a model that is not loaded is not ready
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* OipService::ServerMetadata(grpc::CallbackServerContext* context,
-                                                     const inference::ServerMetadataRequest*,
-                                                     inference::ServerMetadataResponse* response) {
-  response->set_name("sparse-serve");
-  response->set_version("1");
-  return FinishWith(context, absl::OkStatus());
+                                                     const grpc::ByteBuffer* request,
+                                                     grpc::ByteBuffer* response) {
+  return ServeUnaryNow<inference::ServerMetadataRequest, inference::ServerMetadataResponse>(
+      context, request, response,
+      [](const inference::ServerMetadataRequest&, inference::ServerMetadataResponse* out) {
+        out->set_name("sparse-serve");
+        out->set_version("1");
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* OipService::ModelMetadata(grpc::CallbackServerContext* context,
-                                                    const inference::ModelMetadataRequest* request,
-                                                    inference::ModelMetadataResponse* response) {
-  absl::StatusOr<Target> t = ParseTarget(request->name(), request->version());
-  if (!t.ok()) return FinishWith(context, t.status());
-  absl::StatusOr<std::shared_ptr<const Servable>> found = FindTarget(*repository_, *t);
-  if (!found.ok()) return FinishWith(context, found.status());
-  const LoadedModel& loaded = (*found)->loaded;
-  const ModelInfo& info = t->dense ? loaded.dense->info() : loaded.sparse->info();
-  response->set_name(request->name());
-  const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
-  auto state = snapshot->find(t->model);
-  if (state == snapshot->end()) return FinishWith(context, absl::NotFoundError("model unloaded"));
-  for (const auto& [number, servable] : state->second.versions) {
-    if (!t->dense || servable->loaded.dense != nullptr) response->add_versions(absl::StrCat(number));
-  }
-  response->set_platform(absl::StrCat("sparse-serve_", t->dense ? "dense" : ModelKindName(info.kind)));
-  auto* input = response->add_inputs();
-  input->set_name("input");
-  input->set_datatype("FP32");
-  input->add_shape(-1);
-  input->add_shape(info.input_dim);
-  auto* output = response->add_outputs();
-  output->set_name("output");
-  output->set_datatype("FP32");
-  output->add_shape(-1);
-  output->add_shape(info.output_dim);
-  return FinishWith(context, absl::OkStatus());
+                                                    const grpc::ByteBuffer* request,
+                                                    grpc::ByteBuffer* response) {
+  return ServeUnaryNow<inference::ModelMetadataRequest, inference::ModelMetadataResponse>(
+      context, request, response,
+      [this](const inference::ModelMetadataRequest& r,
+             inference::ModelMetadataResponse* out) -> absl::Status {
+        ASSIGN_OR_RETURN(Target t, ParseTarget(r.name(), r.version()));
+        ASSIGN_OR_RETURN(std::shared_ptr<const Servable> found, FindTarget(*repository_, t));
+        const LoadedModel& loaded = found->loaded;
+        const ModelInfo& info = t.dense ? loaded.dense->info() : loaded.sparse->info();
+        out->set_name(r.name());
+        const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
+        auto state = snapshot->find(t.model);
+        if (state == snapshot->end()) return absl::NotFoundError("model unloaded");
+        for (const auto& [number, servable] : state->second.versions) {
+          if (!t.dense || servable->loaded.dense != nullptr) out->add_versions(absl::StrCat(number));
+        }
+        out->set_platform(
+            absl::StrCat("sparse-serve_", t.dense ? "dense" : ModelKindName(info.kind)));
+        auto* input = out->add_inputs();
+        input->set_name("input");
+        input->set_datatype("FP32");
+        input->add_shape(-1);
+        input->add_shape(info.input_dim);
+        auto* output = out->add_outputs();
+        output->set_name("output");
+        output->set_datatype("FP32");
+        output->add_shape(-1);
+        output->add_shape(info.output_dim);
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* OipService::ModelInfer(grpc::CallbackServerContext* context,
-                                                 const inference::ModelInferRequest* request,
-                                                 inference::ModelInferResponse* response) {
-  // The native request and response live until the call finishes.
-  struct Call {
-    sparse::v1::PredictRequest request;
-    sparse::v1::PredictResponse response;
-  };
-  auto call = std::make_shared<Call>();
-  absl::StatusOr<bool> dense = TranslateModelInfer(*repository_, *request, &call->request);
-  if (!dense.ok()) return FinishWith(context, dense.status());
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  inference_->Run(context, &call->request, &call->response, *dense,
-                  [call, request, response, reactor](grpc::Status status) {
-                    if (!status.ok()) {
-                      reactor->Finish(status);
-                      return;
-                    }
-                    const sparse::v1::PredictResponse& r = call->response;
-                    response->set_model_name(request->model_name());
-                    response->set_model_version(absl::StrCat(r.version()));
-                    response->set_id(request->id());
-                    auto* out = response->add_outputs();
-                    out->set_name("output");
-                    out->set_datatype("FP32");
-                    out->add_shape(r.rows());
-                    out->add_shape(r.output_dim());
-                    *out->mutable_contents()->mutable_fp32_contents() = r.outputs();
-                    auto& params = *response->mutable_parameters();
-                    params["flops"] = Int64Param(r.cost().flops());
-                    params["dense_flops"] = Int64Param(r.cost().dense_flops());
-                    params["compute_ns"] = Int64Param(r.cost().route_ns() + r.cost().compute_ns());
-                    params["queue_ns"] = Int64Param(r.cost().queue_ns());
-                    reactor->Finish(grpc::Status::OK);
-                  });
-  return reactor;
+                                                 const grpc::ByteBuffer* request,
+                                                 grpc::ByteBuffer* response) {
+  return ServeUnary<inference::ModelInferRequest, inference::ModelInferResponse>(
+      context, request, response,
+      [this, context](const inference::ModelInferRequest& r, inference::ModelInferResponse* out,
+                      UnaryDone done) {
+        // The native request and response live until the call finishes.
+        struct Call {
+          sparse::v1::PredictRequest request;
+          sparse::v1::PredictResponse response;
+        };
+        auto call = std::make_shared<Call>();
+        absl::StatusOr<bool> dense = TranslateModelInfer(*repository_, r, &call->request);
+        if (!dense.ok()) {
+          done(ToGrpcStatus(dense.status()));
+          return;
+        }
+        inference_->Run(
+            context, &call->request, &call->response, *dense,
+            [call, &r, out, done = std::move(done)](grpc::Status status) {
+              if (!status.ok()) {
+                done(status);
+                return;
+              }
+              const sparse::v1::PredictResponse& p = call->response;
+              out->set_model_name(r.model_name());
+              out->set_model_version(absl::StrCat(p.version()));
+              out->set_id(r.id());
+              auto* tensor = out->add_outputs();
+              tensor->set_name("output");
+              tensor->set_datatype("FP32");
+              tensor->add_shape(p.rows());
+              tensor->add_shape(p.output_dim());
+              *tensor->mutable_contents()->mutable_fp32_contents() = p.outputs();
+              auto& params = *out->mutable_parameters();
+              params["flops"] = Int64Param(p.cost().flops());
+              params["dense_flops"] = Int64Param(p.cost().dense_flops());
+              params["compute_ns"] = Int64Param(p.cost().route_ns() + p.cost().compute_ns());
+              params["queue_ns"] = Int64Param(p.cost().queue_ns());
+              done(grpc::Status::OK);
+            });
+      });
 }
 
 }  // namespace sparse

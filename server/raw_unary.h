@@ -1,0 +1,94 @@
+// Unary gRPC methods that take the request body as bytes and parse it
+// themselves.
+//
+// gRPC 1.51's callback API answers a body that does not parse as the
+// method's request message with its own "unimplemented" reactor: the client
+// sees UNIMPLEMENTED with an empty message, for a method that exists. Our
+// services therefore register every method raw (the generated
+// WithRawCallbackMethod_* bases), and ServeUnary() parses the body here, so
+// such a body gets INVALID_ARGUMENT saying the request did not parse, and a
+// well-formed one reaches the typed handler as before. The library's own
+// services (health, reflection) stay as they are.
+#ifndef SPARSE_SERVER_RAW_UNARY_H_
+#define SPARSE_SERVER_RAW_UNARY_H_
+
+#include <functional>
+#include <memory>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "grpcpp/support/byte_buffer.h"
+#include "grpcpp/support/proto_buffer_reader.h"
+#include "grpcpp/support/proto_buffer_writer.h"
+#include "grpcpp/server_context.h"
+#include "grpcpp/impl/codegen/proto_utils.h"
+#include "server/grpc_status.h"
+
+namespace sparse {
+
+// Parses a request body into *message. An absent or empty body is the
+// message with every field at its default, as protobuf defines it.
+// INVALID_ARGUMENT (naming the message type and the body's size) when the
+// bytes are not that message.
+template <typename Message>
+absl::Status ParseRequestBody(const grpc::ByteBuffer& body, Message* message) {
+  if (!body.Valid() || body.Length() == 0) return absl::OkStatus();
+  grpc::ByteBuffer copy(body);  // shares the slices; Deserialize consumes its buffer
+  if (!grpc::SerializationTraits<Message>::Deserialize(&copy, message).ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the request did not parse: its ", body.Length(), " bytes are not a valid ",
+        Message::descriptor()->full_name(),
+        " message (truncated or corrupt, or a client built from another .proto)"));
+  }
+  return absl::OkStatus();
+}
+
+// Finishes one call: `done(status)` serializes the response (when OK) into
+// the call's reply buffer and finishes the reactor. Call it exactly once,
+// from any thread.
+using UnaryDone = std::function<void(grpc::Status)>;
+
+// Serves one raw unary call with a typed handler:
+//   handler(const Request&, Response*, UnaryDone done)
+// The request and response live until `done` has run.
+template <typename Request, typename Response, typename Handler>
+grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* context,
+                                     const grpc::ByteBuffer* body, grpc::ByteBuffer* reply,
+                                     Handler&& handler) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  struct Call {
+    Request request;
+    Response response;
+  };
+  auto call = std::make_shared<Call>();
+  const absl::Status parsed = ParseRequestBody(*body, &call->request);
+  if (!parsed.ok()) {
+    reactor->Finish(ToGrpcStatus(parsed));
+    return reactor;
+  }
+  handler(call->request, &call->response, [call, reply, reactor](grpc::Status status) {
+    if (status.ok()) {
+      bool own_buffer = false;
+      status = grpc::SerializationTraits<Response>::Serialize(call->response, reply, &own_buffer);
+    }
+    reactor->Finish(status);
+  });
+  return reactor;
+}
+
+// For handlers that answer at once: handler(const Request&, Response*)
+// returns the call's status.
+template <typename Request, typename Response, typename Handler>
+grpc::ServerUnaryReactor* ServeUnaryNow(grpc::CallbackServerContext* context,
+                                        const grpc::ByteBuffer* body, grpc::ByteBuffer* reply,
+                                        Handler&& handler) {
+  return ServeUnary<Request, Response>(
+      context, body, reply, [&handler](const Request& request, Response* response, UnaryDone done) {
+        done(ToGrpcStatus(handler(request, response)));
+      });
+}
+
+}  // namespace sparse
+
+#endif  // SPARSE_SERVER_RAW_UNARY_H_
