@@ -167,6 +167,12 @@ absl::Status DsmWeights::Validate() const {
   }
   const int64_t block_units = t / num_blocks;
   if (router == RouterKind::kTopk) {
+    // docs/checkpoint-format.md: topk has no experts and writes 0. Refused
+    // here so that no count sized by it (routing counters) is ever made.
+    if (num_experts != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the topk router has no experts: experts must be 0, got ", num_experts));
+    }
     if (active_units > block_units) {
       return absl::InvalidArgumentError(absl::StrCat(
           "active_units ", active_units, " exceeds the ", block_units,

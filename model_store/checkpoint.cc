@@ -9,6 +9,9 @@
 #include <cerrno>
 #include <charconv>
 #include <filesystem>
+#include <fstream>
+#include <new>
+#include <stdexcept>
 #include <system_error>
 
 #include "absl/strings/match.h"
@@ -16,10 +19,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/strings/ascii.h"
 #include "engine/dsm_model.h"
 #include "engine/lsh_table_model.h"
 #include "engine/status_macros.h"
 #include "model_store/file_util.h"
+#include "model_store/json_util.h"
 #include "model_store/safetensors.h"
 #include "nlohmann/json.hpp"
 
@@ -169,6 +175,7 @@ class TensorReader {
     }
     return it->second.shape[0];
   }
+  int64_t Count() const { return static_cast<int64_t>(contents_.tensors.size()); }
   absl::Status Finish() {
     for (const auto& [name, view] : contents_.tensors) {
       if (std::find(taken_.begin(), taken_.end(), name) == taken_.end()) {
@@ -219,6 +226,12 @@ absl::StatusOr<LshTableWeights> DecodeLsh(MetadataReader& meta, TensorReader& te
   ASSIGN_OR_RETURN(w.alpha, tensors.F32("alpha", {w.num_tables}));
   std::vector<int64_t> per_bucket = {w.output_dim};
   if (w.degree == 1) per_bucket.push_back(w.input_dim + 1);
+  // Three tensors per table must be in the file before a table is made.
+  if (w.num_tables > tensors.Count() / 3) {
+    return absl::InvalidArgumentError(absl::StrCat(file, ": tables=", w.num_tables, " needs ",
+                                                   3 * w.num_tables, " table tensors; the file holds ",
+                                                   tensors.Count(), " tensors in all"));
+  }
   w.tables.resize(w.num_tables);
   for (int64_t i = 0; i < w.num_tables; ++i) {
     const std::string prefix = absl::StrCat("table.", i);
@@ -368,23 +381,25 @@ struct ManifestEntry {
 };
 
 absl::StatusOr<std::map<std::string, ManifestEntry>> ReadManifest(const std::string& dir) {
-  absl::StatusOr<FileContents> file = FileContents::Read(dir + "/" + kManifestFile, kManifestFile);
+  // The size is checked before anything is read or allocated.
+  absl::StatusOr<FileContents> file =
+      FileContents::Read(dir + "/" + kManifestFile, kManifestFile, kMaxManifestBytes,
+                         absl::StrCat("more than the ", kMaxManifestBytes, " a manifest can need"));
   if (absl::IsNotFound(file.status())) {
     return absl::NotFoundError(
         absl::StrCat("no ", kManifestFile, ": the version is incomplete or still being written"));
   }
   RETURN_IF_ERROR(file.status());
-  if (file->bytes().size() > kMaxManifestBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(kManifestFile, ": ", file->bytes().size(),
-                                                   " bytes, more than the ", kMaxManifestBytes,
-                                                   " a manifest can need"));
-  }
-  const char* text = reinterpret_cast<const char*>(file->bytes().data());
-  Json manifest = Json::parse(text, text + file->bytes().size(), nullptr, false);
   const std::string m = kManifestFile;
-  if (manifest.is_discarded() || !manifest.is_object()) {
-    return absl::InvalidArgumentError(m + ": not a JSON object");
+  absl::StatusOr<Json> parsed = ParseJsonBounded(absl::string_view(
+      reinterpret_cast<const char*>(file->bytes().data()), file->bytes().size()));
+  if (!parsed.ok()) {
+    const bool deep = absl::StartsWith(parsed.status().message(), "nests");
+    return absl::InvalidArgumentError(absl::StrCat(
+        m, ": not a JSON object", deep ? absl::StrCat(" (it ", parsed.status().message(), ")") : ""));
   }
+  Json& manifest = *parsed;
+  if (!manifest.is_object()) return absl::InvalidArgumentError(m + ": not a JSON object");
   if (!manifest.contains("format_version") || !manifest["format_version"].is_number_integer() ||
       manifest["format_version"].get<int64_t>() != kCheckpointFormatVersion) {
     return absl::InvalidArgumentError(absl::StrCat(m, ": format_version must be ",
@@ -415,7 +430,10 @@ absl::StatusOr<std::map<std::string, ManifestEntry>> ReadManifest(const std::str
 
 absl::StatusOr<FileContents> OpenVerified(const std::string& dir, const std::string& name,
                                         const ManifestEntry& entry) {
-  ASSIGN_OR_RETURN(FileContents file, FileContents::Read(dir + "/" + name, name));
+  // No bigger than the manifest says, checked before the file is read (the
+  // manifest's sizes were held against the budget already).
+  ASSIGN_OR_RETURN(FileContents file, FileContents::Read(dir + "/" + name, name, entry.bytes,
+                                                         absl::StrCat("manifest says ", entry.bytes)));
   if (file.bytes().size() != entry.bytes) {
     return absl::InvalidArgumentError(absl::StrCat(name, ": size ", file.bytes().size(),
                                                    " bytes, manifest says ", entry.bytes));
@@ -483,7 +501,148 @@ std::string SerializeDense(const DenseWeights& dense) {
   return Serialize(std::move(e));
 }
 
-absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir) {
+namespace {
+
+// Saturating arithmetic for estimates built from untrusted dimensions.
+uint64_t SatMul(uint64_t a, uint64_t b) {
+  uint64_t r = 0;
+  return __builtin_mul_overflow(a, b, &r) ? UINT64_MAX : r;
+}
+uint64_t SatAdd(uint64_t a, uint64_t b) {
+  uint64_t r = 0;
+  return __builtin_add_overflow(a, b, &r) ? UINT64_MAX : r;
+}
+uint64_t SatMul(std::initializer_list<int64_t> factors) {
+  uint64_t r = 1;
+  for (int64_t f : factors) r = SatMul(r, static_cast<uint64_t>(std::max<int64_t>(f, 0)));
+  return r;
+}
+
+// The engine's bytes per stored LSH bucket key (hash-index slot, control
+// byte and load-factor slack) and per table (bookkeeping of the decoded and
+// the engine tables).
+constexpr uint64_t kIndexBytesPerKey = 32;
+constexpr uint64_t kBytesPerTable = 256;
+// Tensor files are held about three times at the peak of a load.
+constexpr uint64_t kFileCopies = 3;
+
+// Workspace floats one thread needs to run `w` on `rows` rows (DenseModel).
+uint64_t DenseWorkspaceFloats(const DenseWeights& w, int64_t rows) {
+  return SatMul({rows, w.width});
+}
+
+struct Estimate {
+  uint64_t files = 0, index = 0, workspace = 0, total = 0;
+};
+
+Estimate Estimated(const Checkpoint& c, uint64_t file_bytes, const LoadOptions& options) {
+  Estimate e;
+  const int64_t rows = std::clamp<int64_t>(options.batch_rows, 1, 128);
+  e.files = SatMul(kFileCopies, file_bytes);
+  uint64_t floats = 0, indices = 0;  // per thread
+  int64_t d = 0, o = 0;
+  if (const auto* lsh = std::get_if<LshTableWeights>(&c.sparse)) {
+    d = lsh->input_dim;
+    o = lsh->output_dim;
+    uint64_t keys = 0;
+    for (const auto& t : lsh->tables) keys = SatAdd(keys, t.keys.size());
+    e.index = SatAdd(SatMul(keys, kIndexBytesPerKey),
+                     SatMul(static_cast<uint64_t>(lsh->num_tables), kBytesPerTable));
+    floats = SatAdd(SatMul({rows, lsh->num_tables, lsh->num_hashes}), SatAdd(d, 1));
+    indices = SatMul({rows, lsh->num_tables});
+  } else {
+    const DsmWeights& dsm = std::get<DsmWeights>(c.sparse);
+    const DenseWeights& net = dsm.network;
+    d = net.input_dim;
+    o = net.output_dim;
+    const int64_t L = dsm.num_blocks, k = dsm.active_units, E = dsm.num_experts;
+    if (dsm.router == RouterKind::kTopk) {
+      floats = SatAdd(SatAdd(SatMul({rows, net.width}), SatMul({L, k})), SatMul({L, k, o}));
+      indices = L > 0 ? static_cast<uint64_t>(net.width / L) : 0;
+    } else {
+      const int64_t router = dsm.router == RouterKind::kLsh      ? dsm.RouterBits()
+                             : dsm.router == RouterKind::kKmeans ? E
+                                                                 : 0;
+      floats = SatAdd(SatMul({rows, L, router}), SatMul({rows, k + o + d}));
+      indices = SatAdd(SatAdd(rows, E), SatAdd(1, SatMul({rows, L}) / 2));  // + expert ids
+    }
+    if (!c.dense.has_value()) floats = SatAdd(floats, DenseWorkspaceFloats(net, rows));
+  }
+  if (c.dense.has_value()) floats = SatAdd(floats, DenseWorkspaceFloats(*c.dense, rows));
+  // Each thread's scratch, plus the warm-up's input and output rows.
+  const uint64_t per_thread = SatAdd(SatMul(floats, sizeof(float)), SatMul(indices, 8));
+  e.workspace = SatAdd(SatMul(per_thread, static_cast<uint64_t>(std::max(options.threads, 1))),
+                       SatMul({2, rows, d + o, static_cast<int64_t>(sizeof(float))}));
+  e.total = SatAdd(SatAdd(e.files, e.index), e.workspace);
+  return e;
+}
+
+absl::Status OverBudget(uint64_t estimate, absl::string_view breakdown,
+                        const LoadOptions& options) {
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the version needs an estimated ", estimate, " bytes to load and serve (", breakdown,
+      "), more than the budget of ", options.max_bytes, " bytes (", options.budget_name, ")"));
+}
+
+// Reads the first line of a cgroup file as an integer; 0 if it is absent,
+// "max" or not a number.
+uint64_t ReadLimit(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  uint64_t v = 0;
+  if (!std::getline(in, line) || !absl::SimpleAtoi(line, &v)) return 0;
+  return v;
+}
+
+}  // namespace
+
+uint64_t EstimateLoadBytes(const Checkpoint& checkpoint, uint64_t file_bytes,
+                           const LoadOptions& options) {
+  return Estimated(checkpoint, file_bytes, options).total;
+}
+
+uint64_t DefaultModelBudgetBytes() {
+  uint64_t total = 0;
+  {
+    std::ifstream meminfo("/proc/meminfo");
+    std::string line;
+    while (std::getline(meminfo, line)) {
+      absl::string_view rest = line;
+      if (!absl::ConsumePrefix(&rest, "MemTotal:")) continue;
+      rest = absl::StripAsciiWhitespace(rest);
+      absl::ConsumeSuffix(&rest, "kB");
+      uint64_t kib = 0;
+      if (absl::SimpleAtoi(absl::StripAsciiWhitespace(rest), &kib)) total = SatMul(kib, 1024);
+      break;
+    }
+  }
+  // The cgroup's limit, where this process's cgroup is and at the root of
+  // the cgroup mount (what a container sees as its own).
+  std::vector<std::string> limits = {"/sys/fs/cgroup/memory.max",
+                                     "/sys/fs/cgroup/memory/memory.limit_in_bytes"};
+  {
+    std::ifstream cgroups("/proc/self/cgroup");
+    std::string line;
+    while (std::getline(cgroups, line)) {
+      const std::vector<std::string> parts = absl::StrSplit(line, absl::MaxSplits(':', 2));
+      if (parts.size() != 3 || parts[2].find("..") != std::string::npos) continue;
+      if (parts[0] == "0" && parts[1].empty()) {
+        limits.push_back(absl::StrCat("/sys/fs/cgroup", parts[2], "/memory.max"));
+      } else if (parts[1] == "memory") {
+        limits.push_back(absl::StrCat("/sys/fs/cgroup/memory", parts[2], "/memory.limit_in_bytes"));
+      }
+    }
+  }
+  uint64_t memory = total;
+  for (const std::string& path : limits) {
+    const uint64_t limit = ReadLimit(path);  // 0: none ("max", absent)
+    if (limit > 0 && (memory == 0 || limit < memory)) memory = limit;
+  }
+  if (memory == 0) memory = uint64_t{2} << 30;
+  return memory / 2;
+}
+
+absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir, const LoadOptions& options) {
   ASSIGN_OR_RETURN(auto manifest, ReadManifest(dir));
   for (const char* name : {kModelFile, kDenseFile}) {
     std::error_code ec;  // a file we cannot even stat is reported when opened
@@ -493,25 +652,37 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir) {
           absl::StrCat(name, " is present but not listed in ", kManifestFile));
     }
   }
-  ASSIGN_OR_RETURN(FileContents model_file, OpenVerified(dir, kModelFile, manifest[kModelFile]));
-  ASSIGN_OR_RETURN(SafetensorsContents contents, ParseSafetensors(model_file.bytes(), kModelFile));
-  MetadataReader meta(contents.metadata, kModelFile);
-  TensorReader tensors(contents, kModelFile);
-  RETURN_IF_ERROR(WithFile(kModelFile, CheckFormatVersion(meta)));
-  ASSIGN_OR_RETURN(std::string kind, meta.String("kind"));
-  Checkpoint checkpoint;
-  if (kind == "lsh_table") {
-    ASSIGN_OR_RETURN(checkpoint.sparse, DecodeLsh(meta, tensors, kModelFile));
-  } else if (kind == "dsm") {
-    ASSIGN_OR_RETURN(checkpoint.sparse, DecodeDsm(meta, tensors, kModelFile));
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        kModelFile, ": kind must be 'lsh_table' or 'dsm', got '", kind, "'"));
+  // The files the manifest declares, against the budget before any is read.
+  uint64_t file_bytes = 0;
+  for (const auto& [name, entry] : manifest) file_bytes = SatAdd(file_bytes, entry.bytes);
+  if (options.max_bytes > 0 && SatMul(kFileCopies, file_bytes) > options.max_bytes) {
+    return OverBudget(SatMul(kFileCopies, file_bytes),
+                      absl::StrCat(kFileCopies, " x ", file_bytes, " bytes of tensor files, as ",
+                                   kManifestFile, " declares them"),
+                      options);
   }
-  RETURN_IF_ERROR(meta.Finish(&checkpoint.info));
-  RETURN_IF_ERROR(tensors.Finish());
-  RETURN_IF_ERROR(WithFile(kModelFile, std::visit([](const auto& w) { return w.Validate(); },
-                                                  checkpoint.sparse)));
+  Checkpoint checkpoint;
+  {
+    ASSIGN_OR_RETURN(FileContents model_file, OpenVerified(dir, kModelFile, manifest[kModelFile]));
+    ASSIGN_OR_RETURN(SafetensorsContents contents,
+                     ParseSafetensors(model_file.bytes(), kModelFile));
+    MetadataReader meta(contents.metadata, kModelFile);
+    TensorReader tensors(contents, kModelFile);
+    RETURN_IF_ERROR(WithFile(kModelFile, CheckFormatVersion(meta)));
+    ASSIGN_OR_RETURN(std::string kind, meta.String("kind"));
+    if (kind == "lsh_table") {
+      ASSIGN_OR_RETURN(checkpoint.sparse, DecodeLsh(meta, tensors, kModelFile));
+    } else if (kind == "dsm") {
+      ASSIGN_OR_RETURN(checkpoint.sparse, DecodeDsm(meta, tensors, kModelFile));
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kModelFile, ": kind must be 'lsh_table' or 'dsm', got '", kind, "'"));
+    }
+    RETURN_IF_ERROR(meta.Finish(&checkpoint.info));
+    RETURN_IF_ERROR(tensors.Finish());
+    RETURN_IF_ERROR(WithFile(kModelFile, std::visit([](const auto& w) { return w.Validate(); },
+                                                    checkpoint.sparse)));
+  }
   if (manifest.contains(kDenseFile)) {
     ASSIGN_OR_RETURN(FileContents dense_file, OpenVerified(dir, kDenseFile, manifest[kDenseFile]));
     ASSIGN_OR_RETURN(checkpoint.dense, ReadDense(dense_file));
@@ -520,6 +691,20 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir) {
       return absl::InvalidArgumentError(absl::StrCat(
           kDenseFile, ": the dense twin maps ", checkpoint.dense->input_dim, " -> ",
           checkpoint.dense->output_dim, " but the sparse model maps ", d, " -> ", o));
+    }
+  }
+  // Every dimension now matches the tensors the files hold: the full
+  // estimate, before the engine allocates anything.
+  if (options.max_bytes > 0) {
+    const Estimate e = Estimated(checkpoint, file_bytes, options);
+    if (e.total > options.max_bytes) {
+      return OverBudget(
+          e.total,
+          absl::StrCat(kFileCopies, " x ", file_bytes, " bytes of tensor files + ", e.index,
+                       " of hash index + ", e.workspace, " of activation workspace for ",
+                       std::max(options.threads, 1), " thread(s) at ",
+                       std::clamp<int64_t>(options.batch_rows, 1, 128), " rows"),
+          options);
     }
   }
   return checkpoint;
@@ -614,24 +799,36 @@ absl::Status WriteCheckpoint(const std::string& model_dir, int64_t version,
   return status;
 }
 
-absl::StatusOr<LoadedModel> LoadCheckpoint(const std::string& version_dir) {
-  ASSIGN_OR_RETURN(Checkpoint checkpoint, ReadCheckpoint(version_dir));
-  LoadedModel loaded;
-  loaded.info = std::move(checkpoint.info);
-  if (const auto* lsh = std::get_if<LshTableWeights>(&checkpoint.sparse)) {
-    ASSIGN_OR_RETURN(loaded.sparse, LshTableModel::Create(*lsh));
-  } else {
-    const DsmWeights& dsm = std::get<DsmWeights>(checkpoint.sparse);
-    ASSIGN_OR_RETURN(loaded.sparse, DsmModel::Create(dsm));
-    if (!checkpoint.dense.has_value()) {
-      ASSIGN_OR_RETURN(loaded.dense, DenseModel::Create(dsm.network));
-      loaded.dense_cost_only = true;
+absl::StatusOr<LoadedModel> LoadCheckpoint(const std::string& version_dir,
+                                           const LoadOptions& options) {
+  // Every allocation is bounded by the files and the budget; this is the
+  // net under that: running out of memory fails the version, not the process.
+  try {
+    ASSIGN_OR_RETURN(Checkpoint checkpoint, ReadCheckpoint(version_dir, options));
+    LoadedModel loaded;
+    loaded.info = std::move(checkpoint.info);
+    if (const auto* lsh = std::get_if<LshTableWeights>(&checkpoint.sparse)) {
+      ASSIGN_OR_RETURN(loaded.sparse, LshTableModel::Create(*lsh));
+    } else {
+      const DsmWeights& dsm = std::get<DsmWeights>(checkpoint.sparse);
+      ASSIGN_OR_RETURN(loaded.sparse, DsmModel::Create(dsm));
+      if (!checkpoint.dense.has_value()) {
+        ASSIGN_OR_RETURN(loaded.dense, DenseModel::Create(dsm.network));
+        loaded.dense_cost_only = true;
+      }
     }
+    if (checkpoint.dense.has_value()) {
+      ASSIGN_OR_RETURN(loaded.dense, DenseModel::Create(*checkpoint.dense));
+    }
+    return loaded;
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        "out of memory while loading the version (std::bad_alloc); lower its size or raise "
+        "the memory available");
+  } catch (const std::length_error& e) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("a size too large to allocate while loading the version (", e.what(), ")"));
   }
-  if (checkpoint.dense.has_value()) {
-    ASSIGN_OR_RETURN(loaded.dense, DenseModel::Create(*checkpoint.dense));
-  }
-  return loaded;
 }
 
 }  // namespace sparse

@@ -44,10 +44,47 @@ struct Checkpoint {
 absl::Status WriteCheckpoint(const std::string& model_dir, int64_t version,
                              const Checkpoint& checkpoint);
 
+// What loading one version may cost (docs/configuration.md,
+// --max_model_bytes).
+struct LoadOptions {
+  // Memory budget of the version in bytes (EstimateLoadBytes); 0 = none.
+  uint64_t max_bytes = 0;
+  // Rows a thread runs through the model at once (the warm-up's largest
+  // batch; the engine works in chunks of at most 128 rows).
+  int64_t batch_rows = 128;
+  // Threads that may each grow a workspace for this model (the workers,
+  // plus the thread that loads and warms it up).
+  int threads = 1;
+  // Named in the over-budget error, so the operator knows what to change.
+  std::string budget_name = "the memory budget";
+};
+
+// Bytes a version costs at its peak while it loads and serves, as
+// docs/configuration.md defines it: twice the tensor files (they are read
+// whole and decoded; the engine then builds its own copy while the decoded
+// weights live), each LSH bucket's hash-index entry, and each thread's
+// activation workspace for options.batch_rows rows. Saturates instead of
+// overflowing. `file_bytes` is the sum of the tensor files' sizes.
+uint64_t EstimateLoadBytes(const Checkpoint& checkpoint, uint64_t file_bytes,
+                           const LoadOptions& options);
+
+// Half of the memory this process may use: the cgroup's memory limit
+// (v2 memory.max, or v1 memory.limit_in_bytes) when one is set, otherwise
+// MemTotal of /proc/meminfo (at least 1 GiB if neither can be read).
+uint64_t DefaultModelBudgetBytes();
+
 // Reads and fully validates a version directory: the manifest, each file's
 // size and SHA-256, the safetensors structure, metadata and every tensor.
 // Error messages name the file and the field, never the directory path.
-absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& version_dir);
+// Every file is opened only if it is a regular file, and its size is
+// checked before it is read: manifest.json at most 64 KiB, the tensor files
+// exactly their manifest size. With options.max_bytes set, a version whose
+// files alone (twice their declared size) exceed it is refused before they
+// are read, and one whose full estimate (EstimateLoadBytes) exceeds it
+// before any engine memory is allocated: RESOURCE_EXHAUSTED, saying the
+// estimate and the budget.
+absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& version_dir,
+                                          const LoadOptions& options = {});
 
 // A version ready to serve.
 struct LoadedModel {
@@ -60,8 +97,10 @@ struct LoadedModel {
   std::map<std::string, std::string> info;
 };
 
-// ReadCheckpoint, then builds the engine models.
-absl::StatusOr<LoadedModel> LoadCheckpoint(const std::string& version_dir);
+// ReadCheckpoint, then builds the engine models. Running out of memory
+// (std::bad_alloc, std::length_error) is RESOURCE_EXHAUSTED, not a crash.
+absl::StatusOr<LoadedModel> LoadCheckpoint(const std::string& version_dir,
+                                           const LoadOptions& options = {});
 
 // The manifest.json text for a version holding `files` (name -> contents):
 // each file's size and SHA-256. For writers that need the bytes (fuzzing).

@@ -26,7 +26,8 @@ absl::Status ErrnoStatus(int err, absl::string_view what) {
 }  // namespace
 
 absl::StatusOr<FileContents> FileContents::Read(const std::string& path,
-                                                absl::string_view display_name) {
+                                                absl::string_view display_name, uint64_t max_bytes,
+                                                absl::string_view too_big) {
   // O_NONBLOCK: opening a FIFO planted in the repository must not hang the
   // loader; the regular-file check below then rejects it.
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -39,6 +40,11 @@ absl::StatusOr<FileContents> FileContents::Read(const std::string& path,
   if (::fstat(fd, &st) != 0) return ErrnoStatus(errno, absl::StrCat("cannot stat ", display_name));
   if (!S_ISREG(st.st_mode)) {
     return absl::InvalidArgumentError(absl::StrCat(display_name, " is not a regular file"));
+  }
+  if (static_cast<uint64_t>(st.st_size) > max_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        display_name, ": size ", st.st_size, " bytes, ",
+        too_big.empty() ? absl::StrCat("more than the limit of ", max_bytes) : std::string(too_big)));
   }
   const size_t size = static_cast<size_t>(st.st_size);
   // One byte more than the size, rounded up to the alignment: a read that

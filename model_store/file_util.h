@@ -26,10 +26,17 @@ namespace sparse {
 class FileContents {
  public:
   // Errors: NOT_FOUND if the file does not exist, INVALID_ARGUMENT if it is
-  // not a regular file or changed size while being read, otherwise
+  // not a regular file (a FIFO, a device, a directory: opened without
+  // blocking and never read), is larger than `max_bytes` (checked with
+  // fstat before anything is allocated; the message is "<display_name>:
+  // size N bytes, <too_big>", `too_big` defaulting to "more than the limit
+  // of <max_bytes>") or changed size while being read, otherwise
   // INTERNAL/PERMISSION_DENIED with the errno text. Messages name
   // `display_name` rather than the path.
-  static absl::StatusOr<FileContents> Read(const std::string& path, absl::string_view display_name);
+  static absl::StatusOr<FileContents> Read(const std::string& path, absl::string_view display_name,
+                                           uint64_t max_bytes = kNoLimit,
+                                           absl::string_view too_big = "");
+  static constexpr uint64_t kNoLimit = ~uint64_t{0};
 
   FileContents(FileContents&&) noexcept = default;
   FileContents& operator=(FileContents&&) noexcept = default;

@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
+#include "model_store/json_util.h"
 #include "nlohmann/json.hpp"
 
 namespace sparse {
@@ -35,7 +36,7 @@ absl::StatusOr<std::vector<int64_t>> ReadIndexArray(const Json& j, absl::string_
   for (const Json& v : j) {
     if (!v.is_number_unsigned() || v.get<uint64_t>() > uint64_t{INT64_MAX}) {
       return absl::InvalidArgumentError(
-          absl::StrCat(what, " must hold non-negative integers, got ", v.dump()));
+          absl::StrCat(what, " must hold non-negative integers, got ", DescribeJson(v)));
     }
     out.push_back(static_cast<int64_t>(v.get<uint64_t>()));
   }
@@ -78,9 +79,9 @@ absl::StatusOr<SafetensorsContents> ParseSafetensors(absl::Span<const uint8_t> f
                                       file.size() - 8, " bytes follow"));
   }
   const char* header_begin = reinterpret_cast<const char*>(file.data() + 8);
-  Json header = Json::parse(header_begin, header_begin + header_len, nullptr,
-                            /*allow_exceptions=*/false);
-  if (header.is_discarded()) return Corrupt(name, "header is not valid JSON");
+  absl::StatusOr<Json> parsed = ParseJsonBounded(absl::string_view(header_begin, header_len));
+  if (!parsed.ok()) return Corrupt(name, absl::StrCat("header ", parsed.status().message()));
+  const Json& header = *parsed;
   if (!header.is_object()) return Corrupt(name, "header is not a JSON object");
 
   const absl::Span<const uint8_t> data = file.subspan(8 + header_len);

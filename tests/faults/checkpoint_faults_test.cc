@@ -4,21 +4,34 @@
 // Each must end in a clear error that names the file and no path, or in a
 // model that predicts what the checkpoint holds; never in a crash, and
 // never in a half-read version that serves.
+//
+// Hostile checkpoints (issue 15): JSON nested hundreds of thousands deep,
+// metadata declaring sizes no file holds, versions over the memory budget
+// (--max_model_bytes), and special files (FIFOs, devices, directories,
+// symlinks out of the repository) in place of every file the server reads.
+// Each is an error for that version (or config) alone: the process neither
+// crashes nor hangs, and every other model keeps serving.
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <iterator>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "model_store/checkpoint.h"
+#include "model_store/json_util.h"
+#include "nlohmann/json.hpp"
 #include "server/model_repository.h"
 #include "tests/testing/matchers.h"
 #include "tests/testing/random_models.h"
@@ -30,6 +43,7 @@ namespace fs = std::filesystem;
 using ::sparse::testing::RandomDense;
 using ::sparse::testing::RandomDsm;
 using ::sparse::testing::RandomInputs;
+using ::sparse::testing::RandomLshTable;
 using ::testing::AnyOf;
 using ::testing::HasSubstr;
 using ::testing::Not;
@@ -238,6 +252,288 @@ TEST_F(CheckpointFaultsTest, AVersionAppearingMidCopyServesOnlyOnceComplete) {
     EXPECT_THAT(line, Not(HasSubstr(root_.string())));
   }
   EXPECT_GE(not_loaded, 4);
+}
+
+
+// ---- Hostile checkpoints (issue 15) -----------------------------------------
+
+using Json = nlohmann::json;
+
+void WriteBytes(const fs::path& path, const std::string& contents) {
+  std::ofstream(path, std::ios::binary | std::ios::trunc)
+      .write(contents.data(), static_cast<std::streamsize>(contents.size()));
+}
+
+// A safetensors file as header text and data section.
+struct Tensors {
+  std::string header;
+  std::string data;
+};
+Tensors SplitTensors(const std::string& file) {
+  uint64_t n = 0;
+  std::memcpy(&n, file.data(), 8);
+  return {file.substr(8, n), file.substr(8 + n)};
+}
+std::string JoinTensors(const std::string& header, const std::string& data) {
+  const uint64_t n = header.size();
+  return std::string(reinterpret_cast<const char*>(&n), 8) + header + data;
+}
+
+// `depth` nested arrays: [[[...]]].
+std::string Nested(size_t depth) { return std::string(depth, '[') + std::string(depth, ']'); }
+
+// The files of a valid version of each kind: model.safetensors and, for
+// some, dense.safetensors.
+enum class Kind { kLsh, kDsmLsh, kDsmHash, kDsmKmeans, kDsmTopk };
+const char* KindName(Kind kind) {
+  switch (kind) {
+    case Kind::kLsh: return "lsh_table";
+    case Kind::kDsmLsh: return "dsm/lsh";
+    case Kind::kDsmHash: return "dsm/hash";
+    case Kind::kDsmKmeans: return "dsm/kmeans";
+    case Kind::kDsmTopk: return "dsm/topk";
+  }
+  return "?";
+}
+std::map<std::string, std::string> ValidFiles(Kind kind) {
+  Checkpoint c;
+  switch (kind) {
+    case Kind::kLsh: c.sparse = RandomLshTable({}, 5); break;
+    case Kind::kDsmLsh: c.sparse = RandomDsm({.router = RouterKind::kLsh}, 6); break;
+    case Kind::kDsmHash: c.sparse = RandomDsm({.router = RouterKind::kHash}, 7); break;
+    case Kind::kDsmKmeans: c.sparse = RandomDsm({.router = RouterKind::kKmeans}, 8); break;
+    case Kind::kDsmTopk:
+      c.sparse = RandomDsm({.blocks = 2, .active_units = 4, .router = RouterKind::kTopk,
+                            .topk_block_units = 16},
+                           9);
+      break;
+  }
+  c.dense = RandomDense(8, 32, 1, Activation::kRelu, 10);
+  return {{kModelFile, SerializeSparse(c)}, {kDenseFile, SerializeDense(*c.dense)}};
+}
+
+// Writes `files` and a manifest that matches them (resealed) into `dir`.
+void WriteVersion(const fs::path& dir, const std::map<std::string, std::string>& files) {
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  for (const auto& [name, contents] : files) WriteBytes(dir / name, contents);
+  WriteBytes(dir / kManifestFile, ManifestJson(files));
+}
+
+class HostileCheckpointTest : public CheckpointFaultsTest {
+ protected:
+  // Loads `files` (resealed) and expects a clean error naming a file and no
+  // path; returns the status.
+  absl::Status LoadExpectingError(const std::map<std::string, std::string>& files,
+                                  const LoadOptions& options = {}) {
+    const fs::path dir = root_ / "m" / "1";
+    WriteVersion(dir, files);
+    const absl::Status status = LoadCheckpoint(dir.string(), options).status();
+    EXPECT_FALSE(status.ok()) << "a hostile checkpoint loaded";
+    EXPECT_THAT(status.message(), Not(HasSubstr(root_.string())));
+    return status;
+  }
+};
+
+// The loader crashed with SIGSEGV on a header nested 300000 deep: the
+// error path serialised the value recursively (and nlohmann's recursive
+// members would overflow the stack on it anywhere). Nesting is capped
+// while parsing, for every JSON file the server reads.
+TEST_F(HostileCheckpointTest, JsonNestedHundredsOfThousandsDeepIsAnErrorNeverACrash) {
+  constexpr size_t kDeep = 300000;
+  const std::map<std::string, std::string> valid = ValidFiles(Kind::kDsmLsh);
+  const Tensors model = SplitTensors(valid.at(kModelFile));
+  Json header = Json::parse(model.header);
+  struct Case {
+    const char* what;
+    std::map<std::string, std::string> files;
+    bool raw_manifest = false;
+    std::string manifest;
+    const char* says;
+  };
+  auto with_model_header = [&](const std::string& header_text) {
+    std::map<std::string, std::string> files = valid;
+    files[kModelFile] = JoinTensors(header_text, model.data);
+    return files;
+  };
+  // A tensor's shape: the value ReadIndexArray used to dump().
+  std::string shape_deep = header.dump();
+  const std::string shape_key = "\"shape\":";
+  shape_deep.replace(shape_deep.find(shape_key) + shape_key.size(),
+                     shape_deep.find(']', shape_deep.find(shape_key)) -
+                         (shape_deep.find(shape_key) + shape_key.size()) + 1,
+                     Nested(kDeep));
+  std::string metadata_deep = header.dump();
+  metadata_deep.insert(metadata_deep.find("\"__metadata__\":{") + 16,
+                       absl::StrCat("\"info.deep\":", Nested(kDeep), ","));
+  std::map<std::string, std::string> dense_deep = valid;
+  dense_deep[kDenseFile] = JoinTensors(Nested(kDeep), SplitTensors(valid.at(kDenseFile)).data);
+  const std::vector<Case> cases = {
+      {"a tensor shape nested 300000 deep", with_model_header(shape_deep), false, "",
+       "model.safetensors: header nests arrays or objects deeper than 64 levels"},
+      {"the whole header an array nested 300000 deep", with_model_header(Nested(kDeep)), false,
+       "", "model.safetensors: header nests"},
+      {"a metadata value nested 300000 deep", with_model_header(metadata_deep), false, "",
+       "model.safetensors: header nests"},
+      {"the dense header nested 300000 deep", dense_deep, false, "",
+       "dense.safetensors: header nests"},
+      {"a manifest entry nested 30000 deep (inside the 64 KiB cap)", valid, true,
+       absl::StrCat("{\"format_version\": 1, \"files\": {\"model.safetensors\": ",
+                    Nested(30000), "}}"),
+       "manifest.json: not a JSON object (it nests arrays or objects deeper than 64 levels)"},
+      {"a manifest of 300000 '[' (over the 64 KiB cap, refused unread)", valid, true,
+       Nested(kDeep), "a manifest can need"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    const fs::path dir = root_ / "m" / "1";
+    WriteVersion(dir, c.files);
+    if (c.raw_manifest) WriteBytes(dir / kManifestFile, c.manifest);
+    const absl::Status status = LoadCheckpoint(dir.string()).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+    EXPECT_THAT(status.message(), HasSubstr(c.says));
+    EXPECT_LT(status.message().size(), 400u) << "the error echoes the input";
+  }
+  // The cap itself: 64 levels parse, 65 do not.
+  EXPECT_OK(ParseJsonBounded(Nested(64)).status());
+  EXPECT_THAT(ParseJsonBounded(Nested(65)).status().message(), HasSubstr("deeper than 64"));
+}
+
+// Metadata that declares sizes no file holds. A top-k DSM with experts =
+// 2^40 aborted the process with std::bad_alloc (L*E routing counters)
+// before any check; every dimension of every kind must be matched against
+// the tensors the file holds before anything is sized by it.
+TEST_F(HostileCheckpointTest, HugeDeclaredSizesOfEveryKindAreErrorsNeverAnAbort) {
+  const std::vector<std::string> huge = {"1099511627776", "9223372036854775807", "2147483649"};
+  struct Target {
+    Kind kind;
+    const char* file;
+    std::vector<std::string> keys;
+  };
+  const std::vector<std::string> dsm_keys = {"input_dim", "output_dim", "width",
+                                             "blocks",    "experts",    "active_units"};
+  const std::vector<Target> targets = {
+      {Kind::kLsh, kModelFile, {"input_dim", "output_dim", "tables", "hashes", "degree"}},
+      {Kind::kDsmLsh, kModelFile, dsm_keys},
+      {Kind::kDsmHash, kModelFile, dsm_keys},
+      {Kind::kDsmKmeans, kModelFile, dsm_keys},
+      {Kind::kDsmTopk, kModelFile, dsm_keys},
+      {Kind::kDsmLsh, kDenseFile, {"input_dim", "output_dim", "width"}},
+  };
+  int cases = 0;
+  for (const Target& t : targets) {
+    const std::map<std::string, std::string> valid = ValidFiles(t.kind);
+    const Tensors tensors = SplitTensors(valid.at(t.file));
+    for (const std::string& key : t.keys) {
+      for (const std::string& value : huge) {
+        SCOPED_TRACE(absl::StrCat(KindName(t.kind), " ", t.file, " ", key, "=", value));
+        Json header = Json::parse(tensors.header);
+        header["__metadata__"][key] = value;
+        std::map<std::string, std::string> files = valid;
+        files[t.file] = JoinTensors(header.dump(), tensors.data);
+        const absl::Status status = LoadExpectingError(files);
+        EXPECT_THAT(status.message(), AnyOf(HasSubstr(kModelFile), HasSubstr(kDenseFile)));
+        ++cases;
+      }
+    }
+  }
+  // Tensor tables that declare more data than there is.
+  const std::vector<std::pair<Kind, std::pair<const char*, std::string>>> shapes = {
+      {Kind::kLsh, {kModelFile, "table.0.keys"}},
+      {Kind::kLsh, {kModelFile, "hash.projection"}},
+      {Kind::kDsmTopk, {kModelFile, "bottom.weight"}},
+      {Kind::kDsmKmeans, {kDenseFile, "top.weight"}},
+  };
+  for (const auto& [kind, target] : shapes) {
+    const auto& [file, tensor] = target;
+    SCOPED_TRACE(absl::StrCat(KindName(kind), " ", file, " ", tensor, " declared 2^40 long"));
+    const std::map<std::string, std::string> valid = ValidFiles(kind);
+    const Tensors tensors = SplitTensors(valid.at(file));
+    Json header = Json::parse(tensors.header);
+    const uint64_t begin = header[tensor]["data_offsets"][0].get<uint64_t>();
+    header[tensor]["shape"] = {uint64_t{1} << 40};
+    header[tensor]["data_offsets"] = {begin, begin + (uint64_t{8} << 40)};
+    std::map<std::string, std::string> files = valid;
+    files[file] = JoinTensors(header.dump(), tensors.data);
+    EXPECT_THAT(LoadExpectingError(files).message(), HasSubstr(file));
+    ++cases;
+  }
+  // The case that aborted: named as the format says.
+  {
+    const std::map<std::string, std::string> valid = ValidFiles(Kind::kDsmTopk);
+    const Tensors tensors = SplitTensors(valid.at(kModelFile));
+    Json header = Json::parse(tensors.header);
+    header["__metadata__"]["experts"] = "1099511627776";
+    std::map<std::string, std::string> files = valid;
+    files[kModelFile] = JoinTensors(header.dump(), tensors.data);
+    EXPECT_THAT(LoadExpectingError(files).message(),
+                HasSubstr("the topk router has no experts: experts must be 0"));
+  }
+  std::printf("  %d huge declared sizes, each an error\n", cases);
+  EXPECT_EQ(cases, 5 * 3 + 4 * 6 * 3 + 3 * 3 + 4);
+}
+
+// --max_model_bytes: a version's estimated cost is held against the budget
+// before its tensor files are read, and again (with the activation
+// workspace its shapes imply) before the engine allocates anything.
+TEST_F(HostileCheckpointTest, AVersionOverTheMemoryBudgetIsRefusedBeforeItIsRead) {
+  const std::map<std::string, std::string> valid = ValidFiles(Kind::kDsmLsh);
+  const uint64_t file_bytes = valid.at(kModelFile).size() + valid.at(kDenseFile).size();
+  const fs::path dir = root_ / "m" / "1";
+  WriteVersion(dir, valid);
+  LoadOptions options{.max_bytes = 3 * file_bytes - 1, .budget_name = "--max_model_bytes"};
+  // The model file is a FIFO: were it opened before the budget check, the
+  // error would say so.
+  fs::remove(dir / kModelFile);
+  ASSERT_EQ(::mkfifo((dir / kModelFile).c_str(), 0644), 0);
+  absl::Status status = LoadCheckpoint(dir.string(), options).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
+  EXPECT_THAT(status.message(), HasSubstr(absl::StrCat("budget of ", 3 * file_bytes - 1,
+                                                       " bytes (--max_model_bytes)")));
+  EXPECT_THAT(status.message(), HasSubstr(absl::StrCat("estimated ", 3 * file_bytes)));
+
+  // Within the budget it loads.
+  WriteVersion(dir, valid);
+  options.max_bytes = 64 << 20;
+  EXPECT_OK(LoadCheckpoint(dir.string(), options).status());
+}
+
+// A wide network with a tiny input and output: small files, but each
+// thread's activation workspace is rows x width floats.
+TEST_F(HostileCheckpointTest, AWorkspaceOverTheBudgetIsRefusedThoughTheFilesFit) {
+  constexpr int64_t kWidth = 1 << 16;
+  Checkpoint c;
+  c.sparse = RandomDsm({.d = 1, .o = 1, .blocks = 1, .active_units = 1,
+                        .router = RouterKind::kTopk, .topk_block_units = kWidth},
+                       3);
+  c.dense = RandomDense(1, kWidth, 1, Activation::kRelu, 4);
+  const std::map<std::string, std::string> files = {{kModelFile, SerializeSparse(c)},
+                                                    {kDenseFile, SerializeDense(*c.dense)}};
+  const uint64_t file_bytes = files.at(kModelFile).size() + files.at(kDenseFile).size();
+  const LoadOptions options{.max_bytes = 16 << 20, .batch_rows = 128, .threads = 4,
+                            .budget_name = "--max_model_bytes"};
+  ASSERT_LT(3 * file_bytes, options.max_bytes);
+  // 4 threads x 128 rows x 2^16 units x 4 bytes x 2 paths, at least.
+  EXPECT_GE(EstimateLoadBytes(c, file_bytes, options), uint64_t{4} * 128 * kWidth * 4 * 2);
+  const absl::Status status = LoadExpectingError(files, options);
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
+  EXPECT_THAT(status.message(), HasSubstr("of activation workspace for 4 thread(s) at 128 rows"));
+  EXPECT_THAT(status.message(), HasSubstr("(--max_model_bytes)"));
+  // One thread at one row fits.
+  EXPECT_OK(LoadCheckpoint((root_ / "m" / "1").string(),
+                           LoadOptions{.max_bytes = 16 << 20, .batch_rows = 1, .threads = 1})
+                .status());
+}
+
+TEST(DefaultModelBudgetTest, IsHalfTheMemoryAvailableAtMost) {
+  const uint64_t budget = DefaultModelBudgetBytes();
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  uint64_t kib = 0;
+  meminfo >> key >> kib;
+  ASSERT_EQ(key, "MemTotal:");
+  EXPECT_GT(budget, 0u);
+  EXPECT_LE(budget, kib * 1024 / 2);
 }
 
 }  // namespace
