@@ -44,6 +44,12 @@ ABSL_FLAG(double, poll_seconds, 0,
           "Rescan --model_repository this often: new versions load in the background and serve "
           "once validated and warmed up, removed ones unload, a changed config.pbtxt applies. "
           "0 = load once at start.");
+ABSL_FLAG(int64_t, max_model_bytes, 0,
+          "Memory budget of one model version, in bytes: a version whose estimated cost (tensor "
+          "files, hash index, activation workspace per worker; docs/configuration.md) is larger "
+          "fails to load (RESOURCE_EXHAUSTED) before its tensors are read, and what serves "
+          "stays. 0 = half of the memory available to the process (the cgroup limit, else "
+          "MemTotal).");
 ABSL_FLAG(bool, model_control, false,
           "Serve sparse.v1.ModelControl (LoadModel / UnloadModel) so a client decides what "
           "serves; excludes --poll_seconds. With TLS it needs --tls_client_ca.");
@@ -84,11 +90,11 @@ int main(int argc, char** argv) {
       !(absl::GetFlag(FLAGS_poll_seconds) >= 0 && absl::GetFlag(FLAGS_poll_seconds) <= 86400) || !(absl::GetFlag(FLAGS_drain_seconds) >= 0 && absl::GetFlag(FLAGS_drain_seconds) <= 86400) ||
       absl::GetFlag(FLAGS_health_port) < -1 || absl::GetFlag(FLAGS_metrics_port) < -1 ||
       absl::GetFlag(FLAGS_metrics_port) > 65535 ||
-      absl::GetFlag(FLAGS_health_port) > 65535) {
+      absl::GetFlag(FLAGS_health_port) > 65535 || absl::GetFlag(FLAGS_max_model_bytes) < 0) {
     std::fprintf(stderr,
                  "sparse-server: need --max_queue >= 1, 1 <= --max_batch_rows <= 1048576, "
                  "--workers >= 0, --inline_max_flops >= 0, --max_concurrent_streams >= 1, 0 <= --drain_seconds, --poll_seconds <= 86400, 0 <= --port <= 65535 and "
-                 "-1 <= --health_port, --metrics_port <= 65535 (see --help)\n");
+                 "-1 <= --health_port, --metrics_port <= 65535, --max_model_bytes >= 0 (see --help)\n");
     return 1;
   }
   sparse::ServerOptions options;
@@ -107,6 +113,7 @@ int main(int argc, char** argv) {
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   options.poll_seconds = absl::GetFlag(FLAGS_poll_seconds);
   options.model_control = absl::GetFlag(FLAGS_model_control);
+  options.max_model_bytes = static_cast<uint64_t>(absl::GetFlag(FLAGS_max_model_bytes));
   std::vector<std::string> load_errors;
   absl::StatusOr<std::unique_ptr<sparse::SparseServer>> server =
       sparse::SparseServer::Start(options, &load_errors);

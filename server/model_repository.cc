@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/matmul_kernel.h"
+#include "model_store/file_util.h"
 #include "google/protobuf/io/tokenizer.h"
 #include "google/protobuf/text_format.h"
 
@@ -25,6 +26,8 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr char kConfigFile[] = "config.pbtxt";
+// A config holds a few lines; this bounds what reading one can cost.
+constexpr uint64_t kMaxConfigBytes = 1 << 20;
 
 // Collects the first text-format error with its position.
 class FirstError final : public google::protobuf::io::ErrorCollector {
@@ -85,6 +88,30 @@ BatchingOptions ToBatchingOptions(const sparse::v1::ModelConfig& config, int wor
                          .max_batch_rows = b.max_batch_rows() > 0 ? b.max_batch_rows() : 64,
                          .max_queue_delay_us = b.max_queue_delay_us(),
                          .max_queue_size = b.max_queue_size() > 0 ? b.max_queue_size() : 1024};
+}
+
+// Whether any model's failed versions (which, their errors, their attempt
+// counts) differ between two snapshots.
+bool FailuresChanged(const RepositorySnapshot& a, const RepositorySnapshot& b) {
+  auto same = [](const ModelState::Failure& x, const ModelState::Failure& y) {
+    return x.error == y.error && x.attempts == y.attempts && x.fingerprint == y.fingerprint;
+  };
+  for (const auto& [name, state] : b) {
+    auto it = a.find(name);
+    const size_t before = it == a.end() ? 0 : it->second.failures.size();
+    if (before != state.failures.size()) return true;
+    if (before == 0) continue;
+    if (!std::equal(state.failures.begin(), state.failures.end(), it->second.failures.begin(),
+                    [&same](const auto& x, const auto& y) {
+                      return x.first == y.first && same(x.second, y.second);
+                    })) {
+      return true;
+    }
+  }
+  for (const auto& [name, state] : a) {
+    if (!state.failures.empty() && b.count(name) == 0) return true;
+  }
+  return false;
 }
 
 void DefaultLog(const std::string& line) { std::fprintf(stderr, "sparse-server: %s\n", line.c_str()); }
@@ -189,6 +216,8 @@ class ModelRepository::Reaper {
 ModelRepository::ModelRepository(std::string root, Options options)
     : root_(std::move(root)),
       options_(std::move(options)),
+      max_model_bytes_(options_.max_model_bytes > 0 ? options_.max_model_bytes
+                                                    : DefaultModelBudgetBytes()),
       reaper_(std::make_shared<Reaper>()),
       snapshot_(std::make_shared<RepositorySnapshot>()) {}
 
@@ -228,16 +257,26 @@ absl::StatusOr<std::unique_ptr<ModelRepository>> ModelRepository::Open(
   return repo;
 }
 
+std::chrono::milliseconds ModelRepository::RetryDelay(int attempts) const {
+  std::chrono::milliseconds delay = options_.failed_retry_initial;
+  for (int i = 1; i < attempts && delay < options_.failed_retry_max; ++i) delay *= 2;
+  return std::min(delay, options_.failed_retry_max);
+}
+
+bool ModelRepository::UnderRoot(const fs::path& resolved) const {
+  std::error_code ec;
+  const fs::path root = fs::canonical(root_, ec);
+  if (ec) return false;
+  // Component by component: /models2 is not inside /models.
+  return std::mismatch(root.begin(), root.end(), resolved.begin(), resolved.end()).first ==
+         root.end();
+}
+
 bool ModelRepository::InsideRoot(const fs::path& path) const {
   std::error_code ec;
   const fs::path real = fs::canonical(path, ec);
   if (ec) return false;
-  const fs::path root = fs::canonical(root_, ec);
-  if (ec) return false;
-  // Component by component: /models2 is not inside /models.
-  auto inside = [&root](const fs::path& p) {
-    return std::mismatch(root.begin(), root.end(), p.begin(), p.end()).first == root.end();
-  };
+  auto inside = [this](const fs::path& p) { return UnderRoot(p); };
   if (!inside(real)) return false;
   // The files too: a version's model.safetensors may be a link as well.
   for (fs::directory_iterator it(real, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
@@ -253,9 +292,36 @@ std::shared_ptr<const Servable> ModelRepository::LoadVersion(const std::string& 
                                                              const std::string& dir,
                                                              const ModelState& state,
                                                              std::string* error) const {
-  absl::StatusOr<LoadedModel> loaded = LoadCheckpoint(dir);
+  // Whatever a checkpoint holds, running out of memory while loading or
+  // warming it up fails this version, never the process.
+  try {
+    return LoadAndWarmUp(name, version, dir, state, error);
+  } catch (const std::bad_alloc&) {
+    *error = "RESOURCE_EXHAUSTED: out of memory while loading or warming up the version "
+             "(std::bad_alloc); see --max_model_bytes";
+  } catch (const std::length_error& e) {
+    *error = absl::StrCat("RESOURCE_EXHAUSTED: a size too large to allocate while loading the "
+                          "version (", e.what(), "); see --max_model_bytes");
+  }
+  return nullptr;
+}
+
+std::shared_ptr<const Servable> ModelRepository::LoadAndWarmUp(const std::string& name,
+                                                               int64_t version,
+                                                               const std::string& dir,
+                                                               const ModelState& state,
+                                                               std::string* error) const {
+  const int64_t warmup_rows = std::min<int64_t>(options_.max_batch_rows, 128);
+  LoadOptions load_options;
+  load_options.max_bytes = max_model_bytes_;
+  load_options.batch_rows = warmup_rows;
+  load_options.threads = options_.workers + 1;  // the workers and this thread
+  load_options.budget_name = "--max_model_bytes";
+  absl::StatusOr<LoadedModel> loaded = LoadCheckpoint(dir, load_options);
   if (!loaded.ok()) {
-    *error = std::string(loaded.status().message());
+    *error = loaded.status().code() == absl::StatusCode::kResourceExhausted
+                 ? absl::StrCat("RESOURCE_EXHAUSTED: ", loaded.status().message())
+                 : std::string(loaded.status().message());
     return nullptr;
   }
   // Warm up: one prediction per batch bucket on each path, on this thread,
@@ -266,7 +332,7 @@ std::shared_ptr<const Servable> ModelRepository::LoadVersion(const std::string& 
                              static_cast<const Model*>(loaded->dense.get())}) {
     if (model == nullptr) continue;
     const int64_t d = model->info().input_dim, o = model->info().output_dim;
-    const int64_t largest = std::min<int64_t>(options_.max_batch_rows, 128);
+    const int64_t largest = warmup_rows;
     std::vector<float> x(largest * d, 0.0f), y(largest * o);
     for (int64_t rows = 1; rows <= largest; rows *= 2) {
       PredictStats stats;
@@ -298,28 +364,54 @@ std::shared_ptr<const Servable> ModelRepository::LoadVersion(const std::string& 
   return servable;
 }
 
+absl::StatusOr<std::string> ModelRepository::ReadConfig(const fs::path& model_dir) const {
+  const fs::path path = model_dir / kConfigFile;
+  std::error_code ec;
+  if (fs::symlink_status(path, ec).type() == fs::file_type::not_found) return std::string();
+  const fs::path real = fs::canonical(path, ec);
+  if (ec == std::errc::no_such_file_or_directory) return std::string();  // gone, or dangling
+  if (ec || !UnderRoot(real)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kConfigFile, " leads outside the model repository (a symlink?); refused"));
+  }
+  // Opened without blocking (a FIFO), only if it is a regular file (not a
+  // device or a directory), and only up to the cap: never a hang under the
+  // repository lock, never unbounded memory.
+  absl::StatusOr<FileContents> file = FileContents::Read(
+      real.string(), kConfigFile, kMaxConfigBytes,
+      absl::StrCat("more than the ", kMaxConfigBytes, " bytes a config may have"));
+  if (absl::IsNotFound(file.status())) return std::string();
+  if (!file.ok()) return file.status();
+  return std::string(reinterpret_cast<const char*>(file->bytes().data()), file->bytes().size());
+}
+
 ModelState ModelRepository::ScanModel(const std::string& name, const ModelState* previous,
-                                      std::vector<std::string>* log) const {
+                                      bool retry_failed, std::vector<std::string>* log) const {
   const fs::path model_dir = fs::path(root_) / name;
   ModelState state;
   if (previous != nullptr) {
     state.config = previous->config;
     state.config_text = previous->config_text;
   }
-  // config.pbtxt: absent = defaults; unparsable = keep the previous one.
-  std::string text;
+  // config.pbtxt: absent = defaults; unreadable or unparsable = keep the
+  // previous one.
   std::error_code ec;
-  if (fs::exists(model_dir / kConfigFile, ec)) {
-    std::ifstream in(model_dir / kConfigFile, std::ios::binary);
-    std::stringstream buffer;
-    buffer << in.rdbuf();
-    text = buffer.str();
-    if (!in.good() && !in.eof()) text.clear();
-  }
-  if (previous == nullptr || text != previous->config_text) {
+  absl::StatusOr<std::string> read = ReadConfig(model_dir);
+  const std::string text = read.ok() ? *read : std::string();
+  if (!read.ok()) {
+    state.config_error = std::string(read.status().message());
+    if (previous == nullptr || previous->config_error != state.config_error) {
+      log->push_back(absl::StrCat("model ", name, ": ", state.config_error,
+                                  previous != nullptr && previous->config_error.empty()
+                                      ? " (the previous config stays)"
+                                      : " (defaults apply)"));
+    }
+  } else if (previous == nullptr || text != previous->config_text ||
+             !previous->config_error.empty()) {
     absl::StatusOr<sparse::v1::ModelConfig> config = ParseModelConfig(text);
     if (config.ok()) {
-      const bool had = previous != nullptr;
+      const bool had = previous != nullptr &&
+                       (text != previous->config_text || !previous->config_error.empty());
       state.config = *std::move(config);
       state.config_text = text;
       if (had) log->push_back(absl::StrCat("model ", name, ": new ", kConfigFile, " applied"));
@@ -370,12 +462,16 @@ ModelState ModelRepository::ScanModel(const std::string& name, const ModelState*
     }
     const fs::path dir = model_dir / std::to_string(version);
     const std::string fingerprint = Fingerprint(dir);
+    const auto now = std::chrono::steady_clock::now();
+    const ModelState::Failure* before = nullptr;
     if (previous != nullptr) {
       auto failed = previous->failures.find(version);
-      if (failed != previous->failures.end() && failed->second.fingerprint == fingerprint) {
-        state.failures.emplace(version, failed->second);  // unchanged: not tried again
-        continue;
-      }
+      if (failed != previous->failures.end()) before = &failed->second;
+    }
+    const bool same_files = before != nullptr && before->fingerprint == fingerprint;
+    if (same_files && !retry_failed && now < before->attempted + RetryDelay(before->attempts)) {
+      state.failures.emplace(version, *before);  // unchanged files: not yet tried again
+      continue;
     }
     std::string error;
     std::shared_ptr<const Servable> servable;
@@ -388,8 +484,12 @@ ModelState ModelRepository::ScanModel(const std::string& name, const ModelState*
       error = "the version directory leads outside the model repository (a symlink?); refused";
     }
     if (servable == nullptr) {
-      log->push_back(absl::StrCat("model ", name, " version ", version, " not loaded: ", error));
-      state.failures.emplace(version, ModelState::Failure{error, fingerprint});
+      // Logged once per new error or new files, not on every retry.
+      if (!same_files || before->error != error) {
+        log->push_back(absl::StrCat("model ", name, " version ", version, " not loaded: ", error));
+      }
+      state.failures.emplace(version, ModelState::Failure{error, fingerprint, now,
+                                                          same_files ? before->attempts + 1 : 1});
       continue;
     }
     log->push_back(absl::StrCat("model ", name, " version ", version, " loaded: ",
@@ -429,8 +529,8 @@ std::shared_ptr<RepositorySnapshot> ModelRepository::ScanRepository(
     if (!CheckModelName(name).ok() || !it->is_directory(dir_ec)) continue;
     seen.insert(name);
     auto previous = current.find(name);
-    ModelState state =
-        ScanModel(name, previous == current.end() ? nullptr : &previous->second, log);
+    ModelState state = ScanModel(name, previous == current.end() ? nullptr : &previous->second,
+                                 /*retry_failed=*/false, log);
     if (!state.versions.empty() || !state.failures.empty() || !state.config_error.empty()) {
       next->emplace(name, std::move(state));
     } else if (previous != current.end()) {
@@ -462,8 +562,9 @@ void ModelRepository::Rescan() {
                               ServingVersions(*current), " version(s) that serve"));
     return;
   }
-  // Publish only when something changed (log lines say what).
-  if (log.empty() && next->size() == current->size()) return;
+  // Publish only when something changed: log lines say what, and a failed
+  // version retried, or dropped with its directory, changes the failures.
+  if (log.empty() && next->size() == current->size() && !FailuresChanged(*current, *next)) return;
   Publish(std::move(next), log);
 }
 
@@ -478,8 +579,8 @@ absl::StatusOr<ModelState> ModelRepository::LoadModel(absl::string_view model) {
   const std::shared_ptr<const RepositorySnapshot> current = snapshot();
   auto previous = current->find(name);
   std::vector<std::string> log;
-  ModelState state =
-      ScanModel(name, previous == current->end() ? nullptr : &previous->second, &log);
+  ModelState state = ScanModel(name, previous == current->end() ? nullptr : &previous->second,
+                               /*retry_failed=*/true, &log);
   auto next = std::make_shared<RepositorySnapshot>(*current);
   (*next)[name] = state;
   Publish(std::move(next), log);

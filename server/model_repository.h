@@ -65,7 +65,12 @@ struct ModelState {
   std::string config_error;  // config.pbtxt did not parse; `config` is the previous one
   struct Failure {
     std::string error;
-    std::string fingerprint;  // the files as they were; retried when they change
+    std::string fingerprint;  // the files as they were; retried at once when they change
+    // When it was last tried and how many times in a row it failed with
+    // these files: a rescan tries it again after a back-off that doubles per
+    // attempt (Options::failed_retry_*); LoadModel always does.
+    std::chrono::steady_clock::time_point attempted;
+    int attempts = 1;
   };
   std::map<int64_t, Failure> failures;
 };
@@ -95,6 +100,17 @@ class ModelRepository {
     // Called after each new snapshot is published (from the thread that
     // published it), e.g. to update health and metrics.
     std::function<void(const RepositorySnapshot&)> on_publish;
+    // Memory budget of one version in bytes (--max_model_bytes): a version
+    // whose estimate (EstimateLoadBytes, docs/configuration.md) is larger
+    // fails with RESOURCE_EXHAUSTED before its tensors are read or the
+    // engine allocates. 0 = DefaultModelBudgetBytes() (half of the memory
+    // available to the process).
+    uint64_t max_model_bytes = 0;
+    // A failed version whose files did not change is tried again by a
+    // rescan after this back-off, doubled per failed attempt up to the max
+    // (a transient I/O error, a permission fixed without touching the files).
+    std::chrono::milliseconds failed_retry_initial{1000};
+    std::chrono::milliseconds failed_retry_max{300000};
   };
 
   // Loads what `root` holds. Errors only if `root` is not a readable
@@ -119,8 +135,13 @@ class ModelRepository {
   // Stops polling (waits for a rescan in progress). Idempotent.
   void StopPolling();
 
-  // Explicit control. LoadModel (re)reads one model directory; the error
-  // says why nothing of it serves (its previous versions keep serving).
+  // The memory budget of one version in bytes (Options::max_model_bytes
+  // resolved).
+  uint64_t max_model_bytes() const { return max_model_bytes_; }
+
+  // Explicit control. LoadModel (re)reads one model directory, trying every
+  // failed version of it again; the error says why nothing of it serves
+  // (its previous versions keep serving).
   absl::StatusOr<ModelState> LoadModel(absl::string_view model);
   absl::Status UnloadModel(absl::string_view model);
 
@@ -136,14 +157,28 @@ class ModelRepository {
                                                      std::error_code* ec) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(load_mu_);
   // Builds the next state of one model from disk. `previous` may be null.
-  ModelState ScanModel(const std::string& name, const ModelState* previous,
+  // With `retry_failed`, failed versions are tried again regardless of
+  // their back-off.
+  ModelState ScanModel(const std::string& name, const ModelState* previous, bool retry_failed,
                        std::vector<std::string>* log) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(load_mu_);
+  // config.pbtxt of `model_dir` (empty when absent), or why it cannot be
+  // read: not a regular file, too large, or leading outside the root.
+  absl::StatusOr<std::string> ReadConfig(const std::filesystem::path& model_dir) const;
   std::shared_ptr<const Servable> LoadVersion(const std::string& name, int64_t version,
                                               const std::string& dir, const ModelState& state,
                                               std::string* error) const;
+  // LoadVersion without its net for std::bad_alloc / std::length_error.
+  std::shared_ptr<const Servable> LoadAndWarmUp(const std::string& name, int64_t version,
+                                                const std::string& dir, const ModelState& state,
+                                                std::string* error) const;
   // Whether `path` and the entries in it, with every symlink resolved, are
   // inside the root.
   bool InsideRoot(const std::filesystem::path& path) const;
+  // The back-off before a failed version with unchanged files is tried
+  // again after `attempts` failed attempts.
+  std::chrono::milliseconds RetryDelay(int attempts) const;
+  // Whether `resolved` (a canonical path) is inside the root.
+  bool UnderRoot(const std::filesystem::path& resolved) const;
   void Publish(std::shared_ptr<const RepositorySnapshot> next,
                const std::vector<std::string>& log) ABSL_EXCLUSIVE_LOCKS_REQUIRED(load_mu_);
 
@@ -151,6 +186,7 @@ class ModelRepository {
 
   const std::string root_;
   const Options options_;
+  const uint64_t max_model_bytes_;
   std::shared_ptr<Reaper> reaper_;
 
   // Serializes Rescan, LoadModel and UnloadModel.

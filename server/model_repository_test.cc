@@ -4,9 +4,13 @@
 // what a request holding an old version keeps.
 #include "server/model_repository.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
+#include <functional>
+#include <iterator>
 #include <fstream>
 #include <thread>
 
@@ -53,8 +57,14 @@ class ModelRepositoryTest : public ::testing::Test {
   }
 
   std::unique_ptr<ModelRepository> Open(std::vector<std::string>* errors = nullptr) {
+    return OpenWith([](ModelRepository::Options&) {}, errors);
+  }
+  std::unique_ptr<ModelRepository> OpenWith(
+      const std::function<void(ModelRepository::Options&)>& adjust,
+      std::vector<std::string>* errors = nullptr) {
     ModelRepository::Options options;
     options.max_batch_rows = 8;
+    adjust(options);
     options.log = [this](const std::string& line) { log_.push_back(line); };
     options.on_publish = [this](const RepositorySnapshot&) { ++publishes_; };
     absl::StatusOr<std::unique_ptr<ModelRepository>> repo =
@@ -298,6 +308,136 @@ TEST_F(ModelRepositoryTest, PollingPicksUpANewVersion) {
   EXPECT_THAT(Versions(*repo, "m"), ::testing::ElementsAre(2));
   repo->StopPolling();
   repo->StopPolling();  // idempotent
+}
+
+// --max_model_bytes: a version whose estimate is over the budget is a
+// failed version (RESOURCE_EXHAUSTED, naming the flag) and the one before
+// it keeps serving, as do other models.
+TEST_F(ModelRepositoryTest, ANewerVersionOverTheMemoryBudgetFailsWhileTheOlderOneServes) {
+  Publish("m", 1);
+  Publish("other", 1);
+  auto repo = OpenWith([](ModelRepository::Options& o) { o.max_model_bytes = 4 << 20; });
+  EXPECT_EQ(repo->max_model_bytes(), uint64_t{4} << 20);
+  Checkpoint big;
+  big.sparse = RandomDsm({.d = 256, .o = 4, .experts = 16, .active_units = 64}, 9);
+  big.dense = RandomDense(256, 1024, 4, Activation::kRelu, 10);
+  ASSERT_OK(WriteCheckpoint((root_ / "m").string(), 2, big));
+  repo->Rescan();
+  EXPECT_THAT(Versions(*repo, "m"), ::testing::ElementsAre(1));
+  EXPECT_THAT(Versions(*repo, "other"), ::testing::ElementsAre(1));
+  const ModelState& state = repo->snapshot()->at("m");
+  ASSERT_EQ(state.failures.count(2), 1u);
+  EXPECT_THAT(state.failures.at(2).error, HasSubstr("RESOURCE_EXHAUSTED"));
+  EXPECT_THAT(state.failures.at(2).error, HasSubstr("bytes (--max_model_bytes)"));
+  EXPECT_THAT(state.failures.at(2).error, ::testing::Not(HasSubstr(root_.string())));
+  EXPECT_OK(repo->Find("m", 0).status());
+  // The default budget is half the memory: the same version loads there.
+  auto unbounded = Open();
+  EXPECT_GT(unbounded->max_model_bytes(), uint64_t{4} << 20);
+  EXPECT_THAT(Versions(*unbounded, "m"), ::testing::ElementsAre(2));
+}
+
+// Overwrites `path` with `contents` of the same size and gives it back its
+// modification time: the version's fingerprint (names, sizes, times) does
+// not change, as with a transient read error or a permission fixed in place.
+void ReplaceUnseen(const fs::path& path, const std::string& contents) {
+  struct stat st;
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  ASSERT_EQ(static_cast<size_t>(st.st_size), contents.size());
+  std::ofstream(path, std::ios::binary | std::ios::trunc)
+      .write(contents.data(), static_cast<std::streamsize>(contents.size()));
+  const struct timespec times[2] = {st.st_atim, st.st_mtim};
+  ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), times, 0), 0);
+}
+
+std::string Contents(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// A version failed, then was fixed without its files changing name, size
+// or time (chmod, a transient I/O error): it stayed failed until its files
+// changed, even through LoadModel. LoadModel now always tries it again.
+TEST_F(ModelRepositoryTest, LoadModelRetriesAFailedVersionWhoseFilesLookUnchanged) {
+  Publish("m", 1);
+  Publish("m", 2);
+  const fs::path file = root_ / "m" / "2" / kModelFile;
+  const std::string good = Contents(file);
+  ReplaceUnseen(file, std::string(good.size(), 'x'));
+  auto repo = OpenWith([](ModelRepository::Options& o) {
+    o.failed_retry_initial = std::chrono::hours(1);  // rescans never retry it here
+  });
+  EXPECT_THAT(Versions(*repo, "m"), ::testing::ElementsAre(1));
+  ASSERT_EQ(repo->snapshot()->at("m").failures.count(2), 1u);
+  ReplaceUnseen(file, good);  // fixed in place
+  repo->Rescan();
+  EXPECT_THAT(Versions(*repo, "m"), ::testing::ElementsAre(1)) << "retried before its back-off";
+  ASSERT_OK_AND_ASSIGN(ModelState state, repo->LoadModel("m"));
+  EXPECT_THAT(Versions(*repo, "m"), ::testing::ElementsAre(2));
+  EXPECT_TRUE(state.failures.empty());
+  if (::geteuid() != 0) {  // permissions do not stop root
+    Publish("m", 3);
+    fs::permissions(root_ / "m" / "3" / kModelFile, fs::perms::none);
+    EXPECT_FALSE(repo->LoadModel("m").ok() && Versions(*repo, "m") == std::vector<int64_t>{3});
+    fs::permissions(root_ / "m" / "3" / kModelFile, fs::perms::owner_read);
+    EXPECT_OK(repo->LoadModel("m").status());
+    EXPECT_THAT(Versions(*repo, "m"), ::testing::ElementsAre(3));
+  }
+}
+
+// A failed version whose directory was deleted stayed listed (a rescan
+// published only when it logged something).
+TEST_F(ModelRepositoryTest, AFailedVersionWhoseDirectoryIsRemovedIsNoLongerListed) {
+  Publish("m", 1);
+  PublishCorrupt("m", 2);
+  auto repo = Open();
+  ASSERT_EQ(repo->snapshot()->at("m").failures.count(2), 1u);
+  const int publishes = publishes_;
+  fs::remove_all(root_ / "m" / "2");
+  repo->Rescan();
+  EXPECT_TRUE(repo->snapshot()->at("m").failures.empty());
+  EXPECT_EQ(publishes_, publishes + 1);
+  EXPECT_THAT(Versions(*repo, "m"), ::testing::ElementsAre(1));
+  // A model with nothing but that failed version goes from the listing.
+  PublishCorrupt("only_bad", 1);
+  repo->Rescan();
+  ASSERT_EQ(repo->snapshot()->count("only_bad"), 1u);
+  fs::remove_all(root_ / "only_bad" / "1");
+  repo->Rescan();
+  EXPECT_EQ(repo->snapshot()->count("only_bad"), 0u);
+}
+
+// Under polling a failed version with unchanged files is tried again after
+// a back-off that doubles, not on every poll, and logged once per error.
+TEST_F(ModelRepositoryTest, UnderPollingAFailedVersionIsRetriedWithBackOffAndLoggedOnce) {
+  Publish("m", 1);
+  Publish("m", 2);
+  const fs::path file = root_ / "m" / "2" / kModelFile;
+  const std::string good = Contents(file);
+  ReplaceUnseen(file, std::string(good.size(), 'x'));
+  std::vector<std::string> errors;
+  auto repo = OpenWith(
+      [](ModelRepository::Options& o) {
+        o.failed_retry_initial = std::chrono::milliseconds(100);
+        o.failed_retry_max = std::chrono::milliseconds(400);
+      },
+      &errors);
+  ASSERT_THAT(errors, ::testing::ElementsAre(HasSubstr("m version 2: model.safetensors")));
+  repo->StartPolling(std::chrono::milliseconds(10));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  // 100 + 200 + 400 + 400 ms: about 4 retries in a second, not 100.
+  const int attempts = repo->snapshot()->at("m").failures.at(2).attempts;
+  EXPECT_GE(attempts, 3);
+  EXPECT_LE(attempts, 6);
+  // Reported at start-up; the retries, failing the same way, say nothing.
+  EXPECT_EQ(LogLinesWith("m version 2 not loaded"), 0);
+  ReplaceUnseen(file, good);
+  for (int i = 0; i < 200 && Versions(*repo, "m") != std::vector<int64_t>{2}; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  repo->StopPolling();
+  EXPECT_THAT(Versions(*repo, "m"), ::testing::ElementsAre(2));
+  EXPECT_TRUE(repo->snapshot()->at("m").failures.empty());
 }
 
 }  // namespace

@@ -75,6 +75,7 @@ absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
                           ? options.workers
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   repository_options.workers = workers;
+  repository_options.max_model_bytes = options.max_model_bytes;
   // Readiness and metrics follow every snapshot. The servers do not exist
   // during the first load; Start() sets their health below.
   SparseServer* s = server.get();

@@ -55,6 +55,9 @@ struct ServerOptions {
   // Rescan the repository this often (new versions, removed ones, changed
   // config.pbtxt); 0 = load once at start.
   double poll_seconds = 0;
+  // Memory budget of one model version in bytes (ModelRepository::Options);
+  // 0 = half of the memory available to the process.
+  uint64_t max_model_bytes = 0;
   // Serve sparse.v1.ModelControl (LoadModel / UnloadModel). With TLS on it
   // needs mutual TLS (tls_client_ca_file), so only clients holding a
   // certificate can change what serves.

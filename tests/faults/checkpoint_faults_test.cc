@@ -536,5 +536,128 @@ TEST(DefaultModelBudgetTest, IsHalfTheMemoryAvailableAtMost) {
   EXPECT_LE(budget, kib * 1024 / 2);
 }
 
+// Runs `f` on another thread; fails (and ends the process, which a hang
+// would otherwise keep for ever) if it takes longer than `limit`.
+void WithinTime(std::chrono::seconds limit, const char* what, std::function<void()> f) {
+  std::packaged_task<void()> task(std::move(f));
+  std::future<void> done = task.get_future();
+  std::thread thread(std::move(task));
+  if (done.wait_for(limit) != std::future_status::ready) {
+    std::fprintf(stderr, "HANG: %s took more than %lld s\n", what,
+                 static_cast<long long>(limit.count()));
+    std::_Exit(1);
+  }
+  thread.join();
+  done.get();
+}
+
+// Every file the server reads (manifest.json, model.safetensors,
+// dense.safetensors, config.pbtxt) replaced by a FIFO with no writer, a
+// symlink to /dev/zero, a character device, a directory, or a symlink to a
+// valid copy outside the repository. Opening a FIFO blocked for ever and
+// /dev/zero grew without bound (config.pbtxt was read with an ifstream
+// under the repository lock, hanging start-up). Each is an error for that
+// version or config alone, at start-up, on a rescan and through LoadModel;
+// the version before it and every other model keep serving.
+TEST_F(CheckpointFaultsTest, SpecialFilesInPlaceOfAnyFileAreErrorsNeverAHang) {
+  const fs::path outside = fs::path(root_.string() + "_outside");
+  fs::remove_all(outside);
+  fs::create_directories(outside);
+  struct Special {
+    const char* name;
+    std::function<void(const fs::path& at, const fs::path& valid_copy)> make;
+  };
+  const std::vector<Special> specials = {
+      {"fifo", [](const fs::path& at, const fs::path&) { ASSERT_EQ(::mkfifo(at.c_str(), 0644), 0); }},
+      {"devzero_link", [](const fs::path& at, const fs::path&) { fs::create_symlink("/dev/zero", at); }},
+      {"chardev",
+       [](const fs::path& at, const fs::path&) {
+         ASSERT_EQ(::mknod(at.c_str(), S_IFCHR | 0644, makedev(1, 5)), 0) << std::strerror(errno);
+       }},
+      {"directory", [](const fs::path& at, const fs::path&) { fs::create_directory(at); }},
+      {"link_outside", [](const fs::path& at, const fs::path& copy) { fs::create_symlink(copy, at); }},
+  };
+  const bool can_mknod = [&] {
+    const fs::path probe = outside / "probe";
+    const bool ok = ::mknod(probe.c_str(), S_IFCHR | 0644, makedev(1, 5)) == 0;
+    fs::remove(probe);
+    return ok;
+  }();
+  const std::vector<std::string> files = {kManifestFile, kModelFile, kDenseFile, "config.pbtxt"};
+  const std::string config = "version_policy { all {} }\n";
+  std::vector<std::string> models;
+  for (const std::string& file : files) {
+    for (const Special& special : specials) {
+      if (std::string(special.name) == "chardev" && !can_mknod) continue;
+      const std::string model = absl::StrCat(special.name, "_", fs::path(file).stem().string());
+      models.push_back(model);
+      Checkpoint c;
+      c.sparse = RandomDsm({.d = 8, .o = 1, .experts = 4, .active_units = 8}, 31);
+      c.dense = RandomDense(8, 32, 1, Activation::kRelu, 32);
+      ASSERT_OK(WriteCheckpoint((root_ / model).string(), 1, c));
+      const fs::path copy = outside / model;
+      fs::create_directories(copy);
+      if (file == "config.pbtxt") {
+        WriteBytes(copy / file, config);
+        special.make(root_ / model / file, copy / file);
+      } else {
+        ASSERT_OK(WriteCheckpoint((root_ / model).string(), 2, c));
+        const fs::path at = root_ / model / "2" / file;
+        fs::copy_file(at, copy / file);
+        fs::remove(at);
+        special.make(at, copy / file);
+      }
+    }
+  }
+  Publish("good", 1);
+  std::vector<std::string> log;
+  ModelRepository::Options options;
+  options.max_batch_rows = 4;
+  options.log = [&log](const std::string& line) { log.push_back(line); };
+  std::unique_ptr<ModelRepository> repo;
+  WithinTime(std::chrono::seconds(60), "start-up", [&] {
+    absl::StatusOr<std::unique_ptr<ModelRepository>> opened =
+        ModelRepository::Open(root_.string(), options, nullptr);
+    ASSERT_OK(opened.status());
+    repo = *std::move(opened);
+  });
+  ASSERT_NE(repo, nullptr);
+  auto check = [&](const char* when) {
+    SCOPED_TRACE(when);
+    const auto snapshot = repo->snapshot();
+    ASSERT_EQ(snapshot->count("good"), 1u);
+    EXPECT_THAT(snapshot->at("good").versions, ::testing::SizeIs(1));
+    for (const std::string& model : models) {
+      SCOPED_TRACE(model);
+      ASSERT_EQ(snapshot->count(model), 1u);
+      const ModelState& state = snapshot->at(model);
+      ASSERT_EQ(state.versions.count(1), 1u) << "version 1 stopped serving";
+      EXPECT_EQ(state.versions.count(2), 0u);
+      std::string error;
+      if (absl::EndsWith(model, "_config")) {
+        error = state.config_error;
+        EXPECT_FALSE(state.config.version_policy().has_all()) << "a special file was read";
+      } else {
+        ASSERT_EQ(state.failures.count(2), 1u);
+        error = state.failures.at(2).error;
+      }
+      EXPECT_THAT(error, AnyOf(HasSubstr("is not a regular file"),
+                               HasSubstr("leads outside the model repository")));
+      EXPECT_THAT(error, Not(HasSubstr(root_.string())));
+    }
+  };
+  check("at start-up");
+  WithinTime(std::chrono::seconds(60), "a rescan", [&] { repo->Rescan(); });
+  check("after a rescan");
+  WithinTime(std::chrono::seconds(60), "LoadModel", [&] {
+    for (const std::string& model : models) (void)repo->LoadModel(model);
+  });
+  check("after LoadModel");
+  std::printf("  %zu special-file cases\n", models.size());
+  EXPECT_EQ(models.size(), can_mknod ? 20u : 16u);
+  repo.reset();
+  fs::remove_all(outside);
+}
+
 }  // namespace
 }  // namespace sparse
