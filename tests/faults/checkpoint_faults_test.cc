@@ -12,6 +12,7 @@
 // Each is an error for that version (or config) alone: the process neither
 // crashes nor hangs, and every other model keeps serving.
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -534,6 +535,73 @@ TEST(DefaultModelBudgetTest, IsHalfTheMemoryAvailableAtMost) {
   ASSERT_EQ(key, "MemTotal:");
   EXPECT_GT(budget, 0u);
   EXPECT_LE(budget, kib * 1024 / 2);
+}
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kSanitized = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || \
+    __has_feature(memory_sanitizer)
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+#else
+constexpr bool kSanitized = false;
+#endif
+
+// Bytes of address space the process uses now (VmSize).
+uint64_t AddressSpaceBytes() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmSize:", 0) == 0) return std::stoull(line.substr(7)) * 1024;
+  }
+  return 0;
+}
+
+// The budget is the first line of defence; this is the net under it. With
+// the budget out of the way and the address space capped, a model whose
+// warm-up needs more memory than there is (a 2^20-unit network on one
+// input: 128 rows x 2^20 floats of activations) fails that version with
+// RESOURCE_EXHAUSTED, and the process and its other models go on.
+TEST_F(CheckpointFaultsTest, RunningOutOfMemoryWhileLoadingFailsTheVersionNotTheProcess) {
+  if (kSanitized) GTEST_SKIP() << "sanitizers reserve address space an rlimit would cut";
+  constexpr int64_t kWidth = 1 << 20;
+  Checkpoint wide;
+  wide.sparse = RandomDsm({.d = 1, .o = 1, .blocks = 1, .active_units = 1,
+                           .router = RouterKind::kTopk, .topk_block_units = kWidth},
+                          5);
+  ASSERT_OK(WriteCheckpoint((root_ / "wide").string(), 1, wide));
+  Checkpoint small;
+  small.sparse = RandomDsm({.d = 8, .o = 1, .experts = 4, .active_units = 8}, 6);
+  ASSERT_OK(WriteCheckpoint((root_ / "small").string(), 1, small));
+  ::testing::FLAGS_gtest_death_test_style = "threadsafe";
+  // In a child process: the address-space cap must not outlive the test.
+  auto child = [this] {
+    ModelRepository::Options options;
+    options.max_batch_rows = 128;
+    options.max_model_bytes = uint64_t{1} << 60;  // no budget: only the net
+    options.log = [](const std::string&) {};
+    const uint64_t cap = AddressSpaceBytes() + (uint64_t{384} << 20);
+    rlimit limit;
+    limit.rlim_cur = cap;
+    limit.rlim_max = cap;
+    if (::setrlimit(RLIMIT_AS, &limit) != 0) std::_Exit(3);
+    std::vector<std::string> errors;
+    absl::StatusOr<std::unique_ptr<ModelRepository>> repo =
+        ModelRepository::Open(root_.string(), options, &errors);
+    if (!repo.ok()) std::_Exit(4);
+    const auto snapshot = (*repo)->snapshot();
+    const bool small_serves =
+        snapshot->count("small") > 0 && !snapshot->at("small").versions.empty();
+    const bool wide_failed =
+        snapshot->count("wide") > 0 && snapshot->at("wide").failures.count(1) > 0 &&
+        absl::StrContains(snapshot->at("wide").failures.at(1).error, "RESOURCE_EXHAUSTED");
+    for (const std::string& e : errors) std::fprintf(stderr, "%s\n", e.c_str());
+    std::_Exit(small_serves && wide_failed ? 0 : 5);
+  };
+  EXPECT_EXIT(child(), ::testing::ExitedWithCode(0), "RESOURCE_EXHAUSTED");
 }
 
 // Runs `f` on another thread; fails (and ends the process, which a hang
