@@ -108,6 +108,29 @@ with tempfile.TemporaryDirectory() as tmp:
     for name, message in oips.items():
         write("request_fuzz", name, b"\x01" + message.SerializeToString())
 
+    # request_fuzz's batched mode (first byte with bit 2 set): several
+    # requests, each with its own first byte, queued together so they run as
+    # dynamic batches; good ones beside a NaN, an overflow and a bad shape.
+    big = [3e38, 3e38, -3e38, 3e38]
+    batches = {
+        "batch_good": [(0, pb.PredictRequest(model="dsm", rows=1, inputs=x)),
+                       (0, pb.PredictRequest(model="dsm", rows=2, inputs=x + x)),
+                       (2, pb.PredictRequest(model="dsm", rows=1, inputs=x)),
+                       (1, infer("dsm", 1))],
+        "batch_mixed": [(0, pb.PredictRequest(model="dsm", rows=2, inputs=x + x)),
+                        (0, pb.PredictRequest(model="dsm", rows=2, inputs=x + big)),
+                        (0, pb.PredictRequest(model="dsm", rows=1, inputs=[float("nan")] + x[1:])),
+                        (0, pb.PredictRequest(model="dsm", rows=1, inputs=x[:3])),
+                        (0, pb.PredictRequest(model="dsm", rows=1, inputs=x))],
+        "batch_lsh": [(0, pb.PredictRequest(model="lsh", rows=1, inputs=x, return_route=True)),
+                      (0, pb.PredictRequest(model="lsh", rows=1, inputs=big)),
+                      (2, pb.PredictRequest(model="lsh", rows=3, inputs=x * 3)),
+                      (2, pb.PredictRequest(model="lsh", rows=1, inputs=big))],
+    }
+    for name, parts in batches.items():
+        write("request_fuzz", name,
+              b"\x04" + SEP.join(bytes([mode]) + m.SerializeToString() for mode, m in parts))
+
 for target in sorted(os.listdir(corpus)):
     files = os.listdir(os.path.join(corpus, target))
     print("%s: %d seeds" % (target, len(files)))

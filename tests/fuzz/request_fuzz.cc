@@ -2,12 +2,28 @@
 // (first byte even) or an inference.ModelInferRequest (odd), is admitted and
 // run by the same InferenceService::Run the gRPC services call, against a
 // repository of small real models (an LSH table and a DSM, each with its
-// dense twin). Every request must be answered exactly once, with OK and
-// finite outputs of the right size, or with an error; never a crash.
+// dense twin, both with dynamic batching on). Every request must be answered
+// exactly once, with OK and finite outputs of the right size, or with an
+// error; never a crash.
+//
+// First byte with bit 2 set: the batched mode. The rest is up to 8 requests
+// separated by "\n--8<--\n", each with its own first byte as above. Each is
+// first run alone, inline; then all of them are queued at once behind a
+// blocked worker, so they run as dynamic batches (per model and path), and
+// each must get what it got alone: a request that succeeded alone (outputs
+// well below overflow) must succeed in the batch, with the same FLOPs and,
+// for moderate inputs, the same outputs; one that failed must fail with the
+// same code. A bad request never fails the requests batched with it.
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <memory>
+#include <vector>
+
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 
 #include "inference/grpc_service.pb.h"
 #include "model_store/checkpoint.h"
@@ -26,7 +42,9 @@ using sparse::v1::PredictResponse;
 struct World {
   std::unique_ptr<sparse::ModelRepository> repository;
   std::unique_ptr<sparse::WorkerPool> pool;
-  std::unique_ptr<sparse::InferenceService> service;
+  std::unique_ptr<sparse::InferenceService> service;  // every request inline
+  std::unique_ptr<sparse::WorkerPool> batch_pool;
+  std::unique_ptr<sparse::InferenceService> queued;  // every request queued
 };
 
 World* MakeWorld() {
@@ -42,6 +60,10 @@ World* MakeWorld() {
         !sparse::WriteCheckpoint(root + "/dsm", 1, dsm).ok()) {
       __builtin_trap();
     }
+    for (const char* model : {"lsh", "dsm"}) {
+      std::ofstream(root + "/" + model + "/config.pbtxt")
+          << "dynamic_batching { max_batch_rows: 64 max_queue_size: 16 }\n";
+    }
   }
   auto* world = new World;
   sparse::ModelRepository::Options options;
@@ -55,7 +77,125 @@ World* MakeWorld() {
       sparse::InferenceService::Options{.max_batch_rows = 64,
                                         .inline_max_flops = int64_t{1} << 40,
                                         .metrics = nullptr});
+  world->batch_pool = std::make_unique<sparse::WorkerPool>(1, 16);
+  world->queued = std::make_unique<sparse::InferenceService>(
+      world->repository.get(), world->batch_pool.get(),
+      sparse::InferenceService::Options{.max_batch_rows = 64, .inline_max_flops = 0,
+                                        .metrics = nullptr});
   return world;
+}
+
+// Decodes one request (first byte: even native, odd OIP; bit 1 dense for
+// native). False if the bytes are not a request the server would be given.
+bool Decode(const World& world, absl::string_view bytes, PredictRequest* request, bool* dense) {
+  if (bytes.empty()) return false;
+  const uint8_t mode = static_cast<uint8_t>(bytes[0]);
+  bytes.remove_prefix(1);
+  if (mode % 2 == 0) {
+    if (!request->ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) return false;
+    *dense = (mode & 2) != 0;
+    return true;
+  }
+  inference::ModelInferRequest infer;
+  if (!infer.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) return false;
+  absl::StatusOr<bool> translated = sparse::TranslateModelInfer(*world.repository, infer, request);
+  if (!translated.ok()) return false;
+  *dense = *translated;
+  return true;
+}
+
+void CheckAnswer(const grpc::Status& status, const PredictResponse& response) {
+  if (!status.ok()) return;
+  if (response.outputs_size() != response.rows() * response.output_dim()) __builtin_trap();
+  for (float v : response.outputs()) {
+    if (!std::isfinite(v)) __builtin_trap();
+  }
+}
+
+struct Answer {
+  PredictResponse response;
+  grpc::Status status;
+  int answers = 0;
+};
+
+void Batched(World& world, absl::string_view input) {
+  std::vector<absl::string_view> parts = absl::StrSplit(input, "\n--8<--\n");
+  if (parts.size() > 8) parts.resize(8);
+  struct Item {
+    PredictRequest request;
+    bool dense = false;
+    Answer alone, batched;
+  };
+  std::vector<Item> items;
+  items.reserve(parts.size());
+  for (absl::string_view part : parts) {
+    Item item;
+    if (Decode(world, part, &item.request, &item.dense)) items.push_back(std::move(item));
+  }
+  if (items.empty()) return;
+  for (Item& item : items) {
+    world.service->Run(nullptr, &item.request, &item.alone.response, item.dense,
+                       [&item](grpc::Status s) {
+                         item.alone.status = std::move(s);
+                         ++item.alone.answers;
+                       });
+    if (item.alone.answers != 1) __builtin_trap();
+    CheckAnswer(item.alone.status, item.alone.response);
+  }
+  // Hold the one worker so every request is queued before any batch forms.
+  // Shared: the worker may still be leaving the wait after this returns.
+  auto held = std::make_shared<absl::Notification>();
+  auto release = std::make_shared<absl::Notification>();
+  if (!world.batch_pool->Submit([held, release] {
+        held->Notify();
+        release->WaitForNotification();
+      })) {
+    __builtin_trap();
+  }
+  held->WaitForNotification();
+  absl::Mutex mu;
+  int pending = static_cast<int>(items.size());
+  for (Item& item : items) {
+    world.queued->Run(nullptr, &item.request, &item.batched.response, item.dense,
+                      [&item, &mu, &pending](grpc::Status s) {
+                        absl::MutexLock lock(&mu);
+                        item.batched.status = std::move(s);
+                        ++item.batched.answers;
+                        --pending;
+                      });
+  }
+  release->Notify();
+  {
+    absl::MutexLock lock(&mu);
+    mu.Await(absl::Condition(+[](int* p) { return *p == 0; }, &pending));
+  }
+  for (const Item& item : items) {
+    if (item.batched.answers != 1) __builtin_trap();
+    CheckAnswer(item.batched.status, item.batched.response);
+    const Answer &a = item.alone, &b = item.batched;
+    float largest_output = 0, largest_input = 0;
+    for (float v : a.response.outputs()) largest_output = std::max(largest_output, std::fabs(v));
+    for (float v : item.request.inputs()) largest_input = std::max(largest_input, std::fabs(v));
+    if (a.status.ok() && largest_output < 1e30f) {
+      // Isolation: what succeeded alone succeeds beside any other requests.
+      if (!b.status.ok()) __builtin_trap();
+      if (b.response.cost().flops() != a.response.cost().flops()) __builtin_trap();
+      if (largest_input <= 1e3f) {
+        for (int i = 0; i < a.response.outputs_size(); ++i) {
+          const float x = a.response.outputs(i), y = b.response.outputs(i);
+          if (std::fabs(x - y) > 1e-3f * (1 + std::fabs(x)) * (1 + largest_input)) __builtin_trap();
+        }
+      }
+    }
+    // A request that failed alone fails in a batch with the same code
+    // (shape, NaN, unknown model, an output that overflows); only an output
+    // at the edge of overflow may come out finite from another kernel.
+    const bool overflowed = a.status.error_message().find("too large") != std::string::npos;
+    if (!a.status.ok() && b.status.error_code() != a.status.error_code() &&
+        !(overflowed && b.status.ok())) {
+      __builtin_trap();
+    }
+  }
 }
 
 }  // namespace
@@ -63,18 +203,14 @@ World* MakeWorld() {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static World* world = MakeWorld();
   if (size < 1) return 0;
+  const absl::string_view input(reinterpret_cast<const char*>(data), size);
+  if ((data[0] & 4) != 0) {
+    Batched(*world, input.substr(1));
+    return 0;
+  }
   PredictRequest request;
   bool dense = false;
-  if (data[0] % 2 == 0) {
-    if (!request.ParseFromArray(data + 1, static_cast<int>(size - 1))) return 0;
-    dense = (data[0] & 2) != 0;
-  } else {
-    inference::ModelInferRequest infer;
-    if (!infer.ParseFromArray(data + 1, static_cast<int>(size - 1))) return 0;
-    absl::StatusOr<bool> translated = sparse::TranslateModelInfer(*world->repository, infer, &request);
-    if (!translated.ok()) return 0;
-    dense = *translated;
-  }
+  if (!Decode(*world, input, &request, &dense)) return 0;
   PredictResponse response;
   int answers = 0;
   grpc::Status status;
@@ -83,11 +219,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     ++answers;
   });
   if (answers != 1) __builtin_trap();
-  if (status.ok()) {
-    if (response.outputs_size() != response.rows() * response.output_dim()) __builtin_trap();
-    for (float v : response.outputs()) {
-      if (!std::isfinite(v)) __builtin_trap();
-    }
-  }
+  CheckAnswer(status, response);
   return 0;
 }
