@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/client_text.h"
 #include "engine/matmul_kernel.h"
 #include "model_store/file_util.h"
 #include "google/protobuf/io/tokenizer.h"
@@ -574,7 +575,8 @@ absl::StatusOr<ModelState> ModelRepository::LoadModel(absl::string_view model) {
   absl::MutexLock lock(&load_mu_);
   std::error_code ec;
   if (!fs::is_directory(fs::path(root_) / name, ec)) {
-    return absl::NotFoundError(absl::StrCat("the repository has no model directory '", name, "'"));
+    return absl::NotFoundError(
+        absl::StrCat("the repository has no model directory '", ClientText(name), "'"));
   }
   const std::shared_ptr<const RepositorySnapshot> current = snapshot();
   auto previous = current->find(name);
@@ -602,7 +604,7 @@ absl::Status ModelRepository::UnloadModel(absl::string_view model) {
   absl::MutexLock lock(&load_mu_);
   const std::shared_ptr<const RepositorySnapshot> current = snapshot();
   if (current->count(std::string(model)) == 0) {
-    return absl::NotFoundError(absl::StrCat("model '", model, "' is not loaded"));
+    return absl::NotFoundError(absl::StrCat("model '", ClientText(model), "' is not loaded"));
   }
   auto next = std::make_shared<RepositorySnapshot>(*current);
   next->erase(std::string(model));
@@ -648,22 +650,23 @@ absl::StatusOr<std::shared_ptr<const Servable>> ModelRepository::Find(absl::stri
   if (it == snapshot_->end()) {
     std::vector<std::string> names;
     for (const auto& [name, unused] : *snapshot_) names.push_back(name);
-    return absl::NotFoundError(absl::StrCat("model '", model, "' is not loaded (loaded: ",
-                                            names.empty() ? "none" : absl::StrJoin(names, ", "),
-                                            ")"));
+    return absl::NotFoundError(absl::StrCat(
+        "model '", ClientText(model), "' is not loaded (loaded: ",
+        names.empty() ? "none" : ClientText(absl::StrJoin(names, ", "), 512), ")"));
   }
   const ModelState::Versions& versions = it->second.versions;
   if (versions.empty()) {
     return absl::UnavailableError(absl::StrCat(
-        "model '", model, "' has no version that loads (GetModel lists why)"));
+        "model '", ClientText(model), "' has no version that loads (GetModel lists why)"));
   }
   if (version == 0) return versions.rbegin()->second;
   auto v = versions.find(version);
   if (v == versions.end()) {
     std::vector<int64_t> loaded;
     for (const auto& [number, unused] : versions) loaded.push_back(number);
-    return absl::NotFoundError(absl::StrCat("model '", model, "' has no version ", version,
-                                            " (loaded: ", absl::StrJoin(loaded, ", "), ")"));
+    return absl::NotFoundError(absl::StrCat("model '", ClientText(model), "' has no version ",
+                                            version, " (loaded: ",
+                                            ClientText(absl::StrJoin(loaded, ", "), 512), ")"));
   }
   return v->second;
 }
