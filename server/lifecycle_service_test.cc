@@ -14,6 +14,7 @@
 #include "model_store/checkpoint.h"
 #include "server/server.h"
 #include "sparse/v1/inference.grpc.pb.h"
+#include "tests/testing/local_server.h"
 #include "tests/testing/matchers.h"
 #include "tests/testing/random_models.h"
 
@@ -44,16 +45,13 @@ class LifecycleServiceTest : public ::testing::Test {
         << "dynamic_batching { max_batch_rows: 64 max_queue_delay_us: 20000 }\n";
     ServerOptions options;
     options.model_repository = root_.string();
-    options.address = "127.0.0.1";
-    options.port = 0;
     options.workers = 2;
     options.inline_max_flops = 0;  // every request goes to the batcher
     options.model_control = true;
-    absl::StatusOr<std::unique_ptr<SparseServer>> server = SparseServer::Start(options, nullptr);
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
-    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(server_->port()),
-                                   grpc::InsecureChannelCredentials());
+    absl::StatusOr<testing::LocalServer> local = testing::StartLocalServer(options);
+    ASSERT_TRUE(local.ok()) << local.status();
+    server_ = std::move(local->server);
+    channel_ = std::move(local->channel);
   }
   void TearDown() override {
     server_.reset();
