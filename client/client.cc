@@ -89,6 +89,25 @@ absl::StatusOr<int64_t> SparseClient::Echo(const std::string& payload) {
   return ns;
 }
 
+SparseClient::~SparseClient() {
+  // A caller that waited for every `done` may still race the end of a
+  // callback (freeing its context) with tearing down the channel and, at
+  // exit, gRPC itself: sparse-cli bench crashed in a gRPC thread that way.
+  absl::MutexLock lock(&async_mu_);
+  async_mu_.Await(absl::Condition(
+      +[](int64_t* n) { return *n == 0; }, &async_in_flight_));
+}
+
+void SparseClient::AsyncStarted() {
+  absl::MutexLock lock(&async_mu_);
+  ++async_in_flight_;
+}
+
+void SparseClient::AsyncFinished() {
+  absl::MutexLock lock(&async_mu_);
+  --async_in_flight_;
+}
+
 void SparseClient::PredictAsync(
     const sparse::v1::PredictRequest* request, bool dense,
     std::function<void(absl::Status, const sparse::v1::PredictResponse&)> done) {
@@ -100,9 +119,11 @@ void SparseClient::PredictAsync(
   auto* state = new State;
   state->done = std::move(done);
   state->context.set_deadline(std::chrono::system_clock::now() + timeout_);
+  AsyncStarted();
   auto finish = [this, state](grpc::Status s) {
     state->done(FromGrpc(s, target_), state->response);
     delete state;
+    AsyncFinished();
   };
   if (dense) {
     stub_->async()->PredictDense(&state->context, request, &state->response, std::move(finish));
@@ -121,9 +142,11 @@ void SparseClient::EchoAsync(const sparse::v1::EchoRequest* request,
   auto* state = new State;
   state->done = std::move(done);
   state->context.set_deadline(std::chrono::system_clock::now() + timeout_);
+  AsyncStarted();
   stub_->async()->Echo(&state->context, request, &state->response, [this, state](grpc::Status s) {
     state->done(FromGrpc(s, target_));
     delete state;
+    AsyncFinished();
   });
 }
 

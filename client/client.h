@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/channel.h"
 #include "sparse/v1/inference.grpc.pb.h"
@@ -49,9 +50,13 @@ class SparseClient {
   // Echo: the serving path without a model (see the proto); returns the
   // client-measured round trip in nanoseconds.
   absl::StatusOr<int64_t> Echo(const std::string& payload);
+  // Waits until every asynchronous call's callback has finished.
+  ~SparseClient();
+
   // Asynchronous Predict (or PredictDense) and Echo on gRPC's callback API:
   // `done` runs on a gRPC thread when the call ends, with the call's status
   // and the response (empty on error). `request` must stay alive until then.
+  // The client must outlive the calls; its destructor waits for them.
   void PredictAsync(const sparse::v1::PredictRequest* request, bool dense,
                     std::function<void(absl::Status, const sparse::v1::PredictResponse&)> done);
   void EchoAsync(const sparse::v1::EchoRequest* request, std::function<void(absl::Status)> done);
@@ -67,8 +72,15 @@ class SparseClient {
   SparseClient(const std::string& target, std::chrono::milliseconds timeout,
                std::shared_ptr<grpc::Channel> channel);
 
+  // Counts an asynchronous call from its start until its callback has
+  // freed everything it owns, as the callback's last step.
+  void AsyncStarted();
+  void AsyncFinished();
+
   std::string target_;
   std::chrono::milliseconds timeout_;
+  absl::Mutex async_mu_;
+  int64_t async_in_flight_ ABSL_GUARDED_BY(async_mu_) = 0;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<sparse::v1::SparseInference::Stub> stub_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
