@@ -294,8 +294,8 @@ def scenario_bad_input(busy, repo):
     # callback API alone would answer UNIMPLEMENTED with no message.
     for method in ("/sparse.v1.SparseInference/Predict", "/sparse.v1.SparseInference/GetModel",
                    "/inference.GRPCInferenceService/ModelInfer"):
+        call = busy.channel.unary_unary(method)  # bytes in, bytes out
         for body in (b"\x0a\x64abc", b"\xff" * 6, pb.PredictRequest(model="w", rows=1).SerializeToString()[:-1]):
-            call = busy.channel.unary_unary(method)  # bytes in, bytes out
             try:
                 call(body, timeout=10)
                 code, details = grpc.StatusCode.OK, ""
