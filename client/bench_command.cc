@@ -17,7 +17,7 @@
 #include "absl/strings/strip.h"
 #include "client/client.h"
 #include "client/svg_plot.h"
-#include "engine/status_macros.h"  // header-only macros
+#include "common/status_macros.h"  // header-only macros
 #include "nlohmann/json.hpp"
 
 namespace sparse {

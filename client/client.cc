@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/pem.h"
-#include "engine/status_macros.h"  // header-only macros
+#include "common/status_macros.h"  // header-only macros
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"

@@ -35,7 +35,7 @@
 #include "client/bench_command.h"
 #include "client/client.h"
 #include "common/command_line.h"
-#include "engine/status_macros.h"  // header-only macros
+#include "common/status_macros.h"  // header-only macros
 #include "google/protobuf/util/json_util.h"
 
 ABSL_FLAG(std::string, target, "localhost:8500", "sparse-server address, host:port.");

@@ -5,7 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/hashing.h"
-#include "engine/status_macros.h"
+#include "common/status_macros.h"
 #include "engine/workspace.h"
 
 namespace sparse {

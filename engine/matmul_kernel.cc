@@ -15,7 +15,7 @@
 #include "absl/synchronization/mutex.h"
 
 #include "absl/strings/str_cat.h"
-#include "engine/status_macros.h"
+#include "common/status_macros.h"
 #include "engine/workspace.h"
 
 namespace sparse {

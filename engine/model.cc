@@ -5,7 +5,7 @@
 #include <cstdint>
 
 #include "absl/strings/str_cat.h"
-#include "engine/status_macros.h"
+#include "common/status_macros.h"
 
 namespace sparse {
 
@@ -66,9 +66,12 @@ absl::Status CheckOutputs(absl::Span<const float> y, int64_t output_dim) {
   return absl::OkStatus();
 }
 
-absl::Status Model::PredictRows(absl::Span<const float> x, int64_t rows, absl::Span<float> y,
-                                PredictStats* stats, Route* route) const {
-  RETURN_IF_ERROR(ValidateBatch(x, rows, info_.input_dim));
+absl::Status Model::PredictAdmitted(absl::Span<const float> x, int64_t rows, absl::Span<float> y,
+                                    PredictStats* stats, Route* route) const {
+  if (rows < 1 || static_cast<int64_t>(x.size()) != rows * info_.input_dim) {
+    return absl::InvalidArgumentError(absl::StrCat("input has ", x.size(), " values, expected rows x d = ",
+                                                   rows, " x ", info_.input_dim));
+  }
   if (static_cast<int64_t>(y.size()) / info_.output_dim != rows ||
       static_cast<int64_t>(y.size()) % info_.output_dim != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -80,7 +83,8 @@ absl::Status Model::PredictRows(absl::Span<const float> x, int64_t rows, absl::S
 
 absl::Status Model::Predict(absl::Span<const float> x, int64_t rows, absl::Span<float> y,
                             PredictStats* stats, Route* route) const {
-  RETURN_IF_ERROR(PredictRows(x, rows, y, stats, route));
+  RETURN_IF_ERROR(ValidateBatch(x, rows, info_.input_dim));
+  RETURN_IF_ERROR(PredictAdmitted(x, rows, y, stats, route));
   return CheckOutputs(y, info_.output_dim);
 }
 

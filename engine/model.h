@@ -75,13 +75,16 @@ class Model {
   absl::Status Predict(absl::Span<const float> x, int64_t rows, absl::Span<float> y,
                        PredictStats* stats, Route* route) const;
 
-  // Predict() for a batch of several requests' rows (dynamic batching): an
-  // output that overflows is not an error here, since it belongs to one
-  // request only. Each row's outputs depend on that row alone, so the
-  // caller checks each request's own rows with CheckOutputs() and fails
-  // only the requests whose rows overflowed. Input errors as Predict().
-  absl::Status PredictRows(absl::Span<const float> x, int64_t rows, absl::Span<float> y,
-                           PredictStats* stats, Route* route) const;
+  // Predict() for rows the caller has already admitted (the serving core
+  // checks every input with ValidateBatch() once, when a request arrives):
+  // sizes are checked, values are not. An output that overflows is not an
+  // error here either, since in a batch of several requests' rows it belongs
+  // to one request only: each row's outputs depend on that row alone, so the
+  // caller checks each request's own rows with CheckOutputs() and fails only
+  // the requests whose rows overflowed.
+  // REQUIRES: every value of x is finite.
+  absl::Status PredictAdmitted(absl::Span<const float> x, int64_t rows, absl::Span<float> y,
+                               PredictStats* stats, Route* route) const;
 
  protected:
   explicit Model(ModelInfo info) : info_(std::move(info)) {}

@@ -23,7 +23,7 @@
 #include "absl/strings/ascii.h"
 #include "engine/dsm_model.h"
 #include "engine/lsh_table_model.h"
-#include "engine/status_macros.h"
+#include "common/status_macros.h"
 #include "model_store/file_util.h"
 #include "model_store/json_util.h"
 #include "model_store/safetensors.h"

@@ -12,7 +12,7 @@
 #include "gtest/gtest.h"
 #include "engine/dsm_model.h"
 #include "engine/lsh_table_model.h"
-#include "engine/status_macros.h"
+#include "common/status_macros.h"
 #include "model_store/file_util.h"
 #include "nlohmann/json.hpp"
 #include "tests/testing/matchers.h"

@@ -19,7 +19,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "common/command_line.h"
-#include "engine/status_macros.h"
+#include "common/status_macros.h"
 #include "model_store/checkpoint.h"
 #include "model_store/dataset.h"
 #include "model_store/trainer.h"

@@ -12,7 +12,7 @@
 #include "engine/dense_model.h"
 #include "engine/dsm_model.h"
 #include "engine/lsh_table_model.h"
-#include "engine/status_macros.h"
+#include "common/status_macros.h"
 #include "model_store/linear_algebra.h"
 
 namespace sparse {

@@ -1,28 +1,21 @@
-// InferenceService: sparse.v1.SparseInference on gRPC's callback API.
+// InferenceService: sparse.v1.SparseInference on gRPC's callback API, a
+// frontend over the serving core (server/core/inference_core.h).
 //
-// Predict / PredictDense look up the model and check the request's shape and
-// every input value on the gRPC thread (so a bad request gets its own code,
-// never occupies the queue and is never batched with others). A request whose cost is at most `inline_max_flops` (an LSH table,
-// a small expert slice: a few microseconds) then runs right there, as a bare
-// gRPC handler would answer: handing it to a worker would cost more than the
-// model (a thread wake-up and two cache-cold cores, ~30 us measured, see
-// docs/benchmarks.md). Anything dearer goes to the WorkerPool, whose worker
-// runs the model and finishes the call, so a gRPC thread never blocks on a
-// big GEMV. Queue, route and compute time are measured per request and
-// returned in Cost. Thread-safe; the repository and pool must outlive the
-// service.
+// Predict / PredictDense translate the request into the core's InferRequest
+// (the inputs are not copied), hand it to InferenceCore::Infer, and translate
+// the answer back; the core admits it, runs it inline or on a worker, and
+// measures its cost. The model listing reads the repository's snapshot.
+// Thread-safe; the repository and the core must outlive the service.
 #ifndef SPARSE_SERVER_INFERENCE_SERVICE_H_
 #define SPARSE_SERVER_INFERENCE_SERVICE_H_
 
-#include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <functional>
 
 #include "absl/status/status.h"
-#include "server/metrics.h"
-#include "server/model_repository.h"
-#include "server/worker_pool.h"
+#include "server/core/inference_core.h"
+#include "server/core/worker_pool.h"
+#include "model_store/model_repository.h"
 #include "sparse/v1/inference.grpc.pb.h"
 
 namespace sparse {
@@ -37,16 +30,15 @@ using SparseInferenceRawService = sparse::v1::SparseInference::WithRawCallbackMe
                     sparse::v1::SparseInference::WithRawCallbackMethod_GetServerStats<
                         sparse::v1::SparseInference::Service>>>>>>;
 
+// The core's request for a PredictRequest (its inputs not copied: `request`
+// must outlive the returned value).
+InferRequest ToInferRequest(const sparse::v1::PredictRequest& request, bool dense);
+// The PredictResponse for the core's answer.
+void ToPredictResponse(const InferResponse& answer, sparse::v1::PredictResponse* response);
+
 class InferenceService final : public SparseInferenceRawService {
  public:
-  struct Options {
-    int64_t max_batch_rows = 1024;  // larger batches are INVALID_ARGUMENT
-    // Requests costing at most this many FLOPs (rows x FLOPs per row of the
-    // path asked for) run on the gRPC thread; 0 queues every request.
-    int64_t inline_max_flops = 262144;
-    ServerMetrics* metrics = nullptr;  // counts every answered request; may be null
-  };
-  InferenceService(const ModelRepository* repository, WorkerPool* pool, const Options& options);
+  InferenceService(const ModelRepository* repository, InferenceCore* core);
 
   // sparse.v1.SparseInference; each body is parsed as the method's request.
   grpc::ServerUnaryReactor* Predict(grpc::CallbackServerContext* context,
@@ -68,39 +60,20 @@ class InferenceService final : public SparseInferenceRawService {
                                            const grpc::ByteBuffer* request,
                                            grpc::ByteBuffer* response) override;
 
-  // The path behind Predict / PredictDense, for other front ends (the Open
-  // Inference Protocol): admits `request`, runs it inline or on a worker,
-  // fills `response` and calls `done` once, from a gRPC thread or a worker.
-  // `request`, `response` and `context` must stay alive until then.
-  // `context` may be null for an in-process caller: no deadline, no cancel.
-  void Run(grpc::CallbackServerContext* context, const sparse::v1::PredictRequest* request,
-           sparse::v1::PredictResponse* response, bool dense,
-           std::function<void(grpc::Status)> done);
-
-  // From now on Run() answers UNAVAILABLE ("shutting down", which clients
-  // retry elsewhere); waits until every request already admitted is
-  // answered, or until `deadline` (then false).
-  bool Drain(std::chrono::system_clock::time_point deadline);
-
  private:
-  // Queues an admitted request on its version's batcher.
-  void Enqueue(std::shared_ptr<const Servable> servable, bool dense, PendingRequest pending);
-  // Asks a worker to take a batch from the servable's batcher and run it.
-  void ScheduleDrain(std::shared_ptr<const Servable> servable, bool dense);
   grpc::ServerUnaryReactor* Infer(grpc::CallbackServerContext* context,
                                   const grpc::ByteBuffer* request, grpc::ByteBuffer* response,
                                   bool dense);
 
   const ModelRepository* const repository_;
-  WorkerPool* const pool_;
-  const Options options_;
+  InferenceCore* const core_;
   const std::chrono::steady_clock::time_point start_;
-  std::atomic<int64_t> in_flight_{0};
-  std::atomic<bool> draining_{false};
 };
 
 // sparse.v1.ModelControl: LoadModel / UnloadModel on the repository. Only
-// registered when sparse-server runs with --model_control.
+// registered when sparse-server runs with --model_control. A load (seconds
+// for a big checkpoint) runs on the service's own thread, never on one of
+// gRPC's; the destructor finishes the loads asked for and joins it.
 class ModelControlService final
     : public sparse::v1::ModelControl::WithRawCallbackMethod_LoadModel<
           sparse::v1::ModelControl::WithRawCallbackMethod_UnloadModel<
@@ -116,6 +89,7 @@ class ModelControlService final
 
  private:
   ModelRepository* const repository_;
+  WorkerPool loader_{1, 64};  // loads waiting beyond 64: UNAVAILABLE
 };
 
 }  // namespace sparse

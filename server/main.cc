@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/str_split.h"
 #include "common/command_line.h"
 #include "server/server.h"
 
@@ -83,20 +84,6 @@ int main(int argc, char** argv) {
   // Block the stop signals in every thread; one thread waits for them.
   sparse::BlockStopSignals();
 
-  if (absl::GetFlag(FLAGS_max_queue) < 1 || absl::GetFlag(FLAGS_max_batch_rows) < 1 ||
-      absl::GetFlag(FLAGS_max_batch_rows) > (1 << 20) || absl::GetFlag(FLAGS_workers) < 0 ||
-      absl::GetFlag(FLAGS_port) < 0 || absl::GetFlag(FLAGS_port) > 65535 ||
-      absl::GetFlag(FLAGS_inline_max_flops) < 0 || absl::GetFlag(FLAGS_max_concurrent_streams) < 1 ||
-      !(absl::GetFlag(FLAGS_poll_seconds) >= 0 && absl::GetFlag(FLAGS_poll_seconds) <= 86400) || !(absl::GetFlag(FLAGS_drain_seconds) >= 0 && absl::GetFlag(FLAGS_drain_seconds) <= 86400) ||
-      absl::GetFlag(FLAGS_health_port) < -1 || absl::GetFlag(FLAGS_metrics_port) < -1 ||
-      absl::GetFlag(FLAGS_metrics_port) > 65535 ||
-      absl::GetFlag(FLAGS_health_port) > 65535 || absl::GetFlag(FLAGS_max_model_bytes) < 0) {
-    std::fprintf(stderr,
-                 "sparse-server: need --max_queue >= 1, 1 <= --max_batch_rows <= 1048576, "
-                 "--workers >= 0, --inline_max_flops >= 0, --max_concurrent_streams >= 1, 0 <= --drain_seconds, --poll_seconds <= 86400, 0 <= --port <= 65535 and "
-                 "-1 <= --health_port, --metrics_port <= 65535, --max_model_bytes >= 0 (see --help)\n");
-    return 1;
-  }
   sparse::ServerOptions options;
   options.model_repository = absl::GetFlag(FLAGS_model_repository);
   options.address = absl::GetFlag(FLAGS_address);
@@ -113,7 +100,22 @@ int main(int argc, char** argv) {
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   options.poll_seconds = absl::GetFlag(FLAGS_poll_seconds);
   options.model_control = absl::GetFlag(FLAGS_model_control);
-  options.max_model_bytes = static_cast<uint64_t>(absl::GetFlag(FLAGS_max_model_bytes));
+  options.drain_seconds = absl::GetFlag(FLAGS_drain_seconds);
+  const int64_t max_model_bytes = absl::GetFlag(FLAGS_max_model_bytes);
+  if (max_model_bytes < 0) {
+    std::fprintf(stderr, "sparse-server: --max_model_bytes takes bytes >= 0 (0 = half the memory), got %lld\n",
+                 static_cast<long long>(max_model_bytes));
+    return 1;
+  }
+  options.max_model_bytes = static_cast<uint64_t>(max_model_bytes);
+  // Every bad flag on its own line, naming the flag, what it takes and what it got.
+  if (const absl::Status valid = options.Validate(); !valid.ok()) {
+    for (absl::string_view line : absl::StrSplit(valid.message(), '\n')) {
+      std::fprintf(stderr, "sparse-server: %.*s\n", static_cast<int>(line.size()), line.data());
+    }
+    std::fprintf(stderr, "sparse-server: see --help\n");
+    return 1;
+  }
   std::vector<std::string> load_errors;
   absl::StatusOr<std::unique_ptr<sparse::SparseServer>> server =
       sparse::SparseServer::Start(options, &load_errors);
@@ -156,7 +158,7 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   sparse::SparseServer* s = server->get();
-  const auto grace = static_cast<int64_t>(absl::GetFlag(FLAGS_drain_seconds) * 1000);
+  const auto grace = static_cast<int64_t>(options.drain_seconds * 1000);
   std::thread stopper([s, grace] {
     std::fprintf(stderr, "sparse-server: %s received, stopping\n", sparse::WaitForStopSignal());
     s->Shutdown(grace);

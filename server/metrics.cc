@@ -89,8 +89,8 @@ void ServerMetrics::SetLoadedVersions(const std::map<std::string, int>& versions
   }
 }
 
-void ServerMetrics::Observe(const std::string& model, bool dense, const grpc::Status& status,
-                            const sparse::v1::Cost& cost) {
+void ServerMetrics::Observe(const std::string& model, bool dense, absl::StatusCode code,
+                            const InferCost& cost) {
   const PathSeries* found;
   {
     absl::ReaderMutexLock lock(&mu_);
@@ -99,15 +99,15 @@ void ServerMetrics::Observe(const std::string& model, bool dense, const grpc::St
     found = &it->second[dense ? 1 : 0];  // never erased; node map: never moved
   }
   const PathSeries& s = *found;
-  const int code = static_cast<int>(status.error_code());
-  s.requests[code >= 0 && code < kCodes ? code : 2]->Increment();  // 2: UNKNOWN
-  if (!status.ok() || s.total == nullptr) return;
-  s.queue->Observe(cost.queue_ns() * 1e-9);
-  s.compute->Observe((cost.route_ns() + cost.compute_ns()) * 1e-9);
-  s.total->Observe(cost.total_ns() * 1e-9);
-  s.flops->Increment(static_cast<double>(cost.flops()));
-  s.dense_flops->Increment(static_cast<double>(cost.dense_flops()));
-  s.batch_rows->Observe(static_cast<double>(cost.batch_size()));
+  const int n = static_cast<int>(code);
+  s.requests[n >= 0 && n < kCodes ? n : 2]->Increment();  // 2: UNKNOWN
+  if (code != absl::StatusCode::kOk || s.total == nullptr) return;
+  s.queue->Observe(cost.queue_ns * 1e-9);
+  s.compute->Observe((cost.route_ns + cost.compute_ns) * 1e-9);
+  s.total->Observe(cost.total_ns * 1e-9);
+  s.flops->Increment(static_cast<double>(cost.flops));
+  s.dense_flops->Increment(static_cast<double>(cost.dense_flops));
+  s.batch_rows->Observe(static_cast<double>(cost.batch_rows));
 }
 
 std::vector<prometheus::MetricFamily> RoutingCollector::Collect() const {

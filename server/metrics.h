@@ -35,15 +35,15 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/node_hash_map.h"
 #include "absl/synchronization/mutex.h"
-#include "grpcpp/support/status.h"
+#include "absl/status/status.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 #include "prometheus/collectable.h"
-#include "server/model_repository.h"
-#include "sparse/v1/inference.pb.h"
+#include "model_store/model_repository.h"
+#include "server/core/infer.h"
 
 namespace sparse {
 
@@ -55,14 +55,13 @@ class ServerMetrics {
   // models missing from `versions` that had series get 0 loaded versions.
   void SetLoadedVersions(const std::map<std::string, int>& versions);
 
-  // One answered request; `cost` is read only when `status` is OK.
-  void Observe(const std::string& model, bool dense, const grpc::Status& status,
-               const sparse::v1::Cost& cost);
+  // One answered request; `cost` is read only when `code` is OK.
+  void Observe(const std::string& model, bool dense, absl::StatusCode code, const InferCost& cost);
 
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
  private:
-  static constexpr int kCodes = 17;  // gRPC status codes 0..16
+  static constexpr int kCodes = 17;  // canonical status codes 0..16 (gRPC's numbers)
   struct PathSeries {
     std::array<prometheus::Counter*, kCodes> requests{};
     prometheus::Histogram* queue = nullptr;

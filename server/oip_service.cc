@@ -7,9 +7,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
-#include "engine/status_macros.h"
+#include "absl/time/time.h"
+#include "common/status_macros.h"
 #include "common/client_text.h"
-#include "server/grpc_status.h"
 #include "server/raw_unary.h"
 
 namespace sparse {
@@ -55,10 +55,10 @@ inference::InferParameter Int64Param(int64_t v) {
   return p;
 }
 
-// Translates a ModelInferRequest into the native request (the input's
-// floats copied once).
-absl::Status ToPredictRequest(const inference::ModelInferRequest& in, const Target& t,
-                              int64_t input_dim, sparse::v1::PredictRequest* out) {
+// The input tensor of a ModelInferRequest as the core's rows, for a model
+// of `input_dim` inputs.
+absl::Status ToInferRequest(const inference::ModelInferRequest& in, int64_t input_dim,
+                            std::vector<float>* storage, InferRequest* out) {
   if (in.inputs_size() != 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "expected exactly 1 input tensor (FP32, shape [rows, ", input_dim, "]), got ",
@@ -83,7 +83,7 @@ absl::Status ToPredictRequest(const inference::ModelInferRequest& in, const Targ
                                                    input_dim, "], got [", shape, "]"));
   }
   // sparse-server never accepts more than 2^20 rows (--max_batch_rows); the
-  // configured limit is enforced with the native request. Checked here first
+  // configured limit is enforced by the core's admission. Checked here first
   // so rows x d cannot overflow.
   if (rows > (int64_t{1} << 20)) {
     return absl::InvalidArgumentError(
@@ -91,9 +91,7 @@ absl::Status ToPredictRequest(const inference::ModelInferRequest& in, const Targ
                      " rows is more than any batch limit"));
   }
   const int64_t n = rows * input_dim;
-  out->set_model(t.model);
-  out->set_version(t.version);
-  out->set_rows(rows);
+  out->rows = rows;
   if (in.raw_input_contents_size() > 0) {
     if (in.raw_input_contents_size() != 1 || input.contents().fp32_contents_size() > 0) {
       return absl::InvalidArgumentError(
@@ -105,8 +103,9 @@ absl::Status ToPredictRequest(const inference::ModelInferRequest& in, const Targ
                                                      " bytes (", rows, " x ", input_dim,
                                                      " FP32), got ", raw.size()));
     }
-    out->mutable_inputs()->Resize(static_cast<int>(n), 0.0f);
-    std::memcpy(out->mutable_inputs()->mutable_data(), raw.data(), raw.size());
+    storage->resize(n);
+    std::memcpy(storage->data(), raw.data(), raw.size());
+    out->inputs = *storage;
     return absl::OkStatus();
   }
   if (input.contents().fp32_contents_size() != n) {
@@ -115,25 +114,29 @@ absl::Status ToPredictRequest(const inference::ModelInferRequest& in, const Targ
                                                    " fp32_contents, got ",
                                                    input.contents().fp32_contents_size()));
   }
-  *out->mutable_inputs() = input.contents().fp32_contents();
+  out->inputs = absl::MakeConstSpan(input.contents().fp32_contents().data(), n);
   return absl::OkStatus();
 }
 
 }  // namespace
 
-absl::StatusOr<bool> TranslateModelInfer(const ModelRepository& repository,
-                                         const inference::ModelInferRequest& request,
-                                         sparse::v1::PredictRequest* out) {
+absl::StatusOr<InferRequest> TranslateModelInfer(const ModelRepository& repository,
+                                                 const inference::ModelInferRequest& request,
+                                                 std::vector<float>* storage) {
   ASSIGN_OR_RETURN(Target t, ParseTarget(request.model_name(), request.model_version()));
   ASSIGN_OR_RETURN(std::shared_ptr<const Servable> servable, FindTarget(repository, t));
   const LoadedModel& loaded = servable->loaded;
   const ModelInfo& info = t.dense ? loaded.dense->info() : loaded.sparse->info();
-  RETURN_IF_ERROR(ToPredictRequest(request, t, info.input_dim, out));
-  return t.dense;
+  InferRequest out;
+  out.model = t.model;
+  out.version = t.version;
+  out.dense = t.dense;
+  RETURN_IF_ERROR(ToInferRequest(request, info.input_dim, storage, &out));
+  return out;
 }
 
-OipService::OipService(const ModelRepository* repository, InferenceService* inference)
-    : repository_(repository), inference_(inference) {}
+OipService::OipService(const ModelRepository* repository, InferenceCore* core)
+    : repository_(repository), core_(core) {}
 
 grpc::ServerUnaryReactor* OipService::ServerLive(grpc::CallbackServerContext* context,
                                                  const grpc::ByteBuffer* request,
@@ -228,41 +231,45 @@ grpc::ServerUnaryReactor* OipService::ModelInfer(grpc::CallbackServerContext* co
       context, request, response,
       [this, context](const inference::ModelInferRequest& r, inference::ModelInferResponse* out,
                       UnaryDone done) {
-        // The native request and response live until the call finishes.
+        // The core's request and answer live until the call finishes.
         struct Call {
-          sparse::v1::PredictRequest request;
-          sparse::v1::PredictResponse response;
+          std::vector<float> inputs;  // raw_input_contents, copied
+          InferRequest request;
+          InferResponse answer;
         };
         auto call = std::make_shared<Call>();
-        absl::StatusOr<bool> dense = TranslateModelInfer(*repository_, r, &call->request);
-        if (!dense.ok()) {
-          done(ToGrpcStatus(dense.status()));
+        absl::StatusOr<InferRequest> translated = TranslateModelInfer(*repository_, r, &call->inputs);
+        if (!translated.ok()) {
+          done(translated.status());
           return;
         }
-        inference_->Run(
-            context, &call->request, &call->response, *dense,
-            [call, &r, out, done = std::move(done)](grpc::Status status) {
-              if (!status.ok()) {
-                done(status);
-                return;
-              }
-              const sparse::v1::PredictResponse& p = call->response;
-              out->set_model_name(r.model_name());
-              out->set_model_version(absl::StrCat(p.version()));
-              out->set_id(r.id());
-              auto* tensor = out->add_outputs();
-              tensor->set_name("output");
-              tensor->set_datatype("FP32");
-              tensor->add_shape(p.rows());
-              tensor->add_shape(p.output_dim());
-              *tensor->mutable_contents()->mutable_fp32_contents() = p.outputs();
-              auto& params = *out->mutable_parameters();
-              params["flops"] = Int64Param(p.cost().flops());
-              params["dense_flops"] = Int64Param(p.cost().dense_flops());
-              params["compute_ns"] = Int64Param(p.cost().route_ns() + p.cost().compute_ns());
-              params["queue_ns"] = Int64Param(p.cost().queue_ns());
-              done(grpc::Status::OK);
-            });
+        call->request = *std::move(translated);
+        call->request.deadline = absl::FromChrono(context->deadline());
+        call->request.cancelled = [context] { return context->IsCancelled(); };
+        core_->Infer(call->request, &call->answer,
+                     [call, &r, out, done = std::move(done)](absl::Status status) {
+                       if (!status.ok()) {
+                         done(status);
+                         return;
+                       }
+                       const InferResponse& a = call->answer;
+                       out->set_model_name(r.model_name());
+                       out->set_model_version(absl::StrCat(a.version));
+                       out->set_id(r.id());
+                       auto* tensor = out->add_outputs();
+                       tensor->set_name("output");
+                       tensor->set_datatype("FP32");
+                       tensor->add_shape(a.rows);
+                       tensor->add_shape(a.output_dim);
+                       tensor->mutable_contents()->mutable_fp32_contents()->Add(a.outputs.begin(),
+                                                                                a.outputs.end());
+                       auto& params = *out->mutable_parameters();
+                       params["flops"] = Int64Param(a.cost.flops);
+                       params["dense_flops"] = Int64Param(a.cost.dense_flops);
+                       params["compute_ns"] = Int64Param(a.cost.route_ns + a.cost.compute_ns);
+                       params["queue_ns"] = Int64Param(a.cost.queue_ns);
+                       done(absl::OkStatus());
+                     });
       });
 }
 

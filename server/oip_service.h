@@ -11,22 +11,27 @@
 //   compute_ns (route + compute), queue_ns.
 // - Versions are decimal strings; empty means the newest loaded.
 //
-// Thread-safe; the repository and the inference service must outlive it.
+// Thread-safe; the repository and the core must outlive it.
 #ifndef SPARSE_SERVER_OIP_SERVICE_H_
 #define SPARSE_SERVER_OIP_SERVICE_H_
 
+#include <vector>
+
+#include "absl/status/statusor.h"
 #include "inference/grpc_service.grpc.pb.h"
-#include "server/inference_service.h"
-#include "server/model_repository.h"
+#include "server/core/inference_core.h"
+#include "model_store/model_repository.h"
 
 namespace sparse {
 
-// The native request a ModelInferRequest stands for; true when it names the
-// dense twin. Errors are those ModelInfer answers (NOT_FOUND, INVALID_ARGUMENT
-// with what was expected). Used by ModelInfer and by the request fuzzer.
-absl::StatusOr<bool> TranslateModelInfer(const ModelRepository& repository,
-                                         const inference::ModelInferRequest& request,
-                                         sparse::v1::PredictRequest* out);
+// The core's request a ModelInferRequest stands for. Inputs given in
+// contents.fp32_contents are not copied (`request` must outlive the result);
+// raw_input_contents are copied into *storage (bytes carry no alignment).
+// Errors are those ModelInfer answers (NOT_FOUND, INVALID_ARGUMENT with what
+// was expected). Used by ModelInfer and by the request fuzzer.
+absl::StatusOr<InferRequest> TranslateModelInfer(const ModelRepository& repository,
+                                                 const inference::ModelInferRequest& request,
+                                                 std::vector<float>* storage);
 
 // Every method is registered raw and parses its own request body
 // (server/raw_unary.h), so a body that does not parse gets INVALID_ARGUMENT.
@@ -40,7 +45,7 @@ using OipRawService = inference::GRPCInferenceService::WithRawCallbackMethod_Ser
 
 class OipService final : public OipRawService {
  public:
-  OipService(const ModelRepository* repository, InferenceService* inference);
+  OipService(const ModelRepository* repository, InferenceCore* core);
 
   grpc::ServerUnaryReactor* ServerLive(grpc::CallbackServerContext* context,
                                        const grpc::ByteBuffer* request,
@@ -63,7 +68,7 @@ class OipService final : public OipRawService {
 
  private:
   const ModelRepository* const repository_;
-  InferenceService* const inference_;
+  InferenceCore* const core_;
 };
 
 }  // namespace sparse

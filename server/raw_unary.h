@@ -45,9 +45,10 @@ absl::Status ParseRequestBody(const grpc::ByteBuffer& body, Message* message) {
 }
 
 // Finishes one call: `done(status)` serializes the response (when OK) into
-// the call's reply buffer and finishes the reactor. Call it exactly once,
-// from any thread.
-using UnaryDone = std::function<void(grpc::Status)>;
+// the call's reply buffer and finishes the reactor with the status turned
+// into gRPC's (ToGrpcStatus: the one place our gRPC frontends do it). Call
+// it exactly once, from any thread.
+using UnaryDone = std::function<void(absl::Status)>;
 
 // Serves one raw unary call with a typed handler:
 //   handler(const Request&, Response*, UnaryDone done)
@@ -67,12 +68,13 @@ grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* context,
     reactor->Finish(ToGrpcStatus(parsed));
     return reactor;
   }
-  handler(call->request, &call->response, [call, reply, reactor](grpc::Status status) {
-    if (status.ok()) {
-      bool own_buffer = false;
-      status = grpc::SerializationTraits<Response>::Serialize(call->response, reply, &own_buffer);
+  handler(call->request, &call->response, [call, reply, reactor](const absl::Status& status) {
+    if (!status.ok()) {
+      reactor->Finish(ToGrpcStatus(status));
+      return;
     }
-    reactor->Finish(status);
+    bool own_buffer = false;
+    reactor->Finish(grpc::SerializationTraits<Response>::Serialize(call->response, reply, &own_buffer));
   });
   return reactor;
 }
@@ -85,7 +87,7 @@ grpc::ServerUnaryReactor* ServeUnaryNow(grpc::CallbackServerContext* context,
                                         Handler&& handler) {
   return ServeUnary<Request, Response>(
       context, body, reply, [&handler](const Request& request, Response* response, UnaryDone done) {
-        done(ToGrpcStatus(handler(request, response)));
+        done(handler(request, response));
       });
 }
 

@@ -7,8 +7,9 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/pem.h"
-#include "engine/status_macros.h"
+#include "common/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
@@ -20,15 +21,8 @@ namespace {
 // Plaintext, TLS or mutual TLS, from the options' PEM files.
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
     const ServerOptions& options) {
-  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
-    return absl::InvalidArgumentError("TLS needs both --tls_cert and --tls_key");
-  }
-  if (options.tls_cert_file.empty()) {
-    if (!options.tls_client_ca_file.empty()) {
-      return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
-    }
-    return grpc::InsecureServerCredentials();
-  }
+  // ServerOptions::Validate() has checked that the files come in pairs.
+  if (options.tls_cert_file.empty()) return grpc::InsecureServerCredentials();
   grpc::SslServerCredentialsOptions ssl(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
   grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
   ASSIGN_OR_RETURN(pair.cert_chain, ReadPemFile(options.tls_cert_file, "--tls_cert"));
@@ -54,129 +48,67 @@ class NoPlugins final : public grpc::ServerBuilderOption {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
-    const ServerOptions& options, std::vector<std::string>* load_errors) {
-  if (options.model_control && options.poll_seconds > 0) {
-    return absl::InvalidArgumentError(
+absl::Status ServerOptions::Validate() const {
+  std::vector<std::string> problems;
+  auto need = [&problems](bool ok, absl::string_view flag, absl::string_view range,
+                          const auto& value) {
+    if (!ok) problems.push_back(absl::StrCat("--", flag, " takes ", range, ", got ", value));
+  };
+  need(!model_repository.empty(), "model_repository", "a directory", "nothing");
+  need(port >= 0 && port <= 65535, "port", "0..65535 (0 = a free port)", port);
+  need(workers >= 0, "workers", "a count >= 0 (0 = one per core)", workers);
+  need(max_queue >= 1, "max_queue", "a count >= 1", max_queue);
+  need(max_batch_rows >= 1 && max_batch_rows <= (1 << 20), "max_batch_rows", "1..1048576",
+       max_batch_rows);
+  need(inline_max_flops >= 0, "inline_max_flops", "FLOPs >= 0 (0 = queue every request)",
+       inline_max_flops);
+  need(max_message_bytes >= 0 && max_message_bytes <= (int64_t{1} << 31) - 1,
+       "max_message_bytes", "0..2147483647 bytes (0 = sized from the models)", max_message_bytes);
+  need(max_concurrent_streams >= 1, "max_concurrent_streams", "a count >= 1",
+       max_concurrent_streams);
+  need(health_port >= -1 && health_port <= 65535, "health_port",
+       "-1..65535 (-1 = none, 0 = a free port)", health_port);
+  need(metrics_port >= -1 && metrics_port <= 65535, "metrics_port",
+       "-1..65535 (-1 = off, 0 = a free port)", metrics_port);
+  need(poll_seconds >= 0 && poll_seconds <= 86400, "poll_seconds",
+       "seconds in 0..86400 (0 = load once)", poll_seconds);
+  need(drain_seconds >= 0 && drain_seconds <= 86400, "drain_seconds", "seconds in 0..86400",
+       drain_seconds);
+  if (tls_cert_file.empty() != tls_key_file.empty()) {
+    problems.push_back(
+        absl::StrCat("--tls_cert and --tls_key go together, got ",
+                     tls_cert_file.empty() ? "--tls_key alone" : "--tls_cert alone"));
+  }
+  if (!tls_client_ca_file.empty() && tls_cert_file.empty()) {
+    problems.push_back("--tls_client_ca needs --tls_cert and --tls_key (mutual TLS is TLS first)");
+  }
+  if (model_control && poll_seconds > 0) {
+    problems.push_back(
         "--model_control and --poll_seconds exclude each other: a poll would undo an explicit "
         "UnloadModel");
   }
-  if (options.model_control && !options.tls_cert_file.empty() &&
-      options.tls_client_ca_file.empty()) {
-    return absl::InvalidArgumentError(
+  if (model_control && !tls_cert_file.empty() && tls_client_ca_file.empty()) {
+    problems.push_back(
         "--model_control with TLS needs --tls_client_ca: only clients with a certificate may "
         "load and unload models");
   }
+  if (problems.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrJoin(problems, "\n"));
+}
+
+absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
+    const ServerOptions& options, std::vector<std::string>* load_errors) {
+  RETURN_IF_ERROR(options.Validate());
   auto server = std::unique_ptr<SparseServer>(new SparseServer());
-  server->metrics_ = std::make_unique<ServerMetrics>();
-  ModelRepository::Options repository_options;
-  repository_options.max_batch_rows = options.max_batch_rows;
   const int workers = options.workers > 0
                           ? options.workers
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  repository_options.workers = workers;
-  repository_options.max_model_bytes = options.max_model_bytes;
-  // Readiness and metrics follow every snapshot. The servers do not exist
-  // during the first load; Start() sets their health below.
-  SparseServer* s = server.get();
-  repository_options.on_publish = [s](const RepositorySnapshot& snapshot) {
-    std::map<std::string, int> versions;
-    for (const auto& [name, state] : snapshot) {
-      versions[name] = static_cast<int>(state.versions.size());
-    }
-    s->metrics_->SetLoadedVersions(versions);
-    s->SetModelHealth(snapshot);
-  };
-  absl::StatusOr<std::unique_ptr<ModelRepository>> repository =
-      ModelRepository::Open(options.model_repository, repository_options, load_errors);
-  if (!repository.ok()) return repository.status();
-  server->repository_ = *std::move(repository);
-  const std::shared_ptr<const RepositorySnapshot> first = server->repository_->snapshot();
-  if (ServingVersions(*first) == 0) {
-    return absl::NotFoundError(absl::StrCat("no loadable model in ", options.model_repository,
-                                            " (expected <model>/<version>/ directories written by "
-                                            "sparse-train)"));
-  }
-  server->pool_ = std::make_unique<WorkerPool>(workers, options.max_queue);
-  repository_options.on_publish(*first);
-  if (options.metrics_port >= 0) {
-    try {
-      server->exposer_ = std::make_unique<prometheus::Exposer>(
-          absl::StrCat(options.address, ":", options.metrics_port));
-    } catch (const std::exception& e) {
-      return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", options.address, ":",
-                                                 options.metrics_port, " (--metrics_port): ",
-                                                 e.what()));
-    }
-    server->exposer_->RegisterCollectable(server->metrics_->registry());
-    server->routing_collector_ = std::make_shared<RoutingCollector>(server->repository_.get());
-    server->exposer_->RegisterCollectable(server->routing_collector_);
-    const std::vector<int> ports = server->exposer_->GetListeningPorts();
-    server->metrics_port_ = ports.empty() ? 0 : ports.front();
-  }
-  server->service_ = std::make_unique<InferenceService>(
-      server->repository_.get(), server->pool_.get(),
-      InferenceService::Options{.max_batch_rows = options.max_batch_rows,
-                                .inline_max_flops = options.inline_max_flops,
-                                .metrics = server->metrics_.get()});
-  int64_t message_bytes = options.max_message_bytes;
-  if (message_bytes <= 0) {
-    // At least 64 MiB, so a wider model loaded later still fits.
-    int64_t widest = 1;
-    for (const auto& [name, state] : *first) {
-      for (const auto& [number, servable] : state.versions) {
-        widest = std::max({widest, servable->loaded.sparse->info().input_dim,
-                           servable->loaded.sparse->info().output_dim});
-      }
-    }
-    message_bytes = std::clamp<int64_t>(options.max_batch_rows * widest * 4 + (int64_t{1} << 20),
-                                        int64_t{64} << 20, int64_t{1} << 30);
-  }
-  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
-      ServerCredentials(options);
-  if (!credentials.ok()) return credentials.status();
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(absl::StrCat(options.address, ":", options.port), *credentials,
-                           &server->port_);
-  builder.SetMaxReceiveMessageSize(static_cast<int>(message_bytes));
-  builder.SetMaxSendMessageSize(static_cast<int>(message_bytes));
-  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_concurrent_streams);
-  builder.RegisterService(server->service_.get());
-  server->oip_service_ = std::make_unique<OipService>(server->repository_.get(), server->service_.get());
-  builder.RegisterService(server->oip_service_.get());
-  if (options.model_control) {
-    server->control_service_ = std::make_unique<ModelControlService>(server->repository_.get());
-    builder.RegisterService(server->control_service_.get());
-  }
-  server->server_ = builder.BuildAndStart();
-  if (server->server_ == nullptr || server->port_ == 0) {
-    if (!options.tls_cert_file.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "cannot start TLS on ", options.address, ":", options.port, ": check that --tls_cert=",
-          options.tls_cert_file, " and --tls_key=", options.tls_key_file,
-          " hold a valid certificate and its key (gRPC's log above says more), and that the "
-          "port is free"));
-    }
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.address, ":",
-                                               options.port, " (in use or not permitted?)"));
-  }
-  if (options.health_port >= 0) {
-    // Only the default health service, no plugins (reflection), and every
-    // other method answered UNIMPLEMENTED: nothing else on this plaintext port.
-    grpc::ServerBuilder health_builder;
-    health_builder.SetOption(std::make_unique<NoPlugins>());
-    server->refuse_others_ = std::make_unique<grpc::CallbackGenericService>();
-    health_builder.RegisterCallbackGenericService(server->refuse_others_.get());
-    health_builder.AddListeningPort(absl::StrCat(options.address, ":", options.health_port),
-                                    grpc::InsecureServerCredentials(), &server->health_port_);
-    server->health_server_ = health_builder.BuildAndStart();
-    if (server->health_server_ == nullptr || server->health_port_ == 0) {
-      return absl::UnavailableError(absl::StrCat("cannot listen on ", options.address, ":",
-                                                 options.health_port, " (--health_port)"));
-    }
-  }
+  server->metrics_ = std::make_unique<ServerMetrics>();
+  RETURN_IF_ERROR(server->OpenRepository(options, workers, load_errors));
+  server->StartCore(options, workers);
+  RETURN_IF_ERROR(server->ServeMetrics(options));
+  RETURN_IF_ERROR(server->ServeGrpc(options));
+  RETURN_IF_ERROR(server->ServeHealthPort(options));
   {
     absl::MutexLock lock(&server->health_mu_);
     server->health_ready_ = true;
@@ -187,6 +119,131 @@ absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
         std::max<int64_t>(1, static_cast<int64_t>(options.poll_seconds * 1000))));
   }
   return server;
+}
+
+absl::Status SparseServer::OpenRepository(const ServerOptions& options, int workers,
+                                          std::vector<std::string>* load_errors) {
+  ModelRepository::Options repository_options;
+  repository_options.max_batch_rows = options.max_batch_rows;
+  repository_options.workers = workers;
+  repository_options.max_model_bytes = options.max_model_bytes;
+  // Readiness and metrics follow every snapshot. The servers do not exist
+  // during the first load; Start() sets their health once they run.
+  repository_options.on_publish = [this](const RepositorySnapshot& snapshot) {
+    PublishModels(snapshot);
+  };
+  ASSIGN_OR_RETURN(repository_, ModelRepository::Open(options.model_repository,
+                                                       repository_options, load_errors));
+  const std::shared_ptr<const RepositorySnapshot> first = repository_->snapshot();
+  if (ServingVersions(*first) == 0) {
+    return absl::NotFoundError(absl::StrCat("no loadable model in ", options.model_repository,
+                                            " (expected <model>/<version>/ directories written by "
+                                            "sparse-train)"));
+  }
+  PublishModels(*first);
+  return absl::OkStatus();
+}
+
+void SparseServer::PublishModels(const RepositorySnapshot& snapshot) {
+  std::map<std::string, int> versions;
+  for (const auto& [name, state] : snapshot) {
+    versions[name] = static_cast<int>(state.versions.size());
+  }
+  metrics_->SetLoadedVersions(versions);
+  SetModelHealth(snapshot);
+}
+
+void SparseServer::StartCore(const ServerOptions& options, int workers) {
+  ServerMetrics* metrics = metrics_.get();
+  core_ = std::make_unique<InferenceCore>(
+      repository_.get(),
+      InferenceCore::Options{
+          .workers = workers,
+          .max_queue = options.max_queue,
+          .max_batch_rows = options.max_batch_rows,
+          .inline_max_flops = options.inline_max_flops,
+          .observe = [metrics](const InferRequest& request, const absl::Status& status,
+                               const InferResponse& response) {
+            metrics->Observe(request.model, request.dense, status.code(), response.cost);
+          }});
+}
+
+absl::Status SparseServer::ServeMetrics(const ServerOptions& options) {
+  if (options.metrics_port < 0) return absl::OkStatus();
+  try {
+    exposer_ = std::make_unique<prometheus::Exposer>(
+        absl::StrCat(options.address, ":", options.metrics_port));
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", options.address, ":",
+                                               options.metrics_port, " (--metrics_port): ",
+                                               e.what()));
+  }
+  exposer_->RegisterCollectable(metrics_->registry());
+  routing_collector_ = std::make_shared<RoutingCollector>(repository_.get());
+  exposer_->RegisterCollectable(routing_collector_);
+  const std::vector<int> ports = exposer_->GetListeningPorts();
+  metrics_port_ = ports.empty() ? 0 : ports.front();
+  return absl::OkStatus();
+}
+
+absl::Status SparseServer::ServeGrpc(const ServerOptions& options) {
+  int64_t message_bytes = options.max_message_bytes;
+  if (message_bytes <= 0) {
+    // At least 64 MiB, so a wider model loaded later still fits.
+    int64_t widest = 1;
+    for (const auto& [name, state] : *repository_->snapshot()) {
+      for (const auto& [number, servable] : state.versions) {
+        widest = std::max({widest, servable->loaded.sparse->info().input_dim,
+                           servable->loaded.sparse->info().output_dim});
+      }
+    }
+    message_bytes = std::clamp<int64_t>(options.max_batch_rows * widest * 4 + (int64_t{1} << 20),
+                                        int64_t{64} << 20, int64_t{1} << 30);
+  }
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
+                   ServerCredentials(options));
+  service_ = std::make_unique<InferenceService>(repository_.get(), core_.get());
+  oip_service_ = std::make_unique<OipService>(repository_.get(), core_.get());
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(absl::StrCat(options.address, ":", options.port), credentials, &port_);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(message_bytes));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_concurrent_streams);
+  builder.RegisterService(service_.get());
+  builder.RegisterService(oip_service_.get());
+  if (options.model_control) {
+    control_service_ = std::make_unique<ModelControlService>(repository_.get());
+    builder.RegisterService(control_service_.get());
+  }
+  server_ = builder.BuildAndStart();
+  if (server_ != nullptr && port_ != 0) return absl::OkStatus();
+  if (!options.tls_cert_file.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot start TLS on ", options.address, ":", options.port, ": check that --tls_cert=",
+        options.tls_cert_file, " and --tls_key=", options.tls_key_file,
+        " hold a valid certificate and its key (gRPC's log above says more), and that the "
+        "port is free"));
+  }
+  return absl::UnavailableError(absl::StrCat("cannot listen on ", options.address, ":",
+                                             options.port, " (in use or not permitted?)"));
+}
+
+absl::Status SparseServer::ServeHealthPort(const ServerOptions& options) {
+  if (options.health_port < 0) return absl::OkStatus();
+  // Only the default health service, no plugins (reflection), and every
+  // other method answered UNIMPLEMENTED: nothing else on this plaintext port.
+  grpc::ServerBuilder builder;
+  builder.SetOption(std::make_unique<NoPlugins>());
+  refuse_others_ = std::make_unique<grpc::CallbackGenericService>();
+  builder.RegisterCallbackGenericService(refuse_others_.get());
+  builder.AddListeningPort(absl::StrCat(options.address, ":", options.health_port),
+                           grpc::InsecureServerCredentials(), &health_port_);
+  health_server_ = builder.BuildAndStart();
+  if (health_server_ != nullptr && health_port_ != 0) return absl::OkStatus();
+  return absl::UnavailableError(absl::StrCat("cannot listen on ", options.address, ":",
+                                             options.health_port, " (--health_port)"));
 }
 
 void SparseServer::SetModelHealth(const RepositorySnapshot& snapshot) {
@@ -209,8 +266,9 @@ void SparseServer::SetModelHealth(const RepositorySnapshot& snapshot) {
 SparseServer::~SparseServer() {
   Shutdown();
   Wait();
-  // The pool drains before the service and repository it points to go.
-  pool_.reset();
+  // The core finishes what is queued before the frontends and the
+  // repository it points to go.
+  core_.reset();
 }
 
 void SparseServer::Shutdown(int64_t grace_ms) {
@@ -224,7 +282,7 @@ void SparseServer::Shutdown(int64_t grace_ms) {
   // while those admitted finish; then gRPC stops, cancelling what is left
   // at the deadline. (A call that reaches gRPC in its last moment is
   // cancelled by gRPC itself.)
-  service_->Drain(deadline);
+  core_->Drain(absl::FromChrono(deadline));
   server_->Shutdown(deadline);
   if (health_server_ != nullptr) health_server_->Shutdown(deadline);
 }

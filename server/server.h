@@ -1,6 +1,8 @@
-// SparseServer: the repository, worker pool and gRPC services wired
-// together (sparse.v1.SparseInference, grpc.health.v1.Health, reflection).
-// Used by sparse-server's main and by in-process tests.
+// SparseServer: the repository, the serving core and the frontends wired
+// together: sparse.v1.SparseInference, the Open Inference Protocol,
+// sparse.v1.ModelControl, grpc.health.v1.Health and reflection on gRPC, and
+// Prometheus metrics over HTTP. Used by sparse-server's main and by
+// in-process tests.
 #ifndef SPARSE_SERVER_SERVER_H_
 #define SPARSE_SERVER_SERVER_H_
 
@@ -14,12 +16,12 @@
 #include "absl/synchronization/mutex.h"
 #include "grpcpp/generic/async_generic_service.h"
 #include "grpcpp/server.h"
-#include "server/inference_service.h"
 #include "prometheus/exposer.h"
+#include "server/core/inference_core.h"
+#include "server/inference_service.h"
 #include "server/metrics.h"
-#include "server/model_repository.h"
+#include "model_store/model_repository.h"
 #include "server/oip_service.h"
-#include "server/worker_pool.h"
 
 namespace sparse {
 
@@ -62,6 +64,13 @@ struct ServerOptions {
   // needs mutual TLS (tls_client_ca_file), so only clients holding a
   // certificate can change what serves.
   bool model_control = false;
+  // How long a drain (SIGTERM) lets calls in flight or queued finish
+  // (sparse-server's main passes it to Shutdown).
+  double drain_seconds = 30;
+
+  // OK, or INVALID_ARGUMENT with one line per bad option, each naming its
+  // flag, the range it takes and the value it got.
+  absl::Status Validate() const;
 };
 
 class SparseServer {
@@ -78,7 +87,9 @@ class SparseServer {
   int health_port() const { return health_port_; }  // 0 when there is none
   int metrics_port() const { return metrics_port_; }  // 0 when there is none
   ModelRepository& repository() const { return *repository_; }
-  int workers() const { return pool_->threads(); }
+  // The serving core every frontend calls (an in-process caller may too).
+  InferenceCore& core() const { return *core_; }
+  int workers() const { return core_->workers(); }
 
   // Drains: health turns NOT_SERVING, new calls are refused, calls in
   // flight or queued for a worker finish (up to `grace_ms`; later ones are
@@ -89,6 +100,15 @@ class SparseServer {
 
  private:
   SparseServer() = default;
+  // Start(), one component at a time.
+  absl::Status OpenRepository(const ServerOptions& options, int workers,
+                              std::vector<std::string>* load_errors);
+  absl::Status ServeMetrics(const ServerOptions& options);
+  void StartCore(const ServerOptions& options, int workers);
+  absl::Status ServeGrpc(const ServerOptions& options);
+  absl::Status ServeHealthPort(const ServerOptions& options);
+  // Metrics and health follow each published snapshot.
+  void PublishModels(const RepositorySnapshot& snapshot);
   // Health per model follows the snapshot: SERVING while a version serves.
   void SetModelHealth(const RepositorySnapshot& snapshot);
 
@@ -96,7 +116,7 @@ class SparseServer {
   std::unique_ptr<ServerMetrics> metrics_;
   std::shared_ptr<RoutingCollector> routing_collector_;
   std::unique_ptr<prometheus::Exposer> exposer_;
-  std::unique_ptr<WorkerPool> pool_;
+  std::unique_ptr<InferenceCore> core_;
   std::unique_ptr<InferenceService> service_;
   std::unique_ptr<OipService> oip_service_;
   std::unique_ptr<ModelControlService> control_service_;

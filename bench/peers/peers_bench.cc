@@ -60,7 +60,7 @@
 #include "engine/dsm_model.h"
 #include "engine/hashing.h"
 #include "engine/matmul_kernel.h"
-#include "engine/status_macros.h"
+#include "common/status_macros.h"
 #include "engine/workspace.h"
 #include "faiss/Index.h"
 #include "faiss/IndexLSH.h"

@@ -33,7 +33,7 @@
 #include "model_store/checkpoint.h"
 #include "model_store/json_util.h"
 #include "nlohmann/json.hpp"
-#include "server/model_repository.h"
+#include "model_store/model_repository.h"
 #include "tests/testing/matchers.h"
 #include "tests/testing/random_models.h"
 

@@ -3,7 +3,7 @@
 #include <cstdint>
 #include <string>
 
-#include "server/model_repository.h"
+#include "model_store/model_repository.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const absl::StatusOr<sparse::v1::ModelConfig> config =

@@ -5,8 +5,8 @@
 //
 // Thread-safety: Submit() may be called from any thread. The destructor
 // runs every queued task, then joins the workers.
-#ifndef SPARSE_SERVER_WORKER_POOL_H_
-#define SPARSE_SERVER_WORKER_POOL_H_
+#ifndef SPARSE_SERVER_CORE_WORKER_POOL_H_
+#define SPARSE_SERVER_CORE_WORKER_POOL_H_
 
 #include <cstdint>
 #include <deque>
@@ -48,4 +48,4 @@ class WorkerPool {
 
 }  // namespace sparse
 
-#endif  // SPARSE_SERVER_WORKER_POOL_H_
+#endif  // SPARSE_SERVER_CORE_WORKER_POOL_H_

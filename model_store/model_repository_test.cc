@@ -2,7 +2,7 @@
 // rescans that pick up new and removed versions, corrupt versions that never
 // replace a good one, config.pbtxt, explicit load / unload, polling, and
 // what a request holding an old version keeps.
-#include "server/model_repository.h"
+#include "model_store/model_repository.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -198,18 +198,21 @@ TEST_F(ModelRepositoryTest, ABadConfigKeepsThePreviousOneAndSaysWhere) {
 TEST_F(ModelRepositoryTest, DynamicBatchingFollowsTheConfigWithoutReloading) {
   Publish("m", 1);
   auto repo = Open();
-  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const Servable> before, repo->Find("m", 0));
-  EXPECT_FALSE(before->batcher(false).enabled());
+  std::optional<sparse::v1::DynamicBatching> batching;
+  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const Servable> before, repo->Find("m", 0, &batching));
+  EXPECT_FALSE(batching.has_value());
   WriteConfig("m", "dynamic_batching { max_batch_rows: 32 }");
   repo->Rescan();
-  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const Servable> after, repo->Find("m", 0));
+  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const Servable> after, repo->Find("m", 0, &batching));
   EXPECT_EQ(after.get(), before.get());  // the same loaded version
-  EXPECT_TRUE(after->batcher(false).enabled());
-  EXPECT_TRUE(after->batcher(true).enabled());
+  ASSERT_TRUE(batching.has_value());
+  EXPECT_EQ(batching->max_batch_rows(), 32);
   WriteConfig("m", "dynamic_batching { max_batch_rows: 32 paths: DENSE_ONLY }");
   repo->Rescan();
-  EXPECT_FALSE(after->batcher(false).enabled());
-  EXPECT_TRUE(after->batcher(true).enabled());
+  ASSERT_OK_AND_ASSIGN(after, repo->Find("m", 0, &batching));
+  EXPECT_EQ(after.get(), before.get());
+  ASSERT_TRUE(batching.has_value());
+  EXPECT_EQ(batching->paths(), sparse::v1::DynamicBatching::DENSE_ONLY);
 }
 
 TEST_F(ModelRepositoryTest, RemovedModelsUnloadButAnEmptyRepositoryKeepsEverything) {

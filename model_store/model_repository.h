@@ -19,15 +19,15 @@
 // directory resolves (through symlinks) outside the root is refused.
 //
 // Thread-safe: Find() and snapshot() from any thread, any time.
-#ifndef SPARSE_SERVER_MODEL_REPOSITORY_H_
-#define SPARSE_SERVER_MODEL_REPOSITORY_H_
+#ifndef SPARSE_MODEL_STORE_MODEL_REPOSITORY_H_
+#define SPARSE_MODEL_STORE_MODEL_REPOSITORY_H_
 
-#include <array>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <system_error>
@@ -39,7 +39,6 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "model_store/checkpoint.h"
-#include "server/batcher.h"
 #include "sparse/v1/model_config.pb.h"
 
 namespace sparse {
@@ -51,10 +50,6 @@ struct Servable {
   // The sparse model's routing counts after warm-up; metrics report what
   // came after.
   RoutingCounts warmup_routing;
-  // Dynamic batching queues for the sparse [0] and dense [1] paths;
-  // enabled() only when the model's config.pbtxt asks for batching.
-  std::array<std::unique_ptr<Batcher>, 2> batchers;
-  Batcher& batcher(bool dense) const { return *batchers[dense ? 1 : 0]; }
 };
 
 struct ModelState {
@@ -93,7 +88,7 @@ class ModelRepository {
     // Largest batch a request may carry: warm-up runs every batch bucket
     // (1, 2, 4, ..., 128) up to it.
     int64_t max_batch_rows = 1024;
-    // Worker threads (dynamic batching shares rows between them).
+    // Worker threads: a checkpoint's scratch space is sized for them.
     int workers = 1;
     // Log lines after Open (loads, unloads, failures); default stderr.
     std::function<void(const std::string&)> log;
@@ -124,8 +119,12 @@ class ModelRepository {
   // The version to serve: `version`, or the newest when it is 0.
   // NOT_FOUND names the model or version asked for and what is loaded;
   // UNAVAILABLE when the model is known but no version of it loaded.
-  absl::StatusOr<std::shared_ptr<const Servable>> Find(absl::string_view model,
-                                                       int64_t version) const;
+  // With `batching`, also the model's dynamic_batching settings as they are
+  // now (nullopt when its config.pbtxt asks for none): they can change
+  // without a reload.
+  absl::StatusOr<std::shared_ptr<const Servable>> Find(
+      absl::string_view model, int64_t version,
+      std::optional<sparse::v1::DynamicBatching>* batching = nullptr) const;
   std::shared_ptr<const RepositorySnapshot> snapshot() const;
 
   // Reads every model directory again and publishes what changed.
@@ -165,11 +164,11 @@ class ModelRepository {
   // read: not a regular file, too large, or leading outside the root.
   absl::StatusOr<std::string> ReadConfig(const std::filesystem::path& model_dir) const;
   std::shared_ptr<const Servable> LoadVersion(const std::string& name, int64_t version,
-                                              const std::string& dir, const ModelState& state,
+                                              const std::string& dir,
                                               std::string* error) const;
   // LoadVersion without its net for std::bad_alloc / std::length_error.
   std::shared_ptr<const Servable> LoadAndWarmUp(const std::string& name, int64_t version,
-                                                const std::string& dir, const ModelState& state,
+                                                const std::string& dir,
                                                 std::string* error) const;
   // Whether `path` and the entries in it, with every symlink resolved, are
   // inside the root.
@@ -201,4 +200,4 @@ class ModelRepository {
 
 }  // namespace sparse
 
-#endif  // SPARSE_SERVER_MODEL_REPOSITORY_H_
+#endif  // SPARSE_MODEL_STORE_MODEL_REPOSITORY_H_

@@ -1,4 +1,4 @@
-#include "server/model_repository.h"
+#include "model_store/model_repository.h"
 
 #include <malloc.h>
 
@@ -73,22 +73,6 @@ std::string Fingerprint(const fs::path& dir) {
   }
   std::sort(parts.begin(), parts.end());
   return absl::StrJoin(parts, ",");
-}
-
-bool SameBatching(const sparse::v1::ModelConfig& a, const sparse::v1::ModelConfig& b) {
-  return a.has_dynamic_batching() == b.has_dynamic_batching() &&
-         a.dynamic_batching().SerializeAsString() == b.dynamic_batching().SerializeAsString();
-}
-
-BatchingOptions ToBatchingOptions(const sparse::v1::ModelConfig& config, int workers, bool dense) {
-  const sparse::v1::DynamicBatching& b = config.dynamic_batching();
-  using P = sparse::v1::DynamicBatching;
-  const bool path_on = b.paths() == P::BOTH || b.paths() == (dense ? P::DENSE_ONLY : P::SPARSE_ONLY);
-  return BatchingOptions{.enabled = config.has_dynamic_batching() && path_on,
-                         .workers = workers,
-                         .max_batch_rows = b.max_batch_rows() > 0 ? b.max_batch_rows() : 64,
-                         .max_queue_delay_us = b.max_queue_delay_us(),
-                         .max_queue_size = b.max_queue_size() > 0 ? b.max_queue_size() : 1024};
 }
 
 // Whether any model's failed versions (which, their errors, their attempt
@@ -291,12 +275,11 @@ bool ModelRepository::InsideRoot(const fs::path& path) const {
 std::shared_ptr<const Servable> ModelRepository::LoadVersion(const std::string& name,
                                                              int64_t version,
                                                              const std::string& dir,
-                                                             const ModelState& state,
                                                              std::string* error) const {
   // Whatever a checkpoint holds, running out of memory while loading or
   // warming it up fails this version, never the process.
   try {
-    return LoadAndWarmUp(name, version, dir, state, error);
+    return LoadAndWarmUp(name, version, dir, error);
   } catch (const std::bad_alloc&) {
     *error = "RESOURCE_EXHAUSTED: out of memory while loading or warming up the version "
              "(std::bad_alloc); see --max_model_bytes";
@@ -310,7 +293,6 @@ std::shared_ptr<const Servable> ModelRepository::LoadVersion(const std::string& 
 std::shared_ptr<const Servable> ModelRepository::LoadAndWarmUp(const std::string& name,
                                                                int64_t version,
                                                                const std::string& dir,
-                                                               const ModelState& state,
                                                                std::string* error) const {
   const int64_t warmup_rows = std::min<int64_t>(options_.max_batch_rows, 128);
   LoadOptions load_options;
@@ -358,10 +340,6 @@ std::shared_ptr<const Servable> ModelRepository::LoadAndWarmUp(const std::string
   servable->version = version;
   servable->loaded = *std::move(loaded);
   servable->warmup_routing = servable->loaded.sparse->Routing();
-  for (int dense = 0; dense < 2; ++dense) {
-    servable->batchers[dense] = std::make_unique<Batcher>();
-    servable->batchers[dense]->SetOptions(ToBatchingOptions(state.config, options_.workers, dense));
-  }
   return servable;
 }
 
@@ -443,20 +421,12 @@ ModelState ModelRepository::ScanModel(const std::string& name, const ModelState*
   const size_t want = policy.has_all() || policy.has_specific()
                           ? on_disk.size()
                           : (policy.has_latest() ? policy.latest().num_versions() : 1);
-  const bool batching_changed =
-      previous != nullptr && !SameBatching(previous->config, state.config);
   for (int64_t version : on_disk) {
     if (state.versions.size() >= want) break;
     if (policy.has_specific() && specific.count(version) == 0) continue;
     if (previous != nullptr) {
       auto loaded = previous->versions.find(version);
       if (loaded != previous->versions.end()) {
-        if (batching_changed) {
-          for (int dense = 0; dense < 2; ++dense) {
-            loaded->second->batchers[dense]->SetOptions(
-                ToBatchingOptions(state.config, options_.workers, dense));
-          }
-        }
         state.versions.emplace(version, loaded->second);
         continue;
       }
@@ -477,7 +447,7 @@ ModelState ModelRepository::ScanModel(const std::string& name, const ModelState*
     std::string error;
     std::shared_ptr<const Servable> servable;
     if (InsideRoot(dir)) {
-      servable = LoadVersion(name, version, dir.string(), state, &error);
+      servable = LoadVersion(name, version, dir.string(), &error);
     } else {
       // A symlink (of the version, the model or a file) leading out of the
       // repository: whoever can write the repository must not be able to
@@ -643,8 +613,9 @@ std::shared_ptr<const RepositorySnapshot> ModelRepository::snapshot() const {
   return snapshot_;
 }
 
-absl::StatusOr<std::shared_ptr<const Servable>> ModelRepository::Find(absl::string_view model,
-                                                                      int64_t version) const {
+absl::StatusOr<std::shared_ptr<const Servable>> ModelRepository::Find(
+    absl::string_view model, int64_t version,
+    std::optional<sparse::v1::DynamicBatching>* batching) const {
   absl::ReaderMutexLock lock(&snapshot_mu_);
   auto it = snapshot_->find(std::string(model));
   if (it == snapshot_->end()) {
@@ -658,6 +629,14 @@ absl::StatusOr<std::shared_ptr<const Servable>> ModelRepository::Find(absl::stri
   if (versions.empty()) {
     return absl::UnavailableError(absl::StrCat(
         "model '", ClientText(model), "' has no version that loads (GetModel lists why)"));
+  }
+  if (batching != nullptr) {
+    const sparse::v1::ModelConfig& config = it->second.config;
+    if (config.has_dynamic_batching()) {
+      *batching = config.dynamic_batching();
+    } else {
+      batching->reset();
+    }
   }
   if (version == 0) return versions.rbegin()->second;
   auto v = versions.find(version);

@@ -1,7 +1,7 @@
 // Batcher: dynamic batching for one model version and path (DESIGN.md §5).
 //
-// Requests too dear to run on the gRPC thread wait here instead of going to
-// the worker pool one by one. The first request into an idle queue asks for
+// Requests too dear to run on the caller's thread wait here instead of going
+// to the worker pool one by one. The first request into an idle queue asks for
 // one drain task; the worker that runs it calls Take(), which hands back the
 // oldest requests up to max_batch_rows rows. If requests remain, Take() says
 // so and the caller schedules another drain task, so every free worker forms
@@ -14,13 +14,13 @@
 // after it answered; and when nothing computes the share is what is queued,
 // so a lone request never waits.
 //
-// The options can change while requests wait (a new config.pbtxt); Take()
-// uses the options current when it is called. Thread-safe.
-#ifndef SPARSE_SERVER_BATCHER_H_
-#define SPARSE_SERVER_BATCHER_H_
+// The options come with each Add() (the model's config.pbtxt as it is now),
+// so they can change while requests wait; Take() uses the latest. One
+// Batcher per servable and path, kept by the InferenceCore. Thread-safe.
+#ifndef SPARSE_SERVER_CORE_BATCHER_H_
+#define SPARSE_SERVER_CORE_BATCHER_H_
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -29,8 +29,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
-#include "grpcpp/server_context.h"
-#include "sparse/v1/inference.pb.h"
+#include "server/core/infer.h"
 
 namespace sparse {
 
@@ -40,15 +39,15 @@ struct BatchingOptions {
   int64_t max_batch_rows = 64;
   int64_t max_queue_delay_us = 0;
   int64_t max_queue_size = 1024;
+  bool operator==(const BatchingOptions&) const = default;
 };
 
 // One queued request. Everything it points to stays alive until `done`.
 struct PendingRequest {
-  grpc::CallbackServerContext* context = nullptr;
-  const sparse::v1::PredictRequest* request = nullptr;
-  sparse::v1::PredictResponse* response = nullptr;
+  const InferRequest* request = nullptr;
+  InferResponse* response = nullptr;
   std::chrono::steady_clock::time_point arrival;
-  std::function<void(grpc::Status)> done;
+  InferDone done;
 };
 
 class Batcher {
@@ -57,15 +56,13 @@ class Batcher {
   Batcher(const Batcher&) = delete;
   Batcher& operator=(const Batcher&) = delete;
 
-  void SetOptions(const BatchingOptions& options);
-  bool enabled() const { return enabled_.load(std::memory_order_relaxed); }
-
   enum class AddResult { kQueued, kQueuedScheduleDrain, kFull };
-  // Queues `request` unless max_queue_size requests wait already (then it
-  // is handed back untouched in *request, and kFull is returned). On
+  // Adopts `options` (when they differ from the last ones), then queues
+  // `request` unless max_queue_size requests wait already (then it is handed
+  // back untouched in *request, and kFull is returned). On
   // kQueuedScheduleDrain the caller must run (or schedule) a drain task that
   // calls Take().
-  AddResult Add(PendingRequest* request);
+  AddResult Add(PendingRequest* request, const BatchingOptions& options);
 
   // For a drain task: returns the oldest requests up to max_batch_rows rows
   // (at least one request; none only if TakeAll() emptied the queue). With
@@ -91,7 +88,6 @@ class Batcher {
     return queued_rows_ >= std::min(share, options_.max_batch_rows);
   }
 
-  std::atomic<bool> enabled_{false};
   mutable absl::Mutex mu_;
   BatchingOptions options_ ABSL_GUARDED_BY(mu_);
   std::deque<PendingRequest> queue_ ABSL_GUARDED_BY(mu_);
@@ -102,4 +98,4 @@ class Batcher {
 
 }  // namespace sparse
 
-#endif  // SPARSE_SERVER_BATCHER_H_
+#endif  // SPARSE_SERVER_CORE_BATCHER_H_

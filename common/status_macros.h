@@ -1,8 +1,8 @@
 // RETURN_IF_ERROR and ASSIGN_OR_RETURN, the two status macros Abseil
 // 20220623 does not ship. Names and behaviour follow the ones Google uses
 // internally, so code reads the same as elsewhere.
-#ifndef SPARSE_ENGINE_STATUS_MACROS_H_
-#define SPARSE_ENGINE_STATUS_MACROS_H_
+#ifndef SPARSE_COMMON_STATUS_MACROS_H_
+#define SPARSE_COMMON_STATUS_MACROS_H_
 
 #include <utility>
 
@@ -33,4 +33,4 @@
   if (!statusor.ok()) return std::move(statusor).status(); \
   lhs = std::move(statusor).value()
 
-#endif  // SPARSE_ENGINE_STATUS_MACROS_H_
+#endif  // SPARSE_COMMON_STATUS_MACROS_H_

@@ -1,4 +1,4 @@
-#include "server/batcher.h"
+#include "server/core/batcher.h"
 
 #include <algorithm>
 
@@ -7,20 +7,16 @@
 
 namespace sparse {
 
-void Batcher::SetOptions(const BatchingOptions& options) {
+Batcher::AddResult Batcher::Add(PendingRequest* request, const BatchingOptions& options) {
+  BatchingOptions sane = options;
+  sane.max_batch_rows = std::max<int64_t>(1, sane.max_batch_rows);
+  sane.max_queue_delay_us = std::max<int64_t>(0, sane.max_queue_delay_us);
+  sane.max_queue_size = std::max<int64_t>(1, sane.max_queue_size);
+  sane.workers = std::max(1, sane.workers);
   absl::MutexLock lock(&mu_);
-  options_ = options;
-  options_.max_batch_rows = std::max<int64_t>(1, options_.max_batch_rows);
-  options_.max_queue_delay_us = std::max<int64_t>(0, options_.max_queue_delay_us);
-  options_.max_queue_size = std::max<int64_t>(1, options_.max_queue_size);
-  options_.workers = std::max(1, options_.workers);
-  enabled_.store(options.enabled, std::memory_order_relaxed);
-}
-
-Batcher::AddResult Batcher::Add(PendingRequest* request) {
-  absl::MutexLock lock(&mu_);
+  if (!(sane == options_)) options_ = sane;
   if (static_cast<int64_t>(queue_.size()) >= options_.max_queue_size) return AddResult::kFull;
-  queued_rows_ += request->request->rows();
+  queued_rows_ += request->request->rows;
   queue_.push_back(std::move(*request));
   if (drain_scheduled_) return AddResult::kQueued;
   drain_scheduled_ = true;
@@ -43,7 +39,7 @@ std::vector<PendingRequest> Batcher::Take(bool* schedule_another) {
   std::vector<PendingRequest> batch;
   int64_t rows = 0;
   while (!queue_.empty()) {
-    const int64_t next = queue_.front().request->rows();
+    const int64_t next = queue_.front().request->rows;
     if (!batch.empty() && rows + next > max_rows) break;
     rows += next;
     batch.push_back(std::move(queue_.front()));

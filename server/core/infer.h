@@ -1,0 +1,71 @@
+// The serving core's request and response: plain structs, no protocol.
+//
+// A frontend (native gRPC, Open Inference Protocol, an in-process caller)
+// translates its protocol's request into an InferRequest, hands it to
+// InferenceCore::Infer with an InferResponse to fill, and translates the
+// response back once `done` has run (server/core/inference_core.h).
+#ifndef SPARSE_SERVER_CORE_INFER_H_
+#define SPARSE_SERVER_CORE_INFER_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "engine/model.h"
+
+namespace sparse {
+
+struct InferRequest {
+  std::string model;
+  int64_t version = 0;  // 0: the newest loaded
+  bool dense = false;   // the dense twin instead of the routed sparse path
+  int64_t rows = 0;
+  // rows x input_dim floats, row-major. Not owned: the caller keeps them
+  // alive until `done` has run.
+  absl::Span<const float> inputs;
+  bool return_route = false;  // fill InferResponse::route (sparse path only)
+  // A request still queued at its deadline, or whose caller has left, is
+  // answered DEADLINE_EXCEEDED / CANCELLED before any compute.
+  absl::Time deadline = absl::InfiniteFuture();
+  std::function<bool()> cancelled;  // may be empty: never cancelled
+};
+
+// What one request cost (DESIGN.md §1). In a batch, FLOPs are the request's
+// own rows' share (every row of a model costs the same); times are the
+// batch's.
+struct InferCost {
+  int64_t flops = 0;        // arithmetic the kernels executed for this request
+  int64_t dense_flops = 0;  // what the dense baseline costs for the same rows
+  int64_t queue_ns = 0;     // from arrival to the start of its compute
+  int64_t route_ns = 0;     // hashing / routing
+  int64_t compute_ns = 0;   // the selected slice, bucket values or dense layers
+  int64_t total_ns = 0;     // from arrival to the answer being ready
+  int64_t batch_rows = 0;   // rows computed together with this request's rows
+};
+
+struct InferResponse {
+  std::string model;
+  int64_t version = 0;
+  int64_t rows = 0;
+  int64_t output_dim = 0;
+  // A dense answer computed from the DSM's own weights unmasked (no trained
+  // twin): its cost is the baseline's, its outputs are not a baseline model's.
+  bool dense_cost_only = false;
+  std::vector<float> outputs;  // rows x output_dim, row-major
+  bool has_route = false;      // route holds this request's rows only
+  Route route;
+  InferCost cost;
+};
+
+// Completion: called exactly once, from the caller's thread (a request
+// answered at once) or from a worker. After it returns the core no longer
+// touches the request or the response.
+using InferDone = std::function<void(absl::Status)>;
+
+}  // namespace sparse
+
+#endif  // SPARSE_SERVER_CORE_INFER_H_

@@ -1,0 +1,372 @@
+#include "server/core/inference_core.h"
+
+#include <algorithm>
+#include <limits>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/client_text.h"
+#include "common/status_macros.h"
+#include "engine/matmul_kernel.h"
+
+namespace sparse {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int64_t NanosBetween(Clock::time_point from, Clock::time_point to) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(to - from).count();
+}
+
+const Model* PathModel(const Servable& servable, bool dense) {
+  const LoadedModel& loaded = servable.loaded;
+  return dense ? static_cast<const Model*>(loaded.dense.get()) : loaded.sparse.get();
+}
+
+// The checks that need no compute, run on the caller's thread before a
+// request is queued (admission happens here and nowhere else): so a bad
+// request gets its own code even when the queue is full, never occupies the
+// queue and never joins a batch.
+absl::Status Admit(const Servable& servable, int64_t max_batch_rows,
+                   const InferRequest& request) {
+  const Model* model = PathModel(servable, request.dense);
+  if (model == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model '", ClientText(request.model), "' version ", servable.version,
+        " has no dense twin; PredictDense needs one (train it with sparse-train)"));
+  }
+  const int64_t rows = request.rows;
+  const int64_t d = model->info().input_dim;
+  if (rows < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "empty batch: rows must be >= 1, got ", rows, " (inputs hold rows x ", d, " values)"));
+  }
+  if (rows > max_batch_rows) {
+    return absl::InvalidArgumentError(absl::StrCat("batch of ", rows,
+                                                   " rows exceeds the limit of ", max_batch_rows));
+  }
+  const int64_t o = model->info().output_dim;
+  if (rows * std::max(d, o) > std::numeric_limits<int>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch of ", rows, " rows x ", std::max(d, o), " values exceeds what one message can carry (",
+        std::numeric_limits<int>::max(), " values); send fewer rows"));
+  }
+  if (static_cast<int64_t>(request.inputs.size()) != rows * d) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model '", ClientText(request.model), "' takes ", d,
+        " inputs per row: expected rows x d = ", rows, " x ", d, " = ", rows * d, " values, got ",
+        request.inputs.size()));
+  }
+  // Every value finite, checked per request: a NaN names this request's own
+  // row, and never reaches a batch shared with other requests.
+  return ValidateBatch(request.inputs, rows, d);
+}
+
+// oneDNN runs with one OpenMP thread on every thread that computes (one
+// request per core, DESIGN.md §5); a frontend's threads are set on first use.
+void UseOneKernelThread() {
+  thread_local bool set = false;
+  if (!set) {
+    SetKernelThreads(1);
+    set = true;
+  }
+}
+
+// What a batch of `rows` rows did when it ran as one.
+struct BatchRun {
+  const Servable* servable = nullptr;
+  bool dense = false;
+  int64_t rows = 0;
+  PredictStats stats;
+  const Route* route = nullptr;  // null unless a request asked for it
+  Clock::time_point start;
+};
+
+// Builds the answer of the request whose rows are [first_row, first_row +
+// request.rows) of `batch`, its outputs already in response->outputs. The
+// one place an answer is built, for a request run alone or batched.
+void Answer(const BatchRun& batch, int64_t first_row, const InferRequest& request,
+            Clock::time_point arrival, InferResponse* response) {
+  const LoadedModel& loaded = batch.servable->loaded;
+  const int64_t rows = request.rows;
+  response->model = batch.servable->model;
+  response->version = batch.servable->version;
+  response->rows = rows;
+  response->output_dim = PathModel(*batch.servable, batch.dense)->info().output_dim;
+  response->dense_cost_only = batch.dense && loaded.dense_cost_only;
+  InferCost& cost = response->cost;
+  // FLOPs per row are the same for every row of a model: the share is exact.
+  cost.flops = batch.stats.flops / batch.rows * rows;
+  cost.dense_flops = loaded.dense != nullptr ? rows * loaded.dense->info().flops_per_row : 0;
+  cost.queue_ns = NanosBetween(arrival, batch.start);
+  cost.route_ns = batch.stats.route_ns;
+  cost.compute_ns = batch.stats.compute_ns;
+  cost.batch_rows = batch.rows;
+  response->has_route = batch.route != nullptr && request.return_route && !batch.dense;
+  if (response->has_route) {
+    const Route& from = *batch.route;
+    Route& r = response->route;
+    const int64_t keys = from.keys_per_row, experts = from.experts_per_row;
+    r.keys_per_row = keys;
+    r.bucket_keys.assign(from.bucket_keys.begin() + first_row * keys,
+                         from.bucket_keys.begin() + (first_row + rows) * keys);
+    r.bucket_missed.assign(from.bucket_missed.begin() + first_row * keys,
+                           from.bucket_missed.begin() + (first_row + rows) * keys);
+    r.experts_per_row = experts;
+    r.expert_ids.assign(from.expert_ids.begin() + first_row * experts,
+                        from.expert_ids.begin() + (first_row + rows) * experts);
+  }
+  cost.total_ns = NanosBetween(arrival, Clock::now());
+}
+
+// A request whose deadline passed or whose caller left while it was queued,
+// before any compute: its status, or OK if it is still wanted.
+absl::Status Stale(const PendingRequest& p) {
+  // The deadline first: a gRPC call is also cancelled at its deadline, and
+  // the deadline is the code to report then.
+  if (p.request->deadline < absl::Now()) {
+    return absl::DeadlineExceededError("deadline passed while the request was queued");
+  }
+  if (p.request->cancelled && p.request->cancelled()) {
+    return absl::CancelledError("cancelled while queued");
+  }
+  return absl::OkStatus();
+}
+
+// Runs admitted requests of one servable and path as one batch, on this
+// thread: their rows are concatenated and computed together (a DSM groups
+// them by expert, an LSH table projects them in one product), then each gets
+// its own rows. A request fails alone: each row's outputs depend on that row
+// only, so an output that overflows fails the request that sent the row,
+// naming its own row, and the others get their answers (and their own rows'
+// FLOPs). Should the batch fail as a whole (it cannot for admitted requests,
+// but oneDNN may still), each request is run again on its own. A lone
+// request is computed straight into its response. `finish(p, status)`
+// answers one request.
+template <typename Finish>
+void RunBatch(const Servable& servable, bool dense, std::vector<PendingRequest> batch,
+              const Finish& finish) {
+  std::vector<PendingRequest> live;
+  for (PendingRequest& p : batch) {
+    if (absl::Status stale = Stale(p); !stale.ok()) {
+      finish(p, stale);
+    } else {
+      live.push_back(std::move(p));
+    }
+  }
+  if (live.empty()) return;
+  UseOneKernelThread();
+  const Model& model = *PathModel(servable, dense);
+  const int64_t d = model.info().input_dim, o = model.info().output_dim;
+  BatchRun run;
+  run.servable = &servable;
+  run.dense = dense;
+  run.start = Clock::now();
+  bool want_route = false;
+  for (const PendingRequest& p : live) {
+    run.rows += p.request->rows;
+    want_route = want_route || (p.request->return_route && !dense);
+  }
+  Route route;
+  if (want_route) run.route = &route;
+  if (live.size() == 1) {
+    PendingRequest& p = live.front();
+    std::vector<float>& y = p.response->outputs;
+    y.assign(run.rows * o, 0.0f);
+    absl::Status s = model.PredictAdmitted(p.request->inputs, run.rows, absl::MakeSpan(y),
+                                           &run.stats, want_route ? &route : nullptr);
+    if (s.ok()) s = CheckOutputs(y, o);
+    if (s.ok()) Answer(run, 0, *p.request, p.arrival, p.response);
+    finish(p, s);
+    return;
+  }
+  std::vector<float> x;
+  x.reserve(run.rows * d);
+  for (const PendingRequest& p : live) x.insert(x.end(), p.request->inputs.begin(), p.request->inputs.end());
+  std::vector<float> y(run.rows * o, 0.0f);
+  if (!model.PredictAdmitted(x, run.rows, absl::MakeSpan(y), &run.stats,
+                             want_route ? &route : nullptr).ok()) {
+    for (PendingRequest& p : live) {
+      std::vector<PendingRequest> alone;
+      alone.push_back(std::move(p));
+      RunBatch(servable, dense, std::move(alone), finish);
+    }
+    return;
+  }
+  int64_t first = 0;
+  for (PendingRequest& p : live) {
+    const int64_t own_rows = p.request->rows;
+    const absl::Span<const float> own = absl::MakeConstSpan(y).subspan(first * o, own_rows * o);
+    const absl::Status s = CheckOutputs(own, o);
+    if (s.ok()) {
+      p.response->outputs.assign(own.begin(), own.end());
+      Answer(run, first, *p.request, p.arrival, p.response);
+    }
+    first += own_rows;
+    finish(p, s);
+  }
+}
+
+}  // namespace
+
+BatchingOptions ToBatchingOptions(const std::optional<sparse::v1::DynamicBatching>& config,
+                                  int workers, bool dense) {
+  if (!config.has_value()) return BatchingOptions{.enabled = false, .workers = workers};
+  using P = sparse::v1::DynamicBatching;
+  const bool path_on =
+      config->paths() == P::BOTH || config->paths() == (dense ? P::DENSE_ONLY : P::SPARSE_ONLY);
+  return BatchingOptions{.enabled = path_on,
+                         .workers = workers,
+                         .max_batch_rows = config->max_batch_rows() > 0 ? config->max_batch_rows() : 64,
+                         .max_queue_delay_us = config->max_queue_delay_us(),
+                         .max_queue_size = config->max_queue_size() > 0 ? config->max_queue_size() : 1024};
+}
+
+struct InferenceCore::Queues {
+  std::weak_ptr<const Servable> servable;
+  Batcher batchers[2];  // sparse, dense
+};
+
+InferenceCore::InferenceCore(const ModelRepository* repository, const Options& options)
+    : repository_(repository),
+      options_(options),
+      pool_(std::max(1, options.workers), std::max<int64_t>(1, options.max_queue)) {}
+
+InferenceCore::~InferenceCore() = default;  // pool_ goes first and runs what is queued
+
+void InferenceCore::Finish(const InferRequest& request, InferResponse* response,
+                           const InferDone& done, const absl::Status& status) {
+  if (options_.observe) options_.observe(request, status, *response);
+  done(status);
+  absl::MutexLock lock(&mu_);
+  --in_flight_;
+}
+
+void InferenceCore::Infer(const InferRequest& request, InferResponse* response, InferDone done) {
+  const auto arrival = Clock::now();
+  bool draining;
+  {
+    // Counted in flight until answered, so a drain knows when it is done.
+    absl::MutexLock lock(&mu_);
+    ++in_flight_;
+    draining = draining_;
+  }
+  if (draining) {
+    Finish(request, response, done,
+           absl::UnavailableError(
+               "sparse-server is shutting down; send the request to another replica"));
+    return;
+  }
+  std::optional<sparse::v1::DynamicBatching> batching;
+  absl::StatusOr<std::shared_ptr<const Servable>> servable =
+      repository_->Find(request.model, request.version, &batching);
+  absl::Status admitted = servable.status();
+  if (admitted.ok()) admitted = Admit(**servable, options_.max_batch_rows, request);
+  if (!admitted.ok()) {
+    Finish(request, response, done, admitted);
+    return;
+  }
+  PendingRequest pending{&request, response, arrival, std::move(done)};
+  std::vector<PendingRequest> batch;
+  if (request.rows * PathModel(**servable, request.dense)->info().flops_per_row <=
+      options_.inline_max_flops) {
+    batch.push_back(std::move(pending));
+    RunBatch(**servable, request.dense, std::move(batch), [this](PendingRequest& p, const absl::Status& s) {
+      Finish(*p.request, p.response, p.done, s);
+    });
+    return;
+  }
+  const BatchingOptions options = ToBatchingOptions(batching, workers(), request.dense);
+  if (options.enabled) {
+    Enqueue(*std::move(servable), request.dense, options, std::move(pending));
+    return;
+  }
+  batch.push_back(std::move(pending));
+  Submit(*std::move(servable), request.dense, std::move(batch));
+}
+
+void InferenceCore::Submit(std::shared_ptr<const Servable> servable, bool dense,
+                           std::vector<PendingRequest> batch) {
+  // Shared: if the pool's queue is full the task is dropped, and the
+  // requests are still answered here.
+  auto shared = std::make_shared<std::vector<PendingRequest>>(std::move(batch));
+  const bool queued = pool_.Submit([this, shared, dense, servable = std::move(servable)] {
+    RunBatch(*servable, dense, std::move(*shared), [this](PendingRequest& p, const absl::Status& s) {
+      Finish(*p.request, p.response, p.done, s);
+    });
+  });
+  if (!queued) {
+    for (PendingRequest& p : *shared) {
+      Finish(*p.request, p.response, p.done,
+             absl::UnavailableError("the inference queue is full; retry with backoff"));
+    }
+  }
+}
+
+std::shared_ptr<InferenceCore::Queues> InferenceCore::QueuesFor(
+    const std::shared_ptr<const Servable>& servable) {
+  absl::MutexLock lock(&queues_mu_);
+  auto it = queues_.find(servable.get());
+  // The same address may belong to a servable that has since been freed.
+  if (it != queues_.end() && !it->second->servable.expired()) return it->second;
+  absl::erase_if(queues_, [](const auto& entry) { return entry.second->servable.expired(); });
+  auto queues = std::make_shared<Queues>();
+  queues->servable = servable;
+  queues_[servable.get()] = queues;
+  return queues;
+}
+
+void InferenceCore::Enqueue(std::shared_ptr<const Servable> servable, bool dense,
+                            const BatchingOptions& options, PendingRequest pending) {
+  std::shared_ptr<Queues> queues = QueuesFor(servable);
+  switch (queues->batchers[dense ? 1 : 0].Add(&pending, options)) {
+    case Batcher::AddResult::kFull:
+      Finish(*pending.request, pending.response, pending.done,
+             absl::UnavailableError(absl::StrCat(
+                 "the batching queue of model '", servable->model,
+                 "' is full (dynamic_batching.max_queue_size); retry with backoff")));
+      return;
+    case Batcher::AddResult::kQueued:
+      return;
+    case Batcher::AddResult::kQueuedScheduleDrain:
+      ScheduleDrain(std::move(servable), std::move(queues), dense);
+      return;
+  }
+}
+
+void InferenceCore::ScheduleDrain(std::shared_ptr<const Servable> servable,
+                                  std::shared_ptr<Queues> queues, bool dense) {
+  Batcher& batcher = queues->batchers[dense ? 1 : 0];
+  const bool queued = pool_.Submit([this, servable, queues, dense, &batcher] {
+    bool another = false;
+    std::vector<PendingRequest> batch = batcher.Take(&another);
+    // Another worker forms the next batch while this one computes.
+    if (another) ScheduleDrain(servable, queues, dense);
+    if (batch.empty()) return;
+    int64_t rows = 0;
+    for (const PendingRequest& p : batch) rows += p.request->rows;
+    RunBatch(*servable, dense, std::move(batch), [this](PendingRequest& p, const absl::Status& s) {
+      Finish(*p.request, p.response, p.done, s);
+    });
+    batcher.Finished(rows);
+  });
+  if (!queued) {
+    for (PendingRequest& p : batcher.TakeAll()) {
+      Finish(*p.request, p.response, p.done,
+             absl::UnavailableError("the inference queue is full; retry with backoff"));
+    }
+  }
+}
+
+bool InferenceCore::Drain(absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+  return mu_.AwaitWithDeadline(absl::Condition(this, &InferenceCore::Idle), deadline);
+}
+
+int64_t InferenceCore::in_flight() const {
+  absl::MutexLock lock(&mu_);
+  return in_flight_;
+}
+
+}  // namespace sparse

@@ -1,0 +1,131 @@
+// InferenceCore: the serving core, free of any protocol (DESIGN.md §2, §5).
+//
+// Every frontend (sparse.v1 and the Open Inference Protocol on gRPC, and
+// in-process callers) sends each prediction through Infer():
+//
+//   1. Admission, once: the model and version exist (the repository's
+//      snapshot), the path exists (a dense twin for `dense`), the shape is
+//      right, the batch within max_batch_rows, every input finite. A bad
+//      request gets its own error here, never occupies a queue and never
+//      joins a batch.
+//   2. A request costing at most `inline_max_flops` (an LSH table, a small
+//      expert slice: a few microseconds) runs on the caller's thread: handing
+//      it to a worker would cost more than the model (~30 us measured,
+//      docs/benchmarks.md).
+//   3. Anything dearer goes to the worker pool: through its version's
+//      dynamic batcher when the model's config.pbtxt asks for batching,
+//      alone otherwise. The batching state is the core's, one Batcher per
+//      servable and path, created on first use.
+//   4. Whatever path it took, one function runs it (RunBatch) and one
+//      builds its answer, with its cost (FLOPs, dense FLOPs, queue, route and
+//      compute time).
+//
+// `done` runs once per request, with an absl::Status; a frontend turns it
+// into its protocol's status in one place. Drain() stops admitting and
+// waits (on a condition, not a poll) for what was admitted.
+//
+// Thread-safe. The repository must outlive the core; the destructor finishes
+// every queued request.
+#ifndef SPARSE_SERVER_CORE_INFERENCE_CORE_H_
+#define SPARSE_SERVER_CORE_INFERENCE_CORE_H_
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/core/batcher.h"
+#include "server/core/infer.h"
+#include "server/core/worker_pool.h"
+#include "model_store/model_repository.h"
+
+namespace sparse {
+
+class InferenceCore {
+ public:
+  struct Options {
+    int workers = 1;           // threads that run inference (>= 1)
+    int64_t max_queue = 1024;  // tasks waiting for a worker; beyond it UNAVAILABLE
+    int64_t max_batch_rows = 1024;  // larger requests are INVALID_ARGUMENT
+    // Requests costing at most this many FLOPs (rows x FLOPs per row of the
+    // path asked for) run on the caller's thread; 0 queues every request.
+    int64_t inline_max_flops = 262144;
+    // Called once per answered request, just before `done` (metrics). The
+    // response is filled only when the status is OK. May be empty.
+    std::function<void(const InferRequest&, const absl::Status&, const InferResponse&)> observe;
+  };
+
+  InferenceCore(const ModelRepository* repository, const Options& options);
+  ~InferenceCore();
+  InferenceCore(const InferenceCore&) = delete;
+  InferenceCore& operator=(const InferenceCore&) = delete;
+
+  // Admits `request`, runs it on this thread or a worker, fills `response`
+  // and calls `done` once. `request` (and the inputs it points to) and
+  // `response` must stay alive until then.
+  // Errors: NOT_FOUND (model, version or dense twin), UNAVAILABLE (no
+  // version loads, queue full, draining), FAILED_PRECONDITION (no dense twin
+  // for a routed model), INVALID_ARGUMENT (shape, size, a value not finite,
+  // an output that overflows), DEADLINE_EXCEEDED / CANCELLED while queued.
+  void Infer(const InferRequest& request, InferResponse* response, InferDone done);
+
+  // From now on Infer() answers UNAVAILABLE ("shutting down", which clients
+  // retry elsewhere); waits until every request already admitted is
+  // answered (true), or until `deadline` (false).
+  bool Drain(absl::Time deadline);
+
+  // Requests admitted and not yet answered.
+  int64_t in_flight() const;
+
+  // The threads that run inference: for work that must share them, and for
+  // tests that hold a worker to make requests queue.
+  WorkerPool& pool() { return pool_; }
+  int workers() const { return pool_.threads(); }
+
+ private:
+  struct Queues;  // one Batcher per path of a servable
+
+  // Runs `batch` (requests of one servable and path) on a worker.
+  void Submit(std::shared_ptr<const Servable> servable, bool dense,
+              std::vector<PendingRequest> batch);
+  // Queues an admitted request on its servable's batcher.
+  void Enqueue(std::shared_ptr<const Servable> servable, bool dense,
+               const BatchingOptions& options, PendingRequest pending);
+  // Asks a worker to take a batch from the servable's batcher and run it.
+  void ScheduleDrain(std::shared_ptr<const Servable> servable, std::shared_ptr<Queues> queues,
+                     bool dense);
+  std::shared_ptr<Queues> QueuesFor(const std::shared_ptr<const Servable>& servable);
+  void Finish(const InferRequest& request, InferResponse* response, const InferDone& done,
+              const absl::Status& status);
+  bool Idle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return in_flight_ == 0; }
+
+  const ModelRepository* const repository_;
+  const Options options_;
+
+  mutable absl::Mutex mu_;
+  int64_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+
+  absl::Mutex queues_mu_;
+  // Keyed by the servable's address; an entry whose servable is gone (its
+  // weak pointer expired) is dropped when the next one is added.
+  absl::flat_hash_map<const Servable*, std::shared_ptr<Queues>> queues_ ABSL_GUARDED_BY(queues_mu_);
+
+  // Declared last: destroyed first, so queued tasks finish while the rest
+  // of the core is still there.
+  WorkerPool pool_;
+};
+
+// The batching settings of one path under `config`'s dynamic_batching
+// (absent: off), for a server with `workers` workers.
+BatchingOptions ToBatchingOptions(const std::optional<sparse::v1::DynamicBatching>& config,
+                                  int workers, bool dense);
+
+}  // namespace sparse
+
+#endif  // SPARSE_SERVER_CORE_INFERENCE_CORE_H_

@@ -1,0 +1,340 @@
+// The serving core, called in process with no protocol in between: what
+// every frontend relies on.
+//  - Answers and costs equal the engine's, inline and on a worker, alone
+//    and batched, on both paths, with the route when asked for.
+//  - Each bad request gets its own code and a message naming its own row,
+//    and never reaches a batch; one whose outputs overflow fails alone.
+//  - Queue full, deadline passed and caller gone while queued.
+//  - Drain refuses new requests at once and returns when the admitted ones
+//    are answered (or at its deadline).
+// Ordering is made deterministic by holding the core's one worker with a
+// task of the test's own (pool().Submit) until the requests are queued.
+#include "server/core/inference_core.h"
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "absl/synchronization/notification.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "model_store/checkpoint.h"
+#include "tests/testing/matchers.h"
+#include "tests/testing/random_models.h"
+
+namespace sparse {
+namespace {
+
+namespace fs = std::filesystem;
+using ::sparse::testing::RandomDense;
+using ::sparse::testing::RandomDsm;
+using ::sparse::testing::RandomInputs;
+using ::sparse::testing::RandomLshTable;
+using ::testing::HasSubstr;
+
+constexpr int64_t kD = 8;
+
+// One request's storage and its outcome.
+struct Call {
+  std::vector<float> x;
+  InferRequest request;
+  InferResponse response;
+  absl::Notification answered;
+  absl::Status status;
+  std::atomic<int> done_calls{0};
+
+  Call(std::string model, std::vector<float> inputs, int64_t rows, bool dense = false) : x(std::move(inputs)) {
+    request.model = std::move(model);
+    request.rows = rows;
+    request.dense = dense;
+    request.inputs = x;
+  }
+  InferDone Done() {
+    return [this](absl::Status s) {
+      status = std::move(s);
+      ++done_calls;
+      answered.Notify();
+    };
+  }
+  absl::Status Wait() {
+    EXPECT_TRUE(answered.WaitForNotificationWithTimeout(absl::Seconds(30))) << "never answered";
+    return status;
+  }
+};
+
+class InferenceCoreTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    root_ = new fs::path(fs::temp_directory_path() /
+                         ("sparse_core_test_" + std::to_string(::getpid())));
+    fs::remove_all(*root_);
+    Checkpoint dsm;
+    dsm.sparse = RandomDsm({.d = kD, .o = 2, .experts = 8, .active_units = 16}, 1);
+    dsm.dense = RandomDense(kD, 64, 2, Activation::kRelu, 2);
+    ASSERT_OK(WriteCheckpoint((*root_ / "dsm").string(), 1, dsm));
+    Checkpoint lsh;
+    lsh.sparse = RandomLshTable({.d = kD, .o = 1}, 3);
+    ASSERT_OK(WriteCheckpoint((*root_ / "lsh").string(), 1, lsh));
+    // The same DSM with dynamic batching on both paths.
+    ASSERT_OK(WriteCheckpoint((*root_ / "batched").string(), 1, dsm));
+    std::ofstream(*root_ / "batched" / "config.pbtxt")
+        << "dynamic_batching { max_batch_rows: 64 max_queue_delay_us: 0 paths: BOTH }\n";
+    ModelRepository::Options options;
+    options.max_batch_rows = 64;
+    options.log = [](const std::string&) {};
+    absl::StatusOr<std::unique_ptr<ModelRepository>> repository =
+        ModelRepository::Open(root_->string(), options, nullptr);
+    ASSERT_TRUE(repository.ok()) << repository.status();
+    repository_ = repository->release();
+  }
+  static void TearDownTestSuite() {
+    delete repository_;
+    fs::remove_all(*root_);
+    delete root_;
+  }
+
+  // A core with one worker; `inline_max_flops` 0 sends every request to it.
+  static std::unique_ptr<InferenceCore> Core(int64_t inline_max_flops, int64_t max_queue = 1024) {
+    return std::make_unique<InferenceCore>(
+        repository_, InferenceCore::Options{.workers = 1,
+                                            .max_queue = max_queue,
+                                            .max_batch_rows = 64,
+                                            .inline_max_flops = inline_max_flops,
+                                            .observe = nullptr});
+  }
+
+  static const LoadedModel& Loaded(const std::string& model) {
+    absl::StatusOr<std::shared_ptr<const Servable>> servable = repository_->Find(model, 0);
+    EXPECT_TRUE(servable.ok()) << servable.status();
+    return (*servable)->loaded;  // the repository keeps it alive
+  }
+
+  // Holds the core's one worker until the returned notification is notified.
+  static std::shared_ptr<absl::Notification> HoldWorker(InferenceCore& core) {
+    auto release = std::make_shared<absl::Notification>();
+    auto held = std::make_shared<absl::Notification>();
+    EXPECT_TRUE(core.pool().Submit([release, held] {
+      held->Notify();
+      release->WaitForNotification();
+    }));
+    held->WaitForNotification();
+    return release;
+  }
+
+  static fs::path* root_;
+  static ModelRepository* repository_;
+};
+
+fs::path* InferenceCoreTest::root_ = nullptr;
+ModelRepository* InferenceCoreTest::repository_ = nullptr;
+
+TEST_F(InferenceCoreTest, InlineAndQueuedAnswersEqualTheEngineWithTheirCost) {
+  for (int64_t inline_max : {int64_t{1} << 40, int64_t{0}}) {
+    std::unique_ptr<InferenceCore> core = Core(inline_max);
+    for (const std::string model : {"dsm", "lsh"}) {
+      for (bool dense : {false, true}) {
+        const LoadedModel& loaded = Loaded(model);
+        if (dense && loaded.dense == nullptr) continue;  // no twin: refused, tested below
+        const Model* engine = dense ? static_cast<const Model*>(loaded.dense.get()) : loaded.sparse.get();
+        SCOPED_TRACE(model + (dense ? " dense" : " sparse") + (inline_max ? " inline" : " queued"));
+        const int64_t rows = 5;
+        Call call(model, RandomInputs(rows, kD, 7), rows, dense);
+        call.request.return_route = true;
+        core->Infer(call.request, &call.response, call.Done());
+        ASSERT_OK(call.Wait());
+        EXPECT_EQ(call.done_calls, 1);
+
+        std::vector<float> want(rows * engine->info().output_dim);
+        PredictStats stats;
+        Route route;
+        ASSERT_OK(engine->Predict(call.x, rows, absl::MakeSpan(want), &stats, &route));
+        const InferResponse& r = call.response;
+        EXPECT_EQ(r.model, model);
+        EXPECT_EQ(r.version, 1);
+        EXPECT_EQ(r.rows, rows);
+        EXPECT_EQ(r.output_dim, engine->info().output_dim);
+        EXPECT_EQ(r.dense_cost_only, dense && loaded.dense_cost_only);
+        ASSERT_EQ(r.outputs.size(), want.size());
+        for (size_t i = 0; i < want.size(); ++i) EXPECT_FLOAT_EQ(r.outputs[i], want[i]) << i;
+        EXPECT_EQ(r.cost.flops, stats.flops);
+        EXPECT_EQ(r.cost.dense_flops,
+                  loaded.dense != nullptr ? rows * loaded.dense->info().flops_per_row : 0);
+        EXPECT_EQ(r.cost.batch_rows, rows);
+        EXPECT_GE(r.cost.total_ns, r.cost.queue_ns + r.cost.compute_ns);
+        EXPECT_GT(r.cost.compute_ns, 0);
+        EXPECT_EQ(r.has_route, !dense);
+        if (!dense) {
+          EXPECT_EQ(r.route.bucket_keys, route.bucket_keys);
+          EXPECT_EQ(r.route.expert_ids, route.expert_ids);
+        }
+      }
+    }
+  }
+}
+
+TEST_F(InferenceCoreTest, EachBadRequestGetsItsOwnCodeAndSaysWhatWasExpected) {
+  std::unique_ptr<InferenceCore> core = Core(0);
+  struct Case {
+    std::string model;
+    std::vector<float> x;
+    int64_t rows;
+    bool dense;
+    absl::StatusCode code;
+    std::string says;
+  };
+  std::vector<float> nan_row = RandomInputs(3, kD, 1);
+  nan_row[2 * kD + 5] = std::nanf("");
+  const std::vector<Case> cases = {
+      {"nope", RandomInputs(1, kD, 1), 1, false, absl::StatusCode::kNotFound, "nope"},
+      {"dsm", RandomInputs(1, kD, 1), 2, false, absl::StatusCode::kInvalidArgument,
+       "expected rows x d = 2 x 8 = 16 values, got 8"},
+      {"dsm", {}, 0, false, absl::StatusCode::kInvalidArgument, "rows must be >= 1"},
+      {"dsm", RandomInputs(65, kD, 1), 65, false, absl::StatusCode::kInvalidArgument,
+       "exceeds the limit of 64"},
+      {"dsm", nan_row, 3, false, absl::StatusCode::kInvalidArgument, "input row 2 column 5"},
+      {"lsh", RandomInputs(1, kD, 1), 1, true, absl::StatusCode::kFailedPrecondition,
+       "no dense twin"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.says);
+    Call call(c.model, c.x, c.rows, c.dense);
+    core->Infer(call.request, &call.response, call.Done());
+    // Refused at admission, on this thread: never queued.
+    ASSERT_TRUE(call.answered.HasBeenNotified());
+    EXPECT_EQ(call.status.code(), c.code) << call.status;
+    EXPECT_THAT(std::string(call.status.message()), HasSubstr(c.says));
+  }
+  EXPECT_EQ(core->in_flight(), 0);
+}
+
+TEST_F(InferenceCoreTest, ABatchedRequestWhoseOutputsOverflowFailsAlone) {
+  std::unique_ptr<InferenceCore> core = Core(0);
+  const Model& engine = *Loaded("batched").sparse;
+  // A row whose outputs overflow float32 (found with the engine, not assumed).
+  std::vector<float> overflow;
+  for (float v : {3e38f, -3e38f, 1e38f, -1e38f, 1e37f, -1e37f}) {
+    for (int64_t col = -1; col < kD && overflow.empty(); ++col) {
+      std::vector<float> x(kD, col < 0 ? v : 0.5f);  // col -1: every column
+      if (col >= 0) x[col] = v;
+      std::vector<float> y(engine.info().output_dim);
+      PredictStats stats;
+      if (!engine.Predict(x, 1, absl::MakeSpan(y), &stats, nullptr).ok()) overflow = x;
+    }
+  }
+  ASSERT_FALSE(overflow.empty()) << "no input found whose outputs overflow";
+
+  // Five requests queue behind the held worker, so they run as one batch.
+  std::shared_ptr<absl::Notification> release = HoldWorker(*core);
+  std::vector<std::unique_ptr<Call>> calls;
+  for (int i = 0; i < 5; ++i) {
+    std::vector<float> x = RandomInputs(2, kD, 100 + i);
+    if (i == 2) std::copy(overflow.begin(), overflow.end(), x.begin() + kD);  // its row 1
+    calls.push_back(std::make_unique<Call>("batched", x, 2));
+    core->Infer(calls.back()->request, &calls.back()->response, calls.back()->Done());
+  }
+  EXPECT_EQ(core->in_flight(), 5);
+  release->Notify();
+  for (int i = 0; i < 5; ++i) {
+    Call& call = *calls[i];
+    const absl::Status s = call.Wait();
+    if (i == 2) {
+      EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+      EXPECT_THAT(std::string(s.message()), HasSubstr("row 1"));
+      continue;
+    }
+    ASSERT_OK(s);
+    EXPECT_EQ(call.response.cost.batch_rows, 10) << "the five requests ran as one batch";
+    EXPECT_EQ(call.response.cost.flops, 2 * engine.info().flops_per_row);
+    std::vector<float> want(2 * engine.info().output_dim);
+    PredictStats stats;
+    ASSERT_OK(engine.Predict(call.x, 2, absl::MakeSpan(want), &stats, nullptr));
+    for (size_t j = 0; j < want.size(); ++j) {
+      EXPECT_NEAR(call.response.outputs[j], want[j], 1e-4f * (1 + std::fabs(want[j])));
+    }
+  }
+}
+
+TEST_F(InferenceCoreTest, AFullQueueAnExpiredDeadlineAndAGoneCallerAreAnsweredBeforeCompute) {
+  std::unique_ptr<InferenceCore> core = Core(0, /*max_queue=*/2);
+  std::shared_ptr<absl::Notification> release = HoldWorker(*core);
+  Call late("dsm", RandomInputs(1, kD, 1), 1);
+  late.request.deadline = absl::Now() + absl::Milliseconds(1);
+  Call gone("dsm", RandomInputs(1, kD, 2), 1);
+  std::atomic<bool> left{false};
+  gone.request.cancelled = [&left] { return left.load(); };
+  Call full("dsm", RandomInputs(1, kD, 3), 1);
+  core->Infer(late.request, &late.response, late.Done());
+  core->Infer(gone.request, &gone.response, gone.Done());
+  core->Infer(full.request, &full.response, full.Done());  // the queue holds two
+  ASSERT_TRUE(full.answered.HasBeenNotified());
+  EXPECT_EQ(full.status.code(), absl::StatusCode::kUnavailable) << full.status;
+  EXPECT_THAT(std::string(full.status.message()), HasSubstr("queue is full"));
+  absl::SleepFor(absl::Milliseconds(2));  // past `late`'s deadline
+  left = true;
+  release->Notify();
+  EXPECT_EQ(late.Wait().code(), absl::StatusCode::kDeadlineExceeded) << late.status;
+  EXPECT_EQ(gone.Wait().code(), absl::StatusCode::kCancelled) << gone.status;
+}
+
+TEST_F(InferenceCoreTest, DrainRefusesNewRequestsAndWaitsForTheAdmittedOnes) {
+  std::unique_ptr<InferenceCore> core = Core(0);
+  std::shared_ptr<absl::Notification> release = HoldWorker(*core);
+  constexpr int kQueued = 20;
+  std::vector<std::unique_ptr<Call>> calls;
+  for (int i = 0; i < kQueued; ++i) {
+    calls.push_back(std::make_unique<Call>(i % 2 ? "dsm" : "batched", RandomInputs(1, kD, i), 1));
+    core->Infer(calls.back()->request, &calls.back()->response, calls.back()->Done());
+  }
+  ASSERT_EQ(core->in_flight(), kQueued);
+
+  // While the worker is held the drain cannot finish: it gives up at its deadline.
+  EXPECT_FALSE(core->Drain(absl::Now() + absl::Milliseconds(20)));
+  // Draining: a new request is refused at once, as retryable, saying why.
+  Call refused("dsm", RandomInputs(1, kD, 99), 1);
+  core->Infer(refused.request, &refused.response, refused.Done());
+  ASSERT_TRUE(refused.answered.HasBeenNotified());
+  EXPECT_EQ(refused.status.code(), absl::StatusCode::kUnavailable) << refused.status;
+  EXPECT_THAT(std::string(refused.status.message()), HasSubstr("shutting down"));
+  EXPECT_EQ(core->in_flight(), kQueued);
+
+  std::atomic<bool> drained{false};
+  std::thread drainer([&] { drained = core->Drain(absl::InfiniteFuture()); });
+  release->Notify();
+  drainer.join();
+  EXPECT_TRUE(drained);
+  EXPECT_EQ(core->in_flight(), 0);
+  for (const auto& call : calls) {
+    ASSERT_TRUE(call->answered.HasBeenNotified()) << "Drain returned before every answer";
+    EXPECT_OK(call->status);
+    EXPECT_EQ(call->done_calls, 1);
+  }
+}
+
+TEST_F(InferenceCoreTest, TheObserveHookSeesEveryAnswerOnce) {
+  std::atomic<int> ok{0}, failed{0};
+  InferenceCore core(repository_,
+                     InferenceCore::Options{
+                         .workers = 1,
+                         .max_batch_rows = 64,
+                         .inline_max_flops = 0,
+                         .observe = [&](const InferRequest&, const absl::Status& s,
+                                        const InferResponse& r) {
+                           if (s.ok() && r.cost.flops > 0) {
+                             ++ok;
+                           } else if (!s.ok()) {
+                             ++failed;
+                           }
+                         }});
+  Call good("dsm", RandomInputs(3, kD, 1), 3);
+  Call bad("dsm", RandomInputs(1, kD, 1), 3);
+  core.Infer(good.request, &good.response, good.Done());
+  core.Infer(bad.request, &bad.response, bad.Done());
+  ASSERT_OK(good.Wait());
+  EXPECT_FALSE(bad.Wait().ok());
+  EXPECT_EQ(ok, 1);
+  EXPECT_EQ(failed, 1);
+}
+
+}  // namespace
+}  // namespace sparse
