@@ -364,6 +364,11 @@ bool InferenceCore::Drain(absl::Time deadline) {
   return mu_.AwaitWithDeadline(absl::Condition(this, &InferenceCore::Idle), deadline);
 }
 
+bool InferenceCore::draining() const {
+  absl::MutexLock lock(&mu_);
+  return draining_;
+}
+
 int64_t InferenceCore::in_flight() const {
   absl::MutexLock lock(&mu_);
   return in_flight_;

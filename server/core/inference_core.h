@@ -81,6 +81,8 @@ class InferenceCore {
 
   // Requests admitted and not yet answered.
   int64_t in_flight() const;
+  // Whether Drain() has been called: every new request is refused.
+  bool draining() const;
 
   // The threads that run inference: for work that must share them, and for
   // tests that hold a worker to make requests queue.

@@ -1,0 +1,129 @@
+// SparseServer as sparse-server's main drives it: the options it refuses
+// (each bad flag named on its own line) and the graceful drain of SIGTERM,
+// over gRPC. The drain is made deterministic by holding the one worker
+// (core().pool()) until every request is queued: no timing decides the
+// outcome.
+#include "server/server.h"
+
+#include <filesystem>
+#include <thread>
+
+#include "absl/synchronization/blocking_counter.h"
+#include "absl/synchronization/notification.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "model_store/checkpoint.h"
+#include "sparse/v1/inference.grpc.pb.h"
+#include "tests/testing/local_server.h"
+#include "tests/testing/matchers.h"
+#include "tests/testing/random_models.h"
+
+namespace sparse {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+constexpr int64_t kD = 8;
+
+TEST(ServerOptionsTest, EveryBadOptionIsNamedOnItsOwnLine) {
+  ServerOptions options;
+  options.model_repository = "models";
+  EXPECT_OK(options.Validate());
+  options.port = 70000;
+  options.max_queue = 0;
+  options.poll_seconds = -1;
+  options.tls_key_file = "server.key";
+  const absl::Status s = options.Validate();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()),
+              ::testing::StartsWith("--port takes 0..65535 (0 = a free port), got 70000\n"
+                                    "--max_queue takes a count >= 1, got 0\n"
+                                    "--poll_seconds takes seconds in 0..86400"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("--tls_cert and --tls_key go together"));
+  // Start() refuses them before reading the repository.
+  EXPECT_EQ(SparseServer::Start(options, nullptr).status(), s);
+
+  ServerOptions control;
+  control.model_repository = "models";
+  control.model_control = true;
+  control.poll_seconds = 5;
+  EXPECT_THAT(std::string(control.Validate().message()), HasSubstr("exclude each other"));
+  control.poll_seconds = 0;
+  control.tls_cert_file = "server.pem";
+  control.tls_key_file = "server.key";
+  EXPECT_THAT(std::string(control.Validate().message()), HasSubstr("needs --tls_client_ca"));
+}
+
+TEST(ServerDrainTest, ShutdownFinishesEveryQueuedRequestAndRefusesNewOnes) {
+  const fs::path root = fs::temp_directory_path() / ("sparse_drain_test_" + std::to_string(::getpid()));
+  fs::remove_all(root);
+  Checkpoint checkpoint;
+  checkpoint.sparse = testing::RandomDsm({.d = kD, .o = 1, .experts = 8, .active_units = 16}, 1);
+  checkpoint.dense = testing::RandomDense(kD, 64, 1, Activation::kRelu, 2);
+  ASSERT_OK(WriteCheckpoint((root / "dsm").string(), 1, checkpoint));
+  ServerOptions options;
+  options.model_repository = root.string();
+  options.workers = 1;
+  options.inline_max_flops = 0;  // every request queues for the worker
+  ASSERT_OK_AND_ASSIGN(testing::LocalServer local, testing::StartLocalServer(options));
+  SparseServer& server = *local.server;
+  auto stub = sparse::v1::SparseInference::NewStub(local.channel);
+
+  // The worker is held: every request sent now stays queued.
+  absl::Notification release, held;
+  ASSERT_TRUE(server.core().pool().Submit([&] {
+    held.Notify();
+    release.WaitForNotification();
+  }));
+  held.WaitForNotification();
+
+  constexpr int kCalls = 50;
+  struct Call {
+    grpc::ClientContext context;
+    sparse::v1::PredictRequest request;
+    sparse::v1::PredictResponse response;
+    grpc::Status status;
+  };
+  std::vector<Call> calls(kCalls);
+  absl::BlockingCounter answered(kCalls);
+  for (int i = 0; i < kCalls; ++i) {
+    Call& c = calls[i];
+    c.request.set_model("dsm");
+    c.request.set_rows(1);
+    for (float v : testing::RandomInputs(1, kD, i)) c.request.add_inputs(v);
+    c.context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    stub->async()->Predict(&c.context, &c.request, &c.response, [&c, &answered](grpc::Status s) {
+      c.status = std::move(s);
+      answered.DecrementCount();
+    });
+  }
+  // Waits (not a timing assertion) until the server holds all of them.
+  while (server.core().in_flight() < kCalls) absl::SleepFor(absl::Milliseconds(1));
+
+  std::thread stopper([&server] { server.Shutdown(/*grace_ms=*/60'000); });
+  while (!server.core().draining()) absl::SleepFor(absl::Milliseconds(1));
+  // Draining: a new request is refused as retryable, saying why, while the
+  // queued ones wait for the worker.
+  {
+    grpc::ClientContext context;
+    sparse::v1::PredictResponse response;
+    const grpc::Status refused = stub->Predict(&context, calls[0].request, &response);
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE) << refused.error_message();
+    EXPECT_THAT(refused.error_message(), HasSubstr("shutting down"));
+  }
+  EXPECT_EQ(server.core().in_flight(), kCalls);
+  release.Notify();
+  stopper.join();
+  server.Wait();
+  answered.Wait();
+  for (const Call& c : calls) {
+    EXPECT_TRUE(c.status.ok()) << c.status.error_message();
+    EXPECT_EQ(c.response.outputs_size(), 1);
+  }
+  local.server.reset();
+  fs::remove_all(root);
+}
+
+}  // namespace
+}  // namespace sparse
