@@ -4,7 +4,7 @@ manifold case of appendix D.2) of "A Theoretical View on Sparsely Activated
 Networks" with sparse-train, and writes docs/paper-reproduction.md.
 
     /usr/bin/python3 bench/paper_reproduction.py [--small] \
-        [--sparse_train build/model_store/sparse-train] [--output docs/paper-reproduction.md]
+        [--sparse_train build/trainer/sparse-train] [--output docs/paper-reproduction.md]
 
 Every number in the report is measured by this run: each experiment is one
 `sparse-train --json --dry_run` call (the paper's 2^16 train / 2^14 test
@@ -76,7 +76,7 @@ def verdict(ok, experiment=None, claim=None):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="tiny data and widths (for tests)")
-    parser.add_argument("--sparse_train", default="build/model_store/sparse-train")
+    parser.add_argument("--sparse_train", default="build/trainer/sparse-train")
     parser.add_argument("--output", default="docs/paper-reproduction.md")
     args = parser.parse_args()
     if not os.access(args.sparse_train, os.X_OK):

@@ -1,7 +1,7 @@
 # Shell functions shared by deploy/demo.sh and bench/serving_bench.sh.
 # Source it after setting BUILD (the build directory) and defining say().
 
-TRAIN=$BUILD/model_store/sparse-train
+TRAIN=$BUILD/trainer/sparse-train
 SERVER=$BUILD/server/sparse-server
 CLI=$BUILD/client/sparse-cli
 ECHO_SERVER=$BUILD/bench/echo_server

@@ -19,7 +19,7 @@ from xml.etree import ElementTree
 source, build = sys.argv[1], sys.argv[2]
 sys.path.insert(0, os.path.join(source, "tests", "testing"))
 from harness import check, finish, python_stubs, run, stop  # noqa: E402
-TRAIN = os.path.join(build, "model_store", "sparse-train")
+TRAIN = os.path.join(build, "trainer", "sparse-train")
 SERVER = os.path.join(build, "server", "sparse-server")
 CLI = os.path.join(build, "client", "sparse-cli")
 

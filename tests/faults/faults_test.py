@@ -41,7 +41,7 @@ from harness import check, finish, python_stubs, run, start_server, stop, train_
 import numpy as np  # noqa: E402
 from sparse_serve import export  # noqa: E402
 
-TRAIN = os.path.join(build, "model_store", "sparse-train")
+TRAIN = os.path.join(build, "trainer", "sparse-train")
 MAX_QUEUE = 4
 
 

@@ -36,7 +36,7 @@ def write(target, name, data):
 
 with tempfile.TemporaryDirectory() as tmp:
     # Checkpoints.
-    train = os.path.join(build, "model_store", "sparse-train")
+    train = os.path.join(build, "trainer", "sparse-train")
     common = ["--quiet", "--train_rows=512", "--test_rows=64", "--d=4", "--repository=" + tmp]
     runs = {
         "lsh": ["--model=lsh_table", "--tables=2", "--hashes=4"],

@@ -35,7 +35,7 @@ def python_stubs(source, directory, *protos):
 def train_small_dsm(build, repo, name):
     """sparse-train's default DSM (d=8, with its dense twin) on few rows,
     published as version 1 of `name` in `repo`: a second or so."""
-    done = run([os.path.join(build, "model_store", "sparse-train"), "--quiet", "--train_rows=4096",
+    done = run([os.path.join(build, "trainer", "sparse-train"), "--quiet", "--train_rows=4096",
                 "--test_rows=512", "--repository=" + repo, "--model_name=" + name])
     if done.returncode != 0:
         sys.exit("sparse-train failed: " + done.stdout + done.stderr)

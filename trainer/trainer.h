@@ -15,8 +15,8 @@
 //  - dsm topk and dense: ridge regression on the (masked) random features
 //    in closed form when the width is at most closed_form_limit, otherwise
 //    Adam on minibatches; the summary says which.
-#ifndef SPARSE_MODEL_STORE_TRAINER_H_
-#define SPARSE_MODEL_STORE_TRAINER_H_
+#ifndef SPARSE_TRAINER_TRAINER_H_
+#define SPARSE_TRAINER_TRAINER_H_
 
 #include <cstdint>
 #include <functional>
@@ -26,7 +26,7 @@
 #include "engine/model.h"
 #include "engine/weights.h"
 #include "model_store/checkpoint.h"
-#include "model_store/dataset.h"
+#include "trainer/dataset.h"
 
 namespace sparse {
 
@@ -92,4 +92,4 @@ absl::StatusOr<double> EvaluateMse(const Model& model, const Dataset& data);
 
 }  // namespace sparse
 
-#endif  // SPARSE_MODEL_STORE_TRAINER_H_
+#endif  // SPARSE_TRAINER_TRAINER_H_

@@ -1,4 +1,4 @@
-#include "model_store/trainer.h"
+#include "trainer/trainer.h"
 
 #include <filesystem>
 

@@ -1,8 +1,8 @@
 // Datasets for sparse-train: the paper's synthetic Lipschitz functions
 // (section 5, appendix D) sampled on U[-1,1]^d, and users' own data from CSV
 // or NumPy .npy files. Everything is seeded and reproducible.
-#ifndef SPARSE_MODEL_STORE_DATASET_H_
-#define SPARSE_MODEL_STORE_DATASET_H_
+#ifndef SPARSE_TRAINER_DATASET_H_
+#define SPARSE_TRAINER_DATASET_H_
 
 #include <cstdint>
 #include <memory>
@@ -72,4 +72,4 @@ absl::StatusOr<std::pair<Dataset, Dataset>> SplitHoldout(const Dataset& data, do
 
 }  // namespace sparse
 
-#endif  // SPARSE_MODEL_STORE_DATASET_H_
+#endif  // SPARSE_TRAINER_DATASET_H_

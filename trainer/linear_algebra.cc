@@ -1,4 +1,4 @@
-#include "model_store/linear_algebra.h"
+#include "trainer/linear_algebra.h"
 
 #include <algorithm>
 

@@ -1,4 +1,4 @@
-#include "model_store/trainer.h"
+#include "trainer/trainer.h"
 
 #include <algorithm>
 #include <chrono>
@@ -13,7 +13,7 @@
 #include "engine/dsm_model.h"
 #include "engine/lsh_table_model.h"
 #include "common/status_macros.h"
-#include "model_store/linear_algebra.h"
+#include "trainer/linear_algebra.h"
 
 namespace sparse {
 namespace {

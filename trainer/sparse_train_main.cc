@@ -21,8 +21,8 @@
 #include "common/command_line.h"
 #include "common/status_macros.h"
 #include "model_store/checkpoint.h"
-#include "model_store/dataset.h"
-#include "model_store/trainer.h"
+#include "trainer/dataset.h"
+#include "trainer/trainer.h"
 #include "nlohmann/json.hpp"
 
 // Data

@@ -1,4 +1,4 @@
-#include "model_store/dataset.h"
+#include "trainer/dataset.h"
 
 #include <algorithm>
 #include <cmath>

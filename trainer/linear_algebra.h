@@ -1,8 +1,8 @@
 // Training-time linear algebra: large float GEMMs on oneDNN (created per
 // call; this is never on the request path) and ridge regression solved in
 // double precision with Eigen.
-#ifndef SPARSE_MODEL_STORE_LINEAR_ALGEBRA_H_
-#define SPARSE_MODEL_STORE_LINEAR_ALGEBRA_H_
+#ifndef SPARSE_TRAINER_LINEAR_ALGEBRA_H_
+#define SPARSE_TRAINER_LINEAR_ALGEBRA_H_
 
 #include <cstdint>
 #include <vector>
@@ -50,4 +50,4 @@ absl::StatusOr<std::vector<double>> SolveRidgeChoosingLambda(const NormalEquatio
 
 }  // namespace sparse
 
-#endif  // SPARSE_MODEL_STORE_LINEAR_ALGEBRA_H_
+#endif  // SPARSE_TRAINER_LINEAR_ALGEBRA_H_
