@@ -1,22 +1,22 @@
-// ModelRepository: the versions being served from a repository root
-// (DESIGN.md §3), and their life cycle.
-//
-// Layout: <root>/<model>/config.pbtxt (optional, sparse.v1.ModelConfig in
-// text format) and <root>/<model>/<version>/ with integer versions >= 1.
-// Hidden entries (".tmp-*" from a publisher in progress) are ignored.
+// ModelRepository: the manager of the model life cycle (DESIGN.md §3, split
+// as TF Serving splits it): it publishes the snapshot of what serves and
+// reaps the versions that leave it. What the repository on disk asks for
+// comes from the source (model_store/model_source.h: config.pbtxt and the
+// version policy); each version is read, validated and warmed up by the
+// loader (model_store/model_loader.h).
 //
 // What serves is an immutable snapshot (model -> versions, config, failed
-// loads), replaced whole. Rescan() and LoadModel() build the next snapshot
-// off the request path: a version the policy selects that is not loaded yet
-// is read, validated and warmed up (one prediction per batch bucket on each
-// path) before the snapshot that holds it is published; a version that fails
-// is logged and listed in the model's failures, and an older good version
-// keeps serving. Lifecycle operations run one at a time, so a slow load can
-// never publish over a newer one. Requests hold a shared_ptr to the version
-// they run on; when the last one lets go of a removed version, a background
-// thread frees it (never a request thread). A rescan that finds nothing to
-// serve (an empty or unmounted repository) keeps everything. A version whose
-// directory resolves (through symlinks) outside the root is refused.
+// loads), replaced whole. Rescan() and LoadModel() build the next state of a
+// model off the request path, and publish it only once every version it
+// serves has loaded; a version that fails is logged and listed in the
+// model's failures, and an older good version keeps serving. Each model has
+// its own lock: loading one model never waits for another's load, and
+// requests (Find) never wait for any load. A state built from an older view
+// of a model (a rescan overtaken by LoadModel) is never published over a
+// newer one. Requests hold a shared_ptr to the version they run on; when the
+// last one lets go of a removed version, a background thread frees it
+// (never a request thread). A rescan that finds nothing to serve (an empty
+// or unmounted repository) keeps everything.
 //
 // Thread-safe: Find() and snapshot() from any thread, any time.
 #ifndef SPARSE_MODEL_STORE_MODEL_REPOSITORY_H_
@@ -24,13 +24,11 @@
 
 #include <chrono>
 #include <cstdint>
-#include <filesystem>
 #include <functional>
 #include <map>
 #include <optional>
 #include <memory>
 #include <string>
-#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -38,49 +36,13 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/container/flat_hash_map.h"
 #include "model_store/checkpoint.h"
+#include "model_store/model_source.h"
+#include "model_store/model_state.h"
 #include "sparse/v1/model_config.pb.h"
 
 namespace sparse {
-
-struct Servable {
-  std::string model;
-  int64_t version = 0;
-  LoadedModel loaded;
-  // The sparse model's routing counts after warm-up; metrics report what
-  // came after.
-  RoutingCounts warmup_routing;
-};
-
-struct ModelState {
-  using Versions = std::map<int64_t, std::shared_ptr<const Servable>>;
-  Versions versions;  // may be empty while every selected version fails
-  sparse::v1::ModelConfig config;
-  std::string config_text;   // as read, to notice changes
-  std::string config_error;  // config.pbtxt did not parse; `config` is the previous one
-  struct Failure {
-    std::string error;
-    std::string fingerprint;  // the files as they were; retried at once when they change
-    // When it was last tried and how many times in a row it failed with
-    // these files: a rescan tries it again after a back-off that doubles per
-    // attempt (Options::failed_retry_*); LoadModel always does.
-    std::chrono::steady_clock::time_point attempted;
-    int attempts = 1;
-  };
-  std::map<int64_t, Failure> failures;
-};
-using RepositorySnapshot = std::map<std::string, ModelState>;
-
-// Versions serving across every model of `snapshot`.
-size_t ServingVersions(const RepositorySnapshot& snapshot);
-
-// Parses config.pbtxt text and checks its values. Errors name the line and
-// column (never a path).
-absl::StatusOr<sparse::v1::ModelConfig> ParseModelConfig(absl::string_view text);
-
-// A plain model directory name: not empty, no '/', NUL, "." or "..", not
-// hidden. INVALID_ARGUMENT otherwise.
-absl::Status CheckModelName(absl::string_view name);
 
 class ModelRepository {
  public:
@@ -148,48 +110,60 @@ class ModelRepository {
   class Reaper;
   explicit ModelRepository(std::string root, Options options);
 
-  // Builds the next snapshot from every model directory under the root,
-  // logging what loaded, failed and unloaded against `current`; *ec is set
-  // when the listing stopped.
-  std::shared_ptr<RepositorySnapshot> ScanRepository(const RepositorySnapshot& current,
-                                                     std::vector<std::string>* log,
-                                                     std::error_code* ec) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(load_mu_);
-  // Builds the next state of one model from disk. `previous` may be null.
-  // With `retry_failed`, failed versions are tried again regardless of
-  // their back-off.
+  // Reads every model directory and publishes what changed. The first scan
+  // (from Open) logs nothing and serves what a listing that stopped part
+  // way found; later ones keep what serves when the listing fails or finds
+  // nothing that loads.
+  void ScanAndPublish(bool first);
+  // The next state of one model: its config (source), the versions its
+  // policy aspires to (source), then those versions loaded or reused.
+  // `previous` may be null. REQUIRES: the model's lock.
   ModelState ScanModel(const std::string& name, const ModelState* previous, bool retry_failed,
-                       std::vector<std::string>* log) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(load_mu_);
-  // config.pbtxt of `model_dir` (empty when absent), or why it cannot be
-  // read: not a regular file, too large, or leading outside the root.
-  absl::StatusOr<std::string> ReadConfig(const std::filesystem::path& model_dir) const;
-  std::shared_ptr<const Servable> LoadVersion(const std::string& name, int64_t version,
-                                              const std::string& dir,
-                                              std::string* error) const;
-  // LoadVersion without its net for std::bad_alloc / std::length_error.
-  std::shared_ptr<const Servable> LoadAndWarmUp(const std::string& name, int64_t version,
-                                                const std::string& dir,
-                                                std::string* error) const;
-  // Whether `path` and the entries in it, with every symlink resolved, are
-  // inside the root.
-  bool InsideRoot(const std::filesystem::path& path) const;
+                       std::vector<std::string>* log) const;
+  // Fills state->versions with the first `aspired.count` candidates that
+  // serve: already loaded ones are reused, others loaded, unless a failed
+  // version's files are unchanged and its back-off has not passed (or
+  // `retry_failed`). Failures go to state->failures.
+  void LoadOrReuse(const std::string& name, const AspiredVersions& aspired,
+                   const ModelState* previous, bool retry_failed, ModelState* state,
+                   std::vector<std::string>* log) const;
+  // One version through the loader, freed by the reaper once published and
+  // let go of; null with *error when it does not load.
+  std::shared_ptr<const Servable> Load(const std::string& name, int64_t version,
+                                       std::string* error) const;
   // The back-off before a failed version with unchanged files is tried
   // again after `attempts` failed attempts.
   std::chrono::milliseconds RetryDelay(int attempts) const;
-  // Whether `resolved` (a canonical path) is inside the root.
-  bool UnderRoot(const std::filesystem::path& resolved) const;
-  void Publish(std::shared_ptr<const RepositorySnapshot> next,
-               const std::vector<std::string>& log) ABSL_EXCLUSIVE_LOCKS_REQUIRED(load_mu_);
+
+  // The lock of one model's life cycle (created on first use).
+  std::shared_ptr<absl::Mutex> ModelLock(const std::string& name);
+  // The model's state in the current snapshot (nullopt: not in it) and its
+  // generation (how many times it was published), read together.
+  std::optional<ModelState> Current(const std::string& name, uint64_t* generation) const;
+  // Publishes `state` (nullopt: the model leaves) for `name` into the
+  // current snapshot, with its log lines.
+  void PublishModel(const std::string& name, std::optional<ModelState> state,
+                    const std::vector<std::string>& log);
+  void PublishLocked(std::shared_ptr<const RepositorySnapshot> next,
+                     const std::vector<std::string>& log, bool notify)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(publish_mu_);
 
   bool PollStopped() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(poll_mu_) { return !polling_; }
 
-  const std::string root_;
+  const RepositorySource source_;
   const Options options_;
   const uint64_t max_model_bytes_;
   std::shared_ptr<Reaper> reaper_;
 
-  // Serializes Rescan, LoadModel and UnloadModel.
-  absl::Mutex load_mu_;
+  // One rescan at a time (the poller, or a caller of Rescan()).
+  absl::Mutex rescan_mu_;
+  absl::Mutex model_locks_mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<absl::Mutex>> model_locks_
+      ABSL_GUARDED_BY(model_locks_mu_);
+  // Serializes publishing: each new snapshot is built from the latest one.
+  // Lock order: rescan_mu_, a model's lock, publish_mu_, snapshot_mu_.
+  mutable absl::Mutex publish_mu_;
+  absl::flat_hash_map<std::string, uint64_t> generations_ ABSL_GUARDED_BY(publish_mu_);
   mutable absl::Mutex snapshot_mu_;
   std::shared_ptr<const RepositorySnapshot> snapshot_ ABSL_GUARDED_BY(snapshot_mu_);
 

@@ -15,8 +15,14 @@ using Clock = std::chrono::steady_clock;
 using sparse::v1::PredictRequest;
 using sparse::v1::PredictResponse;
 
-void FillStatus(const std::string& name, const ModelState& state,
-                sparse::v1::ModelStatus* out) {
+int64_t NanosBetween(Clock::time_point from, Clock::time_point to) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(to - from).count();
+}
+
+}  // namespace
+
+void FillModelStatus(const std::string& name, const ModelState& state,
+                     sparse::v1::ModelStatus* out) {
   out->set_name(name);
   out->set_serving_version(state.versions.empty() ? 0 : state.versions.rbegin()->first);
   for (const auto& [number, servable] : state.versions) {
@@ -45,12 +51,6 @@ void FillStatus(const std::string& name, const ModelState& state,
   }
   out->set_config_error(state.config_error);
 }
-
-int64_t NanosBetween(Clock::time_point from, Clock::time_point to) {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(to - from).count();
-}
-
-}  // namespace
 
 InferRequest ToInferRequest(const PredictRequest& request, bool dense) {
   InferRequest out;
@@ -164,7 +164,7 @@ grpc::ServerUnaryReactor* InferenceService::ListModels(grpc::CallbackServerConte
       context, request, response,
       [this](const sparse::v1::ListModelsRequest&, sparse::v1::ListModelsResponse* out) {
         for (const auto& [name, state] : *repository_->snapshot()) {
-          FillStatus(name, state, out->add_models());
+          FillModelStatus(name, state, out->add_models());
         }
         return absl::OkStatus();
       });
@@ -180,42 +180,8 @@ grpc::ServerUnaryReactor* InferenceService::GetModel(grpc::CallbackServerContext
         auto it = snapshot->find(r.model());
         // Find() words the error (and lists what is loaded).
         if (it == snapshot->end()) return repository_->Find(r.model(), 0).status();
-        FillStatus(it->first, it->second, out);
+        FillModelStatus(it->first, it->second, out);
         return absl::OkStatus();
-      });
-}
-
-ModelControlService::ModelControlService(ModelRepository* repository) : repository_(repository) {}
-
-grpc::ServerUnaryReactor* ModelControlService::LoadModel(grpc::CallbackServerContext* context,
-                                                         const grpc::ByteBuffer* request,
-                                                         grpc::ByteBuffer* response) {
-  return ServeUnary<sparse::v1::LoadModelRequest, sparse::v1::ModelStatus>(
-      context, request, response,
-      [this](const sparse::v1::LoadModelRequest& r, sparse::v1::ModelStatus* out, UnaryDone done) {
-        // Loading reads, validates and warms up whole checkpoints (seconds
-        // for a big one): on the service's loader thread, never on one of
-        // gRPC's. The server's shutdown waits for the call.
-        auto load = std::make_shared<UnaryDone>(std::move(done));
-        const bool queued = loader_.Submit([this, &r, out, load] {
-          absl::StatusOr<ModelState> state = repository_->LoadModel(r.model());
-          if (state.ok()) FillStatus(r.model(), *state, out);
-          (*load)(state.status());
-        });
-        if (!queued) {
-          (*load)(absl::UnavailableError(
-              "too many LoadModel calls wait already; retry when they are done"));
-        }
-      });
-}
-
-grpc::ServerUnaryReactor* ModelControlService::UnloadModel(grpc::CallbackServerContext* context,
-                                                           const grpc::ByteBuffer* request,
-                                                           grpc::ByteBuffer* response) {
-  return ServeUnaryNow<sparse::v1::UnloadModelRequest, sparse::v1::UnloadModelResponse>(
-      context, request, response,
-      [this](const sparse::v1::UnloadModelRequest& r, sparse::v1::UnloadModelResponse*) {
-        return repository_->UnloadModel(r.model());
       });
 }
 

@@ -14,7 +14,6 @@
 
 #include "absl/status/status.h"
 #include "server/core/inference_core.h"
-#include "server/core/worker_pool.h"
 #include "model_store/model_repository.h"
 #include "sparse/v1/inference.grpc.pb.h"
 
@@ -29,6 +28,11 @@ using SparseInferenceRawService = sparse::v1::SparseInference::WithRawCallbackMe
                 sparse::v1::SparseInference::WithRawCallbackMethod_Echo<
                     sparse::v1::SparseInference::WithRawCallbackMethod_GetServerStats<
                         sparse::v1::SparseInference::Service>>>>>>;
+
+// The sparse.v1.ModelStatus of one model's state (GetModel, ListModels,
+// LoadModel).
+void FillModelStatus(const std::string& name, const ModelState& state,
+                     sparse::v1::ModelStatus* out);
 
 // The core's request for a PredictRequest (its inputs not copied: `request`
 // must outlive the returned value).
@@ -68,28 +72,6 @@ class InferenceService final : public SparseInferenceRawService {
   const ModelRepository* const repository_;
   InferenceCore* const core_;
   const std::chrono::steady_clock::time_point start_;
-};
-
-// sparse.v1.ModelControl: LoadModel / UnloadModel on the repository. Only
-// registered when sparse-server runs with --model_control. A load (seconds
-// for a big checkpoint) runs on the service's own thread, never on one of
-// gRPC's; the destructor finishes the loads asked for and joins it.
-class ModelControlService final
-    : public sparse::v1::ModelControl::WithRawCallbackMethod_LoadModel<
-          sparse::v1::ModelControl::WithRawCallbackMethod_UnloadModel<
-              sparse::v1::ModelControl::Service>> {
- public:
-  explicit ModelControlService(ModelRepository* repository);
-  grpc::ServerUnaryReactor* LoadModel(grpc::CallbackServerContext* context,
-                                      const grpc::ByteBuffer* request,
-                                      grpc::ByteBuffer* response) override;
-  grpc::ServerUnaryReactor* UnloadModel(grpc::CallbackServerContext* context,
-                                        const grpc::ByteBuffer* request,
-                                        grpc::ByteBuffer* response) override;
-
- private:
-  ModelRepository* const repository_;
-  WorkerPool loader_{1, 64};  // loads waiting beyond 64: UNAVAILABLE
 };
 
 }  // namespace sparse

@@ -20,6 +20,7 @@
 #include "server/core/inference_core.h"
 #include "server/inference_service.h"
 #include "server/metrics.h"
+#include "server/model_control_service.h"
 #include "model_store/model_repository.h"
 #include "server/oip_service.h"
 

@@ -1,8 +1,10 @@
-// Dynamic batching and model control through a real in-process server:
-// concurrent requests that ride in one batch each get exactly the engine's
-// answer, route and FLOPs for their own rows; UnloadModel / LoadModel change
+// sparse.v1.ModelControl (model_control_service.cc) through a real
+// in-process server with dynamic batching on: UnloadModel / LoadModel change
 // what serves and what health says; the service needs its flag (and mutual
-// TLS when TLS is on).
+// TLS when TLS is on). On the same server, concurrent requests that ride in
+// one batch each get exactly the engine's answer, route and FLOPs for their
+// own rows, through the gRPC frontend (server/core/inference_core_test
+// checks the same in process).
 #include <filesystem>
 #include <fstream>
 
@@ -30,10 +32,10 @@ using ::sparse::testing::RandomInputs;
 
 constexpr int64_t kD = 16;
 
-class LifecycleServiceTest : public ::testing::Test {
+class ModelControlServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    root_ = fs::temp_directory_path() / ("sparse_lifecycle_test_" + std::to_string(::getpid()));
+    root_ = fs::temp_directory_path() / ("sparse_model_control_test_" + std::to_string(::getpid()));
     fs::remove_all(root_);
     Checkpoint c;
     c.sparse = RandomDsm({.d = kD, .o = 2, .experts = 8, .active_units = 16}, 3);
@@ -72,7 +74,7 @@ class LifecycleServiceTest : public ::testing::Test {
   std::shared_ptr<grpc::Channel> channel_;
 };
 
-TEST_F(LifecycleServiceTest, RequestsThatShareABatchEachGetTheirOwnExactAnswer) {
+TEST_F(ModelControlServiceTest, RequestsThatShareABatchEachGetTheirOwnExactAnswer) {
   ASSERT_OK_AND_ASSIGN(std::shared_ptr<const Servable> servable,
                        server_->repository().Find("dsm", 0));
   auto stub = sparse::v1::SparseInference::NewStub(channel_);
@@ -136,7 +138,7 @@ TEST_F(LifecycleServiceTest, RequestsThatShareABatchEachGetTheirOwnExactAnswer) 
   }
 }
 
-TEST_F(LifecycleServiceTest, UnloadAndLoadChangeWhatServesAndWhatHealthSays) {
+TEST_F(ModelControlServiceTest, UnloadAndLoadChangeWhatServesAndWhatHealthSays) {
   auto control = sparse::v1::ModelControl::NewStub(channel_);
   auto stub = sparse::v1::SparseInference::NewStub(channel_);
   EXPECT_EQ(Health("dsm"), grpc::health::v1::HealthCheckResponse::SERVING);

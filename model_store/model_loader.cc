@@ -1,0 +1,70 @@
+#include "model_store/model_loader.h"
+
+#include <algorithm>
+#include <new>
+#include <stdexcept>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "engine/matmul_kernel.h"
+
+namespace sparse {
+namespace {
+
+absl::StatusOr<std::unique_ptr<Servable>> LoadAndWarmUp(const std::string& model, int64_t version,
+                                                        const std::string& dir,
+                                                        const LoaderOptions& options) {
+  const int64_t warmup_rows = std::min<int64_t>(options.max_batch_rows, 128);
+  LoadOptions load_options;
+  load_options.max_bytes = options.max_bytes;
+  load_options.batch_rows = warmup_rows;
+  load_options.threads = options.workers + 1;  // the workers and the loading thread
+  load_options.budget_name = "--max_model_bytes";
+  absl::StatusOr<LoadedModel> loaded = LoadCheckpoint(dir, load_options);
+  if (!loaded.ok()) return loaded.status();
+  // Warm up on this thread, with one kernel thread as the workers use.
+  SetKernelThreads(1);
+  for (const Model* path : {static_cast<const Model*>(loaded->sparse.get()),
+                            static_cast<const Model*>(loaded->dense.get())}) {
+    if (path == nullptr) continue;
+    const int64_t d = path->info().input_dim, o = path->info().output_dim;
+    std::vector<float> x(warmup_rows * d, 0.0f), y(warmup_rows * o);
+    for (int64_t rows = 1; rows <= warmup_rows; rows *= 2) {
+      PredictStats stats;
+      const absl::Status s = path->Predict(absl::MakeConstSpan(x.data(), rows * d), rows,
+                                           absl::MakeSpan(y.data(), rows * o), &stats, nullptr);
+      if (!s.ok()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("warm-up prediction of ", rows, " rows failed: ", s.message()));
+      }
+    }
+  }
+  auto servable = std::make_unique<Servable>();
+  servable->model = model;
+  servable->version = version;
+  servable->loaded = *std::move(loaded);
+  servable->warmup_routing = servable->loaded.sparse->Routing();
+  return servable;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Servable>> LoadServable(const std::string& model, int64_t version,
+                                                       const std::string& dir,
+                                                       const LoaderOptions& options) {
+  // Whatever a checkpoint holds, running out of memory while loading or
+  // warming it up fails this version, never the process.
+  try {
+    return LoadAndWarmUp(model, version, dir, options);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        "out of memory while loading or warming up the version (std::bad_alloc); see "
+        "--max_model_bytes");
+  } catch (const std::length_error& e) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("a size too large to allocate while loading the version (", e.what(),
+                     "); see --max_model_bytes"));
+  }
+}
+
+}  // namespace sparse

@@ -1,0 +1,37 @@
+// The loader of the model life cycle (TF Serving's term): one version from
+// its directory to a Servable ready to serve.
+//
+// Reads the checkpoint within the memory budget (LoadCheckpoint validates
+// every byte before anything is allocated from it), then warms it up: one
+// prediction per batch bucket (1, 2, 4, ... up to max_batch_rows, at most
+// 128) on each path, so the first requests find every code path run once and
+// a model that cannot predict never serves. Running out of memory fails the
+// version, never the process.
+#ifndef SPARSE_MODEL_STORE_MODEL_LOADER_H_
+#define SPARSE_MODEL_STORE_MODEL_LOADER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "model_store/model_state.h"
+
+namespace sparse {
+
+struct LoaderOptions {
+  int64_t max_batch_rows = 1024;  // the warm-up runs batch buckets up to it (<= 128)
+  int workers = 1;                // threads that will predict: scratch space for each
+  uint64_t max_bytes = 0;         // memory budget of the version; 0 = none
+};
+
+// Errors: RESOURCE_EXHAUSTED (over the budget, or out of memory), and what
+// LoadCheckpoint reports for a bad checkpoint or a failed warm-up. Messages
+// name files by their name in the version directory, never by path.
+absl::StatusOr<std::unique_ptr<Servable>> LoadServable(const std::string& model, int64_t version,
+                                                       const std::string& dir,
+                                                       const LoaderOptions& options);
+
+}  // namespace sparse
+
+#endif  // SPARSE_MODEL_STORE_MODEL_LOADER_H_

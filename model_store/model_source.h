@@ -1,0 +1,91 @@
+// The source of the model life cycle (TF Serving's term): what the
+// repository on disk asks to serve, read without loading anything.
+//
+// Layout: <root>/<model>/config.pbtxt (optional, sparse.v1.ModelConfig in
+// text format) and <root>/<model>/<version>/ with integer versions >= 1.
+// Hidden entries (".tmp-*" from a publisher in progress) are ignored. A path
+// that resolves (through symlinks) outside the root is refused.
+//
+// The manager (model_store/model_repository.h) asks the source for a
+// model's config (ReadModelConfig), the versions its policy aspires to
+// serve (SelectVersions), and where each version's files are; the loader
+// (model_store/model_loader.h) loads them.
+#ifndef SPARSE_MODEL_STORE_MODEL_SOURCE_H_
+#define SPARSE_MODEL_STORE_MODEL_SOURCE_H_
+
+#include <cstdint>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "model_store/model_state.h"
+#include "sparse/v1/model_config.pb.h"
+
+namespace sparse {
+
+// Parses config.pbtxt text and checks its values. Errors name the line and
+// column (never a path).
+absl::StatusOr<sparse::v1::ModelConfig> ParseModelConfig(absl::string_view text);
+
+// A plain model directory name: not empty, no '/', NUL, "." or "..", not
+// hidden. INVALID_ARGUMENT otherwise.
+absl::Status CheckModelName(absl::string_view name);
+
+// The versions a model's policy aspires to serve: try `candidates` in order
+// (newest first) and serve the first `count` that load, so a corrupt newest
+// version leaves an older good one serving.
+struct AspiredVersions {
+  std::vector<int64_t> candidates;
+  size_t count = 0;
+};
+// `on_disk`: the version directories, newest first. The default policy is
+// `latest 1`, as in Triton and TF Serving.
+AspiredVersions SelectVersions(const sparse::v1::VersionPolicy& policy,
+                               const std::vector<int64_t>& on_disk);
+
+class RepositorySource {
+ public:
+  explicit RepositorySource(std::string root) : root_(std::move(root)) {}
+
+  const std::string& root() const { return root_; }
+
+  // The model directories under the root, by name; *ec is set when the
+  // listing stopped part way.
+  std::vector<std::string> ListModels(std::error_code* ec) const;
+  bool HasModel(const std::string& model) const;
+
+  // Fills state->config / config_text / config_error of `model` from its
+  // config.pbtxt: absent = defaults; unreadable or unparsable = the
+  // previous config stays (or the defaults, the first time) and
+  // config_error says why. Appends a log line when that changes.
+  void ReadModelConfig(const std::string& model, const ModelState* previous, ModelState* state,
+                       std::vector<std::string>* log) const;
+
+  // The version directories of `model`, newest first (canonical names
+  // only: "7", not "007"); *ec is set when they cannot be listed.
+  std::vector<int64_t> ListVersions(const std::string& model, std::error_code* ec) const;
+  std::string VersionDir(const std::string& model, int64_t version) const;
+
+  // Whether a version directory and every file in it, with every symlink
+  // resolved, are inside the root.
+  bool InsideRoot(const std::string& dir) const;
+
+  // Names, sizes and modification times of a version's files: a failed
+  // version is tried again at once when this changes (a copy finished, a
+  // file was replaced).
+  static std::string Fingerprint(const std::string& dir);
+
+ private:
+  // config.pbtxt of `model` (empty when absent), or why it cannot be read:
+  // not a regular file, too large, or leading outside the root.
+  absl::StatusOr<std::string> ReadConfigText(const std::string& model) const;
+  bool UnderRoot(const std::string& resolved) const;
+
+  const std::string root_;
+};
+
+}  // namespace sparse
+
+#endif  // SPARSE_MODEL_STORE_MODEL_SOURCE_H_

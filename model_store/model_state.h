@@ -1,0 +1,55 @@
+// What the model life cycle serves: a loaded version (Servable), one model's
+// state (its versions, config and failed loads) and the snapshot of every
+// model that requests read. Shared by the source, the loader and the
+// manager (model_store/model_repository.h).
+#ifndef SPARSE_MODEL_STORE_MODEL_STATE_H_
+#define SPARSE_MODEL_STORE_MODEL_STATE_H_
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "engine/model.h"
+#include "model_store/checkpoint.h"
+#include "sparse/v1/model_config.pb.h"
+
+namespace sparse {
+
+// One loaded, validated and warmed-up version. Immutable once published;
+// requests hold it by shared_ptr.
+struct Servable {
+  std::string model;
+  int64_t version = 0;
+  LoadedModel loaded;
+  // The sparse model's routing counts after warm-up; metrics report what
+  // came after.
+  RoutingCounts warmup_routing;
+};
+
+struct ModelState {
+  using Versions = std::map<int64_t, std::shared_ptr<const Servable>>;
+  Versions versions;  // may be empty while every selected version fails
+  sparse::v1::ModelConfig config;
+  std::string config_text;   // as read, to notice changes
+  std::string config_error;  // config.pbtxt did not parse; `config` is the previous one
+  struct Failure {
+    std::string error;
+    std::string fingerprint;  // the files as they were; retried at once when they change
+    // When it was last tried and how many times in a row it failed with
+    // these files: a rescan tries it again after a back-off that doubles per
+    // attempt (ModelRepository::Options::failed_retry_*); LoadModel always does.
+    std::chrono::steady_clock::time_point attempted;
+    int attempts = 1;
+  };
+  std::map<int64_t, Failure> failures;
+};
+using RepositorySnapshot = std::map<std::string, ModelState>;
+
+// Versions serving across every model of `snapshot`.
+size_t ServingVersions(const RepositorySnapshot& snapshot);
+
+}  // namespace sparse
+
+#endif  // SPARSE_MODEL_STORE_MODEL_STATE_H_
