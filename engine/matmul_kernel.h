@@ -8,31 +8,23 @@
 // expert slice or bucket of the same shape.
 //
 // Weights are packed once, at load, into the blocked layout oneDNN picks for
-// the shape (Pack / PackAll). On this machine kind that layout runs a batch-1
-// GEMV about 2x faster than the plain row-major one on a primitive. Weights
-// stay plain, as output-major [N, K] when K >= N and input-major [K, N]
-// otherwise, where the blocked layout would pad the matrix by more than 25%
-// (small N: an lsh router's r hyperplanes, an o = 1 top layer, LSH
-// projections of small d). Where the spec disallows packing (weights
-// gathered per call), spec.layout is kept.
+// the shape (Pack / PackAll). Weights stay plain, as output-major [N, K] when
+// K >= N and input-major [K, N] otherwise, where the blocked layout would pad
+// the matrix by more than 25% (small N: an lsh router's r hyperplanes, an
+// o = 1 top layer, LSH projections of small d). Where the spec disallows
+// packing (weights gathered per call), spec.layout is kept.
 //
 // A matrix larger than kPlainAboveBytes is kept twice, plain and blocked:
-// streamed from memory at 1-2 rows, sgemm on plain rows beats the blocked
-// kernel (the 64 MiB dense layer of the d=1024 DSM: 2.1-2.35 ms against
-// 3.2-3.4 ms), while from a few rows up the blocked kernel wins (32 rows:
-// 10.7 ms against 15.8 ms for a primitive on plain weights; bench/peers,
-// 2026-11-23). An 8 MiB matrix, which L3 holds, is faster blocked at every
-// row count (98 against 113 us at 1 row) and is kept once. The second copy
-// is what a dense baseline at full speed for both batch sizes costs.
+// plain rows on sgemm for 1-2 rows (streamed from memory), the blocked
+// kernel from a few rows up. One that the last-level cache holds is kept
+// once, blocked.
 //
 // Plain weights run the buckets of 1 and 2 rows, and every row count when
-// N = 1, on oneDNN's sgemm (dnnl_sgemm, no primitive) instead: executing a
-// matmul primitive costs ~0.33 µs however small the product, sgemm ~0.1 µs,
-// and the layouts above are the ones sgemm runs fastest. Measured on this
-// machine kind (2026-11-23, while building bench/peers): 3-7x faster per
-// call at 1 row for these shapes, 1.25x or more at 2; from 4 rows up
-// neither wins everywhere (sgemm was up to 3.6x slower), except at N = 1,
-// where sgemm was faster at every row count.
+// N = 1, on oneDNN's sgemm (dnnl_sgemm, no primitive) instead, which costs
+// less per call than executing a primitive.
+//
+// Each of these choices was measured; the figures, their dates and the
+// commands are in docs/benchmarks.md ("Kernel choices").
 //
 // Thread-safety: Create() and destruction are not concurrent with Run().
 // Run() is safe from any number of threads at once: each thread executes on
