@@ -5,6 +5,7 @@
 // outcome.
 #include "server/server.h"
 
+#include <cmath>
 #include <filesystem>
 #include <thread>
 
@@ -13,10 +14,13 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "model_store/checkpoint.h"
+#include "server/inference_service.h"
 #include "sparse/v1/inference.grpc.pb.h"
+#include "tests/testing/infer_and_wait.h"
 #include "tests/testing/local_server.h"
 #include "tests/testing/matchers.h"
 #include "tests/testing/random_models.h"
+#include "tests/testing/temp_dir.h"
 
 namespace sparse {
 namespace {
@@ -56,8 +60,7 @@ TEST(ServerOptionsTest, EveryBadOptionIsNamedOnItsOwnLine) {
 }
 
 TEST(ServerDrainTest, ShutdownFinishesEveryQueuedRequestAndRefusesNewOnes) {
-  const fs::path root = fs::temp_directory_path() / ("sparse_drain_test_" + std::to_string(::getpid()));
-  fs::remove_all(root);
+  testing::TempDir root("server_drain_test");
   Checkpoint checkpoint;
   checkpoint.sparse = testing::RandomDsm({.d = kD, .o = 1, .experts = 8, .active_units = 16}, 1);
   checkpoint.dense = testing::RandomDense(kD, 64, 1, Activation::kRelu, 2);
@@ -122,7 +125,75 @@ TEST(ServerDrainTest, ShutdownFinishesEveryQueuedRequestAndRefusesNewOnes) {
     EXPECT_EQ(c.response.outputs_size(), 1);
   }
   local.server.reset();
-  fs::remove_all(root);
+}
+
+// The core is an in-process API: a caller that is not a gRPC frontend gets
+// what the gRPC frontend answers, outputs, costs and errors alike (so a new
+// frontend needs no change in the core).
+TEST(InProcessCoreTest, AnswersAsTheGrpcFrontendDoes) {
+  testing::TempDir root("server_in_process_test");
+  Checkpoint checkpoint;
+  checkpoint.sparse = testing::RandomDsm({.d = kD, .o = 2, .experts = 8, .active_units = 16}, 1);
+  checkpoint.dense = testing::RandomDense(kD, 64, 2, Activation::kRelu, 2);
+  ASSERT_OK(WriteCheckpoint((root / "dsm").string(), 1, checkpoint));
+  ServerOptions options;
+  options.model_repository = root.string();
+  options.max_batch_rows = 16;
+  ASSERT_OK_AND_ASSIGN(testing::LocalServer local, testing::StartLocalServer(options));
+  auto stub = sparse::v1::SparseInference::NewStub(local.channel);
+
+  std::vector<float> nan_row = testing::RandomInputs(2, kD, 5);
+  nan_row[kD + 3] = std::nanf("");
+  struct Case {
+    std::string model;
+    std::vector<float> x;
+    int64_t rows;
+    bool dense;
+  };
+  const std::vector<Case> cases = {
+      {"dsm", testing::RandomInputs(3, kD, 1), 3, false},
+      {"dsm", testing::RandomInputs(3, kD, 1), 3, true},
+      {"dsm", nan_row, 2, false},
+      {"dsm", testing::RandomInputs(1, kD, 2), 2, false},    // wrong size
+      {"dsm", testing::RandomInputs(17, kD, 3), 17, true},  // over max_batch_rows
+      {"nope", testing::RandomInputs(1, kD, 4), 1, false},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.model + " rows " + std::to_string(c.rows) + (c.dense ? " dense" : " sparse"));
+    sparse::v1::PredictRequest request;
+    request.set_model(c.model);
+    request.set_rows(c.rows);
+    request.set_return_route(true);
+    request.mutable_inputs()->Add(c.x.begin(), c.x.end());
+    grpc::ClientContext context;
+    sparse::v1::PredictResponse over_grpc;
+    const grpc::Status grpc_status = c.dense ? stub->PredictDense(&context, request, &over_grpc)
+                                             : stub->Predict(&context, request, &over_grpc);
+
+    InferRequest in_process = ToInferRequest(request, c.dense);
+    InferResponse answer;
+    const absl::Status status = testing::InferAndWait(local.server->core(), in_process, &answer);
+
+    EXPECT_EQ(static_cast<int>(status.code()), static_cast<int>(grpc_status.error_code()));
+    EXPECT_EQ(std::string(status.message()), grpc_status.error_message());
+    if (!status.ok()) continue;
+    sparse::v1::PredictResponse from_core;
+    ToPredictResponse(answer, &from_core);
+    EXPECT_EQ(from_core.model(), over_grpc.model());
+    EXPECT_EQ(from_core.version(), over_grpc.version());
+    ASSERT_EQ(from_core.outputs_size(), over_grpc.outputs_size());
+    for (int i = 0; i < from_core.outputs_size(); ++i) {
+      EXPECT_EQ(from_core.outputs(i), over_grpc.outputs(i)) << i;
+    }
+    EXPECT_EQ(from_core.cost().flops(), over_grpc.cost().flops());
+    EXPECT_EQ(from_core.cost().dense_flops(), over_grpc.cost().dense_flops());
+    EXPECT_EQ(from_core.cost().batch_size(), over_grpc.cost().batch_size());
+    EXPECT_EQ(from_core.route().expert_ids_size(), over_grpc.route().expert_ids_size());
+    for (int i = 0; i < from_core.route().expert_ids_size(); ++i) {
+      EXPECT_EQ(from_core.route().expert_ids(i), over_grpc.route().expert_ids(i));
+    }
+  }
+  local.server.reset();
 }
 
 }  // namespace

@@ -68,6 +68,8 @@ TEST_F(BatcherTest, AFullQueueRefusesAndHandsTheRequestBack) {
   EXPECT_EQ(b.TakeAll().size(), 2u);
 }
 
+// The `< 4 s` checks below tell "went without waiting out the 5 s delay"
+// from "waited it out": only a 4 s stall of the whole machine fails them.
 TEST_F(BatcherTest, AFreeWorkerWaitsForItsFairShareAtMostTheQueueDelay) {
   Batcher b;
   BatchingOptions o = BatchingOptions{.enabled = true, .workers = 2, .max_batch_rows = 8, .max_queue_delay_us = 5'000'000,
