@@ -144,11 +144,29 @@ std::shared_ptr<const Servable> ModelRepository::Load(const std::string& name, i
     *error = "the version directory leads outside the model repository (a symlink?); refused";
     return nullptr;
   }
+  // Loads of several models run side by side only while their files fit
+  // the budget together: a load may take up to three times its tensor
+  // files at its peak (EstimateLoadBytes), so that much is reserved for it
+  // until it is done. A load alone always proceeds (its own budget check
+  // then applies).
+  const uint64_t reserve = 3 * RepositorySource::FileBytes(dir);
+  {
+    absl::MutexLock lock(&load_budget_mu_);
+    auto fits = [this, reserve]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(load_budget_mu_) {
+      return reserved_bytes_ == 0 || reserved_bytes_ + reserve <= max_model_bytes_;
+    };
+    load_budget_mu_.Await(absl::Condition(&fits));
+    reserved_bytes_ += reserve;
+  }
   absl::StatusOr<std::unique_ptr<Servable>> loaded = LoadServable(
       name, version, dir,
       LoaderOptions{.max_batch_rows = options_.max_batch_rows,
                     .workers = options_.workers,
                     .max_bytes = max_model_bytes_});
+  {
+    absl::MutexLock lock(&load_budget_mu_);
+    reserved_bytes_ -= reserve;
+  }
   if (!loaded.ok()) {
     *error = loaded.status().code() == absl::StatusCode::kResourceExhausted
                  ? absl::StrCat("RESOURCE_EXHAUSTED: ", loaded.status().message())
@@ -277,6 +295,16 @@ void ModelRepository::PublishModel(const std::string& name, std::optional<ModelS
 
 void ModelRepository::ScanAndPublish(bool first) {
   absl::MutexLock rescan(&rescan_mu_);
+  // What served before the listing, with each model's generation: a model
+  // missing from the listing leaves only if nothing published it since (a
+  // LoadModel of a directory created after the listing).
+  std::shared_ptr<const RepositorySnapshot> before;
+  absl::flat_hash_map<std::string, uint64_t> before_generations;
+  {
+    absl::MutexLock lock(&publish_mu_);
+    before = snapshot();
+    before_generations = generations_;
+  }
   std::error_code ec;
   const std::vector<std::string> names = source_.ListModels(&ec);
   if (ec && !first) {
@@ -306,10 +334,11 @@ void ModelRepository::ScanAndPublish(bool first) {
       s.log.push_back(absl::StrCat("model ", name, " unloaded: no version directory left"));
     }
   }
-  for (const auto& [name, unused] : *snapshot()) {
+  for (const auto& [name, unused] : *before) {
     if (listed.count(name) == 0) {
       Scanned& s = scanned[name];
-      Current(name, &s.generation);
+      auto g = before_generations.find(name);
+      s.generation = g == before_generations.end() ? 0 : g->second;
       s.log.push_back(absl::StrCat("model ", name, " unloaded: its directory is gone"));
     }
   }

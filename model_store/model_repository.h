@@ -10,7 +10,8 @@
 // model off the request path, and publish it only once every version it
 // serves has loaded; a version that fails is logged and listed in the
 // model's failures, and an older good version keeps serving. Each model has
-// its own lock: loading one model never waits for another's load, and
+// its own lock: loading one model never waits for another's load (unless
+// their files together exceed the memory budget of one version), and
 // requests (Find) never wait for any load. A state built from an older view
 // of a model (a rescan overtaken by LoadModel) is never published over a
 // newer one. Requests hold a shared_ptr to the version they run on; when the
@@ -166,6 +167,12 @@ class ModelRepository {
   absl::flat_hash_map<std::string, uint64_t> generations_ ABSL_GUARDED_BY(publish_mu_);
   mutable absl::Mutex snapshot_mu_;
   std::shared_ptr<const RepositorySnapshot> snapshot_ ABSL_GUARDED_BY(snapshot_mu_);
+
+  // Bytes reserved by loads in progress (Load): together they stay within
+  // the budget of one version, so loading models side by side never needs
+  // more memory than loading the largest alone.
+  mutable absl::Mutex load_budget_mu_;
+  mutable uint64_t reserved_bytes_ ABSL_GUARDED_BY(load_budget_mu_) = 0;
 
   absl::Mutex poll_mu_;
   bool polling_ ABSL_GUARDED_BY(poll_mu_) = false;

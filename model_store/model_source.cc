@@ -149,6 +149,18 @@ std::string RepositorySource::Fingerprint(const std::string& dir) {
   return absl::StrJoin(parts, ",");
 }
 
+uint64_t RepositorySource::FileBytes(const std::string& dir) {
+  uint64_t bytes = 0;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    std::error_code file_ec;
+    if (!it->is_regular_file(file_ec)) continue;
+    const uintmax_t size = it->file_size(file_ec);
+    if (!file_ec) bytes += size;
+  }
+  return bytes;
+}
+
 bool RepositorySource::UnderRoot(const std::string& resolved) const {
   std::error_code ec;
   const fs::path root = fs::canonical(root_, ec);

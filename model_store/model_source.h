@@ -76,6 +76,8 @@ class RepositorySource {
   // version is tried again at once when this changes (a copy finished, a
   // file was replaced).
   static std::string Fingerprint(const std::string& dir);
+  // The bytes of the regular files in a version directory.
+  static uint64_t FileBytes(const std::string& dir);
 
  private:
   // config.pbtxt of `model` (empty when absent), or why it cannot be read:

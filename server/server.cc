@@ -110,10 +110,12 @@ absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
   RETURN_IF_ERROR(server->ServeGrpc(options));
   RETURN_IF_ERROR(server->ServeHealthPort(options));
   {
+    // The snapshot is read under health_mu_: one published meanwhile
+    // applies after this one, never before it.
     absl::MutexLock lock(&server->health_mu_);
     server->health_ready_ = true;
+    server->ApplyModelHealth(*server->repository_->snapshot());
   }
-  server->SetModelHealth(*server->repository_->snapshot());
   if (options.poll_seconds > 0) {
     server->repository_->StartPolling(std::chrono::milliseconds(
         std::max<int64_t>(1, static_cast<int64_t>(options.poll_seconds * 1000))));
@@ -249,6 +251,10 @@ absl::Status SparseServer::ServeHealthPort(const ServerOptions& options) {
 void SparseServer::SetModelHealth(const RepositorySnapshot& snapshot) {
   absl::MutexLock lock(&health_mu_);
   if (!health_ready_) return;  // Start() sets it once the servers run
+  ApplyModelHealth(snapshot);
+}
+
+void SparseServer::ApplyModelHealth(const RepositorySnapshot& snapshot) {
   for (grpc::Server* s : {server_.get(), health_server_.get()}) {
     if (s == nullptr) continue;
     grpc::HealthCheckServiceInterface* health = s->GetHealthCheckService();
@@ -265,6 +271,9 @@ void SparseServer::SetModelHealth(const RepositorySnapshot& snapshot) {
 
 SparseServer::~SparseServer() {
   Shutdown();
+  // gRPC's Wait returns once every call's callback is done, LoadModel's
+  // too (its loader task answers after publishing): no load publishes
+  // (on_publish, health) after this, while the members go.
   Wait();
   // The core finishes what is queued before the frontends and the
   // repository it points to go.

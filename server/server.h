@@ -112,6 +112,7 @@ class SparseServer {
   void PublishModels(const RepositorySnapshot& snapshot);
   // Health per model follows the snapshot: SERVING while a version serves.
   void SetModelHealth(const RepositorySnapshot& snapshot);
+  void ApplyModelHealth(const RepositorySnapshot& snapshot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(health_mu_);
 
   std::unique_ptr<ModelRepository> repository_;
   std::unique_ptr<ServerMetrics> metrics_;

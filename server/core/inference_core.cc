@@ -125,10 +125,10 @@ absl::Status Stale(const PendingRequest& p) {
   // The deadline first: a gRPC call is also cancelled at its deadline, and
   // the deadline is the code to report then.
   if (p.request->deadline < absl::Now()) {
-    return absl::DeadlineExceededError("deadline passed while the request was queued");
+    return absl::DeadlineExceededError("the request's deadline passed before it could run");
   }
   if (p.request->cancelled && p.request->cancelled()) {
-    return absl::CancelledError("cancelled while queued");
+    return absl::CancelledError("the caller cancelled the request before it could run");
   }
   return absl::OkStatus();
 }
