@@ -135,6 +135,25 @@ absl::StatusOr<InferRequest> TranslateModelInfer(const ModelRepository& reposito
   return out;
 }
 
+void ToModelInferResponse(const inference::ModelInferRequest& request, const InferResponse& answer,
+                          inference::ModelInferResponse* out) {
+  out->set_model_name(request.model_name());
+  out->set_model_version(absl::StrCat(answer.version));
+  out->set_id(request.id());
+  auto* tensor = out->add_outputs();
+  tensor->set_name("output");
+  tensor->set_datatype("FP32");
+  tensor->add_shape(answer.rows);
+  tensor->add_shape(answer.output_dim);
+  tensor->mutable_contents()->mutable_fp32_contents()->Add(answer.outputs.begin(),
+                                                           answer.outputs.end());
+  auto& params = *out->mutable_parameters();
+  params["flops"] = Int64Param(answer.cost.flops);
+  params["dense_flops"] = Int64Param(answer.cost.dense_flops);
+  params["compute_ns"] = Int64Param(answer.cost.route_ns + answer.cost.compute_ns);
+  params["queue_ns"] = Int64Param(answer.cost.queue_ns);
+}
+
 OipService::OipService(const ModelRepository* repository, InferenceCore* core)
     : repository_(repository), core_(core) {}
 
@@ -252,22 +271,7 @@ grpc::ServerUnaryReactor* OipService::ModelInfer(grpc::CallbackServerContext* co
                          done(status);
                          return;
                        }
-                       const InferResponse& a = call->answer;
-                       out->set_model_name(r.model_name());
-                       out->set_model_version(absl::StrCat(a.version));
-                       out->set_id(r.id());
-                       auto* tensor = out->add_outputs();
-                       tensor->set_name("output");
-                       tensor->set_datatype("FP32");
-                       tensor->add_shape(a.rows);
-                       tensor->add_shape(a.output_dim);
-                       tensor->mutable_contents()->mutable_fp32_contents()->Add(a.outputs.begin(),
-                                                                                a.outputs.end());
-                       auto& params = *out->mutable_parameters();
-                       params["flops"] = Int64Param(a.cost.flops);
-                       params["dense_flops"] = Int64Param(a.cost.dense_flops);
-                       params["compute_ns"] = Int64Param(a.cost.route_ns + a.cost.compute_ns);
-                       params["queue_ns"] = Int64Param(a.cost.queue_ns);
+                       ToModelInferResponse(r, call->answer, out);
                        done(absl::OkStatus());
                      });
       });

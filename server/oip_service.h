@@ -33,6 +33,12 @@ absl::StatusOr<InferRequest> TranslateModelInfer(const ModelRepository& reposito
                                                  const inference::ModelInferRequest& request,
                                                  std::vector<float>* storage);
 
+// The ModelInferResponse for the core's answer to `request`: one FP32
+// output tensor [rows, output_dim], and the cost in `parameters` (flops,
+// dense_flops, compute_ns = route + compute, queue_ns).
+void ToModelInferResponse(const inference::ModelInferRequest& request, const InferResponse& answer,
+                          inference::ModelInferResponse* out);
+
 // Every method is registered raw and parses its own request body
 // (server/raw_unary.h), so a body that does not parse gets INVALID_ARGUMENT.
 using OipRawService = inference::GRPCInferenceService::WithRawCallbackMethod_ServerLive<

@@ -398,5 +398,35 @@ TEST_F(OipServiceTest, Fp32AndRawRequestsGetTheSameAnswer) {
   EXPECT_EQ(answers[0], answers[1]);
 }
 
+TEST(ToModelInferResponseTest, OneFp32TensorAndTheCostInParameters) {
+  inference::ModelInferRequest request;
+  request.set_model_name("m.dense");
+  request.set_id("req-7");
+  InferResponse answer;
+  answer.version = 3;
+  answer.rows = 2;
+  answer.output_dim = 3;
+  answer.outputs = {1, 2, 3, 4, 5, 6};
+  answer.cost.flops = 100;
+  answer.cost.dense_flops = 400;
+  answer.cost.route_ns = 7;
+  answer.cost.compute_ns = 11;
+  answer.cost.queue_ns = 13;
+  inference::ModelInferResponse out;
+  ToModelInferResponse(request, answer, &out);
+  EXPECT_EQ(out.model_name(), "m.dense");  // the name the client asked for
+  EXPECT_EQ(out.model_version(), "3");
+  EXPECT_EQ(out.id(), "req-7");
+  ASSERT_EQ(out.outputs_size(), 1);
+  const auto& tensor = out.outputs(0);
+  EXPECT_EQ(tensor.datatype(), "FP32");
+  EXPECT_THAT(tensor.shape(), ::testing::ElementsAre(2, 3));
+  EXPECT_THAT(tensor.contents().fp32_contents(), ::testing::ElementsAre(1, 2, 3, 4, 5, 6));
+  EXPECT_EQ(out.parameters().at("flops").int64_param(), 100);
+  EXPECT_EQ(out.parameters().at("dense_flops").int64_param(), 400);
+  EXPECT_EQ(out.parameters().at("compute_ns").int64_param(), 18);
+  EXPECT_EQ(out.parameters().at("queue_ns").int64_param(), 13);
+}
+
 }  // namespace
 }  // namespace sparse
