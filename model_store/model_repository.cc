@@ -42,6 +42,9 @@ bool FailuresChanged(const RepositorySnapshot& a, const RepositorySnapshot& b) {
   return false;
 }
 
+// Models a rescan loads side by side.
+constexpr size_t kScanThreads = 2;
+
 void DefaultLog(const std::string& line) { std::fprintf(stderr, "sparse-server: %s\n", line.c_str()); }
 
 }  // namespace
@@ -313,26 +316,48 @@ void ModelRepository::ScanAndPublish(bool first) {
     return;
   }
   // Each model is scanned under its own lock (a LoadModel of another model
-  // runs meanwhile), remembering the generation it was scanned from.
+  // runs meanwhile), remembering the generation it was scanned from, by up
+  // to kScanThreads threads: a slow load of one model does not hold back
+  // the others' (the load budget still bounds their memory together).
   struct Scanned {
     std::optional<ModelState> state;  // nullopt: the model leaves
     uint64_t generation = 0;
     std::vector<std::string> log;
   };
   std::map<std::string, Scanned> scanned;
+  for (const std::string& name : names) scanned[name];  // no insertion while the threads run
   const std::set<std::string> listed(names.begin(), names.end());
-  for (const std::string& name : names) {
-    std::shared_ptr<absl::Mutex> mu = ModelLock(name);
-    absl::MutexLock lock(mu.get());
-    Scanned& s = scanned[name];
-    const std::optional<ModelState> previous = Current(name, &s.generation);
-    ModelState state = ScanModel(name, previous ? &*previous : nullptr, /*retry_failed=*/false,
-                                 &s.log);
-    if (!state.versions.empty() || !state.failures.empty() || !state.config_error.empty()) {
-      s.state = std::move(state);
-    } else if (previous.has_value()) {
-      s.log.push_back(absl::StrCat("model ", name, " unloaded: no version directory left"));
+  absl::Mutex next_mu;
+  size_t next_model = 0;
+  auto scan_models = [&] {
+    while (true) {
+      size_t i;
+      {
+        absl::MutexLock lock(&next_mu);
+        if (next_model == names.size()) return;
+        i = next_model++;
+      }
+      const std::string& name = names[i];
+      std::shared_ptr<absl::Mutex> mu = ModelLock(name);
+      absl::MutexLock lock(mu.get());
+      Scanned& s = scanned.find(name)->second;
+      const std::optional<ModelState> previous = Current(name, &s.generation);
+      ModelState state = ScanModel(name, previous ? &*previous : nullptr, /*retry_failed=*/false,
+                                   &s.log);
+      if (!state.versions.empty() || !state.failures.empty() || !state.config_error.empty()) {
+        s.state = std::move(state);
+      } else if (previous.has_value()) {
+        s.log.push_back(absl::StrCat("model ", name, " unloaded: no version directory left"));
+      }
     }
+  };
+  {
+    std::vector<std::thread> helpers;
+    for (size_t t = 1; t < std::min<size_t>(kScanThreads, names.size()); ++t) {
+      helpers.emplace_back(scan_models);
+    }
+    scan_models();
+    for (std::thread& helper : helpers) helper.join();
   }
   for (const auto& [name, unused] : *before) {
     if (listed.count(name) == 0) {
