@@ -8,6 +8,7 @@
 #include "model_store/checkpoint.h"
 #include "nlohmann/json.hpp"
 #include "tests/testing/matchers.h"
+#include "tests/testing/temp_dir.h"
 
 namespace sparse {
 namespace {
@@ -15,8 +16,7 @@ namespace {
 namespace fs = std::filesystem;
 
 TEST(PythonWriterTest, DocumentedFormatWrittenFromPythonLoadsAndPredictsTheSame) {
-  const fs::path dir = fs::temp_directory_path() / ("sparse_python_writer_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  const testing::TempDir dir("python_writer_test");
   const std::string command = std::string("/usr/bin/python3 ") + SPARSE_SOURCE_DIR +
                               "/docs/examples/write_dsm_checkpoint.py " + dir.string() + " 3";
   ASSERT_EQ(std::system(command.c_str()), 0) << command;
@@ -35,7 +35,6 @@ TEST(PythonWriterTest, DocumentedFormatWrittenFromPythonLoadsAndPredictsTheSame)
   PredictStats stats;
   ASSERT_OK(loaded->sparse->Predict(x, 16, absl::MakeSpan(y), &stats, nullptr));
   EXPECT_TRUE(testing::AllNear(y, expected, 1e-5, 1e-4));
-  fs::remove_all(dir);
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include "sparse/v1/inference.grpc.pb.h"
 #include "tests/testing/matchers.h"
 #include "tests/testing/random_models.h"
+#include "tests/testing/temp_dir.h"
 
 namespace sparse {
 namespace {
@@ -395,13 +396,11 @@ TEST(ServerStartTest, RefusesAMissingOrEmptyRepository) {
   options.port = 0;
   options.model_repository = "/nonexistent/repo";
   EXPECT_EQ(SparseServer::Start(options, nullptr).status().code(), absl::StatusCode::kNotFound);
-  const fs::path empty = fs::temp_directory_path() / ("sparse_empty_repo_" + std::to_string(::getpid()));
-  fs::create_directories(empty);
+  const testing::TempDir empty("empty_repository");
   options.model_repository = empty.string();
   absl::Status s = SparseServer::Start(options, nullptr).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
   EXPECT_NE(s.message().find("no loadable model"), std::string::npos);
-  fs::remove_all(empty);
 }
 
 }  // namespace

@@ -19,6 +19,7 @@
 #include "tests/testing/local_server.h"
 #include "tests/testing/matchers.h"
 #include "tests/testing/random_models.h"
+#include "tests/testing/temp_dir.h"
 
 namespace sparse {
 namespace {
@@ -186,8 +187,7 @@ TEST_F(ModelControlServiceTest, UnloadAndLoadChangeWhatServesAndWhatHealthSays) 
 }
 
 TEST(ModelControlFlagTest, OffByDefaultAndNeedsMutualTlsWhenTlsIsOn) {
-  const fs::path root = fs::temp_directory_path() / ("sparse_control_flag_" + std::to_string(::getpid()));
-  fs::remove_all(root);
+  const testing::TempDir root("model_control_flag_test");
   Checkpoint c;
   c.sparse = RandomDsm({.d = kD}, 3);
   ASSERT_OK(WriteCheckpoint((root / "m").string(), 1, c));
@@ -217,7 +217,6 @@ TEST(ModelControlFlagTest, OffByDefaultAndNeedsMutualTlsWhenTlsIsOn) {
   options.tls_key_file.clear();
   options.poll_seconds = 1;
   EXPECT_EQ(SparseServer::Start(options, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
-  fs::remove_all(root);
 }
 
 }  // namespace

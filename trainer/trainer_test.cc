@@ -5,6 +5,7 @@
 #include "gtest/gtest.h"
 #include "model_store/checkpoint.h"
 #include "tests/testing/matchers.h"
+#include "tests/testing/temp_dir.h"
 
 namespace sparse {
 namespace {
@@ -79,8 +80,7 @@ TEST(TrainerTest, EveryKindTrainsAndFitsBetterThanTheMean) {
 
 // What the trainer evaluated is what a server loading the checkpoint computes.
 TEST(TrainerTest, PublishedCheckpointReproducesTheReportedMse) {
-  const fs::path repo = fs::temp_directory_path() / ("sparse_trainer_test_" + std::to_string(::getpid()));
-  fs::remove_all(repo);
+  const testing::TempDir repo("trainer_test");
   int version = 0;
   for (const TrainOptions& o : std::vector<TrainOptions>{
            {.kind = ModelKind::kLshTable, .tables = 4, .hashes = 9},
@@ -100,7 +100,6 @@ TEST(TrainerTest, PublishedCheckpointReproducesTheReportedMse) {
     EXPECT_NEAR(*dense, r.dense.test_mse, 1e-6 * r.dense.test_mse);
     EXPECT_FALSE(loaded->dense_cost_only);
   }
-  fs::remove_all(repo);
 }
 
 TEST(TrainerTest, SameSeedSameModel) {

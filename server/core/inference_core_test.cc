@@ -22,6 +22,7 @@
 #include "model_store/checkpoint.h"
 #include "tests/testing/matchers.h"
 #include "tests/testing/random_models.h"
+#include "tests/testing/temp_dir.h"
 
 namespace sparse {
 namespace {
@@ -31,6 +32,7 @@ using ::sparse::testing::RandomDense;
 using ::sparse::testing::RandomDsm;
 using ::sparse::testing::RandomInputs;
 using ::sparse::testing::RandomLshTable;
+using ::sparse::testing::TempDir;
 using ::testing::HasSubstr;
 
 constexpr int64_t kD = 8;
@@ -66,9 +68,7 @@ struct Call {
 class InferenceCoreTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    root_ = new fs::path(fs::temp_directory_path() /
-                         ("sparse_core_test_" + std::to_string(::getpid())));
-    fs::remove_all(*root_);
+    root_ = new TempDir("inference_core_test");
     Checkpoint dsm;
     dsm.sparse = RandomDsm({.d = kD, .o = 2, .experts = 8, .active_units = 16}, 1);
     dsm.dense = RandomDense(kD, 64, 2, Activation::kRelu, 2);
@@ -90,7 +90,6 @@ class InferenceCoreTest : public ::testing::Test {
   }
   static void TearDownTestSuite() {
     delete repository_;
-    fs::remove_all(*root_);
     delete root_;
   }
 
@@ -122,11 +121,11 @@ class InferenceCoreTest : public ::testing::Test {
     return release;
   }
 
-  static fs::path* root_;
+  static TempDir* root_;
   static ModelRepository* repository_;
 };
 
-fs::path* InferenceCoreTest::root_ = nullptr;
+TempDir* InferenceCoreTest::root_ = nullptr;
 ModelRepository* InferenceCoreTest::repository_ = nullptr;
 
 TEST_F(InferenceCoreTest, InlineAndQueuedAnswersEqualTheEngineWithTheirCost) {
