@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <new>
+#include <optional>
 #include <atomic>
 #include <unordered_map>
 #include <utility>
@@ -89,6 +90,22 @@ PackedWeights::PackedWeights(size_t floats) : size_(floats) {
 
 void PackedWeights::Free::operator()(float* p) const { std::free(p); }
 
+namespace {
+
+// Held while oneDNN creates primitives (Create, the reorders of PackAll).
+// Models load side by side (model_store's manager), and oneDNN's primitive
+// cache and its code generator are shared by the process; creating one at a
+// time costs microseconds per kernel at load, and leaves no doubt about
+// that shared state (ThreadSanitizer, which cannot see inside libdnnl,
+// otherwise reports the cache's entries handed from one loading thread to
+// another). Executing primitives, the request path, takes no lock.
+absl::Mutex& PrimitiveCreationMutex() {
+  static absl::Mutex* mu = new absl::Mutex();
+  return *mu;
+}
+
+}  // namespace
+
 absl::StatusOr<MatmulKernel> MatmulKernel::Create(const MatmulSpec& spec) {
   if (spec.k < 1 || spec.n < 1) {
     return absl::InvalidArgumentError(
@@ -97,6 +114,7 @@ absl::StatusOr<MatmulKernel> MatmulKernel::Create(const MatmulSpec& spec) {
   MatmulKernel kernel;
   kernel.spec_ = spec;
   kernel.id_ = Id(next_kernel_id.fetch_add(1));
+  absl::MutexLock creating(&PrimitiveCreationMutex());
   try {
     dnnl::post_ops ops;
     // Order matters: sum (y += ...) is applied to the biased result, and the
@@ -198,8 +216,12 @@ absl::StatusOr<PackedWeights> MatmulKernel::PackAll(const float* plain, int64_t 
     std::vector<std::pair<memory::desc, int64_t>> copies = {{weights_, primitive_offset_}};
     if (primitive_offset_ > 0) copies.emplace_back(sgemm_weights_, 0);
     for (const auto& [layout, offset] : copies) {
-      dnnl::reorder::primitive_desc pd(engine, plain_weights_, engine, layout);
-      dnnl::reorder reorder(pd);
+      std::optional<dnnl::reorder> created;
+      {
+        absl::MutexLock creating(&PrimitiveCreationMutex());
+        created.emplace(dnnl::reorder::primitive_desc(engine, plain_weights_, engine, layout));
+      }
+      dnnl::reorder& reorder = *created;
       for (int64_t i = 0; i < count; ++i) {
         memory src(plain_weights_, engine, const_cast<float*>(plain + i * plain_floats));
         memory dst(layout, engine, packed.data() + i * packed_floats_ + offset);
