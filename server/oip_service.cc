@@ -1,5 +1,7 @@
 #include "server/oip_service.h"
 
+#include <bit>
+
 #include <cstring>
 #include <memory>
 
@@ -145,8 +147,12 @@ void ToModelInferResponse(const inference::ModelInferRequest& request, const Inf
   tensor->set_datatype("FP32");
   tensor->add_shape(answer.rows);
   tensor->add_shape(answer.output_dim);
-  tensor->mutable_contents()->mutable_fp32_contents()->Add(answer.outputs.begin(),
-                                                           answer.outputs.end());
+  // The values go in raw_output_contents, not in typed contents: what
+  // Triton answers and what its clients read (InferResult.as_numpy).
+  static_assert(std::endian::native == std::endian::little,
+                "raw_output_contents are little-endian floats");
+  out->add_raw_output_contents(reinterpret_cast<const char*>(answer.outputs.data()),
+                               answer.outputs.size() * sizeof(float));
   auto& params = *out->mutable_parameters();
   params["flops"] = Int64Param(answer.cost.flops);
   params["dense_flops"] = Int64Param(answer.cost.dense_flops);

@@ -34,8 +34,9 @@ absl::StatusOr<InferRequest> TranslateModelInfer(const ModelRepository& reposito
                                                  std::vector<float>* storage);
 
 // The ModelInferResponse for the core's answer to `request`: one FP32
-// output tensor [rows, output_dim], and the cost in `parameters` (flops,
-// dense_flops, compute_ns = route + compute, queue_ns).
+// output tensor [rows, output_dim] whose values are raw_output_contents[0]
+// (little-endian floats, as Triton answers), and the cost in `parameters`
+// (flops, dense_flops, compute_ns = route + compute, queue_ns).
 void ToModelInferResponse(const inference::ModelInferRequest& request, const InferResponse& answer,
                           inference::ModelInferResponse* out);
 

@@ -421,7 +421,13 @@ TEST(ToModelInferResponseTest, OneFp32TensorAndTheCostInParameters) {
   const auto& tensor = out.outputs(0);
   EXPECT_EQ(tensor.datatype(), "FP32");
   EXPECT_THAT(tensor.shape(), ::testing::ElementsAre(2, 3));
-  EXPECT_THAT(tensor.contents().fp32_contents(), ::testing::ElementsAre(1, 2, 3, 4, 5, 6));
+  EXPECT_FALSE(tensor.has_contents()) << "values go in raw_output_contents only";
+  ASSERT_EQ(out.raw_output_contents_size(), 1);
+  const std::string& raw = out.raw_output_contents(0);
+  ASSERT_EQ(raw.size(), 6 * sizeof(float));
+  std::vector<float> values(6);
+  std::memcpy(values.data(), raw.data(), raw.size());
+  EXPECT_THAT(values, ::testing::ElementsAre(1, 2, 3, 4, 5, 6));
   EXPECT_EQ(out.parameters().at("flops").int64_param(), 100);
   EXPECT_EQ(out.parameters().at("dense_flops").int64_param(), 400);
   EXPECT_EQ(out.parameters().at("compute_ns").int64_param(), 18);

@@ -170,8 +170,9 @@ TEST_F(BatchIsolationTest, BadRequestsFailAloneAndNameTheirOwnRow) {
           inference::ModelInferResponse response;
           status = oip->ModelInfer(&context, request, &response);
           if (status.ok()) {
-            outputs.assign(response.outputs(0).contents().fp32_contents().begin(),
-                           response.outputs(0).contents().fp32_contents().end());
+            const std::string& raw = response.raw_output_contents(0);
+            outputs.resize(raw.size() / sizeof(float));
+            std::memcpy(outputs.data(), raw.data(), outputs.size() * sizeof(float));
           }
         } else {
           PredictRequest request;
