@@ -57,6 +57,67 @@ inference::InferParameter Int64Param(int64_t v) {
   return p;
 }
 
+// Whether a parameter is set to something other than its "off" value
+// (false, 0, "").
+bool IsSet(const inference::InferParameter& p) {
+  switch (p.parameter_choice_case()) {
+    case inference::InferParameter::kBoolParam:
+      return p.bool_param();
+    case inference::InferParameter::kInt64Param:
+      return p.int64_param() != 0;
+    case inference::InferParameter::kStringParam:
+      return !p.string_param().empty();
+    default:
+      return false;
+  }
+}
+
+// The request's parameters and requested outputs, as Triton's clients send
+// them. Kept: the one output, `output`, asked for by name. Ignored, being
+// harmless here: priority, timeout, binary_data / binary_data_output /
+// binary_data_size (HTTP encodings), and anything else unknown. Refused,
+// since they would change what the answer means: sequence batching
+// (sequence_id, sequence_start, sequence_end), classification outputs and
+// shared-memory tensors.
+absl::Status CheckRequestOptions(const inference::ModelInferRequest& in) {
+  for (const char* key : {"sequence_id", "sequence_start", "sequence_end"}) {
+    auto it = in.parameters().find(key);
+    if (it != in.parameters().end() && IsSet(it->second)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "parameter '", key, "': sequence batching is not supported (the models are stateless)"));
+    }
+  }
+  auto refuse_shared_memory = [](const auto& parameters,
+                                 absl::string_view tensor) -> absl::Status {
+    for (const char* key : {"shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"}) {
+      auto it = parameters.find(key);
+      if (it != parameters.end() && IsSet(it->second)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tensor '", ClientText(tensor), "': shared-memory tensors are not supported; send ",
+            "the data in the request"));
+      }
+    }
+    return absl::OkStatus();
+  };
+  for (const auto& input : in.inputs()) {
+    RETURN_IF_ERROR(refuse_shared_memory(input.parameters(), input.name()));
+  }
+  for (const auto& output : in.outputs()) {
+    if (output.name() != "output") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unknown output '", ClientText(output.name()),
+          "': the model has one output, 'output'"));
+    }
+    auto classification = output.parameters().find("classification");
+    if (classification != output.parameters().end() && IsSet(classification->second)) {
+      return absl::InvalidArgumentError(
+          "output 'output': classification is not supported; the outputs are regression values");
+    }
+    RETURN_IF_ERROR(refuse_shared_memory(output.parameters(), output.name()));
+  }
+  return absl::OkStatus();
+}
+
 // The input tensor of a ModelInferRequest as the core's rows, for a model
 // of `input_dim` inputs.
 absl::Status ToInferRequest(const inference::ModelInferRequest& in, int64_t input_dim,
@@ -127,6 +188,7 @@ absl::StatusOr<InferRequest> TranslateModelInfer(const ModelRepository& reposito
                                                  std::vector<float>* storage) {
   ASSIGN_OR_RETURN(Target t, ParseTarget(request.model_name(), request.model_version()));
   ASSIGN_OR_RETURN(std::shared_ptr<const Servable> servable, FindTarget(repository, t));
+  RETURN_IF_ERROR(CheckRequestOptions(request));
   const LoadedModel& loaded = servable->loaded;
   const ModelInfo& info = t.dense ? loaded.dense->info() : loaded.sparse->info();
   InferRequest out;

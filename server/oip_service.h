@@ -27,6 +27,10 @@ namespace sparse {
 // The core's request a ModelInferRequest stands for. Inputs given in
 // contents.fp32_contents are not copied (`request` must outlive the result);
 // raw_input_contents are copied into *storage (bytes carry no alignment).
+// Requested outputs must name `output`; request parameters Triton's clients
+// send are ignored when harmless (priority, timeout, the HTTP binary-data
+// ones) and refused when they would change the answer's meaning (sequence
+// batching, classification, shared memory).
 // Errors are those ModelInfer answers (NOT_FOUND, INVALID_ARGUMENT with what
 // was expected). Used by ModelInfer and by the request fuzzer.
 absl::StatusOr<InferRequest> TranslateModelInfer(const ModelRepository& repository,

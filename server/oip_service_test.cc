@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -396,6 +397,54 @@ TEST_F(OipServiceTest, Fp32AndRawRequestsGetTheSameAnswer) {
   ASSERT_EQ(answers.size(), 2u);
   EXPECT_EQ(answers[0].size(), 4u * 2u);
   EXPECT_EQ(answers[0], answers[1]);
+}
+
+TEST_F(OipServiceTest, RequestedOutputsAndTritonParametersAreHonouredOrRefused) {
+  const std::vector<float> x = RandomInputs(2, kD, 41);
+  // What Triton's clients send: the output by name, harmless parameters.
+  inference::ModelInferRequest ok = FpRequest("m", {2, kD}, x);
+  ok.add_outputs()->set_name("output");
+  (*ok.mutable_outputs(0)->mutable_parameters())["binary_data"].set_bool_param(true);
+  (*ok.mutable_parameters())["priority"].set_int64_param(1);
+  (*ok.mutable_parameters())["timeout"].set_int64_param(1000000);
+  (*ok.mutable_parameters())["sequence_id"].set_int64_param(0);  // 0: no sequence
+  std::vector<float> storage;
+  EXPECT_OK(Translate(ok, &storage).status());
+
+  struct Case {
+    std::string says;
+    std::function<void(inference::ModelInferRequest*)> edit;
+  };
+  const std::vector<Case> cases = {
+      {"unknown output 'probabilities'",
+       [](inference::ModelInferRequest* r) { r->add_outputs()->set_name("probabilities"); }},
+      {"classification is not supported",
+       [](inference::ModelInferRequest* r) {
+         auto* o = r->add_outputs();
+         o->set_name("output");
+         (*o->mutable_parameters())["classification"].set_int64_param(3);
+       }},
+      {"sequence batching is not supported",
+       [](inference::ModelInferRequest* r) {
+         (*r->mutable_parameters())["sequence_id"].set_int64_param(7);
+       }},
+      {"sequence batching is not supported",
+       [](inference::ModelInferRequest* r) {
+         (*r->mutable_parameters())["sequence_start"].set_bool_param(true);
+       }},
+      {"shared-memory tensors are not supported",
+       [](inference::ModelInferRequest* r) {
+         (*r->mutable_inputs(0)->mutable_parameters())["shared_memory_region"].set_string_param("r");
+       }},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.says);
+    inference::ModelInferRequest bad = FpRequest("m", {2, kD}, x);
+    c.edit(&bad);
+    const absl::Status s = Translate(bad, &storage).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_THAT(std::string(s.message()), HasSubstr(c.says));
+  }
 }
 
 TEST(ToModelInferResponseTest, OneFp32TensorAndTheCostInParameters) {
