@@ -42,6 +42,13 @@ bool FailuresChanged(const RepositorySnapshot& a, const RepositorySnapshot& b) {
   return false;
 }
 
+// How many times `name` was published, per `generations` (0: never).
+uint64_t GenerationOf(const absl::flat_hash_map<std::string, uint64_t>& generations,
+                      const std::string& name) {
+  auto it = generations.find(name);
+  return it == generations.end() ? 0 : it->second;
+}
+
 // Models a rescan loads side by side.
 constexpr size_t kScanThreads = 2;
 
@@ -263,8 +270,7 @@ std::shared_ptr<absl::Mutex> ModelRepository::ModelLock(const std::string& name)
 std::optional<ModelState> ModelRepository::Current(const std::string& name,
                                                    uint64_t* generation) const {
   absl::MutexLock lock(&publish_mu_);
-  auto g = generations_.find(name);
-  *generation = g == generations_.end() ? 0 : g->second;
+  *generation = GenerationOf(generations_, name);
   const std::shared_ptr<const RepositorySnapshot> current = snapshot();
   auto it = current->find(name);
   if (it == current->end()) return std::nullopt;
@@ -362,8 +368,7 @@ void ModelRepository::ScanAndPublish(bool first) {
   for (const auto& [name, unused] : *before) {
     if (listed.count(name) == 0) {
       Scanned& s = scanned[name];
-      auto g = before_generations.find(name);
-      s.generation = g == before_generations.end() ? 0 : g->second;
+      s.generation = GenerationOf(before_generations, name);
       s.log.push_back(absl::StrCat("model ", name, " unloaded: its directory is gone"));
     }
   }
@@ -374,9 +379,8 @@ void ModelRepository::ScanAndPublish(bool first) {
   std::vector<std::string> log;
   std::vector<std::string> changed;
   for (auto& [name, s] : scanned) {
-    auto g = generations_.find(name);
     // Published since it was scanned (LoadModel, UnloadModel): that is newer.
-    if ((g == generations_.end() ? 0 : g->second) != s.generation) continue;
+    if (GenerationOf(generations_, name) != s.generation) continue;
     if (s.state.has_value()) {
       (*next)[name] = *std::move(s.state);
     } else {

@@ -117,8 +117,7 @@ grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* c
         };
         auto call = std::make_shared<Call>();
         call->request = ToInferRequest(r, dense);
-        call->request.deadline = absl::FromChrono(context->deadline());
-        call->request.cancelled = [context] { return context->IsCancelled(); };
+        BindToCall(context, &call->request);
         core_->Infer(call->request, &call->answer,
                      [call, out, done = std::move(done)](absl::Status status) {
                        if (status.ok()) ToPredictResponse(call->answer, out);

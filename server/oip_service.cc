@@ -331,8 +331,7 @@ grpc::ServerUnaryReactor* OipService::ModelInfer(grpc::CallbackServerContext* co
           return;
         }
         call->request = *std::move(translated);
-        call->request.deadline = absl::FromChrono(context->deadline());
-        call->request.cancelled = [context] { return context->IsCancelled(); };
+        BindToCall(context, &call->request);
         core_->Infer(call->request, &call->answer,
                      [call, &r, out, done = std::move(done)](absl::Status status) {
                        if (!status.ok()) {

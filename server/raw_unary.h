@@ -23,6 +23,8 @@
 #include "grpcpp/support/proto_buffer_writer.h"
 #include "grpcpp/server_context.h"
 #include "grpcpp/impl/codegen/proto_utils.h"
+#include "absl/time/time.h"
+#include "server/core/infer.h"
 #include "server/grpc_status.h"
 
 namespace sparse {
@@ -89,6 +91,14 @@ grpc::ServerUnaryReactor* ServeUnaryNow(grpc::CallbackServerContext* context,
       context, body, reply, [&handler](const Request& request, Response* response, UnaryDone done) {
         done(handler(request, response));
       });
+}
+
+// Ties the core's request to the gRPC call it came in on: the call's
+// deadline, and whether its client has gone (a request still queued then is
+// answered before any compute).
+inline void BindToCall(grpc::CallbackServerContext* context, InferRequest* request) {
+  request->deadline = absl::FromChrono(context->deadline());
+  request->cancelled = [context] { return context->IsCancelled(); };
 }
 
 }  // namespace sparse

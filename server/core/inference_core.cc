@@ -242,6 +242,10 @@ void InferenceCore::Finish(const InferRequest& request, InferResponse* response,
   --in_flight_;
 }
 
+void InferenceCore::FinishPending(PendingRequest& p, const absl::Status& status) {
+  Finish(*p.request, p.response, p.done, status);
+}
+
 void InferenceCore::Infer(const InferRequest& request, InferResponse* response, InferDone done) {
   const auto arrival = Clock::now();
   bool draining;
@@ -272,7 +276,7 @@ void InferenceCore::Infer(const InferRequest& request, InferResponse* response, 
       options_.inline_max_flops) {
     batch.push_back(std::move(pending));
     RunBatch(**servable, request.dense, std::move(batch), [this](PendingRequest& p, const absl::Status& s) {
-      Finish(*p.request, p.response, p.done, s);
+      FinishPending(p, s);
     });
     return;
   }
@@ -292,13 +296,12 @@ void InferenceCore::Submit(std::shared_ptr<const Servable> servable, bool dense,
   auto shared = std::make_shared<std::vector<PendingRequest>>(std::move(batch));
   const bool queued = pool_.Submit([this, shared, dense, servable = std::move(servable)] {
     RunBatch(*servable, dense, std::move(*shared), [this](PendingRequest& p, const absl::Status& s) {
-      Finish(*p.request, p.response, p.done, s);
+      FinishPending(p, s);
     });
   });
   if (!queued) {
     for (PendingRequest& p : *shared) {
-      Finish(*p.request, p.response, p.done,
-             absl::UnavailableError("the inference queue is full; retry with backoff"));
+      FinishPending(p, absl::UnavailableError("the inference queue is full; retry with backoff"));
     }
   }
 }
@@ -321,8 +324,7 @@ void InferenceCore::Enqueue(std::shared_ptr<const Servable> servable, bool dense
   std::shared_ptr<Queues> queues = QueuesFor(servable);
   switch (queues->batchers[dense ? 1 : 0].Add(&pending, options)) {
     case Batcher::AddResult::kFull:
-      Finish(*pending.request, pending.response, pending.done,
-             absl::UnavailableError(absl::StrCat(
+      FinishPending(pending, absl::UnavailableError(absl::StrCat(
                  "the batching queue of model '", servable->model,
                  "' is full (dynamic_batching.max_queue_size); retry with backoff")));
       return;
@@ -346,14 +348,13 @@ void InferenceCore::ScheduleDrain(std::shared_ptr<const Servable> servable,
     int64_t rows = 0;
     for (const PendingRequest& p : batch) rows += p.request->rows;
     RunBatch(*servable, dense, std::move(batch), [this](PendingRequest& p, const absl::Status& s) {
-      Finish(*p.request, p.response, p.done, s);
+      FinishPending(p, s);
     });
     batcher.Finished(rows);
   });
   if (!queued) {
     for (PendingRequest& p : batcher.TakeAll()) {
-      Finish(*p.request, p.response, p.done,
-             absl::UnavailableError("the inference queue is full; retry with backoff"));
+      FinishPending(p, absl::UnavailableError("the inference queue is full; retry with backoff"));
     }
   }
 }

@@ -102,8 +102,11 @@ class InferenceCore {
   void ScheduleDrain(std::shared_ptr<const Servable> servable, std::shared_ptr<Queues> queues,
                      bool dense);
   std::shared_ptr<Queues> QueuesFor(const std::shared_ptr<const Servable>& servable);
+  // Answers one request: the observe hook, `done`, then it leaves the
+  // in-flight count.
   void Finish(const InferRequest& request, InferResponse* response, const InferDone& done,
               const absl::Status& status);
+  void FinishPending(PendingRequest& p, const absl::Status& status);
   bool Idle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return in_flight_ == 0; }
 
   const ModelRepository* const repository_;

@@ -210,17 +210,7 @@ TEST_F(InferenceCoreTest, EachBadRequestGetsItsOwnCodeAndSaysWhatWasExpected) {
 TEST_F(InferenceCoreTest, ABatchedRequestWhoseOutputsOverflowFailsAlone) {
   std::unique_ptr<InferenceCore> core = Core(0);
   const Model& engine = *Loaded("batched").sparse;
-  // A row whose outputs overflow float32 (found with the engine, not assumed).
-  std::vector<float> overflow;
-  for (float v : {3e38f, -3e38f, 1e38f, -1e38f, 1e37f, -1e37f}) {
-    for (int64_t col = -1; col < kD && overflow.empty(); ++col) {
-      std::vector<float> x(kD, col < 0 ? v : 0.5f);  // col -1: every column
-      if (col >= 0) x[col] = v;
-      std::vector<float> y(engine.info().output_dim);
-      PredictStats stats;
-      if (!engine.Predict(x, 1, absl::MakeSpan(y), &stats, nullptr).ok()) overflow = x;
-    }
-  }
+  const std::vector<float> overflow = testing::OverflowingRow(engine);
   ASSERT_FALSE(overflow.empty()) << "no input found whose outputs overflow";
 
   // Five requests queue behind the held worker, so they run as one batch.

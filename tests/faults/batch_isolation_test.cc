@@ -31,6 +31,7 @@ namespace {
 namespace fs = std::filesystem;
 using sparse::v1::PredictRequest;
 using sparse::v1::PredictResponse;
+using ::sparse::testing::OverflowingRow;
 
 constexpr int64_t kD = 8;
 constexpr int kGoodThreads = 16;
@@ -81,22 +82,6 @@ class BatchIsolationTest : public ::testing::Test {
   std::shared_ptr<grpc::Channel> channel_;
   std::vector<std::shared_ptr<const Servable>> servables_;
 };
-
-// A row of inputs whose outputs overflow float32 on `model` (checked with
-// the engine, not assumed).
-std::vector<float> OverflowingRow(const Model& model) {
-  for (float v : {3e38f, -3e38f, 1e38f, -1e38f}) {
-    for (int64_t col = 0; col < kD; ++col) {
-      std::vector<float> x(kD, 0.5f);
-      x[col] = v;
-      std::vector<float> y(model.info().output_dim);
-      PredictStats stats;
-      const absl::Status s = model.Predict(x, 1, absl::MakeSpan(y), &stats, nullptr);
-      if (!s.ok() && s.message().find("too large") != std::string::npos) return x;
-    }
-  }
-  return {};
-}
 
 struct Counts {
   std::atomic<int> good_ok{0}, good_failed{0}, good_wrong{0}, good_batched{0};

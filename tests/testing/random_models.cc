@@ -31,6 +31,21 @@ std::vector<float> RandomInputs(int64_t rows, int64_t d, uint64_t seed) {
   return Uniform(rng, rows * d, -1.0f, 1.0f);
 }
 
+std::vector<float> OverflowingRow(const Model& model) {
+  const int64_t d = model.info().input_dim;
+  for (float v : {3e38f, -3e38f, 1e38f, -1e38f, 1e37f, -1e37f}) {
+    for (int64_t col = 0; col <= d; ++col) {  // col == d: every column
+      std::vector<float> x(d, col < d ? 0.5f : v);
+      if (col < d) x[col] = v;
+      std::vector<float> y(model.info().output_dim);
+      PredictStats stats;
+      const absl::Status s = model.Predict(x, 1, absl::MakeSpan(y), &stats, nullptr);
+      if (!s.ok() && s.message().find("too large") != absl::string_view::npos) return x;
+    }
+  }
+  return {};
+}
+
 LshTableWeights RandomLshTable(const LshShape& shape, uint64_t seed) {
   std::mt19937_64 rng(seed);
   LshTableWeights w;

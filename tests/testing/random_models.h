@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "engine/model.h"
 #include "engine/weights.h"
 
 namespace sparse::testing {
@@ -33,6 +34,11 @@ DenseWeights RandomDense(int64_t d, int64_t t, int64_t o, Activation activation,
 
 // rows x d inputs drawn from U[-1, 1].
 std::vector<float> RandomInputs(int64_t rows, int64_t d, uint64_t seed);
+
+// One row of finite inputs whose outputs overflow float32 on `model`: one
+// column, then every column, set to a value near FLT_MAX, found by running
+// the model (its error says "too large"), not assumed. Empty if none does.
+std::vector<float> OverflowingRow(const Model& model);
 
 }  // namespace sparse::testing
 
