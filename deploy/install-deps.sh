@@ -17,9 +17,11 @@ PACKAGES=(
   # calls find_package(OpenCL REQUIRED), and apt only recommends the package
   ocl-icd-opencl-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc prometheus-cpp-dev
-  # the Python package and its tests (Debian's grpcio, NumPy and PyTorch for
-  # /usr/bin/python3; docs/python.md)
-  python3-grpcio python3-grpc-tools python3-numpy python3-torch
+  # the Python package and its tests (Debian's grpcio, protobuf, NumPy and
+  # PyTorch for /usr/bin/python3; docs/python.md), and what
+  # pip install --no-build-isolation ./client/python builds it with in a venv
+  python3-grpcio python3-grpc-tools python3-protobuf python3-numpy python3-torch
+  python3-venv python3-pip python3-setuptools python3-wheel
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # the TLS test makes its certificates with the openssl command line; the

@@ -89,6 +89,11 @@ class ModelRepository {
       absl::string_view model, int64_t version,
       std::optional<sparse::v1::DynamicBatching>* batching = nullptr) const;
   std::shared_ptr<const RepositorySnapshot> snapshot() const;
+  // The model directories under the root, loaded or not (a repository
+  // index); *ec is set when the listing stopped part way.
+  std::vector<std::string> ModelDirectories(std::error_code* ec) const {
+    return source_.ListModels(ec);
+  }
 
   // Reads every model directory again and publishes what changed.
   void Rescan();

@@ -109,7 +109,8 @@ grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* c
                                                   grpc::ByteBuffer* response, bool dense) {
   return ServeUnary<PredictRequest, PredictResponse>(
       context, request, response,
-      [this, context, dense](const PredictRequest& r, PredictResponse* out, UnaryDone done) {
+      [this, context, dense](const PredictRequest& r, PredictResponse* out, UnaryDone done,
+                             std::chrono::steady_clock::time_point received) {
         // The core's request and answer live until the call is finished.
         struct Call {
           InferRequest request;
@@ -117,7 +118,7 @@ grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* c
         };
         auto call = std::make_shared<Call>();
         call->request = ToInferRequest(r, dense);
-        BindToCall(context, &call->request);
+        BindToCall(context, received, &call->request);
         core_->Infer(call->request, &call->answer,
                      [call, out, done = std::move(done)](absl::Status status) {
                        if (status.ok()) ToPredictResponse(call->answer, out);

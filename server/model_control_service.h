@@ -1,26 +1,22 @@
-// sparse.v1.ModelControl: the frontend of the model life cycle's explicit
-// control (model_store/model_repository.h: LoadModel, UnloadModel).
+// sparse.v1.ModelControl: a frontend of the model life cycle's explicit
+// control (server/core/model_control.h).
 #ifndef SPARSE_SERVER_MODEL_CONTROL_SERVICE_H_
 #define SPARSE_SERVER_MODEL_CONTROL_SERVICE_H_
 
-#include "model_store/model_repository.h"
-#include "server/core/worker_pool.h"
+#include "server/core/model_control.h"
 #include "sparse/v1/inference.grpc.pb.h"
 
 namespace sparse {
 
-// sparse.v1.ModelControl: LoadModel / UnloadModel on the repository. Only
-// registered when sparse-server runs with --model_control. A load (seconds
-// for a big checkpoint) runs on one of the service's own loader threads,
-// never on one of gRPC's: two models load side by side (each model has its
-// own lock in the repository), and the destructor finishes the loads asked
-// for and joins the threads.
+// sparse.v1.ModelControl: LoadModel / UnloadModel. Only registered when
+// sparse-server runs with --model_control. Loads run on ModelControl's
+// loader threads, never on one of gRPC's.
 class ModelControlService final
     : public sparse::v1::ModelControl::WithRawCallbackMethod_LoadModel<
           sparse::v1::ModelControl::WithRawCallbackMethod_UnloadModel<
               sparse::v1::ModelControl::Service>> {
  public:
-  explicit ModelControlService(ModelRepository* repository);
+  explicit ModelControlService(ModelControl* control);
   grpc::ServerUnaryReactor* LoadModel(grpc::CallbackServerContext* context,
                                       const grpc::ByteBuffer* request,
                                       grpc::ByteBuffer* response) override;
@@ -29,8 +25,7 @@ class ModelControlService final
                                         grpc::ByteBuffer* response) override;
 
  private:
-  ModelRepository* const repository_;
-  WorkerPool loader_{2, 64};  // loads waiting beyond 64: UNAVAILABLE
+  ModelControl* const control_;
 };
 
 }  // namespace sparse

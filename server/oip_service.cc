@@ -1,9 +1,11 @@
 #include "server/oip_service.h"
 
 #include <bit>
-
+#include <chrono>
 #include <cstring>
+#include <limits>
 #include <memory>
+#include <set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -181,7 +183,115 @@ absl::Status ToInferRequest(const inference::ModelInferRequest& in, int64_t inpu
   return absl::OkStatus();
 }
 
+// Triton's version policy for ours (the same three choices).
+void ToTritonPolicy(const sparse::v1::VersionPolicy& policy, inference::ModelVersionPolicy* out) {
+  switch (policy.policy_case()) {
+    case sparse::v1::VersionPolicy::kAll:
+      out->mutable_all();
+      break;
+    case sparse::v1::VersionPolicy::kSpecific:
+      for (int64_t v : policy.specific().versions()) out->mutable_specific()->add_versions(v);
+      break;
+    case sparse::v1::VersionPolicy::kLatest:
+      out->mutable_latest()->set_num_versions(policy.latest().num_versions());
+      break;
+    default:  // unset: the default, latest 1
+      out->mutable_latest()->set_num_versions(1);
+      break;
+  }
+}
+
+void ToTritonDuration(const StatDuration& from, inference::StatisticDuration* out) {
+  out->set_count(from.count);
+  out->set_ns(from.ns);
+}
+
+// One ModelStatistics entry: path `dense` of `servable`, named `name`.
+void AddStatistics(const std::string& name, const std::shared_ptr<const Servable>& servable,
+                   bool dense, const InferenceCore& core, inference::ModelStatisticsResponse* out) {
+  const PathStatistics s = core.Statistics(servable, dense);
+  inference::ModelStatistics* m = out->add_model_stats();
+  m->set_name(name);
+  m->set_version(absl::StrCat(servable->version));
+  m->set_last_inference(s.last_inference_ms);
+  m->set_inference_count(s.inference_count);
+  m->set_execution_count(s.execution_count);
+  inference::InferStatistics* stats = m->mutable_inference_stats();
+  ToTritonDuration(s.success, stats->mutable_success());
+  ToTritonDuration(s.fail, stats->mutable_fail());
+  ToTritonDuration(s.queue, stats->mutable_queue());
+  ToTritonDuration(s.compute_input, stats->mutable_compute_input());
+  ToTritonDuration(s.compute_infer, stats->mutable_compute_infer());
+  ToTritonDuration(s.compute_output, stats->mutable_compute_output());
+  stats->mutable_cache_hit();
+  stats->mutable_cache_miss();
+  for (const auto& [rows, batch] : s.batches) {
+    inference::InferBatchStatistics* b = m->add_batch_stats();
+    b->set_batch_size(static_cast<uint64_t>(rows));
+    ToTritonDuration(batch.compute_input, b->mutable_compute_input());
+    ToTritonDuration(batch.compute_infer, b->mutable_compute_infer());
+    ToTritonDuration(batch.compute_output, b->mutable_compute_output());
+  }
+}
+
+// sparse-server has one repository: Triton's repository_name must be empty.
+absl::Status CheckRepositoryName(absl::string_view name) {
+  if (name.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "repository_name '", ClientText(name),
+      "': sparse-server serves one model repository; leave repository_name empty"));
+}
+
+absl::Status NeedsModelControl() {
+  return absl::FailedPreconditionError(
+      "sparse-server runs without --model_control, so it serves what its repository holds "
+      "and loads changes itself; start it with --model_control to load and unload models by "
+      "request");
+}
+
 }  // namespace
+
+void ToTritonModelConfig(const std::string& name, const Servable& servable, bool dense,
+                         const sparse::v1::ModelConfig& config, const InferenceCore& core,
+                         inference::ModelConfig* out) {
+  const LoadedModel& loaded = servable.loaded;
+  const ModelInfo& info = dense ? loaded.dense->info() : loaded.sparse->info();
+  out->set_name(name);
+  out->set_platform(absl::StrCat("sparse-serve_", dense ? "dense" : ModelKindName(info.kind)));
+  out->set_backend("sparse-serve");
+  ToTritonPolicy(config.version_policy(), out->mutable_version_policy());
+  // Requests carry [rows, d]: the first dimension is the batch, up to the
+  // server's --max_batch_rows.
+  out->set_max_batch_size(static_cast<int32_t>(
+      std::min<int64_t>(core.max_batch_rows(), std::numeric_limits<int32_t>::max())));
+  inference::ModelInput* input = out->add_input();
+  input->set_name("input");
+  input->set_data_type(inference::TYPE_FP32);
+  input->add_dims(info.input_dim);
+  inference::ModelOutput* output = out->add_output();
+  output->set_name("output");
+  output->set_data_type(inference::TYPE_FP32);
+  output->add_dims(info.output_dim);
+  auto& params = *out->mutable_parameters();
+  params["flops_per_row"].set_string_value(absl::StrCat(info.flops_per_row));
+  if (loaded.dense != nullptr) {
+    params["dense_flops_per_row"].set_string_value(absl::StrCat(loaded.dense->info().flops_per_row));
+  }
+  if (dense && loaded.dense_cost_only) params["dense_cost_only"].set_string_value("true");
+  if (config.has_dynamic_batching()) {
+    const BatchingOptions batching = ToBatchingOptions(config.dynamic_batching(), core.workers(), dense);
+    if (batching.enabled) {
+      out->mutable_dynamic_batching()->set_max_queue_delay_microseconds(
+          static_cast<uint64_t>(batching.max_queue_delay_us));
+      params["max_batch_rows"].set_string_value(absl::StrCat(batching.max_batch_rows));
+      params["max_queue_size"].set_string_value(absl::StrCat(batching.max_queue_size));
+    }
+  }
+  inference::ModelInstanceGroup* group = out->add_instance_group();
+  group->set_name(absl::StrCat(name, "_cpu"));
+  group->set_kind(inference::ModelInstanceGroup::KIND_CPU);
+  group->set_count(core.workers());
+}
 
 absl::StatusOr<InferRequest> TranslateModelInfer(const ModelRepository& repository,
                                                  const inference::ModelInferRequest& request,
@@ -222,8 +332,9 @@ void ToModelInferResponse(const inference::ModelInferRequest& request, const Inf
   params["queue_ns"] = Int64Param(answer.cost.queue_ns);
 }
 
-OipService::OipService(const ModelRepository* repository, InferenceCore* core)
-    : repository_(repository), core_(core) {}
+OipService::OipService(const ModelRepository* repository, InferenceCore* core,
+                       ModelControl* control)
+    : repository_(repository), core_(core), control_(control) {}
 
 grpc::ServerUnaryReactor* OipService::ServerLive(grpc::CallbackServerContext* context,
                                                  const grpc::ByteBuffer* request,
@@ -273,6 +384,11 @@ grpc::ServerUnaryReactor* OipService::ServerMetadata(grpc::CallbackServerContext
       [](const inference::ServerMetadataRequest&, inference::ServerMetadataResponse* out) {
         out->set_name("sparse-serve");
         out->set_version("1");
+        // Triton's names for what is served (docs/api.md).
+        for (const char* extension : {"model_configuration", "model_repository", "statistics",
+                                      "parameters"}) {
+          out->add_extensions(extension);
+        }
         return absl::OkStatus();
       });
 }
@@ -317,7 +433,7 @@ grpc::ServerUnaryReactor* OipService::ModelInfer(grpc::CallbackServerContext* co
   return ServeUnary<inference::ModelInferRequest, inference::ModelInferResponse>(
       context, request, response,
       [this, context](const inference::ModelInferRequest& r, inference::ModelInferResponse* out,
-                      UnaryDone done) {
+                      UnaryDone done, std::chrono::steady_clock::time_point received) {
         // The core's request and answer live until the call finishes.
         struct Call {
           std::vector<float> inputs;  // raw_input_contents, copied
@@ -331,7 +447,7 @@ grpc::ServerUnaryReactor* OipService::ModelInfer(grpc::CallbackServerContext* co
           return;
         }
         call->request = *std::move(translated);
-        BindToCall(context, &call->request);
+        BindToCall(context, received, &call->request);
         core_->Infer(call->request, &call->answer,
                      [call, &r, out, done = std::move(done)](absl::Status status) {
                        if (!status.ok()) {
@@ -341,6 +457,160 @@ grpc::ServerUnaryReactor* OipService::ModelInfer(grpc::CallbackServerContext* co
                        ToModelInferResponse(r, call->answer, out);
                        done(absl::OkStatus());
                      });
+      });
+}
+
+grpc::ServerUnaryReactor* OipService::ModelConfig(grpc::CallbackServerContext* context,
+                                                  const grpc::ByteBuffer* request,
+                                                  grpc::ByteBuffer* response) {
+  return ServeUnaryNow<inference::ModelConfigRequest, inference::ModelConfigResponse>(
+      context, request, response,
+      [this](const inference::ModelConfigRequest& r,
+             inference::ModelConfigResponse* out) -> absl::Status {
+        ASSIGN_OR_RETURN(Target t, ParseTarget(r.name(), r.version()));
+        ASSIGN_OR_RETURN(std::shared_ptr<const Servable> found, FindTarget(*repository_, t));
+        const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
+        auto state = snapshot->find(t.model);
+        const sparse::v1::ModelConfig config =
+            state != snapshot->end() ? state->second.config : sparse::v1::ModelConfig();
+        ToTritonModelConfig(r.name(), *found, t.dense, config, *core_, out->mutable_config());
+        return absl::OkStatus();
+      });
+}
+
+grpc::ServerUnaryReactor* OipService::ModelStatistics(grpc::CallbackServerContext* context,
+                                                      const grpc::ByteBuffer* request,
+                                                      grpc::ByteBuffer* response) {
+  return ServeUnaryNow<inference::ModelStatisticsRequest, inference::ModelStatisticsResponse>(
+      context, request, response,
+      [this](const inference::ModelStatisticsRequest& r,
+             inference::ModelStatisticsResponse* out) -> absl::Status {
+        const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
+        if (r.name().empty()) {
+          if (!r.version().empty()) {
+            return absl::InvalidArgumentError("a model version needs a model name");
+          }
+          for (const auto& [name, state] : *snapshot) {
+            for (const auto& [number, servable] : state.versions) {
+              AddStatistics(name, servable, false, *core_, out);
+              if (servable->loaded.dense != nullptr) {
+                AddStatistics(absl::StrCat(name, kDenseSuffix), servable, true, *core_, out);
+              }
+            }
+          }
+          return absl::OkStatus();
+        }
+        ASSIGN_OR_RETURN(Target t, ParseTarget(r.name(), r.version()));
+        auto state = snapshot->find(t.model);
+        if (state == snapshot->end() || state->second.versions.empty()) {
+          return absl::NotFoundError(
+              absl::StrCat("model '", ClientText(t.model), "' has no version loaded"));
+        }
+        for (const auto& [number, servable] : state->second.versions) {
+          if (t.version != 0 && number != t.version) continue;
+          if (t.dense && servable->loaded.dense == nullptr) continue;
+          AddStatistics(r.name(), servable, t.dense, *core_, out);
+        }
+        if (out->model_stats_size() == 0) {
+          return absl::NotFoundError(absl::StrCat("model '", ClientText(r.name()), "' version ",
+                                                  t.version, " is not loaded"));
+        }
+        return absl::OkStatus();
+      });
+}
+
+grpc::ServerUnaryReactor* OipService::RepositoryIndex(grpc::CallbackServerContext* context,
+                                                      const grpc::ByteBuffer* request,
+                                                      grpc::ByteBuffer* response) {
+  return ServeUnaryNow<inference::RepositoryIndexRequest, inference::RepositoryIndexResponse>(
+      context, request, response,
+      [this](const inference::RepositoryIndexRequest& r,
+             inference::RepositoryIndexResponse* out) -> absl::Status {
+        RETURN_IF_ERROR(CheckRepositoryName(r.repository_name()));
+        const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
+        std::error_code ec;
+        const std::vector<std::string> directories = repository_->ModelDirectories(&ec);
+        if (ec) {
+          return absl::UnavailableError(
+              absl::StrCat("cannot list the model repository: ", ec.message()));
+        }
+        std::set<std::string> names(directories.begin(), directories.end());
+        for (const auto& [name, state] : *snapshot) names.insert(name);
+        auto add = [&](const std::string& name, std::string version, const char* state,
+                       std::string reason) {
+          if (r.ready() && absl::string_view(state) != "READY") return;
+          auto* m = out->add_models();
+          m->set_name(name);
+          m->set_version(std::move(version));
+          m->set_state(state);
+          m->set_reason(std::move(reason));
+        };
+        for (const std::string& name : names) {
+          auto state = snapshot->find(name);
+          if (state == snapshot->end()) {
+            add(name, "", "UNAVAILABLE", "unloaded");
+            continue;
+          }
+          for (const auto& [number, servable] : state->second.versions) {
+            add(name, absl::StrCat(number), "READY", "");
+          }
+          for (const auto& [number, failure] : state->second.failures) {
+            if (!state->second.versions.contains(number)) {
+              add(name, absl::StrCat(number), "UNAVAILABLE", failure.error);
+            }
+          }
+          if (state->second.versions.empty() && state->second.failures.empty()) {
+            add(name, "", "UNAVAILABLE", "no version directory to serve");
+          }
+        }
+        return absl::OkStatus();
+      });
+}
+
+grpc::ServerUnaryReactor* OipService::RepositoryModelLoad(grpc::CallbackServerContext* context,
+                                                          const grpc::ByteBuffer* request,
+                                                          grpc::ByteBuffer* response) {
+  return ServeUnary<inference::RepositoryModelLoadRequest, inference::RepositoryModelLoadResponse>(
+      context, request, response,
+      [this](const inference::RepositoryModelLoadRequest& r,
+             inference::RepositoryModelLoadResponse*, UnaryDone done) {
+        if (control_ == nullptr) {
+          done(NeedsModelControl());
+          return;
+        }
+        if (absl::Status s = CheckRepositoryName(r.repository_name()); !s.ok()) {
+          done(s);
+          return;
+        }
+        // Triton's load parameters that would replace the model's files or
+        // configuration; anything else is ignored.
+        for (const auto& [key, value] : r.parameters()) {
+          if (key == "config" || absl::StartsWith(key, "file:")) {
+            done(absl::InvalidArgumentError(absl::StrCat(
+                "load parameter '", ClientText(key),
+                "': a load reads the model's directory as it is; write the files and its "
+                "config.pbtxt there instead")));
+            return;
+          }
+        }
+        control_->Load(r.model_name(), [done = std::move(done)](absl::StatusOr<ModelState> state) {
+          done(state.status());
+        });
+      });
+}
+
+grpc::ServerUnaryReactor* OipService::RepositoryModelUnload(grpc::CallbackServerContext* context,
+                                                            const grpc::ByteBuffer* request,
+                                                            grpc::ByteBuffer* response) {
+  return ServeUnaryNow<inference::RepositoryModelUnloadRequest,
+                       inference::RepositoryModelUnloadResponse>(
+      context, request, response,
+      [this](const inference::RepositoryModelUnloadRequest& r,
+             inference::RepositoryModelUnloadResponse*) -> absl::Status {
+        if (control_ == nullptr) return NeedsModelControl();
+        RETURN_IF_ERROR(CheckRepositoryName(r.repository_name()));
+        // unload_dependents is ignored: no model depends on another.
+        return control_->Unload(r.model_name());
       });
 }
 

@@ -1,17 +1,24 @@
 // OipService: the Open Inference Protocol (inference.GRPCInferenceService,
 // proto/inference/grpc_service.proto) over the same models and the same
-// request path as sparse.v1 (DESIGN.md §4).
+// request path as sparse.v1 (DESIGN.md §4), with Triton's model
+// configuration, statistics and repository extensions (docs/api.md).
 //
 // - Model `m` is the routed sparse path; `m.dense` is its dense twin.
 // - ModelInfer takes one FP32 input tensor of shape [rows, d] (or [d] for one
 //   row), its data either in contents.fp32_contents or in
 //   raw_input_contents[0] (little-endian floats), and answers one FP32 output
-//   tensor "output" of shape [rows, o] in contents.fp32_contents. The
+//   tensor "output" of shape [rows, o] in raw_output_contents[0]. The
 //   request's cost goes into the response parameters: flops, dense_flops,
 //   compute_ns (route + compute), queue_ns.
 // - Versions are decimal strings; empty means the newest loaded.
+// - ModelConfig describes a version as a Triton ModelConfig; ModelStatistics
+//   reports the core's per-version statistics (server/core/statistics.h);
+//   RepositoryIndex lists every model directory and version with its state;
+//   RepositoryModelLoad / Unload are the model-control life cycle, refused
+//   (FAILED_PRECONDITION) unless sparse-server runs with --model_control.
 //
-// Thread-safe; the repository and the core must outlive it.
+// Thread-safe; the repository, the core and the model control must outlive
+// it.
 #ifndef SPARSE_SERVER_OIP_SERVICE_H_
 #define SPARSE_SERVER_OIP_SERVICE_H_
 
@@ -20,6 +27,7 @@
 #include "absl/status/statusor.h"
 #include "inference/grpc_service.grpc.pb.h"
 #include "server/core/inference_core.h"
+#include "server/core/model_control.h"
 #include "model_store/model_repository.h"
 
 namespace sparse {
@@ -52,11 +60,26 @@ using OipRawService = inference::GRPCInferenceService::WithRawCallbackMethod_Ser
             inference::GRPCInferenceService::WithRawCallbackMethod_ServerMetadata<
                 inference::GRPCInferenceService::WithRawCallbackMethod_ModelMetadata<
                     inference::GRPCInferenceService::WithRawCallbackMethod_ModelInfer<
-                        inference::GRPCInferenceService::Service>>>>>>;
+                        inference::GRPCInferenceService::WithRawCallbackMethod_ModelConfig<
+                            inference::GRPCInferenceService::WithRawCallbackMethod_ModelStatistics<
+                                inference::GRPCInferenceService::WithRawCallbackMethod_RepositoryIndex<
+                                    inference::GRPCInferenceService::
+                                        WithRawCallbackMethod_RepositoryModelLoad<
+                                            inference::GRPCInferenceService::
+                                                WithRawCallbackMethod_RepositoryModelUnload<
+                                                    inference::GRPCInferenceService::
+                                                        Service>>>>>>>>>>>;
+
+// The Triton ModelConfig of one path of a loaded version, named `name`
+// ("m" or "m.dense"), as ModelConfig answers it.
+void ToTritonModelConfig(const std::string& name, const Servable& servable, bool dense,
+                         const sparse::v1::ModelConfig& config, const InferenceCore& core,
+                         inference::ModelConfig* out);
 
 class OipService final : public OipRawService {
  public:
-  OipService(const ModelRepository* repository, InferenceCore* core);
+  // `control` is null when sparse-server runs without --model_control.
+  OipService(const ModelRepository* repository, InferenceCore* core, ModelControl* control);
 
   grpc::ServerUnaryReactor* ServerLive(grpc::CallbackServerContext* context,
                                        const grpc::ByteBuffer* request,
@@ -76,10 +99,26 @@ class OipService final : public OipRawService {
   grpc::ServerUnaryReactor* ModelInfer(grpc::CallbackServerContext* context,
                                        const grpc::ByteBuffer* request,
                                        grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* ModelConfig(grpc::CallbackServerContext* context,
+                                        const grpc::ByteBuffer* request,
+                                        grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* ModelStatistics(grpc::CallbackServerContext* context,
+                                            const grpc::ByteBuffer* request,
+                                            grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* RepositoryIndex(grpc::CallbackServerContext* context,
+                                            const grpc::ByteBuffer* request,
+                                            grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* RepositoryModelLoad(grpc::CallbackServerContext* context,
+                                                const grpc::ByteBuffer* request,
+                                                grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* RepositoryModelUnload(grpc::CallbackServerContext* context,
+                                                  const grpc::ByteBuffer* request,
+                                                  grpc::ByteBuffer* response) override;
 
  private:
   const ModelRepository* const repository_;
   InferenceCore* const core_;
+  ModelControl* const control_;
 };
 
 }  // namespace sparse

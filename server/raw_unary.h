@@ -12,7 +12,9 @@
 #ifndef SPARSE_SERVER_RAW_UNARY_H_
 #define SPARSE_SERVER_RAW_UNARY_H_
 
+#include <chrono>
 #include <functional>
+#include <type_traits>
 #include <memory>
 #include <utility>
 
@@ -54,6 +56,10 @@ using UnaryDone = std::function<void(absl::Status)>;
 
 // Serves one raw unary call with a typed handler:
 //   handler(const Request&, Response*, UnaryDone done)
+// or, for a handler that times the request's decoding (BindToCall),
+//   handler(const Request&, Response*, UnaryDone done,
+//           std::chrono::steady_clock::time_point received)
+// where `received` is when the body arrived, before it was parsed.
 // The request and response live until `done` has run.
 template <typename Request, typename Response, typename Handler>
 grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* context,
@@ -64,20 +70,27 @@ grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* context,
     Request request;
     Response response;
   };
+  const auto received = std::chrono::steady_clock::now();
   auto call = std::make_shared<Call>();
   const absl::Status parsed = ParseRequestBody(*body, &call->request);
   if (!parsed.ok()) {
     reactor->Finish(ToGrpcStatus(parsed));
     return reactor;
   }
-  handler(call->request, &call->response, [call, reply, reactor](const absl::Status& status) {
+  UnaryDone done = [call, reply, reactor](const absl::Status& status) {
     if (!status.ok()) {
       reactor->Finish(ToGrpcStatus(status));
       return;
     }
     bool own_buffer = false;
     reactor->Finish(grpc::SerializationTraits<Response>::Serialize(call->response, reply, &own_buffer));
-  });
+  };
+  if constexpr (std::is_invocable_v<Handler, const Request&, Response*, UnaryDone,
+                                    std::chrono::steady_clock::time_point>) {
+    handler(call->request, &call->response, std::move(done), received);
+  } else {
+    handler(call->request, &call->response, std::move(done));
+  }
   return reactor;
 }
 
@@ -96,9 +109,13 @@ grpc::ServerUnaryReactor* ServeUnaryNow(grpc::CallbackServerContext* context,
 // Ties the core's request to the gRPC call it came in on: the call's
 // deadline, and whether its client has gone (a request still queued then is
 // answered before any compute).
-inline void BindToCall(grpc::CallbackServerContext* context, InferRequest* request) {
+inline void BindToCall(grpc::CallbackServerContext* context,
+                       std::chrono::steady_clock::time_point received, InferRequest* request) {
   request->deadline = absl::FromChrono(context->deadline());
   request->cancelled = [context] { return context->IsCancelled(); };
+  request->decode_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                           std::chrono::steady_clock::now() - received)
+                           .count();
 }
 
 }  // namespace sparse

@@ -205,7 +205,8 @@ absl::Status SparseServer::ServeGrpc(const ServerOptions& options) {
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
                    ServerCredentials(options));
   service_ = std::make_unique<InferenceService>(repository_.get(), core_.get());
-  oip_service_ = std::make_unique<OipService>(repository_.get(), core_.get());
+  if (options.model_control) control_ = std::make_unique<ModelControl>(repository_.get());
+  oip_service_ = std::make_unique<OipService>(repository_.get(), core_.get(), control_.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -216,7 +217,7 @@ absl::Status SparseServer::ServeGrpc(const ServerOptions& options) {
   builder.RegisterService(service_.get());
   builder.RegisterService(oip_service_.get());
   if (options.model_control) {
-    control_service_ = std::make_unique<ModelControlService>(repository_.get());
+    control_service_ = std::make_unique<ModelControlService>(control_.get());
     builder.RegisterService(control_service_.get());
   }
   server_ = builder.BuildAndStart();

@@ -119,6 +119,7 @@ class SparseServer {
   std::shared_ptr<RoutingCollector> routing_collector_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<InferenceCore> core_;
+  std::unique_ptr<ModelControl> control_;  // with --model_control only
   std::unique_ptr<InferenceService> service_;
   std::unique_ptr<OipService> oip_service_;
   std::unique_ptr<ModelControlService> control_service_;

@@ -25,11 +25,13 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "server/core/infer.h"
+#include "server/core/statistics.h"
 
 namespace sparse {
 
@@ -48,6 +50,8 @@ struct PendingRequest {
   InferResponse* response = nullptr;
   std::chrono::steady_clock::time_point arrival;
   InferDone done;
+  // Where its servable's statistics go; null before the servable is known.
+  std::shared_ptr<ServableStatistics> statistics;
 };
 
 class Batcher {

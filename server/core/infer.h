@@ -32,6 +32,9 @@ struct InferRequest {
   // answered DEADLINE_EXCEEDED / CANCELLED before any compute.
   absl::Time deadline = absl::InfiniteFuture();
   std::function<bool()> cancelled;  // may be empty: never cancelled
+  // Time the frontend spent decoding its protocol's request into this one;
+  // counted as the request's compute_input (server/core/statistics.h).
+  int64_t decode_ns = 0;
 };
 
 // What one request cost (DESIGN.md §1). In a batch, FLOPs are the request's

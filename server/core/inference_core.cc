@@ -156,6 +156,9 @@ void RunBatch(const Servable& servable, bool dense, std::vector<PendingRequest> 
   }
   if (live.empty()) return;
   UseOneKernelThread();
+  // Every request of a batch belongs to one servable: one statistics record.
+  const std::shared_ptr<ServableStatistics> statistics = live.front().statistics;
+  ExecutionTimes times;
   const Model& model = *PathModel(servable, dense);
   const int64_t d = model.info().input_dim, o = model.info().output_dim;
   BatchRun run;
@@ -175,14 +178,23 @@ void RunBatch(const Servable& servable, bool dense, std::vector<PendingRequest> 
     y.assign(run.rows * o, 0.0f);
     absl::Status s = model.PredictAdmitted(p.request->inputs, run.rows, absl::MakeSpan(y),
                                            &run.stats, want_route ? &route : nullptr);
+    const bool computed = s.ok();
+    const auto computed_at = Clock::now();
     if (s.ok()) s = CheckOutputs(y, o);
     if (s.ok()) Answer(run, 0, *p.request, p.arrival, p.response);
     finish(p, s);
+    if (computed && statistics != nullptr) {
+      times.rows = run.rows;
+      times.infer_ns = run.stats.route_ns + run.stats.compute_ns;
+      times.output_ns = NanosBetween(computed_at, Clock::now());
+      statistics->RecordExecution(dense, times);
+    }
     return;
   }
   std::vector<float> x;
   x.reserve(run.rows * d);
   for (const PendingRequest& p : live) x.insert(x.end(), p.request->inputs.begin(), p.request->inputs.end());
+  times.input_ns = NanosBetween(run.start, Clock::now());
   std::vector<float> y(run.rows * o, 0.0f);
   if (!model.PredictAdmitted(x, run.rows, absl::MakeSpan(y), &run.stats,
                              want_route ? &route : nullptr).ok()) {
@@ -193,6 +205,7 @@ void RunBatch(const Servable& servable, bool dense, std::vector<PendingRequest> 
     }
     return;
   }
+  const auto computed_at = Clock::now();
   int64_t first = 0;
   for (PendingRequest& p : live) {
     const int64_t own_rows = p.request->rows;
@@ -204,6 +217,12 @@ void RunBatch(const Servable& servable, bool dense, std::vector<PendingRequest> 
     }
     first += own_rows;
     finish(p, s);
+  }
+  if (statistics != nullptr) {
+    times.rows = run.rows;
+    times.infer_ns = run.stats.route_ns + run.stats.compute_ns;
+    times.output_ns = NanosBetween(computed_at, Clock::now());
+    statistics->RecordExecution(dense, times);
   }
 }
 
@@ -222,9 +241,10 @@ BatchingOptions ToBatchingOptions(const std::optional<sparse::v1::DynamicBatchin
                          .max_queue_size = config->max_queue_size() > 0 ? config->max_queue_size() : 1024};
 }
 
-struct InferenceCore::Queues {
+struct InferenceCore::ServableState {
   std::weak_ptr<const Servable> servable;
   Batcher batchers[2];  // sparse, dense
+  std::shared_ptr<ServableStatistics> statistics = std::make_shared<ServableStatistics>();
 };
 
 InferenceCore::InferenceCore(const ModelRepository* repository, const Options& options)
@@ -234,16 +254,30 @@ InferenceCore::InferenceCore(const ModelRepository* repository, const Options& o
 
 InferenceCore::~InferenceCore() = default;  // pool_ goes first and runs what is queued
 
-void InferenceCore::Finish(const InferRequest& request, InferResponse* response,
-                           const InferDone& done, const absl::Status& status) {
-  if (options_.observe) options_.observe(request, status, *response);
-  done(status);
+void InferenceCore::FinishPending(PendingRequest& p, const absl::Status& status) {
+  if (options_.observe) options_.observe(*p.request, status, *p.response);
+  // Read now: the request and response may be gone once `done` returns.
+  RequestTimes times;
+  const bool dense = p.request->dense;
+  if (p.statistics != nullptr) {
+    times.ok = status.ok();
+    times.rows = p.request->rows;
+    times.decode_ns = p.request->decode_ns;
+    times.computed = status.ok();
+    const InferCost& cost = p.response->cost;
+    times.queue_ns = cost.queue_ns;
+    times.infer_ns = cost.route_ns + cost.compute_ns;
+  }
+  const auto answering = Clock::now();
+  p.done(status);
+  if (p.statistics != nullptr) {
+    const auto answered = Clock::now();
+    times.output_ns = NanosBetween(answering, answered);
+    times.total_ns = times.decode_ns + NanosBetween(p.arrival, answered);
+    p.statistics->RecordRequest(dense, times);
+  }
   absl::MutexLock lock(&mu_);
   --in_flight_;
-}
-
-void InferenceCore::FinishPending(PendingRequest& p, const absl::Status& status) {
-  Finish(*p.request, p.response, p.done, status);
 }
 
 void InferenceCore::Infer(const InferRequest& request, InferResponse* response, InferDone done) {
@@ -255,22 +289,25 @@ void InferenceCore::Infer(const InferRequest& request, InferResponse* response, 
     ++in_flight_;
     draining = draining_;
   }
+  PendingRequest pending{&request, response, arrival, std::move(done), nullptr};
   if (draining) {
-    Finish(request, response, done,
-           absl::UnavailableError(
-               "sparse-server is shutting down; send the request to another replica"));
+    FinishPending(pending, absl::UnavailableError(
+                               "sparse-server is shutting down; send the request to another replica"));
     return;
   }
   std::optional<sparse::v1::DynamicBatching> batching;
   absl::StatusOr<std::shared_ptr<const Servable>> servable =
       repository_->Find(request.model, request.version, &batching);
-  absl::Status admitted = servable.status();
-  if (admitted.ok()) admitted = Admit(**servable, options_.max_batch_rows, request);
-  if (!admitted.ok()) {
-    Finish(request, response, done, admitted);
+  if (!servable.ok()) {
+    FinishPending(pending, servable.status());
     return;
   }
-  PendingRequest pending{&request, response, arrival, std::move(done)};
+  std::shared_ptr<ServableState> state = StateFor(*servable);
+  pending.statistics = state->statistics;
+  if (absl::Status admitted = Admit(**servable, options_.max_batch_rows, request); !admitted.ok()) {
+    FinishPending(pending, admitted);
+    return;
+  }
   std::vector<PendingRequest> batch;
   if (request.rows * PathModel(**servable, request.dense)->info().flops_per_row <=
       options_.inline_max_flops) {
@@ -282,7 +319,7 @@ void InferenceCore::Infer(const InferRequest& request, InferResponse* response, 
   }
   const BatchingOptions options = ToBatchingOptions(batching, workers(), request.dense);
   if (options.enabled) {
-    Enqueue(*std::move(servable), request.dense, options, std::move(pending));
+    Enqueue(*std::move(servable), std::move(state), request.dense, options, std::move(pending));
     return;
   }
   batch.push_back(std::move(pending));
@@ -306,22 +343,34 @@ void InferenceCore::Submit(std::shared_ptr<const Servable> servable, bool dense,
   }
 }
 
-std::shared_ptr<InferenceCore::Queues> InferenceCore::QueuesFor(
+std::shared_ptr<InferenceCore::ServableState> InferenceCore::StateFor(
     const std::shared_ptr<const Servable>& servable) {
-  absl::MutexLock lock(&queues_mu_);
-  auto it = queues_.find(servable.get());
+  absl::MutexLock lock(&states_mu_);
+  auto it = states_.find(servable.get());
   // The same address may belong to a servable that has since been freed.
-  if (it != queues_.end() && !it->second->servable.expired()) return it->second;
-  absl::erase_if(queues_, [](const auto& entry) { return entry.second->servable.expired(); });
-  auto queues = std::make_shared<Queues>();
-  queues->servable = servable;
-  queues_[servable.get()] = queues;
-  return queues;
+  if (it != states_.end() && !it->second->servable.expired()) return it->second;
+  absl::erase_if(states_, [](const auto& entry) { return entry.second->servable.expired(); });
+  auto state = std::make_shared<ServableState>();
+  state->servable = servable;
+  states_[servable.get()] = state;
+  return state;
 }
 
-void InferenceCore::Enqueue(std::shared_ptr<const Servable> servable, bool dense,
+PathStatistics InferenceCore::Statistics(const std::shared_ptr<const Servable>& servable,
+                                         bool dense) const {
+  std::shared_ptr<ServableStatistics> statistics;
+  {
+    absl::MutexLock lock(&states_mu_);
+    auto it = states_.find(servable.get());
+    if (it == states_.end() || it->second->servable.lock() != servable) return PathStatistics{};
+    statistics = it->second->statistics;
+  }
+  return statistics->Get(dense);
+}
+
+void InferenceCore::Enqueue(std::shared_ptr<const Servable> servable,
+                            std::shared_ptr<ServableState> queues, bool dense,
                             const BatchingOptions& options, PendingRequest pending) {
-  std::shared_ptr<Queues> queues = QueuesFor(servable);
   switch (queues->batchers[dense ? 1 : 0].Add(&pending, options)) {
     case Batcher::AddResult::kFull:
       FinishPending(pending, absl::UnavailableError(absl::StrCat(
@@ -337,7 +386,7 @@ void InferenceCore::Enqueue(std::shared_ptr<const Servable> servable, bool dense
 }
 
 void InferenceCore::ScheduleDrain(std::shared_ptr<const Servable> servable,
-                                  std::shared_ptr<Queues> queues, bool dense) {
+                                  std::shared_ptr<ServableState> queues, bool dense) {
   Batcher& batcher = queues->batchers[dense ? 1 : 0];
   const bool queued = pool_.Submit([this, servable, queues, dense, &batcher] {
     bool another = false;

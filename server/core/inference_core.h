@@ -41,6 +41,7 @@
 #include "absl/time/time.h"
 #include "server/core/batcher.h"
 #include "server/core/infer.h"
+#include "server/core/statistics.h"
 #include "server/core/worker_pool.h"
 #include "model_store/model_repository.h"
 
@@ -84,28 +85,32 @@ class InferenceCore {
   // Whether Drain() has been called: every new request is refused.
   bool draining() const;
 
+  // The statistics of one path of `servable` (a loaded version): zeros
+  // until a request for it is admitted (server/core/statistics.h).
+  PathStatistics Statistics(const std::shared_ptr<const Servable>& servable, bool dense) const;
+
   // The threads that run inference: for work that must share them, and for
   // tests that hold a worker to make requests queue.
   WorkerPool& pool() { return pool_; }
   int workers() const { return pool_.threads(); }
+  // The most rows one request may carry.
+  int64_t max_batch_rows() const { return options_.max_batch_rows; }
 
  private:
-  struct Queues;  // one Batcher per path of a servable
+  struct ServableState;  // per servable: one Batcher per path, the statistics
 
   // Runs `batch` (requests of one servable and path) on a worker.
   void Submit(std::shared_ptr<const Servable> servable, bool dense,
               std::vector<PendingRequest> batch);
   // Queues an admitted request on its servable's batcher.
-  void Enqueue(std::shared_ptr<const Servable> servable, bool dense,
-               const BatchingOptions& options, PendingRequest pending);
+  void Enqueue(std::shared_ptr<const Servable> servable, std::shared_ptr<ServableState> queues,
+               bool dense, const BatchingOptions& options, PendingRequest pending);
   // Asks a worker to take a batch from the servable's batcher and run it.
-  void ScheduleDrain(std::shared_ptr<const Servable> servable, std::shared_ptr<Queues> queues,
-                     bool dense);
-  std::shared_ptr<Queues> QueuesFor(const std::shared_ptr<const Servable>& servable);
-  // Answers one request: the observe hook, `done`, then it leaves the
-  // in-flight count.
-  void Finish(const InferRequest& request, InferResponse* response, const InferDone& done,
-              const absl::Status& status);
+  void ScheduleDrain(std::shared_ptr<const Servable> servable,
+                     std::shared_ptr<ServableState> queues, bool dense);
+  std::shared_ptr<ServableState> StateFor(const std::shared_ptr<const Servable>& servable);
+  // Answers one request: the observe hook, `done`, its statistics, then it
+  // leaves the in-flight count.
   void FinishPending(PendingRequest& p, const absl::Status& status);
   bool Idle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return in_flight_ == 0; }
 
@@ -116,10 +121,11 @@ class InferenceCore {
   int64_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
 
-  absl::Mutex queues_mu_;
+  mutable absl::Mutex states_mu_;
   // Keyed by the servable's address; an entry whose servable is gone (its
   // weak pointer expired) is dropped when the next one is added.
-  absl::flat_hash_map<const Servable*, std::shared_ptr<Queues>> queues_ ABSL_GUARDED_BY(queues_mu_);
+  absl::flat_hash_map<const Servable*, std::shared_ptr<ServableState>> states_
+      ABSL_GUARDED_BY(states_mu_);
 
   // Declared last: destroyed first, so queued tasks finish while the rest
   // of the core is still there.

@@ -7,6 +7,7 @@
 //  - Queue full, deadline passed and caller gone while queued.
 //  - Drain refuses new requests at once and returns when the admitted ones
 //    are answered (or at its deadline).
+//  - Per-version statistics count every request and every batch, per path.
 // Ordering is made deterministic by holding the core's one worker with a
 // task of the test's own (pool().Submit) until the requests are queued.
 #include "server/core/inference_core.h"
@@ -323,6 +324,66 @@ TEST_F(InferenceCoreTest, TheObserveHookSeesEveryAnswerOnce) {
   EXPECT_FALSE(bad.Wait().ok());
   EXPECT_EQ(ok, 1);
   EXPECT_EQ(failed, 1);
+}
+
+TEST_F(InferenceCoreTest, StatisticsCountEachRequestAndEachBatchPerVersionAndPath) {
+  std::unique_ptr<InferenceCore> core = Core(0);
+  absl::StatusOr<std::shared_ptr<const Servable>> servable = repository_->Find("batched", 0);
+  ASSERT_OK(servable.status());
+  EXPECT_EQ(core->Statistics(*servable, false).success.count, 0u) << "nothing asked yet";
+
+  // Four requests of 2 rows queue behind the held worker and run as one
+  // batch of 8 rows; a fifth has the wrong size and fails at admission.
+  std::shared_ptr<absl::Notification> release = HoldWorker(*core);
+  std::vector<std::unique_ptr<Call>> calls;
+  for (int i = 0; i < 4; ++i) {
+    calls.push_back(std::make_unique<Call>("batched", RandomInputs(2, kD, 10 + i), 2));
+    calls.back()->request.decode_ns = 1000;
+    core->Infer(calls.back()->request, &calls.back()->response, calls.back()->Done());
+  }
+  Call bad("batched", RandomInputs(1, kD, 1), 2);
+  core->Infer(bad.request, &bad.response, bad.Done());
+  release->Notify();
+  for (auto& call : calls) ASSERT_OK(call->Wait());
+  EXPECT_FALSE(bad.Wait().ok());
+  // The worker records the batch after answering it: wait for it to be free.
+  HoldWorker(*core)->Notify();
+
+  const PathStatistics s = core->Statistics(*servable, false);
+  EXPECT_EQ(s.success.count, 4u);
+  EXPECT_EQ(s.fail.count, 1u);
+  EXPECT_EQ(s.inference_count, 8u);
+  EXPECT_EQ(s.execution_count, 1u);
+  EXPECT_GT(s.last_inference_ms, 0u);
+  EXPECT_EQ(s.compute_input.count, 4u);
+  EXPECT_EQ(s.compute_input.ns, 4000u) << "the frontend's decode time, as reported";
+  EXPECT_EQ(s.queue.count, 4u);
+  EXPECT_EQ(s.compute_infer.count, 4u);
+  EXPECT_EQ(s.compute_output.count, 4u);
+  uint64_t queued = 0;
+  for (auto& call : calls) queued += call->response.cost.queue_ns;
+  EXPECT_EQ(s.queue.ns, queued);
+  EXPECT_GE(s.success.ns, s.queue.ns + s.compute_infer.ns);
+  ASSERT_EQ(s.batches.size(), 1u);
+  ASSERT_EQ(s.batches.begin()->first, 8);
+  const BatchStatistics& batch = s.batches.begin()->second;
+  EXPECT_EQ(batch.compute_infer.count, 1u);
+  EXPECT_EQ(batch.compute_infer.ns, calls[0]->response.cost.route_ns + calls[0]->response.cost.compute_ns);
+  EXPECT_EQ(batch.compute_input.count, 1u);
+  EXPECT_EQ(batch.compute_output.count, 1u);
+
+  // The dense path is counted apart, and a lone request is a batch of its rows.
+  EXPECT_EQ(core->Statistics(*servable, true).success.count, 0u);
+  Call dense("batched", RandomInputs(3, kD, 5), 3, /*dense=*/true);
+  core->Infer(dense.request, &dense.response, dense.Done());
+  ASSERT_OK(dense.Wait());
+  HoldWorker(*core)->Notify();
+  const PathStatistics d = core->Statistics(*servable, true);
+  EXPECT_EQ(d.success.count, 1u);
+  EXPECT_EQ(d.inference_count, 3u);
+  EXPECT_EQ(d.execution_count, 1u);
+  ASSERT_EQ(d.batches.count(3), 1u);
+  EXPECT_EQ(core->Statistics(*servable, false).success.count, 4u);
 }
 
 }  // namespace

@@ -20,13 +20,16 @@ def run(args, **kw):
 
 
 def python_stubs(source, directory, *protos):
-    """Generates Python stubs for `protos` (paths under proto/) into
-    `directory` with grpc_tools, from the protos as shipped (never a
-    checked-in copy), and makes them importable."""
+    """Generates Python stubs for `protos` (paths under proto/) and what they
+    import into `directory` with grpc_tools, from the protos as shipped
+    (never a checked-in copy), and makes them importable."""
     os.makedirs(directory, exist_ok=True)
-    done = run([sys.executable, "-m", "grpc_tools.protoc", "-I", os.path.join(source, "proto"),
+    sys.path.insert(0, os.path.join(source, "client", "python"))
+    from generate_stubs import protos_to_generate
+    root = os.path.join(source, "proto")
+    done = run([sys.executable, "-m", "grpc_tools.protoc", "-I", root,
                 "--python_out=" + directory, "--grpc_python_out=" + directory]
-               + [os.path.join(source, "proto", p) for p in protos])
+               + [os.path.join(root, p) for p in protos_to_generate(root, protos)])
     if done.returncode != 0:
         sys.exit("grpc_tools.protoc failed: " + done.stderr)
     sys.path.insert(0, directory)
