@@ -206,7 +206,8 @@ absl::Status SparseServer::ServeGrpc(const ServerOptions& options) {
                    ServerCredentials(options));
   service_ = std::make_unique<InferenceService>(repository_.get(), core_.get());
   if (options.model_control) control_ = std::make_unique<ModelControl>(repository_.get());
-  oip_service_ = std::make_unique<OipService>(repository_.get(), core_.get(), control_.get());
+  open_inference_ = std::make_unique<OpenInference>(repository_.get(), core_.get(), control_.get());
+  oip_service_ = std::make_unique<OipService>(open_inference_.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

@@ -121,6 +121,7 @@ class SparseServer {
   std::unique_ptr<InferenceCore> core_;
   std::unique_ptr<ModelControl> control_;  // with --model_control only
   std::unique_ptr<InferenceService> service_;
+  std::unique_ptr<OpenInference> open_inference_;  // OIP's calls, for gRPC and REST
   std::unique_ptr<OipService> oip_service_;
   std::unique_ptr<ModelControlService> control_service_;
   // Answers every other method on the health port UNIMPLEMENTED (and gives

@@ -31,7 +31,7 @@
 #include "model_store/model_repository.h"
 #include "server/core/inference_core.h"
 #include "server/inference_service.h"
-#include "server/oip_service.h"
+#include "server/open_inference.h"
 #include "tests/fuzz/fuzz_util.h"
 #include "tests/testing/random_models.h"
 

@@ -1,0 +1,547 @@
+#include "server/open_inference.h"
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <set>
+#include <system_error>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "absl/time/time.h"
+#include "common/client_text.h"
+#include "common/status_macros.h"
+
+namespace sparse {
+namespace {
+
+constexpr absl::string_view kDenseSuffix = ".dense";
+
+// "m" or "m.dense", and a version string, as the native API names them.
+struct Target {
+  std::string model;
+  int64_t version = 0;  // 0: the newest
+  bool dense = false;
+};
+
+absl::StatusOr<Target> ParseTarget(absl::string_view name, absl::string_view version) {
+  Target t;
+  t.dense = absl::ConsumeSuffix(&name, kDenseSuffix);
+  t.model = std::string(name);
+  if (!version.empty() && (!absl::SimpleAtoi(version, &t.version) || t.version < 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model version must be a positive integer or empty, got '", ClientText(version), "'"));
+  }
+  return t;
+}
+
+// The servable and path a target names; NOT_FOUND / FAILED_PRECONDITION as
+// the native API.
+absl::StatusOr<std::shared_ptr<const Servable>> FindTarget(const ModelRepository& repository,
+                                                           const Target& t) {
+  ASSIGN_OR_RETURN(std::shared_ptr<const Servable> servable, repository.Find(t.model, t.version));
+  if (t.dense && servable->loaded.dense == nullptr) {
+    return absl::NotFoundError(absl::StrCat("model '", ClientText(t.model),
+                                            "' has no dense twin, so '", ClientText(t.model),
+                                            kDenseSuffix, "' does not exist"));
+  }
+  return servable;
+}
+
+inference::InferParameter Int64Param(int64_t v) {
+  inference::InferParameter p;
+  p.set_int64_param(v);
+  return p;
+}
+
+// Whether a parameter is set to something other than its "off" value
+// (false, 0, "").
+bool IsSet(const inference::InferParameter& p) {
+  switch (p.parameter_choice_case()) {
+    case inference::InferParameter::kBoolParam:
+      return p.bool_param();
+    case inference::InferParameter::kInt64Param:
+      return p.int64_param() != 0;
+    case inference::InferParameter::kStringParam:
+      return !p.string_param().empty();
+    default:
+      return false;
+  }
+}
+
+// The request's parameters and requested outputs, as Triton's clients send
+// them. Kept: the one output, `output`, asked for by name. Ignored, being
+// harmless here: priority, timeout, binary_data / binary_data_output /
+// binary_data_size (HTTP encodings), and anything else unknown. Refused,
+// since they would change what the answer means: sequence batching
+// (sequence_id, sequence_start, sequence_end), classification outputs and
+// shared-memory tensors.
+absl::Status CheckRequestOptions(const inference::ModelInferRequest& in) {
+  for (const char* key : {"sequence_id", "sequence_start", "sequence_end"}) {
+    auto it = in.parameters().find(key);
+    if (it != in.parameters().end() && IsSet(it->second)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "parameter '", key, "': sequence batching is not supported (the models are stateless)"));
+    }
+  }
+  auto refuse_shared_memory = [](const auto& parameters, absl::string_view tensor) -> absl::Status {
+    for (const char* key :
+         {"shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"}) {
+      auto it = parameters.find(key);
+      if (it != parameters.end() && IsSet(it->second)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tensor '", ClientText(tensor), "': shared-memory tensors are not supported; send ",
+            "the data in the request"));
+      }
+    }
+    return absl::OkStatus();
+  };
+  for (const auto& input : in.inputs()) {
+    RETURN_IF_ERROR(refuse_shared_memory(input.parameters(), input.name()));
+  }
+  for (const auto& output : in.outputs()) {
+    if (output.name() != "output") {
+      return absl::InvalidArgumentError(absl::StrCat("unknown output '", ClientText(output.name()),
+                                                     "': the model has one output, 'output'"));
+    }
+    auto classification = output.parameters().find("classification");
+    if (classification != output.parameters().end() && IsSet(classification->second)) {
+      return absl::InvalidArgumentError(
+          "output 'output': classification is not supported; the outputs are regression values");
+    }
+    RETURN_IF_ERROR(refuse_shared_memory(output.parameters(), output.name()));
+  }
+  return absl::OkStatus();
+}
+
+// The input tensor of a ModelInferRequest as the core's rows, for a model
+// of `input_dim` inputs.
+absl::Status ToInferRequest(const inference::ModelInferRequest& in, int64_t input_dim,
+                            std::vector<float>* storage, InferRequest* out) {
+  if (in.inputs_size() != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("expected exactly 1 input tensor (FP32, shape [rows, ", input_dim, "]), got ",
+                     in.inputs_size()));
+  }
+  const auto& input = in.inputs(0);
+  if (input.datatype() != "FP32") {
+    return absl::InvalidArgumentError(absl::StrCat("input '", ClientText(input.name()),
+                                                   "': expected datatype FP32, got '",
+                                                   ClientText(input.datatype()), "'"));
+  }
+  int64_t rows = 0;
+  if (input.shape_size() == 2 && input.shape(1) == input_dim && input.shape(0) >= 1) {
+    rows = input.shape(0);
+  } else if (input.shape_size() == 1 && input.shape(0) == input_dim) {
+    rows = 1;
+  } else {
+    std::string shape;
+    for (int64_t v : input.shape()) absl::StrAppend(&shape, shape.empty() ? "" : ", ", v);
+    return absl::InvalidArgumentError(absl::StrCat("input '", ClientText(input.name()),
+                                                   "': expected shape [rows, ", input_dim,
+                                                   "], got [", shape, "]"));
+  }
+  // sparse-server never accepts more than 2^20 rows (--max_batch_rows); the
+  // configured limit is enforced by the core's admission. Checked here first
+  // so rows x d cannot overflow.
+  if (rows > (int64_t{1} << 20)) {
+    return absl::InvalidArgumentError(absl::StrCat("input '", ClientText(input.name()), "': ", rows,
+                                                   " rows is more than any batch limit"));
+  }
+  const int64_t n = rows * input_dim;
+  out->rows = rows;
+  if (in.raw_input_contents_size() > 0) {
+    if (in.raw_input_contents_size() != 1 || input.contents().fp32_contents_size() > 0) {
+      return absl::InvalidArgumentError(
+          "give the input either in raw_input_contents (one entry) or in contents, not both");
+    }
+    const std::string& raw = in.raw_input_contents(0);
+    if (static_cast<int64_t>(raw.size()) != n * 4) {
+      return absl::InvalidArgumentError(absl::StrCat("raw_input_contents[0]: expected ", n * 4,
+                                                     " bytes (", rows, " x ", input_dim,
+                                                     " FP32), got ", raw.size()));
+    }
+    storage->resize(n);
+    std::memcpy(storage->data(), raw.data(), raw.size());
+    out->inputs = *storage;
+    return absl::OkStatus();
+  }
+  if (input.contents().fp32_contents_size() != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("input '", ClientText(input.name()), "': shape [", rows, ", ", input_dim,
+                     "] needs ", n, " fp32_contents, got ", input.contents().fp32_contents_size()));
+  }
+  out->inputs = absl::MakeConstSpan(input.contents().fp32_contents().data(), n);
+  return absl::OkStatus();
+}
+
+// Triton's version policy for ours (the same three choices).
+void ToTritonPolicy(const sparse::v1::VersionPolicy& policy, inference::ModelVersionPolicy* out) {
+  switch (policy.policy_case()) {
+    case sparse::v1::VersionPolicy::kAll:
+      out->mutable_all();
+      break;
+    case sparse::v1::VersionPolicy::kSpecific:
+      for (int64_t v : policy.specific().versions()) out->mutable_specific()->add_versions(v);
+      break;
+    case sparse::v1::VersionPolicy::kLatest:
+      out->mutable_latest()->set_num_versions(policy.latest().num_versions());
+      break;
+    default:  // unset: the default, latest 1
+      out->mutable_latest()->set_num_versions(1);
+      break;
+  }
+}
+
+void ToTritonDuration(const StatDuration& from, inference::StatisticDuration* out) {
+  out->set_count(from.count);
+  out->set_ns(from.ns);
+}
+
+// One ModelStatistics entry: path `dense` of `servable`, named `name`.
+void AddStatistics(const std::string& name, const std::shared_ptr<const Servable>& servable,
+                   bool dense, const InferenceCore& core, inference::ModelStatisticsResponse* out) {
+  const PathStatistics s = core.Statistics(servable, dense);
+  inference::ModelStatistics* m = out->add_model_stats();
+  m->set_name(name);
+  m->set_version(absl::StrCat(servable->version));
+  m->set_last_inference(s.last_inference_ms);
+  m->set_inference_count(s.inference_count);
+  m->set_execution_count(s.execution_count);
+  inference::InferStatistics* stats = m->mutable_inference_stats();
+  ToTritonDuration(s.success, stats->mutable_success());
+  ToTritonDuration(s.fail, stats->mutable_fail());
+  ToTritonDuration(s.queue, stats->mutable_queue());
+  ToTritonDuration(s.compute_input, stats->mutable_compute_input());
+  ToTritonDuration(s.compute_infer, stats->mutable_compute_infer());
+  ToTritonDuration(s.compute_output, stats->mutable_compute_output());
+  stats->mutable_cache_hit();
+  stats->mutable_cache_miss();
+  for (const auto& [rows, batch] : s.batches) {
+    inference::InferBatchStatistics* b = m->add_batch_stats();
+    b->set_batch_size(static_cast<uint64_t>(rows));
+    ToTritonDuration(batch.compute_input, b->mutable_compute_input());
+    ToTritonDuration(batch.compute_infer, b->mutable_compute_infer());
+    ToTritonDuration(batch.compute_output, b->mutable_compute_output());
+  }
+}
+
+// sparse-server has one repository: Triton's repository_name must be empty.
+absl::Status CheckRepositoryName(absl::string_view name) {
+  if (name.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("repository_name '", ClientText(name),
+                   "': sparse-server serves one model repository; leave repository_name empty"));
+}
+
+absl::Status NeedsModelControl() {
+  return absl::FailedPreconditionError(
+      "sparse-server runs without --model_control, so it serves what its repository holds "
+      "and loads changes itself; start it with --model_control to load and unload models by "
+      "request");
+}
+
+}  // namespace
+
+void ToTritonModelConfig(const std::string& name, const Servable& servable, bool dense,
+                         const sparse::v1::ModelConfig& config, const InferenceCore& core,
+                         inference::ModelConfig* out) {
+  const LoadedModel& loaded = servable.loaded;
+  const ModelInfo& info = dense ? loaded.dense->info() : loaded.sparse->info();
+  out->set_name(name);
+  out->set_platform(absl::StrCat("sparse-serve_", dense ? "dense" : ModelKindName(info.kind)));
+  out->set_backend("sparse-serve");
+  ToTritonPolicy(config.version_policy(), out->mutable_version_policy());
+  // Requests carry [rows, d]: the first dimension is the batch, up to the
+  // server's --max_batch_rows.
+  out->set_max_batch_size(static_cast<int32_t>(
+      std::min<int64_t>(core.max_batch_rows(), std::numeric_limits<int32_t>::max())));
+  inference::ModelInput* input = out->add_input();
+  input->set_name("input");
+  input->set_data_type(inference::TYPE_FP32);
+  input->add_dims(info.input_dim);
+  inference::ModelOutput* output = out->add_output();
+  output->set_name("output");
+  output->set_data_type(inference::TYPE_FP32);
+  output->add_dims(info.output_dim);
+  auto& params = *out->mutable_parameters();
+  params["flops_per_row"].set_string_value(absl::StrCat(info.flops_per_row));
+  if (loaded.dense != nullptr) {
+    params["dense_flops_per_row"].set_string_value(
+        absl::StrCat(loaded.dense->info().flops_per_row));
+  }
+  if (dense && loaded.dense_cost_only) params["dense_cost_only"].set_string_value("true");
+  if (config.has_dynamic_batching()) {
+    const BatchingOptions batching =
+        ToBatchingOptions(config.dynamic_batching(), core.workers(), dense);
+    if (batching.enabled) {
+      out->mutable_dynamic_batching()->set_max_queue_delay_microseconds(
+          static_cast<uint64_t>(batching.max_queue_delay_us));
+      params["max_batch_rows"].set_string_value(absl::StrCat(batching.max_batch_rows));
+      params["max_queue_size"].set_string_value(absl::StrCat(batching.max_queue_size));
+    }
+  }
+  inference::ModelInstanceGroup* group = out->add_instance_group();
+  group->set_name(absl::StrCat(name, "_cpu"));
+  group->set_kind(inference::ModelInstanceGroup::KIND_CPU);
+  group->set_count(core.workers());
+}
+
+absl::StatusOr<InferRequest> TranslateModelInfer(const ModelRepository& repository,
+                                                 const inference::ModelInferRequest& request,
+                                                 std::vector<float>* storage) {
+  ASSIGN_OR_RETURN(Target t, ParseTarget(request.model_name(), request.model_version()));
+  ASSIGN_OR_RETURN(std::shared_ptr<const Servable> servable, FindTarget(repository, t));
+  RETURN_IF_ERROR(CheckRequestOptions(request));
+  const LoadedModel& loaded = servable->loaded;
+  const ModelInfo& info = t.dense ? loaded.dense->info() : loaded.sparse->info();
+  InferRequest out;
+  out.model = t.model;
+  out.version = t.version;
+  out.dense = t.dense;
+  RETURN_IF_ERROR(ToInferRequest(request, info.input_dim, storage, &out));
+  return out;
+}
+
+void ToModelInferResponse(const inference::ModelInferRequest& request, const InferResponse& answer,
+                          inference::ModelInferResponse* out) {
+  out->set_model_name(request.model_name());
+  out->set_model_version(absl::StrCat(answer.version));
+  out->set_id(request.id());
+  auto* tensor = out->add_outputs();
+  tensor->set_name("output");
+  tensor->set_datatype("FP32");
+  tensor->add_shape(answer.rows);
+  tensor->add_shape(answer.output_dim);
+  // The values go in raw_output_contents, not in typed contents: what
+  // Triton answers and what its clients read (InferResult.as_numpy).
+  static_assert(std::endian::native == std::endian::little,
+                "raw_output_contents are little-endian floats");
+  out->add_raw_output_contents(reinterpret_cast<const char*>(answer.outputs.data()),
+                               answer.outputs.size() * sizeof(float));
+  auto& params = *out->mutable_parameters();
+  params["flops"] = Int64Param(answer.cost.flops);
+  params["dense_flops"] = Int64Param(answer.cost.dense_flops);
+  params["compute_ns"] = Int64Param(answer.cost.route_ns + answer.cost.compute_ns);
+  params["queue_ns"] = Int64Param(answer.cost.queue_ns);
+}
+
+OpenInference::OpenInference(const ModelRepository* repository, InferenceCore* core,
+                             ModelControl* control)
+    : repository_(repository), core_(core), control_(control) {}
+
+absl::Status OpenInference::ServerLive(const inference::ServerLiveRequest&,
+                                       inference::ServerLiveResponse* out) const {
+  out->set_live(true);
+  return absl::OkStatus();
+}
+
+absl::Status OpenInference::ServerReady(const inference::ServerReadyRequest&,
+                                        inference::ServerReadyResponse* out) const {
+  out->set_ready(ServingVersions(*repository_->snapshot()) > 0);
+  return absl::OkStatus();
+}
+
+absl::Status OpenInference::ModelReady(const inference::ModelReadyRequest& r,
+                                       inference::ModelReadyResponse* out) const {
+  ASSIGN_OR_RETURN(Target t, ParseTarget(r.name(), r.version()));
+  absl::StatusOr<std::shared_ptr<const Servable>> found = FindTarget(*repository_, t);
+  if (!found.ok() && found.status().code() != absl::StatusCode::kNotFound &&
+      found.status().code() != absl::StatusCode::kUnavailable) {
+    return found.status();
+  }
+  out->set_ready(found.ok());  // a model that is not loaded is not ready
+  return absl::OkStatus();
+}
+
+absl::Status OpenInference::ServerMetadata(const inference::ServerMetadataRequest&,
+                                           inference::ServerMetadataResponse* out) const {
+  out->set_name("sparse-serve");
+  out->set_version("1");
+  // Triton's names for what is served (docs/api.md).
+  for (const char* extension : kExtensions) out->add_extensions(extension);
+  return absl::OkStatus();
+}
+
+absl::Status OpenInference::ModelMetadata(const inference::ModelMetadataRequest& r,
+                                          inference::ModelMetadataResponse* out) const {
+  ASSIGN_OR_RETURN(Target t, ParseTarget(r.name(), r.version()));
+  ASSIGN_OR_RETURN(std::shared_ptr<const Servable> found, FindTarget(*repository_, t));
+  const LoadedModel& loaded = found->loaded;
+  const ModelInfo& info = t.dense ? loaded.dense->info() : loaded.sparse->info();
+  out->set_name(r.name());
+  const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
+  auto state = snapshot->find(t.model);
+  if (state == snapshot->end()) return absl::NotFoundError("model unloaded");
+  for (const auto& [number, servable] : state->second.versions) {
+    if (!t.dense || servable->loaded.dense != nullptr) out->add_versions(absl::StrCat(number));
+  }
+  out->set_platform(absl::StrCat("sparse-serve_", t.dense ? "dense" : ModelKindName(info.kind)));
+  auto* input = out->add_inputs();
+  input->set_name("input");
+  input->set_datatype("FP32");
+  input->add_shape(-1);
+  input->add_shape(info.input_dim);
+  auto* output = out->add_outputs();
+  output->set_name("output");
+  output->set_datatype("FP32");
+  output->add_shape(-1);
+  output->add_shape(info.output_dim);
+  return absl::OkStatus();
+}
+
+void OpenInference::ModelInfer(const inference::ModelInferRequest& r,
+                               inference::ModelInferResponse* out,
+                               const std::function<void(InferRequest*)>& bind, InferDone done) {
+  // The core's request and answer live until the call finishes.
+  struct Call {
+    std::vector<float> inputs;  // raw_input_contents, copied
+    InferRequest request;
+    InferResponse answer;
+  };
+  auto call = std::make_shared<Call>();
+  absl::StatusOr<InferRequest> translated = TranslateModelInfer(*repository_, r, &call->inputs);
+  if (!translated.ok()) {
+    done(translated.status());
+    return;
+  }
+  call->request = *std::move(translated);
+  bind(&call->request);
+  core_->Infer(call->request, &call->answer,
+               [call, &r, out, done = std::move(done)](absl::Status status) {
+                 if (!status.ok()) {
+                   done(status);
+                   return;
+                 }
+                 ToModelInferResponse(r, call->answer, out);
+                 done(absl::OkStatus());
+               });
+}
+
+absl::Status OpenInference::ModelConfig(const inference::ModelConfigRequest& r,
+                                        inference::ModelConfigResponse* out) const {
+  ASSIGN_OR_RETURN(Target t, ParseTarget(r.name(), r.version()));
+  ASSIGN_OR_RETURN(std::shared_ptr<const Servable> found, FindTarget(*repository_, t));
+  const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
+  auto state = snapshot->find(t.model);
+  const sparse::v1::ModelConfig config =
+      state != snapshot->end() ? state->second.config : sparse::v1::ModelConfig();
+  ToTritonModelConfig(r.name(), *found, t.dense, config, *core_, out->mutable_config());
+  return absl::OkStatus();
+}
+
+absl::Status OpenInference::ModelStatistics(const inference::ModelStatisticsRequest& r,
+                                            inference::ModelStatisticsResponse* out) const {
+  const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
+  if (r.name().empty()) {
+    if (!r.version().empty()) {
+      return absl::InvalidArgumentError("a model version needs a model name");
+    }
+    for (const auto& [name, state] : *snapshot) {
+      for (const auto& [number, servable] : state.versions) {
+        AddStatistics(name, servable, false, *core_, out);
+        if (servable->loaded.dense != nullptr) {
+          AddStatistics(absl::StrCat(name, kDenseSuffix), servable, true, *core_, out);
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(Target t, ParseTarget(r.name(), r.version()));
+  auto state = snapshot->find(t.model);
+  if (state == snapshot->end() || state->second.versions.empty()) {
+    return absl::NotFoundError(
+        absl::StrCat("model '", ClientText(t.model), "' has no version loaded"));
+  }
+  for (const auto& [number, servable] : state->second.versions) {
+    if (t.version != 0 && number != t.version) continue;
+    if (t.dense && servable->loaded.dense == nullptr) continue;
+    AddStatistics(r.name(), servable, t.dense, *core_, out);
+  }
+  if (out->model_stats_size() == 0) {
+    return absl::NotFoundError(
+        absl::StrCat("model '", ClientText(r.name()), "' version ", t.version, " is not loaded"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status OpenInference::RepositoryIndex(const inference::RepositoryIndexRequest& r,
+                                            inference::RepositoryIndexResponse* out) const {
+  RETURN_IF_ERROR(CheckRepositoryName(r.repository_name()));
+  const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
+  std::error_code ec;
+  const std::vector<std::string> directories = repository_->ModelDirectories(&ec);
+  if (ec) {
+    return absl::UnavailableError(absl::StrCat("cannot list the model repository: ", ec.message()));
+  }
+  std::set<std::string> names(directories.begin(), directories.end());
+  for (const auto& [name, state] : *snapshot) names.insert(name);
+  auto add = [&](const std::string& name, std::string version, const char* state,
+                 std::string reason) {
+    if (r.ready() && absl::string_view(state) != "READY") return;
+    auto* m = out->add_models();
+    m->set_name(name);
+    m->set_version(std::move(version));
+    m->set_state(state);
+    m->set_reason(std::move(reason));
+  };
+  for (const std::string& name : names) {
+    auto state = snapshot->find(name);
+    if (state == snapshot->end()) {
+      add(name, "", "UNAVAILABLE", "unloaded");
+      continue;
+    }
+    for (const auto& [number, servable] : state->second.versions) {
+      add(name, absl::StrCat(number), "READY", "");
+    }
+    for (const auto& [number, failure] : state->second.failures) {
+      if (!state->second.versions.contains(number)) {
+        add(name, absl::StrCat(number), "UNAVAILABLE", failure.error);
+      }
+    }
+    if (state->second.versions.empty() && state->second.failures.empty()) {
+      add(name, "", "UNAVAILABLE", "no version directory to serve");
+    }
+  }
+  return absl::OkStatus();
+}
+
+void OpenInference::RepositoryModelLoad(const inference::RepositoryModelLoadRequest& r,
+                                        InferDone done) {
+  if (control_ == nullptr) {
+    done(NeedsModelControl());
+    return;
+  }
+  if (absl::Status s = CheckRepositoryName(r.repository_name()); !s.ok()) {
+    done(s);
+    return;
+  }
+  // Triton's load parameters that would replace the model's files or
+  // configuration; anything else is ignored.
+  for (const auto& [key, value] : r.parameters()) {
+    if (key == "config" || absl::StartsWith(key, "file:")) {
+      done(absl::InvalidArgumentError(
+          absl::StrCat("load parameter '", ClientText(key),
+                       "': a load reads the model's directory as it is; write the files and its "
+                       "config.pbtxt there instead")));
+      return;
+    }
+  }
+  control_->Load(r.model_name(), [done = std::move(done)](absl::StatusOr<ModelState> state) {
+    done(state.status());
+  });
+}
+
+absl::Status OpenInference::RepositoryModelUnload(const inference::RepositoryModelUnloadRequest& r,
+                                                  inference::RepositoryModelUnloadResponse*) {
+  if (control_ == nullptr) return NeedsModelControl();
+  RETURN_IF_ERROR(CheckRepositoryName(r.repository_name()));
+  // unload_dependents is ignored: no model depends on another.
+  return control_->Unload(r.model_name());
+}
+
+}  // namespace sparse

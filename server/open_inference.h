@@ -1,0 +1,113 @@
+// OpenInference: the Open Inference Protocol's calls (KServe v2, with
+// Triton's model configuration, statistics and repository extensions) over
+// the repository, the serving core and the model control, on the protocol's
+// protobuf messages (proto/inference/grpc_service.proto) and free of any
+// transport. Its two frontends only carry them: gRPC (server/oip_service.h)
+// and HTTP/REST (server/rest_frontend.h, the messages as KServe's JSON).
+//
+// - Model `m` is the routed sparse path; `m.dense` is its dense twin.
+// - ModelInfer takes one FP32 input tensor of shape [rows, d] (or [d] for one
+//   row), its data either in contents.fp32_contents or in
+//   raw_input_contents[0] (little-endian floats), and answers one FP32 output
+//   tensor "output" of shape [rows, o] in raw_output_contents[0]. The
+//   request's cost goes into the response parameters: flops, dense_flops,
+//   compute_ns (route + compute), queue_ns.
+// - Versions are decimal strings; empty means the newest loaded.
+// - ModelConfig describes a version as a Triton ModelConfig; ModelStatistics
+//   reports the core's per-version statistics (server/core/statistics.h);
+//   RepositoryIndex lists every model directory and version with its state;
+//   RepositoryModelLoad / Unload are the model-control life cycle, refused
+//   (FAILED_PRECONDITION) unless sparse-server runs with --model_control.
+// docs/api.md has the tables.
+//
+// Thread-safe; the repository, the core and the model control must outlive
+// it.
+#ifndef SPARSE_SERVER_OPEN_INFERENCE_H_
+#define SPARSE_SERVER_OPEN_INFERENCE_H_
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "inference/grpc_service.pb.h"
+#include "model_store/model_repository.h"
+#include "server/core/inference_core.h"
+#include "server/core/model_control.h"
+
+namespace sparse {
+
+// ServerMetadata.extensions: Triton's names for exactly what is served.
+inline constexpr const char* kExtensions[] = {"model_configuration", "model_repository",
+                                              "statistics", "parameters"};
+
+// The core's request a ModelInferRequest stands for. Inputs given in
+// contents.fp32_contents are not copied (`request` must outlive the result);
+// raw_input_contents are copied into *storage (bytes carry no alignment).
+// Requested outputs must name `output`; request parameters Triton's clients
+// send are ignored when harmless (priority, timeout, the HTTP binary-data
+// ones) and refused when they would change the answer's meaning (sequence
+// batching, classification, shared memory).
+// Errors are those ModelInfer answers (NOT_FOUND, INVALID_ARGUMENT with what
+// was expected). Used by ModelInfer and by the request fuzzer.
+absl::StatusOr<InferRequest> TranslateModelInfer(const ModelRepository& repository,
+                                                 const inference::ModelInferRequest& request,
+                                                 std::vector<float>* storage);
+
+// The ModelInferResponse for the core's answer to `request`: one FP32
+// output tensor [rows, output_dim] whose values are raw_output_contents[0]
+// (little-endian floats, as Triton answers), and the cost in `parameters`
+// (flops, dense_flops, compute_ns = route + compute, queue_ns).
+void ToModelInferResponse(const inference::ModelInferRequest& request, const InferResponse& answer,
+                          inference::ModelInferResponse* out);
+
+// The Triton ModelConfig of one path of a loaded version, named `name`
+// ("m" or "m.dense").
+void ToTritonModelConfig(const std::string& name, const Servable& servable, bool dense,
+                         const sparse::v1::ModelConfig& config, const InferenceCore& core,
+                         inference::ModelConfig* out);
+
+class OpenInference {
+ public:
+  // `control` is null when sparse-server runs without --model_control.
+  OpenInference(const ModelRepository* repository, InferenceCore* core, ModelControl* control);
+
+  // The calls that answer at once. Errors as docs/api.md lists them.
+  absl::Status ServerLive(const inference::ServerLiveRequest& r,
+                          inference::ServerLiveResponse* out) const;
+  absl::Status ServerReady(const inference::ServerReadyRequest& r,
+                           inference::ServerReadyResponse* out) const;
+  absl::Status ModelReady(const inference::ModelReadyRequest& r,
+                          inference::ModelReadyResponse* out) const;
+  absl::Status ServerMetadata(const inference::ServerMetadataRequest& r,
+                              inference::ServerMetadataResponse* out) const;
+  absl::Status ModelMetadata(const inference::ModelMetadataRequest& r,
+                             inference::ModelMetadataResponse* out) const;
+  absl::Status ModelConfig(const inference::ModelConfigRequest& r,
+                           inference::ModelConfigResponse* out) const;
+  absl::Status ModelStatistics(const inference::ModelStatisticsRequest& r,
+                               inference::ModelStatisticsResponse* out) const;
+  absl::Status RepositoryIndex(const inference::RepositoryIndexRequest& r,
+                               inference::RepositoryIndexResponse* out) const;
+  absl::Status RepositoryModelUnload(const inference::RepositoryModelUnloadRequest& r,
+                                     inference::RepositoryModelUnloadResponse* out);
+
+  // Runs the request through the core; `done` runs once, from this thread or
+  // a worker, after *out is filled (on OK). `bind` gives the transport's
+  // deadline, cancellation and decode time to the core's request. `r` and
+  // `out` must live until `done`.
+  void ModelInfer(const inference::ModelInferRequest& r, inference::ModelInferResponse* out,
+                  const std::function<void(InferRequest*)>& bind, InferDone done);
+  // Loads on the model control's loader thread; `done` runs there.
+  void RepositoryModelLoad(const inference::RepositoryModelLoadRequest& r, InferDone done);
+
+ private:
+  const ModelRepository* const repository_;
+  InferenceCore* const core_;
+  ModelControl* const control_;
+};
+
+}  // namespace sparse
+
+#endif  // SPARSE_SERVER_OPEN_INFERENCE_H_
