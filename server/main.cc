@@ -41,6 +41,17 @@ ABSL_FLAG(int, metrics_port, -1,
           "Serve Prometheus metrics (GET /metrics) on this port: requests by model, path and code, "
           "latency histograms, FLOPs, batch sizes, loaded versions; -1 = off, 0 = a free one "
           "(printed on stdout after --port and --health_port).");
+ABSL_FLAG(int, http_port, -1,
+          "Also serve the Open Inference Protocol over HTTP/REST (KServe v2, with Triton's "
+          "binary tensor extension) on this port, with --port's TLS, limits and drain; "
+          "-1 = off, 0 = a free one (printed on stdout after the metrics port).");
+ABSL_FLAG(int64_t, max_message_bytes, 0,
+          "Largest request, in bytes, on the gRPC and HTTP ports (larger ones are refused before "
+          "they are buffered); 0 = enough for --max_batch_rows rows of the widest loaded model "
+          "plus 1 MiB, at least 64 MiB.");
+ABSL_FLAG(int, http_threads, 64,
+          "HTTP connections served at once (civetweb worker threads; each open keep-alive "
+          "connection holds one).");
 ABSL_FLAG(double, poll_seconds, 0,
           "Rescan --model_repository this often: new versions load in the background and serve "
           "once validated and warmed up, removed ones unload, a changed config.pbtxt applies. "
@@ -69,8 +80,8 @@ int main(int argc, char** argv) {
       "Models: <repository>/<model>/<version>/ as sparse-train writes them, and an optional\n"
       "<repository>/<model>/config.pbtxt (version policy, dynamic batching; docs/configuration.md).\n\n"
       "Services: sparse.v1.SparseInference (Predict, PredictDense, ListModels, GetModel),\n"
-      "inference.GRPCInferenceService (Open Inference Protocol v2), sparse.v1.ModelControl\n"
-      "(with --model_control), "
+      "inference.GRPCInferenceService (Open Inference Protocol v2, and over HTTP/REST with\n"
+      "--http_port), sparse.v1.ModelControl (with --model_control), "
       "grpc.health.v1.Health (\"\" = live, a model name = ready) and server reflection.",
       "server/main.");
   if (!rest.empty()) {
@@ -98,6 +109,9 @@ int main(int argc, char** argv) {
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   options.health_port = absl::GetFlag(FLAGS_health_port);
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  options.http_port = absl::GetFlag(FLAGS_http_port);
+  options.http_threads = absl::GetFlag(FLAGS_http_threads);
+  options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.poll_seconds = absl::GetFlag(FLAGS_poll_seconds);
   options.model_control = absl::GetFlag(FLAGS_model_control);
   options.drain_seconds = absl::GetFlag(FLAGS_drain_seconds);
@@ -154,6 +168,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "sparse-server: Prometheus metrics on http://%s:%d/metrics\n",
                  options.address.c_str(), (*server)->metrics_port());
     std::printf("%d\n", (*server)->metrics_port());
+  }
+  if ((*server)->http_port() > 0) {
+    std::fprintf(stderr, "sparse-server: KServe v2 REST on %s://%s:%d/v2\n",
+                 options.tls_cert_file.empty() ? "http" : "https", options.address.c_str(),
+                 (*server)->http_port());
+    std::printf("%d\n", (*server)->http_port());
   }
   std::fflush(stdout);
 

@@ -38,9 +38,10 @@
 
 namespace sparse {
 
-// ServerMetadata.extensions: Triton's names for exactly what is served.
+// ServerMetadata.extensions: Triton's names for exactly what is served
+// (binary_tensor_data is the HTTP/REST port's; gRPC has raw contents).
 inline constexpr const char* kExtensions[] = {"model_configuration", "model_repository",
-                                              "statistics", "parameters"};
+                                              "statistics", "parameters", "binary_tensor_data"};
 
 // The core's request a ModelInferRequest stands for. Inputs given in
 // contents.fp32_contents are not copied (`request` must outlive the result);

@@ -70,6 +70,13 @@ absl::Status ServerOptions::Validate() const {
        "-1..65535 (-1 = none, 0 = a free port)", health_port);
   need(metrics_port >= -1 && metrics_port <= 65535, "metrics_port",
        "-1..65535 (-1 = off, 0 = a free port)", metrics_port);
+  need(http_port >= -1 && http_port <= 65535, "http_port",
+       "-1..65535 (-1 = off, 0 = a free port)", http_port);
+  need(http_threads >= 1 && http_threads <= 4096, "http_threads", "1..4096", http_threads);
+  // Debian 12's civetweb crashes on its first TLS connection (its OpenSSL
+  // 1.1 calls, loaded from OpenSSL 3): no HTTPS until the transport moves.
+  need(http_port < 0 || tls_cert_file.empty(), "http_port", "-1 with --tls_cert (HTTPS is not served yet)",
+       http_port);
   need(poll_seconds >= 0 && poll_seconds <= 86400, "poll_seconds",
        "seconds in 0..86400 (0 = load once)", poll_seconds);
   need(drain_seconds >= 0 && drain_seconds <= 86400, "drain_seconds", "seconds in 0..86400",
@@ -109,6 +116,7 @@ absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
   RETURN_IF_ERROR(server->ServeMetrics(options));
   RETURN_IF_ERROR(server->ServeGrpc(options));
   RETURN_IF_ERROR(server->ServeHealthPort(options));
+  RETURN_IF_ERROR(server->ServeHttp(options));
   {
     // The snapshot is read under health_mu_: one published meanwhile
     // applies after this one, never before it.
@@ -212,6 +220,7 @@ absl::Status SparseServer::ServeGrpc(const ServerOptions& options) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddListeningPort(absl::StrCat(options.address, ":", options.port), credentials, &port_);
+  message_bytes_ = message_bytes;
   builder.SetMaxReceiveMessageSize(static_cast<int>(message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(message_bytes));
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_concurrent_streams);
@@ -232,6 +241,22 @@ absl::Status SparseServer::ServeGrpc(const ServerOptions& options) {
   }
   return absl::UnavailableError(absl::StrCat("cannot listen on ", options.address, ":",
                                              options.port, " (in use or not permitted?)"));
+}
+
+absl::Status SparseServer::ServeHttp(const ServerOptions& options) {
+  if (options.http_port < 0) return absl::OkStatus();
+  rest_ = std::make_unique<RestFrontend>(open_inference_.get(), repository_.get(),
+                                         options.max_batch_rows);
+  HttpServer::Options http;
+  http.address = options.address;
+  http.port = options.http_port;
+  http.threads = options.http_threads;
+  http.max_body_bytes = message_bytes_;
+  http.tls_cert_file = options.tls_cert_file;
+  http.tls_key_file = options.tls_key_file;
+  http.tls_client_ca_file = options.tls_client_ca_file;
+  ASSIGN_OR_RETURN(http_, HttpServer::Start(http, rest_.get()));
+  return absl::OkStatus();
 }
 
 absl::Status SparseServer::ServeHealthPort(const ServerOptions& options) {
@@ -293,9 +318,11 @@ void SparseServer::Shutdown(int64_t grace_ms) {
   // while those admitted finish; then gRPC stops, cancelling what is left
   // at the deadline. (A call that reaches gRPC in its last moment is
   // cancelled by gRPC itself.)
+  if (http_ != nullptr) http_->Drain();  // 503 and close, as gRPC's UNAVAILABLE
   core_->Drain(absl::FromChrono(deadline));
   server_->Shutdown(deadline);
   if (health_server_ != nullptr) health_server_->Shutdown(deadline);
+  if (http_ != nullptr) http_->Stop();  // waits for the replies being written
 }
 
 void SparseServer::Wait() {

@@ -22,7 +22,9 @@
 #include "server/metrics.h"
 #include "server/model_control_service.h"
 #include "model_store/model_repository.h"
+#include "server/http_server.h"
 #include "server/oip_service.h"
+#include "server/rest_frontend.h"
 
 namespace sparse {
 
@@ -55,6 +57,11 @@ struct ServerOptions {
   // Prometheus text endpoint (GET /metrics) on this port; -1 = none, 0 = a
   // free port (see SparseServer::metrics_port).
   int metrics_port = -1;
+  // KServe v2 HTTP/REST (server/rest_frontend.h) on this port; -1 = none,
+  // 0 = a free port (see SparseServer::http_port). TLS, the message limit
+  // and the drain are the gRPC port's.
+  int http_port = -1;
+  int http_threads = 64;  // connections the HTTP port serves at once
   // Rescan the repository this often (new versions, removed ones, changed
   // config.pbtxt); 0 = load once at start.
   double poll_seconds = 0;
@@ -87,6 +94,7 @@ class SparseServer {
   int port() const { return port_; }
   int health_port() const { return health_port_; }  // 0 when there is none
   int metrics_port() const { return metrics_port_; }  // 0 when there is none
+  int http_port() const { return http_ != nullptr ? http_->port() : 0; }  // 0: none
   ModelRepository& repository() const { return *repository_; }
   // The serving core every frontend calls (an in-process caller may too).
   InferenceCore& core() const { return *core_; }
@@ -108,6 +116,7 @@ class SparseServer {
   void StartCore(const ServerOptions& options, int workers);
   absl::Status ServeGrpc(const ServerOptions& options);
   absl::Status ServeHealthPort(const ServerOptions& options);
+  absl::Status ServeHttp(const ServerOptions& options);
   // Metrics and health follow each published snapshot.
   void PublishModels(const RepositorySnapshot& snapshot);
   // Health per model follows the snapshot: SERVING while a version serves.
@@ -123,6 +132,9 @@ class SparseServer {
   std::unique_ptr<InferenceService> service_;
   std::unique_ptr<OpenInference> open_inference_;  // OIP's calls, for gRPC and REST
   std::unique_ptr<OipService> oip_service_;
+  std::unique_ptr<RestFrontend> rest_;
+  std::unique_ptr<HttpServer> http_;
+  int64_t message_bytes_ = 0;  // the largest request, on gRPC and HTTP
   std::unique_ptr<ModelControlService> control_service_;
   // Answers every other method on the health port UNIMPLEMENTED (and gives
   // that server the callback queue gRPC requires).

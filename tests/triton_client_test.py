@@ -104,7 +104,8 @@ with tempfile.TemporaryDirectory() as tmp:
         check(triton.ServerReady(pb.ServerReadyRequest()).ready, "is_server_ready")
         meta = triton.ServerMetadata(pb.ServerMetadataRequest())
         check(meta.name == "sparse-serve" and sorted(meta.extensions) ==
-              ["model_configuration", "model_repository", "parameters", "statistics"],
+              ["binary_tensor_data", "model_configuration", "model_repository", "parameters",
+               "statistics"],
               "get_server_metadata lists exactly the extensions served: %s" % meta)
         check(triton.ModelReady(pb.ModelReadyRequest(name="m", version="")).ready, "is_model_ready(m)")
         check(not triton.ModelReady(pb.ModelReadyRequest(name="broken")).ready, "is_model_ready(broken)")

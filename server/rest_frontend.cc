@@ -1,0 +1,560 @@
+#include "server/rest_frontend.h"
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/client_text.h"
+#include "common/status_macros.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/message.h"
+#include "nlohmann/json.hpp"
+
+namespace sparse {
+namespace {
+
+using Json = nlohmann::json;
+// Answers carry FP32 outputs: printed as floats, they are the shortest text
+// that reads back as the same float.
+using FloatJson = nlohmann::basic_json<std::map, std::vector, std::string, bool, std::int64_t,
+                                       std::uint64_t, float>;
+using google::protobuf::FieldDescriptor;
+using google::protobuf::Message;
+using google::protobuf::Reflection;
+
+constexpr int kMaxJsonDepth = 16;
+
+HttpReply JsonReply(const Json& body, int status = 200) {
+  HttpReply reply;
+  reply.status = status;
+  reply.body = body.dump();
+  return reply;
+}
+
+// One field value of `m` (element `index` of a repeated field, or -1) as
+// JSON: numbers as numbers (also 64-bit ones, as Triton's JSON has them),
+// enums by name, messages as objects.
+Json FieldToJson(const Message& m, const FieldDescriptor* f, int index);
+
+// A protobuf message as the JSON Triton's HTTP API answers: proto field
+// names, every scalar (zeros too, so a count of 0 is there to read), a
+// message or oneof member only when set, maps as objects.
+Json MessageToJson(const Message& m) {
+  Json out = Json::object();
+  const google::protobuf::Descriptor* d = m.GetDescriptor();
+  const Reflection* r = m.GetReflection();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const FieldDescriptor* f = d->field(i);
+    if (f->is_map()) {
+      Json object = Json::object();
+      for (int j = 0; j < r->FieldSize(m, f); ++j) {
+        const Message& entry = r->GetRepeatedMessage(m, f, j);
+        const FieldDescriptor* key = entry.GetDescriptor()->map_key();
+        const Json k = FieldToJson(entry, key, -1);
+        object[k.is_string() ? k.get<std::string>() : k.dump()] =
+            FieldToJson(entry, entry.GetDescriptor()->map_value(), -1);
+      }
+      out[f->name()] = std::move(object);
+    } else if (f->is_repeated()) {
+      Json array = Json::array();
+      for (int j = 0; j < r->FieldSize(m, f); ++j) array.push_back(FieldToJson(m, f, j));
+      out[f->name()] = std::move(array);
+    } else if ((f->cpp_type() != FieldDescriptor::CPPTYPE_MESSAGE && f->containing_oneof() == nullptr) ||
+               r->HasField(m, f)) {
+      out[f->name()] = FieldToJson(m, f, -1);
+    }
+  }
+  return out;
+}
+
+Json FieldToJson(const Message& m, const FieldDescriptor* f, int index) {
+  const Reflection* r = m.GetReflection();
+  const bool rep = index >= 0;
+  switch (f->cpp_type()) {
+    case FieldDescriptor::CPPTYPE_INT32:
+      return rep ? r->GetRepeatedInt32(m, f, index) : r->GetInt32(m, f);
+    case FieldDescriptor::CPPTYPE_INT64:
+      return rep ? r->GetRepeatedInt64(m, f, index) : r->GetInt64(m, f);
+    case FieldDescriptor::CPPTYPE_UINT32:
+      return rep ? r->GetRepeatedUInt32(m, f, index) : r->GetUInt32(m, f);
+    case FieldDescriptor::CPPTYPE_UINT64:
+      return rep ? r->GetRepeatedUInt64(m, f, index) : r->GetUInt64(m, f);
+    case FieldDescriptor::CPPTYPE_DOUBLE:
+      return rep ? r->GetRepeatedDouble(m, f, index) : r->GetDouble(m, f);
+    case FieldDescriptor::CPPTYPE_FLOAT:
+      return rep ? r->GetRepeatedFloat(m, f, index) : r->GetFloat(m, f);
+    case FieldDescriptor::CPPTYPE_BOOL:
+      return rep ? r->GetRepeatedBool(m, f, index) : r->GetBool(m, f);
+    case FieldDescriptor::CPPTYPE_ENUM:
+      return (rep ? r->GetRepeatedEnum(m, f, index) : r->GetEnum(m, f))->name();
+    case FieldDescriptor::CPPTYPE_STRING:
+      return rep ? r->GetRepeatedString(m, f, index) : r->GetString(m, f);
+    case FieldDescriptor::CPPTYPE_MESSAGE:
+      return MessageToJson(rep ? r->GetRepeatedMessage(m, f, index) : r->GetMessage(m, f));
+  }
+  return nullptr;
+}
+
+// Parses a request's JSON, holding at most `max_values` values and
+// `kMaxJsonDepth` levels, so no body can make the parser hold more than
+// the largest request the server accepts.
+absl::StatusOr<Json> ParseBody(absl::string_view text, int64_t max_values) {
+  if (text.empty()) return Json::object();
+  struct TooLarge {};
+  int64_t values = 0;
+  try {
+    return Json::parse(
+        text.begin(), text.end(),
+        [&values, max_values](int depth, Json::parse_event_t event, Json&) {
+          if (depth > kMaxJsonDepth) throw TooLarge{};
+          if (event == Json::parse_event_t::value && ++values > max_values) throw TooLarge{};
+          return true;
+        });
+  } catch (const Json::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request body is not valid JSON: ", ClientText(e.what())));
+  } catch (const TooLarge&) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the request body holds more than ", max_values, " values or nests deeper than ",
+        kMaxJsonDepth, " levels: more than any request the server accepts"));
+  }
+}
+
+// A KServe parameter value (bool, integer, number or string).
+absl::StatusOr<inference::InferParameter> ToInferParameter(const std::string& key, const Json& v) {
+  inference::InferParameter p;
+  if (v.is_boolean()) {
+    p.set_bool_param(v.get<bool>());
+  } else if (v.is_number_unsigned()) {
+    p.set_uint64_param(v.get<uint64_t>());
+  } else if (v.is_number_integer()) {
+    p.set_int64_param(v.get<int64_t>());
+  } else if (v.is_number_float()) {
+    p.set_double_param(v.get<double>());
+  } else if (v.is_string()) {
+    p.set_string_param(v.get<std::string>());
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "parameter '", ClientText(key), "': expected a bool, a number or a string, got ",
+        v.type_name()));
+  }
+  return p;
+}
+
+template <typename Map>
+absl::Status ToParameters(const Json& object, absl::string_view where, Map* out) {
+  if (object.is_null()) return absl::OkStatus();
+  if (!object.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, "'parameters' must be an object"));
+  }
+  for (const auto& [key, value] : object.items()) {
+    ASSIGN_OR_RETURN((*out)[key], ToInferParameter(key, value));
+  }
+  return absl::OkStatus();
+}
+
+// The value at `key` of a JSON object, or null.
+const Json& Field(const Json& object, const char* key) {
+  static const Json* const kNull = new Json(nullptr);
+  auto it = object.find(key);
+  return it == object.end() ? *kNull : *it;
+}
+
+absl::StatusOr<std::string> StringField(const Json& object, const char* key, absl::string_view where) {
+  const Json& v = Field(object, key);
+  if (v.is_null()) return std::string();
+  if (!v.is_string()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, "'", key, "' must be a string, got ", v.type_name()));
+  }
+  return v.get<std::string>();
+}
+
+// `data` flattened row-major into `out`: a flat array or arrays nested as
+// the shape (KServe allows both).
+absl::Status FlattenData(const Json& data, int depth, absl::string_view where,
+                         google::protobuf::RepeatedField<float>* out) {
+  if (data.is_number()) {
+    out->Add(data.get<float>());
+    return absl::OkStatus();
+  }
+  if (!data.is_array() || depth > 8) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where, "'data' must hold numbers (flat, or in arrays nested as the shape), found ",
+        data.type_name()));
+  }
+  for (const Json& v : data) RETURN_IF_ERROR(FlattenData(v, depth + 1, where, out));
+  return absl::OkStatus();
+}
+
+// KServe's JSON infer request (and Triton's binary tensors after it) as the
+// protocol's message. *binary_output: the answer's outputs go after its
+// JSON, as binary.
+absl::Status ToModelInferRequest(const Json& body, absl::string_view binary,
+                                 inference::ModelInferRequest* out, bool* binary_output) {
+  if (!body.is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request body must be a JSON object, got ", body.type_name()));
+  }
+  ASSIGN_OR_RETURN(*out->mutable_id(), StringField(body, "id", ""));
+  RETURN_IF_ERROR(ToParameters(Field(body, "parameters"), "", out->mutable_parameters()));
+  const Json& inputs = Field(body, "inputs");
+  if (!inputs.is_array()) {
+    return absl::InvalidArgumentError("'inputs' must be an array of input tensors");
+  }
+  size_t offset = 0;  // into `binary`
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const Json& in = inputs[i];
+    const std::string where = absl::StrCat("inputs[", i, "]: ");
+    if (!in.is_object()) return absl::InvalidArgumentError(where + "must be an object");
+    auto* tensor = out->add_inputs();
+    ASSIGN_OR_RETURN(*tensor->mutable_name(), StringField(in, "name", where));
+    ASSIGN_OR_RETURN(*tensor->mutable_datatype(), StringField(in, "datatype", where));
+    const Json& shape = Field(in, "shape");
+    if (!shape.is_array()) return absl::InvalidArgumentError(where + "'shape' must be an array");
+    for (const Json& dim : shape) {
+      if (!dim.is_number_integer()) {
+        return absl::InvalidArgumentError(where + "'shape' must hold integers");
+      }
+      tensor->add_shape(dim.get<int64_t>());
+    }
+    RETURN_IF_ERROR(ToParameters(Field(in, "parameters"), where, tensor->mutable_parameters()));
+    auto size = tensor->parameters().find("binary_data_size");
+    if (size != tensor->parameters().end()) {
+      const inference::InferParameter& p = size->second;
+      const int64_t bytes = p.has_uint64_param() ? static_cast<int64_t>(p.uint64_param()) : p.int64_param();
+      if (bytes < 0 || static_cast<uint64_t>(bytes) > binary.size() - offset) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, "binary_data_size ", bytes, " is more than the ", binary.size() - offset,
+            " binary bytes left after the JSON"));
+      }
+      out->add_raw_input_contents(binary.data() + offset, bytes);
+      offset += bytes;
+      continue;
+    }
+    if (tensor->datatype() != "FP32") continue;  // the translation says what it expected
+    RETURN_IF_ERROR(FlattenData(Field(in, "data"), 0, where,
+                                tensor->mutable_contents()->mutable_fp32_contents()));
+  }
+  if (offset != binary.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        binary.size(), " binary bytes follow the JSON, but the inputs' binary_data_size take ",
+        offset));
+  }
+  auto all_binary = out->parameters().find("binary_data_output");
+  *binary_output = all_binary != out->parameters().end() && all_binary->second.bool_param();
+  const Json& outputs = Field(body, "outputs");
+  if (!outputs.is_null() && !outputs.is_array()) {
+    return absl::InvalidArgumentError("'outputs' must be an array of requested outputs");
+  }
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const Json& o = outputs[i];
+    const std::string where = absl::StrCat("outputs[", i, "]: ");
+    if (!o.is_object()) return absl::InvalidArgumentError(where + "must be an object");
+    auto* requested = out->add_outputs();
+    ASSIGN_OR_RETURN(*requested->mutable_name(), StringField(o, "name", where));
+    RETURN_IF_ERROR(ToParameters(Field(o, "parameters"), where, requested->mutable_parameters()));
+    auto binary_data = requested->parameters().find("binary_data");
+    if (binary_data != requested->parameters().end() && binary_data->second.bool_param()) {
+      *binary_output = true;
+    }
+  }
+  return absl::OkStatus();
+}
+
+FloatJson ParameterToJson(const inference::InferParameter& p) {
+  switch (p.parameter_choice_case()) {
+    case inference::InferParameter::kBoolParam:
+      return p.bool_param();
+    case inference::InferParameter::kInt64Param:
+      return p.int64_param();
+    case inference::InferParameter::kUint64Param:
+      return p.uint64_param();
+    case inference::InferParameter::kDoubleParam:
+      return p.double_param();
+    case inference::InferParameter::kStringParam:
+      return p.string_param();
+    default:
+      return nullptr;
+  }
+}
+
+// The answer as KServe's JSON; with `binary_output`, the outputs' bytes
+// follow the JSON (Triton's binary tensor data extension).
+HttpReply InferReply(const inference::ModelInferResponse& response, bool binary_output) {
+  FloatJson body = FloatJson::object();
+  body["model_name"] = response.model_name();
+  body["model_version"] = response.model_version();
+  if (!response.id().empty()) body["id"] = response.id();
+  FloatJson parameters = FloatJson::object();
+  for (const auto& [key, value] : response.parameters()) parameters[key] = ParameterToJson(value);
+  body["parameters"] = std::move(parameters);
+  FloatJson outputs = FloatJson::array();
+  std::string binary;
+  for (int i = 0; i < response.outputs_size(); ++i) {
+    const auto& tensor = response.outputs(i);
+    FloatJson out = FloatJson::object();
+    out["name"] = tensor.name();
+    out["datatype"] = tensor.datatype();
+    out["shape"] = std::vector<int64_t>(tensor.shape().begin(), tensor.shape().end());
+    const std::string& raw = i < response.raw_output_contents_size() ? response.raw_output_contents(i)
+                                                                     : std::string();
+    if (binary_output) {
+      out["parameters"] = {{"binary_data_size", raw.size()}};
+      binary += raw;
+    } else {
+      std::vector<float> values(raw.size() / sizeof(float));
+      std::memcpy(values.data(), raw.data(), values.size() * sizeof(float));
+      out["data"] = std::move(values);
+    }
+    outputs.push_back(std::move(out));
+  }
+  body["outputs"] = std::move(outputs);
+  HttpReply reply;
+  reply.body = body.dump();
+  if (binary_output) {
+    reply.header_length = static_cast<int64_t>(reply.body.size());
+    reply.content_type = "application/octet-stream";
+    reply.body += binary;
+  }
+  return reply;
+}
+
+// Runs one of OpenInference's calls that answer at once and replies with
+// its response as JSON.
+template <typename Response, typename Call>
+HttpReply AnswerNow(const Call& call) {
+  Response response;
+  const absl::Status status = call(&response);
+  if (!status.ok()) return ErrorReply(status);
+  return JsonReply(MessageToJson(response));
+}
+
+// The parts of a path: "/v2/models/m/infer" -> {"v2", "models", "m", "infer"}.
+std::vector<std::string> Segments(absl::string_view path) {
+  return absl::StrSplit(path, '/', absl::SkipEmpty());
+}
+
+}  // namespace
+
+int HttpStatusFor(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kOk:
+      return 200;
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kOutOfRange:
+      return 400;
+    case absl::StatusCode::kUnauthenticated:
+      return 401;
+    case absl::StatusCode::kPermissionDenied:
+      return 403;
+    case absl::StatusCode::kNotFound:
+      return 404;
+    case absl::StatusCode::kAlreadyExists:
+    case absl::StatusCode::kAborted:
+      return 409;
+    case absl::StatusCode::kResourceExhausted:
+      return 429;
+    case absl::StatusCode::kCancelled:
+      return 499;
+    case absl::StatusCode::kUnimplemented:
+      return 501;
+    case absl::StatusCode::kUnavailable:
+      return 503;
+    case absl::StatusCode::kDeadlineExceeded:
+      return 504;
+    default:
+      return 500;
+  }
+}
+
+HttpReply ErrorReply(const absl::Status& status) {
+  return JsonReply(Json{{"error", std::string(status.message())}}, HttpStatusFor(status.code()));
+}
+
+RestFrontend::RestFrontend(OpenInference* api, const ModelRepository* repository,
+                           int64_t max_batch_rows)
+    : api_(api), repository_(repository), max_batch_rows_(max_batch_rows) {}
+
+void RestFrontend::Handle(const HttpRequest& request, std::function<void(HttpReply)> done) {
+  const std::vector<std::string> s = Segments(request.path);
+  const bool get = request.method == "GET", post = request.method == "POST";
+  auto not_found = [&] {
+    return ErrorReply(absl::NotFoundError(absl::StrCat(
+        "no endpoint ", ClientText(request.method), " ", ClientText(request.path),
+        " (the KServe v2 endpoints are under /v2: docs/api.md)")));
+  };
+  if (s.empty() || s[0] != "v2") return done(not_found());
+  if (s.size() == 1 && get) {
+    return done(AnswerNow<inference::ServerMetadataResponse>(
+        [&](auto* out) { return api_->ServerMetadata({}, out); }));
+  }
+  if (s.size() == 3 && s[1] == "health" && get && (s[2] == "live" || s[2] == "ready")) {
+    bool ok = true;
+    if (s[2] == "ready") {
+      inference::ServerReadyResponse ready;
+      (void)api_->ServerReady({}, &ready);
+      ok = ready.ready();
+    }
+    if (!ok) return done(ErrorReply(absl::UnavailableError("no model is loaded yet")));
+    HttpReply reply;
+    reply.content_type = "text/plain";
+    return done(reply);
+  }
+  if (s.size() == 3 && s[1] == "models" && s[2] == "stats" && get) {
+    return done(AnswerNow<inference::ModelStatisticsResponse>(
+        [&](auto* out) { return api_->ModelStatistics({}, out); }));
+  }
+  if (s.size() == 3 && s[1] == "repository" && s[2] == "index" && post) {
+    absl::StatusOr<Json> body = ParseBody(request.body, 64);
+    if (!body.ok()) return done(ErrorReply(body.status()));
+    inference::RepositoryIndexRequest r;
+    const Json& ready = body->is_object() ? Field(*body, "ready") : Json(nullptr);
+    r.set_ready(ready.is_boolean() && ready.get<bool>());
+    inference::RepositoryIndexResponse index;
+    if (absl::Status st = api_->RepositoryIndex(r, &index); !st.ok()) return done(ErrorReply(st));
+    Json models = Json::array();
+    for (const auto& m : index.models()) models.push_back(MessageToJson(m));
+    return done(JsonReply(models));
+  }
+  if (s.size() == 5 && s[1] == "repository" && s[2] == "models" && post &&
+      (s[4] == "load" || s[4] == "unload")) {
+    absl::StatusOr<Json> body = ParseBody(request.body, 1024);
+    if (!body.ok()) return done(ErrorReply(body.status()));
+    if (s[4] == "unload") {
+      inference::RepositoryModelUnloadRequest r;
+      r.set_model_name(s[3]);
+      return done(AnswerNow<inference::RepositoryModelUnloadResponse>(
+          [&](auto* out) { return api_->RepositoryModelUnload(r, out); }));
+    }
+    inference::RepositoryModelLoadRequest r;
+    r.set_model_name(s[3]);
+    if (body->is_object() && Field(*body, "parameters").is_object()) {
+      for (const auto& [key, value] : Field(*body, "parameters").items()) {
+        inference::ModelRepositoryParameter& p = (*r.mutable_parameters())[key];
+        if (value.is_boolean()) {
+          p.set_bool_param(value.get<bool>());
+        } else if (value.is_number_integer()) {
+          p.set_int64_param(value.get<int64_t>());
+        } else {
+          p.set_string_param(value.is_string() ? value.get<std::string>() : value.dump());
+        }
+      }
+    }
+    return api_->RepositoryModelLoad(r, [done](absl::Status st) {
+      done(st.ok() ? JsonReply(Json::object()) : ErrorReply(st));
+    });
+  }
+  // /v2/models/{m}[/versions/{v}][/{action}]
+  if (s.size() < 3 || s[1] != "models") return done(not_found());
+  const std::string& model = s[2];
+  std::string version;
+  size_t next = 3;
+  if (s.size() >= 5 && s[3] == "versions") {
+    version = s[4];
+    next = 5;
+  }
+  if (next + 1 < s.size()) return done(not_found());
+  const std::string action = next < s.size() ? s[next] : "";
+  if (action == "infer" && post) return Infer(request, model, version, std::move(done));
+  if (!get) return done(not_found());
+  if (action.empty()) {
+    inference::ModelMetadataRequest r;
+    r.set_name(model);
+    r.set_version(version);
+    return done(AnswerNow<inference::ModelMetadataResponse>(
+        [&](auto* out) { return api_->ModelMetadata(r, out); }));
+  }
+  if (action == "ready") {
+    inference::ModelReadyRequest r;
+    r.set_name(model);
+    r.set_version(version);
+    inference::ModelReadyResponse ready;
+    if (absl::Status st = api_->ModelReady(r, &ready); !st.ok()) return done(ErrorReply(st));
+    if (!ready.ready()) {
+      return done(ErrorReply(absl::UnavailableError(
+          absl::StrCat("model '", ClientText(model), "' is not ready"))));
+    }
+    HttpReply reply;
+    reply.content_type = "text/plain";
+    return done(reply);
+  }
+  if (action == "config") {
+    inference::ModelConfigRequest r;
+    r.set_name(model);
+    r.set_version(version);
+    inference::ModelConfigResponse config;
+    if (absl::Status st = api_->ModelConfig(r, &config); !st.ok()) return done(ErrorReply(st));
+    return done(JsonReply(MessageToJson(config.config())));  // Triton answers the config itself
+  }
+  if (action == "stats") {
+    inference::ModelStatisticsRequest r;
+    r.set_name(model);
+    r.set_version(version);
+    return done(AnswerNow<inference::ModelStatisticsResponse>(
+        [&](auto* out) { return api_->ModelStatistics(r, out); }));
+  }
+  return done(not_found());
+}
+
+void RestFrontend::Infer(const HttpRequest& request, const std::string& model,
+                         const std::string& version, std::function<void(HttpReply)> done) {
+  // The most values a body may hold: a full batch of the widest version of
+  // the model, and room for the rest of the request.
+  int64_t widest = 1;
+  {
+    absl::string_view base = model;
+    absl::ConsumeSuffix(&base, ".dense");
+    const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
+    auto state = snapshot->find(std::string(base));
+    if (state != snapshot->end()) {
+      for (const auto& [number, servable] : state->second.versions) {
+        widest = std::max(widest, servable->loaded.sparse->info().input_dim);
+      }
+    }
+  }
+  absl::string_view text = request.body, binary;
+  if (request.header_length.has_value()) {
+    const int64_t length = *request.header_length;
+    if (length < 0 || length > static_cast<int64_t>(request.body.size())) {
+      return done(ErrorReply(absl::InvalidArgumentError(absl::StrCat(
+          "Inference-Header-Content-Length is ", length, " but the body has ",
+          request.body.size(), " bytes"))));
+    }
+    text = request.body.substr(0, length);
+    binary = request.body.substr(length);
+  }
+  absl::StatusOr<Json> body = ParseBody(text, max_batch_rows_ * widest + 4096);
+  if (!body.ok()) return done(ErrorReply(body.status()));
+  struct Call {
+    inference::ModelInferRequest request;
+    inference::ModelInferResponse response;
+    bool binary_output = false;
+  };
+  auto call = std::make_shared<Call>();
+  call->request.set_model_name(model);
+  call->request.set_model_version(version);
+  if (absl::Status st = ToModelInferRequest(*body, binary, &call->request, &call->binary_output);
+      !st.ok()) {
+    return done(ErrorReply(st));
+  }
+  const auto received = request.received;
+  api_->ModelInfer(
+      call->request, &call->response,
+      [received](InferRequest* q) {
+        q->decode_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                           std::chrono::steady_clock::now() - received)
+                           .count();
+      },
+      [call, done = std::move(done)](absl::Status status) {
+        done(status.ok() ? InferReply(call->response, call->binary_output) : ErrorReply(status));
+      });
+}
+
+}  // namespace sparse

@@ -1,0 +1,86 @@
+// RestFrontend: the Open Inference Protocol over HTTP/REST, as KServe v2
+// and Triton define it, carrying the same calls as the gRPC frontend
+// (server/open_inference.h), free of any HTTP library: the transport
+// (server/http_server.h) hands it a parsed HttpRequest and sends back the
+// HttpReply.
+//
+//   GET  /v2/health/live, /v2/health/ready        200, or 400 when not
+//   GET  /v2                                      server metadata
+//   GET  /v2/models/{m}[/versions/{v}]            model metadata
+//   GET  /v2/models/{m}[/versions/{v}]/ready      200, or 400 when not
+//   GET  /v2/models/{m}[/versions/{v}]/config     Triton's model config
+//   GET  /v2/models[/{m}[/versions/{v}]]/stats    Triton's statistics
+//   POST /v2/models/{m}[/versions/{v}]/infer      inference (m.dense: the twin)
+//   POST /v2/repository/index                     the repository index
+//   POST /v2/repository/models/{m}/load | unload  with --model_control
+//
+// Bodies are JSON. An infer request may carry its tensors after the JSON
+// (Triton's binary tensor data extension: the Inference-Header-Content-Length
+// header gives the JSON's length; an input's `binary_data_size` parameter
+// its bytes), and asks for binary outputs with `binary_data_output` (request
+// parameter) or `binary_data` (output parameter). Errors are
+// {"error": "..."} with the HTTP status of the gRPC code (HttpStatusFor).
+// docs/api.md has the reference.
+//
+// Thread-safe; `api` must outlive it.
+#ifndef SPARSE_SERVER_REST_FRONTEND_H_
+#define SPARSE_SERVER_REST_FRONTEND_H_
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "server/open_inference.h"
+
+namespace sparse {
+
+struct HttpRequest {
+  std::string method;  // "GET", "POST", ...
+  std::string path;    // decoded, without the query string
+  absl::string_view body;
+  // Triton's Inference-Header-Content-Length: the JSON is the body's first
+  // bytes, binary tensors follow.
+  std::optional<int64_t> header_length;
+  std::chrono::steady_clock::time_point received;  // before the body was read
+};
+
+struct HttpReply {
+  int status = 200;
+  std::string content_type = "application/json";
+  std::optional<int64_t> header_length;  // set when binary outputs follow the JSON
+  std::string body;
+};
+
+// The HTTP status for a gRPC-style code, as KServe's and grpc-gateway's
+// mappings do: INVALID_ARGUMENT 400, NOT_FOUND 404, UNAVAILABLE 503, ...
+int HttpStatusFor(absl::StatusCode code);
+
+// {"error": message}, with the status for `status`'s code.
+HttpReply ErrorReply(const absl::Status& status);
+
+class RestFrontend {
+ public:
+  // `max_batch_rows` bounds the values a JSON infer body may hold (rows x
+  // the model's inputs), so no body can make the parser hold more.
+  RestFrontend(OpenInference* api, const ModelRepository* repository, int64_t max_batch_rows);
+
+  // Answers `request`; `done` runs once, on this thread or a worker. The
+  // request (and the body it points to) must live until then.
+  void Handle(const HttpRequest& request, std::function<void(HttpReply)> done);
+
+ private:
+  void Infer(const HttpRequest& request, const std::string& model, const std::string& version,
+             std::function<void(HttpReply)> done);
+
+  OpenInference* const api_;
+  const ModelRepository* const repository_;
+  const int64_t max_batch_rows_;
+};
+
+}  // namespace sparse
+
+#endif  // SPARSE_SERVER_REST_FRONTEND_H_
