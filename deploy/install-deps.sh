@@ -16,7 +16,7 @@ PACKAGES=(
   # Debian's oneDNN is built with the OpenCL GPU runtime: its CMake config
   # calls find_package(OpenCL REQUIRED), and apt only recommends the package
   ocl-icd-opencl-dev
-  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc prometheus-cpp-dev libcivetweb-dev
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc prometheus-cpp-dev libboost-dev
   # the Python package and its tests (Debian's grpcio, protobuf, NumPy and
   # PyTorch for /usr/bin/python3; docs/python.md), and what
   # pip install --no-build-isolation ./client/python builds it with in a venv

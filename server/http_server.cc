@@ -1,176 +1,326 @@
 #include "server/http_server.h"
 
-#include <chrono>
-#include <cstring>
-#include <string>
-#include <vector>
+#include <algorithm>
+#include <optional>
+#include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
-#include "civetweb.h"
-#include "openssl/ssl.h"
+#include "boost/asio.hpp"
+#include "boost/asio/ssl.hpp"
+#include "boost/beast/core.hpp"
+#include "boost/beast/http.hpp"
+#include "boost/beast/ssl.hpp"
 
 namespace sparse {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+
+// What a connection offers the server: to be closed at Stop().
+class SessionBase {
+ public:
+  virtual ~SessionBase() = default;
+  virtual void CloseSoon() = 0;  // on the connection's strand
+};
+
+struct HttpServer::Impl {
+  explicit Impl(int threads) : io(threads) {}
+
+  // Registers a new connection; false once Stop() has begun (then the
+  // caller drops it).
+  bool Track(std::weak_ptr<SessionBase> session) {
+    absl::MutexLock lock(&mu);
+    if (stopped) return false;
+    sessions.erase(std::remove_if(sessions.begin(), sessions.end(),
+                                  [](const std::weak_ptr<SessionBase>& s) { return s.expired(); }),
+                   sessions.end());
+    sessions.push_back(std::move(session));
+    return true;
+  }
+
+  // A request started (read whole, handed to the frontend) and its end
+  // (reply written or connection gone).
+  void Began() {
+    absl::MutexLock lock(&mu);
+    ++in_flight;
+  }
+  void Ended() {
+    absl::MutexLock lock(&mu);
+    --in_flight;
+  }
+  bool Idle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return in_flight == 0; }
+
+  asio::io_context io;
+  std::optional<asio::ssl::context> tls;
+  std::optional<tcp::acceptor> acceptor;
+  RestFrontend* frontend = nullptr;
+  int64_t max_body_bytes = 0;
+  const std::atomic<bool>* draining = nullptr;
+  absl::Mutex mu;
+  int64_t in_flight ABSL_GUARDED_BY(mu) = 0;
+  // Set by Stop(): a reply that comes later is dropped, not posted to the
+  // I/O context nobody runs any more.
+  bool stopped ABSL_GUARDED_BY(mu) = false;
+  std::vector<std::weak_ptr<SessionBase>> sessions ABSL_GUARDED_BY(mu);
+};
+
 namespace {
 
-// 413 Payload Too Large, with what the limit is.
-HttpReply TooLarge(const std::string& what, int64_t limit) {
-  HttpReply reply = ErrorReply(absl::ResourceExhaustedError(absl::StrCat(
-      "the request body is ", what, " bytes; this server takes at most ", limit,
-      " (--max_message_bytes)")));
-  reply.status = 413;
+constexpr auto kIdleTimeout = std::chrono::seconds(120);
+constexpr size_t kReadBuffer = 16384;  // one recv per small request
+
+// "%2E" -> "." (paths only: model names are plain directory names).
+std::string DecodePath(beast::string_view target) {
+  const auto query = target.find('?');
+  if (query != beast::string_view::npos) target = target.substr(0, query);
+  std::string out;
+  out.reserve(target.size());
+  for (size_t i = 0; i < target.size(); ++i) {
+    int value = 0;
+    if (target[i] == '%' && i + 2 < target.size() + 0 &&
+        absl::SimpleHexAtoi(absl::string_view(target.data() + i + 1, 2), &value)) {
+      out.push_back(static_cast<char>(value));
+      i += 2;
+    } else {
+      out.push_back(target[i]);
+    }
+  }
+  return out;
+}
+
+HttpReply StatusReply(int status, const absl::Status& error) {
+  HttpReply reply = ErrorReply(error);
+  reply.status = status;
   return reply;
 }
 
-// Writes `reply` as the response to the request on `connection`.
-void Send(mg_connection* connection, const HttpReply& reply, bool close) {
-  mg_response_header_start(connection, reply.status);
-  mg_response_header_add(connection, "Content-Type", reply.content_type.c_str(), -1);
-  const std::string length = absl::StrCat(reply.body.size());
-  mg_response_header_add(connection, "Content-Length", length.c_str(), -1);
-  if (reply.header_length.has_value()) {
-    const std::string header = absl::StrCat(*reply.header_length);
-    mg_response_header_add(connection, "Inference-Header-Content-Length", header.c_str(), -1);
+// One connection: reads a request, hands it to the frontend, writes its
+// reply, and reads the next (keep-alive), all on the connection's strand.
+template <typename Stream>
+class Session final : public SessionBase, public std::enable_shared_from_this<Session<Stream>> {
+ public:
+  void CloseSoon() override {
+    asio::post(stream_.get_executor(), [self = this->shared_from_this()] { self->Close(); });
   }
-  if (close) mg_response_header_add(connection, "Connection", "close", -1);
-  mg_response_header_send(connection);
-  if (!reply.body.empty()) mg_write(connection, reply.body.data(), reply.body.size());
+
+  Session(std::shared_ptr<HttpServer::Impl> server, Stream stream)
+      : server_(std::move(server)), stream_(std::move(stream)) {
+    buffer_.reserve(kReadBuffer);
+  }
+
+  void Start() {
+    if constexpr (std::is_same_v<Stream, beast::ssl_stream<beast::tcp_stream>>) {
+      beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(30));
+      stream_.async_handshake(asio::ssl::stream_base::server,
+                              [self = this->shared_from_this()](beast::error_code ec) {
+                                if (ec) return self->Close();
+                                self->Read();
+                              });
+    } else {
+      Read();
+    }
+  }
+
+ private:
+  void Read() {
+    parser_.emplace();
+    parser_->body_limit(static_cast<uint64_t>(server_->max_body_bytes));
+    beast::get_lowest_layer(stream_).expires_after(kIdleTimeout);
+    http::async_read(stream_, buffer_, *parser_,
+                     [self = this->shared_from_this()](beast::error_code ec, size_t) {
+                       self->OnRead(ec);
+                     });
+  }
+
+  void OnRead(beast::error_code ec) {
+    if (ec == http::error::body_limit) {
+      close_after_write_ = true;
+      server_->Began();
+      return Write(StatusReply(
+          413, absl::ResourceExhaustedError(absl::StrCat(
+                   "the request body is over ", server_->max_body_bytes,
+                   " bytes, the most this server takes (--max_message_bytes)"))));
+    }
+    if (ec) return Close();  // the client left, timed out or sent junk
+    request_ = parser_->release();
+    server_->Began();
+    if (server_->draining->load()) {
+      close_after_write_ = true;
+      return Write(ErrorReply(absl::UnavailableError(
+          "sparse-server is shutting down; send the request to another replica")));
+    }
+    current_ = HttpRequest();
+    current_.received = std::chrono::steady_clock::now();
+    current_.method = std::string(request_.method_string());
+    current_.path = DecodePath(request_.target());
+    current_.body = request_.body();
+    auto header = request_.find("Inference-Header-Content-Length");
+    if (header != request_.end()) {
+      int64_t length = 0;
+      if (!absl::SimpleAtoi(absl::string_view(header->value().data(), header->value().size()),
+                            &length)) {
+        return Write(ErrorReply(
+            absl::InvalidArgumentError("Inference-Header-Content-Length must be a byte count")));
+      }
+      current_.header_length = length;
+    }
+    // The frontend may answer on a worker: the reply goes back to this
+    // connection's strand.
+    server_->frontend->Handle(current_, [self = this->shared_from_this()](HttpReply reply) {
+      absl::MutexLock lock(&self->server_->mu);
+      if (self->server_->stopped) return;
+      asio::post(self->stream_.get_executor(), [self, reply = std::move(reply)]() mutable {
+        self->Write(std::move(reply));
+      });
+    });
+  }
+
+  void Write(HttpReply reply) {
+    response_ = {};
+    response_.version(request_.version() != 0 ? request_.version() : 11);
+    response_.result(static_cast<unsigned>(reply.status));
+    response_.keep_alive(!close_after_write_ && request_.keep_alive());
+    response_.set(http::field::content_type, reply.content_type);
+    if (reply.header_length.has_value()) {
+      response_.set("Inference-Header-Content-Length", std::to_string(*reply.header_length));
+    }
+    response_.body() = std::move(reply.body);
+    response_.prepare_payload();
+    http::async_write(stream_, response_,
+                      [self = this->shared_from_this()](beast::error_code ec, size_t) {
+                        self->server_->Ended();
+                        if (ec || !self->response_.keep_alive()) return self->Close();
+                        self->Read();
+                      });
+  }
+
+  void Close() {
+    beast::error_code ignored;
+    beast::get_lowest_layer(stream_).socket().shutdown(tcp::socket::shutdown_both, ignored);
+    beast::get_lowest_layer(stream_).close();
+  }
+
+  // Declared first: the server's I/O context outlives the stream.
+  const std::shared_ptr<HttpServer::Impl> server_;
+  Stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  http::request<http::string_body> request_;
+  HttpRequest current_;  // points into request_'s body
+  http::response<http::string_body> response_;
+  bool close_after_write_ = false;
+};
+
+void Accept(std::shared_ptr<HttpServer::Impl> server) {
+  HttpServer::Impl* s = server.get();
+  s->acceptor->async_accept(
+      asio::make_strand(s->io), [server = std::move(server)](beast::error_code ec, tcp::socket socket) {
+        if (ec == asio::error::operation_aborted) return;  // Stop()
+        if (!ec) {
+          socket.set_option(tcp::no_delay(true), ec);
+          if (server->tls.has_value()) {
+            auto session = std::make_shared<Session<beast::ssl_stream<beast::tcp_stream>>>(
+                server, beast::ssl_stream<beast::tcp_stream>(std::move(socket), *server->tls));
+            if (server->Track(session)) session->Start();
+          } else {
+            auto session = std::make_shared<Session<beast::tcp_stream>>(
+                server, beast::tcp_stream(std::move(socket)));
+            if (server->Track(session)) session->Start();
+          }
+        }
+        Accept(std::move(server));
+      });
 }
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const Options& options,
                                                               RestFrontend* frontend) {
-  const bool tls = !options.tls_cert_file.empty();
-  if (tls && mg_check_feature(MG_FEATURES_TLS) == 0) {
-    return absl::FailedPreconditionError("this civetweb was built without TLS");
+  const int threads = options.threads > 0
+                          ? options.threads
+                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  std::unique_ptr<HttpServer> server(new HttpServer(options));
+  auto impl = std::make_shared<Impl>(threads);
+  impl->frontend = frontend;
+  impl->max_body_bytes = options.max_body_bytes;
+  impl->draining = &server->draining_;
+  if (!options.tls_cert_file.empty()) {
+    impl->tls.emplace(asio::ssl::context::tls_server);
+    asio::ssl::context& tls = *impl->tls;
+    beast::error_code ec;
+    tls.set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                        asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+                        asio::ssl::context::no_tlsv1_1,
+                    ec);
+    if (!ec) tls.use_certificate_chain_file(options.tls_cert_file, ec);
+    if (!ec) tls.use_private_key_file(options.tls_key_file, asio::ssl::context::pem, ec);
+    if (!ec && !options.tls_client_ca_file.empty()) {
+      tls.load_verify_file(options.tls_client_ca_file, ec);
+      if (!ec) {
+        tls.set_verify_mode(asio::ssl::verify_peer | asio::ssl::verify_fail_if_no_peer_cert, ec);
+      }
+    }
+    if (ec) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cannot set up TLS on the HTTP port from --tls_cert=", options.tls_cert_file,
+          " --tls_key=", options.tls_key_file,
+          options.tls_client_ca_file.empty() ? "" : " --tls_client_ca=" + options.tls_client_ca_file,
+          ": ", ec.message()));
+    }
   }
-  mg_init_library(tls ? MG_FEATURES_TLS : 0);
-  std::unique_ptr<HttpServer> server(new HttpServer(options, frontend));
-  const std::string ports = absl::StrCat(options.address, ":", options.port, tls ? "s" : "");
-  const std::string threads = absl::StrCat(options.threads);
-  std::vector<const char*> settings = {"listening_ports", ports.c_str(),
-                                       "num_threads", threads.c_str(),
-                                       "enable_keep_alive", "yes",
-                                       "request_timeout_ms", "60000"};
-  if (tls) {
-    // The certificate is set up by InitTls (from the key's own file, as the
-    // gRPC port reads it); civetweb only needs to know TLS is on.
-    settings.insert(settings.end(), {"ssl_protocol_version", "4"});  // TLS 1.2 and newer
+  beast::error_code ec;
+  const asio::ip::address address = asio::ip::make_address(options.address, ec);
+  if (ec) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--address=", options.address, " is not an IP address: ", ec.message()));
   }
-  settings.push_back(nullptr);
-  mg_callbacks callbacks;
-  std::memset(&callbacks, 0, sizeof(callbacks));
-  callbacks.init_ssl = &HttpServer::InitTls;
-  callbacks.log_message = [](const mg_connection*, const char* message) {
-    std::fprintf(stderr, "sparse-server: http: %s\n", message);
-    return 1;
-  };
-  mg_init_data init;
-  std::memset(&init, 0, sizeof(init));
-  init.callbacks = &callbacks;
-  init.user_data = server.get();
-  init.configuration_options = settings.data();
-  mg_error_data error;
-  char error_text[256] = {0};
-  std::memset(&error, 0, sizeof(error));
-  error.text = error_text;
-  error.text_buffer_size = sizeof(error_text);
-  server->context_ = mg_start2(&init, &error);
-  if (server->context_ == nullptr) {
-    return absl::UnavailableError(absl::StrCat("cannot serve HTTP on ", ports, ": ", error_text));
+  tcp::acceptor& acceptor = impl->acceptor.emplace(impl->io);
+  const tcp::endpoint endpoint(address, static_cast<uint16_t>(options.port));
+  acceptor.open(endpoint.protocol(), ec);
+  if (!ec) acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor.bind(endpoint, ec);
+  if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return absl::UnavailableError(absl::StrCat("cannot serve HTTP on ", options.address, ":",
+                                               options.port, ": ", ec.message()));
   }
-  mg_set_request_handler(server->context_, "/", &HttpServer::Handle, server.get());
-  mg_server_port bound[4];
-  const int n = mg_get_server_ports(server->context_, 4, bound);
-  if (n < 1) return absl::InternalError("civetweb reports no listening port");
-  server->port_ = bound[0].port;
+  server->port_ = acceptor.local_endpoint().port();
+  Accept(impl);
+  for (int i = 0; i < threads; ++i) {
+    server->threads_.emplace_back([impl] { impl->io.run(); });
+  }
+  server->shared_ = std::move(impl);
   return server;
 }
 
 HttpServer::~HttpServer() { Stop(); }
 
-void HttpServer::Stop() {
-  if (context_ == nullptr) return;
-  mg_stop(context_);  // waits for the handlers in flight
-  context_ = nullptr;
-}
-
-int HttpServer::InitTls(void* ssl_context, void* self) {
-  const Options& o = static_cast<HttpServer*>(self)->options_;
-  SSL_CTX* ctx = static_cast<SSL_CTX*>(ssl_context);
-  if (SSL_CTX_use_certificate_chain_file(ctx, o.tls_cert_file.c_str()) != 1 ||
-      SSL_CTX_use_PrivateKey_file(ctx, o.tls_key_file.c_str(), SSL_FILETYPE_PEM) != 1 ||
-      SSL_CTX_check_private_key(ctx) != 1) {
-    return -1;
+void HttpServer::Stop(std::chrono::steady_clock::time_point deadline) {
+  if (shared_ == nullptr) return;
+  std::shared_ptr<Impl> impl = std::move(shared_);
+  std::vector<std::weak_ptr<SessionBase>> sessions;
+  {
+    absl::MutexLock lock(&impl->mu);
+    impl->mu.AwaitWithDeadline(absl::Condition(impl.get(), &Impl::Idle),
+                               absl::FromChrono(std::chrono::system_clock::now() +
+                                                (deadline - std::chrono::steady_clock::now())));
+    impl->stopped = true;
+    sessions.swap(impl->sessions);
   }
-  if (!o.tls_client_ca_file.empty()) {
-    if (SSL_CTX_load_verify_locations(ctx, o.tls_client_ca_file.c_str(), nullptr) != 1) return -1;
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
-  }
-  return 1;  // set up here
-}
-
-int HttpServer::Handle(mg_connection* connection, void* self) {
-  return static_cast<HttpServer*>(self)->Serve(connection);
-}
-
-int HttpServer::Serve(mg_connection* connection) {
-  const auto received = std::chrono::steady_clock::now();
-  const mg_request_info* info = mg_get_request_info(connection);
-  if (draining_) {
-    Send(connection,
-         ErrorReply(absl::UnavailableError(
-             "sparse-server is shutting down; send the request to another replica")),
-         /*close=*/true);
-    return 503;
-  }
-  const long long declared = info->content_length;  // -1: not given (chunked)
-  if (declared > options_.max_body_bytes) {
-    Send(connection, TooLarge(absl::StrCat(declared), options_.max_body_bytes), /*close=*/true);
-    return 413;
-  }
-  std::string body;
-  if (declared > 0) body.reserve(static_cast<size_t>(declared));
-  char chunk[16384];
-  for (;;) {
-    const int n = mg_read(connection, chunk, sizeof(chunk));
-    if (n <= 0) break;
-    if (static_cast<int64_t>(body.size()) + n > options_.max_body_bytes) {
-      Send(connection, TooLarge(absl::StrCat("over ", options_.max_body_bytes), options_.max_body_bytes),
-           /*close=*/true);
-      return 413;
+  // Closing the port and every connection ends all pending I/O, so the
+  // threads run out of work and return.
+  asio::post(impl->io, [impl, sessions = std::move(sessions)] {
+    beast::error_code ignored;
+    impl->acceptor->close(ignored);
+    for (const std::weak_ptr<SessionBase>& s : sessions) {
+      if (std::shared_ptr<SessionBase> session = s.lock()) session->CloseSoon();
     }
-    body.append(chunk, n);
-  }
-  HttpRequest request;
-  request.method = info->request_method;
-  request.path = info->local_uri != nullptr ? info->local_uri : "";
-  request.body = body;
-  request.received = received;
-  if (const char* header = mg_get_header(connection, "Inference-Header-Content-Length")) {
-    int64_t length = 0;
-    if (!absl::SimpleAtoi(header, &length)) {
-      Send(connection,
-           ErrorReply(absl::InvalidArgumentError(
-               "Inference-Header-Content-Length must be a byte count")),
-           /*close=*/false);
-      return 400;
-    }
-    request.header_length = length;
-  }
-  // The frontend may answer on a worker: this thread waits for it, then
-  // writes (civetweb's connection belongs to this thread).
-  HttpReply reply;
-  absl::Notification answered;
-  frontend_->Handle(request, [&reply, &answered](HttpReply r) {
-    reply = std::move(r);
-    answered.Notify();
   });
-  answered.WaitForNotification();
-  Send(connection, reply, /*close=*/false);
-  return reply.status;
+  for (std::thread& t : threads_) t.join();
+  threads_.clear();
 }
 
 }  // namespace sparse

@@ -1,28 +1,33 @@
-// HttpServer: the HTTP transport of the REST frontend, on civetweb (the
-// library prometheus-cpp already brings; chosen by measurement against
-// Boost.Beast and libevent's evhttp: docs/benchmarks.md, "HTTP library").
+// HttpServer: the HTTP transport of the REST frontend, on Boost.Beast
+// (Asio, HTTP/1.1 keep-alive, TLS through Asio's OpenSSL stream). Chosen by
+// measurement against civetweb and libevent's evhttp (bench/http_choice,
+// docs/benchmarks.md "HTTP library"): the most requests per second and the
+// least server CPU per request of the three here, and Debian 12's civetweb
+// crashes on its first TLS connection.
 //
-// Each request is read on one of civetweb's worker threads (keep-alive
-// connections, one thread per open connection), handed to the
-// RestFrontend, and its reply written back on that thread once the
-// frontend answers. Bodies over `max_body_bytes` are refused with 413
-// before they are read. With a certificate the port speaks TLS only (and
-// with a client CA it requires a client certificate), as the gRPC port.
-// Drain(): new requests get 503 and "Connection: close"; Stop() waits for
-// the requests in flight and closes the port.
+// `threads` threads run every connection's I/O asynchronously; a request is
+// read whole (a body over `max_body_bytes` gets 413 before it is buffered),
+// handed to the RestFrontend, and its reply written once the frontend
+// answers (from the I/O thread for a request the core runs inline, else
+// from a worker). With a certificate the port speaks TLS 1.2+ only, and with
+// a client CA it requires a client certificate, as the gRPC port.
+// Drain(): new requests get 503 and "Connection: close". Stop() waits (up to
+// its deadline) for the replies in flight, then closes everything.
 #ifndef SPARSE_SERVER_HTTP_SERVER_H_
 #define SPARSE_SERVER_HTTP_SERVER_H_
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <thread>
+#include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "server/rest_frontend.h"
-
-struct mg_context;
-struct mg_connection;
 
 namespace sparse {
 
@@ -30,8 +35,8 @@ class HttpServer {
  public:
   struct Options {
     std::string address = "0.0.0.0";
-    int port = 0;  // 0: a free port (port())
-    int threads = 64;  // civetweb workers: the connections served at once
+    int port = 0;     // 0: a free port (port())
+    int threads = 0;  // I/O threads; 0 = one per core
     int64_t max_body_bytes = int64_t{64} << 20;
     std::string tls_cert_file, tls_key_file, tls_client_ca_file;  // empty: plaintext
   };
@@ -44,19 +49,23 @@ class HttpServer {
   int port() const { return port_; }
   // From now on every request is answered 503 (and its connection closed).
   void Drain() { draining_ = true; }
-  // Waits for the requests in flight, then closes the port. Idempotent.
-  void Stop();
+  // Stops accepting, waits until `deadline` for the requests in flight to
+  // be answered, then closes every connection and joins the threads.
+  // Idempotent.
+  void Stop(std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::now() +
+                                                              std::chrono::seconds(5));
+
+  // Bookkeeping for the sessions (server/http_server.cc).
+  struct Impl;
 
  private:
-  HttpServer(const Options& options, RestFrontend* frontend)
-      : options_(options), frontend_(frontend) {}
-  static int Handle(mg_connection* connection, void* self);
-  static int InitTls(void* ssl_context, void* self);
-  int Serve(mg_connection* connection);
+  explicit HttpServer(const Options& options) : options_(options) {}
 
   const Options options_;
-  RestFrontend* const frontend_;
-  mg_context* context_ = nullptr;
+  // Shared with every connection: the I/O context lives as long as the
+  // last of them (a request still in the core after Stop's deadline).
+  std::shared_ptr<Impl> shared_;
+  std::vector<std::thread> threads_;
   int port_ = 0;
   std::atomic<bool> draining_{false};
 };

@@ -49,9 +49,9 @@ ABSL_FLAG(int64_t, max_message_bytes, 0,
           "Largest request, in bytes, on the gRPC and HTTP ports (larger ones are refused before "
           "they are buffered); 0 = enough for --max_batch_rows rows of the widest loaded model "
           "plus 1 MiB, at least 64 MiB.");
-ABSL_FLAG(int, http_threads, 64,
-          "HTTP connections served at once (civetweb worker threads; each open keep-alive "
-          "connection holds one).");
+ABSL_FLAG(int, http_threads, 0,
+          "Threads that run the HTTP port's connections (asynchronous I/O, and the requests "
+          "cheap enough to answer inline); 0 = one per core.");
 ABSL_FLAG(double, poll_seconds, 0,
           "Rescan --model_repository this often: new versions load in the background and serve "
           "once validated and warmed up, removed ones unload, a changed config.pbtxt applies. "

@@ -72,11 +72,8 @@ absl::Status ServerOptions::Validate() const {
        "-1..65535 (-1 = off, 0 = a free port)", metrics_port);
   need(http_port >= -1 && http_port <= 65535, "http_port",
        "-1..65535 (-1 = off, 0 = a free port)", http_port);
-  need(http_threads >= 1 && http_threads <= 4096, "http_threads", "1..4096", http_threads);
-  // Debian 12's civetweb crashes on its first TLS connection (its OpenSSL
-  // 1.1 calls, loaded from OpenSSL 3): no HTTPS until the transport moves.
-  need(http_port < 0 || tls_cert_file.empty(), "http_port", "-1 with --tls_cert (HTTPS is not served yet)",
-       http_port);
+  need(http_threads >= 0 && http_threads <= 1024, "http_threads", "0..1024 (0 = one per core)",
+       http_threads);
   need(poll_seconds >= 0 && poll_seconds <= 86400, "poll_seconds",
        "seconds in 0..86400 (0 = load once)", poll_seconds);
   need(drain_seconds >= 0 && drain_seconds <= 86400, "drain_seconds", "seconds in 0..86400",

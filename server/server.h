@@ -61,7 +61,7 @@ struct ServerOptions {
   // 0 = a free port (see SparseServer::http_port). TLS, the message limit
   // and the drain are the gRPC port's.
   int http_port = -1;
-  int http_threads = 64;  // connections the HTTP port serves at once
+  int http_threads = 0;  // the HTTP port's I/O threads; 0 = one per core
   // Rescan the repository this often (new versions, removed ones, changed
   // config.pbtxt); 0 = load once at start.
   double poll_seconds = 0;

@@ -159,7 +159,7 @@ with tempfile.TemporaryDirectory() as tmp:
              '"outputs":[{"name":"probabilities"}]}', 400, "unknown output"),
             ("too many values", "/v2/models/m/infer", '{"inputs":[{"name":"input","shape":[1,8],"datatype":"FP32",'
              '"data":[' + ",".join(["0"] * 20000) + ']}]}', 400, "more than"),
-            ("a body over --max_message_bytes", "/v2/models/m/infer", "x" * (1 << 21), 413, "at most"),
+            ("a body over --max_message_bytes", "/v2/models/m/infer", "x" * (1 << 21), 413, "the most this server takes"),
             ("an unknown path", "/v3/models", "", 404, "no endpoint"),
         ]
         for label, path, data, code, text in bad:

@@ -89,9 +89,10 @@ with tempfile.TemporaryDirectory() as tmp:
           "a non-PEM --tls_key stops the server: %s %s" % (bad.returncode, err))
 
     server = start_server(repo, "--tls_cert=" + server_cert, "--tls_key=" + server_key,
-                          "--tls_client_ca=" + ca, "--health_port=0")
+                          "--tls_client_ca=" + ca, "--health_port=0", "--http_port=0")
     try:
         port, health_port = int(server.stdout.readline()), int(server.stdout.readline())
+        http_port = int(server.stdout.readline())
         target = "--target=127.0.0.1:%d" % port
         good = ["--tls_ca=" + ca, "--tls_cert=" + client_cert, "--tls_key=" + client_key]
         short = ["--timeout_ms=5000"]
@@ -117,6 +118,23 @@ with tempfile.TemporaryDirectory() as tmp:
             refused = run([CLI, target] + short + creds + ["predict", "--model=m", "--inputs=0.1,0.2,0.3,0.4"])
             check(refused.returncode == 1 and "UNAVAILABLE" in refused.stderr,
                   "%s is refused: %s %s" % (label, refused.returncode, refused.stderr))
+
+        # The REST port has the same TLS: https with a client certificate,
+        # and nothing without one.
+        url = "https://127.0.0.1:%d/v2/models/m/infer" % http_port
+        body = '{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[0.1,0.2,0.3,0.4]}]}'
+        rest = run(["curl", "-s", "-w", "\n%{http_code}", "--cacert", ca, "--cert", client_cert, "--key",
+                    client_key, "-X", "POST", "-d", body, url])
+        check(rest.returncode == 0 and rest.stdout.endswith("\n200") and '"outputs"' in rest.stdout,
+              "REST infer over mutual TLS: %s %s" % (rest.stdout, rest.stderr))
+        for label, creds in (("plain http", None), ("https without a client certificate", ["--cacert", ca]),
+                             ("a client certificate from another CA",
+                              ["--cacert", ca, "--cert", rogue_client_cert, "--key", rogue_client_key])):
+            target_url = url.replace("https:", "http:") if creds is None else url
+            refused = run(["curl", "-s", "-w", "\n%{http_code}", "-X", "POST", "-d", body, target_url]
+                          + (creds or []))
+            check(not refused.stdout.endswith("\n200"),
+                  "REST: %s is refused: %s %s" % (label, refused.returncode, refused.stdout))
 
         health_target = "--target=127.0.0.1:%d" % health_port
         live = run([CLI, health_target, "health"])
