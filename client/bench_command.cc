@@ -8,6 +8,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <random>
 
 #include "absl/strings/match.h"
@@ -15,7 +16,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/notification.h"
 #include "client/client.h"
+#include "client/rest_client.h"
 #include "client/svg_plot.h"
 #include "common/status_macros.h"  // header-only macros
 #include "nlohmann/json.hpp"
@@ -32,11 +35,87 @@ constexpr int kInputPool = 64;  // distinct request bodies cycled through
 // A path's requests and the client that sends them, alive for the run.
 struct PathSetup {
   std::string name;
+  std::string protocol = "native";
   SparseClient* client = nullptr;
-  std::vector<PredictRequest> predict;  // sparse / dense
-  sparse::v1::EchoRequest echo;         // echo / bare_echo
+  RestClient* rest = nullptr;
+  std::vector<PredictRequest> predict;  // sparse / dense, native
+  std::vector<inference::ModelInferRequest> infer;  // oip
+  std::vector<std::string> bodies;  // rest, rest_binary
+  int64_t header_length = -1;       // rest_binary: the JSON's bytes in each body
+  std::string rest_path;            // /v2/models/{m}/versions/{v}/infer
+  sparse::v1::EchoRequest echo;     // echo / bare_echo
   bool dense = false;
 };
+
+// The cost an OIP or REST answer reports in its parameters.
+ServerSide FromParameters(int64_t flops, int64_t queue_ns, int64_t compute_ns, int64_t total_ns) {
+  ServerSide side;
+  side.flops = flops;
+  side.queue_ns = queue_ns;
+  side.compute_ns = compute_ns;  // route + compute: the protocol reports them together
+  side.total_ns = total_ns;
+  return side;
+}
+
+LoadPath OipLoadPath(PathSetup* setup) {
+  LoadPath path;
+  path.name = setup->name;
+  path.issue = [setup](int64_t i, std::function<void(absl::Status, ServerSide)> done) {
+    setup->client->ModelInferAsync(
+        &setup->infer[i % setup->infer.size()],
+        [done = std::move(done)](absl::Status s, const inference::ModelInferResponse& r) {
+          if (!s.ok()) return done(s, {});
+          auto param = [&r](const char* key) {
+            auto it = r.parameters().find(key);
+            return it == r.parameters().end() ? int64_t{0} : it->second.int64_param();
+          };
+          done(s, FromParameters(param("flops"), param("queue_ns"), param("compute_ns"),
+                                 param("total_ns")));
+        });
+  };
+  return path;
+}
+
+// The cost in a REST answer's JSON (its first header_length bytes when
+// binary outputs follow), or the error it carries.
+absl::StatusOr<ServerSide> FromRestReply(const RestReply& reply) {
+  const absl::string_view text =
+      reply.header_length.has_value()
+          ? absl::string_view(reply.body).substr(0, static_cast<size_t>(*reply.header_length))
+          : absl::string_view(reply.body);
+  const Json body = Json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  if (reply.status != 200) {
+    const std::string error = body.is_object() && body.contains("error") && body["error"].is_string()
+                                  ? body["error"].get<std::string>()
+                                  : std::string(text.substr(0, 200));
+    return absl::UnavailableError(absl::StrCat("HTTP ", reply.status, ": ", error));
+  }
+  if (!body.is_object() || !body.contains("parameters")) {
+    return absl::InternalError("the REST answer has no parameters");
+  }
+  const Json& p = body["parameters"];
+  auto param = [&p](const char* key) {
+    return p.contains(key) && p[key].is_number_integer() ? p[key].get<int64_t>() : int64_t{0};
+  };
+  return FromParameters(param("flops"), param("queue_ns"), param("compute_ns"), param("total_ns"));
+}
+
+LoadPath RestLoadPath(PathSetup* setup) {
+  LoadPath path;
+  path.name = setup->name;
+  path.issue = [setup](int64_t i, std::function<void(absl::Status, ServerSide)> done) {
+    std::optional<int64_t> header;
+    if (setup->header_length >= 0) header = setup->header_length;
+    setup->rest->PostAsync(setup->rest_path, &setup->bodies[i % setup->bodies.size()], header,
+                           [done = std::move(done)](absl::Status s, RestReply reply) {
+                             if (!s.ok()) return done(s, {});
+                             absl::StatusOr<ServerSide> side = FromRestReply(reply);
+                             if (!side.ok()) return done(side.status(), {});
+                             done(absl::OkStatus(), *side);
+                           });
+  };
+  return path;
+}
 
 // The server's process CPU, from GetServerStats.
 std::function<absl::StatusOr<int64_t>()> ServerCpu(SparseClient* client) {
@@ -47,6 +126,11 @@ std::function<absl::StatusOr<int64_t>()> ServerCpu(SparseClient* client) {
 }
 
 LoadPath MakeLoadPath(PathSetup* setup) {
+  if (setup->protocol == "oip" || setup->protocol == "rest" || setup->protocol == "rest_binary") {
+    LoadPath path = setup->protocol == "oip" ? OipLoadPath(setup) : RestLoadPath(setup);
+    path.server_cpu_ns = ServerCpu(setup->client);  // the same process serves every port
+    return path;
+  }
   if (!setup->predict.empty()) {
     return PredictLoadPath(setup->name, setup->client, &setup->predict, setup->dense);
   }
@@ -140,11 +224,20 @@ std::string Csv(const std::string& model, int64_t batch, const std::vector<Level
 std::string Plot(const BenchOptions& o, const std::vector<LevelResult>& results) {
   static const std::map<std::string, std::string> kColors = {
       {"sparse", "#1f77b4"}, {"dense", "#d62728"}, {"echo", "#2ca02c"}, {"bare_echo", "#7f7f7f"}};
+  // Every path and protocol measured, in the order they ran.
+  std::vector<std::string> paths;
+  for (const LevelResult& r : results) {
+    if (std::find(paths.begin(), paths.end(), r.path) == paths.end()) paths.push_back(r.path);
+  }
+  static const char* const kProtocolColors[] = {"#9467bd", "#8c564b", "#e377c2", "#17becf",
+                                                "#bcbd22", "#ff7f0e"};
+  size_t other = 0;
   std::vector<PlotSeries> series;
-  for (const std::string& path : o.paths) {
+  for (const std::string& path : paths) {
     const auto color = kColors.find(path);
-    PlotSeries p50{.name = path + " p50", .color = color == kColors.end() ? "black" : color->second,
-                   .dashed = false, .points = {}};
+    const std::string colour =
+        color != kColors.end() ? color->second : kProtocolColors[other++ % std::size(kProtocolColors)];
+    PlotSeries p50{.name = path + " p50", .color = colour, .dashed = false, .points = {}};
     PlotSeries p99 = p50;
     p99.name = path + " p99";
     p99.dashed = true;
@@ -179,13 +272,16 @@ void PrintTable(const BenchOptions& o, const std::vector<LevelResult>& results) 
               closed ? "" : (o.poisson ? " (poisson arrivals)" : " (constant rate)"),
               o.schedule.window_seconds, o.schedule.warmup_seconds, o.schedule.stable_windows,
               o.schedule.stability * 100);
-  std::printf("  %-8s %-9s %9s %8s %8s %8s %9s %7s %10s %13s %16s %14s %s\n",
-              closed ? "inflight" : "offered", "path", "req/s", "p50 us", "p90 us", "p99 us",
+  // The path column fits the longest name (sparse@rest_binary with --protocols).
+  int width = 9;
+  for (const LevelResult& r : results) width = std::max(width, static_cast<int>(r.path.size()));
+  std::printf("  %-8s %-*s %9s %8s %8s %8s %9s %7s %10s %13s %16s %14s %s\n",
+              closed ? "inflight" : "offered", width, "path", "req/s", "p50 us", "p90 us", "p99 us",
               "p99.9 us", "errors", "FLOPs/req", "server us", "queue/compute", "CPU us/req",
               "stable");
   for (const LevelResult& r : results) {
-    std::printf("  %-8s %-9s %9.0f %8.1f %8.1f %8.1f %9.1f %7lld %10lld %13.1f %7.1f/%-8.1f %6s/%-7s %s\n",
-                Level(r).c_str(), r.path.c_str(), r.throughput, r.p50_us, r.p90_us, r.p99_us,
+    std::printf("  %-8s %-*s %9.0f %8.1f %8.1f %8.1f %9.1f %7lld %10lld %13.1f %7.1f/%-8.1f %6s/%-7s %s\n",
+                Level(r).c_str(), width, r.path.c_str(), r.throughput, r.p50_us, r.p90_us, r.p99_us,
                 r.p999_us, static_cast<long long>(r.errors),
                 static_cast<long long>(r.flops_per_request), r.server_us, r.queue_us,
                 r.route_us + r.compute_us, Cpu(r.client_cpu_us_per_request).c_str(),
@@ -218,6 +314,20 @@ absl::Status Check(const BenchOptions& o) {
       return absl::InvalidArgumentError("--paths=bare_echo needs --echo_target=host:port");
     }
   }
+  if (o.protocols.empty()) return absl::InvalidArgumentError("--protocols is empty");
+  for (const std::string& p : o.protocols) {
+    if (p != "native" && p != "oip" && p != "rest" && p != "rest_binary") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--protocols: unknown protocol '", p, "' (expected native, oip, rest or rest_binary)"));
+    }
+    if (absl::StartsWith(p, "rest") && o.http_target.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--protocols=", p, " needs --http_target=host:port (sparse-server's --http_port)"));
+    }
+    if (absl::StartsWith(p, "rest") && o.tls.enabled) {
+      return absl::InvalidArgumentError("the REST protocols are benchmarked in plaintext only");
+    }
+  }
   if (o.mode == Load::Mode::kClosed && o.concurrency.empty()) {
     return absl::InvalidArgumentError("--concurrency needs at least one level, e.g. 1,4,16");
   }
@@ -242,7 +352,7 @@ absl::Status Check(const BenchOptions& o) {
   if (o.mode == Load::Mode::kOpen && o.rates.empty()) {
     return absl::InvalidArgumentError("--mode=open needs --rate, e.g. --rate=1000,2000");
   }
-  for (const std::string& t : {o.target, o.echo_target}) {
+  for (const std::string& t : {o.target, o.echo_target, o.http_target}) {
     if (!t.empty() && !o.allow_remote && !IsLoopbackTarget(t)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "bench drives load at ", t, ", which is not on this machine; pass --allow_remote to "
@@ -301,34 +411,88 @@ absl::Status RunBench(const BenchOptions& o) {
   std::unique_ptr<SparseClient> bare;
   if (!o.echo_target.empty()) bare = std::make_unique<SparseClient>(o.echo_target, o.timeout);
 
-  // Request bodies: kInputPool random batches in [-1, 1], the same for every
-  // path; Echo carries as many bytes as a Predict request of this batch.
-  std::mt19937_64 rng(1);
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  std::vector<PathSetup> setups(o.paths.size());
-  for (size_t i = 0; i < o.paths.size(); ++i) {
-    PathSetup& s = setups[i];
-    s.name = o.paths[i];
-    s.client = s.name == "bare_echo" ? bare.get() : &client;
-    s.echo.set_payload(std::string(static_cast<size_t>(o.batch * d * sizeof(float)), 'x'));
-    if (s.name == "sparse" || s.name == "dense") {
-      s.dense = s.name == "dense";
-      rng.seed(1);
-      for (int k = 0; k < kInputPool; ++k) {
-        PredictRequest r;
-        r.set_model(o.model);
-        r.set_version(o.version);
-        r.set_rows(o.batch);
-        for (int64_t j = 0; j < o.batch * d; ++j) r.add_inputs(u(rng));
-        s.predict.push_back(std::move(r));
-      }
+  std::unique_ptr<RestClient> rest;
+  for (const std::string& p : o.protocols) {
+    if (absl::StartsWith(p, "rest") && rest == nullptr) {
+      ASSIGN_OR_RETURN(rest, RestClient::Create(o.http_target, o.timeout));
     }
   }
-  // One request per path first: a wrong model or a missing dense twin fails
-  // here with the server's message, not as a table of errors.
+
+  // Request bodies: kInputPool random batches in [-1, 1], the same for every
+  // path and protocol; Echo carries as many bytes as a Predict request of
+  // this batch.
+  std::mt19937_64 rng(1);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<PathSetup> setups;
+  for (const std::string& name : o.paths) {
+    const bool model_path = name == "sparse" || name == "dense";
+    for (const std::string& protocol : model_path ? o.protocols : std::vector<std::string>{"native"}) {
+      PathSetup s;
+      s.name = protocol == "native" ? name : absl::StrCat(name, "@", protocol);
+      s.protocol = protocol;
+      s.client = name == "bare_echo" ? bare.get() : &client;
+      s.rest = rest.get();
+      s.echo.set_payload(std::string(static_cast<size_t>(o.batch * d * sizeof(float)), 'x'));
+      if (model_path) {
+        s.dense = name == "dense";
+        const std::string model = s.dense ? o.model + ".dense" : o.model;
+        const std::string version = o.version > 0 ? absl::StrCat(o.version) : "";
+        s.rest_path = absl::StrCat("/v2/models/", model,
+                                   version.empty() ? "" : absl::StrCat("/versions/", version), "/infer");
+        rng.seed(1);
+        for (int k = 0; k < kInputPool; ++k) {
+          std::vector<float> x(static_cast<size_t>(o.batch * d));
+          for (float& v : x) v = u(rng);
+          const std::string bytes(reinterpret_cast<const char*>(x.data()), x.size() * sizeof(float));
+          if (protocol == "native") {
+            PredictRequest r;
+            r.set_model(o.model);
+            r.set_version(o.version);
+            r.set_rows(o.batch);
+            r.mutable_inputs()->Add(x.begin(), x.end());
+            s.predict.push_back(std::move(r));
+          } else if (protocol == "oip") {
+            inference::ModelInferRequest r;
+            r.set_model_name(model);
+            r.set_model_version(version);
+            auto* input = r.add_inputs();
+            input->set_name("input");
+            input->set_datatype("FP32");
+            input->add_shape(o.batch);
+            input->add_shape(d);
+            r.add_raw_input_contents(bytes);
+            s.infer.push_back(std::move(r));
+          } else if (protocol == "rest") {
+            const Json body = {{"inputs", {{{"name", "input"}, {"shape", {o.batch, d}},
+                                            {"datatype", "FP32"}, {"data", x}}}}};
+            s.bodies.push_back(body.dump());
+          } else {  // rest_binary
+            const Json header = {
+                {"inputs", {{{"name", "input"}, {"shape", {o.batch, d}}, {"datatype", "FP32"},
+                             {"parameters", {{"binary_data_size", bytes.size()}}}}}},
+                {"outputs", {{{"name", "output"}, {"parameters", {{"binary_data", true}}}}}}};
+            const std::string text = header.dump();
+            s.header_length = static_cast<int64_t>(text.size());
+            s.bodies.push_back(text + bytes);
+          }
+        }
+      }
+      setups.push_back(std::move(s));
+    }
+  }
+  // One request per path first: a wrong model, a missing dense twin or a
+  // wrong port fails here with the server's message, not as a table of
+  // errors.
   for (PathSetup& s : setups) {
     absl::Status first;
-    if (s.predict.empty()) {
+    if (s.protocol != "native") {
+      absl::Notification answered;
+      MakeLoadPath(&s).issue(0, [&](absl::Status st, ServerSide) {
+        first = std::move(st);
+        answered.Notify();
+      });
+      answered.WaitForNotification();
+    } else if (s.predict.empty()) {
       first = s.client->Echo(s.echo.payload()).status();
     } else {
       std::vector<float> x(s.predict[0].inputs().begin(), s.predict[0].inputs().end());

@@ -1,8 +1,10 @@
 // `sparse-cli bench`: the sparse and dense endpoints of one model (and,
 // when asked, Echo on the same server and a bare gRPC echo server) driven by
-// the load generator at every requested load level, alternating paths at
-// each level, then printed side by side, and optionally written as CSV,
-// JSON and an SVG latency-vs-throughput plot.
+// the load generator at every requested load level, over each requested
+// protocol (native gRPC, the Open Inference Protocol on gRPC, REST with JSON
+// and with binary tensors), alternating paths at each level, then printed
+// side by side, and optionally written as CSV, JSON and an SVG
+// latency-vs-throughput plot.
 #ifndef SPARSE_CLIENT_BENCH_COMMAND_H_
 #define SPARSE_CLIENT_BENCH_COMMAND_H_
 
@@ -24,6 +26,11 @@ struct BenchOptions {
   std::string model;
   int64_t version = 0;
   std::vector<std::string> paths;  // sparse, dense, echo, bare_echo
+  // native (sparse.v1), oip (ModelInfer, raw tensors), rest (KServe JSON),
+  // rest_binary (Triton's binary tensor data); sparse and dense run on each,
+  // named "sparse@oip" and so on ("sparse" alone is native).
+  std::vector<std::string> protocols = {"native"};
+  std::string http_target;  // sparse-server's --http_port, host:port (rest*)
   int64_t batch = 1;
   Load::Mode mode = Load::Mode::kClosed;
   std::vector<int> concurrency;  // closed loop levels

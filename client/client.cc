@@ -32,6 +32,7 @@ SparseClient::SparseClient(const std::string& target, std::chrono::milliseconds 
       timeout_(timeout),
       channel_(std::move(channel)),
       stub_(sparse::v1::SparseInference::NewStub(channel_)),
+      oip_(inference::GRPCInferenceService::NewStub(channel_)),
       health_(grpc::health::v1::Health::NewStub(channel_)) {}
 
 absl::StatusOr<std::unique_ptr<SparseClient>> SparseClient::Create(
@@ -130,6 +131,26 @@ void SparseClient::PredictAsync(
   } else {
     stub_->async()->Predict(&state->context, request, &state->response, std::move(finish));
   }
+}
+
+void SparseClient::ModelInferAsync(
+    const inference::ModelInferRequest* request,
+    std::function<void(absl::Status, const inference::ModelInferResponse&)> done) {
+  struct State {
+    grpc::ClientContext context;
+    inference::ModelInferResponse response;
+    std::function<void(absl::Status, const inference::ModelInferResponse&)> done;
+  };
+  auto* state = new State;
+  state->done = std::move(done);
+  state->context.set_deadline(std::chrono::system_clock::now() + timeout_);
+  AsyncStarted();
+  oip_->async()->ModelInfer(&state->context, request, &state->response,
+                            [this, state](grpc::Status s) {
+                              state->done(FromGrpc(s, target_), state->response);
+                              delete state;
+                              AsyncFinished();
+                            });
 }
 
 void SparseClient::EchoAsync(const sparse::v1::EchoRequest* request,

@@ -16,6 +16,7 @@
 #include "absl/synchronization/mutex.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/channel.h"
+#include "inference/grpc_service.grpc.pb.h"
 #include "sparse/v1/inference.grpc.pb.h"
 
 namespace sparse {
@@ -60,6 +61,9 @@ class SparseClient {
   void PredictAsync(const sparse::v1::PredictRequest* request, bool dense,
                     std::function<void(absl::Status, const sparse::v1::PredictResponse&)> done);
   void EchoAsync(const sparse::v1::EchoRequest* request, std::function<void(absl::Status)> done);
+  // Asynchronous ModelInfer on the Open Inference Protocol, as PredictAsync.
+  void ModelInferAsync(const inference::ModelInferRequest* request,
+                       std::function<void(absl::Status, const inference::ModelInferResponse&)> done);
   // The server process's CPU time (UNIMPLEMENTED from a server without it).
   absl::StatusOr<sparse::v1::ServerStats> GetServerStats();
   absl::StatusOr<sparse::v1::ListModelsResponse> ListModels();
@@ -83,6 +87,7 @@ class SparseClient {
   int64_t async_in_flight_ ABSL_GUARDED_BY(async_mu_) = 0;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<sparse::v1::SparseInference::Stub> stub_;
+  std::unique_ptr<inference::GRPCInferenceService::Stub> oip_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
 };
 

@@ -62,6 +62,14 @@ ABSL_FLAG(std::string, tls_server_name, "",
 ABSL_FLAG(std::string, paths, "sparse,dense",
           "bench: paths to drive, alternating at every load level: sparse (Predict), dense "
           "(PredictDense), echo (this server without a model), bare_echo (--echo_target).");
+ABSL_FLAG(std::string, protocols, "native",
+          "bench: protocols the sparse and dense paths are driven over, in one run: native "
+          "(sparse.v1 Predict), oip (Open Inference Protocol ModelInfer on gRPC, raw tensors), "
+          "rest (KServe v2 JSON on --http_target), rest_binary (REST with Triton's binary "
+          "tensors). Paths other than native are named like sparse@oip.");
+ABSL_FLAG(std::string, http_target, "",
+          "bench: sparse-server's REST port (--http_port) as host:port, for --protocols=rest,"
+          "rest_binary.");
 ABSL_FLAG(std::string, echo_target, "",
           "bench: also measure a bare gRPC echo server at host:port (build/bench/echo_server), "
           "the transport floor (adds bare_echo to --paths).");
@@ -323,6 +331,8 @@ absl::Status Bench() {
   o.model = absl::GetFlag(FLAGS_model);
   o.version = absl::GetFlag(FLAGS_version);
   o.paths = absl::StrSplit(absl::GetFlag(FLAGS_paths), ',', absl::SkipWhitespace());
+  o.protocols = absl::StrSplit(absl::GetFlag(FLAGS_protocols), ',', absl::SkipWhitespace());
+  o.http_target = absl::GetFlag(FLAGS_http_target);
   if (!o.echo_target.empty() && std::find(o.paths.begin(), o.paths.end(), "bare_echo") == o.paths.end()) {
     o.paths.push_back("bare_echo");
   }

@@ -328,6 +328,7 @@ void ToModelInferResponse(const inference::ModelInferRequest& request, const Inf
   params["dense_flops"] = Int64Param(answer.cost.dense_flops);
   params["compute_ns"] = Int64Param(answer.cost.route_ns + answer.cost.compute_ns);
   params["queue_ns"] = Int64Param(answer.cost.queue_ns);
+  params["total_ns"] = Int64Param(answer.cost.total_ns);
 }
 
 OpenInference::OpenInference(const ModelRepository* repository, InferenceCore* core,

@@ -11,7 +11,7 @@
 //   raw_input_contents[0] (little-endian floats), and answers one FP32 output
 //   tensor "output" of shape [rows, o] in raw_output_contents[0]. The
 //   request's cost goes into the response parameters: flops, dense_flops,
-//   compute_ns (route + compute), queue_ns.
+//   compute_ns (route + compute), queue_ns, total_ns (arrival to answer).
 // - Versions are decimal strings; empty means the newest loaded.
 // - ModelConfig describes a version as a Triton ModelConfig; ModelStatistics
 //   reports the core's per-version statistics (server/core/statistics.h);

@@ -130,6 +130,25 @@ with tempfile.TemporaryDirectory() as tmp:
             check(head is not None and head["parameters"]["flops"] == want.cost.flops,
                   "binary infer %s: the cost in parameters" % name)
 
+        # sparse-cli bench over every protocol in one run: no errors, and each
+        # protocol reports the same FLOPs per request.
+        bench = subprocess.run(
+            [os.path.join(build, "client", "sparse-cli"), "--target=127.0.0.1:%d" % grpc_port, "bench",
+             "--model=m", "--paths=sparse,dense", "--protocols=native,oip,rest,rest_binary",
+             "--http_target=127.0.0.1:%d" % http, "--concurrency=4", "--warmup_seconds=0.1",
+             "--window_seconds=0.2", "--stable_windows=1", "--max_windows=1", "--json", "--quiet"],
+            capture_output=True, text=True)
+        results = json.loads(bench.stdout)["results"] if bench.returncode == 0 else []
+        check(sorted(r["path"] for r in results) == sorted(
+            p + s for p in ("sparse", "dense") for s in ("", "@oip", "@rest", "@rest_binary")),
+            "bench --protocols runs every path: %s %s" % (bench.stdout[:300], bench.stderr[-500:]))
+        check(all(r["errors"] == 0 and r["requests"] > 0 for r in results), "bench: no errors: %s" % [
+            (r["path"], r["errors"], r.get("first_error")) for r in results])
+        for p in ("sparse", "dense"):
+            flops = {r["flops_per_request"] for r in results if r["path"].split("@")[0] == p}
+            check(len(flops) == 1 and flops != {0}, "bench: %s costs the same FLOPs on every protocol: %s" % (
+                p, flops))
+
         status, _, body = curl(http, "GET", "/v2/models/m/config")
         config = as_json(body) or {}
         check(status == 200 and config.get("max_batch_size", 0) > 0 and
