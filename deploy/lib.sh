@@ -71,6 +71,9 @@ start_server() {
   done
   [[ -s "$port_file" ]] || { echo "sparse-server did not start within 60 s:" >&2; cat "$log" >&2; exit 1; }
   target="127.0.0.1:$(head -n 1 "$port_file")"
+  # Every port it printed, in order (--port, then --health_port,
+  # --metrics_port and --http_port when given).
+  mapfile -t server_ports <"$port_file"
   rm -f "$port_file"
   "$CLI" --target="$target" health >/dev/null || { echo "sparse-server is not serving" >&2; exit 1; }
 }

@@ -23,17 +23,26 @@ using tcp = asio::ip::tcp;
 class SessionBase {
  public:
   virtual ~SessionBase() = default;
-  virtual void CloseSoon() = 0;  // on the connection's strand
+  virtual void CloseSoon() = 0;  // on the connection's thread
 };
 
 struct HttpServer::Impl {
-  explicit Impl(int threads) : io(threads) {}
+  // One I/O context per thread, each run by its thread alone: a connection
+  // lives on one of them, so its handlers need no strand and no lock, and
+  // an answer computed inline is written without waking another thread.
+  explicit Impl(int threads) {
+    for (int i = 0; i < threads; ++i) {
+      ios.push_back(std::make_unique<asio::io_context>(1));
+      work.emplace_back(ios.back()->get_executor());
+    }
+  }
+  asio::io_context& NextIo() { return *ios[next++ % ios.size()]; }
 
   // Registers a new connection; false once Stop() has begun (then the
   // caller drops it).
   bool Track(std::weak_ptr<SessionBase> session) {
     absl::MutexLock lock(&mu);
-    if (stopped) return false;
+    if (stopped.load()) return false;
     sessions.erase(std::remove_if(sessions.begin(), sessions.end(),
                                   [](const std::weak_ptr<SessionBase>& s) { return s.expired(); }),
                    sessions.end());
@@ -42,28 +51,26 @@ struct HttpServer::Impl {
   }
 
   // A request started (read whole, handed to the frontend) and its end
-  // (reply written or connection gone).
-  void Began() {
-    absl::MutexLock lock(&mu);
-    ++in_flight;
-  }
-  void Ended() {
-    absl::MutexLock lock(&mu);
-    --in_flight;
-  }
-  bool Idle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return in_flight == 0; }
+  // (reply written or connection gone). Atomics, not a lock: every request
+  // passes here twice.
+  void Began() { in_flight.fetch_add(1, std::memory_order_relaxed); }
+  void Ended() { in_flight.fetch_sub(1, std::memory_order_release); }
 
-  asio::io_context io;
+  std::vector<std::unique_ptr<asio::io_context>> ios;
+  // Keeps each thread running while it has no connection yet.
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> work;
+  std::atomic<size_t> next{0};
   std::optional<asio::ssl::context> tls;
   std::optional<tcp::acceptor> acceptor;
   RestFrontend* frontend = nullptr;
   int64_t max_body_bytes = 0;
   const std::atomic<bool>* draining = nullptr;
-  absl::Mutex mu;
-  int64_t in_flight ABSL_GUARDED_BY(mu) = 0;
-  // Set by Stop(): a reply that comes later is dropped, not posted to the
-  // I/O context nobody runs any more.
-  bool stopped ABSL_GUARDED_BY(mu) = false;
+  std::atomic<int64_t> in_flight{0};
+  // Set by Stop() once the requests in flight are answered (or its deadline
+  // passed): a reply that comes later is dropped, not handed to an I/O
+  // context nobody runs any more.
+  std::atomic<bool> stopped{false};
+  absl::Mutex mu;  // the connections, for Stop()
   std::vector<std::weak_ptr<SessionBase>> sessions ABSL_GUARDED_BY(mu);
 };
 
@@ -98,7 +105,7 @@ HttpReply StatusReply(int status, const absl::Status& error) {
 }
 
 // One connection: reads a request, hands it to the frontend, writes its
-// reply, and reads the next (keep-alive), all on the connection's strand.
+// reply, and reads the next (keep-alive), all on the connection's thread.
 template <typename Stream>
 class Session final : public SessionBase, public std::enable_shared_from_this<Session<Stream>> {
  public:
@@ -168,11 +175,10 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
       current_.header_length = length;
     }
     // The frontend may answer on a worker: the reply goes back to this
-    // connection's strand.
+    // connection's thread (at once when it answered here, inline).
     server_->frontend->Handle(current_, [self = this->shared_from_this()](HttpReply reply) {
-      absl::MutexLock lock(&self->server_->mu);
-      if (self->server_->stopped) return;
-      asio::post(self->stream_.get_executor(), [self, reply = std::move(reply)]() mutable {
+      if (self->server_->stopped.load(std::memory_order_acquire)) return;
+      asio::dispatch(self->stream_.get_executor(), [self, reply = std::move(reply)]() mutable {
         self->Write(std::move(reply));
       });
     });
@@ -217,7 +223,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
 void Accept(std::shared_ptr<HttpServer::Impl> server) {
   HttpServer::Impl* s = server.get();
   s->acceptor->async_accept(
-      asio::make_strand(s->io), [server = std::move(server)](beast::error_code ec, tcp::socket socket) {
+      s->NextIo(), [server = std::move(server)](beast::error_code ec, tcp::socket socket) {
         if (ec == asio::error::operation_aborted) return;  // Stop()
         if (!ec) {
           socket.set_option(tcp::no_delay(true), ec);
@@ -277,7 +283,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const Options& opt
     return absl::InvalidArgumentError(
         absl::StrCat("--address=", options.address, " is not an IP address: ", ec.message()));
   }
-  tcp::acceptor& acceptor = impl->acceptor.emplace(impl->io);
+  tcp::acceptor& acceptor = impl->acceptor.emplace(*impl->ios[0]);
   const tcp::endpoint endpoint(address, static_cast<uint16_t>(options.port));
   acceptor.open(endpoint.protocol(), ec);
   if (!ec) acceptor.set_option(asio::socket_base::reuse_address(true), ec);
@@ -290,7 +296,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const Options& opt
   server->port_ = acceptor.local_endpoint().port();
   Accept(impl);
   for (int i = 0; i < threads; ++i) {
-    server->threads_.emplace_back([impl] { impl->io.run(); });
+    server->threads_.emplace_back([impl, i] { impl->ios[i]->run(); });
   }
   server->shared_ = std::move(impl);
   return server;
@@ -301,24 +307,28 @@ HttpServer::~HttpServer() { Stop(); }
 void HttpServer::Stop(std::chrono::steady_clock::time_point deadline) {
   if (shared_ == nullptr) return;
   std::shared_ptr<Impl> impl = std::move(shared_);
+  // The core has drained by now (SparseServer::Shutdown): what is left are
+  // replies being written. Polled: this runs once, at shutdown.
+  while (impl->in_flight.load(std::memory_order_acquire) > 0 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   std::vector<std::weak_ptr<SessionBase>> sessions;
   {
     absl::MutexLock lock(&impl->mu);
-    impl->mu.AwaitWithDeadline(absl::Condition(impl.get(), &Impl::Idle),
-                               absl::FromChrono(std::chrono::system_clock::now() +
-                                                (deadline - std::chrono::steady_clock::now())));
     impl->stopped = true;
     sessions.swap(impl->sessions);
   }
   // Closing the port and every connection ends all pending I/O, so the
   // threads run out of work and return.
-  asio::post(impl->io, [impl, sessions = std::move(sessions)] {
+  asio::post(*impl->ios[0], [impl, sessions = std::move(sessions)] {
     beast::error_code ignored;
     impl->acceptor->close(ignored);
     for (const std::weak_ptr<SessionBase>& s : sessions) {
       if (std::shared_ptr<SessionBase> session = s.lock()) session->CloseSoon();
     }
   });
+  for (auto& guard : impl->work) guard.reset();
   for (std::thread& t : threads_) t.join();
   threads_.clear();
 }

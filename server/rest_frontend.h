@@ -4,10 +4,10 @@
 // (server/http_server.h) hands it a parsed HttpRequest and sends back the
 // HttpReply.
 //
-//   GET  /v2/health/live, /v2/health/ready        200, or 400 when not
+//   GET  /v2/health/live, /v2/health/ready        200, or 503 when not
 //   GET  /v2                                      server metadata
 //   GET  /v2/models/{m}[/versions/{v}]            model metadata
-//   GET  /v2/models/{m}[/versions/{v}]/ready      200, or 400 when not
+//   GET  /v2/models/{m}[/versions/{v}]/ready      200, or 503 when not
 //   GET  /v2/models/{m}[/versions/{v}]/config     Triton's model config
 //   GET  /v2/models[/{m}[/versions/{v}]]/stats    Triton's statistics
 //   POST /v2/models/{m}[/versions/{v}]/infer      inference (m.dense: the twin)

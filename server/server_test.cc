@@ -14,6 +14,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "model_store/checkpoint.h"
+#include "client/rest_client.h"
 #include "server/inference_service.h"
 #include "sparse/v1/inference.grpc.pb.h"
 #include "tests/testing/infer_and_wait.h"
@@ -124,6 +125,65 @@ TEST(ServerDrainTest, ShutdownFinishesEveryQueuedRequestAndRefusesNewOnes) {
     EXPECT_TRUE(c.status.ok()) << c.status.error_message();
     EXPECT_EQ(c.response.outputs_size(), 1);
   }
+  local.server.reset();
+}
+
+// The REST port drains as the gRPC one: requests queued when SIGTERM comes
+// are answered 200, a new one gets 503 "shutting down".
+TEST(ServerDrainTest, TheRestPortFinishesQueuedRequestsAndRefusesNewOnes) {
+  testing::TempDir root("server_rest_drain_test");
+  Checkpoint checkpoint;
+  checkpoint.sparse = testing::RandomDsm({.d = kD, .o = 1, .experts = 8, .active_units = 16}, 1);
+  ASSERT_OK(WriteCheckpoint((root / "dsm").string(), 1, checkpoint));
+  ServerOptions options;
+  options.model_repository = root.string();
+  options.workers = 1;
+  options.inline_max_flops = 0;  // every request queues for the worker
+  options.http_port = 0;
+  ASSERT_OK_AND_ASSIGN(testing::LocalServer local, testing::StartLocalServer(options));
+  SparseServer& server = *local.server;
+  ASSERT_GT(server.http_port(), 0);
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RestClient> client,
+                       RestClient::Create(absl::StrCat("127.0.0.1:", server.http_port()),
+                                          std::chrono::seconds(60)));
+  const std::string body =
+      R"({"inputs":[{"name":"input","shape":[1,8],"datatype":"FP32","data":[1,2,3,4,5,6,7,8]}]})";
+
+  absl::Notification release, held;
+  ASSERT_TRUE(server.core().pool().Submit([&] {
+    held.Notify();
+    release.WaitForNotification();
+  }));
+  held.WaitForNotification();
+  constexpr int kCalls = 10;
+  std::vector<absl::StatusOr<RestReply>> replies(kCalls, absl::UnknownError("not answered"));
+  absl::BlockingCounter answered(kCalls);
+  for (int i = 0; i < kCalls; ++i) {
+    client->PostAsync("/v2/models/dsm/infer", &body, std::nullopt,
+                      [&replies, &answered, i](absl::Status s, RestReply r) {
+                        replies[i] = s.ok() ? absl::StatusOr<RestReply>(std::move(r)) : s;
+                        answered.DecrementCount();
+                      });
+  }
+  while (server.core().in_flight() < kCalls) absl::SleepFor(absl::Milliseconds(1));
+
+  std::thread stopper([&server] { server.Shutdown(/*grace_ms=*/60'000); });
+  while (!server.core().draining()) absl::SleepFor(absl::Milliseconds(1));
+  absl::StatusOr<RestReply> refused = client->Post("/v2/models/dsm/infer", body, std::nullopt);
+  ASSERT_OK(refused.status());
+  EXPECT_EQ(refused->status, 503);
+  EXPECT_THAT(refused->body, HasSubstr("shutting down"));
+  EXPECT_EQ(server.core().in_flight(), kCalls);
+  release.Notify();
+  answered.Wait();
+  stopper.join();
+  server.Wait();
+  for (const absl::StatusOr<RestReply>& r : replies) {
+    ASSERT_OK(r.status());
+    EXPECT_EQ(r->status, 200) << r->body;
+    EXPECT_THAT(r->body, HasSubstr("\"outputs\""));
+  }
+  client.reset();
   local.server.reset();
 }
 

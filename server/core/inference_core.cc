@@ -345,6 +345,12 @@ void InferenceCore::Submit(std::shared_ptr<const Servable> servable, bool dense,
 
 std::shared_ptr<InferenceCore::ServableState> InferenceCore::StateFor(
     const std::shared_ptr<const Servable>& servable) {
+  {
+    // Every admitted request looks its servable up: shared, the common case.
+    absl::ReaderMutexLock lock(&states_mu_);
+    auto it = states_.find(servable.get());
+    if (it != states_.end() && !it->second->servable.expired()) return it->second;
+  }
   absl::MutexLock lock(&states_mu_);
   auto it = states_.find(servable.get());
   // The same address may belong to a servable that has since been freed.
