@@ -87,7 +87,7 @@ std::string DecodePath(beast::string_view target) {
   out.reserve(target.size());
   for (size_t i = 0; i < target.size(); ++i) {
     int value = 0;
-    if (target[i] == '%' && i + 2 < target.size() + 0 &&
+    if (target[i] == '%' && i + 2 < target.size() &&
         absl::SimpleHexAtoi(absl::string_view(target.data() + i + 1, 2), &value)) {
       out.push_back(static_cast<char>(value));
       i += 2;
@@ -132,10 +132,36 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
   }
 
  private:
+  // The header first: a client that sent "Expect: 100-continue" (curl does
+  // for large bodies) waits for "100 Continue" before it sends the body.
   void Read() {
     parser_.emplace();
     parser_->body_limit(static_cast<uint64_t>(server_->max_body_bytes));
     beast::get_lowest_layer(stream_).expires_after(kIdleTimeout);
+    http::async_read_header(
+        stream_, buffer_, *parser_, [self = this->shared_from_this()](beast::error_code ec, size_t) {
+          if (ec) return self->OnRead(ec);
+          const auto& header = self->parser_->get();
+          auto expect = header.find(http::field::expect);
+          const bool fits = !self->parser_->content_length().has_value() ||
+                            *self->parser_->content_length() <=
+                                static_cast<uint64_t>(self->server_->max_body_bytes);
+          if (expect != header.end() && beast::iequals(expect->value(), "100-continue") && fits) {
+            self->continue_ = std::make_unique<http::response<http::empty_body>>(
+                http::status::continue_, header.version());
+            return http::async_write(stream_of(self), *self->continue_,
+                                     [self](beast::error_code ec, size_t) {
+                                       if (ec) return self->OnRead(ec);
+                                       self->ReadBody();
+                                     });
+          }
+          self->ReadBody();
+        });
+  }
+
+  static Stream& stream_of(const std::shared_ptr<Session>& self) { return self->stream_; }
+
+  void ReadBody() {
     http::async_read(stream_, buffer_, *parser_,
                      [self = this->shared_from_this()](beast::error_code ec, size_t) {
                        self->OnRead(ec);
@@ -218,6 +244,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
   HttpRequest current_;  // points into request_'s body
   http::response<http::string_body> response_;
   bool close_after_write_ = false;
+  std::unique_ptr<http::response<http::empty_body>> continue_;  // "100 Continue"
 };
 
 void Accept(std::shared_ptr<HttpServer::Impl> server) {
