@@ -67,7 +67,7 @@ test-asan: deps-sanitizers $(ASAN_DIR)/build.ninja
 # tests that serve gRPC in process report its own hand-overs
 # (docs/reliability.md). TSAN_TARGETS / TSAN_TESTS (a ctest regex) pick
 # others, e.g. make test-tsan TSAN_TARGETS=batcher_test TSAN_TESTS=batcher.
-TSAN_TARGETS ?= worker_pool_test batcher_test inference_core_test model_repository_test concurrency_test checkpoint_faults_test
+TSAN_TARGETS ?= worker_pool_test batcher_test inference_core_test model_repository_test concurrency_test checkpoint_faults_test http_server_test
 empty :=
 space := $(empty) $(empty)
 TSAN_TESTS ?= ^($(subst $(space),|,$(strip $(TSAN_TARGETS))))$$
