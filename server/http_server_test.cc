@@ -46,7 +46,7 @@ TEST(HttpServerTest, ManyConnectionsAtOnceEachGetTheirOwnAnswer) {
                                                               .inline_max_flops = row_flops,
                                                               .observe = nullptr});
   OpenInference api(repository.get(), &core, nullptr);
-  RestFrontend frontend(&api, repository.get(), 64);
+  RestFrontend frontend(&api, 64);
   HttpServer::Options http;
   http.address = "127.0.0.1";
   http.threads = 2;

@@ -511,6 +511,18 @@ absl::Status OpenInference::RepositoryIndex(const inference::RepositoryIndexRequ
   return absl::OkStatus();
 }
 
+int64_t OpenInference::InputWidth(absl::string_view name) const {
+  absl::ConsumeSuffix(&name, kDenseSuffix);
+  const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
+  auto state = snapshot->find(std::string(name));
+  int64_t widest = 0;
+  if (state == snapshot->end()) return widest;
+  for (const auto& [number, servable] : state->second.versions) {
+    widest = std::max(widest, servable->loaded.sparse->info().input_dim);
+  }
+  return widest;
+}
+
 void OpenInference::RepositoryModelLoad(const inference::RepositoryModelLoadRequest& r,
                                         InferDone done) {
   if (control_ == nullptr) {

@@ -100,6 +100,10 @@ class OpenInference {
   // `out` must live until `done`.
   void ModelInfer(const inference::ModelInferRequest& r, inference::ModelInferResponse* out,
                   const std::function<void(InferRequest*)>& bind, InferDone done);
+  // The widest input (d) of the loaded versions of the model `name` names
+  // ("m" or "m.dense"); 0 when none is loaded.
+  int64_t InputWidth(absl::string_view name) const;
+
   // Loads on the model control's loader thread; `done` runs there.
   void RepositoryModelLoad(const inference::RepositoryModelLoadRequest& r, InferDone done);
 

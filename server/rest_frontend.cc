@@ -384,9 +384,8 @@ HttpReply ErrorReply(const absl::Status& status) {
   return JsonReply(Json{{"error", std::string(status.message())}}, HttpStatusFor(status.code()));
 }
 
-RestFrontend::RestFrontend(OpenInference* api, const ModelRepository* repository,
-                           int64_t max_batch_rows)
-    : api_(api), repository_(repository), max_batch_rows_(max_batch_rows) {}
+RestFrontend::RestFrontend(OpenInference* api, int64_t max_batch_rows)
+    : api_(api), max_batch_rows_(max_batch_rows) {}
 
 void RestFrontend::Handle(const HttpRequest& request, std::function<void(HttpReply)> done) {
   const std::vector<std::string> s = Segments(request.path);
@@ -511,20 +510,6 @@ void RestFrontend::Handle(const HttpRequest& request, std::function<void(HttpRep
 
 void RestFrontend::Infer(const HttpRequest& request, const std::string& model,
                          const std::string& version, std::function<void(HttpReply)> done) {
-  // The most values a body may hold: a full batch of the widest version of
-  // the model, and room for the rest of the request.
-  int64_t widest = 1;
-  {
-    absl::string_view base = model;
-    absl::ConsumeSuffix(&base, ".dense");
-    const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
-    auto state = snapshot->find(std::string(base));
-    if (state != snapshot->end()) {
-      for (const auto& [number, servable] : state->second.versions) {
-        widest = std::max(widest, servable->loaded.sparse->info().input_dim);
-      }
-    }
-  }
   absl::string_view text = request.body, binary;
   if (request.header_length.has_value()) {
     const int64_t length = *request.header_length;
@@ -536,7 +521,14 @@ void RestFrontend::Infer(const HttpRequest& request, const std::string& model,
     text = request.body.substr(0, length);
     binary = request.body.substr(length);
   }
-  absl::StatusOr<Json> body = ParseBody(text, max_batch_rows_ * widest + 4096);
+  // The most values a body may hold: a full batch of the widest version of
+  // the model, and room for the rest of the request. Only a body long
+  // enough to exceed the room needs the model looked up.
+  int64_t max_values = 4096;
+  if (static_cast<int64_t>(text.size()) / 2 + 1 > max_values) {
+    max_values += max_batch_rows_ * std::max<int64_t>(1, api_->InputWidth(model));
+  }
+  absl::StatusOr<Json> body = ParseBody(text, max_values);
   if (!body.ok()) return done(ErrorReply(body.status()));
   struct Call {
     inference::ModelInferRequest request;

@@ -66,7 +66,7 @@ class RestFrontend {
  public:
   // `max_batch_rows` bounds the values a JSON infer body may hold (rows x
   // the model's inputs), so no body can make the parser hold more.
-  RestFrontend(OpenInference* api, const ModelRepository* repository, int64_t max_batch_rows);
+  RestFrontend(OpenInference* api, int64_t max_batch_rows);
 
   // Answers `request`; `done` runs once, on this thread or a worker. The
   // request (and the body it points to) must live until then.
@@ -77,7 +77,6 @@ class RestFrontend {
              std::function<void(HttpReply)> done);
 
   OpenInference* const api_;
-  const ModelRepository* const repository_;
   const int64_t max_batch_rows_;
 };
 

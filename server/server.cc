@@ -242,8 +242,7 @@ absl::Status SparseServer::ServeGrpc(const ServerOptions& options) {
 
 absl::Status SparseServer::ServeHttp(const ServerOptions& options) {
   if (options.http_port < 0) return absl::OkStatus();
-  rest_ = std::make_unique<RestFrontend>(open_inference_.get(), repository_.get(),
-                                         options.max_batch_rows);
+  rest_ = std::make_unique<RestFrontend>(open_inference_.get(), options.max_batch_rows);
   HttpServer::Options http;
   http.address = options.address;
   http.port = options.http_port;

@@ -172,6 +172,14 @@ void RunBatch(const Servable& servable, bool dense, std::vector<PendingRequest> 
   }
   Route route;
   if (want_route) run.route = &route;
+  // Once the batch has computed and every request is answered.
+  auto record_execution = [&](Clock::time_point computed_at) {
+    if (statistics == nullptr) return;
+    times.rows = run.rows;
+    times.infer_ns = run.stats.route_ns + run.stats.compute_ns;
+    times.output_ns = NanosBetween(computed_at, Clock::now());
+    statistics->RecordExecution(dense, times);
+  };
   if (live.size() == 1) {
     PendingRequest& p = live.front();
     std::vector<float>& y = p.response->outputs;
@@ -183,12 +191,7 @@ void RunBatch(const Servable& servable, bool dense, std::vector<PendingRequest> 
     if (s.ok()) s = CheckOutputs(y, o);
     if (s.ok()) Answer(run, 0, *p.request, p.arrival, p.response);
     finish(p, s);
-    if (computed && statistics != nullptr) {
-      times.rows = run.rows;
-      times.infer_ns = run.stats.route_ns + run.stats.compute_ns;
-      times.output_ns = NanosBetween(computed_at, Clock::now());
-      statistics->RecordExecution(dense, times);
-    }
+    if (computed) record_execution(computed_at);
     return;
   }
   std::vector<float> x;
@@ -218,12 +221,7 @@ void RunBatch(const Servable& servable, bool dense, std::vector<PendingRequest> 
     first += own_rows;
     finish(p, s);
   }
-  if (statistics != nullptr) {
-    times.rows = run.rows;
-    times.infer_ns = run.stats.route_ns + run.stats.compute_ns;
-    times.output_ns = NanosBetween(computed_at, Clock::now());
-    statistics->RecordExecution(dense, times);
-  }
+  record_execution(computed_at);
 }
 
 }  // namespace
@@ -263,7 +261,6 @@ void InferenceCore::FinishPending(PendingRequest& p, const absl::Status& status)
     times.ok = status.ok();
     times.rows = p.request->rows;
     times.decode_ns = p.request->decode_ns;
-    times.computed = status.ok();
     const InferCost& cost = p.response->cost;
     times.queue_ns = cost.queue_ns;
     times.infer_ns = cost.route_ns + cost.compute_ns;
@@ -348,13 +345,10 @@ std::shared_ptr<InferenceCore::ServableState> InferenceCore::StateFor(
   {
     // Every admitted request looks its servable up: shared, the common case.
     absl::ReaderMutexLock lock(&states_mu_);
-    auto it = states_.find(servable.get());
-    if (it != states_.end() && !it->second->servable.expired()) return it->second;
+    if (std::shared_ptr<ServableState> state = FindState(*servable)) return state;
   }
   absl::MutexLock lock(&states_mu_);
-  auto it = states_.find(servable.get());
-  // The same address may belong to a servable that has since been freed.
-  if (it != states_.end() && !it->second->servable.expired()) return it->second;
+  if (std::shared_ptr<ServableState> state = FindState(*servable)) return state;
   absl::erase_if(states_, [](const auto& entry) { return entry.second->servable.expired(); });
   auto state = std::make_shared<ServableState>();
   state->servable = servable;
@@ -364,14 +358,21 @@ std::shared_ptr<InferenceCore::ServableState> InferenceCore::StateFor(
 
 PathStatistics InferenceCore::Statistics(const std::shared_ptr<const Servable>& servable,
                                          bool dense) const {
-  std::shared_ptr<ServableStatistics> statistics;
+  std::shared_ptr<ServableState> state;
   {
-    absl::MutexLock lock(&states_mu_);
-    auto it = states_.find(servable.get());
-    if (it == states_.end() || it->second->servable.lock() != servable) return PathStatistics{};
-    statistics = it->second->statistics;
+    absl::ReaderMutexLock lock(&states_mu_);
+    state = FindState(*servable);
   }
-  return statistics->Get(dense);
+  return state != nullptr ? state->statistics->Get(dense) : PathStatistics{};
+}
+
+std::shared_ptr<InferenceCore::ServableState> InferenceCore::FindState(
+    const Servable& servable) const {
+  auto it = states_.find(&servable);
+  // The same address may have belonged to a servable since freed: while the
+  // caller holds `servable`, a live entry at its address is its own.
+  if (it == states_.end() || it->second->servable.expired()) return nullptr;
+  return it->second;
 }
 
 void InferenceCore::Enqueue(std::shared_ptr<const Servable> servable,

@@ -109,6 +109,9 @@ class InferenceCore {
   void ScheduleDrain(std::shared_ptr<const Servable> servable,
                      std::shared_ptr<ServableState> queues, bool dense);
   std::shared_ptr<ServableState> StateFor(const std::shared_ptr<const Servable>& servable);
+  // The live state of `servable`, or null. REQUIRES: states_mu_, shared.
+  std::shared_ptr<ServableState> FindState(const Servable& servable) const
+      ABSL_SHARED_LOCKS_REQUIRED(states_mu_);
   // Answers one request: the observe hook, `done`, its statistics, then it
   // leaves the in-flight count.
   void FinishPending(PendingRequest& p, const absl::Status& status);

@@ -15,11 +15,9 @@ void ServableStatistics::RecordRequest(bool dense, const RequestTimes& times) {
   s.inference_count += static_cast<uint64_t>(times.rows);
   s.last_inference_ms = static_cast<uint64_t>(absl::ToUnixMillis(absl::Now()));
   s.compute_input.Add(times.decode_ns);
-  if (times.computed) {
-    s.queue.Add(times.queue_ns);
-    s.compute_infer.Add(times.infer_ns);
-    s.compute_output.Add(times.output_ns);
-  }
+  s.queue.Add(times.queue_ns);
+  s.compute_infer.Add(times.infer_ns);
+  s.compute_output.Add(times.output_ns);
 }
 
 void ServableStatistics::RecordExecution(bool dense, const ExecutionTimes& times) {

@@ -64,8 +64,7 @@ struct RequestTimes {
   int64_t rows = 0;
   int64_t total_ns = 0;   // decode + arrival..answer encoded
   int64_t decode_ns = 0;  // compute_input
-  // The rest only for a request that reached compute:
-  bool computed = false;
+  // The rest only for a successful request (which reached compute):
   int64_t queue_ns = 0;
   int64_t infer_ns = 0;   // route + compute
   int64_t output_ns = 0;  // encoding its answer
