@@ -280,7 +280,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const Options& opt
   impl->frontend = frontend;
   impl->max_body_bytes = options.max_body_bytes;
   impl->draining = &server->draining_;
-  if (!options.tls_cert_file.empty()) {
+  if (!options.tls_cert_chain.empty()) {
     impl->tls.emplace(asio::ssl::context::tls_server);
     asio::ssl::context& tls = *impl->tls;
     beast::error_code ec;
@@ -288,20 +288,18 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const Options& opt
                         asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
                         asio::ssl::context::no_tlsv1_1,
                     ec);
-    if (!ec) tls.use_certificate_chain_file(options.tls_cert_file, ec);
-    if (!ec) tls.use_private_key_file(options.tls_key_file, asio::ssl::context::pem, ec);
-    if (!ec && !options.tls_client_ca_file.empty()) {
-      tls.load_verify_file(options.tls_client_ca_file, ec);
+    if (!ec) tls.use_certificate_chain(asio::buffer(options.tls_cert_chain), ec);
+    if (!ec) tls.use_private_key(asio::buffer(options.tls_private_key), asio::ssl::context::pem, ec);
+    if (!ec && !options.tls_client_ca.empty()) {
+      tls.add_certificate_authority(asio::buffer(options.tls_client_ca), ec);
       if (!ec) {
         tls.set_verify_mode(asio::ssl::verify_peer | asio::ssl::verify_fail_if_no_peer_cert, ec);
       }
     }
     if (ec) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "cannot set up TLS on the HTTP port from --tls_cert=", options.tls_cert_file,
-          " --tls_key=", options.tls_key_file,
-          options.tls_client_ca_file.empty() ? "" : " --tls_client_ca=" + options.tls_client_ca_file,
-          ": ", ec.message()));
+          "cannot set up TLS on the HTTP port from --tls_cert, --tls_key",
+          options.tls_client_ca.empty() ? "" : " and --tls_client_ca", ": ", ec.message()));
     }
   }
   beast::error_code ec;

@@ -38,7 +38,9 @@ class HttpServer {
     int port = 0;     // 0: a free port (port())
     int threads = 0;  // I/O threads; 0 = one per core
     int64_t max_body_bytes = int64_t{64} << 20;
-    std::string tls_cert_file, tls_key_file, tls_client_ca_file;  // empty: plaintext
+    // PEM text, as sparse-server read it for the gRPC port (one read of each
+    // file for both ports); an empty certificate chain means plaintext.
+    std::string tls_cert_chain, tls_private_key, tls_client_ca;
   };
 
   // Listens and serves `frontend` (which must outlive the server).

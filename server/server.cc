@@ -19,17 +19,13 @@ namespace sparse {
 namespace {
 
 // Plaintext, TLS or mutual TLS, from the options' PEM files.
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
-    const ServerOptions& options) {
-  // ServerOptions::Validate() has checked that the files come in pairs.
-  if (options.tls_cert_file.empty()) return grpc::InsecureServerCredentials();
+// The gRPC port's credentials from the PEM text in `tls` (empty: plaintext).
+std::shared_ptr<grpc::ServerCredentials> ServerCredentials(const HttpServer::Options& tls) {
+  if (tls.tls_cert_chain.empty()) return grpc::InsecureServerCredentials();
   grpc::SslServerCredentialsOptions ssl(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
-  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
-  ASSIGN_OR_RETURN(pair.cert_chain, ReadPemFile(options.tls_cert_file, "--tls_cert"));
-  ASSIGN_OR_RETURN(pair.private_key, ReadPemFile(options.tls_key_file, "--tls_key"));
-  ssl.pem_key_cert_pairs.push_back(std::move(pair));
-  if (!options.tls_client_ca_file.empty()) {
-    ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPemFile(options.tls_client_ca_file, "--tls_client_ca"));
+  ssl.pem_key_cert_pairs.push_back({tls.tls_private_key, tls.tls_cert_chain});
+  if (!tls.tls_client_ca.empty()) {
+    ssl.pem_root_certs = tls.tls_client_ca;
     ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
   }
   return grpc::SslServerCredentials(ssl);
@@ -207,8 +203,17 @@ absl::Status SparseServer::ServeGrpc(const ServerOptions& options) {
     message_bytes = std::clamp<int64_t>(options.max_batch_rows * widest * 4 + (int64_t{1} << 20),
                                         int64_t{64} << 20, int64_t{1} << 30);
   }
-  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
-                   ServerCredentials(options));
+  // Each PEM file is read once (ReadPemFile: regular files only), for both
+  // the gRPC and the HTTP port. ServerOptions::Validate() has checked that
+  // the files come in pairs.
+  if (!options.tls_cert_file.empty()) {
+    ASSIGN_OR_RETURN(tls_.tls_cert_chain, ReadPemFile(options.tls_cert_file, "--tls_cert"));
+    ASSIGN_OR_RETURN(tls_.tls_private_key, ReadPemFile(options.tls_key_file, "--tls_key"));
+    if (!options.tls_client_ca_file.empty()) {
+      ASSIGN_OR_RETURN(tls_.tls_client_ca, ReadPemFile(options.tls_client_ca_file, "--tls_client_ca"));
+    }
+  }
+  const std::shared_ptr<grpc::ServerCredentials> credentials = ServerCredentials(tls_);
   service_ = std::make_unique<InferenceService>(repository_.get(), core_.get());
   if (options.model_control) control_ = std::make_unique<ModelControl>(repository_.get());
   open_inference_ = std::make_unique<OpenInference>(repository_.get(), core_.get(), control_.get());
@@ -243,14 +248,11 @@ absl::Status SparseServer::ServeGrpc(const ServerOptions& options) {
 absl::Status SparseServer::ServeHttp(const ServerOptions& options) {
   if (options.http_port < 0) return absl::OkStatus();
   rest_ = std::make_unique<RestFrontend>(open_inference_.get(), options.max_batch_rows);
-  HttpServer::Options http;
+  HttpServer::Options http = tls_;
   http.address = options.address;
   http.port = options.http_port;
   http.threads = options.http_threads;
   http.max_body_bytes = message_bytes_;
-  http.tls_cert_file = options.tls_cert_file;
-  http.tls_key_file = options.tls_key_file;
-  http.tls_client_ca_file = options.tls_client_ca_file;
   ASSIGN_OR_RETURN(http_, HttpServer::Start(http, rest_.get()));
   return absl::OkStatus();
 }

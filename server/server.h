@@ -135,6 +135,7 @@ class SparseServer {
   std::unique_ptr<RestFrontend> rest_;
   std::unique_ptr<HttpServer> http_;
   int64_t message_bytes_ = 0;  // the largest request, on gRPC and HTTP
+  HttpServer::Options tls_;    // the PEM text of --tls_*, read once for both ports
   std::unique_ptr<ModelControlService> control_service_;
   // Answers every other method on the health port UNIMPLEMENTED (and gives
   // that server the callback queue gRPC requires).
