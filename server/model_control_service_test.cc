@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "absl/synchronization/blocking_counter.h"
+#include "absl/synchronization/notification.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -89,6 +90,17 @@ TEST_F(ModelControlServiceTest, RequestsThatShareABatchEachGetTheirOwnExactAnswe
     };
     std::vector<Call> calls(kCalls);
     absl::BlockingCounter finished(kCalls);
+    // Both workers are held until every request is queued, so they share
+    // batches whatever the machine's speed (not a timing assumption).
+    absl::Notification release;
+    absl::BlockingCounter held(2);
+    for (int w = 0; w < 2; ++w) {
+      ASSERT_TRUE(server_->core().pool().Submit([&] {
+        held.DecrementCount();
+        release.WaitForNotification();
+      }));
+    }
+    held.Wait();
     for (int i = 0; i < kCalls; ++i) {
       Call& c = calls[i];
       const int64_t rows = 1 + i % 3;
@@ -108,6 +120,8 @@ TEST_F(ModelControlServiceTest, RequestsThatShareABatchEachGetTheirOwnExactAnswe
         stub->async()->Predict(&c.context, &c.request, &c.response, done);
       }
     }
+    while (server_->core().in_flight() < kCalls) absl::SleepFor(absl::Milliseconds(1));
+    release.Notify();
     finished.Wait();
     const Model& model = dense ? static_cast<const Model&>(*servable->loaded.dense)
                                : *servable->loaded.sparse;
