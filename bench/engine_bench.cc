@@ -14,10 +14,24 @@
 // (the server's one-request-per-core setting). After the runs a summary
 // prints the ratios the issue asks for, measured in this same run.
 //
+// Precision (issue 18), at batch 1:
+//   (d) the DSM of (a) at BF16 and INT8 (its 64 MiB of experts fit the
+//       32 MiB L3 at INT8, so this one partly measures the cache)
+//   (e) a DSM whose experts exceed the L3 at every precision: d=1024,
+//       E=512 x k=256 (t=131072, 512 MiB of B at FP32, 128 MiB at INT8),
+//       o=1, lsh router, and its dense twin, at FP32, BF16 and INT8
+//   (f) this core's read bandwidth: a 1 GiB buffer summed with AVX2 loads
+//       on 1, 2 and 4 streams; the fastest is the limit (e) is held to.
+// For each of (e) the summary prints the weight bytes a row reads (as the
+// engine counts them), the achieved GB/s and its fraction of (f). (e) and
+// its twins take about 3 GiB; --benchmark_filter='-Large' skips them.
+//
 //   build/bench/engine_bench [--benchmark_min_time=0.5]
+#include <immintrin.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -117,6 +131,125 @@ void RunModel(benchmark::State& state, const Model& model, const std::vector<flo
                                                     benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// Like RunModel at batch 1, also reporting the weight bytes one row reads
+// and the rate they were read at.
+void RunModelRow(benchmark::State& state, const Model& model, const std::vector<float>& pool) {
+  SetKernelThreads(1);
+  const int64_t d = model.info().input_dim;
+  std::vector<float> y(model.info().output_dim);
+  int64_t offset = 0, bytes = 0;
+  for (auto _ : state) {
+    if (offset + 1 > kPoolRows) offset = 0;
+    PredictStats stats;
+    if (!model.Predict(absl::Span<const float>(pool.data() + offset * d, d), 1,
+                       absl::MakeSpan(y), &stats, nullptr)
+             .ok()) {
+      state.SkipWithError("predict failed");
+      break;
+    }
+    benchmark::DoNotOptimize(y.data());
+    bytes = stats.weight_bytes;
+    ++offset;
+  }
+  state.counters["weight_bytes"] = static_cast<double>(bytes);
+  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(bytes) / 1e9,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+}
+
+constexpr Precision kPrecisions[] = {Precision::kFp32, Precision::kBf16, Precision::kInt8};
+
+// (d): the DSM of (a) at a reduced precision.
+void BM_DsmSparsePrecision(benchmark::State& state) {
+  static std::unique_ptr<DsmModel> models[3];
+  const int p = static_cast<int>(state.range(0));
+  if (models[p] == nullptr) {
+    models[p] = DsmModel::Create(testing::RandomDsm({.d = 1024, .o = 1, .blocks = 1,
+                                                      .experts = 64, .active_units = 256,
+                                                      .router = RouterKind::kLsh},
+                                                     1),
+                                 kPrecisions[p])
+                    .value();
+  }
+  RunModelRow(state, *models[p], GetFixture().dsm_inputs);
+}
+
+// (e): the larger-than-cache DSM and its dense twin at each precision.
+struct LargeFixture {
+  std::unique_ptr<DsmModel> sparse[3];
+  std::unique_ptr<DenseModel> dense[3];
+};
+LargeFixture& GetLarge() {
+  static LargeFixture* f = [] {
+    auto* f = new LargeFixture;
+    std::fprintf(stderr, "building the larger-than-cache DSM (d=1024 E=512 k=256, 512 MiB) "
+                         "and its dense twin at FP32, BF16 and INT8...\n");
+    const DsmWeights w = testing::RandomDsm(
+        {.d = 1024, .o = 1, .blocks = 1, .experts = 512, .active_units = 256,
+         .router = RouterKind::kLsh},
+        5);
+    for (int p = 0; p < 3; ++p) {
+      f->sparse[p] = DsmModel::Create(w, kPrecisions[p]).value();
+      f->dense[p] = DenseModel::Create(w.network, kPrecisions[p]).value();
+      std::fprintf(stderr, "  %s: sparse resident %.0f MiB, dense resident %.0f MiB\n",
+                   std::string(PrecisionName(kPrecisions[p])).c_str(),
+                   f->sparse[p]->info().resident_bytes / 1048576.0,
+                   f->dense[p]->info().resident_bytes / 1048576.0);
+    }
+    return f;
+  }();
+  return *f;
+}
+void BM_LargeDsmSparse(benchmark::State& state) {
+  RunModelRow(state, *GetLarge().sparse[state.range(0)], GetFixture().dsm_inputs);
+}
+void BM_LargeDsmDense(benchmark::State& state) {
+  RunModelRow(state, *GetLarge().dense[state.range(0)], GetFixture().dsm_inputs);
+}
+
+// (f): sums a buffer far larger than the last-level cache with 32-byte
+// loads, split into `streams` parts read side by side (one core keeps more
+// misses in flight on two streams than on one; 2026-12-03: 1 stream 36,
+// 2 streams 43, 4 streams 40 GB/s). The summary takes the fastest as the
+// limit.
+template <int kStreams>
+__attribute__((target("avx2"))) uint64_t SumAvx2(const uint64_t* p, size_t words) {
+  __m256i acc[kStreams];
+  for (__m256i& a : acc) a = _mm256_setzero_si256();
+  const size_t part = words / kStreams;
+  for (size_t i = 0; i + 8 <= part; i += 8) {
+    for (int j = 0; j < kStreams; ++j) {
+      const auto* q = reinterpret_cast<const __m256i*>(p + j * part + i);
+      acc[j] = _mm256_add_epi64(acc[j], _mm256_add_epi64(_mm256_load_si256(q),
+                                                         _mm256_load_si256(q + 1)));
+    }
+  }
+  alignas(32) uint64_t lanes[4];
+  __m256i total = acc[0];
+  for (int j = 1; j < kStreams; ++j) total = _mm256_add_epi64(total, acc[j]);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), total);
+  return lanes[0] + lanes[1] + lanes[2] + lanes[3];
+}
+void BM_ReadBandwidth(benchmark::State& state) {
+  constexpr size_t kBytes = size_t{1} << 30;
+  static uint64_t* buffer = [] {
+    auto* p = static_cast<uint64_t*>(std::aligned_alloc(64, kBytes));
+    for (size_t i = 0; i < kBytes / 8; ++i) p[i] = i;  // touch every page
+    return p;
+  }();
+  if (!__builtin_cpu_supports("avx2")) {
+    state.SkipWithError("this CPU has no AVX2");
+    return;
+  }
+  const int64_t streams = state.range(0);
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(streams == 1   ? SumAvx2<1>(buffer, kBytes / 8)
+                             : streams == 2 ? SumAvx2<2>(buffer, kBytes / 8)
+                                            : SumAvx2<4>(buffer, kBytes / 8));
+  }
+  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(kBytes) / 1e9,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+}
+
 void BM_DsmSparse(benchmark::State& state) {
   RunModel(state, *GetFixture().dsm, GetFixture().dsm_inputs);
 }
@@ -187,6 +320,11 @@ BENCHMARK(BM_DsmDense)->Arg(1)->Arg(32)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_OneDnnGemvFloor)->Arg(1)->Arg(32)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_SgemmGemvFloor)->Arg(1)->Arg(32)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_LshTable)->Arg(1)->Arg(32)->Unit(benchmark::kMicrosecond);
+// Precision: the argument indexes kPrecisions (0 FP32, 1 BF16, 2 INT8).
+BENCHMARK(BM_DsmSparsePrecision)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_ReadBandwidth)->Arg(1)->Arg(2)->Arg(4)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_LargeDsmSparse)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_LargeDsmDense)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond);
 
 // Console output as usual, plus the per-run real times for the summary.
 class SummaryReporter : public benchmark::ConsoleReporter {
@@ -196,6 +334,9 @@ class SummaryReporter : public benchmark::ConsoleReporter {
     for (const Run& run : runs) {
       if (run.run_type == Run::RT_Iteration && !run.error_occurred) {
         times_us_[run.benchmark_name()] = run.GetAdjustedRealTime();
+        for (const auto& [name, counter] : run.counters) {
+          counters_[run.benchmark_name() + ":" + name] = counter.value;
+        }
       }
     }
     ConsoleReporter::ReportRuns(runs);
@@ -204,10 +345,65 @@ class SummaryReporter : public benchmark::ConsoleReporter {
     auto it = times_us_.find(name);
     return it == times_us_.end() ? 0.0 : it->second;
   }
+  // A counter's value as reported (rates already divided by the time).
+  double Counter(const std::string& name, const std::string& counter) const {
+    auto it = counters_.find(name + ":" + counter);
+    return it == counters_.end() ? 0.0 : it->second;
+  }
 
  private:
   std::map<std::string, double> times_us_;
+  std::map<std::string, double> counters_;
 };
+
+const char* Verdict(bool met) { return met ? "met" : "NOT met"; }
+
+// Issue 18's figures: time ratios to FP32, and the memory-bound cases' read
+// rate against the measured limit.
+void PrintPrecisionSummary(const SummaryReporter& r) {
+  double limit = 0;
+  for (const char* streams : {"1", "2", "4"}) {
+    limit = std::max(limit, r.Counter(std::string("BM_ReadBandwidth/") + streams, "GB/s"));
+  }
+  if (limit > 0) {
+    std::printf("\n  read bandwidth of this core (1 GiB, AVX2, best of 1/2/4 streams): %.1f GB/s\n",
+                limit);
+  }
+  for (const char* path : {"BM_LargeDsmSparse", "BM_LargeDsmDense"}) {
+    const std::string p = path;
+    const double fp32 = r.Us(p + "/0");
+    if (fp32 <= 0) continue;
+    std::printf("  %s (d=1024 E=512 k=256, larger than L3), batch 1:\n",
+                p == "BM_LargeDsmSparse" ? "sparse path" : "dense twin");
+    const double targets[] = {1.0, 0.6, 0.35};
+    for (int i = 0; i < 3; ++i) {
+      const std::string name = p + "/" + std::to_string(i);
+      const double us = r.Us(name);
+      if (us <= 0) continue;
+      const double bytes = r.Counter(name, "weight_bytes");
+      const double gbs = bytes / (us * 1e3);
+      std::printf("    %-4s %9.1f us  %5.2fx FP32", std::string(PrecisionName(kPrecisions[i])).c_str(),
+                  us, us / fp32);
+      if (i > 0 && p == "BM_LargeDsmSparse") {
+        std::printf(" (target <= %.2fx: %s)", targets[i], Verdict(us / fp32 <= targets[i]));
+      }
+      std::printf("  %10.0f bytes/row  %5.1f GB/s", bytes, gbs);
+      if (limit > 0) {
+        std::printf("  %3.0f%% of the limit (target >= 70%%: %s)", 100 * gbs / limit,
+                    Verdict(gbs >= 0.7 * limit));
+      }
+      std::printf("\n");
+    }
+  }
+  const double small = r.Us("BM_DsmSparse/1");
+  for (int i = 1; i < 3; ++i) {
+    const double us = r.Us("BM_DsmSparsePrecision/" + std::to_string(i));
+    if (small > 0 && us > 0) {
+      std::printf("  DSM of (a) at %s, batch 1: %.1f us, %.2fx its FP32 (INT8 fits L3: cache)\n",
+                  std::string(PrecisionName(kPrecisions[i])).c_str(), us, us / small);
+    }
+  }
+}
 
 void PrintSummary(const SummaryReporter& r) {
   std::printf("\nSummary (this run; targets from issue 2):\n");
@@ -230,6 +426,7 @@ void PrintSummary(const SummaryReporter& r) {
     std::printf("  batch 1  LSH table predict:         %6.2f us%s\n", lsh,
                 lsh < 5 ? "  (target < 5 us: met)" : "  (target < 5 us: NOT met)");
   }
+  PrintPrecisionSummary(r);
 }
 
 }  // namespace

@@ -9,17 +9,18 @@
 
 namespace sparse {
 
-absl::StatusOr<std::unique_ptr<DenseModel>> DenseModel::Create(const DenseWeights& weights) {
+absl::StatusOr<std::unique_ptr<DenseModel>> DenseModel::Create(const DenseWeights& weights,
+                                                              Precision precision) {
   RETURN_IF_ERROR(weights.Validate());
   const bool relu = weights.activation == Activation::kRelu;
   ASSIGN_OR_RETURN(MatmulKernel bottom,
                    MatmulKernel::Create({.k = weights.input_dim, .n = weights.width,
                                          .layout = MatmulSpec::WeightLayout::kOutputMajor,
-                                         .bias = true, .relu = relu}));
+                                         .bias = true, .relu = relu, .precision = precision}));
   ASSIGN_OR_RETURN(MatmulKernel top,
                    MatmulKernel::Create({.k = weights.width, .n = weights.output_dim,
                                          .layout = MatmulSpec::WeightLayout::kOutputMajor,
-                                         .bias = true}));
+                                         .bias = true, .precision = precision}));
   ASSIGN_OR_RETURN(PackedWeights bottom_weight, bottom.PackAll(weights.bottom_weight.data(), 1));
   ASSIGN_OR_RETURN(PackedWeights top_weight, top.PackAll(weights.top_weight.data(), 1));
   ModelInfo info;
@@ -32,6 +33,12 @@ absl::StatusOr<std::unique_ptr<DenseModel>> DenseModel::Create(const DenseWeight
   info.description = absl::StrCat("dense d=", weights.input_dim, " t=", weights.width,
                                   " o=", weights.output_dim, " ",
                                   ActivationName(weights.activation));
+  if (precision != Precision::kFp32) absl::StrAppend(&info.description, " ", PrecisionName(precision));
+  info.precision = precision;
+  info.weight_bytes_per_row = bottom.weight_bytes_per_read() + top.weight_bytes_per_read();
+  info.resident_bytes = 4 * static_cast<int64_t>(bottom_weight.size() + top_weight.size() +
+                                                 weights.bottom_bias.size() +
+                                                 weights.top_bias.size());
   return std::unique_ptr<DenseModel>(new DenseModel(std::move(info), weights, std::move(bottom),
                                                     std::move(top), std::move(bottom_weight),
                                                     std::move(top_weight)));
@@ -54,9 +61,9 @@ absl::Status DenseModel::PredictValidated(const float* x, int64_t rows, float* y
   for (int64_t r = 0; r < rows; r += MatmulKernel::kMaxBucketRows) {
     const int64_t n = std::min(MatmulKernel::kMaxBucketRows, rows - r);
     RETURN_IF_ERROR(bottom_.Run(x + r * d, n, bottom_weight_.data(), bottom_bias_.data(), hidden,
-                                &stats->flops));
+                                &stats->flops, &stats->weight_bytes));
     RETURN_IF_ERROR(top_.Run(hidden, n, top_weight_.data(), top_bias_.data(), y + r * o,
-                             &stats->flops));
+                             &stats->flops, &stats->weight_bytes));
   }
   stats->compute_ns += NanosSince(start);
   return absl::OkStatus();

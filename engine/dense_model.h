@@ -15,8 +15,10 @@ namespace sparse {
 
 class DenseModel : public Model {
  public:
-  // Validates `weights`, copies them and creates the kernels.
-  static absl::StatusOr<std::unique_ptr<DenseModel>> Create(const DenseWeights& weights);
+  // Validates `weights`, copies them and creates the kernels; both layers
+  // run at `precision` (a narrow top layer stays FP32, matmul_kernel.h).
+  static absl::StatusOr<std::unique_ptr<DenseModel>> Create(
+      const DenseWeights& weights, Precision precision = Precision::kFp32);
 
  private:
   DenseModel(ModelInfo info, const DenseWeights& weights, MatmulKernel bottom, MatmulKernel top,

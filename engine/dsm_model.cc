@@ -61,7 +61,8 @@ absl::Status CentredCentroids(const std::vector<float>& centroids, int64_t block
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<DsmModel>> DsmModel::Create(const DsmWeights& w) {
+absl::StatusOr<std::unique_ptr<DsmModel>> DsmModel::Create(const DsmWeights& w,
+                                                          Precision precision) {
   RETURN_IF_ERROR(w.Validate());
   const DenseWeights& net = w.network;
   const bool relu = net.activation == Activation::kRelu;
@@ -71,7 +72,8 @@ absl::StatusOr<std::unique_ptr<DsmModel>> DsmModel::Create(const DsmWeights& w) 
                                          .n = net.output_dim, .layout = Layout::kInputMajor,
                                          .accumulate = true,
                                          // topk gathers its top weights per row.
-                                         .allow_packing = !topk}));
+                                         .allow_packing = !topk,
+                                         .precision = topk ? Precision::kFp32 : precision}));
   Kernels kernels{.router = std::nullopt, .bottom = std::nullopt, .top = std::move(top)};
   if (w.router == RouterKind::kLsh && w.RouterBits() > 0) {
     ASSIGN_OR_RETURN(kernels.router,
@@ -83,20 +85,42 @@ absl::StatusOr<std::unique_ptr<DsmModel>> DsmModel::Create(const DsmWeights& w) 
                                            .layout = Layout::kOutputMajor, .bias = true}));
   }
   // topk needs the pre-activation Bx + c to rank units; it applies σ itself.
-  // Routed expert slices stay plain (output-major): a request's rows reach
-  // an expert one or two at a time (32 random rows hit ~26 of 64 experts),
-  // and there sgemm on plain rows beats a primitive on the blocked layout
-  // (bench/peers, 2026-11-23: the demo DSM at batch 1 2.96 -> 2.6 us, the
-  // d=1024 DSM at batch 32 1.49 -> 1.32 ms).
+  // Routed expert slices stay plain: a request's rows reach an expert one
+  // or two at a time (32 random rows hit ~26 of 64 experts), and there
+  // sgemm on plain rows beats a primitive on the blocked layout (bench/peers,
+  // 2026-11-23: the demo DSM at batch 1 2.96 -> 2.6 us, the d=1024 DSM at
+  // batch 32 1.49 -> 1.32 ms). They are kept input-major, [d, k] per slice:
+  // sgemm streams those faster than output-major ones (engine_bench,
+  // 2026-12-03, A/B in turn x3: d=1024 E=64 batch 1 36 -> 24 us, batch 32
+  // 840 -> 670 us; E=512 batch 1 37 -> 29 us). At BF16 and INT8 they are
+  // packed for those primitives instead (matmul_kernel.h).
+  const bool input_major_slices = !topk && precision == Precision::kFp32;
   ASSIGN_OR_RETURN(kernels.bottom,
                    MatmulKernel::Create({.k = net.input_dim,
                                          .n = topk ? net.width : w.active_units,
-                                         .layout = Layout::kOutputMajor, .bias = true,
-                                         .relu = relu && !topk, .allow_packing = topk}));
+                                         .layout = input_major_slices ? Layout::kInputMajor
+                                                                      : Layout::kOutputMajor,
+                                         .bias = true,
+                                         .relu = relu && !topk,
+                                         .allow_packing = topk || precision != Precision::kFp32,
+                                         .precision = precision}));
   Weights packed;
   const std::vector<float> top_t = Transpose(net.top_weight, net.output_dim, net.width);
   const int64_t slices = topk ? 1 : w.num_blocks * w.num_experts;
-  ASSIGN_OR_RETURN(packed.bottom, kernels.bottom->PackAll(net.bottom_weight.data(), slices));
+  if (input_major_slices) {
+    // B's slice i is [k, d] rows of B; each becomes its transpose [d, k].
+    const int64_t per_slice = w.active_units * net.input_dim;
+    std::vector<float> slices_t(net.bottom_weight.size());
+    for (int64_t i = 0; i < slices; ++i) {
+      const std::vector<float> slice(net.bottom_weight.begin() + i * per_slice,
+                                     net.bottom_weight.begin() + (i + 1) * per_slice);
+      const std::vector<float> t = Transpose(slice, w.active_units, net.input_dim);
+      std::copy(t.begin(), t.end(), slices_t.begin() + i * per_slice);
+    }
+    ASSIGN_OR_RETURN(packed.bottom, kernels.bottom->PackAll(slices_t.data(), slices));
+  } else {
+    ASSIGN_OR_RETURN(packed.bottom, kernels.bottom->PackAll(net.bottom_weight.data(), slices));
+  }
   if (topk) {
     packed.top = PackedWeights(top_t.size());
     std::copy(top_t.begin(), top_t.end(), packed.top.data());
@@ -124,6 +148,19 @@ absl::StatusOr<std::unique_ptr<DsmModel>> DsmModel::Create(const DsmWeights& w) 
                                   " t=", net.width, " E=", w.num_experts, " k=", w.active_units,
                                   " L=", w.num_blocks, " o=", net.output_dim, " ",
                                   ActivationName(net.activation));
+  if (precision != Precision::kFp32) absl::StrAppend(&info.description, " ", PrecisionName(precision));
+  info.precision = precision;
+  // One row: a0, the router, and per block one slice of B and of Aᵀ (topk:
+  // all of B, and the L·k rows of Aᵀ it gathers).
+  const int64_t blocks = topk ? 1 : w.num_blocks;
+  info.weight_bytes_per_row =
+      4 * net.output_dim +
+      (kernels.router.has_value() ? kernels.router->weight_bytes_per_read() : 0) +
+      blocks * (kernels.bottom->weight_bytes_per_read() + kernels.top.weight_bytes_per_read());
+  info.resident_bytes =
+      4 * static_cast<int64_t>(packed.router.size() + packed.bottom.size() + packed.top.size() +
+                               packed.router_bias.size() + net.bottom_bias.size() +
+                               net.top_bias.size());
   return std::unique_ptr<DsmModel>(
       new DsmModel(std::move(info), w, std::move(kernels), std::move(packed)));
 }
@@ -152,6 +189,7 @@ RoutingCounts DsmModel::Routing() const {
 absl::Status DsmModel::PredictValidated(const float* x, int64_t rows, float* y,
                                         PredictStats* stats, Route* route) const {
   for (int64_t r = 0; r < rows; ++r) std::copy(top_bias_.begin(), top_bias_.end(), y + r * o_);
+  stats->weight_bytes += 4 * o_;  // a0, read once for the call
   const bool routed = router_ != RouterKind::kTopk;
   if (route != nullptr && routed) {
     route->experts_per_row = L_;
@@ -194,7 +232,7 @@ absl::Status DsmModel::RouteRows(const float* x, int64_t n, int32_t* experts,
       }
       float* z = ScratchFloats(Scratch::kRouter, n * L_ * bits_);
       RETURN_IF_ERROR(kernels_.router->Run(x, n, weights_.router.data(), weights_.router_bias.data(), z,
-                                           &stats->flops));
+                                           &stats->flops, &stats->weight_bytes));
       for (int64_t i = 0; i < n * L_; ++i) {
         experts[i] = static_cast<int32_t>(HyperplaneKey(z + i * bits_, bits_));
       }
@@ -203,7 +241,7 @@ absl::Status DsmModel::RouteRows(const float* x, int64_t n, int32_t* experts,
     case RouterKind::kKmeans: {
       float* z = ScratchFloats(Scratch::kRouter, n * L_ * E_);
       RETURN_IF_ERROR(kernels_.router->Run(x, n, weights_.router.data(), weights_.router_bias.data(), z,
-                                           &stats->flops));
+                                           &stats->flops, &stats->weight_bytes));
       for (int64_t i = 0; i < n * L_; ++i) {
         const float* scores = z + i * E_;
         experts[i] = static_cast<int32_t>(std::max_element(scores, scores + E_) - scores);
@@ -260,15 +298,17 @@ absl::Status DsmModel::ComputeRouted(const float* x, int64_t n, const int32_t* e
       }
       const float* bottom = weights_.bottom.data() + slice * kernels_.bottom->packed_floats();
       RETURN_IF_ERROR(kernels_.bottom->Run(xin, g, bottom, bottom_bias_.data() + slice * k_, hidden,
-                                           &stats->flops));
+                                           &stats->flops, &stats->weight_bytes));
       const float* top = weights_.top.data() + slice * kernels_.top.packed_floats();
       if (g == n) {
         // Every row of the chunk is in this group, in order: accumulate in place.
-        RETURN_IF_ERROR(kernels_.top.Run(hidden, g, top, nullptr, y, &stats->flops));
+        RETURN_IF_ERROR(
+            kernels_.top.Run(hidden, g, top, nullptr, y, &stats->flops, &stats->weight_bytes));
         continue;
       }
       std::fill(out, out + g * o_, 0.0f);
-      RETURN_IF_ERROR(kernels_.top.Run(hidden, g, top, nullptr, out, &stats->flops));
+      RETURN_IF_ERROR(
+          kernels_.top.Run(hidden, g, top, nullptr, out, &stats->flops, &stats->weight_bytes));
       for (int64_t i = 0; i < g; ++i) {
         float* dst = y + order[starts[e] + i] * o_;
         for (int64_t j = 0; j < o_; ++j) dst[j] += out[i * o_ + j];
@@ -286,7 +326,7 @@ absl::Status DsmModel::ComputeTopk(const float* x, int64_t n, float* y,
   const int64_t active = L_ * k_;
   float* z = ScratchFloats(Scratch::kHidden, n * t_);
   RETURN_IF_ERROR(kernels_.bottom->Run(x, n, weights_.bottom.data(), bottom_bias_.data(), z,
-                                       &stats->flops));
+                                       &stats->flops, &stats->weight_bytes));
   const float* top_t = weights_.top.data();  // plain Aᵀ [t, o]
   float* units = ScratchFloats(Scratch::kRouter, active);
   float* weights = ScratchFloats(Scratch::kGather, active * o_);
@@ -311,7 +351,8 @@ absl::Status DsmModel::ComputeTopk(const float* x, int64_t n, float* y,
         std::copy(top_t + unit * o_, top_t + (unit + 1) * o_, weights + (l * k_ + i) * o_);
       }
     }
-    RETURN_IF_ERROR(kernels_.top.Run(units, 1, weights, nullptr, y + r * o_, &stats->flops));
+    RETURN_IF_ERROR(kernels_.top.Run(units, 1, weights, nullptr, y + r * o_, &stats->flops,
+                                     &stats->weight_bytes));
   }
   stats->compute_ns += NanosSince(start);
   return absl::OkStatus();

@@ -8,7 +8,8 @@
 // topk computes all of Bx + c, keeps the k largest per block and runs the
 // top layer on those k units only.
 // FLOPs per row: lsh L(2rd + 2kd + 2ko), hash L(2kd + 2ko),
-// kmeans L(2Ed + 2kd + 2ko), topk 2td + L·2ko.
+// kmeans L(2Ed + 2kd + 2ko), topk 2td + L·2ko. Weight bytes: see
+// docs/checkpoint-format.md.
 #ifndef SPARSE_ENGINE_DSM_MODEL_H_
 #define SPARSE_ENGINE_DSM_MODEL_H_
 
@@ -26,7 +27,10 @@ namespace sparse {
 
 class DsmModel : public Model {
  public:
-  static absl::StatusOr<std::unique_ptr<DsmModel>> Create(const DsmWeights& weights);
+  // The expert slices (or all of B for topk) and the routed top slices run
+  // at `precision`; routers and topk's gathered top layer stay FP32.
+  static absl::StatusOr<std::unique_ptr<DsmModel>> Create(
+      const DsmWeights& weights, Precision precision = Precision::kFp32);
   RoutingCounts Routing() const override;
 
  private:

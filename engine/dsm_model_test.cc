@@ -1,6 +1,10 @@
 #include "engine/dsm_model.h"
 
+#include <algorithm>
+#include <cmath>
 #include <string>
+
+#include "absl/strings/str_cat.h"
 
 #include "engine/dense_model.h"
 #include "gtest/gtest.h"
@@ -180,6 +184,114 @@ TEST(DenseModelTest, MatchesReferenceAndCountsFullWidthFlops) {
       ASSERT_OK((*model)->Predict(x, rows, absl::MakeSpan(y), &stats, nullptr));
       EXPECT_TRUE(AllNear(y, ReferencePredict(w, x, rows))) << "rows=" << rows;
       EXPECT_EQ(stats.flops, rows * (2 * 300 * 12 + 2 * 300 * 3));
+    }
+  }
+}
+
+// Executions of a kernel over g rows (matmul_kernel.h): full 128-row chunks,
+// then one per set bit of the rest; a kernel with one output (sgemm over
+// every row) reads its weights once per call.
+int64_t Reads(int64_t g, int64_t n_outputs) {
+  if (n_outputs == 1) return 1;
+  return g / 128 + __builtin_popcountll(static_cast<uint64_t>(g % 128));
+}
+
+// Weight bytes written out from docs/checkpoint-format.md ("Bytes read"),
+// for the routed cases with o < 52 (top slices stay FP32 there) and k >= 52
+// (bottom slices run at the precision): per call a0 (4o); per 128-row
+// chunk the router, 4·(R·d + R) with R its outputs; per (block, expert)
+// group of g rows, Reads(g) x (k·d·e + 4k [+ 4k scales at INT8]) and
+// Reads(g, o) x 4·k·o.
+int64_t ExpectedWeightBytes(const DsmWeights& w, Precision precision, const Route& route,
+                            int64_t rows) {
+  const int64_t d = w.network.input_dim, o = w.network.output_dim, k = w.active_units;
+  const int64_t L = w.num_blocks, E = w.num_experts;
+  const int64_t e = PrecisionBytes(precision);
+  const int64_t bottom = k * d * e + 4 * k + (precision == Precision::kInt8 ? 4 * k : 0);
+  const int64_t top = 4 * k * o;
+  int64_t router_outputs = 0;
+  if (w.router == RouterKind::kLsh) router_outputs = L * w.RouterBits();
+  if (w.router == RouterKind::kKmeans) router_outputs = L * E;
+  int64_t bytes = 4 * o;
+  for (int64_t r0 = 0; r0 < rows; r0 += 128) {
+    const int64_t n = std::min<int64_t>(128, rows - r0);
+    if (router_outputs > 0) {
+      bytes += Reads(n, router_outputs) * 4 * (router_outputs * d + router_outputs);
+    }
+    for (int64_t l = 0; l < L; ++l) {
+      std::vector<int64_t> group(E, 0);
+      for (int64_t r = r0; r < r0 + n; ++r) ++group[route.expert_ids[r * L + l]];
+      for (int64_t g : group) {
+        if (g > 0) bytes += Reads(g, k) * bottom + Reads(g, o) * top;
+      }
+    }
+  }
+  return bytes;
+}
+
+// BF16 and INT8 route every row as FP32 does (routers stay FP32), stay
+// close to the float64 reference, and count the bytes the formula gives,
+// at batch 1 and in batches. Tolerance: the kernels' own bounds are held in
+// matmul_kernel_test; here |y - ref| <= tol · (1 + max |ref|) with tol 2^-6
+// (BF16) and 2^-4 (INT8) catches a wrong slice or scale, which errs by the
+// output's whole size.
+TEST(DsmModelTest, ReducedPrecisionRoutesAsFp32AndCountsTheDocumentedBytes) {
+  for (RouterKind router : {RouterKind::kLsh, RouterKind::kKmeans, RouterKind::kHash}) {
+    const DsmWeights w = RandomDsm({.d = 64, .o = 2, .blocks = 2, .experts = 8,
+                                    .active_units = 64, .router = router},
+                                   31);
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<DsmModel> fp32, DsmModel::Create(w));
+    for (Precision precision : {Precision::kFp32, Precision::kBf16, Precision::kInt8}) {
+      ASSERT_OK_AND_ASSIGN(std::unique_ptr<DsmModel> model, DsmModel::Create(w, precision));
+      EXPECT_EQ(model->info().precision, precision);
+      const std::string what =
+          absl::StrCat(RouterKindName(router), " ", PrecisionName(precision));
+      for (int64_t rows : {1, 3, 32, 150}) {
+        const std::vector<float> x = RandomInputs(rows, 64, 700 + rows);
+        std::vector<float> y(rows * 2), y32(rows * 2);
+        PredictStats stats, stats32;
+        Route route, route32;
+        ASSERT_OK(model->Predict(x, rows, absl::MakeSpan(y), &stats, &route));
+        ASSERT_OK(fp32->Predict(x, rows, absl::MakeSpan(y32), &stats32, &route32));
+        EXPECT_EQ(route.expert_ids, route32.expert_ids) << what << " rows " << rows;
+        EXPECT_EQ(stats.flops, stats32.flops) << what;
+        EXPECT_EQ(stats.weight_bytes, ExpectedWeightBytes(w, precision, route, rows))
+            << what << " rows " << rows;
+        if (rows == 1) {
+          EXPECT_EQ(stats.weight_bytes, model->info().weight_bytes_per_row) << what;
+        }
+        const std::vector<float> ref = ReferencePredict(w, x, rows);
+        float scale = 0;
+        for (float v : ref) scale = std::max(scale, std::fabs(v));
+        const double tol = precision == Precision::kInt8 ? 0x1p-4 : 0x1p-6;
+        EXPECT_TRUE(AllNear(y, ref, precision == Precision::kFp32 ? 1e-4 : tol * (1 + scale), 0))
+            << what << " rows " << rows;
+      }
+    }
+  }
+}
+
+TEST(DenseModelTest, ReducedPrecisionIsCloseAndReadsHalfOrAQuarter) {
+  const DenseWeights w = RandomDense(256, 512, 64, Activation::kRelu, 9);
+  for (Precision precision : {Precision::kFp32, Precision::kBf16, Precision::kInt8}) {
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<DenseModel> model, DenseModel::Create(w, precision));
+    const int64_t e = PrecisionBytes(precision), scales = precision == Precision::kInt8 ? 4 : 0;
+    // B [512, 256] and A [64, 512] (64 outputs: not padded, so reduced too),
+    // each with its biases and, at INT8, one scale per output.
+    const int64_t per_row = 512 * 256 * e + 512 * (4 + scales) + 64 * 512 * e + 64 * (4 + scales);
+    EXPECT_EQ(model->info().weight_bytes_per_row, per_row) << PrecisionName(precision);
+    for (int64_t rows : {1, 5}) {
+      const std::vector<float> x = RandomInputs(rows, 256, 40 + rows);
+      std::vector<float> y(rows * 64);
+      PredictStats stats;
+      ASSERT_OK(model->Predict(x, rows, absl::MakeSpan(y), &stats, nullptr));
+      EXPECT_EQ(stats.weight_bytes, Reads(rows, 2) * per_row) << PrecisionName(precision);
+      const std::vector<float> ref = ReferencePredict(w, x, rows);
+      float scale = 0;
+      for (float v : ref) scale = std::max(scale, std::fabs(v));
+      const double tol = precision == Precision::kInt8 ? 0x1p-4 : 0x1p-6;
+      EXPECT_TRUE(AllNear(y, ref, precision == Precision::kFp32 ? 1e-4 : tol * (1 + scale), 0))
+          << PrecisionName(precision) << " rows " << rows;
     }
   }
 }

@@ -53,6 +53,17 @@ absl::StatusOr<std::unique_ptr<LshTableModel>> LshTableModel::Create(
   info.description = absl::StrCat("lsh_table family=", HashFamilyName(w.family), " d=",
                                   w.input_dim, " s=", w.num_tables, " m=", w.num_hashes,
                                   " delta=", w.degree, " o=", w.output_dim);
+  // One row: the projections and offsets, then one bucket per table.
+  info.weight_bytes_per_row =
+      projection.weight_bytes_per_read() +
+      w.num_tables * (affine ? affine->weight_bytes_per_read() : 4 * w.output_dim);
+  int64_t resident = 4 * static_cast<int64_t>(projection_weight.size() + w.offset.size());
+  for (const Table& t : tables) {
+    resident += 4 * static_cast<int64_t>(t.values.size()) +
+                static_cast<int64_t>(t.index.capacity() *
+                                     (sizeof(std::pair<uint64_t, uint32_t>) + 1));
+  }
+  info.resident_bytes = resident;
   return std::unique_ptr<LshTableModel>(new LshTableModel(
       std::move(info), w, std::move(tables), std::move(projection), std::move(projection_weight),
       std::move(affine)));
@@ -88,7 +99,7 @@ absl::Status LshTableModel::PredictValidated(const float* x, int64_t rows, float
     // and one index probe per (row, table).
     const auto route_start = std::chrono::steady_clock::now();
     RETURN_IF_ERROR(projection_kernel_.Run(x + r0 * d_, n, projection_.data(), offset_.data(), z,
-                                           &stats->flops));
+                                           &stats->flops, &stats->weight_bytes));
     int64_t chunk_misses = 0;
     for (int64_t r = 0; r < n; ++r) {
       for (int64_t i = 0; i < s_; ++i) {
@@ -125,8 +136,10 @@ absl::Status LshTableModel::PredictValidated(const float* x, int64_t rows, float
         if (degree_ == 0) {
           for (int64_t j = 0; j < o_; ++j) out[j] += value[j];
           stats->flops += o_;
+          stats->weight_bytes += 4 * o_;
         } else {
-          RETURN_IF_ERROR(affine_kernel_->Run(augmented, 1, value, nullptr, out, &stats->flops));
+          RETURN_IF_ERROR(affine_kernel_->Run(augmented, 1, value, nullptr, out, &stats->flops,
+                                              &stats->weight_bytes));
         }
       }
     }

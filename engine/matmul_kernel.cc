@@ -111,9 +111,20 @@ absl::StatusOr<MatmulKernel> MatmulKernel::Create(const MatmulSpec& spec) {
     return absl::InvalidArgumentError(
         absl::StrCat("matmul needs K, N >= 1, got K=", spec.k, " N=", spec.n));
   }
+  if (spec.precision != Precision::kFp32 && !spec.allow_packing) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a ", PrecisionName(spec.precision),
+        " matmul needs weights packed at load; this one gets them per call"));
+  }
   MatmulKernel kernel;
   kernel.spec_ = spec;
   kernel.id_ = Id(next_kernel_id.fetch_add(1));
+  if (spec.precision != Precision::kFp32) {
+    ASSIGN_OR_RETURN(const bool reduced, kernel.CreateReduced());
+    if (reduced) return kernel;
+    kernel.spec_.precision = Precision::kFp32;  // see CreateReduced
+  }
+  kernel.SetBytesPerRead();
   absl::MutexLock creating(&PrimitiveCreationMutex());
   try {
     dnnl::post_ops ops;
@@ -167,24 +178,7 @@ absl::StatusOr<MatmulKernel> MatmulKernel::Create(const MatmulSpec& spec) {
     kernel.sgemm_transposed_ = kernel.sgemm_weights_ == output_major || spec.n == 1;
     kernel.packed_floats_ = kernel.primitive_offset_ +
                             static_cast<int64_t>(kernel.weights_.get_size() / sizeof(float));
-    for (int b = 0; b < kNumBuckets; ++b) {
-      const int64_t m = int64_t{1} << b;
-      Bucket& bucket = kernel.buckets_[b];
-      bucket.src = memory::desc({m, spec.k}, Dt::f32, Tag::ab);
-      bucket.weights = kernel.weights_;
-      bucket.dst = memory::desc({m, spec.n}, Dt::f32, Tag::ab);
-      std::unique_ptr<dnnl::matmul::desc> desc;
-      if (spec.bias) {
-        bucket.bias = memory::desc({1, spec.n}, Dt::f32, Tag::ab);
-        desc = std::make_unique<dnnl::matmul::desc>(bucket.src, bucket.weights, bucket.bias,
-                                                    bucket.dst);
-      } else {
-        desc = std::make_unique<dnnl::matmul::desc>(bucket.src, bucket.weights, bucket.dst);
-      }
-      dnnl::matmul::primitive_desc pd(*desc, attr, CpuEngine());
-      bucket.scratchpad = pd.scratchpad_desc();
-      bucket.primitive = dnnl::matmul(pd);
-    }
+    kernel.CreateBuckets(Dt::f32, Dt::f32, spec.bias, attr);
   } catch (const dnnl::error& e) {
     return FromDnnl(e, absl::StrCat("matmul creation (K=", spec.k, ", N=", spec.n, ")"));
   }
@@ -192,14 +186,88 @@ absl::StatusOr<MatmulKernel> MatmulKernel::Create(const MatmulSpec& spec) {
     // oneDNN generates its sgemm code on first use: do that at load, not on
     // the first request.
     std::vector<float> zeros(spec.k * spec.n + spec.k + spec.n, 0.0f);
-    int64_t flops = 0;
     RETURN_IF_ERROR(kernel.RunSgemm(zeros.data(), 1, zeros.data(), zeros.data(),
-                                    zeros.data() + spec.k * spec.n + spec.k, &flops));
+                                    zeros.data() + spec.k * spec.n + spec.k));
   }
   return kernel;
 }
 
+void MatmulKernel::CreateBuckets(dnnl::memory::data_type in, dnnl::memory::data_type out,
+                                 bool with_bias, const dnnl::primitive_attr& attr) {
+  for (int b = 0; b < kNumBuckets; ++b) {
+    const int64_t m = int64_t{1} << b;
+    Bucket& bucket = buckets_[b];
+    bucket.src = memory::desc({m, spec_.k}, in, Tag::ab);
+    bucket.weights = weights_;
+    bucket.dst = memory::desc({m, spec_.n}, out, Tag::ab);
+    std::unique_ptr<dnnl::matmul::desc> desc;
+    if (with_bias) {
+      bucket.bias = memory::desc({1, spec_.n}, Dt::f32, Tag::ab);
+      desc = std::make_unique<dnnl::matmul::desc>(bucket.src, bucket.weights, bucket.bias,
+                                                  bucket.dst);
+    } else {
+      desc = std::make_unique<dnnl::matmul::desc>(bucket.src, bucket.weights, bucket.dst);
+    }
+    dnnl::matmul::primitive_desc pd(*desc, attr, CpuEngine());
+    bucket.scratchpad = pd.scratchpad_desc();
+    bucket.primitive = dnnl::matmul(pd);
+  }
+}
+
+void MatmulKernel::SetBytesPerRead() {
+  bytes_per_read_ = spec_.k * spec_.n * PrecisionBytes(spec_.precision) +
+                    (spec_.precision == Precision::kInt8 ? 4 * spec_.n : 0) +
+                    (spec_.bias ? 4 * spec_.n : 0);
+}
+
+absl::StatusOr<bool> MatmulKernel::CreateReduced() {
+  const MatmulSpec& spec = spec_;
+  const bool bf16 = spec.precision == Precision::kBf16;
+  const Dt in = bf16 ? Dt::bf16 : Dt::s8;
+  const Dt out = bf16 ? Dt::f32 : Dt::s32;
+  absl::MutexLock creating(&PrimitiveCreationMutex());
+  try {
+    // BF16 fuses bias, ReLU and accumulation as FP32 does; INT8 applies them
+    // after its scales (ApplyInt8Epilogue).
+    dnnl::post_ops ops;
+    if (bf16 && spec.relu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+    if (bf16 && spec.accumulate) ops.append_sum(1.0f);
+    dnnl::primitive_attr attr;
+    attr.set_post_ops(ops);
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    const Tag weight_tag = spec.layout == MatmulSpec::WeightLayout::kOutputMajor ? Tag::ba : Tag::ab;
+    plain_weights_ = memory::desc({spec.k, spec.n}, in, weight_tag);
+    const memory::desc any({spec.k, spec.n}, in, Tag::any);
+    const dnnl::matmul::primitive_desc probe(
+        dnnl::matmul::desc(memory::desc({1, spec.k}, in, Tag::ab), any,
+                           memory::desc({1, spec.n}, out, Tag::ab)),
+        attr, CpuEngine());
+    weights_ = probe.weights_desc();
+    // A narrow matrix (an o = 1 top layer) would be padded to a whole block:
+    // it stays FP32, where it is kept plain (a few KiB at most).
+    const size_t plain_bytes = static_cast<size_t>(spec.k * spec.n * PrecisionBytes(spec.precision));
+    if (weights_.get_size() * 4 > plain_bytes * 5) {
+      weights_ = memory::desc();
+      plain_weights_ = memory::desc();
+      return false;
+    }
+    CreateBuckets(in, out, bf16 && spec.bias, attr);
+  } catch (const dnnl::error& e) {
+    return FromDnnl(e, absl::StrCat(PrecisionName(spec.precision), " matmul creation (K=", spec.k,
+                                    ", N=", spec.n, ")"));
+  }
+  packs_ = true;
+  sgemm_ = false;
+  // The packed matrix, padded to 64 bytes, then (INT8) its N scales.
+  const int64_t matrix_floats = (static_cast<int64_t>(weights_.get_size()) + 63) / 64 * 16;
+  scales_offset_ = bf16 ? 0 : matrix_floats;
+  packed_floats_ = matrix_floats + (bf16 ? 0 : (spec.n + 15) / 16 * 16);
+  SetBytesPerRead();
+  return true;
+}
+
 absl::StatusOr<PackedWeights> MatmulKernel::PackAll(const float* plain, int64_t count) const {
+  if (spec_.precision != Precision::kFp32) return PackReduced(plain, count);
   PackedWeights packed(static_cast<size_t>(count * packed_floats_));
   const int64_t plain_floats = spec_.k * spec_.n;
   if (!packs_) {
@@ -235,8 +303,91 @@ absl::StatusOr<PackedWeights> MatmulKernel::PackAll(const float* plain, int64_t 
   return packed;
 }
 
+absl::StatusOr<PackedWeights> MatmulKernel::PackReduced(const float* plain,
+                                                        int64_t count) const {
+  const int64_t k = spec_.k, n = spec_.n, elements = k * n;
+  const bool bf16 = spec_.precision == Precision::kBf16;
+  const bool output_major = spec_.layout == MatmulSpec::WeightLayout::kOutputMajor;
+  PackedWeights packed(static_cast<size_t>(count * packed_floats_));
+  std::fill(packed.data(), packed.data() + packed.size(), 0.0f);
+  // One matrix at a time in the reduced type, in spec.layout, then reordered.
+  std::vector<uint16_t> as_bf16(bf16 ? elements : 0);
+  std::vector<int8_t> as_int8(bf16 ? 0 : elements);
+  try {
+    const dnnl::engine& engine = CpuEngine();
+    dnnl::stream& stream = ThreadStream();
+    std::optional<dnnl::reorder> created;
+    {
+      absl::MutexLock creating(&PrimitiveCreationMutex());
+      created.emplace(dnnl::reorder::primitive_desc(engine, plain_weights_, engine, weights_));
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      const float* w = plain + i * elements;
+      float* dst = packed.data() + i * packed_floats_;
+      void* source;
+      if (bf16) {
+        ToBf16(w, elements, as_bf16.data());
+        for (int64_t e = 0; e < elements; ++e) {
+          if ((as_bf16[e] & 0x7f80u) == 0x7f80u) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                "matrix ", i, " element ", e, " (", w[e], ") overflows bfloat16"));
+          }
+        }
+        source = as_bf16.data();
+      } else {
+        // One scale per output channel: contiguous rows when output-major,
+        // strided columns when input-major.
+        float* scales = dst + scales_offset_;
+        for (int64_t j = 0; j < n; ++j) {
+          scales[j] = output_major ? QuantizeInt8(w + j * k, k, as_int8.data() + j * k)
+                                   : QuantizeInt8Strided(w + j, k, n, as_int8.data() + j);
+        }
+        source = as_int8.data();
+      }
+      memory src(plain_weights_, engine, source);
+      memory packed_matrix(weights_, engine, dst);
+      created->execute(stream, src, packed_matrix);
+      stream.wait();
+    }
+  } catch (const dnnl::error& e) {
+    return FromDnnl(e, absl::StrCat(PrecisionName(spec_.precision), " weight reorder"));
+  }
+  return packed;
+}
+
+void* MatmulKernel::ConvertInput(const float* x, int64_t m, float* row_scales) const {
+  const int64_t k = spec_.k;
+  if (spec_.precision == Precision::kBf16) {
+    auto* out = reinterpret_cast<uint16_t*>(
+        ScratchFloats(Scratch::kKernelInput, static_cast<size_t>((m * k + 1) / 2)));
+    ToBf16(x, m * k, out);
+    return out;
+  }
+  auto* out = reinterpret_cast<int8_t*>(
+      ScratchFloats(Scratch::kKernelInput, static_cast<size_t>((m * k + 3) / 4)));
+  for (int64_t r = 0; r < m; ++r) row_scales[r] = QuantizeInt8(x + r * k, k, out + r * k);
+  return out;
+}
+
+void MatmulKernel::ApplyInt8Epilogue(const int32_t* acc, int64_t m, const float* row_scales,
+                                     const float* channel_scales, const float* bias,
+                                     float* y) const {
+  const int64_t n = spec_.n;
+  for (int64_t r = 0; r < m; ++r) {
+    const float sx = row_scales[r];
+    const int32_t* a = acc + r * n;
+    float* yr = y + r * n;
+    for (int64_t j = 0; j < n; ++j) {
+      float v = static_cast<float>(a[j]) * (sx * channel_scales[j]);
+      if (spec_.bias) v += bias[j];
+      if (spec_.relu) v = std::max(v, 0.0f);
+      yr[j] = spec_.accumulate ? yr[j] + v : v;
+    }
+  }
+}
+
 absl::Status MatmulKernel::RunSgemm(const float* x, int64_t rows, const float* w,
-                                    const float* bias, float* y, int64_t* flops) const {
+                                    const float* bias, float* y) const {
   const int64_t k = spec_.k, n = spec_.n;
   // y starts as the bias (or 0), plus its old value when accumulating; the
   // product is then added (beta = 1) and the ReLU applied in place.
@@ -262,14 +413,29 @@ absl::Status MatmulKernel::RunSgemm(const float* x, int64_t rows, const float* w
   if (spec_.relu) {
     for (int64_t i = 0; i < rows * n; ++i) y[i] = std::max(y[i], 0.0f);
   }
-  *flops += 2 * rows * k * n;
   return absl::OkStatus();
 }
 
 absl::Status MatmulKernel::Run(const float* x, int64_t rows, const float* w, const float* bias,
-                               float* y, int64_t* flops) const {
+                               float* y, int64_t* flops, int64_t* weight_bytes) const {
+  int64_t reads = 0;
   // N = 1: sgemm is the faster kernel at every row count measured.
-  if (sgemm_ && spec_.n == 1) return RunSgemm(x, rows, w, bias, y, flops);
+  if (sgemm_ && spec_.n == 1) {
+    RETURN_IF_ERROR(RunSgemm(x, rows, w, bias, y));
+    reads = 1;
+  } else {
+    RETURN_IF_ERROR(RunBuckets(x, rows, w, bias, y, &reads));
+  }
+  *flops += 2 * rows * spec_.k * spec_.n;
+  *weight_bytes += reads * bytes_per_read_;
+  return absl::OkStatus();
+}
+
+absl::Status MatmulKernel::RunBuckets(const float* x, int64_t rows, const float* w,
+                                      const float* bias, float* y, int64_t* reads) const {
+  const bool int8 = spec_.precision == Precision::kInt8;
+  const bool reduced = spec_.precision != Precision::kFp32;
+  float row_scales[kMaxBucketRows];
   try {
     dnnl::stream& stream = ThreadStream();
     ArgCache& cache = ThreadArgCache();
@@ -281,10 +447,9 @@ absl::Status MatmulKernel::Run(const float* x, int64_t rows, const float* w, con
       int b = kNumBuckets - 1;
       while ((int64_t{1} << b) > left) --b;
       const int64_t m = int64_t{1} << b;
+      ++*reads;
       if (sgemm_ && m <= kSgemmMaxRows) {
-        int64_t counted_below = 0;
-        RETURN_IF_ERROR(
-            RunSgemm(x + done * spec_.k, m, w, bias, y + done * spec_.n, &counted_below));
+        RETURN_IF_ERROR(RunSgemm(x + done * spec_.k, m, w, bias, y + done * spec_.n));
         done += m;
         continue;
       }
@@ -296,25 +461,40 @@ absl::Status MatmulKernel::Run(const float* x, int64_t rows, const float* w, con
         const dnnl::engine& engine = CpuEngine();
         args.emplace(DNNL_ARG_SRC, memory(bucket.src, engine, DNNL_MEMORY_NONE));
         args.emplace(DNNL_ARG_WEIGHTS, memory(bucket.weights, engine, DNNL_MEMORY_NONE));
-        if (spec_.bias) args.emplace(DNNL_ARG_BIAS, memory(bucket.bias, engine, DNNL_MEMORY_NONE));
+        if (!bucket.bias.is_zero()) {
+          args.emplace(DNNL_ARG_BIAS, memory(bucket.bias, engine, DNNL_MEMORY_NONE));
+        }
         args.emplace(DNNL_ARG_DST, memory(bucket.dst, engine, DNNL_MEMORY_NONE));
         if (pad > 0) {
           args.emplace(DNNL_ARG_SCRATCHPAD, memory(bucket.scratchpad, engine, DNNL_MEMORY_NONE));
         }
       }
-      args.at(DNNL_ARG_SRC).set_data_handle(const_cast<float*>(x + done * spec_.k));
+      const float* xm = x + done * spec_.k;
+      float* ym = y + done * spec_.n;
+      int32_t* acc = nullptr;
+      args.at(DNNL_ARG_SRC).set_data_handle(reduced ? ConvertInput(xm, m, row_scales)
+                                                    : const_cast<float*>(xm));
       args.at(DNNL_ARG_WEIGHTS).set_data_handle(const_cast<float*>(w + primitive_offset_));
-      if (spec_.bias) args.at(DNNL_ARG_BIAS).set_data_handle(const_cast<float*>(bias));
-      args.at(DNNL_ARG_DST).set_data_handle(y + done * spec_.n);
+      if (!bucket.bias.is_zero()) args.at(DNNL_ARG_BIAS).set_data_handle(const_cast<float*>(bias));
+      if (int8) {
+        acc = reinterpret_cast<int32_t*>(
+            ScratchFloats(Scratch::kKernelAccumulator, static_cast<size_t>(m * spec_.n)));
+        args.at(DNNL_ARG_DST).set_data_handle(acc);
+      } else {
+        args.at(DNNL_ARG_DST).set_data_handle(ym);
+      }
       if (pad > 0) args.at(DNNL_ARG_SCRATCHPAD).set_data_handle(ScratchBytes(pad));
       bucket.primitive.execute(stream, args);
+      if (int8) {
+        stream.wait();
+        ApplyInt8Epilogue(acc, m, row_scales, w + scales_offset_, bias, ym);
+      }
       done += m;
     }
     stream.wait();
   } catch (const dnnl::error& e) {
     return FromDnnl(e, "matmul execution");
   }
-  *flops += 2 * rows * spec_.k * spec_.n;
   return absl::OkStatus();
 }
 

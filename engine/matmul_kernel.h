@@ -26,6 +26,20 @@
 // Each of these choices was measured; the figures, their dates and the
 // commands are in docs/benchmarks.md ("Kernel choices").
 //
+// At BF16 and INT8 (spec.precision, see precision.h) every bucket runs on a
+// primitive over weights packed at load in oneDNN's layout for that data
+// type: bf16 x bf16 -> f32 (brgemm avx512_core_bf16 here), and s8 x s8 ->
+// s32 (brgemm avx512_core_vnni) followed by the scales, bias and ReLU applied
+// here. Each matrix's storage then ends with its N float32 scales (INT8).
+// There is no sgemm route and no second copy: at batch 1 these primitives
+// already read their (half or quarter sized) weights at the memory's rate.
+// A matrix that the blocked layout would pad by more than 25% (N = 1) stays
+// FP32: precision() says what a kernel runs at.
+//
+// Bytes: each execution over a matrix (a primitive bucket or an sgemm call)
+// reads it once, and Run() adds weight_bytes_per_read() to the caller's
+// count; the rule and its formula are in docs/checkpoint-format.md.
+//
 // Thread-safety: Create() and destruction are not concurrent with Run().
 // Run() is safe from any number of threads at once: each thread executes on
 // its own oneDNN stream with its own scratchpad (see workspace.h).
@@ -38,6 +52,7 @@
 #include <utility>
 
 #include "absl/status/statusor.h"
+#include "engine/precision.h"
 #include "oneapi/dnnl/dnnl.hpp"
 
 namespace sparse {
@@ -54,6 +69,8 @@ struct MatmulSpec {
   bool relu = false;        // applies ReLU after the bias
   bool accumulate = false;  // adds the result into y instead of overwriting
   bool allow_packing = true;  // false when Run() gets weights built per call
+  // BF16 and INT8 need allow_packing: their weights are converted at load.
+  Precision precision = Precision::kFp32;
 };
 
 // A 64-byte-aligned float buffer holding packed weights. Move-only.
@@ -89,9 +106,15 @@ class MatmulKernel {
   MatmulKernel(MatmulKernel&&) = default;
   MatmulKernel& operator=(MatmulKernel&&) = default;
 
-  // Floats one weight matrix takes in the kernel's layout (>= K·N; about
-  // 2·K·N when it keeps two copies).
+  // Storage one weight matrix takes in the kernel's layout, in 4-byte units
+  // ("floats"; >= K·N at FP32, about 2·K·N when it keeps two copies; about
+  // K·N/2 at BF16 and K·N/4 + N at INT8).
   int64_t packed_floats() const { return packed_floats_; }
+  // What one execution over one matrix reads, as docs/checkpoint-format.md
+  // counts it: K·N elements at the precision's width, plus the N float32
+  // scales at INT8, plus the N float32 biases when spec.bias.
+  int64_t weight_bytes_per_read() const { return bytes_per_read_; }
+  Precision precision() const { return spec_.precision; }
   // Whether the kernel's layout differs from spec.layout.
   bool packs() const { return packs_; }
   // Whether 1-2-row buckets run on sgemm (over a plain copy of the weights).
@@ -108,9 +131,11 @@ class MatmulKernel {
   // x: [rows, K] row-major; w: one matrix as PackAll laid it out (or, when
   // !packs(), in spec.layout); bias: [N] (when
   // spec.bias, else ignored); y: [rows, N] row-major. Adds 2·rows·K·N to
-  // *flops. REQUIRES: rows >= 1 and the pointers cover those extents.
+  // *flops and weight_bytes_per_read() per execution to *weight_bytes.
+  // REQUIRES: rows >= 1, every x finite, and the pointers cover those
+  // extents.
   absl::Status Run(const float* x, int64_t rows, const float* w, const float* bias,
-                   float* y, int64_t* flops) const;
+                   float* y, int64_t* flops, int64_t* weight_bytes) const;
 
 
  private:
@@ -119,9 +144,30 @@ class MatmulKernel {
     dnnl::memory::desc src, weights, bias, dst, scratchpad;
   };
   MatmulKernel() = default;
+  // Create() for BF16 and INT8: false, creating nothing, when the blocked
+  // layout would pad the matrix by more than 25% (it then stays FP32).
+  absl::StatusOr<bool> CreateReduced();
+  void SetBytesPerRead();
+  // One primitive per bucket over weights_ (in -> out data types; the bias
+  // is float32). Throws dnnl::error. REQUIRES: PrimitiveCreationMutex held.
+  void CreateBuckets(dnnl::memory::data_type in, dnnl::memory::data_type out, bool with_bias,
+                     const dnnl::primitive_attr& attr);
+  // PackAll() for BF16 and INT8.
+  absl::StatusOr<PackedWeights> PackReduced(const float* plain, int64_t count) const;
+  // The primitives' part of Run(): the binary decomposition into buckets
+  // (with sgemm for 1-2 rows where it applies); counts executions in *reads.
+  absl::Status RunBuckets(const float* x, int64_t rows, const float* w, const float* bias,
+                          float* y, int64_t* reads) const;
   // y = act(x·W + bias) [+ y] for `rows` rows on dnnl_sgemm. REQUIRES: sgemm_.
   absl::Status RunSgemm(const float* x, int64_t rows, const float* w, const float* bias,
-                        float* y, int64_t* flops) const;
+                        float* y) const;
+  // Converts (BF16) or quantizes (INT8) m rows of x into the thread's
+  // scratch, returning the primitive's source; INT8 writes each row's scale
+  // to row_scales.
+  void* ConvertInput(const float* x, int64_t m, float* row_scales) const;
+  // INT8: y = acc·(row scale · channel scale) + bias, ReLU, [+ y].
+  void ApplyInt8Epilogue(const int32_t* acc, int64_t m, const float* row_scales,
+                         const float* channel_scales, const float* bias, float* y) const;
 
   // Unique per Create(); keys the per-thread argument caches. When a kernel
   // is destroyed its id is retired, and each thread drops the kernel's
@@ -147,6 +193,8 @@ class MatmulKernel {
   dnnl::memory::desc sgemm_weights_;  // the plain copy sgemm reads, at offset 0
   int64_t primitive_offset_ = 0;      // where weights_ starts in a matrix (0: one copy)
   int64_t packed_floats_ = 0;
+  int64_t scales_offset_ = 0;   // INT8: where a matrix's N scales start, in floats
+  int64_t bytes_per_read_ = 0;
   bool packs_ = false;
   bool sgemm_ = false;             // plain weights, and not ReLU and accumulate together
   bool sgemm_transposed_ = false;  // weights_ is output-major (or N = 1)

@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "engine/precision.h"
 
 namespace sparse {
 
@@ -29,11 +30,20 @@ struct ModelInfo {
   int64_t flops_per_row = 0;  // DESIGN.md §1 formula for this model
   int64_t parameters = 0;     // stored floats (weights, biases, bucket values)
   std::string description;    // e.g. "dsm router=lsh d=8 t=1024 E=16 k=64 L=1"
+  Precision precision = Precision::kFp32;  // of the large matrices (precision.h)
+  // Weight bytes a one-row request reads (docs/checkpoint-format.md).
+  int64_t weight_bytes_per_row = 0;
+  // Bytes the model holds for its weights: every packed copy, biases,
+  // tables and their indexes.
+  int64_t resident_bytes = 0;
 };
 
-// What one Predict call did. FLOPs are counted by the kernels as they run.
+// What one Predict call did. FLOPs and weight bytes are counted by the
+// kernels as they run: a matrix counts once per kernel execution over it, so
+// rows that share an expert in a batch share its bytes.
 struct PredictStats {
   int64_t flops = 0;
+  int64_t weight_bytes = 0;
   int64_t route_ns = 0;    // hashing / routing
   int64_t compute_ns = 0;  // the selected slice, bucket values, dense layers
 };

@@ -28,6 +28,8 @@ enum class Scratch : int {
   kHidden,     // hidden activations
   kOutput,     // per-group outputs before scatter
   kGather,     // gathered weights or activations
+  kKernelInput,  // MatmulKernel: rows converted to bf16 or int8
+  kKernelAccumulator,  // MatmulKernel: int32 products before the INT8 scales
   kCount,
 };
 

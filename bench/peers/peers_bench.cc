@@ -285,8 +285,8 @@ class EngineHasher {
   absl::Status Hash(const float* x, int64_t rows, uint64_t* keys) const {
     const int64_t hashes = s_ * m_;
     float* z = ScratchFloats(Scratch::kRouter, rows * hashes);
-    int64_t flops = 0;
-    RETURN_IF_ERROR(kernel_.Run(x, rows, projection_.data(), offset_.data(), z, &flops));
+    int64_t flops = 0, bytes = 0;
+    RETURN_IF_ERROR(kernel_.Run(x, rows, projection_.data(), offset_.data(), z, &flops, &bytes));
     for (int64_t i = 0; i < rows * s_; ++i) keys[i] = HyperplaneKey(z + i * m_, m_);
     return absl::OkStatus();
   }
