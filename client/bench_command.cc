@@ -48,9 +48,11 @@ struct PathSetup {
 };
 
 // The cost an OIP or REST answer reports in its parameters.
-ServerSide FromParameters(int64_t flops, int64_t queue_ns, int64_t compute_ns, int64_t total_ns) {
+ServerSide FromParameters(int64_t flops, int64_t weight_bytes, int64_t queue_ns,
+                          int64_t compute_ns, int64_t total_ns) {
   ServerSide side;
   side.flops = flops;
+  side.weight_bytes = weight_bytes;
   side.queue_ns = queue_ns;
   side.compute_ns = compute_ns;  // route + compute: the protocol reports them together
   side.total_ns = total_ns;
@@ -69,8 +71,8 @@ LoadPath OipLoadPath(PathSetup* setup) {
             auto it = r.parameters().find(key);
             return it == r.parameters().end() ? int64_t{0} : it->second.int64_param();
           };
-          done(s, FromParameters(param("flops"), param("queue_ns"), param("compute_ns"),
-                                 param("total_ns")));
+          done(s, FromParameters(param("flops"), param("weight_bytes"), param("queue_ns"),
+                                 param("compute_ns"), param("total_ns")));
         });
   };
   return path;
@@ -97,7 +99,8 @@ absl::StatusOr<ServerSide> FromRestReply(const RestReply& reply) {
   auto param = [&p](const char* key) {
     return p.contains(key) && p[key].is_number_integer() ? p[key].get<int64_t>() : int64_t{0};
   };
-  return FromParameters(param("flops"), param("queue_ns"), param("compute_ns"), param("total_ns"));
+  return FromParameters(param("flops"), param("weight_bytes"), param("queue_ns"),
+                        param("compute_ns"), param("total_ns"));
 }
 
 LoadPath RestLoadPath(PathSetup* setup) {
@@ -178,6 +181,7 @@ Json ToJson(const LevelResult& r) {
             {"route_p50_us", r.route_p50_us},
             {"compute_p50_us", r.compute_p50_us},
             {"flops_per_request", r.flops_per_request},
+            {"weight_bytes_per_request", r.weight_bytes_per_request},
             {"client_cpu_us_per_request", r.client_cpu_us_per_request},
             {"server_cpu_us_per_request",
              r.server_cpu_us_per_request < 0 ? Json(nullptr) : Json(r.server_cpu_us_per_request)},
@@ -205,18 +209,19 @@ std::string Csv(const std::string& model, int64_t batch, const std::vector<Level
       "model,batch,path,mode,concurrency,rate_rps,arrival,stable,seconds,requests,errors,"
       "throughput_rps,p50_us,p90_us,p99_us,p999_us,mean_us,max_us,server_us,queue_us,route_us,"
       "compute_us,network_us,flops_per_request,client_cpu_us_per_request,"
-      "server_cpu_us_per_request\n";
+      "server_cpu_us_per_request,weight_bytes_per_request\n";
   for (const LevelResult& r : results) {
     const bool closed = r.load.mode == Load::Mode::kClosed;
     absl::StrAppendFormat(
         &out, "%s,%d,%s,%s,%s,%s,%s,%d,%.3f,%d,%d,%.1f,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,"
-              "%.2f,%.2f,%d,%.2f,%s\n",
+              "%.2f,%.2f,%d,%.2f,%s,%d\n",
         model, batch, r.path, closed ? "closed" : "open", closed ? absl::StrCat(r.load.concurrency) : "",
         closed ? "" : absl::StrFormat("%g", r.load.rate), closed ? "" : (r.load.poisson ? "poisson" : "constant"),
         r.stable ? 1 : 0, r.seconds, r.completed, r.errors, r.throughput, r.p50_us, r.p90_us, r.p99_us,
         r.p999_us, r.mean_us, r.max_us, r.server_us, r.queue_us, r.route_us, r.compute_us, r.network_us,
         r.flops_per_request, r.client_cpu_us_per_request,
-        r.server_cpu_us_per_request < 0 ? "" : absl::StrFormat("%.2f", r.server_cpu_us_per_request));
+        r.server_cpu_us_per_request < 0 ? "" : absl::StrFormat("%.2f", r.server_cpu_us_per_request),
+        r.weight_bytes_per_request);
   }
   return out;
 }
@@ -275,15 +280,16 @@ void PrintTable(const BenchOptions& o, const std::vector<LevelResult>& results) 
   // The path column fits the longest name (sparse@rest_binary with --protocols).
   int width = 9;
   for (const LevelResult& r : results) width = std::max(width, static_cast<int>(r.path.size()));
-  std::printf("  %-8s %-*s %9s %8s %8s %8s %9s %7s %10s %13s %16s %14s %s\n",
+  std::printf("  %-8s %-*s %9s %8s %8s %8s %9s %7s %10s %10s %13s %16s %14s %s\n",
               closed ? "inflight" : "offered", width, "path", "req/s", "p50 us", "p90 us", "p99 us",
-              "p99.9 us", "errors", "FLOPs/req", "server us", "queue/compute", "CPU us/req",
-              "stable");
+              "p99.9 us", "errors", "FLOPs/req", "bytes/req", "server us", "queue/compute",
+              "CPU us/req", "stable");
   for (const LevelResult& r : results) {
-    std::printf("  %-8s %-*s %9.0f %8.1f %8.1f %8.1f %9.1f %7lld %10lld %13.1f %7.1f/%-8.1f %6s/%-7s %s\n",
+    std::printf("  %-8s %-*s %9.0f %8.1f %8.1f %8.1f %9.1f %7lld %10lld %10s %13.1f %7.1f/%-8.1f %6s/%-7s %s\n",
                 Level(r).c_str(), width, r.path.c_str(), r.throughput, r.p50_us, r.p90_us, r.p99_us,
                 r.p999_us, static_cast<long long>(r.errors),
-                static_cast<long long>(r.flops_per_request), r.server_us, r.queue_us,
+                static_cast<long long>(r.flops_per_request),
+                HumanBytes(r.weight_bytes_per_request).c_str(), r.server_us, r.queue_us,
                 r.route_us + r.compute_us, Cpu(r.client_cpu_us_per_request).c_str(),
                 Cpu(r.server_cpu_us_per_request).c_str(), r.stable ? "yes" : "no");
   }
@@ -376,11 +382,24 @@ LoadPath PredictLoadPath(const std::string& name, SparseClient* client,
                                               .queue_ns = c.queue_ns(),
                                               .route_ns = c.route_ns(),
                                               .compute_ns = c.compute_ns(),
-                                              .flops = c.flops()});
+                                              .flops = c.flops(),
+                                              .weight_bytes = c.weight_bytes()});
                          });
   };
   path.server_cpu_ns = ServerCpu(client);
   return path;
+}
+
+std::string HumanBytes(int64_t bytes) {
+  if (bytes < 1024) return absl::StrCat(bytes, " B");
+  const char* const units[] = {"KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes) / 1024;
+  int u = 0;
+  while (v >= 1024 && u < 3) {
+    v /= 1024;
+    ++u;
+  }
+  return absl::StrFormat(v >= 100 ? "%.1f %s" : "%.2f %s", v, units[u]);
 }
 
 bool IsLoopbackTarget(const std::string& target) {

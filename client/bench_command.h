@@ -57,6 +57,9 @@ LoadPath PredictLoadPath(const std::string& name, SparseClient* client,
 // True for targets on this machine: localhost, 127.0.0.0/8, [::1], unix:.
 bool IsLoopbackTarget(const std::string& target);
 
+// Bytes for people: "812 B", "296.0 KiB", "1.04 MiB", "1.25 GiB".
+std::string HumanBytes(int64_t bytes);
+
 }  // namespace sparse
 
 #endif  // SPARSE_CLIENT_BENCH_COMMAND_H_

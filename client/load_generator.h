@@ -35,6 +35,7 @@ namespace sparse {
 // What the server said about one request (zero where a path has no cost).
 struct ServerSide {
   int64_t total_ns = 0, queue_ns = 0, route_ns = 0, compute_ns = 0, flops = 0;
+  int64_t weight_bytes = 0;  // 0 when the answer does not report it
 };
 
 struct LoadPath {
@@ -93,6 +94,7 @@ struct LevelResult {
   double server_us = 0, queue_us = 0, route_us = 0, compute_us = 0, network_us = 0;
   double route_p50_us = 0, compute_p50_us = 0;
   int64_t flops_per_request = 0;
+  int64_t weight_bytes_per_request = 0;
   double client_cpu_us_per_request = 0;
   double server_cpu_us_per_request = -1;  // -1: unknown
   std::string first_error;

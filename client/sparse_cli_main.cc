@@ -176,11 +176,12 @@ std::string Micros(int64_t ns) { return absl::StrFormat("%.1f", ns / 1000.0); }
 
 void PrintCost(const char* label, const PredictResponse& r, int64_t round_trip_ns) {
   const auto& c = r.cost();
-  std::printf("  %-7s FLOPs %lld (%lld per row), dense baseline %lld; server %s us "
+  std::printf("  %-7s FLOPs %lld (%lld per row), dense baseline %lld; weights read %s; server %s us "
               "(queue %s, route %s, compute %s), round trip %s us\n",
               label, static_cast<long long>(c.flops()),
               static_cast<long long>(r.rows() ? c.flops() / r.rows() : 0),
-              static_cast<long long>(c.dense_flops()), Micros(c.total_ns()).c_str(),
+              static_cast<long long>(c.dense_flops()), HumanBytes(c.weight_bytes()).c_str(),
+              Micros(c.total_ns()).c_str(),
               Micros(c.queue_ns()).c_str(), Micros(c.route_ns()).c_str(),
               Micros(c.compute_ns()).c_str(), Micros(round_trip_ns).c_str());
 }
@@ -258,8 +259,9 @@ absl::Status Models(SparseClient& client) {
     std::printf("%s\n", ToJson(list).c_str());
     return absl::OkStatus();
   }
-  std::printf("%-16s %-8s %-10s %-8s %-14s %-14s %-11s %s\n", "model", "version", "kind", "d->o",
-              "FLOPs/row", "dense FLOPs", "test MSE", "description");
+  std::printf("%-16s %-8s %-10s %-8s %-14s %-14s %-5s %-11s %-11s %-11s %s\n", "model", "version",
+              "kind", "d->o", "FLOPs/row", "dense FLOPs", "prec", "bytes/row", "resident",
+              "test MSE", "description");
   for (const auto& m : list.models()) {
     for (const auto& v : m.versions()) {
       const auto mse_it = v.info().find("test_mse");
@@ -267,13 +269,15 @@ absl::Status Models(SparseClient& client) {
       const std::string mse = mse_it != v.info().end() && absl::SimpleAtod(mse_it->second, &mse_value)
                                   ? absl::StrFormat("%.3e", mse_value)
                                   : "-";
-      std::printf("%-16s %-8s %-10s %-8s %-14lld %-14s %-11s %s\n", m.name().c_str(),
+      std::printf("%-16s %-8s %-10s %-8s %-14lld %-14s %-5s %-11s %-11s %-11s %s\n",
+                  m.name().c_str(),
                   absl::StrCat(v.version(), v.version() == m.serving_version() ? "*" : "").c_str(),
                   v.kind().c_str(), absl::StrCat(v.input_dim(), "->", v.output_dim()).c_str(),
                   static_cast<long long>(v.flops_per_row()),
                   v.has_dense() ? absl::StrCat(v.dense_flops_per_row(), v.dense_cost_only() ? " (cost)" : "").c_str()
                                 : "none",
-                  mse.c_str(), v.description().c_str());
+                  v.precision().c_str(), HumanBytes(v.weight_bytes_per_row()).c_str(),
+                  HumanBytes(v.resident_bytes()).c_str(), mse.c_str(), v.description().c_str());
     }
   }
   std::printf("(* = the version that serves by default)\n");

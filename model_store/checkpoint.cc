@@ -807,18 +807,19 @@ absl::StatusOr<LoadedModel> LoadCheckpoint(const std::string& version_dir,
     ASSIGN_OR_RETURN(Checkpoint checkpoint, ReadCheckpoint(version_dir, options));
     LoadedModel loaded;
     loaded.info = std::move(checkpoint.info);
+    const Precision precision = options.precision;
     if (const auto* lsh = std::get_if<LshTableWeights>(&checkpoint.sparse)) {
       ASSIGN_OR_RETURN(loaded.sparse, LshTableModel::Create(*lsh));
     } else {
       const DsmWeights& dsm = std::get<DsmWeights>(checkpoint.sparse);
-      ASSIGN_OR_RETURN(loaded.sparse, DsmModel::Create(dsm));
+      ASSIGN_OR_RETURN(loaded.sparse, DsmModel::Create(dsm, precision));
       if (!checkpoint.dense.has_value()) {
-        ASSIGN_OR_RETURN(loaded.dense, DenseModel::Create(dsm.network));
+        ASSIGN_OR_RETURN(loaded.dense, DenseModel::Create(dsm.network, precision));
         loaded.dense_cost_only = true;
       }
     }
     if (checkpoint.dense.has_value()) {
-      ASSIGN_OR_RETURN(loaded.dense, DenseModel::Create(*checkpoint.dense));
+      ASSIGN_OR_RETURN(loaded.dense, DenseModel::Create(*checkpoint.dense, precision));
     }
     return loaded;
   } catch (const std::bad_alloc&) {

@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "engine/dense_model.h"
 #include "engine/model.h"
+#include "engine/precision.h"
 #include "engine/weights.h"
 
 namespace sparse {
@@ -57,6 +58,8 @@ struct LoadOptions {
   int threads = 1;
   // Named in the over-budget error, so the operator knows what to change.
   std::string budget_name = "the memory budget";
+  // What the engine models are built at (config.pbtxt `precision`).
+  Precision precision = Precision::kFp32;
 };
 
 // Bytes a version costs at its peak while it loads and serves, as

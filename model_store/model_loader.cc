@@ -20,6 +20,7 @@ absl::StatusOr<std::unique_ptr<Servable>> LoadAndWarmUp(const std::string& model
   load_options.batch_rows = warmup_rows;
   load_options.threads = options.workers + 1;  // the workers and the loading thread
   load_options.budget_name = "--max_model_bytes";
+  load_options.precision = options.precision;
   absl::StatusOr<LoadedModel> loaded = LoadCheckpoint(dir, load_options);
   if (!loaded.ok()) return loaded.status();
   // Warm up on this thread, with one kernel thread as the workers use.
@@ -44,6 +45,7 @@ absl::StatusOr<std::unique_ptr<Servable>> LoadAndWarmUp(const std::string& model
   servable->version = version;
   servable->loaded = *std::move(loaded);
   servable->warmup_routing = servable->loaded.sparse->Routing();
+  servable->precision = options.precision;
   return servable;
 }
 

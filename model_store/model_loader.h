@@ -23,6 +23,7 @@ struct LoaderOptions {
   int64_t max_batch_rows = 1024;  // the warm-up runs batch buckets up to it (<= 128)
   int workers = 1;                // threads that will predict: scratch space for each
   uint64_t max_bytes = 0;         // memory budget of the version; 0 = none
+  Precision precision = Precision::kFp32;  // config.pbtxt's precision
 };
 
 // Errors: RESOURCE_EXHAUSTED (over the budget, or out of memory), and what

@@ -56,6 +56,12 @@ void DefaultLog(const std::string& line) { std::fprintf(stderr, "sparse-server: 
 
 }  // namespace
 
+int64_t ResidentBytes(const Servable& servable) {
+  const LoadedModel& m = servable.loaded;
+  return m.sparse->info().resident_bytes +
+         (m.dense != nullptr ? m.dense->info().resident_bytes : 0);
+}
+
 size_t ServingVersions(const RepositorySnapshot& snapshot) {
   size_t n = 0;
   for (const auto& [name, state] : snapshot) n += state.versions.size();
@@ -145,6 +151,7 @@ std::chrono::milliseconds ModelRepository::RetryDelay(int attempts) const {
 }
 
 std::shared_ptr<const Servable> ModelRepository::Load(const std::string& name, int64_t version,
+                                                      Precision precision,
                                                       std::string* error) const {
   const std::string dir = source_.VersionDir(name, version);
   if (!source_.InsideRoot(dir)) {
@@ -172,7 +179,8 @@ std::shared_ptr<const Servable> ModelRepository::Load(const std::string& name, i
       name, version, dir,
       LoaderOptions{.max_batch_rows = options_.max_batch_rows,
                     .workers = options_.workers,
-                    .max_bytes = max_model_bytes_});
+                    .max_bytes = max_model_bytes_,
+                    .precision = precision});
   {
     absl::MutexLock lock(&load_budget_mu_);
     reserved_bytes_ -= reserve;
@@ -197,16 +205,25 @@ std::shared_ptr<const Servable> ModelRepository::Load(const std::string& name, i
 void ModelRepository::LoadOrReuse(const std::string& name, const AspiredVersions& aspired,
                                   const ModelState* previous, bool retry_failed,
                                   ModelState* state, std::vector<std::string>* log) const {
+  const Precision precision = PrecisionFromConfig(state->config.precision());
   for (int64_t version : aspired.candidates) {
     if (state->versions.size() >= aspired.count) break;
+    // Loaded at another precision: it serves until the new load succeeds.
+    std::shared_ptr<const Servable> other_precision;
     if (previous != nullptr) {
       auto loaded = previous->versions.find(version);
       if (loaded != previous->versions.end()) {
-        state->versions.emplace(version, loaded->second);
-        continue;
+        if (loaded->second->precision == precision) {
+          state->versions.emplace(version, loaded->second);
+          continue;
+        }
+        other_precision = loaded->second;
       }
     }
-    const std::string fingerprint = RepositorySource::Fingerprint(source_.VersionDir(name, version));
+    // A failure is of these files at this precision.
+    const std::string fingerprint =
+        absl::StrCat(RepositorySource::Fingerprint(source_.VersionDir(name, version)), " ",
+                     PrecisionName(precision));
     const auto now = std::chrono::steady_clock::now();
     const ModelState::Failure* before = nullptr;
     if (previous != nullptr) {
@@ -216,17 +233,24 @@ void ModelRepository::LoadOrReuse(const std::string& name, const AspiredVersions
     const bool same_files = before != nullptr && before->fingerprint == fingerprint;
     if (same_files && !retry_failed && now < before->attempted + RetryDelay(before->attempts)) {
       state->failures.emplace(version, *before);  // unchanged files: not yet tried again
+      if (other_precision != nullptr) state->versions.emplace(version, other_precision);
       continue;
     }
     std::string error;
-    std::shared_ptr<const Servable> servable = Load(name, version, &error);
+    std::shared_ptr<const Servable> servable = Load(name, version, precision, &error);
     if (servable == nullptr) {
       // Logged once per new error or new files, not on every retry.
       if (!same_files || before->error != error) {
-        log->push_back(absl::StrCat("model ", name, " version ", version, " not loaded: ", error));
+        log->push_back(absl::StrCat(
+            "model ", name, " version ", version, " not loaded: ", error,
+            other_precision == nullptr
+                ? ""
+                : absl::StrCat(" (at ", PrecisionName(precision), "; it keeps serving at ",
+                               PrecisionName(other_precision->precision), ")")));
       }
       state->failures.emplace(version, ModelState::Failure{error, fingerprint, now,
                                                            same_files ? before->attempts + 1 : 1});
+      if (other_precision != nullptr) state->versions.emplace(version, other_precision);
       continue;
     }
     log->push_back(absl::StrCat("model ", name, " version ", version, " loaded: ",

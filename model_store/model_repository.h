@@ -133,10 +133,10 @@ class ModelRepository {
   void LoadOrReuse(const std::string& name, const AspiredVersions& aspired,
                    const ModelState* previous, bool retry_failed, ModelState* state,
                    std::vector<std::string>* log) const;
-  // One version through the loader, freed by the reaper once published and
-  // let go of; null with *error when it does not load.
+  // One version through the loader at `precision`, freed by the reaper
+  // once published and let go of; null with *error when it does not load.
   std::shared_ptr<const Servable> Load(const std::string& name, int64_t version,
-                                       std::string* error) const;
+                                       Precision precision, std::string* error) const;
   // The back-off before a failed version with unchanged files is tried
   // again after `attempts` failed attempts.
   std::chrono::milliseconds RetryDelay(int attempts) const;

@@ -215,6 +215,58 @@ TEST_F(ModelRepositoryTest, DynamicBatchingFollowsTheConfigWithoutReloading) {
   EXPECT_EQ(batching->paths(), sparse::v1::DynamicBatching::DENSE_ONLY);
 }
 
+TEST_F(ModelRepositoryTest, APrecisionChangeLoadsTheVersionAgainAndAFailedOneKeepsTheOld) {
+  Checkpoint c;
+  c.sparse = RandomDsm({.d = 64, .o = 1, .experts = 4, .active_units = 64}, 3);
+  c.dense = RandomDense(64, 256, 1, Activation::kRelu, 4);
+  ASSERT_OK(WriteCheckpoint((root_ / "m").string(), 1, c));
+  // Finite in float32, beyond bfloat16: this one loads at FP32 only.
+  std::get<DsmWeights>(c.sparse).network.bottom_weight[5] = 3.4e38f;
+  ASSERT_OK(WriteCheckpoint((root_ / "huge").string(), 1, c));
+  auto repo = Open();
+  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const Servable> fp32, repo->Find("m", 0));
+  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const Servable> huge_fp32, repo->Find("huge", 0));
+  EXPECT_EQ(fp32->precision, Precision::kFp32);
+  const int64_t fp32_bytes = ResidentBytes(*fp32);
+
+  WriteConfig("m", "precision: BF16");
+  WriteConfig("huge", "precision: BF16");
+  repo->Rescan();
+  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const Servable> bf16, repo->Find("m", 0));
+  EXPECT_NE(bf16.get(), fp32.get());  // loaded again
+  EXPECT_EQ(bf16->precision, Precision::kBf16);
+  EXPECT_EQ(bf16->loaded.sparse->info().precision, Precision::kBf16);
+  EXPECT_EQ(bf16->loaded.dense->info().precision, Precision::kBf16);
+  EXPECT_LT(ResidentBytes(*bf16), fp32_bytes * 6 / 10);
+  // The version that cannot be rounded keeps serving at FP32, and says why.
+  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const Servable> huge, repo->Find("huge", 0));
+  EXPECT_EQ(huge.get(), huge_fp32.get());
+  const ModelState& state = repo->snapshot()->at("huge");
+  ASSERT_EQ(state.failures.count(1), 1u);
+  EXPECT_THAT(state.failures.at(1).error, HasSubstr("overflows bfloat16"));
+  EXPECT_EQ(LogLinesWith("(at BF16; it keeps serving at FP32)"), 1);
+  repo->Rescan();  // not tried again before its back-off, and still serving
+  ASSERT_OK_AND_ASSIGN(huge, repo->Find("huge", 0));
+  EXPECT_EQ(huge.get(), huge_fp32.get());
+
+  WriteConfig("m", "precision: INT8");
+  WriteConfig("huge", "precision: FP32");
+  repo->Rescan();
+  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const Servable> int8, repo->Find("m", 0));
+  EXPECT_EQ(int8->precision, Precision::kInt8);
+  EXPECT_LT(ResidentBytes(*int8), ResidentBytes(*bf16));
+  ASSERT_OK_AND_ASSIGN(huge, repo->Find("huge", 0));
+  EXPECT_EQ(huge.get(), huge_fp32.get());  // back to what it serves: nothing to load
+  EXPECT_EQ(repo->snapshot()->at("huge").failures.count(1), 0u);
+
+  // A precision that does not exist is a config error; INT8 stays.
+  WriteConfig("m", "precision: FP16");
+  repo->Rescan();
+  EXPECT_THAT(repo->snapshot()->at("m").config_error, HasSubstr("FP16"));
+  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const Servable> still, repo->Find("m", 0));
+  EXPECT_EQ(still.get(), int8.get());
+}
+
 TEST_F(ModelRepositoryTest, RemovedModelsUnloadButAnEmptyRepositoryKeepsEverything) {
   Publish("a", 1);
   Publish("b", 1);

@@ -69,7 +69,22 @@ absl::StatusOr<sparse::v1::ModelConfig> ParseModelConfig(absl::string_view text)
           b.ShortDebugString()));
     }
   }
+  if (!sparse::v1::Precision_IsValid(config.precision())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kConfigFile, ": precision must be FP32, BF16 or INT8; got ", config.precision()));
+  }
   return config;
+}
+
+Precision PrecisionFromConfig(sparse::v1::Precision precision) {
+  switch (precision) {
+    case sparse::v1::BF16:
+      return Precision::kBf16;
+    case sparse::v1::INT8:
+      return Precision::kInt8;
+    default:
+      return Precision::kFp32;
+  }
 }
 
 absl::Status CheckModelName(absl::string_view name) {

@@ -20,6 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "engine/precision.h"
 #include "model_store/model_state.h"
 #include "sparse/v1/model_config.pb.h"
 
@@ -36,6 +37,9 @@ absl::Status CheckModelName(absl::string_view name);
 // The versions a model's policy aspires to serve: try `candidates` in order
 // (newest first) and serve the first `count` that load, so a corrupt newest
 // version leaves an older good one serving.
+// config.pbtxt's precision as the engine names it.
+Precision PrecisionFromConfig(sparse::v1::Precision precision);
+
 struct AspiredVersions {
   std::vector<int64_t> candidates;
   size_t count = 0;

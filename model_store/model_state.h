@@ -12,6 +12,7 @@
 #include <string>
 
 #include "engine/model.h"
+#include "engine/precision.h"
 #include "model_store/checkpoint.h"
 #include "sparse/v1/model_config.pb.h"
 
@@ -26,6 +27,9 @@ struct Servable {
   // The sparse model's routing counts after warm-up; metrics report what
   // came after.
   RoutingCounts warmup_routing;
+  // config.pbtxt's precision it was loaded at (the engine models' own
+  // ModelInfo::precision says what their matrices run at).
+  Precision precision = Precision::kFp32;
 };
 
 struct ModelState {
@@ -46,6 +50,9 @@ struct ModelState {
   std::map<int64_t, Failure> failures;
 };
 using RepositorySnapshot = std::map<std::string, ModelState>;
+
+// Bytes a version holds for its weights, both paths (ModelInfo::resident_bytes).
+int64_t ResidentBytes(const Servable& servable);
 
 // Versions serving across every model of `snapshot`.
 size_t ServingVersions(const RepositorySnapshot& snapshot);

@@ -38,9 +38,13 @@ void FillModelStatus(const std::string& name, const ModelState& state,
     v->set_parameters(info.parameters);
     v->set_has_dense(m.dense != nullptr);
     v->set_dense_cost_only(m.dense_cost_only);
+    v->set_precision(std::string(PrecisionName(servable->precision)));
+    v->set_weight_bytes_per_row(info.weight_bytes_per_row);
+    v->set_resident_bytes(ResidentBytes(*servable));
     if (m.dense != nullptr) {
       v->set_dense_flops_per_row(m.dense->info().flops_per_row);
       v->set_dense_parameters(m.dense->info().parameters);
+      v->set_dense_weight_bytes_per_row(m.dense->info().weight_bytes_per_row);
     }
     for (const auto& [key, value] : m.info) (*v->mutable_info())[key] = value;
   }
@@ -78,6 +82,7 @@ void ToPredictResponse(const InferResponse& answer, PredictResponse* response) {
   cost->set_compute_ns(answer.cost.compute_ns);
   cost->set_total_ns(answer.cost.total_ns);
   cost->set_batch_size(answer.cost.batch_rows);
+  cost->set_weight_bytes(answer.cost.weight_bytes);
   if (answer.has_route) {
     const Route& from = answer.route;
     sparse::v1::Route* r = response->mutable_route();

@@ -48,6 +48,10 @@ ServerMetrics::ServerMetrics()
                        .Name("sparse_dense_flops_total")
                        .Help("FLOPs the dense baseline costs for the same rows")
                        .Register(*registry_)),
+      weight_bytes_(prometheus::BuildCounter()
+                        .Name("sparse_weight_bytes_total")
+                        .Help("Bytes of weights the kernels read (a batch's shared by rows)")
+                        .Register(*registry_)),
       batch_rows_(prometheus::BuildHistogram()
                       .Name("sparse_batch_rows")
                       .Help("Rows computed together with each request (its batch)")
@@ -76,6 +80,7 @@ void ServerMetrics::AddModel(const std::string& model) {
     s.total = &seconds_.Add({{"model", model}, {"path", path}, {"stage", "total"}}, SecondsBuckets());
     s.flops = &flops_.Add({{"model", model}, {"path", path}});
     s.dense_flops = &dense_flops_.Add({{"model", model}, {"path", path}});
+    s.weight_bytes = &weight_bytes_.Add({{"model", model}, {"path", path}});
     s.batch_rows = &batch_rows_.Add({{"model", model}, {"path", path}}, RowBuckets());
   }
 }
@@ -107,6 +112,7 @@ void ServerMetrics::Observe(const std::string& model, bool dense, absl::StatusCo
   s.total->Observe(cost.total_ns * 1e-9);
   s.flops->Increment(static_cast<double>(cost.flops));
   s.dense_flops->Increment(static_cast<double>(cost.dense_flops));
+  s.weight_bytes->Increment(static_cast<double>(cost.weight_bytes));
   s.batch_rows->Observe(static_cast<double>(cost.batch_rows));
 }
 
@@ -132,12 +138,24 @@ std::vector<prometheus::MetricFamily> RoutingCollector::Collect() const {
                                   "answered); miss rate = misses / lookups",
                                   prometheus::MetricType::Counter,
                                   {}};
+  prometheus::MetricFamily resident{"sparse_model_resident_bytes",
+                                    "Bytes a loaded version holds for its weights, both paths "
+                                    "(every packed copy, biases, tables, indexes), by precision",
+                                    prometheus::MetricType::Gauge,
+                                    {}};
   for (const auto& [name, state] : *repository_->snapshot()) {
     for (const auto& [number, servable] : state.versions) {
       const RoutingCounts now = servable->loaded.sparse->Routing();
       const RoutingCounts& base = servable->warmup_routing;
       const std::string version = std::to_string(number);
       using Label = prometheus::ClientMetric::Label;
+      {
+        prometheus::ClientMetric m;
+        m.label = {Label{"model", name}, Label{"precision", std::string(PrecisionName(servable->precision))},
+                   Label{"version", version}};
+        m.gauge.value = static_cast<double>(ResidentBytes(*servable));
+        resident.metric.push_back(std::move(m));
+      }
       if (now.experts > 0) {
         double worst = 0;
         for (int64_t l = 0; l < now.blocks; ++l) {
@@ -172,7 +190,8 @@ std::vector<prometheus::MetricFamily> RoutingCollector::Collect() const {
       }
     }
   }
-  return {std::move(rows), std::move(imbalance), std::move(lookups), std::move(misses)};
+  return {std::move(rows), std::move(imbalance), std::move(lookups), std::move(misses),
+          std::move(resident)};
 }
 
 }  // namespace sparse

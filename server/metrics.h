@@ -5,6 +5,7 @@
 //   sparse_request_seconds{model,path,stage}       histogram: stage = queue, compute, total
 //   sparse_flops_total{model,path}                 counter, FLOPs the kernels executed
 //   sparse_dense_flops_total{model,path}           counter, what the dense baseline costs for the same rows
+//   sparse_weight_bytes_total{model,path}          counter, bytes of weights the kernels read
 //   sparse_batch_rows{model,path}                  histogram, rows per computed batch
 //   sparse_loaded_versions{model}                  gauge
 //
@@ -15,6 +16,7 @@
 //   sparse_expert_load_imbalance{model,version}  gauge, busiest expert's rows / mean rows per expert
 //   sparse_bucket_lookups_total{model,version}   counter, row x table probes (LSH table)
 //   sparse_bucket_misses_total{model,version}    counter, probes that found no bucket (fallback used)
+//   sparse_model_resident_bytes{model,version,precision}  gauge, bytes its weights hold (both paths)
 //
 // Every series of a model is created when the model is loaded (by
 // SetLoadedVersions, off the request path), so recording a request is a
@@ -69,6 +71,7 @@ class ServerMetrics {
     prometheus::Histogram* total = nullptr;
     prometheus::Counter* flops = nullptr;
     prometheus::Counter* dense_flops = nullptr;
+    prometheus::Counter* weight_bytes = nullptr;
     prometheus::Histogram* batch_rows = nullptr;
   };
 
@@ -79,6 +82,7 @@ class ServerMetrics {
   prometheus::Family<prometheus::Histogram>& seconds_;
   prometheus::Family<prometheus::Counter>& flops_;
   prometheus::Family<prometheus::Counter>& dense_flops_;
+  prometheus::Family<prometheus::Counter>& weight_bytes_;
   prometheus::Family<prometheus::Histogram>& batch_rows_;
   prometheus::Family<prometheus::Gauge>& loaded_;
   mutable absl::Mutex mu_;

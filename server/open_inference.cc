@@ -270,6 +270,8 @@ void ToTritonModelConfig(const std::string& name, const Servable& servable, bool
   output->add_dims(info.output_dim);
   auto& params = *out->mutable_parameters();
   params["flops_per_row"].set_string_value(absl::StrCat(info.flops_per_row));
+  params["weight_bytes_per_row"].set_string_value(absl::StrCat(info.weight_bytes_per_row));
+  params["precision"].set_string_value(std::string(PrecisionName(servable.precision)));
   if (loaded.dense != nullptr) {
     params["dense_flops_per_row"].set_string_value(
         absl::StrCat(loaded.dense->info().flops_per_row));
@@ -326,6 +328,7 @@ void ToModelInferResponse(const inference::ModelInferRequest& request, const Inf
   auto& params = *out->mutable_parameters();
   params["flops"] = Int64Param(answer.cost.flops);
   params["dense_flops"] = Int64Param(answer.cost.dense_flops);
+  params["weight_bytes"] = Int64Param(answer.cost.weight_bytes);
   params["compute_ns"] = Int64Param(answer.cost.route_ns + answer.cost.compute_ns);
   params["queue_ns"] = Int64Param(answer.cost.queue_ns);
   params["total_ns"] = Int64Param(answer.cost.total_ns);

@@ -74,6 +74,14 @@ with tempfile.TemporaryDirectory() as tmp:
                 check(r.cost.compute_ns > 0 and r.cost.total_ns >= r.cost.compute_ns,
                       "%s %s reports compute and total time" % (name, label))
             check(sparse.cost.dense_flops == dense.cost.flops, "%s dense_flops matches PredictDense" % name)
+            # Bytes: FP32 by default; one row reads what GetModel says a row reads.
+            check(version.precision == "FP32" and version.resident_bytes > 0,
+                  "%s GetModel: precision %s, resident %d bytes" % (name, version.precision, version.resident_bytes))
+            one = inference_pb2.PredictRequest(model=name, rows=1, inputs=x[:d])
+            for label, call, per_row in (("Predict", stub.Predict, version.weight_bytes_per_row),
+                                         ("PredictDense", stub.PredictDense, version.dense_weight_bytes_per_row)):
+                got = call(one, timeout=10).cost.weight_bytes
+                check(got == per_row > 0, "%s %s one row reads weight_bytes_per_row: %d vs %d" % (name, label, got, per_row))
             # The same rows through the C++ client give the same outputs.
             cli = run([CLI, "--target=" + target, "predict", "--model=" + name, "--both", "--json",
                        "--inputs=" + ";".join(",".join(repr(v) for v in x[r * d:(r + 1) * d]) for r in range(rows))])

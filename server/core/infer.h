@@ -48,6 +48,9 @@ struct InferCost {
   int64_t compute_ns = 0;   // the selected slice, bucket values or dense layers
   int64_t total_ns = 0;     // from arrival to the answer being ready
   int64_t batch_rows = 0;   // rows computed together with this request's rows
+  // Weight bytes the kernels read: the request's share, by rows, of its
+  // batch's (docs/checkpoint-format.md, "Bytes each path reads").
+  int64_t weight_bytes = 0;
 };
 
 struct InferResponse {

@@ -102,6 +102,13 @@ void Answer(const BatchRun& batch, int64_t first_row, const InferRequest& reques
   cost.route_ns = batch.stats.route_ns;
   cost.compute_ns = batch.stats.compute_ns;
   cost.batch_rows = batch.rows;
+  // Rows [first_row, first_row + rows) of the batch get the bytes between
+  // their cumulative shares, so the requests' bytes add up to the batch's.
+  auto share = [&batch](int64_t row) {
+    return static_cast<int64_t>(static_cast<__int128>(batch.stats.weight_bytes) * row /
+                                batch.rows);
+  };
+  cost.weight_bytes = share(first_row + rows) - share(first_row);
   response->has_route = batch.route != nullptr && request.return_route && !batch.dense;
   if (response->has_route) {
     const Route& from = *batch.route;

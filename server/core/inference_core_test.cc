@@ -158,6 +158,8 @@ TEST_F(InferenceCoreTest, InlineAndQueuedAnswersEqualTheEngineWithTheirCost) {
         ASSERT_EQ(r.outputs.size(), want.size());
         for (size_t i = 0; i < want.size(); ++i) EXPECT_FLOAT_EQ(r.outputs[i], want[i]) << i;
         EXPECT_EQ(r.cost.flops, stats.flops);
+        EXPECT_EQ(r.cost.weight_bytes, stats.weight_bytes);
+        EXPECT_GT(r.cost.weight_bytes, 0);
         EXPECT_EQ(r.cost.dense_flops,
                   loaded.dense != nullptr ? rows * loaded.dense->info().flops_per_row : 0);
         EXPECT_EQ(r.cost.batch_rows, rows);
@@ -242,6 +244,41 @@ TEST_F(InferenceCoreTest, ABatchedRequestWhoseOutputsOverflowFailsAlone) {
     for (size_t j = 0; j < want.size(); ++j) {
       EXPECT_NEAR(call.response.outputs[j], want[j], 1e-4f * (1 + std::fabs(want[j])));
     }
+  }
+}
+
+// A batch reads each expert it needs once; its requests share those bytes
+// by rows, and the shares add up to what the engine counted for the batch.
+TEST_F(InferenceCoreTest, BatchedRequestsShareTheBatchsWeightBytesByRows) {
+  for (bool dense : {false, true}) {
+    std::unique_ptr<InferenceCore> core = Core(0);
+    std::shared_ptr<absl::Notification> release = HoldWorker(*core);
+    std::vector<std::unique_ptr<Call>> calls;
+    std::vector<float> all;
+    const int64_t rows[] = {1, 3, 2, 5, 3};
+    for (int i = 0; i < 5; ++i) {
+      std::vector<float> x = RandomInputs(rows[i], kD, 300 + i);
+      all.insert(all.end(), x.begin(), x.end());
+      calls.push_back(std::make_unique<Call>("batched", x, rows[i], dense));
+      core->Infer(calls.back()->request, &calls.back()->response, calls.back()->Done());
+    }
+    release->Notify();
+    int64_t sum = 0, min_share = INT64_MAX;
+    for (auto& call : calls) {
+      ASSERT_OK(call->Wait());
+      ASSERT_EQ(call->response.cost.batch_rows, 14) << "the five requests ran as one batch";
+      sum += call->response.cost.weight_bytes;
+      min_share = std::min(min_share, call->response.cost.weight_bytes);
+    }
+    const LoadedModel& loaded = Loaded("batched");
+    const Model& engine = dense ? static_cast<const Model&>(*loaded.dense) : *loaded.sparse;
+    std::vector<float> y(14 * engine.info().output_dim);
+    PredictStats stats;
+    ASSERT_OK(engine.Predict(all, 14, absl::MakeSpan(y), &stats, nullptr));
+    EXPECT_EQ(sum, stats.weight_bytes) << (dense ? "dense" : "sparse");
+    // The one-row request gets a fourteenth of the batch, rounded down or up.
+    EXPECT_EQ(calls[0]->response.cost.weight_bytes, stats.weight_bytes / 14);
+    EXPECT_GT(min_share, 0);
   }
 }
 
