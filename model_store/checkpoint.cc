@@ -8,6 +8,9 @@
 #include <atomic>
 #include <cerrno>
 #include <charconv>
+#include <cmath>
+#include <cstring>
+#include <list>
 #include <filesystem>
 #include <fstream>
 #include <new>
@@ -163,6 +166,39 @@ class TensorReader {
   absl::StatusOr<std::vector<float>> F32(const std::string& name, const std::vector<int64_t>& shape) {
     return Get<float>(name, DType::kF32, shape);
   }
+  // A weight matrix [rows, cols] stored as F32, as BF16, or as I8 with its
+  // per-row (output channel) scales in the F32 tensor `<name>.scale`
+  // [rows], >= 0: each value is q·scale. Returns float32 values;
+  // stored() says which the file used.
+  absl::StatusOr<std::vector<float>> Matrix(const std::string& name, int64_t rows, int64_t cols) {
+    auto it = contents_.tensors.find(name);
+    const DType dtype = it == contents_.tensors.end() ? DType::kF32 : it->second.dtype;
+    if (dtype == DType::kBF16) {
+      ASSIGN_OR_RETURN(std::vector<uint16_t> raw, Get<uint16_t>(name, DType::kBF16, {rows, cols}));
+      std::vector<float> out(raw.size());
+      for (size_t i = 0; i < raw.size(); ++i) out[i] = Bf16ToFloat(raw[i]);
+      stored_ = Precision::kBf16;
+      return out;
+    }
+    if (dtype == DType::kI8) {
+      ASSIGN_OR_RETURN(std::vector<int8_t> q, Get<int8_t>(name, DType::kI8, {rows, cols}));
+      ASSIGN_OR_RETURN(std::vector<float> scale, F32(name + ".scale", {rows}));
+      std::vector<float> out(q.size());
+      for (int64_t r = 0; r < rows; ++r) {
+        if (!(scale[r] >= 0.0f && std::isfinite(scale[r]))) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              file_, ": tensor '", name, ".scale' row ", r, " is ", scale[r],
+              "; scales must be finite and >= 0"));
+        }
+        for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = q[r * cols + c] * scale[r];
+      }
+      stored_ = Precision::kInt8;
+      return out;
+    }
+    return F32(name, {rows, cols});
+  }
+  // The reduced precision a Matrix() was stored at (FP32 if none was).
+  Precision stored() const { return stored_; }
   // The element count of a 1-d tensor, for tensors whose length is data.
   absl::StatusOr<int64_t> Length(const std::string& name) {
     auto it = contents_.tensors.find(name);
@@ -189,6 +225,7 @@ class TensorReader {
   const SafetensorsContents& contents_;
   const std::string file_;
   std::vector<std::string> taken_;
+  Precision stored_ = Precision::kFp32;
 };
 
 // ---- Decode -----------------------------------------------------------------
@@ -199,9 +236,9 @@ absl::StatusOr<DenseWeights> DecodeNetwork(MetadataReader& meta, TensorReader& t
   ASSIGN_OR_RETURN(w.output_dim, meta.Dim("output_dim"));
   ASSIGN_OR_RETURN(w.width, meta.Dim("width"));
   ASSIGN_OR_RETURN(w.activation, meta.Enum("activation", &ParseActivation));
-  ASSIGN_OR_RETURN(w.bottom_weight, tensors.F32("bottom.weight", {w.width, w.input_dim}));
+  ASSIGN_OR_RETURN(w.bottom_weight, tensors.Matrix("bottom.weight", w.width, w.input_dim));
   ASSIGN_OR_RETURN(w.bottom_bias, tensors.F32("bottom.bias", {w.width}));
-  ASSIGN_OR_RETURN(w.top_weight, tensors.F32("top.weight", {w.output_dim, w.width}));
+  ASSIGN_OR_RETURN(w.top_weight, tensors.Matrix("top.weight", w.output_dim, w.width));
   ASSIGN_OR_RETURN(w.top_bias, tensors.F32("top.bias", {w.output_dim}));
   return w;
 }
@@ -285,8 +322,32 @@ absl::StatusOr<DsmWeights> DecodeDsm(MetadataReader& meta, TensorReader& tensors
 struct Encoded {
   Metadata metadata;
   std::vector<TensorToWrite> tensors;
+  // What weight matrices are stored at (Checkpoint::tensor_precision).
+  Precision matrices = Precision::kFp32;
+  std::list<std::string> owned;  // converted tensors' bytes (stable addresses)
   void F32(std::string name, std::vector<int64_t> shape, const std::vector<float>& v) {
     tensors.push_back({std::move(name), DType::kF32, std::move(shape), v.data()});
+  }
+  // A weight matrix [rows, cols] at `matrices`: F32, BF16, or I8 with the
+  // F32 tensor <name>.scale, one scale per row (output channel).
+  void Matrix(const std::string& name, int64_t rows, int64_t cols, const std::vector<float>& v) {
+    if (matrices == Precision::kFp32) return F32(name, {rows, cols}, v);
+    std::string& bytes = owned.emplace_back();
+    if (matrices == Precision::kBf16) {
+      bytes.resize(v.size() * sizeof(uint16_t));
+      ToBf16(v.data(), static_cast<int64_t>(v.size()), reinterpret_cast<uint16_t*>(bytes.data()));
+      tensors.push_back({name, DType::kBF16, {rows, cols}, bytes.data()});
+      return;
+    }
+    bytes.resize(v.size() + rows * sizeof(float));
+    auto* q = reinterpret_cast<int8_t*>(bytes.data());
+    auto* scales = reinterpret_cast<float*>(bytes.data() + v.size());
+    for (int64_t r = 0; r < rows; ++r) {
+      const float s = QuantizeInt8(v.data() + r * cols, cols, q + r * cols);
+      std::memcpy(scales + r, &s, sizeof(float));
+    }
+    tensors.push_back({name, DType::kI8, {rows, cols}, q});
+    tensors.push_back({name + ".scale", DType::kF32, {rows}, scales});
   }
 };
 
@@ -295,13 +356,14 @@ void EncodeNetwork(const DenseWeights& w, Encoded* e) {
   e->metadata["output_dim"] = absl::StrCat(w.output_dim);
   e->metadata["width"] = absl::StrCat(w.width);
   e->metadata["activation"] = std::string(ActivationName(w.activation));
-  e->F32("bottom.weight", {w.width, w.input_dim}, w.bottom_weight);
+  e->Matrix("bottom.weight", w.width, w.input_dim, w.bottom_weight);
   e->F32("bottom.bias", {w.width}, w.bottom_bias);
-  e->F32("top.weight", {w.output_dim, w.width}, w.top_weight);
+  e->Matrix("top.weight", w.output_dim, w.width, w.top_weight);
   e->F32("top.bias", {w.output_dim}, w.top_bias);
 }
 
-Encoded Encode(const LshTableWeights& w) {
+// LSH tables are always float32 (their tensors are not weight matrices).
+Encoded Encode(const LshTableWeights& w, Precision /*matrices*/) {
   Encoded e;
   e.metadata["kind"] = "lsh_table";
   e.metadata["input_dim"] = absl::StrCat(w.input_dim);
@@ -330,8 +392,9 @@ Encoded Encode(const LshTableWeights& w) {
   return e;
 }
 
-Encoded Encode(const DsmWeights& w) {
+Encoded Encode(const DsmWeights& w, Precision matrices) {
   Encoded e;
+  e.matrices = matrices;
   e.metadata["kind"] = "dsm";
   EncodeNetwork(w.network, &e);
   e.metadata["router"] = std::string(RouterKindName(w.router));
@@ -488,14 +551,34 @@ std::string ManifestJson(const std::map<std::string, std::string>& files) {
   return manifest.dump(2) + "\n";
 }
 
+void RoundToStorage(Precision precision, DenseWeights* network) {
+  auto round = [precision](int64_t rows, int64_t cols, std::vector<float>* v) {
+    if (precision == Precision::kBf16) {
+      for (float& x : *v) x = Bf16ToFloat(FloatToBf16(x));
+    } else if (precision == Precision::kInt8) {
+      std::vector<int8_t> q(cols);
+      for (int64_t r = 0; r < rows; ++r) {
+        float* row = v->data() + r * cols;
+        const float scale = QuantizeInt8(row, cols, q.data());
+        for (int64_t c = 0; c < cols; ++c) row[c] = q[c] * scale;
+      }
+    }
+  };
+  round(network->width, network->input_dim, &network->bottom_weight);
+  round(network->output_dim, network->width, &network->top_weight);
+}
+
 std::string SerializeSparse(const Checkpoint& checkpoint) {
-  Encoded e = std::visit([](const auto& w) { return Encode(w); }, checkpoint.sparse);
+  Encoded e = std::visit(
+      [&checkpoint](const auto& w) { return Encode(w, checkpoint.tensor_precision); },
+      checkpoint.sparse);
   for (const auto& [key, value] : checkpoint.info) e.metadata[kInfoPrefix + key] = value;
   return Serialize(std::move(e));
 }
 
-std::string SerializeDense(const DenseWeights& dense) {
+std::string SerializeDense(const DenseWeights& dense, Precision matrices) {
   Encoded e;
+  e.matrices = matrices;
   e.metadata["kind"] = "dense";
   EncodeNetwork(dense, &e);
   return Serialize(std::move(e));
@@ -538,7 +621,10 @@ struct Estimate {
 Estimate Estimated(const Checkpoint& c, uint64_t file_bytes, const LoadOptions& options) {
   Estimate e;
   const int64_t rows = std::clamp<int64_t>(options.batch_rows, 1, 128);
-  e.files = SatMul(kFileCopies, file_bytes);
+  // Reduced-precision matrices are decoded to float32: 2x (BF16) or 4x (I8)
+  // the bytes they take in the file (counted on the whole file: an upper bound).
+  e.files = SatMul(SatMul(kFileCopies, file_bytes),
+                   static_cast<uint64_t>(4 / PrecisionBytes(c.tensor_precision)));
   uint64_t floats = 0, indices = 0;  // per thread
   int64_t d = 0, o = 0;
   if (const auto* lsh = std::get_if<LshTableWeights>(&c.sparse)) {
@@ -680,6 +766,7 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir, const LoadOpti
     }
     RETURN_IF_ERROR(meta.Finish(&checkpoint.info));
     RETURN_IF_ERROR(tensors.Finish());
+    checkpoint.tensor_precision = tensors.stored();
     RETURN_IF_ERROR(WithFile(kModelFile, std::visit([](const auto& w) { return w.Validate(); },
                                                     checkpoint.sparse)));
   }
@@ -762,7 +849,9 @@ absl::Status WriteCheckpoint(const std::string& model_dir, int64_t version,
   }
   std::map<std::string, std::string> files;
   files[kModelFile] = SerializeSparse(checkpoint);
-  if (checkpoint.dense.has_value()) files[kDenseFile] = SerializeDense(*checkpoint.dense);
+  if (checkpoint.dense.has_value()) {
+    files[kDenseFile] = SerializeDense(*checkpoint.dense, checkpoint.tensor_precision);
+  }
 
   std::error_code ec;
   fs::create_directories(model_dir, ec);

@@ -32,6 +32,11 @@ struct Checkpoint {
   // Free-form facts about the version (training data, test MSE, ...),
   // stored as "__metadata__" keys "info.<key>" of model.safetensors.
   std::map<std::string, std::string> info;
+  // What the networks' weight matrices (bottom.weight, top.weight, of the DSM
+  // and of the twin) are stored at: F32, BF16, or I8 with per-row scales
+  // (docs/checkpoint-format.md). Read back as float32 values; the serving
+  // precision is config.pbtxt's. ReadCheckpoint sets it from model.safetensors.
+  Precision tensor_precision = Precision::kFp32;
 };
 
 // Writes `checkpoint` as version `version` of the model directory
@@ -65,7 +70,8 @@ struct LoadOptions {
 // Bytes a version costs at its peak while it loads and serves, as
 // docs/configuration.md defines it: three times the tensor files (they are
 // read whole and decoded; the engine then builds its own copy while the
-// decoded weights live), each LSH bucket's hash-index entry, and each thread's
+// decoded weights live; times 2 for BF16 and 4 for I8 matrices, which decode
+// to float32), each LSH bucket's hash-index entry, and each thread's
 // activation workspace for options.batch_rows rows. Saturates instead of
 // overflowing. `file_bytes` is the sum of the tensor files' sizes.
 uint64_t EstimateLoadBytes(const Checkpoint& checkpoint, uint64_t file_bytes,
@@ -112,7 +118,12 @@ std::string ManifestJson(const std::map<std::string, std::string>& files);
 // Serialized model.safetensors / dense.safetensors contents, for writers
 // that need the bytes (tests, fuzz seeds).
 std::string SerializeSparse(const Checkpoint& checkpoint);
-std::string SerializeDense(const DenseWeights& dense);
+std::string SerializeDense(const DenseWeights& dense, Precision matrices = Precision::kFp32);
+
+// The values a network's weight matrices read back as after being stored at
+// `precision` (bfloat16 rounding, or int8 with a scale per row): what a
+// writer evaluates so that the accuracy it records is what will be served.
+void RoundToStorage(Precision precision, DenseWeights* network);
 
 }  // namespace sparse
 

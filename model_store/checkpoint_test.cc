@@ -2,6 +2,8 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -152,6 +154,94 @@ TEST_F(CheckpointTest, ReadReturnsTheWeightsWritten) {
   EXPECT_EQ(got.tables[2].keys, lsh.tables[2].keys);
   EXPECT_EQ(got.tables[2].values, lsh.tables[2].values);
   EXPECT_FALSE(read->dense.has_value());
+}
+
+// BF16 and I8 matrices: smaller files, read back as float32 within the
+// rounding of their format (RoundToStorage gives the same values), and a
+// version served at its own precision answers as the float32 weights
+// rounded that way do (quantizing int8 values with scales max|w| / 127
+// again gives back the same values).
+TEST_F(CheckpointTest, Bf16AndI8MatricesRoundTripAndServeAsTheFloatVersionDoes) {
+  Checkpoint c;
+  c.sparse = RandomDsm({.d = 64, .o = 1, .experts = 4, .active_units = 64}, 5);
+  c.dense = RandomDense(64, 256, 1, Activation::kRelu, 6);
+  ASSERT_OK(WriteCheckpoint(root_.string(), 1, c));
+  const DenseWeights& net = std::get<DsmWeights>(c.sparse).network;
+  const auto file_bytes = [this](int version) {
+    return fs::file_size(root_ / std::to_string(version) / kModelFile) +
+           fs::file_size(root_ / std::to_string(version) / kDenseFile);
+  };
+  int version = 1;
+  for (Precision precision : {Precision::kBf16, Precision::kInt8}) {
+    ++version;
+    c.tensor_precision = precision;
+    ASSERT_OK(WriteCheckpoint(root_.string(), version, c));
+    const std::string dir = (root_ / std::to_string(version)).string();
+    ASSERT_OK_AND_ASSIGN(Checkpoint read, ReadCheckpoint(dir));
+    EXPECT_EQ(read.tensor_precision, precision);
+    const DenseWeights& got = std::get<DsmWeights>(read.sparse).network;
+    // B is [256, 64]: one scale per row of 64 at INT8.
+    for (int64_t r = 0; r < net.width; ++r) {
+      float max_abs = 0;
+      for (int64_t j = 0; j < net.input_dim; ++j) {
+        max_abs = std::max(max_abs, std::fabs(net.bottom_weight[r * net.input_dim + j]));
+      }
+      for (int64_t j = 0; j < net.input_dim; ++j) {
+        const int64_t i = r * net.input_dim + j;
+        const float want = net.bottom_weight[i];
+        if (precision == Precision::kBf16) {
+          ASSERT_EQ(got.bottom_weight[i], Bf16ToFloat(FloatToBf16(want))) << i;
+        } else {
+          ASSERT_LE(std::fabs(got.bottom_weight[i] - want), max_abs / 127 / 2 * 1.0001f) << i;
+        }
+      }
+    }
+    EXPECT_EQ(got.bottom_bias, net.bottom_bias);  // biases stay float32
+    DenseWeights rounded = net;
+    RoundToStorage(precision, &rounded);
+    EXPECT_EQ(got.bottom_weight, rounded.bottom_weight);
+    EXPECT_EQ(got.top_weight, rounded.top_weight);
+    EXPECT_LT(file_bytes(version), file_bytes(1) * (precision == Precision::kBf16 ? 0.55 : 0.3));
+    // Served at its own precision, it answers as the float32 version does.
+    LoadOptions at;
+    at.precision = precision;
+    ASSERT_OK_AND_ASSIGN(LoadedModel stored, LoadCheckpoint(dir, at));
+    Checkpoint as_float = c;
+    as_float.tensor_precision = Precision::kFp32;
+    RoundToStorage(precision, &std::get<DsmWeights>(as_float.sparse).network);
+    RoundToStorage(precision, &*as_float.dense);
+    ASSERT_OK(WriteCheckpoint(root_.string(), 10 + version, as_float));
+    ASSERT_OK_AND_ASSIGN(LoadedModel from_float,
+                         LoadCheckpoint((root_ / std::to_string(10 + version)).string(), at));
+    const std::vector<float> x = RandomInputs(9, 64, 7);
+    for (bool dense : {false, true}) {
+      const Model& a = dense ? *stored.dense : *stored.sparse;
+      const Model& b = dense ? *from_float.dense : *from_float.sparse;
+      std::vector<float> ya(9), yb(9);
+      PredictStats sa, sb;
+      ASSERT_OK(a.Predict(x, 9, absl::MakeSpan(ya), &sa, nullptr));
+      ASSERT_OK(b.Predict(x, 9, absl::MakeSpan(yb), &sb, nullptr));
+      EXPECT_TRUE(testing::AllNear(ya, yb, 1e-6, 1e-6))
+          << PrecisionName(precision) << (dense ? " dense" : " sparse");
+    }
+  }
+  // An I8 matrix needs its scales, and they must be finite and >= 0.
+  Checkpoint small;
+  small.sparse = RandomDsm({.d = 8, .o = 1, .experts = 4, .active_units = 8}, 8);
+  small.tensor_precision = Precision::kInt8;
+  std::string file = SerializeSparse(small);
+  std::map<std::string, std::string> files = {{kModelFile, file}};
+  const size_t at = file.find("bottom.weight.scale");
+  ASSERT_NE(at, std::string::npos);
+  std::string renamed = file;
+  renamed.replace(at, std::strlen("bottom.weight.scale"), "bottom.weight.scalf");
+  const fs::path bad = root_ / "missing_scale";
+  fs::create_directories(bad);
+  std::ofstream(bad / kModelFile, std::ios::binary) << renamed;
+  std::ofstream(bad / kManifestFile) << ManifestJson({{kModelFile, renamed}});
+  const absl::Status missing = ReadCheckpoint(bad.string()).status();
+  EXPECT_NE(missing.message().find("missing tensor 'bottom.weight.scale'"), std::string::npos)
+      << missing;
 }
 
 TEST_F(CheckpointTest, ManyTablesRoundTrip) {

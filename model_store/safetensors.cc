@@ -25,8 +25,10 @@ absl::StatusOr<DType> ParseDType(const std::string& name) {
   if (name == "F32") return DType::kF32;
   if (name == "U64") return DType::kU64;
   if (name == "I64") return DType::kI64;
+  if (name == "BF16") return DType::kBF16;
+  if (name == "I8") return DType::kI8;
   return absl::InvalidArgumentError(
-      absl::StrCat("unsupported dtype '", name, "' (expected F32, U64 or I64)"));
+      absl::StrCat("unsupported dtype '", name, "' (expected F32, U64, I64, BF16 or I8)"));
 }
 
 // Reads a JSON array of non-negative integers that fit in int64.
@@ -56,11 +58,22 @@ absl::string_view DTypeName(DType dtype) {
     case DType::kF32: return "F32";
     case DType::kU64: return "U64";
     case DType::kI64: return "I64";
+    case DType::kBF16: return "BF16";
+    case DType::kI8: return "I8";
   }
   return "?";
 }
 
-size_t DTypeSize(DType dtype) { return dtype == DType::kF32 ? 4 : 8; }
+size_t DTypeSize(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return 4;
+    case DType::kU64:
+    case DType::kI64: return 8;
+    case DType::kBF16: return 2;
+    case DType::kI8: return 1;
+  }
+  return 8;
+}
 
 absl::StatusOr<SafetensorsContents> ParseSafetensors(absl::Span<const uint8_t> file,
                                                      absl::string_view name) {

@@ -2,7 +2,7 @@
 //   8-byte little-endian header length N | N bytes of JSON header | data.
 // The header maps tensor names to {dtype, shape, data_offsets} (offsets are
 // relative to the start of the data section) and may hold "__metadata__", a
-// map of strings to strings. We read F32, U64 and I64 tensors.
+// map of strings to strings. We read F32, U64, I64, BF16 and I8 tensors.
 //
 // ParseSafetensors validates everything before returning: header bounds,
 // JSON shape, dtypes, shapes with overflow-checked products, byte ranges
@@ -22,7 +22,8 @@
 
 namespace sparse {
 
-enum class DType { kF32, kU64, kI64 };
+// BF16 and I8 hold reduced-precision weight matrices (docs/checkpoint-format.md).
+enum class DType { kF32, kU64, kI64, kBF16, kI8 };
 absl::string_view DTypeName(DType dtype);
 size_t DTypeSize(DType dtype);
 

@@ -341,6 +341,10 @@ TEST(SafetensorsTest, DTypeNamesAndSizes) {
   EXPECT_EQ(DTypeName(DType::kU64), "U64");
   EXPECT_EQ(DTypeName(DType::kI64), "I64");
   EXPECT_EQ(DTypeSize(DType::kF32), 4u);
+  EXPECT_EQ(DTypeName(DType::kBF16), "BF16");
+  EXPECT_EQ(DTypeName(DType::kI8), "I8");
+  EXPECT_EQ(DTypeSize(DType::kBF16), 2u);
+  EXPECT_EQ(DTypeSize(DType::kI8), 1u);
   EXPECT_EQ(DTypeSize(DType::kU64), 8u);
   EXPECT_EQ(DTypeSize(DType::kI64), 8u);
 }

@@ -15,6 +15,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -69,6 +70,10 @@ ABSL_FLAG(int64_t, closed_form_limit, 8192,
           "Widest top layer fitted in closed form; wider ones (topk, dense) use Adam.");
 ABSL_FLAG(int64_t, epochs, 20, "Adam epochs (only when a fit exceeds --closed_form_limit).");
 ABSL_FLAG(double, learning_rate, 1e-3, "Adam learning rate.");
+ABSL_FLAG(std::string, precision, "FP32",
+          "How the checkpoint stores the networks' weight matrices: FP32, BF16 (half the bytes) or "
+          "INT8 (a quarter, with a scale per output channel). The test MSE served at FP32, BF16 "
+          "and INT8 is measured and recorded either way; the server's precision is config.pbtxt's.");
 ABSL_FLAG(uint64_t, seed, 1, "Seed for the data sample, random features, hashes and routers.");
 ABSL_FLAG(int, threads, 0, "Threads for training GEMMs (0 = all cores).");
 // Output
@@ -104,6 +109,13 @@ absl::StatusOr<TrainOptions> OptionsFromFlags() {
   }
   ASSIGN_OR_RETURN(o.router, ParseRouterKind(absl::GetFlag(FLAGS_router)));
   ASSIGN_OR_RETURN(o.activation, ParseActivation(absl::GetFlag(FLAGS_activation)));
+  {
+    absl::StatusOr<Precision> precision = ParsePrecision(absl::GetFlag(FLAGS_precision));
+    if (!precision.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--precision: ", precision.status().message()));
+    }
+    o.precision = *precision;
+  }
   ASSIGN_OR_RETURN(o.family, ParseHashFamily(absl::GetFlag(FLAGS_family)));
   ASSIGN_OR_RETURN(o.experts, CheckPositive("experts", absl::GetFlag(FLAGS_experts)));
   ASSIGN_OR_RETURN(o.active_units, CheckPositive("active_units", absl::GetFlag(FLAGS_active_units)));
@@ -245,6 +257,12 @@ void PrintHuman(const TrainResult& r, const Data& data, const std::string& publi
               static_cast<long long>(data.train.o));
   std::printf("  %-22s %-16s %s\n", "", "sparse", absl::StrCat("dense twin (t=", d.activated_units, ")").c_str());
   std::printf("  %-22s %-16.4e %.4e\n", "test MSE", s.test_mse, d.test_mse);
+  for (const auto& [precision, at] : s.at) {
+    const PrecisionMetrics& dense_at = d.at.at(precision);
+    std::printf("  %-22s %-16.4e %.4e\n",
+                absl::StrCat("test MSE at ", PrecisionName(precision)).c_str(), at.test_mse,
+                dense_at.test_mse);
+  }
   std::printf("  %-22s %-16.4e %.4e\n", "train MSE", s.train_mse, d.train_mse);
   if (s.classification) {
     std::printf("  %-22s %-16.4f %.4f\n", "test accuracy", s.test_accuracy, d.test_accuracy);
@@ -255,6 +273,14 @@ void PrintHuman(const TrainResult& r, const Data& data, const std::string& publi
               static_cast<long long>(d.flops_per_row));
   std::printf("  %-22s %-16lld %lld\n", "parameters", static_cast<long long>(s.parameters),
               static_cast<long long>(d.parameters));
+  for (const auto& [precision, at] : s.at) {
+    if (at.routes_changed > 0) {
+      std::printf("  routes at %s differ from FP32 on %.3f%% of test rows\n",
+                  std::string(PrecisionName(precision)).c_str(), 100 * at.routes_changed);
+    }
+  }
+  std::printf("  (at BF16 and INT8 from the weights as stored: %s; routers stay FP32)\n",
+              std::string(PrecisionName(r.checkpoint.tensor_precision)).c_str());
   std::printf("  sparse fit: %s\n  dense fit:  %s\n", s.solver.c_str(), d.solver.c_str());
   std::printf("  time: train %.1f s, evaluate %.1f s, total %.1f s\n", r.train_seconds,
               r.eval_seconds, total);
@@ -271,6 +297,11 @@ nlohmann::json MetricsJson(const ModelMetrics& m) {
                       {"solver", m.solver},
                       {"description", m.description}};
   if (m.classification) j["test_accuracy"] = m.test_accuracy;
+  for (const auto& [precision, at] : m.at) {
+    nlohmann::json p = {{"test_mse", at.test_mse}, {"routes_changed", at.routes_changed}};
+    if (m.classification) p["test_accuracy"] = at.test_accuracy;
+    j["at"][std::string(PrecisionName(precision))] = p;
+  }
   return j;
 }
 
@@ -303,6 +334,14 @@ absl::Status Run() {
     c.info["test_rows"] = absl::StrCat(data.test.rows);
     c.info["test_mse"] = absl::StrFormat("%.9g", result.sparse.test_mse);
     c.info["dense_test_mse"] = absl::StrFormat("%.9g", result.dense.test_mse);
+    for (const auto& [precision, at] : result.sparse.at) {
+      const std::string suffix = absl::AsciiStrToLower(PrecisionName(precision));
+      c.info["test_mse_" + suffix] = absl::StrFormat("%.9g", at.test_mse);
+      c.info["dense_test_mse_" + suffix] =
+          absl::StrFormat("%.9g", result.dense.at.at(precision).test_mse);
+      c.info["routes_changed_" + suffix] = absl::StrFormat("%.6g", at.routes_changed);
+    }
+    c.info["weight_dtype"] = std::string(PrecisionName(c.tensor_precision));
     c.info["sparse_solver"] = result.sparse.solver;
     c.info["dense_solver"] = result.dense.solver;
     c.info["seed"] = absl::StrCat(options.seed);

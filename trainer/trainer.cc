@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <numeric>
+#include <optional>
 #include <random>
 
 #include "Eigen/Dense"
@@ -620,6 +621,32 @@ absl::StatusOr<std::vector<float>> PredictAll(const Model& model, const Dataset&
   return y;
 }
 
+// Each row's route, as one vector per row (expert ids or bucket keys); empty
+// for models without a route (topk, dense).
+absl::StatusOr<std::vector<std::vector<uint64_t>>> RoutesOf(const Model& model,
+                                                             const Dataset& data) {
+  std::vector<std::vector<uint64_t>> routes;
+  std::vector<float> y(kChunkRows * data.o);
+  for (int64_t r = 0; r < data.rows; r += kChunkRows) {
+    const int64_t n = std::min(kChunkRows, data.rows - r);
+    PredictStats stats;
+    Route route;
+    RETURN_IF_ERROR(model.Predict(absl::MakeConstSpan(data.x).subspan(r * data.d, n * data.d), n,
+                                  absl::MakeSpan(y).subspan(0, n * data.o), &stats, &route));
+    for (int64_t i = 0; i < n; ++i) {
+      std::vector<uint64_t> row;
+      for (int64_t j = 0; j < route.experts_per_row; ++j) {
+        row.push_back(static_cast<uint64_t>(route.expert_ids[i * route.experts_per_row + j]));
+      }
+      for (int64_t j = 0; j < route.keys_per_row; ++j) {
+        row.push_back(route.bucket_keys[i * route.keys_per_row + j]);
+      }
+      routes.push_back(std::move(row));
+    }
+  }
+  return routes;
+}
+
 double Accuracy(const std::vector<float>& pred, const Dataset& data) {
   int64_t correct = 0;
   for (int64_t r = 0; r < data.rows; ++r) {
@@ -644,6 +671,47 @@ absl::Status Evaluate(const Model& model, const Dataset& train, const Dataset& t
   metrics->parameters = model.info().parameters;
   metrics->flops_per_row = model.info().flops_per_row;
   metrics->description = model.info().description;
+  return absl::OkStatus();
+}
+
+// Test accuracy of both paths served at BF16 and at INT8, from the weights
+// as the checkpoint stores them at `storage`, and the test rows whose route
+// differs from `fp32`'s. Sets the checkpoint's tensor precision.
+absl::Status EvaluateReduced(const Model& fp32, const Dataset& test, Precision storage,
+                             TrainResult* result) {
+  Checkpoint& c = result->checkpoint;
+  c.tensor_precision = storage;
+  DenseWeights dense = *c.dense;
+  RoundToStorage(storage, &dense);
+  std::optional<DsmWeights> dsm;
+  if (const auto* w = std::get_if<DsmWeights>(&c.sparse)) {
+    dsm = *w;
+    RoundToStorage(storage, &dsm->network);
+  }
+  ASSIGN_OR_RETURN(const std::vector<std::vector<uint64_t>> fp32_routes, RoutesOf(fp32, test));
+  const bool classification = result->sparse.classification;
+  for (Precision p : {Precision::kBf16, Precision::kInt8}) {
+    std::unique_ptr<Model> sparse;
+    if (dsm.has_value()) {
+      ASSIGN_OR_RETURN(sparse, DsmModel::Create(*dsm, p));
+    } else {
+      ASSIGN_OR_RETURN(sparse, LshTableModel::Create(std::get<LshTableWeights>(c.sparse)));
+    }
+    ASSIGN_OR_RETURN(std::unique_ptr<DenseModel> twin, DenseModel::Create(dense, p));
+    for (const auto& [model, metrics] :
+         {std::pair<const Model*, ModelMetrics*>{sparse.get(), &result->sparse},
+          {twin.get(), &result->dense}}) {
+      PrecisionMetrics& m = metrics->at[p];
+      ASSIGN_OR_RETURN(std::vector<float> pred, PredictAll(*model, test));
+      m.test_mse = MeanSquaredError(pred, test);
+      if (classification) m.test_accuracy = Accuracy(pred, test);
+    }
+    ASSIGN_OR_RETURN(const std::vector<std::vector<uint64_t>> routes, RoutesOf(*sparse, test));
+    int64_t changed = 0;
+    for (size_t r = 0; r < routes.size(); ++r) changed += routes[r] != fp32_routes[r];
+    result->sparse.at[p].routes_changed =
+        routes.empty() ? 0.0 : static_cast<double>(changed) / static_cast<double>(routes.size());
+  }
   return absl::OkStatus();
 }
 
@@ -735,6 +803,7 @@ absl::StatusOr<TrainResult> Train(const Dataset& train, const Dataset& test,
   const auto eval_start = Clock::now();
   RETURN_IF_ERROR(Evaluate(*sparse, train, test, &result.sparse));
   RETURN_IF_ERROR(Evaluate(*dense, train, test, &result.dense));
+  RETURN_IF_ERROR(EvaluateReduced(*sparse, test, options.precision, &result));
   result.eval_seconds = Seconds(eval_start);
   return result;
 }

@@ -20,10 +20,12 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "engine/model.h"
+#include "engine/precision.h"
 #include "engine/weights.h"
 #include "model_store/checkpoint.h"
 #include "trainer/dataset.h"
@@ -58,13 +60,26 @@ struct TrainOptions {
   int64_t epochs = 20;              // Adam
   double learning_rate = 1e-3;      // Adam
   uint64_t seed = 1;
+  // What the checkpoint stores the networks' weight matrices at (F32, BF16,
+  // or I8 with per-row scales; docs/checkpoint-format.md). Accuracy is
+  // measured at every serving precision either way (ModelMetrics::at).
+  Precision precision = Precision::kFp32;
   // Receives one line per progress event (may be empty).
   std::function<void(const std::string&)> progress = nullptr;
 };
 
+// Test accuracy when served at a reduced precision (config.pbtxt), from the
+// weights as the checkpoint stores them.
+struct PrecisionMetrics {
+  double test_mse = 0;
+  double test_accuracy = 0;  // when classification
+  // Test rows whose route (expert ids, bucket keys) differs from FP32's.
+  double routes_changed = 0;
+};
+
 struct ModelMetrics {
   double train_mse = 0;
-  double test_mse = 0;
+  double test_mse = 0;  // the float32 weights served at FP32
   bool classification = false;  // targets look like class labels
   double test_accuracy = 0;     // when classification
   int64_t parameters = 0;
@@ -72,6 +87,7 @@ struct ModelMetrics {
   int64_t activated_units = 0;  // per row
   std::string solver;           // how the fitted part was solved
   std::string description;
+  std::map<Precision, PrecisionMetrics> at;  // BF16 and INT8
 };
 
 struct TrainResult {
