@@ -95,6 +95,18 @@ with tempfile.TemporaryDirectory() as tmp:
         lsh[degree] = ssnn.LshTable(projection, offset, tables, degree=degree, alpha=torch.rand(s))
         export.export_lsh_table(os.path.join(repo, "torch_lsh%d" % degree), **lsh[degree].arrays())
 
+    # Stored at BF16 and INT8 with their test MSE recorded, and served at that
+    # precision (config.pbtxt): d = 64 and k = 64 so the slices run reduced.
+    wide = ssnn.DSM(64, 1, experts=4, active_units=64, router="lsh", seed=3)
+    wide_twin = ssnn.Dense(64, 256, 1)
+    x_wide = np.random.default_rng(5).uniform(-1, 1, (256, 64)).astype(np.float32)
+    y_wide = np.sin(x_wide.sum(1, keepdims=True)).astype(np.float32)
+    for p in ("FP32", "BF16", "INT8"):
+        export.export_dsm(wide, os.path.join(repo, "wide_" + p), dense=wide_twin, precision=p,
+                          test=(x_wide, y_wide))
+        with open(os.path.join(repo, "wide_" + p, "config.pbtxt"), "w") as f:
+            f.write("precision: %s\n" % p)
+
     server, ports = start_server(build, repo, "--poll_seconds=0.5")
     target_address = "127.0.0.1:%d" % ports[0]
     try:
@@ -147,13 +159,46 @@ with tempfile.TemporaryDirectory() as tmp:
             check(np.array_equal(keys.astype(np.int64), model.bucket_keys(x).numpy()),
                   "torch_lsh%d: the server's bucket keys are PyTorch's" % degree)
 
+        # Reduced precision: the server answers as export.served_predict
+        # computes, so its test MSE is the one the export recorded; files and
+        # resident memory shrink, and one row reads weight_bytes_per_row.
+        size = lambda p: os.path.getsize(os.path.join(repo, "wide_" + p, "1", "model.safetensors"))
+        wide_info = {p: client.model("wide_" + p).versions[0] for p in ("FP32", "BF16", "INT8")}
+        for p in ("BF16", "INT8"):
+            info = wide_info[p]
+            check(info.precision == p, "wide_%s serves at %s" % (p, info.precision))
+            check(size(p) < size("FP32") * (0.55 if p == "BF16" else 0.3),
+                  "wide_%s: model.safetensors %d bytes vs %d at FP32" % (p, size(p), size("FP32")))
+            check(info.resident_bytes < wide_info["FP32"].resident_bytes * (0.6 if p == "BF16" else 0.35),
+                  "wide_%s: resident %d bytes vs %d at FP32" % (p, info.resident_bytes,
+                                                               wide_info["FP32"].resident_bytes))
+            for dense in (False, True):
+                got = client.predict("wide_" + p, x_wide, dense=dense).outputs
+                want = export.served_predict(wide_twin if dense else wide, x_wide, p, p, dense=dense)
+                err = worst(got, want)
+                check(err <= 1e-4, "wide_%s%s: the server computes what served_predict says (max error %.1e)"
+                      % (p, " dense" if dense else "", err))
+                mse = float(np.mean((got.astype(np.float64) - y_wide) ** 2))
+                key = ("dense_" if dense else "") + "test_mse_" + p.lower()
+                recorded = float(info.info[key])
+                check(abs(mse - recorded) <= 1e-4 * recorded, "wide_%s: served test MSE %.6g, recorded %s %.6g"
+                      % (p, mse, key, recorded))
+            one = client.predict("wide_" + p, x_wide[0])
+            check(one.cost.weight_bytes == info.weight_bytes_per_row > 0,
+                  "wide_%s: one row reads %d bytes, GetModel says %d" % (p, one.cost.weight_bytes,
+                                                                         info.weight_bytes_per_row))
+        print("  reduced precision: test MSE FP32 %s, BF16 %s, INT8 %s (recorded at export)" % tuple(
+            wide_info["FP32"].info["test_mse" + ("" if p == "FP32" else "_" + p.lower())]
+            for p in ("FP32", "BF16", "INT8")))
+
         # One row of shape (d,) comes back as (o,).
         one = client.predict("torch_dsm", np.zeros(D, np.float32))
         check(one.outputs.shape == (1,) and one.version == 1, "a (d,) input gives (o,): %s" % (one.outputs.shape,))
 
         # Listing and health.
         names = sorted(m.name for m in client.models())
-        check(names == ["torch_dsm", "torch_kmeans", "torch_lsh0", "torch_lsh1", "torch_topk"],
+        check(names == ["torch_dsm", "torch_kmeans", "torch_lsh0", "torch_lsh1", "torch_topk",
+                        "wide_BF16", "wide_FP32", "wide_INT8"],
               "models() lists every export: %s" % names)
         info = client.model("torch_dsm").versions[0]
         check(info.info.get("trainer") == "pytorch" and info.has_dense, "export's info and twin are listed")
@@ -206,7 +251,7 @@ with tempfile.TemporaryDirectory() as tmp:
               "AsyncClient gives the blocking client's outputs")
         check(np.array_equal(dense.outputs, client.predict("torch_dsm", rows[0], dense=True).outputs),
               "AsyncClient: the dense path")
-        check(len(models) == 5 and missing == grpc.StatusCode.NOT_FOUND, "AsyncClient: models() and errors")
+        check(len(models) == 8 and missing == grpc.StatusCode.NOT_FOUND, "AsyncClient: models() and errors")
 
         # The example in docs/python.md runs against this server.
         example = subprocess.run(["/usr/bin/python3", os.path.join(source, "docs", "examples", "python_client.py"),

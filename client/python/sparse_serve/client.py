@@ -43,8 +43,9 @@ class SparseServeError(Exception):
 @dataclasses.dataclass(frozen=True)
 class Cost:
     """What a request cost on the server (times in nanoseconds). Over OIP
-    only flops, dense_flops, queue_ns and compute_ns (route + compute) are
-    reported; the rest are 0."""
+    only flops, dense_flops, weight_bytes, queue_ns and compute_ns (route +
+    compute) are reported; the rest are 0. weight_bytes: the bytes of
+    weights the kernels read (a batch's shared by rows)."""
     flops: int
     dense_flops: int
     queue_ns: int = 0
@@ -52,6 +53,7 @@ class Cost:
     compute_ns: int = 0
     total_ns: int = 0
     batch_size: int = 0
+    weight_bytes: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +93,12 @@ class VersionInfo:
     has_dense: bool
     dense_cost_only: bool
     info: Dict[str, str]
+    # config.pbtxt's precision; weight bytes a one-row request reads on each
+    # path; bytes the version's weights hold (both paths).
+    precision: str = "FP32"
+    weight_bytes_per_row: int = 0
+    dense_weight_bytes_per_row: int = 0
+    resident_bytes: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +157,7 @@ def _prediction(r, one_row):
     c = r.cost
     return Prediction(outputs=outputs[0] if one_row else outputs, model=r.model, version=r.version,
                       cost=Cost(c.flops, c.dense_flops, c.queue_ns, c.route_ns, c.compute_ns, c.total_ns,
-                                c.batch_size),
+                                c.batch_size, c.weight_bytes),
                       route=route, dense_cost_only=r.dense_cost_only)
 
 
@@ -172,7 +180,8 @@ def _inferred(model, r, one_row):
     cost = Cost(flops=p["flops"].int64_param if "flops" in p else 0,
                 dense_flops=p["dense_flops"].int64_param if "dense_flops" in p else 0,
                 queue_ns=p["queue_ns"].int64_param if "queue_ns" in p else 0,
-                compute_ns=p["compute_ns"].int64_param if "compute_ns" in p else 0)
+                compute_ns=p["compute_ns"].int64_param if "compute_ns" in p else 0,
+                weight_bytes=p["weight_bytes"].int64_param if "weight_bytes" in p else 0)
     return Prediction(outputs=values[0] if one_row else values, model=model,
                       version=int(r.model_version) if r.model_version else 0, cost=cost)
 
@@ -182,7 +191,8 @@ def _model_info(m):
         name=m.name, serving_version=m.serving_version,
         versions=[VersionInfo(v.version, v.kind, v.description, v.input_dim, v.output_dim, v.flops_per_row,
                               v.dense_flops_per_row, v.parameters, v.dense_parameters, v.has_dense,
-                              v.dense_cost_only, dict(v.info)) for v in m.versions],
+                              v.dense_cost_only, dict(v.info), v.precision or "FP32", v.weight_bytes_per_row,
+                              v.dense_weight_bytes_per_row, v.resident_bytes) for v in m.versions],
         failed_versions={f.version: f.error for f in m.failed_versions}, config_error=m.config_error)
 
 

@@ -19,19 +19,21 @@ import socket
 import numpy as np
 
 FORMAT_VERSION = "1"
-_DTYPES = {np.dtype("<f4"): "F32", np.dtype("<u8"): "U64", np.dtype("<i8"): "I64"}
+_DTYPES = {np.dtype("<f4"): "F32", np.dtype("<u8"): "U64", np.dtype("<i8"): "I64", np.dtype("i1"): "I8"}
+PRECISIONS = ("FP32", "BF16", "INT8")
 
 
 def safetensors(metadata, tensors):
     """The bytes of a safetensors file: `metadata` (str -> str) and
-    `tensors`, (name, NumPy array) pairs in file order, each float32, uint64
-    or int64. For writers of other model shapes with write_version."""
+    `tensors`, (name, NumPy array) pairs in file order, each float32, uint64,
+    int64 or int8, or (name, uint16 array, "BF16") triples of bfloat16 bits.
+    For writers of other model shapes with write_version."""
     header, blobs, offset = {"__metadata__": metadata}, [], 0
-    for name, a in tensors:
+    for name, a, *dtype in tensors:
         a = np.ascontiguousarray(a)
         raw = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": _DTYPES[a.dtype.newbyteorder("<")], "shape": list(a.shape),
-                        "data_offsets": [offset, offset + len(raw)]}
+        header[name] = {"dtype": dtype[0] if dtype else _DTYPES[a.dtype.newbyteorder("<")],
+                        "shape": list(a.shape), "data_offsets": [offset, offset + len(raw)]}
         blobs.append(raw)
         offset += len(raw)
     text = json.dumps(header, separators=(",", ":")).encode()
@@ -46,6 +48,120 @@ def _f32(name, value, shape=None):
     if not np.all(np.isfinite(a)):
         raise ValueError("%s holds NaN or infinite values; the server refuses such weights" % name)
     return a
+
+
+# ---- Reduced precision, as the server computes it (docs/configuration.md) ----
+
+def _bf16_bits(a):
+    """float32 -> bfloat16 bits, rounding to nearest even (the server's rule)."""
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def _bf16(a):
+    """The float32 values of `a` rounded to bfloat16."""
+    return (_bf16_bits(a).astype(np.uint32) << 16).view(np.float32)
+
+
+def _quantize_rows(a):
+    """int8 q and one float32 scale per row: scale = max|row| / 127,
+    q = round(row / scale) to nearest even, as the server quantizes."""
+    a = np.asarray(a, np.float32)
+    top = np.abs(a).max(axis=1) if a.size else np.zeros(a.shape[0], np.float32)
+    inverse = np.where(top > 0, np.float32(127) / np.where(top > 0, top, 1), 0).astype(np.float32)
+    q = np.clip(np.rint(a * inverse[:, None]), -127, 127).astype(np.int8)
+    return q, (top / np.float32(127)).astype(np.float32)
+
+
+def _stored(w, precision):
+    """What a weight matrix (out, in) reads back as after being stored at `precision`."""
+    if precision == "BF16":
+        return _bf16(w)
+    if precision == "INT8":
+        q, scale = _quantize_rows(w)
+        return (q * scale[:, None]).astype(np.float32)
+    return w
+
+
+def _matrix(name, w, precision):
+    """The tensors that store weight matrix `w` (out, in) at `precision`."""
+    if precision == "BF16":
+        return [(name, _bf16_bits(w), "BF16")]
+    if precision == "INT8":
+        q, scale = _quantize_rows(w)
+        return [(name, q), (name + ".scale", scale)]
+    return [(name, w)]
+
+
+def _runs_reduced(k, n, precision):
+    """Whether the server runs a K x N matrix at `precision`: oneDNN's blocked
+    layout (on AVX-512: N in blocks of 64, K of 32 for BF16 and 64 for INT8,
+    plus 12 bytes per output for INT8) may pad it by at most 25%; otherwise
+    it stays FP32 (matmul_kernel.h)."""
+    if precision == "FP32":
+        return False
+    pad = lambda v, b: -(-v // b) * b
+    if precision == "BF16":
+        return pad(n, 64) * pad(k, 32) * 4 <= 5 * n * k
+    return (pad(n, 64) * pad(k, 64) + 12 * pad(n, 64)) * 4 <= 5 * n * k
+
+
+def _product(x, w, precision):
+    """x (rows, K) times w (N, K) transposed, as the server computes it at
+    `precision`: inputs rounded to bfloat16, or quantized per row to int8
+    with integer sums, when the matrix runs reduced."""
+    if not _runs_reduced(w.shape[1], w.shape[0], precision):
+        return (x.astype(np.float64) @ w.T.astype(np.float64)).astype(np.float32)
+    if precision == "BF16":
+        return (_bf16(x).astype(np.float64) @ w.T.astype(np.float64)).astype(np.float32)
+    qx, sx = _quantize_rows(x)
+    qw, sw = _quantize_rows(w)
+    acc = qx.astype(np.int64) @ qw.T.astype(np.int64)
+    return (acc * (sx[:, None].astype(np.float64) * sw[None, :])).astype(np.float32)
+
+
+def served_predict(module, x, precision="FP32", stored="FP32", dense=False):
+    """The outputs sparse-server answers for rows x of `module` (a DSM, or a
+    dense twin with dense=True) exported with precision=`stored` and served
+    at config.pbtxt's `precision`. Routes are computed in float32, as the
+    server's routers are."""
+    import torch
+    x = np.asarray(x, np.float32)
+    bw, bb = _linear("bottom", module.bottom)
+    tw, tb = _linear("top", module.top)
+    bw, tw = _stored(bw, stored), _stored(tw, stored)
+    relu = _activation_name(module) == "relu"
+    act = (lambda h: np.maximum(h, 0)) if relu else (lambda h: h)
+    if dense:
+        return _product(act(_product(x, bw, precision) + bb), tw, precision) + tb
+    rows, t = x.shape[0], bw.shape[0]
+    y = np.tile(tb, (rows, 1)).astype(np.float32)
+    if module.router_kind == "topk":
+        z = _product(x, bw, precision) + bb
+        keep = module.mask(torch.from_numpy(x), torch.from_numpy(z)).numpy()
+        h = (act(z) * keep).astype(np.float32)
+        return y + _product(h, tw, "FP32")
+    with torch.no_grad():
+        experts = module.expert_ids(torch.from_numpy(x)).numpy()
+    blocks, k = int(module.blocks), int(module.active_units)
+    for l in range(blocks):
+        for e in np.unique(experts[:, l]):
+            r = np.nonzero(experts[:, l] == e)[0]
+            units = slice(l * (t // blocks) + e * k, l * (t // blocks) + (e + 1) * k)
+            h = act(_product(x[r], bw[units], precision) + bb[units])
+            y[r] += _product(h, tw[:, units], precision)
+    return y
+
+
+def _test_info(prefix, predict, test):
+    """info entries: the test MSE of predict(precision) at each precision."""
+    x, target = (np.asarray(a, np.float32) for a in test)
+    target = target.reshape(x.shape[0], -1)
+    out = {}
+    for p in PRECISIONS:
+        mse = float(np.mean((predict(p).astype(np.float64) - target) ** 2))
+        out[prefix + "test_mse" + ("" if p == "FP32" else "_" + p.lower())] = "%.9g" % mse
+    return out
 
 
 def _next_version(model_dir):
@@ -125,7 +241,7 @@ def _activation_name(module):
     return name
 
 
-def _dense_file(dense, d, o, info):
+def _dense_file(dense, d, o, info, precision="FP32"):
     bw, bb = _linear("dense.bottom", dense.bottom)
     tw, tb = _linear("dense.top", dense.top)
     t = bw.shape[0]
@@ -135,22 +251,30 @@ def _dense_file(dense, d, o, info):
     metadata = {"format_version": FORMAT_VERSION, "kind": "dense", "input_dim": str(d), "output_dim": str(o),
                 "width": str(t), "activation": _activation_name(dense)}
     metadata.update(info)
-    return safetensors(metadata, [("bottom.weight", bw), ("bottom.bias", bb), ("top.weight", tw),
-                                   ("top.bias", tb)])
+    return safetensors(metadata, _matrix("bottom.weight", bw, precision) + [("bottom.bias", bb)] +
+                       _matrix("top.weight", tw, precision) + [("top.bias", tb)])
 
 
 def _info(info):
     return {"info." + str(k): str(v) for k, v in (info or {}).items()}
 
 
-def export_dsm(module, model_dir, version=None, dense=None, info=None):
+def export_dsm(module, model_dir, version=None, dense=None, info=None, precision="FP32", test=None):
     """Writes a DSM module (sparse_serve.nn.DSM, or any module with the same
     attributes: bottom and top nn.Linear, activation, router_kind, experts,
     active_units, blocks, and router (lsh: nn.Linear of blocks * log2(E)
     hyperplanes) or centroids (kmeans: blocks * E rows)) as a new version.
     dense: its dense twin (bottom and top nn.Linear, activation), or None to
     let the server run the DSM unmasked as a cost-only baseline. info: a
-    dict of facts kept with the version."""
+    dict of facts kept with the version. precision: how the weight matrices
+    are stored, "FP32", "BF16" (half the bytes) or "INT8" (a quarter, with a
+    scale per output channel); the server's own precision is config.pbtxt's.
+    test: (x, y) arrays to record the test MSE, as sparse-train does, served
+    at FP32 (info test_mse, the float32 weights) and at BF16 and INT8
+    (test_mse_bf16, test_mse_int8, from the stored weights), and the dense
+    twin's (dense_test_mse...)."""
+    if precision not in PRECISIONS:
+        raise ValueError("precision must be FP32, BF16 or INT8, got %r" % (precision,))
     router = getattr(module, "router_kind", None)
     if router not in ("lsh", "kmeans", "topk"):
         raise ValueError("router_kind must be lsh, kmeans or topk, got %r (the hash router is sparse-train's)"
@@ -172,8 +296,17 @@ def export_dsm(module, model_dir, version=None, dense=None, info=None):
     metadata = {"format_version": FORMAT_VERSION, "kind": "dsm", "input_dim": str(d), "output_dim": str(o),
                 "width": str(t), "activation": _activation_name(module), "router": router,
                 "blocks": str(blocks), "experts": str(experts), "active_units": str(k)}
-    metadata.update(_info(info))
-    tensors = [("bottom.weight", bw), ("bottom.bias", bb), ("top.weight", tw), ("top.bias", tb)]
+    facts = dict(info or {})
+    if test is not None:
+        x = test[0]
+        facts.update(_test_info("", lambda p: served_predict(module, x, p, precision if p != "FP32" else "FP32"), test))
+        if dense is not None:
+            facts.update(_test_info("dense_", lambda p: served_predict(
+                dense, x, p, precision if p != "FP32" else "FP32", dense=True), test))
+    facts["weight_dtype"] = precision
+    metadata.update(_info(facts))
+    tensors = (_matrix("bottom.weight", bw, precision) + [("bottom.bias", bb)] +
+               _matrix("top.weight", tw, precision) + [("top.bias", tb)])
     if router == "lsh":
         if experts < 2 or experts & (experts - 1):
             raise ValueError("the lsh router needs a power-of-two number of experts >= 2, got %d" % experts)
@@ -185,7 +318,7 @@ def export_dsm(module, model_dir, version=None, dense=None, info=None):
         tensors += [("router.weight", rw), ("router.bias", rb)]
     elif router == "kmeans":
         tensors.append(("router.weight", _f32("centroids", module.centroids, (blocks * experts, d))))
-    dense_file = _dense_file(dense, d, o, _info(info)) if dense is not None else None
+    dense_file = _dense_file(dense, d, o, _info(facts), precision) if dense is not None else None
     return write_version(model_dir, safetensors(metadata, tensors), dense_file, version)
 
 
