@@ -6,6 +6,10 @@
 // table's fallback. Δ=0 buckets add a constant; Δ=1 buckets run their
 // o×(d+1) affine map as a matmul that accumulates into y. α_i is folded into
 // the stored values at load.
+// At BF16 and INT8 the bucket values are stored reduced and converted to
+// float32 as a row reads them: bfloat16, or int8 with float32 scales (Δ=0:
+// one per output per table; Δ=1: one per output row of each bucket's
+// matrix). The hash projections stay FP32, so keys never change.
 // FLOPs per row: 2smd + so (Δ=0) or 2smd + 2so(d+1) (Δ=1).
 #ifndef SPARSE_ENGINE_LSH_TABLE_MODEL_H_
 #define SPARSE_ENGINE_LSH_TABLE_MODEL_H_
@@ -24,21 +28,31 @@ namespace sparse {
 
 class LshTableModel : public Model {
  public:
-  static absl::StatusOr<std::unique_ptr<LshTableModel>> Create(const LshTableWeights& weights);
+  static absl::StatusOr<std::unique_ptr<LshTableModel>> Create(
+      const LshTableWeights& weights, Precision precision = Precision::kFp32);
   RoutingCounts Routing() const override;
 
  private:
   struct Table {
     absl::flat_hash_map<uint64_t, uint32_t> index;  // key -> bucket row
-    std::vector<float> values;    // [n + 1, per_bucket], α-scaled; row n = fallback
+    // [n + 1, per_bucket], α-scaled; row n = fallback. One of the three,
+    // by precision.
+    std::vector<float> values;
+    std::vector<uint16_t> bf16;
+    std::vector<int8_t> int8;
+    std::vector<float> scales;  // INT8: Δ=0 [o]; Δ=1 [n + 1, o]
   };
-  LshTableModel(ModelInfo info, const LshTableWeights& w, std::vector<Table> tables,
+  // Bucket `b`'s values of `table` as float32, into out[per_bucket].
+  void ReadBucket(const Table& table, int64_t b, float* out) const;
+  LshTableModel(ModelInfo info, const LshTableWeights& w, Precision precision,
+                std::vector<Table> tables,
                 MatmulKernel projection, PackedWeights projection_weight,
                 std::unique_ptr<MatmulKernel> affine);
   absl::Status PredictValidated(const float* x, int64_t rows, float* y, PredictStats* stats,
                                 Route* route) const override;
 
   const int64_t d_, o_, s_, m_, degree_;
+  const Precision precision_;
   const HashFamily family_;
   const float bucket_width_;
   const PackedWeights projection_;       // [s*m, d] in projection_kernel_'s layout

@@ -1,5 +1,6 @@
 #include "engine/lsh_table_model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -71,6 +72,50 @@ INSTANTIATE_TEST_SUITE_P(
              std::to_string(info.param.degree) + "_o" + std::to_string(info.param.o) + "_d" +
              std::to_string(info.param.d);
     });
+
+// BF16 and INT8 tables give the same keys (the projections stay FP32), stay
+// within the rounding of their values of the reference, and read the bytes
+// docs/checkpoint-format.md gives: 4·(s·m·d + s·m) for the projections, and
+// per table the bucket's values at the precision's width (+ 4·o scales at
+// INT8).
+TEST(LshTableModelTest, ReducedPrecisionKeepsTheKeysAndReadsFewerBytes) {
+  for (int64_t degree : {0, 1}) {
+    const int64_t s = 4, m = 6, d = 8, o = 3;
+    const LshTableWeights w =
+        RandomLshTable({.d = d, .o = o, .s = s, .m = m, .degree = degree}, 43);
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<LshTableModel> fp32, LshTableModel::Create(w));
+    const int64_t per_bucket = degree == 0 ? o : o * (d + 1);
+    for (Precision p : {Precision::kFp32, Precision::kBf16, Precision::kInt8}) {
+      ASSERT_OK_AND_ASSIGN(std::unique_ptr<LshTableModel> model, LshTableModel::Create(w, p));
+      const int64_t bytes = 4 * (s * m * d + s * m) +
+                            s * (per_bucket * PrecisionBytes(p) + (p == Precision::kInt8 ? 4 * o : 0));
+      EXPECT_EQ(model->info().weight_bytes_per_row, bytes) << PrecisionName(p);
+      for (int64_t rows : {1, 9}) {
+        const std::vector<float> x = RandomInputs(rows, d, 60 + rows);
+        std::vector<float> y(rows * o), y32(rows * o);
+        PredictStats stats, stats32;
+        Route route, route32;
+        ASSERT_OK(model->Predict(x, rows, absl::MakeSpan(y), &stats, &route));
+        ASSERT_OK(fp32->Predict(x, rows, absl::MakeSpan(y32), &stats32, &route32));
+        EXPECT_EQ(route.bucket_keys, route32.bucket_keys);
+        EXPECT_EQ(stats.flops, stats32.flops);
+        // The projections: one read per kernel execution (9 rows = 8 + 1:
+        // two); each row reads its s buckets.
+        const int64_t projection = 4 * (s * m * d + s * m);
+        const int64_t executions = rows == 1 ? 1 : 2;
+        EXPECT_EQ(stats.weight_bytes,
+                  executions * projection + rows * (bytes - projection))
+            << PrecisionName(p) << " rows " << rows;
+        const std::vector<float> ref = ReferencePredict(w, x, rows);
+        float scale = 0;
+        for (float v : ref) scale = std::max(scale, std::fabs(v));
+        const double tol = p == Precision::kFp32 ? 1e-4 : p == Precision::kBf16 ? 0x1p-6 : 0x1p-4;
+        EXPECT_TRUE(AllNear(y, ref, tol * (1 + scale), 0))
+            << PrecisionName(p) << " degree " << degree << " rows " << rows;
+      }
+    }
+  }
+}
 
 TEST(LshTableModelTest, EveryMissReturnsTheWeightedFallbacks) {
   LshShape shape{.d = 4, .o = 2, .s = 3, .m = 5, .keep_fraction = 0.0};

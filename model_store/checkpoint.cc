@@ -898,7 +898,7 @@ absl::StatusOr<LoadedModel> LoadCheckpoint(const std::string& version_dir,
     loaded.info = std::move(checkpoint.info);
     const Precision precision = options.precision;
     if (const auto* lsh = std::get_if<LshTableWeights>(&checkpoint.sparse)) {
-      ASSIGN_OR_RETURN(loaded.sparse, LshTableModel::Create(*lsh));
+      ASSIGN_OR_RETURN(loaded.sparse, LshTableModel::Create(*lsh, precision));
     } else {
       const DsmWeights& dsm = std::get<DsmWeights>(checkpoint.sparse);
       ASSIGN_OR_RETURN(loaded.sparse, DsmModel::Create(dsm, precision));

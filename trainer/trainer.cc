@@ -695,7 +695,7 @@ absl::Status EvaluateReduced(const Model& fp32, const Dataset& test, Precision s
     if (dsm.has_value()) {
       ASSIGN_OR_RETURN(sparse, DsmModel::Create(*dsm, p));
     } else {
-      ASSIGN_OR_RETURN(sparse, LshTableModel::Create(std::get<LshTableWeights>(c.sparse)));
+      ASSIGN_OR_RETURN(sparse, LshTableModel::Create(std::get<LshTableWeights>(c.sparse), p));
     }
     ASSIGN_OR_RETURN(std::unique_ptr<DenseModel> twin, DenseModel::Create(dense, p));
     for (const auto& [model, metrics] :
