@@ -153,31 +153,19 @@ absl::StatusOr<MatmulKernel> MatmulKernel::Create(const MatmulSpec& spec) {
       const memory::desc sgemm_plain =
           spec.n > 1 ? memory::desc({spec.k, spec.n}, Dt::f32, spec.k >= spec.n ? Tag::ba : Tag::ab)
                      : kernel.plain_weights_;
-      const bool beyond_cache =
-          static_cast<int64_t>(kernel.plain_weights_.get_size()) > kPlainAboveBytes;
-      if (preferred.get_size() * 4 > kernel.plain_weights_.get_size() * 5) {
-        kernel.weights_ = sgemm_plain;
-      } else if (beyond_cache && !(spec.relu && spec.accumulate)) {
-        kernel.sgemm_weights_ = sgemm_plain;
-        kernel.weights_ = preferred;
-        // The blocked copy starts on a 64-byte boundary, like the buffer.
-        kernel.primitive_offset_ =
-            (static_cast<int64_t>(sgemm_plain.get_size() / sizeof(float)) + 15) / 16 * 16;
-      } else {
-        kernel.weights_ = preferred;
-      }
+      kernel.weights_ = preferred.get_size() * 4 > kernel.plain_weights_.get_size() * 5
+                            ? sgemm_plain
+                            : preferred;
     }
     const memory::desc output_major({spec.k, spec.n}, Dt::f32, Tag::ba);
     const memory::desc input_major({spec.k, spec.n}, Dt::f32, Tag::ab);
-    if (kernel.primitive_offset_ == 0 &&
-        (kernel.weights_ == output_major || kernel.weights_ == input_major)) {
-      kernel.sgemm_weights_ = kernel.weights_;  // one plain copy serves both
+    if (kernel.weights_ == output_major || kernel.weights_ == input_major) {
+      kernel.sgemm_weights_ = kernel.weights_;  // plain: sgemm reads it too
     }
-    kernel.packs_ = kernel.primitive_offset_ > 0 || kernel.weights_ != kernel.plain_weights_;
+    kernel.packs_ = kernel.weights_ != kernel.plain_weights_;
     kernel.sgemm_ = !kernel.sgemm_weights_.is_zero() && !(spec.relu && spec.accumulate);
     kernel.sgemm_transposed_ = kernel.sgemm_weights_ == output_major || spec.n == 1;
-    kernel.packed_floats_ = kernel.primitive_offset_ +
-                            static_cast<int64_t>(kernel.weights_.get_size() / sizeof(float));
+    kernel.packed_floats_ = static_cast<int64_t>(kernel.weights_.get_size() / sizeof(float));
     kernel.CreateBuckets(Dt::f32, Dt::f32, spec.bias, attr);
   } catch (const dnnl::error& e) {
     return FromDnnl(e, absl::StrCat("matmul creation (K=", spec.k, ", N=", spec.n, ")"));
@@ -280,21 +268,15 @@ absl::StatusOr<PackedWeights> MatmulKernel::PackAll(const float* plain, int64_t 
     // Padding in the blocked layout must be zero; the reorder writes all of
     // it, but start from zeros so no byte is left uninitialised.
     std::fill(packed.data(), packed.data() + packed.size(), 0.0f);
-    // The primitives' copy, then (when there are two) sgemm's plain one.
-    std::vector<std::pair<memory::desc, int64_t>> copies = {{weights_, primitive_offset_}};
-    if (primitive_offset_ > 0) copies.emplace_back(sgemm_weights_, 0);
-    for (const auto& [layout, offset] : copies) {
-      std::optional<dnnl::reorder> created;
-      {
-        absl::MutexLock creating(&PrimitiveCreationMutex());
-        created.emplace(dnnl::reorder::primitive_desc(engine, plain_weights_, engine, layout));
-      }
-      dnnl::reorder& reorder = *created;
-      for (int64_t i = 0; i < count; ++i) {
-        memory src(plain_weights_, engine, const_cast<float*>(plain + i * plain_floats));
-        memory dst(layout, engine, packed.data() + i * packed_floats_ + offset);
-        reorder.execute(stream, src, dst);
-      }
+    std::optional<dnnl::reorder> created;
+    {
+      absl::MutexLock creating(&PrimitiveCreationMutex());
+      created.emplace(dnnl::reorder::primitive_desc(engine, plain_weights_, engine, weights_));
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      memory src(plain_weights_, engine, const_cast<float*>(plain + i * plain_floats));
+      memory dst(weights_, engine, packed.data() + i * packed_floats_);
+      created->execute(stream, src, dst);
     }
     stream.wait();
   } catch (const dnnl::error& e) {
@@ -474,7 +456,7 @@ absl::Status MatmulKernel::RunBuckets(const float* x, int64_t rows, const float*
       int32_t* acc = nullptr;
       args.at(DNNL_ARG_SRC).set_data_handle(reduced ? ConvertInput(xm, m, row_scales)
                                                     : const_cast<float*>(xm));
-      args.at(DNNL_ARG_WEIGHTS).set_data_handle(const_cast<float*>(w + primitive_offset_));
+      args.at(DNNL_ARG_WEIGHTS).set_data_handle(const_cast<float*>(w));
       if (!bucket.bias.is_zero()) args.at(DNNL_ARG_BIAS).set_data_handle(const_cast<float*>(bias));
       if (int8) {
         acc = reinterpret_cast<int32_t*>(

@@ -14,10 +14,10 @@
 // o = 1 top layer, LSH projections of small d). Where the spec disallows
 // packing (weights gathered per call), spec.layout is kept.
 //
-// A matrix larger than kPlainAboveBytes is kept twice, plain and blocked:
-// plain rows on sgemm for 1-2 rows (streamed from memory), the blocked
-// kernel from a few rows up. One that the last-level cache holds is kept
-// once, blocked.
+// Every matrix is kept once. (Until 2026-12-03 one over 32 MiB was kept
+// twice, plain for sgemm at 1-2 rows and blocked for more; measured again,
+// the blocked kernel alone was as fast at 1 row for 64 MiB and 5% slower
+// for 512 MiB, which did not pay for twice the memory: docs/benchmarks.md.)
 //
 // Plain weights run the buckets of 1 and 2 rows, and every row count when
 // N = 1, on oneDNN's sgemm (dnnl_sgemm, no primitive) instead, which costs
@@ -96,9 +96,6 @@ class MatmulKernel {
   static constexpr int64_t kMaxBucketRows = int64_t{1} << (kNumBuckets - 1);  // 128
   // Plain-layout buckets up to this many rows run on sgemm (see above).
   static constexpr int64_t kSgemmMaxRows = 2;
-  // Weight matrices larger than this stay plain (see above): above an L3
-  // slice of the machine kind measured (32 MiB per CCD on its EPYC).
-  static constexpr int64_t kPlainAboveBytes = int64_t{32} << 20;
 
   // Creates the primitives. Errors if oneDNN rejects the shape.
   static absl::StatusOr<MatmulKernel> Create(const MatmulSpec& spec);
@@ -107,8 +104,7 @@ class MatmulKernel {
   MatmulKernel& operator=(MatmulKernel&&) = default;
 
   // Storage one weight matrix takes in the kernel's layout, in 4-byte units
-  // ("floats"; >= K·N at FP32, about 2·K·N when it keeps two copies; about
-  // K·N/2 at BF16 and K·N/4 + N at INT8).
+  // ("floats"; >= K·N at FP32, about K·N/2 at BF16 and K·N/4 + N at INT8).
   int64_t packed_floats() const { return packed_floats_; }
   // What one execution over one matrix reads, as docs/checkpoint-format.md
   // counts it: K·N elements at the precision's width, plus the N float32
@@ -117,11 +113,8 @@ class MatmulKernel {
   Precision precision() const { return spec_.precision; }
   // Whether the kernel's layout differs from spec.layout.
   bool packs() const { return packs_; }
-  // Whether 1-2-row buckets run on sgemm (over a plain copy of the weights).
+  // Whether 1-2-row buckets run on sgemm (over plain weights).
   bool runs_sgemm() const { return sgemm_; }
-  // Whether each matrix is stored twice: plain for sgemm, blocked for the
-  // primitives (matrices beyond kPlainAboveBytes; see above).
-  bool keeps_two_copies() const { return primitive_offset_ > 0; }
 
   // Packs `count` weight matrices stored consecutively in spec.layout
   // (matrix i at plain + i·K·N) into one buffer, matrix i at
@@ -190,8 +183,7 @@ class MatmulKernel {
   Id id_;
   dnnl::memory::desc plain_weights_;  // spec.layout
   dnnl::memory::desc weights_;        // the primitives' layout
-  dnnl::memory::desc sgemm_weights_;  // the plain copy sgemm reads, at offset 0
-  int64_t primitive_offset_ = 0;      // where weights_ starts in a matrix (0: one copy)
+  dnnl::memory::desc sgemm_weights_;  // set when weights_ is plain: sgemm reads it
   int64_t packed_floats_ = 0;
   int64_t scales_offset_ = 0;   // INT8: where a matrix's N scales start, in floats
   int64_t bytes_per_read_ = 0;
