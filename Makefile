@@ -4,8 +4,9 @@
 # Other targets: build; test-container (the container image, end to end);
 # test-asan and test-tsan (the suite under sanitizers) and fuzz (libFuzzer
 # targets), docs/reliability.md; bench (engine microbenchmarks);
-# bench-serving (sparse vs dense under load) and bench-lifecycle (dynamic
-# batching and hot reload under load), docs/benchmarks.md; soak (ten
+# bench-serving (sparse vs dense under load), bench-precision (FP32, BF16 and
+# INT8 under load) and bench-lifecycle (dynamic batching and hot reload under
+# load), docs/benchmarks.md; soak (ten
 # minutes under load with hot reloads), docs/reliability.md; peers (our engine
 # next to PyTorch and FAISS; needs the demo models); clean.
 
@@ -14,7 +15,7 @@ BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc)
 ASAN_OPTIONS_SET = detect_leaks=1:abort_on_error=0:halt_on_error=1:detect_stack_use_after_return=0
 
-.PHONY: all deps deps-sanitizers configure build test test-container test-asan test-tsan fuzz bench bench-serving bench-lifecycle soak peers demo clean
+.PHONY: all deps deps-sanitizers configure build test test-container test-asan test-tsan fuzz bench bench-serving bench-precision bench-lifecycle soak peers demo clean
 
 all: build
 
@@ -91,6 +92,10 @@ bench: build
 
 bench-serving: build
 	BUILD_DIR=$(BUILD_DIR) bench/serving_bench.sh
+
+# Serving at FP32, BF16 and INT8 alone (also step 6 of bench-serving).
+bench-precision: build
+	BUILD_DIR=$(BUILD_DIR) bench/precision_bench.sh
 
 bench-lifecycle: build
 	BUILD_DIR=$(BUILD_DIR) bench/lifecycle_bench.sh

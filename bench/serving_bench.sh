@@ -19,6 +19,8 @@
 #     the Open Inference Protocol on gRPC, REST with JSON and with binary
 #     tensors (--http_port), in five interleaved rounds (this VM's speed
 #     drifts over seconds; the ratio is taken within each round);
+#  6. dsm1024 and a DSM larger than the L3 at every precision, served at
+#     FP32, BF16 and INT8 (bench/precision_bench.sh, issue 18);
 # then writes CSV, JSON and SVG plots to $OUT and prints the ratios issue 5
 # asks for.
 set -euo pipefail
@@ -141,3 +143,8 @@ for name, value, op, target in checks:
     ok = value >= target if op == ">=" else value <= target
     print("  %-58s %7.2f  (target %s %g: %s)" % (name, value, op, target, "holds" if ok else "MISSED"))
 PY
+
+# The server above is stopped first: the precision step starts its own.
+stop_process "$server_pid"
+server_pid=""
+OUT=$OUT BUILD_DIR=$BUILD WINDOW=$WINDOW bench/precision_bench.sh
