@@ -293,12 +293,15 @@ nlohmann::json MetricsJson(const ModelMetrics& m) {
                       {"train_mse", m.train_mse},
                       {"activated_units", m.activated_units},
                       {"flops_per_row", m.flops_per_row},
+                      {"weight_bytes_per_row", m.weight_bytes_per_row},
                       {"parameters", m.parameters},
                       {"solver", m.solver},
                       {"description", m.description}};
   if (m.classification) j["test_accuracy"] = m.test_accuracy;
   for (const auto& [precision, at] : m.at) {
-    nlohmann::json p = {{"test_mse", at.test_mse}, {"routes_changed", at.routes_changed}};
+    nlohmann::json p = {{"test_mse", at.test_mse},
+                        {"routes_changed", at.routes_changed},
+                        {"weight_bytes_per_row", at.weight_bytes_per_row}};
     if (m.classification) p["test_accuracy"] = at.test_accuracy;
     j["at"][std::string(PrecisionName(precision))] = p;
   }

@@ -670,6 +670,7 @@ absl::Status Evaluate(const Model& model, const Dataset& train, const Dataset& t
   if (metrics->classification) metrics->test_accuracy = Accuracy(pred, test);
   metrics->parameters = model.info().parameters;
   metrics->flops_per_row = model.info().flops_per_row;
+  metrics->weight_bytes_per_row = model.info().weight_bytes_per_row;
   metrics->description = model.info().description;
   return absl::OkStatus();
 }
@@ -702,6 +703,7 @@ absl::Status EvaluateReduced(const Model& fp32, const Dataset& test, Precision s
          {std::pair<const Model*, ModelMetrics*>{sparse.get(), &result->sparse},
           {twin.get(), &result->dense}}) {
       PrecisionMetrics& m = metrics->at[p];
+      m.weight_bytes_per_row = model->info().weight_bytes_per_row;
       ASSIGN_OR_RETURN(std::vector<float> pred, PredictAll(*model, test));
       m.test_mse = MeanSquaredError(pred, test);
       if (classification) m.test_accuracy = Accuracy(pred, test);

@@ -75,6 +75,9 @@ struct PrecisionMetrics {
   double test_accuracy = 0;  // when classification
   // Test rows whose route (expert ids, bucket keys) differs from FP32's.
   double routes_changed = 0;
+  // Weight bytes one row reads at this precision (a matrix too narrow for
+  // the reduced layouts stays FP32, so this shows what actually shrank).
+  int64_t weight_bytes_per_row = 0;
 };
 
 struct ModelMetrics {
@@ -84,6 +87,7 @@ struct ModelMetrics {
   double test_accuracy = 0;     // when classification
   int64_t parameters = 0;
   int64_t flops_per_row = 0;
+  int64_t weight_bytes_per_row = 0;  // at FP32
   int64_t activated_units = 0;  // per row
   std::string solver;           // how the fitted part was solved
   std::string description;
