@@ -18,15 +18,17 @@ with tempfile.TemporaryDirectory() as tmp:
 
 failures = []
 for heading in ["## Summary", "## Table 1", "## Figure 2(a)", "## Figure 3(a)", "## Figure 7", "## Figure 2(b)",
-                "## Figure 4", "## How this differs from the paper"]:
+                "## Figure 4", "## Serving precision", "## How this differs from the paper"]:
     if heading not in report:
         failures.append("missing section " + heading)
 rows = [line for line in report.splitlines() if line.startswith("| ") and "e-0" in line]
 if len(rows) < 2 + 3 * 2 + 3 + 2:  # Table 1, three unit sweeps, buckets, Figure 4
     failures.append("expected at least 13 table rows with measured MSEs, got %d" % len(rows))
 verdicts = report.count("**agrees**") + report.count("**does not agree**")
-if verdicts != 2 * (2 + 3 * 2 + 3 + 2):  # each in its section and in the summary
-    failures.append("expected 26 verdicts, got %d" % verdicts)
+if verdicts != 2 * (2 + 3 * 2 + 3 + 2 + 2):  # each in its section and in the summary (+ BF16, INT8)
+    failures.append("expected 30 verdicts, got %d" % verdicts)
+if report.count("| BF16 |") < 2 or report.count("| INT8 |") < 2:
+    failures.append("the precision section lacks its BF16 and INT8 rows")
 if " nan" in report.lower() or "| nan" in report.lower():
     failures.append("report contains NaN")
 if failures:
