@@ -264,7 +264,9 @@ absl::Status Models(SparseClient& client) {
               "test MSE", "description");
   for (const auto& m : list.models()) {
     for (const auto& v : m.versions()) {
-      const auto mse_it = v.info().find("test_mse");
+      // The test MSE at the precision it serves, when its writer recorded it.
+      auto mse_it = v.info().find(absl::StrCat("test_mse_", absl::AsciiStrToLower(v.precision())));
+      if (v.precision() == "FP32" || mse_it == v.info().end()) mse_it = v.info().find("test_mse");
       double mse_value = 0;
       const std::string mse = mse_it != v.info().end() && absl::SimpleAtod(mse_it->second, &mse_value)
                                   ? absl::StrFormat("%.3e", mse_value)
