@@ -60,5 +60,32 @@ TEST(PrecisionTest, Int8QuantizationUsesTheLargestMagnitudeAndRoundsToNearest) {
   EXPECT_EQ(qm, (std::vector<int8_t>{32, 7, -127, 7, 64, 7}));
 }
 
+// The vectorized conversions (AVX-512 where the CPU has it) give exactly
+// the portable code's values, ties and tiny values included.
+TEST(PrecisionTest, FastConversionsEqualThePortableOnes) {
+  std::vector<float> x;
+  for (int i = 0; i < 1000; ++i) x.push_back(std::sin(i * 0.37f) * (1 + i % 7));
+  x.push_back(1e-39f);         // a float32 denormal
+  x.push_back(-3e-41f);
+  x.push_back(1.0f + 0x1p-8f);  // a bf16 tie
+  x.push_back(7.0f);            // the maximum: 127 exactly
+  std::vector<uint16_t> fast(x.size());
+  ToBf16(x.data(), static_cast<int64_t>(x.size()), fast.data());
+  for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(fast[i], FloatToBf16(x[i])) << i;
+  std::vector<int8_t> q(x.size()), portable(x.size());
+  const float scale = QuantizeInt8(x.data(), static_cast<int64_t>(x.size()), q.data());
+  const float portable_scale =
+      QuantizeInt8Strided(x.data(), static_cast<int64_t>(x.size()), 1, portable.data());
+  EXPECT_EQ(scale, portable_scale);
+  EXPECT_EQ(q, portable);
+  // 63.5 · k: products that land on .5 round to even in both.
+  std::vector<float> ties = {127.0f};
+  for (int k = -60; k <= 60; ++k) ties.push_back(k + 0.5f);
+  std::vector<int8_t> a(ties.size()), b(ties.size());
+  QuantizeInt8(ties.data(), static_cast<int64_t>(ties.size()), a.data());
+  QuantizeInt8Strided(ties.data(), static_cast<int64_t>(ties.size()), 1, b.data());
+  EXPECT_EQ(a, b);
+}
+
 }  // namespace
 }  // namespace sparse

@@ -7,6 +7,7 @@
 // checks the same in process).
 #include <filesystem>
 #include <fstream>
+#include <memory>
 
 #include "absl/synchronization/blocking_counter.h"
 #include "absl/synchronization/notification.h"
@@ -89,18 +90,23 @@ TEST_F(ModelControlServiceTest, RequestsThatShareABatchEachGetTheirOwnExactAnswe
       grpc::Status status;
     };
     std::vector<Call> calls(kCalls);
-    absl::BlockingCounter finished(kCalls);
+    // Shared with the callbacks: one may still be leaving DecrementCount when
+    // Wait returns.
+    auto finished = std::make_shared<absl::BlockingCounter>(kCalls);
     // Both workers are held until every request is queued, so they share
-    // batches whatever the machine's speed (not a timing assumption).
-    absl::Notification release;
-    absl::BlockingCounter held(2);
+    // batches whatever the machine's speed (not a timing assumption). The
+    // tasks own what they wait on: a worker that counted itself held may
+    // reach WaitForNotification only after the other worker has answered
+    // every request and this iteration has ended.
+    auto release = std::make_shared<absl::Notification>();
+    auto held = std::make_shared<absl::BlockingCounter>(2);
     for (int w = 0; w < 2; ++w) {
-      ASSERT_TRUE(server_->core().pool().Submit([&] {
-        held.DecrementCount();
-        release.WaitForNotification();
+      ASSERT_TRUE(server_->core().pool().Submit([release, held] {
+        held->DecrementCount();
+        release->WaitForNotification();
       }));
     }
-    held.Wait();
+    held->Wait();
     for (int i = 0; i < kCalls; ++i) {
       Call& c = calls[i];
       const int64_t rows = 1 + i % 3;
@@ -110,9 +116,9 @@ TEST_F(ModelControlServiceTest, RequestsThatShareABatchEachGetTheirOwnExactAnswe
       c.request.set_return_route(true);
       c.request.mutable_inputs()->Add(x.begin(), x.end());
       c.context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
-      auto done = [&c, &finished](grpc::Status s) {
+      auto done = [&c, finished](grpc::Status s) {
         c.status = std::move(s);
-        finished.DecrementCount();
+        finished->DecrementCount();
       };
       if (dense) {
         stub->async()->PredictDense(&c.context, &c.request, &c.response, done);
@@ -121,8 +127,8 @@ TEST_F(ModelControlServiceTest, RequestsThatShareABatchEachGetTheirOwnExactAnswe
       }
     }
     while (server_->core().in_flight() < kCalls) absl::SleepFor(absl::Milliseconds(1));
-    release.Notify();
-    finished.Wait();
+    release->Notify();
+    finished->Wait();
     const Model& model = dense ? static_cast<const Model&>(*servable->loaded.dense)
                                : *servable->loaded.sparse;
     int64_t largest_batch = 0;
