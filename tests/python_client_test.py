@@ -125,6 +125,9 @@ with tempfile.TemporaryDirectory() as tmp:
             q = oip.predict(name, x.numpy())
             check(np.array_equal(q.outputs, p.outputs), "%s: OIP gives the native outputs" % name)
             check(q.cost.flops == p.cost.flops, "%s: OIP reports the same FLOPs" % name)
+            check(q.cost.weight_bytes == p.cost.weight_bytes > 0,
+                  "%s: OIP reports the same weight bytes (%d, native %d)" % (name, q.cost.weight_bytes,
+                                                                            p.cost.weight_bytes))
             info = client.model(name).versions[0]
             check(p.cost.flops == x.shape[0] * info.flops_per_row and p.cost.flops > 0,
                   "%s: %d FLOPs = rows x %d" % (name, p.cost.flops, info.flops_per_row))

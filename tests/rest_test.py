@@ -109,6 +109,7 @@ with tempfile.TemporaryDirectory() as tmp:
             check(data == want_out, "JSON infer %s equals the native API: %s vs %s" % (name, data, want_out))
             params = got.get("parameters", {})
             check(params.get("flops") == want.cost.flops and params.get("dense_flops") == want.cost.dense_flops
+                  and params.get("weight_bytes") == want.cost.weight_bytes > 0
                   and "compute_ns" in params and "queue_ns" in params,
                   "JSON infer %s: the cost in parameters: %s" % (name, params))
 
