@@ -399,7 +399,7 @@ std::string HumanBytes(int64_t bytes) {
     v /= 1024;
     ++u;
   }
-  return absl::StrFormat(v >= 100 ? "%.1f %s" : "%.2f %s", v, units[u]);
+  return v >= 100 ? absl::StrFormat("%.1f %s", v, units[u]) : absl::StrFormat("%.2f %s", v, units[u]);
 }
 
 bool IsLoopbackTarget(const std::string& target) {
