@@ -16,7 +16,7 @@
 # sparse and the dense path of each model. Results go to $OUT/precision-*.
 #
 #   bench/precision_bench.sh      (run by bench/serving_bench.sh as step 6;
-#                                  about 4 minutes, plus ~1 to write big)
+#                                  1.5 minutes measured, plus ~1 to write big)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD_DIR:-build}

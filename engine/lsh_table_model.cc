@@ -21,7 +21,7 @@ absl::Status StoreReduced(Precision precision, int64_t rows, int64_t o, int64_t 
     bf16->resize(values.size());
     ToBf16(values.data(), static_cast<int64_t>(values.size()), bf16->data());
     for (size_t i = 0; i < bf16->size(); ++i) {
-      if (((*bf16)[i] & 0x7f80u) == 0x7f80u) {
+      if (!Bf16IsFinite((*bf16)[i])) {
         return absl::InvalidArgumentError(
             absl::StrCat("a bucket value (", values[i], ") overflows bfloat16"));
       }

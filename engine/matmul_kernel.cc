@@ -310,7 +310,7 @@ absl::StatusOr<PackedWeights> MatmulKernel::PackReduced(const float* plain,
       if (bf16) {
         ToBf16(w, elements, as_bf16.data());
         for (int64_t e = 0; e < elements; ++e) {
-          if ((as_bf16[e] & 0x7f80u) == 0x7f80u) {
+          if (!Bf16IsFinite(as_bf16[e])) {
             return absl::InvalidArgumentError(absl::StrCat(
                 "matrix ", i, " element ", e, " (", w[e], ") overflows bfloat16"));
           }

@@ -52,6 +52,10 @@ inline float Bf16ToFloat(uint16_t b) {
   return f;
 }
 
+// Whether a bfloat16 value is finite (not the infinity a value beyond
+// bfloat16's range rounds to, nor a NaN).
+inline bool Bf16IsFinite(uint16_t b) { return (b & 0x7f80u) != 0x7f80u; }
+
 // Rounds n floats to bfloat16.
 void ToBf16(const float* x, int64_t n, uint16_t* out);
 
