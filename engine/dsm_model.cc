@@ -22,43 +22,6 @@ std::vector<float> Transpose(const std::vector<float>& a, int64_t rows, int64_t 
   return t;
 }
 
-// The kmeans router scores each centroid c of a block by c·x - |c|²/2, whose
-// argmax is the nearest centroid. Centroids are centred on their block's mean
-// μ first (c' = c - μ, bias = -c'·μ - |c'|²/2, the same argmax): without it,
-// centroids far from the origin lose the difference between them to float
-// rounding. Writes c' into *weights and the biases into *bias.
-absl::Status CentredCentroids(const std::vector<float>& centroids, int64_t blocks,
-                              int64_t experts, int64_t d, std::vector<float>* weights,
-                              std::vector<float>* bias) {
-  weights->resize(centroids.size());
-  bias->resize(blocks * experts);
-  for (int64_t l = 0; l < blocks; ++l) {
-    std::vector<double> mean(d, 0.0);
-    for (int64_t e = 0; e < experts; ++e) {
-      for (int64_t j = 0; j < d; ++j) mean[j] += centroids[(l * experts + e) * d + j];
-    }
-    for (double& m : mean) m /= static_cast<double>(experts);
-    for (int64_t e = 0; e < experts; ++e) {
-      const int64_t row = l * experts + e;
-      double dot = 0, sq = 0;
-      for (int64_t j = 0; j < d; ++j) {
-        const double c = centroids[row * d + j] - mean[j];
-        (*weights)[row * d + j] = static_cast<float>(c);
-        dot += c * mean[j];
-        sq += c * c;
-      }
-      const double b = -dot - 0.5 * sq;
-      if (!(std::fabs(b) < 3e38)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "router.weight: kmeans centroid ", row, " is too far from the others (|bias| = ", b,
-            " does not fit a float)"));
-      }
-      (*bias)[row] = static_cast<float>(b);
-    }
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<DsmModel>> DsmModel::Create(const DsmWeights& w,
@@ -75,14 +38,8 @@ absl::StatusOr<std::unique_ptr<DsmModel>> DsmModel::Create(const DsmWeights& w,
                                          .allow_packing = !topk,
                                          .precision = topk ? Precision::kFp32 : precision}));
   Kernels kernels{.router = std::nullopt, .bottom = std::nullopt, .top = std::move(top)};
-  if (w.router == RouterKind::kLsh && w.RouterBits() > 0) {
-    ASSIGN_OR_RETURN(kernels.router,
-                     MatmulKernel::Create({.k = net.input_dim, .n = w.num_blocks * w.RouterBits(),
-                                           .layout = Layout::kOutputMajor, .bias = true}));
-  } else if (w.router == RouterKind::kKmeans) {
-    ASSIGN_OR_RETURN(kernels.router,
-                     MatmulKernel::Create({.k = net.input_dim, .n = w.num_blocks * w.num_experts,
-                                           .layout = Layout::kOutputMajor, .bias = true}));
+  if (!topk && !w.IsShard()) {
+    ASSIGN_OR_RETURN(kernels.router, ExpertRouter::Create(w));
   }
   // topk needs the pre-activation Bx + c to rank units; it applies σ itself.
   // Routed expert slices stay plain: a request's rows reach an expert one
@@ -127,15 +84,6 @@ absl::StatusOr<std::unique_ptr<DsmModel>> DsmModel::Create(const DsmWeights& w,
   } else {
     ASSIGN_OR_RETURN(packed.top, kernels.top.PackAll(top_t.data(), slices));
   }
-  if (w.router == RouterKind::kKmeans) {
-    std::vector<float> centred;
-    RETURN_IF_ERROR(CentredCentroids(w.router_weight, w.num_blocks, w.num_experts,
-                                     net.input_dim, &centred, &packed.router_bias));
-    ASSIGN_OR_RETURN(packed.router, kernels.router->PackAll(centred.data(), 1));
-  } else if (kernels.router.has_value()) {
-    ASSIGN_OR_RETURN(packed.router, kernels.router->PackAll(w.router_weight.data(), 1));
-    packed.router_bias = w.router_bias;
-  }
   ModelInfo info;
   info.kind = ModelKind::kDsm;
   info.input_dim = net.input_dim;
@@ -148,6 +96,10 @@ absl::StatusOr<std::unique_ptr<DsmModel>> DsmModel::Create(const DsmWeights& w,
                                   " t=", net.width, " E=", w.num_experts, " k=", w.active_units,
                                   " L=", w.num_blocks, " o=", net.output_dim, " ",
                                   ActivationName(net.activation));
+  if (w.IsShard()) {
+    absl::StrAppend(&info.description, " shard of experts [", w.first_expert, ", ",
+                    w.first_expert + w.num_experts, ") of ", w.total_experts);
+  }
   if (precision != Precision::kFp32) absl::StrAppend(&info.description, " ", PrecisionName(precision));
   info.precision = precision;
   // One row: a0, the router, and per block one slice of B and of Aᵀ (topk:
@@ -155,12 +107,12 @@ absl::StatusOr<std::unique_ptr<DsmModel>> DsmModel::Create(const DsmWeights& w,
   const int64_t blocks = topk ? 1 : w.num_blocks;
   info.weight_bytes_per_row =
       4 * net.output_dim +
-      (kernels.router.has_value() ? kernels.router->weight_bytes_per_read() : 0) +
+      (kernels.router.has_value() ? kernels.router->weight_bytes_per_row() : 0) +
       blocks * (kernels.bottom->weight_bytes_per_read() + kernels.top.weight_bytes_per_read());
   info.resident_bytes =
-      4 * static_cast<int64_t>(packed.router.size() + packed.bottom.size() + packed.top.size() +
-                               packed.router_bias.size() + net.bottom_bias.size() +
-                               net.top_bias.size());
+      (kernels.router.has_value() ? kernels.router->resident_bytes() : 0) +
+      4 * static_cast<int64_t>(packed.bottom.size() + packed.top.size() +
+                               net.bottom_bias.size() + net.top_bias.size());
   return std::unique_ptr<DsmModel>(
       new DsmModel(std::move(info), w, std::move(kernels), std::move(packed)));
 }
@@ -168,8 +120,8 @@ absl::StatusOr<std::unique_ptr<DsmModel>> DsmModel::Create(const DsmWeights& w,
 DsmModel::DsmModel(ModelInfo info, const DsmWeights& w, Kernels kernels, Weights weights)
     : Model(std::move(info)), d_(w.network.input_dim), o_(w.network.output_dim),
       t_(w.network.width), L_(w.num_blocks), E_(w.num_experts), k_(w.active_units),
-      bits_(w.RouterBits()), router_(w.router),
-      relu_(w.network.activation == Activation::kRelu), hash_seed_(w.hash_seed),
+      first_expert_(w.first_expert), total_experts_(w.IsShard() ? w.total_experts : w.num_experts),
+      router_(w.router), relu_(w.network.activation == Activation::kRelu),
       bottom_bias_(w.network.bottom_bias), top_bias_(w.network.top_bias),
       kernels_(std::move(kernels)), weights_(std::move(weights)),
       expert_rows_(new std::atomic<int64_t>[L_ * E_]()) {}
@@ -188,6 +140,11 @@ RoutingCounts DsmModel::Routing() const {
 
 absl::Status DsmModel::PredictValidated(const float* x, int64_t rows, float* y,
                                         PredictStats* stats, Route* route) const {
+  if (router_ != RouterKind::kTopk && !kernels_.router.has_value()) {
+    return absl::FailedPreconditionError(
+        "this is a shard's part of a DSM: it computes the experts a front sends it "
+        "(PredictExperts), not whole predictions");
+  }
   for (int64_t r = 0; r < rows; ++r) std::copy(top_bias_.begin(), top_bias_.end(), y + r * o_);
   stats->weight_bytes += 4 * o_;  // a0, read once for the call
   const bool routed = router_ != RouterKind::kTopk;
@@ -211,7 +168,7 @@ absl::Status DsmModel::PredictValidated(const float* x, int64_t rows, float* y,
       experts_heap.resize(n * L_);
       experts = experts_heap.data();
     }
-    RETURN_IF_ERROR(RouteRows(xc, n, experts, stats));
+    RETURN_IF_ERROR(kernels_.router->Route(xc, n, experts, stats));
     for (int64_t i = 0; i < n * L_; ++i) {
       expert_rows_[(i % L_) * E_ + experts[i]].fetch_add(1, std::memory_order_relaxed);
     }
@@ -221,46 +178,42 @@ absl::Status DsmModel::PredictValidated(const float* x, int64_t rows, float* y,
   return absl::OkStatus();
 }
 
-absl::Status DsmModel::RouteRows(const float* x, int64_t n, int32_t* experts,
-                                 PredictStats* stats) const {
-  const auto start = std::chrono::steady_clock::now();
-  switch (router_) {
-    case RouterKind::kLsh: {
-      if (bits_ == 0) {
-        std::fill(experts, experts + n * L_, 0);
-        break;
-      }
-      float* z = ScratchFloats(Scratch::kRouter, n * L_ * bits_);
-      RETURN_IF_ERROR(kernels_.router->Run(x, n, weights_.router.data(), weights_.router_bias.data(), z,
-                                           &stats->flops, &stats->weight_bytes));
-      for (int64_t i = 0; i < n * L_; ++i) {
-        experts[i] = static_cast<int32_t>(HyperplaneKey(z + i * bits_, bits_));
-      }
-      break;
-    }
-    case RouterKind::kKmeans: {
-      float* z = ScratchFloats(Scratch::kRouter, n * L_ * E_);
-      RETURN_IF_ERROR(kernels_.router->Run(x, n, weights_.router.data(), weights_.router_bias.data(), z,
-                                           &stats->flops, &stats->weight_bytes));
-      for (int64_t i = 0; i < n * L_; ++i) {
-        const float* scores = z + i * E_;
-        experts[i] = static_cast<int32_t>(std::max_element(scores, scores + E_) - scores);
-      }
-      break;
-    }
-    case RouterKind::kHash:
-      for (int64_t r = 0; r < n; ++r) {
-        for (int64_t l = 0; l < L_; ++l) {
-          experts[r * L_ + l] = static_cast<int32_t>(
-              InputHash(x + r * d_, d_, hash_seed_ + static_cast<uint64_t>(l)) %
-              static_cast<uint64_t>(E_));
-        }
-      }
-      break;
-    case RouterKind::kTopk:
-      break;
+absl::Status DsmModel::PredictExperts(absl::Span<const float> x, int64_t rows,
+                                      absl::Span<const int32_t> experts, absl::Span<float> y,
+                                      PredictStats* stats) const {
+  if (router_ == RouterKind::kTopk) {
+    return absl::FailedPreconditionError("a topk DSM has no experts to compute");
   }
-  stats->route_ns += NanosSince(start);
+  RETURN_IF_ERROR(ValidateBatch(x, rows, d_));
+  if (static_cast<int64_t>(experts.size()) != rows * L_ ||
+      static_cast<int64_t>(y.size()) != rows * o_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "expected ", rows * L_, " expert ids and ", rows * o_, " outputs for ", rows,
+        " rows, got ", experts.size(), " and ", y.size()));
+  }
+  std::vector<int32_t> local(experts.size());
+  for (size_t i = 0; i < experts.size(); ++i) {
+    const int64_t id = experts[i];
+    if (id < 0 || id >= total_experts_) {
+      return absl::InvalidArgumentError(absl::StrCat("expert id ", id, " of row ", i / L_,
+                                                     " is outside [0, ", total_experts_, ")"));
+    }
+    local[i] = id >= first_expert_ && id < first_expert_ + E_
+                   ? static_cast<int32_t>(id - first_expert_)
+                   : -1;
+  }
+  std::fill(y.begin(), y.end(), 0.0f);
+  const int64_t chunk = std::min(rows, MatmulKernel::kMaxBucketRows);
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    const int64_t n = std::min(chunk, rows - r0);
+    for (int64_t i = r0 * L_; i < (r0 + n) * L_; ++i) {
+      if (local[i] >= 0) {
+        expert_rows_[(i % L_) * E_ + local[i]].fetch_add(1, std::memory_order_relaxed);
+      }
+    }
+    RETURN_IF_ERROR(ComputeRouted(x.data() + r0 * d_, n, local.data() + r0 * L_,
+                                  y.data() + r0 * o_, stats));
+  }
   return absl::OkStatus();
 }
 
@@ -272,16 +225,21 @@ absl::Status DsmModel::ComputeRouted(const float* x, int64_t n, const int32_t* e
   float* gathered = ScratchFloats(Scratch::kInput, n * d_);
   // order holds the rows sorted by expert (counting sort); starts[e] where
   // expert e's rows begin in it.
-  int64_t* order = ScratchIndices(n + E_ + 1);
+  // Rows whose expert is not held here (-1) sort last, as expert E_.
+  int64_t* order = ScratchIndices(n + E_ + 2);
   int64_t* starts = order + n;
+  auto group = [experts, this](int64_t r, int64_t l) {
+    const int32_t e = experts[r * L_ + l];
+    return e < 0 ? E_ : static_cast<int64_t>(e);
+  };
   for (int64_t l = 0; l < L_; ++l) {
-    std::fill(starts, starts + E_ + 1, 0);
-    for (int64_t r = 0; r < n; ++r) ++starts[experts[r * L_ + l] + 1];
-    for (int64_t e = 0; e < E_; ++e) starts[e + 1] += starts[e];
+    std::fill(starts, starts + E_ + 2, 0);
+    for (int64_t r = 0; r < n; ++r) ++starts[group(r, l) + 1];
+    for (int64_t e = 0; e <= E_; ++e) starts[e + 1] += starts[e];
     {
       // Place rows; `starts` is shifted by one while filling, then restored.
-      for (int64_t r = 0; r < n; ++r) order[starts[experts[r * L_ + l]]++] = r;
-      for (int64_t e = E_; e > 0; --e) starts[e] = starts[e - 1];
+      for (int64_t r = 0; r < n; ++r) order[starts[group(r, l)]++] = r;
+      for (int64_t e = E_ + 1; e > 0; --e) starts[e] = starts[e - 1];
       starts[0] = 0;
     }
     for (int64_t e = 0; e < E_; ++e) {

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/expert_router.h"
 #include "engine/matmul_kernel.h"
 #include "engine/model.h"
 #include "engine/weights.h"
@@ -29,13 +30,29 @@ class DsmModel : public Model {
  public:
   // The expert slices (or all of B for topk) and the routed top slices run
   // at `precision`; routers and topk's gathered top layer stay FP32.
+  // A shard's part (weights.IsShard()) makes a model that only answers
+  // PredictExperts; its Predict() is FAILED_PRECONDITION.
   static absl::StatusOr<std::unique_ptr<DsmModel>> Create(
       const DsmWeights& weights, Precision precision = Precision::kFp32);
   RoutingCounts Routing() const override;
 
+  // A shard's partial outputs (docs/deploy.md, "Sharded models"): y [rows, o]
+  // = the sum, over the blocks l whose expert experts[r * L + l] (an id of
+  // the whole model) this model holds, of that expert's slice output. Rows
+  // and blocks whose expert another shard holds add nothing; there is no a0.
+  // A whole model computes every block. Counts FLOPs, bytes and time in
+  // *stats, as Predict() does.
+  // Errors (INVALID_ARGUMENT): sizes, a non-finite input, an expert id
+  // outside [0, E) of the whole model. On error y is unspecified.
+  absl::Status PredictExperts(absl::Span<const float> x, int64_t rows,
+                              absl::Span<const int32_t> experts, absl::Span<float> y,
+                              PredictStats* stats) const;
+  // Experts [first_expert(), first_expert() + E) of every block are held.
+  int64_t first_expert() const { return first_expert_; }
+
  private:
   struct Kernels {
-    std::optional<MatmulKernel> router;  // lsh (r > 0) and kmeans
+    std::optional<ExpertRouter> router;  // routed kinds, unless a shard's part
     std::optional<MatmulKernel> bottom;  // one slice (routed) or all of B (topk)
     MatmulKernel top;                    // accumulates into its output
   };
@@ -43,22 +60,21 @@ class DsmModel : public Model {
   // bottom + i·bottom.packed_floats(), of Aᵀ at top + i·top.packed_floats().
   // topk: all of B packed, and Aᵀ [t, o] plain for gathering.
   struct Weights {
-    PackedWeights router, bottom, top;
-    std::vector<float> router_bias;  // lsh offsets; kmeans see CentredCentroids
+    PackedWeights bottom, top;
   };
   DsmModel(ModelInfo info, const DsmWeights& w, Kernels kernels, Weights weights);
   absl::Status PredictValidated(const float* x, int64_t rows, float* y, PredictStats* stats,
                                 Route* route) const override;
-  // Fills experts[r * L + l] for the n rows of x.
-  absl::Status RouteRows(const float* x, int64_t n, int32_t* experts, PredictStats* stats) const;
+  // Adds the slices of experts[r * L + l] (ids of this model's E; -1: not
+  // held here) into y.
   absl::Status ComputeRouted(const float* x, int64_t n, const int32_t* experts, float* y,
                              PredictStats* stats) const;
   absl::Status ComputeTopk(const float* x, int64_t n, float* y, PredictStats* stats) const;
 
-  const int64_t d_, o_, t_, L_, E_, k_, bits_;
+  const int64_t d_, o_, t_, L_, E_, k_;
+  const int64_t first_expert_, total_experts_;  // a shard's range of the whole model's
   const RouterKind router_;
   const bool relu_;
-  const uint64_t hash_seed_;
   const std::vector<float> bottom_bias_;    // c [t]
   const std::vector<float> top_bias_;       // a0 [o]
   const Kernels kernels_;

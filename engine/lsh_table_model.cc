@@ -72,11 +72,7 @@ absl::StatusOr<std::unique_ptr<LshTableModel>> LshTableModel::Create(
     }
     parameters += static_cast<int64_t>(src.values.size() + src.fallback.size() + src.keys.size());
   }
-  ASSIGN_OR_RETURN(MatmulKernel projection,
-                   MatmulKernel::Create({.k = w.input_dim, .n = w.num_tables * w.num_hashes,
-                                         .layout = MatmulSpec::WeightLayout::kOutputMajor,
-                                         .bias = true}));
-  ASSIGN_OR_RETURN(PackedWeights projection_weight, projection.PackAll(w.projection.data(), 1));
+  ASSIGN_OR_RETURN(TableHasher hasher, TableHasher::Create(w));
   std::unique_ptr<MatmulKernel> affine;
   if (w.degree == 1) {
     // Bucket matrices are used where they are stored: no packing.
@@ -95,15 +91,19 @@ absl::StatusOr<std::unique_ptr<LshTableModel>> LshTableModel::Create(
   info.description = absl::StrCat("lsh_table family=", HashFamilyName(w.family), " d=",
                                   w.input_dim, " s=", w.num_tables, " m=", w.num_hashes,
                                   " delta=", w.degree, " o=", w.output_dim);
+  if (w.total_tables > 0) {
+    absl::StrAppend(&info.description, " shard of tables [", w.first_table, ", ",
+                    w.first_table + w.num_tables, ") of ", w.total_tables);
+  }
   if (precision != Precision::kFp32) absl::StrAppend(&info.description, " ", PrecisionName(precision));
   info.precision = precision;
   // One row: the projections and offsets, then one bucket per table (its
   // values at the precision's width, and at INT8 its o scales).
   info.weight_bytes_per_row =
-      projection.weight_bytes_per_read() +
+      hasher.weight_bytes_per_row() +
       w.num_tables * (per_bucket * PrecisionBytes(precision) +
                       (precision == Precision::kInt8 ? 4 * w.output_dim : 0));
-  int64_t resident = 4 * static_cast<int64_t>(projection_weight.size() + w.offset.size());
+  int64_t resident = hasher.resident_bytes();
   for (const Table& t : tables) {
     resident += static_cast<int64_t>(4 * t.values.size() + 2 * t.bf16.size() + t.int8.size() +
                                      4 * t.scales.size()) +
@@ -112,23 +112,18 @@ absl::StatusOr<std::unique_ptr<LshTableModel>> LshTableModel::Create(
   }
   info.resident_bytes = resident;
   return std::unique_ptr<LshTableModel>(new LshTableModel(
-      std::move(info), w, precision, std::move(tables), std::move(projection), std::move(projection_weight),
-      std::move(affine)));
+      std::move(info), w, precision, std::move(tables), std::move(hasher), std::move(affine)));
 }
 
 LshTableModel::LshTableModel(ModelInfo info, const LshTableWeights& w, Precision precision,
-                             std::vector<Table> tables,
-                             MatmulKernel projection, PackedWeights projection_weight,
+                             std::vector<Table> tables, TableHasher hasher,
                              std::unique_ptr<MatmulKernel> affine)
     : Model(std::move(info)), d_(w.input_dim), o_(w.output_dim), s_(w.num_tables),
-      m_(w.num_hashes), degree_(w.degree), precision_(precision), family_(w.family), bucket_width_(w.bucket_width),
-      projection_(std::move(projection_weight)), offset_(w.offset), tables_(std::move(tables)),
-      projection_kernel_(std::move(projection)), affine_kernel_(std::move(affine)) {}
+      degree_(w.degree), precision_(precision), tables_(std::move(tables)),
+      hasher_(std::move(hasher)), affine_kernel_(std::move(affine)) {}
 
 absl::Status LshTableModel::PredictValidated(const float* x, int64_t rows, float* y,
                                              PredictStats* stats, Route* route) const {
-  const int64_t per_bucket = degree_ == 0 ? o_ : o_ * (d_ + 1);
-  const int64_t hashes = s_ * m_;
   if (route != nullptr) {
     route->keys_per_row = s_;
     route->bucket_keys.resize(rows * s_);
@@ -136,79 +131,95 @@ absl::Status LshTableModel::PredictValidated(const float* x, int64_t rows, float
   }
   std::fill(y, y + rows * o_, 0.0f);
   const int64_t chunk = std::min(rows, MatmulKernel::kMaxBucketRows);
-  float* z = ScratchFloats(Scratch::kRouter, chunk * hashes);
-  float* augmented = degree_ == 1 ? ScratchFloats(Scratch::kInput, d_ + 1) : nullptr;
-
-  int64_t* buckets = ScratchIndices(chunk * s_);
-  float* converted =
-      precision_ == Precision::kFp32 ? nullptr : ScratchFloats(Scratch::kGather, per_bucket);
-
+  uint64_t* keys = reinterpret_cast<uint64_t*>(ScratchIndices(chunk * s_));
+  std::vector<uint8_t> missed(route != nullptr ? 0 : chunk * s_);
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
     const int64_t n = std::min(chunk, rows - r0);
     // Route: all s*m projections of the chunk in one matmul, then one key
     // and one index probe per (row, table).
     const auto route_start = std::chrono::steady_clock::now();
-    RETURN_IF_ERROR(projection_kernel_.Run(x + r0 * d_, n, projection_.data(), offset_.data(), z,
-                                           &stats->flops, &stats->weight_bytes));
-    int64_t chunk_misses = 0;
-    for (int64_t r = 0; r < n; ++r) {
-      for (int64_t i = 0; i < s_; ++i) {
-        const float* zi = z + r * hashes + i * m_;
-        const uint64_t key = family_ == HashFamily::kHyperplane
-                                 ? HyperplaneKey(zi, m_)
-                                 : EuclideanKey(zi, m_, bucket_width_);
-        const Table& table = tables_[i];
-        const auto it = table.index.find(key);
-        const bool missed = it == table.index.end();
-        chunk_misses += missed;
-        buckets[r * s_ + i] = missed ? static_cast<int64_t>(table.index.size()) : it->second;
-        if (route != nullptr) {
-          route->bucket_keys[(r0 + r) * s_ + i] = key;
-          route->bucket_missed[(r0 + r) * s_ + i] = missed ? 1 : 0;
-        }
-      }
-    }
-    lookups_.fetch_add(n * s_, std::memory_order_relaxed);
-    misses_.fetch_add(chunk_misses, std::memory_order_relaxed);
+    RETURN_IF_ERROR(hasher_.Keys(x + r0 * d_, n, keys, stats));
+    if (route != nullptr) std::copy(keys, keys + n * s_, route->bucket_keys.begin() + r0 * s_);
     stats->route_ns += NanosSince(route_start);
+    RETURN_IF_ERROR(AddBuckets(x + r0 * d_, n, keys, y + r0 * o_,
+                               route != nullptr ? route->bucket_missed.data() + r0 * s_
+                                                : missed.data(),
+                               stats));
+  }
+  return absl::OkStatus();
+}
 
-    // Compute: each row adds its s bucket values (Δ=0) or affine maps (Δ=1).
-    const auto compute_start = std::chrono::steady_clock::now();
-    for (int64_t r = 0; r < n; ++r) {
-      const int64_t row = r0 + r;
-      float* out = y + row * o_;
-      if (augmented != nullptr) {
-        std::copy(x + row * d_, x + (row + 1) * d_, augmented);
-        augmented[d_] = 1.0f;
+absl::Status LshTableModel::PredictKeys(absl::Span<const float> x, int64_t rows,
+                                        absl::Span<const uint64_t> keys, absl::Span<float> y,
+                                        absl::Span<uint8_t> missed, PredictStats* stats) const {
+  if (degree_ == 1 || !x.empty()) RETURN_IF_ERROR(ValidateBatch(x, rows, d_));
+  if (rows < 1 || static_cast<int64_t>(keys.size()) != rows * s_ ||
+      static_cast<int64_t>(missed.size()) != rows * s_ ||
+      static_cast<int64_t>(y.size()) != rows * o_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "expected ", rows * s_, " keys, ", rows * s_, " miss flags and ", rows * o_,
+        " outputs for ", rows, " rows of ", s_, " tables, got ", keys.size(), ", ", missed.size(),
+        " and ", y.size()));
+  }
+  std::fill(y.begin(), y.end(), 0.0f);
+  const int64_t chunk = std::min(rows, MatmulKernel::kMaxBucketRows);
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    const int64_t n = std::min(chunk, rows - r0);
+    RETURN_IF_ERROR(AddBuckets(x.empty() ? nullptr : x.data() + r0 * d_, n, keys.data() + r0 * s_,
+                               y.data() + r0 * o_, missed.data() + r0 * s_, stats));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LshTableModel::AddBuckets(const float* x, int64_t n, const uint64_t* keys, float* y,
+                                       uint8_t* missed, PredictStats* stats) const {
+  const int64_t per_bucket = degree_ == 0 ? o_ : o_ * (d_ + 1);
+  const auto start = std::chrono::steady_clock::now();
+  float* augmented = degree_ == 1 ? ScratchFloats(Scratch::kInput, d_ + 1) : nullptr;
+  float* converted =
+      precision_ == Precision::kFp32 ? nullptr : ScratchFloats(Scratch::kGather, per_bucket);
+  int64_t misses = 0;
+  for (int64_t r = 0; r < n; ++r) {
+    float* out = y + r * o_;
+    if (augmented != nullptr) {
+      std::copy(x + r * d_, x + (r + 1) * d_, augmented);
+      augmented[d_] = 1.0f;
+    }
+    for (int64_t i = 0; i < s_; ++i) {
+      const Table& table = tables_[i];
+      const auto it = table.index.find(keys[r * s_ + i]);
+      const bool miss = it == table.index.end();
+      misses += miss;
+      missed[r * s_ + i] = miss ? 1 : 0;
+      const int64_t bucket = miss ? static_cast<int64_t>(table.index.size()) : it->second;
+      const float* value;
+      if (precision_ == Precision::kFp32) {
+        value = table.values.data() + bucket * per_bucket;
+      } else {
+        ReadBucket(table, bucket, converted);
+        value = converted;
+        stats->weight_bytes += per_bucket * PrecisionBytes(precision_) +
+                               (precision_ == Precision::kInt8 ? 4 * o_ : 0);
       }
-      for (int64_t i = 0; i < s_; ++i) {
-        const float* value;
-        if (precision_ == Precision::kFp32) {
-          value = tables_[i].values.data() + buckets[r * s_ + i] * per_bucket;
-        } else {
-          ReadBucket(tables_[i], buckets[r * s_ + i], converted);
-          value = converted;
-          stats->weight_bytes += per_bucket * PrecisionBytes(precision_) +
-                                 (precision_ == Precision::kInt8 ? 4 * o_ : 0);
-        }
-        if (degree_ == 0) {
-          for (int64_t j = 0; j < o_; ++j) out[j] += value[j];
-          stats->flops += o_;
-          if (precision_ == Precision::kFp32) stats->weight_bytes += 4 * o_;
-        } else if (precision_ != Precision::kFp32) {
-          // The kernel is FP32 over values converted per call: count only
-          // its FLOPs here, the bytes were counted as read above.
-          int64_t kernel_bytes = 0;
-          RETURN_IF_ERROR(
-              affine_kernel_->Run(augmented, 1, value, nullptr, out, &stats->flops, &kernel_bytes));
-        } else {
-          RETURN_IF_ERROR(affine_kernel_->Run(augmented, 1, value, nullptr, out, &stats->flops,
-                                              &stats->weight_bytes));
-        }
+      if (degree_ == 0) {
+        for (int64_t j = 0; j < o_; ++j) out[j] += value[j];
+        stats->flops += o_;
+        if (precision_ == Precision::kFp32) stats->weight_bytes += 4 * o_;
+      } else if (precision_ != Precision::kFp32) {
+        // The kernel is FP32 over values converted per call: count only
+        // its FLOPs here, the bytes were counted as read above.
+        int64_t kernel_bytes = 0;
+        RETURN_IF_ERROR(
+            affine_kernel_->Run(augmented, 1, value, nullptr, out, &stats->flops, &kernel_bytes));
+      } else {
+        RETURN_IF_ERROR(affine_kernel_->Run(augmented, 1, value, nullptr, out, &stats->flops,
+                                            &stats->weight_bytes));
       }
     }
-    stats->compute_ns += NanosSince(compute_start);
   }
+  lookups_.fetch_add(n * s_, std::memory_order_relaxed);
+  misses_.fetch_add(misses, std::memory_order_relaxed);
+  stats->compute_ns += NanosSince(start);
   return absl::OkStatus();
 }
 

@@ -21,6 +21,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "engine/matmul_kernel.h"
+#include "engine/table_hasher.h"
 #include "engine/model.h"
 #include "engine/weights.h"
 
@@ -28,9 +29,22 @@ namespace sparse {
 
 class LshTableModel : public Model {
  public:
+  // A shard's part (weights.first_table / total_tables) holds tables
+  // [first_table, first_table + s) and answers PredictKeys for them; its
+  // Predict() also works and sums those tables only.
   static absl::StatusOr<std::unique_ptr<LshTableModel>> Create(
       const LshTableWeights& weights, Precision precision = Precision::kFp32);
   RoutingCounts Routing() const override;
+
+  // A shard's partial outputs for keys a front computed (docs/deploy.md,
+  // "Sharded models"): y [rows, o] = Σ over this model's s tables of
+  // α_i·ĝ_i, table i's bucket being keys[r * s + i]; missed[r * s + i] = 1
+  // where the table's fallback was used. x [rows, d] is needed by Δ=1
+  // buckets only; for Δ=0 it may be empty. Counts FLOPs, bytes and time.
+  // Errors (INVALID_ARGUMENT): sizes, a non-finite input.
+  absl::Status PredictKeys(absl::Span<const float> x, int64_t rows,
+                           absl::Span<const uint64_t> keys, absl::Span<float> y,
+                           absl::Span<uint8_t> missed, PredictStats* stats) const;
 
  private:
   struct Table {
@@ -45,20 +59,19 @@ class LshTableModel : public Model {
   // Bucket `b`'s values of `table` as float32, into out[per_bucket].
   void ReadBucket(const Table& table, int64_t b, float* out) const;
   LshTableModel(ModelInfo info, const LshTableWeights& w, Precision precision,
-                std::vector<Table> tables,
-                MatmulKernel projection, PackedWeights projection_weight,
+                std::vector<Table> tables, TableHasher hasher,
                 std::unique_ptr<MatmulKernel> affine);
   absl::Status PredictValidated(const float* x, int64_t rows, float* y, PredictStats* stats,
                                 Route* route) const override;
+  // Adds the n rows' buckets (keys [n, s]) into y [n, o], which it does not
+  // clear; missed [n, s] may be null. x is read for Δ=1 only.
+  absl::Status AddBuckets(const float* x, int64_t n, const uint64_t* keys, float* y,
+                          uint8_t* missed, PredictStats* stats) const;
 
-  const int64_t d_, o_, s_, m_, degree_;
+  const int64_t d_, o_, s_, degree_;
   const Precision precision_;
-  const HashFamily family_;
-  const float bucket_width_;
-  const PackedWeights projection_;       // [s*m, d] in projection_kernel_'s layout
-  const std::vector<float> offset_;      // [s*m]
   const std::vector<Table> tables_;
-  const MatmulKernel projection_kernel_;
+  const TableHasher hasher_;
   const std::unique_ptr<MatmulKernel> affine_kernel_;  // Δ=1 only
   mutable std::atomic<int64_t> lookups_{0}, misses_{0};  // see Model::Routing
 };

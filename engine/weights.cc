@@ -97,7 +97,7 @@ absl::StatusOr<RouterKind> ParseRouterKind(absl::string_view name) {
       "router must be one of lsh, hash, kmeans, topk; got '", name, "'"));
 }
 
-absl::Status LshTableWeights::Validate() const {
+absl::Status LshTableWeights::ValidateHashing() const {
   RETURN_IF_ERROR(CheckDim("input_dim", input_dim, 1));
   RETURN_IF_ERROR(CheckDim("output_dim", output_dim, 1));
   RETURN_IF_ERROR(CheckDim("tables", num_tables, 1));
@@ -118,6 +118,17 @@ absl::Status LshTableWeights::Validate() const {
   if (!hashes.ok()) return hashes.status();
   RETURN_IF_ERROR(CheckMatrix("projection", projection, *hashes, input_dim));
   RETURN_IF_ERROR(CheckMatrix("offset", offset, *hashes, 1));
+  return absl::OkStatus();
+}
+
+absl::Status LshTableWeights::Validate() const {
+  RETURN_IF_ERROR(ValidateHashing());
+  if (total_tables != 0 && (first_table < 0 || total_tables < num_tables ||
+                            first_table > total_tables - num_tables)) {
+    return absl::InvalidArgumentError(absl::StrCat("a shard of tables [", first_table, ", ",
+                                                   first_table + num_tables, ") is not within the ",
+                                                   total_tables, " tables of the model"));
+  }
   RETURN_IF_ERROR(CheckMatrix("alpha", alpha, num_tables, 1));
   if (static_cast<int64_t>(tables.size()) != num_tables) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -158,6 +169,14 @@ int64_t DsmWeights::RouterBits() const {
 
 absl::Status DsmWeights::Validate() const {
   RETURN_IF_ERROR(network.Validate());
+  return ValidateRouting();
+}
+
+absl::Status DsmWeights::ValidateRouting() const {
+  RETURN_IF_ERROR(CheckDim("input_dim", network.input_dim, 1));
+  RETURN_IF_ERROR(CheckDim("output_dim", network.output_dim, 1));
+  RETURN_IF_ERROR(CheckDim("width", network.width, 1));
+  RETURN_IF_ERROR(CheckMatrix("top.bias", network.top_bias, network.output_dim, 1));
   const int64_t t = network.width;
   RETURN_IF_ERROR(CheckDim("blocks", num_blocks, 1));
   RETURN_IF_ERROR(CheckDim("active_units", active_units, 1));
@@ -190,6 +209,18 @@ absl::Status DsmWeights::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat(
         "experts x active_units = ", num_experts, " x ", active_units, " = ", *units,
         " must equal the ", block_units, " units of a block (width / blocks)"));
+  }
+  if (IsShard()) {
+    if (first_expert < 0 || total_experts < num_experts ||
+        first_expert > total_experts - num_experts) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "a shard of experts [", first_expert, ", ", first_expert + num_experts,
+          ") is not within the ", total_experts, " experts of a block"));
+    }
+    if (!router_weight.empty() || !router_bias.empty()) {
+      return absl::InvalidArgumentError("a shard holds no router weights (its front routes)");
+    }
+    return absl::OkStatus();
   }
   switch (router) {
     case RouterKind::kLsh: {
@@ -229,6 +260,7 @@ int64_t DsmFlopsPerRow(const DsmWeights& w) {
   const int64_t d = w.network.input_dim, o = w.network.output_dim;
   const int64_t t = w.network.width, k = w.active_units, L = w.num_blocks;
   const int64_t slice = 2 * k * d + 2 * k * o;
+  if (w.IsShard()) return L * slice;  // the slices only: the front routes
   switch (w.router) {
     case RouterKind::kLsh: return L * (2 * w.RouterBits() * d + slice);
     case RouterKind::kHash: return L * slice;

@@ -46,6 +46,10 @@ struct LshTableWeights {
   std::vector<float> offset;      // [s*m]
   std::vector<float> alpha;       // [s] table weights α_i
   std::vector<Table> tables;      // [s]
+  // A shard's part (engine/sharding.h): tables [first_table, first_table + s)
+  // of `total_tables`, with their hash functions and α. 0 = the whole model.
+  int64_t first_table = 0;
+  int64_t total_tables = 0;
 
   // Δ=0: o constants. Δ=1: an o×(d+1) matrix, row-major; column d is the
   // bias, so a bucket maps x to W·[x; 1].
@@ -54,6 +58,9 @@ struct LshTableWeights {
   }
   // Checks every dimension, size, key order and that all floats are finite.
   absl::Status Validate() const;
+  // What a front server holds (docs/deploy.md): the dimensions and the hash
+  // functions, checked as Validate() checks them; no α, no tables.
+  absl::Status ValidateHashing() const;
 };
 
 // The dense network y = A·σ(Bx + c) + a0 (also the body of a DSM).
@@ -86,9 +93,20 @@ struct DsmWeights {
   std::vector<float> router_weight;
   std::vector<float> router_bias;  // kLsh: [L*r] offsets; empty otherwise
   uint64_t hash_seed = 0;          // kHash only
+  // A shard's part (engine/sharding.h): the network holds experts
+  // [first_expert, first_expert + E) of `total_experts` in every block, so
+  // t = L·E·k, and there are no router tensors: the front routes. a0 is
+  // the front's to add. 0 = the whole model.
+  int64_t first_expert = 0;
+  int64_t total_experts = 0;
 
-  int64_t RouterBits() const;  // r = log2(E) for kLsh, else 0
+  bool IsShard() const { return total_experts > 0; }
+  int64_t RouterBits() const;  // r = log2(E) for kLsh (of the whole model), else 0
   absl::Status Validate() const;
+  // What a front server holds (docs/deploy.md): every dimension, the router
+  // tensors and a0, checked as Validate() checks them; the network's other
+  // tensors may be empty.
+  absl::Status ValidateRouting() const;
 };
 
 // FLOPs per input row, as DESIGN.md §1 defines them. The engine counts the

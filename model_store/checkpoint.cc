@@ -40,8 +40,10 @@ using Json = nlohmann::json;
 using Metadata = std::map<std::string, std::string>;
 
 constexpr char kInfoPrefix[] = "info.";
-// A manifest lists two files; anything near this size is not one.
-constexpr size_t kMaxManifestBytes = 64 << 10;
+// A manifest lists two files and, at format_version 2, ~70 bytes per
+// tensor part: 16 MiB holds 200,000 sums (e.g. 4,096 experts in 16 blocks
+// and their three sliced tensors), and bounds what parsing it costs.
+constexpr size_t kMaxManifestBytes = 16 << 20;
 
 // ---- Metadata ---------------------------------------------------------------
 
@@ -133,72 +135,189 @@ class MetadataReader {
 
 // ---- Tensors ----------------------------------------------------------------
 
+// Which units of a tensor, along one axis, a part of a model needs (a
+// shard's experts or tables). Ranges are in order and do not overlap.
+struct Selection {
+  int axis = 0;
+  std::vector<UnitRange> ranges;
+  int64_t Units() const {
+    int64_t n = 0;
+    for (const UnitRange& r : ranges) n += r.size();
+    return n;
+  }
+};
+
+// A tensor's SHA-256 sums in a format_version 2 manifest: one per part,
+// the tensor cut into equal parts along `axis` (one part: the whole).
+struct TensorHashes {
+  int axis = 0;
+  std::vector<std::string> sha256;
+};
+
+// A file read at chosen ranges (a part of a model from a format_version 2
+// manifest), each range's bytes checked against the manifest's sums.
+struct RangedFile {
+  const RandomAccessFile* file = nullptr;
+  uint64_t data_start = 0;  // 8 + header length
+  const std::map<std::string, TensorHashes>* hashes = nullptr;
+};
+
 // Takes named tensors out of parsed contents with the dtype and shape the
 // metadata implies; remembers which were taken so extras can be reported.
+// Tensors come from the whole file in memory, or from a RangedFile, in
+// which case only the parts a Selection needs are read and checked.
 class TensorReader {
  public:
-  TensorReader(const SafetensorsContents& contents, absl::string_view file)
-      : contents_(contents), file_(file) {}
+  TensorReader(const SafetensorsContents& contents, absl::string_view file,
+               const RangedFile* ranged = nullptr)
+      : contents_(contents), file_(file), ranged_(ranged) {}
 
+  // The tensor, or with `select` only the selected units along its axis
+  // (the result has the tensor's shape with that axis cut to them).
   template <typename T>
   absl::StatusOr<std::vector<T>> Get(const std::string& name, DType dtype,
-                                     const std::vector<int64_t>& shape) {
-    auto it = contents_.tensors.find(name);
-    if (it == contents_.tensors.end()) {
-      return absl::InvalidArgumentError(absl::StrCat(file_, ": missing tensor '", name, "'"));
-    }
-    const TensorView& view = it->second;
-    if (view.dtype != dtype) {
-      return absl::InvalidArgumentError(absl::StrCat(file_, ": tensor '", name, "' has dtype ",
-                                                     DTypeName(view.dtype), ", expected ",
-                                                     DTypeName(dtype)));
-    }
-    if (view.shape != shape) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          file_, ": tensor '", name, "' has shape [", absl::StrJoin(view.shape, ", "),
-          "], expected [", absl::StrJoin(shape, ", "), "]"));
-    }
+                                     const std::vector<int64_t>& shape,
+                                     const Selection* select = nullptr) {
+    ASSIGN_OR_RETURN(const TensorView* view, Find(name, dtype, shape));
     taken_.push_back(name);
-    std::vector<T> out(view.elements);
-    if (!out.empty()) std::memcpy(out.data(), view.bytes.data(), view.bytes.size());
+    const Selection whole{0, {{0, shape.empty() ? 1 : shape[0]}}};
+    if (select == nullptr || shape.empty()) select = &whole;
+    const int axis = select->axis;
+    // The tensor as [outer, units, inner bytes] around the axis.
+    int64_t outer = 1, inner = static_cast<int64_t>(sizeof(T));
+    for (int i = 0; i < axis; ++i) outer *= shape[i];
+    for (size_t i = axis + 1; i < shape.size(); ++i) inner *= shape[i];
+    const int64_t units = shape[axis];
+    const int64_t selected = select->Units();
+    std::vector<T> out(static_cast<size_t>(outer * selected * inner / sizeof(T)));
+    auto* dst = reinterpret_cast<uint8_t*>(out.data());
+    // Copies units [u0, u1) of outer index o from `src` (those units' bytes).
+    auto place = [&](int64_t o, int64_t u0, int64_t u1, const uint8_t* src) {
+      int64_t position = 0;  // of the selected units before this range's
+      for (const UnitRange& r : select->ranges) {
+        const int64_t b = std::max(r.begin, u0), e = std::min(r.end, u1);
+        if (b < e) {
+          std::memcpy(dst + (o * selected + position + (b - r.begin)) * inner,
+                      src + (b - u0) * inner, (e - b) * inner);
+        }
+        position += r.size();
+      }
+    };
+    if (ranged_ == nullptr) {
+      for (int64_t o = 0; o < outer; ++o) place(o, 0, units, view->bytes.data() + o * units * inner);
+      return out;
+    }
+    // Read every manifest part the selection touches, whole, check its sum,
+    // and place the selected units.
+    auto it = ranged_->hashes->find(name);
+    if (it == ranged_->hashes->end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kManifestFile, ": lists no sha256 for tensor '", name, "' of ", file_));
+    }
+    const TensorHashes& hashes = it->second;
+    const int64_t parts = static_cast<int64_t>(hashes.sha256.size());
+    const int hash_axis = parts == 1 ? 0 : hashes.axis;
+    if (hash_axis >= static_cast<int>(shape.size()) && !shape.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(kManifestFile, ": tensor '", name,
+                                                     "' has no axis ", hash_axis));
+    }
+    const int64_t axis_units = shape.empty() ? 1 : shape[hash_axis];
+    if (parts < 1 || axis_units % parts != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kManifestFile, ": tensor '", name, "' has ", parts, " sha256 parts, which ",
+                       "do not divide its ", axis_units, " units along axis ", hash_axis));
+    }
+    const int64_t part_units = axis_units / parts;
+    int64_t part_outer = 1, part_inner = static_cast<int64_t>(sizeof(T));
+    for (int i = 0; i < hash_axis; ++i) part_outer *= shape[i];
+    for (size_t i = hash_axis + 1; i < shape.size(); ++i) part_inner *= shape[i];
+    const int64_t run = part_units * part_inner;  // bytes of a part per outer index
+    // By part: the selection cuts the axis the parts cut, so only the parts
+    // holding selected units are read. Otherwise the whole tensor is.
+    const bool by_part = parts > 1 && hash_axis == axis;
+    std::vector<uint8_t> buffer(static_cast<size_t>(by_part ? part_outer * run : view->byte_size));
+    for (int64_t p = 0; p < parts; ++p) {
+      const int64_t u0 = p * part_units, u1 = u0 + part_units;
+      bool needed = !by_part;
+      for (const UnitRange& r : select->ranges) needed |= r.begin < u1 && u0 < r.end;
+      if (!needed) continue;
+      Sha256 sha;
+      for (int64_t o = 0; o < part_outer; ++o) {
+        uint8_t* target = by_part ? buffer.data() + o * run
+                                  : buffer.data() + (o * axis_units + u0) * part_inner;
+        RETURN_IF_ERROR(ranged_->file->ReadAt(
+            ranged_->data_start + view->offset + (o * axis_units + u0) * part_inner,
+            absl::MakeSpan(target, run)));
+        sha.Update(absl::MakeConstSpan(target, run));
+      }
+      bytes_read_ += part_outer * run;
+      const std::string digest = sha.HexDigest();
+      if (digest != hashes.sha256[p]) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            file_, ": tensor '", name, "'", parts > 1 ? absl::StrCat(" part ", p) : "",
+            " has SHA-256 ", digest, ", the manifest says ", hashes.sha256[p]));
+      }
+      if (by_part) {
+        for (int64_t o = 0; o < outer; ++o) place(o, u0, u1, buffer.data() + o * run);
+      }
+    }
+    if (!by_part) {
+      for (int64_t o = 0; o < outer; ++o) place(o, 0, units, buffer.data() + o * units * inner);
+    }
     return out;
   }
-  absl::StatusOr<std::vector<float>> F32(const std::string& name, const std::vector<int64_t>& shape) {
-    return Get<float>(name, DType::kF32, shape);
+  absl::StatusOr<std::vector<float>> F32(const std::string& name, const std::vector<int64_t>& shape,
+                                         const Selection* select = nullptr) {
+    return Get<float>(name, DType::kF32, shape, select);
   }
   // A weight matrix [rows, cols] stored as F32, as BF16, or as I8 with its
   // per-row (output channel) scales in the F32 tensor `<name>.scale`
-  // [rows], >= 0: each value is q·scale. Returns float32 values;
-  // stored() says which the file used.
-  absl::StatusOr<std::vector<float>> Matrix(const std::string& name, int64_t rows, int64_t cols) {
+  // [rows], >= 0: each value is q·scale. Returns float32 values of the
+  // selected rows (axis 0) or columns (axis 1); stored() says which dtype
+  // the file used.
+  absl::StatusOr<std::vector<float>> Matrix(const std::string& name, int64_t rows, int64_t cols,
+                                            const Selection* select = nullptr) {
     auto it = contents_.tensors.find(name);
     const DType dtype = it == contents_.tensors.end() ? DType::kF32 : it->second.dtype;
     if (dtype == DType::kBF16) {
-      ASSIGN_OR_RETURN(std::vector<uint16_t> raw, Get<uint16_t>(name, DType::kBF16, {rows, cols}));
+      ASSIGN_OR_RETURN(std::vector<uint16_t> raw,
+                       Get<uint16_t>(name, DType::kBF16, {rows, cols}, select));
       std::vector<float> out(raw.size());
       for (size_t i = 0; i < raw.size(); ++i) out[i] = Bf16ToFloat(raw[i]);
       stored_ = Precision::kBf16;
       return out;
     }
     if (dtype == DType::kI8) {
-      ASSIGN_OR_RETURN(std::vector<int8_t> q, Get<int8_t>(name, DType::kI8, {rows, cols}));
-      ASSIGN_OR_RETURN(std::vector<float> scale, F32(name + ".scale", {rows}));
+      ASSIGN_OR_RETURN(std::vector<int8_t> q, Get<int8_t>(name, DType::kI8, {rows, cols}, select));
+      // One scale per row: the selected ones when rows are selected.
+      const bool by_row = select != nullptr && select->axis == 0;
+      ASSIGN_OR_RETURN(std::vector<float> scale,
+                       F32(name + ".scale", {rows}, by_row ? select : nullptr));
+      const int64_t out_rows = by_row ? select->Units() : rows;
+      const int64_t out_cols = static_cast<int64_t>(q.size()) / std::max<int64_t>(out_rows, 1);
       std::vector<float> out(q.size());
-      for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t r = 0; r < out_rows; ++r) {
         if (!(scale[r] >= 0.0f && std::isfinite(scale[r]))) {
           return absl::InvalidArgumentError(absl::StrCat(
               file_, ": tensor '", name, ".scale' row ", r, " is ", scale[r],
               "; scales must be finite and >= 0"));
         }
-        for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = q[r * cols + c] * scale[r];
+        for (int64_t c = 0; c < out_cols; ++c) out[r * out_cols + c] = q[r * out_cols + c] * scale[r];
       }
       stored_ = Precision::kInt8;
       return out;
     }
-    return F32(name, {rows, cols});
+    return F32(name, {rows, cols}, select);
+  }
+  // Marks a tensor this part of the model does not need (a shard's router,
+  // a front's expert slices) as accounted for, without reading it.
+  void Skip(const std::string& name) {
+    if (contents_.tensors.contains(name)) taken_.push_back(name);
   }
   // The reduced precision a Matrix() was stored at (FP32 if none was).
   Precision stored() const { return stored_; }
+  // Bytes read from a RangedFile so far.
+  uint64_t bytes_read() const { return bytes_read_; }
   // The element count of a 1-d tensor, for tensors whose length is data.
   absl::StatusOr<int64_t> Length(const std::string& name) {
     auto it = contents_.tensors.find(name);
@@ -222,29 +341,79 @@ class TensorReader {
   }
 
  private:
+  absl::StatusOr<const TensorView*> Find(const std::string& name, DType dtype,
+                                         const std::vector<int64_t>& shape) const {
+    auto it = contents_.tensors.find(name);
+    if (it == contents_.tensors.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(file_, ": missing tensor '", name, "'"));
+    }
+    const TensorView& view = it->second;
+    if (view.dtype != dtype) {
+      return absl::InvalidArgumentError(absl::StrCat(file_, ": tensor '", name, "' has dtype ",
+                                                     DTypeName(view.dtype), ", expected ",
+                                                     DTypeName(dtype)));
+    }
+    if (view.shape != shape) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          file_, ": tensor '", name, "' has shape [", absl::StrJoin(view.shape, ", "),
+          "], expected [", absl::StrJoin(shape, ", "), "]"));
+    }
+    return &view;
+  }
+
   const SafetensorsContents& contents_;
   const std::string file_;
+  const RangedFile* ranged_;
   std::vector<std::string> taken_;
   Precision stored_ = Precision::kFp32;
+  uint64_t bytes_read_ = 0;
 };
 
 // ---- Decode -----------------------------------------------------------------
 
-absl::StatusOr<DenseWeights> DecodeNetwork(MetadataReader& meta, TensorReader& tensors) {
+// The units of the width a DSM shard owns: experts [e0, e1) of every block.
+Selection ExpertUnits(int64_t blocks, int64_t experts, int64_t k, UnitRange owned, int axis) {
+  Selection s{axis, {}};
+  for (int64_t l = 0; l < blocks; ++l) {
+    s.ranges.push_back({(l * experts + owned.begin) * k, (l * experts + owned.end) * k});
+  }
+  return s;
+}
+
+// The network y = A·σ(Bx + c) + a0. With `units`, only those hidden units
+// (rows of B and c, columns of A): width is then their count. With
+// `router_only`, only the dimensions and a0 (a front's share).
+absl::StatusOr<DenseWeights> DecodeNetwork(MetadataReader& meta, TensorReader& tensors,
+                                           const Selection* units = nullptr,
+                                           bool router_only = false) {
   DenseWeights w;
   ASSIGN_OR_RETURN(w.input_dim, meta.Dim("input_dim"));
   ASSIGN_OR_RETURN(w.output_dim, meta.Dim("output_dim"));
   ASSIGN_OR_RETURN(w.width, meta.Dim("width"));
   ASSIGN_OR_RETURN(w.activation, meta.Enum("activation", &ParseActivation));
-  ASSIGN_OR_RETURN(w.bottom_weight, tensors.Matrix("bottom.weight", w.width, w.input_dim));
-  ASSIGN_OR_RETURN(w.bottom_bias, tensors.F32("bottom.bias", {w.width}));
-  ASSIGN_OR_RETURN(w.top_weight, tensors.Matrix("top.weight", w.output_dim, w.width));
   ASSIGN_OR_RETURN(w.top_bias, tensors.F32("top.bias", {w.output_dim}));
+  if (router_only) {
+    for (const char* name : {"bottom.weight", "bottom.weight.scale", "bottom.bias", "top.weight",
+                             "top.weight.scale"}) {
+      tensors.Skip(name);
+    }
+    return w;
+  }
+  Selection columns;
+  if (units != nullptr) {
+    columns = *units;
+    columns.axis = 1;
+  }
+  ASSIGN_OR_RETURN(w.bottom_weight, tensors.Matrix("bottom.weight", w.width, w.input_dim, units));
+  ASSIGN_OR_RETURN(w.bottom_bias, tensors.F32("bottom.bias", {w.width}, units));
+  ASSIGN_OR_RETURN(w.top_weight, tensors.Matrix("top.weight", w.output_dim, w.width,
+                                                units != nullptr ? &columns : nullptr));
+  if (units != nullptr) w.width = units->Units();
   return w;
 }
 
 absl::StatusOr<LshTableWeights> DecodeLsh(MetadataReader& meta, TensorReader& tensors,
-                                          absl::string_view file) {
+                                          absl::string_view file, const ModelPart& part) {
   LshTableWeights w;
   ASSIGN_OR_RETURN(w.input_dim, meta.Dim("input_dim"));
   ASSIGN_OR_RETURN(w.output_dim, meta.Dim("output_dim"));
@@ -258,39 +427,102 @@ absl::StatusOr<LshTableWeights> DecodeLsh(MetadataReader& meta, TensorReader& te
   if (__builtin_mul_overflow(w.num_tables, w.num_hashes, &hashes)) {
     return absl::InvalidArgumentError(absl::StrCat(file, ": tables x hashes overflows"));
   }
-  ASSIGN_OR_RETURN(w.projection, tensors.F32("hash.projection", {hashes, w.input_dim}));
-  ASSIGN_OR_RETURN(w.offset, tensors.F32("hash.offset", {hashes}));
-  ASSIGN_OR_RETURN(w.alpha, tensors.F32("alpha", {w.num_tables}));
-  std::vector<int64_t> per_bucket = {w.output_dim};
-  if (w.degree == 1) per_bucket.push_back(w.input_dim + 1);
   // Three tensors per table must be in the file before a table is made.
   if (w.num_tables > tensors.Count() / 3) {
     return absl::InvalidArgumentError(absl::StrCat(file, ": tables=", w.num_tables, " needs ",
                                                    3 * w.num_tables, " table tensors; the file holds ",
                                                    tensors.Count(), " tensors in all"));
   }
-  w.tables.resize(w.num_tables);
+  UnitRange owned{0, w.num_tables};
+  if (part.role == ModelPart::Role::kShard) {
+    if (w.num_tables < part.shard.count) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          file, ": ", w.num_tables, " tables cannot be split across ", part.shard.count,
+          " shards (each shard needs at least one table)"));
+    }
+    owned = OwnedUnits(w.num_tables, part.shard.index, part.shard.count);
+    w.first_table = owned.begin;
+    w.total_tables = w.num_tables;
+  }
+  const Selection tables_hashes{0, {{owned.begin * w.num_hashes, owned.end * w.num_hashes}}};
+  const Selection tables{0, {owned}};
+  const bool shard = part.role == ModelPart::Role::kShard;
+  ASSIGN_OR_RETURN(w.projection, tensors.F32("hash.projection", {hashes, w.input_dim},
+                                             shard ? &tables_hashes : nullptr));
+  ASSIGN_OR_RETURN(w.offset, tensors.F32("hash.offset", {hashes}, shard ? &tables_hashes : nullptr));
+  const bool front = part.role == ModelPart::Role::kFront;
+  if (front) {
+    tensors.Skip("alpha");
+  } else {
+    ASSIGN_OR_RETURN(w.alpha, tensors.F32("alpha", {w.num_tables}, shard ? &tables : nullptr));
+  }
+  std::vector<int64_t> per_bucket = {w.output_dim};
+  if (w.degree == 1) per_bucket.push_back(w.input_dim + 1);
   for (int64_t i = 0; i < w.num_tables; ++i) {
     const std::string prefix = absl::StrCat("table.", i);
+    if (front || i < owned.begin || i >= owned.end) {
+      for (const char* t : {".keys", ".values", ".fallback"}) tensors.Skip(prefix + t);
+      continue;
+    }
+    auto& table = w.tables.emplace_back();
     ASSIGN_OR_RETURN(int64_t n, tensors.Length(prefix + ".keys"));
-    ASSIGN_OR_RETURN(w.tables[i].keys, tensors.Get<uint64_t>(prefix + ".keys", DType::kU64, {n}));
+    ASSIGN_OR_RETURN(table.keys, tensors.Get<uint64_t>(prefix + ".keys", DType::kU64, {n}));
     std::vector<int64_t> values_shape = {n};
     values_shape.insert(values_shape.end(), per_bucket.begin(), per_bucket.end());
-    ASSIGN_OR_RETURN(w.tables[i].values, tensors.F32(prefix + ".values", values_shape));
-    ASSIGN_OR_RETURN(w.tables[i].fallback, tensors.F32(prefix + ".fallback", per_bucket));
+    ASSIGN_OR_RETURN(table.values, tensors.F32(prefix + ".values", values_shape));
+    ASSIGN_OR_RETURN(table.fallback, tensors.F32(prefix + ".fallback", per_bucket));
   }
+  if (shard) w.num_tables = owned.size();
   return w;
 }
 
 absl::StatusOr<DsmWeights> DecodeDsm(MetadataReader& meta, TensorReader& tensors,
-                                     absl::string_view file) {
+                                     absl::string_view file, const ModelPart& part) {
   DsmWeights w;
-  ASSIGN_OR_RETURN(w.network, DecodeNetwork(meta, tensors));
   ASSIGN_OR_RETURN(w.router, meta.Enum("router", &ParseRouterKind));
   ASSIGN_OR_RETURN(w.num_blocks, meta.Dim("blocks"));
   ASSIGN_OR_RETURN(w.num_experts, meta.Dim("experts"));
   ASSIGN_OR_RETURN(w.active_units, meta.Dim("active_units"));
+  const bool shard = part.role == ModelPart::Role::kShard;
+  const bool front = part.role == ModelPart::Role::kFront;
+  std::optional<Selection> units;
+  UnitRange owned;
+  if (part.role != ModelPart::Role::kWhole) {
+    if (w.router == RouterKind::kTopk) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          file, ": a topk DSM cannot be sharded: it has no router and every row needs all of B "
+          "(serve it whole, on a server without --shard)"));
+    }
+    if (w.num_experts < part.shard.count) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          file, ": ", w.num_experts, " experts per block cannot be split across ",
+          part.shard.count, " shards (each shard needs at least one expert)"));
+    }
+    ASSIGN_OR_RETURN(const int64_t width, meta.Dim("width"));
+    if (w.num_blocks == 0 || w.num_experts == 0 ||
+        width != w.num_blocks * w.num_experts * w.active_units) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          file, ": width ", width, " must be blocks x experts x active_units = ", w.num_blocks,
+          " x ", w.num_experts, " x ", w.active_units));
+    }
+  }
+  if (shard) {
+    owned = OwnedUnits(w.num_experts, part.shard.index, part.shard.count);
+    units = ExpertUnits(w.num_blocks, w.num_experts, w.active_units, owned, 0);
+  }
+  ASSIGN_OR_RETURN(w.network, DecodeNetwork(meta, tensors, units ? &*units : nullptr, front));
   const int64_t d = w.network.input_dim;
+  if (shard) {
+    // The front adds a0 and routes: the shard's part holds neither.
+    std::fill(w.network.top_bias.begin(), w.network.top_bias.end(), 0.0f);
+    tensors.Skip("router.weight");
+    tensors.Skip("router.bias");
+    if (w.router == RouterKind::kHash) RETURN_IF_ERROR(meta.Uint("hash_seed").status());
+    w.first_expert = owned.begin;
+    w.total_experts = w.num_experts;
+    w.num_experts = owned.size();
+    return w;
+  }
   switch (w.router) {
     case RouterKind::kLsh: {
       // Dim() bounds both by 2^40, so bits <= 2^40 * 40 cannot overflow.
@@ -441,9 +673,26 @@ absl::Status CheckFormatVersion(MetadataReader& meta) {
 struct ManifestEntry {
   uint64_t bytes = 0;
   std::string sha256;
+  // format_version 2: the header (8 + N bytes) and each tensor's sums.
+  uint64_t header_bytes = 0;
+  std::string header_sha256;
+  std::map<std::string, TensorHashes> tensors;
 };
 
-absl::StatusOr<std::map<std::string, ManifestEntry>> ReadManifest(const std::string& dir) {
+struct Manifest {
+  int64_t format_version = 0;
+  std::map<std::string, ManifestEntry> files;
+};
+
+bool IsSha256(const Json& j) {
+  if (!j.is_string() || j.get<std::string>().size() != 64) return false;
+  for (char c : j.get<std::string>()) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
+
+absl::StatusOr<Manifest> ReadManifest(const std::string& dir) {
   // The size is checked before anything is read or allocated.
   absl::StatusOr<FileContents> file =
       FileContents::Read(dir + "/" + kManifestFile, kManifestFile, kMaxManifestBytes,
@@ -461,34 +710,70 @@ absl::StatusOr<std::map<std::string, ManifestEntry>> ReadManifest(const std::str
     return absl::InvalidArgumentError(absl::StrCat(
         m, ": not a JSON object", deep ? absl::StrCat(" (it ", parsed.status().message(), ")") : ""));
   }
-  Json& manifest = *parsed;
-  if (!manifest.is_object()) return absl::InvalidArgumentError(m + ": not a JSON object");
-  if (!manifest.contains("format_version") || !manifest["format_version"].is_number_integer() ||
-      manifest["format_version"].get<int64_t>() != kCheckpointFormatVersion) {
-    return absl::InvalidArgumentError(absl::StrCat(m, ": format_version must be ",
-                                                   kCheckpointFormatVersion));
+  Json& json = *parsed;
+  if (!json.is_object()) return absl::InvalidArgumentError(m + ": not a JSON object");
+  Manifest manifest;
+  if (json.contains("format_version") && json["format_version"].is_number_integer()) {
+    manifest.format_version = json["format_version"].get<int64_t>();
   }
-  if (!manifest.contains("files") || !manifest["files"].is_object()) {
+  if (manifest.format_version != 1 && manifest.format_version != 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(m, ": format_version must be 1 or 2 (this build reads both)"));
+  }
+  if (!json.contains("files") || !json["files"].is_object()) {
     return absl::InvalidArgumentError(m + ": 'files' must be an object");
   }
-  std::map<std::string, ManifestEntry> entries;
-  for (auto it = manifest["files"].begin(); it != manifest["files"].end(); ++it) {
+  for (auto it = json["files"].begin(); it != json["files"].end(); ++it) {
     if (it.key() != kModelFile && it.key() != kDenseFile) {
       return absl::InvalidArgumentError(absl::StrCat(m, ": unexpected file '", it.key(), "'"));
     }
     const Json& e = it.value();
     if (!e.is_object() || !e.contains("bytes") || !e["bytes"].is_number_unsigned() ||
-        !e.contains("sha256") || !e["sha256"].is_string() ||
-        e["sha256"].get<std::string>().size() != 64) {
+        !e.contains("sha256") || !IsSha256(e["sha256"])) {
       return absl::InvalidArgumentError(absl::StrCat(
           m, ": entry '", it.key(), "' needs 'bytes' (integer) and 'sha256' (64 hex digits)"));
     }
-    entries[it.key()] = {e["bytes"].get<uint64_t>(), e["sha256"].get<std::string>()};
+    ManifestEntry& entry = manifest.files[it.key()];
+    entry.bytes = e["bytes"].get<uint64_t>();
+    entry.sha256 = e["sha256"].get<std::string>();
+    if (manifest.format_version < 2) continue;
+    if (!e.contains("header_bytes") || !e["header_bytes"].is_number_unsigned() ||
+        !e.contains("header_sha256") || !IsSha256(e["header_sha256"]) || !e.contains("tensors") ||
+        !e["tensors"].is_object()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          m, ": entry '", it.key(), "' needs 'header_bytes' (integer), 'header_sha256' (64 hex "
+          "digits) and 'tensors' (an object) at format_version 2"));
+    }
+    entry.header_bytes = e["header_bytes"].get<uint64_t>();
+    entry.header_sha256 = e["header_sha256"].get<std::string>();
+    for (auto t = e["tensors"].begin(); t != e["tensors"].end(); ++t) {
+      const Json& h = t.value();
+      const std::string where = absl::StrCat(m, ": '", it.key(), "' tensor '", t.key(), "'");
+      if (!h.is_object() || !h.contains("sha256") || !h["sha256"].is_array() ||
+          h["sha256"].empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, " needs 'sha256', a non-empty list of sums"));
+      }
+      TensorHashes& hashes = entry.tensors[t.key()];
+      if (h.contains("axis")) {
+        if (!h["axis"].is_number_unsigned() || h["axis"].get<uint64_t>() > 8) {
+          return absl::InvalidArgumentError(absl::StrCat(where, ": 'axis' must be 0 ... 8"));
+        }
+        hashes.axis = static_cast<int>(h["axis"].get<uint64_t>());
+      }
+      for (const Json& sum : h["sha256"]) {
+        if (!IsSha256(sum)) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(where, ": every sum must be 64 lowercase hex digits"));
+        }
+        hashes.sha256.push_back(sum.get<std::string>());
+      }
+    }
   }
-  if (!entries.contains(kModelFile)) {
+  if (!manifest.files.contains(kModelFile)) {
     return absl::InvalidArgumentError(absl::StrCat(m, ": does not list ", kModelFile));
   }
-  return entries;
+  return manifest;
 }
 
 absl::StatusOr<FileContents> OpenVerified(const std::string& dir, const std::string& name,
@@ -541,12 +826,91 @@ std::pair<int64_t, int64_t> SparseDims(const std::variant<LshTableWeights, DsmWe
 
 }  // namespace
 
+namespace {
+
+// The parts a writer cuts a tensor into for its sums (docs/checkpoint-
+// format.md): per expert for a routed DSM's sliced tensors, per table for an
+// LSH model's hash functions and α; one part for everything else.
+TensorHashes PartsFor(const Metadata& meta, const std::string& name, const TensorView& view) {
+  TensorHashes h;
+  auto number = [&meta](const char* key) {
+    int64_t v = 0;
+    auto it = meta.find(key);
+    return it != meta.end() && absl::SimpleAtoi(it->second, &v) && v > 0 ? v : 0;
+  };
+  auto get = [&meta](const char* key) {
+    auto it = meta.find(key);
+    return it == meta.end() ? std::string() : it->second;
+  };
+  int64_t parts = 1;
+  if (get("kind") == "dsm" && get("router") != "topk") {
+    int64_t experts = 0;
+    if (__builtin_mul_overflow(number("blocks"), number("experts"), &experts)) experts = 0;
+    if (name == "bottom.weight" || name == "bottom.weight.scale" || name == "bottom.bias") {
+      parts = experts;
+    } else if (name == "top.weight") {
+      parts = experts;
+      h.axis = 1;
+    }
+  } else if (get("kind") == "lsh_table" &&
+             (name == "hash.projection" || name == "hash.offset" || name == "alpha")) {
+    parts = number("tables");
+  }
+  if (parts < 1 || static_cast<size_t>(h.axis) >= view.shape.size() ||
+      view.shape[h.axis] < parts || view.shape[h.axis] % parts != 0) {
+    parts = 1;
+    h.axis = 0;
+  }
+  const int64_t units = view.shape.empty() ? 1 : view.shape[h.axis];
+  int64_t outer = 1, inner = static_cast<int64_t>(DTypeSize(view.dtype));
+  for (int i = 0; i < h.axis; ++i) outer *= view.shape[i];
+  for (size_t i = h.axis + 1; i < view.shape.size(); ++i) inner *= view.shape[i];
+  const int64_t run = units / parts * inner;
+  for (int64_t p = 0; p < parts; ++p) {
+    Sha256 sha;
+    for (int64_t o = 0; o < outer; ++o) {
+      sha.Update(view.bytes.subspan((o * units) * inner + p * run, run));
+    }
+    h.sha256.push_back(sha.HexDigest());
+  }
+  return h;
+}
+
+}  // namespace
+
 std::string ManifestJson(const std::map<std::string, std::string>& files) {
-  Json manifest = {{"format_version", kCheckpointFormatVersion}, {"files", Json::object()}};
+  Json manifest = {{"format_version", kManifestFormatVersion}, {"files", Json::object()}};
   for (const auto& [name, contents] : files) {
-    manifest["files"][name] = {
-        {"bytes", contents.size()},
-        {"sha256", Sha256Hex({reinterpret_cast<const uint8_t*>(contents.data()), contents.size()})}};
+    const absl::Span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(contents.data()),
+                                          contents.size());
+    Json entry = {{"bytes", contents.size()}, {"sha256", Sha256Hex(bytes)}};
+    absl::StatusOr<SafetensorsContents> parsed = ParseSafetensors(bytes, name);
+    if (!parsed.ok()) {
+      // Not a tensor file (a test's or fuzzer's bytes): sizes and sums
+      // only, which is what format_version 1 holds.
+      manifest["format_version"] = 1;
+      manifest["files"][name] = entry;
+      continue;
+    }
+    uint64_t header_len = 0;
+    std::memcpy(&header_len, contents.data(), 8);
+    entry["header_bytes"] = 8 + header_len;
+    entry["header_sha256"] = Sha256Hex(bytes.subspan(0, 8 + header_len));
+    entry["tensors"] = Json::object();
+    for (const auto& [tensor, view] : parsed->tensors) {
+      const TensorHashes h = PartsFor(parsed->metadata, tensor, view);
+      Json t = {{"sha256", h.sha256}};
+      if (h.sha256.size() > 1) t["axis"] = h.axis;
+      entry["tensors"][tensor] = std::move(t);
+    }
+    manifest["files"][name] = std::move(entry);
+  }
+  if (manifest["format_version"] == 1) {
+    for (auto& [name, entry] : manifest["files"].items()) {
+      entry.erase("header_bytes");
+      entry.erase("header_sha256");
+      entry.erase("tensors");
+    }
   }
   return manifest.dump(2) + "\n";
 }
@@ -650,7 +1014,7 @@ Estimate Estimated(const Checkpoint& c, uint64_t file_bytes, const LoadOptions& 
                              : dsm.router == RouterKind::kKmeans ? E
                                                                  : 0;
       floats = SatAdd(SatMul({rows, L, router}), SatMul({rows, k + o + d}));
-      indices = SatAdd(SatAdd(rows, E), SatAdd(1, SatMul({rows, L}) / 2));  // + expert ids
+      indices = SatAdd(SatAdd(rows, E), SatAdd(2, SatMul({rows, L}) / 2));  // + expert ids
     }
     if (!c.dense.has_value()) floats = SatAdd(floats, DenseWorkspaceFloats(net, rows));
   }
@@ -729,7 +1093,8 @@ uint64_t DefaultModelBudgetBytes() {
 }
 
 absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir, const LoadOptions& options) {
-  ASSIGN_OR_RETURN(auto manifest, ReadManifest(dir));
+  ASSIGN_OR_RETURN(Manifest read_manifest, ReadManifest(dir));
+  auto& manifest = read_manifest.files;
   for (const char* name : {kModelFile, kDenseFile}) {
     std::error_code ec;  // a file we cannot even stat is reported when opened
     if (!manifest.contains(name) && fs::symlink_status(fs::path(dir) / name, ec).type() !=
@@ -738,41 +1103,105 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir, const LoadOpti
           absl::StrCat(name, " is present but not listed in ", kManifestFile));
     }
   }
-  // The files the manifest declares, against the budget before any is read.
+  const ModelPart& part = options.part;
+  // A part of the model reads only the ranges it needs, when the manifest
+  // has the sums to check them (format_version 2); a shard never reads the
+  // dense twin.
+  const bool ranged = part.role != ModelPart::Role::kWhole && read_manifest.format_version >= 2;
+  const bool read_dense = manifest.contains(kDenseFile) && part.role != ModelPart::Role::kShard;
+  // The files the manifest declares, against the budget before any is read
+  // (a part is checked once it is read, against what it read).
   uint64_t file_bytes = 0;
-  for (const auto& [name, entry] : manifest) file_bytes = SatAdd(file_bytes, entry.bytes);
-  if (options.max_bytes > 0 && SatMul(kFileCopies, file_bytes) > options.max_bytes) {
+  for (const auto& [name, entry] : manifest) {
+    if (name == kModelFile || read_dense) file_bytes = SatAdd(file_bytes, entry.bytes);
+  }
+  if (!ranged && options.max_bytes > 0 && SatMul(kFileCopies, file_bytes) > options.max_bytes) {
     return OverBudget(SatMul(kFileCopies, file_bytes),
                       absl::StrCat(kFileCopies, " x ", file_bytes, " bytes of tensor files, as ",
                                    kManifestFile, " declares them"),
                       options);
   }
   Checkpoint checkpoint;
+  checkpoint.part = part;
   {
-    ASSIGN_OR_RETURN(FileContents model_file, OpenVerified(dir, kModelFile, manifest[kModelFile]));
-    ASSIGN_OR_RETURN(SafetensorsContents contents,
-                     ParseSafetensors(model_file.bytes(), kModelFile));
+    const ManifestEntry& entry = manifest[kModelFile];
+    std::optional<FileContents> whole;
+    std::optional<RandomAccessFile> file;
+    std::optional<RangedFile> range;
+    SafetensorsContents contents;
+    if (ranged) {
+      ASSIGN_OR_RETURN(file, RandomAccessFile::Open(dir + "/" + kModelFile, kModelFile, entry.bytes));
+      uint8_t first8[8] = {};
+      if (file->size() >= 8) RETURN_IF_ERROR(file->ReadAt(0, absl::MakeSpan(first8)));
+      ASSIGN_OR_RETURN(const uint64_t header_len,
+                       SafetensorsHeaderLength(first8, file->size(), kModelFile));
+      if (8 + header_len != entry.header_bytes) {
+        return absl::InvalidArgumentError(absl::StrCat(kModelFile, ": header of ", 8 + header_len,
+                                                       " bytes, manifest says ", entry.header_bytes));
+      }
+      std::string header(8 + header_len, '\0');
+      auto* header_bytes = reinterpret_cast<uint8_t*>(header.data());
+      RETURN_IF_ERROR(file->ReadAt(0, absl::MakeSpan(header_bytes, header.size())));
+      const std::string sha = Sha256Hex(absl::MakeConstSpan(header_bytes, header.size()));
+      if (sha != entry.header_sha256) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            kModelFile, ": header SHA-256 ", sha, " does not match the manifest's ",
+            entry.header_sha256));
+      }
+      ASSIGN_OR_RETURN(contents, ParseSafetensorsHeader(absl::string_view(header).substr(8),
+                                                        file->size() - 8 - header_len, kModelFile));
+      for (const auto& [name, view] : contents.tensors) {
+        if (!entry.tensors.contains(name)) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(kManifestFile, ": lists no sha256 for tensor '", name, "' of ", kModelFile));
+        }
+      }
+      for (const auto& [name, hashes] : entry.tensors) {
+        if (!contents.tensors.contains(name)) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              kManifestFile, ": lists tensor '", name, "', which ", kModelFile, " does not hold"));
+        }
+      }
+      range = RangedFile{&*file, 8 + header_len, &entry.tensors};
+      checkpoint.bytes_read = 8 + header_len;
+    } else {
+      ASSIGN_OR_RETURN(whole, OpenVerified(dir, kModelFile, entry));
+      ASSIGN_OR_RETURN(contents, ParseSafetensors(whole->bytes(), kModelFile));
+      checkpoint.bytes_read = whole->bytes().size();
+    }
     MetadataReader meta(contents.metadata, kModelFile);
-    TensorReader tensors(contents, kModelFile);
+    TensorReader tensors(contents, kModelFile, range ? &*range : nullptr);
     RETURN_IF_ERROR(WithFile(kModelFile, CheckFormatVersion(meta)));
     ASSIGN_OR_RETURN(std::string kind, meta.String("kind"));
     if (kind == "lsh_table") {
-      ASSIGN_OR_RETURN(checkpoint.sparse, DecodeLsh(meta, tensors, kModelFile));
+      ASSIGN_OR_RETURN(checkpoint.sparse, DecodeLsh(meta, tensors, kModelFile, part));
     } else if (kind == "dsm") {
-      ASSIGN_OR_RETURN(checkpoint.sparse, DecodeDsm(meta, tensors, kModelFile));
+      ASSIGN_OR_RETURN(checkpoint.sparse, DecodeDsm(meta, tensors, kModelFile, part));
     } else {
       return absl::InvalidArgumentError(absl::StrCat(
           kModelFile, ": kind must be 'lsh_table' or 'dsm', got '", kind, "'"));
     }
     RETURN_IF_ERROR(meta.Finish(&checkpoint.info));
     RETURN_IF_ERROR(tensors.Finish());
+    checkpoint.bytes_read += tensors.bytes_read();
     checkpoint.tensor_precision = tensors.stored();
-    RETURN_IF_ERROR(WithFile(kModelFile, std::visit([](const auto& w) { return w.Validate(); },
-                                                    checkpoint.sparse)));
+    const bool front = part.role == ModelPart::Role::kFront;
+    RETURN_IF_ERROR(WithFile(kModelFile, std::visit(
+        [front](const auto& w) {
+          if (!front) return w.Validate();
+          if constexpr (std::is_same_v<std::decay_t<decltype(w)>, DsmWeights>) {
+            return w.ValidateRouting();
+          } else {
+            return w.ValidateHashing();
+          }
+        },
+        checkpoint.sparse)));
   }
-  if (manifest.contains(kDenseFile)) {
+  if (ranged) file_bytes = checkpoint.bytes_read;
+  if (read_dense) {
     ASSIGN_OR_RETURN(FileContents dense_file, OpenVerified(dir, kDenseFile, manifest[kDenseFile]));
     ASSIGN_OR_RETURN(checkpoint.dense, ReadDense(dense_file));
+    if (ranged) file_bytes = SatAdd(file_bytes, dense_file.bytes().size());
     const auto [d, o] = SparseDims(checkpoint.sparse);
     if (checkpoint.dense->input_dim != d || checkpoint.dense->output_dim != o) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -893,6 +1322,11 @@ absl::StatusOr<LoadedModel> LoadCheckpoint(const std::string& version_dir,
   // Every allocation is bounded by the files and the budget; this is the
   // net under that: running out of memory fails the version, not the process.
   try {
+    if (options.part.role == ModelPart::Role::kFront) {
+      return absl::FailedPreconditionError(
+          "a front's part of a sharded model routes to its shards; the server builds it from "
+          "ReadCheckpoint");
+    }
     ASSIGN_OR_RETURN(Checkpoint checkpoint, ReadCheckpoint(version_dir, options));
     LoadedModel loaded;
     loaded.info = std::move(checkpoint.info);
@@ -902,7 +1336,7 @@ absl::StatusOr<LoadedModel> LoadCheckpoint(const std::string& version_dir,
     } else {
       const DsmWeights& dsm = std::get<DsmWeights>(checkpoint.sparse);
       ASSIGN_OR_RETURN(loaded.sparse, DsmModel::Create(dsm, precision));
-      if (!checkpoint.dense.has_value()) {
+      if (!checkpoint.dense.has_value() && !dsm.IsShard()) {
         ASSIGN_OR_RETURN(loaded.dense, DenseModel::Create(dsm.network, precision));
         loaded.dense_cost_only = true;
       }

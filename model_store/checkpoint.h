@@ -17,14 +17,31 @@
 #include "engine/dense_model.h"
 #include "engine/model.h"
 #include "engine/precision.h"
+#include "engine/sharding.h"
 #include "engine/weights.h"
 
 namespace sparse {
 
+// Of the tensor files' __metadata__.
 inline constexpr int kCheckpointFormatVersion = 1;
+// Of manifest.json: 2 adds each tensor's SHA-256 sums, so a server can read
+// and check only the tensors (and parts of tensors) it needs. Version 1
+// manifests are still read; a shard then reads the whole file.
+inline constexpr int kManifestFormatVersion = 2;
 inline constexpr char kModelFile[] = "model.safetensors";
 inline constexpr char kDenseFile[] = "dense.safetensors";
 inline constexpr char kManifestFile[] = "manifest.json";
+
+// The part of a version a server reads (docs/deploy.md, "Sharded models").
+struct ModelPart {
+  enum class Role {
+    kWhole,  // everything
+    kShard,  // a shard's experts or tables (engine/sharding.h); no dense twin
+    kFront,  // the router, hash functions and a0; the dense twin if there is one
+  };
+  Role role = Role::kWhole;
+  ShardSpec shard = {};  // kShard: this server's i/N; kFront: count = N
+};
 
 struct Checkpoint {
   std::variant<LshTableWeights, DsmWeights> sparse;
@@ -37,6 +54,12 @@ struct Checkpoint {
   // (docs/checkpoint-format.md). Read back as float32 values; the serving
   // precision is config.pbtxt's. ReadCheckpoint sets it from model.safetensors.
   Precision tensor_precision = Precision::kFp32;
+  // What of the version this holds: with a shard's part, `sparse` holds its
+  // experts or tables (DsmWeights / LshTableWeights IsShard fields); with a
+  // front's, only what ValidateRouting() / ValidateHashing() check.
+  ModelPart part = {};
+  // Bytes of the tensor files read to make it (a part reads less).
+  uint64_t bytes_read = 0;
 };
 
 // Writes `checkpoint` as version `version` of the model directory
@@ -65,6 +88,8 @@ struct LoadOptions {
   std::string budget_name = "the memory budget";
   // What the engine models are built at (config.pbtxt `precision`).
   Precision precision = Precision::kFp32;
+  // The part of the version to read (a sharded server's; docs/deploy.md).
+  ModelPart part = {};
 };
 
 // Bytes a version costs at its peak while it loads and serves, as

@@ -467,7 +467,7 @@ std::vector<CorruptCase> CorruptCases() {
        "manifest.json is not a regular file"},
       {"manifest_huge", false,
        [](const fs::path& dir) {
-         WriteFile(dir / kManifestFile, std::string(1 << 20, '['));
+         WriteFile(dir / kManifestFile, std::string(17 << 20, '['));  // over the 16 MiB cap
        },
        "a manifest can need"},
       {"unlisted_dense_is_a_symlink_loop", true,

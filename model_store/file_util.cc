@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -23,30 +24,57 @@ absl::Status ErrnoStatus(int err, absl::string_view what) {
   }
 }
 
+// Opens a regular file without blocking; its size in *size.
+absl::StatusOr<int> OpenRegular(const std::string& path, absl::string_view display_name,
+                                uint64_t* size) {
+  // O_NONBLOCK: opening a FIFO planted in the repository must not hang the
+  // loader; the regular-file check below then rejects it.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return ErrnoStatus(errno, absl::StrCat("cannot open ", display_name));
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return ErrnoStatus(err, absl::StrCat("cannot stat ", display_name));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return absl::InvalidArgumentError(absl::StrCat(display_name, " is not a regular file"));
+  }
+  *size = static_cast<uint64_t>(st.st_size);
+  return fd;
+}
+
+std::string Hex(const unsigned char* digest, unsigned int length) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string hex;
+  hex.reserve(2 * length);
+  for (unsigned int i = 0; i < length; ++i) {
+    hex.push_back(kHex[digest[i] >> 4]);
+    hex.push_back(kHex[digest[i] & 0xf]);
+  }
+  return hex;
+}
+
 }  // namespace
 
 absl::StatusOr<FileContents> FileContents::Read(const std::string& path,
                                                 absl::string_view display_name, uint64_t max_bytes,
                                                 absl::string_view too_big) {
-  // O_NONBLOCK: opening a FIFO planted in the repository must not hang the
-  // loader; the regular-file check below then rejects it.
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) return ErrnoStatus(errno, absl::StrCat("cannot open ", display_name));
+  uint64_t file_size = 0;
+  absl::StatusOr<int> opened = OpenRegular(path, display_name, &file_size);
+  if (!opened.ok()) return opened.status();
+  const int fd = *opened;
   struct Closer {
     int fd;
     ~Closer() { ::close(fd); }
   } closer{fd};
-  struct stat st;
-  if (::fstat(fd, &st) != 0) return ErrnoStatus(errno, absl::StrCat("cannot stat ", display_name));
-  if (!S_ISREG(st.st_mode)) {
-    return absl::InvalidArgumentError(absl::StrCat(display_name, " is not a regular file"));
-  }
-  if (static_cast<uint64_t>(st.st_size) > max_bytes) {
+  if (file_size > max_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
-        display_name, ": size ", st.st_size, " bytes, ",
+        display_name, ": size ", file_size, " bytes, ",
         too_big.empty() ? absl::StrCat("more than the limit of ", max_bytes) : std::string(too_big)));
   }
-  const size_t size = static_cast<size_t>(st.st_size);
+  const size_t size = static_cast<size_t>(file_size);
   // One byte more than the size, rounded up to the alignment: a read that
   // fills it shows the file grew.
   constexpr size_t kAlign = 64;
@@ -75,18 +103,92 @@ absl::StatusOr<FileContents> FileContents::Read(const std::string& path,
   return FileContents(std::move(data), size);
 }
 
+absl::StatusOr<RandomAccessFile> RandomAccessFile::Open(const std::string& path,
+                                                        absl::string_view display_name,
+                                                        uint64_t expected_bytes) {
+  uint64_t size = 0;
+  absl::StatusOr<int> fd = OpenRegular(path, display_name, &size);
+  if (!fd.ok()) return fd.status();
+  RandomAccessFile file(*fd, size, std::string(display_name));
+  if (size != expected_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(display_name, ": size ", size, " bytes, manifest says ", expected_bytes));
+  }
+  return file;
+}
+
+RandomAccessFile::RandomAccessFile(RandomAccessFile&& other) noexcept
+    : fd_(std::exchange(other.fd_, -1)), size_(other.size_), name_(std::move(other.name_)) {}
+
+RandomAccessFile& RandomAccessFile::operator=(RandomAccessFile&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = std::exchange(other.fd_, -1);
+    size_ = other.size_;
+    name_ = std::move(other.name_);
+  }
+  return *this;
+}
+
+RandomAccessFile::~RandomAccessFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+absl::Status RandomAccessFile::ReadAt(uint64_t offset, absl::Span<uint8_t> out) const {
+  if (offset > size_ || out.size() > size_ - offset) {
+    return absl::InvalidArgumentError(absl::StrCat(name_, ": bytes [", offset, ", ",
+                                                   offset + out.size(), ") are past its size of ",
+                                                   size_));
+  }
+  size_t done = 0;
+  while (done < out.size()) {
+    const ssize_t n = ::pread(fd_, out.data() + done, out.size() - done,
+                              static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno, absl::StrCat("cannot read ", name_));
+    }
+    if (n == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          name_, " shrank while being read (", size_, " bytes when opened): is it still being "
+          "written? Publish a version by renaming a finished directory into place"));
+    }
+    done += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
 std::string Sha256Hex(absl::Span<const uint8_t> data) {
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int length = 0;
   EVP_Digest(data.data(), data.size(), digest, &length, EVP_sha256(), nullptr);
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string hex;
-  hex.reserve(2 * length);
-  for (unsigned int i = 0; i < length; ++i) {
-    hex.push_back(kHex[digest[i] >> 4]);
-    hex.push_back(kHex[digest[i] & 0xf]);
+  return Hex(digest, length);
+}
+
+struct Sha256::Context {
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+};
+
+Sha256::Sha256() : context_(new Context) { EVP_DigestInit_ex(context_->ctx, EVP_sha256(), nullptr); }
+
+Sha256::~Sha256() {
+  if (context_ != nullptr) {
+    EVP_MD_CTX_free(context_->ctx);
+    delete context_;
   }
-  return hex;
+}
+
+Sha256::Sha256(Sha256&& other) noexcept : context_(std::exchange(other.context_, nullptr)) {}
+
+void Sha256::Update(absl::Span<const uint8_t> data) {
+  EVP_DigestUpdate(context_->ctx, data.data(), data.size());
+}
+
+std::string Sha256::HexDigest() {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_DigestFinal_ex(context_->ctx, digest, &length);
+  return Hex(digest, length);
 }
 
 absl::Status WriteFileSynced(const std::string& path, absl::string_view contents) {

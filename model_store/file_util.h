@@ -55,8 +55,57 @@ class FileContents {
   size_t size_ = 0;
 };
 
+// An open regular file read at chosen offsets (pread), for readers that
+// need only some byte ranges of a large file (a shard's tensor parts).
+// Move-only; ReadAt is safe from many threads.
+class RandomAccessFile {
+ public:
+  // Opens `path` as FileContents::Read does (regular files only, without
+  // blocking). Errors as FileContents::Read; INVALID_ARGUMENT if the size
+  // is not `expected_bytes`.
+  static absl::StatusOr<RandomAccessFile> Open(const std::string& path,
+                                               absl::string_view display_name,
+                                               uint64_t expected_bytes);
+  RandomAccessFile(RandomAccessFile&& other) noexcept;
+  RandomAccessFile& operator=(RandomAccessFile&& other) noexcept;
+  RandomAccessFile(const RandomAccessFile&) = delete;
+  RandomAccessFile& operator=(const RandomAccessFile&) = delete;
+  ~RandomAccessFile();
+
+  uint64_t size() const { return size_; }
+  // Fills `out` with the bytes at [offset, offset + out.size()). Errors:
+  // INVALID_ARGUMENT if the range is past the size it was opened at, or the
+  // file shrank under the reader.
+  absl::Status ReadAt(uint64_t offset, absl::Span<uint8_t> out) const;
+
+ private:
+  RandomAccessFile(int fd, uint64_t size, std::string name)
+      : fd_(fd), size_(size), name_(std::move(name)) {}
+  int fd_ = -1;
+  uint64_t size_ = 0;
+  std::string name_;
+};
+
 // Lowercase hex SHA-256 of `data`.
 std::string Sha256Hex(absl::Span<const uint8_t> data);
+
+// SHA-256 over data given in pieces. Move-only.
+class Sha256 {
+ public:
+  Sha256();
+  ~Sha256();
+  Sha256(Sha256&& other) noexcept;
+  Sha256& operator=(Sha256&&) = delete;
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
+  void Update(absl::Span<const uint8_t> data);
+  // Lowercase hex of everything Update() was given; call once.
+  std::string HexDigest();
+
+ private:
+  struct Context;
+  Context* context_;
+};
 
 // Writes `contents` to `path` (creating or truncating it) and fsyncs it.
 absl::Status WriteFileSynced(const std::string& path, absl::string_view contents);

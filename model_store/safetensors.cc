@@ -75,29 +75,46 @@ size_t DTypeSize(DType dtype) {
   return 8;
 }
 
-absl::StatusOr<SafetensorsContents> ParseSafetensors(absl::Span<const uint8_t> file,
-                                                     absl::string_view name) {
-  if (file.size() < 8) {
-    return Corrupt(name, absl::StrCat("truncated: ", file.size(),
+absl::StatusOr<uint64_t> SafetensorsHeaderLength(absl::Span<const uint8_t> first8,
+                                                 uint64_t file_size, absl::string_view name) {
+  if (file_size < 8 || first8.size() < 8) {
+    return Corrupt(name, absl::StrCat("truncated: ", file_size,
                                       " bytes, shorter than the 8-byte header length"));
   }
   uint64_t header_len = 0;
-  std::memcpy(&header_len, file.data(), 8);
+  std::memcpy(&header_len, first8.data(), 8);
   if (header_len > kMaxSafetensorsHeaderBytes) {
     return Corrupt(name, absl::StrCat("header length ", header_len, " exceeds the limit of ",
                                       kMaxSafetensorsHeaderBytes, " bytes"));
   }
-  if (header_len > file.size() - 8) {
+  if (header_len > file_size - 8) {
     return Corrupt(name, absl::StrCat("truncated: header length ", header_len, " but only ",
-                                      file.size() - 8, " bytes follow"));
+                                      file_size - 8, " bytes follow"));
   }
-  const char* header_begin = reinterpret_cast<const char*>(file.data() + 8);
-  absl::StatusOr<Json> parsed = ParseJsonBounded(absl::string_view(header_begin, header_len));
+  return header_len;
+}
+
+absl::StatusOr<SafetensorsContents> ParseSafetensors(absl::Span<const uint8_t> file,
+                                                     absl::string_view name) {
+  absl::StatusOr<uint64_t> header_len = SafetensorsHeaderLength(file, file.size(), name);
+  if (!header_len.ok()) return header_len.status();
+  const absl::Span<const uint8_t> data = file.subspan(8 + *header_len);
+  absl::StatusOr<SafetensorsContents> contents = ParseSafetensorsHeader(
+      absl::string_view(reinterpret_cast<const char*>(file.data() + 8), *header_len),
+      data.size(), name);
+  if (!contents.ok()) return contents.status();
+  for (auto& [key, view] : contents->tensors) view.bytes = data.subspan(view.offset, view.byte_size);
+  return contents;
+}
+
+absl::StatusOr<SafetensorsContents> ParseSafetensorsHeader(absl::string_view header_json,
+                                                           uint64_t data_size,
+                                                           absl::string_view name) {
+  absl::StatusOr<Json> parsed = ParseJsonBounded(header_json);
   if (!parsed.ok()) return Corrupt(name, absl::StrCat("header ", parsed.status().message()));
   const Json& header = *parsed;
   if (!header.is_object()) return Corrupt(name, "header is not a JSON object");
 
-  const absl::Span<const uint8_t> data = file.subspan(8 + header_len);
   SafetensorsContents contents;
   std::vector<std::tuple<int64_t, int64_t, std::string>> ranges;
   for (auto it = header.begin(); it != header.end(); ++it) {
@@ -149,11 +166,12 @@ absl::StatusOr<SafetensorsContents> ParseSafetensors(absl::Span<const uint8_t> f
       return Corrupt(name, absl::StrCat(field, ": data_offsets span ", end - begin,
                                         " bytes but dtype and shape need ", bytes));
     }
-    if (static_cast<uint64_t>(end) > data.size()) {
+    if (static_cast<uint64_t>(end) > data_size) {
       return Corrupt(name, absl::StrCat(field, ": data_offsets end ", end,
-                                        " is past the data section of ", data.size(), " bytes"));
+                                        " is past the data section of ", data_size, " bytes"));
     }
-    view.bytes = data.subspan(begin, end - begin);
+    view.offset = static_cast<uint64_t>(begin);
+    view.byte_size = static_cast<uint64_t>(end - begin);
     ranges.emplace_back(begin, end, key);
     contents.tensors.emplace(key, std::move(view));
   }
@@ -170,8 +188,8 @@ absl::StatusOr<SafetensorsContents> ParseSafetensors(absl::Span<const uint8_t> f
     }
     cursor = end;
   }
-  if (static_cast<uint64_t>(cursor) != data.size()) {
-    return Corrupt(name, absl::StrCat(data.size() - cursor,
+  if (static_cast<uint64_t>(cursor) != data_size) {
+    return Corrupt(name, absl::StrCat(data_size - cursor,
                                       " trailing bytes after the last tensor"));
   }
   return contents;

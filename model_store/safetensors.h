@@ -36,7 +36,13 @@ struct TensorView {
   DType dtype = DType::kF32;
   std::vector<int64_t> shape;
   int64_t elements = 0;
-  absl::Span<const uint8_t> bytes;  // points into the parsed buffer
+  // Where the tensor's bytes start, counted from the start of the data
+  // section (the file's byte 8 + header length).
+  uint64_t offset = 0;
+  uint64_t byte_size = 0;
+  // The bytes themselves: into the buffer given to ParseSafetensors; empty
+  // from ParseSafetensorsHeader.
+  absl::Span<const uint8_t> bytes;
 };
 
 // A parsed file. Views point into the buffer given to ParseSafetensors,
@@ -48,6 +54,20 @@ struct SafetensorsContents {
 
 absl::StatusOr<SafetensorsContents> ParseSafetensors(absl::Span<const uint8_t> file,
                                                      absl::string_view display_name);
+
+// The header length a file's first 8 bytes declare, checked against the
+// limit and against `file_size`.
+absl::StatusOr<uint64_t> SafetensorsHeaderLength(absl::Span<const uint8_t> first8,
+                                                 uint64_t file_size,
+                                                 absl::string_view display_name);
+
+// Parses and validates the header alone, as ParseSafetensors does, for a
+// reader that then reads only some tensors' bytes: `header_json` is the
+// header (the bytes after the length), `data_size` the bytes that follow it.
+// Views carry offsets and sizes; their `bytes` are empty.
+absl::StatusOr<SafetensorsContents> ParseSafetensorsHeader(absl::string_view header_json,
+                                                           uint64_t data_size,
+                                                           absl::string_view display_name);
 
 // A tensor to write; `data` must hold product(shape) * DTypeSize(dtype) bytes.
 struct TensorToWrite {

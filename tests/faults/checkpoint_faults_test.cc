@@ -378,12 +378,14 @@ TEST_F(HostileCheckpointTest, JsonNestedHundredsOfThousandsDeepIsAnErrorNeverACr
        "model.safetensors: header nests"},
       {"the dense header nested 300000 deep", dense_deep, false, "",
        "dense.safetensors: header nests"},
-      {"a manifest entry nested 30000 deep (inside the 64 KiB cap)", valid, true,
+      {"a manifest entry nested 30000 deep (inside the cap)", valid, true,
        absl::StrCat("{\"format_version\": 1, \"files\": {\"model.safetensors\": ",
                     Nested(30000), "}}"),
        "manifest.json: not a JSON object (it nests arrays or objects deeper than 64 levels)"},
-      {"a manifest of 300000 '[' (over the 64 KiB cap, refused unread)", valid, true,
-       Nested(kDeep), "a manifest can need"},
+      {"a manifest of 300000 '[' (inside the 16 MiB cap: parsed to 64 levels)", valid, true,
+       Nested(kDeep), "deeper than 64 levels"},
+      {"a manifest of 17 MiB of '[' (over the 16 MiB cap, refused unread)", valid, true,
+       std::string(17 << 20, '['), "a manifest can need"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.what);

@@ -5,7 +5,8 @@
     export.export_lsh_table("models/my_lsh", projection, offset, tables)
 
 Each call writes one version directory the way sparse-train does: the tensor
-files and then the manifest (sizes and SHA-256) into a hidden temporary
+files and then the manifest (sizes and SHA-256 sums, of the files and of
+each tensor, so that a shard can check the parts it reads) into a hidden temporary
 directory beside the target, each file fsynced, then one rename into place,
 so a server polling the repository never sees half a version. It returns the
 version's path. A model the format cannot represent is refused with a
@@ -18,7 +19,8 @@ import socket
 
 import numpy as np
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "1"          # of the tensor files' __metadata__
+MANIFEST_FORMAT_VERSION = 2   # manifest.json with per-tensor sums
 _DTYPES = {np.dtype("<f4"): "F32", np.dtype("<u8"): "U64", np.dtype("<i8"): "I64", np.dtype("i1"): "I8"}
 PRECISIONS = ("FP32", "BF16", "INT8")
 
@@ -164,6 +166,54 @@ def _test_info(prefix, predict, test):
     return out
 
 
+def _parts(metadata, name, shape):
+    """(axis, parts) a tensor is cut into for its sums, as the server's
+    writer cuts it (docs/checkpoint-format.md, "manifest.json"): per expert
+    for a routed DSM's bottom.weight(.scale), bottom.bias and top.weight
+    (axis 1), per table for an LSH model's hash.projection, hash.offset and
+    alpha; whole otherwise."""
+    def number(key):
+        try:
+            return max(int(metadata.get(key, "0")), 0)
+        except ValueError:
+            return 0
+    axis, parts = 0, 1
+    if metadata.get("kind") == "dsm" and metadata.get("router") != "topk":
+        if name in ("bottom.weight", "bottom.weight.scale", "bottom.bias"):
+            parts = number("blocks") * number("experts")
+        elif name == "top.weight":
+            axis, parts = 1, number("blocks") * number("experts")
+    elif metadata.get("kind") == "lsh_table" and name in ("hash.projection", "hash.offset", "alpha"):
+        parts = number("tables")
+    if parts < 1 or axis >= len(shape) or shape[axis] < parts or shape[axis] % parts:
+        return 0, 1
+    return axis, parts
+
+
+def manifest_entry(data):
+    """The format_version 2 manifest entry of one tensor file's bytes: its
+    size and SHA-256, its header's, and each tensor's sums by part."""
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + header_len])
+    metadata = header.get("__metadata__", {})
+    start = 8 + header_len
+    tensors = {}
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        shape = t["shape"]
+        axis, parts = _parts(metadata, name, shape)
+        begin, end = t["data_offsets"]
+        raw = np.frombuffer(data, dtype=np.uint8, count=end - begin, offset=start + begin)
+        outer = int(np.prod(shape[:axis], dtype=np.int64)) if axis else 1
+        raw = raw.reshape(outer, parts, -1) if shape and raw.size else raw.reshape(1, parts, -1)
+        sums = [hashlib.sha256(np.ascontiguousarray(raw[:, p, :]).tobytes()).hexdigest() for p in range(parts)]
+        tensors[name] = {"sha256": sums, "axis": axis} if parts > 1 else {"sha256": sums}
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+            "header_bytes": start, "header_sha256": hashlib.sha256(data[:start]).hexdigest(),
+            "tensors": tensors}
+
+
 def _next_version(model_dir):
     versions = [int(n) for n in os.listdir(model_dir) if n.isdigit()] if os.path.isdir(model_dir) else []
     return max(versions, default=0) + 1
@@ -188,10 +238,10 @@ def write_version(model_dir, model_file, dense_file=None, version=None):
     tmp = os.path.join(model_dir, ".tmp-%d-%s-%d-0" % (version, socket.gethostname(), os.getpid()))
     os.mkdir(tmp)
     try:
-        manifest = {"format_version": 1, "files": {}}
+        manifest = {"format_version": MANIFEST_FORMAT_VERSION, "files": {}}
         for name, data in sorted(files.items()):
             _write_synced(os.path.join(tmp, name), data)
-            manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            manifest["files"][name] = manifest_entry(data)
         _write_synced(os.path.join(tmp, "manifest.json"), json.dumps(manifest, indent=2).encode())
         _sync_dir(tmp)
         if os.path.lexists(final):
