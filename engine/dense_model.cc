@@ -52,7 +52,8 @@ DenseModel::DenseModel(ModelInfo info, const DenseWeights& weights, MatmulKernel
       top_bias_(weights.top_bias) {}
 
 absl::Status DenseModel::PredictValidated(const float* x, int64_t rows, float* y,
-                                          PredictStats* stats, Route* /*route*/) const {
+                                          PredictStats* stats, Route* /*route*/,
+                                          const PredictOptions& /*options*/) const {
   const auto start = std::chrono::steady_clock::now();
   const int64_t d = d_, t = t_, o = o_;
   // Hidden activations are bounded to one 128-row chunk at a time.

@@ -24,7 +24,8 @@ class DenseModel : public Model {
   DenseModel(ModelInfo info, const DenseWeights& weights, MatmulKernel bottom, MatmulKernel top,
              PackedWeights bottom_weight, PackedWeights top_weight);
   absl::Status PredictValidated(const float* x, int64_t rows, float* y, PredictStats* stats,
-                                Route* route) const override;
+                                Route* route,
+                                const PredictOptions& options) const override;
 
   const int64_t d_, t_, o_;
   const MatmulKernel bottom_;  // relu(x·Bᵀ + c) or x·Bᵀ + c

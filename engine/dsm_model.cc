@@ -92,16 +92,10 @@ absl::StatusOr<std::unique_ptr<DsmModel>> DsmModel::Create(const DsmWeights& w,
   info.parameters = static_cast<int64_t>(net.bottom_weight.size() + net.bottom_bias.size() +
                                          net.top_weight.size() + net.top_bias.size() +
                                          w.router_weight.size() + w.router_bias.size());
-  info.description = absl::StrCat("dsm router=", RouterKindName(w.router), " d=", net.input_dim,
-                                  " t=", net.width, " E=", w.num_experts, " k=", w.active_units,
-                                  " L=", w.num_blocks, " o=", net.output_dim, " ",
-                                  ActivationName(net.activation));
-  if (w.IsShard()) {
-    absl::StrAppend(&info.description, " shard of experts [", w.first_expert, ", ",
-                    w.first_expert + w.num_experts, ") of ", w.total_experts);
-  }
+  info.description = Describe(w);
   if (precision != Precision::kFp32) absl::StrAppend(&info.description, " ", PrecisionName(precision));
   info.precision = precision;
+  info.needs_given_route = w.IsShard();
   // One row: a0, the router, and per block one slice of B and of Aᵀ (topk:
   // all of B, and the L·k rows of Aᵀ it gathers).
   const int64_t blocks = topk ? 1 : w.num_blocks;
@@ -139,11 +133,28 @@ RoutingCounts DsmModel::Routing() const {
 }
 
 absl::Status DsmModel::PredictValidated(const float* x, int64_t rows, float* y,
-                                        PredictStats* stats, Route* route) const {
-  if (router_ != RouterKind::kTopk && !kernels_.router.has_value()) {
-    return absl::FailedPreconditionError(
-        "this is a shard's part of a DSM: it computes the experts a front sends it "
-        "(PredictExperts), not whole predictions");
+                                        PredictStats* stats, Route* route,
+                                const PredictOptions& options) const {
+  if (options.given != nullptr) {
+    // A shard's part: the given experts it holds, nothing else (no a0).
+    std::fill(y, y + rows * o_, 0.0f);
+    const std::vector<int32_t>& ids = options.given->expert_ids;
+    if (route != nullptr) {
+      route->experts_per_row = L_;
+      route->expert_ids = ids;
+    }
+    std::vector<int32_t> local(ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const int64_t e = ids[i] - first_expert_;
+      local[i] = e >= 0 && e < E_ ? static_cast<int32_t>(e) : -1;
+      if (local[i] >= 0) expert_rows_[(i % L_) * E_ + e].fetch_add(1, std::memory_order_relaxed);
+    }
+    const int64_t chunk = std::min(rows, MatmulKernel::kMaxBucketRows);
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+      const int64_t n = std::min(chunk, rows - r0);
+      RETURN_IF_ERROR(ComputeRouted(x + r0 * d_, n, local.data() + r0 * L_, y + r0 * o_, stats));
+    }
+    return absl::OkStatus();
   }
   for (int64_t r = 0; r < rows; ++r) std::copy(top_bias_.begin(), top_bias_.end(), y + r * o_);
   stats->weight_bytes += 4 * o_;  // a0, read once for the call
@@ -178,43 +189,28 @@ absl::Status DsmModel::PredictValidated(const float* x, int64_t rows, float* y,
   return absl::OkStatus();
 }
 
-absl::Status DsmModel::PredictExperts(absl::Span<const float> x, int64_t rows,
-                                      absl::Span<const int32_t> experts, absl::Span<float> y,
-                                      PredictStats* stats) const {
-  if (router_ == RouterKind::kTopk) {
-    return absl::FailedPreconditionError("a topk DSM has no experts to compute");
-  }
-  RETURN_IF_ERROR(ValidateBatch(x, rows, d_));
-  if (static_cast<int64_t>(experts.size()) != rows * L_ ||
-      static_cast<int64_t>(y.size()) != rows * o_) {
+absl::Status DsmModel::CheckGivenRoute(const Route& given, int64_t rows) const {
+  if (!info().needs_given_route) return Model::CheckGivenRoute(given, rows);
+  if (given.experts_per_row != L_ || static_cast<int64_t>(given.expert_ids.size()) != rows * L_) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "expected ", rows * L_, " expert ids and ", rows * o_, " outputs for ", rows,
-        " rows, got ", experts.size(), " and ", y.size()));
+        "expected ", L_, " expert ids per row (", rows * L_, " for ", rows, " rows), got ",
+        given.experts_per_row, " per row (", given.expert_ids.size(), ")"));
   }
-  std::vector<int32_t> local(experts.size());
-  for (size_t i = 0; i < experts.size(); ++i) {
-    const int64_t id = experts[i];
-    if (id < 0 || id >= total_experts_) {
-      return absl::InvalidArgumentError(absl::StrCat("expert id ", id, " of row ", i / L_,
-                                                     " is outside [0, ", total_experts_, ")"));
+  for (size_t i = 0; i < given.expert_ids.size(); ++i) {
+    if (given.expert_ids[i] < 0 || given.expert_ids[i] >= total_experts_) {
+      return absl::InvalidArgumentError(absl::StrCat("expert id ", given.expert_ids[i], " of row ",
+                                                     i / L_, " is outside [0, ", total_experts_,
+                                                     ")"));
     }
-    local[i] = id >= first_expert_ && id < first_expert_ + E_
-                   ? static_cast<int32_t>(id - first_expert_)
-                   : -1;
-  }
-  std::fill(y.begin(), y.end(), 0.0f);
-  const int64_t chunk = std::min(rows, MatmulKernel::kMaxBucketRows);
-  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-    const int64_t n = std::min(chunk, rows - r0);
-    for (int64_t i = r0 * L_; i < (r0 + n) * L_; ++i) {
-      if (local[i] >= 0) {
-        expert_rows_[(i % L_) * E_ + local[i]].fetch_add(1, std::memory_order_relaxed);
-      }
-    }
-    RETURN_IF_ERROR(ComputeRouted(x.data() + r0 * d_, n, local.data() + r0 * L_,
-                                  y.data() + r0 * o_, stats));
   }
   return absl::OkStatus();
+}
+
+Route DsmModel::WarmupRoute(int64_t rows) const {
+  if (!info().needs_given_route) return {};
+  Route route{.experts_per_row = L_};
+  route.expert_ids.assign(rows * L_, static_cast<int32_t>(first_expert_));
+  return route;
 }
 
 absl::Status DsmModel::ComputeRouted(const float* x, int64_t n, const int32_t* experts, float* y,

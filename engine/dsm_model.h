@@ -30,23 +30,19 @@ class DsmModel : public Model {
  public:
   // The expert slices (or all of B for topk) and the routed top slices run
   // at `precision`; routers and topk's gathered top layer stay FP32.
-  // A shard's part (weights.IsShard()) makes a model that only answers
-  // PredictExperts; its Predict() is FAILED_PRECONDITION.
+  // A shard's part (weights.IsShard()) makes a model that needs a given
+  // route (ModelInfo::needs_given_route).
   static absl::StatusOr<std::unique_ptr<DsmModel>> Create(
       const DsmWeights& weights, Precision precision = Precision::kFp32);
   RoutingCounts Routing() const override;
 
-  // A shard's partial outputs (docs/deploy.md, "Sharded models"): y [rows, o]
-  // = the sum, over the blocks l whose expert experts[r * L + l] (an id of
-  // the whole model) this model holds, of that expert's slice output. Rows
-  // and blocks whose expert another shard holds add nothing; there is no a0.
-  // A whole model computes every block. Counts FLOPs, bytes and time in
-  // *stats, as Predict() does.
-  // Errors (INVALID_ARGUMENT): sizes, a non-finite input, an expert id
-  // outside [0, E) of the whole model. On error y is unspecified.
-  absl::Status PredictExperts(absl::Span<const float> x, int64_t rows,
-                              absl::Span<const int32_t> experts, absl::Span<float> y,
-                              PredictStats* stats) const;
+  // A shard's part (weights.IsShard()) computes for the route a front
+  // gives (PredictOptions::given: expert ids of the whole model, [rows, L]):
+  // y = the sum, over the blocks l whose expert experts[r * L + l] this
+  // shard holds, of that expert's slice output; other blocks add nothing,
+  // and there is no a0 (docs/deploy.md, "Sharded models").
+  absl::Status CheckGivenRoute(const Route& given, int64_t rows) const override;
+  Route WarmupRoute(int64_t rows) const override;
   // Experts [first_expert(), first_expert() + E) of every block are held.
   int64_t first_expert() const { return first_expert_; }
 
@@ -64,7 +60,8 @@ class DsmModel : public Model {
   };
   DsmModel(ModelInfo info, const DsmWeights& w, Kernels kernels, Weights weights);
   absl::Status PredictValidated(const float* x, int64_t rows, float* y, PredictStats* stats,
-                                Route* route) const override;
+                                Route* route,
+                                                              const PredictOptions& options) const override;
   // Adds the slices of experts[r * L + l] (ids of this model's E; -1: not
   // held here) into y.
   absl::Status ComputeRouted(const float* x, int64_t n, const int32_t* experts, float* y,

@@ -88,19 +88,14 @@ absl::StatusOr<std::unique_ptr<LshTableModel>> LshTableModel::Create(
   info.output_dim = w.output_dim;
   info.flops_per_row = LshTableFlopsPerRow(w);
   info.parameters = parameters;
-  info.description = absl::StrCat("lsh_table family=", HashFamilyName(w.family), " d=",
-                                  w.input_dim, " s=", w.num_tables, " m=", w.num_hashes,
-                                  " delta=", w.degree, " o=", w.output_dim);
-  if (w.total_tables > 0) {
-    absl::StrAppend(&info.description, " shard of tables [", w.first_table, ", ",
-                    w.first_table + w.num_tables, ") of ", w.total_tables);
-  }
+  info.description = Describe(w);
   if (precision != Precision::kFp32) absl::StrAppend(&info.description, " ", PrecisionName(precision));
   info.precision = precision;
+  info.needs_given_route = w.total_tables > 0;
   // One row: the projections and offsets, then one bucket per table (its
   // values at the precision's width, and at INT8 its o scales).
   info.weight_bytes_per_row =
-      hasher.weight_bytes_per_row() +
+      (w.total_tables > 0 ? 0 : hasher.weight_bytes_per_row()) +
       w.num_tables * (per_bucket * PrecisionBytes(precision) +
                       (precision == Precision::kInt8 ? 4 * w.output_dim : 0));
   int64_t resident = hasher.resident_bytes();
@@ -123,7 +118,8 @@ LshTableModel::LshTableModel(ModelInfo info, const LshTableWeights& w, Precision
       hasher_(std::move(hasher)), affine_kernel_(std::move(affine)) {}
 
 absl::Status LshTableModel::PredictValidated(const float* x, int64_t rows, float* y,
-                                             PredictStats* stats, Route* route) const {
+                                             PredictStats* stats, Route* route,
+                                const PredictOptions& options) const {
   if (route != nullptr) {
     route->keys_per_row = s_;
     route->bucket_keys.resize(rows * s_);
@@ -131,6 +127,20 @@ absl::Status LshTableModel::PredictValidated(const float* x, int64_t rows, float
   }
   std::fill(y, y + rows * o_, 0.0f);
   const int64_t chunk = std::min(rows, MatmulKernel::kMaxBucketRows);
+  if (options.given != nullptr) {
+    // A shard's part: the front's keys for this shard's tables.
+    const uint64_t* given = options.given->bucket_keys.data();
+    if (route != nullptr) std::copy(given, given + rows * s_, route->bucket_keys.begin());
+    std::vector<uint8_t> missed(route != nullptr ? 0 : chunk * s_);
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+      const int64_t n = std::min(chunk, rows - r0);
+      RETURN_IF_ERROR(AddBuckets(x + r0 * d_, n, given + r0 * s_, y + r0 * o_,
+                                 route != nullptr ? route->bucket_missed.data() + r0 * s_
+                                                  : missed.data(),
+                                 stats));
+    }
+    return absl::OkStatus();
+  }
   uint64_t* keys = reinterpret_cast<uint64_t*>(ScratchIndices(chunk * s_));
   std::vector<uint8_t> missed(route != nullptr ? 0 : chunk * s_);
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
@@ -149,26 +159,22 @@ absl::Status LshTableModel::PredictValidated(const float* x, int64_t rows, float
   return absl::OkStatus();
 }
 
-absl::Status LshTableModel::PredictKeys(absl::Span<const float> x, int64_t rows,
-                                        absl::Span<const uint64_t> keys, absl::Span<float> y,
-                                        absl::Span<uint8_t> missed, PredictStats* stats) const {
-  if (degree_ == 1 || !x.empty()) RETURN_IF_ERROR(ValidateBatch(x, rows, d_));
-  if (rows < 1 || static_cast<int64_t>(keys.size()) != rows * s_ ||
-      static_cast<int64_t>(missed.size()) != rows * s_ ||
-      static_cast<int64_t>(y.size()) != rows * o_) {
+absl::Status LshTableModel::CheckGivenRoute(const Route& given, int64_t rows) const {
+  if (!info().needs_given_route) return Model::CheckGivenRoute(given, rows);
+  if (given.keys_per_row != s_ || static_cast<int64_t>(given.bucket_keys.size()) != rows * s_) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "expected ", rows * s_, " keys, ", rows * s_, " miss flags and ", rows * o_,
-        " outputs for ", rows, " rows of ", s_, " tables, got ", keys.size(), ", ", missed.size(),
-        " and ", y.size()));
-  }
-  std::fill(y.begin(), y.end(), 0.0f);
-  const int64_t chunk = std::min(rows, MatmulKernel::kMaxBucketRows);
-  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-    const int64_t n = std::min(chunk, rows - r0);
-    RETURN_IF_ERROR(AddBuckets(x.empty() ? nullptr : x.data() + r0 * d_, n, keys.data() + r0 * s_,
-                               y.data() + r0 * o_, missed.data() + r0 * s_, stats));
+        "expected ", s_, " bucket keys per row, one per table of this shard (", rows * s_,
+        " for ", rows, " rows), got ", given.keys_per_row, " per row (", given.bucket_keys.size(),
+        ")"));
   }
   return absl::OkStatus();
+}
+
+Route LshTableModel::WarmupRoute(int64_t rows) const {
+  if (!info().needs_given_route) return {};
+  Route route{.keys_per_row = s_};
+  route.bucket_keys.assign(rows * s_, 0);
+  return route;
 }
 
 absl::Status LshTableModel::AddBuckets(const float* x, int64_t n, const uint64_t* keys, float* y,

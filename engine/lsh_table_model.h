@@ -30,21 +30,18 @@ namespace sparse {
 class LshTableModel : public Model {
  public:
   // A shard's part (weights.first_table / total_tables) holds tables
-  // [first_table, first_table + s) and answers PredictKeys for them; its
-  // Predict() also works and sums those tables only.
+  // [first_table, first_table + s) and needs a given route
+  // (ModelInfo::needs_given_route).
   static absl::StatusOr<std::unique_ptr<LshTableModel>> Create(
       const LshTableWeights& weights, Precision precision = Precision::kFp32);
   RoutingCounts Routing() const override;
 
-  // A shard's partial outputs for keys a front computed (docs/deploy.md,
-  // "Sharded models"): y [rows, o] = Σ over this model's s tables of
-  // α_i·ĝ_i, table i's bucket being keys[r * s + i]; missed[r * s + i] = 1
-  // where the table's fallback was used. x [rows, d] is needed by Δ=1
-  // buckets only; for Δ=0 it may be empty. Counts FLOPs, bytes and time.
-  // Errors (INVALID_ARGUMENT): sizes, a non-finite input.
-  absl::Status PredictKeys(absl::Span<const float> x, int64_t rows,
-                           absl::Span<const uint64_t> keys, absl::Span<float> y,
-                           absl::Span<uint8_t> missed, PredictStats* stats) const;
+  // A shard's part computes for the keys a front gives
+  // (PredictOptions::given: [rows, s] keys of this shard's s tables): y =
+  // Σ over its tables of α_i·ĝ_i, and route->bucket_missed says where a
+  // table's fallback was used (docs/deploy.md, "Sharded models").
+  absl::Status CheckGivenRoute(const Route& given, int64_t rows) const override;
+  Route WarmupRoute(int64_t rows) const override;
 
  private:
   struct Table {
@@ -62,7 +59,8 @@ class LshTableModel : public Model {
                 std::vector<Table> tables, TableHasher hasher,
                 std::unique_ptr<MatmulKernel> affine);
   absl::Status PredictValidated(const float* x, int64_t rows, float* y, PredictStats* stats,
-                                Route* route) const override;
+                                Route* route,
+                                                              const PredictOptions& options) const override;
   // Adds the n rows' buckets (keys [n, s]) into y [n, o], which it does not
   // clear; missed [n, s] may be null. x is read for Δ=1 only.
   absl::Status AddBuckets(const float* x, int64_t n, const uint64_t* keys, float* y,

@@ -66,8 +66,14 @@ absl::Status CheckOutputs(absl::Span<const float> y, int64_t output_dim) {
   return absl::OkStatus();
 }
 
+absl::Status Model::CheckGivenRoute(const Route& /*given*/, int64_t /*rows*/) const {
+  return absl::FailedPreconditionError(
+      "this model routes its own rows; only a shard's part of a sharded model takes a route");
+}
+
 absl::Status Model::PredictAdmitted(absl::Span<const float> x, int64_t rows, absl::Span<float> y,
-                                    PredictStats* stats, Route* route) const {
+                                    PredictStats* stats, Route* route,
+                                    const PredictOptions& options) const {
   if (rows < 1 || static_cast<int64_t>(x.size()) != rows * info_.input_dim) {
     return absl::InvalidArgumentError(absl::StrCat("input has ", x.size(), " values, expected rows x d = ",
                                                    rows, " x ", info_.input_dim));
@@ -77,14 +83,23 @@ absl::Status Model::PredictAdmitted(absl::Span<const float> x, int64_t rows, abs
     return absl::InvalidArgumentError(absl::StrCat(
         "output buffer has ", y.size(), " values, expected ", rows * info_.output_dim));
   }
+  if (info_.needs_given_route != (options.given != nullptr)) {
+    return absl::FailedPreconditionError(
+        info_.needs_given_route
+            ? "this is a shard's part of a sharded model: it computes the experts or tables a "
+              "front routes to it, not whole predictions"
+            : "this model routes its own rows; only a shard's part of a sharded model takes a route");
+  }
+  if (options.given != nullptr) RETURN_IF_ERROR(CheckGivenRoute(*options.given, rows));
   if (route != nullptr) *route = Route{};
-  return PredictValidated(x.data(), rows, y.data(), stats, route);
+  return PredictValidated(x.data(), rows, y.data(), stats, route, options);
 }
 
 absl::Status Model::Predict(absl::Span<const float> x, int64_t rows, absl::Span<float> y,
-                            PredictStats* stats, Route* route) const {
+                            PredictStats* stats, Route* route,
+                            const PredictOptions& options) const {
   RETURN_IF_ERROR(ValidateBatch(x, rows, info_.input_dim));
-  RETURN_IF_ERROR(PredictAdmitted(x, rows, y, stats, route));
+  RETURN_IF_ERROR(PredictAdmitted(x, rows, y, stats, route, options));
   return CheckOutputs(y, info_.output_dim);
 }
 

@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "engine/precision.h"
 
@@ -36,6 +37,14 @@ struct ModelInfo {
   // Bytes the model holds for its weights: every packed copy, biases,
   // tables and their indexes.
   int64_t resident_bytes = 0;
+  // A shard's part of a sharded model (docs/deploy.md): it computes only
+  // for a route a front gives it (PredictOptions::given).
+  bool needs_given_route = false;
+  // Computes on other servers (a sharded model's front, of `shards`
+  // shards): Predict blocks on the network, so callers run it off their
+  // protocol threads.
+  bool remote = false;
+  int64_t shards = 0;
 };
 
 // What one Predict call did. FLOPs and weight bytes are counted by the
@@ -46,15 +55,31 @@ struct PredictStats {
   int64_t weight_bytes = 0;
   int64_t route_ns = 0;    // hashing / routing
   int64_t compute_ns = 0;  // the selected slice, bucket values, dense layers
+  // A sharded model's front: the shards it called, and the wall time from
+  // the first call sent to the last answer (FLOPs, bytes and compute_ns
+  // above include the shards' own).
+  int64_t shards = 0;
+  int64_t fanout_ns = 0;
 };
 
 // Where each row went. Filled only when the caller passes a Route.
 struct Route {
   int64_t keys_per_row = 0;             // LSH: s tables
-  std::vector<uint64_t> bucket_keys;    // [rows, keys_per_row]
-  std::vector<uint8_t> bucket_missed;   // [rows, keys_per_row]; 1 = fallback used
-  int64_t experts_per_row = 0;          // DSM routed: L blocks
-  std::vector<int32_t> expert_ids;      // [rows, experts_per_row]
+  std::vector<uint64_t> bucket_keys = {};   // [rows, keys_per_row]
+  std::vector<uint8_t> bucket_missed = {};  // [rows, keys_per_row]; 1 = fallback used
+  int64_t experts_per_row = 0;              // DSM routed: L blocks
+  std::vector<int32_t> expert_ids = {};     // [rows, experts_per_row]
+};
+
+// What a caller asks of one Predict call beyond its rows.
+struct PredictOptions {
+  // When the answer is no longer wanted. A model that calls other servers
+  // (a sharded front) gives them this deadline; local models ignore it.
+  absl::Time deadline = absl::InfiniteFuture();
+  // The route a front computed, for a shard's part of a model: expert ids
+  // of the whole model, [rows, experts_per_row] (DSM), or the keys of this
+  // shard's tables, [rows, keys_per_row] (LSH). Null: route locally.
+  const Route* given = nullptr;
 };
 
 // What a model's router has done since the model was created, for metrics:
@@ -83,7 +108,8 @@ class Model {
   // unspecified and nothing else changes.
   // `stats` is required; `route` may be null.
   absl::Status Predict(absl::Span<const float> x, int64_t rows, absl::Span<float> y,
-                       PredictStats* stats, Route* route) const;
+                       PredictStats* stats, Route* route,
+                       const PredictOptions& options = {}) const;
 
   // Predict() for rows the caller has already admitted (the serving core
   // checks every input with ValidateBatch() once, when a request arrives):
@@ -94,15 +120,26 @@ class Model {
   // the requests whose rows overflowed.
   // REQUIRES: every value of x is finite.
   absl::Status PredictAdmitted(absl::Span<const float> x, int64_t rows, absl::Span<float> y,
-                               PredictStats* stats, Route* route) const;
+                               PredictStats* stats, Route* route,
+                               const PredictOptions& options = {}) const;
+
+  // Checks a route a front gives for `rows` rows (PredictOptions::given):
+  // its sizes and ids. INVALID_ARGUMENT naming what was expected and what
+  // came; FAILED_PRECONDITION for a model that routes itself.
+  virtual absl::Status CheckGivenRoute(const Route& given, int64_t rows) const;
+  // A valid route for `rows` rows, to warm up a model that
+  // needs_given_route; empty for others.
+  virtual Route WarmupRoute(int64_t /*rows*/) const { return {}; }
 
  protected:
   explicit Model(ModelInfo info) : info_(std::move(info)) {}
 
   // Called by Predict() after the input is validated. Overwrites y, adds to
-  // *stats, fills *route when non-null.
+  // *stats, fills *route when non-null. options.given is non-null only for
+  // a model that needs_given_route, and has passed CheckGivenRoute().
   virtual absl::Status PredictValidated(const float* x, int64_t rows, float* y,
-                                        PredictStats* stats, Route* route) const = 0;
+                                        PredictStats* stats, Route* route,
+                                        const PredictOptions& options) const = 0;
 
  private:
   ModelInfo info_;

@@ -252,7 +252,8 @@ absl::Status DsmWeights::ValidateRouting() const {
 
 int64_t LshTableFlopsPerRow(const LshTableWeights& w) {
   const int64_t s = w.num_tables, m = w.num_hashes, d = w.input_dim, o = w.output_dim;
-  const int64_t hashing = 2 * s * m * d;
+  // A shard's part hashes nothing: its front computes the keys.
+  const int64_t hashing = w.total_tables > 0 ? 0 : 2 * s * m * d;
   return w.degree == 0 ? hashing + s * o : hashing + s * 2 * o * (d + 1);
 }
 
@@ -272,6 +273,30 @@ int64_t DsmFlopsPerRow(const DsmWeights& w) {
 
 int64_t DenseFlopsPerRow(const DenseWeights& w) {
   return 2 * w.width * w.input_dim + 2 * w.width * w.output_dim;
+}
+
+std::string Describe(const DsmWeights& w) {
+  const DenseWeights& net = w.network;
+  std::string text = absl::StrCat("dsm router=", RouterKindName(w.router), " d=", net.input_dim,
+                                  " t=", net.width, " E=", w.num_experts, " k=", w.active_units,
+                                  " L=", w.num_blocks, " o=", net.output_dim, " ",
+                                  ActivationName(net.activation));
+  if (w.IsShard()) {
+    absl::StrAppend(&text, " shard of experts [", w.first_expert, ", ",
+                    w.first_expert + w.num_experts, ") of ", w.total_experts);
+  }
+  return text;
+}
+
+std::string Describe(const LshTableWeights& w) {
+  std::string text = absl::StrCat("lsh_table family=", HashFamilyName(w.family), " d=",
+                                  w.input_dim, " s=", w.num_tables, " m=", w.num_hashes,
+                                  " delta=", w.degree, " o=", w.output_dim);
+  if (w.total_tables > 0) {
+    absl::StrAppend(&text, " shard of tables [", w.first_table, ", ", w.first_table + w.num_tables,
+                    ") of ", w.total_tables);
+  }
+  return text;
 }
 
 }  // namespace sparse

@@ -115,6 +115,12 @@ int64_t LshTableFlopsPerRow(const LshTableWeights& w);
 int64_t DsmFlopsPerRow(const DsmWeights& w);
 int64_t DenseFlopsPerRow(const DenseWeights& w);
 
+// ModelInfo::description of a model, e.g. "dsm router=lsh d=8 t=1024 E=16
+// k=64 L=1 o=1 relu" or "lsh_table family=hyperplane d=8 s=4 m=6 delta=0
+// o=1"; a shard's part says which experts or tables it holds.
+std::string Describe(const DsmWeights& w);
+std::string Describe(const LshTableWeights& w);
+
 }  // namespace sparse
 
 #endif  // SPARSE_ENGINE_WEIGHTS_H_

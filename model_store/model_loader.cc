@@ -6,10 +6,31 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "engine/matmul_kernel.h"
 
 namespace sparse {
 namespace {
+
+// A front's part: the router (or hash functions) and a0 read from the
+// version, the model made by `make_front`, and the dense twin whole when the
+// version has one (a front has no cost-only twin: that would need every
+// expert).
+absl::StatusOr<LoadedModel> LoadFront(const std::string& model, int64_t version,
+                                      const std::string& dir, const LoadOptions& options,
+                                      const FrontFactory& make_front) {
+  if (make_front == nullptr) {
+    return absl::FailedPreconditionError("this server has no shards to route a front's rows to");
+  }
+  ASSIGN_OR_RETURN(Checkpoint checkpoint, ReadCheckpoint(dir, options));
+  LoadedModel loaded;
+  ASSIGN_OR_RETURN(loaded.sparse, make_front(model, version, options.precision, checkpoint));
+  if (checkpoint.dense.has_value()) {
+    ASSIGN_OR_RETURN(loaded.dense, DenseModel::Create(*checkpoint.dense, options.precision));
+  }
+  loaded.info = std::move(checkpoint.info);
+  return loaded;
+}
 
 absl::StatusOr<std::unique_ptr<Servable>> LoadAndWarmUp(const std::string& model, int64_t version,
                                                         const std::string& dir,
@@ -21,7 +42,13 @@ absl::StatusOr<std::unique_ptr<Servable>> LoadAndWarmUp(const std::string& model
   load_options.threads = options.workers + 1;  // the workers and the loading thread
   load_options.budget_name = "--max_model_bytes";
   load_options.precision = options.precision;
-  absl::StatusOr<LoadedModel> loaded = LoadCheckpoint(dir, load_options);
+  load_options.part = options.part;
+  absl::StatusOr<LoadedModel> loaded;
+  if (options.part.role == ModelPart::Role::kFront) {
+    loaded = LoadFront(model, version, dir, load_options, options.make_front);
+  } else {
+    loaded = LoadCheckpoint(dir, load_options);
+  }
   if (!loaded.ok()) return loaded.status();
   // Warm up on this thread, with one kernel thread as the workers use.
   SetKernelThreads(1);
@@ -32,8 +59,12 @@ absl::StatusOr<std::unique_ptr<Servable>> LoadAndWarmUp(const std::string& model
     std::vector<float> x(warmup_rows * d, 0.0f), y(warmup_rows * o);
     for (int64_t rows = 1; rows <= warmup_rows; rows *= 2) {
       PredictStats stats;
-      const absl::Status s = path->Predict(absl::MakeConstSpan(x.data(), rows * d), rows,
-                                           absl::MakeSpan(y.data(), rows * o), &stats, nullptr);
+      const Route given = path->WarmupRoute(rows);
+      PredictOptions predict_options;
+      if (path->info().needs_given_route) predict_options.given = &given;
+      const absl::Status s =
+          path->Predict(absl::MakeConstSpan(x.data(), rows * d), rows,
+                        absl::MakeSpan(y.data(), rows * o), &stats, nullptr, predict_options);
       if (!s.ok()) {
         return absl::FailedPreconditionError(
             absl::StrCat("warm-up prediction of ", rows, " rows failed: ", s.message()));
@@ -46,6 +77,7 @@ absl::StatusOr<std::unique_ptr<Servable>> LoadAndWarmUp(const std::string& model
   servable->loaded = *std::move(loaded);
   servable->warmup_routing = servable->loaded.sparse->Routing();
   servable->precision = options.precision;
+  servable->part = options.part;
   return servable;
 }
 

@@ -11,19 +11,32 @@
 #define SPARSE_MODEL_STORE_MODEL_LOADER_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "model_store/checkpoint.h"
 #include "model_store/model_state.h"
 
 namespace sparse {
+
+// Builds a sharded model's front (docs/deploy.md, "Sharded models") from
+// what a front reads of a version (ReadCheckpoint with a kFront part): a
+// Model that routes each row and calls the shards. The server supplies it;
+// it may wait for the shards to serve `version` at `precision`.
+using FrontFactory = std::function<absl::StatusOr<std::unique_ptr<Model>>(
+    const std::string& model, int64_t version, Precision precision, const Checkpoint& front)>;
 
 struct LoaderOptions {
   int64_t max_batch_rows = 1024;  // the warm-up runs batch buckets up to it (<= 128)
   int workers = 1;                // threads that will predict: scratch space for each
   uint64_t max_bytes = 0;         // memory budget of the version; 0 = none
   Precision precision = Precision::kFp32;  // config.pbtxt's precision
+  // The part of each version this server serves (a shard's or a front's).
+  ModelPart part = {};
+  // Required for a front's part.
+  FrontFactory make_front = nullptr;
 };
 
 // Errors: RESOURCE_EXHAUSTED (over the budget, or out of memory), and what

@@ -180,7 +180,9 @@ std::shared_ptr<const Servable> ModelRepository::Load(const std::string& name, i
       LoaderOptions{.max_batch_rows = options_.max_batch_rows,
                     .workers = options_.workers,
                     .max_bytes = max_model_bytes_,
-                    .precision = precision});
+                    .precision = precision,
+                    .part = options_.part,
+                    .make_front = options_.make_front});
   {
     absl::MutexLock lock(&load_budget_mu_);
     reserved_bytes_ -= reserve;
@@ -258,10 +260,19 @@ void ModelRepository::LoadOrReuse(const std::string& name, const AspiredVersions
     state->versions.emplace(version, std::move(servable));
   }
   if (previous != nullptr) {
-    for (const auto& [version, unused] : previous->versions) {
-      if (state->versions.count(version) == 0) {
-        log->push_back(absl::StrCat("model ", name, " version ", version, " unloaded"));
+    const int64_t now_ns = std::chrono::steady_clock::now().time_since_epoch().count();
+    const int64_t retain_ns =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(options_.retain_in_use).count();
+    for (const auto& [version, servable] : previous->versions) {
+      if (state->versions.count(version) != 0) continue;
+      const int64_t used = servable->last_used_ns.load(std::memory_order_relaxed);
+      if (retain_ns > 0 && used > 0 && now_ns - used < retain_ns &&
+          servable->precision == precision) {
+        // Still routed to by a front: kept until it has been idle that long.
+        state->versions.emplace(version, servable);
+        continue;
       }
+      log->push_back(absl::StrCat("model ", name, " version ", version, " unloaded"));
     }
   }
 }

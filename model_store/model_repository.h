@@ -39,6 +39,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/container/flat_hash_map.h"
 #include "model_store/checkpoint.h"
+#include "model_store/model_loader.h"
 #include "model_store/model_source.h"
 #include "model_store/model_state.h"
 #include "sparse/v1/model_config.pb.h"
@@ -69,6 +70,15 @@ class ModelRepository {
     // (a transient I/O error, a permission fixed without touching the files).
     std::chrono::milliseconds failed_retry_initial{1000};
     std::chrono::milliseconds failed_retry_max{300000};
+    // The part of each version this server serves (a sharded model's shard
+    // or front, docs/deploy.md), and for a front what builds its model.
+    ModelPart part = {};
+    FrontFactory make_front = nullptr;
+    // A version the policy no longer asks for stays loaded while a request
+    // used it (Servable::MarkUsed) within this long: a shard keeps the
+    // version its fronts still route with until they have all moved on.
+    // 0 = unload at once.
+    std::chrono::milliseconds retain_in_use{0};
   };
 
   // Loads what `root` holds. Errors only if `root` is not a readable

@@ -5,6 +5,7 @@
 #ifndef SPARSE_MODEL_STORE_MODEL_STATE_H_
 #define SPARSE_MODEL_STORE_MODEL_STATE_H_
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -30,6 +31,16 @@ struct Servable {
   // config.pbtxt's precision it was loaded at (the engine models' own
   // ModelInfo::precision says what their matrices run at).
   Precision precision = Precision::kFp32;
+  // The part of the version it holds (a sharded model's shard or front).
+  ModelPart part;
+  // When a request last used it (steady clock, ns; 0 = never), for a shard
+  // server that keeps a version its fronts still use
+  // (ModelRepository::Options::retain_in_use). The one mutable field.
+  mutable std::atomic<int64_t> last_used_ns{0};
+  void MarkUsed() const {
+    last_used_ns.store(std::chrono::steady_clock::now().time_since_epoch().count(),
+                       std::memory_order_relaxed);
+  }
 };
 
 struct ModelState {

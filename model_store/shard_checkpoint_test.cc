@@ -7,9 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "engine/dsm_model.h"
 #include "engine/expert_router.h"
-#include "engine/lsh_table_model.h"
 #include "engine/table_hasher.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -103,17 +101,28 @@ DsmAnswers AnswerDsm(const std::string& dir, int count, const std::vector<float>
     EXPECT_OK(shard.status());
     EXPECT_EQ(shard->dense, nullptr) << "a shard holds no dense twin";
     a.shard_resident.push_back(shard->sparse->info().resident_bytes);
-    const auto& model = dynamic_cast<const DsmModel&>(*shard->sparse);
+    EXPECT_TRUE(shard->sparse->info().needs_given_route);
     std::vector<float> partial(rows * o);
     PredictStats shard_stats;
-    EXPECT_OK(model.PredictExperts(x, rows, a.front_experts, absl::MakeSpan(partial), &shard_stats));
+    Route given{.experts_per_row = L, .expert_ids = a.front_experts};
+    EXPECT_OK(shard->sparse->Predict(x, rows, absl::MakeSpan(partial), &shard_stats, nullptr,
+                                     {.given = &given}));
     a.sharded_flops += shard_stats.flops;
     for (size_t j = 0; j < partial.size(); ++j) a.sharded[j] += partial[j];
-    // A shard refuses to predict on its own.
+    // A shard refuses to predict on its own, and a route of another shape.
     std::vector<float> y(rows * o);
     PredictStats ignored;
     EXPECT_EQ(shard->sparse->Predict(x, rows, absl::MakeSpan(y), &ignored, nullptr).code(),
               absl::StatusCode::kFailedPrecondition);
+    Route short_route{.experts_per_row = L, .expert_ids = {0}};
+    EXPECT_THAT(shard->sparse->Predict(x, rows, absl::MakeSpan(y), &ignored, nullptr,
+                                       {.given = &short_route}).message(),
+                HasSubstr(absl::StrCat("expected ", L, " expert ids per row")));
+    Route bad_id{.experts_per_row = L, .expert_ids = a.front_experts};
+    bad_id.expert_ids[5] = static_cast<int32_t>(routing.num_experts);
+    EXPECT_THAT(shard->sparse->Predict(x, rows, absl::MakeSpan(y), &ignored, nullptr,
+                                       {.given = &bad_id}).message(),
+                HasSubstr("is outside [0, "));
   }
   return a;
 }
@@ -213,20 +222,19 @@ TEST_F(ShardCheckpointTest, LshShardsAndFrontAddUpToTheWholeModel) {
       for (int i = 0; i < count; ++i) {
         absl::StatusOr<LoadedModel> shard = LoadCheckpoint(dir, Part(ModelPart::Role::kShard, i, count));
         ASSERT_OK(shard.status());
-        const auto& model = dynamic_cast<const LshTableModel&>(*shard->sparse);
         const UnitRange owned = OwnedUnits(s, i, count);
-        std::vector<uint64_t> shard_keys;
+        Route given{.keys_per_row = owned.size()};
         for (int64_t r = 0; r < rows; ++r) {
-          shard_keys.insert(shard_keys.end(), keys.begin() + r * s + owned.begin,
-                            keys.begin() + r * s + owned.end);
+          given.bucket_keys.insert(given.bucket_keys.end(), keys.begin() + r * s + owned.begin,
+                                   keys.begin() + r * s + owned.end);
         }
         std::vector<float> partial(rows * 2);
-        std::vector<uint8_t> shard_missed(shard_keys.size());
         PredictStats shard_stats;
-        // Δ=0 buckets need no input.
-        ASSERT_OK(model.PredictKeys(degree == 0 ? absl::Span<const float>() : absl::MakeConstSpan(x),
-                                    rows, shard_keys, absl::MakeSpan(partial),
-                                    absl::MakeSpan(shard_missed), &shard_stats));
+        Route shard_route;
+        ASSERT_OK(shard->sparse->Predict(x, rows, absl::MakeSpan(partial), &shard_stats,
+                                         &shard_route, {.given = &given}));
+        EXPECT_EQ(shard_route.bucket_keys, given.bucket_keys);
+        const std::vector<uint8_t>& shard_missed = shard_route.bucket_missed;
         flops += shard_stats.flops;
         for (size_t j = 0; j < partial.size(); ++j) sum[j] += partial[j];
         for (int64_t r = 0; r < rows; ++r) {

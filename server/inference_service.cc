@@ -41,6 +41,8 @@ void FillModelStatus(const std::string& name, const ModelState& state,
     v->set_precision(std::string(PrecisionName(servable->precision)));
     v->set_weight_bytes_per_row(info.weight_bytes_per_row);
     v->set_resident_bytes(ResidentBytes(*servable));
+    if (servable->part.role == ModelPart::Role::kFront) v->set_shards(servable->part.shard.count);
+    if (servable->part.role == ModelPart::Role::kShard) v->set_shard(servable->part.shard.ToString());
     if (m.dense != nullptr) {
       v->set_dense_flops_per_row(m.dense->info().flops_per_row);
       v->set_dense_parameters(m.dense->info().parameters);
@@ -83,6 +85,8 @@ void ToPredictResponse(const InferResponse& answer, PredictResponse* response) {
   cost->set_total_ns(answer.cost.total_ns);
   cost->set_batch_size(answer.cost.batch_rows);
   cost->set_weight_bytes(answer.cost.weight_bytes);
+  cost->set_shards(static_cast<int32_t>(answer.cost.shards));
+  cost->set_fanout_ns(answer.cost.fanout_ns);
   if (answer.has_route) {
     const Route& from = answer.route;
     sparse::v1::Route* r = response->mutable_route();

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_split.h"
 #include "common/command_line.h"
 #include "server/server.h"
@@ -70,6 +71,26 @@ ABSL_FLAG(double, drain_seconds, 30,
           "flight or queued get this long to finish (match Kubernetes' "
           "terminationGracePeriodSeconds); then the rest are cancelled and the process exits 0.");
 
+ABSL_FLAG(std::string, shard, "",
+          "Serve as shard i of N of every model in the repository, e.g. 0/4 (docs/deploy.md, "
+          "\"Sharded models\"): load only experts [iE/N, (i+1)E/N) of each DSM block, or tables "
+          "[is/N, (i+1)s/N) of each LSH model, read and checked range by range, and answer the "
+          "fronts' sparse.v1.ShardService calls. On Kubernetes the pod's ordinal gives i.");
+ABSL_FLAG(std::string, shard_targets, "",
+          "Serve as the front of sharded models: one gRPC target per shard index, in order, "
+          "separated by ';' (e.g. 'dns:///shard-0.shards:8500;dns:///shard-1.shards:8500'; a "
+          "target that resolves to several replicas of one index is balanced round-robin with "
+          "health checks). The front routes each row and calls the shards that hold it.");
+ABSL_FLAG(double, shard_wait_seconds, 120,
+          "A front's load of a version waits this long for every shard to serve it; the version "
+          "it serves meanwhile stays.");
+ABSL_FLAG(double, shard_retain_seconds, 60,
+          "A shard keeps a version its fronts still call, after a newer one loaded, until it has "
+          "had no call for this long.");
+ABSL_FLAG(double, shard_max_reconnect_seconds, 2,
+          "A front retries a shard that went away after at most this long (gRPC's reconnect "
+          "back-off).");
+
 int main(int argc, char** argv) {
   const std::vector<std::string> rest = sparse::ParseCommandLine(
       argc, argv,
@@ -82,7 +103,9 @@ int main(int argc, char** argv) {
       "Services: sparse.v1.SparseInference (Predict, PredictDense, ListModels, GetModel),\n"
       "inference.GRPCInferenceService (Open Inference Protocol v2, and over HTTP/REST with\n"
       "--http_port), sparse.v1.ModelControl (with --model_control), "
-      "grpc.health.v1.Health (\"\" = live, a model name = ready) and server reflection.",
+      "grpc.health.v1.Health (\"\" = live, a model name = ready) and server reflection.\n\n"
+      "Models larger than one machine: run N shard servers (--shard=i/N) and fronts\n"
+      "(--shard_targets=...) on one shared repository (docs/deploy.md).",
       "server/main.");
   if (!rest.empty()) {
     std::fprintf(stderr, "sparse-server: unexpected argument '%s' (see --help)\n", rest[0].c_str());
@@ -115,6 +138,14 @@ int main(int argc, char** argv) {
   options.poll_seconds = absl::GetFlag(FLAGS_poll_seconds);
   options.model_control = absl::GetFlag(FLAGS_model_control);
   options.drain_seconds = absl::GetFlag(FLAGS_drain_seconds);
+  options.shard = absl::GetFlag(FLAGS_shard);
+  for (absl::string_view target :
+       absl::StrSplit(absl::GetFlag(FLAGS_shard_targets), ';', absl::SkipWhitespace())) {
+    options.shard_targets.emplace_back(absl::StripAsciiWhitespace(target));
+  }
+  options.shard_wait_seconds = absl::GetFlag(FLAGS_shard_wait_seconds);
+  options.shard_retain_seconds = absl::GetFlag(FLAGS_shard_retain_seconds);
+  options.shard_max_reconnect_seconds = absl::GetFlag(FLAGS_shard_max_reconnect_seconds);
   const int64_t max_model_bytes = absl::GetFlag(FLAGS_max_model_bytes);
   if (max_model_bytes < 0) {
     std::fprintf(stderr, "sparse-server: --max_model_bytes takes bytes >= 0 (0 = half the memory), got %lld\n",

@@ -329,6 +329,11 @@ void ToModelInferResponse(const inference::ModelInferRequest& request, const Inf
   params["flops"] = Int64Param(answer.cost.flops);
   params["dense_flops"] = Int64Param(answer.cost.dense_flops);
   params["weight_bytes"] = Int64Param(answer.cost.weight_bytes);
+  if (answer.cost.shards > 0) {
+    // A sharded model: the shards its batch called and the fan-out's wall time.
+    params["shards"] = Int64Param(answer.cost.shards);
+    params["fanout_ns"] = Int64Param(answer.cost.fanout_ns);
+  }
   params["compute_ns"] = Int64Param(answer.cost.route_ns + answer.cost.compute_ns);
   params["queue_ns"] = Int64Param(answer.cost.queue_ns);
   params["total_ns"] = Int64Param(answer.cost.total_ns);

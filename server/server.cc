@@ -92,6 +92,25 @@ absl::Status ServerOptions::Validate() const {
         "--model_control with TLS needs --tls_client_ca: only clients with a certificate may "
         "load and unload models");
   }
+  if (!shard.empty()) {
+    const absl::StatusOr<ShardSpec> spec = ParseShardSpec(shard);
+    if (!spec.ok()) problems.push_back(absl::StrCat("--shard: ", spec.status().message()));
+  }
+  if (!shard.empty() && !shard_targets.empty()) {
+    problems.push_back(
+        "--shard and --shard_targets exclude each other: a server is a shard or a front");
+  }
+  need(static_cast<int64_t>(shard_targets.size()) <= kMaxShards, "shard_targets",
+       absl::StrCat("at most ", kMaxShards, " targets"), shard_targets.size());
+  for (const std::string& target : shard_targets) {
+    if (target.empty()) problems.push_back("--shard_targets holds an empty target");
+  }
+  need(shard_wait_seconds >= 0 && shard_wait_seconds <= 86400, "shard_wait_seconds",
+       "seconds in 0..86400", shard_wait_seconds);
+  need(shard_retain_seconds >= 0 && shard_retain_seconds <= 86400, "shard_retain_seconds",
+       "seconds in 0..86400", shard_retain_seconds);
+  need(shard_max_reconnect_seconds >= 0.1 && shard_max_reconnect_seconds <= 600,
+       "shard_max_reconnect_seconds", "seconds in 0.1..600", shard_max_reconnect_seconds);
   if (problems.empty()) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrJoin(problems, "\n"));
 }
@@ -100,9 +119,11 @@ absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
     const ServerOptions& options, std::vector<std::string>* load_errors) {
   RETURN_IF_ERROR(options.Validate());
   auto server = std::unique_ptr<SparseServer>(new SparseServer());
-  const int workers = options.workers > 0
-                          ? options.workers
-                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // A front's workers mostly wait on their shards: four per core.
+  const int workers = options.workers > 0              ? options.workers
+                      : !options.shard_targets.empty() ? 4 * cores
+                                                       : cores;
   server->metrics_ = std::make_unique<ServerMetrics>();
   RETURN_IF_ERROR(server->OpenRepository(options, workers, load_errors));
   server->StartCore(options, workers);
@@ -135,6 +156,27 @@ absl::Status SparseServer::OpenRepository(const ServerOptions& options, int work
   repository_options.on_publish = [this](const RepositorySnapshot& snapshot) {
     PublishModels(snapshot);
   };
+  if (!options.shard.empty()) {
+    ASSIGN_OR_RETURN(shard_spec_, ParseShardSpec(options.shard));
+    repository_options.part = {.role = ModelPart::Role::kShard, .shard = shard_spec_};
+    repository_options.retain_in_use = std::chrono::milliseconds(
+        static_cast<int64_t>(options.shard_retain_seconds * 1000));
+  }
+  if (!options.shard_targets.empty()) {
+    ShardSet::Options shards;
+    shards.targets = options.shard_targets;
+    shards.wait_for_shards = absl::Seconds(options.shard_wait_seconds);
+    shards.max_reconnect_backoff = absl::Seconds(options.shard_max_reconnect_seconds);
+    shard_set_ = std::make_unique<ShardSet>(std::move(shards));
+    repository_options.part = {
+        .role = ModelPart::Role::kFront,
+        .shard = {.index = 0, .count = static_cast<int>(options.shard_targets.size())}};
+    const ShardSet* shard_set = shard_set_.get();
+    repository_options.make_front = [shard_set](const std::string& model, int64_t version,
+                                                Precision precision, const Checkpoint& front) {
+      return shard_set->MakeFront(model, version, precision, front);
+    };
+  }
   ASSIGN_OR_RETURN(repository_, ModelRepository::Open(options.model_repository,
                                                        repository_options, load_errors));
   const std::shared_ptr<const RepositorySnapshot> first = repository_->snapshot();
@@ -228,6 +270,10 @@ absl::Status SparseServer::ServeGrpc(const ServerOptions& options) {
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_concurrent_streams);
   builder.RegisterService(service_.get());
   builder.RegisterService(oip_service_.get());
+  if (!options.shard.empty()) {
+    shard_service_ = std::make_unique<ShardService>(repository_.get(), core_.get(), shard_spec_);
+    builder.RegisterService(shard_service_.get());
+  }
   if (options.model_control) {
     control_service_ = std::make_unique<ModelControlService>(control_.get());
     builder.RegisterService(control_service_.get());

@@ -25,6 +25,8 @@
 #include "server/http_server.h"
 #include "server/oip_service.h"
 #include "server/rest_frontend.h"
+#include "server/shard_service.h"
+#include "server/sharded_model.h"
 
 namespace sparse {
 
@@ -75,6 +77,20 @@ struct ServerOptions {
   // How long a drain (SIGTERM) lets calls in flight or queued finish
   // (sparse-server's main passes it to Shutdown).
   double drain_seconds = 30;
+  // Sharded models (docs/deploy.md, "Sharded models"). A shard server
+  // (`shard` = "i/N") loads shard i of N of every model in the repository
+  // and serves sparse.v1.ShardService; it keeps a version its fronts still
+  // use for `shard_retain_seconds` after their last call. A front
+  // (`shard_targets`, one gRPC target per shard index, in order) loads the
+  // router of every model and sends each row to the shards that hold its
+  // experts or tables; its load of a version waits up to
+  // `shard_wait_seconds` for every shard to serve it. A server is one or
+  // the other, or neither.
+  std::string shard;
+  std::vector<std::string> shard_targets;
+  double shard_wait_seconds = 120;
+  double shard_retain_seconds = 60;
+  double shard_max_reconnect_seconds = 2;
 
   // OK, or INVALID_ARGUMENT with one line per bad option, each naming its
   // flag, the range it takes and the value it got.
@@ -123,6 +139,11 @@ class SparseServer {
   void SetModelHealth(const RepositorySnapshot& snapshot);
   void ApplyModelHealth(const RepositorySnapshot& snapshot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(health_mu_);
 
+  // A front's shards; declared before the repository, whose front models
+  // use it, so that it is destroyed after them.
+  std::unique_ptr<ShardSet> shard_set_;
+  ShardSpec shard_spec_;  // a shard server's part
+  std::unique_ptr<ShardService> shard_service_;
   std::unique_ptr<ModelRepository> repository_;
   std::unique_ptr<ServerMetrics> metrics_;
   std::shared_ptr<RoutingCollector> routing_collector_;

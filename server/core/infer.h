@@ -35,6 +35,10 @@ struct InferRequest {
   // Time the frontend spent decoding its protocol's request into this one;
   // counted as the request's compute_input (server/core/statistics.h).
   int64_t decode_ns = 0;
+  // A shard's part of a sharded model computes for the route its front
+  // gives (engine/model.h, PredictOptions::given); required for such a
+  // model, refused by any other. Not owned, like `inputs`.
+  const Route* given_route = nullptr;
 };
 
 // What one request cost (DESIGN.md §1). In a batch, FLOPs are the request's
@@ -51,6 +55,11 @@ struct InferCost {
   // Weight bytes the kernels read: the request's share, by rows, of its
   // batch's (docs/checkpoint-format.md, "Bytes each path reads").
   int64_t weight_bytes = 0;
+  // A sharded model (docs/deploy.md): the shards its batch called, and the
+  // wall time from the first call to the last answer. FLOPs, bytes and
+  // compute_ns include the shards' own.
+  int64_t shards = 0;
+  int64_t fanout_ns = 0;
 };
 
 struct InferResponse {

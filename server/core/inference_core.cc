@@ -57,6 +57,16 @@ absl::Status Admit(const Servable& servable, int64_t max_batch_rows,
         " inputs per row: expected rows x d = ", rows, " x ", d, " = ", rows * d, " values, got ",
         request.inputs.size()));
   }
+  if (model->info().needs_given_route || request.given_route != nullptr) {
+    if (request.given_route == nullptr || !model->info().needs_given_route) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "model '", ClientText(request.model), "' version ", servable.version,
+          request.given_route == nullptr
+              ? " is a shard's part of a sharded model: send predictions to a front server"
+              : " routes its own rows: only a shard's part of a sharded model takes a route"));
+    }
+    RETURN_IF_ERROR(model->CheckGivenRoute(*request.given_route, rows));
+  }
   // Every value finite, checked per request: a NaN names this request's own
   // row, and never reaches a batch shared with other requests.
   return ValidateBatch(request.inputs, rows, d);
@@ -95,20 +105,23 @@ void Answer(const BatchRun& batch, int64_t first_row, const InferRequest& reques
   response->output_dim = PathModel(*batch.servable, batch.dense)->info().output_dim;
   response->dense_cost_only = batch.dense && loaded.dense_cost_only;
   InferCost& cost = response->cost;
-  // FLOPs per row are the same for every row of a model: the share is exact.
-  cost.flops = batch.stats.flops / batch.rows * rows;
+  // Rows [first_row, first_row + rows) of the batch get the FLOPs and
+  // bytes between their cumulative shares, so the requests' add up to the
+  // batch's. FLOPs per row are the same for every row of a model, so their
+  // share is exact; a shard's part, whose rows differ, runs each call alone.
+  auto share = [&batch](int64_t total, int64_t row) {
+    return static_cast<int64_t>(static_cast<__int128>(total) * row / batch.rows);
+  };
+  cost.flops = share(batch.stats.flops, first_row + rows) - share(batch.stats.flops, first_row);
   cost.dense_flops = loaded.dense != nullptr ? rows * loaded.dense->info().flops_per_row : 0;
   cost.queue_ns = NanosBetween(arrival, batch.start);
   cost.route_ns = batch.stats.route_ns;
   cost.compute_ns = batch.stats.compute_ns;
   cost.batch_rows = batch.rows;
-  // Rows [first_row, first_row + rows) of the batch get the bytes between
-  // their cumulative shares, so the requests' bytes add up to the batch's.
-  auto share = [&batch](int64_t row) {
-    return static_cast<int64_t>(static_cast<__int128>(batch.stats.weight_bytes) * row /
-                                batch.rows);
-  };
-  cost.weight_bytes = share(first_row + rows) - share(first_row);
+  cost.shards = batch.stats.shards;
+  cost.fanout_ns = batch.stats.fanout_ns;
+  cost.weight_bytes = share(batch.stats.weight_bytes, first_row + rows) -
+                      share(batch.stats.weight_bytes, first_row);
   response->has_route = batch.route != nullptr && request.return_route && !batch.dense;
   if (response->has_route) {
     const Route& from = *batch.route;
@@ -179,6 +192,14 @@ void RunBatch(const Servable& servable, bool dense, std::vector<PendingRequest> 
   }
   Route route;
   if (want_route) run.route = &route;
+  // The latest deadline of the batch goes to the shards a front calls; a
+  // given route comes with a request that runs alone (Infer).
+  PredictOptions predict_options;
+  predict_options.deadline = absl::InfinitePast();
+  for (const PendingRequest& p : live) {
+    predict_options.deadline = std::max(predict_options.deadline, p.request->deadline);
+  }
+  if (live.size() == 1) predict_options.given = live.front().request->given_route;
   // Once the batch has computed and every request is answered.
   auto record_execution = [&](Clock::time_point computed_at) {
     if (statistics == nullptr) return;
@@ -192,7 +213,8 @@ void RunBatch(const Servable& servable, bool dense, std::vector<PendingRequest> 
     std::vector<float>& y = p.response->outputs;
     y.assign(run.rows * o, 0.0f);
     absl::Status s = model.PredictAdmitted(p.request->inputs, run.rows, absl::MakeSpan(y),
-                                           &run.stats, want_route ? &route : nullptr);
+                                           &run.stats, want_route ? &route : nullptr,
+                                           predict_options);
     const bool computed = s.ok();
     const auto computed_at = Clock::now();
     if (s.ok()) s = CheckOutputs(y, o);
@@ -207,7 +229,7 @@ void RunBatch(const Servable& servable, bool dense, std::vector<PendingRequest> 
   times.input_ns = NanosBetween(run.start, Clock::now());
   std::vector<float> y(run.rows * o, 0.0f);
   if (!model.PredictAdmitted(x, run.rows, absl::MakeSpan(y), &run.stats,
-                             want_route ? &route : nullptr).ok()) {
+                             want_route ? &route : nullptr, predict_options).ok()) {
     for (PendingRequest& p : live) {
       std::vector<PendingRequest> alone;
       alone.push_back(std::move(p));
@@ -313,8 +335,9 @@ void InferenceCore::Infer(const InferRequest& request, InferResponse* response, 
     return;
   }
   std::vector<PendingRequest> batch;
-  if (request.rows * PathModel(**servable, request.dense)->info().flops_per_row <=
-      options_.inline_max_flops) {
+  const ModelInfo& info = PathModel(**servable, request.dense)->info();
+  // A front waits on its shards: never on the caller's (a protocol's) thread.
+  if (!info.remote && request.rows * info.flops_per_row <= options_.inline_max_flops) {
     batch.push_back(std::move(pending));
     RunBatch(**servable, request.dense, std::move(batch), [this](PendingRequest& p, const absl::Status& s) {
       FinishPending(p, s);
@@ -322,7 +345,10 @@ void InferenceCore::Infer(const InferRequest& request, InferResponse* response, 
     return;
   }
   const BatchingOptions options = ToBatchingOptions(batching, workers(), request.dense);
-  if (options.enabled) {
+  // A shard's calls each come with their own route, and each reports its own
+  // exact FLOPs (its rows hold different numbers of this shard's experts):
+  // they are not batched together. Their front batches.
+  if (options.enabled && !info.needs_given_route) {
     Enqueue(*std::move(servable), std::move(state), request.dense, options, std::move(pending));
     return;
   }

@@ -1,0 +1,364 @@
+#include "server/sharded_model.h"
+
+#include <algorithm>
+#include <chrono>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "common/client_text.h"
+#include "common/status_macros.h"
+#include "engine/matmul_kernel.h"
+#include "engine/sharding.h"
+
+namespace sparse {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using sparse::v1::PartialRequest;
+using sparse::v1::PartialResponse;
+
+int64_t NanosSinceStart(Clock::time_point start) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
+}
+
+// Round-robin over the addresses a target resolves to, each health-checked
+// (grpc.health.v1, the server's overall status): a replica that is down or
+// draining gets no calls while another serves.
+constexpr char kServiceConfig[] =
+    R"({"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}})";
+
+}  // namespace
+
+ShardSet::ShardSet(Options options) : options_(std::move(options)) {
+  if (options_.credentials == nullptr) options_.credentials = grpc::InsecureChannelCredentials();
+  const int max_backoff_ms =
+      static_cast<int>(std::max<int64_t>(100, absl::ToInt64Milliseconds(options_.max_reconnect_backoff)));
+  for (const std::string& target : options_.targets) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::min(100, max_backoff_ms));
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, std::min(100, max_backoff_ms));
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, max_backoff_ms);
+    // Internal calls carry a front's whole batch: no 4 MiB cap on answers.
+    args.SetMaxReceiveMessageSize(-1);
+    args.SetServiceConfigJSON(kServiceConfig);
+    std::shared_ptr<grpc::Channel> channel =
+        grpc::CreateCustomChannel(target, options_.credentials, args);
+    shards_.push_back(sparse::v1::ShardService::NewStub(channel));
+    inference_.push_back(sparse::v1::SparseInference::NewStub(channel));
+    channels_.push_back(std::move(channel));
+  }
+}
+
+absl::StatusOr<std::vector<sparse::v1::VersionStatus>> ShardSet::WaitForVersion(
+    const std::string& model, int64_t version, Precision precision) const {
+  const absl::Time give_up = absl::Now() + options_.wait_for_shards;
+  std::vector<sparse::v1::VersionStatus> found(count());
+  std::vector<std::string> missing;
+  while (true) {
+    missing.clear();
+    for (int i = 0; i < count(); ++i) {
+      if (found[i].version() == version) continue;
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+      context.set_wait_for_ready(true);  // a shard still starting is waited for
+      sparse::v1::GetModelRequest request;
+      request.set_model(model);
+      sparse::v1::ModelStatus status;
+      const grpc::Status s = inference_[i]->GetModel(&context, request, &status);
+      std::string why;
+      if (!s.ok()) {
+        why = s.error_message().empty() ? absl::StrCat("gRPC code ", s.error_code())
+                                        : s.error_message();
+      } else {
+        why = absl::StrCat("it serves versions [",
+                           absl::StrJoin(status.versions(), ", ",
+                                         [](std::string* out, const sparse::v1::VersionStatus& v) {
+                                           absl::StrAppend(out, v.version(), " ", v.precision());
+                                         }),
+                           "]");
+        for (const sparse::v1::VersionStatus& v : status.versions()) {
+          if (v.version() == version && v.precision() == PrecisionName(precision)) found[i] = v;
+        }
+        for (const sparse::v1::VersionFailure& f : status.failed_versions()) {
+          if (f.version() == version) absl::StrAppend(&why, "; version ", version, " failed: ", f.error());
+        }
+      }
+      if (found[i].version() != version) {
+        missing.push_back(absl::StrCat("shard ", i, "/", count(), " (", target(i), "): ", why));
+      }
+    }
+    if (missing.empty()) return found;
+    if (absl::Now() >= give_up) {
+      return absl::UnavailableError(absl::StrCat(
+          "not every shard serves version ", version, " at ", PrecisionName(precision), " after ",
+          absl::FormatDuration(options_.wait_for_shards), ": ", absl::StrJoin(missing, "; ")));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Model>> ShardSet::MakeFront(const std::string& model,
+                                                           int64_t version, Precision precision,
+                                                           const Checkpoint& front) const {
+  ASSIGN_OR_RETURN(std::vector<sparse::v1::VersionStatus> statuses,
+                   WaitForVersion(model, version, precision));
+  ASSIGN_OR_RETURN(std::unique_ptr<ShardedModel> sharded,
+                   ShardedModel::Create(this, model, version, precision, front, statuses));
+  return std::unique_ptr<Model>(std::move(sharded));
+}
+
+struct ShardedModel::Call {
+  int shard = 0;
+  std::vector<int64_t> rows;  // the batch's rows it carries, in order
+  PartialRequest request;
+  PartialResponse response;
+  grpc::ClientContext context;
+  grpc::Status status;
+};
+
+absl::StatusOr<std::unique_ptr<ShardedModel>> ShardedModel::Create(
+    const ShardSet* shards, const std::string& model, int64_t version, Precision precision,
+    const Checkpoint& front, const std::vector<sparse::v1::VersionStatus>& shard_versions) {
+  ModelInfo info;
+  info.precision = precision;
+  info.remote = true;
+  info.shards = shards->count();
+  std::optional<ExpertRouter> router;
+  std::optional<TableHasher> hasher;
+  std::vector<float> top_bias;
+  int64_t shard_bytes = 0, shard_parameters = 0;
+  for (const sparse::v1::VersionStatus& v : shard_versions) {
+    shard_bytes += v.weight_bytes_per_row();
+    shard_parameters += v.parameters();
+  }
+  if (const auto* dsm = std::get_if<DsmWeights>(&front.sparse)) {
+    ASSIGN_OR_RETURN(router, ExpertRouter::Create(*dsm));
+    if (router->experts() < shards->count()) {
+      return absl::InvalidArgumentError(absl::StrCat(router->experts(), " experts per block cannot be split across ",
+                                                     shards->count(), " shards"));
+    }
+    const DenseWeights& net = dsm->network;
+    top_bias = net.top_bias;
+    info.kind = ModelKind::kDsm;
+    info.input_dim = net.input_dim;
+    info.output_dim = net.output_dim;
+    info.flops_per_row = DsmFlopsPerRow(*dsm);
+    info.parameters = net.width * (net.input_dim + 1 + net.output_dim) + net.output_dim +
+                      static_cast<int64_t>(dsm->router_weight.size() + dsm->router_bias.size());
+    info.description = Describe(*dsm);
+    // Each shard's row reads a0 and L slices; the front reads a0 and the
+    // router, and the slices are the shards' (the same on every shard).
+    const int64_t slices = shard_versions.empty()
+                               ? 0
+                               : shard_versions.front().weight_bytes_per_row() - 4 * net.output_dim;
+    info.weight_bytes_per_row = 4 * net.output_dim + router->weight_bytes_per_row() + slices;
+    info.resident_bytes = router->resident_bytes() + 4 * net.output_dim;
+  } else {
+    const LshTableWeights& lsh = std::get<LshTableWeights>(front.sparse);
+    ASSIGN_OR_RETURN(hasher, TableHasher::Create(lsh));
+    if (lsh.num_tables < shards->count()) {
+      return absl::InvalidArgumentError(absl::StrCat(lsh.num_tables, " tables cannot be split across ",
+                                                     shards->count(), " shards"));
+    }
+    info.kind = ModelKind::kLshTable;
+    info.input_dim = lsh.input_dim;
+    info.output_dim = lsh.output_dim;
+    info.flops_per_row = LshTableFlopsPerRow(lsh);
+    info.parameters = shard_parameters;
+    info.description = Describe(lsh);
+    info.weight_bytes_per_row = hasher->weight_bytes_per_row() + shard_bytes;
+    info.resident_bytes = hasher->resident_bytes();
+  }
+  if (precision != Precision::kFp32) absl::StrAppend(&info.description, " ", PrecisionName(precision));
+  absl::StrAppend(&info.description, ", sharded over ", shards->count(), " shards");
+  return std::unique_ptr<ShardedModel>(new ShardedModel(std::move(info), shards, model, version,
+                                                        precision, std::move(router),
+                                                        std::move(hasher), std::move(top_bias)));
+}
+
+ShardedModel::ShardedModel(ModelInfo info, const ShardSet* shards, std::string model,
+                           int64_t version, Precision precision, std::optional<ExpertRouter> router,
+                           std::optional<TableHasher> hasher, std::vector<float> top_bias)
+    : Model(std::move(info)), shards_(shards), model_(std::move(model)), version_(version),
+      precision_(precision), router_(std::move(router)), hasher_(std::move(hasher)),
+      top_bias_(std::move(top_bias)), d_(this->info().input_dim), o_(this->info().output_dim) {}
+
+absl::Status ShardedModel::PredictValidated(const float* x, int64_t rows, float* y,
+                                            PredictStats* stats, Route* route,
+                                            const PredictOptions& options) const {
+  const int count = shards_->count();
+  std::vector<std::unique_ptr<Call>> calls(count);
+  auto call_for = [&](int shard) -> Call& {
+    std::unique_ptr<Call>& c = calls[shard];
+    if (c == nullptr) {
+      c = std::make_unique<Call>();
+      c->shard = shard;
+      PartialRequest& q = c->request;
+      q.set_model(model_);
+      q.set_version(version_);
+      q.set_precision(static_cast<sparse::v1::Precision>(precision_));
+      q.set_shard_index(shard);
+      q.set_shard_count(count);
+    }
+    return *c;
+  };
+  const int64_t chunk = MatmulKernel::kMaxBucketRows;
+  if (router_.has_value()) {
+    // Route every row here; each shard gets the rows whose experts it holds.
+    const int64_t L = router_->blocks(), E = router_->experts();
+    std::vector<int32_t> experts(rows * L);
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+      RETURN_IF_ERROR(router_->Route(x + r0 * d_, std::min(chunk, rows - r0),
+                                     experts.data() + r0 * L, stats));
+    }
+    if (route != nullptr) {
+      route->experts_per_row = L;
+      route->expert_ids = experts;
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t l = 0; l < L; ++l) {
+        Call& c = call_for(ShardOfUnit(experts[r * L + l], E, count));
+        if (!c.rows.empty() && c.rows.back() == r) continue;
+        c.rows.push_back(r);
+        c.request.mutable_inputs()->Add(x + r * d_, x + (r + 1) * d_);
+        c.request.mutable_expert_ids()->Add(experts.begin() + r * L, experts.begin() + (r + 1) * L);
+      }
+    }
+    for (auto& c : calls) {
+      if (c == nullptr) continue;
+      c->request.set_rows(static_cast<int64_t>(c->rows.size()));
+      c->request.set_experts_per_row(L);
+    }
+  } else {
+    // Every shard holds some of the tables: every row goes to all of them.
+    const int64_t s = hasher_->tables();
+    std::vector<uint64_t> keys(rows * s);
+    const auto start = Clock::now();
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+      RETURN_IF_ERROR(hasher_->Keys(x + r0 * d_, std::min(chunk, rows - r0),
+                                    keys.data() + r0 * s, stats));
+    }
+    stats->route_ns += NanosSinceStart(start);
+    if (route != nullptr) {
+      route->keys_per_row = s;
+      route->bucket_keys = keys;
+      route->bucket_missed.assign(rows * s, 0);
+    }
+    for (int i = 0; i < count; ++i) {
+      Call& c = call_for(i);
+      const UnitRange owned = OwnedUnits(s, i, count);
+      c.request.set_rows(rows);
+      c.request.mutable_inputs()->Add(x, x + rows * d_);
+      c.request.set_keys_per_row(owned.size());
+      for (int64_t r = 0; r < rows; ++r) {
+        c.request.mutable_bucket_keys()->Add(keys.begin() + r * s + owned.begin,
+                                             keys.begin() + r * s + owned.end);
+      }
+    }
+  }
+  std::vector<std::unique_ptr<Call>> sent;
+  for (auto& c : calls) {
+    if (c != nullptr) sent.push_back(std::move(c));
+  }
+  absl::Time deadline = options.deadline;
+  if (deadline == absl::InfiniteFuture()) deadline = absl::Now() + shards_->options().default_deadline;
+  RETURN_IF_ERROR(Fanout(sent, deadline, stats));
+  // a0 (DSM), then every shard's partial sums.
+  for (int64_t r = 0; r < rows; ++r) {
+    float* out = y + r * o_;
+    if (top_bias_.empty()) {
+      std::fill(out, out + o_, 0.0f);
+    } else {
+      std::copy(top_bias_.begin(), top_bias_.end(), out);
+    }
+  }
+  if (!top_bias_.empty()) stats->weight_bytes += 4 * o_;
+  for (const auto& c : sent) {
+    const int64_t call_rows = c->request.rows();
+    const auto& outputs = c->response.outputs();
+    if (outputs.size() != call_rows * o_) {
+      return absl::InternalError(absl::StrCat("shard ", c->shard, "/", count, " answered ",
+                                              outputs.size(), " outputs for ", call_rows,
+                                              " rows of ", o_));
+    }
+    for (int64_t i = 0; i < call_rows; ++i) {
+      const int64_t r = c->rows.empty() ? i : c->rows[i];
+      for (int64_t j = 0; j < o_; ++j) y[r * o_ + j] += outputs[i * o_ + j];
+    }
+    if (route != nullptr && hasher_.has_value()) {
+      const int64_t s = hasher_->tables();
+      const UnitRange owned = OwnedUnits(s, c->shard, count);
+      const std::string& missed = c->response.bucket_missed();
+      if (static_cast<int64_t>(missed.size()) != call_rows * owned.size()) {
+        return absl::InternalError(absl::StrCat("shard ", c->shard, "/", count, " answered ",
+                                                missed.size(), " miss flags for ", call_rows,
+                                                " rows of ", owned.size(), " tables"));
+      }
+      for (int64_t r = 0; r < call_rows; ++r) {
+        for (int64_t t = 0; t < owned.size(); ++t) {
+          route->bucket_missed[r * s + owned.begin + t] = missed[r * owned.size() + t] != 0;
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ShardedModel::Fanout(std::vector<std::unique_ptr<Call>>& calls, absl::Time deadline,
+                                  PredictStats* stats) const {
+  // Shared with the callbacks, which may still be unlocking it when the
+  // waiter has returned.
+  struct Pending {
+    absl::Mutex mu;
+    int64_t left ABSL_GUARDED_BY(mu) = 0;
+  };
+  auto pending = std::make_shared<Pending>();
+  {
+    absl::MutexLock lock(&pending->mu);
+    pending->left = static_cast<int64_t>(calls.size());
+  }
+  const auto start = Clock::now();
+  for (const auto& c : calls) {
+    c->context.set_deadline(absl::ToChronoTime(deadline));
+    Call* call = c.get();
+    shards_->shard(c->shard).async()->ComputePartial(
+        &call->context, &call->request, &call->response, [pending, call](grpc::Status status) {
+          call->status = std::move(status);
+          absl::MutexLock lock(&pending->mu);
+          --pending->left;
+        });
+  }
+  {
+    absl::MutexLock lock(&pending->mu);
+    pending->mu.Await(absl::Condition(
+        +[](int64_t* left) { return *left == 0; }, &pending->left));
+  }
+  stats->fanout_ns += NanosSinceStart(start);
+  stats->shards += static_cast<int64_t>(calls.size());
+  const int count = shards_->count();
+  for (const auto& c : calls) {
+    if (c->status.ok()) continue;
+    const std::string where =
+        absl::StrCat("shard ", c->shard, "/", count, " (", shards_->target(c->shard), ")");
+    const grpc::StatusCode code = c->status.error_code();
+    const std::string message = ClientText(c->status.error_message());
+    if (code == grpc::StatusCode::NOT_FOUND) {
+      // Another version, or the model unloaded there: a state that passes.
+      return absl::UnavailableError(absl::StrCat(where, " does not serve version ", version_,
+                                                 " of model '", ClientText(model_), "': ", message));
+    }
+    return absl::Status(static_cast<absl::StatusCode>(code),
+                        absl::StrCat(where, ": ", message.empty() ? "no message" : message));
+  }
+  for (const auto& c : calls) {
+    const sparse::v1::Cost& cost = c->response.cost();
+    stats->flops += cost.flops();
+    stats->weight_bytes += cost.weight_bytes();
+    stats->compute_ns += cost.route_ns() + cost.compute_ns();
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace sparse

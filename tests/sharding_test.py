@@ -1,0 +1,258 @@
+"""Sharded models on one machine (docs/deploy.md, "Sharded models"): four
+shard servers (--shard=i/4) and a front (--shard_targets) on loopback
+against an unsharded server on the same repository.
+
+- A DSM of 2 blocks x 256 experts (lsh router) with a dense twin, and an
+  LSH model of 8 affine tables: 1,000 random rows through the front equal
+  the unsharded server's: identical routes (expert ids; bucket keys and
+  misses), FLOPs and weight bytes, outputs within 1e-5 relative. The
+  front's dense twin (served whole by the front) equals the unsharded one.
+- Killing one shard fails only the requests routed to it, UNAVAILABLE,
+  within their deadline; once it is back (same port, the front not
+  restarted) every request succeeds again within a few seconds.
+- A new version published under load reaches the shards and the front
+  with no failed request, and every answer is one version's whole answer.
+
+Usage: sharding_test.py <source dir> <build dir>
+"""
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+source, build = sys.argv[1], sys.argv[2]
+sys.path.insert(0, os.path.join(source, "tests", "testing"))
+from harness import check, finish, python_stubs, start_server, stop  # noqa: E402
+
+spec = importlib.util.spec_from_file_location(
+    "export", os.path.join(source, "client", "python", "sparse_serve", "export.py"))
+export = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(export)
+
+N = 4
+D, O, L, E, K = 32, 4, 2, 256, 8
+S, M = 8, 6
+
+
+def write_dsm(model_dir, seed, version):
+    """A random lsh-routed DSM (hyperplanes cut through the data's range)
+    and a random dense twin, as version `version`."""
+    rng = np.random.default_rng(seed)
+    t, r = L * E * K, 8  # r = log2(E)
+    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    meta = {"format_version": "1", "kind": "dsm", "input_dim": str(D), "output_dim": str(O),
+            "width": str(t), "activation": "relu", "router": "lsh", "blocks": str(L),
+            "experts": str(E), "active_units": str(K)}
+    model = export.safetensors(meta, [
+        ("bottom.weight", f32(t, D) * 0.3), ("bottom.bias", f32(t) * 0.1),
+        ("top.weight", f32(O, t) * 0.3), ("top.bias", f32(O)),
+        ("router.weight", f32(L * r, D)), ("router.bias", f32(L * r) * 0.2)])
+    width = 64
+    dense_meta = {"format_version": "1", "kind": "dense", "input_dim": str(D), "output_dim": str(O),
+                  "width": str(width), "activation": "relu"}
+    dense = export.safetensors(dense_meta, [
+        ("bottom.weight", f32(width, D)), ("bottom.bias", f32(width)),
+        ("top.weight", f32(O, width)), ("top.bias", f32(O))])
+    export.write_version(model_dir, model, dense, version=version)
+
+
+def write_lsh(model_dir, seed):
+    rng = np.random.default_rng(seed)
+    projection = rng.standard_normal((S * M, D)).astype(np.float32)
+    offset = (rng.standard_normal(S * M) * 0.5).astype(np.float32)
+    tables = []
+    for _ in range(S):
+        keys = np.unique(rng.integers(0, 1 << M, 40))
+        tables.append((keys, rng.standard_normal((len(keys), O, D + 1)).astype(np.float32),
+                       rng.standard_normal((O, D + 1)).astype(np.float32)))
+    export.export_lsh_table(model_dir, projection, offset, tables, degree=1, version=1)
+
+
+def close(a, b, rel=1e-5):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    scale = np.maximum(np.maximum(np.abs(a), np.abs(b)), np.abs(b).max())
+    return a.shape == b.shape and bool(np.all(np.abs(a - b) <= rel * scale))
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    repo = os.path.join(tmp, "repo")
+    write_dsm(os.path.join(repo, "dsm"), 1, 1)
+    write_lsh(os.path.join(repo, "lsh"), 2)
+    python_stubs(source, os.path.join(tmp, "stubs"), "sparse/v1/inference.proto")
+    import grpc
+    from sparse.v1 import inference_pb2 as pb, inference_pb2_grpc as pb_grpc
+
+    servers = []
+    try:
+        whole, whole_ports = start_server(build, repo)
+        servers.append(whole)
+        shards, shard_ports = [], []
+        for i in range(N):
+            shard, ports = start_server(build, repo, "--shard=%d/%d" % (i, N), "--poll_seconds=0.5",
+                                        "--shard_retain_seconds=5")
+            servers.append(shard)
+            shards.append(shard)
+            shard_ports.append(ports[0])
+        targets = ";".join("127.0.0.1:%d" % p for p in shard_ports)
+        front, front_ports = start_server(build, repo, "--shard_targets=" + targets, "--poll_seconds=0.5")
+        servers.append(front)
+        ref = pb_grpc.SparseInferenceStub(grpc.insecure_channel("127.0.0.1:%d" % whole_ports[0]))
+        api = pb_grpc.SparseInferenceStub(grpc.insecure_channel("127.0.0.1:%d" % front_ports[0]))
+
+        # ---- 1,000 rows: routes, FLOPs, bytes and outputs -----------------
+        x = np.random.default_rng(3).uniform(-1, 1, (1000, D)).astype(np.float32)
+        for model in ("dsm", "lsh"):
+            status = api.GetModel(pb.GetModelRequest(model=model), timeout=10).versions[0]
+            check(status.shards == N, "%s: the front's GetModel says %d shards" % (model, status.shards))
+            for first in range(0, 1000, 100):
+                rows = x[first:first + 100]
+                request = pb.PredictRequest(model=model, rows=100, inputs=rows.ravel().tolist(),
+                                            return_route=True)
+                want = ref.Predict(request, timeout=30)
+                got = api.Predict(request, timeout=30)
+                where = "%s rows %d..%d" % (model, first, first + 99)
+                check(list(got.route.expert_ids) == list(want.route.expert_ids) and
+                      list(got.route.bucket_keys) == list(want.route.bucket_keys) and
+                      list(got.route.bucket_missed) == list(want.route.bucket_missed),
+                      where + ": the front's routes differ from the unsharded server's")
+                check(got.cost.flops == want.cost.flops,
+                      "%s: FLOPs %d, unsharded %d" % (where, got.cost.flops, want.cost.flops))
+                check(got.cost.weight_bytes == want.cost.weight_bytes,
+                      "%s: weight bytes %d, unsharded %d" % (where, got.cost.weight_bytes,
+                                                             want.cost.weight_bytes))
+                check(close(got.outputs, want.outputs), where + ": outputs differ beyond 1e-5")
+                check(got.cost.shards >= 1 and got.cost.fanout_ns > 0,
+                      where + ": no shards or fan-out time in the cost: %s" % got.cost)
+        dense_request = pb.PredictRequest(model="dsm", rows=10, inputs=x[:10].ravel().tolist())
+        check(close(api.PredictDense(dense_request, timeout=10).outputs,
+                    ref.PredictDense(dense_request, timeout=10).outputs),
+              "the front's dense twin differs from the unsharded server's")
+
+        # ---- Kill a shard mid-load -------------------------------------------
+        # Which shards each row of the DSM needs, from the unsharded routes.
+        probe = x[:200]
+        want = ref.Predict(pb.PredictRequest(model="dsm", rows=200, inputs=probe.ravel().tolist(),
+                                             return_route=True), timeout=30)
+        needs = [{(e * N) // E for e in want.route.expert_ids[r * L:(r + 1) * L]} for r in range(200)]
+        victim = 2
+        shards[victim].send_signal(signal.SIGKILL)
+        shards[victim].wait()
+        started = time.monotonic()
+        wrong = []
+        for r in range(200):
+            request = pb.PredictRequest(model="dsm", rows=1, inputs=probe[r].tolist())
+            try:
+                api.Predict(request, timeout=5)
+                if victim in needs[r]:
+                    wrong.append("row %d needs shard %d but succeeded" % (r, victim))
+            except grpc.RpcError as e:
+                if victim not in needs[r]:
+                    wrong.append("row %d does not need shard %d but failed: %s" % (r, victim, e.code()))
+                elif e.code() != grpc.StatusCode.UNAVAILABLE:
+                    wrong.append("row %d failed %s, not UNAVAILABLE: %s" % (r, e.code(), e.details()))
+        check(not wrong, "with shard %d down: %s" % (victim, "; ".join(wrong[:5])))
+        check(sum(victim in n for n in needs) > 0 and sum(victim not in n for n in needs) > 0,
+              "the probe rows exercise both cases")
+        # LSH rows need every shard: all fail, fast.
+        try:
+            api.Predict(pb.PredictRequest(model="lsh", rows=1, inputs=probe[0].tolist()), timeout=5)
+            check(False, "an LSH row succeeded with a shard down")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.UNAVAILABLE, "LSH with a shard down: %s" % e.code())
+        print("200 single-row requests with shard %d down in %.1f s" % (victim, time.monotonic() - started))
+
+        # Back on the same port: the front reconnects by itself.
+        restarted = subprocess.Popen(
+            [os.path.join(build, "server", "sparse-server"), "--model_repository=" + repo,
+             "--address=127.0.0.1", "--port=%d" % shard_ports[victim], "--shard=%d/%d" % (victim, N),
+             "--poll_seconds=0.5", "--shard_retain_seconds=5"],
+            stdout=subprocess.PIPE, text=True)
+        servers.append(restarted)
+        shards[victim] = restarted
+        restarted.stdout.readline()
+        back = time.monotonic()
+        recovered = None
+        while time.monotonic() - back < 15:
+            try:
+                api.Predict(pb.PredictRequest(model="lsh", rows=1, inputs=probe[0].tolist()), timeout=2)
+                recovered = time.monotonic() - back
+                break
+            except grpc.RpcError:
+                time.sleep(0.05)
+        check(recovered is not None and recovered < 5,
+              "the front served through the restarted shard after %s s" % recovered)
+        print("front reconnected to the restarted shard %.2f s after it listened" % (recovered or -1))
+        failures = 0
+        for r in range(200):
+            try:
+                api.Predict(pb.PredictRequest(model="dsm", rows=1, inputs=probe[r].tolist()), timeout=5)
+            except grpc.RpcError:
+                failures += 1
+        check(failures == 0, "%d of 200 requests failed after the shard came back" % failures)
+
+        # ---- Hot reload under load -------------------------------------------
+        # The expected answers of versions 1 and 2 come from an unsharded
+        # server that keeps both.
+        both = os.path.join(tmp, "both")
+        shutil.copytree(os.path.join(repo, "dsm", "1"), os.path.join(both, "dsm", "1"))
+        write_dsm(os.path.join(both, "dsm"), 11, 2)
+        with open(os.path.join(both, "dsm", "config.pbtxt"), "w") as f:
+            f.write("version_policy { latest { num_versions: 2 } }\n")
+        reference, reference_ports = start_server(build, both)
+        servers.append(reference)
+        oracle = pb_grpc.SparseInferenceStub(grpc.insecure_channel("127.0.0.1:%d" % reference_ports[0]))
+        batch = x[:16]
+        expected = {}
+        for version in (1, 2):
+            expected[version] = oracle.Predict(pb.PredictRequest(
+                model="dsm", version=version, rows=16, inputs=batch.ravel().tolist()), timeout=10).outputs
+        check(not close(expected[1], expected[2]), "the two versions answer differently")
+        seen, errors, mixed = {1: 0, 2: 0}, [], []
+        stop_load = threading.Event()
+
+        def load():
+            request = pb.PredictRequest(model="dsm", rows=16, inputs=batch.ravel().tolist())
+            while not stop_load.is_set():
+                try:
+                    got = api.Predict(request, timeout=10)
+                except grpc.RpcError as e:
+                    errors.append("%s: %s" % (e.code(), e.details()))
+                    continue
+                seen[got.version] = seen.get(got.version, 0) + 1
+                if got.version not in expected or not close(got.outputs, expected[got.version]):
+                    mixed.append(got.version)
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(1)
+        shutil.copytree(os.path.join(both, "dsm", "2"), os.path.join(repo, "dsm", ".tmp-2"))
+        os.rename(os.path.join(repo, "dsm", ".tmp-2"), os.path.join(repo, "dsm", "2"))
+        switched = time.monotonic()
+        while time.monotonic() - switched < 60:
+            status = api.GetModel(pb.GetModelRequest(model="dsm"), timeout=10)
+            if status.serving_version == 2 and len(status.versions) == 1:
+                break
+            time.sleep(0.2)
+        time.sleep(1)
+        stop_load.set()
+        for t in threads:
+            t.join()
+        print("hot reload under load: %s answers by version, front on version 2 after %.1f s" %
+              (seen, time.monotonic() - switched - 1))
+        check(not errors, "%d requests failed during the reload: %s" % (len(errors), errors[:3]))
+        check(not mixed, "%d answers were not one version's whole answer" % len(mixed))
+        check(seen.get(1, 0) > 0 and seen.get(2, 0) > 0, "answers from both versions: %s" % seen)
+    finally:
+        for server in servers:
+            if server.poll() is None:
+                server.send_signal(signal.SIGKILL)
+                server.wait()
+finish()
