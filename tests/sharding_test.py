@@ -84,6 +84,10 @@ def close(a, b, rel=1e-5):
 with tempfile.TemporaryDirectory() as tmp:
     repo = os.path.join(tmp, "repo")
     write_dsm(os.path.join(repo, "dsm"), 1, 1)
+    # The front batches requests (the shards never batch calls together):
+    # a batch that needs a dead shard fails, and then each request runs alone.
+    with open(os.path.join(repo, "dsm", "config.pbtxt"), "w") as f:
+        f.write("dynamic_batching { max_batch_rows: 32 max_queue_delay_us: 1000 }\n")
     write_lsh(os.path.join(repo, "lsh"), 2)
     python_stubs(source, os.path.join(tmp, "stubs"), "sparse/v1/inference.proto")
     import grpc
@@ -142,10 +146,53 @@ with tempfile.TemporaryDirectory() as tmp:
                                              return_route=True), timeout=30)
         needs = [{(e * N) // E for e in want.route.expert_ids[r * L:(r + 1) * L]} for r in range(200)]
         victim = 2
+        # Eight clients send single-row requests while the shard is killed:
+        # only rows that need it may fail, each UNAVAILABLE within its deadline.
+        killed = threading.Event()
+        stop_load = threading.Event()
+        wrong, failed_after_kill, ok_after_kill = [], [0], [0]
+
+        def send_rows(offset):
+            r = offset
+            while not stop_load.is_set():
+                r = (r + 7) % 200
+                request = pb.PredictRequest(model="dsm", rows=1, inputs=probe[r].tolist())
+                after = killed.is_set()
+                sent = time.monotonic()
+                try:
+                    api.Predict(request, timeout=5)
+                    ok_after_kill[0] += after
+                    if after and victim in needs[r]:
+                        wrong.append("row %d needs shard %d but succeeded" % (r, victim))
+                except grpc.RpcError as e:
+                    took = time.monotonic() - sent
+                    failed_after_kill[0] += 1
+                    if victim not in needs[r]:
+                        wrong.append("row %d does not need shard %d but failed: %s %s" %
+                                     (r, victim, e.code(), e.details()))
+                    elif e.code() != grpc.StatusCode.UNAVAILABLE:
+                        wrong.append("row %d failed %s, not UNAVAILABLE: %s" % (r, e.code(), e.details()))
+                    elif took > 5:
+                        wrong.append("row %d failed after %.1f s, past its deadline" % (r, took))
+
+        load_threads = [threading.Thread(target=send_rows, args=(i * 25,)) for i in range(8)]
+        for t in load_threads:
+            t.start()
+        time.sleep(0.5)
         shards[victim].send_signal(signal.SIGKILL)
         shards[victim].wait()
+        time.sleep(0.05)  # calls in flight at the kill fail with it
+        killed.set()
+        time.sleep(1.5)
+        stop_load.set()
+        for t in load_threads:
+            t.join()
+        check(failed_after_kill[0] > 0 and ok_after_kill[0] > 0,
+              "with shard %d down, %d requests failed and %d succeeded" %
+              (victim, failed_after_kill[0], ok_after_kill[0]))
+        print("under load with shard %d killed: %d failed (all needing it), %d succeeded" %
+              (victim, failed_after_kill[0], ok_after_kill[0]))
         started = time.monotonic()
-        wrong = []
         for r in range(200):
             request = pb.PredictRequest(model="dsm", rows=1, inputs=probe[r].tolist())
             try:
