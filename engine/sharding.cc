@@ -13,11 +13,18 @@ std::string ShardSpec::ToString() const { return absl::StrCat(index, "/", count)
 absl::StatusOr<ShardSpec> ParseShardSpec(absl::string_view text) {
   const std::vector<absl::string_view> parts = absl::StrSplit(text, '/');
   ShardSpec spec;
-  if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &spec.index) ||
+  // A StatefulSet pod's name ends in its ordinal: "sparse-shard-a-2" is 2.
+  absl::string_view index = parts.empty() ? "" : parts[0];
+  if (const size_t dash = index.rfind('-'); dash != absl::string_view::npos && dash > 0) {
+    index.remove_prefix(dash + 1);
+  }
+  if (parts.size() != 2 || index.empty() || !absl::SimpleAtoi(index, &spec.index) ||
       !absl::SimpleAtoi(parts[1], &spec.count) || spec.count < 1 || spec.count > kMaxShards ||
       spec.index < 0 || spec.index >= spec.count) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "a shard is 'i/N' with 0 <= i < N <= ", kMaxShards, " (e.g. 0/4), got '", text, "'"));
+        "a shard is 'i/N' with 0 <= i < N <= ", kMaxShards,
+        " (e.g. 0/4; i may be a StatefulSet pod's name, whose ordinal suffix is i), got '", text,
+        "'"));
   }
   return spec;
 }

@@ -25,7 +25,9 @@ struct ShardSpec {
   std::string ToString() const;  // "i/N"
 };
 
-// Parses "i/N" (0 <= i < N, 1 <= N <= kMaxShards).
+// Parses "i/N" (0 <= i < N, 1 <= N <= kMaxShards). i may also be a
+// StatefulSet pod's name, "<name>-<ordinal>": its ordinal is i, so a pod
+// can pass --shard=$(POD_NAME)/N.
 absl::StatusOr<ShardSpec> ParseShardSpec(absl::string_view text);
 inline constexpr int kMaxShards = 1024;
 

@@ -365,7 +365,12 @@ TEST(ShardingTest, ShardSpecsParseAsIOfN) {
   EXPECT_EQ(spec->index, 2);
   EXPECT_EQ(spec->count, 4);
   EXPECT_EQ(spec->ToString(), "2/4");
-  for (const char* bad : {"4/4", "-1/4", "1/0", "1", "a/b", "1/4/2", "0/5000"}) {
+  absl::StatusOr<ShardSpec> pod = ParseShardSpec("sparse-shard-b-3/4");
+  ASSERT_OK(pod.status());
+  EXPECT_EQ(pod->index, 3);
+  EXPECT_EQ(pod->count, 4);
+  for (const char* bad : {"4/4", "-1/4", "1/0", "1", "a/b", "1/4/2", "0/5000", "shard-4/4",
+                          "shard-/4", "/4"}) {
     EXPECT_THAT(ParseShardSpec(bad).status().message(), HasSubstr("'i/N'")) << bad;
   }
 }

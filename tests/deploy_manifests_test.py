@@ -9,6 +9,11 @@ grace period covering the preStop pause and --drain_seconds; resources;
 that the Services, HPA and PDB select the Deployment's pods. Then kubectl
 (Debian's kubernetes-client, or any kubectl on PATH) runs
 `kubectl apply --dry-run=client` on each file and on the kustomization.
+The sharded overlay (deploy/kubernetes-sharded/: the base's Deployment as
+fronts, two StatefulSets of shard servers, one headless Service per shard
+index) is rendered with `kubectl kustomize` and checked the same way: pod
+names as shard indexes, the fronts' targets naming the per-index Services
+in order, the Services selecting fronts or shards as they should.
 kubectl needs an API server for discovery even in a client dry run; with
 no cluster here, a stub on loopback answers discovery for the kinds used
 and "not found" for every object (so kubectl plans a create), and
@@ -144,6 +149,84 @@ listed = set(kustomization.get("resources", []))
 on_disk = {os.path.basename(p) for p in glob.glob(os.path.join(K8S, "*.yaml"))} - {"kustomization.yaml"}
 check(listed == on_disk, "kustomization lists every manifest: %s vs %s" % (sorted(listed), sorted(on_disk)))
 
+# The sharded overlay (deploy/kubernetes-sharded/), as kubectl renders it.
+SHARDED = os.path.abspath(os.path.join(source, "deploy", "kubernetes-sharded"))
+kubectl = shutil.which("kubectl")
+check(kubectl is not None, "kubectl is installed (deploy/install-deps.sh installs kubernetes-client)")
+if kubectl:
+    rendered = subprocess.run([kubectl, "kustomize", SHARDED], capture_output=True, text=True, timeout=60)
+    check(rendered.returncode == 0, "kubectl kustomize %s: %s" % (SHARDED, rendered.stderr[-500:]))
+    sharded = {}
+    for doc in yaml.safe_load_all(rendered.stdout or ""):
+        if doc:
+            sharded.setdefault(doc["kind"], []).append(doc)
+    sets = sharded.get("StatefulSet", [])
+    check(len(sets) == 2, "two StatefulSets of shards (replicas a and b): %d" % len(sets))
+    counts = {s["spec"].get("replicas") for s in sets}
+    check(len(counts) == 1, "both StatefulSets have one pod per shard index: %s" % counts)
+    n = counts.pop() if len(counts) == 1 else 0
+    svc_by_name = {d["metadata"]["name"]: d for d in sharded.get("Service", [])}
+    for st in sets:
+        name = st["metadata"]["name"]
+        pod = st["spec"]["template"]
+        pod_labels = pod["metadata"].get("labels", {})
+        check(st["spec"]["selector"]["matchLabels"].items() <= pod_labels.items(),
+              "StatefulSet %s selects its own pods" % name)
+        governing = svc_by_name.get(st["spec"].get("serviceName"), {})
+        check(governing.get("spec", {}).get("clusterIP") == "None" and
+              governing["spec"].get("selector", {}).items() <= pod_labels.items(),
+              "StatefulSet %s is governed by a headless Service selecting its pods" % name)
+        sc = pod["spec"]["containers"][0]
+        check(sc.get("image") == c.get("image"), "%s runs the fronts' image" % name)
+        shard_args = sc.get("args", [])
+        check("--shard=$(POD_NAME)/%d" % n in shard_args,
+              "%s passes its pod name as the shard index of %d: %s" % (name, n, shard_args))
+        env = {e["name"]: e for e in sc.get("env", [])}
+        check(env.get("POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name",
+              "%s gets POD_NAME from metadata.name" % name)
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            check(sc.get(probe, {}).get("grpc", {}).get("port") == GRPC_PORT,
+                  "%s %s is a native gRPC probe" % (name, probe))
+        shard_mounts = {m["name"]: m for m in sc.get("volumeMounts", [])}
+        shard_volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+        check(shard_mounts.get("models", {}).get("readOnly") is True and
+              shard_volumes.get("models", {}).get("persistentVolumeClaim", {}).get("claimName") ==
+              pvc.get("metadata", {}).get("name"),
+              "%s mounts the same repository read-only" % name)
+        shard_drain = [float(a.split("=", 1)[1]) for a in shard_args if a.startswith("--drain_seconds=")]
+        shard_pause = sc.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+        check(shard_drain and pod["spec"].get("terminationGracePeriodSeconds", 30) >=
+              float(shard_pause[1]) + shard_drain[0], "%s's grace period covers its drain" % name)
+        check(pod["spec"].get("securityContext", {}).get("runAsUser") == uid, "%s runs as the image's user" % name)
+    # One headless Service per index, selecting that index's pods of both sets.
+    front_pods = deployment.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})
+    shard_pods = sets[0]["spec"]["template"]["metadata"]["labels"] if sets else {}
+    for i in range(n):
+        s = svc_by_name.get("sparse-shard-%d" % i, {})
+        selector = s.get("spec", {}).get("selector", {})
+        check(s.get("spec", {}).get("clusterIP") == "None" and
+              selector.get("apps.kubernetes.io/pod-index") == str(i) and
+              all(shard_pods.get(k) == v for k, v in selector.items() if k != "apps.kubernetes.io/pod-index") and
+              "sparse-serve/replica" not in selector,
+              "Service sparse-shard-%d selects index %d of both StatefulSets: %s" % (i, i, selector))
+    for name in ("sparse-serve", "sparse-serve-pods"):
+        selector = svc_by_name.get(name, {}).get("spec", {}).get("selector", {})
+        check(selector and selector.items() <= front_pods.items() and not selector.items() <= shard_pods.items(),
+              "Service %s selects the fronts, not the shards" % name)
+    fronts = sharded.get("Deployment", [])
+    front_args = fronts[0]["spec"]["template"]["spec"]["containers"][0].get("args", []) if fronts else []
+    targets = [a.split("=", 1)[1] for a in front_args if a.startswith("--shard_targets=")]
+    check(len(targets) == 1 and targets[0].split(";") ==
+          ["dns:///sparse-shard-%d:%d" % (i, GRPC_PORT) for i in range(n)],
+          "the fronts name the %d per-index Services in order: %s" % (n, targets))
+    check("--drain_seconds=25" in front_args, "the fronts keep the base's drain: %s" % front_args)
+    sharded_hpa = sharded.get("HorizontalPodAutoscaler", [{}])[0]
+    check(sharded_hpa.get("spec", {}).get("scaleTargetRef", {}).get("name") == deployment["metadata"]["name"],
+          "the HPA scales the fronts")
+    budgets = [d for d in sharded.get("PodDisruptionBudget", []) if d["metadata"]["name"].startswith("sparse-shard")]
+    check(len(budgets) == 2 and all(b["spec"].get("maxUnavailable") == 1 for b in budgets),
+          "each StatefulSet has a budget of one pod down: %s" % [b["metadata"]["name"] for b in budgets])
+
 # compose.yaml.
 with open(os.path.join(source, "deploy", "compose.yaml")) as f:
     compose = yaml.safe_load(f)
@@ -164,7 +247,7 @@ check(compose_drain and stop >= compose_drain[0], "stop_grace_period %ss covers 
 
 # kubectl against a discovery stub.
 class Discovery(http.server.BaseHTTPRequestHandler):
-    GROUPS = {"apps/v1": [("deployments", "Deployment", True)],
+    GROUPS = {"apps/v1": [("deployments", "Deployment", True), ("statefulsets", "StatefulSet", True)],
               "autoscaling/v2": [("horizontalpodautoscalers", "HorizontalPodAutoscaler", True)],
               "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)]}
     CORE = [("services", "Service", True), ("persistentvolumeclaims", "PersistentVolumeClaim", True),
@@ -207,14 +290,12 @@ class Discovery(http.server.BaseHTTPRequestHandler):
         pass
 
 
-kubectl = shutil.which("kubectl")
-check(kubectl is not None, "kubectl is installed (deploy/install-deps.sh installs kubernetes-client)")
 if kubectl:
     stub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Discovery)
     threading.Thread(target=stub.serve_forever, daemon=True).start()
     server_url = "http://127.0.0.1:%d" % stub.server_address[1]
     env = dict(os.environ, KUBECONFIG=os.devnull, HOME=os.environ.get("HOME", "/tmp"))
-    targets = [["-f", p] for p in sorted(on_disk)] + [["-k", "."]]
+    targets = [["-f", p] for p in sorted(on_disk)] + [["-k", "."], ["-k", SHARDED]]
     for target in targets:
         done = subprocess.run([kubectl, "apply", "--dry-run=client", "--validate=false", "--server=" + server_url,
                                "--namespace=default", "--cache-dir=" + os.path.join(sys.argv[2], "kubectl-cache")]
