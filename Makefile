@@ -5,7 +5,8 @@
 # test-asan and test-tsan (the suite under sanitizers) and fuzz (libFuzzer
 # targets), docs/reliability.md; bench (engine microbenchmarks);
 # bench-serving (sparse vs dense under load), bench-precision (FP32, BF16 and
-# INT8 under load) and bench-lifecycle (dynamic batching and hot reload under
+# INT8 under load), bench-sharding (sharded over 2 and 4 shard processes:
+# the hop, memory, the largest model) and bench-lifecycle (dynamic batching and hot reload under
 # load), docs/benchmarks.md; soak (ten
 # minutes under load with hot reloads), docs/reliability.md; peers (our engine
 # next to PyTorch and FAISS; needs the demo models); clean.
@@ -15,7 +16,7 @@ BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc)
 ASAN_OPTIONS_SET = detect_leaks=1:abort_on_error=0:halt_on_error=1:detect_stack_use_after_return=0
 
-.PHONY: all deps deps-sanitizers configure build test test-container test-asan test-tsan fuzz bench bench-serving bench-precision bench-lifecycle soak peers demo clean
+.PHONY: all deps deps-sanitizers configure build test test-container test-asan test-tsan fuzz bench bench-serving bench-precision bench-sharding bench-lifecycle soak peers demo clean
 
 all: build
 
@@ -96,6 +97,11 @@ bench-serving: build
 # Serving at FP32, BF16 and INT8 alone (also step 6 of bench-serving).
 bench-precision: build
 	BUILD_DIR=$(BUILD_DIR) bench/precision_bench.sh
+
+# Sharded models on loopback: the extra hop, memory per shard, the largest
+# model (docs/benchmarks.md, "Sharded models").
+bench-sharding: build
+	BUILD_DIR=$(BUILD_DIR) bench/sharding_bench.sh
 
 bench-lifecycle: build
 	BUILD_DIR=$(BUILD_DIR) bench/lifecycle_bench.sh

@@ -184,6 +184,11 @@ void PrintCost(const char* label, const PredictResponse& r, int64_t round_trip_n
               Micros(c.total_ns()).c_str(),
               Micros(c.queue_ns()).c_str(), Micros(c.route_ns()).c_str(),
               Micros(c.compute_ns()).c_str(), Micros(round_trip_ns).c_str());
+  if (c.shards() > 0) {
+    // A sharded model: FLOPs, bytes and compute above include the shards'.
+    std::printf("  %-7s sharded: %d shard(s) called, fan-out %s us\n", "", c.shards(),
+                Micros(c.fanout_ns()).c_str());
+  }
 }
 
 std::string RowRoute(const PredictResponse& r, int64_t row) {

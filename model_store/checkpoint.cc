@@ -1016,7 +1016,11 @@ Estimate Estimated(const Checkpoint& c, uint64_t file_bytes, const LoadOptions& 
       floats = SatAdd(SatMul({rows, L, router}), SatMul({rows, k + o + d}));
       indices = SatAdd(SatAdd(rows, E), SatAdd(2, SatMul({rows, L}) / 2));  // + expert ids
     }
-    if (!c.dense.has_value()) floats = SatAdd(floats, DenseWorkspaceFloats(net, rows));
+    // The cost-only dense endpoint, made only for a whole model (a shard's or
+    // a front's part has none) and when asked for.
+    if (!c.dense.has_value() && c.part.role == ModelPart::Role::kWhole && options.cost_only_dense) {
+      floats = SatAdd(floats, DenseWorkspaceFloats(net, rows));
+    }
   }
   if (c.dense.has_value()) floats = SatAdd(floats, DenseWorkspaceFloats(*c.dense, rows));
   // Each thread's scratch, plus the warm-up's input and output rows.
@@ -1336,7 +1340,7 @@ absl::StatusOr<LoadedModel> LoadCheckpoint(const std::string& version_dir,
     } else {
       const DsmWeights& dsm = std::get<DsmWeights>(checkpoint.sparse);
       ASSIGN_OR_RETURN(loaded.sparse, DsmModel::Create(dsm, precision));
-      if (!checkpoint.dense.has_value() && !dsm.IsShard()) {
+      if (!checkpoint.dense.has_value() && !dsm.IsShard() && options.cost_only_dense) {
         ASSIGN_OR_RETURN(loaded.dense, DenseModel::Create(dsm.network, precision));
         loaded.dense_cost_only = true;
       }

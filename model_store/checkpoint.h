@@ -90,6 +90,9 @@ struct LoadOptions {
   Precision precision = Precision::kFp32;
   // The part of the version to read (a sharded server's; docs/deploy.md).
   ModelPart part = {};
+  // A DSM without a trained twin gets a cost-only dense endpoint (its own
+  // weights unmasked, a second copy of them); false: no dense endpoint.
+  bool cost_only_dense = true;
 };
 
 // Bytes a version costs at its peak while it loads and serves, as

@@ -43,6 +43,7 @@ absl::StatusOr<std::unique_ptr<Servable>> LoadAndWarmUp(const std::string& model
   load_options.budget_name = "--max_model_bytes";
   load_options.precision = options.precision;
   load_options.part = options.part;
+  load_options.cost_only_dense = options.cost_only_dense;
   absl::StatusOr<LoadedModel> loaded;
   if (options.part.role == ModelPart::Role::kFront) {
     loaded = LoadFront(model, version, dir, load_options, options.make_front);

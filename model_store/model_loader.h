@@ -37,6 +37,7 @@ struct LoaderOptions {
   ModelPart part = {};
   // Required for a front's part.
   FrontFactory make_front = nullptr;
+  bool cost_only_dense = true;  // LoadOptions::cost_only_dense
 };
 
 // Errors: RESOURCE_EXHAUSTED (over the budget, or out of memory), and what

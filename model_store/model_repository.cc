@@ -182,7 +182,8 @@ std::shared_ptr<const Servable> ModelRepository::Load(const std::string& name, i
                     .max_bytes = max_model_bytes_,
                     .precision = precision,
                     .part = options_.part,
-                    .make_front = options_.make_front});
+                    .make_front = options_.make_front,
+                    .cost_only_dense = options_.cost_only_dense});
   {
     absl::MutexLock lock(&load_budget_mu_);
     reserved_bytes_ -= reserve;

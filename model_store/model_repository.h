@@ -79,6 +79,9 @@ class ModelRepository {
     // version its fronts still route with until they have all moved on.
     // 0 = unload at once.
     std::chrono::milliseconds retain_in_use{0};
+    // A DSM without a trained twin gets a cost-only dense endpoint
+    // (--cost_only_dense; LoadOptions::cost_only_dense).
+    bool cost_only_dense = true;
   };
 
   // Loads what `root` holds. Errors only if `root` is not a readable

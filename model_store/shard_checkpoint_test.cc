@@ -342,6 +342,32 @@ TEST_F(ShardCheckpointTest, WhatCannotBeShardedIsRefusedClearly) {
               HasSubstr("2 experts per block cannot be split across 3 shards"));
 }
 
+TEST_F(ShardCheckpointTest, ACostOnlyDenseEndpointIsLeftOutWhenAskedOrWhenSharded) {
+  Checkpoint c;
+  c.sparse = testing::RandomDsm({.d = 8, .o = 1, .blocks = 1, .experts = 8, .active_units = 4}, 43);
+  const std::string dir = Write(c);
+  absl::StatusOr<LoadedModel> with = LoadCheckpoint(dir);
+  ASSERT_OK(with.status());
+  EXPECT_NE(with->dense, nullptr);
+  EXPECT_TRUE(with->dense_cost_only);
+  LoadOptions none;
+  none.cost_only_dense = false;
+  absl::StatusOr<LoadedModel> without = LoadCheckpoint(dir, none);
+  ASSERT_OK(without.status());
+  EXPECT_EQ(without->dense, nullptr);
+  // A shard has no dense endpoint, and its budget does not count one: a
+  // budget that fits the shard's part but not a cost-only twin's workspace
+  // (8 threads x 128 rows x 32 units) still loads.
+  LoadOptions shard = Part(ModelPart::Role::kShard, 0, 2);
+  shard.threads = 8;
+  shard.max_bytes = 128 << 10;
+  EXPECT_OK(LoadCheckpoint(dir, shard).status());
+  LoadOptions whole;
+  whole.threads = 8;
+  whole.max_bytes = 128 << 10;
+  EXPECT_EQ(LoadCheckpoint(dir, whole).status().code(), absl::StatusCode::kResourceExhausted);
+}
+
 TEST(ShardingTest, EveryUnitHasExactlyOneOwnerAndRangesAreBalanced) {
   for (int64_t units = 1; units <= 40; ++units) {
     for (int count = 1; count <= units; ++count) {

@@ -25,10 +25,11 @@ ABSL_FLAG(int, max_concurrent_streams, 1024,
           "Calls one client connection may have open at once (HTTP/2 "
           "SETTINGS_MAX_CONCURRENT_STREAMS); further calls wait in the client. Bounds what one "
           "connection can hold on the server.");
-ABSL_FLAG(int64_t, inline_max_flops, 262144,
+ABSL_FLAG(int64_t, inline_max_flops, -1,
           "Requests costing at most this many FLOPs (rows x FLOPs per row) run on the gRPC thread "
           "that received them instead of queueing for a worker: for an LSH table or a small expert "
-          "slice the hand-off costs more than the model. 0 queues every request.");
+          "slice the hand-off costs more than the model. 0 queues every request. -1 = 262144, or "
+          "4194304 on a shard server (--shard), whose calls compute one expert slice per row.");
 ABSL_FLAG(std::string, tls_cert, "",
           "PEM certificate chain for TLS on --port (with --tls_key); empty = plaintext.");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key for --tls_cert.");
@@ -71,6 +72,11 @@ ABSL_FLAG(double, drain_seconds, 30,
           "flight or queued get this long to finish (match Kubernetes' "
           "terminationGracePeriodSeconds); then the rest are cancelled and the process exits 0.");
 
+ABSL_FLAG(bool, cost_only_dense, true,
+          "Give a DSM version without a trained dense twin a cost-only dense endpoint: its own "
+          "weights run unmasked (PredictDense reports the dense cost; dense_cost_only is set). "
+          "It holds a second copy of the weights; --nocost_only_dense serves no dense endpoint "
+          "for such versions instead.");
 ABSL_FLAG(std::string, shard, "",
           "Serve as shard i of N of every model in the repository, e.g. 0/4 (docs/deploy.md, "
           "\"Sharded models\"): load only experts [iE/N, (i+1)E/N) of each DSM block, or tables "
@@ -138,6 +144,7 @@ int main(int argc, char** argv) {
   options.poll_seconds = absl::GetFlag(FLAGS_poll_seconds);
   options.model_control = absl::GetFlag(FLAGS_model_control);
   options.drain_seconds = absl::GetFlag(FLAGS_drain_seconds);
+  options.cost_only_dense = absl::GetFlag(FLAGS_cost_only_dense);
   options.shard = absl::GetFlag(FLAGS_shard);
   for (absl::string_view target :
        absl::StrSplit(absl::GetFlag(FLAGS_shard_targets), ';', absl::SkipWhitespace())) {

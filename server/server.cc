@@ -56,8 +56,8 @@ absl::Status ServerOptions::Validate() const {
   need(max_queue >= 1, "max_queue", "a count >= 1", max_queue);
   need(max_batch_rows >= 1 && max_batch_rows <= (1 << 20), "max_batch_rows", "1..1048576",
        max_batch_rows);
-  need(inline_max_flops >= 0, "inline_max_flops", "FLOPs >= 0 (0 = queue every request)",
-       inline_max_flops);
+  need(inline_max_flops >= -1, "inline_max_flops",
+       "FLOPs >= 0 (0 = queue every request; -1 = the default)", inline_max_flops);
   need(max_message_bytes >= 0 && max_message_bytes <= (int64_t{1} << 31) - 1,
        "max_message_bytes", "0..2147483647 bytes (0 = sized from the models)", max_message_bytes);
   need(max_concurrent_streams >= 1, "max_concurrent_streams", "a count >= 1",
@@ -151,6 +151,7 @@ absl::Status SparseServer::OpenRepository(const ServerOptions& options, int work
   repository_options.max_batch_rows = options.max_batch_rows;
   repository_options.workers = workers;
   repository_options.max_model_bytes = options.max_model_bytes;
+  repository_options.cost_only_dense = options.cost_only_dense;
   // Readiness and metrics follow every snapshot. The servers do not exist
   // during the first load; Start() sets their health once they run.
   repository_options.on_publish = [this](const RepositorySnapshot& snapshot) {
@@ -206,7 +207,9 @@ void SparseServer::StartCore(const ServerOptions& options, int workers) {
           .workers = workers,
           .max_queue = options.max_queue,
           .max_batch_rows = options.max_batch_rows,
-          .inline_max_flops = options.inline_max_flops,
+          .inline_max_flops = options.inline_max_flops >= 0 ? options.inline_max_flops
+                              : options.shard.empty()      ? 262144
+                                                           : 4194304,
           .observe = [metrics](const InferRequest& request, const absl::Status& status,
                                const InferResponse& response) {
             metrics->Observe(request.model, request.dense, status.code(), response.cost);

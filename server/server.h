@@ -39,7 +39,10 @@ struct ServerOptions {
   int64_t max_batch_rows = 1024;
   // Requests costing at most this many FLOPs run on the gRPC thread instead
   // of a worker (InferenceService::Options); 0 queues every request.
-  int64_t inline_max_flops = 262144;
+  // -1: 262144, or on a shard server (`shard`) 4194304: a shard call runs
+  // one expert slice per row, and handing it to a worker cost ~20 % of a
+  // sharded request's latency (docs/benchmarks.md, "Sharded models").
+  int64_t inline_max_flops = -1;
   // Largest gRPC message; 0 = just enough for max_batch_rows rows of the
   // widest loaded model (plus 1 MiB), so oversized junk is refused by gRPC
   // before it is buffered or queued.
@@ -91,6 +94,9 @@ struct ServerOptions {
   double shard_wait_seconds = 120;
   double shard_retain_seconds = 60;
   double shard_max_reconnect_seconds = 2;
+  // A DSM version without a trained twin gets a cost-only dense endpoint
+  // (its own weights unmasked: a second copy of them); false: none.
+  bool cost_only_dense = true;
 
   // OK, or INVALID_ARGUMENT with one line per bad option, each naming its
   // flag, the range it takes and the value it got.

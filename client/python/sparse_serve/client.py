@@ -44,8 +44,11 @@ class SparseServeError(Exception):
 class Cost:
     """What a request cost on the server (times in nanoseconds). Over OIP
     only flops, dense_flops, weight_bytes, queue_ns and compute_ns (route +
-    compute) are reported; the rest are 0. weight_bytes: the bytes of
-    weights the kernels read (a batch's shared by rows)."""
+    compute) are reported (and shards and fanout_ns); the rest are 0.
+    weight_bytes: the bytes of weights the kernels read (a batch's shared by
+    rows). A sharded model (docs/deploy.md): shards, how many shards the
+    request's batch called, and fanout_ns, the wall time of those calls;
+    flops, weight_bytes and compute_ns include the shards'."""
     flops: int
     dense_flops: int
     queue_ns: int = 0
@@ -54,6 +57,8 @@ class Cost:
     total_ns: int = 0
     batch_size: int = 0
     weight_bytes: int = 0
+    shards: int = 0
+    fanout_ns: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +104,10 @@ class VersionInfo:
     weight_bytes_per_row: int = 0
     dense_weight_bytes_per_row: int = 0
     resident_bytes: int = 0
+    # A sharded model (docs/deploy.md): on its front, the shard count; on a
+    # shard server, the part it holds ("2/4").
+    shards: int = 0
+    shard: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +166,7 @@ def _prediction(r, one_row):
     c = r.cost
     return Prediction(outputs=outputs[0] if one_row else outputs, model=r.model, version=r.version,
                       cost=Cost(c.flops, c.dense_flops, c.queue_ns, c.route_ns, c.compute_ns, c.total_ns,
-                                c.batch_size, c.weight_bytes),
+                                c.batch_size, c.weight_bytes, c.shards, c.fanout_ns),
                       route=route, dense_cost_only=r.dense_cost_only)
 
 
@@ -181,7 +190,9 @@ def _inferred(model, r, one_row):
                 dense_flops=p["dense_flops"].int64_param if "dense_flops" in p else 0,
                 queue_ns=p["queue_ns"].int64_param if "queue_ns" in p else 0,
                 compute_ns=p["compute_ns"].int64_param if "compute_ns" in p else 0,
-                weight_bytes=p["weight_bytes"].int64_param if "weight_bytes" in p else 0)
+                weight_bytes=p["weight_bytes"].int64_param if "weight_bytes" in p else 0,
+                shards=p["shards"].int64_param if "shards" in p else 0,
+                fanout_ns=p["fanout_ns"].int64_param if "fanout_ns" in p else 0)
     return Prediction(outputs=values[0] if one_row else values, model=model,
                       version=int(r.model_version) if r.model_version else 0, cost=cost)
 
@@ -192,7 +203,8 @@ def _model_info(m):
         versions=[VersionInfo(v.version, v.kind, v.description, v.input_dim, v.output_dim, v.flops_per_row,
                               v.dense_flops_per_row, v.parameters, v.dense_parameters, v.has_dense,
                               v.dense_cost_only, dict(v.info), v.precision or "FP32", v.weight_bytes_per_row,
-                              v.dense_weight_bytes_per_row, v.resident_bytes) for v in m.versions],
+                              v.dense_weight_bytes_per_row, v.resident_bytes, v.shards, v.shard)
+                  for v in m.versions],
         failed_versions={f.version: f.error for f in m.failed_versions}, config_error=m.config_error)
 
 
