@@ -60,6 +60,7 @@ cpu_seconds() {
 }
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+peak_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 
 # A repository holding version 1 of model $2 from $3, with a format_version
 # 2 manifest (written here from the files when the source has version 1),
@@ -246,6 +247,8 @@ load_end=$(date +%s.%N)
   echo "{\"load_seconds\": $(echo "$load_end - $load_start" | bc -l), \"front_kib\": $(rss_kib "$front"),"
   echo " \"model_bytes\": $(stat -c %s "$repo/largest/1/model.safetensors"), \"shards_kib\": ["
   for i in "${!shards[@]}"; do echo "$( ((i > 0)) && echo ,)$(rss_kib "${shards[$i]}")"; done
+  echo "], \"shards_peak_kib\": ["
+  for i in "${!shards[@]}"; do echo "$( ((i > 0)) && echo ,)$(peak_kib "${shards[$i]}")"; done
   echo "], \"mem_available_kib\": $(awk '/^MemAvailable/ {print $2}' /proc/meminfo)}"
 } >"$OUT/sharding-largest.json"
 cleanup
@@ -279,7 +282,7 @@ r = [x for x in load("sharding-largest-bench")["results"] if x["path"] == "spars
 print("\nThe largest model (%.1f GiB file), 4 shards and a front, loaded in %.0f s:" % (
     g["model_bytes"] / 2**30, g["load_seconds"]))
 for i, kib in enumerate(g["shards_kib"]):
-    print("  shard %d/4  %8.0f MiB" % (i, kib / 1024))
+    print("  shard %d/4  %8.0f MiB  (peak while loading %.0f MiB)" % (i, kib / 1024, g["shards_peak_kib"][i] / 1024))
 print("  front      %8.0f MiB;  MemAvailable after: %.1f GiB" % (g["front_kib"] / 1024, g["mem_available_kib"] / 2**20))
 print("  one request (1 in flight): %.0f req/s, p50 %.0f us, p99 %.0f us, %d FLOPs, %d weight bytes" % (
     r["throughput_rps"], r["p50_us"], r["p99_us"], r.get("flops_per_request", 0), r.get("weight_bytes_per_request", 0)))

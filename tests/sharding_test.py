@@ -12,6 +12,9 @@ against an unsharded server on the same repository.
   restarted) every request succeeds again within a few seconds.
 - A new version published under load reaches the shards and the front
   with no failed request, and every answer is one version's whole answer.
+- With two replicas of a shard index behind one target, one replica
+  draining and exiting under load fails no request: gRPC's health checks
+  and round-robin (and a retry of a call it refused) move to the other.
 
 Usage: sharding_test.py <source dir> <build dir>
 """
@@ -297,6 +300,46 @@ with tempfile.TemporaryDirectory() as tmp:
         check(not errors, "%d requests failed during the reload: %s" % (len(errors), errors[:3]))
         check(not mixed, "%d answers were not one version's whole answer" % len(mixed))
         check(seen.get(1, 0) > 0 and seen.get(2, 0) > 0, "answers from both versions: %s" % seen)
+
+        # ---- Two replicas of one shard index ---------------------------------
+        # A second replica of shard 1 and a front whose target for index 1
+        # lists both: one replica drains (SIGTERM) and then dies under load,
+        # and the front fails over to the other with no failed request.
+        replica, replica_ports = start_server(build, repo, "--shard=1/%d" % N, "--poll_seconds=0.5",
+                                              "--drain_seconds=2")
+        servers.append(replica)
+        both_targets = ["127.0.0.1:%d" % p for p in shard_ports]
+        both_targets[1] = "ipv4:127.0.0.1:%d,127.0.0.1:%d" % (shard_ports[1], replica_ports[0])
+        front2, front2_ports = start_server(build, repo, "--shard_targets=" + ";".join(both_targets))
+        servers.append(front2)
+        api2 = pb_grpc.SparseInferenceStub(grpc.insecure_channel("127.0.0.1:%d" % front2_ports[0]))
+        failover_errors, answered = [], [0]
+        stop_load.clear()
+
+        def load2():
+            request = pb.PredictRequest(model="lsh", rows=4, inputs=x[:4].ravel().tolist())
+            while not stop_load.is_set():
+                try:
+                    api2.Predict(request, timeout=10)
+                    answered[0] += 1
+                except grpc.RpcError as e:
+                    failover_errors.append("%s: %s" % (e.code(), e.details()))
+
+        threads = [threading.Thread(target=load2) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(1)
+        first = shards[1]
+        first.send_signal(signal.SIGTERM)  # drains: health NOT_SERVING, then exits
+        first.wait(timeout=30)
+        time.sleep(1.5)
+        stop_load.set()
+        for t in threads:
+            t.join()
+        print("one replica of shard 1 drained and exited under load: %d answered, %d failed" %
+              (answered[0], len(failover_errors)))
+        check(answered[0] > 0 and not failover_errors,
+              "failover to the live replica: %d failed: %s" % (len(failover_errors), failover_errors[:3]))
     finally:
         for server in servers:
             if server.poll() is None:
