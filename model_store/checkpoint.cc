@@ -191,20 +191,33 @@ class TensorReader {
     const int64_t selected = select->Units();
     std::vector<T> out(static_cast<size_t>(outer * selected * inner / sizeof(T)));
     auto* dst = reinterpret_cast<uint8_t*>(out.data());
-    // Copies units [u0, u1) of outer index o from `src` (those units' bytes).
-    auto place = [&](int64_t o, int64_t u0, int64_t u1, const uint8_t* src) {
-      int64_t position = 0;  // of the selected units before this range's
-      for (const UnitRange& r : select->ranges) {
-        const int64_t b = std::max(r.begin, u0), e = std::min(r.end, u1);
-        if (b < e) {
-          std::memcpy(dst + (o * selected + position + (b - r.begin)) * inner,
-                      src + (b - u0) * inner, (e - b) * inner);
-        }
-        position += r.size();
+    // Where each selected range starts among the selected units.
+    const std::vector<UnitRange>& ranges = select->ranges;
+    std::vector<int64_t> positions(ranges.size());
+    for (size_t i = 1; i < ranges.size(); ++i) positions[i] = positions[i - 1] + ranges[i - 1].size();
+    // The copies that place units [u0, u1) (in `src`, from u0) among the
+    // selected ones: the ranges overlapping it, found by binary search.
+    struct Copy {
+      int64_t from, count, to;  // units
+    };
+    auto copies_of = [&](int64_t u0, int64_t u1) {
+      std::vector<Copy> copies;
+      auto r = std::upper_bound(ranges.begin(), ranges.end(), u0,
+                                [](int64_t u, const UnitRange& range) { return u < range.end; });
+      for (; r != ranges.end() && r->begin < u1; ++r) {
+        const int64_t b = std::max(r->begin, u0), e = std::min(r->end, u1);
+        if (b < e) copies.push_back({b - u0, e - b, positions[r - ranges.begin()] + (b - r->begin)});
+      }
+      return copies;
+    };
+    auto place = [&](int64_t o, const std::vector<Copy>& copies, const uint8_t* src) {
+      for (const Copy& c : copies) {
+        std::memcpy(dst + (o * selected + c.to) * inner, src + c.from * inner, c.count * inner);
       }
     };
     if (ranged_ == nullptr) {
-      for (int64_t o = 0; o < outer; ++o) place(o, 0, units, view->bytes.data() + o * units * inner);
+      const std::vector<Copy> copies = copies_of(0, units);
+      for (int64_t o = 0; o < outer; ++o) place(o, copies, view->bytes.data() + o * units * inner);
       return out;
     }
     // Read every manifest part the selection touches, whole, check its sum,
@@ -221,8 +234,17 @@ class TensorReader {
       return absl::InvalidArgumentError(absl::StrCat(kManifestFile, ": tensor '", name,
                                                      "' has no axis ", hash_axis));
     }
+    if (view->byte_size == 0) {
+      // Nothing to read: its one sum is the empty input's.
+      if (parts != 1 || hashes.sha256[0] != Sha256Hex({})) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            kManifestFile, ": tensor '", name, "' of ", file_,
+            " holds no bytes; its sha256 must be one sum, of nothing"));
+      }
+      return out;
+    }
     const int64_t axis_units = shape.empty() ? 1 : shape[hash_axis];
-    if (parts < 1 || axis_units % parts != 0) {
+    if (parts < 1 || parts > axis_units || axis_units % parts != 0) {
       return absl::InvalidArgumentError(
           absl::StrCat(kManifestFile, ": tensor '", name, "' has ", parts, " sha256 parts, which ",
                        "do not divide its ", axis_units, " units along axis ", hash_axis));
@@ -238,9 +260,11 @@ class TensorReader {
     std::vector<uint8_t> buffer(static_cast<size_t>(by_part ? part_outer * run : view->byte_size));
     for (int64_t p = 0; p < parts; ++p) {
       const int64_t u0 = p * part_units, u1 = u0 + part_units;
-      bool needed = !by_part;
-      for (const UnitRange& r : select->ranges) needed |= r.begin < u1 && u0 < r.end;
-      if (!needed) continue;
+      std::vector<Copy> copies;
+      if (by_part) {
+        copies = copies_of(u0, u1);
+        if (copies.empty()) continue;  // no selected unit in this part
+      }
       Sha256 sha;
       for (int64_t o = 0; o < part_outer; ++o) {
         uint8_t* target = by_part ? buffer.data() + o * run
@@ -258,11 +282,12 @@ class TensorReader {
             " has SHA-256 ", digest, ", the manifest says ", hashes.sha256[p]));
       }
       if (by_part) {
-        for (int64_t o = 0; o < outer; ++o) place(o, u0, u1, buffer.data() + o * run);
+        for (int64_t o = 0; o < outer; ++o) place(o, copies, buffer.data() + o * run);
       }
     }
     if (!by_part) {
-      for (int64_t o = 0; o < outer; ++o) place(o, 0, units, buffer.data() + o * units * inner);
+      const std::vector<Copy> copies = copies_of(0, units);
+      for (int64_t o = 0; o < outer; ++o) place(o, copies, buffer.data() + o * units * inner);
     }
     return out;
   }
@@ -499,11 +524,20 @@ absl::StatusOr<DsmWeights> DecodeDsm(MetadataReader& meta, TensorReader& tensors
           part.shard.count, " shards (each shard needs at least one expert)"));
     }
     ASSIGN_OR_RETURN(const int64_t width, meta.Dim("width"));
+    int64_t units = 0;
     if (w.num_blocks == 0 || w.num_experts == 0 ||
-        width != w.num_blocks * w.num_experts * w.active_units) {
+        __builtin_mul_overflow(w.num_blocks, w.num_experts, &units) ||
+        __builtin_mul_overflow(units, w.active_units, &units) || width != units) {
       return absl::InvalidArgumentError(absl::StrCat(
           file, ": width ", width, " must be blocks x experts x active_units = ", w.num_blocks,
           " x ", w.num_experts, " x ", w.active_units));
+    }
+    // The file holds those units (bottom.bias has one float each), so the
+    // selection below is bounded by the file, not by what metadata claims.
+    ASSIGN_OR_RETURN(const int64_t biases, tensors.Length("bottom.bias"));
+    if (biases != width) {
+      return absl::InvalidArgumentError(absl::StrCat(file, ": tensor 'bottom.bias' has ", biases,
+                                                     " values, expected width = ", width));
     }
   }
   if (shard) {
@@ -1127,6 +1161,7 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir, const LoadOpti
   }
   Checkpoint checkpoint;
   checkpoint.part = part;
+  checkpoint.model_sha256 = manifest[kModelFile].sha256;
   {
     const ManifestEntry& entry = manifest[kModelFile];
     std::optional<FileContents> whole;
@@ -1334,6 +1369,7 @@ absl::StatusOr<LoadedModel> LoadCheckpoint(const std::string& version_dir,
     ASSIGN_OR_RETURN(Checkpoint checkpoint, ReadCheckpoint(version_dir, options));
     LoadedModel loaded;
     loaded.info = std::move(checkpoint.info);
+    loaded.model_sha256 = checkpoint.model_sha256;
     const Precision precision = options.precision;
     if (const auto* lsh = std::get_if<LshTableWeights>(&checkpoint.sparse)) {
       ASSIGN_OR_RETURN(loaded.sparse, LshTableModel::Create(*lsh, precision));

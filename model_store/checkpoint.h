@@ -60,6 +60,9 @@ struct Checkpoint {
   ModelPart part = {};
   // Bytes of the tensor files read to make it (a part reads less).
   uint64_t bytes_read = 0;
+  // model.safetensors' SHA-256 as the manifest gives it: what a front and
+  // its shards compare to know they serve the same files.
+  std::string model_sha256;
 };
 
 // Writes `checkpoint` as version `version` of the model directory
@@ -132,6 +135,7 @@ struct LoadedModel {
   std::unique_ptr<DenseModel> dense;
   bool dense_cost_only = false;
   std::map<std::string, std::string> info;
+  std::string model_sha256;  // Checkpoint::model_sha256
 };
 
 // ReadCheckpoint, then builds the engine models. Running out of memory

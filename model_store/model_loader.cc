@@ -29,6 +29,7 @@ absl::StatusOr<LoadedModel> LoadFront(const std::string& model, int64_t version,
     ASSIGN_OR_RETURN(loaded.dense, DenseModel::Create(*checkpoint.dense, options.precision));
   }
   loaded.info = std::move(checkpoint.info);
+  loaded.model_sha256 = checkpoint.model_sha256;
   return loaded;
 }
 

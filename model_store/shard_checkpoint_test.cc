@@ -368,6 +368,37 @@ TEST_F(ShardCheckpointTest, ACostOnlyDenseEndpointIsLeftOutWhenAskedOrWhenSharde
   EXPECT_EQ(LoadCheckpoint(dir, whole).status().code(), absl::StatusCode::kResourceExhausted);
 }
 
+// Rewrites one tensor's entry of the manifest's model.safetensors tensors.
+void SetSums(const std::string& dir, const std::string& tensor, const nlohmann::json& entry) {
+  std::ifstream in(dir + "/" + kManifestFile);
+  nlohmann::json manifest = nlohmann::json::parse(in);
+  in.close();
+  manifest["files"][kModelFile]["tensors"][tensor] = entry;
+  std::ofstream(dir + "/" + kManifestFile) << manifest.dump();
+}
+
+TEST_F(ShardCheckpointTest, HostileSumsAreRefusedQuickly) {
+  // An empty table: its keys tensor holds no bytes, and its one sum is of nothing.
+  Checkpoint c;
+  LshTableWeights lsh = testing::RandomLshTable({.d = 4, .o = 1, .s = 2, .m = 3}, 51);
+  lsh.tables[0].keys.clear();
+  lsh.tables[0].values.clear();
+  c.sparse = lsh;
+  const std::string dir = Write(c, "empty_table");
+  ASSERT_OK(LoadCheckpoint(dir, Part(ModelPart::Role::kShard, 0, 2)).status());
+  const std::string empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+  SetSums(dir, "table.0.keys", {{"axis", 0}, {"sha256", {empty, empty}}});
+  EXPECT_THAT(LoadCheckpoint(dir, Part(ModelPart::Role::kShard, 0, 2)).status().message(),
+              HasSubstr("holds no bytes"));
+  // More parts than units, on a DSM's a0 of 1 value.
+  Checkpoint d;
+  d.sparse = testing::RandomDsm({.d = 8, .o = 1, .blocks = 1, .experts = 8, .active_units = 4}, 52);
+  const std::string dsm = Write(d, "parts");
+  SetSums(dsm, "top.bias", {{"axis", 0}, {"sha256", {empty, empty, empty}}});
+  EXPECT_THAT(ReadCheckpoint(dsm, Part(ModelPart::Role::kFront, 0, 2)).status().message(),
+              HasSubstr("3 sha256 parts, which do not divide its 1 units"));
+}
+
 TEST(ShardingTest, EveryUnitHasExactlyOneOwnerAndRangesAreBalanced) {
   for (int64_t units = 1; units <= 40; ++units) {
     for (int count = 1; count <= units; ++count) {

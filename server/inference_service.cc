@@ -41,6 +41,7 @@ void FillModelStatus(const std::string& name, const ModelState& state,
     v->set_precision(std::string(PrecisionName(servable->precision)));
     v->set_weight_bytes_per_row(info.weight_bytes_per_row);
     v->set_resident_bytes(ResidentBytes(*servable));
+    v->set_model_sha256(servable->loaded.model_sha256);
     if (servable->part.role == ModelPart::Role::kFront) v->set_shards(servable->part.shard.count);
     if (servable->part.role == ModelPart::Role::kShard) v->set_shard(servable->part.shard.ToString());
     if (m.dense != nullptr) {

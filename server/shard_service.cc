@@ -45,6 +45,14 @@ grpc::ServerUnaryReactor* ShardService::ComputePartial(grpc::CallbackServerConte
               PrecisionName(precision), " (config.pbtxt is read by both: is it being changed?)")));
           return;
         }
+        if (!r.model_sha256().empty() && r.model_sha256() != (*servable)->loaded.model_sha256) {
+          done(absl::FailedPreconditionError(absl::StrCat(
+              "model '", ClientText(r.model()), "' version ", r.version(),
+              " holds other files on this shard than on the front (model.safetensors SHA-256 ",
+              (*servable)->loaded.model_sha256, " here): front and shards must read one "
+              "repository")));
+          return;
+        }
         (*servable)->MarkUsed();
         // The core's request, its route and its answer live until the call is done.
         struct Call {

@@ -62,7 +62,8 @@ ShardSet::ShardSet(Options options) : options_(std::move(options)) {
 }
 
 absl::StatusOr<std::vector<sparse::v1::VersionStatus>> ShardSet::WaitForVersion(
-    const std::string& model, int64_t version, Precision precision) const {
+    const std::string& model, int64_t version, Precision precision,
+    const std::string& model_sha256) const {
   const absl::Time give_up = absl::Now() + options_.wait_for_shards;
   std::vector<sparse::v1::VersionStatus> found(count());
   std::vector<std::string> missing;
@@ -89,7 +90,19 @@ absl::StatusOr<std::vector<sparse::v1::VersionStatus>> ShardSet::WaitForVersion(
                                          }),
                            "]");
         for (const sparse::v1::VersionStatus& v : status.versions()) {
-          if (v.version() == version && v.precision() == PrecisionName(precision)) found[i] = v;
+          if (v.version() != version || v.precision() != PrecisionName(precision)) continue;
+          if (v.model_sha256() != model_sha256) {
+            absl::StrAppend(&why, "; its version ", version, " holds other files (model.safetensors "
+                            "SHA-256 ", v.model_sha256(), ", the front's ", model_sha256,
+                            "): front and shards must read one repository");
+            continue;
+          }
+          if (v.shard() != absl::StrCat(i, "/", count())) {
+            absl::StrAppend(&why, "; it is shard '", v.shard(), "', not ", i, "/", count(),
+                            " (check the order of --shard_targets)");
+            continue;
+          }
+          found[i] = v;
         }
         for (const sparse::v1::VersionFailure& f : status.failed_versions()) {
           if (f.version() == version) absl::StrAppend(&why, "; version ", version, " failed: ", f.error());
@@ -113,7 +126,7 @@ absl::StatusOr<std::unique_ptr<Model>> ShardSet::MakeFront(const std::string& mo
                                                            int64_t version, Precision precision,
                                                            const Checkpoint& front) const {
   ASSIGN_OR_RETURN(std::vector<sparse::v1::VersionStatus> statuses,
-                   WaitForVersion(model, version, precision));
+                   WaitForVersion(model, version, precision, front.model_sha256));
   ASSIGN_OR_RETURN(std::unique_ptr<ShardedModel> sharded,
                    ShardedModel::Create(this, model, version, precision, front, statuses));
   return std::unique_ptr<Model>(std::move(sharded));
@@ -183,15 +196,18 @@ absl::StatusOr<std::unique_ptr<ShardedModel>> ShardedModel::Create(
   }
   if (precision != Precision::kFp32) absl::StrAppend(&info.description, " ", PrecisionName(precision));
   absl::StrAppend(&info.description, ", sharded over ", shards->count(), " shards");
-  return std::unique_ptr<ShardedModel>(new ShardedModel(std::move(info), shards, model, version,
-                                                        precision, std::move(router),
-                                                        std::move(hasher), std::move(top_bias)));
+  return std::unique_ptr<ShardedModel>(new ShardedModel(std::move(info), shards, model,
+                                                        front.model_sha256, version, precision,
+                                                        std::move(router), std::move(hasher),
+                                                        std::move(top_bias)));
 }
 
 ShardedModel::ShardedModel(ModelInfo info, const ShardSet* shards, std::string model,
-                           int64_t version, Precision precision, std::optional<ExpertRouter> router,
-                           std::optional<TableHasher> hasher, std::vector<float> top_bias)
-    : Model(std::move(info)), shards_(shards), model_(std::move(model)), version_(version),
+                           std::string model_sha256, int64_t version, Precision precision,
+                           std::optional<ExpertRouter> router, std::optional<TableHasher> hasher,
+                           std::vector<float> top_bias)
+    : Model(std::move(info)), shards_(shards), model_(std::move(model)),
+      model_sha256_(std::move(model_sha256)), version_(version),
       precision_(precision), router_(std::move(router)), hasher_(std::move(hasher)),
       top_bias_(std::move(top_bias)), d_(this->info().input_dim), o_(this->info().output_dim) {}
 
@@ -207,6 +223,7 @@ absl::Status ShardedModel::PredictValidated(const float* x, int64_t rows, float*
       c->shard = shard;
       PartialRequest& q = c->request;
       q.set_model(model_);
+      q.set_model_sha256(model_sha256_);
       q.set_version(version_);
       q.set_precision(static_cast<sparse::v1::Precision>(precision_));
       q.set_shard_index(shard);
@@ -362,11 +379,14 @@ absl::Status ShardedModel::Fanout(std::vector<std::unique_ptr<Call>>& calls, abs
     return absl::Status(static_cast<absl::StatusCode>(code),
                         absl::StrCat(where, ": ", message.empty() ? "no message" : message));
   }
+  // What a shard reports is added as it is, but bounded (2^48 per call):
+  // a misbehaving shard cannot overflow the sums.
+  auto bounded = [](int64_t v) { return std::clamp<int64_t>(v, 0, int64_t{1} << 48); };
   for (const auto& c : calls) {
     const sparse::v1::Cost& cost = c->response.cost();
-    stats->flops += cost.flops();
-    stats->weight_bytes += cost.weight_bytes();
-    stats->compute_ns += cost.route_ns() + cost.compute_ns();
+    stats->flops += bounded(cost.flops());
+    stats->weight_bytes += bounded(cost.weight_bytes());
+    stats->compute_ns += bounded(cost.route_ns()) + bounded(cost.compute_ns());
   }
   return absl::OkStatus();
 }

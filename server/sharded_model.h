@@ -63,8 +63,11 @@ class ShardSet {
   // Waits (up to options().wait_for_shards) until every shard serves
   // `model` version `version` at `precision`, and returns their statuses of
   // it. UNAVAILABLE naming the shards that do not, and why.
+  // A shard serving other files under that version (another
+  // model.safetensors SHA-256 than `model_sha256`) does not count.
   absl::StatusOr<std::vector<sparse::v1::VersionStatus>> WaitForVersion(
-      const std::string& model, int64_t version, Precision precision) const;
+      const std::string& model, int64_t version, Precision precision,
+      const std::string& model_sha256) const;
 
   // A FrontFactory (model_store/model_loader.h) over these shards.
   absl::StatusOr<std::unique_ptr<Model>> MakeFront(const std::string& model, int64_t version,
@@ -88,8 +91,8 @@ class ShardedModel : public Model {
 
  private:
   struct Call;
-  ShardedModel(ModelInfo info, const ShardSet* shards, std::string model, int64_t version,
-               Precision precision, std::optional<ExpertRouter> router,
+  ShardedModel(ModelInfo info, const ShardSet* shards, std::string model, std::string model_sha256,
+               int64_t version, Precision precision, std::optional<ExpertRouter> router,
                std::optional<TableHasher> hasher, std::vector<float> top_bias);
   absl::Status PredictValidated(const float* x, int64_t rows, float* y, PredictStats* stats,
                                 Route* route, const PredictOptions& options) const override;
@@ -99,6 +102,7 @@ class ShardedModel : public Model {
 
   const ShardSet* const shards_;
   const std::string model_;
+  const std::string model_sha256_;
   const int64_t version_;
   const Precision precision_;
   const std::optional<ExpertRouter> router_;  // DSM

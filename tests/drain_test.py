@@ -8,9 +8,8 @@ request sent before it must still be answered OK: the requests in flight
 and those waiting in the queue are drained, not dropped. Requests sent after
 it may only be refused: UNAVAILABLE from the draining server, or CANCELLED
 by gRPC for a call that reaches it as it closes the port. The server must
-exit 0. (A request handed to gRPC in the last 2 ms before the signal, 100 ms
-under a sanitizer, is counted with the later ones: it may not have reached
-the server yet.)
+exit 0. (A request handed to gRPC in the last 100 ms before the signal is
+counted with the later ones: it may not have reached the server yet.)
 
 Usage: drain_test.py <source dir> <build dir>
 """
@@ -27,10 +26,12 @@ from harness import check, finish, python_stubs, stop, train_small_dsm  # noqa: 
 
 SERVER = os.path.join(build, "server", "sparse-server")
 IN_FLIGHT = 32
-# How long a call handed to gRPC may take to reach the server: 2 ms here;
-# built with a sanitizer, on a machine busy with other tests, a call was
-# once seen to take longer, so there it is 100 ms.
-RACE_S = 0.1 if os.environ.get("SPARSE_SANITIZE") else 0.002
+# How long a call handed to gRPC may take to reach the server. It was 2 ms
+# (100 ms under a sanitizer) until, on this 2-core machine busy with another
+# test (ctest -j2), an unsanitized call was seen to take longer: twice in
+# one day, 1 call of ~6,500 each time. The drain's promise is about calls
+# that reached the server, so the margin is 100 ms everywhere.
+RACE_S = 0.1
 
 with tempfile.TemporaryDirectory() as tmp:
     repo = os.path.join(tmp, "repo")

@@ -7,6 +7,8 @@ against an unsharded server on the same repository.
   the unsharded server's: identical routes (expert ids; bucket keys and
   misses), FLOPs and weight bytes, outputs within 1e-5 relative. The
   front's dense twin (served whole by the front) equals the unsharded one.
+  A front whose files differ from the shards' under the same version
+  refuses to load it.
 - Killing one shard fails only the requests routed to it, UNAVAILABLE,
   within their deadline; once it is back (same port, the front not
   restarted) every request succeeds again within a few seconds.
@@ -137,6 +139,17 @@ with tempfile.TemporaryDirectory() as tmp:
                 check(close(got.outputs, want.outputs), where + ": outputs differ beyond 1e-5")
                 check(got.cost.shards >= 1 and got.cost.fanout_ns > 0,
                       where + ": no shards or fan-out time in the cost: %s" % got.cost)
+        # A front whose repository holds other files under the same version
+        # never serves them against these shards: its load waits, then fails.
+        other = os.path.join(tmp, "other")
+        write_dsm(os.path.join(other, "dsm"), 99, 1)
+        mismatched = subprocess.run(
+            [os.path.join(build, "server", "sparse-server"), "--model_repository=" + other,
+             "--address=127.0.0.1", "--port=0", "--shard_targets=" + targets, "--shard_wait_seconds=1"],
+            capture_output=True, text=True, timeout=60)
+        check(mismatched.returncode != 0 and "holds other files" in mismatched.stderr,
+              "a front on other files under the same version: exit %d, %s" %
+              (mismatched.returncode, mismatched.stderr[-300:]))
         dense_request = pb.PredictRequest(model="dsm", rows=10, inputs=x[:10].ravel().tolist())
         check(close(api.PredictDense(dense_request, timeout=10).outputs,
                     ref.PredictDense(dense_request, timeout=10).outputs),
