@@ -29,23 +29,7 @@ require_binaries "$TRAIN" "$SERVER" "$CLI"
 mkdir -p "$OUT" "$MODELS"
 train_dsm1024 "$MODELS"
 
-if ! trained "$MODELS" big; then
-  say "writing big (d=1024, 512 experts x 256 units, random weights, stored as I8; ~1 minute)"
-  /usr/bin/python3 - "$MODELS/big" <<'PY'
-import importlib.util, sys
-import torch
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, "client/python/sparse_serve/%s.py" % name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-nn, export = load("nn"), load("export")
-torch.manual_seed(7)
-with torch.no_grad():
-    model = nn.DSM(1024, 1, experts=512, active_units=256, router="lsh", seed=7)
-export.export_dsm(model, sys.argv[1], precision="INT8", info={"data": "random weights (benchmark)"})
-PY
-fi
+write_random_dsm512 "$MODELS" big 7 INT8
 
 server_pid=""
 trap 'stop_process "$server_pid"' EXIT

@@ -132,24 +132,7 @@ fi
 
 # ---- 2. Memory, on big512 -----------------------------------------------------
 if part memory; then
-big=$MODELS/big512
-if ! trained "$MODELS" big512; then
-  say "writing big512 (d=1024, 512 experts x 256 units, FP32, random weights; ~1 minute)"
-  /usr/bin/python3 - "$big" <<'PY'
-import importlib.util, sys
-import torch
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, "client/python/sparse_serve/%s.py" % name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-nn, export = load("nn"), load("export")
-torch.manual_seed(11)
-with torch.no_grad():
-    model = nn.DSM(1024, 1, experts=512, active_units=256, router="lsh", seed=11)
-export.export_dsm(model, sys.argv[1], info={"data": "random weights (benchmark)"})
-PY
-fi
+write_random_dsm512 "$MODELS" big512 11 FP32
 repo=$OUT/sharding-repo-big512
 make_repo "$repo" big512 "$(newest_version_dir "$MODELS" big512)"
 say "big512 whole (no dense endpoint)"

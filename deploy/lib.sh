@@ -49,6 +49,31 @@ train_dsm1024() {
   fi
 }
 
+# Writes, unless it is there, model $2 of repository $1: a DSM of d=1024
+# and 512 experts x 256 units (512 MiB of experts at FP32), o=1, lsh
+# router, random weights from torch seed $3, stored at precision $4
+# (FP32, BF16 or INT8) by the Python export; no dense twin. About a minute.
+write_random_dsm512() {
+  local repo=$1 name=$2 seed=$3 precision=$4
+  trained "$repo" "$name" && return 0
+  say "writing $name (d=1024, 512 experts x 256 units, random weights, stored at $precision; ~1 minute)"
+  /usr/bin/python3 - "$repo/$name" "$seed" "$precision" <<'PY'
+import importlib.util, sys
+import torch
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, "client/python/sparse_serve/%s.py" % name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+nn, export = load("nn"), load("export")
+seed = int(sys.argv[2])
+torch.manual_seed(seed)
+with torch.no_grad():
+    model = nn.DSM(1024, 1, experts=512, active_units=256, router="lsh", seed=seed)
+export.export_dsm(model, sys.argv[1], precision=sys.argv[3], info={"data": "random weights (benchmark)"})
+PY
+}
+
 # The newest published version directory of model $2 in repository $1.
 newest_version_dir() {
   dirname "$(ls -d "$1/$2"/*/manifest.json | sort -V | tail -n 1)"

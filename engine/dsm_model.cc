@@ -5,7 +5,6 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
-#include "engine/hashing.h"
 #include "common/status_macros.h"
 #include "engine/workspace.h"
 

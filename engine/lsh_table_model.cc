@@ -4,7 +4,6 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
-#include "engine/hashing.h"
 #include "common/status_macros.h"
 #include "engine/workspace.h"
 

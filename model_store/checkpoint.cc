@@ -135,6 +135,20 @@ class MetadataReader {
 
 // ---- Tensors ----------------------------------------------------------------
 
+// A tensor of `shape` seen as [outer, units, inner bytes] around `axis`
+// (a shape of no dimensions: one unit). Shapes come from a parsed header,
+// whose byte size does not overflow.
+struct AroundAxis {
+  int64_t outer = 1, units = 1, inner = 1;
+  AroundAxis(const std::vector<int64_t>& shape, int axis, int64_t element_bytes)
+      : inner(element_bytes) {
+    if (shape.empty()) return;
+    for (int i = 0; i < axis; ++i) outer *= shape[i];
+    units = shape[axis];
+    for (size_t i = axis + 1; i < shape.size(); ++i) inner *= shape[i];
+  }
+};
+
 // Which units of a tensor, along one axis, a part of a model needs (a
 // shard's experts or tables). Ranges are in order and do not overlap.
 struct Selection {
@@ -184,10 +198,8 @@ class TensorReader {
     if (select == nullptr || shape.empty()) select = &whole;
     const int axis = select->axis;
     // The tensor as [outer, units, inner bytes] around the axis.
-    int64_t outer = 1, inner = static_cast<int64_t>(sizeof(T));
-    for (int i = 0; i < axis; ++i) outer *= shape[i];
-    for (size_t i = axis + 1; i < shape.size(); ++i) inner *= shape[i];
-    const int64_t units = shape[axis];
+    const AroundAxis around(shape, axis, sizeof(T));
+    const int64_t outer = around.outer, units = around.units, inner = around.inner;
     const int64_t selected = select->Units();
     std::vector<T> out(static_cast<size_t>(outer * selected * inner / sizeof(T)));
     auto* dst = reinterpret_cast<uint8_t*>(out.data());
@@ -243,16 +255,15 @@ class TensorReader {
       }
       return out;
     }
-    const int64_t axis_units = shape.empty() ? 1 : shape[hash_axis];
+    const AroundAxis part_around(shape, hash_axis, sizeof(T));
+    const int64_t axis_units = part_around.units;
     if (parts < 1 || parts > axis_units || axis_units % parts != 0) {
       return absl::InvalidArgumentError(
           absl::StrCat(kManifestFile, ": tensor '", name, "' has ", parts, " sha256 parts, which ",
                        "do not divide its ", axis_units, " units along axis ", hash_axis));
     }
     const int64_t part_units = axis_units / parts;
-    int64_t part_outer = 1, part_inner = static_cast<int64_t>(sizeof(T));
-    for (int i = 0; i < hash_axis; ++i) part_outer *= shape[i];
-    for (size_t i = hash_axis + 1; i < shape.size(); ++i) part_inner *= shape[i];
+    const int64_t part_outer = part_around.outer, part_inner = part_around.inner;
     const int64_t run = part_units * part_inner;  // bytes of a part per outer index
     // By part: the selection cuts the axis the parts cut, so only the parts
     // holding selected units are read. Otherwise the whole tensor is.
@@ -895,10 +906,8 @@ TensorHashes PartsFor(const Metadata& meta, const std::string& name, const Tenso
     parts = 1;
     h.axis = 0;
   }
-  const int64_t units = view.shape.empty() ? 1 : view.shape[h.axis];
-  int64_t outer = 1, inner = static_cast<int64_t>(DTypeSize(view.dtype));
-  for (int i = 0; i < h.axis; ++i) outer *= view.shape[i];
-  for (size_t i = h.axis + 1; i < view.shape.size(); ++i) inner *= view.shape[i];
+  const AroundAxis around(view.shape, h.axis, static_cast<int64_t>(DTypeSize(view.dtype)));
+  const int64_t units = around.units, outer = around.outer, inner = around.inner;
   const int64_t run = units / parts * inner;
   for (int64_t p = 0; p < parts; ++p) {
     Sha256 sha;

@@ -57,7 +57,6 @@ ShardSet::ShardSet(Options options) : options_(std::move(options)) {
         grpc::CreateCustomChannel(target, options_.credentials, args);
     shards_.push_back(sparse::v1::ShardService::NewStub(channel));
     inference_.push_back(sparse::v1::SparseInference::NewStub(channel));
-    channels_.push_back(std::move(channel));
   }
 }
 

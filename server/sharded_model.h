@@ -76,7 +76,7 @@ class ShardSet {
 
  private:
   Options options_;
-  std::vector<std::shared_ptr<grpc::Channel>> channels_;
+  // One channel per shard index, held by its two stubs.
   std::vector<std::unique_ptr<sparse::v1::ShardService::Stub>> shards_;
   std::vector<std::unique_ptr<sparse::v1::SparseInference::Stub>> inference_;
 };
