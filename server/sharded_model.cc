@@ -27,15 +27,17 @@ int64_t NanosSinceStart(Clock::time_point start) {
 // (grpc.health.v1, the server's overall status): a replica that is down or
 // draining gets no calls while another serves. A call that fails
 // UNAVAILABLE (a replica that died or began draining before its health
-// said so) is tried again, which round-robin sends to the next replica; with
-// one replica the retries cost ~30 ms before the request fails.
+// said so) or CANCELLED (it reached a replica as that one closed its port;
+// the front itself never cancels a call) is tried again, which round-robin
+// sends to the next replica; with one replica the retries cost ~30 ms
+// before the request fails.
 constexpr char kServiceConfig[] = R"({
   "loadBalancingConfig": [{"round_robin": {}}],
   "healthCheckConfig": {"serviceName": ""},
   "methodConfig": [{
     "name": [{"service": "sparse.v1.ShardService"}],
     "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.01s", "maxBackoff": "0.05s",
-                    "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}
+                    "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]}
   }]
 })";
 
