@@ -330,7 +330,7 @@ absl::Status Check(const BenchOptions& o) {
       return absl::InvalidArgumentError(absl::StrCat(
           "--protocols=", p, " needs --http_target=host:port (sparse-server's --http_port)"));
     }
-    if (absl::StartsWith(p, "rest") && o.tls.enabled) {
+    if (absl::StartsWith(p, "rest") && o.tls.on()) {
       return absl::InvalidArgumentError("the REST protocols are benchmarked in plaintext only");
     }
   }

@@ -35,23 +35,36 @@ SparseClient::SparseClient(const std::string& target, std::chrono::milliseconds 
       oip_(inference::GRPCInferenceService::NewStub(channel_)),
       health_(grpc::health::v1::Health::NewStub(channel_)) {}
 
-absl::StatusOr<std::unique_ptr<SparseClient>> SparseClient::Create(
-    const std::string& target, std::chrono::milliseconds timeout, const ClientTls& tls) {
-  if (!tls.enabled) return std::make_unique<SparseClient>(target, timeout);
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentialsFor(
+    const ClientTls& tls, absl::string_view flag_prefix, grpc::ChannelArguments* args) {
+  if (!tls.on()) return grpc::InsecureChannelCredentials();
+  const std::string ca_flag = absl::StrCat(flag_prefix, "tls_ca");
+  const std::string cert_flag = absl::StrCat(flag_prefix, "tls_cert");
+  const std::string key_flag = absl::StrCat(flag_prefix, "tls_key");
   if (tls.cert_file.empty() != tls.key_file.empty()) {
-    return absl::InvalidArgumentError("a client certificate needs both --tls_cert and --tls_key");
+    return absl::InvalidArgumentError(
+        absl::StrCat("a client certificate needs both ", cert_flag, " and ", key_flag, ", got ",
+                     tls.cert_file.empty() ? key_flag : cert_flag, " alone"));
   }
   grpc::SslCredentialsOptions ssl;
-  for (auto [path, out, flag] : {std::tuple{&tls.ca_file, &ssl.pem_root_certs, "--tls_ca"},
-                                 std::tuple{&tls.cert_file, &ssl.pem_cert_chain, "--tls_cert"},
-                                 std::tuple{&tls.key_file, &ssl.pem_private_key, "--tls_key"}}) {
+  for (auto [path, out, flag] : {std::tuple{&tls.ca_file, &ssl.pem_root_certs, &ca_flag},
+                                 std::tuple{&tls.cert_file, &ssl.pem_cert_chain, &cert_flag},
+                                 std::tuple{&tls.key_file, &ssl.pem_private_key, &key_flag}}) {
     if (path->empty()) continue;
-    ASSIGN_OR_RETURN(*out, ReadPemFile(*path, flag));
+    ASSIGN_OR_RETURN(*out, ReadPemFile(*path, *flag));
   }
+  if (!tls.server_name.empty()) args->SetSslTargetNameOverride(tls.server_name);
+  return grpc::SslCredentials(ssl);
+}
+
+absl::StatusOr<std::unique_ptr<SparseClient>> SparseClient::Create(
+    const std::string& target, std::chrono::milliseconds timeout, const ClientTls& tls) {
+  if (!tls.on()) return std::make_unique<SparseClient>(target, timeout);
   grpc::ChannelArguments args;
-  if (!tls.server_name.empty()) args.SetSslTargetNameOverride(tls.server_name);
-  return std::unique_ptr<SparseClient>(new SparseClient(
-      target, timeout, grpc::CreateCustomChannel(target, grpc::SslCredentials(ssl), args)));
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials,
+                   ChannelCredentialsFor(tls, "--", &args));
+  return std::unique_ptr<SparseClient>(
+      new SparseClient(target, timeout, grpc::CreateCustomChannel(target, credentials, args)));
 }
 
 absl::StatusOr<SparseClient::Call> SparseClient::Predict(const std::string& model, int64_t version,

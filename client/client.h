@@ -13,9 +13,12 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
 #include "inference/grpc_service.grpc.pb.h"
 #include "sparse/v1/inference.grpc.pb.h"
 
@@ -28,7 +31,20 @@ namespace sparse {
 struct ClientTls {
   bool enabled = false;
   std::string ca_file, cert_file, key_file, server_name;
+  // TLS is on when asked for or implied by any file or name.
+  bool on() const {
+    return enabled || !ca_file.empty() || !cert_file.empty() || !key_file.empty() ||
+           !server_name.empty();
+  }
 };
+
+// The channel credentials for `tls` (plaintext unless tls.on()), with the
+// PEM files read now, and the channel arguments the server name override
+// needs set on `args`. `flag_prefix` names the flags in errors: "--" gives
+// --tls_ca, "--shard_" gives --shard_tls_ca. Errors: a half-given client
+// certificate, an unreadable or non-PEM file (common/pem.h).
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentialsFor(
+    const ClientTls& tls, absl::string_view flag_prefix, grpc::ChannelArguments* args);
 
 class SparseClient {
  public:

@@ -323,14 +323,11 @@ absl::StatusOr<std::vector<T>> Levels(const std::string& flag, const std::string
 }
 
 ClientTls TlsFromFlags() {
-  ClientTls tls{.enabled = absl::GetFlag(FLAGS_tls),
-                .ca_file = absl::GetFlag(FLAGS_tls_ca),
-                .cert_file = absl::GetFlag(FLAGS_tls_cert),
-                .key_file = absl::GetFlag(FLAGS_tls_key),
-                .server_name = absl::GetFlag(FLAGS_tls_server_name)};
-  tls.enabled = tls.enabled || !tls.ca_file.empty() || !tls.cert_file.empty() ||
-                !tls.key_file.empty() || !tls.server_name.empty();
-  return tls;
+  return ClientTls{.enabled = absl::GetFlag(FLAGS_tls),
+                   .ca_file = absl::GetFlag(FLAGS_tls_ca),
+                   .cert_file = absl::GetFlag(FLAGS_tls_cert),
+                   .key_file = absl::GetFlag(FLAGS_tls_key),
+                   .server_name = absl::GetFlag(FLAGS_tls_server_name)};
 }
 
 absl::Status Bench() {

@@ -96,6 +96,18 @@ ABSL_FLAG(double, shard_retain_seconds, 60,
 ABSL_FLAG(double, shard_max_reconnect_seconds, 2,
           "A front retries a shard that went away after at most this long (gRPC's reconnect "
           "back-off).");
+ABSL_FLAG(bool, shard_tls, false,
+          "A front talks TLS to its shards (implied by any other --shard_tls_ flag); the "
+          "system's roots verify them unless --shard_tls_ca is given.");
+ABSL_FLAG(std::string, shard_tls_ca, "",
+          "A front's PEM CA certificates that verify its shards' certificates.");
+ABSL_FLAG(std::string, shard_tls_cert, "",
+          "A front's PEM client certificate, for shards that require mutual TLS "
+          "(--tls_client_ca on the shards).");
+ABSL_FLAG(std::string, shard_tls_key, "", "PEM private key of --shard_tls_cert.");
+ABSL_FLAG(std::string, shard_tls_server_name, "",
+          "Name to check every shard's certificate against, when it differs from the targets' "
+          "host names.");
 
 int main(int argc, char** argv) {
   const std::vector<std::string> rest = sparse::ParseCommandLine(
@@ -111,7 +123,8 @@ int main(int argc, char** argv) {
       "--http_port), sparse.v1.ModelControl (with --model_control), "
       "grpc.health.v1.Health (\"\" = live, a model name = ready) and server reflection.\n\n"
       "Models larger than one machine: run N shard servers (--shard=i/N) and fronts\n"
-      "(--shard_targets=...) on one shared repository (docs/deploy.md).",
+      "(--shard_targets=...) on one shared repository (docs/deploy.md); fronts reach shards\n"
+      "that serve TLS with --shard_tls_ca (and --shard_tls_cert/--shard_tls_key for mutual TLS).",
       "server/main.");
   if (!rest.empty()) {
     std::fprintf(stderr, "sparse-server: unexpected argument '%s' (see --help)\n", rest[0].c_str());
@@ -153,6 +166,11 @@ int main(int argc, char** argv) {
   options.shard_wait_seconds = absl::GetFlag(FLAGS_shard_wait_seconds);
   options.shard_retain_seconds = absl::GetFlag(FLAGS_shard_retain_seconds);
   options.shard_max_reconnect_seconds = absl::GetFlag(FLAGS_shard_max_reconnect_seconds);
+  options.shard_tls = {.enabled = absl::GetFlag(FLAGS_shard_tls),
+                       .ca_file = absl::GetFlag(FLAGS_shard_tls_ca),
+                       .cert_file = absl::GetFlag(FLAGS_shard_tls_cert),
+                       .key_file = absl::GetFlag(FLAGS_shard_tls_key),
+                       .server_name = absl::GetFlag(FLAGS_shard_tls_server_name)};
   const int64_t max_model_bytes = absl::GetFlag(FLAGS_max_model_bytes);
   if (max_model_bytes < 0) {
     std::fprintf(stderr, "sparse-server: --max_model_bytes takes bytes >= 0 (0 = half the memory), got %lld\n",

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "prometheus/family.h"
 
 namespace sparse {
@@ -59,7 +60,16 @@ ServerMetrics::ServerMetrics()
       loaded_(prometheus::BuildGauge()
                   .Name("sparse_loaded_versions")
                   .Help("Versions of each model serving")
-                  .Register(*registry_)) {
+                  .Register(*registry_)),
+      shard_calls_(prometheus::BuildCounter()
+                       .Name("sparse_shard_calls_total")
+                       .Help("A front's calls to each shard index, by gRPC code")
+                       .Register(*registry_)),
+      shard_seconds_(prometheus::BuildHistogram()
+                         .Name("sparse_shard_call_seconds")
+                         .Help("A front's calls to each shard index, from sent to answered "
+                               "(every code)")
+                         .Register(*registry_)) {
   absl::MutexLock lock(&mu_);
   AddModel("");  // requests for models that are not loaded
 }
@@ -114,6 +124,27 @@ void ServerMetrics::Observe(const std::string& model, bool dense, absl::StatusCo
   s.dense_flops->Increment(static_cast<double>(cost.dense_flops));
   s.weight_bytes->Increment(static_cast<double>(cost.weight_bytes));
   s.batch_rows->Observe(static_cast<double>(cost.batch_rows));
+}
+
+void ServerMetrics::AddShards(const std::vector<std::string>& targets) {
+  const int count = static_cast<int>(targets.size());
+  shards_.resize(targets.size());
+  for (int i = 0; i < count; ++i) {
+    const prometheus::Labels labels = {{"shard", absl::StrCat(i, "/", count)}, {"target", targets[i]}};
+    for (int code = 0; code < kCodes; ++code) {
+      prometheus::Labels with_code = labels;
+      with_code["code"] = kCodeNames[code];
+      shards_[i].calls[code] = &shard_calls_.Add(with_code);
+    }
+    shards_[i].seconds = &shard_seconds_.Add(labels, SecondsBuckets());
+  }
+}
+
+void ServerMetrics::ObserveShardCall(int shard, int code, double seconds) const {
+  if (shard < 0 || shard >= static_cast<int>(shards_.size())) return;
+  const ShardSeries& s = shards_[shard];
+  s.calls[code >= 0 && code < kCodes ? code : 2]->Increment();  // 2: UNKNOWN
+  s.seconds->Observe(seconds);
 }
 
 std::vector<prometheus::MetricFamily> RoutingCollector::Collect() const {

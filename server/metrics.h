@@ -9,6 +9,11 @@
 //   sparse_batch_rows{model,path}                  histogram, rows per computed batch
 //   sparse_loaded_versions{model}                  gauge
 //
+// on a sharded model's front (sharded_model.h), per shard index:
+//
+//   sparse_shard_calls_total{shard,target,code}    counter, calls to the shard answered
+//   sparse_shard_call_seconds{shard,target}        histogram, sent to answered, every code
+//
 // and, read from the models at each scrape (RoutingCollector), per loaded
 // version of the sparse path:
 //
@@ -62,6 +67,12 @@ class ServerMetrics {
 
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
+  // A front's shards, one target per index ("i/N" labels them). Call once,
+  // before the first ObserveShardCall.
+  void AddShards(const std::vector<std::string>& targets);
+  // One answered call to shard `shard` (any thread); `code` is gRPC's.
+  void ObserveShardCall(int shard, int code, double seconds) const;
+
  private:
   static constexpr int kCodes = 17;  // canonical status codes 0..16 (gRPC's numbers)
   struct PathSeries {
@@ -75,6 +86,10 @@ class ServerMetrics {
     prometheus::Histogram* batch_rows = nullptr;
   };
 
+  struct ShardSeries {
+    std::array<prometheus::Counter*, kCodes> calls{};
+    prometheus::Histogram* seconds = nullptr;
+  };
   void AddModel(const std::string& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   std::shared_ptr<prometheus::Registry> registry_;
@@ -85,6 +100,10 @@ class ServerMetrics {
   prometheus::Family<prometheus::Counter>& weight_bytes_;
   prometheus::Family<prometheus::Histogram>& batch_rows_;
   prometheus::Family<prometheus::Gauge>& loaded_;
+  prometheus::Family<prometheus::Counter>& shard_calls_;
+  prometheus::Family<prometheus::Histogram>& shard_seconds_;
+  // Set once by AddShards before any call is observed, then only read.
+  std::vector<ShardSeries> shards_;
   mutable absl::Mutex mu_;
   // model -> {sparse, dense}; "" for models not loaded. Grows only; a node
   // map, so a PathSeries never moves while a request records into it.

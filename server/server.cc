@@ -109,6 +109,11 @@ absl::Status ServerOptions::Validate() const {
        "seconds in 0..86400", shard_wait_seconds);
   need(shard_retain_seconds >= 0 && shard_retain_seconds <= 86400, "shard_retain_seconds",
        "seconds in 0..86400", shard_retain_seconds);
+  if (shard_tls.on() && shard_targets.empty()) {
+    problems.push_back(
+        "--shard_tls* flags are for a front (--shard_targets): they say how it reaches its "
+        "shards; a shard's own TLS is --tls_cert/--tls_key/--tls_client_ca");
+  }
   need(shard_max_reconnect_seconds >= 0.1 && shard_max_reconnect_seconds <= 600,
        "shard_max_reconnect_seconds", "seconds in 0.1..600", shard_max_reconnect_seconds);
   if (problems.empty()) return absl::OkStatus();
@@ -168,6 +173,13 @@ absl::Status SparseServer::OpenRepository(const ServerOptions& options, int work
     shards.targets = options.shard_targets;
     shards.wait_for_shards = absl::Seconds(options.shard_wait_seconds);
     shards.max_reconnect_backoff = absl::Seconds(options.shard_max_reconnect_seconds);
+    metrics_->AddShards(options.shard_targets);
+    ServerMetrics* metrics = metrics_.get();
+    shards.on_call = [metrics](int shard, int code, double seconds) {
+      metrics->ObserveShardCall(shard, code, seconds);
+    };
+    ASSIGN_OR_RETURN(shards.credentials,
+                     ChannelCredentialsFor(options.shard_tls, "--shard_", &shards.channel_args));
     shard_set_ = std::make_unique<ShardSet>(std::move(shards));
     repository_options.part = {
         .role = ModelPart::Role::kFront,

@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "client/client.h"
 #include "grpcpp/generic/async_generic_service.h"
 #include "grpcpp/server.h"
 #include "prometheus/exposer.h"
@@ -94,6 +95,9 @@ struct ServerOptions {
   double shard_wait_seconds = 120;
   double shard_retain_seconds = 60;
   double shard_max_reconnect_seconds = 2;
+  // How a front reaches shards that serve TLS (--shard_tls*): plaintext
+  // unless enabled; PEM files as sparse-cli's --tls_* flags take them.
+  ClientTls shard_tls;
   // A DSM version without a trained twin gets a cost-only dense endpoint
   // (its own weights unmasked: a second copy of them); false: none.
   bool cost_only_dense = true;

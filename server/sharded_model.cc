@@ -48,10 +48,14 @@ ShardSet::ShardSet(Options options) : options_(std::move(options)) {
   const int max_backoff_ms =
       static_cast<int>(std::max<int64_t>(100, absl::ToInt64Milliseconds(options_.max_reconnect_backoff)));
   for (const std::string& target : options_.targets) {
-    grpc::ChannelArguments args;
+    grpc::ChannelArguments args = options_.channel_args;
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::min(100, max_backoff_ms));
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, std::min(100, max_backoff_ms));
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, max_backoff_ms);
+    // A shard that came back at another address (a pod recreated) is found
+    // by resolving its name again, at most once a second here instead of
+    // gRPC's default 30 s.
+    args.SetInt(GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS, std::min(1000, max_backoff_ms));
     // Internal calls carry a front's whole batch: no 4 MiB cap on answers.
     args.SetMaxReceiveMessageSize(-1);
     args.SetServiceConfigJSON(kServiceConfig);
@@ -74,7 +78,9 @@ absl::StatusOr<std::vector<sparse::v1::VersionStatus>> ShardSet::WaitForVersion(
       if (found[i].version() == version) continue;
       grpc::ClientContext context;
       context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-      context.set_wait_for_ready(true);  // a shard still starting is waited for
+      // Not wait_for_ready: a shard that cannot be reached fails at once
+      // with gRPC's reason (refused, TLS handshake failed), which the loop
+      // reports if it never serves; one still starting is asked again.
       sparse::v1::GetModelRequest request;
       request.set_model(model);
       sparse::v1::ModelStatus status;
@@ -351,8 +357,14 @@ absl::Status ShardedModel::Fanout(std::vector<std::unique_ptr<Call>>& calls, abs
   for (const auto& c : calls) {
     c->context.set_deadline(absl::ToChronoTime(deadline));
     Call* call = c.get();
+    const ShardSet* shards = shards_;
     shards_->shard(c->shard).async()->ComputePartial(
-        &call->context, &call->request, &call->response, [pending, call](grpc::Status status) {
+        &call->context, &call->request, &call->response,
+        [pending, call, shards, start](grpc::Status status) {
+          if (shards->options().on_call) {
+            shards->options().on_call(call->shard, status.error_code(),
+                                      static_cast<double>(NanosSinceStart(start)) * 1e-9);
+          }
           call->status = std::move(status);
           absl::MutexLock lock(&pending->mu);
           --pending->left;

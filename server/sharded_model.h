@@ -21,6 +21,7 @@
 #ifndef SPARSE_SERVER_SHARDED_MODEL_H_
 #define SPARSE_SERVER_SHARDED_MODEL_H_
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -45,6 +46,8 @@ class ShardSet {
     std::vector<std::string> targets;
     // Credentials for the calls (TLS when the shards serve TLS).
     std::shared_ptr<grpc::ChannelCredentials> credentials;
+    // Arguments every shard channel starts from (e.g. TLS's server name).
+    grpc::ChannelArguments channel_args;
     // A lost shard is retried after at most this long (gRPC's reconnect
     // back-off: initial and minimum 100 ms, doubling).
     absl::Duration max_reconnect_backoff = absl::Seconds(2);
@@ -52,6 +55,9 @@ class ShardSet {
     absl::Duration wait_for_shards = absl::Seconds(120);
     // A request without a deadline gives its shard calls this one.
     absl::Duration default_deadline = absl::Seconds(30);
+    // Told of every answered shard call (any thread; may be empty): the
+    // shard index, gRPC's code and the seconds from sent to answered.
+    std::function<void(int shard, int code, double seconds)> on_call;
   };
   explicit ShardSet(Options options);  // no credentials: plaintext
 

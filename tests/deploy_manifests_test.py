@@ -13,7 +13,10 @@ The sharded overlay (deploy/kubernetes-sharded/: the base's Deployment as
 fronts, two StatefulSets of shard servers, one headless Service per shard
 index) is rendered with `kubectl kustomize` and checked the same way: pod
 names as shard indexes, the fronts' targets naming the per-index Services
-in order, the Services selecting fronts or shards as they should.
+in order, the Services selecting fronts or shards as they should. The same
+topology as plain Pods for podman kube play (deploy/podman-sharded/) is
+checked for its names, targets, read-only repository and a front published
+on loopback alone, and dry-run too.
 kubectl needs an API server for discovery even in a client dry run; with
 no cluster here, a stub on loopback answers discovery for the kinds used
 and "not found" for every object (so kubectl plans a create), and
@@ -227,6 +230,33 @@ if kubectl:
     check(len(budgets) == 2 and all(b["spec"].get("maxUnavailable") == 1 for b in budgets),
           "each StatefulSet has a budget of one pod down: %s" % [b["metadata"]["name"] for b in budgets])
 
+# The sharded topology as plain Pods for podman kube play
+# (deploy/podman-sharded/pods.yaml; make test-container plays it).
+PODS = os.path.abspath(os.path.join(source, "deploy", "podman-sharded", "pods.yaml"))
+with open(PODS) as f:
+    pods = {d["metadata"]["name"]: d for d in yaml.safe_load_all(f)}
+check(all(d["kind"] == "Pod" for d in pods.values()), "pods.yaml holds Pods alone (podman 4.3 plays them)")
+check(sorted(pods) == ["sparse-front"] + ["sparse-shard-%d" % i for i in range(4)],
+      "pods.yaml: a front and shards 0..3: %s" % sorted(pods))
+for name, pod in pods.items():
+    spec = pod["spec"]
+    container = spec["containers"][0]
+    check(container["image"] == "localhost/sparse-serve:latest", "%s runs the image" % name)
+    check(spec["securityContext"].get("runAsUser") == 10001, "%s runs as the image's user" % name)
+    check(container["volumeMounts"][0]["mountPath"] == "/models" and container["volumeMounts"][0]["readOnly"],
+          "%s mounts the repository read-only at /models" % name)
+    published = [p for p in container.get("ports", []) if "hostPort" in p]
+    if name.startswith("sparse-shard-"):
+        check(container["args"][0] == "--shard=%s/4" % name, "%s passes its own name as the index" % name)
+        check(not published, "%s publishes no port" % name)
+    else:
+        targets = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--shard_targets=")]
+        check(targets == [";".join("dns:///sparse-shard-%d:%d" % (i, GRPC_PORT) for i in range(4))],
+              "the front's targets name the shard pods in order: %s" % targets)
+        check(len(published) == 1 and published[0].get("hostIP") == "127.0.0.1"
+              and published[0]["containerPort"] == GRPC_PORT,
+              "the front publishes gRPC on loopback alone: %s" % published)
+
 # compose.yaml.
 with open(os.path.join(source, "deploy", "compose.yaml")) as f:
     compose = yaml.safe_load(f)
@@ -251,6 +281,7 @@ class Discovery(http.server.BaseHTTPRequestHandler):
               "autoscaling/v2": [("horizontalpodautoscalers", "HorizontalPodAutoscaler", True)],
               "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)]}
     CORE = [("services", "Service", True), ("persistentvolumeclaims", "PersistentVolumeClaim", True),
+            ("pods", "Pod", True),
             ("namespaces", "Namespace", False)]
 
     @staticmethod
@@ -295,7 +326,7 @@ if kubectl:
     threading.Thread(target=stub.serve_forever, daemon=True).start()
     server_url = "http://127.0.0.1:%d" % stub.server_address[1]
     env = dict(os.environ, KUBECONFIG=os.devnull, HOME=os.environ.get("HOME", "/tmp"))
-    targets = [["-f", p] for p in sorted(on_disk)] + [["-k", "."], ["-k", SHARDED]]
+    targets = [["-f", p] for p in sorted(on_disk)] + [["-k", "."], ["-k", SHARDED], ["-f", PODS]]
     for target in targets:
         done = subprocess.run([kubectl, "apply", "--dry-run=client", "--validate=false", "--server=" + server_url,
                                "--namespace=default", "--cache-dir=" + os.path.join(sys.argv[2], "kubectl-cache")]

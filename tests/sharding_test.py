@@ -11,17 +11,21 @@ against an unsharded server on the same repository.
   refuses to load it.
 - Killing one shard fails only the requests routed to it, UNAVAILABLE,
   within their deadline; once it is back (same port, the front not
-  restarted) every request succeeds again within a few seconds.
+  restarted) every request succeeds again within a few seconds. The
+  front's sparse_shard_calls_total counts UNAVAILABLE for that shard alone.
 - A new version published under load reaches the shards and the front
   with no failed request, and every answer is one version's whole answer.
 - With two replicas of a shard index behind one target, one replica
   draining and exiting under load fails no request: gRPC's health checks
   and round-robin (and a retry of a call it refused) move to the other.
+  Nor does one SIGKILLed under load: gRPC retries the calls it held on
+  the live replica.
 
 Usage: sharding_test.py <source dir> <build dir>
 """
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -29,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 import numpy as np
 
@@ -110,7 +115,8 @@ with tempfile.TemporaryDirectory() as tmp:
             shards.append(shard)
             shard_ports.append(ports[0])
         targets = ";".join("127.0.0.1:%d" % p for p in shard_ports)
-        front, front_ports = start_server(build, repo, "--shard_targets=" + targets, "--poll_seconds=0.5")
+        front, front_ports = start_server(build, repo, "--shard_targets=" + targets, "--poll_seconds=0.5",
+                                          "--metrics_port=0")
         servers.append(front)
         ref = pb_grpc.SparseInferenceStub(grpc.insecure_channel("127.0.0.1:%d" % whole_ports[0]))
         api = pb_grpc.SparseInferenceStub(grpc.insecure_channel("127.0.0.1:%d" % front_ports[0]))
@@ -230,6 +236,22 @@ with tempfile.TemporaryDirectory() as tmp:
         except grpc.RpcError as e:
             check(e.code() == grpc.StatusCode.UNAVAILABLE, "LSH with a shard down: %s" % e.code())
         print("200 single-row requests with shard %d down in %.1f s" % (victim, time.monotonic() - started))
+        # The front's per-shard metrics tell which shard failed.
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % front_ports[1], timeout=10) as page:
+            metrics = page.read().decode()
+        calls = {}
+        for m in re.finditer(r'^sparse_shard_calls_total\{(.*)\} (\S+)$', metrics, re.M):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+            calls[(labels["shard"], labels["code"])] = float(m.group(2))
+        victim_label = "%d/%d" % (victim, N)
+        check(all(calls.get(("%d/%d" % (i, N), "OK"), 0) > 0 for i in range(N)),
+              "every shard has OK calls in sparse_shard_calls_total: %s" % calls)
+        check(calls.get((victim_label, "UNAVAILABLE"), 0) > 0 and
+              all(calls.get(("%d/%d" % (i, N), "UNAVAILABLE"), 0) == 0 for i in range(N) if i != victim),
+              "sparse_shard_calls_total counts UNAVAILABLE for shard %s alone: %s" % (victim_label, calls))
+        check(re.search(r'^sparse_shard_call_seconds_count\{shard="%s",target="127\.0\.0\.1:%d"\} [1-9]'
+                        % (re.escape(victim_label), shard_ports[victim]), metrics, re.M) is not None,
+              "sparse_shard_call_seconds counts the calls to shard %s" % victim_label)
 
         # Back on the same port: the front reconnects by itself.
         restarted = subprocess.Popen(
@@ -353,6 +375,31 @@ with tempfile.TemporaryDirectory() as tmp:
               (answered[0], len(failover_errors)))
         check(answered[0] > 0 and not failover_errors,
               "failover to the live replica: %d failed: %s" % (len(failover_errors), failover_errors[:3]))
+
+        # A replica back on the drained one's port, then the other one
+        # SIGKILLed under load: calls it held fail with its connection and
+        # gRPC retries them on the live replica.
+        third, _ = start_server(build, repo, "--port=%d" % shard_ports[1], "--shard=1/%d" % N,
+                                "--poll_seconds=0.5")
+        servers.append(third)
+        time.sleep(3)  # the front's health check finds it (reconnect back-off <= 2 s)
+        failover_errors.clear()
+        answered[0] = 0
+        stop_load.clear()
+        threads = [threading.Thread(target=load2) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(1)
+        replica.send_signal(signal.SIGKILL)
+        replica.wait()
+        time.sleep(1.5)
+        stop_load.set()
+        for t in threads:
+            t.join()
+        print("the other replica of shard 1 SIGKILLed under load: %d answered, %d failed %s" %
+              (answered[0], len(failover_errors), failover_errors[:3]))
+        check(answered[0] > 0 and not failover_errors,
+              "failover from a killed replica: %d failed: %s" % (len(failover_errors), failover_errors[:3]))
     finally:
         for server in servers:
             if server.poll() is None:

@@ -11,7 +11,11 @@ the right credentials. What a user relies on:
   - the plaintext health port answers health checks (server and per model)
     and nothing else;
   - a key or certificate that is not PEM stops the server at start with a
-    message naming the flag.
+    message naming the flag;
+  - a front reaches shards that require mutual TLS with --shard_tls_ca/
+    --shard_tls_cert/--shard_tls_key and answers as the unsharded server;
+    in plaintext, without a client certificate or with the wrong CA it
+    loads nothing.
 
 Usage: tls_test.py <source dir> <build dir>
 """
@@ -100,6 +104,7 @@ with tempfile.TemporaryDirectory() as tmp:
         ok = run([CLI, target] + good + ["predict", "--model=m", "--inputs=0.1,0.2,0.3,0.4", "--json"])
         check(ok.returncode == 0 and json.loads(ok.stdout)["sparse"]["rows"] in (1, "1"),
               "predict over mutual TLS: " + ok.stdout + ok.stderr)
+        whole = json.loads(ok.stdout)["sparse"] if ok.returncode == 0 else None
         models = run([CLI, target] + good + ["models"])
         check(models.returncode == 0 and "m " in models.stdout, "models over mutual TLS: " + models.stderr)
         bench = run([CLI, target] + good + ["bench", "--model=m", "--warmup_seconds=0.1",
@@ -157,5 +162,51 @@ with tempfile.TemporaryDirectory() as tmp:
     finally:
         code, log = stop(server)
     check(code == 0 and "mutual TLS" in log, "server said mutual TLS and stopped cleanly (exit %s): %s" % (code, log))
+
+    # Sharded: two shards with mutual TLS, and fronts that reach them with
+    # --shard_tls_*. A front with the CA and a client certificate serves the
+    # unsharded answer; a front in plaintext, without a client certificate,
+    # or checking the shards against the wrong CA loads nothing.
+    shards = [start_server(repo, "--shard=%d/2" % i, "--tls_cert=" + server_cert, "--tls_key=" + server_key,
+                           "--tls_client_ca=" + ca) for i in range(2)]
+    front = None
+    try:
+        targets = ";".join("127.0.0.1:%d" % int(shard.stdout.readline()) for shard in shards)
+        front = start_server(repo, "--shard_targets=" + targets, "--shard_tls_ca=" + ca,
+                             "--shard_tls_cert=" + client_cert, "--shard_tls_key=" + client_key,
+                             "--shard_wait_seconds=30")
+        front_port = int(front.stdout.readline())
+        via = run([CLI, "--target=127.0.0.1:%d" % front_port, "predict", "--model=m",
+                   "--inputs=0.1,0.2,0.3,0.4", "--json"])
+        check(via.returncode == 0, "predict through a front over mutual TLS to its shards: " + via.stderr)
+        if via.returncode == 0 and whole is not None:
+            sharded = json.loads(via.stdout)["sparse"]
+            check(sharded["cost"]["shards"] >= 1 and sharded["cost"]["flops"] == whole["cost"]["flops"]
+                  and sharded["route"] == whole["route"]
+                  and all(abs(a - b) <= 1e-5 * max(1.0, abs(b))
+                          for a, b in zip(sharded["outputs"], whole["outputs"])),
+                  "the front's answer is the unsharded one: %s vs %s" % (sharded, whole))
+        for label, flags in (
+                ("plaintext", []),
+                ("without a client certificate", ["--shard_tls_ca=" + ca]),
+                ("checking the shards against the wrong CA",
+                 ["--shard_tls_ca=" + rogue_ca, "--shard_tls_cert=" + client_cert,
+                  "--shard_tls_key=" + client_key])):
+            refused = start_server(repo, "--shard_targets=" + targets, "--shard_wait_seconds=1", *flags)
+            out, err = refused.communicate(timeout=60)
+            check(refused.returncode == 1 and "not every shard serves version 1" in err,
+                  "a front %s loads nothing from TLS shards: %s %s" % (label, refused.returncode, err[-600:]))
+        half = start_server(repo, "--shard_targets=" + targets, "--shard_tls_cert=" + client_cert)
+        out, err = half.communicate(timeout=30)
+        check(half.returncode == 1 and "--shard_tls_key" in err,
+              "--shard_tls_cert alone stops a front naming --shard_tls_key: %s" % err[-300:])
+        lone = start_server(repo, "--shard_tls_ca=" + ca)
+        out, err = lone.communicate(timeout=30)
+        check(lone.returncode == 1 and "--shard_targets" in err,
+              "--shard_tls_ca without --shard_targets is refused: %s" % err[-300:])
+    finally:
+        for process in [front] + shards:
+            if process is not None and process.poll() is None:
+                stop(process)
 
 finish()
