@@ -16,8 +16,13 @@
 #     for the image's own HEALTHCHECK to pass;
 #  5. sends Predict and PredictDense from the host and checks that the
 #     outputs equal a host-built sparse-server's on the same repository;
-#  6. removes the container and stops the host server (the images stay as
-#     caches).
+#  6. plays deploy/podman-sharded/pods.yaml (4 shard pods and a front on a
+#     podman network with DNS, the front published on loopback only) and
+#     checks that the front answers as the host server, that a stopped
+#     shard fails the requests that need it UNAVAILABLE and that, started
+#     again, it serves them again with no restart of the front;
+#  7. removes the pods and the container and stops the host server (the
+#     images and the network stay as caches).
 #
 # Needs root (or a working rootless podman) and the host binaries (make build).
 set -euo pipefail
@@ -154,4 +159,79 @@ PY
   done
 done
 [[ $checked -eq 4 ]] || fail "checked $checked of 4 endpoint/model pairs"
-say "passed: ${size_mb} MB image, user $user, Predict and PredictDense equal the host server's"
+say "${size_mb} MB image, user $user, Predict and PredictDense equal the host server's"
+
+# 6. The sharded topology as plain Pods (deploy/podman-sharded/pods.yaml)
+#    under podman kube play: 4 shards and a front on a podman network with
+#    DNS, only the front published, on loopback. Its answers equal the host
+#    server's; a stopped shard fails the requests that need it UNAVAILABLE
+#    and, started again (at whatever address), serves them again with no
+#    restart of the front.
+network=sparse-serve-test
+pods=$BUILD/container-test-pods.yaml
+front_port=$(/usr/bin/python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+sed -e "s#localhost/sparse-serve:latest#$IMAGE#" -e "s#/srv/sparse-serve/models#$(realpath "$REPO")#" \
+    -e "s#hostPort: 8500#hostPort: $front_port#" deploy/podman-sharded/pods.yaml >"$pods"
+cleanup() {
+  podman kube down "$pods" >/dev/null 2>&1 || true
+  podman rm -f "$container" >/dev/null 2>&1 || true
+  stop_process "$server_pid"
+}
+podman kube down "$pods" >/dev/null 2>&1 || true
+podman network exists "$network" || podman network create "$network" >/dev/null
+say "playing deploy/podman-sharded/pods.yaml: 4 shard pods and a front on network $network"
+podman kube play --network "$network" "$pods" >"$BUILD/container-kube-play.log" 2>&1 \
+  || { cat "$BUILD/container-kube-play.log" >&2; fail "podman kube play"; }
+front_target=127.0.0.1:$front_port
+for i in $(seq 1 180); do
+  "$CLI" --target="$front_target" --timeout_ms=1000 health >/dev/null 2>&1 && break
+  sleep 1
+done
+"$CLI" --target="$front_target" --timeout_ms=1000 health >/dev/null 2>&1 \
+  || { podman logs sparse-front-sparse-server >&2; fail "the front never served on $front_target"; }
+say "the front serves on $front_target after ${i}s"
+published=$(podman port sparse-front-sparse-server)
+[[ "$published" == "8500/tcp -> 127.0.0.1:$front_port" ]] || fail "the front publishes '$published', not loopback alone"
+for shard in 0 1 2 3; do
+  [[ -z "$(podman port sparse-shard-$shard-sparse-server)" ]] || fail "shard $shard publishes a port"
+done
+same_as_host() {  # model: the front's sparse answers equal the host server's
+  local model=$1 d inputs got want
+  d=$("$CLI" --target="$host_target" models --json |
+      /usr/bin/python3 -c "import json,sys; m=[m for m in json.load(sys.stdin)['models'] if m['name']=='$model'][0]; print(m['versions'][-1]['input_dim'])")
+  inputs=$(/usr/bin/python3 -c "
+import random
+random.seed(11)
+print(';'.join(','.join('%.6f' % random.uniform(-1, 1) for _ in range($d)) for _ in range(8)))")
+  got=$("$CLI" --target="$front_target" predict --model="$model" --inputs="$inputs" --json) || return 1
+  want=$("$CLI" --target="$host_target" predict --model="$model" --inputs="$inputs" --json)
+  /usr/bin/python3 - "$got" "$want" "$model" <<'PY'
+import json, sys
+got, want, model = json.loads(sys.argv[1])["sparse"], json.loads(sys.argv[2])["sparse"], sys.argv[3]
+g, w = got["outputs"], want["outputs"]
+close = len(g) == len(w) > 0 and all(abs(a - b) <= 1e-5 * max(1.0, abs(b)) for a, b in zip(g, w))
+if not close or got["route"] != want["route"] or got["cost"]["flops"] != want["cost"]["flops"]:
+    sys.exit("%s: the front's answer %s differs from the host server's %s" % (model, str(got)[:300], str(want)[:300]))
+print("[container-test] %s through the front: 8 rows, %s shards, routes, FLOPs (%s) and outputs equal the "
+      "host server's" % (model, got["cost"]["shards"], got["cost"]["flops"]), file=sys.stderr)
+PY
+}
+same_as_host poly_lsh || fail "poly_lsh through the front"
+same_as_host poly_dsm || fail "poly_dsm through the front"
+# An LSH row needs every shard: with shard 2 stopped, each request fails.
+podman pod stop -t 10 sparse-shard-2 >/dev/null
+lsh_row=$(/usr/bin/python3 -c "print(','.join(['0.25'] * 8))")
+refused=$("$CLI" --target="$front_target" predict --model=poly_lsh --inputs="$lsh_row" 2>&1) \
+  && fail "a request needing a stopped shard succeeded: $refused"
+[[ "$refused" == *UNAVAILABLE* ]] || fail "a request needing a stopped shard: '$refused', not UNAVAILABLE"
+say "shard 2 stopped: a request that needs it fails UNAVAILABLE"
+podman pod start sparse-shard-2 >/dev/null
+started=$(date +%s.%N)
+for i in $(seq 1 120); do
+  "$CLI" --target="$front_target" predict --model=poly_lsh --inputs="$lsh_row" >/dev/null 2>&1 && break
+  sleep 0.5
+done
+same_as_host poly_lsh || fail "the front did not serve again after shard 2 restarted"
+say "shard 2 started again: served again $(/usr/bin/python3 -c "import time; print('%.1f' % (time.time() - $started))") s later, front not restarted"
+podman kube down "$pods" >/dev/null 2>&1
+say "passed: ${size_mb} MB image, user $user, the image's and the sharded pods' answers equal the host server's"
