@@ -61,27 +61,37 @@ absl::StatusOr<std::unique_ptr<DsmModel>> DsmModel::Create(const DsmWeights& w,
                                          .allow_packing = topk || precision != Precision::kFp32,
                                          .precision = precision}));
   Weights packed;
-  const std::vector<float> top_t = Transpose(net.top_weight, net.output_dim, net.width);
   const int64_t slices = topk ? 1 : w.num_blocks * w.num_experts;
+  const int64_t d = net.input_dim, k = w.active_units, o = net.output_dim, t = net.width;
+  // Each slice is transposed straight into its place in the packed weights
+  // (MatmulKernel::PackAll's MatrixSource): a load holds the decoded tensors
+  // and the packed ones, never a third, transposed copy of all of them.
   if (input_major_slices) {
-    // B's slice i is [k, d] rows of B; each becomes its transpose [d, k].
-    const int64_t per_slice = w.active_units * net.input_dim;
-    std::vector<float> slices_t(net.bottom_weight.size());
-    for (int64_t i = 0; i < slices; ++i) {
-      const std::vector<float> slice(net.bottom_weight.begin() + i * per_slice,
-                                     net.bottom_weight.begin() + (i + 1) * per_slice);
-      const std::vector<float> t = Transpose(slice, w.active_units, net.input_dim);
-      std::copy(t.begin(), t.end(), slices_t.begin() + i * per_slice);
-    }
-    ASSIGN_OR_RETURN(packed.bottom, kernels.bottom->PackAll(slices_t.data(), slices));
+    // B's slice i is [k, d] rows of B; it is stored as its transpose [d, k].
+    ASSIGN_OR_RETURN(packed.bottom,
+                     kernels.bottom->PackAll(slices, [&](int64_t i, float* out) -> const float* {
+                       const float* slice = net.bottom_weight.data() + i * k * d;
+                       for (int64_t r = 0; r < k; ++r) {
+                         for (int64_t c = 0; c < d; ++c) out[c * k + r] = slice[r * d + c];
+                       }
+                       return out;
+                     }));
   } else {
     ASSIGN_OR_RETURN(packed.bottom, kernels.bottom->PackAll(net.bottom_weight.data(), slices));
   }
   if (topk) {
+    const std::vector<float> top_t = Transpose(net.top_weight, o, t);
     packed.top = PackedWeights(top_t.size());
     std::copy(top_t.begin(), top_t.end(), packed.top.data());
   } else {
-    ASSIGN_OR_RETURN(packed.top, kernels.top.PackAll(top_t.data(), slices));
+    // Slice i of Aᵀ [t, o] is rows [ik, (i+1)k): columns [ik, (i+1)k) of A.
+    ASSIGN_OR_RETURN(packed.top,
+                     kernels.top.PackAll(slices, [&](int64_t i, float* out) -> const float* {
+                       for (int64_t r = 0; r < k; ++r) {
+                         for (int64_t c = 0; c < o; ++c) out[r * o + c] = net.top_weight[c * t + i * k + r];
+                       }
+                       return out;
+                     }));
   }
   ModelInfo info;
   info.kind = ModelKind::kDsm;

@@ -255,13 +255,23 @@ absl::StatusOr<bool> MatmulKernel::CreateReduced() {
 }
 
 absl::StatusOr<PackedWeights> MatmulKernel::PackAll(const float* plain, int64_t count) const {
-  if (spec_.precision != Precision::kFp32) return PackReduced(plain, count);
+  const int64_t plain_floats = spec_.k * spec_.n;
+  return PackAll(count, [plain, plain_floats](int64_t i, float*) { return plain + i * plain_floats; });
+}
+
+absl::StatusOr<PackedWeights> MatmulKernel::PackAll(int64_t count, MatrixSource matrix) const {
+  if (spec_.precision != Precision::kFp32) return PackReduced(count, matrix);
   PackedWeights packed(static_cast<size_t>(count * packed_floats_));
   const int64_t plain_floats = spec_.k * spec_.n;
   if (!packs_) {
-    std::copy(plain, plain + count * plain_floats, packed.data());
+    for (int64_t i = 0; i < count; ++i) {
+      float* dst = packed.data() + i * packed_floats_;
+      const float* m = matrix(i, dst);
+      if (m != dst) std::copy(m, m + plain_floats, dst);
+    }
     return packed;
   }
+  std::vector<float> scratch(static_cast<size_t>(plain_floats));
   try {
     const dnnl::engine& engine = CpuEngine();
     dnnl::stream& stream = ThreadStream();
@@ -274,7 +284,7 @@ absl::StatusOr<PackedWeights> MatmulKernel::PackAll(const float* plain, int64_t 
       created.emplace(dnnl::reorder::primitive_desc(engine, plain_weights_, engine, weights_));
     }
     for (int64_t i = 0; i < count; ++i) {
-      memory src(plain_weights_, engine, const_cast<float*>(plain + i * plain_floats));
+      memory src(plain_weights_, engine, const_cast<float*>(matrix(i, scratch.data())));
       memory dst(weights_, engine, packed.data() + i * packed_floats_);
       created->execute(stream, src, dst);
     }
@@ -285,8 +295,8 @@ absl::StatusOr<PackedWeights> MatmulKernel::PackAll(const float* plain, int64_t 
   return packed;
 }
 
-absl::StatusOr<PackedWeights> MatmulKernel::PackReduced(const float* plain,
-                                                        int64_t count) const {
+absl::StatusOr<PackedWeights> MatmulKernel::PackReduced(int64_t count,
+                                                        MatrixSource matrix) const {
   const int64_t k = spec_.k, n = spec_.n, elements = k * n;
   const bool bf16 = spec_.precision == Precision::kBf16;
   const bool output_major = spec_.layout == MatmulSpec::WeightLayout::kOutputMajor;
@@ -295,6 +305,7 @@ absl::StatusOr<PackedWeights> MatmulKernel::PackReduced(const float* plain,
   // One matrix at a time in the reduced type, in spec.layout, then reordered.
   std::vector<uint16_t> as_bf16(bf16 ? elements : 0);
   std::vector<int8_t> as_int8(bf16 ? 0 : elements);
+  std::vector<float> scratch(static_cast<size_t>(elements));
   try {
     const dnnl::engine& engine = CpuEngine();
     dnnl::stream& stream = ThreadStream();
@@ -304,7 +315,7 @@ absl::StatusOr<PackedWeights> MatmulKernel::PackReduced(const float* plain,
       created.emplace(dnnl::reorder::primitive_desc(engine, plain_weights_, engine, weights_));
     }
     for (int64_t i = 0; i < count; ++i) {
-      const float* w = plain + i * elements;
+      const float* w = matrix(i, scratch.data());
       float* dst = packed.data() + i * packed_floats_;
       void* source;
       if (bf16) {

@@ -51,6 +51,7 @@
 #include <memory>
 #include <utility>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "engine/precision.h"
 #include "oneapi/dnnl/dnnl.hpp"
@@ -120,6 +121,14 @@ class MatmulKernel {
   // (matrix i at plain + i·K·N) into one buffer, matrix i at
   // i·packed_floats(). Load-time only: it creates a reorder primitive.
   absl::StatusOr<PackedWeights> PackAll(const float* plain, int64_t count) const;
+  // The same for matrices made one at a time: matrix(i, scratch) returns
+  // matrix i in spec.layout, either a pointer to it or `scratch` (K·N
+  // floats) filled with it. Without packing, scratch is the matrix's place
+  // in the result, so a matrix built there is never copied: a model laid
+  // out differently on disk (DsmModel's transposed slices) then needs no
+  // second whole copy of its weights while it loads.
+  using MatrixSource = absl::FunctionRef<const float*(int64_t i, float* scratch)>;
+  absl::StatusOr<PackedWeights> PackAll(int64_t count, MatrixSource matrix) const;
 
   // x: [rows, K] row-major; w: one matrix as PackAll laid it out (or, when
   // !packs(), in spec.layout); bias: [N] (when
@@ -146,7 +155,7 @@ class MatmulKernel {
   void CreateBuckets(dnnl::memory::data_type in, dnnl::memory::data_type out, bool with_bias,
                      const dnnl::primitive_attr& attr);
   // PackAll() for BF16 and INT8.
-  absl::StatusOr<PackedWeights> PackReduced(const float* plain, int64_t count) const;
+  absl::StatusOr<PackedWeights> PackReduced(int64_t count, MatrixSource matrix) const;
   // The primitives' part of Run(): the binary decomposition into buckets
   // (with sgemm for 1-2 rows where it applies); counts executions in *reads.
   absl::Status RunBuckets(const float* x, int64_t rows, const float* w, const float* bias,

@@ -99,10 +99,11 @@ struct LoadOptions {
 };
 
 // Bytes a version costs at its peak while it loads and serves, as
-// docs/configuration.md defines it: three times the tensor files (they are
-// read whole and decoded; the engine then builds its own copy while the
-// decoded weights live; times 2 for BF16 and 4 for I8 matrices, which decode
-// to float32), each LSH bucket's hash-index entry, and each thread's
+// docs/configuration.md defines it: the tensor files twice for a DSM (decoded,
+// and the engine's own copy built while the decoded weights live; three
+// times with a cost-only dense endpoint or a topk router) or three times for
+// an LSH model, times 2 for BF16 and 4 for I8 matrices (they decode to
+// float32); each LSH bucket's hash-index entry, and each thread's
 // activation workspace for options.batch_rows rows. Saturates instead of
 // overflowing. `file_bytes` is the sum of the tensor files' sizes.
 uint64_t EstimateLoadBytes(const Checkpoint& checkpoint, uint64_t file_bytes,
@@ -119,7 +120,7 @@ uint64_t DefaultModelBudgetBytes();
 // Every file is opened only if it is a regular file, and its size is
 // checked before it is read: manifest.json at most 64 KiB, the tensor files
 // exactly their manifest size. With options.max_bytes set, a version whose
-// files alone (three times their declared size) exceed it is refused before they
+// files alone (twice their declared size) exceed it is refused before they
 // are read, and one whose full estimate (EstimateLoadBytes) exceeds it
 // before any engine memory is allocated: RESOURCE_EXHAUSTED, saying the
 // estimate and the budget.
