@@ -96,6 +96,10 @@ ABSL_FLAG(double, shard_retain_seconds, 60,
 ABSL_FLAG(double, shard_max_reconnect_seconds, 2,
           "A front retries a shard that went away after at most this long (gRPC's reconnect "
           "back-off).");
+ABSL_FLAG(double, shard_keepalive_seconds, 10,
+          "A front calls every shard with no rows this often for each version it serves, so "
+          "the shards keep that version while the front serves it, busy or idle; keep it below "
+          "the shards' --shard_retain_seconds.");
 ABSL_FLAG(bool, shard_tls, false,
           "A front talks TLS to its shards (implied by any other --shard_tls_ flag); the "
           "system's roots verify them unless --shard_tls_ca is given.");
@@ -166,6 +170,7 @@ int main(int argc, char** argv) {
   options.shard_wait_seconds = absl::GetFlag(FLAGS_shard_wait_seconds);
   options.shard_retain_seconds = absl::GetFlag(FLAGS_shard_retain_seconds);
   options.shard_max_reconnect_seconds = absl::GetFlag(FLAGS_shard_max_reconnect_seconds);
+  options.shard_keepalive_seconds = absl::GetFlag(FLAGS_shard_keepalive_seconds);
   options.shard_tls = {.enabled = absl::GetFlag(FLAGS_shard_tls),
                        .ca_file = absl::GetFlag(FLAGS_shard_tls_ca),
                        .cert_file = absl::GetFlag(FLAGS_shard_tls_cert),

@@ -114,6 +114,8 @@ absl::Status ServerOptions::Validate() const {
         "--shard_tls* flags are for a front (--shard_targets): they say how it reaches its "
         "shards; a shard's own TLS is --tls_cert/--tls_key/--tls_client_ca");
   }
+  need(shard_keepalive_seconds >= 0.1 && shard_keepalive_seconds <= 3600,
+       "shard_keepalive_seconds", "seconds in 0.1..3600", shard_keepalive_seconds);
   need(shard_max_reconnect_seconds >= 0.1 && shard_max_reconnect_seconds <= 600,
        "shard_max_reconnect_seconds", "seconds in 0.1..600", shard_max_reconnect_seconds);
   if (problems.empty()) return absl::OkStatus();
@@ -173,6 +175,7 @@ absl::Status SparseServer::OpenRepository(const ServerOptions& options, int work
     shards.targets = options.shard_targets;
     shards.wait_for_shards = absl::Seconds(options.shard_wait_seconds);
     shards.max_reconnect_backoff = absl::Seconds(options.shard_max_reconnect_seconds);
+    shards.keepalive = absl::Seconds(options.shard_keepalive_seconds);
     metrics_->AddShards(options.shard_targets);
     ServerMetrics* metrics = metrics_.get();
     shards.on_call = [metrics](int shard, int code, double seconds) {

@@ -95,6 +95,9 @@ struct ServerOptions {
   double shard_wait_seconds = 120;
   double shard_retain_seconds = 60;
   double shard_max_reconnect_seconds = 2;
+  // A front calls every shard with no rows this often for each version it
+  // serves, so shards keep that version while the front serves it.
+  double shard_keepalive_seconds = 10;
   // How a front reaches shards that serve TLS (--shard_tls*): plaintext
   // unless enabled; PEM files as sparse-cli's --tls_* flags take them.
   ClientTls shard_tls;

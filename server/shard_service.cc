@@ -54,6 +54,10 @@ grpc::ServerUnaryReactor* ShardService::ComputePartial(grpc::CallbackServerConte
           return;
         }
         (*servable)->MarkUsed();
+        if (r.rows() == 0) {  // a front's keep-alive: the version stays retained
+          done(absl::OkStatus());
+          return;
+        }
         // The core's request, its route and its answer live until the call is done.
         struct Call {
           Route given;

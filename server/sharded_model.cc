@@ -216,7 +216,35 @@ ShardedModel::ShardedModel(ModelInfo info, const ShardSet* shards, std::string m
     : Model(std::move(info)), shards_(shards), model_(std::move(model)),
       model_sha256_(std::move(model_sha256)), version_(version),
       precision_(precision), router_(std::move(router)), hasher_(std::move(hasher)),
-      top_bias_(std::move(top_bias)), d_(this->info().input_dim), o_(this->info().output_dim) {}
+      top_bias_(std::move(top_bias)), d_(this->info().input_dim), o_(this->info().output_dim),
+      keepalive_([this] { KeepAlive(); }) {}
+
+ShardedModel::~ShardedModel() {
+  stop_.Notify();
+  keepalive_.join();
+}
+
+void ShardedModel::KeepAlive() {
+  // A shard keeps an older version only while fronts call it
+  // (--shard_retain_seconds after the last call): without these calls a
+  // front idle for that long would find its version gone on its next
+  // request. They carry no rows and are not counted in the shard metrics.
+  while (!stop_.WaitForNotificationWithTimeout(shards_->options().keepalive)) {
+    for (int i = 0; i < shards_->count() && !stop_.HasBeenNotified(); ++i) {
+      PartialRequest request;
+      request.set_model(model_);
+      request.set_model_sha256(model_sha256_);
+      request.set_version(version_);
+      request.set_precision(static_cast<sparse::v1::Precision>(precision_));
+      request.set_shard_index(i);
+      request.set_shard_count(shards_->count());
+      PartialResponse response;
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+      (void)shards_->shard(i).ComputePartial(&context, request, &response);
+    }
+  }
+}
 
 absl::Status ShardedModel::PredictValidated(const float* x, int64_t rows, float* y,
                                             PredictStats* stats, Route* route,

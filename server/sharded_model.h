@@ -25,9 +25,11 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "engine/expert_router.h"
 #include "engine/model.h"
@@ -55,6 +57,10 @@ class ShardSet {
     absl::Duration wait_for_shards = absl::Seconds(120);
     // A request without a deadline gives its shard calls this one.
     absl::Duration default_deadline = absl::Seconds(30);
+    // Each version a front serves calls every shard with no rows this
+    // often, so the shards keep it while the front serves it, busy or idle
+    // (it must be shorter than the shards' --shard_retain_seconds).
+    absl::Duration keepalive = absl::Seconds(10);
     // Told of every answered shard call (any thread; may be empty): the
     // shard index, gRPC's code and the seconds from sent to answered.
     std::function<void(int shard, int code, double seconds)> on_call;
@@ -89,6 +95,9 @@ class ShardSet {
 
 class ShardedModel : public Model {
  public:
+  // Stops the keep-alive calls (waiting for one in flight, at most 1 s).
+  ~ShardedModel() override;
+
   // `shards` must outlive the model. `shard_versions` are the shards'
   // statuses of this version (ShardSet::WaitForVersion).
   static absl::StatusOr<std::unique_ptr<ShardedModel>> Create(
@@ -102,6 +111,8 @@ class ShardedModel : public Model {
                std::optional<TableHasher> hasher, std::vector<float> top_bias);
   absl::Status PredictValidated(const float* x, int64_t rows, float* y, PredictStats* stats,
                                 Route* route, const PredictOptions& options) const override;
+  // Calls every shard with no rows each options().keepalive until stop_.
+  void KeepAlive();
   // Sends the calls in parallel and waits for every answer.
   absl::Status Fanout(std::vector<std::unique_ptr<Call>>& calls, absl::Time deadline,
                       PredictStats* stats) const;
@@ -115,6 +126,8 @@ class ShardedModel : public Model {
   const std::optional<TableHasher> hasher_;   // LSH
   const std::vector<float> top_bias_;         // a0 (DSM)
   const int64_t d_, o_;
+  absl::Notification stop_;
+  std::thread keepalive_;  // last: it starts once the rest is built
 };
 
 }  // namespace sparse

@@ -20,6 +20,9 @@ against an unsharded server on the same repository.
   and round-robin (and a retry of a call it refused) move to the other.
   Nor does one SIGKILLed under load: gRPC retries the calls it held on
   the live replica.
+- A front idle for longer than the shards' --shard_retain_seconds, after
+  a newer version replaced its own on them, still answers from its version:
+  its keep-alive calls (--shard_keepalive_seconds) kept it on the shards.
 
 Usage: sharding_test.py <source dir> <build dir>
 """
@@ -400,6 +403,39 @@ with tempfile.TemporaryDirectory() as tmp:
               (answered[0], len(failover_errors), failover_errors[:3]))
         check(answered[0] > 0 and not failover_errors,
               "failover from a killed replica: %d failed: %s" % (len(failover_errors), failover_errors[:3]))
+
+        # ---- An idle front keeps its version on the shards -----------------
+        # A front that loaded version 2 once (no rescans) sits idle while
+        # version 3 replaces it on the shards, for longer than their
+        # --shard_retain_seconds (5 s): its keep-alive calls kept version 2
+        # on every shard, so it still answers, with version 2's outputs.
+        front2.send_signal(signal.SIGKILL)  # it serves version 2 too
+        front2.wait()
+        idle, idle_ports = start_server(build, repo, "--shard_targets=" + targets,
+                                        "--shard_keepalive_seconds=1")
+        servers.append(idle)
+        idle_api = pb_grpc.SparseInferenceStub(grpc.insecure_channel("127.0.0.1:%d" % idle_ports[0]))
+        request = pb.PredictRequest(model="dsm", rows=16, inputs=batch.ravel().tolist())
+        check(idle_api.Predict(request, timeout=10).version == 2, "the idle front serves version 2")
+        write_dsm(os.path.join(repo, "dsm"), 12, 3)
+        shard_apis = [pb_grpc.SparseInferenceStub(grpc.insecure_channel("127.0.0.1:%d" % p))
+                      for p in shard_ports]
+        published = time.monotonic()
+        while time.monotonic() - published < 60:
+            serving = [a.GetModel(pb.GetModelRequest(model="dsm"), timeout=10).serving_version
+                       for a in shard_apis + [api]]
+            if serving == [3] * (N + 1):
+                break
+            time.sleep(0.2)
+        check(serving == [3] * (N + 1), "shards and the polling front serve version 3: %s" % serving)
+        time.sleep(5 + 2)  # past the shards' --shard_retain_seconds, the idle front idle
+        try:
+            got = idle_api.Predict(request, timeout=10)
+            check(got.version == 2 and close(got.outputs, expected[2]),
+                  "the idle front answers version 2's outputs: version %d" % got.version)
+        except grpc.RpcError as e:
+            check(False, "the idle front's version was dropped by the shards: %s %s" % (e.code(), e.details()))
+        print("a front idle for 7 s after version 3 replaced its version 2 on the shards still answers")
     finally:
         for server in servers:
             if server.poll() is None:
