@@ -4,8 +4,10 @@
 // values so large that the model's output overflows), through the native
 // API and the Open Inference Protocol, on both paths. Good requests must
 // all be answered, with the engine's outputs; each bad one must get
-// INVALID_ARGUMENT naming its own row. Also: bodies that do not parse, and
-// client strings too long to quote.
+// INVALID_ARGUMENT naming its own row. At every serving precision (FP32,
+// BF16, INT8: each row is converted on its own, so a bad row cannot change
+// its batch-mates' answers). Also: bodies that do not parse, and client
+// strings too long to quote.
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -19,6 +21,7 @@
 #include "gtest/gtest.h"
 #include "inference/grpc_service.grpc.pb.h"
 #include "model_store/checkpoint.h"
+#include "model_store/model_loader.h"
 #include "server/server.h"
 #include "sparse/v1/inference.grpc.pb.h"
 #include "tests/testing/local_server.h"
@@ -33,27 +36,30 @@ using sparse::v1::PredictRequest;
 using sparse::v1::PredictResponse;
 using ::sparse::testing::OverflowingRow;
 
-constexpr int64_t kD = 8;
+// d = 64 and 64 units: wide enough for BF16 and INT8 matrices (a matrix
+// with K = 8 or N < 52 stays FP32, docs/configuration.md).
+constexpr int64_t kD = 64;
 constexpr int kGoodThreads = 16;
 constexpr int kBadThreads = 2;
 constexpr int kRequestsPerThread = 120;
 
-class BatchIsolationTest : public ::testing::Test {
+class BatchIsolationTest : public ::testing::TestWithParam<Precision> {
  protected:
   void SetUp() override {
     root_ = fs::temp_directory_path() / ("sparse_batch_isolation_" + std::to_string(::getpid()));
     fs::remove_all(root_);
     Checkpoint dsm;
-    dsm.sparse = testing::RandomDsm({.d = kD, .o = 2, .experts = 8, .active_units = 16}, 7);
+    dsm.sparse = testing::RandomDsm({.d = kD, .o = 2, .experts = 8, .active_units = 64}, 7);
     dsm.dense = testing::RandomDense(kD, 128, 2, Activation::kRelu, 8);
     ASSERT_OK(WriteCheckpoint((root_ / "dsm").string(), 1, dsm));
     Checkpoint lsh;
     lsh.sparse = testing::RandomLshTable({.d = kD, .o = 2, .s = 4, .m = 6, .degree = 1}, 9);
-    lsh.dense = testing::RandomDense(kD, 32, 2, Activation::kRelu, 10);
+    lsh.dense = testing::RandomDense(kD, 64, 2, Activation::kRelu, 10);
     ASSERT_OK(WriteCheckpoint((root_ / "lsh").string(), 1, lsh));
     for (const char* model : {"dsm", "lsh"}) {
       std::ofstream(root_ / model / "config.pbtxt")
-          << "dynamic_batching { max_batch_rows: 32 max_queue_delay_us: 2000 }\n";
+          << "dynamic_batching { max_batch_rows: 32 max_queue_delay_us: 2000 }\n"
+          << "precision: " << PrecisionName(GetParam()) << "\n";
     }
     ServerOptions options;
     options.model_repository = root_.string();
@@ -74,6 +80,18 @@ class BatchIsolationTest : public ::testing::Test {
     absl::StatusOr<std::shared_ptr<const Servable>> found = server_->repository().Find(model, 0);
     EXPECT_TRUE(found.ok()) << found.status();
     servables_.push_back(*found);
+    if (GetParam() != Precision::kFp32) {
+      // The reduced matrices are in use: fewer bytes per row than at FP32.
+      absl::StatusOr<std::unique_ptr<Servable>> fp32 =
+          LoadServable(model, 1, (root_ / model / "1").string(), LoaderOptions{});
+      EXPECT_TRUE(fp32.ok()) << fp32.status();
+      if (fp32.ok()) {
+        EXPECT_LT((*found)->loaded.sparse->info().weight_bytes_per_row,
+                  (*fp32)->loaded.sparse->info().weight_bytes_per_row) << model;
+        EXPECT_LT((*found)->loaded.dense->info().weight_bytes_per_row,
+                  (*fp32)->loaded.dense->info().weight_bytes_per_row) << model;
+      }
+    }
     return (*found)->loaded;
   }
 
@@ -82,6 +100,9 @@ class BatchIsolationTest : public ::testing::Test {
   std::shared_ptr<grpc::Channel> channel_;
   std::vector<std::shared_ptr<const Servable>> servables_;
 };
+
+// What does not depend on the precision runs at FP32 alone.
+using RequestParsingTest = BatchIsolationTest;
 
 struct Counts {
   std::atomic<int> good_ok{0}, good_failed{0}, good_wrong{0}, good_batched{0};
@@ -97,7 +118,7 @@ int Mismatch(const float* got, const std::vector<float>& want) {
   return -1;
 }
 
-TEST_F(BatchIsolationTest, BadRequestsFailAloneAndNameTheirOwnRow) {
+TEST_P(BatchIsolationTest, BadRequestsFailAloneAndNameTheirOwnRow) {
   struct Path {
     std::string model;
     bool dense;
@@ -217,7 +238,7 @@ TEST_F(BatchIsolationTest, BadRequestsFailAloneAndNameTheirOwnRow) {
 
 // A batch that holds an overflowing request and good ones, formed for sure:
 // the good ones get their answers, the bad one its own row's error.
-TEST_F(BatchIsolationTest, AnOverflowInABatchFailsOnlyTheRequestThatSentIt) {
+TEST_P(BatchIsolationTest, AnOverflowInABatchFailsOnlyTheRequestThatSentIt) {
   const LoadedModel& loaded = Loaded("dsm");
   const std::vector<float> overflow = OverflowingRow(*loaded.dense);
   ASSERT_FALSE(overflow.empty());
@@ -260,7 +281,7 @@ TEST_F(BatchIsolationTest, AnOverflowInABatchFailsOnlyTheRequestThatSentIt) {
 // A body that is not the method's request message: INVALID_ARGUMENT saying
 // it did not parse (gRPC's callback API alone answers UNIMPLEMENTED with no
 // message), on every method of both APIs.
-TEST_F(BatchIsolationTest, AnUndecodableBodyIsInvalidArgumentSayingItDidNotParse) {
+TEST_P(RequestParsingTest, AnUndecodableBodyIsInvalidArgumentSayingItDidNotParse) {
   grpc::GenericStub stub(channel_);
   // A field 1 (string) that claims 100 bytes and has 3; then garbage.
   const std::vector<std::string> bodies = {std::string("\x0a\x64" "abc", 5),
@@ -306,7 +327,7 @@ TEST_F(BatchIsolationTest, AnUndecodableBodyIsInvalidArgumentSayingItDidNotParse
 // A 64 KiB model name: NOT_FOUND, with the name cut short in the message
 // (quoting it whole would overflow gRPC's metadata limit and turn the answer
 // into RESOURCE_EXHAUSTED).
-TEST_F(BatchIsolationTest, AHugeModelNameIsNotFoundWithAShortMessage) {
+TEST_P(RequestParsingTest, AHugeModelNameIsNotFoundWithAShortMessage) {
   const std::string name(64 << 10, 'm');
   auto native = sparse::v1::SparseInference::NewStub(channel_);
   {
@@ -356,6 +377,16 @@ TEST_F(BatchIsolationTest, AHugeModelNameIsNotFoundWithAShortMessage) {
     EXPECT_LT(status.error_message().size(), 1024u);
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Precisions, BatchIsolationTest,
+                         ::testing::Values(Precision::kFp32, Precision::kBf16, Precision::kInt8),
+                         [](const ::testing::TestParamInfo<Precision>& info) {
+                           return std::string(PrecisionName(info.param));
+                         });
+INSTANTIATE_TEST_SUITE_P(Fp32, RequestParsingTest, ::testing::Values(Precision::kFp32),
+                         [](const ::testing::TestParamInfo<Precision>& info) {
+                           return std::string(PrecisionName(info.param));
+                         });
 
 }  // namespace
 }  // namespace sparse
