@@ -401,6 +401,18 @@ TEST(ServerStartTest, RefusesAMissingOrEmptyRepository) {
   absl::Status s = SparseServer::Start(options, nullptr).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
   EXPECT_NE(s.message().find("no loadable model"), std::string::npos);
+  // Version directories that all fail: the message points at the logged
+  // reasons, not at a missing layout.
+  Checkpoint dsm;
+  dsm.sparse = RandomDsm({.d = kD}, 7);
+  ASSERT_OK(WriteCheckpoint((empty.path() / "dsm").string(), 1, dsm));
+  std::ofstream((empty.path() / "dsm" / "1" / "model.safetensors").string(), std::ios::trunc)
+      << "not a checkpoint";
+  std::vector<std::string> errors;
+  s = SparseServer::Start(options, &errors).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(s.message().find("1 version failed to load"), std::string::npos) << s.message();
+  EXPECT_FALSE(errors.empty());
 }
 
 }  // namespace

@@ -197,6 +197,15 @@ absl::Status SparseServer::OpenRepository(const ServerOptions& options, int work
                                                        repository_options, load_errors));
   const std::shared_ptr<const RepositorySnapshot> first = repository_->snapshot();
   if (ServingVersions(*first) == 0) {
+    size_t failed = 0;
+    for (const auto& [name, state] : *first) failed += state.failures.size();
+    if (failed > 0) {
+      // Version directories are there but none loaded (a front whose
+      // shards are not up, a corrupt file): the reasons were logged above.
+      return absl::NotFoundError(absl::StrCat("no loadable model in ", options.model_repository,
+                                              ": ", failed, failed == 1 ? " version" : " versions",
+                                              " failed to load (why is above)"));
+    }
     return absl::NotFoundError(absl::StrCat("no loadable model in ", options.model_repository,
                                             " (expected <model>/<version>/ directories written by "
                                             "sparse-train)"));
