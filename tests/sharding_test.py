@@ -8,7 +8,8 @@ against an unsharded server on the same repository.
   misses), FLOPs and weight bytes, outputs within 1e-5 relative. The
   front's dense twin (served whole by the front) equals the unsharded one.
   A front whose files differ from the shards' under the same version
-  refuses to load it.
+  refuses to load it. A row whose output overflows fails with the
+  unsharded server's error, its own row named, and only its request.
 - Killing one shard fails only the requests routed to it, UNAVAILABLE,
   within their deadline; once it is back (same port, the front not
   restarted) every request succeeds again within a few seconds. The
@@ -163,6 +164,37 @@ with tempfile.TemporaryDirectory() as tmp:
         check(close(api.PredictDense(dense_request, timeout=10).outputs,
                     ref.PredictDense(dense_request, timeout=10).outputs),
               "the front's dense twin differs from the unsharded server's")
+
+        # ---- An output that overflows ----------------------------------------
+        # The front, not a shard, judges the sums: the error names the row of
+        # the client's request, word for word as the unsharded server's, and
+        # the requests batched with it are answered.
+        for model in ("dsm", "lsh"):
+            refused = None
+            for big in (3e38, -3e38):
+                rows = np.vstack([x[:2], np.full((1, D), big, np.float32)])
+                request = pb.PredictRequest(model=model, rows=3, inputs=rows.ravel().tolist())
+                try:
+                    ref.Predict(request, timeout=10)
+                except grpc.RpcError as e:
+                    refused = (request, e.code(), e.details())
+                    break
+            check(refused is not None, "%s: no row of +-3e38 overflows the unsharded server" % model)
+            if refused is None:
+                continue
+            request, code, details = refused
+            good = [pb.PredictRequest(model=model, rows=1, inputs=x[i].tolist()) for i in range(16)]
+            futures = [api.Predict.future(r, timeout=10) for r in [request] + good]
+            try:
+                futures[0].result()
+                check(False, "%s: the front answered a row whose output overflows" % model)
+            except grpc.RpcError as e:
+                check((e.code(), e.details()) == (code, details),
+                      "%s: the front said %s %r, the unsharded server %s %r" %
+                      (model, e.code(), e.details(), code, details))
+            for i, f in enumerate(futures[1:]):
+                check(close(f.result().outputs, ref.Predict(good[i], timeout=10).outputs),
+                      "%s: a request sent beside the overflowing one failed or differs" % model)
 
         # ---- Kill a shard mid-load -------------------------------------------
         # Which shards each row of the DSM needs, from the unsharded routes.
