@@ -4,6 +4,9 @@
 #include <chrono>
 #include <thread>
 
+#include "absl/random/distributions.h"
+#include "absl/random/random.h"
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
@@ -45,6 +48,9 @@ constexpr char kServiceConfig[] = R"({
 
 ShardSet::ShardSet(Options options) : options_(std::move(options)) {
   if (options_.credentials == nullptr) options_.credentials = grpc::InsecureChannelCredentials();
+  if (!options_.log) {
+    options_.log = [](const std::string& line) { std::fprintf(stderr, "sparse-server: %s\n", line.c_str()); };
+  }
   const int max_backoff_ms =
       static_cast<int>(std::max<int64_t>(100, absl::ToInt64Milliseconds(options_.max_reconnect_backoff)));
   for (const std::string& target : options_.targets) {
@@ -229,19 +235,48 @@ void ShardedModel::KeepAlive() {
   // (--shard_retain_seconds after the last call): without these calls a
   // front idle for that long would find its version gone on its next
   // request. They carry no rows and are not counted in the shard metrics.
-  while (!stop_.WaitForNotificationWithTimeout(shards_->options().keepalive)) {
-    for (int i = 0; i < shards_->count() && !stop_.HasBeenNotified(); ++i) {
+  //
+  // gRPC sends a target's calls round robin over its replicas, and every
+  // version a front serves shares that rotation: one call per round would
+  // reach the same replica each time whenever two versions' rounds
+  // alternate, and the other replicas would drop the version. So each round
+  // sends a burst of kKeepAliveBurst calls per shard index (one per replica,
+  // up to that many replicas), and rounds are jittered so that two
+  // versions' bursts rarely overlap.
+  constexpr int kKeepAliveBurst = 8;
+  const int count = shards_->count();
+  std::vector<bool> failing(count, false);
+  absl::BitGen jitter;
+  const absl::Duration interval = shards_->options().keepalive;
+  while (!stop_.WaitForNotificationWithTimeout(interval * absl::Uniform(jitter, 0.8, 1.0))) {
+    for (int i = 0; i < count && !stop_.HasBeenNotified(); ++i) {
       PartialRequest request;
       request.set_model(model_);
       request.set_model_sha256(model_sha256_);
       request.set_version(version_);
       request.set_precision(static_cast<sparse::v1::Precision>(precision_));
       request.set_shard_index(i);
-      request.set_shard_count(shards_->count());
-      PartialResponse response;
-      grpc::ClientContext context;
-      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
-      (void)shards_->shard(i).ComputePartial(&context, request, &response);
+      request.set_shard_count(count);
+      grpc::Status status;
+      for (int call = 0; call < kKeepAliveBurst && status.ok(); ++call) {
+        PartialResponse response;
+        grpc::ClientContext context;
+        context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+        status = shards_->shard(i).ComputePartial(&context, request, &response);
+      }
+      // Said once when it starts failing and once when it works again.
+      if (!status.ok() && !failing[i]) {
+        shards_->options().log(absl::StrCat(
+            "model ", model_, " version ", version_, ": keep-alive to shard ", i, "/", count, " (",
+            shards_->target(i), ") failed: ", absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())), ": ",
+            status.error_message(), "; a shard drops the version --shard_retain_seconds after "
+            "its last call"));
+      } else if (status.ok() && failing[i]) {
+        shards_->options().log(absl::StrCat("model ", model_, " version ", version_,
+                                            ": keep-alive to shard ", i, "/", count, " (",
+                                            shards_->target(i), ") works again"));
+      }
+      failing[i] = !status.ok();
     }
   }
 }

@@ -57,10 +57,13 @@ class ShardSet {
     absl::Duration wait_for_shards = absl::Seconds(120);
     // A request without a deadline gives its shard calls this one.
     absl::Duration default_deadline = absl::Seconds(30);
-    // Each version a front serves calls every shard with no rows this
-    // often, so the shards keep it while the front serves it, busy or idle
-    // (it must be shorter than the shards' --shard_retain_seconds).
+    // Each version a front serves calls every shard with no rows about
+    // this often (0.8-1x), a burst per shard index that reaches each of up
+    // to 8 replicas, so the shards keep it while the front serves it, busy
+    // or idle (it must be shorter than the shards' --shard_retain_seconds).
     absl::Duration keepalive = absl::Seconds(10);
+    // Log lines (keep-alives that fail and work again); default stderr.
+    std::function<void(const std::string&)> log;
     // Told of every answered shard call (any thread; may be empty): the
     // shard index, gRPC's code and the seconds from sent to answered.
     std::function<void(int shard, int code, double seconds)> on_call;

@@ -23,7 +23,9 @@ against an unsharded server on the same repository.
   the live replica.
 - A front idle for longer than the shards' --shard_retain_seconds, after
   a newer version replaced its own on them, still answers from its version:
-  its keep-alive calls (--shard_keepalive_seconds) kept it on the shards.
+  its keep-alive calls (--shard_keepalive_seconds) kept it on the shards,
+  on both replicas of a shard index behind one target, while another
+  model's keep-alives share that target's round robin.
 
 Usage: sharding_test.py <source dir> <build dir>
 """
@@ -415,7 +417,7 @@ with tempfile.TemporaryDirectory() as tmp:
         # SIGKILLed under load: calls it held fail with its connection and
         # gRPC retries them on the live replica.
         third, _ = start_server(build, repo, "--port=%d" % shard_ports[1], "--shard=1/%d" % N,
-                                "--poll_seconds=0.5")
+                                "--poll_seconds=0.5", "--shard_retain_seconds=5")
         servers.append(third)
         time.sleep(3)  # the front's health check finds it (reconnect back-off <= 2 s)
         failover_errors.clear()
@@ -441,9 +443,17 @@ with tempfile.TemporaryDirectory() as tmp:
         # version 3 replaces it on the shards, for longer than their
         # --shard_retain_seconds (5 s): its keep-alive calls kept version 2
         # on every shard, so it still answers, with version 2's outputs.
+        # Shard 1 has two replicas behind one target, and the front serves
+        # two models whose keep-alives share that target's round robin:
+        # both replicas must keep version 2.
         front2.send_signal(signal.SIGKILL)  # it serves version 2 too
         front2.wait()
-        idle, idle_ports = start_server(build, repo, "--shard_targets=" + targets,
+        spare, spare_ports = start_server(build, repo, "--shard=1/%d" % N, "--poll_seconds=0.5",
+                                          "--shard_retain_seconds=5")
+        servers.append(spare)
+        idle_targets = ["127.0.0.1:%d" % p for p in shard_ports]
+        idle_targets[1] = "ipv4:127.0.0.1:%d,127.0.0.1:%d" % (shard_ports[1], spare_ports[0])
+        idle, idle_ports = start_server(build, repo, "--shard_targets=" + ";".join(idle_targets),
                                         "--shard_keepalive_seconds=1")
         servers.append(idle)
         idle_api = pb_grpc.SparseInferenceStub(grpc.insecure_channel("127.0.0.1:%d" % idle_ports[0]))
@@ -451,23 +461,28 @@ with tempfile.TemporaryDirectory() as tmp:
         check(idle_api.Predict(request, timeout=10).version == 2, "the idle front serves version 2")
         write_dsm(os.path.join(repo, "dsm"), 12, 3)
         shard_apis = [pb_grpc.SparseInferenceStub(grpc.insecure_channel("127.0.0.1:%d" % p))
-                      for p in shard_ports]
+                      for p in shard_ports + [spare_ports[0]]]
         published = time.monotonic()
         while time.monotonic() - published < 60:
             serving = [a.GetModel(pb.GetModelRequest(model="dsm"), timeout=10).serving_version
                        for a in shard_apis + [api]]
-            if serving == [3] * (N + 1):
+            if serving == [3] * len(serving):
                 break
             time.sleep(0.2)
-        check(serving == [3] * (N + 1), "shards and the polling front serve version 3: %s" % serving)
+        check(serving == [3] * len(serving), "shards and the polling front serve version 3: %s" % serving)
         time.sleep(5 + 2)  # past the shards' --shard_retain_seconds, the idle front idle
-        try:
-            got = idle_api.Predict(request, timeout=10)
-            check(got.version == 2 and close(got.outputs, expected[2]),
-                  "the idle front answers version 2's outputs: version %d" % got.version)
-        except grpc.RpcError as e:
-            check(False, "the idle front's version was dropped by the shards: %s %s" % (e.code(), e.details()))
-        print("a front idle for 7 s after version 3 replaced its version 2 on the shards still answers")
+        # Round robin sends these to both replicas of shard 1.
+        dropped = []
+        for _ in range(8):
+            try:
+                got = idle_api.Predict(request, timeout=10)
+                check(got.version == 2 and close(got.outputs, expected[2]),
+                      "the idle front answers version 2's outputs: version %d" % got.version)
+            except grpc.RpcError as e:
+                dropped.append("%s %s" % (e.code(), e.details()))
+        check(not dropped, "the idle front's version was dropped by a shard: %s" % dropped[:2])
+        print("a front idle for 7 s after version 3 replaced its version 2 on the shards "
+              "(two replicas of shard 1) still answers: 8 requests, %d failed" % len(dropped))
     finally:
         for server in servers:
             if server.poll() is None:
