@@ -223,7 +223,8 @@ same_as_host poly_lsh || fail "poly_lsh through the front"
 same_as_host poly_dsm || fail "poly_dsm through the front"
 # An LSH row needs every shard: with shard 2 stopped, each request fails.
 podman pod stop -t 10 sparse-shard-2 >/dev/null
-lsh_row=$(/usr/bin/python3 -c "print(','.join(['0.25'] * $(input_dim poly_lsh)))")
+lsh_dim=$(input_dim poly_lsh) && [[ -n "$lsh_dim" ]] || fail "the host server does not list poly_lsh"
+lsh_row=$(/usr/bin/python3 -c "print(','.join(['0.25'] * $lsh_dim))")
 refused=$("$CLI" --target="$front_target" predict --model=poly_lsh --inputs="$lsh_row" 2>&1) \
   && fail "a request needing a stopped shard succeeded: $refused"
 [[ "$refused" == *UNAVAILABLE* ]] || fail "a request needing a stopped shard: '$refused', not UNAVAILABLE"

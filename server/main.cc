@@ -98,8 +98,8 @@ ABSL_FLAG(double, shard_max_reconnect_seconds, 2,
           "back-off).");
 ABSL_FLAG(double, shard_keepalive_seconds, 10,
           "A front calls every shard with no rows this often for each version it serves (a "
-          "burst per shard index that reaches each of up to 8 replicas), so the shards keep "
-          "that version while the front serves it, busy or idle; keep it below the shards' "
+          "burst of 8 per shard index, spread over its replicas), so the shards keep that "
+          "version while the front serves it, busy or idle; keep it well below the shards' "
           "--shard_retain_seconds.");
 ABSL_FLAG(bool, shard_tls, false,
           "A front talks TLS to its shards (implied by any other --shard_tls_ flag); the "

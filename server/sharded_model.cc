@@ -240,9 +240,13 @@ void ShardedModel::KeepAlive() {
   // version a front serves shares that rotation: one call per round would
   // reach the same replica each time whenever two versions' rounds
   // alternate, and the other replicas would drop the version. So each round
-  // sends a burst of kKeepAliveBurst calls per shard index (one per replica,
-  // up to that many replicas), and rounds are jittered so that two
-  // versions' bursts rarely overlap.
+  // sends a burst of kKeepAliveBurst calls per shard index, one per replica
+  // (up to that many) when nothing else uses the channel meanwhile; calls
+  // in between shift it, and the next rounds (several per retention) reach
+  // a replica one missed. Rounds are jittered so that two versions' bursts
+  // rarely overlap. A replica that answers an error (one that lacks the
+  // version) does not end the burst; an unreachable index or a deadline
+  // does, as does stop_, so a destructor waits for one call at most.
   constexpr int kKeepAliveBurst = 8;
   const int count = shards_->count();
   std::vector<bool> failing(count, false);
@@ -257,12 +261,17 @@ void ShardedModel::KeepAlive() {
       request.set_precision(static_cast<sparse::v1::Precision>(precision_));
       request.set_shard_index(i);
       request.set_shard_count(count);
-      grpc::Status status;
-      for (int call = 0; call < kKeepAliveBurst && status.ok(); ++call) {
+      grpc::Status status;  // the first failure of the burst
+      for (int call = 0; call < kKeepAliveBurst && !stop_.HasBeenNotified(); ++call) {
         PartialResponse response;
         grpc::ClientContext context;
         context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
-        status = shards_->shard(i).ComputePartial(&context, request, &response);
+        const grpc::Status answer = shards_->shard(i).ComputePartial(&context, request, &response);
+        if (!answer.ok() && status.ok()) status = answer;
+        if (answer.error_code() == grpc::StatusCode::UNAVAILABLE ||
+            answer.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+          break;
+        }
       }
       // Said once when it starts failing and once when it works again.
       if (!status.ok() && !failing[i]) {

@@ -58,9 +58,11 @@ class ShardSet {
     // A request without a deadline gives its shard calls this one.
     absl::Duration default_deadline = absl::Seconds(30);
     // Each version a front serves calls every shard with no rows about
-    // this often (0.8-1x), a burst per shard index that reaches each of up
-    // to 8 replicas, so the shards keep it while the front serves it, busy
-    // or idle (it must be shorter than the shards' --shard_retain_seconds).
+    // this often (0.8-1x), a burst of 8 per shard index that round robin
+    // spreads over its replicas, so the shards keep it while the front
+    // serves it, busy or idle (it must be well under the shards'
+    // --shard_retain_seconds: each round may miss a replica when other
+    // calls interleave, and the next ones cover it).
     absl::Duration keepalive = absl::Seconds(10);
     // Log lines (keep-alives that fail and work again); default stderr.
     std::function<void(const std::string&)> log;
