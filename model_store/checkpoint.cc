@@ -1178,9 +1178,16 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir, const LoadOpti
   for (const auto& [name, entry] : manifest) {
     if (name == kModelFile || read_dense) file_bytes = SatAdd(file_bytes, entry.bytes);
   }
-  if (!ranged && options.max_bytes > 0 && SatMul(kMinFileCopies, file_bytes) > options.max_bytes) {
-    return OverBudget(SatMul(kMinFileCopies, file_bytes),
-                      absl::StrCat(kMinFileCopies, " x ", file_bytes, " bytes of tensor files, as ",
+  // A version-2 manifest names the tensors, so an LSH table model (the only
+  // kind with hash.projection) is known to hold its files three times.
+  const auto model_entry = manifest.find(kModelFile);
+  const uint64_t copies = model_entry != manifest.end() &&
+                                  model_entry->second.tensors.contains("hash.projection")
+                              ? 3
+                              : kMinFileCopies;
+  if (!ranged && options.max_bytes > 0 && SatMul(copies, file_bytes) > options.max_bytes) {
+    return OverBudget(SatMul(copies, file_bytes),
+                      absl::StrCat(copies, " x ", file_bytes, " bytes of tensor files, as ",
                                    kManifestFile, " declares them"),
                       options);
   }

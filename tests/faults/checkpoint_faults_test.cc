@@ -500,6 +500,20 @@ TEST_F(HostileCheckpointTest, AVersionOverTheMemoryBudgetIsRefusedBeforeItIsRead
   WriteVersion(dir, valid);
   options.max_bytes = 64 << 20;
   EXPECT_OK(LoadCheckpoint(dir.string(), options).status());
+
+  // An LSH table model holds its files three times, and its manifest
+  // (format_version 2) says it is one by naming hash.projection: three
+  // copies are held against the budget before it is read.
+  const std::map<std::string, std::string> lsh = ValidFiles(Kind::kLsh);
+  const uint64_t lsh_bytes = lsh.at(kModelFile).size() + lsh.at(kDenseFile).size();
+  WriteVersion(dir, lsh);
+  fs::remove(dir / kModelFile);
+  ASSERT_EQ(::mkfifo((dir / kModelFile).c_str(), 0644), 0);
+  options.max_bytes = 3 * lsh_bytes - 1;
+  status = LoadCheckpoint(dir.string(), options).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
+  EXPECT_THAT(status.message(), HasSubstr(absl::StrCat("estimated ", 3 * lsh_bytes, " bytes")));
+  EXPECT_THAT(status.message(), HasSubstr(absl::StrCat("3 x ", lsh_bytes, " bytes of tensor files")));
 }
 
 // A wide network with a tiny input and output: small files, but each
