@@ -1019,14 +1019,17 @@ constexpr uint64_t kBytesPerTable = 256;
 // 1.9x the file whole, 1.9x its part on a shard). Before the kind is known
 // this is the least a load needs.
 constexpr uint64_t kMinFileCopies = 2;
+// An LSH model's decoded tensors, its engine tables and the values scaled
+// by α.
+constexpr uint64_t kLshFileCopies = 3;
 
 // The copies of the tensor files a load of `c` holds at its peak: an LSH
-// model's decoded tensors, its engine tables and the values scaled by α
-// (3); a DSM's decoded and packed tensors (2), plus the cost-only dense
-// endpoint's own packed copy of the network, plus topk's transposed A.
+// model's kLshFileCopies; a DSM's decoded and packed tensors (2), plus the
+// cost-only dense endpoint's own packed copy of the network, plus topk's
+// transposed A.
 uint64_t FileCopies(const Checkpoint& c, const LoadOptions& options) {
   const auto* dsm = std::get_if<DsmWeights>(&c.sparse);
-  if (dsm == nullptr) return 3;
+  if (dsm == nullptr) return kLshFileCopies;
   const bool cost_only_dense =
       !c.dense.has_value() && c.part.role == ModelPart::Role::kWhole && options.cost_only_dense;
   return kMinFileCopies + (cost_only_dense ? 1 : 0) + (dsm->router == RouterKind::kTopk ? 1 : 0);
@@ -1179,11 +1182,11 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir, const LoadOpti
     if (name == kModelFile || read_dense) file_bytes = SatAdd(file_bytes, entry.bytes);
   }
   // A version-2 manifest names the tensors, so an LSH table model (the only
-  // kind with hash.projection) is known to hold its files three times.
+  // kind with hash.projection) is known before any tensor is read.
   const auto model_entry = manifest.find(kModelFile);
   const uint64_t copies = model_entry != manifest.end() &&
                                   model_entry->second.tensors.contains("hash.projection")
-                              ? 3
+                              ? kLshFileCopies
                               : kMinFileCopies;
   if (!ranged && options.max_bytes > 0 && SatMul(copies, file_bytes) > options.max_bytes) {
     return OverBudget(SatMul(copies, file_bytes),

@@ -49,7 +49,9 @@ constexpr char kServiceConfig[] = R"({
 ShardSet::ShardSet(Options options) : options_(std::move(options)) {
   if (options_.credentials == nullptr) options_.credentials = grpc::InsecureChannelCredentials();
   if (!options_.log) {
-    options_.log = [](const std::string& line) { std::fprintf(stderr, "sparse-server: %s\n", line.c_str()); };
+    options_.log = [](const std::string& line) {
+      std::fprintf(stderr, "sparse-server: %s\n", line.c_str());
+    };
   }
   const int max_backoff_ms =
       static_cast<int>(std::max<int64_t>(100, absl::ToInt64Milliseconds(options_.max_reconnect_backoff)));
@@ -230,6 +232,17 @@ ShardedModel::~ShardedModel() {
   keepalive_.join();
 }
 
+PartialRequest ShardedModel::CallTo(int shard) const {
+  PartialRequest request;
+  request.set_model(model_);
+  request.set_model_sha256(model_sha256_);
+  request.set_version(version_);
+  request.set_precision(static_cast<sparse::v1::Precision>(precision_));
+  request.set_shard_index(shard);
+  request.set_shard_count(shards_->count());
+  return request;
+}
+
 void ShardedModel::KeepAlive() {
   // A shard keeps an older version only while fronts call it
   // (--shard_retain_seconds after the last call): without these calls a
@@ -254,13 +267,7 @@ void ShardedModel::KeepAlive() {
   const absl::Duration interval = shards_->options().keepalive;
   while (!stop_.WaitForNotificationWithTimeout(interval * absl::Uniform(jitter, 0.8, 1.0))) {
     for (int i = 0; i < count && !stop_.HasBeenNotified(); ++i) {
-      PartialRequest request;
-      request.set_model(model_);
-      request.set_model_sha256(model_sha256_);
-      request.set_version(version_);
-      request.set_precision(static_cast<sparse::v1::Precision>(precision_));
-      request.set_shard_index(i);
-      request.set_shard_count(count);
+      const PartialRequest request = CallTo(i);
       grpc::Status status;  // the first failure of the burst
       for (int call = 0; call < kKeepAliveBurst && !stop_.HasBeenNotified(); ++call) {
         PartialResponse response;
@@ -275,9 +282,10 @@ void ShardedModel::KeepAlive() {
       }
       // Said once when it starts failing and once when it works again.
       if (!status.ok() && !failing[i]) {
+        const auto code = static_cast<absl::StatusCode>(status.error_code());
         shards_->options().log(absl::StrCat(
             "model ", model_, " version ", version_, ": keep-alive to shard ", i, "/", count, " (",
-            shards_->target(i), ") failed: ", absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())), ": ",
+            shards_->target(i), ") failed: ", absl::StatusCodeToString(code), ": ",
             status.error_message(), "; a shard drops the version --shard_retain_seconds after "
             "its last call"));
       } else if (status.ok() && failing[i]) {
@@ -300,13 +308,7 @@ absl::Status ShardedModel::PredictValidated(const float* x, int64_t rows, float*
     if (c == nullptr) {
       c = std::make_unique<Call>();
       c->shard = shard;
-      PartialRequest& q = c->request;
-      q.set_model(model_);
-      q.set_model_sha256(model_sha256_);
-      q.set_version(version_);
-      q.set_precision(static_cast<sparse::v1::Precision>(precision_));
-      q.set_shard_index(shard);
-      q.set_shard_count(count);
+      c->request = CallTo(shard);
     }
     return *c;
   };

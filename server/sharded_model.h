@@ -116,6 +116,8 @@ class ShardedModel : public Model {
                std::optional<TableHasher> hasher, std::vector<float> top_bias);
   absl::Status PredictValidated(const float* x, int64_t rows, float* y, PredictStats* stats,
                                 Route* route, const PredictOptions& options) const override;
+  // A call to shard `shard` of this version, with no rows yet.
+  sparse::v1::PartialRequest CallTo(int shard) const;
   // Calls every shard with no rows each options().keepalive until stop_.
   void KeepAlive();
   // Sends the calls in parallel and waits for every answer.

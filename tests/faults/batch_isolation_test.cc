@@ -378,15 +378,13 @@ TEST_P(RequestParsingTest, AHugeModelNameIsNotFoundWithAShortMessage) {
   }
 }
 
+std::string TestName(const ::testing::TestParamInfo<Precision>& info) {
+  return std::string(PrecisionName(info.param));
+}
 INSTANTIATE_TEST_SUITE_P(Precisions, BatchIsolationTest,
                          ::testing::Values(Precision::kFp32, Precision::kBf16, Precision::kInt8),
-                         [](const ::testing::TestParamInfo<Precision>& info) {
-                           return std::string(PrecisionName(info.param));
-                         });
-INSTANTIATE_TEST_SUITE_P(Fp32, RequestParsingTest, ::testing::Values(Precision::kFp32),
-                         [](const ::testing::TestParamInfo<Precision>& info) {
-                           return std::string(PrecisionName(info.param));
-                         });
+                         TestName);
+INSTANTIATE_TEST_SUITE_P(Fp32, RequestParsingTest, ::testing::Values(Precision::kFp32), TestName);
 
 }  // namespace
 }  // namespace sparse
