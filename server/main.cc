@@ -54,6 +54,22 @@ ABSL_FLAG(int64_t, max_message_bytes, 0,
 ABSL_FLAG(int, http_threads, 0,
           "Threads that run the HTTP port's connections (asynchronous I/O, and the requests "
           "cheap enough to answer inline); 0 = one per core.");
+ABSL_FLAG(int64_t, http_header_bytes, 16384,
+          "On the HTTP and metrics ports: the most bytes a request's line, header fields, chunk "
+          "extensions and trailers may take together; beyond it the request gets 431 and its "
+          "connection closes.");
+ABSL_FLAG(double, http_idle_seconds, 60,
+          "On the HTTP and metrics ports: a keep-alive connection with no request for this long "
+          "is closed.");
+ABSL_FLAG(double, http_header_seconds, 10,
+          "On the HTTP and metrics ports: a request's header must arrive within this long of its "
+          "first byte (else 408 and the connection closes: slowloris clients hold nothing long).");
+ABSL_FLAG(double, http_body_seconds, 60,
+          "On the HTTP and metrics ports: a request's body must arrive, and its reply be taken by "
+          "the client, within this long each (else 408, or the connection closes).");
+ABSL_FLAG(int64_t, http_max_connections, 1024,
+          "On each of the HTTP and metrics ports: the most connections open at once; one more gets "
+          "503 with Connection: close. Keep it below the file-descriptor limit (ulimit -n).");
 ABSL_FLAG(double, poll_seconds, 0,
           "Rescan --model_repository this often: new versions load in the background and serve "
           "once validated and warmed up, removed ones unload, a changed config.pbtxt applies. "
@@ -158,6 +174,11 @@ int main(int argc, char** argv) {
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   options.http_port = absl::GetFlag(FLAGS_http_port);
   options.http_threads = absl::GetFlag(FLAGS_http_threads);
+  options.http_header_bytes = absl::GetFlag(FLAGS_http_header_bytes);
+  options.http_idle_seconds = absl::GetFlag(FLAGS_http_idle_seconds);
+  options.http_header_seconds = absl::GetFlag(FLAGS_http_header_seconds);
+  options.http_body_seconds = absl::GetFlag(FLAGS_http_body_seconds);
+  options.http_max_connections = absl::GetFlag(FLAGS_http_max_connections);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.poll_seconds = absl::GetFlag(FLAGS_poll_seconds);
   options.model_control = absl::GetFlag(FLAGS_model_control);

@@ -1,10 +1,14 @@
 #include "server/metrics.h"
 
 #include <algorithm>
+#include <iterator>
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/client_text.h"
+#include "common/internal_error.h"
 #include "prometheus/family.h"
+#include "prometheus/text_serializer.h"
 
 namespace sparse {
 namespace {
@@ -223,6 +227,46 @@ std::vector<prometheus::MetricFamily> RoutingCollector::Collect() const {
   }
   return {std::move(rows), std::move(imbalance), std::move(lookups), std::move(misses),
           std::move(resident)};
+}
+
+std::vector<prometheus::MetricFamily> InternalErrorCollector::Collect() const {
+  prometheus::MetricFamily errors{"sparse_internal_errors_total",
+                                  "Exceptions caught at an entry point of the server (where: http, "
+                                  "metrics, grpc, compute, worker, loader, model_control, "
+                                  "shard_keepalive); each failed only its request, connection or "
+                                  "load, and the log says what it was",
+                                  prometheus::MetricType::Counter,
+                                  {}};
+  for (int i = 0; i < kErrorSites; ++i) {
+    const auto site = static_cast<ErrorSite>(i);
+    prometheus::ClientMetric m;
+    m.label = {prometheus::ClientMetric::Label{"where", std::string(ErrorSiteName(site))}};
+    m.counter.value = static_cast<double>(InternalErrors(site));
+    errors.metric.push_back(std::move(m));
+  }
+  return {std::move(errors)};
+}
+
+void MetricsEndpoint::Handle(const HttpRequest& request, std::function<void(HttpReply)> done) {
+  if (request.path != "/metrics") {
+    return done(ErrorReply(404, absl::StrCat("no endpoint ", ClientText(request.method), " ",
+                                             ClientText(request.path),
+                                             " on the metrics port; Prometheus reads GET /metrics")));
+  }
+  if (request.method != "GET") {
+    return done(ErrorReply(405, absl::StrCat("/metrics answers GET, not ",
+                                             ClientText(request.method))));
+  }
+  std::vector<prometheus::MetricFamily> families;
+  for (const auto& collectable : collectables_) {
+    std::vector<prometheus::MetricFamily> more = collectable->Collect();
+    families.insert(families.end(), std::make_move_iterator(more.begin()),
+                    std::make_move_iterator(more.end()));
+  }
+  HttpReply reply;
+  reply.content_type = "text/plain; version=0.0.4; charset=utf-8";
+  reply.body = prometheus::TextSerializer().Serialize(families);
+  done(std::move(reply));
 }
 
 }  // namespace sparse

@@ -23,6 +23,15 @@
 //   sparse_bucket_misses_total{model,version}    counter, probes that found no bucket (fallback used)
 //   sparse_model_resident_bytes{model,version,precision}  gauge, bytes its weights hold (both paths)
 //
+// and, for the whole process (InternalErrorCollector):
+//
+//   sparse_internal_errors_total{where}          counter, exceptions caught at an entry point
+//                                                (common/internal_error.h); each failed only its
+//                                                request, connection or load
+//
+// MetricsEndpoint serves them all on --metrics_port (GET /metrics, the text
+// format 0.0.4), through the project's own HTTP transport and its limits.
+//
 // Every series of a model is created when the model is loaded (by
 // SetLoadedVersions, off the request path), so recording a request is a
 // lookup under a reader lock and a few atomic adds (creating a labelled
@@ -51,6 +60,7 @@
 #include "prometheus/collectable.h"
 #include "model_store/model_repository.h"
 #include "server/core/infer.h"
+#include "server/http_handler.h"
 
 namespace sparse {
 
@@ -122,6 +132,25 @@ class RoutingCollector final : public prometheus::Collectable {
 
  private:
   const ModelRepository* const repository_;
+};
+
+// sparse_internal_errors_total{where}, one series per site (0 until the
+// first), read from common/internal_error.h's counters at each scrape.
+class InternalErrorCollector final : public prometheus::Collectable {
+ public:
+  std::vector<prometheus::MetricFamily> Collect() const override;
+};
+
+// The metrics port's handler: GET (or HEAD) /metrics answers every
+// collectable in Prometheus' text format; any other path is 404.
+class MetricsEndpoint final : public HttpHandler {
+ public:
+  explicit MetricsEndpoint(std::vector<std::shared_ptr<prometheus::Collectable>> collectables)
+      : collectables_(std::move(collectables)) {}
+  void Handle(const HttpRequest& request, std::function<void(HttpReply)> done) override;
+
+ private:
+  const std::vector<std::shared_ptr<prometheus::Collectable>> collectables_;
 };
 
 }  // namespace sparse

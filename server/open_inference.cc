@@ -59,18 +59,25 @@ inference::InferParameter Int64Param(int64_t v) {
 }
 
 // Whether a parameter is set to something other than its "off" value
-// (false, 0, "").
+// (false, 0, 0.0, ""), whichever of the protocol's types carries it: REST
+// sends a positive JSON integer as uint64 and a fraction as double, and
+// Triton's clients send a string sequence ID as a string.
 bool IsSet(const inference::InferParameter& p) {
   switch (p.parameter_choice_case()) {
     case inference::InferParameter::kBoolParam:
       return p.bool_param();
     case inference::InferParameter::kInt64Param:
       return p.int64_param() != 0;
+    case inference::InferParameter::kUint64Param:
+      return p.uint64_param() != 0;
+    case inference::InferParameter::kDoubleParam:
+      return p.double_param() != 0.0;  // NaN too
     case inference::InferParameter::kStringParam:
       return !p.string_param().empty();
-    default:
+    case inference::InferParameter::PARAMETER_CHOICE_NOT_SET:
       return false;
   }
+  return false;
 }
 
 // The request's parameters and requested outputs, as Triton's clients send

@@ -29,10 +29,17 @@ using google::protobuf::Reflection;
 
 constexpr int kMaxJsonDepth = 16;
 
+// JSON text of `body`; strings that are not UTF-8 (a model directory's
+// name, say) have U+FFFD for their bad bytes, so the dump cannot throw.
+template <typename AnyJson>
+std::string Dump(const AnyJson& body) {
+  return body.dump(-1, ' ', false, AnyJson::error_handler_t::replace);
+}
+
 HttpReply JsonReply(const Json& body, int status = 200) {
   HttpReply reply;
   reply.status = status;
-  reply.body = body.dump();
+  reply.body = Dump(body);
   return reply;
 }
 
@@ -56,7 +63,7 @@ Json MessageToJson(const Message& m) {
         const Message& entry = r->GetRepeatedMessage(m, f, j);
         const FieldDescriptor* key = entry.GetDescriptor()->map_key();
         const Json k = FieldToJson(entry, key, -1);
-        object[k.is_string() ? k.get<std::string>() : k.dump()] =
+        object[k.is_string() ? k.get<std::string>() : Dump(k)] =
             FieldToJson(entry, entry.GetDescriptor()->map_value(), -1);
       }
       out[f->name()] = std::move(object);
@@ -233,7 +240,13 @@ absl::Status ToModelInferRequest(const Json& body, absl::string_view binary,
     auto size = tensor->parameters().find("binary_data_size");
     if (size != tensor->parameters().end()) {
       const inference::InferParameter& p = size->second;
-      const int64_t bytes = p.has_uint64_param() ? static_cast<int64_t>(p.uint64_param()) : p.int64_param();
+      if (!p.has_uint64_param() && !p.has_int64_param()) {
+        return absl::InvalidArgumentError(
+            where + "binary_data_size must be a byte count (a non-negative integer)");
+      }
+      const int64_t bytes = p.has_uint64_param()
+                                ? static_cast<int64_t>(std::min<uint64_t>(p.uint64_param(), INT64_MAX))
+                                : p.int64_param();
       if (bytes < 0 || static_cast<uint64_t>(bytes) > binary.size() - offset) {
         return absl::InvalidArgumentError(absl::StrCat(
             where, "binary_data_size ", bytes, " is more than the ", binary.size() - offset,
@@ -253,6 +266,9 @@ absl::Status ToModelInferRequest(const Json& body, absl::string_view binary,
         offset));
   }
   auto all_binary = out->parameters().find("binary_data_output");
+  if (all_binary != out->parameters().end() && !all_binary->second.has_bool_param()) {
+    return absl::InvalidArgumentError("parameter 'binary_data_output' must be true or false");
+  }
   *binary_output = all_binary != out->parameters().end() && all_binary->second.bool_param();
   const Json& outputs = Field(body, "outputs");
   if (!outputs.is_null() && !outputs.is_array()) {
@@ -266,6 +282,9 @@ absl::Status ToModelInferRequest(const Json& body, absl::string_view binary,
     ASSIGN_OR_RETURN(*requested->mutable_name(), StringField(o, "name", where));
     RETURN_IF_ERROR(ToParameters(Field(o, "parameters"), where, requested->mutable_parameters()));
     auto binary_data = requested->parameters().find("binary_data");
+    if (binary_data != requested->parameters().end() && !binary_data->second.has_bool_param()) {
+      return absl::InvalidArgumentError(where + "parameter 'binary_data' must be true or false");
+    }
     if (binary_data != requested->parameters().end() && binary_data->second.bool_param()) {
       *binary_output = true;
     }
@@ -322,7 +341,7 @@ HttpReply InferReply(const inference::ModelInferResponse& response, bool binary_
   }
   body["outputs"] = std::move(outputs);
   HttpReply reply;
-  reply.body = body.dump();
+  reply.body = Dump(body);
   if (binary_output) {
     reply.header_length = static_cast<int64_t>(reply.body.size());
     reply.content_type = "application/octet-stream";
@@ -347,42 +366,6 @@ std::vector<std::string> Segments(absl::string_view path) {
 }
 
 }  // namespace
-
-int HttpStatusFor(absl::StatusCode code) {
-  switch (code) {
-    case absl::StatusCode::kOk:
-      return 200;
-    case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kFailedPrecondition:
-    case absl::StatusCode::kOutOfRange:
-      return 400;
-    case absl::StatusCode::kUnauthenticated:
-      return 401;
-    case absl::StatusCode::kPermissionDenied:
-      return 403;
-    case absl::StatusCode::kNotFound:
-      return 404;
-    case absl::StatusCode::kAlreadyExists:
-    case absl::StatusCode::kAborted:
-      return 409;
-    case absl::StatusCode::kResourceExhausted:
-      return 429;
-    case absl::StatusCode::kCancelled:
-      return 499;
-    case absl::StatusCode::kUnimplemented:
-      return 501;
-    case absl::StatusCode::kUnavailable:
-      return 503;
-    case absl::StatusCode::kDeadlineExceeded:
-      return 504;
-    default:
-      return 500;
-  }
-}
-
-HttpReply ErrorReply(const absl::Status& status) {
-  return JsonReply(Json{{"error", std::string(status.message())}}, HttpStatusFor(status.code()));
-}
 
 RestFrontend::RestFrontend(OpenInference* api, int64_t max_batch_rows)
     : api_(api), max_batch_rows_(max_batch_rows) {}
@@ -448,7 +431,7 @@ void RestFrontend::Handle(const HttpRequest& request, std::function<void(HttpRep
         } else if (value.is_number_integer()) {
           p.set_int64_param(value.get<int64_t>());
         } else {
-          p.set_string_param(value.is_string() ? value.get<std::string>() : value.dump());
+          p.set_string_param(value.is_string() ? value.get<std::string>() : Dump(value));
         }
       }
     }

@@ -34,35 +34,12 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "server/http_handler.h"
 #include "server/open_inference.h"
 
 namespace sparse {
 
-struct HttpRequest {
-  std::string method;  // "GET", "POST", ...
-  std::string path;    // decoded, without the query string
-  absl::string_view body;
-  // Triton's Inference-Header-Content-Length: the JSON is the body's first
-  // bytes, binary tensors follow.
-  std::optional<int64_t> header_length;
-  std::chrono::steady_clock::time_point received;  // before the body was read
-};
-
-struct HttpReply {
-  int status = 200;
-  std::string content_type = "application/json";
-  std::optional<int64_t> header_length;  // set when binary outputs follow the JSON
-  std::string body;
-};
-
-// The HTTP status for a gRPC-style code, as KServe's and grpc-gateway's
-// mappings do: INVALID_ARGUMENT 400, NOT_FOUND 404, UNAVAILABLE 503, ...
-int HttpStatusFor(absl::StatusCode code);
-
-// {"error": message}, with the status for `status`'s code.
-HttpReply ErrorReply(const absl::Status& status);
-
-class RestFrontend {
+class RestFrontend final : public HttpHandler {
  public:
   // `max_batch_rows` bounds the values a JSON infer body may hold (rows x
   // the model's inputs), so no body can make the parser hold more.
@@ -70,7 +47,7 @@ class RestFrontend {
 
   // Answers `request`; `done` runs once, on this thread or a worker. The
   // request (and the body it points to) must live until then.
-  void Handle(const HttpRequest& request, std::function<void(HttpReply)> done);
+  void Handle(const HttpRequest& request, std::function<void(HttpReply)> done) override;
 
  private:
   void Infer(const HttpRequest& request, const std::string& model, const std::string& version,

@@ -70,6 +70,16 @@ absl::Status ServerOptions::Validate() const {
        "-1..65535 (-1 = off, 0 = a free port)", http_port);
   need(http_threads >= 0 && http_threads <= 1024, "http_threads", "0..1024 (0 = one per core)",
        http_threads);
+  need(http_header_bytes >= 1024 && http_header_bytes <= (int64_t{1} << 20), "http_header_bytes",
+       "1024..1048576 bytes", http_header_bytes);
+  need(http_idle_seconds > 0 && http_idle_seconds <= 86400, "http_idle_seconds",
+       "seconds in (0, 86400]", http_idle_seconds);
+  need(http_header_seconds > 0 && http_header_seconds <= 3600, "http_header_seconds",
+       "seconds in (0, 3600]", http_header_seconds);
+  need(http_body_seconds > 0 && http_body_seconds <= 86400, "http_body_seconds",
+       "seconds in (0, 86400]", http_body_seconds);
+  need(http_max_connections >= 1 && http_max_connections <= (1 << 20), "http_max_connections",
+       "1..1048576", http_max_connections);
   need(poll_seconds >= 0 && poll_seconds <= 86400, "poll_seconds",
        "seconds in 0..86400 (0 = load once)", poll_seconds);
   need(drain_seconds >= 0 && drain_seconds <= 86400, "drain_seconds", "seconds in 0..86400",
@@ -240,21 +250,35 @@ void SparseServer::StartCore(const ServerOptions& options, int workers) {
           }});
 }
 
+HttpServer::Options SparseServer::HttpOptions(const ServerOptions& options) {
+  const auto ms = [](double seconds) {
+    return std::chrono::milliseconds(std::max<int64_t>(1, static_cast<int64_t>(seconds * 1000)));
+  };
+  HttpServer::Options http;
+  http.address = options.address;
+  http.header_bytes = options.http_header_bytes;
+  http.idle_timeout = ms(options.http_idle_seconds);
+  http.header_timeout = ms(options.http_header_seconds);
+  http.body_timeout = ms(options.http_body_seconds);
+  http.max_connections = options.http_max_connections;
+  return http;
+}
+
 absl::Status SparseServer::ServeMetrics(const ServerOptions& options) {
   if (options.metrics_port < 0) return absl::OkStatus();
-  try {
-    exposer_ = std::make_unique<prometheus::Exposer>(
-        absl::StrCat(options.address, ":", options.metrics_port));
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", options.address, ":",
-                                               options.metrics_port, " (--metrics_port): ",
-                                               e.what()));
-  }
-  exposer_->RegisterCollectable(metrics_->registry());
   routing_collector_ = std::make_shared<RoutingCollector>(repository_.get());
-  exposer_->RegisterCollectable(routing_collector_);
-  const std::vector<int> ports = exposer_->GetListeningPorts();
-  metrics_port_ = ports.empty() ? 0 : ports.front();
+  metrics_endpoint_ = std::make_unique<MetricsEndpoint>(
+      std::vector<std::shared_ptr<prometheus::Collectable>>{
+          metrics_->registry(), routing_collector_, std::make_shared<InternalErrorCollector>()});
+  // Its own port and thread, plaintext (as Prometheus scrapes), under the
+  // same limits as the REST port: no client can hold its thread.
+  HttpServer::Options http = HttpOptions(options);
+  http.port = options.metrics_port;
+  http.threads = 1;
+  http.max_body_bytes = 4096;  // GET /metrics carries no body
+  http.port_flag = "--metrics_port";
+  http.site = ErrorSite::kMetrics;
+  ASSIGN_OR_RETURN(metrics_http_, HttpServer::Start(http, metrics_endpoint_.get()));
   return absl::OkStatus();
 }
 
@@ -321,8 +345,10 @@ absl::Status SparseServer::ServeGrpc(const ServerOptions& options) {
 absl::Status SparseServer::ServeHttp(const ServerOptions& options) {
   if (options.http_port < 0) return absl::OkStatus();
   rest_ = std::make_unique<RestFrontend>(open_inference_.get(), options.max_batch_rows);
-  HttpServer::Options http = tls_;
-  http.address = options.address;
+  HttpServer::Options http = HttpOptions(options);
+  http.tls_cert_chain = tls_.tls_cert_chain;
+  http.tls_private_key = tls_.tls_private_key;
+  http.tls_client_ca = tls_.tls_client_ca;
   http.port = options.http_port;
   http.threads = options.http_threads;
   http.max_body_bytes = message_bytes_;

@@ -17,7 +17,6 @@
 #include "client/client.h"
 #include "grpcpp/generic/async_generic_service.h"
 #include "grpcpp/server.h"
-#include "prometheus/exposer.h"
 #include "server/core/inference_core.h"
 #include "server/inference_service.h"
 #include "server/metrics.h"
@@ -68,6 +67,17 @@ struct ServerOptions {
   // and the drain are the gRPC port's.
   int http_port = -1;
   int http_threads = 0;  // the HTTP port's I/O threads; 0 = one per core
+  // Limits of both HTTP ports, REST and metrics (HttpServer::Options,
+  // docs/configuration.md "HTTP limits"): the request line, header fields,
+  // chunk extensions and trailers of one request; the time a keep-alive
+  // connection may idle before a request, a request's header may take from
+  // its first byte, and its body (and its reply's writing) may take; the
+  // connections each port holds at once.
+  int64_t http_header_bytes = 16 << 10;
+  double http_idle_seconds = 60;
+  double http_header_seconds = 10;
+  double http_body_seconds = 60;
+  int64_t http_max_connections = 1024;
   // Rescan the repository this often (new versions, removed ones, changed
   // config.pbtxt); 0 = load once at start.
   double poll_seconds = 0;
@@ -122,7 +132,7 @@ class SparseServer {
 
   int port() const { return port_; }
   int health_port() const { return health_port_; }  // 0 when there is none
-  int metrics_port() const { return metrics_port_; }  // 0 when there is none
+  int metrics_port() const { return metrics_http_ != nullptr ? metrics_http_->port() : 0; }  // 0: none
   int http_port() const { return http_ != nullptr ? http_->port() : 0; }  // 0: none
   ModelRepository& repository() const { return *repository_; }
   // The serving core every frontend calls (an in-process caller may too).
@@ -146,6 +156,8 @@ class SparseServer {
   absl::Status ServeGrpc(const ServerOptions& options);
   absl::Status ServeHealthPort(const ServerOptions& options);
   absl::Status ServeHttp(const ServerOptions& options);
+  // An HTTP port's options from the flags (limits, address, threads).
+  static HttpServer::Options HttpOptions(const ServerOptions& options);
   // Metrics and health follow each published snapshot.
   void PublishModels(const RepositorySnapshot& snapshot);
   // Health per model follows the snapshot: SERVING while a version serves.
@@ -160,7 +172,8 @@ class SparseServer {
   std::unique_ptr<ModelRepository> repository_;
   std::unique_ptr<ServerMetrics> metrics_;
   std::shared_ptr<RoutingCollector> routing_collector_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<MetricsEndpoint> metrics_endpoint_;
+  std::unique_ptr<HttpServer> metrics_http_;  // --metrics_port
   std::unique_ptr<InferenceCore> core_;
   std::unique_ptr<ModelControl> control_;  // with --model_control only
   std::unique_ptr<InferenceService> service_;
@@ -182,7 +195,6 @@ class SparseServer {
   std::set<std::string> health_models_ ABSL_GUARDED_BY(health_mu_);  // every name ever set
   int port_ = 0;
   int health_port_ = 0;
-  int metrics_port_ = 0;
 };
 
 }  // namespace sparse
