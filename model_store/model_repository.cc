@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/client_text.h"
+#include "common/internal_error.h"
 #include "model_store/model_loader.h"
 
 namespace sparse {
@@ -175,15 +176,20 @@ std::shared_ptr<const Servable> ModelRepository::Load(const std::string& name, i
     load_budget_mu_.Await(absl::Condition(&fits));
     reserved_bytes_ += reserve;
   }
-  absl::StatusOr<std::unique_ptr<Servable>> loaded = LoadServable(
-      name, version, dir,
-      LoaderOptions{.max_batch_rows = options_.max_batch_rows,
-                    .workers = options_.workers,
-                    .max_bytes = max_model_bytes_,
-                    .precision = precision,
-                    .part = options_.part,
-                    .make_front = options_.make_front,
-                    .cost_only_dense = options_.cost_only_dense});
+  // What the load throws (an allocation, oneDNN) fails this version alone.
+  absl::StatusOr<std::unique_ptr<Servable>> loaded = nullptr;
+  const absl::Status caught = CatchInternal(ErrorSite::kLoader, [&] {
+    FaultPoint(ErrorSite::kLoader);
+    loaded = LoadServable(name, version, dir,
+                          LoaderOptions{.max_batch_rows = options_.max_batch_rows,
+                                        .workers = options_.workers,
+                                        .max_bytes = max_model_bytes_,
+                                        .precision = precision,
+                                        .part = options_.part,
+                                        .make_front = options_.make_front,
+                                        .cost_only_dense = options_.cost_only_dense});
+  });
+  if (!caught.ok()) loaded = caught;
   {
     absl::MutexLock lock(&load_budget_mu_);
     reserved_bytes_ -= reserve;
@@ -396,7 +402,7 @@ void ModelRepository::ScanAndPublish(bool first) {
   {
     std::vector<std::thread> helpers;
     for (size_t t = 1; t < std::min<size_t>(kScanThreads, names.size()); ++t) {
-      helpers.emplace_back(scan_models);
+      helpers.emplace_back([&scan_models] { (void)CatchInternal(ErrorSite::kLoader, scan_models); });
     }
     scan_models();
     for (std::thread& helper : helpers) helper.join();
@@ -499,7 +505,8 @@ void ModelRepository::StartPolling(std::chrono::milliseconds interval) {
         return;
       }
       poll_mu_.Unlock();
-      Rescan();
+      // What a rescan throws is counted; the next one tries again.
+      (void)CatchInternal(ErrorSite::kLoader, [this] { Rescan(); });
       poll_mu_.Lock();
     }
   });

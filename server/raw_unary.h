@@ -12,6 +12,7 @@
 #ifndef SPARSE_SERVER_RAW_UNARY_H_
 #define SPARSE_SERVER_RAW_UNARY_H_
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <type_traits>
@@ -26,6 +27,7 @@
 #include "grpcpp/server_context.h"
 #include "grpcpp/impl/codegen/proto_utils.h"
 #include "absl/time/time.h"
+#include "common/internal_error.h"
 #include "server/core/infer.h"
 #include "server/grpc_status.h"
 
@@ -77,7 +79,11 @@ grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* context,
     reactor->Finish(ToGrpcStatus(parsed));
     return reactor;
   }
-  UnaryDone done = [call, reply, reactor](const absl::Status& status) {
+  // Once only: a handler that throws after it answered (or handed the call
+  // to the core, which answers later) is not answered twice.
+  auto answered = std::make_shared<std::atomic<bool>>(false);
+  UnaryDone done = [call, reply, reactor, answered](const absl::Status& status) {
+    if (answered->exchange(true)) return;
     if (!status.ok()) {
       reactor->Finish(ToGrpcStatus(status));
       return;
@@ -85,12 +91,17 @@ grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* context,
     bool own_buffer = false;
     reactor->Finish(grpc::SerializationTraits<Response>::Serialize(call->response, reply, &own_buffer));
   };
-  if constexpr (std::is_invocable_v<Handler, const Request&, Response*, UnaryDone,
-                                    std::chrono::steady_clock::time_point>) {
-    handler(call->request, &call->response, std::move(done), received);
-  } else {
-    handler(call->request, &call->response, std::move(done));
-  }
+  // What the handler throws fails this call alone, INTERNAL, and is counted.
+  const absl::Status handled = CatchInternal(ErrorSite::kGrpc, [&] {
+    FaultPoint(ErrorSite::kGrpc);
+    if constexpr (std::is_invocable_v<Handler, const Request&, Response*, UnaryDone,
+                                      std::chrono::steady_clock::time_point>) {
+      handler(call->request, &call->response, done, received);
+    } else {
+      handler(call->request, &call->response, done);
+    }
+  });
+  if (!handled.ok()) done(handled);
   return reactor;
 }
 

@@ -10,6 +10,10 @@
 #include <thread>
 
 #include "absl/synchronization/blocking_counter.h"
+#include "boost/asio.hpp"
+#include "boost/beast/core.hpp"
+#include "boost/beast/http.hpp"
+#include "common/internal_error.h"
 #include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -255,6 +259,120 @@ TEST(InProcessCoreTest, AnswersAsTheGrpcFrontendDoes) {
   }
   local.server.reset();
 }
+
+namespace faults {
+
+// One HTTP/1.1 GET on a fresh connection: (status, body).
+std::pair<int, std::string> HttpGet(int port, const std::string& path) {
+  namespace beast = boost::beast;
+  namespace http = beast::http;
+  boost::asio::io_context io;
+  beast::tcp_stream stream(io);
+  stream.connect(boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"),
+                                                static_cast<uint16_t>(port)));
+  http::request<http::empty_body> request(http::verb::get, path, 11);
+  request.set(http::field::host, "127.0.0.1");
+  http::write(stream, request);
+  beast::flat_buffer buffer;
+  http::response<http::string_body> response;
+  http::read(stream, buffer, response);
+  return {static_cast<int>(response.result_int()), response.body()};
+}
+
+grpc::Status Predict(sparse::v1::SparseInference::Stub& stub) {
+  sparse::v1::PredictRequest request;
+  request.set_model("dsm");
+  request.set_rows(1);
+  for (float v : testing::RandomInputs(1, kD, 1)) request.add_inputs(v);
+  grpc::ClientContext context;
+  sparse::v1::PredictResponse response;
+  return stub.Predict(&context, request, &response);
+}
+
+// A load's error: the call's, or the first version that failed to load.
+std::string LoadError(sparse::v1::ModelControl::Stub& control) {
+  grpc::ClientContext context;
+  sparse::v1::LoadModelRequest request;
+  request.set_model("dsm");
+  sparse::v1::ModelStatus response;
+  const grpc::Status status = control.LoadModel(&context, request, &response);
+  if (!status.ok()) return status.error_message();
+  return response.failed_versions_size() > 0 ? response.failed_versions(0).error() : "";
+}
+
+// The line of sparse_internal_errors_total{where="<site>"} on /metrics.
+std::string ErrorLine(int metrics_port, absl::string_view site) {
+  const std::string text = HttpGet(metrics_port, "/metrics").second;
+  const std::string key = absl::StrCat("sparse_internal_errors_total{where=\"", site, "\"} ");
+  const size_t at = text.find(key);
+  if (at == std::string::npos) return "(missing)";
+  return text.substr(at, text.find('\n', at) - at);
+}
+
+// A step that throws on each entry point fails only its own request, call,
+// load or connection, is counted on /metrics, and the process goes on
+// answering on every port.
+TEST(InternalErrorTest, AThrowOnAnyEntryPointFailsOnlyItsRequestAndIsCounted) {
+  testing::TempDir root("server_fault_test");
+  Checkpoint checkpoint;
+  checkpoint.sparse = testing::RandomDsm({.d = kD, .o = 1, .experts = 8, .active_units = 16}, 1);
+  ASSERT_OK(WriteCheckpoint((root / "dsm").string(), 1, checkpoint));
+  ServerOptions options;
+  options.model_repository = root.string();
+  options.http_port = 0;
+  options.metrics_port = 0;
+  options.model_control = true;
+  ASSERT_OK_AND_ASSIGN(testing::LocalServer local, testing::StartLocalServer(options));
+  SparseServer& server = *local.server;
+  auto stub = sparse::v1::SparseInference::NewStub(local.channel);
+  auto control = sparse::v1::ModelControl::NewStub(local.channel);
+  ASSERT_TRUE(Predict(*stub).ok());
+
+  // The REST port's I/O thread: that request gets 500, the next 200.
+  InjectFault(ErrorSite::kHttp, 1);
+  auto [status, body] = HttpGet(server.http_port(), "/v2/health/ready");
+  EXPECT_EQ(status, 500);
+  EXPECT_THAT(body, HasSubstr("injected fault at http"));
+  EXPECT_EQ(HttpGet(server.http_port(), "/v2/health/ready").first, 200);
+  EXPECT_EQ(ErrorLine(server.metrics_port(), "http"), "sparse_internal_errors_total{where=\"http\"} 1");
+
+  // The metrics port: one scrape fails, the next one counts it.
+  InjectFault(ErrorSite::kMetrics, 1);
+  EXPECT_EQ(HttpGet(server.metrics_port(), "/metrics").first, 500);
+  EXPECT_EQ(ErrorLine(server.metrics_port(), "metrics"),
+            "sparse_internal_errors_total{where=\"metrics\"} 1");
+
+  // A gRPC handler, then the computation itself: INTERNAL, then OK.
+  for (ErrorSite site : {ErrorSite::kGrpc, ErrorSite::kCompute}) {
+    InjectFault(site, 1);
+    const grpc::Status failed = Predict(*stub);
+    EXPECT_EQ(failed.error_code(), grpc::StatusCode::INTERNAL) << ErrorSiteName(site);
+    EXPECT_THAT(failed.error_message(), HasSubstr(absl::StrCat("injected fault at ", ErrorSiteName(site))));
+    EXPECT_TRUE(Predict(*stub).ok()) << ErrorSiteName(site);
+    EXPECT_EQ(ErrorLine(server.metrics_port(), ErrorSiteName(site)),
+              absl::StrCat("sparse_internal_errors_total{where=\"", ErrorSiteName(site), "\"} 1"));
+  }
+
+  // A client's load, and the version load under it: the load fails, what
+  // serves stays, and the next load works.
+  for (ErrorSite site : {ErrorSite::kModelControl, ErrorSite::kLoader}) {
+    // A new version, so the load has a version to read.
+    const int64_t version = site == ErrorSite::kModelControl ? 2 : 3;
+    ASSERT_OK(WriteCheckpoint((root / "dsm").string(), version, checkpoint));
+    InjectFault(site, 1);
+    EXPECT_THAT(LoadError(*control),
+                HasSubstr(absl::StrCat("injected fault at ", ErrorSiteName(site))));
+    EXPECT_TRUE(Predict(*stub).ok()) << ErrorSiteName(site);
+    EXPECT_EQ(LoadError(*control), "") << ErrorSiteName(site);
+    EXPECT_TRUE(Predict(*stub).ok()) << ErrorSiteName(site);
+    EXPECT_EQ(ErrorLine(server.metrics_port(), ErrorSiteName(site)),
+              absl::StrCat("sparse_internal_errors_total{where=\"", ErrorSiteName(site), "\"} 1"));
+  }
+  local.server->Shutdown(5000);
+  local.server->Wait();
+}
+
+}  // namespace faults
 
 }  // namespace
 }  // namespace sparse

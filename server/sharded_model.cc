@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "common/client_text.h"
+#include "common/internal_error.h"
 #include "common/status_macros.h"
 #include "engine/matmul_kernel.h"
 #include "engine/sharding.h"
@@ -253,49 +254,56 @@ void ShardedModel::KeepAlive() {
   // version a front serves shares that rotation: one call per round would
   // reach the same replica each time whenever two versions' rounds
   // alternate, and the other replicas would drop the version. So each round
-  // sends a burst of kKeepAliveBurst calls per shard index, one per replica
+  // sends a burst of 8 calls per shard index (KeepAliveRound), one per replica
   // (up to that many) when nothing else uses the channel meanwhile; calls
   // in between shift it, and the next rounds (several per retention) reach
   // a replica one missed. Rounds are jittered so that two versions' bursts
   // rarely overlap. A replica that answers an error (one that lacks the
   // version) does not end the burst; an unreachable index or a deadline
   // does, as does stop_, so a destructor waits for one call at most.
-  constexpr int kKeepAliveBurst = 8;
   const int count = shards_->count();
   std::vector<bool> failing(count, false);
   absl::BitGen jitter;
   const absl::Duration interval = shards_->options().keepalive;
   while (!stop_.WaitForNotificationWithTimeout(interval * absl::Uniform(jitter, 0.8, 1.0))) {
     for (int i = 0; i < count && !stop_.HasBeenNotified(); ++i) {
-      const PartialRequest request = CallTo(i);
-      grpc::Status status;  // the first failure of the burst
-      for (int call = 0; call < kKeepAliveBurst && !stop_.HasBeenNotified(); ++call) {
-        PartialResponse response;
-        grpc::ClientContext context;
-        context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
-        const grpc::Status answer = shards_->shard(i).ComputePartial(&context, request, &response);
-        if (!answer.ok() && status.ok()) status = answer;
-        if (answer.error_code() == grpc::StatusCode::UNAVAILABLE ||
-            answer.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
-          break;
-        }
-      }
-      // Said once when it starts failing and once when it works again.
-      if (!status.ok() && !failing[i]) {
-        const auto code = static_cast<absl::StatusCode>(status.error_code());
-        shards_->options().log(absl::StrCat(
-            "model ", model_, " version ", version_, ": keep-alive to shard ", i, "/", count, " (",
-            shards_->target(i), ") failed: ", absl::StatusCodeToString(code), ": ",
-            status.error_message(), "; a shard drops the version --shard_retain_seconds after "
-            "its last call"));
-      } else if (status.ok() && failing[i]) {
-        shards_->options().log(absl::StrCat("model ", model_, " version ", version_,
-                                            ": keep-alive to shard ", i, "/", count, " (",
-                                            shards_->target(i), ") works again"));
-      }
-      failing[i] = !status.ok();
+      // What a round throws is counted and the next round goes on.
+      (void)CatchInternal(ErrorSite::kShardKeepalive, [&] { KeepAliveRound(i, &failing); });
     }
   }
+}
+
+void ShardedModel::KeepAliveRound(int i, std::vector<bool>* failing) {
+  constexpr int kKeepAliveBurst = 8;  // calls per shard index (KeepAlive)
+  FaultPoint(ErrorSite::kShardKeepalive);
+  const int count = shards_->count();
+  const PartialRequest request = CallTo(i);
+  grpc::Status status;  // the first failure of the burst
+  for (int call = 0; call < kKeepAliveBurst && !stop_.HasBeenNotified(); ++call) {
+    PartialResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    const grpc::Status answer = shards_->shard(i).ComputePartial(&context, request, &response);
+    if (!answer.ok() && status.ok()) status = answer;
+    if (answer.error_code() == grpc::StatusCode::UNAVAILABLE ||
+        answer.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+      break;
+    }
+  }
+  // Said once when it starts failing and once when it works again.
+  if (!status.ok() && !(*failing)[i]) {
+    const auto code = static_cast<absl::StatusCode>(status.error_code());
+    shards_->options().log(absl::StrCat(
+        "model ", model_, " version ", version_, ": keep-alive to shard ", i, "/", count, " (",
+        shards_->target(i), ") failed: ", absl::StatusCodeToString(code), ": ",
+        status.error_message(), "; a shard drops the version --shard_retain_seconds after "
+        "its last call"));
+  } else if (status.ok() && (*failing)[i]) {
+    shards_->options().log(absl::StrCat("model ", model_, " version ", version_,
+                                        ": keep-alive to shard ", i, "/", count, " (",
+                                        shards_->target(i), ") works again"));
+  }
+  (*failing)[i] = !status.ok();
 }
 
 absl::Status ShardedModel::PredictValidated(const float* x, int64_t rows, float* y,

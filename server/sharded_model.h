@@ -120,6 +120,9 @@ class ShardedModel : public Model {
   sparse::v1::PartialRequest CallTo(int shard) const;
   // Calls every shard with no rows each options().keepalive until stop_.
   void KeepAlive();
+  // One burst of keep-alive calls to shard index `i`; (*failing)[i] says
+  // whether the last one failed (logged when that changes).
+  void KeepAliveRound(int i, std::vector<bool>* failing);
   // Sends the calls in parallel and waits for every answer.
   absl::Status Fanout(std::vector<std::unique_ptr<Call>>& calls, absl::Time deadline,
                       PredictStats* stats) const;

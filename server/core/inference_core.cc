@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/client_text.h"
+#include "common/internal_error.h"
 #include "common/status_macros.h"
 #include "engine/matmul_kernel.h"
 
@@ -160,7 +161,7 @@ absl::Status Stale(const PendingRequest& p) {
 // only, so an output that overflows fails the request that sent the row,
 // naming its own row, and the others get their answers (and their own rows'
 // FLOPs). Should the batch fail as a whole (it cannot for admitted requests,
-// but oneDNN may still), each request is run again on its own. A lone
+// but oneDNN may still, or throw), each request is run again on its own. A lone
 // request is computed straight into its response. `finish(p, status)`
 // answers one request.
 template <typename Finish>
@@ -212,9 +213,11 @@ void RunBatch(const Servable& servable, bool dense, std::vector<PendingRequest> 
     PendingRequest& p = live.front();
     std::vector<float>& y = p.response->outputs;
     y.assign(run.rows * o, 0.0f);
-    absl::Status s = model.PredictAdmitted(p.request->inputs, run.rows, absl::MakeSpan(y),
-                                           &run.stats, want_route ? &route : nullptr,
-                                           predict_options);
+    absl::Status s = CatchInternal(ErrorSite::kCompute, [&] {
+      FaultPoint(ErrorSite::kCompute);
+      return model.PredictAdmitted(p.request->inputs, run.rows, absl::MakeSpan(y), &run.stats,
+                                   want_route ? &route : nullptr, predict_options);
+    });
     const bool computed = s.ok();
     const auto computed_at = Clock::now();
     // A shard's partial sums go back as computed, Inf included: the front
@@ -230,8 +233,12 @@ void RunBatch(const Servable& servable, bool dense, std::vector<PendingRequest> 
   for (const PendingRequest& p : live) x.insert(x.end(), p.request->inputs.begin(), p.request->inputs.end());
   times.input_ns = NanosBetween(run.start, Clock::now());
   std::vector<float> y(run.rows * o, 0.0f);
-  if (!model.PredictAdmitted(x, run.rows, absl::MakeSpan(y), &run.stats,
-                             want_route ? &route : nullptr, predict_options).ok()) {
+  const absl::Status batch_status = CatchInternal(ErrorSite::kCompute, [&] {
+    FaultPoint(ErrorSite::kCompute);
+    return model.PredictAdmitted(x, run.rows, absl::MakeSpan(y), &run.stats,
+                                 want_route ? &route : nullptr, predict_options);
+  });
+  if (!batch_status.ok()) {
     for (PendingRequest& p : live) {
       std::vector<PendingRequest> alone;
       alone.push_back(std::move(p));

@@ -1,5 +1,6 @@
 #include "server/core/worker_pool.h"
 
+#include "common/internal_error.h"
 #include "engine/matmul_kernel.h"
 
 namespace sparse {
@@ -34,7 +35,10 @@ void WorkerPool::Work() {
       task = std::move(queue_.front());
       queue_.pop_front();
     }
-    task();
+    // A task answers its own requests, failing them when what it runs
+    // throws (InferenceCore); this catches what escapes even that, so the
+    // worker lives on.
+    (void)CatchInternal(ErrorSite::kWorker, task);
   }
 }
 

@@ -1,13 +1,27 @@
 #include "server/core/worker_pool.h"
 
 #include <atomic>
+#include <stdexcept>
 
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "common/internal_error.h"
 #include "gtest/gtest.h"
 
 namespace sparse {
 namespace {
+
+TEST(WorkerPoolTest, ATaskThatThrowsIsCountedAndTheWorkerGoesOn) {
+  const int64_t before = InternalErrors(ErrorSite::kWorker);
+  std::atomic<int> done{0};
+  {
+    WorkerPool pool(1, 10);
+    ASSERT_TRUE(pool.Submit([] { throw std::runtime_error("a task's bug"); }));
+    ASSERT_TRUE(pool.Submit([&done] { ++done; }));
+  }
+  EXPECT_EQ(done.load(), 1);
+  EXPECT_EQ(InternalErrors(ErrorSite::kWorker), before + 1);
+}
 
 TEST(WorkerPoolTest, RunsEveryTaskAndDrainsOnDestruction) {
   std::atomic<int> done{0};

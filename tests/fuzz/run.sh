@@ -12,13 +12,15 @@ SECONDS_EACH=${FUZZ_SECONDS:-60}
 OUT=${OUT:-$BUILD/fuzz-results}
 mkdir -p "$OUT"
 status=0
-for target in ${FUZZ_TARGETS:-checkpoint_fuzz checkpoint_structure_fuzz model_config_fuzz request_fuzz}; do
+for target in ${FUZZ_TARGETS:-checkpoint_fuzz checkpoint_structure_fuzz model_config_fuzz request_fuzz http_fuzz}; do
   corpus="$OUT/corpus-$target"
   mkdir -p "$corpus"
-  echo "[fuzz] $target for ${SECONDS_EACH}s (seeds: tests/fuzz/corpus/$target)" >&2
+  dict=()
+  [[ -f "tests/fuzz/$target.dict" ]] && dict=(-dict="tests/fuzz/$target.dict")
+  echo "[fuzz] $target for ${SECONDS_EACH}s (seeds: tests/fuzz/corpus/$target${dict:+, dictionary tests/fuzz/$target.dict})" >&2
   if ASAN_OPTIONS=detect_leaks=1:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
      "$BUILD/tests/fuzz/$target" -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 \
-       -max_len=65536 -print_final_stats=1 -artifact_prefix="$OUT/$target-" \
+       -max_len=65536 -print_final_stats=1 "${dict[@]}" -artifact_prefix="$OUT/$target-" \
        "$corpus" "tests/fuzz/corpus/$target" >"$OUT/$target.log" 2>&1; then
     echo "[fuzz] $target: $(grep -E '^stat::number_of_executed_units' "$OUT/$target.log" | awk '{print $2}') executions, no crash; $(grep -E '#[0-9]+.*(DONE|pulse)' "$OUT/$target.log" | tail -n 1 | grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9/]+[a-zA-Z]*')" >&2
   else
