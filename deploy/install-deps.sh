@@ -26,8 +26,9 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   # the TLS test makes its certificates with the openssl command line; the
   # metrics test is scraped by a real Prometheus server; the deployment
-  # test parses YAML
-  openssl prometheus python3-yaml
+  # test parses YAML; the slow-client test attacks the HTTP ports with
+  # slowhttptest
+  openssl prometheus python3-yaml slowhttptest
 )
 
 # Optional: bench/peers (make peers) compares us with PyTorch (installed

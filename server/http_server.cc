@@ -27,7 +27,7 @@ absl::StatusOr<std::string> DecodePath(beast::string_view target) {
     if (target[i] == '%' && i + 2 < target.size() && absl::ascii_isxdigit(target[i + 1]) &&
         absl::ascii_isxdigit(target[i + 2])) {
       int value = 0;
-      absl::SimpleHexAtoi(absl::string_view(target.data() + i + 1, 2), &value);
+      (void)absl::SimpleHexAtoi(absl::string_view(target.data() + i + 1, 2), &value);  // two hex digits
       out.push_back(static_cast<char>(value));
       i += 2;
     } else {

@@ -18,10 +18,9 @@
 //     one budget, `header_bytes` (431 beyond it), and the read buffer holds
 //     at most that plus one read;
 //   - a body over `max_body_bytes` gets 413 before it is buffered;
-//   - time: `idle_timeout` for a request's first byte (then the connection
-//     closes silently), `header_timeout` from there to the header's end and
-//     `body_timeout` for the body (408 when either passes), `body_timeout`
-//     again for writing the reply;
+//   - time: `idle_timeout` for a request's first byte, `header_timeout`
+//     from there to the header's end, `body_timeout` for the body and again
+//     for writing the reply; past any of them the connection closes;
 //   - at most `max_connections` connections: a new one beyond gets 503 and
 //     "Connection: close" (or, when even that cannot be afforded, is
 //     closed at once); the accept loop backs off when the process is out of

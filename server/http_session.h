@@ -165,13 +165,16 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     }
   }
 
-  // Idle until the next request's first byte (`idle_timeout`); a request
-  // already in the buffer (pipelined) is read at once.
+  // Idle until the next request's first byte (`idle_timeout`; a new
+  // connection gets `header_timeout` to begin, as nginx's
+  // client_header_timeout, so connections that never send cost little); a
+  // request already in the buffer (pipelined) is read at once.
   void WaitForRequest() {
     request_ = {};
     head_ = false;
     if (buffer_.size() > 0) return ReadHeader();
-    Expire(server_->options.idle_timeout);
+    Expire(served_ > 0 ? server_->options.idle_timeout
+                       : std::min(server_->options.idle_timeout, server_->options.header_timeout));
     stream_.async_read_some(buffer_.prepare(kReadBuffer),
                             [self = this->shared_from_this()](beast::error_code ec, size_t n) {
                               // Gone, or idle too long: closed without a word.
@@ -279,8 +282,8 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
                      });
   }
 
-  // A read that failed: the client gone (closed), too slow (408 when it had
-  // begun a request), too large (413, 431) or not HTTP (400).
+  // A read that failed: the client gone or too slow (closed), too large
+  // (413, 431) or not HTTP (400).
   void OnReadError(beast::error_code ec) {
     const HttpServer::Options& o = server_->options;
     if (ec == http::error::body_limit) {
@@ -293,10 +296,8 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
                                       o.header_bytes, " bytes, the most this server takes "
                                       "(--http_header_bytes)"));
     }
-    if (ec == beast::error::timeout) {
-      return Refuse(408, absl::StrCat("the request did not arrive in time (--http_header_seconds "
-                                      "for the header, --http_body_seconds for the body)"));
-    }
+    // beast::error::timeout: the stream has closed the socket already, as
+    // nginx does for a header or body that does not arrive in time.
     if (ec.category() == http::make_error_code(http::error::bad_method).category() &&
         ec != http::error::end_of_stream && ec != http::error::partial_message) {
       return Refuse(400, absl::StrCat("the request is not valid HTTP/1.1: ", ec.message()));
@@ -316,6 +317,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     }
     request_ = parser_->release();
     parser_.reset();
+    ++served_;
     server_->Began();
     if (server_->draining->load()) {
       close_after_write_ = true;
@@ -413,6 +415,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
   http::response<http::string_body> response_;
   std::optional<http::response_serializer<http::string_body>> serializer_;  // HEAD
   bool close_after_write_ = false;
+  int64_t served_ = 0;  // requests read whole on this connection
   std::unique_ptr<http::response<http::empty_body>> continue_;  // "100 Continue"
 };
 

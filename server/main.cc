@@ -63,10 +63,10 @@ ABSL_FLAG(double, http_idle_seconds, 60,
           "is closed.");
 ABSL_FLAG(double, http_header_seconds, 10,
           "On the HTTP and metrics ports: a request's header must arrive within this long of its "
-          "first byte (else 408 and the connection closes: slowloris clients hold nothing long).");
+          "first byte, else the connection closes (slowloris clients hold nothing long).");
 ABSL_FLAG(double, http_body_seconds, 60,
           "On the HTTP and metrics ports: a request's body must arrive, and its reply be taken by "
-          "the client, within this long each (else 408, or the connection closes).");
+          "the client, within this long each, else the connection closes.");
 ABSL_FLAG(int64_t, http_max_connections, 1024,
           "On each of the HTTP and metrics ports: the most connections open at once; one more gets "
           "503 with Connection: close. Keep it below the file-descriptor limit (ulimit -n).");

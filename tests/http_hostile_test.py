@@ -790,7 +790,7 @@ with tempfile.TemporaryDirectory() as tmp:
 
     def idle_connections(server, port_name):
         port = server.ports[port_name]
-        klass = "idle connections, then GET"
+        klass = "idle connections, then a request"
         for count in (2, 100):
             held = []
             try:
@@ -900,7 +900,8 @@ with tempfile.TemporaryDirectory() as tmp:
                 ("garbage bytes", [
                     ("a TLS ClientHello", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(32))),
                     ("4 KiB of random bytes", rng.randbytes(4096)),
-                    ("the HTTP/2 preface, then random frames", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + rng.randbytes(2048)),
+                    ("the HTTP/2 preface, then random frames",
+                     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + rng.randbytes(2048)),
                     ("1 KiB of NUL", b"\x00" * 1024)])):
             for label, data in cases:
                 o = exchange(port, data, timeout=2, close_wait=1)
