@@ -5,7 +5,8 @@ each file stays under the fuzzers' 64 KiB input limit): an LSH table, DSMs
 with each router kind, with and without a dense twin, packed as
 checkpoint_fuzz reads them. Request seeds are valid and invalid
 PredictRequest and ModelInferRequest messages for request_fuzz's models.
-Config seeds cover each config.pbtxt field.
+Config seeds cover each config.pbtxt field. HTTP seeds are what one REST
+client sends on one connection (http_fuzz).
 
 Usage: /usr/bin/python3 tests/fuzz/make_seeds.py <build dir>
 """
@@ -130,6 +131,45 @@ with tempfile.TemporaryDirectory() as tmp:
     for name, parts in batches.items():
         write("request_fuzz", name,
               b"\x04" + SEP.join(bytes([mode]) + m.SerializeToString() for mode, m in parts))
+
+# http_fuzz: what one client sends on one REST connection, for its models
+# (dsm and lsh, d = 4).
+J = b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}'
+
+
+def post(path, body, extra=b""):
+    return (b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(body)).encode() +
+            b"\r\n" + extra + b"\r\n" + body)
+
+
+BIN_JSON = (b'{"inputs":[{"name":"input","shape":[2,4],"datatype":"FP32","parameters":{"binary_data_size":32}}],'
+            b'"outputs":[{"name":"output","parameters":{"binary_data":true}}]}')
+http_seeds = {
+    "get_ready": b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n",
+    "get_metadata_pipelined": b"".join(
+        b"GET " + p + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        for p in (b"/v2", b"/v2/models/dsm", b"/v2/models/lsh/versions/1/config", b"/v2/models/stats")),
+    "head_then_get": (b"HEAD /v2 HTTP/1.1\r\nHost: x\r\n\r\n"
+                      b"GET /v2/models/dsm/ready HTTP/1.1\r\nHost: x\r\n\r\n"),
+    "infer_json_dsm": post(b"/v2/models/dsm/infer", J),
+    "infer_json_lsh_dense": post(b"/v2/models/lsh.dense/infer", J),
+    "infer_binary": post(b"/v2/models/dsm/infer", BIN_JSON + struct.pack("<8f", *range(8)),
+                         b"Inference-Header-Content-Length: " + str(len(BIN_JSON)).encode() + b"\r\n"),
+    "infer_params": post(b"/v2/models/dsm/infer",
+                         b'{"id":"a","parameters":{"sequence_id":0,"priority":1,"binary_data_output":false},'
+                         b'"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[[1,2,3,4]]}],'
+                         b'"outputs":[{"name":"output","parameters":{"classification":0}}]}'),
+    "chunked_ext_trailer": (b"POST /v2/models/dsm/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                            b"%x;a=b\r\n" % len(J) + J + b"\r\n0;last\r\nX-Trailer: v\r\n\r\n"),
+    "expect_continue": post(b"/v2/models/lsh/infer", J, b"Expect: 100-continue\r\n"),
+    "index_load": post(b"/v2/repository/index", b'{"ready":true}') +
+                  post(b"/v2/repository/models/dsm/load", b'{"parameters":{"a":1}}'),
+    "bad_utf8_path": b"GET /v2/models/%FF/ready HTTP/1.1\r\nHost: x\r\n\r\n",
+    "http10_close": b"GET /v2/health/live HTTP/1.0\r\n\r\n",
+    "absolute_form": b"GET http://h:1/v2/models/dsm HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+}
+for name, data in http_seeds.items():
+    write("http_fuzz", name, data)
 
 for target in sorted(os.listdir(corpus)):
     files = os.listdir(os.path.join(corpus, target))
