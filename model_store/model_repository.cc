@@ -390,9 +390,17 @@ void ModelRepository::ScanAndPublish(bool first) {
       absl::MutexLock lock(mu.get());
       Scanned& s = scanned.find(name)->second;
       const std::optional<ModelState> previous = Current(name, &s.generation);
-      ModelState state = ScanModel(name, previous ? &*previous : nullptr, /*retry_failed=*/false,
-                                   &s.log);
-      if (!state.versions.empty() || !state.failures.empty() || !state.config_error.empty()) {
+      ModelState state;
+      // A scan that throws leaves the model as it was (counted, logged);
+      // the next rescan tries again.
+      const absl::Status scan = CatchInternal(ErrorSite::kLoader, [&] {
+        state = ScanModel(name, previous ? &*previous : nullptr, /*retry_failed=*/false, &s.log);
+      });
+      if (!scan.ok()) {
+        s.state = previous;
+        s.log.push_back(absl::StrCat("model ", name, " kept as it was: ", scan.message()));
+      } else if (!state.versions.empty() || !state.failures.empty() ||
+                 !state.config_error.empty()) {
         s.state = std::move(state);
       } else if (previous.has_value()) {
         s.log.push_back(absl::StrCat("model ", name, " unloaded: no version directory left"));
@@ -402,7 +410,7 @@ void ModelRepository::ScanAndPublish(bool first) {
   {
     std::vector<std::thread> helpers;
     for (size_t t = 1; t < std::min<size_t>(kScanThreads, names.size()); ++t) {
-      helpers.emplace_back([&scan_models] { (void)CatchInternal(ErrorSite::kLoader, scan_models); });
+      helpers.emplace_back(scan_models);
     }
     scan_models();
     for (std::thread& helper : helpers) helper.join();

@@ -108,24 +108,29 @@ void Accept(std::shared_ptr<HttpServer::Impl> server) {
                      server->options.port_flag.c_str(), ec.message().c_str(),
                      static_cast<long long>(kAcceptBackoff.count()));
       }
-      auto timer = std::make_shared<asio::steady_timer>(*server->ios[0], kAcceptBackoff);
-      timer->async_wait([server, timer](beast::error_code wait_ec) {
+      // One accept is pending at a time, so one timer serves (Impl).
+      server->accept_backoff->expires_after(kAcceptBackoff);
+      server->accept_backoff->async_wait([server](beast::error_code wait_ec) {
         if (!wait_ec && !server->stopped.load()) Accept(server);
       });
       return;
     }
-    socket.set_option(tcp::no_delay(true), ec);
-    if (server->connections.load(std::memory_order_relaxed) >= server->options.max_connections) {
-      RefuseConnection(server, std::move(socket));
-    } else if (server->tls.has_value()) {
-      auto session = std::make_shared<Session<beast::ssl_stream<beast::tcp_stream>>>(
-          server, beast::ssl_stream<beast::tcp_stream>(std::move(socket), *server->tls));
-      if (server->Track(session)) session->Start();
-    } else {
-      auto session =
-          std::make_shared<Session<beast::tcp_stream>>(server, beast::tcp_stream(std::move(socket)));
-      if (server->Track(session)) session->Start();
-    }
+    // What setting up one connection throws (SSL_new, an allocation) loses
+    // that connection only: the loop accepts the next one regardless.
+    (void)CatchInternal(server->options.site, [&] {
+      socket.set_option(tcp::no_delay(true), ec);
+      if (server->connections.load(std::memory_order_relaxed) >= server->options.max_connections) {
+        RefuseConnection(server, std::move(socket));
+      } else if (server->tls.has_value()) {
+        auto session = std::make_shared<Session<beast::ssl_stream<beast::tcp_stream>>>(
+            server, beast::ssl_stream<beast::tcp_stream>(std::move(socket), *server->tls));
+        if (server->Track(session)) session->Start();
+      } else {
+        auto session = std::make_shared<Session<beast::tcp_stream>>(
+            server, beast::tcp_stream(std::move(socket)));
+        if (server->Track(session)) session->Start();
+      }
+    });
     Accept(std::move(server));
   });
 }
@@ -174,6 +179,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const Options& opt
         absl::StrCat("--address=", options.address, " is not an IP address: ", ec.message()));
   }
   tcp::acceptor& acceptor = impl->acceptor.emplace(*impl->ios[0]);
+  impl->accept_backoff.emplace(*impl->ios[0]);
   const tcp::endpoint endpoint(address, static_cast<uint16_t>(options.port));
   acceptor.open(endpoint.protocol(), ec);
   if (!ec) acceptor.set_option(asio::socket_base::reuse_address(true), ec);
@@ -216,6 +222,7 @@ void HttpServer::Stop(std::chrono::steady_clock::time_point deadline) {
   http_internal::asio::post(*impl->ios[0], [impl, sessions = std::move(sessions)] {
     http_internal::beast::error_code ignored;
     impl->acceptor->close(ignored);
+    impl->accept_backoff->cancel();
     for (const auto& s : sessions) {
       if (std::shared_ptr<http_internal::SessionBase> session = s.lock()) session->CloseSoon();
     }

@@ -105,6 +105,9 @@ struct HttpServer::Impl {
   std::atomic<size_t> next{0};
   std::optional<http_internal::asio::ssl::context> tls;
   std::optional<http_internal::tcp::acceptor> acceptor;
+  // The accept loop's back-off when the process is out of descriptors;
+  // acceptor and timer live on ios[0], as the accept handler does.
+  std::optional<http_internal::asio::steady_timer> accept_backoff;
   HttpHandler* handler = nullptr;
   const std::atomic<bool>* draining = nullptr;
   std::atomic<int64_t> in_flight{0};
@@ -131,8 +134,10 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
         stream_(std::move(stream)),
         buffer_(static_cast<size_t>(server_->options.header_bytes) + kReadBuffer) {
     server_->connections.fetch_add(1, std::memory_order_relaxed);
+    // Extensions count against the header budget; plain chunks do not (a
+    // large upload in small chunks is a body, bounded by the body limit).
     on_chunk_ = [this](uint64_t, beast::string_view extensions, beast::error_code& ec) {
-      budget_used_ += static_cast<int64_t>(extensions.size()) + 4;  // ";", size line's CRLF
+      budget_used_ += static_cast<int64_t>(extensions.size());
       if (budget_used_ > server_->options.header_bytes) ec = http::error::header_limit;
     };
   }
@@ -324,19 +329,24 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
       return Write(ErrorReply(absl::UnavailableError(
           "sparse-server is shutting down; send the request to another replica")));
     }
+    head_ = request_.method() == http::verb::head;
     auto answered = std::make_shared<std::atomic<bool>>(false);
     auto done = [self = this->shared_from_this(), answered](HttpReply reply) {
       if (answered->exchange(true)) return;  // a handler that threw after answering
       if (self->server_->stopped.load(std::memory_order_acquire)) return;
       asio::dispatch(self->stream_.get_executor(), [self, reply = std::move(reply)]() mutable {
-        self->Write(std::move(reply));
+        // A reply that cannot even be written ends the connection.
+        if (!CatchInternal(self->server_->options.site, [&] { self->Write(std::move(reply)); })
+                 .ok()) {
+          self->server_->Ended();
+          self->Close();
+        }
       });
     };
     const absl::Status handled = CatchInternal(server_->options.site, [&]() -> absl::Status {
       FaultPoint(server_->options.site);
       current_ = HttpRequest();
       current_.received = std::chrono::steady_clock::now();
-      head_ = request_.method() == http::verb::head;
       current_.method = head_ ? "GET" : std::string(request_.method_string());
       ASSIGN_OR_RETURN(current_.path, DecodePath(request_.target()));
       current_.body = request_.body();
@@ -382,7 +392,8 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     auto written = [self = this->shared_from_this()](beast::error_code ec, size_t) {
       self->serializer_.reset();
       self->server_->Ended();
-      if (ec || !self->response_.keep_alive()) return self->Close();
+      if (ec) return self->Close();
+      if (!self->response_.keep_alive()) return self->LingeringClose();
       self->WaitForRequest();
     };
     if (head_) {  // the header GET would send, Content-Length included: no body
@@ -390,6 +401,32 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
       return http::async_write_header(stream_, *serializer_, std::move(written));
     }
     http::async_write(stream_, response_, std::move(written));
+  }
+
+  // After a reply that ends the connection: no more writes, and what the
+  // client still sends (the rest of a refused body) is read and dropped for
+  // up to a second or 1 MiB, so the kernel does not answer it with a reset
+  // that could destroy the reply before the client reads it (as nginx's
+  // lingering close).
+  void LingeringClose() {
+    if constexpr (std::is_same_v<Stream, beast::tcp_stream>) {
+      beast::error_code ignored;
+      stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+      Expire(std::chrono::seconds(1));
+      buffer_.clear();
+      Drain(0);
+    } else {
+      Close();
+    }
+  }
+
+  void Drain(size_t drained) {
+    stream_.async_read_some(
+        buffer_.prepare(kReadBuffer),
+        [self = this->shared_from_this(), drained](beast::error_code ec, size_t n) {
+          if (ec || drained + n > (size_t{1} << 20)) return self->Close();
+          self->Drain(drained + n);  // nothing is committed: the bytes are dropped
+        });
   }
 
   void Close() {

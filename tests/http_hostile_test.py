@@ -47,6 +47,10 @@ SLACK = 2.0  # seconds a timeout may fire late on this busy 2-core machine
 HEADER_BYTES = 16384  # --http_header_bytes' default
 GIB, MIB = 1 << 30, 1 << 20
 FLOOD_CAP_SECONDS = 15  # a flood the server never cuts stops here (and fails)
+# What a flood may add to the server's RSS: 16 MiB (the issue's bound); under
+# a sanitizer, whose shadow memory and quarantine are most of what RSS would
+# show, only that it stays bounded.
+MAX_FLOOD_GROWTH_MIB = 256 if os.environ.get("SPARSE_SANITIZE") else 16
 ROW = [0.1, -0.2, 0.3, -0.4, 0.5, -0.6, 0.7, -0.8]
 INFER_JSON = json.dumps({"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32",
                                      "data": ROW}]}).encode()
@@ -688,7 +692,8 @@ with tempfile.TemporaryDirectory() as tmp:
         sampler.join()
         peak[0] = max(peak[0], rss_mib(pid))
         growth = peak[0] - before
-        ok = how.startswith("cut off") and sent <= 64 * MIB and growth < 16 and answer in (None, 431, 400)
+        ok = (how.startswith("cut off") and sent <= 64 * MIB and growth < MAX_FLOOD_GROWTH_MIB and
+              answer in (None, 431, 400))
         record(server, port_name, klass, label, "%s at %.1f MiB sent%s, RSS +%.1f MiB" % (
             how, sent / MIB, ", answer %s" % answer if answer else "", growth), ok)
 
@@ -1042,12 +1047,20 @@ with tempfile.TemporaryDirectory() as tmp:
         code = limited.stop()
     check(code == 0, "%s stopped cleanly (exit %s)" % (limited.label, code))
 
-    starved = Server("server under RLIMIT_NOFILE=128", ["--http_port=0"], nofile=128)
-    try:
-        out_of_descriptors(starved, 128)
-    finally:
-        code = starved.stop()
-    check(code == 0, "%s stopped cleanly (exit %s)" % (starved.label, code))
+    if os.environ.get("SPARSE_SANITIZE"):
+        # UndefinedBehaviorSanitizer checks a pointer's memory through a pipe
+        # (IsAccessibleMemoryRange): with no descriptor left that fails, and it
+        # reports every virtual call as "invalid vptr". The phase runs in the
+        # plain build only.
+        print("out of descriptors: skipped under %s (its checks need descriptors)" %
+              os.environ["SPARSE_SANITIZE"])
+    else:
+        starved = Server("server under RLIMIT_NOFILE=128", ["--http_port=0"], nofile=128)
+        try:
+            out_of_descriptors(starved, 128)
+        finally:
+            code = starved.stop()
+        check(code == 0, "%s stopped cleanly (exit %s)" % (starved.label, code))
 
     # Every input, then the table for docs/reliability.md.
     names = {"rest": "REST", "metrics": "metrics", "health": "health (gRPC)", "grpc": "gRPC"}
