@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "model_store/checkpoint.h"
+#include "tests/testing/random_models.h"
 
 namespace sparse::fuzz {
 
@@ -33,6 +34,22 @@ inline std::string ScratchDir(const std::string& name) {
   std::filesystem::create_directories(dir);
   DirsToRemove()->push_back(dir);
   return dir;
+}
+
+// The request fuzzers' repository under `root`, written once: an LSH table
+// "lsh" (o = 2) and a DSM "dsm" (o = 1), d = 4, each with its dense twin,
+// as version 1.
+inline void WriteSmallModels(const std::string& root) {
+  if (std::filesystem::exists(root + "/dsm/1")) return;
+  Checkpoint lsh;
+  lsh.sparse = testing::RandomLshTable({.d = 4, .o = 2, .s = 3, .m = 5}, 1);
+  lsh.dense = testing::RandomDense(4, 16, 2, Activation::kRelu, 2);
+  Checkpoint dsm;
+  dsm.sparse = testing::RandomDsm({.d = 4, .o = 1, .experts = 4, .active_units = 8}, 3);
+  dsm.dense = testing::RandomDense(4, 32, 1, Activation::kRelu, 4);
+  if (!WriteCheckpoint(root + "/lsh", 1, lsh).ok() || !WriteCheckpoint(root + "/dsm", 1, dsm).ok()) {
+    __builtin_trap();
+  }
 }
 
 // One prediction of one row on each path of a model that loaded: a

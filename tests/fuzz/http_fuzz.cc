@@ -11,19 +11,16 @@
 // client's bytes are used up, with every request answered, and what the
 // server wrote must be HTTP responses; never a crash, a leak or a hang.
 #include <cstdint>
-#include <filesystem>
 #include <memory>
 #include <string>
 
 #include "boost/beast/_experimental/test/stream.hpp"
-#include "model_store/checkpoint.h"
 #include "model_store/model_repository.h"
 #include "server/core/inference_core.h"
 #include "server/http_session.h"
 #include "server/open_inference.h"
 #include "server/rest_frontend.h"
 #include "tests/fuzz/fuzz_util.h"
-#include "tests/testing/random_models.h"
 
 namespace {
 
@@ -40,18 +37,7 @@ struct World {
 
 World* MakeWorld() {
   const std::string root = sparse::fuzz::ScratchDir("http_repo");
-  if (!std::filesystem::exists(root + "/dsm/1")) {
-    sparse::Checkpoint lsh;
-    lsh.sparse = sparse::testing::RandomLshTable({.d = 4, .o = 2, .s = 3, .m = 5}, 1);
-    lsh.dense = sparse::testing::RandomDense(4, 16, 2, sparse::Activation::kRelu, 2);
-    sparse::Checkpoint dsm;
-    dsm.sparse = sparse::testing::RandomDsm({.d = 4, .o = 1, .experts = 4, .active_units = 8}, 3);
-    dsm.dense = sparse::testing::RandomDense(4, 32, 1, sparse::Activation::kRelu, 4);
-    if (!sparse::WriteCheckpoint(root + "/lsh", 1, lsh).ok() ||
-        !sparse::WriteCheckpoint(root + "/dsm", 1, dsm).ok()) {
-      __builtin_trap();
-    }
-  }
+  sparse::fuzz::WriteSmallModels(root);
   auto* world = new World;
   sparse::ModelRepository::Options options;
   options.max_batch_rows = 64;

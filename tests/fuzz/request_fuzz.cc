@@ -46,16 +46,7 @@ struct World {
 World* MakeWorld() {
   const std::string root = sparse::fuzz::ScratchDir("request_repo");
   if (!std::filesystem::exists(root + "/lsh/1")) {
-    sparse::Checkpoint lsh;
-    lsh.sparse = sparse::testing::RandomLshTable({.d = 4, .o = 2, .s = 3, .m = 5}, 1);
-    lsh.dense = sparse::testing::RandomDense(4, 16, 2, sparse::Activation::kRelu, 2);
-    sparse::Checkpoint dsm;
-    dsm.sparse = sparse::testing::RandomDsm({.d = 4, .o = 1, .experts = 4, .active_units = 8}, 3);
-    dsm.dense = sparse::testing::RandomDense(4, 32, 1, sparse::Activation::kRelu, 4);
-    if (!sparse::WriteCheckpoint(root + "/lsh", 1, lsh).ok() ||
-        !sparse::WriteCheckpoint(root + "/dsm", 1, dsm).ok()) {
-      __builtin_trap();
-    }
+    sparse::fuzz::WriteSmallModels(root);
     for (const char* model : {"lsh", "dsm"}) {
       std::ofstream(root + "/" + model + "/config.pbtxt")
           << "dynamic_batching { max_batch_rows: 64 max_queue_size: 16 }\n";
