@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "common/client_tls.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/security/credentials.h"
@@ -23,20 +24,6 @@
 #include "sparse/v1/inference.grpc.pb.h"
 
 namespace sparse {
-
-// How to reach a server that has TLS on: PEM files, all optional. With no
-// ca_file the system's roots verify the server; cert_file and key_file (both
-// or neither) are the client's certificate for mutual TLS; server_name
-// overrides the name checked against the server's certificate.
-struct ClientTls {
-  bool enabled = false;
-  std::string ca_file, cert_file, key_file, server_name;
-  // TLS is on when asked for or implied by any file or name.
-  bool on() const {
-    return enabled || !ca_file.empty() || !cert_file.empty() || !key_file.empty() ||
-           !server_name.empty();
-  }
-};
 
 // The channel credentials for `tls` (plaintext unless tls.on()), with the
 // PEM files read now, and the channel arguments the server name override

@@ -5,7 +5,7 @@
 // model-control call, a front's keep-alive, a metrics scrape) runs its work
 // under CatchInternal(): what it throws fails only that request, connection
 // or load, is logged once to stderr with the place it came from, and is
-// counted there (sparse_internal_errors_total{where}, server/metrics.h).
+// counted there (sparse_internal_errors_total{where}, server/metrics/metrics.h).
 //
 // FaultPoint(site) marks a step of each entry point where tests make the
 // next calls throw (InjectFault), to see the process live and answering.

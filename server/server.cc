@@ -191,9 +191,7 @@ absl::Status SparseServer::OpenRepository(const ServerOptions& options, int work
     shards.on_call = [metrics](int shard, int code, double seconds) {
       metrics->ObserveShardCall(shard, code, seconds);
     };
-    ASSIGN_OR_RETURN(shards.credentials,
-                     ChannelCredentialsFor(options.shard_tls, "--shard_", &shards.channel_args));
-    shard_set_ = std::make_unique<ShardSet>(std::move(shards));
+    ASSIGN_OR_RETURN(shard_set_, ShardSet::Create(std::move(shards), options.shard_tls));
     repository_options.part = {
         .role = ModelPart::Role::kFront,
         .shard = {.index = 0, .count = static_cast<int>(options.shard_targets.size())}};
@@ -307,10 +305,10 @@ absl::Status SparseServer::ServeGrpc(const ServerOptions& options) {
     }
   }
   const std::shared_ptr<grpc::ServerCredentials> credentials = ServerCredentials(tls_);
-  service_ = std::make_unique<InferenceService>(repository_.get(), core_.get());
+  service_ = std::make_unique<SparseInferenceService>(repository_.get(), core_.get());
   if (options.model_control) control_ = std::make_unique<ModelControl>(repository_.get());
-  open_inference_ = std::make_unique<OpenInference>(repository_.get(), core_.get(), control_.get());
-  oip_service_ = std::make_unique<OipService>(open_inference_.get());
+  open_inference_ = std::make_unique<OipProtocol>(repository_.get(), core_.get(), control_.get());
+  oip_service_ = std::make_unique<OipGrpcService>(open_inference_.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

@@ -14,19 +14,19 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "client/client.h"
+#include "common/client_tls.h"
 #include "grpcpp/generic/async_generic_service.h"
 #include "grpcpp/server.h"
 #include "server/core/inference_core.h"
-#include "server/inference_service.h"
-#include "server/metrics.h"
-#include "server/model_control_service.h"
+#include "server/grpc/sparse_inference_service.h"
+#include "server/metrics/metrics.h"
+#include "server/grpc/model_control_service.h"
 #include "model_store/model_repository.h"
-#include "server/http_server.h"
-#include "server/oip_service.h"
-#include "server/rest_frontend.h"
-#include "server/shard_service.h"
-#include "server/sharded_model.h"
+#include "server/http/http_server.h"
+#include "server/grpc/oip_grpc_service.h"
+#include "server/http/rest_frontend.h"
+#include "server/grpc/shard_service.h"
+#include "sharding/sharded_model.h"
 
 namespace sparse {
 
@@ -38,7 +38,7 @@ struct ServerOptions {
   int64_t max_queue = 1024;    // requests waiting for a worker
   int64_t max_batch_rows = 1024;
   // Requests costing at most this many FLOPs run on the gRPC thread instead
-  // of a worker (InferenceService::Options); 0 queues every request.
+  // of a worker (SparseInferenceService::Options); 0 queues every request.
   // -1: 262144, or on a shard server (`shard`) 4194304: a shard call runs
   // one expert slice per row, and handing it to a worker cost ~20 % of a
   // sharded request's latency (docs/benchmarks.md, "Sharded models").
@@ -62,7 +62,7 @@ struct ServerOptions {
   // Prometheus text endpoint (GET /metrics) on this port; -1 = none, 0 = a
   // free port (see SparseServer::metrics_port).
   int metrics_port = -1;
-  // KServe v2 HTTP/REST (server/rest_frontend.h) on this port; -1 = none,
+  // KServe v2 HTTP/REST (server/http/rest_frontend.h) on this port; -1 = none,
   // 0 = a free port (see SparseServer::http_port). TLS, the message limit
   // and the drain are the gRPC port's.
   int http_port = -1;
@@ -176,9 +176,9 @@ class SparseServer {
   std::unique_ptr<HttpServer> metrics_http_;  // --metrics_port
   std::unique_ptr<InferenceCore> core_;
   std::unique_ptr<ModelControl> control_;  // with --model_control only
-  std::unique_ptr<InferenceService> service_;
-  std::unique_ptr<OpenInference> open_inference_;  // OIP's calls, for gRPC and REST
-  std::unique_ptr<OipService> oip_service_;
+  std::unique_ptr<SparseInferenceService> service_;
+  std::unique_ptr<OipProtocol> open_inference_;  // OIP's calls, for gRPC and REST
+  std::unique_ptr<OipGrpcService> oip_service_;
   std::unique_ptr<RestFrontend> rest_;
   std::unique_ptr<HttpServer> http_;
   int64_t message_bytes_ = 0;  // the largest request, on gRPC and HTTP

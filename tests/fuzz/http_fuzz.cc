@@ -1,10 +1,10 @@
 // Fuzzes the REST port from the first byte: the input is what one client
 // sends on one connection (any number of pipelined requests, or junk), fed
-// through the HTTP transport's own session code (server/http_session.h:
+// through the HTTP transport's own session code (server/http/http_session.h:
 // reading, the header budget, chunked bodies with extensions and trailers,
 // Host / Transfer-Encoding / Expect checks, path decoding, HEAD, 100
 // Continue, the body limit) over an in-memory stream, then the REST
-// frontend (KServe v2 JSON and Triton's binary tensors), OpenInference and
+// frontend (KServe v2 JSON and Triton's binary tensors), OipProtocol and
 // the serving core, against small real models (a DSM "dsm" and an LSH table
 // "lsh", d = 4, each with its dense twin). Everything runs inline on this
 // thread, so each input is seen through: the session must end once the
@@ -17,9 +17,9 @@
 #include "boost/beast/_experimental/test/stream.hpp"
 #include "model_store/model_repository.h"
 #include "server/core/inference_core.h"
-#include "server/http_session.h"
-#include "server/open_inference.h"
-#include "server/rest_frontend.h"
+#include "server/http/http_session.h"
+#include "server/oip/oip_protocol.h"
+#include "server/http/rest_frontend.h"
 #include "tests/fuzz/fuzz_util.h"
 
 namespace {
@@ -29,7 +29,7 @@ namespace beast = boost::beast;
 struct World {
   std::unique_ptr<sparse::ModelRepository> repository;
   std::unique_ptr<sparse::InferenceCore> core;
-  std::unique_ptr<sparse::OpenInference> api;
+  std::unique_ptr<sparse::OipProtocol> api;
   std::unique_ptr<sparse::RestFrontend> frontend;
   std::shared_ptr<sparse::HttpServer::Impl> server;
   std::atomic<bool> draining{false};
@@ -50,7 +50,7 @@ World* MakeWorld() {
                                                                .max_batch_rows = 64,
                                                                .inline_max_flops = int64_t{1} << 40,
                                                                .observe = nullptr});
-  world->api = std::make_unique<sparse::OpenInference>(world->repository.get(), world->core.get(),
+  world->api = std::make_unique<sparse::OipProtocol>(world->repository.get(), world->core.get(),
                                                        nullptr);
   world->frontend = std::make_unique<sparse::RestFrontend>(world->api.get(), 64);
   sparse::HttpServer::Options http;

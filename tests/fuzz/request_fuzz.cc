@@ -30,8 +30,8 @@
 #include "model_store/checkpoint.h"
 #include "model_store/model_repository.h"
 #include "server/core/inference_core.h"
-#include "server/inference_service.h"
-#include "server/open_inference.h"
+#include "server/grpc/sparse_inference_service.h"
+#include "server/oip/oip_protocol.h"
 #include "tests/fuzz/fuzz_util.h"
 #include "tests/testing/random_models.h"
 

@@ -10,8 +10,8 @@
 // version used, so the repository keeps a version while fronts still route
 // with it (ModelRepository::Options::retain_in_use).
 // Thread-safe; the repository and the core must outlive the service.
-#ifndef SPARSE_SERVER_SHARD_SERVICE_H_
-#define SPARSE_SERVER_SHARD_SERVICE_H_
+#ifndef SPARSE_SERVER_GRPC_SHARD_SERVICE_H_
+#define SPARSE_SERVER_GRPC_SHARD_SERVICE_H_
 
 #include "engine/sharding.h"
 #include "model_store/model_repository.h"
@@ -39,4 +39,4 @@ class ShardService final : public ShardRawService {
 
 }  // namespace sparse
 
-#endif  // SPARSE_SERVER_SHARD_SERVICE_H_
+#endif  // SPARSE_SERVER_GRPC_SHARD_SERVICE_H_

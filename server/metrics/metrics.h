@@ -38,8 +38,8 @@
 // series per request measured ~15 % of the server's CPU at 16 in flight).
 // A request for a model not loaded is counted under model="" (a client
 // cannot grow the label set). Thread-safe.
-#ifndef SPARSE_SERVER_METRICS_H_
-#define SPARSE_SERVER_METRICS_H_
+#ifndef SPARSE_SERVER_METRICS_METRICS_H_
+#define SPARSE_SERVER_METRICS_METRICS_H_
 
 #include <array>
 #include <map>
@@ -60,7 +60,7 @@
 #include "prometheus/collectable.h"
 #include "model_store/model_repository.h"
 #include "server/core/infer.h"
-#include "server/http_handler.h"
+#include "server/http/http_handler.h"
 
 namespace sparse {
 
@@ -155,4 +155,4 @@ class MetricsEndpoint final : public HttpHandler {
 
 }  // namespace sparse
 
-#endif  // SPARSE_SERVER_METRICS_H_
+#endif  // SPARSE_SERVER_METRICS_METRICS_H_

@@ -1,4 +1,4 @@
-#include "server/open_inference.h"
+#include "server/oip/oip_protocol.h"
 
 #include <algorithm>
 #include <bit>
@@ -346,23 +346,23 @@ void ToModelInferResponse(const inference::ModelInferRequest& request, const Inf
   params["total_ns"] = Int64Param(answer.cost.total_ns);
 }
 
-OpenInference::OpenInference(const ModelRepository* repository, InferenceCore* core,
+OipProtocol::OipProtocol(const ModelRepository* repository, InferenceCore* core,
                              ModelControl* control)
     : repository_(repository), core_(core), control_(control) {}
 
-absl::Status OpenInference::ServerLive(const inference::ServerLiveRequest&,
+absl::Status OipProtocol::ServerLive(const inference::ServerLiveRequest&,
                                        inference::ServerLiveResponse* out) const {
   out->set_live(true);
   return absl::OkStatus();
 }
 
-absl::Status OpenInference::ServerReady(const inference::ServerReadyRequest&,
+absl::Status OipProtocol::ServerReady(const inference::ServerReadyRequest&,
                                         inference::ServerReadyResponse* out) const {
   out->set_ready(ServingVersions(*repository_->snapshot()) > 0);
   return absl::OkStatus();
 }
 
-absl::Status OpenInference::ModelReady(const inference::ModelReadyRequest& r,
+absl::Status OipProtocol::ModelReady(const inference::ModelReadyRequest& r,
                                        inference::ModelReadyResponse* out) const {
   ASSIGN_OR_RETURN(Target t, ParseTarget(r.name(), r.version()));
   absl::StatusOr<std::shared_ptr<const Servable>> found = FindTarget(*repository_, t);
@@ -374,7 +374,7 @@ absl::Status OpenInference::ModelReady(const inference::ModelReadyRequest& r,
   return absl::OkStatus();
 }
 
-absl::Status OpenInference::ServerMetadata(const inference::ServerMetadataRequest&,
+absl::Status OipProtocol::ServerMetadata(const inference::ServerMetadataRequest&,
                                            inference::ServerMetadataResponse* out) const {
   out->set_name("sparse-serve");
   out->set_version("1");
@@ -383,7 +383,7 @@ absl::Status OpenInference::ServerMetadata(const inference::ServerMetadataReques
   return absl::OkStatus();
 }
 
-absl::Status OpenInference::ModelMetadata(const inference::ModelMetadataRequest& r,
+absl::Status OipProtocol::ModelMetadata(const inference::ModelMetadataRequest& r,
                                           inference::ModelMetadataResponse* out) const {
   ASSIGN_OR_RETURN(Target t, ParseTarget(r.name(), r.version()));
   ASSIGN_OR_RETURN(std::shared_ptr<const Servable> found, FindTarget(*repository_, t));
@@ -410,7 +410,7 @@ absl::Status OpenInference::ModelMetadata(const inference::ModelMetadataRequest&
   return absl::OkStatus();
 }
 
-void OpenInference::ModelInfer(const inference::ModelInferRequest& r,
+void OipProtocol::ModelInfer(const inference::ModelInferRequest& r,
                                inference::ModelInferResponse* out,
                                const std::function<void(InferRequest*)>& bind, InferDone done) {
   // The core's request and answer live until the call finishes.
@@ -438,7 +438,7 @@ void OpenInference::ModelInfer(const inference::ModelInferRequest& r,
                });
 }
 
-absl::Status OpenInference::ModelConfig(const inference::ModelConfigRequest& r,
+absl::Status OipProtocol::ModelConfig(const inference::ModelConfigRequest& r,
                                         inference::ModelConfigResponse* out) const {
   ASSIGN_OR_RETURN(Target t, ParseTarget(r.name(), r.version()));
   ASSIGN_OR_RETURN(std::shared_ptr<const Servable> found, FindTarget(*repository_, t));
@@ -450,7 +450,7 @@ absl::Status OpenInference::ModelConfig(const inference::ModelConfigRequest& r,
   return absl::OkStatus();
 }
 
-absl::Status OpenInference::ModelStatistics(const inference::ModelStatisticsRequest& r,
+absl::Status OipProtocol::ModelStatistics(const inference::ModelStatisticsRequest& r,
                                             inference::ModelStatisticsResponse* out) const {
   const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
   if (r.name().empty()) {
@@ -485,7 +485,7 @@ absl::Status OpenInference::ModelStatistics(const inference::ModelStatisticsRequ
   return absl::OkStatus();
 }
 
-absl::Status OpenInference::RepositoryIndex(const inference::RepositoryIndexRequest& r,
+absl::Status OipProtocol::RepositoryIndex(const inference::RepositoryIndexRequest& r,
                                             inference::RepositoryIndexResponse* out) const {
   RETURN_IF_ERROR(CheckRepositoryName(r.repository_name()));
   const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
@@ -526,7 +526,7 @@ absl::Status OpenInference::RepositoryIndex(const inference::RepositoryIndexRequ
   return absl::OkStatus();
 }
 
-int64_t OpenInference::InputWidth(absl::string_view name) const {
+int64_t OipProtocol::InputWidth(absl::string_view name) const {
   absl::ConsumeSuffix(&name, kDenseSuffix);
   const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
   auto state = snapshot->find(std::string(name));
@@ -538,7 +538,7 @@ int64_t OpenInference::InputWidth(absl::string_view name) const {
   return widest;
 }
 
-void OpenInference::RepositoryModelLoad(const inference::RepositoryModelLoadRequest& r,
+void OipProtocol::RepositoryModelLoad(const inference::RepositoryModelLoadRequest& r,
                                         InferDone done) {
   if (control_ == nullptr) {
     done(NeedsModelControl());
@@ -564,7 +564,7 @@ void OpenInference::RepositoryModelLoad(const inference::RepositoryModelLoadRequ
   });
 }
 
-absl::Status OpenInference::RepositoryModelUnload(const inference::RepositoryModelUnloadRequest& r,
+absl::Status OipProtocol::RepositoryModelUnload(const inference::RepositoryModelUnloadRequest& r,
                                                   inference::RepositoryModelUnloadResponse*) {
   if (control_ == nullptr) return NeedsModelControl();
   RETURN_IF_ERROR(CheckRepositoryName(r.repository_name()));

@@ -1,10 +1,10 @@
-// The inside of HttpServer (server/http_server.h): the state its
+// The inside of HttpServer (server/http/http_server.h): the state its
 // connections share, and one connection's reading, checking and writing.
 // A template over the stream, so the libFuzzer target (tests/fuzz/
 // http_fuzz.cc) runs the very same code over an in-memory stream. Nothing
 // else includes this header.
-#ifndef SPARSE_SERVER_HTTP_SESSION_H_
-#define SPARSE_SERVER_HTTP_SESSION_H_
+#ifndef SPARSE_SERVER_HTTP_HTTP_SESSION_H_
+#define SPARSE_SERVER_HTTP_HTTP_SESSION_H_
 
 #include <algorithm>
 #include <atomic>
@@ -33,7 +33,7 @@
 #include "common/client_text.h"
 #include "common/internal_error.h"
 #include "common/status_macros.h"
-#include "server/http_server.h"
+#include "server/http/http_server.h"
 
 namespace sparse {
 
@@ -457,4 +457,4 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
 }  // namespace http_internal
 }  // namespace sparse
 
-#endif  // SPARSE_SERVER_HTTP_SESSION_H_
+#endif  // SPARSE_SERVER_HTTP_HTTP_SESSION_H_

@@ -1,4 +1,4 @@
-#include "server/inference_service.h"
+#include "server/grpc/sparse_inference_service.h"
 
 #include <chrono>
 #include <memory>
@@ -6,7 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/process_cpu.h"
-#include "server/raw_unary.h"
+#include "server/grpc/raw_unary.h"
 
 namespace sparse {
 namespace {
@@ -99,22 +99,22 @@ void ToPredictResponse(const InferResponse& answer, PredictResponse* response) {
   }
 }
 
-InferenceService::InferenceService(const ModelRepository* repository, InferenceCore* core)
+SparseInferenceService::SparseInferenceService(const ModelRepository* repository, InferenceCore* core)
     : repository_(repository), core_(core), start_(Clock::now()) {}
 
-grpc::ServerUnaryReactor* InferenceService::Predict(grpc::CallbackServerContext* context,
+grpc::ServerUnaryReactor* SparseInferenceService::Predict(grpc::CallbackServerContext* context,
                                                     const grpc::ByteBuffer* request,
                                                     grpc::ByteBuffer* response) {
   return Infer(context, request, response, /*dense=*/false);
 }
 
-grpc::ServerUnaryReactor* InferenceService::PredictDense(grpc::CallbackServerContext* context,
+grpc::ServerUnaryReactor* SparseInferenceService::PredictDense(grpc::CallbackServerContext* context,
                                                          const grpc::ByteBuffer* request,
                                                          grpc::ByteBuffer* response) {
   return Infer(context, request, response, /*dense=*/true);
 }
 
-grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* context,
+grpc::ServerUnaryReactor* SparseInferenceService::Infer(grpc::CallbackServerContext* context,
                                                   const grpc::ByteBuffer* request,
                                                   grpc::ByteBuffer* response, bool dense) {
   return ServeUnary<PredictRequest, PredictResponse>(
@@ -137,7 +137,7 @@ grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* c
       });
 }
 
-grpc::ServerUnaryReactor* InferenceService::Echo(grpc::CallbackServerContext* context,
+grpc::ServerUnaryReactor* SparseInferenceService::Echo(grpc::CallbackServerContext* context,
                                                  const grpc::ByteBuffer* request,
                                                  grpc::ByteBuffer* response) {
   const auto arrival = Clock::now();
@@ -152,7 +152,7 @@ grpc::ServerUnaryReactor* InferenceService::Echo(grpc::CallbackServerContext* co
       });
 }
 
-grpc::ServerUnaryReactor* InferenceService::GetServerStats(grpc::CallbackServerContext* context,
+grpc::ServerUnaryReactor* SparseInferenceService::GetServerStats(grpc::CallbackServerContext* context,
                                                            const grpc::ByteBuffer* request,
                                                            grpc::ByteBuffer* response) {
   return ServeUnaryNow<sparse::v1::ServerStatsRequest, sparse::v1::ServerStats>(
@@ -167,7 +167,7 @@ grpc::ServerUnaryReactor* InferenceService::GetServerStats(grpc::CallbackServerC
       });
 }
 
-grpc::ServerUnaryReactor* InferenceService::ListModels(grpc::CallbackServerContext* context,
+grpc::ServerUnaryReactor* SparseInferenceService::ListModels(grpc::CallbackServerContext* context,
                                                        const grpc::ByteBuffer* request,
                                                        grpc::ByteBuffer* response) {
   return ServeUnaryNow<sparse::v1::ListModelsRequest, sparse::v1::ListModelsResponse>(
@@ -180,7 +180,7 @@ grpc::ServerUnaryReactor* InferenceService::ListModels(grpc::CallbackServerConte
       });
 }
 
-grpc::ServerUnaryReactor* InferenceService::GetModel(grpc::CallbackServerContext* context,
+grpc::ServerUnaryReactor* SparseInferenceService::GetModel(grpc::CallbackServerContext* context,
                                                      const grpc::ByteBuffer* request,
                                                      grpc::ByteBuffer* response) {
   return ServeUnaryNow<sparse::v1::GetModelRequest, sparse::v1::ModelStatus>(

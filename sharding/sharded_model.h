@@ -18,8 +18,8 @@
 // alone, so only the requests that needed that shard fail.
 //
 // Thread-safe: Predict from many threads (each blocks on its calls).
-#ifndef SPARSE_SERVER_SHARDED_MODEL_H_
-#define SPARSE_SERVER_SHARDED_MODEL_H_
+#ifndef SPARSE_SHARDING_SHARDED_MODEL_H_
+#define SPARSE_SHARDING_SHARDED_MODEL_H_
 
 #include <functional>
 #include <memory>
@@ -31,6 +31,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "common/client_tls.h"
 #include "engine/expert_router.h"
 #include "engine/model.h"
 #include "engine/table_hasher.h"
@@ -71,6 +72,10 @@ class ShardSet {
     std::function<void(int shard, int code, double seconds)> on_call;
   };
   explicit ShardSet(Options options);  // no credentials: plaintext
+
+  // A ShardSet whose channels use `tls` (--shard_tls*), read now. Errors
+  // name the --shard_ flag whose file is missing or not PEM.
+  static absl::StatusOr<std::unique_ptr<ShardSet>> Create(Options options, const ClientTls& tls);
 
   int count() const { return static_cast<int>(shards_.size()); }
   const std::string& target(int i) const { return options_.targets[i]; }
@@ -142,4 +147,4 @@ class ShardedModel : public Model {
 
 }  // namespace sparse
 
-#endif  // SPARSE_SERVER_SHARDED_MODEL_H_
+#endif  // SPARSE_SHARDING_SHARDED_MODEL_H_

@@ -3,7 +3,7 @@
 // many clients on many keep-alive connections at once, inline and queued
 // requests, get their own answers; Stop() with connections still open
 // returns and leaves nothing running.
-#include "server/http_server.h"
+#include "server/http/http_server.h"
 
 #include <memory>
 #include <string>
@@ -15,8 +15,8 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "model_store/checkpoint.h"
-#include "server/open_inference.h"
-#include "server/rest_frontend.h"
+#include "server/oip/oip_protocol.h"
+#include "server/http/rest_frontend.h"
 #include "tests/testing/matchers.h"
 #include "tests/testing/random_models.h"
 #include "tests/testing/temp_dir.h"
@@ -45,7 +45,7 @@ TEST(HttpServerTest, ManyConnectionsAtOnceEachGetTheirOwnAnswer) {
                                                               .max_batch_rows = 64,
                                                               .inline_max_flops = row_flops,
                                                               .observe = nullptr});
-  OpenInference api(repository.get(), &core, nullptr);
+  OipProtocol api(repository.get(), &core, nullptr);
   RestFrontend frontend(&api, 64);
   HttpServer::Options http;
   http.address = "127.0.0.1";

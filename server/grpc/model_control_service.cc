@@ -1,9 +1,9 @@
-#include "server/model_control_service.h"
+#include "server/grpc/model_control_service.h"
 
 #include <memory>
 
-#include "server/inference_service.h"
-#include "server/raw_unary.h"
+#include "server/grpc/sparse_inference_service.h"
+#include "server/grpc/raw_unary.h"
 
 namespace sparse {
 

@@ -1,9 +1,9 @@
-// What an HTTP port serves, apart from the transport (server/http_server.h):
+// What an HTTP port serves, apart from the transport (server/http/http_server.h):
 // a request read whole and checked, the reply to write, and the handler
 // that turns one into the other. The REST frontend (rest_frontend.h) and
 // the metrics endpoint (metrics.h) are handlers.
-#ifndef SPARSE_SERVER_HTTP_HANDLER_H_
-#define SPARSE_SERVER_HTTP_HANDLER_H_
+#ifndef SPARSE_SERVER_HTTP_HTTP_HANDLER_H_
+#define SPARSE_SERVER_HTTP_HTTP_HANDLER_H_
 
 #include <chrono>
 #include <cstdint>
@@ -53,4 +53,4 @@ HttpReply ErrorReply(int http_status, absl::string_view message);
 
 }  // namespace sparse
 
-#endif  // SPARSE_SERVER_HTTP_HANDLER_H_
+#endif  // SPARSE_SERVER_HTTP_HTTP_HANDLER_H_

@@ -1,4 +1,4 @@
-#include "server/http_handler.h"
+#include "server/http/http_handler.h"
 
 #include <string>
 

@@ -1,9 +1,9 @@
-// OpenInference: the Open Inference Protocol's calls (KServe v2, with
+// OipProtocol: the Open Inference Protocol's calls (KServe v2, with
 // Triton's model configuration, statistics and repository extensions) over
 // the repository, the serving core and the model control, on the protocol's
 // protobuf messages (proto/inference/grpc_service.proto) and free of any
-// transport. Its two frontends only carry them: gRPC (server/oip_service.h)
-// and HTTP/REST (server/rest_frontend.h, the messages as KServe's JSON).
+// transport. Its two frontends only carry them: gRPC (server/grpc/oip_grpc_service.h)
+// and HTTP/REST (server/http/rest_frontend.h, the messages as KServe's JSON).
 //
 // - Model `m` is the routed sparse path; `m.dense` is its dense twin.
 // - ModelInfer takes one FP32 input tensor of shape [rows, d] (or [d] for one
@@ -22,8 +22,8 @@
 //
 // Thread-safe; the repository, the core and the model control must outlive
 // it.
-#ifndef SPARSE_SERVER_OPEN_INFERENCE_H_
-#define SPARSE_SERVER_OPEN_INFERENCE_H_
+#ifndef SPARSE_SERVER_OIP_OIP_PROTOCOL_H_
+#define SPARSE_SERVER_OIP_OIP_PROTOCOL_H_
 
 #include <functional>
 #include <string>
@@ -69,10 +69,10 @@ void ToTritonModelConfig(const std::string& name, const Servable& servable, bool
                          const sparse::v1::ModelConfig& config, const InferenceCore& core,
                          inference::ModelConfig* out);
 
-class OpenInference {
+class OipProtocol {
  public:
   // `control` is null when sparse-server runs without --model_control.
-  OpenInference(const ModelRepository* repository, InferenceCore* core, ModelControl* control);
+  OipProtocol(const ModelRepository* repository, InferenceCore* core, ModelControl* control);
 
   // The calls that answer at once. Errors as docs/api.md lists them.
   absl::Status ServerLive(const inference::ServerLiveRequest& r,
@@ -115,4 +115,4 @@ class OpenInference {
 
 }  // namespace sparse
 
-#endif  // SPARSE_SERVER_OPEN_INFERENCE_H_
+#endif  // SPARSE_SERVER_OIP_OIP_PROTOCOL_H_

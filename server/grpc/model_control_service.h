@@ -1,7 +1,7 @@
 // sparse.v1.ModelControl: a frontend of the model life cycle's explicit
 // control (server/core/model_control.h).
-#ifndef SPARSE_SERVER_MODEL_CONTROL_SERVICE_H_
-#define SPARSE_SERVER_MODEL_CONTROL_SERVICE_H_
+#ifndef SPARSE_SERVER_GRPC_MODEL_CONTROL_SERVICE_H_
+#define SPARSE_SERVER_GRPC_MODEL_CONTROL_SERVICE_H_
 
 #include "server/core/model_control.h"
 #include "sparse/v1/inference.grpc.pb.h"
@@ -30,4 +30,4 @@ class ModelControlService final
 
 }  // namespace sparse
 
-#endif  // SPARSE_SERVER_MODEL_CONTROL_SERVICE_H_
+#endif  // SPARSE_SERVER_GRPC_MODEL_CONTROL_SERVICE_H_

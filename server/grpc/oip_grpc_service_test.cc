@@ -1,5 +1,5 @@
 // The Open Inference Protocol frontend's request translation, in process
-// with no gRPC server (server/oip_service.h, TranslateModelInfer):
+// with no gRPC server (server/grpc/oip_grpc_service.h, TranslateModelInfer):
 //  - fp32_contents and raw_input_contents (little-endian floats) give the
 //    same core request; fp32_contents are referenced, raw bytes copied.
 //  - "m" is the routed sparse path and "m.dense" its dense twin; a version
@@ -10,9 +10,9 @@
 //  - A translated request run through the serving core (InferenceCore)
 //    answers what the engine's own Predict gives for the same rows, with
 //    the cost of those rows.
-// The ModelInferResponse is built inside OipService::ModelInfer, which only
+// The ModelInferResponse is built inside OipGrpcService::ModelInfer, which only
 // a gRPC call reaches; it is not tested here.
-#include "server/oip_service.h"
+#include "server/grpc/oip_grpc_service.h"
 
 #include <cstdint>
 #include <cstring>
@@ -79,7 +79,7 @@ std::vector<float> ToVector(absl::Span<const float> span) {
 class OipServiceTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    root_ = new TempDir("oip_service_test");
+    root_ = new TempDir("oip_grpc_service_test");
     // An LSH table with a dense twin.
     Checkpoint m;
     testing::LshShape lsh_shape;

@@ -32,8 +32,8 @@
 // (sparse_internal_errors_total{where}).
 // Drain(): new requests get 503 and "Connection: close". Stop() waits (up to
 // its deadline) for the replies in flight, then closes everything.
-#ifndef SPARSE_SERVER_HTTP_SERVER_H_
-#define SPARSE_SERVER_HTTP_SERVER_H_
+#ifndef SPARSE_SERVER_HTTP_HTTP_SERVER_H_
+#define SPARSE_SERVER_HTTP_HTTP_SERVER_H_
 
 #include <atomic>
 #include <chrono>
@@ -45,7 +45,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/internal_error.h"
-#include "server/http_handler.h"
+#include "server/http/http_handler.h"
 
 namespace sparse {
 
@@ -84,7 +84,7 @@ class HttpServer {
   void Stop(std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::now() +
                                                               std::chrono::seconds(5));
 
-  // Bookkeeping for the sessions (server/http_session.h).
+  // Bookkeeping for the sessions (server/http/http_session.h).
   struct Impl;
 
  private:
@@ -101,4 +101,4 @@ class HttpServer {
 
 }  // namespace sparse
 
-#endif  // SPARSE_SERVER_HTTP_SERVER_H_
+#endif  // SPARSE_SERVER_HTTP_HTTP_SERVER_H_

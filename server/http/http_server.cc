@@ -1,10 +1,10 @@
-#include "server/http_server.h"
+#include "server/http/http_server.h"
 
 #include <cstdio>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
-#include "server/http_session.h"
+#include "server/http/http_session.h"
 
 namespace sparse {
 

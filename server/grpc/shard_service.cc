@@ -1,10 +1,10 @@
-#include "server/shard_service.h"
+#include "server/grpc/shard_service.h"
 
 #include <memory>
 
 #include "absl/strings/str_cat.h"
 #include "common/client_text.h"
-#include "server/raw_unary.h"
+#include "server/grpc/raw_unary.h"
 
 namespace sparse {
 

@@ -1,4 +1,4 @@
-#include "server/rest_frontend.h"
+#include "server/http/rest_frontend.h"
 
 #include <algorithm>
 #include <cstring>
@@ -350,7 +350,7 @@ HttpReply InferReply(const inference::ModelInferResponse& response, bool binary_
   return reply;
 }
 
-// Runs one of OpenInference's calls that answer at once and replies with
+// Runs one of OipProtocol's calls that answer at once and replies with
 // its response as JSON.
 template <typename Response, typename Call>
 HttpReply AnswerNow(const Call& call) {
@@ -367,7 +367,7 @@ std::vector<std::string> Segments(absl::string_view path) {
 
 }  // namespace
 
-RestFrontend::RestFrontend(OpenInference* api, int64_t max_batch_rows)
+RestFrontend::RestFrontend(OipProtocol* api, int64_t max_batch_rows)
     : api_(api), max_batch_rows_(max_batch_rows) {}
 
 void RestFrontend::Handle(const HttpRequest& request, std::function<void(HttpReply)> done) {

@@ -1,7 +1,7 @@
 // RestFrontend: the Open Inference Protocol over HTTP/REST, as KServe v2
 // and Triton define it, carrying the same calls as the gRPC frontend
-// (server/open_inference.h), free of any HTTP library: the transport
-// (server/http_server.h) hands it a parsed HttpRequest and sends back the
+// (server/oip/oip_protocol.h), free of any HTTP library: the transport
+// (server/http/http_server.h) hands it a parsed HttpRequest and sends back the
 // HttpReply.
 //
 //   GET  /v2/health/live, /v2/health/ready        200, or 503 when not
@@ -23,8 +23,8 @@
 // docs/api.md has the reference.
 //
 // Thread-safe; `api` must outlive it.
-#ifndef SPARSE_SERVER_REST_FRONTEND_H_
-#define SPARSE_SERVER_REST_FRONTEND_H_
+#ifndef SPARSE_SERVER_HTTP_REST_FRONTEND_H_
+#define SPARSE_SERVER_HTTP_REST_FRONTEND_H_
 
 #include <chrono>
 #include <cstdint>
@@ -34,8 +34,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
-#include "server/http_handler.h"
-#include "server/open_inference.h"
+#include "server/http/http_handler.h"
+#include "server/oip/oip_protocol.h"
 
 namespace sparse {
 
@@ -43,7 +43,7 @@ class RestFrontend final : public HttpHandler {
  public:
   // `max_batch_rows` bounds the values a JSON infer body may hold (rows x
   // the model's inputs), so no body can make the parser hold more.
-  RestFrontend(OpenInference* api, int64_t max_batch_rows);
+  RestFrontend(OipProtocol* api, int64_t max_batch_rows);
 
   // Answers `request`; `done` runs once, on this thread or a worker. The
   // request (and the body it points to) must live until then.
@@ -53,10 +53,10 @@ class RestFrontend final : public HttpHandler {
   void Infer(const HttpRequest& request, const std::string& model, const std::string& version,
              std::function<void(HttpReply)> done);
 
-  OpenInference* const api_;
+  OipProtocol* const api_;
   const int64_t max_batch_rows_;
 };
 
 }  // namespace sparse
 
-#endif  // SPARSE_SERVER_REST_FRONTEND_H_
+#endif  // SPARSE_SERVER_HTTP_REST_FRONTEND_H_

@@ -9,8 +9,8 @@
 // such a body gets INVALID_ARGUMENT saying the request did not parse, and a
 // well-formed one reaches the typed handler as before. The library's own
 // services (health, reflection) stay as they are.
-#ifndef SPARSE_SERVER_RAW_UNARY_H_
-#define SPARSE_SERVER_RAW_UNARY_H_
+#ifndef SPARSE_SERVER_GRPC_RAW_UNARY_H_
+#define SPARSE_SERVER_GRPC_RAW_UNARY_H_
 
 #include <atomic>
 #include <chrono>
@@ -29,7 +29,7 @@
 #include "absl/time/time.h"
 #include "common/internal_error.h"
 #include "server/core/infer.h"
-#include "server/grpc_status.h"
+#include "server/grpc/grpc_status.h"
 
 namespace sparse {
 
@@ -131,4 +131,4 @@ inline void BindToCall(grpc::CallbackServerContext* context,
 
 }  // namespace sparse
 
-#endif  // SPARSE_SERVER_RAW_UNARY_H_
+#endif  // SPARSE_SERVER_GRPC_RAW_UNARY_H_

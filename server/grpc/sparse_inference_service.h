@@ -1,4 +1,4 @@
-// InferenceService: sparse.v1.SparseInference on gRPC's callback API, a
+// SparseInferenceService: sparse.v1.SparseInference on gRPC's callback API, a
 // frontend over the serving core (server/core/inference_core.h).
 //
 // Predict / PredictDense translate the request into the core's InferRequest
@@ -6,8 +6,8 @@
 // the answer back; the core admits it, runs it inline or on a worker, and
 // measures its cost. The model listing reads the repository's snapshot.
 // Thread-safe; the repository and the core must outlive the service.
-#ifndef SPARSE_SERVER_INFERENCE_SERVICE_H_
-#define SPARSE_SERVER_INFERENCE_SERVICE_H_
+#ifndef SPARSE_SERVER_GRPC_SPARSE_INFERENCE_SERVICE_H_
+#define SPARSE_SERVER_GRPC_SPARSE_INFERENCE_SERVICE_H_
 
 #include <chrono>
 #include <cstdint>
@@ -20,7 +20,7 @@
 namespace sparse {
 
 // Every method is registered raw and parses its own request body
-// (server/raw_unary.h), so a body that does not parse gets INVALID_ARGUMENT.
+// (server/grpc/raw_unary.h), so a body that does not parse gets INVALID_ARGUMENT.
 using SparseInferenceRawService = sparse::v1::SparseInference::WithRawCallbackMethod_Predict<
     sparse::v1::SparseInference::WithRawCallbackMethod_PredictDense<
         sparse::v1::SparseInference::WithRawCallbackMethod_ListModels<
@@ -40,9 +40,9 @@ InferRequest ToInferRequest(const sparse::v1::PredictRequest& request, bool dens
 // The PredictResponse for the core's answer.
 void ToPredictResponse(const InferResponse& answer, sparse::v1::PredictResponse* response);
 
-class InferenceService final : public SparseInferenceRawService {
+class SparseInferenceService final : public SparseInferenceRawService {
  public:
-  InferenceService(const ModelRepository* repository, InferenceCore* core);
+  SparseInferenceService(const ModelRepository* repository, InferenceCore* core);
 
   // sparse.v1.SparseInference; each body is parsed as the method's request.
   grpc::ServerUnaryReactor* Predict(grpc::CallbackServerContext* context,
@@ -76,4 +76,4 @@ class InferenceService final : public SparseInferenceRawService {
 
 }  // namespace sparse
 
-#endif  // SPARSE_SERVER_INFERENCE_SERVICE_H_
+#endif  // SPARSE_SERVER_GRPC_SPARSE_INFERENCE_SERVICE_H_

@@ -1,14 +1,14 @@
-#include "server/oip_service.h"
+#include "server/grpc/oip_grpc_service.h"
 
 #include <chrono>
 
-#include "server/raw_unary.h"
+#include "server/grpc/raw_unary.h"
 
 namespace sparse {
 
-// The calls that answer at once: parse, OpenInference::Method, serialize.
+// The calls that answer at once: parse, OipProtocol::Method, serialize.
 #define SPARSE_OIP_NOW(Method)                                                              \
-  grpc::ServerUnaryReactor* OipService::Method(grpc::CallbackServerContext* context,        \
+  grpc::ServerUnaryReactor* OipGrpcService::Method(grpc::CallbackServerContext* context,        \
                                                const grpc::ByteBuffer* request,             \
                                                grpc::ByteBuffer* response) {                \
     return ServeUnaryNow<inference::Method##Request, inference::Method##Response>(          \
@@ -28,7 +28,7 @@ SPARSE_OIP_NOW(RepositoryIndex)
 SPARSE_OIP_NOW(RepositoryModelUnload)
 #undef SPARSE_OIP_NOW
 
-grpc::ServerUnaryReactor* OipService::ModelInfer(grpc::CallbackServerContext* context,
+grpc::ServerUnaryReactor* OipGrpcService::ModelInfer(grpc::CallbackServerContext* context,
                                                  const grpc::ByteBuffer* request,
                                                  grpc::ByteBuffer* response) {
   return ServeUnary<inference::ModelInferRequest, inference::ModelInferResponse>(
@@ -42,7 +42,7 @@ grpc::ServerUnaryReactor* OipService::ModelInfer(grpc::CallbackServerContext* co
       });
 }
 
-grpc::ServerUnaryReactor* OipService::RepositoryModelLoad(grpc::CallbackServerContext* context,
+grpc::ServerUnaryReactor* OipGrpcService::RepositoryModelLoad(grpc::CallbackServerContext* context,
                                                           const grpc::ByteBuffer* request,
                                                           grpc::ByteBuffer* response) {
   return ServeUnary<inference::RepositoryModelLoadRequest, inference::RepositoryModelLoadResponse>(

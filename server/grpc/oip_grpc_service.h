@@ -1,18 +1,18 @@
-// OipService: the Open Inference Protocol on gRPC
+// OipGrpcService: the Open Inference Protocol on gRPC
 // (inference.GRPCInferenceService, proto/inference/grpc_service.proto): each
-// RPC parses its body and hands the message to OpenInference
-// (server/open_inference.h), which does the work, on the same port, models
+// RPC parses its body and hands the message to OipProtocol
+// (server/oip/oip_protocol.h), which does the work, on the same port, models
 // and request path as sparse.v1 (DESIGN.md §4).
-#ifndef SPARSE_SERVER_OIP_SERVICE_H_
-#define SPARSE_SERVER_OIP_SERVICE_H_
+#ifndef SPARSE_SERVER_GRPC_OIP_GRPC_SERVICE_H_
+#define SPARSE_SERVER_GRPC_OIP_GRPC_SERVICE_H_
 
 #include "inference/grpc_service.grpc.pb.h"
-#include "server/open_inference.h"
+#include "server/oip/oip_protocol.h"
 
 namespace sparse {
 
 // Every method is registered raw and parses its own request body
-// (server/raw_unary.h), so a body that does not parse gets INVALID_ARGUMENT.
+// (server/grpc/raw_unary.h), so a body that does not parse gets INVALID_ARGUMENT.
 using OipRawService = inference::GRPCInferenceService::WithRawCallbackMethod_ServerLive<
     inference::GRPCInferenceService::WithRawCallbackMethod_ServerReady<
         inference::GRPCInferenceService::WithRawCallbackMethod_ModelReady<
@@ -29,9 +29,9 @@ using OipRawService = inference::GRPCInferenceService::WithRawCallbackMethod_Ser
                                                     inference::GRPCInferenceService::
                                                         Service>>>>>>>>>>>;
 
-class OipService final : public OipRawService {
+class OipGrpcService final : public OipRawService {
  public:
-  explicit OipService(OpenInference* api) : api_(api) {}
+  explicit OipGrpcService(OipProtocol* api) : api_(api) {}
 
 #define SPARSE_OIP_RPC(Method)                                                        \
   grpc::ServerUnaryReactor* Method(grpc::CallbackServerContext* context,              \
@@ -51,9 +51,9 @@ class OipService final : public OipRawService {
 #undef SPARSE_OIP_RPC
 
  private:
-  OpenInference* const api_;
+  OipProtocol* const api_;
 };
 
 }  // namespace sparse
 
-#endif  // SPARSE_SERVER_OIP_SERVICE_H_
+#endif  // SPARSE_SERVER_GRPC_OIP_GRPC_SERVICE_H_

@@ -3,8 +3,8 @@
 // cut to kMaxStatusMessageBytes so that every status fits in the trailing
 // metadata a client accepts (quoted client strings are already short, see
 // common/client_text.h; this is the backstop).
-#ifndef SPARSE_SERVER_GRPC_STATUS_H_
-#define SPARSE_SERVER_GRPC_STATUS_H_
+#ifndef SPARSE_SERVER_GRPC_GRPC_STATUS_H_
+#define SPARSE_SERVER_GRPC_GRPC_STATUS_H_
 
 #include <string>
 
@@ -22,4 +22,4 @@ inline grpc::Status ToGrpcStatus(const absl::Status& status) {
 
 }  // namespace sparse
 
-#endif  // SPARSE_SERVER_GRPC_STATUS_H_
+#endif  // SPARSE_SERVER_GRPC_GRPC_STATUS_H_

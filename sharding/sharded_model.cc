@@ -1,4 +1,4 @@
-#include "server/sharded_model.h"
+#include "sharding/sharded_model.h"
 
 #include <algorithm>
 #include <chrono>
@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "client/client.h"
 #include "common/client_text.h"
 #include "common/internal_error.h"
 #include "common/status_macros.h"
@@ -73,6 +74,12 @@ ShardSet::ShardSet(Options options) : options_(std::move(options)) {
     shards_.push_back(sparse::v1::ShardService::NewStub(channel));
     inference_.push_back(sparse::v1::SparseInference::NewStub(channel));
   }
+}
+
+absl::StatusOr<std::unique_ptr<ShardSet>> ShardSet::Create(Options options, const ClientTls& tls) {
+  ASSIGN_OR_RETURN(options.credentials,
+                   ChannelCredentialsFor(tls, "--shard_", &options.channel_args));
+  return std::make_unique<ShardSet>(std::move(options));
 }
 
 absl::StatusOr<std::vector<sparse::v1::VersionStatus>> ShardSet::WaitForVersion(
