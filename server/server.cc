@@ -245,7 +245,8 @@ void SparseServer::StartCore(const ServerOptions& options, int workers) {
           .observe = [metrics](const InferRequest& request, const absl::Status& status,
                                const InferResponse& response) {
             metrics->Observe(request.model, request.dense, status.code(), response.cost);
-          }});
+          },
+          .shard = options.shard.empty() ? std::nullopt : std::optional<ShardSpec>(shard_spec_)});
 }
 
 HttpServer::Options SparseServer::HttpOptions(const ServerOptions& options) {
@@ -264,7 +265,7 @@ HttpServer::Options SparseServer::HttpOptions(const ServerOptions& options) {
 
 absl::Status SparseServer::ServeMetrics(const ServerOptions& options) {
   if (options.metrics_port < 0) return absl::OkStatus();
-  routing_collector_ = std::make_shared<RoutingCollector>(repository_.get());
+  routing_collector_ = std::make_shared<RoutingCollector>(core_.get());
   metrics_endpoint_ = std::make_unique<MetricsEndpoint>(
       std::vector<std::shared_ptr<prometheus::Collectable>>{
           metrics_->registry(), routing_collector_, std::make_shared<InternalErrorCollector>()});
@@ -305,9 +306,9 @@ absl::Status SparseServer::ServeGrpc(const ServerOptions& options) {
     }
   }
   const std::shared_ptr<grpc::ServerCredentials> credentials = ServerCredentials(tls_);
-  service_ = std::make_unique<SparseInferenceService>(repository_.get(), core_.get());
+  service_ = std::make_unique<SparseInferenceService>(core_.get());
   if (options.model_control) control_ = std::make_unique<ModelControl>(repository_.get());
-  open_inference_ = std::make_unique<OipProtocol>(repository_.get(), core_.get(), control_.get());
+  open_inference_ = std::make_unique<OipProtocol>(core_.get(), control_.get());
   oip_service_ = std::make_unique<OipGrpcService>(open_inference_.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -320,7 +321,7 @@ absl::Status SparseServer::ServeGrpc(const ServerOptions& options) {
   builder.RegisterService(service_.get());
   builder.RegisterService(oip_service_.get());
   if (!options.shard.empty()) {
-    shard_service_ = std::make_unique<ShardService>(repository_.get(), core_.get(), shard_spec_);
+    shard_service_ = std::make_unique<ShardService>(core_.get());
     builder.RegisterService(shard_service_.get());
   }
   if (options.model_control) {

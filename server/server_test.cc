@@ -19,7 +19,7 @@
 #include "gtest/gtest.h"
 #include "model_store/checkpoint.h"
 #include "client/rest_client.h"
-#include "server/grpc/sparse_inference_service.h"
+#include "server/grpc/sparse_v1_messages.h"
 #include "sparse/v1/inference.grpc.pb.h"
 #include "tests/testing/infer_and_wait.h"
 #include "tests/testing/local_server.h"

@@ -38,12 +38,12 @@ ROOMS = {
                     "sparse/v1/model_config.pb.h"],
     "client": ["client/", "common/", GENERATED_NATIVE, "inference/", "grpc/health/"],
     "sharding": ["sharding/", "client/", "model_store/", "engine/", "common/", GENERATED_NATIVE],
-    "server/oip": ["server/oip/", "model_store/", "server/core/", "engine/", "common/", "inference/"],
+    "server/oip": ["server/oip/", "server/core/", "engine/", "common/", "inference/"],
     "server/http": ["server/http/", "server/oip/", "server/core/", "engine/", "common/",
                     "inference/"],
-    "server/grpc": ["server/grpc/", "server/oip/", "model_store/", "server/core/", "engine/", "common/",
+    "server/grpc": ["server/grpc/", "server/oip/", "server/core/", "engine/", "common/",
                     GENERATED_NATIVE, "inference/", "grpc/health/"],
-    "server/metrics": ["server/metrics/", "server/http/http_handler.h", "model_store/", "server/core/",
+    "server/metrics": ["server/metrics/", "server/http/http_handler.h", "server/core/",
                        "engine/", "common/"],
 }
 # The wiring: builds every room's objects and connects them.

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,8 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "engine/model.h"
+#include "engine/precision.h"
+#include "server/core/model_reads.h"
 
 namespace sparse {
 
@@ -39,6 +42,23 @@ struct InferRequest {
   // gives (engine/model.h, PredictOptions::given); required for such a
   // model, refused by any other. Not owned, like `inputs`.
   const Route* given_route = nullptr;
+  // The version this request runs on, when the frontend resolved it already
+  // (InferenceCore::Resolve, to decode the request): the core then uses it,
+  // and its path, instead of looking `model` and `version` up again.
+  ModelHandle resolved;
+  // A front's call to this server's part of a sharded model
+  // (sparse.v1.ShardService). Admission checks that this server is the shard
+  // the front means (InferenceCore::Options::shard) and serves the same
+  // version (>= 1), precision and files, and marks the version used so it is
+  // retained while fronts route with it. With rows == 0 it is a front's
+  // keep-alive: answered OK once checked, and not counted as a request.
+  struct ShardCall {
+    int shard_index = 0;
+    int shard_count = 0;
+    Precision precision = Precision::kFp32;
+    std::string model_sha256;  // empty: not compared
+  };
+  std::optional<ShardCall> shard_call;
 };
 
 // What one request cost (DESIGN.md §1). In a batch, FLOPs are the request's

@@ -9,6 +9,7 @@
 #include "common/internal_error.h"
 #include "common/status_macros.h"
 #include "engine/matmul_kernel.h"
+#include "model_store/model_repository.h"
 
 namespace sparse {
 namespace {
@@ -28,6 +29,44 @@ const Model* PathModel(const Servable& servable, bool dense) {
 // request is queued (admission happens here and nowhere else): so a bad
 // request gets its own code even when the queue is full, never occupies the
 // queue and never joins a batch.
+// A front's shard call (InferRequest::shard_call) reaches the shard it
+// means: this server is that part of the model, and the call names a version.
+absl::Status CheckShardTarget(const std::optional<ShardSpec>& shard, const InferRequest& request) {
+  const InferRequest::ShardCall& call = *request.shard_call;
+  if (!shard.has_value()) {
+    return absl::FailedPreconditionError(
+        "this server is not a shard of a sharded model (start it with --shard=i/N)");
+  }
+  if (call.shard_index != shard->index || call.shard_count != shard->count) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "this server is shard ", shard->ToString(), "; the front asked for shard ",
+        call.shard_index, "/", call.shard_count, " (check the front's --shard_targets order)"));
+  }
+  if (request.version < 1) {
+    return absl::InvalidArgumentError("a shard call names its front's version (>= 1)");
+  }
+  return absl::OkStatus();
+}
+
+// The shard serves the version the front routes with as the front does: at
+// the same precision, from the same files.
+absl::Status CheckShardVersion(const Servable& servable, const InferRequest& request) {
+  const InferRequest::ShardCall& call = *request.shard_call;
+  if (servable.precision != call.precision) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model '", ClientText(request.model), "' version ", request.version, " serves at ",
+        PrecisionName(servable.precision), " on this shard, the front at ",
+        PrecisionName(call.precision), " (config.pbtxt is read by both: is it being changed?)"));
+  }
+  if (!call.model_sha256.empty() && call.model_sha256 != servable.loaded.model_sha256) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model '", ClientText(request.model), "' version ", request.version,
+        " holds other files on this shard than on the front (model.safetensors SHA-256 ",
+        servable.loaded.model_sha256, " here): front and shards must read one repository"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Admit(const Servable& servable, int64_t max_batch_rows,
                    const InferRequest& request) {
   const Model* model = PathModel(servable, request.dense);
@@ -325,17 +364,44 @@ void InferenceCore::Infer(const InferRequest& request, InferResponse* response, 
     draining = draining_;
   }
   PendingRequest pending{&request, response, arrival, std::move(done), nullptr};
-  if (draining) {
+  // A front's keep-alive is answered while draining: the version stays
+  // retained until the front moves on.
+  const bool keepalive = request.shard_call.has_value() && request.rows == 0;
+  if (draining && !keepalive) {
     FinishPending(pending, absl::UnavailableError(
                                "sparse-server is shutting down; send the request to another replica"));
     return;
   }
+  if (request.shard_call.has_value()) {
+    if (absl::Status s = CheckShardTarget(options_.shard, request); !s.ok()) {
+      FinishPending(pending, s);
+      return;
+    }
+  }
   std::optional<sparse::v1::DynamicBatching> batching;
-  absl::StatusOr<std::shared_ptr<const Servable>> servable =
-      repository_->Find(request.model, request.version, &batching);
+  absl::StatusOr<std::shared_ptr<const Servable>> servable;
+  if (!request.resolved.empty()) {
+    servable = request.resolved.servable_;
+    batching = request.resolved.batching_;
+  } else {
+    servable = repository_->Find(request.model, request.version, &batching);
+  }
   if (!servable.ok()) {
     FinishPending(pending, servable.status());
     return;
+  }
+  if (request.shard_call.has_value()) {
+    if (absl::Status s = CheckShardVersion(**servable, request); !s.ok()) {
+      FinishPending(pending, s);
+      return;
+    }
+    (*servable)->MarkUsed();
+    if (keepalive) {  // not a request: answered, not observed or counted
+      pending.done(absl::OkStatus());
+      absl::MutexLock lock(&mu_);
+      --in_flight_;
+      return;
+    }
   }
   std::shared_ptr<ServableState> state = StateFor(*servable);
   pending.statistics = state->statistics;
@@ -398,14 +464,13 @@ std::shared_ptr<InferenceCore::ServableState> InferenceCore::StateFor(
   return state;
 }
 
-PathStatistics InferenceCore::Statistics(const std::shared_ptr<const Servable>& servable,
-                                         bool dense) const {
+PathStatistics InferenceCore::Statistics(const ModelHandle& path) const {
   std::shared_ptr<ServableState> state;
   {
     absl::ReaderMutexLock lock(&states_mu_);
-    state = FindState(*servable);
+    state = FindState(*path.servable_);
   }
-  return state != nullptr ? state->statistics->Get(dense) : PathStatistics{};
+  return state != nullptr ? state->statistics->Get(path.dense()) : PathStatistics{};
 }
 
 std::shared_ptr<InferenceCore::ServableState> InferenceCore::FindState(

@@ -33,19 +33,28 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
+#include <string>
+#include <system_error>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "engine/sharding.h"
 #include "server/core/batcher.h"
 #include "server/core/infer.h"
+#include "server/core/model_reads.h"
 #include "server/core/statistics.h"
 #include "server/core/worker_pool.h"
-#include "model_store/model_repository.h"
 
 namespace sparse {
+
+class ModelRepository;  // model_store/model_repository.h
 
 class InferenceCore {
  public:
@@ -59,6 +68,9 @@ class InferenceCore {
     // Called once per answered request, just before `done` (metrics). The
     // response is filled only when the status is OK. May be empty.
     std::function<void(const InferRequest&, const absl::Status&, const InferResponse&)> observe;
+    // The part of its models this server serves when it is a shard
+    // (--shard): what InferRequest::shard_call is checked against.
+    std::optional<ShardSpec> shard = std::nullopt;
   };
 
   InferenceCore(const ModelRepository* repository, const Options& options);
@@ -85,9 +97,26 @@ class InferenceCore {
   // Whether Drain() has been called: every new request is refused.
   bool draining() const;
 
-  // The statistics of one path of `servable` (a loaded version): zeros
-  // until a request for it is admitted (server/core/statistics.h).
-  PathStatistics Statistics(const std::shared_ptr<const Servable>& servable, bool dense) const;
+  // --- Reads (server/core/model_reads.h), each from the current snapshot.
+
+  // The version `version` of `model` (0: the newest loaded), its sparse
+  // path. NOT_FOUND names the model or version asked for and what is
+  // loaded; UNAVAILABLE when the model is known but no version of it loads.
+  absl::StatusOr<ModelHandle> Resolve(absl::string_view model, int64_t version) const;
+  // Every model the repository knows, by name, and one of them (NOT_FOUND
+  // as Resolve words it).
+  std::vector<ModelStatus> Models() const;
+  absl::StatusOr<ModelStatus> Model(absl::string_view model) const;
+  // Versions serving across every model (0: the server is not ready).
+  size_t ServingVersions() const;
+  // The model directories under the repository's root, loaded or not (a
+  // repository index); *ec is set when the listing stopped part way.
+  std::vector<std::string> ModelDirectories(std::error_code* ec) const;
+  // Every serving version's sparse-path routing since its warm-up.
+  std::vector<VersionRouting> Routing() const;
+  // The statistics of one path of a loaded version: zeros until a request
+  // for it is admitted (server/core/statistics.h).
+  PathStatistics Statistics(const ModelHandle& path) const;
 
   // The threads that run inference: for work that must share them, and for
   // tests that hold a worker to make requests queue.

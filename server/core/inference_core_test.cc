@@ -12,6 +12,8 @@
 // task of the test's own (pool().Submit) until the requests are queued.
 #include "server/core/inference_core.h"
 
+#include "model_store/model_repository.h"
+
 #include <atomic>
 #include <filesystem>
 #include <fstream>
@@ -101,7 +103,8 @@ class InferenceCoreTest : public ::testing::Test {
                                             .max_queue = max_queue,
                                             .max_batch_rows = 64,
                                             .inline_max_flops = inline_max_flops,
-                                            .observe = nullptr});
+                                            .observe = nullptr,
+                                            .shard = std::nullopt});
   }
 
   static const LoadedModel& Loaded(const std::string& model) {
@@ -352,7 +355,8 @@ TEST_F(InferenceCoreTest, TheObserveHookSeesEveryAnswerOnce) {
                            } else if (!s.ok()) {
                              ++failed;
                            }
-                         }});
+                         },
+                         .shard = std::nullopt});
   Call good("dsm", RandomInputs(3, kD, 1), 3);
   Call bad("dsm", RandomInputs(1, kD, 1), 3);
   core.Infer(good.request, &good.response, good.Done());
@@ -365,9 +369,9 @@ TEST_F(InferenceCoreTest, TheObserveHookSeesEveryAnswerOnce) {
 
 TEST_F(InferenceCoreTest, StatisticsCountEachRequestAndEachBatchPerVersionAndPath) {
   std::unique_ptr<InferenceCore> core = Core(0);
-  absl::StatusOr<std::shared_ptr<const Servable>> servable = repository_->Find("batched", 0);
-  ASSERT_OK(servable.status());
-  EXPECT_EQ(core->Statistics(*servable, false).success.count, 0u) << "nothing asked yet";
+  absl::StatusOr<ModelHandle> handle = core->Resolve("batched", 0);
+  ASSERT_OK(handle.status());
+  EXPECT_EQ(core->Statistics(handle->Path(false)).success.count, 0u) << "nothing asked yet";
 
   // Four requests of 2 rows queue behind the held worker and run as one
   // batch of 8 rows; a fifth has the wrong size and fails at admission.
@@ -386,7 +390,7 @@ TEST_F(InferenceCoreTest, StatisticsCountEachRequestAndEachBatchPerVersionAndPat
   // The worker records the batch after answering it: wait for it to be free.
   HoldWorker(*core)->Notify();
 
-  const PathStatistics s = core->Statistics(*servable, false);
+  const PathStatistics s = core->Statistics(handle->Path(false));
   EXPECT_EQ(s.success.count, 4u);
   EXPECT_EQ(s.fail.count, 1u);
   EXPECT_EQ(s.inference_count, 8u);
@@ -410,17 +414,17 @@ TEST_F(InferenceCoreTest, StatisticsCountEachRequestAndEachBatchPerVersionAndPat
   EXPECT_EQ(batch.compute_output.count, 1u);
 
   // The dense path is counted apart, and a lone request is a batch of its rows.
-  EXPECT_EQ(core->Statistics(*servable, true).success.count, 0u);
+  EXPECT_EQ(core->Statistics(handle->Path(true)).success.count, 0u);
   Call dense("batched", RandomInputs(3, kD, 5), 3, /*dense=*/true);
   core->Infer(dense.request, &dense.response, dense.Done());
   ASSERT_OK(dense.Wait());
   HoldWorker(*core)->Notify();
-  const PathStatistics d = core->Statistics(*servable, true);
+  const PathStatistics d = core->Statistics(handle->Path(true));
   EXPECT_EQ(d.success.count, 1u);
   EXPECT_EQ(d.inference_count, 3u);
   EXPECT_EQ(d.execution_count, 1u);
   ASSERT_EQ(d.batches.count(3), 1u);
-  EXPECT_EQ(core->Statistics(*servable, false).success.count, 4u);
+  EXPECT_EQ(core->Statistics(handle->Path(false)).success.count, 4u);
 }
 
 }  // namespace

@@ -16,10 +16,12 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "model_store/model_repository.h"
+#include "server/core/model_reads.h"
 #include "server/core/worker_pool.h"
 
 namespace sparse {
+
+class ModelRepository;  // model_store/model_repository.h
 
 class ModelControl {
  public:
@@ -28,9 +30,9 @@ class ModelControl {
   // (Re)loads `model` on a loader thread and calls `done` there with the
   // model's state, or with the reason nothing of it serves (its previous
   // versions keep serving). UNAVAILABLE, at once, when 64 loads wait already.
-  void Load(std::string model, std::function<void(absl::StatusOr<ModelState>)> done);
+  void Load(std::string model, std::function<void(absl::StatusOr<ModelStatus>)> done);
   // Stops serving every version of `model`; NOT_FOUND when none is loaded.
-  absl::Status Unload(absl::string_view model) { return repository_->UnloadModel(model); }
+  absl::Status Unload(absl::string_view model);
 
  private:
   ModelRepository* const repository_;

@@ -2,7 +2,7 @@
 
 #include <memory>
 
-#include "server/grpc/sparse_inference_service.h"
+#include "server/grpc/sparse_v1_messages.h"
 #include "server/grpc/raw_unary.h"
 
 namespace sparse {
@@ -15,8 +15,8 @@ grpc::ServerUnaryReactor* ModelControlService::LoadModel(grpc::CallbackServerCon
   return ServeUnary<sparse::v1::LoadModelRequest, sparse::v1::ModelStatus>(
       context, request, response,
       [this](const sparse::v1::LoadModelRequest& r, sparse::v1::ModelStatus* out, UnaryDone done) {
-        control_->Load(r.model(), [&r, out, done = std::move(done)](absl::StatusOr<ModelState> state) {
-          if (state.ok()) FillModelStatus(r.model(), *state, out);
+        control_->Load(r.model(), [&r, out, done = std::move(done)](absl::StatusOr<ModelStatus> state) {
+          if (state.ok()) ToModelStatusProto(*state, out);
           done(state.status());
         });
       });

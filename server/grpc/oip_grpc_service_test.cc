@@ -113,8 +113,12 @@ class OipServiceTest : public ::testing::Test {
     ASSERT_TRUE(repository.ok()) << repository.status();
     ASSERT_TRUE(errors.empty()) << errors.front();
     repository_ = repository->release();
+    // Translation reads the models through a core's read API.
+    core_ = new InferenceCore(repository_, InferenceCore::Options{});
   }
   static void TearDownTestSuite() {
+    delete core_;
+    core_ = nullptr;
     delete repository_;
     repository_ = nullptr;
     delete root_;
@@ -123,7 +127,7 @@ class OipServiceTest : public ::testing::Test {
 
   static absl::StatusOr<InferRequest> Translate(const inference::ModelInferRequest& request,
                                                 std::vector<float>* storage) {
-    return TranslateModelInfer(*repository_, request, storage);
+    return TranslateModelInfer(*core_, request, storage);
   }
 
   // Translating `request` fails with `code` and a message holding `parts`.
@@ -140,10 +144,12 @@ class OipServiceTest : public ::testing::Test {
 
   static TempDir* root_;
   static ModelRepository* repository_;
+  static InferenceCore* core_;
 };
 
 TempDir* OipServiceTest::root_ = nullptr;
 ModelRepository* OipServiceTest::repository_ = nullptr;
+InferenceCore* OipServiceTest::core_ = nullptr;
 
 TEST_F(OipServiceTest, Fp32AndRawContentsGiveTheSameRequest) {
   const int64_t rows = 3;

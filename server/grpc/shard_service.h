@@ -5,16 +5,14 @@
 // any request is, and fails alone.
 //
 // A call names the version and precision its front serves and the shard it
-// means; a server holding another version answers NOT_FOUND, another
-// precision or another shard index FAILED_PRECONDITION. Each call marks its
-// version used, so the repository keeps a version while fronts still route
-// with it (ModelRepository::Options::retain_in_use).
-// Thread-safe; the repository and the core must outlive the service.
+// means; the core's admission checks them (InferRequest::shard_call): a
+// server holding another version answers NOT_FOUND, another precision or
+// another shard index FAILED_PRECONDITION. Each call marks its version used,
+// so the repository keeps a version while fronts still route with it.
+// Thread-safe; the core must outlive the service.
 #ifndef SPARSE_SERVER_GRPC_SHARD_SERVICE_H_
 #define SPARSE_SERVER_GRPC_SHARD_SERVICE_H_
 
-#include "engine/sharding.h"
-#include "model_store/model_repository.h"
 #include "server/core/inference_core.h"
 #include "sparse/v1/shard.grpc.pb.h"
 
@@ -25,16 +23,14 @@ using ShardRawService =
 
 class ShardService final : public ShardRawService {
  public:
-  ShardService(const ModelRepository* repository, InferenceCore* core, ShardSpec shard);
+  explicit ShardService(InferenceCore* core);
 
   grpc::ServerUnaryReactor* ComputePartial(grpc::CallbackServerContext* context,
                                            const grpc::ByteBuffer* request,
                                            grpc::ByteBuffer* response) override;
 
  private:
-  const ModelRepository* const repository_;
   InferenceCore* const core_;
-  const ShardSpec shard_;
 };
 
 }  // namespace sparse

@@ -4,8 +4,8 @@
 // Predict / PredictDense translate the request into the core's InferRequest
 // (the inputs are not copied), hand it to InferenceCore::Infer, and translate
 // the answer back; the core admits it, runs it inline or on a worker, and
-// measures its cost. The model listing reads the repository's snapshot.
-// Thread-safe; the repository and the core must outlive the service.
+// measures its cost. The model listing reads the core's read API
+// (server/core/model_reads.h). Thread-safe; the core must outlive the service.
 #ifndef SPARSE_SERVER_GRPC_SPARSE_INFERENCE_SERVICE_H_
 #define SPARSE_SERVER_GRPC_SPARSE_INFERENCE_SERVICE_H_
 
@@ -14,7 +14,6 @@
 
 #include "absl/status/status.h"
 #include "server/core/inference_core.h"
-#include "model_store/model_repository.h"
 #include "sparse/v1/inference.grpc.pb.h"
 
 namespace sparse {
@@ -29,20 +28,9 @@ using SparseInferenceRawService = sparse::v1::SparseInference::WithRawCallbackMe
                     sparse::v1::SparseInference::WithRawCallbackMethod_GetServerStats<
                         sparse::v1::SparseInference::Service>>>>>>;
 
-// The sparse.v1.ModelStatus of one model's state (GetModel, ListModels,
-// LoadModel).
-void FillModelStatus(const std::string& name, const ModelState& state,
-                     sparse::v1::ModelStatus* out);
-
-// The core's request for a PredictRequest (its inputs not copied: `request`
-// must outlive the returned value).
-InferRequest ToInferRequest(const sparse::v1::PredictRequest& request, bool dense);
-// The PredictResponse for the core's answer.
-void ToPredictResponse(const InferResponse& answer, sparse::v1::PredictResponse* response);
-
 class SparseInferenceService final : public SparseInferenceRawService {
  public:
-  SparseInferenceService(const ModelRepository* repository, InferenceCore* core);
+  explicit SparseInferenceService(InferenceCore* core);
 
   // sparse.v1.SparseInference; each body is parsed as the method's request.
   grpc::ServerUnaryReactor* Predict(grpc::CallbackServerContext* context,
@@ -69,7 +57,6 @@ class SparseInferenceService final : public SparseInferenceRawService {
                                   const grpc::ByteBuffer* request, grpc::ByteBuffer* response,
                                   bool dense);
 
-  const ModelRepository* const repository_;
   InferenceCore* const core_;
   const std::chrono::steady_clock::time_point start_;
 };

@@ -15,6 +15,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "model_store/checkpoint.h"
+#include "model_store/model_repository.h"
 #include "server/oip/oip_protocol.h"
 #include "server/http/rest_frontend.h"
 #include "tests/testing/matchers.h"
@@ -45,7 +46,7 @@ TEST(HttpServerTest, ManyConnectionsAtOnceEachGetTheirOwnAnswer) {
                                                               .max_batch_rows = 64,
                                                               .inline_max_flops = row_flops,
                                                               .observe = nullptr});
-  OipProtocol api(repository.get(), &core, nullptr);
+  OipProtocol api(&core, nullptr);
   RestFrontend frontend(&api, 64);
   HttpServer::Options http;
   http.address = "127.0.0.1";

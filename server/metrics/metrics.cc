@@ -178,51 +178,48 @@ std::vector<prometheus::MetricFamily> RoutingCollector::Collect() const {
                                     "(every packed copy, biases, tables, indexes), by precision",
                                     prometheus::MetricType::Gauge,
                                     {}};
-  for (const auto& [name, state] : *repository_->snapshot()) {
-    for (const auto& [number, servable] : state.versions) {
-      const RoutingCounts now = servable->loaded.sparse->Routing();
-      const RoutingCounts& base = servable->warmup_routing;
-      const std::string version = std::to_string(number);
-      using Label = prometheus::ClientMetric::Label;
-      {
-        prometheus::ClientMetric m;
-        m.label = {Label{"model", name}, Label{"precision", std::string(PrecisionName(servable->precision))},
-                   Label{"version", version}};
-        m.gauge.value = static_cast<double>(ResidentBytes(*servable));
-        resident.metric.push_back(std::move(m));
-      }
-      if (now.experts > 0) {
-        double worst = 0;
-        for (int64_t l = 0; l < now.blocks; ++l) {
-          int64_t total = 0, busiest = 0;
-          for (int64_t e = 0; e < now.experts; ++e) {
-            const int64_t i = l * now.experts + e;
-            const int64_t n = now.expert_rows[i] - base.expert_rows[i];
-            total += n;
-            busiest = std::max(busiest, n);
-            prometheus::ClientMetric m;
-            m.label = {Label{"block", std::to_string(l)}, Label{"expert", std::to_string(e)},
-                       Label{"model", name}, Label{"version", version}};
-            m.counter.value = static_cast<double>(n);
-            rows.metric.push_back(std::move(m));
-          }
-          if (total > 0) {
-            worst = std::max(worst, static_cast<double>(busiest) * now.experts / total);
-          }
+  for (const VersionRouting& v : core_->Routing()) {
+    const RoutingCounts& counts = v.since_warmup;
+    const std::string& name = v.model;
+    const std::string version = std::to_string(v.version);
+    using Label = prometheus::ClientMetric::Label;
+    {
+      prometheus::ClientMetric m;
+      m.label = {Label{"model", name}, Label{"precision", std::string(PrecisionName(v.precision))},
+                 Label{"version", version}};
+      m.gauge.value = static_cast<double>(v.resident_bytes);
+      resident.metric.push_back(std::move(m));
+    }
+    if (counts.experts > 0) {
+      double worst = 0;
+      for (int64_t l = 0; l < counts.blocks; ++l) {
+        int64_t total = 0, busiest = 0;
+        for (int64_t e = 0; e < counts.experts; ++e) {
+          const int64_t n = counts.expert_rows[l * counts.experts + e];
+          total += n;
+          busiest = std::max(busiest, n);
+          prometheus::ClientMetric m;
+          m.label = {Label{"block", std::to_string(l)}, Label{"expert", std::to_string(e)},
+                     Label{"model", name}, Label{"version", version}};
+          m.counter.value = static_cast<double>(n);
+          rows.metric.push_back(std::move(m));
         }
-        prometheus::ClientMetric m;
-        m.label = {Label{"model", name}, Label{"version", version}};
-        m.gauge.value = worst;
-        imbalance.metric.push_back(std::move(m));
+        if (total > 0) {
+          worst = std::max(worst, static_cast<double>(busiest) * counts.experts / total);
+        }
       }
-      if (servable->loaded.sparse->info().kind == ModelKind::kLshTable) {
-        prometheus::ClientMetric l, x;
-        l.label = x.label = {Label{"model", name}, Label{"version", version}};
-        l.counter.value = static_cast<double>(now.lookups - base.lookups);
-        x.counter.value = static_cast<double>(now.misses - base.misses);
-        lookups.metric.push_back(std::move(l));
-        misses.metric.push_back(std::move(x));
-      }
+      prometheus::ClientMetric m;
+      m.label = {Label{"model", name}, Label{"version", version}};
+      m.gauge.value = worst;
+      imbalance.metric.push_back(std::move(m));
+    }
+    if (v.kind == ModelKind::kLshTable) {
+      prometheus::ClientMetric l, x;
+      l.label = x.label = {Label{"model", name}, Label{"version", version}};
+      l.counter.value = static_cast<double>(counts.lookups);
+      x.counter.value = static_cast<double>(counts.misses);
+      lookups.metric.push_back(std::move(l));
+      misses.metric.push_back(std::move(x));
     }
   }
   return {std::move(rows), std::move(imbalance), std::move(lookups), std::move(misses),

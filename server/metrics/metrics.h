@@ -58,8 +58,8 @@
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 #include "prometheus/collectable.h"
-#include "model_store/model_repository.h"
 #include "server/core/infer.h"
+#include "server/core/inference_core.h"
 #include "server/http/http_handler.h"
 
 namespace sparse {
@@ -127,11 +127,11 @@ class ServerMetrics {
 // (warm-up excluded) and go when it unloads.
 class RoutingCollector final : public prometheus::Collectable {
  public:
-  explicit RoutingCollector(const ModelRepository* repository) : repository_(repository) {}
+  explicit RoutingCollector(const InferenceCore* core) : core_(core) {}
   std::vector<prometheus::MetricFamily> Collect() const override;
 
  private:
-  const ModelRepository* const repository_;
+  const InferenceCore* const core_;
 };
 
 // sparse_internal_errors_total{where}, one series per site (0 until the

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <map>
 #include <set>
 #include <system_error>
 
@@ -39,17 +40,16 @@ absl::StatusOr<Target> ParseTarget(absl::string_view name, absl::string_view ver
   return t;
 }
 
-// The servable and path a target names; NOT_FOUND / FAILED_PRECONDITION as
-// the native API.
-absl::StatusOr<std::shared_ptr<const Servable>> FindTarget(const ModelRepository& repository,
-                                                           const Target& t) {
-  ASSIGN_OR_RETURN(std::shared_ptr<const Servable> servable, repository.Find(t.model, t.version));
-  if (t.dense && servable->loaded.dense == nullptr) {
+// The version and path a target names; NOT_FOUND / UNAVAILABLE as the
+// native API.
+absl::StatusOr<ModelHandle> FindTarget(const InferenceCore& core, const Target& t) {
+  ASSIGN_OR_RETURN(ModelHandle found, core.Resolve(t.model, t.version));
+  if (t.dense && !found.has_dense()) {
     return absl::NotFoundError(absl::StrCat("model '", ClientText(t.model),
                                             "' has no dense twin, so '", ClientText(t.model),
                                             kDenseSuffix, "' does not exist"));
   }
-  return servable;
+  return found.Path(t.dense);
 }
 
 inference::InferParameter Int64Param(int64_t v) {
@@ -209,13 +209,13 @@ void ToTritonDuration(const StatDuration& from, inference::StatisticDuration* ou
   out->set_ns(from.ns);
 }
 
-// One ModelStatistics entry: path `dense` of `servable`, named `name`.
-void AddStatistics(const std::string& name, const std::shared_ptr<const Servable>& servable,
-                   bool dense, const InferenceCore& core, inference::ModelStatisticsResponse* out) {
-  const PathStatistics s = core.Statistics(servable, dense);
+// One ModelStatistics entry: the path `path` names, named `name`.
+void AddStatistics(const std::string& name, const ModelHandle& path, const InferenceCore& core,
+                   inference::ModelStatisticsResponse* out) {
+  const PathStatistics s = core.Statistics(path);
   inference::ModelStatistics* m = out->add_model_stats();
   m->set_name(name);
-  m->set_version(absl::StrCat(servable->version));
+  m->set_version(absl::StrCat(path.version()));
   m->set_last_inference(s.last_inference_ms);
   m->set_inference_count(s.inference_count);
   m->set_execution_count(s.execution_count);
@@ -254,11 +254,10 @@ absl::Status NeedsModelControl() {
 
 }  // namespace
 
-void ToTritonModelConfig(const std::string& name, const Servable& servable, bool dense,
+void ToTritonModelConfig(const std::string& name, const VersionStatus& version, bool dense,
                          const sparse::v1::ModelConfig& config, const InferenceCore& core,
                          inference::ModelConfig* out) {
-  const LoadedModel& loaded = servable.loaded;
-  const ModelInfo& info = dense ? loaded.dense->info() : loaded.sparse->info();
+  const ModelInfo& info = dense ? *version.dense : version.sparse;
   out->set_name(name);
   out->set_platform(absl::StrCat("sparse-serve_", dense ? "dense" : ModelKindName(info.kind)));
   out->set_backend("sparse-serve");
@@ -278,12 +277,11 @@ void ToTritonModelConfig(const std::string& name, const Servable& servable, bool
   auto& params = *out->mutable_parameters();
   params["flops_per_row"].set_string_value(absl::StrCat(info.flops_per_row));
   params["weight_bytes_per_row"].set_string_value(absl::StrCat(info.weight_bytes_per_row));
-  params["precision"].set_string_value(std::string(PrecisionName(servable.precision)));
-  if (loaded.dense != nullptr) {
-    params["dense_flops_per_row"].set_string_value(
-        absl::StrCat(loaded.dense->info().flops_per_row));
+  params["precision"].set_string_value(std::string(PrecisionName(version.precision)));
+  if (version.dense.has_value()) {
+    params["dense_flops_per_row"].set_string_value(absl::StrCat(version.dense->flops_per_row));
   }
-  if (dense && loaded.dense_cost_only) params["dense_cost_only"].set_string_value("true");
+  if (dense && version.dense_cost_only) params["dense_cost_only"].set_string_value("true");
   if (config.has_dynamic_batching()) {
     const BatchingOptions batching =
         ToBatchingOptions(config.dynamic_batching(), core.workers(), dense);
@@ -300,19 +298,18 @@ void ToTritonModelConfig(const std::string& name, const Servable& servable, bool
   group->set_count(core.workers());
 }
 
-absl::StatusOr<InferRequest> TranslateModelInfer(const ModelRepository& repository,
+absl::StatusOr<InferRequest> TranslateModelInfer(const InferenceCore& core,
                                                  const inference::ModelInferRequest& request,
                                                  std::vector<float>* storage) {
   ASSIGN_OR_RETURN(Target t, ParseTarget(request.model_name(), request.model_version()));
-  ASSIGN_OR_RETURN(std::shared_ptr<const Servable> servable, FindTarget(repository, t));
+  ASSIGN_OR_RETURN(ModelHandle path, FindTarget(core, t));
   RETURN_IF_ERROR(CheckRequestOptions(request));
-  const LoadedModel& loaded = servable->loaded;
-  const ModelInfo& info = t.dense ? loaded.dense->info() : loaded.sparse->info();
   InferRequest out;
   out.model = t.model;
   out.version = t.version;
   out.dense = t.dense;
-  RETURN_IF_ERROR(ToInferRequest(request, info.input_dim, storage, &out));
+  RETURN_IF_ERROR(ToInferRequest(request, path.info().input_dim, storage, &out));
+  out.resolved = std::move(path);  // the core runs it on this version: one lookup
   return out;
 }
 
@@ -346,9 +343,8 @@ void ToModelInferResponse(const inference::ModelInferRequest& request, const Inf
   params["total_ns"] = Int64Param(answer.cost.total_ns);
 }
 
-OipProtocol::OipProtocol(const ModelRepository* repository, InferenceCore* core,
-                             ModelControl* control)
-    : repository_(repository), core_(core), control_(control) {}
+OipProtocol::OipProtocol(InferenceCore* core, ModelControl* control)
+    : core_(core), control_(control) {}
 
 absl::Status OipProtocol::ServerLive(const inference::ServerLiveRequest&,
                                        inference::ServerLiveResponse* out) const {
@@ -358,14 +354,14 @@ absl::Status OipProtocol::ServerLive(const inference::ServerLiveRequest&,
 
 absl::Status OipProtocol::ServerReady(const inference::ServerReadyRequest&,
                                         inference::ServerReadyResponse* out) const {
-  out->set_ready(ServingVersions(*repository_->snapshot()) > 0);
+  out->set_ready(core_->ServingVersions() > 0);
   return absl::OkStatus();
 }
 
 absl::Status OipProtocol::ModelReady(const inference::ModelReadyRequest& r,
                                        inference::ModelReadyResponse* out) const {
   ASSIGN_OR_RETURN(Target t, ParseTarget(r.name(), r.version()));
-  absl::StatusOr<std::shared_ptr<const Servable>> found = FindTarget(*repository_, t);
+  absl::StatusOr<ModelHandle> found = FindTarget(*core_, t);
   if (!found.ok() && found.status().code() != absl::StatusCode::kNotFound &&
       found.status().code() != absl::StatusCode::kUnavailable) {
     return found.status();
@@ -386,15 +382,12 @@ absl::Status OipProtocol::ServerMetadata(const inference::ServerMetadataRequest&
 absl::Status OipProtocol::ModelMetadata(const inference::ModelMetadataRequest& r,
                                           inference::ModelMetadataResponse* out) const {
   ASSIGN_OR_RETURN(Target t, ParseTarget(r.name(), r.version()));
-  ASSIGN_OR_RETURN(std::shared_ptr<const Servable> found, FindTarget(*repository_, t));
-  const LoadedModel& loaded = found->loaded;
-  const ModelInfo& info = t.dense ? loaded.dense->info() : loaded.sparse->info();
+  ASSIGN_OR_RETURN(const ModelHandle found, FindTarget(*core_, t));
+  const ModelInfo& info = found.info();
   out->set_name(r.name());
-  const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
-  auto state = snapshot->find(t.model);
-  if (state == snapshot->end()) return absl::NotFoundError("model unloaded");
-  for (const auto& [number, servable] : state->second.versions) {
-    if (!t.dense || servable->loaded.dense != nullptr) out->add_versions(absl::StrCat(number));
+  ASSIGN_OR_RETURN(const ModelStatus model, core_->Model(t.model));
+  for (const VersionStatus& v : model.versions) {
+    if (!t.dense || v.dense.has_value()) out->add_versions(absl::StrCat(v.version));
   }
   out->set_platform(absl::StrCat("sparse-serve_", t.dense ? "dense" : ModelKindName(info.kind)));
   auto* input = out->add_inputs();
@@ -420,7 +413,7 @@ void OipProtocol::ModelInfer(const inference::ModelInferRequest& r,
     InferResponse answer;
   };
   auto call = std::make_shared<Call>();
-  absl::StatusOr<InferRequest> translated = TranslateModelInfer(*repository_, r, &call->inputs);
+  absl::StatusOr<InferRequest> translated = TranslateModelInfer(*core_, r, &call->inputs);
   if (!translated.ok()) {
     done(translated.status());
     return;
@@ -441,42 +434,43 @@ void OipProtocol::ModelInfer(const inference::ModelInferRequest& r,
 absl::Status OipProtocol::ModelConfig(const inference::ModelConfigRequest& r,
                                         inference::ModelConfigResponse* out) const {
   ASSIGN_OR_RETURN(Target t, ParseTarget(r.name(), r.version()));
-  ASSIGN_OR_RETURN(std::shared_ptr<const Servable> found, FindTarget(*repository_, t));
-  const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
-  auto state = snapshot->find(t.model);
-  const sparse::v1::ModelConfig config =
-      state != snapshot->end() ? state->second.config : sparse::v1::ModelConfig();
-  ToTritonModelConfig(r.name(), *found, t.dense, config, *core_, out->mutable_config());
-  return absl::OkStatus();
+  ASSIGN_OR_RETURN(const ModelHandle found, FindTarget(*core_, t));
+  ASSIGN_OR_RETURN(const ModelStatus model, core_->Model(t.model));
+  for (const VersionStatus& version : model.versions) {
+    if (version.version != found.version()) continue;
+    ToTritonModelConfig(r.name(), version, t.dense, model.config, *core_, out->mutable_config());
+    return absl::OkStatus();
+  }
+  return absl::NotFoundError(absl::StrCat("model '", ClientText(t.model), "' version ",
+                                          found.version(), " was unloaded"));
 }
 
 absl::Status OipProtocol::ModelStatistics(const inference::ModelStatisticsRequest& r,
                                             inference::ModelStatisticsResponse* out) const {
-  const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
   if (r.name().empty()) {
     if (!r.version().empty()) {
       return absl::InvalidArgumentError("a model version needs a model name");
     }
-    for (const auto& [name, state] : *snapshot) {
-      for (const auto& [number, servable] : state.versions) {
-        AddStatistics(name, servable, false, *core_, out);
-        if (servable->loaded.dense != nullptr) {
-          AddStatistics(absl::StrCat(name, kDenseSuffix), servable, true, *core_, out);
+    for (const ModelStatus& model : core_->Models()) {
+      for (const VersionStatus& v : model.versions) {
+        AddStatistics(model.name, v.handle, *core_, out);
+        if (v.dense.has_value()) {
+          AddStatistics(absl::StrCat(model.name, kDenseSuffix), v.handle.Path(true), *core_, out);
         }
       }
     }
     return absl::OkStatus();
   }
   ASSIGN_OR_RETURN(Target t, ParseTarget(r.name(), r.version()));
-  auto state = snapshot->find(t.model);
-  if (state == snapshot->end() || state->second.versions.empty()) {
+  absl::StatusOr<ModelStatus> model = core_->Model(t.model);
+  if (!model.ok() || model->versions.empty()) {
     return absl::NotFoundError(
         absl::StrCat("model '", ClientText(t.model), "' has no version loaded"));
   }
-  for (const auto& [number, servable] : state->second.versions) {
-    if (t.version != 0 && number != t.version) continue;
-    if (t.dense && servable->loaded.dense == nullptr) continue;
-    AddStatistics(r.name(), servable, t.dense, *core_, out);
+  for (const VersionStatus& v : model->versions) {
+    if (t.version != 0 && v.version != t.version) continue;
+    if (t.dense && !v.dense.has_value()) continue;
+    AddStatistics(r.name(), v.handle.Path(t.dense), *core_, out);
   }
   if (out->model_stats_size() == 0) {
     return absl::NotFoundError(
@@ -488,14 +482,15 @@ absl::Status OipProtocol::ModelStatistics(const inference::ModelStatisticsReques
 absl::Status OipProtocol::RepositoryIndex(const inference::RepositoryIndexRequest& r,
                                             inference::RepositoryIndexResponse* out) const {
   RETURN_IF_ERROR(CheckRepositoryName(r.repository_name()));
-  const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
+  std::map<std::string, ModelStatus> models;
+  for (ModelStatus& model : core_->Models()) models[model.name] = std::move(model);
   std::error_code ec;
-  const std::vector<std::string> directories = repository_->ModelDirectories(&ec);
+  const std::vector<std::string> directories = core_->ModelDirectories(&ec);
   if (ec) {
     return absl::UnavailableError(absl::StrCat("cannot list the model repository: ", ec.message()));
   }
   std::set<std::string> names(directories.begin(), directories.end());
-  for (const auto& [name, state] : *snapshot) names.insert(name);
+  for (const auto& [name, model] : models) names.insert(name);
   auto add = [&](const std::string& name, std::string version, const char* state,
                  std::string reason) {
     if (r.ready() && absl::string_view(state) != "READY") return;
@@ -506,20 +501,21 @@ absl::Status OipProtocol::RepositoryIndex(const inference::RepositoryIndexReques
     m->set_reason(std::move(reason));
   };
   for (const std::string& name : names) {
-    auto state = snapshot->find(name);
-    if (state == snapshot->end()) {
+    auto found = models.find(name);
+    if (found == models.end()) {
       add(name, "", "UNAVAILABLE", "unloaded");
       continue;
     }
-    for (const auto& [number, servable] : state->second.versions) {
-      add(name, absl::StrCat(number), "READY", "");
+    const ModelStatus& model = found->second;
+    std::set<int64_t> serving;
+    for (const VersionStatus& v : model.versions) {
+      add(name, absl::StrCat(v.version), "READY", "");
+      serving.insert(v.version);
     }
-    for (const auto& [number, failure] : state->second.failures) {
-      if (!state->second.versions.contains(number)) {
-        add(name, absl::StrCat(number), "UNAVAILABLE", failure.error);
-      }
+    for (const auto& [number, error] : model.failures) {
+      if (!serving.contains(number)) add(name, absl::StrCat(number), "UNAVAILABLE", error);
     }
-    if (state->second.versions.empty() && state->second.failures.empty()) {
+    if (model.versions.empty() && model.failures.empty()) {
       add(name, "", "UNAVAILABLE", "no version directory to serve");
     }
   }
@@ -528,13 +524,10 @@ absl::Status OipProtocol::RepositoryIndex(const inference::RepositoryIndexReques
 
 int64_t OipProtocol::InputWidth(absl::string_view name) const {
   absl::ConsumeSuffix(&name, kDenseSuffix);
-  const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
-  auto state = snapshot->find(std::string(name));
+  absl::StatusOr<ModelStatus> model = core_->Model(name);
   int64_t widest = 0;
-  if (state == snapshot->end()) return widest;
-  for (const auto& [number, servable] : state->second.versions) {
-    widest = std::max(widest, servable->loaded.sparse->info().input_dim);
-  }
+  if (!model.ok()) return widest;
+  for (const VersionStatus& v : model->versions) widest = std::max(widest, v.sparse.input_dim);
   return widest;
 }
 
@@ -559,7 +552,7 @@ void OipProtocol::RepositoryModelLoad(const inference::RepositoryModelLoadReques
       return;
     }
   }
-  control_->Load(r.model_name(), [done = std::move(done)](absl::StatusOr<ModelState> state) {
+  control_->Load(r.model_name(), [done = std::move(done)](absl::StatusOr<ModelStatus> state) {
     done(state.status());
   });
 }

@@ -1,6 +1,6 @@
 // OipProtocol: the Open Inference Protocol's calls (KServe v2, with
 // Triton's model configuration, statistics and repository extensions) over
-// the repository, the serving core and the model control, on the protocol's
+// the serving core and the model control, on the protocol's
 // protobuf messages (proto/inference/grpc_service.proto) and free of any
 // transport. Its two frontends only carry them: gRPC (server/grpc/oip_grpc_service.h)
 // and HTTP/REST (server/http/rest_frontend.h, the messages as KServe's JSON).
@@ -20,8 +20,8 @@
 //   (FAILED_PRECONDITION) unless sparse-server runs with --model_control.
 // docs/api.md has the tables.
 //
-// Thread-safe; the repository, the core and the model control must outlive
-// it.
+// Models are read through the core's read API (server/core/model_reads.h).
+// Thread-safe; the core and the model control must outlive it.
 #ifndef SPARSE_SERVER_OIP_OIP_PROTOCOL_H_
 #define SPARSE_SERVER_OIP_OIP_PROTOCOL_H_
 
@@ -32,7 +32,6 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "inference/grpc_service.pb.h"
-#include "model_store/model_repository.h"
 #include "server/core/inference_core.h"
 #include "server/core/model_control.h"
 
@@ -52,7 +51,7 @@ inline constexpr const char* kExtensions[] = {"model_configuration", "model_repo
 // batching, classification, shared memory).
 // Errors are those ModelInfer answers (NOT_FOUND, INVALID_ARGUMENT with what
 // was expected). Used by ModelInfer and by the request fuzzer.
-absl::StatusOr<InferRequest> TranslateModelInfer(const ModelRepository& repository,
+absl::StatusOr<InferRequest> TranslateModelInfer(const InferenceCore& core,
                                                  const inference::ModelInferRequest& request,
                                                  std::vector<float>* storage);
 
@@ -64,15 +63,15 @@ void ToModelInferResponse(const inference::ModelInferRequest& request, const Inf
                           inference::ModelInferResponse* out);
 
 // The Triton ModelConfig of one path of a loaded version, named `name`
-// ("m" or "m.dense").
-void ToTritonModelConfig(const std::string& name, const Servable& servable, bool dense,
+// ("m" or "m.dense"). REQUIRES: version.dense when `dense`.
+void ToTritonModelConfig(const std::string& name, const VersionStatus& version, bool dense,
                          const sparse::v1::ModelConfig& config, const InferenceCore& core,
                          inference::ModelConfig* out);
 
 class OipProtocol {
  public:
   // `control` is null when sparse-server runs without --model_control.
-  OipProtocol(const ModelRepository* repository, InferenceCore* core, ModelControl* control);
+  OipProtocol(InferenceCore* core, ModelControl* control);
 
   // The calls that answer at once. Errors as docs/api.md lists them.
   absl::Status ServerLive(const inference::ServerLiveRequest& r,
@@ -108,7 +107,6 @@ class OipProtocol {
   void RepositoryModelLoad(const inference::RepositoryModelLoadRequest& r, InferDone done);
 
  private:
-  const ModelRepository* const repository_;
   InferenceCore* const core_;
   ModelControl* const control_;
 };

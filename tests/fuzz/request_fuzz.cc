@@ -30,7 +30,7 @@
 #include "model_store/checkpoint.h"
 #include "model_store/model_repository.h"
 #include "server/core/inference_core.h"
-#include "server/grpc/sparse_inference_service.h"
+#include "server/grpc/sparse_v1_messages.h"
 #include "server/oip/oip_protocol.h"
 #include "tests/fuzz/fuzz_util.h"
 #include "tests/testing/random_models.h"
@@ -95,7 +95,7 @@ bool Decode(const World& world, absl::string_view bytes, Decoded* out) {
   inference::ModelInferRequest infer;
   if (!infer.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) return false;
   absl::StatusOr<sparse::InferRequest> translated =
-      sparse::TranslateModelInfer(*world.repository, infer, &out->storage);
+      sparse::TranslateModelInfer(*world.inline_core, infer, &out->storage);
   if (!translated.ok()) return false;
   out->request = *std::move(translated);
   if (out->storage.empty()) {

@@ -1,0 +1,108 @@
+#include "server/core/model_reads.h"
+
+#include "common/status_macros.h"
+#include "model_store/model_repository.h"
+#include "model_store/model_state.h"
+#include "server/core/inference_core.h"
+
+namespace sparse {
+
+const std::string& ModelHandle::model() const { return servable_->model; }
+int64_t ModelHandle::version() const { return servable_->version; }
+bool ModelHandle::has_dense() const { return servable_->loaded.dense != nullptr; }
+
+const ModelInfo& ModelHandle::info() const {
+  return dense_ ? servable_->loaded.dense->info() : servable_->loaded.sparse->info();
+}
+
+ModelHandle ModelHandle::Path(bool dense) const { return ModelHandle(servable_, dense, batching_); }
+
+VersionStatus ToVersionStatus(std::shared_ptr<const Servable> servable) {
+  const LoadedModel& m = servable->loaded;
+  VersionStatus v;
+  v.version = servable->version;
+  v.sparse = m.sparse->info();
+  if (m.dense != nullptr) v.dense = m.dense->info();
+  v.dense_cost_only = m.dense_cost_only;
+  v.precision = servable->precision;
+  v.resident_bytes = ResidentBytes(*servable);
+  v.model_sha256 = m.model_sha256;
+  if (servable->part.role == ModelPart::Role::kFront) v.shards = servable->part.shard.count;
+  if (servable->part.role == ModelPart::Role::kShard) v.shard = servable->part.shard.ToString();
+  v.info = m.info;
+  v.handle = ModelHandle(std::move(servable), false, std::nullopt);
+  return v;
+}
+
+ModelStatus ToModelStatus(const std::string& name, const ModelState& state) {
+  ModelStatus out;
+  out.name = name;
+  for (const auto& [number, servable] : state.versions) {
+    out.versions.push_back(ToVersionStatus(servable));
+  }
+  for (const auto& [number, failure] : state.failures) out.failures[number] = failure.error;
+  out.config_error = state.config_error;
+  out.config = state.config;
+  return out;
+}
+
+
+// InferenceCore's reads (server/core/inference_core.h).
+
+absl::StatusOr<ModelHandle> InferenceCore::Resolve(absl::string_view model,
+                                                   int64_t version) const {
+  std::optional<sparse::v1::DynamicBatching> batching;
+  ASSIGN_OR_RETURN(std::shared_ptr<const Servable> servable,
+                   repository_->Find(model, version, &batching));
+  return ModelHandle(std::move(servable), false, std::move(batching));
+}
+
+std::vector<ModelStatus> InferenceCore::Models() const {
+  std::vector<ModelStatus> out;
+  for (const auto& [name, state] : *repository_->snapshot()) {
+    out.push_back(ToModelStatus(name, state));
+  }
+  return out;
+}
+
+absl::StatusOr<ModelStatus> InferenceCore::Model(absl::string_view model) const {
+  const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
+  auto it = snapshot->find(std::string(model));
+  // Find() words the error (and lists what is loaded).
+  if (it == snapshot->end()) return repository_->Find(model, 0).status();
+  return ToModelStatus(it->first, it->second);
+}
+
+size_t InferenceCore::ServingVersions() const {
+  return sparse::ServingVersions(*repository_->snapshot());
+}
+
+std::vector<std::string> InferenceCore::ModelDirectories(std::error_code* ec) const {
+  return repository_->ModelDirectories(ec);
+}
+
+std::vector<VersionRouting> InferenceCore::Routing() const {
+  std::vector<VersionRouting> out;
+  for (const auto& [name, state] : *repository_->snapshot()) {
+    for (const auto& [number, servable] : state.versions) {
+      VersionRouting v;
+      v.model = name;
+      v.version = number;
+      v.kind = servable->loaded.sparse->info().kind;
+      v.precision = servable->precision;
+      v.resident_bytes = ResidentBytes(*servable);
+      v.since_warmup = servable->loaded.sparse->Routing();
+      const RoutingCounts& base = servable->warmup_routing;
+      for (size_t i = 0; i < v.since_warmup.expert_rows.size() && i < base.expert_rows.size();
+           ++i) {
+        v.since_warmup.expert_rows[i] -= base.expert_rows[i];
+      }
+      v.since_warmup.lookups -= base.lookups;
+      v.since_warmup.misses -= base.misses;
+      out.push_back(std::move(v));
+    }
+  }
+  return out;
+}
+
+}  // namespace sparse
