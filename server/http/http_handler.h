@@ -13,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 
 namespace sparse {
 
@@ -24,6 +25,14 @@ struct HttpRequest {
   // bytes, binary tensors follow.
   std::optional<int64_t> header_length;
   std::chrono::steady_clock::time_point received;  // before the body was read
+  // When the answer is no longer wanted (nothing sets one yet: an infinite
+  // deadline), and whether the client has gone (it closed the connection,
+  // or shut down its sending side, as nginx and Go's net/http read it).
+  // Handlers hand both to the core (InferRequest::deadline, ::cancelled), as
+  // gRPC's frontends do. `disconnected` may be empty (never) and is safe to
+  // call from any thread until `done` has run.
+  absl::Time deadline = absl::InfiniteFuture();
+  std::function<bool()> disconnected;
 };
 
 struct HttpReply {

@@ -1,5 +1,9 @@
 #include "server/http/http_server.h"
 
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#include <cerrno>
 #include <cstdio>
 
 #include "absl/strings/ascii.h"
@@ -46,6 +50,21 @@ absl::StatusOr<std::string> DecodePath(beast::string_view target) {
     }
   }
   return out;
+}
+
+bool PeerWatch::Gone() const {
+  absl::MutexLock lock(&mu_);
+  if (fd_ < 0) return true;  // this server closed the connection
+  char byte;
+  const ssize_t n = ::recv(fd_, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n > 0) return false;  // bytes wait: the client is there
+  if (n == 0) return true;  // the end of its stream
+  return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+}
+
+void PeerWatch::Closed() {
+  absl::MutexLock lock(&mu_);
+  fd_ = -1;
 }
 
 void RunIo(asio::io_context& io, ErrorSite site) {

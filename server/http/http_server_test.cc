@@ -2,7 +2,8 @@
 // process (so ThreadSanitizer sees every lock: make test-tsan runs it):
 // many clients on many keep-alive connections at once, inline and queued
 // requests, get their own answers; Stop() with connections still open
-// returns and leaves nothing running.
+// returns and leaves nothing running; a client that leaves while its
+// request waits for a worker gets it cancelled before any compute.
 #include "server/http/http_server.h"
 
 #include <memory>
@@ -11,6 +12,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/blocking_counter.h"
+#include "absl/synchronization/notification.h"
+#include "boost/asio.hpp"
 #include "client/rest_client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -95,6 +98,71 @@ TEST(HttpServerTest, ManyConnectionsAtOnceEachGetTheirOwnAnswer) {
   absl::StatusOr<RestReply> after = clients[0]->Post("/v2/models/dsm/infer", bodies[0], std::nullopt);
   EXPECT_FALSE(after.ok() && after->status == 200) << "the port is closed after Stop()";
   clients.clear();
+}
+
+
+TEST(HttpServerTest, AClientThatLeavesWhileItsRequestQueuesIsCancelledBeforeCompute) {
+  testing::TempDir root("http_disconnect_test");
+  Checkpoint dsm;
+  dsm.sparse = testing::RandomDsm({.d = kD, .o = 1, .experts = 8, .active_units = 16}, 1);
+  ASSERT_OK(WriteCheckpoint((root / "dsm").string(), 1, dsm));
+  ModelRepository::Options repository_options;
+  repository_options.log = [](const std::string&) {};
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<ModelRepository> repository,
+                       ModelRepository::Open(root.string(), repository_options, nullptr));
+  absl::Mutex mu;
+  std::vector<absl::StatusCode> answered;  // guarded by mu
+  InferenceCore core(repository.get(),
+                     InferenceCore::Options{.workers = 1,
+                                            .max_queue = 16,
+                                            .max_batch_rows = 64,
+                                            .inline_max_flops = 0,  // every request queues
+                                            .observe = [&](const InferRequest&,
+                                                           const absl::Status& status,
+                                                           const InferResponse&) {
+                                              absl::MutexLock lock(&mu);
+                                              answered.push_back(status.code());
+                                            }});
+  OipProtocol api(&core, nullptr);
+  RestFrontend frontend(&api, 64);
+  HttpServer::Options http;
+  http.address = "127.0.0.1";
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<HttpServer> server, HttpServer::Start(http, &frontend));
+
+  // The one worker is held: the request waits in the queue.
+  absl::Notification held, release;
+  ASSERT_TRUE(core.pool().Submit([&] {
+    held.Notify();
+    release.WaitForNotification();
+  }));
+  held.WaitForNotification();
+  std::string data;
+  for (int j = 0; j < kD; ++j) absl::StrAppend(&data, j ? "," : "", "0.5");
+  const std::string body = absl::StrCat(
+      R"({"inputs":[{"name":"input","shape":[1,)", kD, R"(],"datatype":"FP32","data":[)", data,
+      "]}]}");
+  {
+    boost::asio::io_context io;
+    boost::asio::ip::tcp::socket socket(io);
+    socket.connect({boost::asio::ip::make_address("127.0.0.1"), static_cast<uint16_t>(server->port())});
+    const std::string request =
+        absl::StrCat("POST /v2/models/dsm/infer HTTP/1.1\r\nHost: x\r\nContent-Length: ",
+                     body.size(), "\r\n\r\n", body);
+    boost::asio::write(socket, boost::asio::buffer(request));
+    // Wait until the request is in the core, then leave.
+    for (int i = 0; i < 500 && core.in_flight() == 0; ++i) absl::SleepFor(absl::Milliseconds(10));
+    ASSERT_EQ(core.in_flight(), 1) << "the request never reached the core";
+  }  // closed
+  release.Notify();
+  for (int i = 0; i < 500 && core.in_flight() > 0; ++i) absl::SleepFor(absl::Milliseconds(10));
+  {
+    absl::MutexLock lock(&mu);
+    ASSERT_EQ(answered.size(), 1u);
+    EXPECT_EQ(answered[0], absl::StatusCode::kCancelled) << "computed for a client that had gone";
+  }
+  ASSERT_OK_AND_ASSIGN(const ModelHandle handle, core.Resolve("dsm", 0));
+  EXPECT_EQ(core.Statistics(handle).execution_count, 0u) << "the model ran";
+  server->Stop();
 }
 
 }  // namespace

@@ -53,6 +53,23 @@ class SessionBase {
 
 constexpr size_t kReadBuffer = 16384;  // one recv per small request
 
+// Whether a connection's client has gone while its request is handled
+// (HttpRequest::disconnected), read from any thread: a peek at the socket
+// finds the end of its stream (the client closed it, or shut down its
+// sending side, as nginx and Go's net/http read it) or an error. Bytes
+// waiting (a pipelined request) are not an end. After Closed() the
+// descriptor may belong to another connection: it is never read again.
+class PeerWatch {
+ public:
+  explicit PeerWatch(int fd) : fd_(fd) {}
+  bool Gone() const;
+  void Closed();  // before the socket is closed
+
+ private:
+  mutable absl::Mutex mu_;
+  int fd_ ABSL_GUARDED_BY(mu_);
+};
+
 // The request target's path, percent-decoded ("%2E" -> "."), without the
 // query; the scheme and authority of an absolute-form target
 // ("http://host:port/v2") are dropped, as RFC 9112 asks of servers. An
@@ -148,6 +165,10 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
   }
 
   void Start() {
+    if constexpr (kSocket) {
+      watch_ = std::make_shared<PeerWatch>(
+          beast::get_lowest_layer(stream_).socket().native_handle());
+    }
     if constexpr (std::is_same_v<Stream, beast::ssl_stream<beast::tcp_stream>>) {
       Expire(server_->options.header_timeout);
       stream_.async_handshake(asio::ssl::stream_base::server,
@@ -162,6 +183,8 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
 
  private:
   using Self = std::shared_ptr<Session>;
+  static constexpr bool kSocket = std::is_same_v<Stream, beast::tcp_stream> ||
+                                  std::is_same_v<Stream, beast::ssl_stream<beast::tcp_stream>>;
 
   void Expire(std::chrono::milliseconds after) {
     if constexpr (std::is_same_v<Stream, beast::tcp_stream> ||
@@ -348,6 +371,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
       current_.method = head_ ? "GET" : std::string(request_.method_string());
       ASSIGN_OR_RETURN(current_.path, DecodePath(request_.target()));
       current_.body = request_.body();
+      if (watch_ != nullptr) current_.disconnected = [watch = watch_] { return watch->Gone(); };
       auto header = request_.find("Inference-Header-Content-Length");
       if (header != request_.end()) {
         int64_t length = 0;
@@ -428,6 +452,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
   }
 
   void Close() {
+    if (watch_ != nullptr) watch_->Closed();
     beast::error_code ignored;
     if constexpr (std::is_same_v<Stream, beast::tcp_stream> ||
                   std::is_same_v<Stream, beast::ssl_stream<beast::tcp_stream>>) {
@@ -452,6 +477,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
   bool close_after_write_ = false;
   int64_t served_ = 0;  // requests read whole on this connection
   std::unique_ptr<http::response<http::empty_body>> continue_;  // "100 Continue"
+  std::shared_ptr<PeerWatch> watch_;  // a socket's: shared with its requests' handlers
 };
 
 }  // namespace http_internal

@@ -360,135 +360,153 @@ HttpReply AnswerNow(const Call& call) {
   return JsonReply(MessageToJson(response));
 }
 
-// The parts of a path: "/v2/models/m/infer" -> {"v2", "models", "m", "infer"}.
-std::vector<std::string> Segments(absl::string_view path) {
-  return absl::StrSplit(path, '/', absl::SkipEmpty());
+// A 200 with no body, for the health and readiness endpoints.
+HttpReply EmptyReply() {
+  HttpReply reply;
+  reply.content_type = "text/plain";
+  return reply;
+}
+
+// The load parameters of a RepositoryModelLoad body (Triton's JSON).
+void ToLoadParameters(const Json& body, inference::RepositoryModelLoadRequest* r) {
+  if (!body.is_object() || !Field(body, "parameters").is_object()) return;
+  for (const auto& [key, value] : Field(body, "parameters").items()) {
+    inference::ModelRepositoryParameter& p = (*r->mutable_parameters())[key];
+    if (value.is_boolean()) {
+      p.set_bool_param(value.get<bool>());
+    } else if (value.is_number_integer()) {
+      p.set_int64_param(value.get<int64_t>());
+    } else {
+      p.set_string_param(value.is_string() ? value.get<std::string>() : Dump(value));
+    }
+  }
+}
+
+// A model request's name and version from its path's captures.
+template <typename Request>
+Request ModelRequest(const PathParams& params) {
+  Request r;
+  r.set_name(params.at("model"));
+  if (auto v = params.find("version"); v != params.end()) r.set_version(v->second);
+  return r;
 }
 
 }  // namespace
 
 RestFrontend::RestFrontend(OipProtocol* api, int64_t max_batch_rows)
-    : api_(api), max_batch_rows_(max_batch_rows) {}
+    : api_(api), max_batch_rows_(max_batch_rows), router_([](const HttpRequest& request) {
+        return ErrorReply(absl::NotFoundError(absl::StrCat(
+            "no endpoint ", ClientText(request.method), " ", ClientText(request.path),
+            " (the KServe v2 endpoints are under /v2: docs/api.md)")));
+      }) {
+  AddServerRoutes();
+  AddRepositoryRoutes();
+  for (const char* prefix : {"/v2/models/{model}", "/v2/models/{model}/versions/{version}"}) {
+    AddModelRoutes(prefix);
+  }
+}
 
 void RestFrontend::Handle(const HttpRequest& request, std::function<void(HttpReply)> done) {
-  const std::vector<std::string> s = Segments(request.path);
-  const bool get = request.method == "GET", post = request.method == "POST";
-  auto not_found = [&] {
-    return ErrorReply(absl::NotFoundError(absl::StrCat(
-        "no endpoint ", ClientText(request.method), " ", ClientText(request.path),
-        " (the KServe v2 endpoints are under /v2: docs/api.md)")));
-  };
-  if (s.empty() || s[0] != "v2") return done(not_found());
-  if (s.size() == 1 && get) {
-    return done(AnswerNow<inference::ServerMetadataResponse>(
+  router_.Handle(request, std::move(done));
+}
+
+void RestFrontend::AddServerRoutes() {
+  router_.Add("GET", "/v2", [this](const HttpRequest&, const PathParams&, Reply done) {
+    done(AnswerNow<inference::ServerMetadataResponse>(
         [&](auto* out) { return api_->ServerMetadata({}, out); }));
-  }
-  if (s.size() == 3 && s[1] == "health" && get && (s[2] == "live" || s[2] == "ready")) {
-    bool ok = true;
-    if (s[2] == "ready") {
-      inference::ServerReadyResponse ready;
-      (void)api_->ServerReady({}, &ready);
-      ok = ready.ready();
-    }
-    if (!ok) return done(ErrorReply(absl::UnavailableError("no model is loaded yet")));
-    HttpReply reply;
-    reply.content_type = "text/plain";
-    return done(reply);
-  }
-  if (s.size() == 3 && s[1] == "models" && s[2] == "stats" && get) {
-    return done(AnswerNow<inference::ModelStatisticsResponse>(
+  });
+  router_.Add("GET", "/v2/health/live",
+              [](const HttpRequest&, const PathParams&, Reply done) { done(EmptyReply()); });
+  router_.Add("GET", "/v2/health/ready", [this](const HttpRequest&, const PathParams&, Reply done) {
+    inference::ServerReadyResponse ready;
+    (void)api_->ServerReady({}, &ready);
+    done(ready.ready() ? EmptyReply()
+                       : ErrorReply(absl::UnavailableError("no model is loaded yet")));
+  });
+  // Before /v2/models/{model}: a model named "stats" has no metadata by GET.
+  router_.Add("GET", "/v2/models/stats", [this](const HttpRequest&, const PathParams&, Reply done) {
+    done(AnswerNow<inference::ModelStatisticsResponse>(
         [&](auto* out) { return api_->ModelStatistics({}, out); }));
-  }
-  if (s.size() == 3 && s[1] == "repository" && s[2] == "index" && post) {
-    absl::StatusOr<Json> body = ParseBody(request.body, 64);
-    if (!body.ok()) return done(ErrorReply(body.status()));
-    inference::RepositoryIndexRequest r;
-    const Json& ready = body->is_object() ? Field(*body, "ready") : Json(nullptr);
-    r.set_ready(ready.is_boolean() && ready.get<bool>());
-    inference::RepositoryIndexResponse index;
-    if (absl::Status st = api_->RepositoryIndex(r, &index); !st.ok()) return done(ErrorReply(st));
-    Json models = Json::array();
-    for (const auto& m : index.models()) models.push_back(MessageToJson(m));
-    return done(JsonReply(models));
-  }
-  if (s.size() == 5 && s[1] == "repository" && s[2] == "models" && post &&
-      (s[4] == "load" || s[4] == "unload")) {
-    absl::StatusOr<Json> body = ParseBody(request.body, 1024);
-    if (!body.ok()) return done(ErrorReply(body.status()));
-    if (s[4] == "unload") {
-      inference::RepositoryModelUnloadRequest r;
-      r.set_model_name(s[3]);
-      return done(AnswerNow<inference::RepositoryModelUnloadResponse>(
-          [&](auto* out) { return api_->RepositoryModelUnload(r, out); }));
-    }
-    inference::RepositoryModelLoadRequest r;
-    r.set_model_name(s[3]);
-    if (body->is_object() && Field(*body, "parameters").is_object()) {
-      for (const auto& [key, value] : Field(*body, "parameters").items()) {
-        inference::ModelRepositoryParameter& p = (*r.mutable_parameters())[key];
-        if (value.is_boolean()) {
-          p.set_bool_param(value.get<bool>());
-        } else if (value.is_number_integer()) {
-          p.set_int64_param(value.get<int64_t>());
-        } else {
-          p.set_string_param(value.is_string() ? value.get<std::string>() : Dump(value));
-        }
-      }
-    }
-    return api_->RepositoryModelLoad(r, [done](absl::Status st) {
-      done(st.ok() ? JsonReply(Json::object()) : ErrorReply(st));
-    });
-  }
-  // /v2/models/{m}[/versions/{v}][/{action}]
-  if (s.size() < 3 || s[1] != "models") return done(not_found());
-  const std::string& model = s[2];
-  std::string version;
-  size_t next = 3;
-  if (s.size() >= 5 && s[3] == "versions") {
-    version = s[4];
-    next = 5;
-  }
-  if (next + 1 < s.size()) return done(not_found());
-  const std::string action = next < s.size() ? s[next] : "";
-  if (action == "infer" && post) return Infer(request, model, version, std::move(done));
-  if (!get) return done(not_found());
-  if (action.empty()) {
-    inference::ModelMetadataRequest r;
-    r.set_name(model);
-    r.set_version(version);
-    return done(AnswerNow<inference::ModelMetadataResponse>(
+  });
+}
+
+void RestFrontend::AddRepositoryRoutes() {
+  router_.Add("POST", "/v2/repository/index",
+              [this](const HttpRequest& request, const PathParams&, Reply done) {
+                absl::StatusOr<Json> body = ParseBody(request.body, 64);
+                if (!body.ok()) return done(ErrorReply(body.status()));
+                inference::RepositoryIndexRequest r;
+                const Json& ready = body->is_object() ? Field(*body, "ready") : Json(nullptr);
+                r.set_ready(ready.is_boolean() && ready.get<bool>());
+                inference::RepositoryIndexResponse index;
+                if (absl::Status st = api_->RepositoryIndex(r, &index); !st.ok()) {
+                  return done(ErrorReply(st));
+                }
+                Json models = Json::array();
+                for (const auto& m : index.models()) models.push_back(MessageToJson(m));
+                done(JsonReply(models));
+              });
+  router_.Add("POST", "/v2/repository/models/{model}/load",
+              [this](const HttpRequest& request, const PathParams& params, Reply done) {
+                absl::StatusOr<Json> body = ParseBody(request.body, 1024);
+                if (!body.ok()) return done(ErrorReply(body.status()));
+                inference::RepositoryModelLoadRequest r;
+                r.set_model_name(params.at("model"));
+                ToLoadParameters(*body, &r);
+                api_->RepositoryModelLoad(r, [done](absl::Status st) {
+                  done(st.ok() ? JsonReply(Json::object()) : ErrorReply(st));
+                });
+              });
+  router_.Add("POST", "/v2/repository/models/{model}/unload",
+              [this](const HttpRequest& request, const PathParams& params, Reply done) {
+                absl::StatusOr<Json> body = ParseBody(request.body, 1024);
+                if (!body.ok()) return done(ErrorReply(body.status()));
+                inference::RepositoryModelUnloadRequest r;
+                r.set_model_name(params.at("model"));
+                done(AnswerNow<inference::RepositoryModelUnloadResponse>(
+                    [&](auto* out) { return api_->RepositoryModelUnload(r, out); }));
+              });
+}
+
+void RestFrontend::AddModelRoutes(const std::string& prefix) {
+  router_.Add("POST", prefix + "/infer",
+              [this](const HttpRequest& request, const PathParams& params, Reply done) {
+                auto version = params.find("version");
+                Infer(request, params.at("model"),
+                      version != params.end() ? version->second : std::string(), std::move(done));
+              });
+  router_.Add("GET", prefix, [this](const HttpRequest&, const PathParams& params, Reply done) {
+    const auto r = ModelRequest<inference::ModelMetadataRequest>(params);
+    done(AnswerNow<inference::ModelMetadataResponse>(
         [&](auto* out) { return api_->ModelMetadata(r, out); }));
-  }
-  if (action == "ready") {
-    inference::ModelReadyRequest r;
-    r.set_name(model);
-    r.set_version(version);
-    inference::ModelReadyResponse ready;
-    if (absl::Status st = api_->ModelReady(r, &ready); !st.ok()) return done(ErrorReply(st));
-    if (!ready.ready()) {
-      return done(ErrorReply(absl::UnavailableError(
-          absl::StrCat("model '", ClientText(model), "' is not ready"))));
-    }
-    HttpReply reply;
-    reply.content_type = "text/plain";
-    return done(reply);
-  }
-  if (action == "config") {
-    inference::ModelConfigRequest r;
-    r.set_name(model);
-    r.set_version(version);
-    inference::ModelConfigResponse config;
-    if (absl::Status st = api_->ModelConfig(r, &config); !st.ok()) return done(ErrorReply(st));
-    return done(JsonReply(MessageToJson(config.config())));  // Triton answers the config itself
-  }
-  if (action == "stats") {
-    inference::ModelStatisticsRequest r;
-    r.set_name(model);
-    r.set_version(version);
-    return done(AnswerNow<inference::ModelStatisticsResponse>(
-        [&](auto* out) { return api_->ModelStatistics(r, out); }));
-  }
-  return done(not_found());
+  });
+  router_.Add("GET", prefix + "/ready",
+              [this](const HttpRequest&, const PathParams& params, Reply done) {
+                const auto r = ModelRequest<inference::ModelReadyRequest>(params);
+                inference::ModelReadyResponse ready;
+                if (absl::Status st = api_->ModelReady(r, &ready); !st.ok()) {
+                  return done(ErrorReply(st));
+                }
+                done(ready.ready() ? EmptyReply()
+                                   : ErrorReply(absl::UnavailableError(absl::StrCat(
+                                         "model '", ClientText(r.name()), "' is not ready"))));
+              });
+  router_.Add("GET", prefix + "/config",
+              [this](const HttpRequest&, const PathParams& params, Reply done) {
+                const auto r = ModelRequest<inference::ModelConfigRequest>(params);
+                inference::ModelConfigResponse config;
+                if (absl::Status st = api_->ModelConfig(r, &config); !st.ok()) {
+                  return done(ErrorReply(st));
+                }
+                // Triton answers the config itself.
+                done(JsonReply(MessageToJson(config.config())));
+              });
+  router_.Add("GET", prefix + "/stats",
+              [this](const HttpRequest&, const PathParams& params, Reply done) {
+                const auto r = ModelRequest<inference::ModelStatisticsRequest>(params);
+                done(AnswerNow<inference::ModelStatisticsResponse>(
+                    [&](auto* out) { return api_->ModelStatistics(r, out); }));
+              });
 }
 
 void RestFrontend::Infer(const HttpRequest& request, const std::string& model,
@@ -525,13 +543,16 @@ void RestFrontend::Infer(const HttpRequest& request, const std::string& model,
       !st.ok()) {
     return done(ErrorReply(st));
   }
-  const auto received = request.received;
   api_->ModelInfer(
       call->request, &call->response,
-      [received](InferRequest* q) {
+      [&request](InferRequest* q) {
         q->decode_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                           std::chrono::steady_clock::now() - received)
+                           std::chrono::steady_clock::now() - request.received)
                            .count();
+        // As gRPC's: a request still queued at its deadline, or whose client
+        // has gone, is answered without computing.
+        q->deadline = request.deadline;
+        q->cancelled = request.disconnected;
       },
       [call, done = std::move(done)](absl::Status status) {
         done(status.ok() ? InferReply(call->response, call->binary_output) : ErrorReply(status));

@@ -35,6 +35,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "server/http/http_handler.h"
+#include "server/http/http_router.h"
 #include "server/oip/oip_protocol.h"
 
 namespace sparse {
@@ -50,11 +51,18 @@ class RestFrontend final : public HttpHandler {
   void Handle(const HttpRequest& request, std::function<void(HttpReply)> done) override;
 
  private:
+  using Reply = HttpRouter::Reply;
+  // The routes of docs/api.md's REST table: server, repository, and one
+  // model's (under `prefix`, with or without a version).
+  void AddServerRoutes();
+  void AddRepositoryRoutes();
+  void AddModelRoutes(const std::string& prefix);
   void Infer(const HttpRequest& request, const std::string& model, const std::string& version,
              std::function<void(HttpReply)> done);
 
   OipProtocol* const api_;
   const int64_t max_batch_rows_;
+  HttpRouter router_;
 };
 
 }  // namespace sparse
