@@ -65,11 +65,12 @@ test-asan: deps-sanitizers $(ASAN_DIR)/build.ninja
 # gRPC server in process: the serving core (admission, queueing, batching,
 # drain), the worker pool, dynamic batching, the model life
 # cycle (rescans, polling, the reaper, load/unload), the engine's concurrent
-# predictions and the load faults. Debian's gRPC is not instrumented, so
+# predictions, the load faults and the sharded front (against in-process
+# fake shards, no gRPC channel). Debian's gRPC is not instrumented, so
 # tests that serve gRPC in process report its own hand-overs
 # (docs/reliability.md). TSAN_TARGETS / TSAN_TESTS (a ctest regex) pick
 # others, e.g. make test-tsan TSAN_TARGETS=batcher_test TSAN_TESTS=batcher.
-TSAN_TARGETS ?= worker_pool_test batcher_test inference_core_test model_repository_test concurrency_test checkpoint_faults_test http_server_test
+TSAN_TARGETS ?= worker_pool_test batcher_test inference_core_test model_repository_test concurrency_test checkpoint_faults_test http_server_test sharded_model_test
 empty :=
 space := $(empty) $(empty)
 TSAN_TESTS ?= ^($(subst $(space),|,$(strip $(TSAN_TARGETS))))$$

@@ -22,6 +22,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using testing::RelativelyNear;
 
 LoadOptions Part(ModelPart::Role role, int index, int count,
                  Precision precision = Precision::kFp32) {
@@ -29,23 +30,6 @@ LoadOptions Part(ModelPart::Role role, int index, int count,
   options.part = {.role = role, .shard = {.index = index, .count = count}};
   options.precision = precision;
   return options;
-}
-
-// Within `rel` of each other, relative to the larger of the two values or,
-// for outputs near zero (where float sums in another order cancel
-// differently), to the largest output of the batch.
-::testing::AssertionResult RelativelyNear(const std::vector<float>& a, const std::vector<float>& b,
-                                          double rel) {
-  if (a.size() != b.size()) return ::testing::AssertionFailure() << "sizes differ";
-  float largest = 0;
-  for (float v : b) largest = std::max(largest, std::fabs(v));
-  for (size_t i = 0; i < a.size(); ++i) {
-    const double scale = std::max({std::fabs(a[i]), std::fabs(b[i]), largest});
-    if (std::fabs(a[i] - b[i]) > rel * scale) {
-      return ::testing::AssertionFailure() << "at " << i << ": " << a[i] << " vs " << b[i];
-    }
-  }
-  return ::testing::AssertionSuccess();
 }
 
 // The whole model's answer on `x`, and the sharded one: the front routes,

@@ -16,6 +16,7 @@
 #include "common/status_macros.h"
 #include "engine/matmul_kernel.h"
 #include "engine/sharding.h"
+#include "sharding/grpc_shard_connection.h"
 
 namespace sparse {
 namespace {
@@ -28,51 +29,30 @@ int64_t NanosSinceStart(Clock::time_point start) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
 }
 
-// Round-robin over the addresses a target resolves to, each health-checked
-// (grpc.health.v1, the server's overall status): a replica that is down or
-// draining gets no calls while another serves. A call that fails
-// UNAVAILABLE (a replica that died or began draining before its health
-// said so) or CANCELLED (it reached a replica as that one closed its port;
-// the front itself never cancels a call) is tried again, which round-robin
-// sends to the next replica; with one replica the retries cost ~30 ms
-// before the request fails.
-constexpr char kServiceConfig[] = R"({
-  "loadBalancingConfig": [{"round_robin": {}}],
-  "healthCheckConfig": {"serviceName": ""},
-  "methodConfig": [{
-    "name": [{"service": "sparse.v1.ShardService"}],
-    "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.01s", "maxBackoff": "0.05s",
-                    "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]}
-  }]
-})";
-
-}  // namespace
-
-ShardSet::ShardSet(Options options) : options_(std::move(options)) {
-  if (options_.credentials == nullptr) options_.credentials = grpc::InsecureChannelCredentials();
-  if (!options_.log) {
-    options_.log = [](const std::string& line) {
+// Log lines go to stderr unless options.log says otherwise.
+ShardSet::Options WithLog(ShardSet::Options options) {
+  if (!options.log) {
+    options.log = [](const std::string& line) {
       std::fprintf(stderr, "sparse-server: %s\n", line.c_str());
     };
   }
-  const int max_backoff_ms =
-      static_cast<int>(std::max<int64_t>(100, absl::ToInt64Milliseconds(options_.max_reconnect_backoff)));
+  return options;
+}
+
+}  // namespace
+
+ShardSet::ShardSet(Options options) : options_(WithLog(std::move(options))) {
+  if (options_.credentials == nullptr) options_.credentials = grpc::InsecureChannelCredentials();
   for (const std::string& target : options_.targets) {
-    grpc::ChannelArguments args = options_.channel_args;
-    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::min(100, max_backoff_ms));
-    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, std::min(100, max_backoff_ms));
-    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, max_backoff_ms);
-    // A shard that came back at another address (a pod recreated) is found
-    // by resolving its name again, at most once a second here instead of
-    // gRPC's default 30 s.
-    args.SetInt(GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS, std::min(1000, max_backoff_ms));
-    // Internal calls carry a front's whole batch: no 4 MiB cap on answers.
-    args.SetMaxReceiveMessageSize(-1);
-    args.SetServiceConfigJSON(kServiceConfig);
-    std::shared_ptr<grpc::Channel> channel =
-        grpc::CreateCustomChannel(target, options_.credentials, args);
-    shards_.push_back(sparse::v1::ShardService::NewStub(channel));
-    inference_.push_back(sparse::v1::SparseInference::NewStub(channel));
+    shards_.push_back(std::make_unique<GrpcShardConnection>(
+        target, options_.credentials, options_.channel_args, options_.max_reconnect_backoff));
+  }
+}
+
+ShardSet::ShardSet(Options options, std::vector<std::unique_ptr<ShardConnection>> connections)
+    : options_(WithLog(std::move(options))), shards_(std::move(connections)) {
+  for (size_t i = options_.targets.size(); i < shards_.size(); ++i) {
+    options_.targets.push_back(absl::StrCat("connection ", i));
   }
 }
 
@@ -92,45 +72,7 @@ absl::StatusOr<std::vector<sparse::v1::VersionStatus>> ShardSet::WaitForVersion(
     missing.clear();
     for (int i = 0; i < count(); ++i) {
       if (found[i].version() == version) continue;
-      grpc::ClientContext context;
-      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-      // Not wait_for_ready: a shard that cannot be reached fails at once
-      // with gRPC's reason (refused, TLS handshake failed), which the loop
-      // reports if it never serves; one still starting is asked again.
-      sparse::v1::GetModelRequest request;
-      request.set_model(model);
-      sparse::v1::ModelStatus status;
-      const grpc::Status s = inference_[i]->GetModel(&context, request, &status);
-      std::string why;
-      if (!s.ok()) {
-        why = s.error_message().empty() ? absl::StrCat("gRPC code ", s.error_code())
-                                        : s.error_message();
-      } else {
-        why = absl::StrCat("it serves versions [",
-                           absl::StrJoin(status.versions(), ", ",
-                                         [](std::string* out, const sparse::v1::VersionStatus& v) {
-                                           absl::StrAppend(out, v.version(), " ", v.precision());
-                                         }),
-                           "]");
-        for (const sparse::v1::VersionStatus& v : status.versions()) {
-          if (v.version() != version || v.precision() != PrecisionName(precision)) continue;
-          if (v.model_sha256() != model_sha256) {
-            absl::StrAppend(&why, "; its version ", version, " holds other files (model.safetensors "
-                            "SHA-256 ", v.model_sha256(), ", the front's ", model_sha256,
-                            "): front and shards must read one repository");
-            continue;
-          }
-          if (v.shard() != absl::StrCat(i, "/", count())) {
-            absl::StrAppend(&why, "; it is shard '", v.shard(), "', not ", i, "/", count(),
-                            " (check the order of --shard_targets)");
-            continue;
-          }
-          found[i] = v;
-        }
-        for (const sparse::v1::VersionFailure& f : status.failed_versions()) {
-          if (f.version() == version) absl::StrAppend(&why, "; version ", version, " failed: ", f.error());
-        }
-      }
+      const std::string why = AskForVersion(i, model, version, precision, model_sha256, &found[i]);
       if (found[i].version() != version) {
         missing.push_back(absl::StrCat("shard ", i, "/", count(), " (", target(i), "): ", why));
       }
@@ -143,6 +85,49 @@ absl::StatusOr<std::vector<sparse::v1::VersionStatus>> ShardSet::WaitForVersion(
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
+}
+
+std::string ShardSet::AskForVersion(int i, const std::string& model, int64_t version,
+                                     Precision precision, const std::string& model_sha256,
+                                     sparse::v1::VersionStatus* found) const {
+  // Not waiting for the shard to be reachable: one that cannot be reached
+  // fails at once with gRPC's reason (refused, TLS handshake failed), which
+  // the caller reports if it never serves; one still starting is asked
+  // again.
+  sparse::v1::GetModelRequest request;
+  request.set_model(model);
+  sparse::v1::ModelStatus status;
+  const absl::Status s = shards_[i]->GetModel(request, absl::Now() + absl::Seconds(2), &status);
+  if (!s.ok()) {
+    return s.message().empty() ? absl::StrCat("gRPC code ", static_cast<int>(s.code()))
+                               : std::string(s.message());
+  }
+  std::string why = absl::StrCat(
+      "it serves versions [",
+      absl::StrJoin(status.versions(), ", ",
+                    [](std::string* out, const sparse::v1::VersionStatus& v) {
+                      absl::StrAppend(out, v.version(), " ", v.precision());
+                    }),
+      "]");
+  for (const sparse::v1::VersionStatus& v : status.versions()) {
+    if (v.version() != version || v.precision() != PrecisionName(precision)) continue;
+    if (v.model_sha256() != model_sha256) {
+      absl::StrAppend(&why, "; its version ", version, " holds other files (model.safetensors "
+                      "SHA-256 ", v.model_sha256(), ", the front's ", model_sha256,
+                      "): front and shards must read one repository");
+      continue;
+    }
+    if (v.shard() != absl::StrCat(i, "/", count())) {
+      absl::StrAppend(&why, "; it is shard '", v.shard(), "', not ", i, "/", count(),
+                      " (check the order of --shard_targets)");
+      continue;
+    }
+    *found = v;
+  }
+  for (const sparse::v1::VersionFailure& f : status.failed_versions()) {
+    if (f.version() == version) absl::StrAppend(&why, "; version ", version, " failed: ", f.error());
+  }
+  return why;
 }
 
 absl::StatusOr<std::unique_ptr<Model>> ShardSet::MakeFront(const std::string& model,
@@ -160,8 +145,7 @@ struct ShardedModel::Call {
   std::vector<int64_t> rows;  // the batch's rows it carries, in order
   PartialRequest request;
   PartialResponse response;
-  grpc::ClientContext context;
-  grpc::Status status;
+  absl::Status status;
 };
 
 absl::StatusOr<std::unique_ptr<ShardedModel>> ShardedModel::Create(
@@ -285,25 +269,23 @@ void ShardedModel::KeepAliveRound(int i, std::vector<bool>* failing) {
   FaultPoint(ErrorSite::kShardKeepalive);
   const int count = shards_->count();
   const PartialRequest request = CallTo(i);
-  grpc::Status status;  // the first failure of the burst
+  absl::Status status;  // the first failure of the burst
   for (int call = 0; call < kKeepAliveBurst && !stop_.HasBeenNotified(); ++call) {
     PartialResponse response;
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
-    const grpc::Status answer = shards_->shard(i).ComputePartial(&context, request, &response);
+    const absl::Status answer =
+        shards_->shard(i).ComputePartial(request, absl::Now() + absl::Seconds(1), &response);
     if (!answer.ok() && status.ok()) status = answer;
-    if (answer.error_code() == grpc::StatusCode::UNAVAILABLE ||
-        answer.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+    if (answer.code() == absl::StatusCode::kUnavailable ||
+        answer.code() == absl::StatusCode::kDeadlineExceeded) {
       break;
     }
   }
   // Said once when it starts failing and once when it works again.
   if (!status.ok() && !(*failing)[i]) {
-    const auto code = static_cast<absl::StatusCode>(status.error_code());
     shards_->options().log(absl::StrCat(
         "model ", model_, " version ", version_, ": keep-alive to shard ", i, "/", count, " (",
-        shards_->target(i), ") failed: ", absl::StatusCodeToString(code), ": ",
-        status.error_message(), "; a shard drops the version --shard_retain_seconds after "
+        shards_->target(i), ") failed: ", absl::StatusCodeToString(status.code()), ": ",
+        status.message(), "; a shard drops the version --shard_retain_seconds after "
         "its last call"));
   } else if (status.ok() && (*failing)[i]) {
     shards_->options().log(absl::StrCat("model ", model_, " version ", version_,
@@ -316,78 +298,99 @@ void ShardedModel::KeepAliveRound(int i, std::vector<bool>* failing) {
 absl::Status ShardedModel::PredictValidated(const float* x, int64_t rows, float* y,
                                             PredictStats* stats, Route* route,
                                             const PredictOptions& options) const {
-  const int count = shards_->count();
-  std::vector<std::unique_ptr<Call>> calls(count);
-  auto call_for = [&](int shard) -> Call& {
-    std::unique_ptr<Call>& c = calls[shard];
-    if (c == nullptr) {
-      c = std::make_unique<Call>();
-      c->shard = shard;
-      c->request = CallTo(shard);
-    }
-    return *c;
-  };
-  const int64_t chunk = MatmulKernel::kMaxBucketRows;
+  Calls planned(shards_->count());
   if (router_.has_value()) {
-    // Route every row here; each shard gets the rows whose experts it holds.
-    const int64_t L = router_->blocks(), E = router_->experts();
-    std::vector<int32_t> experts(rows * L);
-    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-      RETURN_IF_ERROR(router_->Route(x + r0 * d_, std::min(chunk, rows - r0),
-                                     experts.data() + r0 * L, stats));
-    }
-    if (route != nullptr) {
-      route->experts_per_row = L;
-      route->expert_ids = experts;
-    }
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t l = 0; l < L; ++l) {
-        Call& c = call_for(ShardOfUnit(experts[r * L + l], E, count));
-        if (!c.rows.empty() && c.rows.back() == r) continue;
-        c.rows.push_back(r);
-        c.request.mutable_inputs()->Add(x + r * d_, x + (r + 1) * d_);
-        c.request.mutable_expert_ids()->Add(experts.begin() + r * L, experts.begin() + (r + 1) * L);
-      }
-    }
-    for (auto& c : calls) {
-      if (c == nullptr) continue;
-      c->request.set_rows(static_cast<int64_t>(c->rows.size()));
-      c->request.set_experts_per_row(L);
-    }
+    RETURN_IF_ERROR(PlanDsm(x, rows, stats, route, &planned));
   } else {
-    // Every shard holds some of the tables: every row goes to all of them.
-    const int64_t s = hasher_->tables();
-    std::vector<uint64_t> keys(rows * s);
-    const auto start = Clock::now();
-    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-      RETURN_IF_ERROR(hasher_->Keys(x + r0 * d_, std::min(chunk, rows - r0),
-                                    keys.data() + r0 * s, stats));
-    }
-    stats->route_ns += NanosSinceStart(start);
-    if (route != nullptr) {
-      route->keys_per_row = s;
-      route->bucket_keys = keys;
-      route->bucket_missed.assign(rows * s, 0);
-    }
-    for (int i = 0; i < count; ++i) {
-      Call& c = call_for(i);
-      const UnitRange owned = OwnedUnits(s, i, count);
-      c.request.set_rows(rows);
-      c.request.mutable_inputs()->Add(x, x + rows * d_);
-      c.request.set_keys_per_row(owned.size());
-      for (int64_t r = 0; r < rows; ++r) {
-        c.request.mutable_bucket_keys()->Add(keys.begin() + r * s + owned.begin,
-                                             keys.begin() + r * s + owned.end);
-      }
-    }
+    RETURN_IF_ERROR(PlanLsh(x, rows, stats, route, &planned));
   }
-  std::vector<std::unique_ptr<Call>> sent;
-  for (auto& c : calls) {
+  Calls sent;
+  for (auto& c : planned) {
     if (c != nullptr) sent.push_back(std::move(c));
   }
   absl::Time deadline = options.deadline;
   if (deadline == absl::InfiniteFuture()) deadline = absl::Now() + shards_->options().default_deadline;
   RETURN_IF_ERROR(Fanout(sent, deadline, stats));
+  return AddPartials(sent, rows, y, stats, route);
+}
+
+ShardedModel::Call& ShardedModel::CallFor(int shard, Calls* calls) const {
+  std::unique_ptr<Call>& c = (*calls)[shard];
+  if (c == nullptr) {
+    c = std::make_unique<Call>();
+    c->shard = shard;
+    c->request = CallTo(shard);
+  }
+  return *c;
+}
+
+absl::Status ShardedModel::PlanDsm(const float* x, int64_t rows, PredictStats* stats,
+                                   Route* route, Calls* calls) const {
+  // Route every row here; each shard gets the rows whose experts it holds.
+  const int64_t chunk = MatmulKernel::kMaxBucketRows;
+  const int count = shards_->count();
+  const int64_t L = router_->blocks(), E = router_->experts();
+  std::vector<int32_t> experts(rows * L);
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    RETURN_IF_ERROR(router_->Route(x + r0 * d_, std::min(chunk, rows - r0),
+                                   experts.data() + r0 * L, stats));
+  }
+  if (route != nullptr) {
+    route->experts_per_row = L;
+    route->expert_ids = experts;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t l = 0; l < L; ++l) {
+      Call& c = CallFor(ShardOfUnit(experts[r * L + l], E, count), calls);
+      if (!c.rows.empty() && c.rows.back() == r) continue;
+      c.rows.push_back(r);
+      c.request.mutable_inputs()->Add(x + r * d_, x + (r + 1) * d_);
+      c.request.mutable_expert_ids()->Add(experts.begin() + r * L, experts.begin() + (r + 1) * L);
+    }
+  }
+  for (auto& c : *calls) {
+    if (c == nullptr) continue;
+    c->request.set_rows(static_cast<int64_t>(c->rows.size()));
+    c->request.set_experts_per_row(L);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ShardedModel::PlanLsh(const float* x, int64_t rows, PredictStats* stats,
+                                   Route* route, Calls* calls) const {
+  // Every shard holds some of the tables: every row goes to all of them.
+  const int64_t chunk = MatmulKernel::kMaxBucketRows;
+  const int count = shards_->count();
+  const int64_t s = hasher_->tables();
+  std::vector<uint64_t> keys(rows * s);
+  const auto start = Clock::now();
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    RETURN_IF_ERROR(hasher_->Keys(x + r0 * d_, std::min(chunk, rows - r0),
+                                  keys.data() + r0 * s, stats));
+  }
+  stats->route_ns += NanosSinceStart(start);
+  if (route != nullptr) {
+    route->keys_per_row = s;
+    route->bucket_keys = keys;
+    route->bucket_missed.assign(rows * s, 0);
+  }
+  for (int i = 0; i < count; ++i) {
+    Call& c = CallFor(i, calls);
+    const UnitRange owned = OwnedUnits(s, i, count);
+    c.request.set_rows(rows);
+    c.request.mutable_inputs()->Add(x, x + rows * d_);
+    c.request.set_keys_per_row(owned.size());
+    for (int64_t r = 0; r < rows; ++r) {
+      c.request.mutable_bucket_keys()->Add(keys.begin() + r * s + owned.begin,
+                                           keys.begin() + r * s + owned.end);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ShardedModel::AddPartials(const Calls& calls, int64_t rows, float* y,
+                                       PredictStats* stats, Route* route) const {
+  const int count = shards_->count();
   // a0 (DSM), then every shard's partial sums.
   for (int64_t r = 0; r < rows; ++r) {
     float* out = y + r * o_;
@@ -398,7 +401,7 @@ absl::Status ShardedModel::PredictValidated(const float* x, int64_t rows, float*
     }
   }
   if (!top_bias_.empty()) stats->weight_bytes += 4 * o_;
-  for (const auto& c : sent) {
+  for (const auto& c : calls) {
     const int64_t call_rows = c->request.rows();
     const auto& outputs = c->response.outputs();
     if (outputs.size() != call_rows * o_) {
@@ -429,7 +432,7 @@ absl::Status ShardedModel::PredictValidated(const float* x, int64_t rows, float*
   return absl::OkStatus();
 }
 
-absl::Status ShardedModel::Fanout(std::vector<std::unique_ptr<Call>>& calls, absl::Time deadline,
+absl::Status ShardedModel::Fanout(const Calls& calls, absl::Time deadline,
                                   PredictStats* stats) const {
   // Shared with the callbacks, which may still be unlocking it when the
   // waiter has returned.
@@ -444,14 +447,13 @@ absl::Status ShardedModel::Fanout(std::vector<std::unique_ptr<Call>>& calls, abs
   }
   const auto start = Clock::now();
   for (const auto& c : calls) {
-    c->context.set_deadline(absl::ToChronoTime(deadline));
     Call* call = c.get();
     const ShardSet* shards = shards_;
-    shards_->shard(c->shard).async()->ComputePartial(
-        &call->context, &call->request, &call->response,
-        [pending, call, shards, start](grpc::Status status) {
+    shards_->shard(c->shard).StartComputePartial(
+        &call->request, deadline, &call->response,
+        [pending, call, shards, start](absl::Status status) {
           if (shards->options().on_call) {
-            shards->options().on_call(call->shard, status.error_code(),
+            shards->options().on_call(call->shard, static_cast<int>(status.code()),
                                       static_cast<double>(NanosSinceStart(start)) * 1e-9);
           }
           call->status = std::move(status);
@@ -466,20 +468,8 @@ absl::Status ShardedModel::Fanout(std::vector<std::unique_ptr<Call>>& calls, abs
   }
   stats->fanout_ns += NanosSinceStart(start);
   stats->shards += static_cast<int64_t>(calls.size());
-  const int count = shards_->count();
   for (const auto& c : calls) {
-    if (c->status.ok()) continue;
-    const std::string where =
-        absl::StrCat("shard ", c->shard, "/", count, " (", shards_->target(c->shard), ")");
-    const grpc::StatusCode code = c->status.error_code();
-    const std::string message = ClientText(c->status.error_message());
-    if (code == grpc::StatusCode::NOT_FOUND) {
-      // Another version, or the model unloaded there: a state that passes.
-      return absl::UnavailableError(absl::StrCat(where, " does not serve version ", version_,
-                                                 " of model '", ClientText(model_), "': ", message));
-    }
-    return absl::Status(static_cast<absl::StatusCode>(code),
-                        absl::StrCat(where, ": ", message.empty() ? "no message" : message));
+    if (!c->status.ok()) return CallError(*c);
   }
   // What a shard reports is added as it is, but bounded (2^48 per call):
   // a misbehaving shard cannot overflow the sums.
@@ -491,6 +481,19 @@ absl::Status ShardedModel::Fanout(std::vector<std::unique_ptr<Call>>& calls, abs
     stats->compute_ns += bounded(cost.route_ns()) + bounded(cost.compute_ns());
   }
   return absl::OkStatus();
+}
+
+absl::Status ShardedModel::CallError(const Call& c) const {
+  const std::string where = absl::StrCat("shard ", c.shard, "/", shards_->count(), " (",
+                                         shards_->target(c.shard), ")");
+  const std::string message = ClientText(c.status.message());
+  if (c.status.code() == absl::StatusCode::kNotFound) {
+    // Another version, or the model unloaded there: a state that passes.
+    return absl::UnavailableError(absl::StrCat(where, " does not serve version ", version_,
+                                               " of model '", ClientText(model_), "': ", message));
+  }
+  return absl::Status(c.status.code(),
+                      absl::StrCat(where, ": ", message.empty() ? "no message" : message));
 }
 
 }  // namespace sparse

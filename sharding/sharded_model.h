@@ -1,12 +1,9 @@
 // The front of a sharded model (docs/deploy.md, "Sharded models").
 //
-// ShardSet holds one gRPC channel per shard index. A target may resolve to
-// several replicas of that index (a DNS name of a Kubernetes Service, or
-// "ipv4:host:port,host:port"): gRPC's round_robin balancer spreads calls
-// over them and its client-side health checking (grpc.health.v1, the
-// server's overall status, which turns NOT_SERVING when a replica drains)
-// takes a replica out until it serves again. A shard that went away is
-// reconnected with a back-off of at most `max_reconnect_backoff`.
+// ShardSet holds one ShardConnection per shard index (shard_connection.h):
+// in a server a gRPC channel each (grpc_shard_connection.h: round robin
+// over a target's replicas, health checking, retries, reconnect back-off),
+// in tests in-process fakes.
 //
 // ShardedModel is the Model a front serves: it routes every row with the
 // model's own router (or hash functions) and kernels, so routes equal an
@@ -37,20 +34,23 @@
 #include "engine/table_hasher.h"
 #include "grpcpp/grpcpp.h"
 #include "model_store/checkpoint.h"
-#include "sparse/v1/inference.grpc.pb.h"
-#include "sparse/v1/shard.grpc.pb.h"
+#include "sharding/shard_connection.h"
+#include "sparse/v1/inference.pb.h"
+#include "sparse/v1/shard.pb.h"
 
 namespace sparse {
 
 class ShardSet {
  public:
+  // Every field has a default, so that designated initializers may name
+  // only some.
   struct Options {
     // One gRPC target per shard index, in order.
-    std::vector<std::string> targets;
+    std::vector<std::string> targets = {};
     // Credentials for the calls (TLS when the shards serve TLS).
-    std::shared_ptr<grpc::ChannelCredentials> credentials;
+    std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr;
     // Arguments every shard channel starts from (e.g. TLS's server name).
-    grpc::ChannelArguments channel_args;
+    grpc::ChannelArguments channel_args = {};
     // A lost shard is retried after at most this long (gRPC's reconnect
     // back-off: initial and minimum 100 ms, doubling).
     absl::Duration max_reconnect_backoff = absl::Seconds(2);
@@ -66,12 +66,18 @@ class ShardSet {
     // calls interleave, and the next ones cover it).
     absl::Duration keepalive = absl::Seconds(10);
     // Log lines (keep-alives that fail and work again); default stderr.
-    std::function<void(const std::string&)> log;
+    std::function<void(const std::string&)> log = nullptr;
     // Told of every answered shard call (any thread; may be empty): the
     // shard index, gRPC's code and the seconds from sent to answered.
-    std::function<void(int shard, int code, double seconds)> on_call;
+    std::function<void(int shard, int code, double seconds)> on_call = nullptr;
   };
-  explicit ShardSet(Options options);  // no credentials: plaintext
+  // A gRPC channel per target (GrpcShardConnection); no credentials:
+  // plaintext.
+  explicit ShardSet(Options options);
+  // Shards reached through `connections`, one per index (tests' fakes);
+  // options.targets names them (each index without a target is named
+  // "connection i"). The gRPC options are not used.
+  ShardSet(Options options, std::vector<std::unique_ptr<ShardConnection>> connections);
 
   // A ShardSet whose channels use `tls` (--shard_tls*), read now. Errors
   // name the --shard_ flag whose file is missing or not PEM.
@@ -79,7 +85,7 @@ class ShardSet {
 
   int count() const { return static_cast<int>(shards_.size()); }
   const std::string& target(int i) const { return options_.targets[i]; }
-  sparse::v1::ShardService::Stub& shard(int i) const { return *shards_[i]; }
+  ShardConnection& shard(int i) const { return *shards_[i]; }
   const Options& options() const { return options_; }
 
   // Waits (up to options().wait_for_shards) until every shard serves
@@ -97,10 +103,16 @@ class ShardSet {
                                                    const Checkpoint& front) const;
 
  private:
+  // Asks shard `i` for its versions of `model` (WaitForVersion): sets
+  // *found to its status of `version` when that counts (the precision, the
+  // files and the index match), and returns what it answered, for the
+  // error when it does not.
+  std::string AskForVersion(int i, const std::string& model, int64_t version,
+                             Precision precision, const std::string& model_sha256,
+                             sparse::v1::VersionStatus* found) const;
+
   Options options_;
-  // One channel per shard index, held by its two stubs.
-  std::vector<std::unique_ptr<sparse::v1::ShardService::Stub>> shards_;
-  std::vector<std::unique_ptr<sparse::v1::SparseInference::Stub>> inference_;
+  std::vector<std::unique_ptr<ShardConnection>> shards_;  // one per index
 };
 
 class ShardedModel : public Model {
@@ -119,18 +131,34 @@ class ShardedModel : public Model {
   ShardedModel(ModelInfo info, const ShardSet* shards, std::string model, std::string model_sha256,
                int64_t version, Precision precision, std::optional<ExpertRouter> router,
                std::optional<TableHasher> hasher, std::vector<float> top_bias);
+  using Calls = std::vector<std::unique_ptr<Call>>;
   absl::Status PredictValidated(const float* x, int64_t rows, float* y, PredictStats* stats,
                                 Route* route, const PredictOptions& options) const override;
   // A call to shard `shard` of this version, with no rows yet.
   sparse::v1::PartialRequest CallTo(int shard) const;
+  // (*calls)[shard], made with CallTo when it is still null.
+  Call& CallFor(int shard, Calls* calls) const;
+  // Routes every row and gives each shard, in (*calls)[shard] (one per
+  // index), the rows whose experts it holds with their expert ids (DSM).
+  absl::Status PlanDsm(const float* x, int64_t rows, PredictStats* stats, Route* route,
+                       Calls* calls) const;
+  // Hashes every row and gives each shard every row with the keys of its
+  // tables (LSH).
+  absl::Status PlanLsh(const float* x, int64_t rows, PredictStats* stats, Route* route,
+                       Calls* calls) const;
+  // y = a0 plus the answered calls' partial outputs; an LSH route gets the
+  // shards' misses.
+  absl::Status AddPartials(const Calls& calls, int64_t rows, float* y, PredictStats* stats,
+                           Route* route) const;
   // Calls every shard with no rows each options().keepalive until stop_.
   void KeepAlive();
   // One burst of keep-alive calls to shard index `i`; (*failing)[i] says
   // whether the last one failed (logged when that changes).
   void KeepAliveRound(int i, std::vector<bool>* failing);
   // Sends the calls in parallel and waits for every answer.
-  absl::Status Fanout(std::vector<std::unique_ptr<Call>>& calls, absl::Time deadline,
-                      PredictStats* stats) const;
+  absl::Status Fanout(const Calls& calls, absl::Time deadline, PredictStats* stats) const;
+  // What the request fails with when call `c` failed.
+  absl::Status CallError(const Call& c) const;
 
   const ShardSet* const shards_;
   const std::string model_;

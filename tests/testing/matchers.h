@@ -2,6 +2,7 @@
 #ifndef SPARSE_TESTS_TESTING_MATCHERS_H_
 #define SPARSE_TESTS_TESTING_MATCHERS_H_
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -22,6 +23,24 @@ inline ::testing::AssertionResult AllNear(const std::vector<float>& a, const std
     if (!(diff <= abs_tol + rel_tol * std::fabs(double{b[i]}))) {
       return ::testing::AssertionFailure()
              << "element " << i << ": " << a[i] << " vs " << b[i] << " (diff " << diff << ")";
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// Within `rel` of each other, relative to the larger of the two values or,
+// for outputs near zero (where float sums in another order cancel
+// differently), to the largest output of the batch: what a sharded model's
+// sums of partial outputs must meet against the whole model's.
+inline ::testing::AssertionResult RelativelyNear(const std::vector<float>& a,
+                                                 const std::vector<float>& b, double rel) {
+  if (a.size() != b.size()) return ::testing::AssertionFailure() << "sizes differ";
+  float largest = 0;
+  for (float v : b) largest = std::max(largest, std::fabs(v));
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double scale = std::max({std::fabs(a[i]), std::fabs(b[i]), largest});
+    if (std::fabs(a[i] - b[i]) > rel * scale) {
+      return ::testing::AssertionFailure() << "at " << i << ": " << a[i] << " vs " << b[i];
     }
   }
   return ::testing::AssertionSuccess();
