@@ -3,9 +3,10 @@
 // kind: how its weights are written to and read from model.safetensors
 // (docs/checkpoint-format.md, its `kind = "..."` section), what loading
 // them costs, the engine model they make, and what a sharded front of it
-// serves. Generic code (checkpoint.cc, load_budget.cc, the trainer, the
-// sharded front) never names a kind: it asks the registry for the codec of
-// the weights at hand (CodecOf) or of a file's `kind` (FindCodec).
+// serves. Generic code (checkpoint.cc, load_budget.cc, the trainer's
+// evaluation, FrontModelInfo) never names a kind: it asks the registry for
+// the codec of the weights at hand (CodecOf) or of a file's `kind`
+// (FindCodec).
 //
 // Codecs are immutable and live as long as the process; every method is
 // safe to call from any thread. A method given SparseWeights requires
