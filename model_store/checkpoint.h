@@ -11,7 +11,7 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <variant>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/dense_model.h"
@@ -19,6 +19,7 @@
 #include "engine/precision.h"
 #include "engine/sharding.h"
 #include "engine/weights.h"
+#include "model_store/kinds/kinds.h"
 
 namespace sparse {
 
@@ -44,7 +45,7 @@ struct ModelPart {
 };
 
 struct Checkpoint {
-  std::variant<LshTableWeights, DsmWeights> sparse;
+  SparseWeights sparse;  // of any kind (model_store/kinds/kinds.h)
   std::optional<DenseWeights> dense;  // the dense twin, if trained
   // Free-form facts about the version (training data, test MSE, ...),
   // stored as "__metadata__" keys "info.<key>" of model.safetensors.
@@ -143,6 +144,30 @@ struct LoadedModel {
 // (std::bad_alloc, std::length_error) is RESOURCE_EXHAUSTED, not a crash.
 absl::StatusOr<LoadedModel> LoadCheckpoint(const std::string& version_dir,
                                            const LoadOptions& options = {});
+
+// What a sharded model's front and its shards report, from which
+// FrontModelInfo describes the whole model the front serves.
+struct FrontFigures {
+  // The front's router or hash functions (ExpertRouter, TableHasher): the
+  // weight bytes one row reads, and the bytes held.
+  int64_t routing_weight_bytes_per_row = 0;
+  int64_t routing_resident_bytes = 0;
+  // Each shard's part as it reports it (sparse.v1.VersionStatus), in order.
+  struct Part {
+    int64_t weight_bytes_per_row = 0;
+    int64_t parameters = 0;
+  };
+  std::vector<Part> parts;
+};
+
+// The ModelInfo of the whole model a front serves (docs/deploy.md, "Sharded
+// models"): `front` (ReadCheckpoint's kFront part) split across `shards`
+// shards, at `precision`. FLOPs, parameters and description are the whole
+// model's, weight bytes per row the front's and the shards' together,
+// resident bytes the front's own; remote. INVALID_ARGUMENT if the model's
+// experts or tables cannot be split across `shards` shards.
+absl::StatusOr<ModelInfo> FrontModelInfo(const Checkpoint& front, Precision precision, int shards,
+                                         const FrontFigures& figures);
 
 // The manifest.json text for a version holding `files` (name -> contents):
 // each file's size and SHA-256. For writers that need the bytes (fuzzing).

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <deque>
 #include <filesystem>
+#include <functional>
 #include <set>
 #include <system_error>
 
@@ -52,6 +53,28 @@ uint64_t GenerationOf(const absl::flat_hash_map<std::string, uint64_t>& generati
 
 // Models a rescan loads side by side.
 constexpr size_t kScanThreads = 2;
+
+// Runs work(i) for every i in [0, count) on up to `threads` threads, this
+// one among them, each taking the next i once it is done with one.
+void RunOnThreads(size_t count, size_t threads, const std::function<void(size_t)>& work) {
+  absl::Mutex next_mu;
+  size_t next = 0;
+  auto run = [&] {
+    while (true) {
+      size_t i;
+      {
+        absl::MutexLock lock(&next_mu);
+        if (next == count) return;
+        i = next++;
+      }
+      work(i);
+    }
+  };
+  std::vector<std::thread> helpers;
+  for (size_t t = 1; t < std::min(threads, count); ++t) helpers.emplace_back(run);
+  run();
+  for (std::thread& helper : helpers) helper.join();
+}
 
 void DefaultLog(const std::string& line) { std::fprintf(stderr, "sparse-server: %s\n", line.c_str()); }
 
@@ -344,6 +367,31 @@ void ModelRepository::PublishModel(const std::string& name, std::optional<ModelS
   PublishLocked(std::move(next), log, /*notify=*/true);
 }
 
+std::optional<ModelState> ModelRepository::RescanModel(const std::string& name,
+                                                       uint64_t* generation,
+                                                       std::vector<std::string>* log) {
+  std::shared_ptr<absl::Mutex> mu = ModelLock(name);
+  absl::MutexLock lock(mu.get());
+  const std::optional<ModelState> previous = Current(name, generation);
+  ModelState state;
+  // A scan that throws leaves the model as it was (counted, logged);
+  // the next rescan tries again.
+  const absl::Status scan = CatchInternal(ErrorSite::kLoader, [&] {
+    state = ScanModel(name, previous ? &*previous : nullptr, /*retry_failed=*/false, log);
+  });
+  if (!scan.ok()) {
+    log->push_back(absl::StrCat("model ", name, " kept as it was: ", scan.message()));
+    return previous;
+  }
+  if (!state.versions.empty() || !state.failures.empty() || !state.config_error.empty()) {
+    return state;
+  }
+  if (previous.has_value()) {
+    log->push_back(absl::StrCat("model ", name, " unloaded: no version directory left"));
+  }
+  return std::nullopt;
+}
+
 void ModelRepository::ScanAndPublish(bool first) {
   absl::MutexLock rescan(&rescan_mu_);
   // What served before the listing, with each model's generation: a model
@@ -375,46 +423,10 @@ void ModelRepository::ScanAndPublish(bool first) {
   std::map<std::string, Scanned> scanned;
   for (const std::string& name : names) scanned[name];  // no insertion while the threads run
   const std::set<std::string> listed(names.begin(), names.end());
-  absl::Mutex next_mu;
-  size_t next_model = 0;
-  auto scan_models = [&] {
-    while (true) {
-      size_t i;
-      {
-        absl::MutexLock lock(&next_mu);
-        if (next_model == names.size()) return;
-        i = next_model++;
-      }
-      const std::string& name = names[i];
-      std::shared_ptr<absl::Mutex> mu = ModelLock(name);
-      absl::MutexLock lock(mu.get());
-      Scanned& s = scanned.find(name)->second;
-      const std::optional<ModelState> previous = Current(name, &s.generation);
-      ModelState state;
-      // A scan that throws leaves the model as it was (counted, logged);
-      // the next rescan tries again.
-      const absl::Status scan = CatchInternal(ErrorSite::kLoader, [&] {
-        state = ScanModel(name, previous ? &*previous : nullptr, /*retry_failed=*/false, &s.log);
-      });
-      if (!scan.ok()) {
-        s.state = previous;
-        s.log.push_back(absl::StrCat("model ", name, " kept as it was: ", scan.message()));
-      } else if (!state.versions.empty() || !state.failures.empty() ||
-                 !state.config_error.empty()) {
-        s.state = std::move(state);
-      } else if (previous.has_value()) {
-        s.log.push_back(absl::StrCat("model ", name, " unloaded: no version directory left"));
-      }
-    }
-  };
-  {
-    std::vector<std::thread> helpers;
-    for (size_t t = 1; t < std::min<size_t>(kScanThreads, names.size()); ++t) {
-      helpers.emplace_back(scan_models);
-    }
-    scan_models();
-    for (std::thread& helper : helpers) helper.join();
-  }
+  RunOnThreads(names.size(), kScanThreads, [&](size_t i) {
+    Scanned& s = scanned.find(names[i])->second;
+    s.state = RescanModel(names[i], &s.generation, &s.log);
+  });
   for (const auto& [name, unused] : *before) {
     if (listed.count(name) == 0) {
       Scanned& s = scanned[name];

@@ -134,6 +134,11 @@ class ModelRepository {
   // way found; later ones keep what serves when the listing fails or finds
   // nothing that loads.
   void ScanAndPublish(bool first);
+  // A rescan's next state of one model (nullopt: it leaves), scanned under
+  // the model's lock from the state it has now, whose generation goes to
+  // *generation. A scan that throws keeps the state it has.
+  std::optional<ModelState> RescanModel(const std::string& name, uint64_t* generation,
+                                        std::vector<std::string>* log);
   // The next state of one model: its config (source), the versions its
   // policy aspires to (source), then those versions loaded or reused.
   // `previous` may be null. REQUIRES: the model's lock.

@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "model_store/json_util.h"
 #include "nlohmann/json.hpp"
 
@@ -49,6 +50,78 @@ uint64_t ByteSize(const TensorToWrite& t) {
   uint64_t bytes = DTypeSize(t.dtype);
   for (int64_t dim : t.shape) bytes *= static_cast<uint64_t>(dim);
   return bytes;
+}
+
+// One tensor's header entry `value`, named `key`: its dtype, shape and byte
+// range, checked against each other and the data section's `data_size`.
+absl::StatusOr<TensorView> ParseTensorEntry(const std::string& key, const Json& value,
+                                            uint64_t data_size, absl::string_view name) {
+  const std::string field = absl::StrCat("tensor '", key, "'");
+  if (!value.is_object()) return Corrupt(name, absl::StrCat(field, " is not an object"));
+  if (!value.contains("dtype") || !value["dtype"].is_string()) {
+    return Corrupt(name, absl::StrCat(field, " has no string dtype"));
+  }
+  if (!value.contains("shape")) return Corrupt(name, absl::StrCat(field, " has no shape"));
+  if (!value.contains("data_offsets")) {
+    return Corrupt(name, absl::StrCat(field, " has no data_offsets"));
+  }
+  TensorView view;
+  absl::StatusOr<DType> dtype = ParseDType(value["dtype"].get<std::string>());
+  if (!dtype.ok()) return Corrupt(name, absl::StrCat(field, ": ", dtype.status().message()));
+  view.dtype = *dtype;
+  absl::StatusOr<std::vector<int64_t>> shape = ReadIndexArray(value["shape"], "shape");
+  if (!shape.ok()) return Corrupt(name, absl::StrCat(field, ": ", shape.status().message()));
+  view.shape = *std::move(shape);
+  int64_t bytes = static_cast<int64_t>(DTypeSize(view.dtype));
+  int64_t elements = 1;
+  for (int64_t dim : view.shape) {
+    if (__builtin_mul_overflow(elements, dim, &elements) ||
+        __builtin_mul_overflow(bytes, dim, &bytes)) {
+      return Corrupt(name, absl::StrCat(field, ": shape product overflows"));
+    }
+  }
+  view.elements = elements;
+  absl::StatusOr<std::vector<int64_t>> offsets =
+      ReadIndexArray(value["data_offsets"], "data_offsets");
+  if (!offsets.ok()) return Corrupt(name, absl::StrCat(field, ": ", offsets.status().message()));
+  if (offsets->size() != 2 || (*offsets)[0] > (*offsets)[1]) {
+    return Corrupt(name, absl::StrCat(field, ": data_offsets must be [begin, end] with begin <= end"));
+  }
+  const int64_t begin = (*offsets)[0], end = (*offsets)[1];
+  if (end - begin != bytes) {
+    return Corrupt(name, absl::StrCat(field, ": data_offsets span ", end - begin,
+                                      " bytes but dtype and shape need ", bytes));
+  }
+  if (static_cast<uint64_t>(end) > data_size) {
+    return Corrupt(name, absl::StrCat(field, ": data_offsets end ", end,
+                                      " is past the data section of ", data_size, " bytes"));
+  }
+  view.offset = static_cast<uint64_t>(begin);
+  view.byte_size = static_cast<uint64_t>(end - begin);
+  return view;
+}
+
+// Byte ranges [begin, end) of the tensors must tile the data section: in
+// order, no overlap, no gap.
+absl::Status CheckTiling(std::vector<std::tuple<int64_t, int64_t, std::string>> ranges,
+                         uint64_t data_size, absl::string_view name) {
+  std::sort(ranges.begin(), ranges.end());
+  int64_t cursor = 0;
+  for (const auto& [begin, end, tensor] : ranges) {
+    if (begin < cursor) {
+      return Corrupt(name, absl::StrCat("tensor '", tensor, "' overlaps the previous tensor"));
+    }
+    if (begin > cursor) {
+      return Corrupt(name, absl::StrCat("gap of ", begin - cursor, " bytes before tensor '",
+                                        tensor, "'"));
+    }
+    cursor = end;
+  }
+  if (static_cast<uint64_t>(cursor) != data_size) {
+    return Corrupt(name, absl::StrCat(data_size - cursor,
+                                      " trailing bytes after the last tensor"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -130,68 +203,12 @@ absl::StatusOr<SafetensorsContents> ParseSafetensorsHeader(absl::string_view hea
       }
       continue;
     }
-    const std::string field = absl::StrCat("tensor '", key, "'");
-    if (!value.is_object()) return Corrupt(name, absl::StrCat(field, " is not an object"));
-    if (!value.contains("dtype") || !value["dtype"].is_string()) {
-      return Corrupt(name, absl::StrCat(field, " has no string dtype"));
-    }
-    if (!value.contains("shape")) return Corrupt(name, absl::StrCat(field, " has no shape"));
-    if (!value.contains("data_offsets")) {
-      return Corrupt(name, absl::StrCat(field, " has no data_offsets"));
-    }
-    TensorView view;
-    absl::StatusOr<DType> dtype = ParseDType(value["dtype"].get<std::string>());
-    if (!dtype.ok()) return Corrupt(name, absl::StrCat(field, ": ", dtype.status().message()));
-    view.dtype = *dtype;
-    absl::StatusOr<std::vector<int64_t>> shape = ReadIndexArray(value["shape"], "shape");
-    if (!shape.ok()) return Corrupt(name, absl::StrCat(field, ": ", shape.status().message()));
-    view.shape = *std::move(shape);
-    int64_t bytes = static_cast<int64_t>(DTypeSize(view.dtype));
-    int64_t elements = 1;
-    for (int64_t dim : view.shape) {
-      if (__builtin_mul_overflow(elements, dim, &elements) ||
-          __builtin_mul_overflow(bytes, dim, &bytes)) {
-        return Corrupt(name, absl::StrCat(field, ": shape product overflows"));
-      }
-    }
-    view.elements = elements;
-    absl::StatusOr<std::vector<int64_t>> offsets =
-        ReadIndexArray(value["data_offsets"], "data_offsets");
-    if (!offsets.ok()) return Corrupt(name, absl::StrCat(field, ": ", offsets.status().message()));
-    if (offsets->size() != 2 || (*offsets)[0] > (*offsets)[1]) {
-      return Corrupt(name, absl::StrCat(field, ": data_offsets must be [begin, end] with begin <= end"));
-    }
-    const int64_t begin = (*offsets)[0], end = (*offsets)[1];
-    if (end - begin != bytes) {
-      return Corrupt(name, absl::StrCat(field, ": data_offsets span ", end - begin,
-                                        " bytes but dtype and shape need ", bytes));
-    }
-    if (static_cast<uint64_t>(end) > data_size) {
-      return Corrupt(name, absl::StrCat(field, ": data_offsets end ", end,
-                                        " is past the data section of ", data_size, " bytes"));
-    }
-    view.offset = static_cast<uint64_t>(begin);
-    view.byte_size = static_cast<uint64_t>(end - begin);
-    ranges.emplace_back(begin, end, key);
+    ASSIGN_OR_RETURN(TensorView view, ParseTensorEntry(key, value, data_size, name));
+    const int64_t begin = static_cast<int64_t>(view.offset);
+    ranges.emplace_back(begin, begin + static_cast<int64_t>(view.byte_size), key);
     contents.tensors.emplace(key, std::move(view));
   }
-  // Byte ranges must tile the data section: in order, no overlap, no gap.
-  std::sort(ranges.begin(), ranges.end());
-  int64_t cursor = 0;
-  for (const auto& [begin, end, tensor] : ranges) {
-    if (begin < cursor) {
-      return Corrupt(name, absl::StrCat("tensor '", tensor, "' overlaps the previous tensor"));
-    }
-    if (begin > cursor) {
-      return Corrupt(name, absl::StrCat("gap of ", begin - cursor, " bytes before tensor '",
-                                        tensor, "'"));
-    }
-    cursor = end;
-  }
-  if (static_cast<uint64_t>(cursor) != data_size) {
-    return Corrupt(name, absl::StrCat(data_size - cursor,
-                                      " trailing bytes after the last tensor"));
-  }
+  RETURN_IF_ERROR(CheckTiling(std::move(ranges), data_size, name));
   return contents;
 }
 

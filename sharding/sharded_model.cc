@@ -151,58 +151,26 @@ struct ShardedModel::Call {
 absl::StatusOr<std::unique_ptr<ShardedModel>> ShardedModel::Create(
     const ShardSet* shards, const std::string& model, int64_t version, Precision precision,
     const Checkpoint& front, const std::vector<sparse::v1::VersionStatus>& shard_versions) {
-  ModelInfo info;
-  info.precision = precision;
-  info.remote = true;
-  info.shards = shards->count();
+  // The front routes with the model's own router (DSM) or hash functions
+  // (LSH); its kind describes the whole model from them and the shards.
   std::optional<ExpertRouter> router;
   std::optional<TableHasher> hasher;
   std::vector<float> top_bias;
-  int64_t shard_bytes = 0, shard_parameters = 0;
+  FrontFigures figures;
   for (const sparse::v1::VersionStatus& v : shard_versions) {
-    shard_bytes += v.weight_bytes_per_row();
-    shard_parameters += v.parameters();
+    figures.parts.push_back({v.weight_bytes_per_row(), v.parameters()});
   }
   if (const auto* dsm = std::get_if<DsmWeights>(&front.sparse)) {
     ASSIGN_OR_RETURN(router, ExpertRouter::Create(*dsm));
-    if (router->experts() < shards->count()) {
-      return absl::InvalidArgumentError(absl::StrCat(router->experts(), " experts per block cannot be split across ",
-                                                     shards->count(), " shards"));
-    }
-    const DenseWeights& net = dsm->network;
-    top_bias = net.top_bias;
-    info.kind = ModelKind::kDsm;
-    info.input_dim = net.input_dim;
-    info.output_dim = net.output_dim;
-    info.flops_per_row = DsmFlopsPerRow(*dsm);
-    info.parameters = net.width * (net.input_dim + 1 + net.output_dim) + net.output_dim +
-                      static_cast<int64_t>(dsm->router_weight.size() + dsm->router_bias.size());
-    info.description = Describe(*dsm);
-    // Each shard's row reads a0 and L slices; the front reads a0 and the
-    // router, and the slices are the shards' (the same on every shard).
-    const int64_t slices = shard_versions.empty()
-                               ? 0
-                               : shard_versions.front().weight_bytes_per_row() - 4 * net.output_dim;
-    info.weight_bytes_per_row = 4 * net.output_dim + router->weight_bytes_per_row() + slices;
-    info.resident_bytes = router->resident_bytes() + 4 * net.output_dim;
+    figures.routing_weight_bytes_per_row = router->weight_bytes_per_row();
+    figures.routing_resident_bytes = router->resident_bytes();
+    top_bias = dsm->network.top_bias;
   } else {
-    const LshTableWeights& lsh = std::get<LshTableWeights>(front.sparse);
-    ASSIGN_OR_RETURN(hasher, TableHasher::Create(lsh));
-    if (lsh.num_tables < shards->count()) {
-      return absl::InvalidArgumentError(absl::StrCat(lsh.num_tables, " tables cannot be split across ",
-                                                     shards->count(), " shards"));
-    }
-    info.kind = ModelKind::kLshTable;
-    info.input_dim = lsh.input_dim;
-    info.output_dim = lsh.output_dim;
-    info.flops_per_row = LshTableFlopsPerRow(lsh);
-    info.parameters = shard_parameters;
-    info.description = Describe(lsh);
-    info.weight_bytes_per_row = hasher->weight_bytes_per_row() + shard_bytes;
-    info.resident_bytes = hasher->resident_bytes();
+    ASSIGN_OR_RETURN(hasher, TableHasher::Create(std::get<LshTableWeights>(front.sparse)));
+    figures.routing_weight_bytes_per_row = hasher->weight_bytes_per_row();
+    figures.routing_resident_bytes = hasher->resident_bytes();
   }
-  if (precision != Precision::kFp32) absl::StrAppend(&info.description, " ", PrecisionName(precision));
-  absl::StrAppend(&info.description, ", sharded over ", shards->count(), " shards");
+  ASSIGN_OR_RETURN(ModelInfo info, FrontModelInfo(front, precision, shards->count(), figures));
   return std::unique_ptr<ShardedModel>(new ShardedModel(std::move(info), shards, model,
                                                         front.model_sha256, version, precision,
                                                         std::move(router), std::move(hasher),

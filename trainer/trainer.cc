@@ -4,7 +4,6 @@
 #include <chrono>
 #include <cmath>
 #include <numeric>
-#include <optional>
 #include <random>
 
 #include "Eigen/Dense"
@@ -14,6 +13,7 @@
 #include "engine/dsm_model.h"
 #include "engine/lsh_table_model.h"
 #include "common/status_macros.h"
+#include "model_store/kind_codec.h"
 #include "trainer/linear_algebra.h"
 
 namespace sparse {
@@ -684,20 +684,13 @@ absl::Status EvaluateReduced(const Model& fp32, const Dataset& test, Precision s
   c.tensor_precision = storage;
   DenseWeights dense = *c.dense;
   RoundToStorage(storage, &dense);
-  std::optional<DsmWeights> dsm;
-  if (const auto* w = std::get_if<DsmWeights>(&c.sparse)) {
-    dsm = *w;
-    RoundToStorage(storage, &dsm->network);
-  }
+  SparseWeights stored = c.sparse;
+  const KindCodec& codec = CodecOf(stored);
+  codec.RoundToStorage(storage, &stored);
   ASSIGN_OR_RETURN(const std::vector<std::vector<uint64_t>> fp32_routes, RoutesOf(fp32, test));
   const bool classification = result->sparse.classification;
   for (Precision p : {Precision::kBf16, Precision::kInt8}) {
-    std::unique_ptr<Model> sparse;
-    if (dsm.has_value()) {
-      ASSIGN_OR_RETURN(sparse, DsmModel::Create(*dsm, p));
-    } else {
-      ASSIGN_OR_RETURN(sparse, LshTableModel::Create(std::get<LshTableWeights>(c.sparse), p));
-    }
+    ASSIGN_OR_RETURN(std::unique_ptr<Model> sparse, codec.CreateModel(stored, p));
     ASSIGN_OR_RETURN(std::unique_ptr<DenseModel> twin, DenseModel::Create(dense, p));
     for (const auto& [model, metrics] :
          {std::pair<const Model*, ModelMetrics*>{sparse.get(), &result->sparse},
