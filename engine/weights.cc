@@ -66,15 +66,6 @@ absl::string_view HashFamilyName(HashFamily family) {
 absl::string_view ActivationName(Activation activation) {
   return activation == Activation::kRelu ? "relu" : "identity";
 }
-absl::string_view RouterKindName(RouterKind router) {
-  switch (router) {
-    case RouterKind::kLsh: return "lsh";
-    case RouterKind::kHash: return "hash";
-    case RouterKind::kKmeans: return "kmeans";
-    case RouterKind::kTopk: return "topk";
-  }
-  return "unknown";
-}
 
 absl::StatusOr<HashFamily> ParseHashFamily(absl::string_view name) {
   if (name == "hyperplane") return HashFamily::kHyperplane;
@@ -87,14 +78,6 @@ absl::StatusOr<Activation> ParseActivation(absl::string_view name) {
   if (name == "identity") return Activation::kIdentity;
   return absl::InvalidArgumentError(absl::StrCat(
       "activation must be 'relu' or 'identity', got '", name, "'"));
-}
-absl::StatusOr<RouterKind> ParseRouterKind(absl::string_view name) {
-  if (name == "lsh") return RouterKind::kLsh;
-  if (name == "hash") return RouterKind::kHash;
-  if (name == "kmeans") return RouterKind::kKmeans;
-  if (name == "topk") return RouterKind::kTopk;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "router must be one of lsh, hash, kmeans, topk; got '", name, "'"));
 }
 
 absl::Status LshTableWeights::ValidateHashing() const {

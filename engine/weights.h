@@ -12,19 +12,17 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "engine/router_kind.h"
 
 namespace sparse {
 
 enum class HashFamily { kHyperplane, kEuclidean };
 enum class Activation { kRelu, kIdentity };
-enum class RouterKind { kLsh, kHash, kKmeans, kTopk };
 
 absl::string_view HashFamilyName(HashFamily family);
 absl::string_view ActivationName(Activation activation);
-absl::string_view RouterKindName(RouterKind router);
 absl::StatusOr<HashFamily> ParseHashFamily(absl::string_view name);
 absl::StatusOr<Activation> ParseActivation(absl::string_view name);
-absl::StatusOr<RouterKind> ParseRouterKind(absl::string_view name);
 
 // LSH(d, s, m, Δ): s tables of m hash functions each. Row i*m + j of
 // `projection` / entry i*m + j of `offset` is hash function j of table i.

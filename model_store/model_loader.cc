@@ -35,14 +35,15 @@ absl::StatusOr<LoadedModel> LoadFront(const std::string& model, int64_t version,
 
 absl::StatusOr<std::unique_ptr<Servable>> LoadAndWarmUp(const std::string& model, int64_t version,
                                                         const std::string& dir,
-                                                        const LoaderOptions& options) {
+                                                        const LoaderOptions& options,
+                                                        Precision precision) {
   const int64_t warmup_rows = std::min<int64_t>(options.max_batch_rows, 128);
   LoadOptions load_options;
-  load_options.max_bytes = options.max_bytes;
+  load_options.max_bytes = options.max_model_bytes;
   load_options.batch_rows = warmup_rows;
   load_options.threads = options.workers + 1;  // the workers and the loading thread
   load_options.budget_name = "--max_model_bytes";
-  load_options.precision = options.precision;
+  load_options.precision = precision;
   load_options.part = options.part;
   load_options.cost_only_dense = options.cost_only_dense;
   absl::StatusOr<LoadedModel> loaded;
@@ -78,7 +79,7 @@ absl::StatusOr<std::unique_ptr<Servable>> LoadAndWarmUp(const std::string& model
   servable->version = version;
   servable->loaded = *std::move(loaded);
   servable->warmup_routing = servable->loaded.sparse->Routing();
-  servable->precision = options.precision;
+  servable->precision = precision;
   servable->part = options.part;
   return servable;
 }
@@ -87,11 +88,12 @@ absl::StatusOr<std::unique_ptr<Servable>> LoadAndWarmUp(const std::string& model
 
 absl::StatusOr<std::unique_ptr<Servable>> LoadServable(const std::string& model, int64_t version,
                                                        const std::string& dir,
-                                                       const LoaderOptions& options) {
+                                                       const LoaderOptions& options,
+                                                       Precision precision) {
   // Whatever a checkpoint holds, running out of memory while loading or
   // warming it up fails this version, never the process.
   try {
-    return LoadAndWarmUp(model, version, dir, options);
+    return LoadAndWarmUp(model, version, dir, options, precision);
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(
         "out of memory while loading or warming up the version (std::bad_alloc); see "

@@ -28,24 +28,38 @@ namespace sparse {
 using FrontFactory = std::function<absl::StatusOr<std::unique_ptr<Model>>(
     const std::string& model, int64_t version, Precision precision, const Checkpoint& front)>;
 
+// How versions load: the one settings struct from the flags to the loader.
+// ServerOptions (server/server.h, filled from the flags) and
+// ModelRepository::Options are LoaderOptions, so each layer hands it down
+// whole instead of copying it field by field; only what the wiring resolves
+// (the workers, the part and the front factory of a sharded server) and the
+// manager resolves (the default budget) is set on the way.
 struct LoaderOptions {
-  int64_t max_batch_rows = 1024;  // the warm-up runs batch buckets up to it (<= 128)
-  int workers = 1;                // threads that will predict: scratch space for each
-  uint64_t max_bytes = 0;         // memory budget of the version; 0 = none
-  Precision precision = Precision::kFp32;  // config.pbtxt's precision
-  // The part of each version this server serves (a shard's or a front's).
+  int64_t max_batch_rows = 1024;  // --max_batch_rows: warm-up buckets up to it (<= 128)
+  int workers = 1;                // --workers: threads that will predict, scratch for each
+  // --max_model_bytes: the memory budget of one version. A version whose
+  // estimate (EstimateLoadBytes, docs/configuration.md) is larger fails with
+  // RESOURCE_EXHAUSTED before its tensors are read or the engine allocates.
+  // 0 = none here; ModelRepository resolves 0 to DefaultModelBudgetBytes()
+  // (half of the memory available to the process).
+  uint64_t max_model_bytes = 0;
+  // --cost_only_dense: a DSM without a trained twin gets a cost-only dense
+  // endpoint (LoadOptions::cost_only_dense).
+  bool cost_only_dense = true;
+  // The part of each version this server serves (--shard, --shard_targets).
   ModelPart part = {};
   // Required for a front's part.
   FrontFactory make_front = nullptr;
-  bool cost_only_dense = true;  // LoadOptions::cost_only_dense
 };
 
 // Errors: RESOURCE_EXHAUSTED (over the budget, or out of memory), and what
 // LoadCheckpoint reports for a bad checkpoint or a failed warm-up. Messages
 // name files by their name in the version directory, never by path.
+// `precision` is the version's (its model's config.pbtxt).
 absl::StatusOr<std::unique_ptr<Servable>> LoadServable(const std::string& model, int64_t version,
                                                        const std::string& dir,
-                                                       const LoaderOptions& options);
+                                                       const LoaderOptions& options,
+                                                       Precision precision = Precision::kFp32);
 
 }  // namespace sparse
 

@@ -44,7 +44,7 @@ TEST(LoadServableTest, OverTheBudgetOrCorruptIsAnErrorWithoutAPath) {
   ASSERT_OK(WriteCheckpoint((root / "m").string(), 1, checkpoint));
   const std::string dir = (root / "m" / "1").string();
   const absl::Status over =
-      LoadServable("m", 1, dir, LoaderOptions{.max_batch_rows = 16, .workers = 1, .max_bytes = 1024})
+      LoadServable("m", 1, dir, LoaderOptions{.max_batch_rows = 16, .workers = 1, .max_model_bytes = 1024})
           .status();
   EXPECT_EQ(over.code(), absl::StatusCode::kResourceExhausted) << over;
   EXPECT_THAT(std::string(over.message()), HasSubstr("--max_model_bytes"));

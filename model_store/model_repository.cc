@@ -203,14 +203,9 @@ std::shared_ptr<const Servable> ModelRepository::Load(const std::string& name, i
   absl::StatusOr<std::unique_ptr<Servable>> loaded = nullptr;
   const absl::Status caught = CatchInternal(ErrorSite::kLoader, [&] {
     FaultPoint(ErrorSite::kLoader);
-    loaded = LoadServable(name, version, dir,
-                          LoaderOptions{.max_batch_rows = options_.max_batch_rows,
-                                        .workers = options_.workers,
-                                        .max_bytes = max_model_bytes_,
-                                        .precision = precision,
-                                        .part = options_.part,
-                                        .make_front = options_.make_front,
-                                        .cost_only_dense = options_.cost_only_dense});
+    LoaderOptions load = options_;  // the settings, with the budget resolved
+    load.max_model_bytes = max_model_bytes_;
+    loaded = LoadServable(name, version, dir, load, precision);
   });
   if (!caught.ok()) loaded = caught;
   {

@@ -48,40 +48,25 @@ namespace sparse {
 
 class ModelRepository {
  public:
-  struct Options {
-    // Largest batch a request may carry: warm-up runs every batch bucket
-    // (1, 2, 4, ..., 128) up to it.
-    int64_t max_batch_rows = 1024;
-    // Worker threads: a checkpoint's scratch space is sized for them.
-    int workers = 1;
+  // The loader's settings (max_batch_rows, workers, max_model_bytes with 0 =
+  // DefaultModelBudgetBytes(), cost_only_dense, the part and the front
+  // factory: model_store/model_loader.h), and the manager's own.
+  struct Options : LoaderOptions {
     // Log lines after Open (loads, unloads, failures); default stderr.
     std::function<void(const std::string&)> log;
     // Called after each new snapshot is published (from the thread that
     // published it), e.g. to update health and metrics.
     std::function<void(const RepositorySnapshot&)> on_publish;
-    // Memory budget of one version in bytes (--max_model_bytes): a version
-    // whose estimate (EstimateLoadBytes, docs/configuration.md) is larger
-    // fails with RESOURCE_EXHAUSTED before its tensors are read or the
-    // engine allocates. 0 = DefaultModelBudgetBytes() (half of the memory
-    // available to the process).
-    uint64_t max_model_bytes = 0;
     // A failed version whose files did not change is tried again by a
     // rescan after this back-off, doubled per failed attempt up to the max
     // (a transient I/O error, a permission fixed without touching the files).
     std::chrono::milliseconds failed_retry_initial{1000};
     std::chrono::milliseconds failed_retry_max{300000};
-    // The part of each version this server serves (a sharded model's shard
-    // or front, docs/deploy.md), and for a front what builds its model.
-    ModelPart part = {};
-    FrontFactory make_front = nullptr;
     // A version the policy no longer asks for stays loaded while a request
     // used it (Servable::MarkUsed) within this long: a shard keeps the
     // version its fronts still route with until they have all moved on.
     // 0 = unload at once.
     std::chrono::milliseconds retain_in_use{0};
-    // A DSM without a trained twin gets a cost-only dense endpoint
-    // (--cost_only_dense; LoadOptions::cost_only_dense).
-    bool cost_only_dense = true;
   };
 
   // Loads what `root` holds. Errors only if `root` is not a readable

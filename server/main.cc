@@ -130,35 +130,11 @@ ABSL_FLAG(std::string, shard_tls_server_name, "",
           "Name to check every shard's certificate against, when it differs from the targets' "
           "host names.");
 
-int main(int argc, char** argv) {
-  const std::vector<std::string> rest = sparse::ParseCommandLine(
-      argc, argv,
-      "serves a model repository over gRPC.\n\n"
-      "  sparse-server --model_repository=models --port=8500\n"
-      "  sparse-server --model_repository=models --tls_cert=server.pem --tls_key=server.key \\\n"
-      "      [--tls_client_ca=clients-ca.pem] [--health_port=8501]\n\n"
-      "Models: <repository>/<model>/<version>/ as sparse-train writes them, and an optional\n"
-      "<repository>/<model>/config.pbtxt (version policy, dynamic batching; docs/configuration.md).\n\n"
-      "Services: sparse.v1.SparseInference (Predict, PredictDense, ListModels, GetModel),\n"
-      "inference.GRPCInferenceService (Open Inference Protocol v2, and over HTTP/REST with\n"
-      "--http_port), sparse.v1.ModelControl (with --model_control), "
-      "grpc.health.v1.Health (\"\" = live, a model name = ready) and server reflection.\n\n"
-      "Models larger than one machine: run N shard servers (--shard=i/N) and fronts\n"
-      "(--shard_targets=...) on one shared repository (docs/deploy.md); fronts reach shards\n"
-      "that serve TLS with --shard_tls_ca (and --shard_tls_cert/--shard_tls_key for mutual TLS).",
-      "server/main.");
-  if (!rest.empty()) {
-    std::fprintf(stderr, "sparse-server: unexpected argument '%s' (see --help)\n", rest[0].c_str());
-    return 1;
-  }
-  if (absl::GetFlag(FLAGS_model_repository).empty()) {
-    std::fprintf(stderr, "sparse-server: --model_repository is required (see --help)\n");
-    return 1;
-  }
-  // Block the stop signals in every thread; one thread waits for them.
-  sparse::BlockStopSignals();
+namespace {
 
-  sparse::ServerOptions options;
+// The flags as the server's options; false (having said why) when one
+// cannot be read as what it takes. ServerOptions::Validate checks the rest.
+bool OptionsFromFlags(sparse::ServerOptions& options) {
   options.model_repository = absl::GetFlag(FLAGS_model_repository);
   options.address = absl::GetFlag(FLAGS_address);
   options.port = absl::GetFlag(FLAGS_port);
@@ -202,9 +178,87 @@ int main(int argc, char** argv) {
   if (max_model_bytes < 0) {
     std::fprintf(stderr, "sparse-server: --max_model_bytes takes bytes >= 0 (0 = half the memory), got %lld\n",
                  static_cast<long long>(max_model_bytes));
-    return 1;
+    return false;
   }
   options.max_model_bytes = static_cast<uint64_t>(max_model_bytes);
+  return true;
+}
+
+// What serves and where: the models on stderr; each port on its own line
+// of stdout (the gRPC port, then health, metrics and REST when on), for
+// scripts that start it on port 0.
+void ReportStarted(const sparse::SparseServer& server, const sparse::ServerOptions& options) {
+  for (const auto& [name, state] : *server.repository().snapshot()) {
+    if (state.versions.empty()) {
+      std::fprintf(stderr, "sparse-server: model %s: no version loads (GetModel lists why)\n",
+                   name.c_str());
+      continue;
+    }
+    const auto& newest = state.versions.rbegin()->second->loaded;
+    std::fprintf(stderr, "sparse-server: model %s: %zu version(s), newest %lld: %s\n",
+                 name.c_str(), state.versions.size(),
+                 static_cast<long long>(state.versions.rbegin()->first),
+                 newest.sparse->info().description.c_str());
+  }
+  std::fprintf(stderr, "sparse-server: listening on %s:%d (%s) with %d workers\n",
+               options.address.c_str(), server.port(),
+               options.tls_cert_file.empty()        ? "plaintext"
+               : options.tls_client_ca_file.empty() ? "TLS"
+                                                    : "mutual TLS",
+               server.workers());
+  std::printf("%d\n", server.port());
+  if (server.health_port() > 0) {
+    std::fprintf(stderr, "sparse-server: health only, plaintext, on %s:%d\n",
+                 options.address.c_str(), server.health_port());
+    std::printf("%d\n", server.health_port());
+  }
+  if (server.metrics_port() > 0) {
+    std::fprintf(stderr, "sparse-server: Prometheus metrics on http://%s:%d/metrics\n",
+                 options.address.c_str(), server.metrics_port());
+    std::printf("%d\n", server.metrics_port());
+  }
+  if (server.http_port() > 0) {
+    std::fprintf(stderr, "sparse-server: KServe v2 REST on %s://%s:%d/v2\n",
+                 options.tls_cert_file.empty() ? "http" : "https", options.address.c_str(),
+                 server.http_port());
+    std::printf("%d\n", server.http_port());
+  }
+  std::fflush(stdout);
+
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::vector<std::string> rest = sparse::ParseCommandLine(
+      argc, argv,
+      "serves a model repository over gRPC.\n\n"
+      "  sparse-server --model_repository=models --port=8500\n"
+      "  sparse-server --model_repository=models --tls_cert=server.pem --tls_key=server.key \\\n"
+      "      [--tls_client_ca=clients-ca.pem] [--health_port=8501]\n\n"
+      "Models: <repository>/<model>/<version>/ as sparse-train writes them, and an optional\n"
+      "<repository>/<model>/config.pbtxt (version policy, dynamic batching; docs/configuration.md).\n\n"
+      "Services: sparse.v1.SparseInference (Predict, PredictDense, ListModels, GetModel),\n"
+      "inference.GRPCInferenceService (Open Inference Protocol v2, and over HTTP/REST with\n"
+      "--http_port), sparse.v1.ModelControl (with --model_control), "
+      "grpc.health.v1.Health (\"\" = live, a model name = ready) and server reflection.\n\n"
+      "Models larger than one machine: run N shard servers (--shard=i/N) and fronts\n"
+      "(--shard_targets=...) on one shared repository (docs/deploy.md); fronts reach shards\n"
+      "that serve TLS with --shard_tls_ca (and --shard_tls_cert/--shard_tls_key for mutual TLS).",
+      "server/main.");
+  if (!rest.empty()) {
+    std::fprintf(stderr, "sparse-server: unexpected argument '%s' (see --help)\n", rest[0].c_str());
+    return 1;
+  }
+  if (absl::GetFlag(FLAGS_model_repository).empty()) {
+    std::fprintf(stderr, "sparse-server: --model_repository is required (see --help)\n");
+    return 1;
+  }
+  // Block the stop signals in every thread; one thread waits for them.
+  sparse::BlockStopSignals();
+
+  sparse::ServerOptions options;
+  if (!OptionsFromFlags(options)) return 1;
   // Every bad flag on its own line, naming the flag, what it takes and what it got.
   if (const absl::Status valid = options.Validate(); !valid.ok()) {
     for (absl::string_view line : absl::StrSplit(valid.message(), '\n')) {
@@ -223,42 +277,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "sparse-server: error: %s\n", std::string(server.status().message()).c_str());
     return 1;
   }
-  for (const auto& [name, state] : *(*server)->repository().snapshot()) {
-    if (state.versions.empty()) {
-      std::fprintf(stderr, "sparse-server: model %s: no version loads (GetModel lists why)\n",
-                   name.c_str());
-      continue;
-    }
-    const auto& newest = state.versions.rbegin()->second->loaded;
-    std::fprintf(stderr, "sparse-server: model %s: %zu version(s), newest %lld: %s\n",
-                 name.c_str(), state.versions.size(),
-                 static_cast<long long>(state.versions.rbegin()->first),
-                 newest.sparse->info().description.c_str());
-  }
-  std::fprintf(stderr, "sparse-server: listening on %s:%d (%s) with %d workers\n",
-               options.address.c_str(), (*server)->port(),
-               options.tls_cert_file.empty()        ? "plaintext"
-               : options.tls_client_ca_file.empty() ? "TLS"
-                                                    : "mutual TLS",
-               (*server)->workers());
-  std::printf("%d\n", (*server)->port());
-  if ((*server)->health_port() > 0) {
-    std::fprintf(stderr, "sparse-server: health only, plaintext, on %s:%d\n",
-                 options.address.c_str(), (*server)->health_port());
-    std::printf("%d\n", (*server)->health_port());
-  }
-  if ((*server)->metrics_port() > 0) {
-    std::fprintf(stderr, "sparse-server: Prometheus metrics on http://%s:%d/metrics\n",
-                 options.address.c_str(), (*server)->metrics_port());
-    std::printf("%d\n", (*server)->metrics_port());
-  }
-  if ((*server)->http_port() > 0) {
-    std::fprintf(stderr, "sparse-server: KServe v2 REST on %s://%s:%d/v2\n",
-                 options.tls_cert_file.empty() ? "http" : "https", options.address.c_str(),
-                 (*server)->http_port());
-    std::printf("%d\n", (*server)->http_port());
-  }
-  std::fflush(stdout);
+  ReportStarted(**server, options);
 
   sparse::SparseServer* s = server->get();
   const auto grace = static_cast<int64_t>(options.drain_seconds * 1000);

@@ -42,94 +42,121 @@ class NoPlugins final : public grpc::ServerBuilderOption {
   }
 };
 
-}  // namespace
+// One line per bad option, each naming its flag, the range it takes and the
+// value it got.
+struct Problems {
+  template <typename T>
+  void Need(bool ok, absl::string_view flag, absl::string_view range, const T& value) {
+    if (!ok) lines.push_back(absl::StrCat("--", flag, " takes ", range, ", got ", value));
+  }
+  void Add(std::string line) { lines.push_back(std::move(line)); }
+  std::vector<std::string> lines;
+};
 
-absl::Status ServerOptions::Validate() const {
-  std::vector<std::string> problems;
-  auto need = [&problems](bool ok, absl::string_view flag, absl::string_view range,
-                          const auto& value) {
-    if (!ok) problems.push_back(absl::StrCat("--", flag, " takes ", range, ", got ", value));
-  };
-  need(!model_repository.empty(), "model_repository", "a directory", "nothing");
-  need(port >= 0 && port <= 65535, "port", "0..65535 (0 = a free port)", port);
-  need(workers >= 0, "workers", "a count >= 0 (0 = one per core)", workers);
-  need(max_queue >= 1, "max_queue", "a count >= 1", max_queue);
-  need(max_batch_rows >= 1 && max_batch_rows <= (1 << 20), "max_batch_rows", "1..1048576",
-       max_batch_rows);
-  need(inline_max_flops >= -1, "inline_max_flops",
-       "FLOPs >= 0 (0 = queue every request; -1 = the default)", inline_max_flops);
-  need(max_message_bytes >= 0 && max_message_bytes <= (int64_t{1} << 31) - 1,
-       "max_message_bytes", "0..2147483647 bytes (0 = sized from the models)", max_message_bytes);
-  need(max_concurrent_streams >= 1, "max_concurrent_streams", "a count >= 1",
-       max_concurrent_streams);
-  need(health_port >= -1 && health_port <= 65535, "health_port",
-       "-1..65535 (-1 = none, 0 = a free port)", health_port);
-  need(metrics_port >= -1 && metrics_port <= 65535, "metrics_port",
-       "-1..65535 (-1 = off, 0 = a free port)", metrics_port);
-  need(http_port >= -1 && http_port <= 65535, "http_port",
-       "-1..65535 (-1 = off, 0 = a free port)", http_port);
-  need(http_threads >= 0 && http_threads <= 1024, "http_threads", "0..1024 (0 = one per core)",
-       http_threads);
-  need(http_header_bytes >= 1024 && http_header_bytes <= (int64_t{1} << 20), "http_header_bytes",
-       "1024..1048576 bytes", http_header_bytes);
-  need(http_idle_seconds > 0 && http_idle_seconds <= 86400, "http_idle_seconds",
-       "seconds in (0, 86400]", http_idle_seconds);
-  need(http_header_seconds > 0 && http_header_seconds <= 3600, "http_header_seconds",
-       "seconds in (0, 3600]", http_header_seconds);
-  need(http_body_seconds > 0 && http_body_seconds <= 86400, "http_body_seconds",
-       "seconds in (0, 86400]", http_body_seconds);
-  need(http_max_connections >= 1 && http_max_connections <= (1 << 20), "http_max_connections",
-       "1..1048576", http_max_connections);
-  need(poll_seconds >= 0 && poll_seconds <= 86400, "poll_seconds",
-       "seconds in 0..86400 (0 = load once)", poll_seconds);
-  need(drain_seconds >= 0 && drain_seconds <= 86400, "drain_seconds", "seconds in 0..86400",
-       drain_seconds);
-  if (tls_cert_file.empty() != tls_key_file.empty()) {
-    problems.push_back(
+// The repository, the gRPC port, the workers and the queue.
+void CheckServing(const ServerOptions& o, Problems& p) {
+  p.Need(!o.model_repository.empty(), "model_repository", "a directory", "nothing");
+  p.Need(o.port >= 0 && o.port <= 65535, "port", "0..65535 (0 = a free port)", o.port);
+  p.Need(o.workers >= 0, "workers", "a count >= 0 (0 = one per core)", o.workers);
+  p.Need(o.max_queue >= 1, "max_queue", "a count >= 1", o.max_queue);
+  p.Need(o.max_batch_rows >= 1 && o.max_batch_rows <= (1 << 20), "max_batch_rows", "1..1048576",
+       o.max_batch_rows);
+  p.Need(o.inline_max_flops >= -1, "inline_max_flops",
+       "FLOPs >= 0 (0 = queue every request; -1 = the default)", o.inline_max_flops);
+  p.Need(o.max_message_bytes >= 0 && o.max_message_bytes <= (int64_t{1} << 31) - 1,
+       "max_message_bytes", "0..2147483647 bytes (0 = sized from the models)", o.max_message_bytes);
+  p.Need(o.max_concurrent_streams >= 1, "max_concurrent_streams", "a count >= 1",
+       o.max_concurrent_streams);
+  p.Need(o.health_port >= -1 && o.health_port <= 65535, "health_port",
+       "-1..65535 (-1 = none, 0 = a free port)", o.health_port);
+  p.Need(o.metrics_port >= -1 && o.metrics_port <= 65535, "metrics_port",
+       "-1..65535 (-1 = off, 0 = a free port)", o.metrics_port);
+  p.Need(o.http_port >= -1 && o.http_port <= 65535, "http_port",
+       "-1..65535 (-1 = off, 0 = a free port)", o.http_port);
+}
+
+// The HTTP ports and their limits.
+void CheckHttp(const ServerOptions& o, Problems& p) {
+  p.Need(o.http_threads >= 0 && o.http_threads <= 1024, "http_threads", "0..1024 (0 = one per core)",
+       o.http_threads);
+  p.Need(o.http_header_bytes >= 1024 && o.http_header_bytes <= (int64_t{1} << 20), "http_header_bytes",
+       "1024..1048576 bytes", o.http_header_bytes);
+  p.Need(o.http_idle_seconds > 0 && o.http_idle_seconds <= 86400, "http_idle_seconds",
+       "seconds in (0, 86400]", o.http_idle_seconds);
+  p.Need(o.http_header_seconds > 0 && o.http_header_seconds <= 3600, "http_header_seconds",
+       "seconds in (0, 3600]", o.http_header_seconds);
+  p.Need(o.http_body_seconds > 0 && o.http_body_seconds <= 86400, "http_body_seconds",
+       "seconds in (0, 86400]", o.http_body_seconds);
+  p.Need(o.http_max_connections >= 1 && o.http_max_connections <= (1 << 20), "http_max_connections",
+       "1..1048576", o.http_max_connections);
+}
+
+// Polling, the drain, TLS and model control.
+void CheckLifecycle(const ServerOptions& o, Problems& p) {
+  p.Need(o.poll_seconds >= 0 && o.poll_seconds <= 86400, "poll_seconds",
+       "seconds in 0..86400 (0 = load once)", o.poll_seconds);
+  p.Need(o.drain_seconds >= 0 && o.drain_seconds <= 86400, "drain_seconds", "seconds in 0..86400",
+       o.drain_seconds);
+  if (o.tls_cert_file.empty() != o.tls_key_file.empty()) {
+    p.Add(
         absl::StrCat("--tls_cert and --tls_key go together, got ",
-                     tls_cert_file.empty() ? "--tls_key alone" : "--tls_cert alone"));
+                     o.tls_cert_file.empty() ? "--tls_key alone" : "--tls_cert alone"));
   }
-  if (!tls_client_ca_file.empty() && tls_cert_file.empty()) {
-    problems.push_back("--tls_client_ca needs --tls_cert and --tls_key (mutual TLS is TLS first)");
+  if (!o.tls_client_ca_file.empty() && o.tls_cert_file.empty()) {
+    p.Add("--tls_client_ca needs --tls_cert and --tls_key (mutual TLS is TLS first)");
   }
-  if (model_control && poll_seconds > 0) {
-    problems.push_back(
+  if (o.model_control && o.poll_seconds > 0) {
+    p.Add(
         "--model_control and --poll_seconds exclude each other: a poll would undo an explicit "
         "UnloadModel");
   }
-  if (model_control && !tls_cert_file.empty() && tls_client_ca_file.empty()) {
-    problems.push_back(
+  if (o.model_control && !o.tls_cert_file.empty() && o.tls_client_ca_file.empty()) {
+    p.Add(
         "--model_control with TLS needs --tls_client_ca: only clients with a certificate may "
         "load and unload models");
   }
-  if (!shard.empty()) {
-    const absl::StatusOr<ShardSpec> spec = ParseShardSpec(shard);
-    if (!spec.ok()) problems.push_back(absl::StrCat("--shard: ", spec.status().message()));
+}
+
+// A shard or a front.
+void CheckSharding(const ServerOptions& o, Problems& p) {
+  if (!o.shard.empty()) {
+    const absl::StatusOr<ShardSpec> spec = ParseShardSpec(o.shard);
+    if (!spec.ok()) p.Add(absl::StrCat("--shard: ", spec.status().message()));
   }
-  if (!shard.empty() && !shard_targets.empty()) {
-    problems.push_back(
+  if (!o.shard.empty() && !o.shard_targets.empty()) {
+    p.Add(
         "--shard and --shard_targets exclude each other: a server is a shard or a front");
   }
-  need(static_cast<int64_t>(shard_targets.size()) <= kMaxShards, "shard_targets",
-       absl::StrCat("at most ", kMaxShards, " targets"), shard_targets.size());
-  for (const std::string& target : shard_targets) {
-    if (target.empty()) problems.push_back("--shard_targets holds an empty target");
+  p.Need(static_cast<int64_t>(o.shard_targets.size()) <= kMaxShards, "shard_targets",
+       absl::StrCat("at most ", kMaxShards, " targets"), o.shard_targets.size());
+  for (const std::string& target : o.shard_targets) {
+    if (target.empty()) p.Add("--shard_targets holds an empty target");
   }
-  need(shard_wait_seconds >= 0 && shard_wait_seconds <= 86400, "shard_wait_seconds",
-       "seconds in 0..86400", shard_wait_seconds);
-  need(shard_retain_seconds >= 0 && shard_retain_seconds <= 86400, "shard_retain_seconds",
-       "seconds in 0..86400", shard_retain_seconds);
-  if (shard_tls.on() && shard_targets.empty()) {
-    problems.push_back(
+  p.Need(o.shard_wait_seconds >= 0 && o.shard_wait_seconds <= 86400, "shard_wait_seconds",
+       "seconds in 0..86400", o.shard_wait_seconds);
+  p.Need(o.shard_retain_seconds >= 0 && o.shard_retain_seconds <= 86400, "shard_retain_seconds",
+       "seconds in 0..86400", o.shard_retain_seconds);
+  if (o.shard_tls.on() && o.shard_targets.empty()) {
+    p.Add(
         "--shard_tls* flags are for a front (--shard_targets): they say how it reaches its "
         "shards; a shard's own TLS is --tls_cert/--tls_key/--tls_client_ca");
   }
-  need(shard_keepalive_seconds >= 0.1 && shard_keepalive_seconds <= 3600,
-       "shard_keepalive_seconds", "seconds in 0.1..3600", shard_keepalive_seconds);
-  need(shard_max_reconnect_seconds >= 0.1 && shard_max_reconnect_seconds <= 600,
-       "shard_max_reconnect_seconds", "seconds in 0.1..600", shard_max_reconnect_seconds);
-  if (problems.empty()) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrJoin(problems, "\n"));
+  p.Need(o.shard_keepalive_seconds >= 0.1 && o.shard_keepalive_seconds <= 3600,
+       "shard_keepalive_seconds", "seconds in 0.1..3600", o.shard_keepalive_seconds);
+  p.Need(o.shard_max_reconnect_seconds >= 0.1 && o.shard_max_reconnect_seconds <= 600,
+       "shard_max_reconnect_seconds", "seconds in 0.1..600", o.shard_max_reconnect_seconds);
+}
+
+}  // namespace
+
+absl::Status ServerOptions::Validate() const {
+  Problems problems;
+  CheckServing(*this, problems);
+  CheckHttp(*this, problems);
+  CheckLifecycle(*this, problems);
+  CheckSharding(*this, problems);
+  if (problems.lines.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrJoin(problems.lines, "\n"));
 }
 
 absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
@@ -165,10 +192,8 @@ absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
 absl::Status SparseServer::OpenRepository(const ServerOptions& options, int workers,
                                           std::vector<std::string>* load_errors) {
   ModelRepository::Options repository_options;
-  repository_options.max_batch_rows = options.max_batch_rows;
-  repository_options.workers = workers;
-  repository_options.max_model_bytes = options.max_model_bytes;
-  repository_options.cost_only_dense = options.cost_only_dense;
+  static_cast<LoaderOptions&>(repository_options) = options;  // the flags' load settings
+  repository_options.workers = workers;                        // resolved
   // Readiness and metrics follow every snapshot. The servers do not exist
   // during the first load; Start() sets their health once they run.
   repository_options.on_publish = [this](const RepositorySnapshot& snapshot) {

@@ -30,13 +30,17 @@
 
 namespace sparse {
 
-struct ServerOptions {
+// Everything sparse-server's flags set. How versions load (max_batch_rows,
+// workers, max_model_bytes, cost_only_dense) is the LoaderOptions part,
+// handed whole to the model repository and its loader
+// (model_store/model_loader.h); here `workers` 0 means one per core.
+struct ServerOptions : LoaderOptions {
+  ServerOptions() { workers = 0; }
+
   std::string model_repository;
   std::string address = "0.0.0.0";
   int port = 8500;             // 0 picks a free port (see SparseServer::port)
-  int workers = 0;             // 0 = one per core
   int64_t max_queue = 1024;    // requests waiting for a worker
-  int64_t max_batch_rows = 1024;
   // Requests costing at most this many FLOPs run on the gRPC thread instead
   // of a worker (SparseInferenceService::Options); 0 queues every request.
   // -1: 262144, or on a shard server (`shard`) 4194304: a shard call runs
@@ -81,9 +85,6 @@ struct ServerOptions {
   // Rescan the repository this often (new versions, removed ones, changed
   // config.pbtxt); 0 = load once at start.
   double poll_seconds = 0;
-  // Memory budget of one model version in bytes (ModelRepository::Options);
-  // 0 = half of the memory available to the process.
-  uint64_t max_model_bytes = 0;
   // Serve sparse.v1.ModelControl (LoadModel / UnloadModel). With TLS on it
   // needs mutual TLS (tls_client_ca_file), so only clients holding a
   // certificate can change what serves.
@@ -111,9 +112,6 @@ struct ServerOptions {
   // How a front reaches shards that serve TLS (--shard_tls*): plaintext
   // unless enabled; PEM files as sparse-cli's --tls_* flags take them.
   ClientTls shard_tls;
-  // A DSM version without a trained twin gets a cost-only dense endpoint
-  // (its own weights unmasked: a second copy of them); false: none.
-  bool cost_only_dense = true;
 
   // OK, or INVALID_ARGUMENT with one line per bad option, each naming its
   // flag, the range it takes and the value it got.

@@ -128,7 +128,8 @@ struct BatchRun {
   bool dense = false;
   int64_t rows = 0;
   PredictStats stats;
-  const Route* route = nullptr;  // null unless a request asked for it
+  bool want_route = false;       // a request asked for its route
+  const Route* route = nullptr;  // the batch's, once computed; null unless wanted
   Clock::time_point start;
 };
 
@@ -193,19 +194,10 @@ absl::Status Stale(const PendingRequest& p) {
   return absl::OkStatus();
 }
 
-// Runs admitted requests of one servable and path as one batch, on this
-// thread: their rows are concatenated and computed together (a DSM groups
-// them by expert, an LSH table projects them in one product), then each gets
-// its own rows. A request fails alone: each row's outputs depend on that row
-// only, so an output that overflows fails the request that sent the row,
-// naming its own row, and the others get their answers (and their own rows'
-// FLOPs). Should the batch fail as a whole (it cannot for admitted requests,
-// but oneDNN may still, or throw), each request is run again on its own. A lone
-// request is computed straight into its response. `finish(p, status)`
-// answers one request.
+// The requests of `batch` still wanted; the others (past their deadline,
+// their caller gone) are answered now.
 template <typename Finish>
-void RunBatch(const Servable& servable, bool dense, std::vector<PendingRequest> batch,
-              const Finish& finish) {
+std::vector<PendingRequest> LiveRequests(std::vector<PendingRequest> batch, const Finish& finish) {
   std::vector<PendingRequest> live;
   for (PendingRequest& p : batch) {
     if (absl::Status stale = Stale(p); !stale.ok()) {
@@ -214,77 +206,88 @@ void RunBatch(const Servable& servable, bool dense, std::vector<PendingRequest> 
       live.push_back(std::move(p));
     }
   }
-  if (live.empty()) return;
-  UseOneKernelThread();
+  return live;
+}
+
+// The latest deadline of the batch goes to the shards a front calls; a
+// given route comes with a request that runs alone (Infer).
+PredictOptions BatchPredictOptions(const std::vector<PendingRequest>& live) {
+  PredictOptions options;
+  options.deadline = absl::InfinitePast();
+  for (const PendingRequest& p : live) options.deadline = std::max(options.deadline, p.request->deadline);
+  if (live.size() == 1) options.given = live.front().request->given_route;
+  return options;
+}
+
+// Records a batch's execution once it has computed and every request of it
+// is answered.
+void RecordExecution(const std::shared_ptr<ServableStatistics>& statistics, const BatchRun& run,
+                     ExecutionTimes times, Clock::time_point computed_at) {
+  if (statistics == nullptr) return;
+  times.rows = run.rows;
+  times.infer_ns = run.stats.route_ns + run.stats.compute_ns;
+  times.output_ns = NanosBetween(computed_at, Clock::now());
+  statistics->RecordExecution(run.dense, times);
+}
+
+// A lone request, computed straight into its response.
+template <typename Finish>
+void RunAlone(const Model& model, BatchRun& run, const PredictOptions& options, PendingRequest& p,
+              const Finish& finish) {
+  const int64_t o = model.info().output_dim;
+  const std::shared_ptr<ServableStatistics> statistics = p.statistics;
+  std::vector<float>& y = p.response->outputs;
+  y.assign(run.rows * o, 0.0f);
+  Route route;
+  absl::Status s = CatchInternal(ErrorSite::kCompute, [&] {
+    FaultPoint(ErrorSite::kCompute);
+    return model.PredictAdmitted(p.request->inputs, run.rows, absl::MakeSpan(y), &run.stats,
+                                 run.want_route ? &route : nullptr, options);
+  });
+  if (run.want_route) run.route = &route;
+  const bool computed = s.ok();
+  const auto computed_at = Clock::now();
+  // A shard's partial sums go back as computed, Inf included: the front
+  // checks the sums, so its error names the row of the client's request.
+  if (s.ok() && !model.info().needs_given_route) s = CheckOutputs(y, o);
+  if (s.ok()) Answer(run, 0, *p.request, p.arrival, p.response);
+  finish(p, s);
+  if (computed) RecordExecution(statistics, run, {}, computed_at);
+}
+
+template <typename Finish>
+void RunBatch(const Servable& servable, bool dense, std::vector<PendingRequest> batch,
+              const Finish& finish);
+
+// Several requests, their rows concatenated and computed together; should
+// the batch fail as a whole, each is run again on its own.
+template <typename Finish>
+void RunTogether(const Model& model, BatchRun& run, const PredictOptions& options,
+                 std::vector<PendingRequest>& live, const Finish& finish) {
+  const int64_t d = model.info().input_dim, o = model.info().output_dim;
   // Every request of a batch belongs to one servable: one statistics record.
   const std::shared_ptr<ServableStatistics> statistics = live.front().statistics;
   ExecutionTimes times;
-  const Model& model = *PathModel(servable, dense);
-  const int64_t d = model.info().input_dim, o = model.info().output_dim;
-  BatchRun run;
-  run.servable = &servable;
-  run.dense = dense;
-  run.start = Clock::now();
-  bool want_route = false;
-  for (const PendingRequest& p : live) {
-    run.rows += p.request->rows;
-    want_route = want_route || (p.request->return_route && !dense);
-  }
-  Route route;
-  if (want_route) run.route = &route;
-  // The latest deadline of the batch goes to the shards a front calls; a
-  // given route comes with a request that runs alone (Infer).
-  PredictOptions predict_options;
-  predict_options.deadline = absl::InfinitePast();
-  for (const PendingRequest& p : live) {
-    predict_options.deadline = std::max(predict_options.deadline, p.request->deadline);
-  }
-  if (live.size() == 1) predict_options.given = live.front().request->given_route;
-  // Once the batch has computed and every request is answered.
-  auto record_execution = [&](Clock::time_point computed_at) {
-    if (statistics == nullptr) return;
-    times.rows = run.rows;
-    times.infer_ns = run.stats.route_ns + run.stats.compute_ns;
-    times.output_ns = NanosBetween(computed_at, Clock::now());
-    statistics->RecordExecution(dense, times);
-  };
-  if (live.size() == 1) {
-    PendingRequest& p = live.front();
-    std::vector<float>& y = p.response->outputs;
-    y.assign(run.rows * o, 0.0f);
-    absl::Status s = CatchInternal(ErrorSite::kCompute, [&] {
-      FaultPoint(ErrorSite::kCompute);
-      return model.PredictAdmitted(p.request->inputs, run.rows, absl::MakeSpan(y), &run.stats,
-                                   want_route ? &route : nullptr, predict_options);
-    });
-    const bool computed = s.ok();
-    const auto computed_at = Clock::now();
-    // A shard's partial sums go back as computed, Inf included: the front
-    // checks the sums, so its error names the row of the client's request.
-    if (s.ok() && !model.info().needs_given_route) s = CheckOutputs(y, o);
-    if (s.ok()) Answer(run, 0, *p.request, p.arrival, p.response);
-    finish(p, s);
-    if (computed) record_execution(computed_at);
-    return;
-  }
   std::vector<float> x;
   x.reserve(run.rows * d);
   for (const PendingRequest& p : live) x.insert(x.end(), p.request->inputs.begin(), p.request->inputs.end());
   times.input_ns = NanosBetween(run.start, Clock::now());
   std::vector<float> y(run.rows * o, 0.0f);
+  Route route;
   const absl::Status batch_status = CatchInternal(ErrorSite::kCompute, [&] {
     FaultPoint(ErrorSite::kCompute);
     return model.PredictAdmitted(x, run.rows, absl::MakeSpan(y), &run.stats,
-                                 want_route ? &route : nullptr, predict_options);
+                                 run.want_route ? &route : nullptr, options);
   });
   if (!batch_status.ok()) {
     for (PendingRequest& p : live) {
       std::vector<PendingRequest> alone;
       alone.push_back(std::move(p));
-      RunBatch(servable, dense, std::move(alone), finish);
+      RunBatch(*run.servable, run.dense, std::move(alone), finish);
     }
     return;
   }
+  if (run.want_route) run.route = &route;
   const auto computed_at = Clock::now();
   int64_t first = 0;
   for (PendingRequest& p : live) {
@@ -298,7 +301,37 @@ void RunBatch(const Servable& servable, bool dense, std::vector<PendingRequest> 
     first += own_rows;
     finish(p, s);
   }
-  record_execution(computed_at);
+  RecordExecution(statistics, run, times, computed_at);
+}
+
+// Runs admitted requests of one servable and path as one batch, on this
+// thread: their rows are concatenated and computed together (a DSM groups
+// them by expert, an LSH table projects them in one product), then each gets
+// its own rows. A request fails alone: each row's outputs depend on that row
+// only, so an output that overflows fails the request that sent the row,
+// naming its own row, and the others get their answers (and their own rows'
+// FLOPs). Should the batch fail as a whole (it cannot for admitted requests,
+// but oneDNN may still, or throw), each request is run again on its own. A lone
+// request is computed straight into its response. `finish(p, status)`
+// answers one request.
+template <typename Finish>
+void RunBatch(const Servable& servable, bool dense, std::vector<PendingRequest> batch,
+              const Finish& finish) {
+  std::vector<PendingRequest> live = LiveRequests(std::move(batch), finish);
+  if (live.empty()) return;
+  UseOneKernelThread();
+  BatchRun run;
+  run.servable = &servable;
+  run.dense = dense;
+  run.start = Clock::now();
+  for (const PendingRequest& p : live) {
+    run.rows += p.request->rows;
+    run.want_route = run.want_route || (p.request->return_route && !dense);
+  }
+  const Model& model = *PathModel(servable, dense);
+  const PredictOptions options = BatchPredictOptions(live);
+  if (live.size() == 1) return RunAlone(model, run, options, live.front(), finish);
+  RunTogether(model, run, options, live, finish);
 }
 
 }  // namespace

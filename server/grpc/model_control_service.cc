@@ -15,7 +15,7 @@ grpc::ServerUnaryReactor* ModelControlService::LoadModel(grpc::CallbackServerCon
   return ServeUnary<sparse::v1::LoadModelRequest, sparse::v1::ModelStatus>(
       context, request, response,
       [this](const sparse::v1::LoadModelRequest& r, sparse::v1::ModelStatus* out, UnaryDone done) {
-        control_->Load(r.model(), [&r, out, done = std::move(done)](absl::StatusOr<ModelStatus> state) {
+        control_->Load(r.model(), [out, done = std::move(done)](absl::StatusOr<ModelStatus> state) {
           if (state.ok()) ToModelStatusProto(*state, out);
           done(state.status());
         });

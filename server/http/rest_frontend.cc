@@ -205,72 +205,52 @@ absl::Status FlattenData(const Json& data, int depth, absl::string_view where,
   return absl::OkStatus();
 }
 
-// KServe's JSON infer request (and Triton's binary tensors after it) as the
-// protocol's message. *binary_output: the answer's outputs go after its
-// JSON, as binary.
-absl::Status ToModelInferRequest(const Json& body, absl::string_view binary,
-                                 inference::ModelInferRequest* out, bool* binary_output) {
-  if (!body.is_object()) {
+// One input tensor of KServe's JSON (`where` names it in errors), added to
+// *out; its data is in the JSON, or the next binary_data_size bytes of
+// `binary` from *offset on (then a raw input content, and *offset moves on).
+absl::Status AddInputTensor(const Json& in, const std::string& where, absl::string_view binary,
+                            size_t* offset, inference::ModelInferRequest* out) {
+  if (!in.is_object()) return absl::InvalidArgumentError(where + "must be an object");
+  auto* tensor = out->add_inputs();
+  ASSIGN_OR_RETURN(*tensor->mutable_name(), StringField(in, "name", where));
+  ASSIGN_OR_RETURN(*tensor->mutable_datatype(), StringField(in, "datatype", where));
+  const Json& shape = Field(in, "shape");
+  if (!shape.is_array()) return absl::InvalidArgumentError(where + "'shape' must be an array");
+  for (const Json& dim : shape) {
+    if (!dim.is_number_integer()) {
+      return absl::InvalidArgumentError(where + "'shape' must hold integers");
+    }
+    tensor->add_shape(dim.get<int64_t>());
+  }
+  RETURN_IF_ERROR(ToParameters(Field(in, "parameters"), where, tensor->mutable_parameters()));
+  auto size = tensor->parameters().find("binary_data_size");
+  if (size == tensor->parameters().end()) {
+    if (tensor->datatype() != "FP32") return absl::OkStatus();  // the translation says what it expected
+    return FlattenData(Field(in, "data"), 0, where,
+                       tensor->mutable_contents()->mutable_fp32_contents());
+  }
+  const inference::InferParameter& p = size->second;
+  if (!p.has_uint64_param() && !p.has_int64_param()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("the request body must be a JSON object, got ", body.type_name()));
+        where + "binary_data_size must be a byte count (a non-negative integer)");
   }
-  ASSIGN_OR_RETURN(*out->mutable_id(), StringField(body, "id", ""));
-  RETURN_IF_ERROR(ToParameters(Field(body, "parameters"), "", out->mutable_parameters()));
-  const Json& inputs = Field(body, "inputs");
-  if (!inputs.is_array()) {
-    return absl::InvalidArgumentError("'inputs' must be an array of input tensors");
-  }
-  size_t offset = 0;  // into `binary`
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    const Json& in = inputs[i];
-    const std::string where = absl::StrCat("inputs[", i, "]: ");
-    if (!in.is_object()) return absl::InvalidArgumentError(where + "must be an object");
-    auto* tensor = out->add_inputs();
-    ASSIGN_OR_RETURN(*tensor->mutable_name(), StringField(in, "name", where));
-    ASSIGN_OR_RETURN(*tensor->mutable_datatype(), StringField(in, "datatype", where));
-    const Json& shape = Field(in, "shape");
-    if (!shape.is_array()) return absl::InvalidArgumentError(where + "'shape' must be an array");
-    for (const Json& dim : shape) {
-      if (!dim.is_number_integer()) {
-        return absl::InvalidArgumentError(where + "'shape' must hold integers");
-      }
-      tensor->add_shape(dim.get<int64_t>());
-    }
-    RETURN_IF_ERROR(ToParameters(Field(in, "parameters"), where, tensor->mutable_parameters()));
-    auto size = tensor->parameters().find("binary_data_size");
-    if (size != tensor->parameters().end()) {
-      const inference::InferParameter& p = size->second;
-      if (!p.has_uint64_param() && !p.has_int64_param()) {
-        return absl::InvalidArgumentError(
-            where + "binary_data_size must be a byte count (a non-negative integer)");
-      }
-      const int64_t bytes = p.has_uint64_param()
-                                ? static_cast<int64_t>(std::min<uint64_t>(p.uint64_param(), INT64_MAX))
-                                : p.int64_param();
-      if (bytes < 0 || static_cast<uint64_t>(bytes) > binary.size() - offset) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            where, "binary_data_size ", bytes, " is more than the ", binary.size() - offset,
-            " binary bytes left after the JSON"));
-      }
-      out->add_raw_input_contents(binary.data() + offset, bytes);
-      offset += bytes;
-      continue;
-    }
-    if (tensor->datatype() != "FP32") continue;  // the translation says what it expected
-    RETURN_IF_ERROR(FlattenData(Field(in, "data"), 0, where,
-                                tensor->mutable_contents()->mutable_fp32_contents()));
-  }
-  if (offset != binary.size()) {
+  const int64_t bytes = p.has_uint64_param()
+                            ? static_cast<int64_t>(std::min<uint64_t>(p.uint64_param(), INT64_MAX))
+                            : p.int64_param();
+  if (bytes < 0 || static_cast<uint64_t>(bytes) > binary.size() - *offset) {
     return absl::InvalidArgumentError(absl::StrCat(
-        binary.size(), " binary bytes follow the JSON, but the inputs' binary_data_size take ",
-        offset));
+        where, "binary_data_size ", bytes, " is more than the ", binary.size() - *offset,
+        " binary bytes left after the JSON"));
   }
-  auto all_binary = out->parameters().find("binary_data_output");
-  if (all_binary != out->parameters().end() && !all_binary->second.has_bool_param()) {
-    return absl::InvalidArgumentError("parameter 'binary_data_output' must be true or false");
-  }
-  *binary_output = all_binary != out->parameters().end() && all_binary->second.bool_param();
-  const Json& outputs = Field(body, "outputs");
+  out->add_raw_input_contents(binary.data() + *offset, bytes);
+  *offset += bytes;
+  return absl::OkStatus();
+}
+
+// The requested outputs of KServe's JSON; *binary_output is set when one
+// asks for binary data.
+absl::Status ToRequestedOutputs(const Json& outputs, inference::ModelInferRequest* out,
+                                bool* binary_output) {
   if (!outputs.is_null() && !outputs.is_array()) {
     return absl::InvalidArgumentError("'outputs' must be an array of requested outputs");
   }
@@ -290,6 +270,39 @@ absl::Status ToModelInferRequest(const Json& body, absl::string_view binary,
     }
   }
   return absl::OkStatus();
+}
+
+// KServe's JSON infer request (and Triton's binary tensors after it) as the
+// protocol's message. *binary_output: the answer's outputs go after its
+// JSON, as binary.
+absl::Status ToModelInferRequest(const Json& body, absl::string_view binary,
+                                 inference::ModelInferRequest* out, bool* binary_output) {
+  if (!body.is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request body must be a JSON object, got ", body.type_name()));
+  }
+  ASSIGN_OR_RETURN(*out->mutable_id(), StringField(body, "id", ""));
+  RETURN_IF_ERROR(ToParameters(Field(body, "parameters"), "", out->mutable_parameters()));
+  const Json& inputs = Field(body, "inputs");
+  if (!inputs.is_array()) {
+    return absl::InvalidArgumentError("'inputs' must be an array of input tensors");
+  }
+  size_t offset = 0;  // into `binary`
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    RETURN_IF_ERROR(
+        AddInputTensor(inputs[i], absl::StrCat("inputs[", i, "]: "), binary, &offset, out));
+  }
+  if (offset != binary.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        binary.size(), " binary bytes follow the JSON, but the inputs' binary_data_size take ",
+        offset));
+  }
+  auto all_binary = out->parameters().find("binary_data_output");
+  if (all_binary != out->parameters().end() && !all_binary->second.has_bool_param()) {
+    return absl::InvalidArgumentError("parameter 'binary_data_output' must be true or false");
+  }
+  *binary_output = all_binary != out->parameters().end() && all_binary->second.bool_param();
+  return ToRequestedOutputs(Field(body, "outputs"), out, binary_output);
 }
 
 FloatJson ParameterToJson(const inference::InferParameter& p) {
