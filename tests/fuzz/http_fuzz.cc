@@ -50,7 +50,7 @@ World* MakeWorld() {
                                                                .max_batch_rows = 64,
                                                                .inline_max_flops = int64_t{1} << 40,
                                                                .observe = nullptr});
-  world->api = std::make_unique<sparse::OipProtocol>(world->repository.get(), world->core.get(),
+  world->api = std::make_unique<sparse::OipProtocol>(world->core.get(),
                                                        nullptr);
   world->frontend = std::make_unique<sparse::RestFrontend>(world->api.get(), 64);
   sparse::HttpServer::Options http;

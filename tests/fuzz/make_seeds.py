@@ -77,7 +77,7 @@ with tempfile.TemporaryDirectory() as tmp:
 
     # Requests for request_fuzz's models: lsh (d=4, o=2) and dsm (d=4, o=1).
     python_stubs(source, os.path.join(tmp, "stubs"), "sparse/v1/inference.proto",
-                 "inference/grpc_service.proto")
+                 "inference/grpc_service.proto", "sparse/v1/shard.proto")
     from sparse.v1 import inference_pb2 as pb
     from inference import grpc_service_pb2 as oip
     x = [0.25, -0.5, 0.75, 0.1]
@@ -131,6 +131,25 @@ with tempfile.TemporaryDirectory() as tmp:
     for name, parts in batches.items():
         write("request_fuzz", name,
               b"\x04" + SEP.join(bytes([mode]) + m.SerializeToString() for mode, m in parts))
+
+    # shard_request_fuzz: a front's calls to shard 0 of 2 of the same models
+    # (first byte odd: aimed at this shard's version; even: as sent).
+    from sparse.v1 import shard_pb2 as shard
+    partials = {
+        "dsm_owned": (1, shard.PartialRequest(model="dsm", rows=1, inputs=x, experts_per_row=1,
+                                              expert_ids=[0])),
+        "dsm_elsewhere": (1, shard.PartialRequest(model="dsm", rows=2, inputs=x + x,
+                                                  experts_per_row=1, expert_ids=[0, 3])),
+        "lsh_keys": (1, shard.PartialRequest(model="lsh", rows=1, inputs=x, keys_per_row=1,
+                                             bucket_keys=[5])),
+        "keepalive": (1, shard.PartialRequest(model="dsm")),
+        "wrong_shard": (0, shard.PartialRequest(model="dsm", version=1, shard_index=1,
+                                                shard_count=2, rows=1, inputs=x,
+                                                experts_per_row=1, expert_ids=[0])),
+        "no_route": (1, shard.PartialRequest(model="dsm", rows=1, inputs=x)),
+    }
+    for name, (mode, message) in partials.items():
+        write("shard_request_fuzz", name, bytes([mode]) + message.SerializeToString())
 
 # http_fuzz: what one client sends on one REST connection, for its models
 # (dsm and lsh, d = 4).
