@@ -25,10 +25,6 @@ const Model* PathModel(const Servable& servable, bool dense) {
   return dense ? static_cast<const Model*>(loaded.dense.get()) : loaded.sparse.get();
 }
 
-// The checks that need no compute, run on the caller's thread before a
-// request is queued (admission happens here and nowhere else): so a bad
-// request gets its own code even when the queue is full, never occupies the
-// queue and never joins a batch.
 // A front's shard call (InferRequest::shard_call) reaches the shard it
 // means: this server is that part of the model, and the call names a version.
 absl::Status CheckShardTarget(const std::optional<ShardSpec>& shard, const InferRequest& request) {
@@ -67,6 +63,10 @@ absl::Status CheckShardVersion(const Servable& servable, const InferRequest& req
   return absl::OkStatus();
 }
 
+// The checks that need no compute, run on the caller's thread before a
+// request is queued (admission happens here and nowhere else): so a bad
+// request gets its own code even when the queue is full, never occupies the
+// queue and never joins a batch.
 absl::Status Admit(const Servable& servable, int64_t max_batch_rows,
                    const InferRequest& request) {
   const Model* model = PathModel(servable, request.dense);

@@ -109,6 +109,9 @@ class InferenceCore {
   absl::StatusOr<ModelStatus> Model(absl::string_view model) const;
   // Versions serving across every model (0: the server is not ready).
   size_t ServingVersions() const;
+  // The widest input (d) of the loaded versions of `model`; 0 when none is
+  // loaded. Cheap (no status is built): a frontend bounds a body with it.
+  int64_t WidestInput(absl::string_view model) const;
   // The model directories under the repository's root, loaded or not (a
   // repository index); *ec is set when the listing stopped part way.
   std::vector<std::string> ModelDirectories(std::error_code* ec) const;

@@ -1,5 +1,7 @@
 #include "server/core/model_reads.h"
 
+#include <algorithm>
+
 #include "common/status_macros.h"
 #include "model_store/model_repository.h"
 #include "model_store/model_state.h"
@@ -75,6 +77,17 @@ absl::StatusOr<ModelStatus> InferenceCore::Model(absl::string_view model) const 
 
 size_t InferenceCore::ServingVersions() const {
   return sparse::ServingVersions(*repository_->snapshot());
+}
+
+int64_t InferenceCore::WidestInput(absl::string_view model) const {
+  const std::shared_ptr<const RepositorySnapshot> snapshot = repository_->snapshot();
+  auto it = snapshot->find(std::string(model));
+  int64_t widest = 0;
+  if (it == snapshot->end()) return widest;
+  for (const auto& [number, servable] : it->second.versions) {
+    widest = std::max(widest, servable->loaded.sparse->info().input_dim);
+  }
+  return widest;
 }
 
 std::vector<std::string> InferenceCore::ModelDirectories(std::error_code* ec) const {

@@ -32,15 +32,19 @@ using ::testing::HasSubstr;
 
 constexpr int64_t kD = 8;
 
-TEST(HttpServerTest, ManyConnectionsAtOnceEachGetTheirOwnAnswer) {
-  testing::TempDir root("http_server_test");
+// A repository under `root` holding one DSM, "dsm" (d = kD, o = 1).
+absl::StatusOr<std::unique_ptr<ModelRepository>> OpenDsmRepository(const testing::TempDir& root) {
   Checkpoint dsm;
   dsm.sparse = testing::RandomDsm({.d = kD, .o = 1, .experts = 8, .active_units = 16}, 1);
-  ASSERT_OK(WriteCheckpoint((root / "dsm").string(), 1, dsm));
-  ModelRepository::Options repository_options;
-  repository_options.log = [](const std::string&) {};
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<ModelRepository> repository,
-                       ModelRepository::Open(root.string(), repository_options, nullptr));
+  if (absl::Status s = WriteCheckpoint((root / "dsm").string(), 1, dsm); !s.ok()) return s;
+  ModelRepository::Options options;
+  options.log = [](const std::string&) {};
+  return ModelRepository::Open(root.string(), options, nullptr);
+}
+
+TEST(HttpServerTest, ManyConnectionsAtOnceEachGetTheirOwnAnswer) {
+  testing::TempDir root("http_server_test");
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<ModelRepository> repository, OpenDsmRepository(root));
   // Requests of one row run inline on the I/O thread, larger ones queue
   // for a worker: both ways back to the connection are exercised.
   const int64_t row_flops = (*repository->Find("dsm", 0))->loaded.sparse->info().flops_per_row;
@@ -100,16 +104,9 @@ TEST(HttpServerTest, ManyConnectionsAtOnceEachGetTheirOwnAnswer) {
   clients.clear();
 }
 
-
 TEST(HttpServerTest, AClientThatLeavesWhileItsRequestQueuesIsCancelledBeforeCompute) {
   testing::TempDir root("http_disconnect_test");
-  Checkpoint dsm;
-  dsm.sparse = testing::RandomDsm({.d = kD, .o = 1, .experts = 8, .active_units = 16}, 1);
-  ASSERT_OK(WriteCheckpoint((root / "dsm").string(), 1, dsm));
-  ModelRepository::Options repository_options;
-  repository_options.log = [](const std::string&) {};
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<ModelRepository> repository,
-                       ModelRepository::Open(root.string(), repository_options, nullptr));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<ModelRepository> repository, OpenDsmRepository(root));
   absl::Mutex mu;
   std::vector<absl::StatusCode> answered;  // guarded by mu
   InferenceCore core(repository.get(),

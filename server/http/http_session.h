@@ -371,7 +371,9 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
       current_.method = head_ ? "GET" : std::string(request_.method_string());
       ASSIGN_OR_RETURN(current_.path, DecodePath(request_.target()));
       current_.body = request_.body();
-      if (watch_ != nullptr) current_.disconnected = [watch = watch_] { return watch->Gone(); };
+      // A plain pointer (no allocation per request): the session, and so its
+      // watch, lives until `done` has run, after which it is not called.
+      if (watch_ != nullptr) current_.disconnected = [watch = watch_.get()] { return watch->Gone(); };
       auto header = request_.find("Inference-Header-Content-Length");
       if (header != request_.end()) {
         int64_t length = 0;

@@ -524,11 +524,7 @@ absl::Status OipProtocol::RepositoryIndex(const inference::RepositoryIndexReques
 
 int64_t OipProtocol::InputWidth(absl::string_view name) const {
   absl::ConsumeSuffix(&name, kDenseSuffix);
-  absl::StatusOr<ModelStatus> model = core_->Model(name);
-  int64_t widest = 0;
-  if (!model.ok()) return widest;
-  for (const VersionStatus& v : model->versions) widest = std::max(widest, v.sparse.input_dim);
-  return widest;
+  return core_->WidestInput(name);
 }
 
 void OipProtocol::RepositoryModelLoad(const inference::RepositoryModelLoadRequest& r,
