@@ -11,6 +11,7 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "common/command_line.h"
+#include "common/version.h"
 #include "common/process_cpu.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
@@ -52,7 +53,7 @@ int main(int argc, char** argv) {
   sparse::ParseCommandLine(argc, argv,
                            "a bare gRPC echo server (SparseInference.Echo only), the transport "
                            "floor for benchmarks.",
-                           "bench/echo_server.");
+                           "bench/echo_server.", sparse::VersionText());
   sparse::BlockStopSignals();
   EchoOnly service;
   int port = 0;

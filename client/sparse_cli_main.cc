@@ -35,6 +35,7 @@
 #include "client/bench_command.h"
 #include "client/client.h"
 #include "common/command_line.h"
+#include "common/version.h"
 #include "common/status_macros.h"  // header-only macros
 #include "google/protobuf/util/json_util.h"
 
@@ -388,7 +389,7 @@ int main(int argc, char** argv) {
       "  sparse-cli bench --model=M --mode=open --rate=1000,5000 [--arrival=poisson]\n\n"
       "--target says where the server is (default localhost:8500); --tls_ca, --tls_cert and\n"
       "--tls_key reach a server with TLS or mutual TLS on.",
-      "sparse_cli_main.");
+      "sparse_cli_main.", sparse::VersionText());
   if (args.size() != 1) {
     std::fprintf(stderr, "sparse-cli: expected one command (predict, models, health, bench); see --help\n");
     return 2;

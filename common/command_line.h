@@ -14,9 +14,16 @@ namespace sparse {
 // file whose path contains `main_file` (absl only matches files named
 // after the program, and ours are named foo_main.cc), and parses the
 // command line. Returns the positional arguments after the program name.
+//
+// --help (and --helpfull, --helpshort, --help=substring) prints to stdout
+// and exits 0, with source paths shown relative to the source tree, never
+// the builder's directories. --version prints `version_text` and exits 0
+// (sparse::VersionText() for the binaries). `--version=N` is refused
+// with a hint: the model-version flags are --model_version.
 // Also turns off Abseil's mutex deadlock detection (see the .cc).
 std::vector<std::string> ParseCommandLine(int argc, char** argv, absl::string_view usage,
-                                          absl::string_view main_file);
+                                          absl::string_view main_file,
+                                          absl::string_view version_text);
 
 // SIGINT/SIGTERM handling for servers. Call BlockStopSignals() before any
 // thread starts (threads inherit the mask); then one thread calls

@@ -9,6 +9,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_split.h"
 #include "common/command_line.h"
+#include "common/version.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, model_repository, "",
@@ -245,7 +246,7 @@ int main(int argc, char** argv) {
       "Models larger than one machine: run N shard servers (--shard=i/N) and fronts\n"
       "(--shard_targets=...) on one shared repository (docs/deploy.md); fronts reach shards\n"
       "that serve TLS with --shard_tls_ca (and --shard_tls_cert/--shard_tls_key for mutual TLS).",
-      "server/main.");
+      "server/main.", sparse::VersionText());
   if (!rest.empty()) {
     std::fprintf(stderr, "sparse-server: unexpected argument '%s' (see --help)\n", rest[0].c_str());
     return 1;

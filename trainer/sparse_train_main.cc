@@ -20,6 +20,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "common/command_line.h"
+#include "common/version.h"
 #include "common/status_macros.h"
 #include "model_store/checkpoint.h"
 #include "trainer/dataset.h"
@@ -382,7 +383,7 @@ int main(int argc, char** argv) {
       "Data defaults to the paper's random polynomial (d=8, degree 4, 2^16 train / 2^14 test rows).\n"
       "Progress goes to stderr; the summary (or --json) to stdout. Exit status 0 on success,\n"
       "1 on any error (nothing is published then).",
-      "sparse_train_main.");
+      "sparse_train_main.", sparse::VersionText());
   if (!rest.empty()) {
     std::fprintf(stderr, "sparse-train: unexpected argument '%s' (flags look like --name=value; see --help)\n",
                  rest[0].c_str());

@@ -55,6 +55,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "common/command_line.h"
+#include "common/version.h"
 #include "common/process_cpu.h"
 #include "engine/dense_model.h"
 #include "engine/dsm_model.h"
@@ -620,7 +621,7 @@ int main(int argc, char** argv) {
       argc, argv,
       "our engine in-process and FAISS's LSH encoder, timed the way "
       "bench/peers/torch_peers.py times PyTorch (bench/peers/run.sh runs both).",
-      "bench/peers/peers_bench.");
+      "bench/peers/peers_bench.", sparse::VersionText());
   const absl::Status status = sparse::Run();
   if (!status.ok()) {
     std::fprintf(stderr, "peers_bench: %s\n", status.ToString().c_str());

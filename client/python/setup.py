@@ -45,7 +45,13 @@ class NoEditable(editable_wheel):
                          "PYTHONPATH=build/python (docs/python.md)")
 
 
+def project_version():
+    """The one version of the project: the repository's VERSION file."""
+    with open(os.path.join(HERE, "..", "..", "VERSION")) as f:
+        return f.read().strip()
+
+
 work = tempfile.mkdtemp(prefix="sparse-serve-build-")
 atexit.register(shutil.rmtree, work, ignore_errors=True)
-setup(cmdclass={"build_py": BuildWithStubs, "editable_wheel": NoEditable},
+setup(version=project_version(), cmdclass={"build_py": BuildWithStubs, "editable_wheel": NoEditable},
       options={"build": {"build_base": os.path.join(work, "build")}, "egg_info": {"egg_base": work}})
