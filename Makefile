@@ -1,7 +1,8 @@
 # sparse-serve: the two commands a user needs.
 #   make test   install missing Debian packages, configure, build, run every test
 #   make demo   the main job: train a demo repository, serve it, compare sparse vs dense
-# Other targets: build; test-container (the container image, end to end);
+# Other targets: build; install (cmake --install to PREFIX, default
+# /usr/local); package (the Debian package, build/sparse-serve_*.deb); test-container (the container image, end to end);
 # test-asan and test-tsan (the suite under sanitizers) and fuzz (libFuzzer
 # targets), docs/reliability.md; bench (engine microbenchmarks);
 # bench-serving (sparse vs dense under load), bench-precision (FP32, BF16 and
@@ -16,7 +17,7 @@ BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc)
 ASAN_OPTIONS_SET = detect_leaks=1:abort_on_error=0:halt_on_error=1:detect_stack_use_after_return=0
 
-.PHONY: all deps deps-sanitizers configure build test test-container test-asan test-tsan fuzz bench bench-serving bench-precision bench-sharding bench-lifecycle soak peers demo clean
+.PHONY: all deps deps-sanitizers configure build install package test test-container test-asan test-tsan fuzz bench bench-serving bench-precision bench-sharding bench-lifecycle soak peers demo clean
 
 all: build
 
@@ -33,6 +34,17 @@ build: configure
 
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
+
+# The binaries, the Python client, the protos and the docs under PREFIX
+# (CMakeLists.txt, "Install"): bin/, lib/python3/dist-packages/,
+# share/sparse-serve/proto/, share/doc/sparse-serve/.
+PREFIX ?= /usr/local
+install: build
+	cmake --install $(BUILD_DIR) --prefix $(PREFIX)
+
+# The Debian package of the same files under /usr: sudo apt install ./build/sparse-serve_*.deb
+package: build
+	cd $(BUILD_DIR) && cpack -G DEB
 
 # Builds the container image with podman (installed from Debian if missing)
 # and checks it end to end: deploy/container-test.sh, docs/deploy.md.

@@ -9,8 +9,10 @@
 #     the Dockerfile builds unchanged with --pull=never. The base is cached
 #     in $CACHE_DIR and in podman's store, so a warm run skips this;
 #  3. builds the image (the build stage's ccache is a cache mount, so a
-#     rebuild compiles only what changed), and checks that the runtime image
-#     runs as a non-root user and is under 200 MB;
+#     rebuild compiles only what changed; it makes the .deb with CPack and
+#     the runtime stage installs it), and checks that the runtime image
+#     runs as a non-root user, is under 200 MB, has the package installed
+#     at the VERSION file's version and runs each binary's --version;
 #  4. trains the demo repository with the host's sparse-train (once, shared
 #     with make demo), starts the image with it mounted read-only and waits
 #     for the image's own HEALTHCHECK to pass;
@@ -102,6 +104,18 @@ size_mb=$((size / 1000000))
 say "image $IMAGE: ${size_mb} MB, user $user"
 [[ $size_mb -lt $MAX_IMAGE_MB ]] || fail "the image is ${size_mb} MB, over ${MAX_IMAGE_MB} MB"
 [[ -n "$user" && "${user%%:*}" != 0 && "${user%%:*}" != root ]] || fail "the image runs as '$user', not a non-root user"
+# The image is the Debian package installed on a fresh Debian 12: dpkg knows
+# it at the VERSION file's version, and the binaries it put on PATH run.
+want_version=$(cat VERSION)
+installed=$(podman run --rm --entrypoint dpkg-query "$IMAGE" -W -f '${Package} ${Version} ${Status}' sparse-serve) \
+  || fail "the image has no sparse-serve package installed"
+[[ "$installed" == "sparse-serve $want_version install ok installed" ]] \
+  || fail "dpkg in the image reports '$installed', expected sparse-serve $want_version installed"
+for binary in sparse-server sparse-cli sparse-train; do
+  printed=$(podman run --rm --entrypoint "$binary" "$IMAGE" --version) || fail "$binary --version in the image"
+  [[ "$printed" == "sparse-serve $want_version"* ]] || fail "$binary --version in the image printed '$printed'"
+done
+say "package: $installed; $(podman run --rm --entrypoint sparse-server "$IMAGE" --version)"
 
 # 4. Serve the demo repository from the image.
 REPO=$BUILD/demo-models
