@@ -158,10 +158,13 @@ absl::Status DsmModel::PredictValidated(const float* x, int64_t rows, float* y,
       local[i] = e >= 0 && e < E_ ? static_cast<int32_t>(e) : -1;
       if (local[i] >= 0) expert_rows_[(i % L_) * E_ + e].fetch_add(1, std::memory_order_relaxed);
     }
+    // The front's chunks when it gave them (CheckGivenRoute checked them).
+    const std::vector<int32_t>& chunks = options.given->chunk_rows;
     const int64_t chunk = std::min(rows, MatmulKernel::kMaxBucketRows);
-    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-      const int64_t n = std::min(chunk, rows - r0);
+    for (int64_t r0 = 0, i = 0; r0 < rows; ++i) {
+      const int64_t n = chunks.empty() ? std::min(chunk, rows - r0) : chunks[i];
       RETURN_IF_ERROR(ComputeRouted(x + r0 * d_, n, local.data() + r0 * L_, y + r0 * o_, stats));
+      r0 += n;
     }
     return absl::OkStatus();
   }
@@ -211,6 +214,18 @@ absl::Status DsmModel::CheckGivenRoute(const Route& given, int64_t rows) const {
                                                      i / L_, " is outside [0, ", total_experts_,
                                                      ")"));
     }
+  }
+  int64_t chunked = 0;
+  for (const int32_t n : given.chunk_rows) {
+    if (n < 1 || n > MatmulKernel::kMaxBucketRows) {
+      return absl::InvalidArgumentError(absl::StrCat("a chunk of ", n, " rows: chunks hold 1 to ",
+                                                     MatmulKernel::kMaxBucketRows));
+    }
+    chunked += n;
+  }
+  if (!given.chunk_rows.empty() && chunked != rows) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the chunks hold ", chunked, " rows, the call ", rows));
   }
   return absl::OkStatus();
 }

@@ -69,6 +69,9 @@ struct Route {
   std::vector<uint8_t> bucket_missed = {};  // [rows, keys_per_row]; 1 = fallback used
   int64_t experts_per_row = 0;              // DSM routed: L blocks
   std::vector<int32_t> expert_ids = {};     // [rows, experts_per_row]
+  // DSM, given by a front: the rows of each of its batch's 128-row chunks
+  // (PartialRequest.chunk_rows); empty: chunks of 128.
+  std::vector<int32_t> chunk_rows = {};
 };
 
 // What a caller asks of one Predict call beyond its rows.

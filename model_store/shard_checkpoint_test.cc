@@ -107,6 +107,16 @@ DsmAnswers AnswerDsm(const std::string& dir, int count, const std::vector<float>
     EXPECT_THAT(shard->sparse->Predict(x, rows, absl::MakeSpan(y), &ignored, nullptr,
                                        {.given = &bad_id}).message(),
                 HasSubstr("is outside [0, "));
+    // The front's chunks must cover the call's rows, 1 to 128 each.
+    for (const auto& [chunks, message] : std::vector<std::pair<std::vector<int32_t>, std::string>>{
+             {{128, 128, 43}, "the chunks hold 299 rows, the call "},
+             {{128, 0, 172}, "a chunk of 0 rows"},
+             {{129, 128, 43}, "a chunk of 129 rows"}}) {
+      Route bad_chunks{.experts_per_row = L, .expert_ids = a.front_experts, .chunk_rows = chunks};
+      EXPECT_THAT(shard->sparse->Predict(x, rows, absl::MakeSpan(y), &ignored, nullptr,
+                                         {.given = &bad_chunks}).message(),
+                  HasSubstr(message));
+    }
   }
   return a;
 }

@@ -311,6 +311,11 @@ absl::Status ShardedModel::PlanDsm(const float* x, int64_t rows, PredictStats* s
     for (int64_t l = 0; l < L; ++l) {
       Call& c = CallFor(ShardOfUnit(experts[r * L + l], E, count), calls);
       if (!c.rows.empty() && c.rows.back() == r) continue;
+      // The shard computes this batch's chunks apart, as the whole model
+      // would: the same reads, the same weight_bytes.
+      if (c.rows.empty() || c.rows.back() / chunk != r / chunk) c.request.add_chunk_rows(0);
+      c.request.set_chunk_rows(c.request.chunk_rows_size() - 1,
+                               c.request.chunk_rows(c.request.chunk_rows_size() - 1) + 1);
       c.rows.push_back(r);
       c.request.mutable_inputs()->Add(x + r * d_, x + (r + 1) * d_);
       c.request.mutable_expert_ids()->Add(experts.begin() + r * L, experts.begin() + (r + 1) * L);

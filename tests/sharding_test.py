@@ -134,13 +134,16 @@ with tempfile.TemporaryDirectory() as tmp:
         for model in ("dsm", "lsh"):
             status = api.GetModel(pb.GetModelRequest(model=model), timeout=10).versions[0]
             check(status.shards == N, "%s: the front's GetModel says %d shards" % (model, status.shards))
-            for first in range(0, 1000, 100):
-                rows = x[first:first + 100]
-                request = pb.PredictRequest(model=model, rows=100, inputs=rows.ravel().tolist(),
+            # 100-row requests, then one just over a 128-row chunk and one
+            # of 1,000 rows (many chunks; docs/api.md promises the same
+            # weight bytes at every size).
+            for first, count in [(f, 100) for f in range(0, 1000, 100)] + [(0, 129), (0, 1000)]:
+                rows = x[first:first + count]
+                request = pb.PredictRequest(model=model, rows=count, inputs=rows.ravel().tolist(),
                                             return_route=True)
                 want = ref.Predict(request, timeout=30)
                 got = api.Predict(request, timeout=30)
-                where = "%s rows %d..%d" % (model, first, first + 99)
+                where = "%s rows %d..%d" % (model, first, first + count - 1)
                 check(list(got.route.expert_ids) == list(want.route.expert_ids) and
                       list(got.route.bucket_keys) == list(want.route.bucket_keys) and
                       list(got.route.bucket_missed) == list(want.route.bucket_missed),

@@ -88,6 +88,7 @@ void ToPredictResponse(const InferResponse& answer, sparse::v1::PredictResponse*
 InferRequest ToInferRequest(const sparse::v1::PartialRequest& request, Route* given) {
   given->experts_per_row = request.experts_per_row();
   given->expert_ids.assign(request.expert_ids().begin(), request.expert_ids().end());
+  given->chunk_rows.assign(request.chunk_rows().begin(), request.chunk_rows().end());
   given->keys_per_row = request.keys_per_row();
   given->bucket_keys.assign(request.bucket_keys().begin(), request.bucket_keys().end());
   InferRequest out;
