@@ -13,7 +13,11 @@
 #include <string>
 #include <system_error>
 
+#include "absl/flags/commandlineflag.h"
 #include "absl/flags/flag.h"
+#include "absl/flags/internal/parse.h"
+#include "absl/flags/reflection.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -23,13 +27,16 @@
 #include "common/status_macros.h"
 #include "model_store/checkpoint.h"
 #include "trainer/dataset.h"
+#include "trainer/flag_rules.h"
 #include "trainer/trainer.h"
 #include "nlohmann/json.hpp"
 
 // Data
 ABSL_FLAG(std::string, dataset, "polynomial",
           "Training data: a synthetic function (polynomial, hypercube, relu_net, manifold) "
-          "sampled on U[-1,1]^d, or 'csv' / 'npy' to read --train_file.");
+          "sampled on U[-1,1]^d, or 'csv' / 'npy' to read --train_file (implied by its name: "
+          ".csv or .tsv, or 'inputs.npy,targets.npy'). A flag set where it does not apply is "
+          "refused.");
 ABSL_FLAG(int64_t, d, 8, "Synthetic data: input dimension d.");
 ABSL_FLAG(int64_t, poly_degree, 4, "polynomial / manifold: degree D of the polynomial.");
 ABSL_FLAG(int64_t, manifold_dim, 8, "manifold: intrinsic dimension k of p(Ax), A in R^{k x d}.");
@@ -38,12 +45,15 @@ ABSL_FLAG(uint64_t, function_seed, 1, "Synthetic data: seed that draws the targe
 ABSL_FLAG(int64_t, train_rows, 65536, "Synthetic data: training rows (paper: 2^16).");
 ABSL_FLAG(int64_t, test_rows, 16384, "Synthetic data: test rows (paper: 2^14).");
 ABSL_FLAG(std::string, train_file, "",
-          "csv: a CSV file (optional header; the last --outputs columns are targets). "
-          "npy: 'inputs.npy,targets.npy'.");
+          "csv: a CSV file (optional header, '#' comment lines; the last --outputs columns are "
+          "targets). npy: 'inputs.npy,targets.npy'.");
 ABSL_FLAG(std::string, test_file, "",
           "Test data in the --train_file format; without it --holdout of the training file is "
           "held out.");
 ABSL_FLAG(int64_t, outputs, 1, "csv: number of target columns at the end of each row.");
+ABSL_FLAG(std::string, csv_separator, "",
+          "csv: ',', ';' or 'tab' (empty = sniffed from the first line that is not a comment: "
+          "tab if it holds one, else ';' if it holds one, else ',').");
 ABSL_FLAG(double, holdout, 0.2, "Fraction of --train_file held out for testing when no --test_file.");
 // Model
 ABSL_FLAG(std::string, model, "dsm", "Sparse model kind: dsm or lsh_table.");
@@ -79,7 +89,8 @@ ABSL_FLAG(int, threads, 0, "Threads for training GEMMs (0 = all cores).");
 // Output
 ABSL_FLAG(std::string, repository, "", "Model repository to publish into.");
 ABSL_FLAG(std::string, model_name, "", "Model name: publishes <repository>/<model_name>/<version>/.");
-ABSL_FLAG(int64_t, version, 0, "Version to publish (0 = one more than the newest present).");
+ABSL_FLAG(int64_t, model_version, 0,
+          "Model version to publish (0 = one more than the newest present).");
 ABSL_FLAG(bool, dry_run, false, "Train and evaluate, but publish nothing.");
 ABSL_FLAG(bool, json, false, "Print the final summary as one JSON object on stdout.");
 ABSL_FLAG(bool, quiet, false, "No progress lines on stderr.");
@@ -90,24 +101,60 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
+// OIP and REST serve the dense twin of model m as "m.dense".
+constexpr absl::string_view kDenseSuffix = ".dense";
+
 template <typename T>
 absl::StatusOr<T> CheckPositive(const char* flag, T v) {
   if (v <= 0) return absl::InvalidArgumentError(absl::StrCat("--", flag, " must be > 0, got ", v));
   return v;
 }
 
-absl::StatusOr<TrainOptions> OptionsFromFlags() {
-  TrainOptions o;
+// True when the user set --name on the command line or in a --flagfile,
+// even to its default. (CommandLineFlag::IsSpecifiedOnCommandLine is private
+// in Abseil 20220623; this is the call absl's own parser answers it with.)
+bool IsSet(absl::string_view name) { return absl::flags_internal::WasPresentOnCommandLine(name); }
+
+// The names of the flags this file defines.
+std::vector<std::string> OwnFlags() {
+  std::vector<std::string> names;
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (absl::StrContains(flag->Filename(), "sparse_train_main.")) names.emplace_back(name);
+  }
+  return names;
+}
+
+// What this run does, from the flags that choose it; a flag set where it
+// would be ignored is refused (trainer/flag_rules.h).
+absl::StatusOr<RunShape> ShapeFromFlags() {
+  RETURN_IF_ERROR(CheckRulesCover(OwnFlags()));
+  RunShape run;
+  ASSIGN_OR_RETURN(run.dataset, ResolveDataset({.dataset = absl::GetFlag(FLAGS_dataset),
+                                                .dataset_set = IsSet("dataset"),
+                                                .train_file = absl::GetFlag(FLAGS_train_file),
+                                                .test_file = absl::GetFlag(FLAGS_test_file)}));
   const std::string model = absl::GetFlag(FLAGS_model);
   if (model == "dsm") {
-    o.kind = ModelKind::kDsm;
+    run.kind = ModelKind::kDsm;
   } else if (model == "lsh_table") {
-    o.kind = ModelKind::kLshTable;
+    run.kind = ModelKind::kLshTable;
   } else {
     return absl::InvalidArgumentError(
         absl::StrCat("--model must be dsm or lsh_table, got '", model, "'"));
   }
-  ASSIGN_OR_RETURN(o.router, ParseRouterKind(absl::GetFlag(FLAGS_router)));
+  ASSIGN_OR_RETURN(run.router, ParseRouterKind(absl::GetFlag(FLAGS_router)));
+  ASSIGN_OR_RETURN(run.family, ParseHashFamily(absl::GetFlag(FLAGS_family)));
+  run.test_file = !absl::GetFlag(FLAGS_test_file).empty();
+  run.publish = !absl::GetFlag(FLAGS_dry_run);
+  RETURN_IF_ERROR(CheckFlagsApply(run, IsSet));
+  return run;
+}
+
+absl::StatusOr<TrainOptions> OptionsFromFlags(const RunShape& run) {
+  TrainOptions o;
+  o.kind = run.kind;
+  o.router = run.router;
+  o.family = run.family;
   ASSIGN_OR_RETURN(o.activation, ParseActivation(absl::GetFlag(FLAGS_activation)));
   {
     absl::StatusOr<Precision> precision = ParsePrecision(absl::GetFlag(FLAGS_precision));
@@ -116,7 +163,6 @@ absl::StatusOr<TrainOptions> OptionsFromFlags() {
     }
     o.precision = *precision;
   }
-  ASSIGN_OR_RETURN(o.family, ParseHashFamily(absl::GetFlag(FLAGS_family)));
   ASSIGN_OR_RETURN(o.experts, CheckPositive("experts", absl::GetFlag(FLAGS_experts)));
   ASSIGN_OR_RETURN(o.active_units, CheckPositive("active_units", absl::GetFlag(FLAGS_active_units)));
   ASSIGN_OR_RETURN(o.blocks, CheckPositive("blocks", absl::GetFlag(FLAGS_blocks)));
@@ -151,7 +197,18 @@ absl::StatusOr<TrainOptions> OptionsFromFlags() {
 }
 
 absl::StatusOr<Dataset> ReadFile(const std::string& format, const std::string& spec) {
-  if (format == "csv") return ReadCsv(spec, absl::GetFlag(FLAGS_outputs));
+  if (format == "csv") {
+    CsvOptions options{.outputs = absl::GetFlag(FLAGS_outputs)};
+    const std::string separator = absl::GetFlag(FLAGS_csv_separator);
+    if (!separator.empty()) {
+      absl::StatusOr<char> parsed = ParseSeparator(separator);
+      if (!parsed.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("--csv_separator: ", parsed.status().message()));
+      }
+      options.separator = *parsed;
+    }
+    return ReadCsv(spec, options);
+  }
   std::vector<std::string> parts = absl::StrSplit(spec, ',');
   if (parts.size() != 2) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -165,8 +222,7 @@ struct Data {
   std::string description;
 };
 
-absl::StatusOr<Data> LoadData() {
-  const std::string dataset = absl::GetFlag(FLAGS_dataset);
+absl::StatusOr<Data> LoadData(const std::string& dataset) {
   Data data;
   if (dataset == "csv" || dataset == "npy") {
     const std::string train_file = absl::GetFlag(FLAGS_train_file);
@@ -226,6 +282,12 @@ absl::StatusOr<std::string> PrepareModelDir() {
     return absl::InvalidArgumentError(absl::StrCat(
         "--model_name must be a plain directory name (no '/', not starting with '.'), got '",
         name, "'"));
+  }
+  if (absl::EndsWith(name, kDenseSuffix)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--model_name '", name, "' ends in '", kDenseSuffix, "', which names the dense twin of model '",
+        name.substr(0, name.size() - kDenseSuffix.size()),
+        "' over REST and OIP; choose a name without that suffix"));
   }
   const std::string dir = (fs::path(repo) / name).string();
   std::error_code ec;
@@ -312,7 +374,8 @@ absl::Status Run() {
   const auto start = Clock::now();
   const int threads = absl::GetFlag(FLAGS_threads);
   if (threads > 0) omp_set_num_threads(threads);
-  ASSIGN_OR_RETURN(TrainOptions options, OptionsFromFlags());
+  ASSIGN_OR_RETURN(const RunShape run, ShapeFromFlags());
+  ASSIGN_OR_RETURN(TrainOptions options, OptionsFromFlags(run));
   std::string model_dir;
   if (!absl::GetFlag(FLAGS_dry_run)) {
     ASSIGN_OR_RETURN(model_dir, PrepareModelDir());
@@ -324,12 +387,12 @@ absl::Status Run() {
     };
   }
   if (options.progress) options.progress("loading data");
-  ASSIGN_OR_RETURN(Data data, LoadData());
+  ASSIGN_OR_RETURN(Data data, LoadData(run.dataset));
   ASSIGN_OR_RETURN(TrainResult result, Train(data.train, data.test, options));
 
   std::string published;
   if (!model_dir.empty()) {
-    int64_t version = absl::GetFlag(FLAGS_version);
+    int64_t version = absl::GetFlag(FLAGS_model_version);
     if (version == 0) version = NextVersion(model_dir);
     Checkpoint& c = result.checkpoint;
     c.info["dataset"] = data.description;
