@@ -167,11 +167,13 @@ enum TrainRun : uint32_t {
   kLshTable = 1 << 7,      // --model=lsh_table
   kEuclidean = 1 << 8,     // --model=lsh_table --family=euclidean
   kPublish = 1 << 9,       // the default DSM, published (every other run is --dry_run)
-  kRunCount = 10,
+  kSearch = 1 << 10,       // --search --budget_flops=...
+  kRunCount = 11,
 };
 constexpr uint32_t kEvery = (1u << kRunCount) - 1;
 constexpr uint32_t kLshRuns = kLshTable | kEuclidean;
 constexpr uint32_t kDsmRuns = kEvery & ~kLshRuns;
+constexpr uint32_t kChosenDsmRuns = kDsmRuns & ~kSearch;  // router, E and k set by flags
 constexpr uint32_t kCsvRuns = kCsv | kCsvTestFile;
 constexpr uint32_t kSyntheticRuns = kEvery & ~(kCsvRuns | kNpy);
 constexpr uint32_t kPolynomialRuns = kSyntheticRuns & ~(kManifold | kReluNet);
@@ -239,6 +241,7 @@ class FlagRulesCliTest : public SparseTrainCliTest {
       case kPublish:
         return "--dataset=polynomial" + small + dsm + common + " --repository=" + (dir_ / "repo").string() +
                " --model_name=m";
+      case kSearch: return "--dataset=polynomial --search --budget_flops=100" + small + common;
       case kRunCount: break;
     }
     return "";
@@ -262,10 +265,10 @@ class FlagRulesCliTest : public SparseTrainCliTest {
         {"csv_separator", ",", kCsvRuns},
         {"holdout", "0.25", kCsv | kNpy},
         {"model", "dsm", kDsmRuns, kLshRuns},
-        {"router", "lsh", kDsmRuns & ~kTopk, kTopk},
-        {"experts", "4", kDsmRuns & ~kTopk},
-        {"active_units", "8", kDsmRuns},
-        {"blocks", "1", kDsmRuns},
+        {"router", "lsh", kChosenDsmRuns & ~kTopk, kTopk},
+        {"experts", "4", kChosenDsmRuns & ~kTopk},
+        {"active_units", "8", kChosenDsmRuns},
+        {"blocks", "1", kChosenDsmRuns},
         {"topk_width", "32", kTopk},
         {"activation", "relu", kEvery},
         {"tables", "2", kLshRuns},
@@ -275,6 +278,11 @@ class FlagRulesCliTest : public SparseTrainCliTest {
         {"bucket_width", "0.5", kEuclidean},
         {"min_bucket_rows", "1", kLshRuns},
         {"dense_width", "8", kEvery},
+        // In the other DSM runs, --search would meet the flags that set E and k.
+        {"search", "true", kSearch, kChosenDsmRuns},
+        {"budget_flops", "120", kSearch},
+        {"budget_bytes", "400", kSearch},
+        {"search_validation", "0.3", kSearch},
         {"ridge", "1e-4", kEvery},
         {"closed_form_limit", "4096", kEvery},
         {"epochs", "2", kEvery},
@@ -293,6 +301,23 @@ class FlagRulesCliTest : public SparseTrainCliTest {
 
   std::string train_csv_, test_csv_, npy_;
 };
+
+// Issue 31, "a trainer that picks a good model": --search publishes the
+// point it chose, within the budget, and says so in the checkpoint.
+TEST_F(FlagRulesCliTest, SearchPrintsItsCandidatesAndPublishesTheChosenOneWithinBudget) {
+  Output r = RunTrain("--quiet --dataset=polynomial --d=4 --train_rows=2048 --test_rows=256 --search "
+                      "--budget_flops=300 --repository=" + (dir_ / "repo").string() + " --model_name=s");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("search: budget 300 FLOPs per row;"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("  >*"), std::string::npos) << r.out;
+  absl::StatusOr<LoadedModel> loaded = LoadCheckpoint((dir_ / "repo" / "s" / "1").string());
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_LE(loaded->sparse->info().flops_per_row, 300);
+  EXPECT_NE(loaded->info.at("search").find("chosen of"), std::string::npos);
+  Output none = RunTrain("--quiet --dry_run --search");
+  EXPECT_EQ(none.exit_code, 1);
+  EXPECT_NE(none.out.find("--search needs a budget"), std::string::npos) << none.out;
+}
 
 TEST_F(FlagRulesCliTest, EveryFlagInHelpIsInTheTable) {
   Output help = RunTrain("--help");

@@ -24,8 +24,10 @@ bool Files(const RunShape& r) { return !r.synthetic(); }
 bool Csv(const RunShape& r) { return r.dataset == "csv"; }
 bool Holdout(const RunShape& r) { return !r.synthetic() && !r.test_file; }
 bool Dsm(const RunShape& r) { return r.kind == ModelKind::kDsm; }
-bool RoutedDsm(const RunShape& r) { return Dsm(r) && r.router != RouterKind::kTopk; }
-bool TopkDsm(const RunShape& r) { return Dsm(r) && r.router == RouterKind::kTopk; }
+bool ChosenDsm(const RunShape& r) { return Dsm(r) && !r.search; }
+bool RoutedDsm(const RunShape& r) { return ChosenDsm(r) && r.router != RouterKind::kTopk; }
+bool TopkDsm(const RunShape& r) { return ChosenDsm(r) && r.router == RouterKind::kTopk; }
+bool Search(const RunShape& r) { return Dsm(r) && r.search; }
 bool LshTable(const RunShape& r) { return r.kind == ModelKind::kLshTable; }
 bool EuclideanTable(const RunShape& r) {
   return LshTable(r) && r.family == HashFamily::kEuclidean;
@@ -35,6 +37,7 @@ bool Publish(const RunShape& r) { return r.publish; }
 constexpr char kSynthetic[] =
     "synthetic data (--dataset=polynomial, hypercube, relu_net or manifold; a file's "
     "dimensions and rows are its own)";
+constexpr char kChosenDsm[] = "--model=dsm without --search (the search chooses it)";
 constexpr char kPublish[] = "runs that publish (--dry_run publishes nothing)";
 
 constexpr FlagRule kRules[] = {
@@ -55,12 +58,13 @@ constexpr FlagRule kRules[] = {
      Holdout},
     // Model
     {"model", "every run", Always},
-    {"router", "--model=dsm", Dsm},
-    {"experts", "--model=dsm with the lsh, hash or kmeans router (topk has no experts)",
+    {"router", kChosenDsm, ChosenDsm},
+    {"experts",
+     "--model=dsm with the lsh, hash or kmeans router (topk has no experts), without --search",
      RoutedDsm},
-    {"active_units", "--model=dsm", Dsm},
-    {"blocks", "--model=dsm", Dsm},
-    {"topk_width", "--model=dsm --router=topk", TopkDsm},
+    {"active_units", kChosenDsm, ChosenDsm},
+    {"blocks", kChosenDsm, ChosenDsm},
+    {"topk_width", "--model=dsm --router=topk, without --search", TopkDsm},
     {"activation", "every run (the DSM and every dense twin)", Always},
     {"tables", "--model=lsh_table", LshTable},
     {"hashes", "--model=lsh_table", LshTable},
@@ -69,6 +73,11 @@ constexpr FlagRule kRules[] = {
     {"bucket_width", "--model=lsh_table --family=euclidean", EuclideanTable},
     {"min_bucket_rows", "--model=lsh_table", LshTable},
     {"dense_width", "every run (the dense twin)", Always},
+    // Search
+    {"search", "--model=dsm (the search chooses a DSM)", Dsm},
+    {"budget_flops", "--model=dsm --search", Search},
+    {"budget_bytes", "--model=dsm --search", Search},
+    {"search_validation", "--model=dsm --search", Search},
     // Fitting
     {"ridge", "every run", Always},
     {"closed_form_limit", "every run", Always},
@@ -91,7 +100,9 @@ constexpr FlagRule kRules[] = {
 std::string RunShape::Describe() const {
   std::string out = absl::StrCat("--dataset=", dataset);
   if (test_file) absl::StrAppend(&out, " with --test_file");
-  if (kind == ModelKind::kDsm) {
+  if (kind == ModelKind::kDsm && search) {
+    absl::StrAppend(&out, " --model=dsm --search");
+  } else if (kind == ModelKind::kDsm) {
     absl::StrAppend(&out, " --model=dsm --router=", RouterKindName(router));
   } else {
     absl::StrAppend(&out, " --model=lsh_table --family=", HashFamilyName(family));

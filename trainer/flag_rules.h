@@ -33,6 +33,7 @@ struct RunShape {
   HashFamily family = HashFamily::kHyperplane;
   bool test_file = false;  // --test_file given
   bool publish = true;     // false under --dry_run
+  bool search = false;     // --search chooses router, experts and units
 
   bool synthetic() const { return dataset != "csv" && dataset != "npy"; }
   // "--dataset=csv --model=dsm --router=lsh --dry_run", as a user would type it.

@@ -28,6 +28,7 @@
 #include "model_store/checkpoint.h"
 #include "trainer/dataset.h"
 #include "trainer/flag_rules.h"
+#include "trainer/search.h"
 #include "trainer/trainer.h"
 #include "nlohmann/json.hpp"
 
@@ -72,6 +73,16 @@ ABSL_FLAG(int64_t, min_bucket_rows, 0,
           "lsh_table: rows a bucket needs to be stored (0 = 1 for constant, d+2 for affine).");
 ABSL_FLAG(int64_t, dense_width, 0,
           "Width of the dense twin (0 = the sparse model's activated units per row).");
+// Search
+ABSL_FLAG(bool, search, false,
+          "dsm: choose the router, experts and units per expert by successive halving on a "
+          "validation split of the training rows, under --budget_flops and/or --budget_bytes; "
+          "prints the candidates with the Pareto front marked, then trains the chosen one.");
+ABSL_FLAG(int64_t, budget_flops, 0, "--search: FLOPs per row the chosen model may cost (0 = none).");
+ABSL_FLAG(int64_t, budget_bytes, 0,
+          "--search: FP32 weight bytes read per row the chosen model may cost (0 = none).");
+ABSL_FLAG(double, search_validation, 0.2,
+          "--search: fraction of the training rows held out to compare candidates.");
 // Fitting
 ABSL_FLAG(double, ridge, 1e-5,
           "Relative ridge: lambda = ridge * trace(H^T H) / features. Keep it >= 1e-5: the "
@@ -146,6 +157,7 @@ absl::StatusOr<RunShape> ShapeFromFlags() {
   ASSIGN_OR_RETURN(run.family, ParseHashFamily(absl::GetFlag(FLAGS_family)));
   run.test_file = !absl::GetFlag(FLAGS_test_file).empty();
   run.publish = !absl::GetFlag(FLAGS_dry_run);
+  run.search = absl::GetFlag(FLAGS_search);
   RETURN_IF_ERROR(CheckFlagsApply(run, IsSet));
   return run;
 }
@@ -370,6 +382,30 @@ nlohmann::json MetricsJson(const ModelMetrics& m) {
   return j;
 }
 
+// --search: the chosen options (progress kept), the candidates' table on
+// stdout (stderr under --json) and a one-line summary for the checkpoint.
+absl::StatusOr<TrainOptions> SearchFromFlags(const Dataset& train, const TrainOptions& base,
+                                             std::string* summary) {
+  SearchOptions search{.budget_flops = absl::GetFlag(FLAGS_budget_flops),
+                       .budget_bytes = absl::GetFlag(FLAGS_budget_bytes),
+                       .validation = absl::GetFlag(FLAGS_search_validation),
+                       .base = base};
+  if (search.budget_flops < 0 || search.budget_bytes < 0) {
+    return absl::InvalidArgumentError("--budget_flops and --budget_bytes must be >= 0");
+  }
+  ASSIGN_OR_RETURN(SearchResult result, Search(train, search));
+  const std::string table = FormatSearchTable(result, search);
+  std::fputs(table.c_str(), absl::GetFlag(FLAGS_json) ? stderr : stdout);
+  const TrainOptions& chosen = result.chosen_options;
+  *summary = absl::StrCat("router=", RouterKindName(chosen.router), " E=", chosen.experts,
+                          " k=", chosen.active_units, " chosen of ", result.entries.size(),
+                          " candidates by validation MSE under ", search.budget_flops,
+                          " FLOPs / ", search.budget_bytes, " bytes per row (0 = none)");
+  TrainOptions options = chosen;
+  options.progress = base.progress;
+  return options;
+}
+
 absl::Status Run() {
   const auto start = Clock::now();
   const int threads = absl::GetFlag(FLAGS_threads);
@@ -388,6 +424,10 @@ absl::Status Run() {
   }
   if (options.progress) options.progress("loading data");
   ASSIGN_OR_RETURN(Data data, LoadData(run.dataset));
+  std::string search_summary;
+  if (run.search) {
+    ASSIGN_OR_RETURN(options, SearchFromFlags(data.train, options, &search_summary));
+  }
   ASSIGN_OR_RETURN(TrainResult result, Train(data.train, data.test, options));
 
   std::string published;
@@ -411,6 +451,7 @@ absl::Status Run() {
     c.info["sparse_solver"] = result.sparse.solver;
     c.info["dense_solver"] = result.dense.solver;
     c.info["seed"] = absl::StrCat(options.seed);
+    if (!search_summary.empty()) c.info["search"] = search_summary;
     RETURN_IF_ERROR(WriteCheckpoint(model_dir, version, c));
     published = (fs::path(model_dir) / std::to_string(version)).string();
   }
@@ -425,6 +466,7 @@ absl::Status Run() {
                         {"eval_seconds", result.eval_seconds},
                         {"total_seconds", total},
                         {"published", published}};
+    if (!search_summary.empty()) j["search"] = search_summary;
     std::cout << j.dump() << std::endl;
   } else {
     PrintHuman(result, data, published, total);
