@@ -483,7 +483,8 @@ int main(int argc, char** argv) {
       "trains a sparse model and its dense twin, and publishes them as a model version.\n\n"
       "  sparse-train --repository=repo --model_name=poly_dsm                 # DSM, lsh router\n"
       "  sparse-train --model=lsh_table --tables=8 --hashes=11 --repository=repo --model_name=poly_lsh\n"
-      "  sparse-train --dataset=csv --train_file=data.csv --outputs=1 --repository=repo --model_name=mine\n\n"
+      "  sparse-train --train_file=data.csv --outputs=1 --repository=repo --model_name=mine\n"
+      "  sparse-train --train_file=data.csv --search --budget_flops=2000 --repository=repo --model_name=mine\n\n"
       "Data defaults to the paper's random polynomial (d=8, degree 4, 2^16 train / 2^14 test rows).\n"
       "Progress goes to stderr; the summary (or --json) to stdout. Exit status 0 on success,\n"
       "1 on any error (nothing is published then).",
