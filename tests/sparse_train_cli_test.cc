@@ -128,6 +128,8 @@ TEST_F(SparseTrainCliTest, BadInputsFailClearlyAndPublishNothing) {
            {std::string(kSmall) + "--model=mlp" + publish, "--model must be dsm or lsh_table"},
            {std::string(kSmall), "--repository and --model_name"},
            {std::string(kSmall) + "stray" + publish, "unexpected argument 'stray'"},
+           {"--quiet --train_rows=512 --search --budget_flops=300 --search_validation=1.5" + publish,
+            "--search_validation must be in (0, 1), got 1.5"},
        }) {
     Output r = RunTrain(c.args);
     EXPECT_EQ(r.exit_code, 1) << c.args << "\n" << r.out;

@@ -391,7 +391,12 @@ absl::StatusOr<TrainOptions> SearchFromFlags(const Dataset& train, const TrainOp
                        .validation = absl::GetFlag(FLAGS_search_validation),
                        .base = base};
   if (search.budget_flops < 0 || search.budget_bytes < 0) {
-    return absl::InvalidArgumentError("--budget_flops and --budget_bytes must be >= 0");
+    return absl::InvalidArgumentError(absl::StrCat("--budget_flops and --budget_bytes must be >= 0, got ",
+                                                   search.budget_flops, " and ", search.budget_bytes));
+  }
+  if (!(search.validation > 0 && search.validation < 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--search_validation must be in (0, 1), got ", search.validation));
   }
   ASSIGN_OR_RETURN(SearchResult result, Search(train, search));
   const std::string table = FormatSearchTable(result, search);
