@@ -10,6 +10,7 @@
 
 #include "Eigen/Dense"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -385,65 +386,124 @@ Dataset SampleDataset(const TargetFunction& f, int64_t d, int64_t rows, uint64_t
   return data;
 }
 
-absl::StatusOr<Dataset> ReadCsv(const std::string& path, int64_t outputs) {
-  if (outputs < 1) return absl::InvalidArgumentError("outputs must be >= 1");
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  Dataset data;
-  data.o = outputs;
-  std::string line;
-  int64_t line_no = 0, columns = -1;
-  std::vector<float> values;
-  while (std::getline(in, line)) {
-    ++line_no;
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line_no == 1 && line.compare(0, 3, "\xEF\xBB\xBF") == 0) line.erase(0, 3);  // UTF-8 BOM
-    if (absl::StripAsciiWhitespace(line).empty()) continue;
-    std::vector<absl::string_view> fields = absl::StrSplit(line, ',');
-    values.clear();
-    bool numeric = true, any_number = false;
+std::string SeparatorName(char separator) {
+  if (separator == '\t') return "tab";
+  return absl::StrCat("'", std::string(1, separator), "'");
+}
+
+absl::StatusOr<char> ParseSeparator(absl::string_view text) {
+  if (text == "," || text == ";" || text == "\t") return text[0];
+  if (absl::AsciiStrToLower(text) == "tab") return '\t';
+  return absl::InvalidArgumentError(
+      absl::StrCat("the CSV separator must be ',', ';' or 'tab', got '", text, "'"));
+}
+
+namespace {
+
+// Rows of one CSV file, fed a line at a time. Keeps what messages name: the
+// file, the separator and whether it was sniffed or given.
+class CsvParser {
+ public:
+  CsvParser(const std::string& path, const CsvOptions& options)
+      : path_(path), separator_(options.separator) {
+    data_.o = options.outputs;
+    if (separator_ != 0) origin_ = "from --csv_separator";
+  }
+
+  absl::Status Add(absl::string_view line, int64_t line_no) {
+    const absl::string_view content = absl::StripAsciiWhitespace(line);
+    if (content.empty() || content[0] == '#') return absl::OkStatus();
+    if (separator_ == 0) {
+      separator_ = absl::StrContains(line, '\t') ? '\t' : absl::StrContains(line, ';') ? ';' : ',';
+      origin_ = absl::StrCat("sniffed from line ", line_no);
+    }
+    const std::vector<absl::string_view> fields = absl::StrSplit(line, separator_);
+    values_.clear();
+    bool numeric = true, any_number = false, decimal_comma = false;
     for (absl::string_view field : fields) {
       float v = 0;
       if (absl::SimpleAtof(absl::StripAsciiWhitespace(field), &v)) {
         any_number = true;
-        values.push_back(v);
+        values_.push_back(v);
       } else {
         numeric = false;
+        decimal_comma = decimal_comma || absl::StrContains(field, ',');
       }
     }
+    const int64_t count = static_cast<int64_t>(fields.size());
     if (!numeric) {
       // Only a first line without a single number is a header; a first line
       // with some numbers is a malformed row and reported as one.
-      if (columns < 0 && data.rows == 0 && !any_number) {
-        columns = static_cast<int64_t>(fields.size());
-        continue;
+      if (columns_ < 0 && !any_number) {
+        columns_ = count;
+        return absl::OkStatus();
       }
-      return absl::InvalidArgumentError(absl::StrCat(path, ":", line_no,
-                                                     ": expected numbers, got '", line, "'"));
+      return Error(line_no, absl::StrCat("expected numbers, got '", line, "'",
+                                         decimal_comma ? " (decimal commas are not read: write "
+                                                         "1.5, not 1,5)"
+                                                       : ""));
     }
-    if (columns < 0) columns = static_cast<int64_t>(fields.size());
-    if (static_cast<int64_t>(fields.size()) != columns) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ":", line_no, ": expected ", columns,
-                                                     " columns, got ", fields.size()));
+    if (columns_ < 0) columns_ = count;
+    if (count != columns_) {
+      return Error(line_no, absl::StrCat("expected ", columns_, " columns, got ", count));
     }
-    if (columns <= outputs) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          path, ":", line_no, ": ", columns, " columns leave no inputs beside ", outputs,
-          " target column(s)"));
-    }
-    for (size_t i = 0; i < values.size(); ++i) {
-      if (!std::isfinite(values[i])) {
-        return absl::InvalidArgumentError(absl::StrCat(path, ":", line_no, ": column ", i + 1,
-                                                       " is not a finite number"));
-      }
-    }
-    data.d = columns - outputs;
-    data.x.insert(data.x.end(), values.begin(), values.begin() + data.d);
-    data.y.insert(data.y.end(), values.begin() + data.d, values.end());
-    ++data.rows;
+    return AddRow(line_no);
   }
-  if (data.rows == 0) return absl::InvalidArgumentError(absl::StrCat(path, ": no data rows"));
-  return data;
+
+  absl::StatusOr<Dataset> Finish() && {
+    if (data_.rows == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(path_, ": no data rows"));
+    }
+    return std::move(data_);
+  }
+
+ private:
+  absl::Status AddRow(int64_t line_no) {
+    if (columns_ <= data_.o) {
+      return Error(line_no, absl::StrCat(columns_, " columns leave no inputs beside ", data_.o,
+                                         " target column(s)"));
+    }
+    for (size_t i = 0; i < values_.size(); ++i) {
+      if (!std::isfinite(values_[i])) {
+        return Error(line_no, absl::StrCat("column ", i + 1, " is not a finite number"));
+      }
+    }
+    data_.d = columns_ - data_.o;
+    data_.x.insert(data_.x.end(), values_.begin(), values_.begin() + data_.d);
+    data_.y.insert(data_.y.end(), values_.begin() + data_.d, values_.end());
+    ++data_.rows;
+    return absl::OkStatus();
+  }
+
+  absl::Status Error(int64_t line_no, absl::string_view what) const {
+    return absl::InvalidArgumentError(absl::StrCat(path_, ":", line_no, ": ", what, " (separator ",
+                                                   SeparatorName(separator_), " ", origin_,
+                                                   ")"));
+  }
+
+  const std::string path_;
+  char separator_;
+  std::string origin_;  // "from --csv_separator" or "sniffed from line N"
+  int64_t columns_ = -1;
+  std::vector<float> values_;
+  Dataset data_;
+};
+
+}  // namespace
+
+absl::StatusOr<Dataset> ReadCsv(const std::string& path, const CsvOptions& options) {
+  if (options.outputs < 1) return absl::InvalidArgumentError("outputs must be >= 1");
+  if (options.separator != 0) RETURN_IF_ERROR(ParseSeparator(std::string(1, options.separator)).status());
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  CsvParser parser(path, options);
+  std::string line;
+  for (int64_t line_no = 1; std::getline(in, line); ++line_no) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line_no == 1 && line.compare(0, 3, "\xEF\xBB\xBF") == 0) line.erase(0, 3);  // UTF-8 BOM
+    RETURN_IF_ERROR(parser.Add(line, line_no));
+  }
+  return std::move(parser).Finish();
 }
 
 absl::StatusOr<Dataset> ReadNpy(const std::string& x_path, const std::string& y_path) {

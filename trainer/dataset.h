@@ -56,11 +56,26 @@ class TargetFunction {
 // `rows` inputs from U[-1,1]^d (seeded) and their targets f(x); o = 1.
 Dataset SampleDataset(const TargetFunction& f, int64_t d, int64_t rows, uint64_t seed);
 
+struct CsvOptions {
+  int64_t outputs = 1;  // the last `outputs` columns are targets
+  // ',', ';' or '\t'; 0 sniffs it from the first line that is not a comment
+  // or blank: a tab if it holds one, else ';' if it holds one (so "1,5;2,5"
+  // is two fields with decimal commas, refused as such), else ','.
+  char separator = 0;
+};
+
+// "','", "';'" or "tab", as messages name a separator.
+std::string SeparatorName(char separator);
+// ',' ';' or '\t' from what --csv_separator accepts: ",", ";", "tab" or a tab.
+absl::StatusOr<char> ParseSeparator(absl::string_view text);
+
 // Reads a CSV of numbers, one row per line: the last `outputs` columns are
-// targets, the rest inputs. A first line with a non-numeric field is a
-// header. Errors name the line: wrong column count, non-numeric or
-// non-finite values, no data rows.
-absl::StatusOr<Dataset> ReadCsv(const std::string& path, int64_t outputs);
+// targets, the rest inputs. Lines starting with '#' (after blanks) are
+// comments and skipped, as are blank lines. A first line without a single
+// number is a header. Errors name the line and the separator in use (and
+// whether it was sniffed): wrong column count, non-numeric or non-finite
+// values, no data rows.
+absl::StatusOr<Dataset> ReadCsv(const std::string& path, const CsvOptions& options);
 
 // Reads inputs [n, d] and targets [n] or [n, o] from two .npy files
 // (little-endian float32 or float64, C order).

@@ -111,13 +111,13 @@ TEST(SyntheticTest, RejectsOutOfRangeSpecs) {
 }
 
 TEST_F(DatasetFileTest, CsvWithAndWithoutHeader) {
-  auto with = ReadCsv(Write("a.csv", "x1,x2,y\n1,2,3\n4, 5 ,6\r\n\n7,8,9\n"), 1);
+  auto with = ReadCsv(Write("a.csv", "x1,x2,y\n1,2,3\n4, 5 ,6\r\n\n7,8,9\n"), {});
   ASSERT_TRUE(with.ok()) << with.status();
   EXPECT_EQ(with->rows, 3);
   EXPECT_EQ(with->d, 2);
   EXPECT_EQ(with->x, (std::vector<float>{1, 2, 4, 5, 7, 8}));
   EXPECT_EQ(with->y, (std::vector<float>{3, 6, 9}));
-  auto two_targets = ReadCsv(Write("b.csv", "1,2,3\n4,5,6\n"), 2);
+  auto two_targets = ReadCsv(Write("b.csv", "1,2,3\n4,5,6\n"), {.outputs = 2});
   ASSERT_TRUE(two_targets.ok());
   EXPECT_EQ(two_targets->d, 1);
   EXPECT_EQ(two_targets->o, 2);
@@ -138,23 +138,96 @@ TEST_F(DatasetFileTest, CsvErrorsNameTheLine) {
            // A first line with some numbers is a broken row, not a header.
            {"1.0,,3\n4,5,6\n", ":1: expected numbers, got '1.0,,3'"},
        }) {
-    auto r = ReadCsv(Write("bad.csv", c.contents), 1);
+    auto r = ReadCsv(Write("bad.csv", c.contents), {});
     ASSERT_FALSE(r.ok()) << c.contents;
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(r.status().message().find(c.expected), std::string::npos)
         << r.status().message() << "\nexpected: " << c.expected;
   }
-  EXPECT_EQ(ReadCsv((dir_ / "missing.csv").string(), 1).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(ReadCsv((dir_ / "missing.csv").string(), {}).status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST_F(DatasetFileTest, CsvWithAUtf8ByteOrderMarkKeepsItsHeader) {
-  auto data = ReadCsv(Write("bom.csv", "\xEF\xBB\xBFx,y\n1,2\n3,4\n"), 1);
+  auto data = ReadCsv(Write("bom.csv", "\xEF\xBB\xBFx,y\n1,2\n3,4\n"), {});
   ASSERT_TRUE(data.ok()) << data.status();
   EXPECT_EQ(data->rows, 2);
   // Without a header, the BOM must not make the first row look like one.
-  auto no_header = ReadCsv(Write("bom2.csv", "\xEF\xBB\xBF" "1,2\n3,4\n"), 1);
+  auto no_header = ReadCsv(Write("bom2.csv", "\xEF\xBB\xBF" "1,2\n3,4\n"), {});
   ASSERT_TRUE(no_header.ok()) << no_header.status();
   EXPECT_EQ(no_header->rows, 2);
+}
+
+// Issue 31, trap 9: a '#' first line was taken as the header, so the real
+// header was reported as a bad row on line 2.
+TEST_F(DatasetFileTest, CsvSkipsCommentLinesAnywhere) {
+  auto data = ReadCsv(Write("c.csv", "# exported 2026-12-07\nx1,x2,y\n1,2,3\n  # a note\n4,5,6\n#\n"), {});
+  ASSERT_TRUE(data.ok()) << data.status();
+  EXPECT_EQ(data->rows, 2);
+  EXPECT_EQ(data->d, 2);
+  EXPECT_EQ(data->x, (std::vector<float>{1, 2, 4, 5}));
+  EXPECT_EQ(data->y, (std::vector<float>{3, 6}));
+  // A comment before headerless rows is not a header either.
+  auto headerless = ReadCsv(Write("d.csv", "# no header below\n1,2,3\n"), {});
+  ASSERT_TRUE(headerless.ok()) << headerless.status();
+  EXPECT_EQ(headerless->rows, 1);
+}
+
+TEST_F(DatasetFileTest, CsvSniffsSemicolonAndTabSeparators) {
+  struct Case {
+    std::string name, contents;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"semicolon.csv", "x1;x2;y\n1;2;3\n4.5; 5 ;6\n"},
+           {"tab.tsv", "x1\tx2\ty\n1\t2\t3\n4.5\t5\t6\n"},
+           {"comment_then_tab.tsv", "# a, b; c\n1\t2\t3\n4.5\t5\t6\n"},
+       }) {
+    auto data = ReadCsv(Write(c.name, c.contents), {});
+    ASSERT_TRUE(data.ok()) << c.name << ": " << data.status();
+    EXPECT_EQ(data->rows, 2) << c.name;
+    EXPECT_EQ(data->x, (std::vector<float>{1, 2, 4.5, 5})) << c.name;
+    EXPECT_EQ(data->y, (std::vector<float>{3, 6})) << c.name;
+  }
+}
+
+TEST_F(DatasetFileTest, CsvSeparatorGivenOverridesTheSniff) {
+  // The header's ';' would make the sniff pick ';'.
+  const std::string path = Write("units.csv", "x1,x2 (m;s),y\n1,2,3\n");
+  EXPECT_FALSE(ReadCsv(path, {}).ok());
+  auto data = ReadCsv(path, {.separator = ','});
+  ASSERT_TRUE(data.ok()) << data.status();
+  EXPECT_EQ(data->d, 2);
+  absl::Status bad = ReadCsv(path, {.separator = '|'}).status();
+  EXPECT_NE(bad.message().find("must be ',', ';' or 'tab', got '|'"), std::string::npos) << bad;
+}
+
+TEST_F(DatasetFileTest, CsvErrorsNameTheSeparatorInUse) {
+  struct Case {
+    std::string contents;
+    char separator;
+    std::string expected;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"a;b;c\n1;2\n", 0, ":2: expected 3 columns, got 2 (separator ';' sniffed from line 1)"},
+           {"# note\na\tb\n1\tx\n", 0, ":3: expected numbers, got '1\tx' (separator tab sniffed from line 2)"},
+           {"a;y\n1,5;2\n", 0, "(decimal commas are not read: write 1.5, not 1,5) (separator ';'"},
+           {"x,y\n1,2\n", ';', ":2: expected numbers, got '1,2' (decimal commas are not read: write "
+                               "1.5, not 1,5) (separator ';' from --csv_separator)"},
+       }) {
+    absl::Status s = ReadCsv(Write("sep.csv", c.contents), {.separator = c.separator}).status();
+    EXPECT_NE(s.message().find(c.expected), std::string::npos)
+        << s.message() << "\nexpected: " << c.expected;
+  }
+}
+
+TEST(CsvSeparatorTest, ParsesTheFlagsSpellingsAndNamesThem) {
+  EXPECT_EQ(ParseSeparator(",").value(), ',');
+  EXPECT_EQ(ParseSeparator(";").value(), ';');
+  EXPECT_EQ(ParseSeparator("tab").value(), '\t');
+  EXPECT_EQ(ParseSeparator("\t").value(), '\t');
+  EXPECT_FALSE(ParseSeparator("").ok());
+  EXPECT_FALSE(ParseSeparator(",,").ok());
+  EXPECT_EQ(SeparatorName('\t'), "tab");
+  EXPECT_EQ(SeparatorName(';'), "';'");
 }
 
 TEST_F(DatasetFileTest, NpyFloat32AndFloat64) {

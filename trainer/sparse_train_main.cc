@@ -13,7 +13,11 @@
 #include <string>
 #include <system_error>
 
+#include "absl/flags/commandlineflag.h"
 #include "absl/flags/flag.h"
+#include "absl/flags/internal/parse.h"
+#include "absl/flags/reflection.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -24,13 +28,17 @@
 #include "common/status_macros.h"
 #include "model_store/checkpoint.h"
 #include "trainer/dataset.h"
+#include "trainer/flag_rules.h"
+#include "trainer/search.h"
 #include "trainer/trainer.h"
 #include "nlohmann/json.hpp"
 
 // Data
 ABSL_FLAG(std::string, dataset, "polynomial",
           "Training data: a synthetic function (polynomial, hypercube, relu_net, manifold) "
-          "sampled on U[-1,1]^d, or 'csv' / 'npy' to read --train_file.");
+          "sampled on U[-1,1]^d, or 'csv' / 'npy' to read --train_file (implied by its name: "
+          ".csv or .tsv, or 'inputs.npy,targets.npy'). A flag set where it does not apply is "
+          "refused.");
 ABSL_FLAG(int64_t, d, 8, "Synthetic data: input dimension d.");
 ABSL_FLAG(int64_t, poly_degree, 4, "polynomial / manifold: degree D of the polynomial.");
 ABSL_FLAG(int64_t, manifold_dim, 8, "manifold: intrinsic dimension k of p(Ax), A in R^{k x d}.");
@@ -39,12 +47,15 @@ ABSL_FLAG(uint64_t, function_seed, 1, "Synthetic data: seed that draws the targe
 ABSL_FLAG(int64_t, train_rows, 65536, "Synthetic data: training rows (paper: 2^16).");
 ABSL_FLAG(int64_t, test_rows, 16384, "Synthetic data: test rows (paper: 2^14).");
 ABSL_FLAG(std::string, train_file, "",
-          "csv: a CSV file (optional header; the last --outputs columns are targets). "
-          "npy: 'inputs.npy,targets.npy'.");
+          "csv: a CSV file (optional header, '#' comment lines; the last --outputs columns are "
+          "targets). npy: 'inputs.npy,targets.npy'.");
 ABSL_FLAG(std::string, test_file, "",
           "Test data in the --train_file format; without it --holdout of the training file is "
           "held out.");
 ABSL_FLAG(int64_t, outputs, 1, "csv: number of target columns at the end of each row.");
+ABSL_FLAG(std::string, csv_separator, "",
+          "csv: ',', ';' or 'tab' (empty = sniffed from the first line that is not a comment: "
+          "tab if it holds one, else ';' if it holds one, else ',').");
 ABSL_FLAG(double, holdout, 0.2, "Fraction of --train_file held out for testing when no --test_file.");
 // Model
 ABSL_FLAG(std::string, model, "dsm", "Sparse model kind: dsm or lsh_table.");
@@ -63,6 +74,16 @@ ABSL_FLAG(int64_t, min_bucket_rows, 0,
           "lsh_table: rows a bucket needs to be stored (0 = 1 for constant, d+2 for affine).");
 ABSL_FLAG(int64_t, dense_width, 0,
           "Width of the dense twin (0 = the sparse model's activated units per row).");
+// Search
+ABSL_FLAG(bool, search, false,
+          "dsm: choose the router, experts and units per expert by successive halving on a "
+          "validation split of the training rows, under --budget_flops and/or --budget_bytes; "
+          "prints the candidates with the Pareto front marked, then trains the chosen one.");
+ABSL_FLAG(int64_t, budget_flops, 0, "--search: FLOPs per row the chosen model may cost (0 = none).");
+ABSL_FLAG(int64_t, budget_bytes, 0,
+          "--search: FP32 weight bytes read per row the chosen model may cost (0 = none).");
+ABSL_FLAG(double, search_validation, 0.2,
+          "--search: fraction of the training rows held out to compare candidates.");
 // Fitting
 ABSL_FLAG(double, ridge, 1e-5,
           "Relative ridge: lambda = ridge * trace(H^T H) / features. Keep it >= 1e-5: the "
@@ -80,7 +101,8 @@ ABSL_FLAG(int, threads, 0, "Threads for training GEMMs (0 = all cores).");
 // Output
 ABSL_FLAG(std::string, repository, "", "Model repository to publish into.");
 ABSL_FLAG(std::string, model_name, "", "Model name: publishes <repository>/<model_name>/<version>/.");
-ABSL_FLAG(int64_t, version, 0, "Version to publish (0 = one more than the newest present).");
+ABSL_FLAG(int64_t, model_version, 0,
+          "Model version to publish (0 = one more than the newest present).");
 ABSL_FLAG(bool, dry_run, false, "Train and evaluate, but publish nothing.");
 ABSL_FLAG(bool, json, false, "Print the final summary as one JSON object on stdout.");
 ABSL_FLAG(bool, quiet, false, "No progress lines on stderr.");
@@ -91,24 +113,61 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
+// OIP and REST serve the dense twin of model m as "m.dense".
+constexpr absl::string_view kDenseSuffix = ".dense";
+
 template <typename T>
 absl::StatusOr<T> CheckPositive(const char* flag, T v) {
   if (v <= 0) return absl::InvalidArgumentError(absl::StrCat("--", flag, " must be > 0, got ", v));
   return v;
 }
 
-absl::StatusOr<TrainOptions> OptionsFromFlags() {
-  TrainOptions o;
+// True when the user set --name on the command line or in a --flagfile,
+// even to its default. (CommandLineFlag::IsSpecifiedOnCommandLine is private
+// in Abseil 20220623; this is the call absl's own parser answers it with.)
+bool IsSet(absl::string_view name) { return absl::flags_internal::WasPresentOnCommandLine(name); }
+
+// The names of the flags this file defines.
+std::vector<std::string> OwnFlags() {
+  std::vector<std::string> names;
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (absl::StrContains(flag->Filename(), "sparse_train_main.")) names.emplace_back(name);
+  }
+  return names;
+}
+
+// What this run does, from the flags that choose it; a flag set where it
+// would be ignored is refused (trainer/flag_rules.h).
+absl::StatusOr<RunShape> ShapeFromFlags() {
+  RETURN_IF_ERROR(CheckRulesCover(OwnFlags()));
+  RunShape run;
+  ASSIGN_OR_RETURN(run.dataset, ResolveDataset({.dataset = absl::GetFlag(FLAGS_dataset),
+                                                .dataset_set = IsSet("dataset"),
+                                                .train_file = absl::GetFlag(FLAGS_train_file),
+                                                .test_file = absl::GetFlag(FLAGS_test_file)}));
   const std::string model = absl::GetFlag(FLAGS_model);
   if (model == "dsm") {
-    o.kind = ModelKind::kDsm;
+    run.kind = ModelKind::kDsm;
   } else if (model == "lsh_table") {
-    o.kind = ModelKind::kLshTable;
+    run.kind = ModelKind::kLshTable;
   } else {
     return absl::InvalidArgumentError(
         absl::StrCat("--model must be dsm or lsh_table, got '", model, "'"));
   }
-  ASSIGN_OR_RETURN(o.router, ParseRouterKind(absl::GetFlag(FLAGS_router)));
+  ASSIGN_OR_RETURN(run.router, ParseRouterKind(absl::GetFlag(FLAGS_router)));
+  ASSIGN_OR_RETURN(run.family, ParseHashFamily(absl::GetFlag(FLAGS_family)));
+  run.test_file = !absl::GetFlag(FLAGS_test_file).empty();
+  run.publish = !absl::GetFlag(FLAGS_dry_run);
+  run.search = absl::GetFlag(FLAGS_search);
+  RETURN_IF_ERROR(CheckFlagsApply(run, IsSet));
+  return run;
+}
+
+absl::StatusOr<TrainOptions> OptionsFromFlags(const RunShape& run) {
+  TrainOptions o;
+  o.kind = run.kind;
+  o.router = run.router;
+  o.family = run.family;
   ASSIGN_OR_RETURN(o.activation, ParseActivation(absl::GetFlag(FLAGS_activation)));
   {
     absl::StatusOr<Precision> precision = ParsePrecision(absl::GetFlag(FLAGS_precision));
@@ -117,7 +176,6 @@ absl::StatusOr<TrainOptions> OptionsFromFlags() {
     }
     o.precision = *precision;
   }
-  ASSIGN_OR_RETURN(o.family, ParseHashFamily(absl::GetFlag(FLAGS_family)));
   ASSIGN_OR_RETURN(o.experts, CheckPositive("experts", absl::GetFlag(FLAGS_experts)));
   ASSIGN_OR_RETURN(o.active_units, CheckPositive("active_units", absl::GetFlag(FLAGS_active_units)));
   ASSIGN_OR_RETURN(o.blocks, CheckPositive("blocks", absl::GetFlag(FLAGS_blocks)));
@@ -152,7 +210,18 @@ absl::StatusOr<TrainOptions> OptionsFromFlags() {
 }
 
 absl::StatusOr<Dataset> ReadFile(const std::string& format, const std::string& spec) {
-  if (format == "csv") return ReadCsv(spec, absl::GetFlag(FLAGS_outputs));
+  if (format == "csv") {
+    CsvOptions options{.outputs = absl::GetFlag(FLAGS_outputs)};
+    const std::string separator = absl::GetFlag(FLAGS_csv_separator);
+    if (!separator.empty()) {
+      absl::StatusOr<char> parsed = ParseSeparator(separator);
+      if (!parsed.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("--csv_separator: ", parsed.status().message()));
+      }
+      options.separator = *parsed;
+    }
+    return ReadCsv(spec, options);
+  }
   std::vector<std::string> parts = absl::StrSplit(spec, ',');
   if (parts.size() != 2) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -166,8 +235,7 @@ struct Data {
   std::string description;
 };
 
-absl::StatusOr<Data> LoadData() {
-  const std::string dataset = absl::GetFlag(FLAGS_dataset);
+absl::StatusOr<Data> LoadData(const std::string& dataset) {
   Data data;
   if (dataset == "csv" || dataset == "npy") {
     const std::string train_file = absl::GetFlag(FLAGS_train_file);
@@ -227,6 +295,12 @@ absl::StatusOr<std::string> PrepareModelDir() {
     return absl::InvalidArgumentError(absl::StrCat(
         "--model_name must be a plain directory name (no '/', not starting with '.'), got '",
         name, "'"));
+  }
+  if (absl::EndsWith(name, kDenseSuffix)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--model_name '", name, "' ends in '", kDenseSuffix, "', which names the dense twin of model '",
+        name.substr(0, name.size() - kDenseSuffix.size()),
+        "' over REST and OIP; choose a name without that suffix"));
   }
   const std::string dir = (fs::path(repo) / name).string();
   std::error_code ec;
@@ -309,11 +383,41 @@ nlohmann::json MetricsJson(const ModelMetrics& m) {
   return j;
 }
 
+// --search: the chosen options (progress kept), the candidates' table on
+// stdout (stderr under --json) and a one-line summary for the checkpoint.
+absl::StatusOr<TrainOptions> SearchFromFlags(const Dataset& train, const TrainOptions& base,
+                                             std::string* summary) {
+  SearchOptions search{.budget_flops = absl::GetFlag(FLAGS_budget_flops),
+                       .budget_bytes = absl::GetFlag(FLAGS_budget_bytes),
+                       .validation = absl::GetFlag(FLAGS_search_validation),
+                       .base = base};
+  if (search.budget_flops < 0 || search.budget_bytes < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--budget_flops and --budget_bytes must be >= 0, got ",
+                                                   search.budget_flops, " and ", search.budget_bytes));
+  }
+  if (!(search.validation > 0 && search.validation < 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--search_validation must be in (0, 1), got ", search.validation));
+  }
+  ASSIGN_OR_RETURN(SearchResult result, Search(train, search));
+  const std::string table = FormatSearchTable(result, search);
+  std::fputs(table.c_str(), absl::GetFlag(FLAGS_json) ? stderr : stdout);
+  const TrainOptions& chosen = result.chosen_options;
+  *summary = absl::StrCat("router=", RouterKindName(chosen.router), " E=", chosen.experts,
+                          " k=", chosen.active_units, " chosen of ", result.entries.size(),
+                          " candidates by validation MSE under ", search.budget_flops,
+                          " FLOPs / ", search.budget_bytes, " bytes per row (0 = none)");
+  TrainOptions options = chosen;
+  options.progress = base.progress;
+  return options;
+}
+
 absl::Status Run() {
   const auto start = Clock::now();
   const int threads = absl::GetFlag(FLAGS_threads);
   if (threads > 0) omp_set_num_threads(threads);
-  ASSIGN_OR_RETURN(TrainOptions options, OptionsFromFlags());
+  ASSIGN_OR_RETURN(const RunShape run, ShapeFromFlags());
+  ASSIGN_OR_RETURN(TrainOptions options, OptionsFromFlags(run));
   std::string model_dir;
   if (!absl::GetFlag(FLAGS_dry_run)) {
     ASSIGN_OR_RETURN(model_dir, PrepareModelDir());
@@ -325,12 +429,16 @@ absl::Status Run() {
     };
   }
   if (options.progress) options.progress("loading data");
-  ASSIGN_OR_RETURN(Data data, LoadData());
+  ASSIGN_OR_RETURN(Data data, LoadData(run.dataset));
+  std::string search_summary;
+  if (run.search) {
+    ASSIGN_OR_RETURN(options, SearchFromFlags(data.train, options, &search_summary));
+  }
   ASSIGN_OR_RETURN(TrainResult result, Train(data.train, data.test, options));
 
   std::string published;
   if (!model_dir.empty()) {
-    int64_t version = absl::GetFlag(FLAGS_version);
+    int64_t version = absl::GetFlag(FLAGS_model_version);
     if (version == 0) version = NextVersion(model_dir);
     Checkpoint& c = result.checkpoint;
     c.info["dataset"] = data.description;
@@ -349,6 +457,7 @@ absl::Status Run() {
     c.info["sparse_solver"] = result.sparse.solver;
     c.info["dense_solver"] = result.dense.solver;
     c.info["seed"] = absl::StrCat(options.seed);
+    if (!search_summary.empty()) c.info["search"] = search_summary;
     RETURN_IF_ERROR(WriteCheckpoint(model_dir, version, c));
     published = (fs::path(model_dir) / std::to_string(version)).string();
   }
@@ -363,6 +472,7 @@ absl::Status Run() {
                         {"eval_seconds", result.eval_seconds},
                         {"total_seconds", total},
                         {"published", published}};
+    if (!search_summary.empty()) j["search"] = search_summary;
     std::cout << j.dump() << std::endl;
   } else {
     PrintHuman(result, data, published, total);
@@ -379,7 +489,8 @@ int main(int argc, char** argv) {
       "trains a sparse model and its dense twin, and publishes them as a model version.\n\n"
       "  sparse-train --repository=repo --model_name=poly_dsm                 # DSM, lsh router\n"
       "  sparse-train --model=lsh_table --tables=8 --hashes=11 --repository=repo --model_name=poly_lsh\n"
-      "  sparse-train --dataset=csv --train_file=data.csv --outputs=1 --repository=repo --model_name=mine\n\n"
+      "  sparse-train --train_file=data.csv --outputs=1 --repository=repo --model_name=mine\n"
+      "  sparse-train --train_file=data.csv --search --budget_flops=2000 --repository=repo --model_name=mine\n\n"
       "Data defaults to the paper's random polynomial (d=8, degree 4, 2^16 train / 2^14 test rows).\n"
       "Progress goes to stderr; the summary (or --json) to stdout. Exit status 0 on success,\n"
       "1 on any error (nothing is published then).",

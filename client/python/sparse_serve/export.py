@@ -9,8 +9,9 @@ files and then the manifest (sizes and SHA-256 sums, of the files and of
 each tensor, so that a shard can check the parts it reads) into a hidden temporary
 directory beside the target, each file fsynced, then one rename into place,
 so a server polling the repository never sees half a version. It returns the
-version's path. A model the format cannot represent is refused with a
-ValueError that says what is wrong, and nothing is written.
+version's path. A model the format cannot represent, or a model directory
+named like a dense twin ("m.dense"), is refused with a ValueError that says
+what is wrong, and nothing is written.
 """
 import hashlib
 import json
@@ -214,6 +215,19 @@ def manifest_entry(data):
             "tensors": tensors}
 
 
+DENSE_SUFFIX = ".dense"  # "m.dense" is model m's dense twin over REST and OIP
+
+
+def check_model_dir(model_dir):
+    """Refuses (ValueError) a model directory whose name, the model's name,
+    ends in ".dense": over REST and OIP, "m.dense" names the dense twin of
+    model "m", so such a model could not be reached under its own name."""
+    name = os.path.basename(os.path.normpath(str(model_dir)))
+    if name.endswith(DENSE_SUFFIX):
+        raise ValueError("model name %r ends in %r, which names the dense twin of model %r over REST and "
+                         "OIP; choose a name without that suffix" % (name, DENSE_SUFFIX, name[:-len(DENSE_SUFFIX)]))
+
+
 def _next_version(model_dir):
     versions = [int(n) for n in os.listdir(model_dir) if n.isdigit()] if os.path.isdir(model_dir) else []
     return max(versions, default=0) + 1
@@ -223,6 +237,7 @@ def write_version(model_dir, model_file, dense_file=None, version=None):
     """Publishes serialized model.safetensors (and dense.safetensors) bytes
     as a new version of the model in `model_dir`. version: None for one more
     than the newest present. Returns the version directory."""
+    check_model_dir(model_dir)
     os.makedirs(model_dir, exist_ok=True)
     version = _next_version(model_dir) if version is None else int(version)
     if version < 1:
@@ -323,6 +338,7 @@ def export_dsm(module, model_dir, version=None, dense=None, info=None, precision
     at FP32 (info test_mse, the float32 weights) and at BF16 and INT8
     (test_mse_bf16, test_mse_int8, from the stored weights), and the dense
     twin's (dense_test_mse...)."""
+    check_model_dir(model_dir)
     if precision not in PRECISIONS:
         raise ValueError("precision must be FP32, BF16 or INT8, got %r" % (precision,))
     router = getattr(module, "router_kind", None)
@@ -383,6 +399,7 @@ def export_lsh_table(model_dir, projection, offset, tables, degree=0, family="hy
     for degree 0 or (n, o, d + 1) for degree 1, fallback (o,) or
     (o, d + 1); alpha: (s,) table weights, default 1/s. family: hyperplane
     or euclidean (with bucket_width w > 0)."""
+    check_model_dir(model_dir)
     projection = _f32("projection", projection)
     if projection.ndim != 2:
         raise ValueError("projection must be 2-D (tables * hashes, d), got shape %s" % (projection.shape,))
