@@ -227,8 +227,12 @@ class ProgressLine {
   ~ProgressLine() {
     if (shown_) std::fprintf(stderr, "\n");
   }
+  // Redrawn at most every 100 ms, and at the end.
   void Update(const char* label, int64_t done, int64_t total) {
-    if (!on_ || std::chrono::steady_clock::now() - start_ < std::chrono::seconds(1)) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (!on_ || now - start_ < std::chrono::seconds(1)) return;
+    if (done < total && now - drawn_ < std::chrono::milliseconds(100)) return;
+    drawn_ = now;
     constexpr int kWidth = 30;
     const int filled = static_cast<int>(kWidth * done / std::max<int64_t>(total, 1));
     std::fprintf(stderr, "\rsparse-cli: %-6s [%s%s] %lld/%lld rows", label,
@@ -240,6 +244,7 @@ class ProgressLine {
 
  private:
   const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point drawn_;
   bool shown_;
   const bool on_;
 };

@@ -105,6 +105,36 @@ def check_cli_predict(port, tmp, x, expected):
           "--max_rows=333 gives the same predictions: %s" % done.stderr)
 
 
+def check_progress_on_a_terminal(port, tmp):
+    """A run of over a second shows a progress line when stderr is a terminal."""
+    import pty
+    import threading
+    rows = np.random.default_rng(4).uniform(-1, 1, size=(20000, D)).astype(np.float32)
+    path = os.path.join(tmp, "many.csv")
+    np.savetxt(path, rows, delimiter=",", fmt="%.6g")
+    master, slave = pty.openpty()
+    seen = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(lambda: _read(master), b"")))
+    reader.start()
+    done = subprocess.run([CLI, "--target=127.0.0.1:%d" % port, "predict", "--model=m", "--csv=" + path,
+                           "--max_rows=2", "--output=" + os.path.join(tmp, "many.npy")],
+                          stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    reader.join(timeout=10)
+    os.close(master)
+    shown = b"".join(seen).decode(errors="replace")
+    check(done.returncode == 0, "20,000 rows in 10,000 requests: exit %s" % done.returncode)
+    check("sparse-cli: sparse [" in shown and "20000/20000 rows" in shown,
+          "a terminal sees the progress line: %r" % shown[-300:])
+
+
+def _read(fd):
+    try:
+        return os.read(fd, 4096)
+    except OSError:  # the terminal closed
+        return b""
+
+
 def check_python_predict(port, tmp, x, expected):
     with sparse_serve.Client("127.0.0.1:%d" % port) as client:
         check(client.model("m").max_batch_rows == 1024, "GetModel reports the server's row limit")
@@ -169,6 +199,7 @@ with tempfile.TemporaryDirectory() as tmp:
               "row-by-row predictions differ between rows (so order shows)")
         check_cli_predict(ports[0], tmp, x, expected)
         check_python_predict(ports[0], tmp, x, expected)
+        check_progress_on_a_terminal(ports[0], tmp)
         check_not_serving(ports[0], log_path)
     finally:
         code, _ = stop(server)

@@ -229,10 +229,14 @@ class _Progress:
     def __init__(self, progress, total, label):
         self.on = progress if progress is not None else sys.stderr.isatty()
         self.total, self.label, self.start, self.shown = total, label, time.monotonic(), False
+        self.drawn = 0.0
 
     def update(self, done):
-        if not self.on or time.monotonic() - self.start < 1.0:
+        """Redrawn at most every 100 ms, and at the end."""
+        now = time.monotonic()
+        if not self.on or now - self.start < 1.0 or (done < self.total and now - self.drawn < 0.1):
             return
+        self.drawn = now
         filled = 30 * done // max(self.total, 1)
         sys.stderr.write("\rsparse_serve: %-6s [%s%s] %d/%d rows"
                          % (self.label, "#" * filled, "." * (30 - filled), done, self.total))
