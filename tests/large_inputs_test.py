@@ -20,6 +20,7 @@ its default row limit (--max_batch_rows=1024). The test checks:
 
     large_inputs_test.py SOURCE_DIR BUILD_DIR
 """
+import asyncio
 import os
 import shutil
 import subprocess
@@ -148,6 +149,12 @@ def check_python_predict(port, tmp, x, expected):
               "the joined cost is the requests' summed: %d" % p.cost.flops)
         routed = client.predict("m", x, route=True)
         check(routed.route.expert_ids.shape[0] == ROWS, "the route of every row comes back")
+
+    async def predict_async():
+        async with sparse_serve.AsyncClient("127.0.0.1:%d" % port) as client:
+            return (await client.predict("m", x)).outputs
+    check(np.array_equal(asyncio.run(predict_async()), np.load(os.path.join(tmp, "preds_1024.npy"))),
+          "AsyncClient.predict splits the same way")
     with sparse_serve.Client("127.0.0.1:%d" % port, protocol="oip") as client:
         check(client.row_limit("m") == 1024, "OIP ModelConfig's max_batch_size is the limit")
         p = client.predict("m", x)
