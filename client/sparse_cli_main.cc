@@ -297,6 +297,10 @@ void PrintPredictions(const PathCalls& calls, int64_t n, bool route) {
 absl::Status Predict(SparseClient& client) {
   const std::string model = absl::GetFlag(FLAGS_model);
   if (model.empty()) return Usage("predict needs --model");
+  if (absl::GetFlag(FLAGS_max_rows) < 0) {
+    return Usage(absl::StrCat("--max_rows: expected rows per request >= 1 (0 = the server's "
+                              "limit), got ", absl::GetFlag(FLAGS_max_rows)));
+  }
   ASSIGN_OR_RETURN(std::vector<std::vector<float>> rows, ReadInputs());
   std::vector<float> flat;
   for (const auto& row : rows) flat.insert(flat.end(), row.begin(), row.end());

@@ -100,6 +100,9 @@ def check_cli_predict(port, tmp, x, expected):
               "the .npy and the CSV hold the same float32 values")
     done = cli(port, "predict", "--model=m", "--csv=" + rows_csv, "--output=" + os.path.join(tmp, "p.txt"))
     check(done.returncode != 0 and ".csv or .npy" in done.stderr, "another suffix is refused: %s" % done.stderr)
+    done = cli(port, "predict", "--model=m", "--csv=" + rows_csv, "--max_rows=-1")
+    check(done.returncode == 2 and "--max_rows: expected rows per request >= 1" in done.stderr,
+          "a negative --max_rows is refused: %s" % done.stderr)
     # Smaller requests than the limit: the same answer.
     done = cli(port, "predict", "--model=m", "--csv=" + rows_csv, "--max_rows=333", "--output=" + out_npy)
     check(done.returncode == 0 and same(np.load(out_npy), expected),
