@@ -69,7 +69,7 @@ absl::StatusOr<std::unique_ptr<SparseClient>> SparseClient::Create(
 
 absl::StatusOr<SparseClient::Call> SparseClient::Predict(const std::string& model, int64_t version,
                                                           int64_t rows,
-                                                          const std::vector<float>& inputs,
+                                                          absl::Span<const float> inputs,
                                                           bool dense, bool route) {
   sparse::v1::PredictRequest request;
   request.set_model(model);

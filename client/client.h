@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "absl/synchronization/mutex.h"
 #include "common/client_tls.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -49,8 +50,10 @@ class SparseClient {
     int64_t round_trip_ns = 0;  // measured by the client
   };
   // Predict (or PredictDense when `dense`) on `rows` rows of `inputs`.
+  // At most the server's row limit (GetModel's max_batch_rows) in one call;
+  // client/batched_predict.h splits larger inputs.
   absl::StatusOr<Call> Predict(const std::string& model, int64_t version, int64_t rows,
-                               const std::vector<float>& inputs, bool dense, bool route);
+                               absl::Span<const float> inputs, bool dense, bool route);
   // Echo: the serving path without a model (see the proto); returns the
   // client-measured round trip in nanoseconds.
   absl::StatusOr<int64_t> Echo(const std::string& payload);

@@ -2,6 +2,7 @@
 //
 //   sparse-cli predict --model=poly_dsm --inputs="0.1,0.2,...;..." [--both]
 //   sparse-cli predict --model=poly_dsm --csv=rows.csv        (or --csv=- for stdin)
+//                      [--output=preds.csv|preds.npy] [--model_version=N]
 //   sparse-cli models
 //   sparse-cli health [--model=poly_dsm]
 //   sparse-cli bench --model=poly_dsm --concurrency=1,4,16 --plot=poly_dsm.svg
@@ -10,8 +11,11 @@
 // Human-readable output by default; --json prints JSON for scripts. Exit
 // status: 0 on success, 1 on an error (the server's code and message are
 // printed), 2 on bad usage; `health` exits 1 unless SERVING.
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <thread>
 #include <cmath>
@@ -32,6 +36,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "client/batched_predict.h"
 #include "client/bench_command.h"
 #include "client/client.h"
 #include "common/command_line.h"
@@ -41,12 +46,19 @@
 
 ABSL_FLAG(std::string, target, "localhost:8500", "sparse-server address, host:port.");
 ABSL_FLAG(std::string, model, "", "Model name (predict, bench; health: that model's readiness).");
-ABSL_FLAG(int64_t, version, 0, "Model version (0 = the newest the server has).");
+ABSL_FLAG(int64_t, model_version, 0,
+          "predict, bench: model version (0 = the newest the server has).");
 ABSL_FLAG(std::string, inputs, "",
           "predict: input rows, values separated by ',' and rows by ';' (e.g. \"0.1,0.2;0.3,0.4\").");
 ABSL_FLAG(std::string, csv, "",
           "predict: a CSV file of input rows (optional header), or '-' for stdin; bench: write "
           "the results as CSV here.");
+ABSL_FLAG(std::string, output, "",
+          "predict: write the predictions to this file instead of printing them: .csv (a header, "
+          "then one row per input row) or .npy (a float32 array rows x outputs).");
+ABSL_FLAG(int64_t, max_rows, 0,
+          "predict: rows per request (0 = the server's limit, --max_batch_rows, from GetModel); "
+          "any number of input rows is sent in requests of at most this many, in order.");
 ABSL_FLAG(bool, dense, false, "predict: use the dense baseline endpoint (PredictDense).");
 ABSL_FLAG(bool, both, false, "predict: call both endpoints and print them side by side.");
 ABSL_FLAG(bool, route, true, "predict: ask for and print the route (buckets / experts).");
@@ -99,7 +111,9 @@ ABSL_FLAG(int64_t, max_outstanding, 4096,
           "bench, open loop: at most this many requests in flight; when reached, sending waits "
           "(and the wait counts in latency).");
 ABSL_FLAG(std::string, plot, "", "bench: write an SVG plot of latency (p50, p99) vs throughput here.");
-ABSL_FLAG(bool, quiet, false, "bench: no progress line on stderr.");
+ABSL_FLAG(bool, quiet, false,
+          "bench, predict: no progress line on stderr (predict shows one only on a terminal, "
+          "after a second).");
 ABSL_FLAG(bool, allow_remote, false,
           "bench: allow driving load at a target that is not on this machine (loopback only by "
           "default).");
@@ -206,40 +220,64 @@ std::string RowRoute(const PredictResponse& r, int64_t row) {
   return parts.empty() ? "" : absl::StrCat("expert ", absl::StrJoin(parts, " "));
 }
 
-absl::Status Predict(SparseClient& client) {
-  const std::string model = absl::GetFlag(FLAGS_model);
-  if (model.empty()) return Usage("predict needs --model");
-  ASSIGN_OR_RETURN(std::vector<std::vector<float>> rows, ReadInputs());
-  std::vector<float> flat;
-  for (const auto& row : rows) flat.insert(flat.end(), row.begin(), row.end());
-  const int64_t n = static_cast<int64_t>(rows.size());
+// A progress line on stderr for a long predict: only on a terminal, and
+// only once a run has taken a second (scripts and short runs see nothing).
+class ProgressLine {
+ public:
+  ProgressLine() : shown_(false), on_(!absl::GetFlag(FLAGS_quiet) && ::isatty(2) == 1) {}
+  ~ProgressLine() {
+    if (shown_) std::fprintf(stderr, "\n");
+  }
+  // Redrawn at most every 100 ms, and at the end.
+  void Update(const char* label, int64_t done, int64_t total) {
+    const auto now = std::chrono::steady_clock::now();
+    if (!on_ || now - start_ < std::chrono::seconds(1)) return;
+    if (done < total && now - drawn_ < std::chrono::milliseconds(100)) return;
+    drawn_ = now;
+    constexpr int kWidth = 30;
+    const int filled = static_cast<int>(kWidth * done / std::max<int64_t>(total, 1));
+    std::fprintf(stderr, "\rsparse-cli: %-6s [%s%s] %lld/%lld rows", label,
+                 std::string(filled, '#').c_str(), std::string(kWidth - filled, '.').c_str(),
+                 static_cast<long long>(done), static_cast<long long>(total));
+    std::fflush(stderr);
+    shown_ = true;
+  }
+
+ private:
+  const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point drawn_;
+  bool shown_;
+  const bool on_;
+};
+
+using PathCalls = std::vector<std::pair<const char*, SparseClient::Call>>;
+
+// The sparse and/or dense path over every input row, split into requests
+// of at most the server's row limit.
+absl::StatusOr<PathCalls> PredictPaths(SparseClient& client, const std::string& model, int64_t n,
+                                       const std::vector<float>& flat) {
   const bool both = absl::GetFlag(FLAGS_both), dense_only = absl::GetFlag(FLAGS_dense);
-  const bool route = absl::GetFlag(FLAGS_route);
-  std::vector<std::pair<const char*, SparseClient::Call>> calls;
-  if (both || !dense_only) {
-    ASSIGN_OR_RETURN(auto call, client.Predict(model, absl::GetFlag(FLAGS_version), n, flat, false, route));
-    calls.emplace_back("sparse", std::move(call));
+  PathCalls calls;
+  ProgressLine progress;
+  for (const bool dense : {false, true}) {
+    if (dense ? !(both || dense_only) : !(both || !dense_only)) continue;
+    const char* label = dense ? "dense" : "sparse";
+    BatchedPredictOptions options{
+        .version = absl::GetFlag(FLAGS_model_version),
+        .dense = dense,
+        .route = !dense && absl::GetFlag(FLAGS_route),
+        .max_rows = absl::GetFlag(FLAGS_max_rows),
+        .progress = [&progress, label](int64_t done, int64_t total) {
+          progress.Update(label, done, total);
+        }};
+    ASSIGN_OR_RETURN(auto call, PredictBatched(client, model, n, flat, options));
+    calls.emplace_back(label, std::move(call));
   }
-  if (both || dense_only) {
-    ASSIGN_OR_RETURN(auto call, client.Predict(model, absl::GetFlag(FLAGS_version), n, flat, true, false));
-    calls.emplace_back("dense", std::move(call));
-  }
-  if (absl::GetFlag(FLAGS_json)) {
-    std::vector<std::string> parts;
-    for (const auto& [label, call] : calls) {
-      parts.push_back(absl::StrCat("\"", label, "\":", ToJson(call.response),
-                                   ",\"", label, "_round_trip_ns\":", call.round_trip_ns));
-    }
-    std::printf("{%s}\n", absl::StrJoin(parts, ",").c_str());
-    return absl::OkStatus();
-  }
+  return calls;
+}
+
+void PrintPredictions(const PathCalls& calls, int64_t n, bool route) {
   const PredictResponse& first = calls.front().second.response;
-  std::printf("model %s version %lld: %lld row(s) x %lld output(s)%s\n", first.model().c_str(),
-              static_cast<long long>(first.version()), static_cast<long long>(n),
-              static_cast<long long>(first.output_dim()),
-              calls.size() == 2 && calls[1].second.response.dense_cost_only()
-                  ? " (dense endpoint is a cost-only baseline: no trained twin)"
-                  : "");
   std::printf("  %-5s", "row");
   for (const auto& [label, call] : calls) std::printf(" %-24s", label);
   std::printf("\n");
@@ -255,8 +293,71 @@ absl::Status Predict(SparseClient& client) {
                                ? RowRoute(calls.front().second.response, r) : "";
     std::printf("%s\n", rr.empty() ? "" : absl::StrCat(" ", rr).c_str());
   }
+}
+
+absl::Status Predict(SparseClient& client) {
+  const std::string model = absl::GetFlag(FLAGS_model);
+  if (model.empty()) return Usage("predict needs --model");
+  if (absl::GetFlag(FLAGS_max_rows) < 0) {
+    return Usage(absl::StrCat("--max_rows: expected rows per request >= 1 (0 = the server's "
+                              "limit), got ", absl::GetFlag(FLAGS_max_rows)));
+  }
+  ASSIGN_OR_RETURN(std::vector<std::vector<float>> rows, ReadInputs());
+  std::vector<float> flat;
+  for (const auto& row : rows) flat.insert(flat.end(), row.begin(), row.end());
+  const int64_t n = static_cast<int64_t>(rows.size());
+  ASSIGN_OR_RETURN(const PathCalls calls, PredictPaths(client, model, n, flat));
+  const PredictResponse& first = calls.front().second.response;
+  const std::string output = absl::GetFlag(FLAGS_output);
+  if (!output.empty()) {
+    std::vector<std::pair<std::string, std::vector<float>>> paths;
+    for (const auto& [label, call] : calls) {
+      paths.emplace_back(label, std::vector<float>(call.response.outputs().begin(),
+                                                   call.response.outputs().end()));
+    }
+    RETURN_IF_ERROR(WritePredictions(output, n, first.output_dim(), paths));
+  }
+  if (absl::GetFlag(FLAGS_json)) {
+    std::vector<std::string> parts;
+    for (const auto& [label, call] : calls) {
+      parts.push_back(absl::StrCat("\"", label, "\":", ToJson(call.response),
+                                   ",\"", label, "_round_trip_ns\":", call.round_trip_ns));
+    }
+    std::printf("{%s}\n", absl::StrJoin(parts, ",").c_str());
+    return absl::OkStatus();
+  }
+  std::printf("model %s version %lld: %lld row(s) x %lld output(s)%s\n", first.model().c_str(),
+              static_cast<long long>(first.version()), static_cast<long long>(n),
+              static_cast<long long>(first.output_dim()),
+              calls.size() == 2 && calls[1].second.response.dense_cost_only()
+                  ? " (dense endpoint is a cost-only baseline: no trained twin)"
+                  : "");
+  if (output.empty()) {
+    PrintPredictions(calls, n, absl::GetFlag(FLAGS_route));
+  } else {
+    std::printf("  predictions written to %s\n", output.c_str());
+  }
   for (const auto& [label, call] : calls) PrintCost(label, call.response, call.round_trip_ns);
   return absl::OkStatus();
+}
+
+// What did not load, and why (the server's log says the same): versions
+// that failed, config.pbtxt errors, model folders that serve nothing.
+void PrintNotServing(const sparse::v1::ListModelsResponse& list) {
+  std::vector<std::string> lines;
+  for (const auto& m : list.models()) {
+    for (const auto& f : m.failed_versions()) {
+      lines.push_back(absl::StrCat(m.name(), " version ", f.version(), ": failed to load: ", f.error()));
+    }
+    if (!m.config_error().empty()) {
+      lines.push_back(absl::StrCat(m.name(), ": ", m.config_error(),
+                                   m.versions().empty() ? "" : " (the previous config stays)"));
+    }
+    if (!m.not_served().empty()) lines.push_back(absl::StrCat(m.name(), ": ", m.not_served()));
+  }
+  if (lines.empty()) return;
+  std::printf("not serving:\n");
+  for (const std::string& line : lines) std::printf("  %s\n", line.c_str());
 }
 
 absl::Status Models(SparseClient& client) {
@@ -289,6 +390,7 @@ absl::Status Models(SparseClient& client) {
     }
   }
   std::printf("(* = the version that serves by default)\n");
+  PrintNotServing(list);
   return absl::OkStatus();
 }
 
@@ -338,7 +440,7 @@ absl::Status Bench() {
   o.echo_target = absl::GetFlag(FLAGS_echo_target);
   o.allow_remote = absl::GetFlag(FLAGS_allow_remote);
   o.model = absl::GetFlag(FLAGS_model);
-  o.version = absl::GetFlag(FLAGS_version);
+  o.version = absl::GetFlag(FLAGS_model_version);
   o.paths = absl::StrSplit(absl::GetFlag(FLAGS_paths), ',', absl::SkipWhitespace());
   o.protocols = absl::StrSplit(absl::GetFlag(FLAGS_protocols), ',', absl::SkipWhitespace());
   o.http_target = absl::GetFlag(FLAGS_http_target);
@@ -381,7 +483,9 @@ int main(int argc, char** argv) {
       argc, argv,
       "talks to sparse-server.\n\n"
       "  sparse-cli predict --model=M --inputs=\"v,v,...;v,v,...\" [--both|--dense] [--json]\n"
-      "  sparse-cli predict --model=M --csv=rows.csv    (--csv=- reads stdin)\n"
+      "  sparse-cli predict --model=M --csv=rows.csv [--output=preds.csv|preds.npy]\n"
+      "                     (--csv=- reads stdin; any number of rows, sent in requests of at\n"
+      "                     most the server's --max_batch_rows; --model_version=N picks a version)\n"
       "  sparse-cli models [--json]\n"
       "  sparse-cli health [--model=M]                  (exit 0 only when SERVING)\n"
       "  sparse-cli bench --model=M [--concurrency=1,4,16] [--batch=1] [--paths=sparse,dense]\n"

@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "common/client_text.h"
 #include "common/internal_error.h"
+#include "common/status_macros.h"
 #include "model_store/model_loader.h"
 
 namespace sparse {
@@ -164,6 +165,7 @@ absl::StatusOr<std::unique_ptr<ModelRepository>> ModelRepository::Open(
         errors->push_back(absl::StrCat(name, " version ", version, ": ", failure.error));
       }
     }
+    for (const auto& [name, why] : repo->NotServed()) errors->push_back(absl::StrCat(name, ": ", why));
   }
   return repo;
 }
@@ -364,7 +366,12 @@ void ModelRepository::PublishModel(const std::string& name, std::optional<ModelS
 
 std::optional<ModelState> ModelRepository::RescanModel(const std::string& name,
                                                        uint64_t* generation,
-                                                       std::vector<std::string>* log) {
+                                                       std::vector<std::string>* log,
+                                                       std::string* not_served) {
+  if (absl::Status refused = CheckNotDenseTwinName(name); !refused.ok()) {
+    *not_served = std::string(refused.message());
+    return std::nullopt;  // never published (LoadModel refuses it too)
+  }
   std::shared_ptr<absl::Mutex> mu = ModelLock(name);
   absl::MutexLock lock(mu.get());
   const std::optional<ModelState> previous = Current(name, generation);
@@ -381,10 +388,39 @@ std::optional<ModelState> ModelRepository::RescanModel(const std::string& name,
   if (!state.versions.empty() || !state.failures.empty() || !state.config_error.empty()) {
     return state;
   }
+  *not_served = source_.NothingToServe(name);
   if (previous.has_value()) {
     log->push_back(absl::StrCat("model ", name, " unloaded: no version directory left"));
   }
   return std::nullopt;
+}
+
+std::vector<std::string> ModelRepository::UpdateNotServed(
+    const std::map<std::string, std::string>& reasons, bool whole) {
+  std::vector<std::string> lines;
+  absl::MutexLock lock(&not_served_mu_);
+  for (const auto& [name, why] : reasons) {
+    auto it = not_served_.find(name);
+    if (why.empty()) {
+      if (it != not_served_.end()) not_served_.erase(it);
+      continue;
+    }
+    if (it != not_served_.end() && it->second == why) continue;  // logged already
+    lines.push_back(absl::StrCat("model directory ", name, " serves nothing: ", why));
+    not_served_[name] = why;
+  }
+  if (whole) {
+    std::erase_if(not_served_, [&reasons](const auto& entry) {
+      auto it = reasons.find(entry.first);
+      return it == reasons.end() || it->second.empty();
+    });
+  }
+  return lines;
+}
+
+std::map<std::string, std::string> ModelRepository::NotServed() const {
+  absl::MutexLock lock(&not_served_mu_);
+  return not_served_;
 }
 
 void ModelRepository::ScanAndPublish(bool first) {
@@ -414,14 +450,20 @@ void ModelRepository::ScanAndPublish(bool first) {
     std::optional<ModelState> state;  // nullopt: the model leaves
     uint64_t generation = 0;
     std::vector<std::string> log;
+    std::string not_served;  // why it serves nothing (NotServed())
   };
   std::map<std::string, Scanned> scanned;
   for (const std::string& name : names) scanned[name];  // no insertion while the threads run
   const std::set<std::string> listed(names.begin(), names.end());
   RunOnThreads(names.size(), kScanThreads, [&](size_t i) {
     Scanned& s = scanned.find(names[i])->second;
-    s.state = RescanModel(names[i], &s.generation, &s.log);
+    s.state = RescanModel(names[i], &s.generation, &s.log, &s.not_served);
   });
+  std::map<std::string, std::string> not_served;  // the first scan's are Open()'s errors
+  for (const auto& [name, s] : scanned) not_served[name] = s.not_served;
+  for (const std::string& line : UpdateNotServed(not_served, /*whole=*/true)) {
+    if (!first) options_.log(line);
+  }
   for (const auto& [name, unused] : *before) {
     if (listed.count(name) == 0) {
       Scanned& s = scanned[name];
@@ -467,6 +509,7 @@ void ModelRepository::Rescan() { ScanAndPublish(/*first=*/false); }
 
 absl::StatusOr<ModelState> ModelRepository::LoadModel(absl::string_view model) {
   if (absl::Status s = CheckModelName(model); !s.ok()) return s;
+  RETURN_IF_ERROR(CheckNotDenseTwinName(model));
   const std::string name(model);
   if (!source_.HasModel(name)) {
     return absl::NotFoundError(
@@ -478,6 +521,12 @@ absl::StatusOr<ModelState> ModelRepository::LoadModel(absl::string_view model) {
   const std::optional<ModelState> previous = Current(name, &generation);
   std::vector<std::string> log;
   ModelState state = ScanModel(name, previous ? &*previous : nullptr, /*retry_failed=*/true, &log);
+  const bool nothing =
+      state.versions.empty() && state.failures.empty() && state.config_error.empty();
+  const std::string not_served = nothing ? source_.NothingToServe(name) : "";
+  for (std::string& line : UpdateNotServed({{name, not_served}}, /*whole=*/false)) {
+    log.push_back(std::move(line));
+  }
   PublishModel(name, state, log);
   if (state.versions.empty()) {
     std::vector<std::string> why;
@@ -485,9 +534,10 @@ absl::StatusOr<ModelState> ModelRepository::LoadModel(absl::string_view model) {
     for (const auto& [version, failure] : state.failures) {
       why.push_back(absl::StrCat("version ", version, ": ", failure.error));
     }
-    return absl::FailedPreconditionError(absl::StrCat(
-        "model '", name, "' has no version that loads",
-        why.empty() ? " (no version directory)" : absl::StrCat(": ", absl::StrJoin(why, "; "))));
+    if (nothing) why.push_back(not_served);
+    return absl::FailedPreconditionError(absl::StrCat("model '", name,
+                                                      "' has no version that loads: ",
+                                                      absl::StrJoin(why, "; ")));
   }
   return state;
 }
@@ -548,14 +598,30 @@ absl::StatusOr<std::shared_ptr<const Servable>> ModelRepository::Find(
   if (it == snapshot_->end()) {
     std::vector<std::string> names;
     for (const auto& [name, unused] : *snapshot_) names.push_back(name);
+    std::string why;
+    {
+      absl::MutexLock not_served_lock(&not_served_mu_);
+      auto reason = not_served_.find(std::string(model));
+      if (reason != not_served_.end()) why = absl::StrCat(": ", reason->second);
+    }
     return absl::NotFoundError(absl::StrCat(
-        "model '", ClientText(model), "' is not loaded (loaded: ",
+        "model '", ClientText(model), "' is not loaded", why, " (loaded: ",
         names.empty() ? "none" : ClientText(absl::StrJoin(names, ", "), 512), ")"));
   }
   const ModelState::Versions& versions = it->second.versions;
   if (versions.empty()) {
-    return absl::UnavailableError(absl::StrCat(
-        "model '", ClientText(model), "' has no version that loads (GetModel lists why)"));
+    // The version asked for (or the newest) says why it did not load.
+    const auto& failures = it->second.failures;
+    auto failed = version == 0 ? failures.rbegin() : std::make_reverse_iterator(
+                                                          failures.upper_bound(version));
+    const std::string why =
+        failed == failures.rend() || (version != 0 && failed->first != version)
+            ? ""
+            : absl::StrCat(": version ", failed->first, " failed to load: ",
+                           ClientText(failed->second.error, 512));
+    return absl::UnavailableError(absl::StrCat("model '", ClientText(model),
+                                               "' has no version that loads", why,
+                                               " (GetModel lists why)"));
   }
   if (batching != nullptr) {
     const sparse::v1::ModelConfig& config = it->second.config;
@@ -570,8 +636,14 @@ absl::StatusOr<std::shared_ptr<const Servable>> ModelRepository::Find(
   if (v == versions.end()) {
     std::vector<int64_t> loaded;
     for (const auto& [number, unused] : versions) loaded.push_back(number);
+    // A version that failed to load says why (as GetModel lists it).
+    auto failed = it->second.failures.find(version);
+    const std::string why =
+        failed == it->second.failures.end()
+            ? ""
+            : absl::StrCat(": it failed to load: ", ClientText(failed->second.error, 512));
     return absl::NotFoundError(absl::StrCat("model '", ClientText(model), "' has no version ",
-                                            version, " (loaded: ",
+                                            version, why, " (loaded: ",
                                             ClientText(absl::StrJoin(loaded, ", "), 512), ")"));
   }
   return v->second;

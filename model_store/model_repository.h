@@ -87,6 +87,12 @@ class ModelRepository {
       absl::string_view model, int64_t version,
       std::optional<sparse::v1::DynamicBatching>* batching = nullptr) const;
   std::shared_ptr<const RepositorySnapshot> snapshot() const;
+  // Model directories that serve nothing and why, as of the last scan or
+  // load of each: "no version directory to serve" (with what the directory
+  // holds instead: "v1/", "latest/", nothing) or a refused name (ending in
+  // ".dense"). Each reason is logged once, when it first appears or
+  // changes, not on every rescan.
+  std::map<std::string, std::string> NotServed() const;
   // The model directories under the root, loaded or not (a repository
   // index); *ec is set when the listing stopped part way.
   std::vector<std::string> ModelDirectories(std::error_code* ec) const {
@@ -122,8 +128,14 @@ class ModelRepository {
   // A rescan's next state of one model (nullopt: it leaves), scanned under
   // the model's lock from the state it has now, whose generation goes to
   // *generation. A scan that throws keeps the state it has.
+  // When it leaves or is refused, *not_served says why (NotServed()).
   std::optional<ModelState> RescanModel(const std::string& name, uint64_t* generation,
-                                        std::vector<std::string>* log);
+                                        std::vector<std::string>* log, std::string* not_served);
+  // Records why models serve nothing (a reason "" = it serves, or is
+  // gone); `whole` replaces every model's. Returns the lines to log: one
+  // per reason that is new or changed.
+  std::vector<std::string> UpdateNotServed(const std::map<std::string, std::string>& reasons,
+                                           bool whole);
   // The next state of one model: its config (source), the versions its
   // policy aspires to (source), then those versions loaded or reused.
   // `previous` may be null. REQUIRES: the model's lock.
@@ -181,6 +193,10 @@ class ModelRepository {
   // more memory than loading the largest alone.
   mutable absl::Mutex load_budget_mu_;
   mutable uint64_t reserved_bytes_ ABSL_GUARDED_BY(load_budget_mu_) = 0;
+
+  // NotServed(). A leaf lock: nothing else is taken while it is held.
+  mutable absl::Mutex not_served_mu_;
+  std::map<std::string, std::string> not_served_ ABSL_GUARDED_BY(not_served_mu_);
 
   absl::Mutex poll_mu_;
   bool polling_ ABSL_GUARDED_BY(poll_mu_) = false;

@@ -495,5 +495,93 @@ TEST_F(ModelRepositoryTest, UnderPollingAFailedVersionIsRetriedWithBackOffAndLog
   EXPECT_TRUE(repo->snapshot()->at("m").failures.empty());
 }
 
+// Issue 31, trap 4: version folders that are not integers and empty model
+// folders were skipped without a word and indexed as "unloaded".
+TEST_F(ModelRepositoryTest, ModelDirectoriesWithoutAVersionAreListedWithWhyAndLoggedOnce) {
+  Publish("m", 1);
+  fs::create_directories(root_ / "named" / "v1");
+  fs::create_directories(root_ / "named" / "latest");
+  fs::create_directories(root_ / "named" / ".tmp-publishing");  // a publisher's: not named
+  fs::create_directories(root_ / "empty");
+  std::vector<std::string> errors;
+  auto repo = Open(&errors);
+  const std::map<std::string, std::string> why = repo->NotServed();
+  ASSERT_EQ(why.size(), 2u);
+  EXPECT_EQ(why.at("named"),
+            "no version directory to serve: latest/, v1/ are not versions (a version directory "
+            "is named by an integer >= 1 without leading zeros, e.g. 1/)");
+  EXPECT_THAT(why.at("empty"), HasSubstr("no version directory to serve (the model directory "
+                                         "holds no directory"));
+  EXPECT_THAT(errors, ::testing::Contains(absl::StrCat("named: ", why.at("named"))));
+  EXPECT_THAT(errors, ::testing::Contains(absl::StrCat("empty: ", why.at("empty"))));
+  const absl::Status find = repo->Find("named", 0).status();
+  EXPECT_EQ(find.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(find.message(), HasSubstr("latest/, v1/ are not versions"));
+
+  // Said once (at Open), not on every rescan; a new one is logged once.
+  repo->Rescan();
+  repo->Rescan();
+  EXPECT_EQ(LogLinesWith("serves nothing"), 0);
+  fs::create_directories(root_ / "other" / "007");
+  repo->Rescan();
+  repo->Rescan();
+  EXPECT_EQ(LogLinesWith("model directory other serves nothing: no version directory to serve: "
+                         "007/ is not a version"),
+            1);
+  EXPECT_EQ(LogLinesWith("serves nothing"), 1);
+
+  // A version appears: it serves and the reason goes; a removed model folder goes too.
+  Publish("named", 1);
+  fs::remove_all(root_ / "empty");
+  repo->Rescan();
+  EXPECT_THAT(Versions(*repo, "named"), ::testing::ElementsAre(1));
+  EXPECT_THAT(repo->NotServed(), ::testing::ElementsAre(::testing::Key("other")));
+  // LoadModel says the same.
+  const absl::Status load = repo->LoadModel("other").status();
+  EXPECT_EQ(load.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(load.message(), HasSubstr("no version directory to serve: 007/ is not a version"));
+}
+
+// Issue 31, trap 6: over REST and OIP "mine.dense" is the twin of "mine", so
+// a model directory of that name is refused, saying why.
+TEST_F(ModelRepositoryTest, AModelDirectoryNamedLikeADenseTwinIsRefusedSayingWhy) {
+  Publish("mine", 1);
+  Publish("mine.dense", 1);
+  std::vector<std::string> errors;
+  auto repo = Open(&errors);
+  EXPECT_EQ(repo->snapshot()->count("mine.dense"), 0u);
+  EXPECT_THAT(Versions(*repo, "mine"), ::testing::ElementsAre(1));
+  const std::string why = repo->NotServed().at("mine.dense");
+  EXPECT_THAT(why, HasSubstr("a model name ending in '.dense' names the dense twin of model "
+                             "'mine' over REST and OIP"));
+  EXPECT_THAT(errors, ::testing::Contains(absl::StrCat("mine.dense: ", why)));
+  EXPECT_THAT(repo->Find("mine.dense", 0).status().message(), HasSubstr(why));
+  const absl::Status load = repo->LoadModel("mine.dense").status();
+  EXPECT_EQ(load.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(load.message(), HasSubstr("names the dense twin"));
+  repo->Rescan();
+  EXPECT_EQ(repo->snapshot()->count("mine.dense"), 0u);
+  EXPECT_EQ(LogLinesWith("mine.dense"), 0);  // said once, at Open
+}
+
+// Issue 31, trap 3: asking for a version that failed said only what loaded.
+TEST_F(ModelRepositoryTest, AskingForAFailedVersionSaysWhyItFailed) {
+  Publish("m", 1);
+  PublishCorrupt("m", 2);
+  PublishCorrupt("only_bad", 3);
+  auto repo = Open();
+  const std::string error = repo->snapshot()->at("m").failures.at(2).error;
+  ASSERT_FALSE(error.empty());
+  const absl::Status two = repo->Find("m", 2).status();
+  EXPECT_EQ(two.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(two.message(), HasSubstr(absl::StrCat("has no version 2: it failed to load: ", error)));
+  EXPECT_THAT(two.message(), HasSubstr("(loaded: 1)"));
+  EXPECT_THAT(repo->Find("m", 5).status().message(), ::testing::Not(HasSubstr("failed")));
+  const absl::Status bad = repo->Find("only_bad", 0).status();
+  EXPECT_EQ(bad.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(bad.message(), HasSubstr("version 3 failed to load: "));
+  EXPECT_THAT(repo->Find("only_bad", 2).status().message(), ::testing::Not(HasSubstr("failed")));
+}
+
 }  // namespace
 }  // namespace sparse

@@ -4,11 +4,13 @@
 #include <filesystem>
 #include <set>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "google/protobuf/io/tokenizer.h"
 #include "google/protobuf/text_format.h"
+#include "common/client_text.h"
 #include "model_store/file_util.h"
 
 namespace sparse {
@@ -132,7 +134,8 @@ std::string RepositorySource::VersionDir(const std::string& model, int64_t versi
 }
 
 std::vector<int64_t> RepositorySource::ListVersions(const std::string& model,
-                                                    std::error_code* ec) const {
+                                                    std::error_code* ec,
+                                                    std::vector<std::string>* not_versions) const {
   std::vector<int64_t> versions;
   fs::directory_iterator it(fs::path(root_) / model, *ec);
   for (; !*ec && it != fs::directory_iterator(); it.increment(*ec)) {
@@ -144,10 +147,49 @@ std::vector<int64_t> RepositorySource::ListVersions(const std::string& model,
     if (absl::SimpleAtoi(name, &version) && version >= 1 && std::to_string(version) == name &&
         it->is_directory(entry_ec)) {
       versions.push_back(version);
+    } else if (not_versions != nullptr && !name.empty() && name[0] != '.' &&
+               it->is_directory(entry_ec)) {
+      not_versions->push_back(name);
     }
   }
   std::sort(versions.rbegin(), versions.rend());
+  if (not_versions != nullptr) std::sort(not_versions->begin(), not_versions->end());
   return versions;
+}
+
+std::string RepositorySource::NothingToServe(const std::string& model) const {
+  constexpr absl::string_view kReason = "no version directory to serve";
+  std::error_code ec;
+  std::vector<std::string> others;
+  const std::vector<int64_t> versions = ListVersions(model, &ec, &others);
+  if (ec) return absl::StrCat(kReason, " (cannot list it: ", ec.message(), ")");
+  if (!versions.empty()) {
+    return absl::StrCat(kReason, ": config.pbtxt's version_policy selects none of versions ",
+                        absl::StrJoin(versions, ", "));
+  }
+  if (others.empty()) {
+    return absl::StrCat(kReason, " (the model directory holds no directory; a version is a "
+                                 "directory named by an integer >= 1, e.g. ",
+                        ClientText(model), "/1/)");
+  }
+  const size_t count = others.size();
+  if (others.size() > 8) others.resize(8);  // the first few say enough
+  for (std::string& name : others) name = absl::StrCat(ClientText(name, 64), "/");
+  return absl::StrCat(kReason, ": ", absl::StrJoin(others, ", "), count > others.size() ? ", ..." : "",
+                      count == 1 ? " is not a version" : " are not versions",
+                      " (a version directory is named by an integer >= 1 without leading "
+                      "zeros, e.g. 1/)");
+}
+
+absl::Status CheckNotDenseTwinName(absl::string_view name) {
+  if (!absl::EndsWith(name, kDenseTwinSuffix) || name.size() == kDenseTwinSuffix.size()) {
+    return absl::OkStatus();
+  }
+  const absl::string_view twin_of = name.substr(0, name.size() - kDenseTwinSuffix.size());
+  return absl::FailedPreconditionError(absl::StrCat(
+      "refused: a model name ending in '.dense' names the dense twin of model '",
+      ClientText(twin_of, 128), "' over REST and OIP; rename the directory (e.g. '",
+      ClientText(twin_of, 128), "_dense')"));
 }
 
 std::string RepositorySource::Fingerprint(const std::string& dir) {

@@ -34,6 +34,12 @@ absl::StatusOr<sparse::v1::ModelConfig> ParseModelConfig(absl::string_view text)
 // hidden. INVALID_ARGUMENT otherwise.
 absl::Status CheckModelName(absl::string_view name);
 
+// Over REST and OIP, "<m>.dense" names the dense twin of model <m>, so a
+// model directory with that suffix could never be addressed as itself
+// there: the repository refuses it (FAILED_PRECONDITION, saying why).
+inline constexpr absl::string_view kDenseTwinSuffix = ".dense";
+absl::Status CheckNotDenseTwinName(absl::string_view name);
+
 // The versions a model's policy aspires to serve: try `candidates` in order
 // (newest first) and serve the first `count` that load, so a corrupt newest
 // version leaves an older good one serving.
@@ -68,8 +74,15 @@ class RepositorySource {
                        std::vector<std::string>* log) const;
 
   // The version directories of `model`, newest first (canonical names
-  // only: "7", not "007"); *ec is set when they cannot be listed.
-  std::vector<int64_t> ListVersions(const std::string& model, std::error_code* ec) const;
+  // only: "7", not "007"); *ec is set when they cannot be listed. With
+  // `not_versions`, also the other directories in it, sorted ("v1",
+  // "latest", "007"; hidden ones are a publisher's and not listed).
+  std::vector<int64_t> ListVersions(const std::string& model, std::error_code* ec,
+                                    std::vector<std::string>* not_versions = nullptr) const;
+  // Why nothing of `model`'s directory can serve when it holds no version
+  // directory the policy selects: the reason docs/api.md gives ("no version
+  // directory to serve") and what the directory holds instead.
+  std::string NothingToServe(const std::string& model) const;
   std::string VersionDir(const std::string& model, int64_t version) const;
 
   // Whether a version directory and every file in it, with every symlink

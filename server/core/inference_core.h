@@ -32,6 +32,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -115,6 +116,9 @@ class InferenceCore {
   // The model directories under the repository's root, loaded or not (a
   // repository index); *ec is set when the listing stopped part way.
   std::vector<std::string> ModelDirectories(std::error_code* ec) const;
+  // Model directories that serve nothing, and why: "no version directory
+  // to serve ..." or a refused name (ending in ".dense"). Not in Models().
+  std::map<std::string, std::string> NotServed() const;
   // Every serving version's sparse-path routing since its warm-up.
   std::vector<VersionRouting> Routing() const;
   // The statistics of one path of a loaded version: zeros until a request

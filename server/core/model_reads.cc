@@ -94,6 +94,10 @@ std::vector<std::string> InferenceCore::ModelDirectories(std::error_code* ec) co
   return repository_->ModelDirectories(ec);
 }
 
+std::map<std::string, std::string> InferenceCore::NotServed() const {
+  return repository_->NotServed();
+}
+
 std::vector<VersionRouting> InferenceCore::Routing() const {
   std::vector<VersionRouting> out;
   for (const auto& [name, state] : *repository_->snapshot()) {

@@ -98,7 +98,16 @@ grpc::ServerUnaryReactor* SparseInferenceService::ListModels(grpc::CallbackServe
       context, request, response,
       [this](const sparse::v1::ListModelsRequest&, sparse::v1::ListModelsResponse* out) {
         for (const ModelStatus& model : core_->Models()) {
-          ToModelStatusProto(model, out->add_models());
+          sparse::v1::ModelStatus* status = out->add_models();
+          ToModelStatusProto(model, status);
+          status->set_max_batch_rows(core_->max_batch_rows());
+        }
+        // Directories that serve nothing, with why (a user looks here first).
+        for (const auto& [name, why] : core_->NotServed()) {
+          sparse::v1::ModelStatus* status = out->add_models();
+          status->set_name(name);
+          status->set_not_served(why);
+          status->set_max_batch_rows(core_->max_batch_rows());
         }
         return absl::OkStatus();
       });
@@ -112,6 +121,7 @@ grpc::ServerUnaryReactor* SparseInferenceService::GetModel(grpc::CallbackServerC
       [this](const sparse::v1::GetModelRequest& r, sparse::v1::ModelStatus* out) -> absl::Status {
         ASSIGN_OR_RETURN(const ModelStatus model, core_->Model(r.model()));
         ToModelStatusProto(model, out);
+        out->set_max_batch_rows(core_->max_batch_rows());
         return absl::OkStatus();
       });
 }

@@ -70,6 +70,8 @@ class ServerTest : public ::testing::Test {
     fs::create_directories(*root_ / "dsm" / "3");
     std::ofstream(*root_ / "dsm" / "3" / kModelFile) << "junk";
     std::ofstream(*root_ / "dsm" / "config.pbtxt") << "version_policy { all {} }\n";
+    // A model folder whose only version folder is not an integer: listed with why.
+    fs::create_directories(*root_ / "unversioned" / "v1");
 
     ServerOptions options;
     options.model_repository = root_->string();
@@ -149,8 +151,12 @@ SparseServer* ServerTest::queued_server_ = nullptr;
 std::shared_ptr<grpc::Channel>* ServerTest::queued_channel_ = nullptr;
 
 TEST_F(ServerTest, SkipsTheBrokenVersionAndServesTheRest) {
-  ASSERT_EQ(errors_->size(), 1u);
+  ASSERT_EQ(errors_->size(), 2u);
   EXPECT_NE(errors_->front().find("dsm version 3"), std::string::npos) << errors_->front();
+  EXPECT_NE(errors_->back().find("unversioned: no version directory to serve: v1/ is not a "
+                                 "version"),
+            std::string::npos)
+      << errors_->back();
   EXPECT_EQ(server_->repository().snapshot()->size(), 4u);
   grpc::ClientContext context;
   sparse::v1::GetModelRequest get;
@@ -170,10 +176,18 @@ TEST_F(ServerTest, ListModelsAndGetModelDescribeEveryVersion) {
   grpc::ClientContext context;
   sparse::v1::ListModelsResponse list;
   ASSERT_TRUE(Stub()->ListModels(&context, {}, &list).ok());
-  ASSERT_EQ(list.models_size(), 4);
+  ASSERT_EQ(list.models_size(), 5);
   EXPECT_EQ(list.models(0).name(), "dsm");
   EXPECT_EQ(list.models(0).serving_version(), 2);
   ASSERT_EQ(list.models(0).versions_size(), 2);
+  EXPECT_EQ(list.models(0).max_batch_rows(), 64);
+  EXPECT_TRUE(list.models(0).not_served().empty());
+  // The folder that serves nothing comes last, with why (issue 31, trap 4).
+  EXPECT_EQ(list.models(4).name(), "unversioned");
+  EXPECT_EQ(list.models(4).versions_size(), 0);
+  EXPECT_NE(list.models(4).not_served().find("no version directory to serve: v1/ is not a version"),
+            std::string::npos)
+      << list.models(4).not_served();
 
   grpc::ClientContext context2;
   sparse::v1::GetModelRequest get;
@@ -190,6 +204,8 @@ TEST_F(ServerTest, ListModelsAndGetModelDescribeEveryVersion) {
   EXPECT_EQ(v.flops_per_row(), loaded.sparse->info().flops_per_row);
   EXPECT_TRUE(v.has_dense());
   EXPECT_EQ(v.info().at("test_mse"), "0.5");
+  // The row limit a client splits its input by (issue 31, trap 2).
+  EXPECT_EQ(status.max_batch_rows(), 64);
 
   grpc::ClientContext context3;
   get.set_model("nope");
@@ -243,6 +259,18 @@ TEST_F(ServerTest, ARequestMayNameAVersion) {
   PredictResponse newest;
   ASSERT_TRUE(Call(Request("dsm", x, 3), &newest).ok());
   EXPECT_EQ(newest.version(), 2);
+}
+
+// Issue 31, trap 3: a version that failed to load says why, not only what loaded.
+TEST_F(ServerTest, ARequestForAFailedVersionSaysWhyItFailed) {
+  PredictResponse response;
+  const grpc::Status failed = Call(Request("dsm", RandomInputs(1, kD, 7), 1, false, 3), &response);
+  EXPECT_EQ(failed.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_NE(failed.error_message().find("has no version 3: it failed to load: "), std::string::npos)
+      << failed.error_message();
+  EXPECT_NE(failed.error_message().find(kManifestFile), std::string::npos) << failed.error_message();
+  EXPECT_NE(failed.error_message().find("(loaded: 1, 2)"), std::string::npos)
+      << failed.error_message();
 }
 
 TEST_F(ServerTest, DenseEndpointOfADsmWithoutTwinIsCostOnly) {

@@ -491,6 +491,12 @@ absl::Status OipProtocol::RepositoryIndex(const inference::RepositoryIndexReques
   }
   std::set<std::string> names(directories.begin(), directories.end());
   for (const auto& [name, model] : models) names.insert(name);
+  // Why a directory serves nothing ("no version directory to serve: ...").
+  const std::map<std::string, std::string> not_served = core_->NotServed();
+  auto why_not_served = [&not_served](const std::string& name, const char* otherwise) {
+    auto it = not_served.find(name);
+    return it == not_served.end() ? std::string(otherwise) : it->second;
+  };
   auto add = [&](const std::string& name, std::string version, const char* state,
                  std::string reason) {
     if (r.ready() && absl::string_view(state) != "READY") return;
@@ -503,7 +509,7 @@ absl::Status OipProtocol::RepositoryIndex(const inference::RepositoryIndexReques
   for (const std::string& name : names) {
     auto found = models.find(name);
     if (found == models.end()) {
-      add(name, "", "UNAVAILABLE", "unloaded");
+      add(name, "", "UNAVAILABLE", why_not_served(name, "unloaded"));
       continue;
     }
     const ModelStatus& model = found->second;
@@ -516,7 +522,7 @@ absl::Status OipProtocol::RepositoryIndex(const inference::RepositoryIndexReques
       if (!serving.contains(number)) add(name, absl::StrCat(number), "UNAVAILABLE", error);
     }
     if (model.versions.empty() && model.failures.empty()) {
-      add(name, "", "UNAVAILABLE", "no version directory to serve");
+      add(name, "", "UNAVAILABLE", why_not_served(name, "no version directory to serve"));
     }
   }
   return absl::OkStatus();

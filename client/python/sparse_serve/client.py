@@ -6,12 +6,19 @@
         p.outputs, p.cost.flops, p.version
         client.predict("poly_dsm", x, dense=True)     # the dense baseline
 
+predict takes any number of rows: more than the server's row limit
+(sparse-server --max_batch_rows, which GetModel reports) go in requests of
+at most that many rows, one after another in order, and come back as one
+Prediction.
+
 Client speaks the native API (sparse.v1.SparseInference) by default, or the
 Open Inference Protocol v2 (inference.GRPCInferenceService) with
 protocol="oip". AsyncClient is the same on grpc.aio. Every failed call
 raises SparseServeError, which carries the gRPC status code and message.
 """
 import dataclasses
+import sys
+import time
 from typing import Dict, List, Optional
 
 import grpc
@@ -117,6 +124,11 @@ class ModelInfo:
     versions: List[VersionInfo]
     failed_versions: Dict[int, str]
     config_error: str
+    # Set for a model folder that serves nothing, saying why ("no version
+    # directory to serve: v1/ is not a version ...", a refused ".dense" name).
+    not_served: str = ""
+    # The most rows one request may carry (sparse-server --max_batch_rows).
+    max_batch_rows: int = 0
 
 
 def _rows(x):
@@ -205,7 +217,58 @@ def _model_info(m):
                               v.dense_cost_only, dict(v.info), v.precision or "FP32", v.weight_bytes_per_row,
                               v.dense_weight_bytes_per_row, v.resident_bytes, v.shards, v.shard)
                   for v in m.versions],
-        failed_versions={f.version: f.error for f in m.failed_versions}, config_error=m.config_error)
+        failed_versions={f.version: f.error for f in m.failed_versions}, config_error=m.config_error,
+        not_served=m.not_served, max_batch_rows=m.max_batch_rows)
+
+
+class _Progress:
+    """A progress line on stderr for a long predict: with progress=None only
+    when stderr is a terminal and the run has taken a second; True: always
+    (after a second); False: never."""
+
+    def __init__(self, progress, total, label):
+        self.on = progress if progress is not None else sys.stderr.isatty()
+        self.total, self.label, self.start, self.shown = total, label, time.monotonic(), False
+        self.drawn = 0.0
+
+    def update(self, done):
+        """Redrawn at most every 100 ms, and at the end."""
+        now = time.monotonic()
+        if not self.on or now - self.start < 1.0 or (done < self.total and now - self.drawn < 0.1):
+            return
+        self.drawn = now
+        filled = 30 * done // max(self.total, 1)
+        sys.stderr.write("\rsparse_serve: %-6s [%s%s] %d/%d rows"
+                         % (self.label, "#" * filled, "." * (30 - filled), done, self.total))
+        sys.stderr.flush()
+        self.shown = True
+
+    def close(self):
+        if self.shown:
+            sys.stderr.write("\n")
+
+
+def _chunks(rows, limit):
+    """(start, stop) of requests of at most `limit` rows (all in one when 0)."""
+    limit = limit if limit and limit > 0 else max(rows, 1)
+    return [(start, min(start + limit, rows)) for start in range(0, max(rows, 1), limit)]
+
+
+def _joined(parts, one_row):
+    """One Prediction of the parts' rows in order, their costs summed
+    (batch_size and shards: the largest)."""
+    if len(parts) == 1:
+        p = parts[0]
+        return dataclasses.replace(p, outputs=p.outputs[0]) if one_row else p
+    first = parts[0]
+    cost = Cost(**{f.name: (max if f.name in ("batch_size", "shards") else sum)(
+        getattr(p.cost, f.name) for p in parts) for f in dataclasses.fields(Cost)})
+    route = None
+    if first.route is not None:
+        route = Route(*[np.concatenate([getattr(p.route, f) for p in parts])
+                        for f in ("bucket_keys", "bucket_missed", "expert_ids")])
+    return dataclasses.replace(first, outputs=np.concatenate([p.outputs for p in parts]), cost=cost,
+                               route=route)
 
 
 def _check_protocol(protocol):
@@ -238,6 +301,7 @@ class _Stubs:
         self._stub = pb_grpc.SparseInferenceStub(self._channel)
         self._oip = oip_grpc.GRPCInferenceServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._limits = {}  # model -> rows per request (row_limit)
         # Predict and PredictDense with requests serialized by
         # _predict_request (the inputs copied as bytes).
         self._raw = {dense: self._channel.unary_unary(
@@ -270,17 +334,46 @@ class Client(_Stubs):
         except grpc.RpcError as e:
             raise SparseServeError(e.code(), e.details()) from None
 
-    def predict(self, model, x, dense=False, version=None, route=False, timeout=None):
+    def predict(self, model, x, dense=False, version=None, route=False, timeout=None, max_rows=None,
+                progress=None):
         """Runs x (rows, d) through `model`'s routed sparse path, or its
-        dense baseline with dense=True. version: None for the newest loaded.
-        route: also return where each row went (native protocol only)."""
+        dense baseline with dense=True. version: None for the newest loaded
+        (a split input is answered by the version its first request got).
+        route: also return where each row went (native protocol only).
+        max_rows: rows per request (None: the server's limit). progress:
+        a progress line on stderr (None: on a terminal, after a second).
+        timeout applies to each request."""
         _check_route(self.protocol, route, dense)
         a, one_row = _rows(x)
+        limit = (max_rows or self.row_limit(model, timeout)) if a.shape[0] > 1 else 1
+        bar, parts = _Progress(progress, a.shape[0], "dense" if dense else "sparse"), []
+        try:
+            for start, stop in _chunks(a.shape[0], limit):
+                parts.append(self._predict_rows(model, a[start:stop], dense, version, route, timeout))
+                version = version or parts[0].version
+                bar.update(stop)
+        finally:
+            bar.close()
+        return _joined(parts, one_row)
+
+    def _predict_rows(self, model, a, dense, version, route, timeout):
         if self.protocol == "oip":
             return _inferred(model, self._call(self._oip.ModelInfer, _infer_request(model, a, version, dense),
-                                               timeout), one_row)
+                                               timeout), False)
         return _prediction(self._call(self._raw[dense], _predict_request(model, a, version, route), timeout),
-                           one_row)
+                           False)
+
+    def row_limit(self, model, timeout=None):
+        """The most rows one request to `model` may carry: GetModel's
+        max_batch_rows (OIP: ModelConfig's max_batch_size); 0 when the
+        server does not say. Asked once per model and client."""
+        if model not in self._limits:
+            if self.protocol == "oip":
+                self._limits[model] = self._call(self._oip.ModelConfig, oip_pb.ModelConfigRequest(name=model),
+                                                 timeout).config.max_batch_size
+            else:
+                self._limits[model] = self.model(model, timeout).max_batch_rows
+        return self._limits[model]
 
     def models(self, timeout=None):
         """Every model the server knows, with its loaded versions."""
@@ -322,14 +415,36 @@ class AsyncClient(_Stubs):
         except grpc.RpcError as e:
             raise SparseServeError(e.code(), e.details()) from None
 
-    async def predict(self, model, x, dense=False, version=None, route=False, timeout=None):
+    async def predict(self, model, x, dense=False, version=None, route=False, timeout=None, max_rows=None,
+                      progress=None):
         _check_route(self.protocol, route, dense)
         a, one_row = _rows(x)
+        limit = (max_rows or await self.row_limit(model, timeout)) if a.shape[0] > 1 else 1
+        bar, parts = _Progress(progress, a.shape[0], "dense" if dense else "sparse"), []
+        try:
+            for start, stop in _chunks(a.shape[0], limit):
+                parts.append(await self._predict_rows(model, a[start:stop], dense, version, route, timeout))
+                version = version or parts[0].version
+                bar.update(stop)
+        finally:
+            bar.close()
+        return _joined(parts, one_row)
+
+    async def _predict_rows(self, model, a, dense, version, route, timeout):
         if self.protocol == "oip":
             return _inferred(model, await self._call(self._oip.ModelInfer,
-                                                     _infer_request(model, a, version, dense), timeout), one_row)
+                                                     _infer_request(model, a, version, dense), timeout), False)
         return _prediction(await self._call(self._raw[dense], _predict_request(model, a, version, route),
-                                            timeout), one_row)
+                                            timeout), False)
+
+    async def row_limit(self, model, timeout=None):
+        if model not in self._limits:
+            if self.protocol == "oip":
+                r = await self._call(self._oip.ModelConfig, oip_pb.ModelConfigRequest(name=model), timeout)
+                self._limits[model] = r.config.max_batch_size
+            else:
+                self._limits[model] = (await self.model(model, timeout)).max_batch_rows
+        return self._limits[model]
 
     async def models(self, timeout=None):
         r = await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
