@@ -28,6 +28,8 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "absl/strings/ascii.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/strings/match.h"
@@ -46,6 +48,9 @@
 
 ABSL_FLAG(std::string, target, "localhost:8500", "sparse-server address, host:port.");
 ABSL_FLAG(std::string, model, "", "Model name (predict, bench; health: that model's readiness).");
+ABSL_FLAG(double, wait_seconds, 0,
+          "health: ask again every 0.2 s until SERVING (or the server answers at all) for up to this "
+          "long, as a script waits for a server it just started.");
 ABSL_FLAG(int64_t, model_version, 0,
           "predict, bench: model version (0 = the newest the server has).");
 ABSL_FLAG(std::string, inputs, "",
@@ -396,9 +401,20 @@ absl::Status Models(SparseClient& client) {
 
 absl::Status Health(SparseClient& client, bool* serving) {
   const std::string model = absl::GetFlag(FLAGS_model);
-  ASSIGN_OR_RETURN(auto status, client.Health(model));
-  *serving = status == grpc::health::v1::HealthCheckResponse::SERVING;
-  const std::string name = grpc::health::v1::HealthCheckResponse::ServingStatus_Name(status);
+  const double wait = absl::GetFlag(FLAGS_wait_seconds);
+  if (!(wait >= 0 && wait <= 86400)) {
+    return absl::InvalidArgumentError(absl::StrCat("--wait_seconds must be in [0, 86400], got ", wait));
+  }
+  const absl::Time until = absl::Now() + absl::Seconds(wait);
+  auto status = client.Health(model);
+  while (!(status.ok() && *status == grpc::health::v1::HealthCheckResponse::SERVING) &&
+         absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(200));
+    status = client.Health(model);
+  }
+  RETURN_IF_ERROR(status.status());
+  *serving = *status == grpc::health::v1::HealthCheckResponse::SERVING;
+  const std::string name = grpc::health::v1::HealthCheckResponse::ServingStatus_Name(*status);
   if (absl::GetFlag(FLAGS_json)) {
     std::printf("{\"service\":\"%s\",\"status\":\"%s\"}\n", model.c_str(), name.c_str());
   } else {
@@ -487,7 +503,7 @@ int main(int argc, char** argv) {
       "                     (--csv=- reads stdin; any number of rows, sent in requests of at\n"
       "                     most the server's --max_batch_rows; --model_version=N picks a version)\n"
       "  sparse-cli models [--json]\n"
-      "  sparse-cli health [--model=M]                  (exit 0 only when SERVING)\n"
+      "  sparse-cli health [--model=M] [--wait_seconds=S]  (exit 0 only when SERVING)\n"
       "  sparse-cli bench --model=M [--concurrency=1,4,16] [--batch=1] [--paths=sparse,dense]\n"
       "                   [--echo_target=host:port] [--csv=F] [--plot=F.svg] [--json]\n"
       "  sparse-cli bench --model=M --mode=open --rate=1000,5000 [--arrival=poisson]\n\n"
