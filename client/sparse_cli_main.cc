@@ -399,6 +399,8 @@ absl::Status Models(SparseClient& client) {
   return absl::OkStatus();
 }
 
+ClientTls TlsFromFlags();
+
 absl::Status Health(SparseClient& client, bool* serving) {
   const std::string model = absl::GetFlag(FLAGS_model);
   const double wait = absl::GetFlag(FLAGS_wait_seconds);
@@ -407,10 +409,18 @@ absl::Status Health(SparseClient& client, bool* serving) {
   }
   const absl::Time until = absl::Now() + absl::Seconds(wait);
   auto status = client.Health(model);
+  // A channel refused once waits out gRPC's reconnect backoff (seconds),
+  // so each try after a failed one gets a channel of its own.
+  std::unique_ptr<SparseClient> fresh;
   while (!(status.ok() && *status == grpc::health::v1::HealthCheckResponse::SERVING) &&
          absl::Now() < until) {
     absl::SleepFor(absl::Milliseconds(200));
-    status = client.Health(model);
+    if (!status.ok()) {
+      ASSIGN_OR_RETURN(fresh, SparseClient::Create(absl::GetFlag(FLAGS_target),
+                                                   std::chrono::milliseconds(absl::GetFlag(FLAGS_timeout_ms)),
+                                                   TlsFromFlags()));
+    }
+    status = (fresh != nullptr ? *fresh : client).Health(model);
   }
   RETURN_IF_ERROR(status.status());
   *serving = *status == grpc::health::v1::HealthCheckResponse::SERVING;

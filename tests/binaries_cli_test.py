@@ -59,4 +59,23 @@ for name, (path, main_file) in BINARIES.items():
     check(done.returncode != 0 and "no_such_flag" in done.stderr,
           "%s refuses an unknown flag by name, got %d %r" % (name, done.returncode, done.stderr))
 
+# health --wait_seconds gives up after that long when nothing answers,
+# naming where it looked (the README's quickstart waits for a server this way).
+import socket  # noqa: E402
+import time  # noqa: E402
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    free = s.getsockname()[1]
+began = time.time()
+done = run([os.path.join(build, "client", "sparse-cli"), "--target=127.0.0.1:%d" % free, "health",
+            "--wait_seconds=1"])
+took = time.time() - began
+check(done.returncode != 0 and "UNAVAILABLE" in done.stderr and str(free) in done.stderr,
+      "health --wait_seconds=1 with no server fails UNAVAILABLE naming the target, got %d %r" %
+      (done.returncode, done.stderr))
+check(1 <= took < 10, "health --wait_seconds=1 with no server took %.1f s" % took)
+done = run([os.path.join(build, "client", "sparse-cli"), "health", "--wait_seconds=-1"])
+check(done.returncode != 0 and "--wait_seconds" in done.stderr,
+      "health --wait_seconds=-1 is refused by name, got %r" % done.stderr)
+
 finish()

@@ -13,6 +13,9 @@ doc's later blocks; background jobs are killed when the doc ends. The
 session starts in an empty directory that is also $HOME, with `build`
 linking to the build under test and PATH holding $HOME/.local/bin, then
 Debian's /usr/bin (so `python3` is Debian's, with its numpy and grpcio).
+The README's quickstart installs the project there itself; for the other
+docs the test installs it first (cmake --install build --prefix ~/.local,
+with PYTHONPATH set to its Python package).
 
 How output is compared, line by line, trailing spaces and blank lines at
 the end ignored:
@@ -211,6 +214,10 @@ def run_doc(doc):
     with tempfile.TemporaryDirectory(prefix="docs-test-") as home:
         os.symlink(build, os.path.join(home, "build"))
         session = Session(home)
+        if name != "README.md":
+            code, out, err = session.run("cmake --install build --prefix ~/.local >/dev/null && "
+                                         "export PYTHONPATH=~/.local/lib/python3/dist-packages", 120)
+            check(code == 0, "%s: installing into ~/.local failed: %s" % (name, "\n".join(err[-10:])))
         try:
             for c in commands:
                 began = time.time()
