@@ -147,6 +147,11 @@ with tempfile.TemporaryDirectory() as tmp:
                                                 shard_count=2, rows=1, inputs=x,
                                                 experts_per_row=1, expert_ids=[0])),
         "no_route": (1, shard.PartialRequest(model="dsm", rows=1, inputs=x)),
+        # The front's 128-row chunks of its batch (PartialRequest.chunk_rows).
+        "dsm_chunks": (1, shard.PartialRequest(model="dsm", rows=2, inputs=x + x, experts_per_row=1,
+                                               expert_ids=[0, 1], chunk_rows=[1, 1])),
+        "dsm_chunks_short": (1, shard.PartialRequest(model="dsm", rows=2, inputs=x + x, experts_per_row=1,
+                                                     expert_ids=[0, 1], chunk_rows=[1])),
     }
     for name, (mode, message) in partials.items():
         write("shard_request_fuzz", name, bytes([mode]) + message.SerializeToString())
