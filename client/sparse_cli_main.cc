@@ -10,7 +10,8 @@
 //
 // Human-readable output by default; --json prints JSON for scripts. Exit
 // status: 0 on success, 1 on an error (the server's code and message are
-// printed), 2 on bad usage; `health` exits 1 unless SERVING.
+// printed), 2 on bad usage (a flag set where it would be ignored among
+// them: client/cli_flag_rules.h); `health` exits 1 unless SERVING.
 #include <unistd.h>
 
 #include <algorithm>
@@ -40,8 +41,10 @@
 #include "absl/strings/str_split.h"
 #include "client/batched_predict.h"
 #include "client/bench_command.h"
+#include "client/cli_flag_rules.h"
 #include "client/client.h"
 #include "common/command_line.h"
+#include "common/flag_rules.h"
 #include "common/version.h"
 #include "common/status_macros.h"  // header-only macros
 #include "google/protobuf/util/json_util.h"
@@ -474,8 +477,8 @@ absl::Status Bench() {
     o.paths.push_back("bare_echo");
   }
   o.batch = absl::GetFlag(FLAGS_batch);
+  // --mode is closed or open: CheckFlags (CliRunOf) has refused any other.
   const std::string mode = absl::GetFlag(FLAGS_mode), arrival = absl::GetFlag(FLAGS_arrival);
-  if (mode != "closed" && mode != "open") return Usage("--mode: expected closed or open, got '" + mode + "'");
   if (arrival != "constant" && arrival != "poisson") {
     return Usage("--arrival: expected constant or poisson, got '" + arrival + "'");
   }
@@ -499,6 +502,18 @@ absl::Status Bench() {
   o.json = absl::GetFlag(FLAGS_json);
   o.progress = !absl::GetFlag(FLAGS_quiet);
   return RunBench(o);
+}
+
+// Every rule in place, and every flag the user set applies to this run
+// (client/cli_flag_rules.h); else what to drop, as a usage error.
+absl::Status CheckFlags(const std::string& command) {
+  RETURN_IF_ERROR(CheckCliRulesCover(FlagsDefinedIn("sparse_cli_main.")));
+  ASSIGN_OR_RETURN(const CliRun run, CliRunOf({.command = command,
+                                               .mode = absl::GetFlag(FLAGS_mode),
+                                               .protocols = absl::GetFlag(FLAGS_protocols),
+                                               .dense = absl::GetFlag(FLAGS_dense),
+                                               .both = absl::GetFlag(FLAGS_both)}));
+  return CheckCliFlagsApply(run, FlagSetOnCommandLine);
 }
 
 }  // namespace
@@ -525,6 +540,15 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string& command = args[0];
+  if (command != "predict" && command != "models" && command != "health" && command != "bench") {
+    std::fprintf(stderr, "sparse-cli: unknown command '%s' (predict, models, health, bench)\n",
+                 command.c_str());
+    return 2;
+  }
+  if (const absl::Status flags = sparse::CheckFlags(command); !flags.ok()) {
+    std::fprintf(stderr, "sparse-cli: error: %s\n", std::string(flags.message()).c_str());
+    return flags.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+  }
   absl::StatusOr<std::unique_ptr<sparse::SparseClient>> client = sparse::SparseClient::Create(
       absl::GetFlag(FLAGS_target), std::chrono::milliseconds(absl::GetFlag(FLAGS_timeout_ms)),
       sparse::TlsFromFlags());
@@ -538,12 +562,8 @@ int main(int argc, char** argv) {
     status = sparse::Models(**client);
   } else if (command == "health") {
     status = sparse::Health(**client, &serving);
-  } else if (command == "bench") {
-    status = sparse::Bench();
   } else {
-    std::fprintf(stderr, "sparse-cli: unknown command '%s' (predict, models, health, bench)\n",
-                 command.c_str());
-    return 2;
+    status = sparse::Bench();
   }
   if (!status.ok()) {
     std::fprintf(stderr, "sparse-cli: %s: %s\n", absl::StatusCodeToString(status.code()).c_str(),

@@ -11,6 +11,7 @@
 #include "common/command_line.h"
 #include "common/version.h"
 #include "server/server.h"
+#include "server/server_flag_rules.h"
 
 ABSL_FLAG(std::string, model_repository, "",
           "Model repository: <repository>/<model>/<version>/ directories written by sparse-train. "
@@ -260,6 +261,11 @@ int main(int argc, char** argv) {
 
   sparse::ServerOptions options;
   if (!OptionsFromFlags(options)) return 1;
+  // A flag set where it would be ignored (server/server_flag_rules.h).
+  if (const absl::Status applies = sparse::CheckServerFlags(options); !applies.ok()) {
+    std::fprintf(stderr, "sparse-server: error: %s\n", std::string(applies.message()).c_str());
+    return 1;
+  }
   // Every bad flag on its own line, naming the flag, what it takes and what it got.
   if (const absl::Status valid = options.Validate(); !valid.ok()) {
     for (absl::string_view line : absl::StrSplit(valid.message(), '\n')) {

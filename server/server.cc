@@ -102,9 +102,6 @@ void CheckLifecycle(const ServerOptions& o, Problems& p) {
         absl::StrCat("--tls_cert and --tls_key go together, got ",
                      o.tls_cert_file.empty() ? "--tls_key alone" : "--tls_cert alone"));
   }
-  if (!o.tls_client_ca_file.empty() && o.tls_cert_file.empty()) {
-    p.Add("--tls_client_ca needs --tls_cert and --tls_key (mutual TLS is TLS first)");
-  }
   if (o.model_control && o.poll_seconds > 0) {
     p.Add(
         "--model_control and --poll_seconds exclude each other: a poll would undo an explicit "
@@ -136,11 +133,6 @@ void CheckSharding(const ServerOptions& o, Problems& p) {
        "seconds in 0..86400", o.shard_wait_seconds);
   p.Need(o.shard_retain_seconds >= 0 && o.shard_retain_seconds <= 86400, "shard_retain_seconds",
        "seconds in 0..86400", o.shard_retain_seconds);
-  if (o.shard_tls.on() && o.shard_targets.empty()) {
-    p.Add(
-        "--shard_tls* flags are for a front (--shard_targets): they say how it reaches its "
-        "shards; a shard's own TLS is --tls_cert/--tls_key/--tls_client_ca");
-  }
   p.Need(o.shard_keepalive_seconds >= 0.1 && o.shard_keepalive_seconds <= 3600,
        "shard_keepalive_seconds", "seconds in 0.1..3600", o.shard_keepalive_seconds);
   p.Need(o.shard_max_reconnect_seconds >= 0.1 && o.shard_max_reconnect_seconds <= 600,

@@ -114,7 +114,9 @@ struct ServerOptions : LoaderOptions {
   ClientTls shard_tls;
 
   // OK, or INVALID_ARGUMENT with one line per bad option, each naming its
-  // flag, the range it takes and the value it got.
+  // flag, the range it takes and the value it got, or two options that
+  // exclude each other. Where a flag applies at all (a shard's flags on a
+  // front, --tls_client_ca without TLS) is server/server_flag_rules.h's.
   absl::Status Validate() const;
 };
 

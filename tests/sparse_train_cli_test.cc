@@ -2,20 +2,18 @@
 // numbering, the errors a user meets with bad files or a bad output
 // directory (clear message, exit 1, no version left behind), where each flag
 // applies (every flag tried in every kind of run), and the names refused.
-#include <sys/wait.h>
 
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <future>
-#include <regex>
 #include <set>
-#include <sstream>
 #include <string>
 
 #include "gtest/gtest.h"
 #include "model_store/checkpoint.h"
+#include "tests/testing/command_runs.h"
 #include "absl/strings/str_format.h"
 #include "nlohmann/json.hpp"
 
@@ -24,23 +22,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Output {
-  int exit_code = -1;
-  std::string out;  // stdout and stderr together
-};
-
-// Runs a shell command; its stdout and stderr together.
-Output RunCommand(const std::string& command) {
-  Output result;
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (pipe == nullptr) return result;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), pipe)) > 0) result.out.append(buf, n);
-  const int status = ::pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
+using Output = CommandOutput;
 
 Output RunTrain(const std::string& args) {
   return RunCommand(std::string(SPARSE_TRAIN_BINARY) + " " + args + " 2>&1");
@@ -180,12 +162,8 @@ constexpr uint32_t kCsvRuns = kCsv | kCsvTestFile;
 constexpr uint32_t kSyntheticRuns = kEvery & ~(kCsvRuns | kNpy);
 constexpr uint32_t kPolynomialRuns = kSyntheticRuns & ~(kManifold | kReluNet);
 
-struct FlagCase {
-  std::string flag;
-  std::string value;
-  uint32_t applies;       // the runs that take it (exit 0); every other run refuses it
-  uint32_t chooses = 0;   // runs this value would turn into another run: not tried there
-};
+// Each row of Table() is a FlagCase (tests/testing/command_runs.h): its
+// `applies` runs exit 0; every other run refuses it.
 
 std::string Npy(const std::vector<int64_t>& shape, const std::vector<float>& values) {
   std::string dims;
@@ -323,17 +301,8 @@ TEST_F(FlagRulesCliTest, SearchPrintsItsCandidatesAndPublishesTheChosenOneWithin
 
 TEST_F(FlagRulesCliTest, EveryFlagInHelpIsInTheTable) {
   Output help = RunTrain("--help");
-  std::set<std::string> listed;
-  std::istringstream lines(help.out);
-  const std::regex flag_line(R"(^    --([a-z0-9_]+) \()");
-  std::smatch m;
-  for (std::string line; std::getline(lines, line);) {
-    if (std::regex_search(line, m, flag_line)) listed.insert(m[1]);
-  }
-  ASSERT_GT(listed.size(), 30u) << help.out;
-  std::set<std::string> table;
-  for (const FlagCase& c : Table()) table.insert(c.flag);
-  EXPECT_EQ(listed, table) << "add the new flag to FlagRulesCliTest::Table() with the runs it "
+  ASSERT_GT(FlagsInHelp(help.out).size(), 30u) << help.out;
+  EXPECT_EQ(FlagsInHelp(help.out), TableFlags(Table())) << "add the new flag to FlagRulesCliTest::Table() with the runs it "
                               "applies to, and to trainer/flag_rules.cc";
 }
 

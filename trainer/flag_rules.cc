@@ -2,7 +2,6 @@
 
 #include <algorithm>
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -40,7 +39,7 @@ constexpr char kSynthetic[] =
 constexpr char kChosenDsm[] = "--model=dsm without --search (the search chooses it)";
 constexpr char kPublish[] = "runs that publish (--dry_run publishes nothing)";
 
-constexpr FlagRule kRules[] = {
+constexpr FlagRule<RunShape> kRules[] = {
     // Data
     {"dataset", "every run", Always},
     {"d", kSynthetic, Synthetic},
@@ -111,35 +110,15 @@ std::string RunShape::Describe() const {
   return out;
 }
 
-absl::Span<const FlagRule> SparseTrainFlagRules() { return kRules; }
+absl::Span<const FlagRule<RunShape>> SparseTrainFlagRules() { return kRules; }
 
 absl::Status CheckFlagsApply(const RunShape& run,
                              absl::FunctionRef<bool(absl::string_view)> is_set) {
-  for (const FlagRule& rule : kRules) {
-    if (!is_set(rule.flag) || rule.applies(run)) continue;
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--", rule.flag, " applies only to ", rule.applies_to, "; this run is ", run.Describe(),
-        ", where it would be ignored: drop it or change the run"));
-  }
-  return absl::OkStatus();
+  return CheckFlagsApply(SparseTrainFlagRules(), run, run.Describe(), is_set);
 }
 
 absl::Status CheckRulesCover(const std::vector<std::string>& defined) {
-  absl::flat_hash_set<absl::string_view> ruled;
-  for (const FlagRule& rule : kRules) ruled.insert(rule.flag);
-  for (const std::string& flag : defined) {
-    if (!ruled.contains(flag)) {
-      return absl::InternalError(absl::StrCat(
-          "flag --", flag, " has no rule in trainer/flag_rules.cc saying where it applies"));
-    }
-  }
-  for (const FlagRule& rule : kRules) {
-    if (std::find(defined.begin(), defined.end(), rule.flag) == defined.end()) {
-      return absl::InternalError(absl::StrCat("trainer/flag_rules.cc has a rule for --", rule.flag,
-                                              ", which sparse-train does not define"));
-    }
-  }
-  return absl::OkStatus();
+  return CheckRulesCover(SparseTrainFlagRules(), defined, "sparse-train", "trainer/flag_rules.cc");
 }
 
 std::string FormatFromFileName(absl::string_view spec) {

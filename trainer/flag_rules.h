@@ -6,7 +6,8 @@
 //
 // Every flag sparse_train_main.cc defines has exactly one rule here;
 // CheckRulesCover enforces it at start-up, so a new flag without a rule
-// fails every run (and tests/sparse_train_cli_test.cc).
+// fails every run (and tests/sparse_train_cli_test.cc). The mechanism is
+// common/flag_rules.h, shared with sparse-cli and sparse-server.
 #ifndef SPARSE_TRAINER_FLAG_RULES_H_
 #define SPARSE_TRAINER_FLAG_RULES_H_
 
@@ -18,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "common/flag_rules.h"
 #include "engine/model.h"
 #include "engine/router_kind.h"
 #include "engine/weights.h"
@@ -40,14 +42,8 @@ struct RunShape {
   std::string Describe() const;
 };
 
-struct FlagRule {
-  absl::string_view flag;        // without the leading "--"
-  absl::string_view applies_to;  // completes "--flag applies only to ..."
-  bool (*applies)(const RunShape&);
-};
-
 // One rule per sparse-train flag, in --help order.
-absl::Span<const FlagRule> SparseTrainFlagRules();
+absl::Span<const FlagRule<RunShape>> SparseTrainFlagRules();
 
 // INVALID_ARGUMENT for the first flag with is_set(flag) whose rule does not
 // apply to `run`: "--d applies only to synthetic data (...); this run is

@@ -11,7 +11,7 @@ namespace {
 
 std::vector<std::string> RuledFlags() {
   std::vector<std::string> flags;
-  for (const FlagRule& rule : SparseTrainFlagRules()) flags.emplace_back(rule.flag);
+  for (const auto& rule : SparseTrainFlagRules()) flags.emplace_back(rule.flag);
   return flags;
 }
 

@@ -13,10 +13,7 @@
 #include <string>
 #include <system_error>
 
-#include "absl/flags/commandlineflag.h"
 #include "absl/flags/flag.h"
-#include "absl/flags/internal/parse.h"
-#include "absl/flags/reflection.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/ascii.h"
@@ -24,6 +21,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "common/command_line.h"
+#include "common/flag_rules.h"
 #include "common/version.h"
 #include "common/status_macros.h"
 #include "model_store/checkpoint.h"
@@ -123,23 +121,13 @@ absl::StatusOr<T> CheckPositive(const char* flag, T v) {
 }
 
 // True when the user set --name on the command line or in a --flagfile,
-// even to its default. (CommandLineFlag::IsSpecifiedOnCommandLine is private
-// in Abseil 20220623; this is the call absl's own parser answers it with.)
-bool IsSet(absl::string_view name) { return absl::flags_internal::WasPresentOnCommandLine(name); }
-
-// The names of the flags this file defines.
-std::vector<std::string> OwnFlags() {
-  std::vector<std::string> names;
-  for (const auto& [name, flag] : absl::GetAllFlags()) {
-    if (absl::StrContains(flag->Filename(), "sparse_train_main.")) names.emplace_back(name);
-  }
-  return names;
-}
+// even to its default (common/flag_rules.h).
+bool IsSet(absl::string_view name) { return FlagSetOnCommandLine(name); }
 
 // What this run does, from the flags that choose it; a flag set where it
 // would be ignored is refused (trainer/flag_rules.h).
 absl::StatusOr<RunShape> ShapeFromFlags() {
-  RETURN_IF_ERROR(CheckRulesCover(OwnFlags()));
+  RETURN_IF_ERROR(CheckRulesCover(FlagsDefinedIn("sparse_train_main.")));
   RunShape run;
   ASSIGN_OR_RETURN(run.dataset, ResolveDataset({.dataset = absl::GetFlag(FLAGS_dataset),
                                                 .dataset_set = IsSet("dataset"),
