@@ -14,6 +14,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "server/listen_check.h"
 
 namespace sparse {
 namespace {
@@ -161,6 +162,11 @@ absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(
                       : !options.shard_targets.empty() ? 4 * cores
                                                        : cores;
   server->metrics_ = std::make_unique<ServerMetrics>();
+  // A taken port fails now, in one line, not after every model has loaded.
+  RETURN_IF_ERROR(CheckListenPorts(options.address, {{options.port, "--port"},
+                                                     {options.health_port, "--health_port"},
+                                                     {options.metrics_port, "--metrics_port"},
+                                                     {options.http_port, "--http_port"}}));
   RETURN_IF_ERROR(server->OpenRepository(options, workers, load_errors));
   server->StartCore(options, workers);
   RETURN_IF_ERROR(server->ServeMetrics(options));
@@ -335,6 +341,10 @@ absl::Status SparseServer::ServeGrpc(const ServerOptions& options) {
   builder.SetMaxReceiveMessageSize(static_cast<int>(message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(message_bytes));
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_concurrent_streams);
+  // A port another server holds is refused, not shared (gRPC's default,
+  // SO_REUSEPORT, would split the clients between the two): as
+  // CheckListenPorts found it.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(service_.get());
   builder.RegisterService(oip_service_.get());
   if (!options.shard.empty()) {
@@ -355,7 +365,7 @@ absl::Status SparseServer::ServeGrpc(const ServerOptions& options) {
         "port is free"));
   }
   return absl::UnavailableError(absl::StrCat("cannot listen on ", options.address, ":",
-                                             options.port, " (in use or not permitted?)"));
+                                             options.port, " (--port): in use or not permitted"));
 }
 
 absl::Status SparseServer::ServeHttp(const ServerOptions& options) {
@@ -382,6 +392,7 @@ absl::Status SparseServer::ServeHealthPort(const ServerOptions& options) {
   builder.RegisterCallbackGenericService(refuse_others_.get());
   builder.AddListeningPort(absl::StrCat(options.address, ":", options.health_port),
                            grpc::InsecureServerCredentials(), &health_port_);
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // as the main port
   health_server_ = builder.BuildAndStart();
   if (health_server_ != nullptr && health_port_ != 0) return absl::OkStatus();
   return absl::UnavailableError(absl::StrCat("cannot listen on ", options.address, ":",

@@ -7,7 +7,8 @@ ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfer on the
 model `m` and its twin `m.dense`, with inputs both as typed contents and as
 raw_input_contents, and checks every answer against the native API
 (sparse.v1) on the same server: the same outputs, bit for bit, and the same
-FLOPs. Bad requests get INVALID_ARGUMENT / NOT_FOUND with a message.
+FLOPs. Bad requests get INVALID_ARGUMENT / NOT_FOUND with a message naming
+the protobuf fields, the model's input name, or the row limit and its flag.
 
 Usage: oip_test.py <source dir> <build dir>
 """
@@ -101,7 +102,14 @@ with tempfile.TemporaryDirectory() as tmp:
             ("wrong width", oip.ModelInferRequest(model_name="m", inputs=[tensor([1, 7], [0.0] * 7)]),
              grpc.StatusCode.INVALID_ARGUMENT, "expected shape [rows, 8]"),
             ("too few values", oip.ModelInferRequest(model_name="m", inputs=[tensor([2, 8], [0.0] * 8)]),
-             grpc.StatusCode.INVALID_ARGUMENT, "needs 16"),
+             grpc.StatusCode.INVALID_ARGUMENT, "needs 16 values in inputs[0].contents.fp32_contents, got 8"),
+            ("a wrong input name", oip.ModelInferRequest(model_name="m", inputs=[
+                oip.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 8],
+                                                       contents=oip.InferTensorContents(fp32_contents=[0.0] * 8))]),
+             grpc.StatusCode.INVALID_ARGUMENT, "unknown input 'x': model 'm' has one input, 'input'"),
+            ("1,025 rows", oip.ModelInferRequest(model_name="m", inputs=[tensor([1025, 8], [0.0] * 8200)]),
+             grpc.StatusCode.INVALID_ARGUMENT,
+             "batch of 1025 rows exceeds the limit of 1024 rows per request (sparse-server --max_batch_rows)"),
             ("FP64", oip.ModelInferRequest(model_name="m", inputs=[tensor([1, 8], [0.0] * 8, "FP64")]),
              grpc.StatusCode.INVALID_ARGUMENT, "FP32"),
             ("raw of the wrong size", oip.ModelInferRequest(model_name="m", inputs=[
@@ -124,6 +132,15 @@ with tempfile.TemporaryDirectory() as tmp:
             got_code, details = code_of(request)
             check(got_code == code and text in details, "%s -> %s (%s), expected %s with '%s'" % (
                 label, got_code, details, code, text))
+        # The native API words the row limit as OIP does.
+        try:
+            ref.Predict(native.PredictRequest(model="m", rows=1025, inputs=[0.0] * 8200), timeout=10)
+            native_error = (None, "")
+        except grpc.RpcError as e:
+            native_error = (e.code(), e.details())
+        check(native_error[0] == grpc.StatusCode.INVALID_ARGUMENT and
+              "exceeds the limit of 1024 rows per request (sparse-server --max_batch_rows)" in native_error[1],
+              "native Predict of 1,025 rows -> %s %s" % native_error)
         check(stub.ServerLive(oip.ServerLiveRequest()).live, "the server still serves after bad requests")
     finally:
         code, log = stop(server)

@@ -187,6 +187,52 @@ with tempfile.TemporaryDirectory() as tmp:
             error = (as_json(body) or {}).get("error", "")
             check(status == code and text in error and fields.get("content-type") == "application/json",
                   "%s -> %d %s, expected %d with '%s'" % (label, status, body[:200], code, text))
+
+        # Errors in REST's terms (issue 31): JSON field names, never the
+        # protobuf ones gRPC's messages have; the header binary tensors need;
+        # the input's name; the row limit and its flag.
+        def tensor_json(shape, **fields):
+            return dict({"name": "input", "shape": shape, "datatype": "FP32"}, **fields)
+
+        def rest_error(data, headers=(), path="/v2/models/m/infer"):
+            status, _, body = curl(http, "POST", path, data, headers)
+            return status, (as_json(body) or {}).get("error", body[:300].decode("latin-1"))
+
+        row = [0.25] * 8
+        floats = struct.pack("<8f", *row)
+        one_binary = json.dumps({"inputs": [tensor_json([1, 8], parameters={"binary_data_size": 32})]})
+        terms = [
+            ("too few values in data", json.dumps({"inputs": [tensor_json([2, 8], data=row)]}), (),
+             ["shape [2, 8] needs 16 values in inputs[0].data, got 8"]),
+            ("binary data of the wrong size",
+             json.dumps({"inputs": [tensor_json([2, 8], parameters={"binary_data_size": 32})]}).encode() + floats,
+             ["Inference-Header-Content-Length: %d" % len(one_binary)],
+             ["inputs[0].parameters.binary_data_size: expected 64 bytes (2 x 8 FP32), got 32"]),
+            # 0.1 is cd cc cc 3d: not JSON after the JSON.
+            ("binary data without Inference-Header-Content-Length", one_binary.encode() + struct.pack("<8f", *[0.1] * 8),
+             (), ["goes on after its JSON", "needs the header Inference-Header-Content-Length"]),
+            # 0.25 is 00 00 80 3e: the JSON parser stops at a zero byte.
+            ("binary data from a zero byte on without Inference-Header-Content-Length", one_binary.encode() + floats,
+             (), ["binary_data_size says 32 bytes", "no Inference-Header-Content-Length header"]),
+            ("binary_data_size without Inference-Header-Content-Length", one_binary, (),
+             ["binary_data_size says 32 bytes", "no Inference-Header-Content-Length header"]),
+            ("a wrong input name", json.dumps({"inputs": [dict(tensor_json([1, 8], data=row), name="x")]}), (),
+             ["unknown input 'x'", "model 'm' has one input, 'input'"]),
+            ("no input name", json.dumps({"inputs": [{"shape": [1, 8], "datatype": "FP32", "data": row}]}), (),
+             ["unknown input ''", "one input, 'input'"]),
+            ("1,025 rows", json.dumps({"inputs": [tensor_json([1025, 8], data=[row] * 1025)]}), (),
+             ["batch of 1025 rows exceeds the limit of 1024 rows", "--max_batch_rows"]),
+            ("5,000 rows", json.dumps({"inputs": [tensor_json([5000, 8], data=[row] * 5000)]}), (),
+             ["more than 1024 rows of 8 inputs", "the limit is 1024 rows per request",
+              "--max_batch_rows"]),
+        ]
+        for label, data, headers, says in terms:
+            status, error = rest_error(data, headers)
+            check(status == 400 and all(s in error for s in says),
+                  "REST %s -> %d '%s', expected 400 saying %s" % (label, status, error, says))
+            protobuf_names = [n for n in ("fp32_contents", "raw_input_contents", "contents.") if n in error]
+            check(not protobuf_names, "REST %s: the error names gRPC's fields %s: %s" % (
+                label, protobuf_names, error))
         status, _, _ = curl(http, "GET", "/v2/health/live")
         check(status == 200, "the server still serves after the bad requests")
     finally:

@@ -63,6 +63,15 @@ absl::Status CheckShardVersion(const Servable& servable, const InferRequest& req
   return absl::OkStatus();
 }
 
+// A request of `rows` rows over the server's limit: the two counts and the
+// flag that sets the limit, for every protocol alike.
+absl::Status TooManyRowsError(int64_t rows, int64_t max_batch_rows) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      "batch of ", rows, " rows exceeds the limit of ", max_batch_rows,
+      " rows per request (sparse-server --max_batch_rows): send at most ", max_batch_rows,
+      " rows per request, or start the server with a larger --max_batch_rows"));
+}
+
 // The checks that need no compute, run on the caller's thread before a
 // request is queued (admission happens here and nowhere else): so a bad
 // request gets its own code even when the queue is full, never occupies the
@@ -81,10 +90,7 @@ absl::Status Admit(const Servable& servable, int64_t max_batch_rows,
     return absl::InvalidArgumentError(absl::StrCat(
         "empty batch: rows must be >= 1, got ", rows, " (inputs hold rows x ", d, " values)"));
   }
-  if (rows > max_batch_rows) {
-    return absl::InvalidArgumentError(absl::StrCat("batch of ", rows,
-                                                   " rows exceeds the limit of ", max_batch_rows));
-  }
+  if (rows > max_batch_rows) return TooManyRowsError(rows, max_batch_rows);
   const int64_t o = model->info().output_dim;
   if (rows * std::max(d, o) > std::numeric_limits<int>::max()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -569,6 +575,10 @@ bool InferenceCore::draining() const {
 int64_t InferenceCore::in_flight() const {
   absl::MutexLock lock(&mu_);
   return in_flight_;
+}
+
+absl::Status InferenceCore::TooManyRows(int64_t rows) const {
+  return TooManyRowsError(rows, options_.max_batch_rows);
 }
 
 }  // namespace sparse

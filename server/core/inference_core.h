@@ -131,6 +131,10 @@ class InferenceCore {
   int workers() const { return pool_.threads(); }
   // The most rows one request may carry.
   int64_t max_batch_rows() const { return options_.max_batch_rows; }
+  // The error for a request of `rows` rows over max_batch_rows(), as every
+  // protocol words it: INVALID_ARGUMENT with both counts and the flag that
+  // sets the limit (sparse-server --max_batch_rows).
+  absl::Status TooManyRows(int64_t rows) const;
 
  private:
   struct ServableState;  // per servable: one Batcher per path, the statistics

@@ -196,7 +196,7 @@ TEST_F(InferenceCoreTest, EachBadRequestGetsItsOwnCodeAndSaysWhatWasExpected) {
        "expected rows x d = 2 x 8 = 16 values, got 8"},
       {"dsm", {}, 0, false, absl::StatusCode::kInvalidArgument, "rows must be >= 1"},
       {"dsm", RandomInputs(65, kD, 1), 65, false, absl::StatusCode::kInvalidArgument,
-       "exceeds the limit of 64"},
+       "exceeds the limit of 64 rows per request (sparse-server --max_batch_rows)"},
       {"dsm", nan_row, 3, false, absl::StatusCode::kInvalidArgument, "input row 2 column 5"},
       {"lsh", RandomInputs(1, kD, 1), 1, true, absl::StatusCode::kFailedPrecondition,
        "no dense twin"},

@@ -36,7 +36,7 @@ grpc::ServerUnaryReactor* OipGrpcService::ModelInfer(grpc::CallbackServerContext
       [this, context](const inference::ModelInferRequest& r, inference::ModelInferResponse* out,
                       UnaryDone done, std::chrono::steady_clock::time_point received) {
         api_->ModelInfer(
-            r, out,
+            r, OipEncoding::kProtobuf, out,
             [context, received](InferRequest* q) { BindToCall(context, received, q); },
             std::move(done));
       });

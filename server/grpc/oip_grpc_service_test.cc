@@ -43,6 +43,7 @@ using ::sparse::testing::RandomLshTable;
 using ::sparse::testing::InferAndWait;
 using ::sparse::testing::TempDir;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 constexpr int64_t kD = 8;     // input_dim of "m" (and its twin) and "lsh_alone"
 constexpr int64_t kDsmD = 5;  // input_dim of "dsm": differs, so a shape is checked per model
@@ -126,19 +127,26 @@ class OipServiceTest : public ::testing::Test {
   }
 
   static absl::StatusOr<InferRequest> Translate(const inference::ModelInferRequest& request,
-                                                std::vector<float>* storage) {
-    return TranslateModelInfer(*core_, request, storage);
+                                                std::vector<float>* storage,
+                                                OipEncoding encoding = OipEncoding::kProtobuf) {
+    return TranslateModelInfer(*core_, request, storage, encoding);
   }
 
-  // Translating `request` fails with `code` and a message holding `parts`.
+  // Translating `request` (sent in `encoding`) fails with `code` and a
+  // message holding `parts` and none of `absent`.
   static void ExpectRefused(const inference::ModelInferRequest& request, absl::StatusCode code,
-                            const std::vector<std::string>& parts) {
+                            const std::vector<std::string>& parts,
+                            OipEncoding encoding = OipEncoding::kProtobuf,
+                            const std::vector<std::string>& absent = {}) {
     std::vector<float> storage;
-    const absl::StatusOr<InferRequest> translated = Translate(request, &storage);
+    const absl::StatusOr<InferRequest> translated = Translate(request, &storage, encoding);
     ASSERT_FALSE(translated.ok()) << "accepted a bad request";
     EXPECT_EQ(translated.status().code(), code) << translated.status();
     for (const std::string& part : parts) {
       EXPECT_THAT(std::string(translated.status().message()), HasSubstr(part));
+    }
+    for (const std::string& part : absent) {
+      EXPECT_THAT(std::string(translated.status().message()), Not(HasSubstr(part)));
     }
   }
 
@@ -274,22 +282,51 @@ TEST_F(OipServiceTest, AWrongShapeIsInvalidArgumentSayingWhatWasExpected) {
                 absl::StatusCode::kInvalidArgument, {"expected shape [rows, 5]", "got [1, 8]"});
 }
 
-TEST_F(OipServiceTest, MoreRowsThanAnyBatchIsInvalidArgument) {
-  // Refused from the shape alone, before rows x d values are looked for.
-  ExpectRefused(FpRequest("m", {(int64_t{1} << 20) + 1, kD}, {}),
-                absl::StatusCode::kInvalidArgument, {"rows is more than any batch limit"});
+TEST_F(OipServiceTest, MoreRowsThanTheLimitIsInvalidArgumentNamingTheLimitAndItsFlag) {
+  // Refused from the shape alone, before rows x d values are looked for,
+  // in the words the core's admission uses on every protocol.
+  ExpectRefused(FpRequest("m", {core_->max_batch_rows() + 1, kD}, {}),
+                absl::StatusCode::kInvalidArgument,
+                {"batch of 1025 rows exceeds the limit of 1024 rows per request",
+                 "sparse-server --max_batch_rows"});
   ExpectRefused(FpRequest("m", {int64_t{1} << 62, kD}, {}), absl::StatusCode::kInvalidArgument,
-                {"rows is more than any batch limit"});
+                {"the limit of 1024 rows", "--max_batch_rows"}, OipEncoding::kJson);
 }
 
-TEST_F(OipServiceTest, AWrongNumberOfValuesIsInvalidArgument) {
+TEST_F(OipServiceTest, AWrongNumberOfValuesNamesTheFieldOfTheCallersProtocol) {
   for (int64_t values : {int64_t{0}, 3 * kD - 1, 3 * kD + 1, 2 * kD}) {
     SCOPED_TRACE(values);
-    ExpectRefused(FpRequest("m", {3, kD}, RandomInputs(1, values, 6)),
-                  absl::StatusCode::kInvalidArgument,
-                  {"input 'input'", "shape [3, 8] needs 24 fp32_contents",
-                   "got " + std::to_string(values)});
+    const inference::ModelInferRequest r = FpRequest("m", {3, kD}, RandomInputs(1, values, 6));
+    const std::string got = "got " + std::to_string(values);
+    ExpectRefused(r, absl::StatusCode::kInvalidArgument,
+                  {"input 'input'", "shape [3, 8] needs 24 values in inputs[0].contents.fp32_contents",
+                   got});
+    // REST's JSON carries them in `data`: no protobuf field names.
+    ExpectRefused(r, absl::StatusCode::kInvalidArgument,
+                  {"input 'input'", "shape [3, 8] needs 24 values in inputs[0].data", got},
+                  OipEncoding::kJson, {"fp32_contents", "contents"});
   }
+}
+
+TEST_F(OipServiceTest, AnInputNotNamedAsTheMetadataSaysIsRefusedOnBothProtocols) {
+  for (const std::string name : {"x", "", "INPUT", "input0", "output"}) {
+    SCOPED_TRACE(name);
+    inference::ModelInferRequest r = FpRequest("m", {1, kD}, RandomInputs(1, kD, 12));
+    r.mutable_inputs(0)->set_name(name);
+    for (OipEncoding encoding : {OipEncoding::kProtobuf, OipEncoding::kJson}) {
+      ExpectRefused(r, absl::StatusCode::kInvalidArgument,
+                    {"unknown input '" + name + "'", "model 'm' has one input, 'input'",
+                     "FP32, shape [rows, 8]"},
+                    encoding);
+    }
+  }
+  // The name is the one ModelMetadata gives.
+  inference::ModelMetadataRequest asked;
+  asked.set_name("m");
+  inference::ModelMetadataResponse metadata;
+  ASSERT_OK(OipProtocol(core_, nullptr).ModelMetadata(asked, &metadata));
+  ASSERT_EQ(metadata.inputs_size(), 1);
+  EXPECT_EQ(metadata.inputs(0).name(), "input");
 }
 
 TEST_F(OipServiceTest, AnythingButOneInputIsInvalidArgument) {
@@ -310,9 +347,14 @@ TEST_F(OipServiceTest, ARawLengthThatIsNotRowsTimesDTimesFourIsInvalidArgument) 
     SCOPED_TRACE(bytes);
     inference::ModelInferRequest r = RawRequest("m", {3, kD}, x);
     r.mutable_raw_input_contents(0)->resize(bytes, '\0');
+    const std::string got = "got " + std::to_string(bytes);
     ExpectRefused(r, absl::StatusCode::kInvalidArgument,
-                  {"raw_input_contents[0]", "expected 96 bytes", "3 x 8 FP32",
-                   "got " + std::to_string(bytes)});
+                  {"raw_input_contents[0]", "expected 96 bytes", "3 x 8 FP32", got});
+    // Over REST the bytes are an input's binary data, sized by its
+    // binary_data_size parameter.
+    ExpectRefused(r, absl::StatusCode::kInvalidArgument,
+                  {"inputs[0].parameters.binary_data_size", "expected 96 bytes", "3 x 8 FP32", got},
+                  OipEncoding::kJson, {"raw_input_contents"});
   }
 }
 

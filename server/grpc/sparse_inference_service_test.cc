@@ -313,7 +313,7 @@ std::vector<BadCase> BadCases() {
       {"negative rows", Request("dsm", {}, -3), true, grpc::StatusCode::INVALID_ARGUMENT,
        "empty batch"},
       {"oversized batch", Request("dsm", RandomInputs(65, kD, 1), 65), false,
-       grpc::StatusCode::INVALID_ARGUMENT, "batch of 65 rows exceeds the limit of 64"},
+       grpc::StatusCode::INVALID_ARGUMENT, "batch of 65 rows exceeds the limit of 64 rows per request (sparse-server --max_batch_rows)"},
       {"no dense twin", Request("lsh_alone", RandomInputs(1, kD, 1), 1), true,
        grpc::StatusCode::FAILED_PRECONDITION, "has no dense twin"},
   };

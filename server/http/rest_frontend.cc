@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -28,6 +30,9 @@ using google::protobuf::Message;
 using google::protobuf::Reflection;
 
 constexpr int kMaxJsonDepth = 16;
+// The values an infer body may hold besides its rows' (ids, shapes,
+// parameters, requested outputs).
+constexpr int64_t kInferBodyRoom = 4096;
 
 // JSON text of `body`; strings that are not UTF-8 (a model directory's
 // name, say) have U+FFFD for their bad bytes, so the dump cannot throw.
@@ -107,12 +112,23 @@ Json FieldToJson(const Message& m, const FieldDescriptor* f, int index) {
   return nullptr;
 }
 
+// What a refused body's error says beyond the parser's words: why more
+// than the budget's values is too many (for an infer body: the row limit),
+// and what bytes after the JSON mean (binary tensors without the header that
+// says where the JSON ends).
+struct BodyHints {
+  std::string too_many = "more than any request the server accepts";
+  std::string after_json;  // empty: only the parser's message
+};
+
 // Parses a request's JSON, holding at most `max_values` values and
 // `kMaxJsonDepth` levels, so no body can make the parser hold more than
 // the largest request the server accepts.
-absl::StatusOr<Json> ParseBody(absl::string_view text, int64_t max_values) {
+absl::StatusOr<Json> ParseBody(absl::string_view text, int64_t max_values,
+                               const BodyHints& hints = {}) {
   if (text.empty()) return Json::object();
-  struct TooLarge {};
+  struct TooDeep {};
+  struct TooMany {};
   int64_t values = 0;
   try {
     // Every value takes at least two bytes but the last: a short body cannot
@@ -124,17 +140,29 @@ absl::StatusOr<Json> ParseBody(absl::string_view text, int64_t max_values) {
     return Json::parse(
         text.begin(), text.end(),
         [&values, max_values](int depth, Json::parse_event_t event, Json&) {
-          if (depth > kMaxJsonDepth) throw TooLarge{};
-          if (event == Json::parse_event_t::value && ++values > max_values) throw TooLarge{};
+          if (depth > kMaxJsonDepth) throw TooDeep{};
+          if (event == Json::parse_event_t::value && ++values > max_values) throw TooMany{};
           return true;
         });
+  } catch (const Json::parse_error& e) {
+    // nlohmann's words for a whole JSON value followed by more bytes.
+    if (!hints.after_json.empty() && absl::EndsWith(e.what(), "expected end of input")) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the request body goes on after its JSON (byte ", e.byte, " of ", text.size(), "): ",
+          hints.after_json));
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request body is not valid JSON: ", ClientText(e.what())));
   } catch (const Json::exception& e) {
     return absl::InvalidArgumentError(
         absl::StrCat("the request body is not valid JSON: ", ClientText(e.what())));
-  } catch (const TooLarge&) {
+  } catch (const TooDeep&) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "the request body holds more than ", max_values, " values or nests deeper than ",
-        kMaxJsonDepth, " levels: more than any request the server accepts"));
+        "the request body nests deeper than ", kMaxJsonDepth,
+        " levels: deeper than any request the server accepts"));
+  } catch (const TooMany&) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request body holds more than ", max_values, " values: ", hints.too_many));
   }
 }
 
@@ -208,8 +236,11 @@ absl::Status FlattenData(const Json& data, int depth, absl::string_view where,
 // One input tensor of KServe's JSON (`where` names it in errors), added to
 // *out; its data is in the JSON, or the next binary_data_size bytes of
 // `binary` from *offset on (then a raw input content, and *offset moves on).
-absl::Status AddInputTensor(const Json& in, const std::string& where, absl::string_view binary,
-                            size_t* offset, inference::ModelInferRequest* out) {
+// `binary` is absent (nullopt) when the request has no
+// Inference-Header-Content-Length: a binary_data_size is then refused naming it.
+absl::Status AddInputTensor(const Json& in, const std::string& where,
+                            std::optional<absl::string_view> binary, size_t* offset,
+                            inference::ModelInferRequest* out) {
   if (!in.is_object()) return absl::InvalidArgumentError(where + "must be an object");
   auto* tensor = out->add_inputs();
   ASSIGN_OR_RETURN(*tensor->mutable_name(), StringField(in, "name", where));
@@ -237,12 +268,18 @@ absl::Status AddInputTensor(const Json& in, const std::string& where, absl::stri
   const int64_t bytes = p.has_uint64_param()
                             ? static_cast<int64_t>(std::min<uint64_t>(p.uint64_param(), INT64_MAX))
                             : p.int64_param();
-  if (bytes < 0 || static_cast<uint64_t>(bytes) > binary.size() - *offset) {
+  if (!binary.has_value()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        where, "binary_data_size ", bytes, " is more than the ", binary.size() - *offset,
+        where, "binary_data_size says ", bytes, " bytes of binary tensor data follow the JSON, "
+        "but the request has no Inference-Header-Content-Length header: add it, giving the "
+        "JSON's length in bytes (Triton's binary tensor data extension)"));
+  }
+  if (bytes < 0 || static_cast<uint64_t>(bytes) > binary->size() - *offset) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where, "binary_data_size ", bytes, " is more than the ", binary->size() - *offset,
         " binary bytes left after the JSON"));
   }
-  out->add_raw_input_contents(binary.data() + *offset, bytes);
+  out->add_raw_input_contents(binary->data() + *offset, bytes);
   *offset += bytes;
   return absl::OkStatus();
 }
@@ -275,7 +312,7 @@ absl::Status ToRequestedOutputs(const Json& outputs, inference::ModelInferReques
 // KServe's JSON infer request (and Triton's binary tensors after it) as the
 // protocol's message. *binary_output: the answer's outputs go after its
 // JSON, as binary.
-absl::Status ToModelInferRequest(const Json& body, absl::string_view binary,
+absl::Status ToModelInferRequest(const Json& body, std::optional<absl::string_view> binary,
                                  inference::ModelInferRequest* out, bool* binary_output) {
   if (!body.is_object()) {
     return absl::InvalidArgumentError(
@@ -292,9 +329,9 @@ absl::Status ToModelInferRequest(const Json& body, absl::string_view binary,
     RETURN_IF_ERROR(
         AddInputTensor(inputs[i], absl::StrCat("inputs[", i, "]: "), binary, &offset, out));
   }
-  if (offset != binary.size()) {
+  if (binary.has_value() && offset != binary->size()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        binary.size(), " binary bytes follow the JSON, but the inputs' binary_data_size take ",
+        binary->size(), " binary bytes follow the JSON, but the inputs' binary_data_size take ",
         offset));
   }
   auto all_binary = out->parameters().find("binary_data_output");
@@ -402,6 +439,37 @@ Request ModelRequest(const PathParams& params) {
   r.set_name(params.at("model"));
   if (auto v = params.find("version"); v != params.end()) r.set_version(v->second);
   return r;
+}
+
+// An infer request's JSON (`text`), within the values a full batch of
+// `model` takes (`max_batch_rows` rows); its errors name the row limit and,
+// without Inference-Header-Content-Length, the header binary tensors need.
+absl::StatusOr<Json> ParseInferBody(const OipProtocol& api, int64_t max_batch_rows,
+                                    absl::string_view text, const std::string& model,
+                                    bool has_header_length) {
+  // The most values a body may hold: a full batch of the widest version of
+  // the model, and room for the rest of the request. Only a body long
+  // enough to exceed the room needs the model looked up.
+  int64_t max_values = kInferBodyRoom;
+  BodyHints hints;
+  if (static_cast<int64_t>(text.size()) / 2 + 1 > max_values) {
+    const int64_t width = api.InputWidth(model);
+    max_values += max_batch_rows * std::max<int64_t>(1, width);
+    if (width > 0) {
+      // More values than that are more rows than a request may carry.
+      hints.too_many = absl::StrCat(
+          "more than ", max_batch_rows, " rows of ", width, " inputs (model '", ClientText(model),
+          "') plus ", kInferBodyRoom, " values for the rest of the request; the limit is ",
+          max_batch_rows, " rows per request (sparse-server --max_batch_rows)");
+    }
+  }
+  if (!has_header_length) {
+    hints.after_json =
+        "a body whose binary tensor data follows the JSON (Triton's binary tensor data "
+        "extension) needs the header Inference-Header-Content-Length giving the JSON's "
+        "length in bytes";
+  }
+  return ParseBody(text, max_values, hints);
 }
 
 }  // namespace
@@ -524,7 +592,8 @@ void RestFrontend::AddModelRoutes(const std::string& prefix) {
 
 void RestFrontend::Infer(const HttpRequest& request, const std::string& model,
                          const std::string& version, std::function<void(HttpReply)> done) {
-  absl::string_view text = request.body, binary;
+  absl::string_view text = request.body;
+  std::optional<absl::string_view> binary;  // with Inference-Header-Content-Length only
   if (request.header_length.has_value()) {
     const int64_t length = *request.header_length;
     if (length < 0 || length > static_cast<int64_t>(request.body.size())) {
@@ -535,14 +604,7 @@ void RestFrontend::Infer(const HttpRequest& request, const std::string& model,
     text = request.body.substr(0, length);
     binary = request.body.substr(length);
   }
-  // The most values a body may hold: a full batch of the widest version of
-  // the model, and room for the rest of the request. Only a body long
-  // enough to exceed the room needs the model looked up.
-  int64_t max_values = 4096;
-  if (static_cast<int64_t>(text.size()) / 2 + 1 > max_values) {
-    max_values += max_batch_rows_ * std::max<int64_t>(1, api_->InputWidth(model));
-  }
-  absl::StatusOr<Json> body = ParseBody(text, max_values);
+  absl::StatusOr<Json> body = ParseInferBody(*api_, max_batch_rows_, text, model, binary.has_value());
   if (!body.ok()) return done(ErrorReply(body.status()));
   struct Call {
     inference::ModelInferRequest request;
@@ -557,7 +619,7 @@ void RestFrontend::Infer(const HttpRequest& request, const std::string& model,
     return done(ErrorReply(st));
   }
   api_->ModelInfer(
-      call->request, &call->response,
+      call->request, OipEncoding::kJson, &call->response,
       [&request](InferRequest* q) {
         q->decode_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
                            std::chrono::steady_clock::now() - request.received)

@@ -125,16 +125,39 @@ absl::Status CheckRequestOptions(const inference::ModelInferRequest& in) {
   return absl::OkStatus();
 }
 
-// The input tensor of a ModelInferRequest as the core's rows, for a model
-// of `input_dim` inputs.
-absl::Status ToInferRequest(const inference::ModelInferRequest& in, int64_t input_dim,
-                            std::vector<float>* storage, InferRequest* out) {
+// Where an input tensor's values go in each encoding, as errors name them.
+struct InputFields {
+  absl::string_view values;  // typed values
+  absl::string_view raw;     // bytes: little-endian floats
+  absl::string_view one_place;  // "give them in one place, not both"
+};
+
+const InputFields& FieldsOf(OipEncoding encoding) {
+  static constexpr InputFields kProtobuf = {
+      "inputs[0].contents.fp32_contents", "raw_input_contents[0]",
+      "give the input either in raw_input_contents (one entry) or in contents, not both"};
+  static constexpr InputFields kJson = {
+      "inputs[0].data", "inputs[0].parameters.binary_data_size",
+      "give inputs[0] either its data or binary data (binary_data_size), not both"};
+  return encoding == OipEncoding::kJson ? kJson : kProtobuf;
+}
+
+// The rows the one input tensor of `in` holds, for a model of `input_dim`
+// inputs: its name, datatype and shape as ModelMetadata gives them, and at
+// most the core's max_batch_rows() rows.
+absl::StatusOr<int64_t> InputRows(const InferenceCore& core,
+                                  const inference::ModelInferRequest& in, int64_t input_dim) {
   if (in.inputs_size() != 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("expected exactly 1 input tensor (FP32, shape [rows, ", input_dim, "]), got ",
                      in.inputs_size()));
   }
   const auto& input = in.inputs(0);
+  if (input.name() != "input") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown input '", ClientText(input.name()), "': model '", ClientText(in.model_name()),
+        "' has one input, 'input' (FP32, shape [rows, ", input_dim, "]), as its metadata says"));
+  }
   if (input.datatype() != "FP32") {
     return absl::InvalidArgumentError(absl::StrCat("input '", ClientText(input.name()),
                                                    "': expected datatype FP32, got '",
@@ -152,25 +175,31 @@ absl::Status ToInferRequest(const inference::ModelInferRequest& in, int64_t inpu
                                                    "': expected shape [rows, ", input_dim,
                                                    "], got [", shape, "]"));
   }
-  // sparse-server never accepts more than 2^20 rows (--max_batch_rows); the
-  // configured limit is enforced by the core's admission. Checked here first
-  // so rows x d cannot overflow.
-  if (rows > (int64_t{1} << 20)) {
-    return absl::InvalidArgumentError(absl::StrCat("input '", ClientText(input.name()), "': ", rows,
-                                                   " rows is more than any batch limit"));
-  }
+  // Checked here, before the values are looked for, so rows x d cannot
+  // overflow (sparse-server takes --max_batch_rows up to 2^20).
+  if (rows > core.max_batch_rows()) return core.TooManyRows(rows);
+  return rows;
+}
+
+// The input tensor of a ModelInferRequest as the core's rows, for a model
+// of `input_dim` inputs; errors name fields as `encoding` spells them.
+absl::Status ToInferRequest(const InferenceCore& core, const inference::ModelInferRequest& in,
+                            int64_t input_dim, OipEncoding encoding, std::vector<float>* storage,
+                            InferRequest* out) {
+  ASSIGN_OR_RETURN(const int64_t rows, InputRows(core, in, input_dim));
+  const InputFields& fields = FieldsOf(encoding);
+  const auto& input = in.inputs(0);
   const int64_t n = rows * input_dim;
   out->rows = rows;
   if (in.raw_input_contents_size() > 0) {
     if (in.raw_input_contents_size() != 1 || input.contents().fp32_contents_size() > 0) {
-      return absl::InvalidArgumentError(
-          "give the input either in raw_input_contents (one entry) or in contents, not both");
+      return absl::InvalidArgumentError(std::string(fields.one_place));
     }
     const std::string& raw = in.raw_input_contents(0);
     if (static_cast<int64_t>(raw.size()) != n * 4) {
-      return absl::InvalidArgumentError(absl::StrCat("raw_input_contents[0]: expected ", n * 4,
-                                                     " bytes (", rows, " x ", input_dim,
-                                                     " FP32), got ", raw.size()));
+      return absl::InvalidArgumentError(absl::StrCat(fields.raw, ": expected ", n * 4, " bytes (",
+                                                     rows, " x ", input_dim, " FP32), got ",
+                                                     raw.size()));
     }
     storage->resize(n);
     std::memcpy(storage->data(), raw.data(), raw.size());
@@ -178,9 +207,9 @@ absl::Status ToInferRequest(const inference::ModelInferRequest& in, int64_t inpu
     return absl::OkStatus();
   }
   if (input.contents().fp32_contents_size() != n) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("input '", ClientText(input.name()), "': shape [", rows, ", ", input_dim,
-                     "] needs ", n, " fp32_contents, got ", input.contents().fp32_contents_size()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "input '", ClientText(input.name()), "': shape [", rows, ", ", input_dim, "] needs ", n,
+        " values in ", fields.values, ", got ", input.contents().fp32_contents_size()));
   }
   out->inputs = absl::MakeConstSpan(input.contents().fp32_contents().data(), n);
   return absl::OkStatus();
@@ -300,7 +329,8 @@ void ToTritonModelConfig(const std::string& name, const VersionStatus& version, 
 
 absl::StatusOr<InferRequest> TranslateModelInfer(const InferenceCore& core,
                                                  const inference::ModelInferRequest& request,
-                                                 std::vector<float>* storage) {
+                                                 std::vector<float>* storage,
+                                                 OipEncoding encoding) {
   ASSIGN_OR_RETURN(Target t, ParseTarget(request.model_name(), request.model_version()));
   ASSIGN_OR_RETURN(ModelHandle path, FindTarget(core, t));
   RETURN_IF_ERROR(CheckRequestOptions(request));
@@ -308,7 +338,8 @@ absl::StatusOr<InferRequest> TranslateModelInfer(const InferenceCore& core,
   out.model = t.model;
   out.version = t.version;
   out.dense = t.dense;
-  RETURN_IF_ERROR(ToInferRequest(request, path.info().input_dim, storage, &out));
+  RETURN_IF_ERROR(
+      ToInferRequest(core, request, path.info().input_dim, encoding, storage, &out));
   out.resolved = std::move(path);  // the core runs it on this version: one lookup
   return out;
 }
@@ -403,7 +434,7 @@ absl::Status OipProtocol::ModelMetadata(const inference::ModelMetadataRequest& r
   return absl::OkStatus();
 }
 
-void OipProtocol::ModelInfer(const inference::ModelInferRequest& r,
+void OipProtocol::ModelInfer(const inference::ModelInferRequest& r, OipEncoding encoding,
                                inference::ModelInferResponse* out,
                                const std::function<void(InferRequest*)>& bind, InferDone done) {
   // The core's request and answer live until the call finishes.
@@ -413,7 +444,7 @@ void OipProtocol::ModelInfer(const inference::ModelInferRequest& r,
     InferResponse answer;
   };
   auto call = std::make_shared<Call>();
-  absl::StatusOr<InferRequest> translated = TranslateModelInfer(*core_, r, &call->inputs);
+  absl::StatusOr<InferRequest> translated = TranslateModelInfer(*core_, r, &call->inputs, encoding);
   if (!translated.ok()) {
     done(translated.status());
     return;

@@ -6,8 +6,8 @@
 // and HTTP/REST (server/http/rest_frontend.h, the messages as KServe's JSON).
 //
 // - Model `m` is the routed sparse path; `m.dense` is its dense twin.
-// - ModelInfer takes one FP32 input tensor of shape [rows, d] (or [d] for one
-//   row), its data either in contents.fp32_contents or in
+// - ModelInfer takes one FP32 input tensor named "input", of shape [rows, d]
+//   (or [d] for one row), its data either in contents.fp32_contents or in
 //   raw_input_contents[0] (little-endian floats), and answers one FP32 output
 //   tensor "output" of shape [rows, o] in raw_output_contents[0]. The
 //   request's cost goes into the response parameters: flops, dense_flops,
@@ -42,18 +42,28 @@ namespace sparse {
 inline constexpr const char* kExtensions[] = {"model_configuration", "model_repository",
                                               "statistics", "parameters", "binary_tensor_data"};
 
+// How the caller's protocol spells a ModelInferRequest, so that an error
+// names the field the caller wrote: gRPC sends the protobuf message itself
+// (`contents.fp32_contents`, `raw_input_contents[0]`); REST sends KServe's
+// JSON, which the REST frontend translates into it (`data`, an input's
+// `binary_data_size` bytes after the JSON).
+enum class OipEncoding { kProtobuf, kJson };
+
 // The core's request a ModelInferRequest stands for. Inputs given in
 // contents.fp32_contents are not copied (`request` must outlive the result);
 // raw_input_contents are copied into *storage (bytes carry no alignment).
+// The one input must be named `input` (as ModelMetadata and ModelConfig
+// say) and hold at most the core's max_batch_rows() rows.
 // Requested outputs must name `output`; request parameters Triton's clients
 // send are ignored when harmless (priority, timeout, the HTTP binary-data
 // ones) and refused when they would change the answer's meaning (sequence
 // batching, classification, shared memory).
 // Errors are those ModelInfer answers (NOT_FOUND, INVALID_ARGUMENT with what
-// was expected). Used by ModelInfer and by the request fuzzer.
-absl::StatusOr<InferRequest> TranslateModelInfer(const InferenceCore& core,
-                                                 const inference::ModelInferRequest& request,
-                                                 std::vector<float>* storage);
+// was expected, naming fields as `encoding` spells them). Used by
+// ModelInfer and by the request fuzzer.
+absl::StatusOr<InferRequest> TranslateModelInfer(
+    const InferenceCore& core, const inference::ModelInferRequest& request,
+    std::vector<float>* storage, OipEncoding encoding = OipEncoding::kProtobuf);
 
 // The ModelInferResponse for the core's answer to `request`: one FP32
 // output tensor [rows, output_dim] whose values are raw_output_contents[0]
@@ -96,8 +106,10 @@ class OipProtocol {
   // Runs the request through the core; `done` runs once, from this thread or
   // a worker, after *out is filled (on OK). `bind` gives the transport's
   // deadline, cancellation and decode time to the core's request. `r` and
-  // `out` must live until `done`.
-  void ModelInfer(const inference::ModelInferRequest& r, inference::ModelInferResponse* out,
+  // `out` must live until `done`. Errors name fields as `encoding` spells
+  // them (the caller's protocol).
+  void ModelInfer(const inference::ModelInferRequest& r, OipEncoding encoding,
+                  inference::ModelInferResponse* out,
                   const std::function<void(InferRequest*)>& bind, InferDone done);
   // The widest input (d) of the loaded versions of the model `name` names
   // ("m" or "m.dense"); 0 when none is loaded.

@@ -280,7 +280,7 @@ def scenario_bad_input(busy, repo):
     from inference import grpc_service_pb2 as oip, grpc_service_pb2_grpc as oip_grpc
     stub = oip_grpc.GRPCInferenceServiceStub(busy.channel)
     request = oip.ModelInferRequest(model_name="w")
-    tensor = request.inputs.add(name="x", datatype="FP32", shape=[1 << 40, d])
+    tensor = request.inputs.add(name="input", datatype="FP32", shape=[1 << 40, d])
     tensor.contents.fp32_contents.extend([0.0] * d)
     try:
         stub.ModelInfer(request, timeout=30)
