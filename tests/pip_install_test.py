@@ -76,9 +76,15 @@ with tempfile.TemporaryDirectory() as tmp:
 
     before = tree_state()
     # Refused, before anything is installed: client/python copied out of
-    # the repository (no proto/ at ../../proto), and an editable install.
+    # the repository (no VERSION at ../../VERSION), then with the version
+    # but no proto/ at ../../proto, and an editable install.
     alone = os.path.join(tmp, "copy", "python")
     shutil.copytree(PACKAGE, alone)
+    failed = pip_install(python, alone, cwd=tmp)
+    expected = os.path.join(tmp, "VERSION")
+    check(failed.returncode != 0 and "looked for " + expected in failed.stdout + failed.stderr,
+          "without VERSION the install fails saying it looked for %s:\n%s" % (expected, output(failed)))
+    shutil.copyfile(os.path.join(source, "VERSION"), expected)
     failed = pip_install(python, alone, cwd=tmp)
     expected = os.path.join(tmp, "proto", "sparse", "v1", "inference.proto")
     check(failed.returncode != 0 and "looked for " + expected in failed.stdout + failed.stderr,

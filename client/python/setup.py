@@ -47,7 +47,12 @@ class NoEditable(editable_wheel):
 
 def project_version():
     """The one version of the project: the repository's VERSION file."""
-    with open(os.path.join(HERE, "..", "..", "VERSION")) as f:
+    path = os.path.normpath(os.path.join(HERE, "..", "..", "VERSION"))
+    if not os.path.isfile(path):
+        raise SetupError("sparse-serve: the package's version is the repository's VERSION file: looked for %s "
+                         "and did not find it (client/python is built inside a sparse-serve checkout, whose "
+                         "VERSION is ../../VERSION from it)" % path)
+    with open(path) as f:
         return f.read().strip()
 
 
