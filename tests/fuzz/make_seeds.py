@@ -11,6 +11,7 @@ client sends on one connection (http_fuzz).
 Usage: /usr/bin/python3 tests/fuzz/make_seeds.py <build dir>
 """
 import hashlib
+import io
 import os
 import shutil
 import struct
@@ -194,6 +195,37 @@ http_seeds = {
 }
 for name, data in http_seeds.items():
     write("http_fuzz", name, data)
+
+import numpy  # noqa: E402  (Debian's python3-numpy)
+
+# dataset_fuzz: sparse-train's data files. First byte even: a CSV (bits 1-2
+# outputs - 1, bits 3-4 the separator: sniffed, ',', ';', tab); odd: two
+# .npy files, the first one's length in the next two bytes.
+
+
+def npy(array):
+    buffer = io.BytesIO()
+    numpy.save(buffer, array)
+    return buffer.getvalue()
+
+
+def npy_pair(x, y):
+    a, b = npy(x), npy(y)
+    return bytes([1]) + struct.pack("<H", len(a)) + a + b
+
+
+dataset_seeds = {
+    "csv_header_comment": b"\x00# made by hand\nx0,x1,y\n0.5,1,2\n-1,2.5e-1,3\n",
+    "csv_semicolon_two_outputs": b"\x02a;b;c;d\n1;2;3;4\n5;6;7;8\n",
+    "csv_tab_given": b"\x18x\ty\n1\t2\n",
+    "csv_decimal_commas": b"\x00a;b\n1,5;2\n",
+    "csv_short_row": b"\x08a,b,y\n1,2,3\n4,5\n",
+    "npy_float32": npy_pair(numpy.arange(6, dtype=numpy.float32).reshape(3, 2),
+                            numpy.arange(3, dtype=numpy.float32)),
+    "npy_float64_2d_targets": npy_pair(numpy.ones((2, 3)), numpy.zeros((2, 2))),
+}
+for name, data in dataset_seeds.items():
+    write("dataset_fuzz", name, data)
 
 for target in sorted(os.listdir(corpus)):
     files = os.listdir(os.path.join(corpus, target))
