@@ -31,6 +31,9 @@ A block with `<!-- docs-test: in the checkout -->` above it runs in the
 source tree (as `make demo` is typed there), with BUILD_DIR set to the
 build under test.
 
+A line starting with `$ ` anywhere else (an indented block, another kind
+of fence) fails the test: commands are shown in console blocks only.
+
 What is not run: a block with `<!-- docs-test: not run: <reason> -->`
 above it (long benchmarks, podman, Kubernetes, git clone). The test lists
 them with their reasons, so the exemptions stay visible.
@@ -78,6 +81,12 @@ def parse(doc):
         if lines[i].strip() != "```console":
             if lines[i].strip() and not mark:
                 marks = []
+            # A command shown any other way (an indented block, another
+            # fence) would escape the test: every `$ ` line is in a console
+            # block, run or marked not run.
+            check(not re.match(r"^(    |\t)\s*\$ |^\$ ", lines[i]),
+                  "%s:%d: a command outside a ```console block: %r" % (os.path.relpath(doc, source), i + 1,
+                                                                         lines[i].strip()))
             i += 1
             continue
         start = i + 1
