@@ -10,7 +10,9 @@ Usage: binaries_cli_test.py <source dir> <build dir>
 """
 import os
 import re
+import socket
 import sys
+import time
 
 source, build = sys.argv[1], sys.argv[2]
 sys.path.insert(0, os.path.join(source, "tests", "testing"))
@@ -61,8 +63,6 @@ for name, (path, main_file) in BINARIES.items():
 
 # health --wait_seconds gives up after that long when nothing answers,
 # naming where it looked (the README's quickstart waits for a server this way).
-import socket  # noqa: E402
-import time  # noqa: E402
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     free = s.getsockname()[1]
