@@ -13,19 +13,14 @@ namespace {
 
 using Layout = MatmulSpec::WeightLayout;
 
-std::vector<float> Transpose(const std::vector<float>& a, int64_t rows, int64_t cols) {
-  std::vector<float> t(a.size());
-  for (int64_t i = 0; i < rows; ++i) {
-    for (int64_t j = 0; j < cols; ++j) t[j * rows + i] = a[i * cols + j];
-  }
-  return t;
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<DsmModel>> DsmModel::Create(const DsmWeights& w,
-                                                          Precision precision) {
-  RETURN_IF_ERROR(w.Validate());
+                                                          Precision precision,
+                                                          WeightStore* store) {
+  WeightStore& arrays = store != nullptr ? *store : CopyIn();
+  // From a prebuilt store only the dimensions, the router and a0 are read.
+  RETURN_IF_ERROR(arrays.Prebuilt() && !w.IsShard() ? w.ValidateRouting() : w.Validate());
   const DenseWeights& net = w.network;
   const bool relu = net.activation == Activation::kRelu;
   const bool topk = w.router == RouterKind::kTopk;
@@ -63,13 +58,15 @@ absl::StatusOr<std::unique_ptr<DsmModel>> DsmModel::Create(const DsmWeights& w,
   Weights packed;
   const int64_t slices = topk ? 1 : w.num_blocks * w.num_experts;
   const int64_t d = net.input_dim, k = w.active_units, o = net.output_dim, t = net.width;
-  // Each slice is transposed straight into its place in the packed weights
-  // (MatmulKernel::PackAll's MatrixSource): a load holds the decoded tensors
-  // and the packed ones, never a third, transposed copy of all of them.
+  // The arrays, one part per expert slice (topk: one part): each slice is
+  // transposed straight into its place (MatmulKernel::PackInto's
+  // MatrixSource), so a load holds the decoded tensors and the packed ones,
+  // never a third, transposed copy of all of them.
   if (input_major_slices) {
     // B's slice i is [k, d] rows of B; it is stored as its transpose [d, k].
     ASSIGN_OR_RETURN(packed.bottom,
-                     kernels.bottom->PackAll(slices, [&](int64_t i, float* out) -> const float* {
+                     kernels.bottom->PackInto(arrays, "bottom", slices,
+                                              [&](int64_t i, float* out) -> const float* {
                        const float* slice = net.bottom_weight.data() + i * k * d;
                        for (int64_t r = 0; r < k; ++r) {
                          for (int64_t c = 0; c < d; ++c) out[c * k + r] = slice[r * d + c];
@@ -77,30 +74,45 @@ absl::StatusOr<std::unique_ptr<DsmModel>> DsmModel::Create(const DsmWeights& w,
                        return out;
                      }));
   } else {
-    ASSIGN_OR_RETURN(packed.bottom, kernels.bottom->PackAll(net.bottom_weight.data(), slices));
+    ASSIGN_OR_RETURN(packed.bottom,
+                     kernels.bottom->PackInto(arrays, "bottom", slices,
+                                              [&](int64_t i, float*) -> const float* {
+                                                return net.bottom_weight.data() + i * k * d;
+                                              }));
   }
   if (topk) {
-    const std::vector<float> top_t = Transpose(net.top_weight, o, t);
-    packed.top = PackedWeights(top_t.size());
-    std::copy(top_t.begin(), top_t.end(), packed.top.data());
+    // Aᵀ [t, o], plain, for gathering.
+    ASSIGN_OR_RETURN(packed.top, arrays.Array("top", 1, t * o, [&](int64_t, float* out) {
+      for (int64_t r = 0; r < t; ++r) {
+        for (int64_t c = 0; c < o; ++c) out[r * o + c] = net.top_weight[c * t + r];
+      }
+      return absl::OkStatus();
+    }));
   } else {
     // Slice i of Aᵀ [t, o] is rows [ik, (i+1)k): columns [ik, (i+1)k) of A.
     ASSIGN_OR_RETURN(packed.top,
-                     kernels.top.PackAll(slices, [&](int64_t i, float* out) -> const float* {
+                     kernels.top.PackInto(arrays, "top", slices,
+                                          [&](int64_t i, float* out) -> const float* {
                        for (int64_t r = 0; r < k; ++r) {
                          for (int64_t c = 0; c < o; ++c) out[r * o + c] = net.top_weight[c * t + i * k + r];
                        }
                        return out;
                      }));
   }
+  // c, as the slices split it.
+  const int64_t bias_part = topk ? t : k;
+  ASSIGN_OR_RETURN(packed.bottom_bias,
+                   arrays.Array("bottom_bias", slices, bias_part, [&](int64_t i, float* out) {
+                     std::copy_n(net.bottom_bias.data() + i * bias_part, bias_part, out);
+                     return absl::OkStatus();
+                   }));
   ModelInfo info;
   info.kind = ModelKind::kDsm;
   info.input_dim = net.input_dim;
   info.output_dim = net.output_dim;
   info.flops_per_row = DsmFlopsPerRow(w);
-  info.parameters = static_cast<int64_t>(net.bottom_weight.size() + net.bottom_bias.size() +
-                                         net.top_weight.size() + net.top_bias.size() +
-                                         w.router_weight.size() + w.router_bias.size());
+  info.parameters = t * d + t + o * t + o +
+                    static_cast<int64_t>(w.router_weight.size() + w.router_bias.size());
   info.description = Describe(w);
   if (precision != Precision::kFp32) absl::StrAppend(&info.description, " ", PrecisionName(precision));
   info.precision = precision;
@@ -112,10 +124,12 @@ absl::StatusOr<std::unique_ptr<DsmModel>> DsmModel::Create(const DsmWeights& w,
       4 * net.output_dim +
       (kernels.router.has_value() ? kernels.router->weight_bytes_per_row() : 0) +
       blocks * (kernels.bottom->weight_bytes_per_read() + kernels.top.weight_bytes_per_read());
-  info.resident_bytes =
-      (kernels.router.has_value() ? kernels.router->resident_bytes() : 0) +
-      4 * static_cast<int64_t>(packed.bottom.size() + packed.top.size() +
-                               net.bottom_bias.size() + net.top_bias.size());
+  int64_t owned = 4 * o, mapped = 0;
+  for (const PackedWeights* a : {&packed.bottom, &packed.top, &packed.bottom_bias}) {
+    (a->mapped() ? mapped : owned) += 4 * static_cast<int64_t>(a->size());
+  }
+  info.resident_bytes = (kernels.router.has_value() ? kernels.router->resident_bytes() : 0) + owned;
+  info.mapped_bytes = mapped;
   return std::unique_ptr<DsmModel>(
       new DsmModel(std::move(info), w, std::move(kernels), std::move(packed)));
 }
@@ -125,9 +139,27 @@ DsmModel::DsmModel(ModelInfo info, const DsmWeights& w, Kernels kernels, Weights
       t_(w.network.width), L_(w.num_blocks), E_(w.num_experts), k_(w.active_units),
       first_expert_(w.first_expert), total_experts_(w.IsShard() ? w.total_experts : w.num_experts),
       router_(w.router), relu_(w.network.activation == Activation::kRelu),
-      bottom_bias_(w.network.bottom_bias), top_bias_(w.network.top_bias),
-      kernels_(std::move(kernels)), weights_(std::move(weights)),
+      top_bias_(w.network.top_bias), kernels_(std::move(kernels)), weights_(std::move(weights)),
       expert_rows_(new std::atomic<int64_t>[L_ * E_]()) {}
+
+WeightResidency DsmModel::Residency() const {
+  WeightResidency r;
+  r.mapped_bytes = info().mapped_bytes;
+  if (r.mapped_bytes == 0) return r;
+  const int64_t slices = router_ == RouterKind::kTopk ? 1 : L_ * E_;
+  const int64_t b = 4 * kernels_.bottom->packed_floats(), t = 4 * kernels_.top.packed_floats();
+  const int64_t c = 4 * (router_ == RouterKind::kTopk ? t_ : k_);
+  const int64_t top_part = router_ == RouterKind::kTopk ? 4 * t_ * o_ : t;
+  r.part_bytes = b + top_part + c;
+  r.part_resident_bytes.resize(slices);
+  for (int64_t i = 0; i < slices; ++i) {
+    const int64_t in = weights_.bottom.ResidentBytes(i, b) + weights_.top.ResidentBytes(i, top_part) +
+                       weights_.bottom_bias.ResidentBytes(i, c);
+    r.part_resident_bytes[i] = in;
+    r.resident_bytes += in;
+  }
+  return r;
+}
 
 RoutingCounts DsmModel::Routing() const {
   RoutingCounts counts;
@@ -274,8 +306,12 @@ absl::Status DsmModel::ComputeRouted(const float* x, int64_t n, const int32_t* e
         }
         xin = gathered;
       }
+      // A mapped slice is checked on its first touch (weight_store.h).
+      RETURN_IF_ERROR(weights_.bottom.Touch(slice));
+      RETURN_IF_ERROR(weights_.top.Touch(slice));
+      RETURN_IF_ERROR(weights_.bottom_bias.Touch(slice));
       const float* bottom = weights_.bottom.data() + slice * kernels_.bottom->packed_floats();
-      RETURN_IF_ERROR(kernels_.bottom->Run(xin, g, bottom, bottom_bias_.data() + slice * k_, hidden,
+      RETURN_IF_ERROR(kernels_.bottom->Run(xin, g, bottom, weights_.bottom_bias.data() + slice * k_, hidden,
                                            &stats->flops, &stats->weight_bytes));
       const float* top = weights_.top.data() + slice * kernels_.top.packed_floats();
       if (g == n) {
@@ -303,7 +339,10 @@ absl::Status DsmModel::ComputeTopk(const float* x, int64_t n, float* y,
   const int64_t block_units = t_ / L_;
   const int64_t active = L_ * k_;
   float* z = ScratchFloats(Scratch::kHidden, n * t_);
-  RETURN_IF_ERROR(kernels_.bottom->Run(x, n, weights_.bottom.data(), bottom_bias_.data(), z,
+  RETURN_IF_ERROR(weights_.bottom.Touch(0));
+  RETURN_IF_ERROR(weights_.top.Touch(0));
+  RETURN_IF_ERROR(weights_.bottom_bias.Touch(0));
+  RETURN_IF_ERROR(kernels_.bottom->Run(x, n, weights_.bottom.data(), weights_.bottom_bias.data(), z,
                                        &stats->flops, &stats->weight_bytes));
   const float* top_t = weights_.top.data();  // plain Aᵀ [t, o]
   float* units = ScratchFloats(Scratch::kRouter, active);

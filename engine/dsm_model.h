@@ -22,6 +22,7 @@
 #include "engine/expert_router.h"
 #include "engine/matmul_kernel.h"
 #include "engine/model.h"
+#include "engine/weight_store.h"
 #include "engine/weights.h"
 
 namespace sparse {
@@ -32,9 +33,15 @@ class DsmModel : public Model {
   // at `precision`; routers and topk's gathered top layer stay FP32.
   // A shard's part (weights.IsShard()) makes a model that needs a given
   // route (ModelInfo::needs_given_route).
+  // The large arrays (each expert slice of B, of Aᵀ and of c) come from
+  // `store` (weight_store.h; null: process memory). From a prebuilt store
+  // only `weights`' dimensions, router and a0 are read.
   static absl::StatusOr<std::unique_ptr<DsmModel>> Create(
-      const DsmWeights& weights, Precision precision = Precision::kFp32);
+      const DsmWeights& weights, Precision precision = Precision::kFp32,
+      WeightStore* store = nullptr);
   RoutingCounts Routing() const override;
+  // Per expert slice (topk: one part), its bytes of B, Aᵀ and c in memory.
+  WeightResidency Residency() const override;
 
   // A shard's part (weights.IsShard()) computes for the route a front
   // gives (PredictOptions::given: expert ids of the whole model, [rows, L]):
@@ -55,8 +62,10 @@ class DsmModel : public Model {
   // Weights in the kernels' layouts. Routed kinds: slice i (of L·E) of B at
   // bottom + i·bottom.packed_floats(), of Aᵀ at top + i·top.packed_floats().
   // topk: all of B packed, and Aᵀ [t, o] plain for gathering.
+  // Arrays "bottom", "top" and "bottom_bias" of the store.
   struct Weights {
     PackedWeights bottom, top;
+    PackedWeights bottom_bias;  // c [t]: slice i at i·k (topk: one part)
   };
   DsmModel(ModelInfo info, const DsmWeights& w, Kernels kernels, Weights weights);
   absl::Status PredictValidated(const float* x, int64_t rows, float* y, PredictStats* stats,
@@ -72,7 +81,6 @@ class DsmModel : public Model {
   const int64_t first_expert_, total_experts_;  // a shard's range of the whole model's
   const RouterKind router_;
   const bool relu_;
-  const std::vector<float> bottom_bias_;    // c [t]
   const std::vector<float> top_bias_;       // a0 [o]
   const Kernels kernels_;
   const Weights weights_;

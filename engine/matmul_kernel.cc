@@ -81,14 +81,6 @@ MatmulKernel::Id::~Id() {
   retired_count.store(RetiredIds().size(), std::memory_order_release);
 }
 
-PackedWeights::PackedWeights(size_t floats) : size_(floats) {
-  // aligned_alloc needs a size that is a multiple of the alignment.
-  const size_t bytes = ((floats * sizeof(float) + 63) / 64) * 64;
-  data_.reset(static_cast<float*>(std::aligned_alloc(64, bytes == 0 ? 64 : bytes)));
-  if (data_ == nullptr) throw std::bad_alloc();
-}
-
-void PackedWeights::Free::operator()(float* p) const { std::free(p); }
 
 namespace {
 
@@ -260,92 +252,87 @@ absl::StatusOr<PackedWeights> MatmulKernel::PackAll(const float* plain, int64_t 
 }
 
 absl::StatusOr<PackedWeights> MatmulKernel::PackAll(int64_t count, MatrixSource matrix) const {
-  if (spec_.precision != Precision::kFp32) return PackReduced(count, matrix);
-  PackedWeights packed(static_cast<size_t>(count * packed_floats_));
-  const int64_t plain_floats = spec_.k * spec_.n;
-  if (!packs_) {
-    for (int64_t i = 0; i < count; ++i) {
-      float* dst = packed.data() + i * packed_floats_;
-      const float* m = matrix(i, dst);
-      if (m != dst) std::copy(m, m + plain_floats, dst);
-    }
-    return packed;
-  }
-  std::vector<float> scratch(static_cast<size_t>(plain_floats));
-  try {
-    const dnnl::engine& engine = CpuEngine();
-    dnnl::stream& stream = ThreadStream();
-    // Padding in the blocked layout must be zero; the reorder writes all of
-    // it, but start from zeros so no byte is left uninitialised.
-    std::fill(packed.data(), packed.data() + packed.size(), 0.0f);
-    std::optional<dnnl::reorder> created;
-    {
-      absl::MutexLock creating(&PrimitiveCreationMutex());
-      created.emplace(dnnl::reorder::primitive_desc(engine, plain_weights_, engine, weights_));
-    }
-    for (int64_t i = 0; i < count; ++i) {
-      memory src(plain_weights_, engine, const_cast<float*>(matrix(i, scratch.data())));
-      memory dst(weights_, engine, packed.data() + i * packed_floats_);
-      created->execute(stream, src, dst);
-    }
-    stream.wait();
-  } catch (const dnnl::error& e) {
-    return FromDnnl(e, "weight reorder");
-  }
-  return packed;
+  return PackInto(CopyIn(), "", count, matrix);
 }
 
-absl::StatusOr<PackedWeights> MatmulKernel::PackReduced(int64_t count,
-                                                        MatrixSource matrix) const {
-  const int64_t k = spec_.k, n = spec_.n, elements = k * n;
-  const bool bf16 = spec_.precision == Precision::kBf16;
-  const bool output_major = spec_.layout == MatmulSpec::WeightLayout::kOutputMajor;
-  PackedWeights packed(static_cast<size_t>(count * packed_floats_));
-  std::fill(packed.data(), packed.data() + packed.size(), 0.0f);
-  // One matrix at a time in the reduced type, in spec.layout, then reordered.
-  std::vector<uint16_t> as_bf16(bf16 ? elements : 0);
-  std::vector<int8_t> as_int8(bf16 ? 0 : elements);
-  std::vector<float> scratch(static_cast<size_t>(elements));
+absl::StatusOr<PackedWeights> MatmulKernel::PackInto(WeightStore& store, absl::string_view name,
+                                                     int64_t count, MatrixSource matrix) const {
+  if (store.Prebuilt()) {
+    return store.Array(name, count, packed_floats_,
+                       [](int64_t, float*) { return absl::OkStatus(); });
+  }
+  ASSIGN_OR_RETURN(Packer packer, MakePacker());
+  std::vector<float> scratch(static_cast<size_t>(packs_ || spec_.precision != Precision::kFp32
+                                                     ? spec_.k * spec_.n
+                                                     : 0));
+  return store.Array(name, count, packed_floats_, [&](int64_t i, float* dst) {
+    // Without packing, the matrix may be built in its place in the array.
+    float* build = scratch.empty() ? dst : scratch.data();
+    return packer.Pack(matrix(i, build), dst, i);
+  });
+}
+
+absl::StatusOr<MatmulKernel::Packer> MatmulKernel::MakePacker() const {
+  Packer packer;
+  packer.kernel_ = this;
+  if (!packs_ && spec_.precision == Precision::kFp32) return packer;
+  const int64_t elements = spec_.k * spec_.n;
+  if (spec_.precision == Precision::kBf16) packer.as_bf16_.resize(elements);
+  if (spec_.precision == Precision::kInt8) packer.as_int8_.resize(elements);
   try {
     const dnnl::engine& engine = CpuEngine();
-    dnnl::stream& stream = ThreadStream();
-    std::optional<dnnl::reorder> created;
-    {
-      absl::MutexLock creating(&PrimitiveCreationMutex());
-      created.emplace(dnnl::reorder::primitive_desc(engine, plain_weights_, engine, weights_));
-    }
-    for (int64_t i = 0; i < count; ++i) {
-      const float* w = matrix(i, scratch.data());
-      float* dst = packed.data() + i * packed_floats_;
-      void* source;
-      if (bf16) {
-        ToBf16(w, elements, as_bf16.data());
-        for (int64_t e = 0; e < elements; ++e) {
-          if (!Bf16IsFinite(as_bf16[e])) {
-            return absl::InvalidArgumentError(absl::StrCat(
-                "matrix ", i, " element ", e, " (", w[e], ") overflows bfloat16"));
-          }
-        }
-        source = as_bf16.data();
-      } else {
-        // One scale per output channel: contiguous rows when output-major,
-        // strided columns when input-major.
-        float* scales = dst + scales_offset_;
-        for (int64_t j = 0; j < n; ++j) {
-          scales[j] = output_major ? QuantizeInt8(w + j * k, k, as_int8.data() + j * k)
-                                   : QuantizeInt8Strided(w + j, k, n, as_int8.data() + j);
-        }
-        source = as_int8.data();
-      }
-      memory src(plain_weights_, engine, source);
-      memory packed_matrix(weights_, engine, dst);
-      created->execute(stream, src, packed_matrix);
-      stream.wait();
-    }
+    absl::MutexLock creating(&PrimitiveCreationMutex());
+    packer.reorder_ =
+        dnnl::reorder(dnnl::reorder::primitive_desc(engine, plain_weights_, engine, weights_));
   } catch (const dnnl::error& e) {
     return FromDnnl(e, absl::StrCat(PrecisionName(spec_.precision), " weight reorder"));
   }
-  return packed;
+  return packer;
+}
+
+absl::Status MatmulKernel::Packer::Pack(const float* w, float* dst, int64_t index) {
+  const MatmulSpec& spec = kernel_->spec_;
+  const int64_t k = spec.k, n = spec.n, elements = k * n;
+  if (!kernel_->packs_ && spec.precision == Precision::kFp32) {
+    if (w != dst) std::copy(w, w + elements, dst);
+    return absl::OkStatus();
+  }
+  // Padding in the blocked layout must be zero; the reorder writes all of
+  // it, but start from zeros so no byte is left uninitialised.
+  std::fill(dst, dst + kernel_->packed_floats_, 0.0f);
+  void* source = const_cast<float*>(w);
+  if (spec.precision == Precision::kBf16) {
+    // One matrix at a time in the reduced type, in spec.layout, then reordered.
+    ToBf16(w, elements, as_bf16_.data());
+    for (int64_t e = 0; e < elements; ++e) {
+      if (!Bf16IsFinite(as_bf16_[e])) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "matrix ", index, " element ", e, " (", w[e], ") overflows bfloat16"));
+      }
+    }
+    source = as_bf16_.data();
+  } else if (spec.precision == Precision::kInt8) {
+    // One scale per output channel: contiguous rows when output-major,
+    // strided columns when input-major.
+    const bool output_major = spec.layout == MatmulSpec::WeightLayout::kOutputMajor;
+    float* scales = dst + kernel_->scales_offset_;
+    for (int64_t j = 0; j < n; ++j) {
+      scales[j] = output_major ? QuantizeInt8(w + j * k, k, as_int8_.data() + j * k)
+                               : QuantizeInt8Strided(w + j, k, n, as_int8_.data() + j);
+    }
+    source = as_int8_.data();
+  }
+  try {
+    const dnnl::engine& engine = CpuEngine();
+    dnnl::stream& stream = ThreadStream();
+    memory src(kernel_->plain_weights_, engine, source);
+    memory packed_matrix(kernel_->weights_, engine, dst);
+    reorder_.execute(stream, src, packed_matrix);
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return FromDnnl(e, absl::StrCat(PrecisionName(spec.precision), " weight reorder"));
+  }
+  return absl::OkStatus();
 }
 
 void* MatmulKernel::ConvertInput(const float* x, int64_t m, float* row_scales) const {

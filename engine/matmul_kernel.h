@@ -50,10 +50,13 @@
 #include <cstdint>
 #include <memory>
 #include <utility>
+#include <vector>
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "engine/precision.h"
+#include "engine/weight_store.h"
 #include "oneapi/dnnl/dnnl.hpp"
 
 namespace sparse {
@@ -72,23 +75,6 @@ struct MatmulSpec {
   bool allow_packing = true;  // false when Run() gets weights built per call
   // BF16 and INT8 need allow_packing: their weights are converted at load.
   Precision precision = Precision::kFp32;
-};
-
-// A 64-byte-aligned float buffer holding packed weights. Move-only.
-class PackedWeights {
- public:
-  PackedWeights() = default;
-  explicit PackedWeights(size_t floats);
-  float* data() { return data_.get(); }
-  const float* data() const { return data_.get(); }
-  size_t size() const { return size_; }
-
- private:
-  struct Free {
-    void operator()(float* p) const;
-  };
-  std::unique_ptr<float[], Free> data_;
-  size_t size_ = 0;
 };
 
 class MatmulKernel {
@@ -130,6 +116,31 @@ class MatmulKernel {
   using MatrixSource = absl::FunctionRef<const float*(int64_t i, float* scratch)>;
   absl::StatusOr<PackedWeights> PackAll(int64_t count, MatrixSource matrix) const;
 
+  // Packs one matrix at a time into storage the caller places (a
+  // WeightStore's part: weight_store.h). Load-time only; one per thread.
+  class Packer {
+   public:
+    // `w`: one matrix in spec.layout (it may be `dst` itself when the
+    // kernel does not pack, so a matrix built in place is never copied);
+    // `dst`: packed_floats() floats. `index` names the matrix in errors
+    // (a bfloat16 overflow).
+    absl::Status Pack(const float* w, float* dst, int64_t index);
+
+   private:
+    friend class MatmulKernel;
+    const MatmulKernel* kernel_ = nullptr;
+    dnnl::reorder reorder_;
+    std::vector<uint16_t> as_bf16_;
+    std::vector<int8_t> as_int8_;
+  };
+  // Creates the reorder primitive a Packer runs. The kernel must outlive it.
+  absl::StatusOr<Packer> MakePacker() const;
+  // PackAll into array `name` of `store` (weight_store.h): `count` parts
+  // of packed_floats() floats, matrix i packed into part i. A prebuilt
+  // store's array is used as it is and `matrix` is never called.
+  absl::StatusOr<PackedWeights> PackInto(WeightStore& store, absl::string_view name, int64_t count,
+                                         MatrixSource matrix) const;
+
   // x: [rows, K] row-major; w: one matrix as PackAll laid it out (or, when
   // !packs(), in spec.layout); bias: [N] (when
   // spec.bias, else ignored); y: [rows, N] row-major. Adds 2·rows·K·N to
@@ -154,8 +165,6 @@ class MatmulKernel {
   // is float32). Throws dnnl::error. REQUIRES: PrimitiveCreationMutex held.
   void CreateBuckets(dnnl::memory::data_type in, dnnl::memory::data_type out, bool with_bias,
                      const dnnl::primitive_attr& attr);
-  // PackAll() for BF16 and INT8.
-  absl::StatusOr<PackedWeights> PackReduced(int64_t count, MatrixSource matrix) const;
   // The primitives' part of Run(): the binary decomposition into buckets
   // (with sgemm for 1-2 rows where it applies); counts executions in *reads.
   absl::Status RunBuckets(const float* x, int64_t rows, const float* w, const float* bias,

@@ -34,9 +34,13 @@ struct ModelInfo {
   Precision precision = Precision::kFp32;  // of the large matrices (precision.h)
   // Weight bytes a one-row request reads (docs/checkpoint-format.md).
   int64_t weight_bytes_per_row = 0;
-  // Bytes the model holds for its weights: every packed copy, biases,
-  // tables and their indexes.
+  // Bytes the model holds for its weights in its own memory: every packed
+  // copy, biases, tables and their indexes.
   int64_t resident_bytes = 0;
+  // Bytes of its weights it reads from a file mapping instead
+  // (engine/weight_store.h, docs/weight-cache.md); Model::Residency() says
+  // how much of them is in memory.
+  int64_t mapped_bytes = 0;
   // A shard's part of a sharded model (docs/deploy.md): it computes only
   // for a route a front gives it (PredictOptions::given).
   bool needs_given_route = false;
@@ -60,6 +64,16 @@ struct PredictStats {
   // above include the shards' own).
   int64_t shards = 0;
   int64_t fanout_ns = 0;
+};
+
+// How much of a model's mapped weights is in memory (mincore), now.
+struct WeightResidency {
+  int64_t mapped_bytes = 0;
+  int64_t resident_bytes = 0;
+  // Per part (a DSM's expert slice [l * E + e] with its B, Aᵀ and c): bytes
+  // in memory, of part_bytes each. Empty when nothing is mapped.
+  std::vector<int64_t> part_resident_bytes;
+  int64_t part_bytes = 0;
 };
 
 // Where each row went. Filled only when the caller passes a Route.
@@ -104,6 +118,13 @@ class Model {
   // Counts since creation; empty for kinds without a router (dense, top-k
   // DSM). These counters are the one thing Predict() changes in a model.
   virtual RoutingCounts Routing() const { return {}; }
+  // Of mapped weights (ModelInfo::mapped_bytes): what is in memory. Costs a
+  // mincore call per part: for status pages and metrics, not requests.
+  virtual WeightResidency Residency() const {
+    WeightResidency r;
+    r.mapped_bytes = info().mapped_bytes;
+    return r;
+  }
 
   // Computes y [rows, o] from x [rows, d], both row-major.
   // Errors (INVALID_ARGUMENT): rows < 1, x or y of the wrong size, a NaN or

@@ -485,6 +485,81 @@ absl::Status WriteCheckpoint(const std::string& model_dir, int64_t version,
   return status;
 }
 
+namespace {
+
+// The engine models of `c` (a whole model, or a front's part read as the
+// skeleton of a mapped one), their arrays from `store`.
+absl::StatusOr<LoadedModel> CreateModels(const Checkpoint& c, const LoadOptions& options,
+                                         WeightStore& store) {
+  LoadedModel loaded;
+  loaded.info = c.info;
+  loaded.model_sha256 = c.model_sha256;
+  const Precision precision = options.precision;
+  PrefixedStore sparse(&store, "sparse/"), dense(&store, "dense/");
+  ASSIGN_OR_RETURN(loaded.sparse, CodecOf(c.sparse).CreateModel(c.sparse, precision, sparse));
+  if (const DenseWeights* network = CostOnlyDense(c, options)) {
+    ASSIGN_OR_RETURN(loaded.dense, DenseModel::Create(*network, precision, &dense));
+    loaded.dense_cost_only = true;
+  }
+  if (c.dense.has_value()) {
+    ASSIGN_OR_RETURN(loaded.dense, DenseModel::Create(*c.dense, precision, &dense));
+  }
+  return loaded;
+}
+
+// The kind a version-2 manifest's tensors name (its signature tensor).
+const KindCodec* KindOfManifest(const ManifestEntry& model) {
+  for (const KindCodec* codec : KindCodecs()) {
+    if (model.tensors.contains(std::string(codec->SignatureTensor()))) return codec;
+  }
+  return nullptr;
+}
+
+// The mapped load (weight_cache.h); nullopt when the version cannot be
+// mapped (a format_version 1 manifest, a kind that is copied in).
+absl::StatusOr<std::optional<LoadedModel>> LoadMapped(const std::string& dir,
+                                                      const LoadOptions& options) {
+  ASSIGN_OR_RETURN(Manifest manifest, ReadManifest(dir));
+  const KindCodec* kind = KindOfManifest(manifest.files[kModelFile]);
+  if (manifest.format_version < 2 || kind == nullptr || !kind->MapsWeights()) return std::nullopt;
+  const std::string key = WeightCacheKey(
+      manifest.files[kModelFile].sha256,
+      manifest.files.contains(kDenseFile) ? manifest.files[kDenseFile].sha256 : "",
+      options.precision, options.cost_only_dense);
+  const std::string path = WeightCachePath(options.weight_cache_dir, key);
+  absl::StatusOr<std::shared_ptr<WeightCacheFile>> file =
+      WeightCacheFile::Open(path, key, options.weight_verify);
+  std::string event = "mapped";
+  if (!file.ok()) {
+    event = absl::IsNotFound(file.status()) ? "built"
+                                            : absl::StrCat("rebuilt: ", file.status().message());
+    // First sight: the whole checkpoint, every file's SHA-256 checked, is
+    // written part by part in the kernels' layouts, then mapped.
+    {
+      ASSIGN_OR_RETURN(Checkpoint whole, ReadCheckpoint(dir, options));
+      ASSIGN_OR_RETURN(std::unique_ptr<WeightCacheWriter> writer,
+                       WeightCacheWriter::Create(path, key));
+      RETURN_IF_ERROR(CreateModels(whole, options, *writer).status());
+      RETURN_IF_ERROR(writer->Publish());
+    }
+    file = WeightCacheFile::Open(path, key, options.weight_verify);
+    RETURN_IF_ERROR(file.status());
+  }
+  // The skeleton: dimensions, routing, a0 (and a dense twin's dimensions),
+  // read as a front reads them, each range checked against its sum.
+  LoadOptions skeleton_options = options;
+  skeleton_options.part = {.role = ModelPart::Role::kSkeleton};
+  ASSIGN_OR_RETURN(Checkpoint skeleton, ReadCheckpoint(dir, skeleton_options));
+  skeleton.part = {};
+  ASSIGN_OR_RETURN(LoadedModel loaded, CreateModels(skeleton, options, **file));
+  RETURN_IF_ERROR((*file)->CheckAllUsed());
+  loaded.weight_cache = *std::move(file);
+  loaded.weight_cache_event = std::move(event);
+  return loaded;
+}
+
+}  // namespace
+
 absl::StatusOr<LoadedModel> LoadCheckpoint(const std::string& version_dir,
                                            const LoadOptions& options) {
   // Every allocation is bounded by the files and the budget; this is the
@@ -495,21 +570,12 @@ absl::StatusOr<LoadedModel> LoadCheckpoint(const std::string& version_dir,
           "a front's part of a sharded model routes to its shards; the server builds it from "
           "ReadCheckpoint");
     }
+    if (!options.weight_cache_dir.empty() && options.part.role == ModelPart::Role::kWhole) {
+      ASSIGN_OR_RETURN(std::optional<LoadedModel> mapped, LoadMapped(version_dir, options));
+      if (mapped.has_value()) return *std::move(mapped);
+    }
     ASSIGN_OR_RETURN(Checkpoint checkpoint, ReadCheckpoint(version_dir, options));
-    LoadedModel loaded;
-    loaded.info = std::move(checkpoint.info);
-    loaded.model_sha256 = checkpoint.model_sha256;
-    const Precision precision = options.precision;
-    ASSIGN_OR_RETURN(loaded.sparse,
-                     CodecOf(checkpoint.sparse).CreateModel(checkpoint.sparse, precision));
-    if (const DenseWeights* network = CostOnlyDense(checkpoint, options)) {
-      ASSIGN_OR_RETURN(loaded.dense, DenseModel::Create(*network, precision));
-      loaded.dense_cost_only = true;
-    }
-    if (checkpoint.dense.has_value()) {
-      ASSIGN_OR_RETURN(loaded.dense, DenseModel::Create(*checkpoint.dense, precision));
-    }
-    return loaded;
+    return CreateModels(checkpoint, options, CopyIn());
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(
         "out of memory while loading the version (std::bad_alloc); lower its size or raise "

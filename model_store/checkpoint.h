@@ -20,6 +20,7 @@
 #include "engine/sharding.h"
 #include "engine/weights.h"
 #include "model_store/kinds/kinds.h"
+#include "model_store/weight_cache.h"
 
 namespace sparse {
 
@@ -39,7 +40,12 @@ struct ModelPart {
     kWhole,  // everything
     kShard,  // a shard's experts or tables (engine/sharding.h); no dense twin
     kFront,  // the router, hash functions and a0; the dense twin if there is one
+    // What kFront reads, of a whole model whose large arrays come from its
+    // weight cache file (weight_cache.h): never split, any router.
+    kSkeleton,
   };
+  // Only the dimensions, routing and a0 of the sparse model are read.
+  bool RoutingOnly() const { return role == Role::kFront || role == Role::kSkeleton; }
   Role role = Role::kWhole;
   ShardSpec shard = {};  // kShard: this server's i/N; kFront: count = N
 };
@@ -97,6 +103,12 @@ struct LoadOptions {
   // A DSM without a trained twin gets a cost-only dense endpoint (its own
   // weights unmasked, a second copy of them); false: no dense endpoint.
   bool cost_only_dense = true;
+  // Where this version's weight cache file lives (weight_cache.h:
+  // --weight_cache_dir/<model>/<version>); empty: weights are copied into
+  // process memory. Only a whole model of a kind that MapsWeights(), with
+  // a format_version 2 manifest, is mapped; others are copied in.
+  std::string weight_cache_dir = {};
+  WeightVerify weight_verify = WeightVerify::kLoad;
 };
 
 // Bytes a version costs at its peak while it loads and serves, as
@@ -138,10 +150,21 @@ struct LoadedModel {
   bool dense_cost_only = false;
   std::map<std::string, std::string> info;
   std::string model_sha256;  // Checkpoint::model_sha256
+  // The mapped weight cache file the models compute on; null when their
+  // weights were copied into process memory.
+  std::shared_ptr<WeightCacheFile> weight_cache;
+  // How the weight cache file came to be: "mapped" (it was valid),
+  // "built" (there was none), or "rebuilt: <why the old one was not used>".
+  std::string weight_cache_event;
+  bool retired() const { return weight_cache != nullptr && weight_cache->retired(); }
 };
 
 // ReadCheckpoint, then builds the engine models. Running out of memory
 // (std::bad_alloc, std::length_error) is RESOURCE_EXHAUSTED, not a crash.
+// With options.weight_cache_dir the models of a version that can be mapped
+// compute on its weight cache file (weight_cache.h): mapped as it is when
+// it is valid for this version and build, otherwise (re)built first from
+// the whole checkpoint, verified as ReadCheckpoint verifies it.
 absl::StatusOr<LoadedModel> LoadCheckpoint(const std::string& version_dir,
                                            const LoadOptions& options = {});
 

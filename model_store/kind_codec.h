@@ -89,9 +89,17 @@ class KindCodec {
   virtual absl::string_view SignatureTensor() const = 0;
   // The kind's share of the load budget, for `rows` rows per thread.
   virtual KindLoadCost LoadCost(const SparseWeights& w, int64_t rows) const = 0;
-  // The engine model, its large matrices at `precision`.
+  // The engine model, its large matrices at `precision`, their arrays from
+  // `store` (engine/weight_store.h) when the kind MapsWeights(), else in
+  // process memory.
   virtual absl::StatusOr<std::unique_ptr<Model>> CreateModel(const SparseWeights& w,
-                                                             Precision precision) const = 0;
+                                                             Precision precision,
+                                                             WeightStore& store) const = 0;
+  // Whether the kind's models take their large arrays from a WeightStore,
+  // so a version can serve from the weight cache (weight_cache.h): made
+  // from a front's part (ReadCheckpoint kFront: dimensions, routing, a0)
+  // and a prebuilt store. Kinds that do not are copied in.
+  virtual bool MapsWeights() const = 0;
   // The network a dense endpoint runs unmasked, as a cost-only baseline,
   // when the version has no dense twin; null if the kind has none (or `w`
   // is a shard's part).

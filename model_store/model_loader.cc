@@ -46,6 +46,10 @@ absl::StatusOr<std::unique_ptr<Servable>> LoadAndWarmUp(const std::string& model
   load_options.precision = precision;
   load_options.part = options.part;
   load_options.cost_only_dense = options.cost_only_dense;
+  if (!options.weight_cache_dir.empty()) {
+    load_options.weight_cache_dir = absl::StrCat(options.weight_cache_dir, "/", model, "/", version);
+  }
+  load_options.weight_verify = options.weight_verify;
   absl::StatusOr<LoadedModel> loaded;
   if (options.part.role == ModelPart::Role::kFront) {
     loaded = LoadFront(model, version, dir, load_options, options.make_front);

@@ -46,6 +46,10 @@ struct LoaderOptions {
   // --cost_only_dense: a DSM without a trained twin gets a cost-only dense
   // endpoint (LoadOptions::cost_only_dense).
   bool cost_only_dense = true;
+  // --weight_cache_dir: versions that can be mapped compute on a weight
+  // cache file in <dir>/<model>/<version>/ (weight_cache.h); empty: copied in.
+  std::string weight_cache_dir = {};
+  WeightVerify weight_verify = WeightVerify::kLoad;  // --weight_verify
   // The part of each version this server serves (--shard, --shard_targets).
   ModelPart part = {};
   // Required for a front's part.

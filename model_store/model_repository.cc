@@ -242,7 +242,9 @@ void ModelRepository::LoadOrReuse(const std::string& name, const AspiredVersions
     if (previous != nullptr) {
       auto loaded = previous->versions.find(version);
       if (loaded != previous->versions.end()) {
-        if (loaded->second->precision == precision) {
+        // A retired weight cache mapping (another process opened its file
+        // for writing) is loaded again, from a new file.
+        if (loaded->second->precision == precision && !loaded->second->loaded.retired()) {
           state->versions.emplace(version, loaded->second);
           continue;
         }
@@ -282,8 +284,14 @@ void ModelRepository::LoadOrReuse(const std::string& name, const AspiredVersions
       if (other_precision != nullptr) state->versions.emplace(version, other_precision);
       continue;
     }
-    log->push_back(absl::StrCat("model ", name, " version ", version, " loaded: ",
-                                servable->loaded.sparse->info().description));
+    const LoadedModel& loaded = servable->loaded;
+    log->push_back(absl::StrCat(
+        "model ", name, " version ", version, " loaded: ", loaded.sparse->info().description,
+        loaded.weight_cache == nullptr
+            ? ""
+            : absl::StrCat(" (weights mapped from ", loaded.weight_cache->path(), ", ",
+                           loaded.weight_cache_event, "; verified on ",
+                           WeightVerifyName(loaded.weight_cache->verify()), ")")));
     state->versions.emplace(version, std::move(servable));
   }
   if (previous != nullptr) {

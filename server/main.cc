@@ -95,6 +95,18 @@ ABSL_FLAG(bool, cost_only_dense, true,
           "weights run unmasked (PredictDense reports the dense cost; dense_cost_only is set). "
           "It holds a second copy of the weights; --nocost_only_dense serves no dense endpoint "
           "for such versions instead.");
+ABSL_FLAG(std::string, weight_cache_dir, "",
+          "A writable directory (an emptyDir in Kubernetes) where the server keeps each DSM "
+          "version's weights in the kernels' layout, written on its first load, and computes on a "
+          "read-only mapping of that file: memory then follows the experts requests use, and "
+          "processes serving one version share it (docs/weight-cache.md). Empty: weights are "
+          "copied into process memory, as they are for versions that cannot be mapped: LSH tables, "
+          "format_version 1 manifests, and a shard's or front's part.");
+ABSL_FLAG(std::string, weight_verify, "load",
+          "When a mapped weight cache file's per-part SHA-256 sums are checked: 'load' (every part, "
+          "on every core, before the version serves) or 'touch' (each expert slice on its first "
+          "request: loads at once, and a corrupt slice fails only the requests routed to it, "
+          "with DATA_LOSS).");
 ABSL_FLAG(std::string, shard, "",
           "Serve as shard i of N of every model in the repository, e.g. 0/4 (docs/deploy.md, "
           "\"Sharded models\"): load only experts [iE/N, (i+1)E/N) of each DSM block, or tables "
@@ -162,6 +174,17 @@ bool OptionsFromFlags(sparse::ServerOptions& options) {
   options.model_control = absl::GetFlag(FLAGS_model_control);
   options.drain_seconds = absl::GetFlag(FLAGS_drain_seconds);
   options.cost_only_dense = absl::GetFlag(FLAGS_cost_only_dense);
+  options.weight_cache_dir = absl::GetFlag(FLAGS_weight_cache_dir);
+  {
+    absl::StatusOr<sparse::WeightVerify> verify =
+        sparse::ParseWeightVerify(absl::GetFlag(FLAGS_weight_verify));
+    if (!verify.ok()) {
+      std::fprintf(stderr, "sparse-server: --weight_verify: %s\n",
+                   std::string(verify.status().message()).c_str());
+      return false;
+    }
+    options.weight_verify = *verify;
+  }
   options.shard = absl::GetFlag(FLAGS_shard);
   for (absl::string_view target :
        absl::StrSplit(absl::GetFlag(FLAGS_shard_targets), ';', absl::SkipWhitespace())) {

@@ -12,6 +12,7 @@ bool Front(const ServerRun& r) { return r.front; }
 bool Tls(const ServerRun& r) { return r.tls; }
 bool Http(const ServerRun& r) { return r.http; }
 bool HttpOrMetrics(const ServerRun& r) { return r.http || r.metrics; }
+bool WeightCache(const ServerRun& r) { return r.weight_cache; }
 
 constexpr char kEvery[] = "every server";
 constexpr char kFront[] = "a front (--shard_targets): how it reaches its shards";
@@ -47,6 +48,8 @@ constexpr FlagRule<ServerRun> kRules[] = {
     {"model_control", kEvery, Always},
     {"drain_seconds", kEvery, Always},
     {"cost_only_dense", kEvery, Always},
+    {"weight_cache_dir", kEvery, Always},
+    {"weight_verify", "servers with --weight_cache_dir", WeightCache},
     {"shard", kEvery, Always},
     {"shard_targets", kEvery, Always},
     {"shard_wait_seconds", "a front (--shard_targets): how long a load waits for its shards",
@@ -69,7 +72,8 @@ ServerRun ServerRun::Of(const ServerOptions& options) {
                    .front = !options.shard_targets.empty(),
                    .tls = !options.tls_cert_file.empty(),
                    .http = options.http_port >= 0,
-                   .metrics = options.metrics_port >= 0};
+                   .metrics = options.metrics_port >= 0,
+                   .weight_cache = !options.weight_cache_dir.empty()};
 }
 
 std::string ServerRun::Describe() const {
@@ -78,7 +82,8 @@ std::string ServerRun::Describe() const {
                               : "a server that is neither shard nor front",
                       tls ? ", with TLS" : ", plaintext (no --tls_cert)",
                       http ? ", with --http_port" : ", no --http_port",
-                      metrics ? ", with --metrics_port" : ", no --metrics_port");
+                      metrics ? ", with --metrics_port" : ", no --metrics_port",
+                      weight_cache ? ", with --weight_cache_dir" : "");
 }
 
 absl::Span<const FlagRule<ServerRun>> SparseServerFlagRules() { return kRules; }

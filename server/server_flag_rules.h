@@ -29,6 +29,7 @@ struct ServerRun {
   bool tls = false;      // --tls_cert (and --tls_key)
   bool http = false;     // --http_port >= 0
   bool metrics = false;  // --metrics_port >= 0
+  bool weight_cache = false;  // --weight_cache_dir
 
   static ServerRun Of(const ServerOptions& options);
   // "a front (--shard_targets), plaintext (no --tls_cert), with --http_port, no --metrics_port".

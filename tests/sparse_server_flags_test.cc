@@ -24,8 +24,9 @@ enum ServerRunKind : uint32_t {
   kTls = 1 << 3,      // --tls_cert --tls_key
   kHttp = 1 << 4,     // --http_port=0
   kMetrics = 1 << 5,  // --metrics_port=0
+  kCache = 1 << 6,    // --weight_cache_dir=...
 };
-constexpr uint32_t kRunCount = 6;
+constexpr uint32_t kRunCount = 7;
 constexpr uint32_t kEvery = (1u << kRunCount) - 1;
 
 std::string Base(uint32_t run) {
@@ -37,6 +38,7 @@ std::string Base(uint32_t run) {
     case kTls: return repository + " --tls_cert=/nonexistent/c.pem --tls_key=/nonexistent/k.pem";
     case kHttp: return repository + " --http_port=0";
     case kMetrics: return repository + " --metrics_port=0";
+    case kCache: return repository + " --weight_cache_dir=/nonexistent/cache";
   }
   return "";
 }
@@ -72,6 +74,8 @@ std::vector<FlagCase> Table() {
       {"model_control", "true", kEvery},
       {"drain_seconds", "1", kEvery},
       {"cost_only_dense", "false", kEvery},
+      {"weight_cache_dir", "/nonexistent/other-cache", kEvery, kCache},
+      {"weight_verify", "touch", kCache},
       {"shard", "1/2", kEvery},
       {"shard_targets", "127.0.0.1:3", kEvery},
       {"shard_wait_seconds", "5", kFront},

@@ -690,7 +690,7 @@ absl::Status EvaluateReduced(const Model& fp32, const Dataset& test, Precision s
   ASSIGN_OR_RETURN(const std::vector<std::vector<uint64_t>> fp32_routes, RoutesOf(fp32, test));
   const bool classification = result->sparse.classification;
   for (Precision p : {Precision::kBf16, Precision::kInt8}) {
-    ASSIGN_OR_RETURN(std::unique_ptr<Model> sparse, codec.CreateModel(stored, p));
+    ASSIGN_OR_RETURN(std::unique_ptr<Model> sparse, codec.CreateModel(stored, p, CopyIn()));
     ASSIGN_OR_RETURN(std::unique_ptr<DenseModel> twin, DenseModel::Create(dense, p));
     for (const auto& [model, metrics] :
          {std::pair<const Model*, ModelMetrics*>{sparse.get(), &result->sparse},

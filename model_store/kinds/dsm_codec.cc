@@ -105,7 +105,7 @@ class DsmCodec final : public KindCodec {
                                        const ModelPart& part) const override;
   absl::Status Validate(const SparseWeights& w, ModelPart::Role role) const override {
     const auto& dsm = std::get<DsmWeights>(w);
-    return role == ModelPart::Role::kFront ? dsm.ValidateRouting() : dsm.Validate();
+    return ModelPart{.role = role}.RoutingOnly() ? dsm.ValidateRouting() : dsm.Validate();
   }
   std::pair<int64_t, int64_t> Dims(const SparseWeights& w) const override {
     const DenseWeights& net = std::get<DsmWeights>(w).network;
@@ -115,10 +115,11 @@ class DsmCodec final : public KindCodec {
   uint64_t MinFileCopies() const override { return kDsmFileCopies; }
   absl::string_view SignatureTensor() const override { return "top.bias"; }
   KindLoadCost LoadCost(const SparseWeights& w, int64_t rows) const override;
-  absl::StatusOr<std::unique_ptr<Model>> CreateModel(const SparseWeights& w,
-                                                     Precision precision) const override {
-    return DsmModel::Create(std::get<DsmWeights>(w), precision);
+  absl::StatusOr<std::unique_ptr<Model>> CreateModel(const SparseWeights& w, Precision precision,
+                                                     WeightStore& store) const override {
+    return DsmModel::Create(std::get<DsmWeights>(w), precision, &store);
   }
+  bool MapsWeights() const override { return true; }
   const DenseWeights* CostOnlyNetwork(const SparseWeights& w) const override {
     const auto& dsm = std::get<DsmWeights>(w);
     return dsm.IsShard() ? nullptr : &dsm.network;
@@ -181,8 +182,8 @@ absl::StatusOr<SparseWeights> DsmCodec::Decode(MetadataReader& meta, TensorReade
   ASSIGN_OR_RETURN(w.num_experts, meta.Dim("experts"));
   ASSIGN_OR_RETURN(w.active_units, meta.Dim("active_units"));
   const bool shard = part.role == ModelPart::Role::kShard;
-  const bool front = part.role == ModelPart::Role::kFront;
-  if (part.role != ModelPart::Role::kWhole) {
+  const bool front = part.RoutingOnly();
+  if (part.role == ModelPart::Role::kShard || part.role == ModelPart::Role::kFront) {
     RETURN_IF_ERROR(CheckSplit(w, meta, tensors, file, part));
   }
   std::optional<Selection> units;

@@ -44,7 +44,7 @@ class LshTableCodec final : public KindCodec {
                                        const ModelPart& part) const override;
   absl::Status Validate(const SparseWeights& w, ModelPart::Role role) const override {
     const auto& lsh = std::get<LshTableWeights>(w);
-    return role == ModelPart::Role::kFront ? lsh.ValidateHashing() : lsh.Validate();
+    return ModelPart{.role = role}.RoutingOnly() ? lsh.ValidateHashing() : lsh.Validate();
   }
   std::pair<int64_t, int64_t> Dims(const SparseWeights& w) const override {
     const auto& lsh = std::get<LshTableWeights>(w);
@@ -54,10 +54,12 @@ class LshTableCodec final : public KindCodec {
   uint64_t MinFileCopies() const override { return kLshFileCopies; }
   absl::string_view SignatureTensor() const override { return "hash.projection"; }
   KindLoadCost LoadCost(const SparseWeights& w, int64_t rows) const override;
-  absl::StatusOr<std::unique_ptr<Model>> CreateModel(const SparseWeights& w,
-                                                     Precision precision) const override {
+  // Bucket tables are copied in (docs/weight-cache.md): `store` is unused.
+  absl::StatusOr<std::unique_ptr<Model>> CreateModel(const SparseWeights& w, Precision precision,
+                                                     WeightStore& /*store*/) const override {
     return LshTableModel::Create(std::get<LshTableWeights>(w), precision);
   }
+  bool MapsWeights() const override { return false; }
   const DenseWeights* CostOnlyNetwork(const SparseWeights&) const override { return nullptr; }
   // LSH tables are always float32 (their tensors are not weight matrices).
   void RoundToStorage(Precision, SparseWeights*) const override {}
@@ -131,7 +133,7 @@ absl::StatusOr<SparseWeights> LshTableCodec::Decode(MetadataReader& meta, Tensor
   ASSIGN_OR_RETURN(w.projection, tensors.F32("hash.projection", {hashes, w.input_dim},
                                              shard ? &tables_hashes : nullptr));
   ASSIGN_OR_RETURN(w.offset, tensors.F32("hash.offset", {hashes}, shard ? &tables_hashes : nullptr));
-  const bool front = part.role == ModelPart::Role::kFront;
+  const bool front = part.RoutingOnly();
   if (front) {
     tensors.Skip("alpha");
   } else {
