@@ -38,6 +38,7 @@ void AppendResponse(const sparse::v1::PredictResponse& next, sparse::v1::Predict
   cost->set_weight_bytes(cost->weight_bytes() + c.weight_bytes());
   cost->set_shards(std::max(cost->shards(), c.shards()));
   cost->set_fanout_ns(cost->fanout_ns() + c.fanout_ns());
+  cost->set_major_faults(cost->major_faults() + c.major_faults());
 }
 
 absl::StatusOr<SparseClient::Call> PredictBatched(SparseClient& client, const std::string& model,

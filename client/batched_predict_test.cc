@@ -102,6 +102,7 @@ TEST(AppendResponseTest, RowsOutputsAndRoutesFollowInOrderAndCostsAdd) {
   a.mutable_cost()->set_flops(10);
   a.mutable_cost()->set_batch_size(2);
   a.mutable_cost()->set_weight_bytes(100);
+  a.mutable_cost()->set_major_faults(3);
   b = a;
   b.set_rows(1);
   b.clear_outputs();
@@ -116,6 +117,7 @@ TEST(AppendResponseTest, RowsOutputsAndRoutesFollowInOrderAndCostsAdd) {
   EXPECT_THAT(a.route().expert_ids(), ElementsAre(4, 5, 6));
   EXPECT_EQ(a.cost().flops(), 15);
   EXPECT_EQ(a.cost().weight_bytes(), 200);
+  EXPECT_EQ(a.cost().major_faults(), 6);
   EXPECT_EQ(a.cost().batch_size(), 2);
 
   // No route asked for: none appears.

@@ -48,11 +48,12 @@ struct PathSetup {
 };
 
 // The cost an OIP or REST answer reports in its parameters.
-ServerSide FromParameters(int64_t flops, int64_t weight_bytes, int64_t queue_ns,
-                          int64_t compute_ns, int64_t total_ns) {
+ServerSide FromParameters(int64_t flops, int64_t weight_bytes, int64_t major_faults,
+                          int64_t queue_ns, int64_t compute_ns, int64_t total_ns) {
   ServerSide side;
   side.flops = flops;
   side.weight_bytes = weight_bytes;
+  side.major_faults = major_faults;
   side.queue_ns = queue_ns;
   side.compute_ns = compute_ns;  // route + compute: the protocol reports them together
   side.total_ns = total_ns;
@@ -71,8 +72,8 @@ LoadPath OipLoadPath(PathSetup* setup) {
             auto it = r.parameters().find(key);
             return it == r.parameters().end() ? int64_t{0} : it->second.int64_param();
           };
-          done(s, FromParameters(param("flops"), param("weight_bytes"), param("queue_ns"),
-                                 param("compute_ns"), param("total_ns")));
+          done(s, FromParameters(param("flops"), param("weight_bytes"), param("major_faults"),
+                                 param("queue_ns"), param("compute_ns"), param("total_ns")));
         });
   };
   return path;
@@ -99,8 +100,8 @@ absl::StatusOr<ServerSide> FromRestReply(const RestReply& reply) {
   auto param = [&p](const char* key) {
     return p.contains(key) && p[key].is_number_integer() ? p[key].get<int64_t>() : int64_t{0};
   };
-  return FromParameters(param("flops"), param("weight_bytes"), param("queue_ns"),
-                        param("compute_ns"), param("total_ns"));
+  return FromParameters(param("flops"), param("weight_bytes"), param("major_faults"),
+                        param("queue_ns"), param("compute_ns"), param("total_ns"));
 }
 
 LoadPath RestLoadPath(PathSetup* setup) {
@@ -182,6 +183,7 @@ Json ToJson(const LevelResult& r) {
             {"compute_p50_us", r.compute_p50_us},
             {"flops_per_request", r.flops_per_request},
             {"weight_bytes_per_request", r.weight_bytes_per_request},
+            {"major_faults_per_request", r.major_faults_per_request},
             {"client_cpu_us_per_request", r.client_cpu_us_per_request},
             {"server_cpu_us_per_request",
              r.server_cpu_us_per_request < 0 ? Json(nullptr) : Json(r.server_cpu_us_per_request)},
@@ -209,19 +211,19 @@ std::string Csv(const std::string& model, int64_t batch, const std::vector<Level
       "model,batch,path,mode,concurrency,rate_rps,arrival,stable,seconds,requests,errors,"
       "throughput_rps,p50_us,p90_us,p99_us,p999_us,mean_us,max_us,server_us,queue_us,route_us,"
       "compute_us,network_us,flops_per_request,client_cpu_us_per_request,"
-      "server_cpu_us_per_request,weight_bytes_per_request\n";
+      "server_cpu_us_per_request,weight_bytes_per_request,major_faults_per_request\n";
   for (const LevelResult& r : results) {
     const bool closed = r.load.mode == Load::Mode::kClosed;
     absl::StrAppendFormat(
         &out, "%s,%d,%s,%s,%s,%s,%s,%d,%.3f,%d,%d,%.1f,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,"
-              "%.2f,%.2f,%d,%.2f,%s,%d\n",
+              "%.2f,%.2f,%d,%.2f,%s,%d,%.4f\n",
         model, batch, r.path, closed ? "closed" : "open", closed ? absl::StrCat(r.load.concurrency) : "",
         closed ? "" : absl::StrFormat("%g", r.load.rate), closed ? "" : (r.load.poisson ? "poisson" : "constant"),
         r.stable ? 1 : 0, r.seconds, r.completed, r.errors, r.throughput, r.p50_us, r.p90_us, r.p99_us,
         r.p999_us, r.mean_us, r.max_us, r.server_us, r.queue_us, r.route_us, r.compute_us, r.network_us,
         r.flops_per_request, r.client_cpu_us_per_request,
         r.server_cpu_us_per_request < 0 ? "" : absl::StrFormat("%.2f", r.server_cpu_us_per_request),
-        r.weight_bytes_per_request);
+        r.weight_bytes_per_request, r.major_faults_per_request);
   }
   return out;
 }
@@ -280,22 +282,25 @@ void PrintTable(const BenchOptions& o, const std::vector<LevelResult>& results) 
   // The path column fits the longest name (sparse@rest_binary with --protocols).
   int width = 9;
   for (const LevelResult& r : results) width = std::max(width, static_cast<int>(r.path.size()));
-  std::printf("  %-8s %-*s %9s %8s %8s %8s %9s %7s %10s %10s %13s %16s %14s %s\n",
+  std::printf("  %-8s %-*s %9s %8s %8s %8s %9s %7s %10s %10s %10s %13s %16s %14s %s\n",
               closed ? "inflight" : "offered", width, "path", "req/s", "p50 us", "p90 us", "p99 us",
-              "p99.9 us", "errors", "FLOPs/req", "bytes/req", "server us", "queue/compute",
-              "CPU us/req", "stable");
+              "p99.9 us", "errors", "FLOPs/req", "bytes/req", "faults/req", "server us",
+              "queue/compute", "CPU us/req", "stable");
   for (const LevelResult& r : results) {
-    std::printf("  %-8s %-*s %9.0f %8.1f %8.1f %8.1f %9.1f %7lld %10lld %10s %13.1f %7.1f/%-8.1f %6s/%-7s %s\n",
+    std::printf("  %-8s %-*s %9.0f %8.1f %8.1f %8.1f %9.1f %7lld %10lld %10s %10.2f %13.1f %7.1f/%-8.1f %6s/%-7s %s\n",
                 Level(r).c_str(), width, r.path.c_str(), r.throughput, r.p50_us, r.p90_us, r.p99_us,
                 r.p999_us, static_cast<long long>(r.errors),
                 static_cast<long long>(r.flops_per_request),
-                HumanBytes(r.weight_bytes_per_request).c_str(), r.server_us, r.queue_us,
+                HumanBytes(r.weight_bytes_per_request).c_str(), r.major_faults_per_request,
+                r.server_us, r.queue_us,
                 r.route_us + r.compute_us, Cpu(r.client_cpu_us_per_request).c_str(),
                 Cpu(r.server_cpu_us_per_request).c_str(), r.stable ? "yes" : "no");
   }
   std::printf("  server us: mean time on the server (arrival to answer); queue/compute: its mean wait "
               "for a worker\n  and route+compute; the rest of the round trip is network and "
-              "client. CPU us/req: client/server\n  process CPU per request (all threads).%s\n",
+              "client. CPU us/req: client/server\n  process CPU per request (all threads). "
+              "faults/req: major page faults (weight pages read from disk)\n  per request, as "
+              "the server counted them.%s\n",
               std::find(o.paths.begin(), o.paths.end(), "bare_echo") != o.paths.end()
                   ? " echo: this server without a model; bare_echo: a bare gRPC echo server."
                   : "");
@@ -383,7 +388,8 @@ LoadPath PredictLoadPath(const std::string& name, SparseClient* client,
                                               .route_ns = c.route_ns(),
                                               .compute_ns = c.compute_ns(),
                                               .flops = c.flops(),
-                                              .weight_bytes = c.weight_bytes()});
+                                              .weight_bytes = c.weight_bytes(),
+                                              .major_faults = c.major_faults()});
                          });
   };
   path.server_cpu_ns = ServerCpu(client);

@@ -186,7 +186,7 @@ WindowResult Summarise(const Window& w) {
 // Fills the level's figures from the reported windows.
 void Aggregate(const std::deque<Window>& windows, LevelResult* out) {
   std::vector<int64_t> latency, route, compute;
-  double server = 0, queue = 0, route_sum = 0, compute_sum = 0, flops = 0, bytes = 0;
+  double server = 0, queue = 0, route_sum = 0, compute_sum = 0, flops = 0, bytes = 0, faults = 0;
   int64_t client_cpu = 0, server_cpu = 0;
   bool server_cpu_known = true;
   for (const Window& w : windows) {
@@ -205,6 +205,7 @@ void Aggregate(const std::deque<Window>& windows, LevelResult* out) {
       compute_sum += r.server.compute_ns;
       flops += static_cast<double>(r.server.flops);
       bytes += static_cast<double>(r.server.weight_bytes);
+      faults += static_cast<double>(r.server.major_faults);
     }
   }
   const int64_t n = static_cast<int64_t>(latency.size());
@@ -228,6 +229,7 @@ void Aggregate(const std::deque<Window>& windows, LevelResult* out) {
     out->network_us = out->mean_us - out->server_us;
     out->flops_per_request = static_cast<int64_t>(std::llround(flops / n));
     out->weight_bytes_per_request = static_cast<int64_t>(std::llround(bytes / n));
+    out->major_faults_per_request = faults / n;
   }
   const int64_t requests = n + out->errors;
   if (requests > 0) {

@@ -36,6 +36,7 @@ namespace sparse {
 struct ServerSide {
   int64_t total_ns = 0, queue_ns = 0, route_ns = 0, compute_ns = 0, flops = 0;
   int64_t weight_bytes = 0;  // 0 when the answer does not report it
+  int64_t major_faults = 0;  // Cost.major_faults; 0 when the answer does not report it
 };
 
 struct LoadPath {
@@ -95,6 +96,9 @@ struct LevelResult {
   double route_p50_us = 0, compute_p50_us = 0;
   int64_t flops_per_request = 0;
   int64_t weight_bytes_per_request = 0;
+  // Mean major page faults per request (the server's Cost.major_faults): a
+  // fraction when few requests fault.
+  double major_faults_per_request = 0;
   double client_cpu_us_per_request = 0;
   double server_cpu_us_per_request = -1;  // -1: unknown
   std::string first_error;

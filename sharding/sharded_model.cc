@@ -13,6 +13,7 @@
 #include "client/client.h"
 #include "common/client_text.h"
 #include "common/internal_error.h"
+#include "common/page_faults.h"
 #include "common/status_macros.h"
 #include "engine/matmul_kernel.h"
 #include "engine/sharding.h"
@@ -452,6 +453,9 @@ absl::Status ShardedModel::Fanout(const Calls& calls, absl::Time deadline,
     stats->flops += bounded(cost.flops());
     stats->weight_bytes += bounded(cost.weight_bytes());
     stats->compute_ns += bounded(cost.route_ns()) + bounded(cost.compute_ns());
+    // The shards' page faults: not the engine's to count (PredictStats), but
+    // the core's, around this thread's compute (common/page_faults.h).
+    AddMajorFaultsTakenElsewhere(bounded(cost.major_faults()));
   }
   return absl::OkStatus();
 }

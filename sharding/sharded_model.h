@@ -12,7 +12,11 @@
 // request's deadline, and adds their partial outputs and a0. A shard that
 // is down or draining fails the call UNAVAILABLE, one past the deadline
 // DEADLINE_EXCEEDED; the serving core then runs each request of the batch
-// alone, so only the requests that needed that shard fail.
+// alone, so only the requests that needed that shard fail. The shards'
+// FLOPs, bytes and compute time go into the PredictStats; their major page
+// faults (Cost.major_faults) are reported on the calling thread with
+// AddMajorFaultsTakenElsewhere (common/page_faults.h), where the core's
+// MajorFaultCounter around the compute counts them.
 //
 // Thread-safe: Predict from many threads (each blocks on its calls).
 #ifndef SPARSE_SHARDING_SHARDED_MODEL_H_

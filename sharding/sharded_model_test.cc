@@ -20,6 +20,7 @@
 #include "engine/sharding.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "common/page_faults.h"
 #include "model_store/checkpoint.h"
 #include "tests/testing/matchers.h"
 #include "tests/testing/random_models.h"
@@ -83,6 +84,9 @@ class FakeShard {
     delay_ = delay;
   }
 
+  // Each answered call reports this many major page faults in its cost.
+  void SetMajorFaults(int64_t per_call) { major_faults_ = per_call; }
+
   int64_t keepalives() const { return keepalives_.load(); }      // no rows, answered OK
   int64_t partial_calls() const { return partial_calls_.load(); }  // with rows
   int64_t attempts() const { return attempts_.load(); }            // every call
@@ -115,7 +119,9 @@ class FakeShard {
       return absl::OkStatus();
     }
     ++partial_calls_;
-    return Compute(*served->sparse, r, out);
+    absl::Status s = Compute(*served->sparse, r, out);
+    if (s.ok()) out->mutable_cost()->set_major_faults(major_faults_.load());
+    return s;
   }
 
   void StartComputePartial(const PartialRequest* request, absl::Time deadline,
@@ -233,6 +239,7 @@ class FakeShard {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
   std::atomic<int64_t> keepalives_{0}, partial_calls_{0}, attempts_{0}, in_flight_{0};
+  std::atomic<int64_t> major_faults_{0};
   std::vector<std::thread> workers_;  // last: they start once the rest is built
 };
 
@@ -440,6 +447,37 @@ TEST_F(ShardedModelTest, LshFanoutEqualsTheWholeModel) {
     EXPECT_NE(std::count(want.route.bucket_missed.begin(), want.route.bucket_missed.end(), 1), 0)
         << "the model has misses, so the shards' miss flags are compared";
   }
+}
+
+// The major page faults the shards report for a front's calls count on the
+// thread that predicted, as its own would (the serving core's
+// MajorFaultCounter around the compute puts them in the request's cost).
+TEST_F(ShardedModelTest, TheShardsMajorFaultsCountOnThePredictingThread) {
+  const std::string dir = Write(Dsm(7), 1);
+  StartShards(2, 1, dir);
+  fakes_[0]->SetMajorFaults(7);
+  fakes_[1]->SetMajorFaults(100);
+  const std::unique_ptr<ShardSet> shards = Shards({});
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Model> front, Front(*shards, 1, dir));
+  const int64_t before0 = fakes_[0]->partial_calls(), before1 = fakes_[1]->partial_calls();
+  const MajorFaultCounter counter;
+  absl::Status s;
+  Predict(*front, testing::RandomInputs(300, 16, 9), &s);
+  ASSERT_OK(s);
+  const int64_t calls0 = fakes_[0]->partial_calls() - before0;
+  const int64_t calls1 = fakes_[1]->partial_calls() - before1;
+  ASSERT_GE(calls0, 1);
+  ASSERT_GE(calls1, 1);
+  const int64_t reported = 7 * calls0 + 100 * calls1;
+  // Plus this thread's own, if the kernel had to read a page of ours.
+  EXPECT_GE(counter.Count(), reported);
+  EXPECT_LE(counter.Count(), reported + 5);
+  // Another thread's prediction adds nothing here.
+  const MajorFaultCounter here;
+  std::thread other([&] { Predict(*front, testing::RandomInputs(10, 16, 3), &s); });
+  other.join();
+  ASSERT_OK(s);
+  EXPECT_LE(here.Count(), 5);
 }
 
 // Many threads predict at once, each on its own rows, while the keep-alive

@@ -73,6 +73,11 @@ with tempfile.TemporaryDirectory() as tmp:
                       "%s %s cost.flops %d == rows x flops_per_row %d" % (name, label, r.cost.flops, rows * per_row))
                 check(r.cost.compute_ns > 0 and r.cost.total_ns >= r.cost.compute_ns,
                       "%s %s reports compute and total time" % (name, label))
+                # Cost field 11: the major page faults the compute took (0
+                # while the weights are in memory, never negative).
+                check(inference_pb2.Cost.DESCRIPTOR.fields_by_name["major_faults"].number == 11 and
+                      r.cost.major_faults >= 0,
+                      "%s %s reports cost.major_faults: %d" % (name, label, r.cost.major_faults))
             check(sparse.cost.dense_flops == dense.cost.flops, "%s dense_flops matches PredictDense" % name)
             # Bytes: FP32 by default; one row reads what GetModel says a row reads.
             check(version.precision == "FP32" and version.resident_bytes > 0,
@@ -143,13 +148,26 @@ with tempfile.TemporaryDirectory() as tmp:
             dense = [r for r in results if r["path"] == "dense"][0]
             check(sparse["flops_per_request"] == 71808 and dense["flops_per_request"] == 4202496,
                   "bench reports the engine's FLOPs: %d %d" % (sparse["flops_per_request"], dense["flops_per_request"]))
+            check(all(r.get("major_faults_per_request", -1) >= 0 for r in results),
+                  "bench reports major faults per request: %s" % [r.get("major_faults_per_request") for r in results])
             rows = list(csvlib.DictReader(open(csv_path)))
             check(len(rows) == 4 and rows[0]["path"] == "sparse" and float(rows[0]["throughput_rps"]) > 0,
                   "bench --csv: %s" % rows[:1])
+            check(all(float(r.get("major_faults_per_request") or -1) >= 0 for r in rows),
+                  "bench --csv has major_faults_per_request: %s" % rows[:1])
             svg = ElementTree.parse(svg_path).getroot()
             lines = svg.findall("{http://www.w3.org/2000/svg}polyline")
             check(len(lines) == 4 and all(len(l.get("points").split()) == 2 for l in lines),
                   "bench --plot: 4 series (p50/p99 of sparse and dense) of 2 points each")
+        # The table: faults/req next to FLOPs/req and bytes/req.
+        table = run([CLI, "--target=" + target, "bench", "--model=poly_lsh", "--concurrency=1",
+                     "--warmup_seconds=0", "--window_seconds=0.2", "--stable_windows=1",
+                     "--max_windows=1", "--quiet"])
+        header = [l.split() for l in table.stdout.splitlines() if "FLOPs/req" in l]
+        check(table.returncode == 0 and len(header) == 1 and
+              header[0][header[0].index("FLOPs/req"):header[0].index("FLOPs/req") + 3] ==
+              ["FLOPs/req", "bytes/req", "faults/req"],
+              "bench table has faults/req after FLOPs/req and bytes/req: " + table.stdout + table.stderr)
         unwritable = run([CLI, "--target=" + target, "bench", "--model=poly_dsm",
                           "--plot=" + os.path.join(tmp, "no", "such", "dir.svg")])
         check(unwritable.returncode == 2 and "cannot write" in unwritable.stderr,

@@ -54,8 +54,9 @@ with tempfile.TemporaryDirectory() as tmp:
         grpc.channel_ready_future(channel).result(timeout=10)
         stub = pb_grpc.SparseInferenceStub(channel)
         x = [0.1 * j for j in range(8)]
+        sparse_faults = 0
         for _ in range(SPARSE):
-            stub.Predict(pb.PredictRequest(model="m", rows=1, inputs=x), timeout=10)
+            sparse_faults += stub.Predict(pb.PredictRequest(model="m", rows=1, inputs=x), timeout=10).cost.major_faults
         for _ in range(DENSE):
             stub.PredictDense(pb.PredictRequest(model="m", rows=1, inputs=x), timeout=10)
         for request in (pb.PredictRequest(model="nope", rows=1, inputs=x),
@@ -95,6 +96,11 @@ with tempfile.TemporaryDirectory() as tmp:
         check(imbalance is not None and imbalance >= 1, "expert load imbalance gauge: %s" % imbalance)
         flops = value('sparse_flops_total{model="m",path="sparse"}')
         check(flops is not None and flops > 0 and flops % SPARSE == 0, "FLOPs counter: %s" % flops)
+        faults = value('sparse_major_faults_total{model="m",path="sparse"}')
+        check(faults == sparse_faults,
+              "major faults counter: %s, the responses' Cost.major_faults add to %d" % (faults, sparse_faults))
+        check(value('sparse_major_faults_total{model="m",path="dense"}') is not None,
+              "major faults counter of the dense path")
 
         # A real Prometheus scrapes it; its query must see the same numbers.
         prom_port = free_port()

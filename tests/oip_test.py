@@ -84,6 +84,12 @@ with tempfile.TemporaryDirectory() as tmp:
                       got.parameters["dense_flops"].int64_param == want.cost.dense_flops and
                       "compute_ns" in got.parameters and "queue_ns" in got.parameters,
                       "ModelInfer(%s, %s) cost parameters: %s" % (name, label, dict(got.parameters)))
+                # Major page faults: reported on every answer (0 while the
+                # weights are in memory), as an int64_param.
+                check("major_faults" in got.parameters and
+                      got.parameters["major_faults"].WhichOneof("parameter_choice") == "int64_param" and
+                      got.parameters["major_faults"].int64_param >= 0,
+                      "ModelInfer(%s, %s) reports major_faults: %s" % (name, label, dict(got.parameters)))
             check(stub.ModelInfer(typed, timeout=10).id == "r1", "the request id comes back")
 
         def code_of(request):

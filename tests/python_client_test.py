@@ -125,6 +125,9 @@ with tempfile.TemporaryDirectory() as tmp:
             q = oip.predict(name, x.numpy())
             check(np.array_equal(q.outputs, p.outputs), "%s: OIP gives the native outputs" % name)
             check(q.cost.flops == p.cost.flops, "%s: OIP reports the same FLOPs" % name)
+            check(p.cost.major_faults >= 0 and q.cost.major_faults >= 0,
+                  "%s: major faults on both protocols (%d, OIP %d)" % (name, p.cost.major_faults,
+                                                                      q.cost.major_faults))
             check(q.cost.weight_bytes == p.cost.weight_bytes > 0,
                   "%s: OIP reports the same weight bytes (%d, native %d)" % (name, q.cost.weight_bytes,
                                                                             p.cost.weight_bytes))

@@ -112,6 +112,8 @@ with tempfile.TemporaryDirectory() as tmp:
                   and params.get("weight_bytes") == want.cost.weight_bytes > 0
                   and "compute_ns" in params and "queue_ns" in params,
                   "JSON infer %s: the cost in parameters: %s" % (name, params))
+            check(isinstance(params.get("major_faults"), int) and params["major_faults"] >= 0,
+                  "JSON infer %s: major_faults in parameters: %s" % (name, params))
 
             # Binary in and out: Triton's binary tensor data extension.
             header = json.dumps({"inputs": [{"name": "input", "shape": [3, 8], "datatype": "FP32",
@@ -145,6 +147,10 @@ with tempfile.TemporaryDirectory() as tmp:
             "bench --protocols runs every path: %s %s" % (bench.stdout[:300], bench.stderr[-500:]))
         check(all(r["errors"] == 0 and r["requests"] > 0 for r in results), "bench: no errors: %s" % [
             (r["path"], r["errors"], r.get("first_error")) for r in results])
+        check(all(isinstance(r.get("major_faults_per_request"), (int, float)) and
+                  r["major_faults_per_request"] >= 0 for r in results),
+              "bench reports major faults per request on every protocol: %s" % [
+                  (r["path"], r.get("major_faults_per_request")) for r in results])
         for p in ("sparse", "dense"):
             flops = {r["flops_per_request"] for r in results if r["path"].split("@")[0] == p}
             check(len(flops) == 1 and flops != {0}, "bench: %s costs the same FLOPs on every protocol: %s" % (

@@ -80,6 +80,11 @@ struct InferCost {
   // compute_ns include the shards' own.
   int64_t shards = 0;
   int64_t fanout_ns = 0;
+  // Major page faults the batch's compute took (getrusage RUSAGE_THREAD on
+  // the thread that computed it, common/page_faults.h), this request's share
+  // by rows as for weight_bytes: a batch's faults may come from any of its
+  // requests' slices. A sharded model's include the shards' own.
+  int64_t major_faults = 0;
 };
 
 struct InferResponse {

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/client_text.h"
 #include "common/internal_error.h"
+#include "common/page_faults.h"
 #include "common/status_macros.h"
 #include "engine/matmul_kernel.h"
 #include "model_store/model_repository.h"
@@ -134,6 +135,9 @@ struct BatchRun {
   bool dense = false;
   int64_t rows = 0;
   PredictStats stats;
+  // Major page faults its compute took on the computing thread (and, for a
+  // sharded front, on its shards): common/page_faults.h.
+  int64_t major_faults = 0;
   bool want_route = false;       // a request asked for its route
   const Route* route = nullptr;  // the batch's, once computed; null unless wanted
   Clock::time_point start;
@@ -169,6 +173,10 @@ void Answer(const BatchRun& batch, int64_t first_row, const InferRequest& reques
   cost.fanout_ns = batch.stats.fanout_ns;
   cost.weight_bytes = share(batch.stats.weight_bytes, first_row + rows) -
                       share(batch.stats.weight_bytes, first_row);
+  // Faults, like bytes, are the batch's: whichever request's slice took
+  // them, each request gets its rows' share.
+  cost.major_faults =
+      share(batch.major_faults, first_row + rows) - share(batch.major_faults, first_row);
   response->has_route = batch.route != nullptr && request.return_route && !batch.dense;
   if (response->has_route) {
     const Route& from = *batch.route;
@@ -245,11 +253,13 @@ void RunAlone(const Model& model, BatchRun& run, const PredictOptions& options, 
   std::vector<float>& y = p.response->outputs;
   y.assign(run.rows * o, 0.0f);
   Route route;
+  const MajorFaultCounter faults;
   absl::Status s = CatchInternal(ErrorSite::kCompute, [&] {
     FaultPoint(ErrorSite::kCompute);
     return model.PredictAdmitted(p.request->inputs, run.rows, absl::MakeSpan(y), &run.stats,
                                  run.want_route ? &route : nullptr, options);
   });
+  run.major_faults = faults.Count();
   if (run.want_route) run.route = &route;
   const bool computed = s.ok();
   const auto computed_at = Clock::now();
@@ -280,11 +290,13 @@ void RunTogether(const Model& model, BatchRun& run, const PredictOptions& option
   times.input_ns = NanosBetween(run.start, Clock::now());
   std::vector<float> y(run.rows * o, 0.0f);
   Route route;
+  const MajorFaultCounter faults;
   const absl::Status batch_status = CatchInternal(ErrorSite::kCompute, [&] {
     FaultPoint(ErrorSite::kCompute);
     return model.PredictAdmitted(x, run.rows, absl::MakeSpan(y), &run.stats,
                                  run.want_route ? &route : nullptr, options);
   });
+  run.major_faults = faults.Count();
   if (!batch_status.ok()) {
     for (PendingRequest& p : live) {
       std::vector<PendingRequest> alone;

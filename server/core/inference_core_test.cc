@@ -8,11 +8,15 @@
 //  - Drain refuses new requests at once and returns when the admitted ones
 //    are answered (or at its deadline).
 //  - Per-version statistics count every request and every batch, per path.
+//  - A request's cost carries the major page faults its compute took, and
+//    a batch's are shared by rows.
 // Ordering is made deterministic by holding the core's one worker with a
 // task of the test's own (pool().Submit) until the requests are queued.
 #include "server/core/inference_core.h"
 
 #include "model_store/model_repository.h"
+
+#include <unistd.h>
 
 #include <atomic>
 #include <filesystem>
@@ -20,9 +24,11 @@
 #include <thread>
 
 #include "absl/synchronization/notification.h"
+#include "common/status_macros.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "model_store/checkpoint.h"
+#include "tests/testing/cold_pages.h"
 #include "tests/testing/matchers.h"
 #include "tests/testing/random_models.h"
 #include "tests/testing/temp_dir.h"
@@ -68,6 +74,50 @@ struct Call {
   }
 };
 
+// Writes `dsm` as model "batched" of `root`, with dynamic batching on both
+// paths.
+absl::Status WriteBatched(const TempDir& root, const Checkpoint& dsm) {
+  RETURN_IF_ERROR(WriteCheckpoint((root / "batched").string(), 1, dsm));
+  std::ofstream(root / "batched" / "config.pbtxt")
+      << "dynamic_batching { max_batch_rows: 64 max_queue_delay_us: 0 paths: BOTH }\n";
+  return absl::OkStatus();
+}
+
+// The repository of `root`, loaded with `options` (batches up to 64 rows, no
+// log). The caller owns it.
+ModelRepository* OpenRepository(const TempDir& root, ModelRepository::Options options = {}) {
+  options.max_batch_rows = 64;
+  options.log = [](const std::string&) {};
+  absl::StatusOr<std::unique_ptr<ModelRepository>> repository =
+      ModelRepository::Open(root.string(), options, nullptr);
+  EXPECT_TRUE(repository.ok()) << repository.status();
+  return repository.ok() ? repository->release() : nullptr;
+}
+
+// A core with one worker; `inline_max_flops` 0 sends every request to it.
+std::unique_ptr<InferenceCore> OneWorkerCore(const ModelRepository* repository,
+                                             int64_t inline_max_flops, int64_t max_queue = 1024) {
+  return std::make_unique<InferenceCore>(
+      repository, InferenceCore::Options{.workers = 1,
+                                         .max_queue = max_queue,
+                                         .max_batch_rows = 64,
+                                         .inline_max_flops = inline_max_flops,
+                                         .observe = nullptr,
+                                         .shard = std::nullopt});
+}
+
+// Holds the core's one worker until the returned notification is notified.
+std::shared_ptr<absl::Notification> HoldWorker(InferenceCore& core) {
+  auto release = std::make_shared<absl::Notification>();
+  auto held = std::make_shared<absl::Notification>();
+  EXPECT_TRUE(core.pool().Submit([release, held] {
+    held->Notify();
+    release->WaitForNotification();
+  }));
+  held->WaitForNotification();
+  return release;
+}
+
 class InferenceCoreTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -80,49 +130,23 @@ class InferenceCoreTest : public ::testing::Test {
     lsh.sparse = RandomLshTable({.d = kD, .o = 1}, 3);
     ASSERT_OK(WriteCheckpoint((*root_ / "lsh").string(), 1, lsh));
     // The same DSM with dynamic batching on both paths.
-    ASSERT_OK(WriteCheckpoint((*root_ / "batched").string(), 1, dsm));
-    std::ofstream(*root_ / "batched" / "config.pbtxt")
-        << "dynamic_batching { max_batch_rows: 64 max_queue_delay_us: 0 paths: BOTH }\n";
-    ModelRepository::Options options;
-    options.max_batch_rows = 64;
-    options.log = [](const std::string&) {};
-    absl::StatusOr<std::unique_ptr<ModelRepository>> repository =
-        ModelRepository::Open(root_->string(), options, nullptr);
-    ASSERT_TRUE(repository.ok()) << repository.status();
-    repository_ = repository->release();
+    ASSERT_OK(WriteBatched(*root_, dsm));
+    repository_ = OpenRepository(*root_);
+    ASSERT_NE(repository_, nullptr);
   }
   static void TearDownTestSuite() {
     delete repository_;
     delete root_;
   }
 
-  // A core with one worker; `inline_max_flops` 0 sends every request to it.
   static std::unique_ptr<InferenceCore> Core(int64_t inline_max_flops, int64_t max_queue = 1024) {
-    return std::make_unique<InferenceCore>(
-        repository_, InferenceCore::Options{.workers = 1,
-                                            .max_queue = max_queue,
-                                            .max_batch_rows = 64,
-                                            .inline_max_flops = inline_max_flops,
-                                            .observe = nullptr,
-                                            .shard = std::nullopt});
+    return OneWorkerCore(repository_, inline_max_flops, max_queue);
   }
 
   static const LoadedModel& Loaded(const std::string& model) {
     absl::StatusOr<std::shared_ptr<const Servable>> servable = repository_->Find(model, 0);
     EXPECT_TRUE(servable.ok()) << servable.status();
     return (*servable)->loaded;  // the repository keeps it alive
-  }
-
-  // Holds the core's one worker until the returned notification is notified.
-  static std::shared_ptr<absl::Notification> HoldWorker(InferenceCore& core) {
-    auto release = std::make_shared<absl::Notification>();
-    auto held = std::make_shared<absl::Notification>();
-    EXPECT_TRUE(core.pool().Submit([release, held] {
-      held->Notify();
-      release->WaitForNotification();
-    }));
-    held->WaitForNotification();
-    return release;
   }
 
   static TempDir* root_;
@@ -425,6 +449,147 @@ TEST_F(InferenceCoreTest, StatisticsCountEachRequestAndEachBatchPerVersionAndPat
   EXPECT_EQ(d.execution_count, 1u);
   ASSERT_EQ(d.batches.count(3), 1u);
   EXPECT_EQ(core->Statistics(handle->Path(false)).success.count, 4u);
+}
+
+// Major page faults (Cost.major_faults). The engine's weights are not yet
+// mapped from files, so the model here is a stand-in whose compute reads
+// pages of a file dropped from the page cache (tests/testing/cold_pages.h),
+// as a mapped expert slice not touched lately would be: a real fault per
+// page, taken on the thread that computes. It is served as a front's part,
+// the one way to hand the core a model of a test's own.
+class PageReadingModel final : public Model {
+ public:
+  static constexpr int64_t kFlopsPerRow = 100;
+  explicit PageReadingModel(const ::sparse::testing::ColdPages* pages)
+      : Model(Info()), pages_(pages) {}
+
+ protected:
+  absl::Status PredictValidated(const float* /*x*/, int64_t rows, float* y, PredictStats* stats,
+                                Route* /*route*/, const PredictOptions& /*options*/) const override {
+    const int64_t sum = pages_ != nullptr ? pages_->Touch() : 0;
+    for (int64_t i = 0; i < rows * 2; ++i) y[i] = static_cast<float>(sum);
+    stats->flops += rows * kFlopsPerRow;
+    return absl::OkStatus();
+  }
+
+ private:
+  static ModelInfo Info() {
+    ModelInfo info;
+    info.kind = ModelKind::kDsm;
+    info.input_dim = kD;
+    info.output_dim = 2;
+    info.flops_per_row = kFlopsPerRow;
+    return info;
+  }
+
+  const ::sparse::testing::ColdPages* const pages_;
+};
+
+class InferenceCoreFaultsTest : public ::testing::Test {
+ protected:
+  static constexpr int64_t kPages = 64;
+
+  static void SetUpTestSuite() {
+    root_ = new TempDir("inference_core_faults_test");
+    // /tmp may be tmpfs, whose pages cannot be dropped: then ctest's
+    // working directory (the build directory).
+    absl::StatusOr<std::unique_ptr<::sparse::testing::ColdPages>> cold =
+        ::sparse::testing::ColdPagesIn({root_->path(), fs::current_path()},
+                                       "inference_core_faults_" + std::to_string(::getpid()), kPages);
+    if (!cold.ok()) {
+      why_no_pages_ = new std::string(cold.status().message());
+      return;
+    }
+    pages_ = cold->release();
+    Checkpoint dsm;
+    dsm.sparse = RandomDsm({.d = kD, .o = 2, .experts = 8, .active_units = 16}, 1);
+    ASSERT_OK(WriteCheckpoint((*root_ / "alone").string(), 1, dsm));
+    ASSERT_OK(WriteBatched(*root_, dsm));
+    ModelRepository::Options options;
+    options.part = {.role = ModelPart::Role::kFront, .shard = {.index = 0, .count = 2}};
+    options.make_front = [](const std::string&, int64_t, Precision,
+                            const Checkpoint&) -> absl::StatusOr<std::unique_ptr<Model>> {
+      return std::make_unique<PageReadingModel>(pages_);
+    };
+    repository_ = OpenRepository(*root_, options);
+    ASSERT_NE(repository_, nullptr);
+    ASSERT_TRUE(repository_->Find("alone", 0).ok());
+    ASSERT_TRUE(repository_->Find("batched", 0).ok());
+  }
+  static void TearDownTestSuite() {
+    delete repository_;
+    delete pages_;
+    delete why_no_pages_;
+    delete root_;
+  }
+  void SetUp() override {
+    if (pages_ == nullptr) GTEST_SKIP() << "no file system here drops pages: " << *why_no_pages_;
+  }
+
+  static std::unique_ptr<InferenceCore> Core(int64_t inline_max_flops) {
+    return OneWorkerCore(repository_, inline_max_flops);
+  }
+
+  static TempDir* root_;
+  static ModelRepository* repository_;
+  static ::sparse::testing::ColdPages* pages_;
+  static std::string* why_no_pages_;
+};
+
+TempDir* InferenceCoreFaultsTest::root_ = nullptr;
+ModelRepository* InferenceCoreFaultsTest::repository_ = nullptr;
+::sparse::testing::ColdPages* InferenceCoreFaultsTest::pages_ = nullptr;
+std::string* InferenceCoreFaultsTest::why_no_pages_ = nullptr;
+
+TEST_F(InferenceCoreFaultsTest, ARequestsCostCarriesTheMajorFaultsItsComputeTook) {
+  // On the caller's thread (inline) and on the worker.
+  for (int64_t inline_max : {int64_t{1} << 40, int64_t{0}}) {
+    SCOPED_TRACE(inline_max ? "inline" : "worker");
+    std::unique_ptr<InferenceCore> core = Core(inline_max);
+    ASSERT_OK(pages_->Drop());
+    Call cold("alone", RandomInputs(1, kD, 1), 1);
+    core->Infer(cold.request, &cold.response, cold.Done());
+    ASSERT_OK(cold.Wait());
+    // One fault per page read (MADV_RANDOM), at least half in case the
+    // kernel still groups a few.
+    EXPECT_GE(cold.response.cost.major_faults, kPages / 2);
+    EXPECT_LE(cold.response.cost.major_faults, kPages + 8);
+    // The same pages again, now mapped: none, so the count is this
+    // compute's, not the thread's so far.
+    Call warm("alone", RandomInputs(1, kD, 2), 1);
+    core->Infer(warm.request, &warm.response, warm.Done());
+    ASSERT_OK(warm.Wait());
+    EXPECT_EQ(warm.response.cost.major_faults, 0);
+  }
+}
+
+// The batch's faults, whichever request's rows took them, are shared by rows
+// as its weight bytes are: the shares add up to the batch's.
+TEST_F(InferenceCoreFaultsTest, BatchedRequestsShareTheBatchsMajorFaultsByRows) {
+  std::unique_ptr<InferenceCore> core = Core(0);
+  std::shared_ptr<absl::Notification> release = HoldWorker(*core);
+  ASSERT_OK(pages_->Drop());
+  std::vector<std::unique_ptr<Call>> calls;
+  const int64_t rows[] = {1, 3, 2, 5, 3};
+  for (int i = 0; i < 5; ++i) {
+    calls.push_back(std::make_unique<Call>("batched", RandomInputs(rows[i], kD, 10 + i), rows[i]));
+    core->Infer(calls.back()->request, &calls.back()->response, calls.back()->Done());
+  }
+  release->Notify();
+  int64_t total = 0;
+  for (auto& call : calls) {
+    ASSERT_OK(call->Wait());
+    ASSERT_EQ(call->response.cost.batch_rows, 14) << "the five requests ran as one batch";
+    total += call->response.cost.major_faults;
+  }
+  EXPECT_GE(total, kPages / 2) << "the batch read the pages once";
+  EXPECT_LE(total, kPages + 8);
+  int64_t first = 0;
+  for (int i = 0; i < 5; ++i) {
+    const int64_t want = total * (first + rows[i]) / 14 - total * first / 14;
+    EXPECT_EQ(calls[i]->response.cost.major_faults, want) << "request " << i;
+    first += rows[i];
+  }
 }
 
 }  // namespace

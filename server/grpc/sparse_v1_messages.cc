@@ -53,6 +53,7 @@ void ToCostProto(const InferCost& cost, sparse::v1::Cost* out) {
   out->set_weight_bytes(cost.weight_bytes);
   out->set_shards(static_cast<int32_t>(cost.shards));
   out->set_fanout_ns(cost.fanout_ns);
+  out->set_major_faults(cost.major_faults);
 }
 
 InferRequest ToInferRequest(const sparse::v1::PredictRequest& request, bool dense) {

@@ -57,6 +57,12 @@ ServerMetrics::ServerMetrics()
                         .Name("sparse_weight_bytes_total")
                         .Help("Bytes of weights the kernels read (a batch's shared by rows)")
                         .Register(*registry_)),
+      major_faults_(prometheus::BuildCounter()
+                        .Name("sparse_major_faults_total")
+                        .Help("Major page faults (pages read from disk) the compute took, counted "
+                              "per worker thread (a batch's shared by rows; a sharded front's "
+                              "include its shards')")
+                        .Register(*registry_)),
       batch_rows_(prometheus::BuildHistogram()
                       .Name("sparse_batch_rows")
                       .Help("Rows computed together with each request (its batch)")
@@ -95,6 +101,7 @@ void ServerMetrics::AddModel(const std::string& model) {
     s.flops = &flops_.Add({{"model", model}, {"path", path}});
     s.dense_flops = &dense_flops_.Add({{"model", model}, {"path", path}});
     s.weight_bytes = &weight_bytes_.Add({{"model", model}, {"path", path}});
+    s.major_faults = &major_faults_.Add({{"model", model}, {"path", path}});
     s.batch_rows = &batch_rows_.Add({{"model", model}, {"path", path}}, RowBuckets());
   }
 }
@@ -127,6 +134,7 @@ void ServerMetrics::Observe(const std::string& model, bool dense, absl::StatusCo
   s.flops->Increment(static_cast<double>(cost.flops));
   s.dense_flops->Increment(static_cast<double>(cost.dense_flops));
   s.weight_bytes->Increment(static_cast<double>(cost.weight_bytes));
+  s.major_faults->Increment(static_cast<double>(cost.major_faults));
   s.batch_rows->Observe(static_cast<double>(cost.batch_rows));
 }
 

@@ -6,6 +6,7 @@
 //   sparse_flops_total{model,path}                 counter, FLOPs the kernels executed
 //   sparse_dense_flops_total{model,path}           counter, what the dense baseline costs for the same rows
 //   sparse_weight_bytes_total{model,path}          counter, bytes of weights the kernels read
+//   sparse_major_faults_total{model,path}          counter, major page faults the compute took
 //   sparse_batch_rows{model,path}                  histogram, rows per computed batch
 //   sparse_loaded_versions{model}                  gauge
 //
@@ -93,6 +94,7 @@ class ServerMetrics {
     prometheus::Counter* flops = nullptr;
     prometheus::Counter* dense_flops = nullptr;
     prometheus::Counter* weight_bytes = nullptr;
+    prometheus::Counter* major_faults = nullptr;
     prometheus::Histogram* batch_rows = nullptr;
   };
 
@@ -108,6 +110,7 @@ class ServerMetrics {
   prometheus::Family<prometheus::Counter>& flops_;
   prometheus::Family<prometheus::Counter>& dense_flops_;
   prometheus::Family<prometheus::Counter>& weight_bytes_;
+  prometheus::Family<prometheus::Counter>& major_faults_;
   prometheus::Family<prometheus::Histogram>& batch_rows_;
   prometheus::Family<prometheus::Gauge>& loaded_;
   prometheus::Family<prometheus::Counter>& shard_calls_;

@@ -364,6 +364,7 @@ void ToModelInferResponse(const inference::ModelInferRequest& request, const Inf
   params["flops"] = Int64Param(answer.cost.flops);
   params["dense_flops"] = Int64Param(answer.cost.dense_flops);
   params["weight_bytes"] = Int64Param(answer.cost.weight_bytes);
+  params["major_faults"] = Int64Param(answer.cost.major_faults);
   if (answer.cost.shards > 0) {
     // A sharded model: the shards its batch called and the fan-out's wall time.
     params["shards"] = Int64Param(answer.cost.shards);

@@ -50,12 +50,15 @@ class SparseServeError(Exception):
 @dataclasses.dataclass(frozen=True)
 class Cost:
     """What a request cost on the server (times in nanoseconds). Over OIP
-    only flops, dense_flops, weight_bytes, queue_ns and compute_ns (route +
-    compute) are reported (and shards and fanout_ns); the rest are 0.
-    weight_bytes: the bytes of weights the kernels read (a batch's shared by
-    rows). A sharded model (docs/deploy.md): shards, how many shards the
-    request's batch called, and fanout_ns, the wall time of those calls;
-    flops, weight_bytes and compute_ns include the shards'."""
+    only flops, dense_flops, weight_bytes, major_faults, queue_ns and
+    compute_ns (route + compute) are reported (and shards and fanout_ns); the
+    rest are 0. weight_bytes: the bytes of weights the kernels read (a
+    batch's shared by rows). major_faults: the major page faults (pages read
+    from disk) the server's compute took, a batch's shared by rows as
+    weight_bytes are. A sharded model (docs/deploy.md): shards, how many
+    shards the request's batch called, and fanout_ns, the wall time of those
+    calls; flops, weight_bytes, major_faults and compute_ns include the
+    shards'."""
     flops: int
     dense_flops: int
     queue_ns: int = 0
@@ -66,6 +69,7 @@ class Cost:
     weight_bytes: int = 0
     shards: int = 0
     fanout_ns: int = 0
+    major_faults: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +182,7 @@ def _prediction(r, one_row):
     c = r.cost
     return Prediction(outputs=outputs[0] if one_row else outputs, model=r.model, version=r.version,
                       cost=Cost(c.flops, c.dense_flops, c.queue_ns, c.route_ns, c.compute_ns, c.total_ns,
-                                c.batch_size, c.weight_bytes, c.shards, c.fanout_ns),
+                                c.batch_size, c.weight_bytes, c.shards, c.fanout_ns, c.major_faults),
                       route=route, dense_cost_only=r.dense_cost_only)
 
 
@@ -204,7 +208,8 @@ def _inferred(model, r, one_row):
                 compute_ns=p["compute_ns"].int64_param if "compute_ns" in p else 0,
                 weight_bytes=p["weight_bytes"].int64_param if "weight_bytes" in p else 0,
                 shards=p["shards"].int64_param if "shards" in p else 0,
-                fanout_ns=p["fanout_ns"].int64_param if "fanout_ns" in p else 0)
+                fanout_ns=p["fanout_ns"].int64_param if "fanout_ns" in p else 0,
+                major_faults=p["major_faults"].int64_param if "major_faults" in p else 0)
     return Prediction(outputs=values[0] if one_row else values, model=model,
                       version=int(r.model_version) if r.model_version else 0, cost=cost)
 
