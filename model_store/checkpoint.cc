@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -16,6 +17,7 @@
 #include <new>
 #include <stdexcept>
 #include <system_error>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -515,6 +517,94 @@ const KindCodec* KindOfManifest(const ManifestEntry& model) {
   return nullptr;
 }
 
+// Hands the arrays of a model made from a shard's part (a group of the
+// whole model's experts) to `writer` at the whole model's part indices.
+class GroupStore : public WeightStore {
+ public:
+  GroupStore(WeightCacheWriter* writer, const KindCodec& codec, const SparseWeights& group)
+      : writer_(writer), codec_(codec), group_(group) {}
+  absl::StatusOr<PackedWeights> Array(absl::string_view name, int64_t parts, int64_t part_floats,
+                                      PartFill fill) override {
+    if (!writer_->Has(name)) {
+      RETURN_IF_ERROR(writer_->Reserve(name, codec_.WholeParts(group_), part_floats));
+    }
+    std::vector<float> part(static_cast<size_t>(part_floats));
+    for (int64_t p = 0; p < parts; ++p) {
+      std::fill(part.begin(), part.end(), 0.0f);
+      RETURN_IF_ERROR(fill(p, part.data()));
+      RETURN_IF_ERROR(writer_->WritePart(name, codec_.WholePartOf(group_, p), part.data()));
+    }
+    return PackedWeights();
+  }
+
+ private:
+  WeightCacheWriter* writer_;
+  const KindCodec& codec_;
+  const SparseWeights& group_;
+};
+
+// The SHA-256 of a whole file, read in 8 MiB pieces, against `entry`.
+absl::Status CheckWholeFile(const std::string& dir, const std::string& name,
+                            const ManifestEntry& entry) {
+  ASSIGN_OR_RETURN(RandomAccessFile file, RandomAccessFile::Open(dir + "/" + name, name, entry.bytes));
+  Sha256 sha;
+  std::vector<uint8_t> buffer(8 << 20);
+  for (uint64_t at = 0; at < entry.bytes; at += buffer.size()) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(buffer.size(), entry.bytes - at));
+    RETURN_IF_ERROR(file.ReadAt(at, absl::MakeSpan(buffer.data(), n)));
+    sha.Update(absl::MakeConstSpan(buffer.data(), n));
+  }
+  const std::string got = sha.HexDigest();
+  if (got != entry.sha256) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": SHA-256 ", got,
+                                                   " does not match the manifest's ", entry.sha256));
+  }
+  return absl::OkStatus();
+}
+
+// Writes the weight cache file of the version in `dir` (its skeleton read
+// already): group by group of experts when the kind allows and no
+// cost-only dense endpoint needs the whole network, each group's ranges
+// checked against their part sums while the whole file's SHA-256 is
+// checked beside them; otherwise from the whole model decoded at once.
+absl::Status WriteWeightCache(const std::string& dir, const Manifest& manifest,
+                              const Checkpoint& skeleton, const LoadOptions& options,
+                              WeightCacheWriter& writer) {
+  const KindCodec& codec = CodecOf(skeleton.sparse);
+  const ManifestEntry& model = manifest.files.at(kModelFile);
+  // The units a group holds: a routed DSM's experts (the kinds whose
+  // WholePartOf places a shard's parts).
+  const auto* dsm = std::get_if<DsmWeights>(&skeleton.sparse);
+  const int64_t experts = dsm != nullptr && dsm->router != RouterKind::kTopk ? dsm->num_experts : 0;
+  if (experts == 0 || CostOnlyDense(skeleton, options) != nullptr) {
+    ASSIGN_OR_RETURN(Checkpoint whole, ReadCheckpoint(dir, options));
+    return CreateModels(whole, options, writer).status();
+  }
+  absl::Status whole_file;
+  std::thread hash([&] { whole_file = CheckWholeFile(dir, kModelFile, model); });
+  absl::Status status = [&]() -> absl::Status {
+    const int groups = static_cast<int>(std::clamp<uint64_t>(
+        (model.bytes + options.cache_group_bytes - 1) / std::max<uint64_t>(options.cache_group_bytes, 1), 1,
+        static_cast<uint64_t>(std::min<int64_t>(experts, kMaxShards))));
+    for (int g = 0; g < groups; ++g) {
+      LoadOptions group_options = options;
+      group_options.part = {.role = ModelPart::Role::kShard, .shard = {.index = g, .count = groups}};
+      ASSIGN_OR_RETURN(Checkpoint group, ReadCheckpoint(dir, group_options));
+      GroupStore store(&writer, codec, group.sparse);
+      PrefixedStore sparse(&store, "sparse/");
+      RETURN_IF_ERROR(codec.CreateModel(group.sparse, options.precision, sparse).status());
+    }
+    if (skeleton.dense.has_value()) {
+      PrefixedStore dense(&writer, "dense/");
+      RETURN_IF_ERROR(DenseModel::Create(*skeleton.dense, options.precision, &dense).status());
+    }
+    return absl::OkStatus();
+  }();
+  hash.join();
+  RETURN_IF_ERROR(whole_file);
+  return status;
+}
+
 // The mapped load (weight_cache.h); nullopt when the version cannot be
 // mapped (a format_version 1 manifest, a kind that is copied in).
 absl::StatusOr<std::optional<LoadedModel>> LoadMapped(const std::string& dir,
@@ -533,24 +623,23 @@ absl::StatusOr<std::optional<LoadedModel>> LoadMapped(const std::string& dir,
   if (!file.ok()) {
     event = absl::IsNotFound(file.status()) ? "built"
                                             : absl::StrCat("rebuilt: ", file.status().message());
-    // First sight: the whole checkpoint, every file's SHA-256 checked, is
-    // written part by part in the kernels' layouts, then mapped.
-    {
-      ASSIGN_OR_RETURN(Checkpoint whole, ReadCheckpoint(dir, options));
-      ASSIGN_OR_RETURN(std::unique_ptr<WeightCacheWriter> writer,
-                       WeightCacheWriter::Create(path, key));
-      RETURN_IF_ERROR(CreateModels(whole, options, *writer).status());
-      RETURN_IF_ERROR(writer->Publish());
-    }
-    file = WeightCacheFile::Open(path, key, options.weight_verify);
-    RETURN_IF_ERROR(file.status());
   }
-  // The skeleton: dimensions, routing, a0 (and a dense twin's dimensions),
-  // read as a front reads them, each range checked against its sum.
+  // The skeleton: dimensions, routing, a0 (and the dense twin), read as a
+  // front reads them, each range checked against its sum.
   LoadOptions skeleton_options = options;
   skeleton_options.part = {.role = ModelPart::Role::kSkeleton};
   ASSIGN_OR_RETURN(Checkpoint skeleton, ReadCheckpoint(dir, skeleton_options));
   skeleton.part = {};
+  if (!file.ok()) {
+    // First sight: every file's SHA-256 checked, the arrays written part
+    // by part in the kernels' layouts, then mapped.
+    ASSIGN_OR_RETURN(std::unique_ptr<WeightCacheWriter> writer,
+                     WeightCacheWriter::Create(path, key));
+    RETURN_IF_ERROR(WriteWeightCache(dir, manifest, skeleton, options, *writer));
+    RETURN_IF_ERROR(writer->Publish());
+    file = WeightCacheFile::Open(path, key, options.weight_verify);
+    RETURN_IF_ERROR(file.status());
+  }
   ASSIGN_OR_RETURN(LoadedModel loaded, CreateModels(skeleton, options, **file));
   RETURN_IF_ERROR((*file)->CheckAllUsed());
   loaded.weight_cache = *std::move(file);

@@ -109,6 +109,10 @@ struct LoadOptions {
   // a format_version 2 manifest, is mapped; others are copied in.
   std::string weight_cache_dir = {};
   WeightVerify weight_verify = WeightVerify::kLoad;
+  // Writing a weight cache file decodes the model's experts in groups of
+  // at most about this many tensor bytes (a routed DSM without a cost-only
+  // dense endpoint; others are decoded whole).
+  uint64_t cache_group_bytes = uint64_t{256} << 20;
 };
 
 // Bytes a version costs at its peak while it loads and serves, as

@@ -100,6 +100,16 @@ class KindCodec {
   // from a front's part (ReadCheckpoint kFront: dimensions, routing, a0)
   // and a prebuilt store. Kinds that do not are copied in.
   virtual bool MapsWeights() const = 0;
+  // A weight cache file is written one group of units at a time (a shard's
+  // part, ReadCheckpoint kShard, per group) when the kind can place a
+  // part's array parts in the whole model's arrays: part `part` of an
+  // array of the model made from `shard_part` is part WholePartOf(...) of
+  // the whole model's, which has WholeParts(...) parts. -1 / 0: it cannot
+  // (the file is written from the whole model, decoded at once).
+  virtual int64_t WholePartOf(const SparseWeights& /*shard_part*/, int64_t /*part*/) const {
+    return -1;
+  }
+  virtual int64_t WholeParts(const SparseWeights& /*shard_part*/) const { return 0; }
   // The network a dense endpoint runs unmasked, as a cost-only baseline,
   // when the version has no dense twin; null if the kind has none (or `w`
   // is a shard's part).

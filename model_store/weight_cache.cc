@@ -172,35 +172,62 @@ absl::StatusOr<std::unique_ptr<WeightCacheWriter>> WeightCacheWriter::Create(
   return std::unique_ptr<WeightCacheWriter>(new WeightCacheWriter(path, tmp, fd, std::move(key)));
 }
 
-absl::Status WeightCacheWriter::WriteAll(const void* data, size_t bytes) {
+absl::Status WeightCacheWriter::WriteAt(uint64_t at, const void* data, size_t bytes) {
   const char* p = static_cast<const char*>(data);
   while (bytes > 0) {
-    const ssize_t n = ::pwrite(fd_, p, bytes, static_cast<off_t>(offset_));
+    const ssize_t n = ::pwrite(fd_, p, bytes, static_cast<off_t>(at));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       return absl::ResourceExhaustedError(ErrnoText("cannot write the weight cache file", tmp_));
     }
     p += n;
+    at += static_cast<uint64_t>(n);
     bytes -= static_cast<size_t>(n);
-    offset_ += static_cast<uint64_t>(n);
   }
+  offset_ = std::max(offset_, at);
   return absl::OkStatus();
+}
+
+WeightCacheArray* WeightCacheWriter::Find(absl::string_view name) {
+  for (WeightCacheArray& a : arrays_) {
+    if (a.name == name) return &a;
+  }
+  return nullptr;
+}
+
+bool WeightCacheWriter::Has(absl::string_view name) const {
+  return std::any_of(arrays_.begin(), arrays_.end(),
+                     [name](const WeightCacheArray& a) { return a.name == name; });
+}
+
+absl::Status WeightCacheWriter::Reserve(absl::string_view name, int64_t parts,
+                                        int64_t part_floats) {
+  if (Has(name)) return absl::InternalError(absl::StrCat("array '", name, "' made twice"));
+  // Each array starts on a page, so a part's pages are its own as far as
+  // the array's layout allows. The gap is a hole (zeros) in the file.
+  const uint64_t start = RoundUp(offset_, kAlign);
+  arrays_.push_back({.name = std::string(name), .offset = start, .parts = parts,
+                     .part_floats = part_floats, .first_sum = sums_.size()});
+  sums_.resize(sums_.size() + parts);
+  offset_ = start + static_cast<uint64_t>(parts * part_floats) * 4;
+  return absl::OkStatus();
+}
+
+absl::Status WeightCacheWriter::WritePart(absl::string_view name, int64_t part,
+                                          const float* data) {
+  WeightCacheArray* a = Find(name);
+  if (a == nullptr || part < 0 || part >= a->parts) {
+    return absl::InternalError(absl::StrCat("no part ", part, " of array '", name, "'"));
+  }
+  const uint64_t bytes = 4 * a->part_floats;
+  sums_[a->first_sum + part] = Sha256Hex(AsBytes(data, bytes));
+  return WriteAt(a->offset + part * bytes, data, bytes);
 }
 
 absl::StatusOr<PackedWeights> WeightCacheWriter::Array(absl::string_view name, int64_t parts,
                                                        int64_t part_floats, PartFill fill) {
-  for (const WeightCacheArray& a : arrays_) {
-    if (a.name == name) return absl::InternalError(absl::StrCat("array '", name, "' made twice"));
-  }
-  // Each array starts on a page, so a part's pages are its own as far as
-  // the array's layout allows.
-  const uint64_t start = RoundUp(offset_, kAlign);
-  if (start > offset_) {
-    const std::vector<char> zeros(start - offset_, 0);
-    RETURN_IF_ERROR(WriteAll(zeros.data(), zeros.size()));
-  }
-  WeightCacheArray array{.name = std::string(name), .offset = start, .parts = parts,
-                         .part_floats = part_floats, .first_sum = sums_.size()};
+  RETURN_IF_ERROR(Reserve(name, parts, part_floats));
+  const WeightCacheArray array = arrays_.back();
   // Parts are filled into a buffer of up to 4 MiB and written together.
   const int64_t per_write = std::max<int64_t>(1, (int64_t{4} << 20) / (4 * part_floats));
   std::vector<float> buffer(static_cast<size_t>(std::min(parts, per_write) * part_floats));
@@ -210,15 +237,23 @@ absl::StatusOr<PackedWeights> WeightCacheWriter::Array(absl::string_view name, i
     for (int64_t i = 0; i < n; ++i) {
       float* part = buffer.data() + i * part_floats;
       RETURN_IF_ERROR(fill(p0 + i, part));
-      sums_.push_back(Sha256Hex(AsBytes(part, 4 * part_floats)));
+      sums_[array.first_sum + p0 + i] = Sha256Hex(AsBytes(part, 4 * part_floats));
     }
-    RETURN_IF_ERROR(WriteAll(buffer.data(), 4 * n * part_floats));
+    RETURN_IF_ERROR(WriteAt(array.offset + 4 * p0 * part_floats, buffer.data(),
+                            4 * n * part_floats));
   }
-  arrays_.push_back(std::move(array));
   return PackedWeights();
 }
 
 absl::Status WeightCacheWriter::Publish() {
+  for (const WeightCacheArray& a : arrays_) {
+    for (int64_t p = 0; p < a.parts; ++p) {
+      if (sums_[a.first_sum + p].empty()) {
+        return absl::InternalError(absl::StrCat("part ", p, " of array '", a.name,
+                                                "' was never written"));
+      }
+    }
+  }
   Json arrays = Json::array();
   for (const WeightCacheArray& a : arrays_) {
     arrays.push_back({{"name", a.name}, {"offset", a.offset}, {"parts", a.parts},
@@ -236,8 +271,9 @@ absl::Status WeightCacheWriter::Publish() {
   const std::string meta_sum = Sha256Hex(AsBytes(meta.data(), meta.size()));
   std::memcpy(footer.data() + 16, meta_sum.data(), kSumChars);
   std::memcpy(footer.data() + 16 + kSumChars, kMagic, 8);
-  RETURN_IF_ERROR(WriteAll(meta.data(), meta.size()));
-  RETURN_IF_ERROR(WriteAll(footer.data(), footer.size()));
+  const uint64_t end = offset_;
+  RETURN_IF_ERROR(WriteAt(end, meta.data(), meta.size()));
+  RETURN_IF_ERROR(WriteAt(end + meta.size(), footer.data(), footer.size()));
   // Read-only from now on: the server never writes a published file.
   if (::fsync(fd_) != 0 || ::fchmod(fd_, 0444) != 0) {
     return absl::ResourceExhaustedError(ErrnoText("cannot sync", tmp_));

@@ -100,8 +100,15 @@ class WeightCacheWriter : public WeightStore {
                                                                    std::string key);
   ~WeightCacheWriter() override;  // removes the temporary file if not published
 
+  // Reserves the array and writes its parts in order.
   absl::StatusOr<PackedWeights> Array(absl::string_view name, int64_t parts, int64_t part_floats,
                                       PartFill fill) override;
+  // For writers that make an array's parts out of order (a model written
+  // one group of experts at a time): Reserve once, then WritePart each
+  // part. Publish() checks every part was written.
+  bool Has(absl::string_view name) const;
+  absl::Status Reserve(absl::string_view name, int64_t parts, int64_t part_floats);
+  absl::Status WritePart(absl::string_view name, int64_t part, const float* data);
   // Writes the index, sums and footer, syncs, and renames the file to its
   // path (replacing a stale file there; a reader that has the old one
   // mapped keeps it).
@@ -110,7 +117,8 @@ class WeightCacheWriter : public WeightStore {
 
  private:
   WeightCacheWriter(std::string path, std::string tmp, int fd, std::string key);
-  absl::Status WriteAll(const void* data, size_t bytes);
+  absl::Status WriteAt(uint64_t at, const void* data, size_t bytes);
+  WeightCacheArray* Find(absl::string_view name);
 
   const std::string path_, tmp_;
   int fd_ = -1;

@@ -137,6 +137,58 @@ TEST_F(WeightCacheTest, MappedAnswersEqualCopiedForEveryRouterAndPrecision) {
   }
 }
 
+// Without a cost-only dense endpoint a routed DSM's file is written one
+// group of experts at a time (never the whole model decoded at once).
+TEST_F(WeightCacheTest, WrittenGroupByGroupItAnswersAsCopiedIn) {
+  int n = 0;
+  for (RouterKind router : {RouterKind::kLsh, RouterKind::kHash, RouterKind::kKmeans}) {
+    for (bool twin : {false, true}) {
+      Checkpoint c;
+      c.sparse = RandomDsm({.d = 16, .o = 2, .blocks = 3, .experts = 8, .active_units = 8,
+                            .router = router},
+                           40 + n);
+      if (twin) c.dense = RandomDense(16, 24, 2, Activation::kRelu, 50 + n);
+      const std::string dir = Publish(c, absl::StrCat("g", n++));
+      for (Precision p : {Precision::kFp32, Precision::kInt8}) {
+        SCOPED_TRACE(absl::StrCat(RouterKindName(router), twin ? " twin " : " ", PrecisionName(p)));
+        LoadOptions copy_in;
+        copy_in.precision = p;
+        copy_in.cost_only_dense = false;
+        LoadOptions mapped = Mapped(p);
+        mapped.cost_only_dense = false;
+        mapped.cache_group_bytes = 1000;  // every expert its own group
+        ASSERT_OK_AND_ASSIGN(LoadedModel copied, LoadCheckpoint(dir, copy_in));
+        ASSERT_OK_AND_ASSIGN(LoadedModel built, LoadCheckpoint(dir, mapped));
+        EXPECT_EQ(built.weight_cache_event, "built");
+        ExpectSameAnswers(copied, built, 16);
+      }
+    }
+  }
+}
+
+TEST_F(WeightCacheTest, ACorruptCheckpointIsNeverWritten) {
+  Checkpoint c;
+  c.sparse = RandomDsm({.d = 8, .o = 1, .experts = 8, .active_units = 16}, 21);
+  const std::string dir = Publish(c);
+  // One byte of the last tensor bytes changed: the part sums (grouped) or
+  // the whole-file SHA-256 refuse it, and no cache file is published.
+  const std::string model = dir + "/" + kModelFile;
+  fs::permissions(dir, fs::perms::owner_all, fs::perm_options::add);
+  ::chmod(model.c_str(), 0644);
+  std::fstream f(model, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekp(-3, std::ios::end);
+  f.put('\x7f');
+  f.close();
+  for (bool cost_only : {true, false}) {
+    LoadOptions o = Mapped(Precision::kFp32);
+    o.cost_only_dense = cost_only;
+    const absl::Status s = LoadCheckpoint(dir, o).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find("SHA-256"), std::string::npos) << s;
+    EXPECT_EQ(CacheFile(), "");
+  }
+}
+
 TEST_F(WeightCacheTest, ResidencyCountsWhatIsInMemory) {
   Checkpoint c;
   c.sparse = RandomDsm({.d = 64, .o = 1, .experts = 16, .active_units = 64}, 3);

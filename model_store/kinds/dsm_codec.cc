@@ -120,6 +120,17 @@ class DsmCodec final : public KindCodec {
     return DsmModel::Create(std::get<DsmWeights>(w), precision, &store);
   }
   bool MapsWeights() const override { return true; }
+  // A routed DSM's arrays are per expert slice, block-major (l·E + e).
+  int64_t WholePartOf(const SparseWeights& shard_part, int64_t part) const override {
+    const auto& dsm = std::get<DsmWeights>(shard_part);
+    if (!dsm.IsShard() || dsm.router == RouterKind::kTopk) return -1;
+    const int64_t l = part / dsm.num_experts, e = part % dsm.num_experts;
+    return l * dsm.total_experts + dsm.first_expert + e;
+  }
+  int64_t WholeParts(const SparseWeights& shard_part) const override {
+    const auto& dsm = std::get<DsmWeights>(shard_part);
+    return dsm.IsShard() ? dsm.num_blocks * dsm.total_experts : 0;
+  }
   const DenseWeights* CostOnlyNetwork(const SparseWeights& w) const override {
     const auto& dsm = std::get<DsmWeights>(w);
     return dsm.IsShard() ? nullptr : &dsm.network;
