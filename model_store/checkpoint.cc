@@ -583,8 +583,12 @@ absl::Status WriteWeightCache(const std::string& dir, const Manifest& manifest,
   absl::Status whole_file;
   std::thread hash([&] { whole_file = CheckWholeFile(dir, kModelFile, model); });
   absl::Status status = [&]() -> absl::Status {
+    // A group decodes its tensors and holds them while it is packed: at
+    // most a quarter of the memory budget.
+    uint64_t group_bytes = std::max<uint64_t>(options.cache_group_bytes, 1);
+    if (options.max_bytes > 0) group_bytes = std::max<uint64_t>(1, std::min(group_bytes, options.max_bytes / 4));
     const int groups = static_cast<int>(std::clamp<uint64_t>(
-        (model.bytes + options.cache_group_bytes - 1) / std::max<uint64_t>(options.cache_group_bytes, 1), 1,
+        (model.bytes + group_bytes - 1) / group_bytes, 1,
         static_cast<uint64_t>(std::min<int64_t>(experts, kMaxShards))));
     for (int g = 0; g < groups; ++g) {
       LoadOptions group_options = options;

@@ -166,6 +166,27 @@ TEST_F(WeightCacheTest, WrittenGroupByGroupItAnswersAsCopiedIn) {
   }
 }
 
+// --max_model_bytes counts what a mapped version holds in process memory,
+// not its mapped file: a version whose files exceed the budget is refused
+// copied in and serves mapped.
+TEST_F(WeightCacheTest, TheBudgetCountsProcessMemoryNotTheMappedFile) {
+  Checkpoint c;
+  c.sparse = RandomDsm({.d = 64, .o = 1, .experts = 64, .active_units = 64}, 22);
+  const std::string dir = Publish(c);
+  const uint64_t file = fs::file_size(fs::path(dir) / kModelFile);
+  ASSERT_GT(file, uint64_t{1} << 20);
+  LoadOptions copy_in;
+  copy_in.cost_only_dense = false;
+  copy_in.max_bytes = file / 2;
+  EXPECT_EQ(LoadCheckpoint(dir, copy_in).status().code(), absl::StatusCode::kResourceExhausted);
+  LoadOptions mapped = Mapped(Precision::kFp32);
+  mapped.cost_only_dense = false;
+  mapped.max_bytes = file / 2;
+  ASSERT_OK_AND_ASSIGN(LoadedModel loaded, LoadCheckpoint(dir, mapped));
+  EXPECT_GE(loaded.sparse->info().mapped_bytes, static_cast<int64_t>(file) * 9 / 10);
+  EXPECT_LT(loaded.sparse->info().resident_bytes, static_cast<int64_t>(file) / 10);
+}
+
 TEST_F(WeightCacheTest, ACorruptCheckpointIsNeverWritten) {
   Checkpoint c;
   c.sparse = RandomDsm({.d = 8, .o = 1, .experts = 8, .active_units = 16}, 21);
