@@ -707,6 +707,21 @@ TEST(InferenceCoreResidencyTest, AMappedVersionReportsItsMappingAndWhatIsInMemor
   EXPECT_EQ(dropped, kBlocks * kExperts);
   EXPECT_LE(cold_sum, cold.mapped_resident_bytes);
 
+  // A request reads its experts' slices back in: they are in memory again.
+  Call call("dsm", RandomInputs(1, 64, 21), 1);
+  call.request.return_route = true;
+  core->Infer(call.request, &call.response, call.Done());
+  ASSERT_OK(call.Wait());
+  ASSERT_EQ(call.response.route.expert_ids.size(), static_cast<size_t>(kBlocks));
+  ASSERT_OK_AND_ASSIGN(ModelStatus read_status, core->Model("dsm", ModelReads::kResidency));
+  const VersionStatus& read = read_status.versions[0];
+  EXPECT_GT(read.mapped_resident_bytes, cold.mapped_resident_bytes);
+  for (int64_t l = 0; l < kBlocks; ++l) {
+    const int64_t e = call.response.route.expert_ids[l];
+    EXPECT_EQ(read.expert_resident_bytes[l * kExperts + e], read.expert_bytes)
+        << "block " << l << " expert " << e;
+  }
+
   // Metrics read the same figures (Routing, at each scrape).
   bool seen = false;
   for (const VersionRouting& v : core->Routing()) {
