@@ -395,6 +395,21 @@ absl::Status Models(SparseClient& client) {
                                 : "none",
                   v.precision().c_str(), HumanBytes(v.weight_bytes_per_row()).c_str(),
                   HumanBytes(v.resident_bytes()).c_str(), mse.c_str(), v.description().c_str());
+      // Weights served from the weight cache file: how much of the mapping
+      // is in memory now (the resident column counts process memory only).
+      if (v.mapped_bytes() > 0) {
+        std::string experts;
+        if (v.expert_bytes() > 0 && v.expert_resident_bytes_size() > 0) {
+          int64_t whole = 0;
+          for (int64_t b : v.expert_resident_bytes()) whole += b >= v.expert_bytes() ? 1 : 0;
+          experts = absl::StrCat(", ", whole, " of ", v.expert_resident_bytes_size(),
+                                 " expert slices wholly in memory");
+        }
+        std::printf("%-16s %-8s %s mapped, %lld%% in memory%s (weight_verify=%s)\n", "", "",
+                    HumanBytes(v.mapped_bytes()).c_str(),
+                    static_cast<long long>(100 * v.mapped_resident_bytes() / v.mapped_bytes()),
+                    experts.c_str(), v.weight_verify().c_str());
+      }
     }
   }
   std::printf("(* = the version that serves by default)\n");

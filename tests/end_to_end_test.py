@@ -117,6 +117,7 @@ with tempfile.TemporaryDirectory() as tmp:
         models_out = run([CLI, "--target=" + target, "models"])
         check(models_out.returncode == 0 and "poly_dsm" in models_out.stdout and "poly_lsh" in models_out.stdout,
               "sparse-cli models lists both: " + models_out.stdout + models_out.stderr)
+        check("mapped" not in models_out.stdout, "no mapped line for weights copied in: " + models_out.stdout)
         health = run([CLI, "--target=" + target, "health"])
         check(health.returncode == 0 and "SERVING" in health.stdout, "sparse-cli health: " + health.stdout)
         missing = run([CLI, "--target=" + target, "health", "--model=nope"])
@@ -185,5 +186,48 @@ with tempfile.TemporaryDirectory() as tmp:
     finally:
         code, log = stop(server)
     check(code == 0 and "stopped" in log, "SIGTERM stops the server cleanly (exit %s): %s" % (code, log))
+
+    # The same repository served from weight cache files (--weight_cache_dir):
+    # GetModel says what is mapped, from which file, how it is verified and
+    # how much of it is in memory (per expert of the routed DSM), and
+    # sparse-cli models shows it under the version's row.
+    cache = os.path.join(tmp, "cache")
+    server = subprocess.Popen([SERVER, "--model_repository=" + repo, "--address=127.0.0.1", "--port=0",
+                               "--weight_cache_dir=" + cache], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        target = "127.0.0.1:%d" % int(server.stdout.readline())
+        stub = inference_pb2_grpc.SparseInferenceStub(grpc.insecure_channel(target))
+        fields = inference_pb2.VersionStatus.DESCRIPTOR.fields_by_name
+        check([fields[n].number for n in ("mapped_bytes", "mapped_resident_bytes", "weight_cache_file",
+                                          "weight_verify", "experts", "expert_bytes", "expert_resident_bytes")]
+              == list(range(20, 27)), "VersionStatus's mapping fields are 20 to 26")
+        dsm = stub.GetModel(inference_pb2.GetModelRequest(model="poly_dsm"), timeout=10).versions[-1]
+        check(dsm.mapped_bytes > 0 and 0 < dsm.mapped_resident_bytes <= dsm.mapped_bytes,
+              "poly_dsm mapped: %d bytes, %d in memory" % (dsm.mapped_bytes, dsm.mapped_resident_bytes))
+        check(dsm.weight_cache_file.startswith(cache + os.sep) and os.path.isfile(dsm.weight_cache_file) and
+              dsm.weight_verify == "load", "poly_dsm's file %r, verify %r" % (dsm.weight_cache_file, dsm.weight_verify))
+        check(dsm.experts == 64 and len(dsm.expert_resident_bytes) == 64 and dsm.expert_bytes > 0 and
+              all(0 <= b <= dsm.expert_bytes for b in dsm.expert_resident_bytes),
+              "poly_dsm: residency of its 64 expert slices of %d bytes: %s" % (dsm.expert_bytes,
+                                                                              list(dsm.expert_resident_bytes)[:8]))
+        lsh = stub.GetModel(inference_pb2.GetModelRequest(model="poly_lsh"), timeout=10).versions[-1]
+        check(lsh.mapped_bytes == 0 and lsh.weight_cache_file == "" and not lsh.expert_resident_bytes,
+              "poly_lsh is copied in: mapped %d, file %r" % (lsh.mapped_bytes, lsh.weight_cache_file))
+        models_out = run([CLI, "--target=" + target, "models"])
+        mapped_lines = [l for l in models_out.stdout.splitlines() if " mapped, " in l]
+        percent = round(100 * dsm.mapped_resident_bytes / dsm.mapped_bytes)
+        check(models_out.returncode == 0 and len(mapped_lines) == 1 and "% in memory" in mapped_lines[0] and
+              "expert slices wholly in memory" in mapped_lines[0] and "weight_verify=load" in mapped_lines[0],
+              "sparse-cli models shows the mapping of poly_dsm alone: " + models_out.stdout + models_out.stderr)
+        lines_out = models_out.stdout.splitlines()
+        check(len(mapped_lines) == 1 and lines_out.index(mapped_lines[0]) > 0 and
+              lines_out[lines_out.index(mapped_lines[0]) - 1].startswith("poly_dsm"),
+              "the mapped line follows poly_dsm's row: " + models_out.stdout)
+        check(abs(int(mapped_lines[0].split("% in memory")[0].split()[-1]) - percent) <= 1 if mapped_lines else False,
+              "sparse-cli's percentage agrees with GetModel's %d%%: %s" % (percent, mapped_lines))
+    finally:
+        code, log = stop(server)
+    check(code == 0, "the server on weight cache files stops cleanly (exit %s): %s" % (code, log))
 
 finish()

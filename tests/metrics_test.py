@@ -1,11 +1,14 @@
 """Prometheus metrics, scraped by a real Prometheus server (Debian's
 prometheus package).
 
-A small DSM with its dense twin is served with --metrics_port; the test
+A small DSM with its dense twin is served with --metrics_port, its weights
+mapped from a weight cache file (--weight_cache_dir); the test
 sends a known number of requests (sparse, dense, and bad ones for an
 unknown model and of the wrong width), reads /metrics itself, then starts
 Prometheus scraping the endpoint every second and queries the request
 counter through Prometheus's HTTP API until it returns the numbers sent.
+The memory gauges: resident (process memory), mapped, mapped and in memory
+(mincore), and per expert slice its size and how much of it is in memory.
 
 Usage: metrics_test.py <source dir> <build dir>
 """
@@ -46,7 +49,8 @@ with tempfile.TemporaryDirectory() as tmp:
     from sparse.v1 import inference_pb2 as pb, inference_pb2_grpc as pb_grpc
 
     server = subprocess.Popen([SERVER, "--model_repository=" + repo, "--address=127.0.0.1", "--port=0",
-                               "--metrics_port=0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               "--metrics_port=0", "--weight_cache_dir=" + os.path.join(tmp, "cache")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     prometheus = None
     try:
         port, metrics_port = int(server.stdout.readline()), int(server.stdout.readline())
@@ -101,6 +105,33 @@ with tempfile.TemporaryDirectory() as tmp:
               "major faults counter: %s, the responses' Cost.major_faults add to %d" % (faults, sparse_faults))
         check(value('sparse_major_faults_total{model="m",path="dense"}') is not None,
               "major faults counter of the dense path")
+
+        # Memory: the version's weights are mapped from its weight cache
+        # file; the gauges say how much, and how much of it is in memory.
+        labels = '{model="m",precision="FP32",version="1"}'
+        mapped = value("sparse_model_mapped_bytes" + labels)
+        in_memory = value("sparse_model_mapped_resident_bytes" + labels)
+        resident = value("sparse_model_resident_bytes" + labels)
+        check(mapped is not None and mapped > 0, "mapped bytes gauge: %s" % mapped)
+        check(in_memory is not None and 0 < in_memory <= (mapped or 0),
+              "mapped resident bytes gauge: %s of %s" % (in_memory, mapped))
+        check(resident is not None and resident > 0, "resident bytes gauge: %s" % resident)
+        help_line = [l for l in lines if l.startswith("# HELP sparse_model_resident_bytes ")]
+        check(len(help_line) == 1 and "process memory" in help_line[0] and "excluded" in help_line[0],
+              "sparse_model_resident_bytes's help says process memory, mapped weights excluded: %s" % help_line)
+        check("# TYPE sparse_model_mapped_resident_bytes gauge" in lines and
+              "# TYPE sparse_expert_resident_bytes gauge" in lines, "the memory gauges are gauges")
+        expert_bytes = value('sparse_expert_bytes{model="m",version="1"}')
+        expert_in = [float(l.rsplit(" ", 1)[1]) for l in lines
+                     if l.startswith("sparse_expert_resident_bytes{") and 'model="m"' in l]
+        check(expert_bytes is not None and expert_bytes > 0, "expert slice bytes gauge: %s" % expert_bytes)
+        check(len(expert_in) == len(expert_rows) and
+              all(0 <= b <= (expert_bytes or 0) for b in expert_in) and sum(expert_in) <= (in_memory or 0),
+              "one resident gauge per expert, each within its slice: %d gauges, %d experts, sum %s" %
+              (len(expert_in), len(expert_rows), sum(expert_in)))
+        check(any('block="0",expert="0",model="m",version="1"' in l for l in lines
+                  if l.startswith("sparse_expert_resident_bytes{")),
+              "per-expert residency labelled model, version, block, expert")
 
         # A real Prometheus scrapes it; its query must see the same numbers.
         prom_port = free_port()

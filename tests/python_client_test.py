@@ -272,6 +272,38 @@ with tempfile.TemporaryDirectory() as tmp:
         code, _ = stop(server)
     check(code == 0, "the server stops cleanly")
 
+    # Served again from weight cache files (--weight_cache_dir): the client
+    # exposes the mapping, its file and verification mode, and what is in
+    # memory, per expert slice for a routed DSM.
+    cache = os.path.join(tmp, "cache")
+    server, ports = start_server(build, repo, "--weight_cache_dir=" + cache, "--weight_verify=touch")
+    try:
+        client = sparse_serve.Client("127.0.0.1:%d" % ports[0])
+        v = client.model("torch_dsm").versions[0]
+        check(v.mapped_bytes > 0 and 0 < v.mapped_resident_bytes <= v.mapped_bytes and
+              0 < v.mapped_resident_fraction <= 1,
+              "torch_dsm mapped: %d bytes, %d in memory" % (v.mapped_bytes, v.mapped_resident_bytes))
+        check(v.weight_cache_file.startswith(cache + os.sep) and os.path.isfile(v.weight_cache_file) and
+              v.weight_verify == "touch", "torch_dsm's weight cache file %r, verify %r" % (v.weight_cache_file,
+                                                                                        v.weight_verify))
+        check(v.experts == dsm.experts and v.expert_bytes > 0 and
+              len(v.expert_resident_bytes) == v.experts * dsm.blocks and
+              all(0 <= b <= v.expert_bytes for b in v.expert_resident_bytes) and
+              sum(v.expert_resident_bytes) <= v.mapped_resident_bytes,
+              "torch_dsm: residency of each expert slice: %d experts of %d bytes, %s" %
+              (v.experts, v.expert_bytes, v.expert_resident_bytes))
+        topk_v = client.model("torch_topk").versions[0]
+        check(topk_v.mapped_bytes > 0 and topk_v.expert_resident_bytes == () and topk_v.experts == 0,
+              "torch_topk: mapped, no per-expert slices (%d bytes, %s)" % (topk_v.mapped_bytes,
+                                                                           topk_v.expert_resident_bytes))
+        table = client.model("torch_lsh%d" % min(lsh)).versions[0]
+        check(table.mapped_bytes == 0 and table.mapped_resident_fraction == 0 and
+              table.weight_cache_file == "" and table.weight_verify == "" and table.resident_bytes > 0,
+              "an LSH table is copied in: nothing mapped (%d, %r)" % (table.mapped_bytes, table.weight_cache_file))
+    finally:
+        code, _ = stop(server)
+    check(code == 0, "the server on weight cache files stops cleanly")
+
     # What export refuses: a clear ValueError, and nothing written.
     refusals = [
         ("6 experts with the lsh router", lambda: ssnn.DSM(D, 1, experts=6, active_units=4)),

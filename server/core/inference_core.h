@@ -105,9 +105,11 @@ class InferenceCore {
   // loaded; UNAVAILABLE when the model is known but no version of it loads.
   absl::StatusOr<ModelHandle> Resolve(absl::string_view model, int64_t version) const;
   // Every model the repository knows, by name, and one of them (NOT_FOUND
-  // as Resolve words it).
-  std::vector<ModelStatus> Models() const;
-  absl::StatusOr<ModelStatus> Model(absl::string_view model) const;
+  // as Resolve words it). With ModelReads::kResidency each mapped
+  // version's residency is measured (mincore; see model_reads.h for the cost).
+  std::vector<ModelStatus> Models(ModelReads reads = ModelReads::kFixed) const;
+  absl::StatusOr<ModelStatus> Model(absl::string_view model,
+                                    ModelReads reads = ModelReads::kFixed) const;
   // Versions serving across every model (0: the server is not ready).
   size_t ServingVersions() const;
   // The widest input (d) of the loaded versions of `model`; 0 when none is
@@ -119,7 +121,8 @@ class InferenceCore {
   // Model directories that serve nothing, and why: "no version directory
   // to serve ..." or a refused name (ending in ".dense"). Not in Models().
   std::map<std::string, std::string> NotServed() const;
-  // Every serving version's sparse-path routing since its warm-up.
+  // Every serving version's sparse-path routing since its warm-up, and the
+  // residency of its mapped weights now (mincore, as ModelReads::kResidency).
   std::vector<VersionRouting> Routing() const;
   // The statistics of one path of a loaded version: zeros until a request
   // for it is admitted (server/core/statistics.h).

@@ -10,15 +10,23 @@
 //  - Per-version statistics count every request and every batch, per path.
 //  - A request's cost carries the major page faults its compute took, and
 //    a batch's are shared by rows.
+//  - A version served from its weight cache file reports the mapped bytes,
+//    its file and verification mode, and (when asked) what is in memory now,
+//    per expert: dropping the file from the page cache lowers the figures.
 // Ordering is made deterministic by holding the core's one worker with a
 // task of the test's own (pool().Submit) until the requests are queued.
 #include "server/core/inference_core.h"
 
 #include "model_store/model_repository.h"
 
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <sys/mman.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -590,6 +598,151 @@ TEST_F(InferenceCoreFaultsTest, BatchedRequestsShareTheBatchsMajorFaultsByRows) 
     EXPECT_EQ(calls[i]->response.cost.major_faults, want) << "request " << i;
     first += rows[i];
   }
+}
+
+// Whether `dir`'s pages can be dropped from the page cache (not tmpfs).
+bool DropsPages(const fs::path& dir) {
+  struct statfs fs_info;
+  return ::statfs(dir.c_str(), &fs_info) == 0 && fs_info.f_type != TMPFS_MAGIC;
+}
+
+// Drops the pages of the file at `path` that this process maps from its
+// page tables (MADV_DONTNEED: a read-only shared mapping reads them again
+// on its next touch) and from the page cache (POSIX_FADV_DONTNEED).
+absl::Status DropMappedFile(const std::string& path) {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  int found = 0;
+  while (std::getline(maps, line)) {
+    if (line.size() < path.size() || line.compare(line.size() - path.size(), path.size(), path) != 0) {
+      continue;
+    }
+    uintptr_t begin = 0, end = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx", &begin, &end) != 2) continue;
+    if (::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED) != 0) {
+      return absl::InternalError("madvise(MADV_DONTNEED) failed");
+    }
+    ++found;
+  }
+  if (found == 0) return absl::NotFoundError(absl::StrCat(path, " is not mapped"));
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  const int err = ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  ::close(fd);
+  return err == 0 ? absl::OkStatus() : absl::InternalError("posix_fadvise failed");
+}
+
+TEST(InferenceCoreResidencyTest, AMappedVersionReportsItsMappingAndWhatIsInMemory) {
+  TempDir root("inference_core_residency_test");
+  constexpr int64_t kExperts = 16, kBlocks = 2;
+  Checkpoint dsm;  // no twin: the cost-only dense path is mapped too
+  // d = 64: each expert's rows of B are 16 KiB, whole pages of their own.
+  dsm.sparse = RandomDsm({.d = 64, .o = 2, .blocks = kBlocks, .experts = kExperts,
+                          .active_units = 64}, 7);
+  ASSERT_OK(WriteCheckpoint((root / "dsm").string(), 1, dsm));
+  Checkpoint lsh;
+  lsh.sparse = RandomLshTable({.d = kD, .o = 1}, 3);
+  ASSERT_OK(WriteCheckpoint((root / "lsh").string(), 1, lsh));
+  // The cache beside the repository (not in it), where pages can be
+  // dropped: /tmp may be tmpfs, then ctest's working directory.
+  TempDir tmp_cache("inference_core_residency_cache");
+  const fs::path cache = DropsPages(tmp_cache.path())
+                             ? tmp_cache.path()
+                             : fs::current_path() / ("residency_cache_" + std::to_string(::getpid()));
+  struct Remove {
+    fs::path path;
+    ~Remove() {
+      std::error_code ec;
+      fs::remove_all(path, ec);
+    }
+  } remove_cache{cache};
+  ModelRepository::Options options;
+  options.weight_cache_dir = cache.string();
+  // Checked on first touch: verifying at load would read (and map) every
+  // page, and mapped pages stay when the file leaves the page cache.
+  options.weight_verify = WeightVerify::kTouch;
+  std::unique_ptr<ModelRepository> repository(OpenRepository(root, options));
+  ASSERT_NE(repository, nullptr);
+  std::unique_ptr<InferenceCore> core = OneWorkerCore(repository.get(), 0);
+
+  // Without kResidency: the fixed figures only, no mincore.
+  ASSERT_OK_AND_ASSIGN(ModelStatus fixed, core->Model("dsm"));
+  ASSERT_EQ(fixed.versions.size(), 1u);
+  const VersionStatus& f = fixed.versions[0];
+  EXPECT_GT(f.mapped_bytes, 0);
+  ASSERT_TRUE(f.dense.has_value());
+  EXPECT_EQ(f.mapped_bytes, f.sparse.mapped_bytes + f.dense->mapped_bytes);
+  EXPECT_GT(f.dense->mapped_bytes, 0);
+  EXPECT_EQ(f.weight_verify, "touch");
+  ASSERT_FALSE(f.weight_cache_file.empty());
+  EXPECT_TRUE(fs::is_regular_file(f.weight_cache_file)) << f.weight_cache_file;
+  EXPECT_EQ(fs::path(f.weight_cache_file).string().rfind(cache.string(), 0), 0u)
+      << f.weight_cache_file << " not under " << cache;
+  EXPECT_EQ(f.mapped_resident_bytes, 0);
+  EXPECT_TRUE(f.expert_resident_bytes.empty());
+
+  // Just written, the whole file is in the page cache.
+  ASSERT_OK_AND_ASSIGN(ModelStatus warm_status, core->Model("dsm", ModelReads::kResidency));
+  const VersionStatus& warm = warm_status.versions[0];
+  EXPECT_EQ(warm.mapped_bytes, f.mapped_bytes);
+  EXPECT_EQ(warm.mapped_resident_bytes, warm.mapped_bytes);
+  EXPECT_EQ(warm.experts, kExperts);
+  ASSERT_EQ(warm.expert_resident_bytes.size(), static_cast<size_t>(kBlocks * kExperts));
+  EXPECT_GE(warm.expert_bytes, 4 * 64 * 64) << "an expert's rows of B at least";
+  for (int64_t b : warm.expert_resident_bytes) EXPECT_EQ(b, warm.expert_bytes);
+
+  // Out of this process's page tables (the warm-up mapped the pages it
+  // read) and out of the page cache, as ColdPages::Drop does: nothing is in
+  // memory until a request touches it again.
+  ASSERT_OK(DropMappedFile(warm.weight_cache_file));
+  ASSERT_OK_AND_ASSIGN(ModelStatus cold_status, core->Model("dsm", ModelReads::kResidency));
+  const VersionStatus& cold = cold_status.versions[0];
+  EXPECT_LT(cold.mapped_resident_bytes, warm.mapped_resident_bytes / 2);
+  ASSERT_EQ(cold.expert_resident_bytes.size(), warm.expert_resident_bytes.size());
+  int64_t dropped = 0, cold_sum = 0;
+  for (int64_t b : cold.expert_resident_bytes) {
+    dropped += b < cold.expert_bytes ? 1 : 0;
+    cold_sum += b;
+  }
+  EXPECT_EQ(dropped, kBlocks * kExperts);
+  EXPECT_LE(cold_sum, cold.mapped_resident_bytes);
+
+  // A request reads its experts' slices back in: they are in memory again.
+  Call call("dsm", RandomInputs(1, 64, 21), 1);
+  call.request.return_route = true;
+  core->Infer(call.request, &call.response, call.Done());
+  ASSERT_OK(call.Wait());
+  ASSERT_EQ(call.response.route.expert_ids.size(), static_cast<size_t>(kBlocks));
+  ASSERT_OK_AND_ASSIGN(ModelStatus read_status, core->Model("dsm", ModelReads::kResidency));
+  const VersionStatus& read = read_status.versions[0];
+  EXPECT_GT(read.mapped_resident_bytes, cold.mapped_resident_bytes);
+  for (int64_t l = 0; l < kBlocks; ++l) {
+    const int64_t e = call.response.route.expert_ids[l];
+    EXPECT_EQ(read.expert_resident_bytes[l * kExperts + e], read.expert_bytes)
+        << "block " << l << " expert " << e;
+  }
+
+  // Metrics read the same figures (Routing, at each scrape).
+  bool seen = false;
+  for (const VersionRouting& v : core->Routing()) {
+    if (v.model != "dsm") continue;
+    seen = true;
+    EXPECT_EQ(v.mapped_bytes, cold.mapped_bytes);
+    EXPECT_LE(v.mapped_resident_bytes, warm.mapped_resident_bytes);
+    EXPECT_EQ(v.expert_bytes, cold.expert_bytes);
+    EXPECT_EQ(v.expert_resident_bytes.size(), cold.expert_resident_bytes.size());
+  }
+  EXPECT_TRUE(seen);
+
+  // An LSH table is copied in: nothing mapped, nothing to measure.
+  ASSERT_OK_AND_ASSIGN(ModelStatus lsh_status, core->Model("lsh", ModelReads::kResidency));
+  const VersionStatus& l = lsh_status.versions[0];
+  EXPECT_EQ(l.mapped_bytes, 0);
+  EXPECT_EQ(l.mapped_resident_bytes, 0);
+  EXPECT_EQ(l.weight_cache_file, "");
+  EXPECT_EQ(l.weight_verify, "");
+  EXPECT_TRUE(l.expert_resident_bytes.empty());
+  EXPECT_GT(l.resident_bytes, 0);
 }
 
 }  // namespace

@@ -24,7 +24,7 @@ void ModelControl::Load(std::string model,
     } else if (!state.ok()) {
       (*shared)(state.status());
     } else {
-      (*shared)(ToModelStatus(model, *state));
+      (*shared)(ToModelStatus(model, *state, ModelReads::kResidency));
     }
   });
   if (!queued) {

@@ -97,7 +97,8 @@ grpc::ServerUnaryReactor* SparseInferenceService::ListModels(grpc::CallbackServe
   return ServeUnaryNow<sparse::v1::ListModelsRequest, sparse::v1::ListModelsResponse>(
       context, request, response,
       [this](const sparse::v1::ListModelsRequest&, sparse::v1::ListModelsResponse* out) {
-        for (const ModelStatus& model : core_->Models()) {
+        // Residency (mincore) too: model_reads.h, ModelReads::kResidency.
+        for (const ModelStatus& model : core_->Models(ModelReads::kResidency)) {
           sparse::v1::ModelStatus* status = out->add_models();
           ToModelStatusProto(model, status);
           status->set_max_batch_rows(core_->max_batch_rows());
@@ -119,7 +120,8 @@ grpc::ServerUnaryReactor* SparseInferenceService::GetModel(grpc::CallbackServerC
   return ServeUnaryNow<sparse::v1::GetModelRequest, sparse::v1::ModelStatus>(
       context, request, response,
       [this](const sparse::v1::GetModelRequest& r, sparse::v1::ModelStatus* out) -> absl::Status {
-        ASSIGN_OR_RETURN(const ModelStatus model, core_->Model(r.model()));
+        ASSIGN_OR_RETURN(const ModelStatus model,
+                         core_->Model(r.model(), ModelReads::kResidency));
         ToModelStatusProto(model, out);
         out->set_max_batch_rows(core_->max_batch_rows());
         return absl::OkStatus();

@@ -25,6 +25,14 @@ void ToModelStatusProto(const ModelStatus& model, sparse::v1::ModelStatus* out) 
     v->set_weight_bytes_per_row(info.weight_bytes_per_row);
     v->set_resident_bytes(version.resident_bytes);
     v->set_model_sha256(version.model_sha256);
+    v->set_mapped_bytes(version.mapped_bytes);
+    v->set_mapped_resident_bytes(version.mapped_resident_bytes);
+    v->set_weight_cache_file(version.weight_cache_file);
+    v->set_weight_verify(version.weight_verify);
+    v->set_experts(version.experts);
+    v->set_expert_bytes(version.expert_bytes);
+    v->mutable_expert_resident_bytes()->Add(version.expert_resident_bytes.begin(),
+                                            version.expert_resident_bytes.end());
     if (version.shards > 0) v->set_shards(static_cast<int32_t>(version.shards));
     if (!version.shard.empty()) v->set_shard(version.shard);
     if (version.dense.has_value()) {

@@ -181,11 +181,29 @@ std::vector<prometheus::MetricFamily> RoutingCollector::Collect() const {
                                   "answered); miss rate = misses / lookups",
                                   prometheus::MetricType::Counter,
                                   {}};
-  prometheus::MetricFamily resident{"sparse_model_resident_bytes",
-                                    "Bytes a loaded version holds for its weights, both paths "
-                                    "(every packed copy, biases, tables, indexes), by precision",
-                                    prometheus::MetricType::Gauge,
-                                    {}};
+  auto gauge = [](const char* name, const char* help) {
+    return prometheus::MetricFamily{name, help, prometheus::MetricType::Gauge, {}};
+  };
+  prometheus::MetricFamily resident = gauge(
+      "sparse_model_resident_bytes",
+      "Bytes a loaded version holds for its weights in process memory, both paths (every packed "
+      "copy, biases, tables, indexes), by precision; weights mapped from the weight cache file are "
+      "excluded (sparse_model_mapped_bytes)");
+  prometheus::MetricFamily mapped = gauge(
+      "sparse_model_mapped_bytes",
+      "Bytes of a loaded version's weights read from its weight cache file mapping, both paths "
+      "(0: copied into process memory)");
+  prometheus::MetricFamily mapped_resident = gauge(
+      "sparse_model_mapped_resident_bytes",
+      "Of sparse_model_mapped_bytes, the bytes in memory (page cache, mincore) at the scrape");
+  prometheus::MetricFamily expert_bytes = gauge(
+      "sparse_expert_bytes",
+      "Bytes of one expert's mapped weight slice (its rows of B and A transposed, and their "
+      "biases) of a routed DSM");
+  prometheus::MetricFamily expert_resident = gauge(
+      "sparse_expert_resident_bytes",
+      "Bytes of each expert's mapped weight slice in memory (page cache, mincore) at the scrape, "
+      "of sparse_expert_bytes (routed DSMs served from a weight cache file)");
   for (const VersionRouting& v : core_->Routing()) {
     const RoutingCounts& counts = v.since_warmup;
     const std::string& name = v.model;
@@ -196,7 +214,27 @@ std::vector<prometheus::MetricFamily> RoutingCollector::Collect() const {
       m.label = {Label{"model", name}, Label{"precision", std::string(PrecisionName(v.precision))},
                  Label{"version", version}};
       m.gauge.value = static_cast<double>(v.resident_bytes);
+      prometheus::ClientMetric in_mapping = m, in_memory = m;
       resident.metric.push_back(std::move(m));
+      in_mapping.gauge.value = static_cast<double>(v.mapped_bytes);
+      mapped.metric.push_back(std::move(in_mapping));
+      in_memory.gauge.value = static_cast<double>(v.mapped_resident_bytes);
+      mapped_resident.metric.push_back(std::move(in_memory));
+    }
+    if (counts.experts > 0 && !v.expert_resident_bytes.empty() &&
+        static_cast<int64_t>(v.expert_resident_bytes.size()) == counts.blocks * counts.experts) {
+      prometheus::ClientMetric size;
+      size.label = {Label{"model", name}, Label{"version", version}};
+      size.gauge.value = static_cast<double>(v.expert_bytes);
+      expert_bytes.metric.push_back(std::move(size));
+      for (int64_t i = 0; i < counts.blocks * counts.experts; ++i) {
+        prometheus::ClientMetric m;
+        m.label = {Label{"block", std::to_string(i / counts.experts)},
+                   Label{"expert", std::to_string(i % counts.experts)}, Label{"model", name},
+                   Label{"version", version}};
+        m.gauge.value = static_cast<double>(v.expert_resident_bytes[i]);
+        expert_resident.metric.push_back(std::move(m));
+      }
     }
     if (counts.experts > 0) {
       double worst = 0;
@@ -230,8 +268,9 @@ std::vector<prometheus::MetricFamily> RoutingCollector::Collect() const {
       misses.metric.push_back(std::move(x));
     }
   }
-  return {std::move(rows), std::move(imbalance), std::move(lookups), std::move(misses),
-          std::move(resident)};
+  return {std::move(rows),          std::move(imbalance),     std::move(lookups),
+          std::move(misses),        std::move(resident),      std::move(mapped),
+          std::move(mapped_resident), std::move(expert_bytes), std::move(expert_resident)};
 }
 
 std::vector<prometheus::MetricFamily> InternalErrorCollector::Collect() const {

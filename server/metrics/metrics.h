@@ -22,7 +22,15 @@
 //   sparse_expert_load_imbalance{model,version}  gauge, busiest expert's rows / mean rows per expert
 //   sparse_bucket_lookups_total{model,version}   counter, row x table probes (LSH table)
 //   sparse_bucket_misses_total{model,version}    counter, probes that found no bucket (fallback used)
-//   sparse_model_resident_bytes{model,version,precision}  gauge, bytes its weights hold (both paths)
+//   sparse_model_resident_bytes{model,version,precision}  gauge, bytes its weights hold in process
+//                                                memory (both paths; mapped weights excluded)
+//   sparse_model_mapped_bytes{model,version,precision}  gauge, bytes of weights read from its
+//                                                weight cache file mapping (both paths)
+//   sparse_model_mapped_resident_bytes{model,version,precision}  gauge, of those, in memory now
+//                                                (mincore at the scrape)
+//   sparse_expert_bytes{model,version}           gauge, bytes of one expert's mapped slice (routed DSM)
+//   sparse_expert_resident_bytes{model,version,block,expert}  gauge, of each expert's mapped
+//                                                slice, bytes in memory now (mincore at the scrape)
 //
 // and, for the whole process (InternalErrorCollector):
 //

@@ -19,7 +19,7 @@ raises SparseServeError, which carries the gRPC status code and message.
 import dataclasses
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import grpc
 import numpy as np
@@ -110,7 +110,8 @@ class VersionInfo:
     dense_cost_only: bool
     info: Dict[str, str]
     # config.pbtxt's precision; weight bytes a one-row request reads on each
-    # path; bytes the version's weights hold (both paths).
+    # path; bytes the version's weights hold in process memory (both paths;
+    # mapped weights are not counted here).
     precision: str = "FP32"
     weight_bytes_per_row: int = 0
     dense_weight_bytes_per_row: int = 0
@@ -119,6 +120,25 @@ class VersionInfo:
     # shard server, the part it holds ("2/4").
     shards: int = 0
     shard: str = ""
+    # Weights served from the weight cache file (sparse-server
+    # --weight_cache_dir; docs/api.md): bytes mapped, both paths, and how many
+    # of them were in memory (mincore) when the server answered; the file on
+    # the server and its verification mode ("load" or "touch"). 0 and "" when
+    # the weights were copied in.
+    mapped_bytes: int = 0
+    mapped_resident_bytes: int = 0
+    weight_cache_file: str = ""
+    weight_verify: str = ""
+    # A mapped routed DSM: bytes of each expert's slice, and of each how many
+    # are in memory, [block * experts + expert] (empty otherwise).
+    experts: int = 0
+    expert_bytes: int = 0
+    expert_resident_bytes: Tuple[int, ...] = ()
+
+    @property
+    def mapped_resident_fraction(self) -> float:
+        """The share of the mapped weights in memory (0 when none are mapped)."""
+        return self.mapped_resident_bytes / self.mapped_bytes if self.mapped_bytes else 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,7 +240,11 @@ def _model_info(m):
         versions=[VersionInfo(v.version, v.kind, v.description, v.input_dim, v.output_dim, v.flops_per_row,
                               v.dense_flops_per_row, v.parameters, v.dense_parameters, v.has_dense,
                               v.dense_cost_only, dict(v.info), v.precision or "FP32", v.weight_bytes_per_row,
-                              v.dense_weight_bytes_per_row, v.resident_bytes, v.shards, v.shard)
+                              v.dense_weight_bytes_per_row, v.resident_bytes, v.shards, v.shard,
+                              mapped_bytes=v.mapped_bytes, mapped_resident_bytes=v.mapped_resident_bytes,
+                              weight_cache_file=v.weight_cache_file, weight_verify=v.weight_verify,
+                              experts=v.experts, expert_bytes=v.expert_bytes,
+                              expert_resident_bytes=tuple(v.expert_resident_bytes))
                   for v in m.versions],
         failed_versions={f.version: f.error for f in m.failed_versions}, config_error=m.config_error,
         not_served=m.not_served, max_batch_rows=m.max_batch_rows)
