@@ -47,6 +47,14 @@ std::string ErrnoText(absl::string_view what, const std::string& path) {
 
 uint64_t RoundUp(uint64_t v, uint64_t to) { return (v + to - 1) / to * to; }
 
+// A cache file's name in messages (never the directory path, as
+// checkpoint errors): <model>/<version>/<file>, under --weight_cache_dir.
+std::string CacheName(const std::string& path) {
+  const fs::path p(path);
+  const fs::path version = p.parent_path();
+  return (version.parent_path().filename() / version.filename() / p.filename()).string();
+}
+
 }  // namespace
 
 absl::string_view WeightVerifyName(WeightVerify verify) {
@@ -161,14 +169,15 @@ absl::StatusOr<std::unique_ptr<WeightCacheWriter>> WeightCacheWriter::Create(
   const fs::path dir = fs::path(path).parent_path();
   fs::create_directories(dir, ec);
   if (ec) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot create the weight cache directory ", dir.string(), ": ", ec.message()));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot create the weight cache directory ", CacheName((dir / "f").string()),
+        " under --weight_cache_dir: ", ec.message()));
   }
   static std::atomic<int> counter{0};
   const std::string tmp = absl::StrCat(dir.string(), "/.tmp-", fs::path(path).filename().string(),
                                        "-", ::getpid(), "-", counter++);
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return absl::FailedPreconditionError(ErrnoText("cannot create", tmp));
+  if (fd < 0) return absl::FailedPreconditionError(ErrnoText("cannot create", CacheName(tmp)));
   return std::unique_ptr<WeightCacheWriter>(new WeightCacheWriter(path, tmp, fd, std::move(key)));
 }
 
@@ -178,7 +187,7 @@ absl::Status WeightCacheWriter::WriteAt(uint64_t at, const void* data, size_t by
     const ssize_t n = ::pwrite(fd_, p, bytes, static_cast<off_t>(at));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
-      return absl::ResourceExhaustedError(ErrnoText("cannot write the weight cache file", tmp_));
+      return absl::ResourceExhaustedError(ErrnoText("cannot write the weight cache file", CacheName(tmp_)));
     }
     p += n;
     at += static_cast<uint64_t>(n);
@@ -276,12 +285,12 @@ absl::Status WeightCacheWriter::Publish() {
   RETURN_IF_ERROR(WriteAt(end + meta.size(), footer.data(), footer.size()));
   // Read-only from now on: the server never writes a published file.
   if (::fsync(fd_) != 0 || ::fchmod(fd_, 0444) != 0) {
-    return absl::ResourceExhaustedError(ErrnoText("cannot sync", tmp_));
+    return absl::ResourceExhaustedError(ErrnoText("cannot sync", CacheName(tmp_)));
   }
   ::close(fd_);
   fd_ = -1;
   if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
-    return absl::FailedPreconditionError(ErrnoText("cannot publish", path_));
+    return absl::FailedPreconditionError(ErrnoText("cannot publish", CacheName(path_)));
   }
   published_ = true;
   return SyncDirectory(fs::path(path_).parent_path().string());
@@ -385,7 +394,7 @@ class WeightCacheFile::Guard : public MappedArrayGuard {
     if (file_->retired()) {
       return absl::UnavailableError(absl::StrCat(
           "the weight cache file of this version was opened for writing by another process; the "
-          "version is being loaded again from a new file (", file_->path(), ")"));
+          "version is being loaded again from a new file (", file_->name(), ")"));
     }
     std::atomic<uint8_t>& state = file_->state_[array_->first_sum + part];
     uint8_t s = state.load(std::memory_order_acquire);
@@ -395,7 +404,7 @@ class WeightCacheFile::Guard : public MappedArrayGuard {
     }
     if (s == 1) return absl::OkStatus();
     return absl::DataLossError(absl::StrCat(
-        "part ", part, " of array '", array_->name, "' in the weight cache file ", file_->path(),
+        "part ", part, " of array '", array_->name, "' in the weight cache file ", file_->name(),
         " does not match its SHA-256: the requests that need it fail until the version is "
         "loaded again (the file is rebuilt then)"));
   }
@@ -430,6 +439,8 @@ class WeightCacheFile::Guard : public MappedArrayGuard {
   const WeightCacheArray* array_;
 };
 
+std::string WeightCacheFile::name() const { return CacheName(path_); }
+
 WeightCacheFile::WeightCacheFile(std::string path, int fd, const uint8_t* base, uint64_t size,
                                  WeightCacheIndex index, WeightVerify verify)
     : path_(std::move(path)), fd_(fd), base_(base), size_(size), index_(std::move(index)),
@@ -447,20 +458,22 @@ absl::StatusOr<std::shared_ptr<WeightCacheFile>> WeightCacheFile::Open(const std
                                                                        WeightVerify verify) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0) {
-    if (errno == ENOENT) return absl::NotFoundError(absl::StrCat("no weight cache file ", path));
-    return absl::FailedPreconditionError(ErrnoText("cannot open", path));
+    if (errno == ENOENT) {
+      return absl::NotFoundError(absl::StrCat("no weight cache file ", CacheName(path)));
+    }
+    return absl::FailedPreconditionError(ErrnoText("cannot open", CacheName(path)));
   }
   struct stat st;
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0) {
     ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat("weight cache file ", path,
+    return absl::InvalidArgumentError(absl::StrCat("weight cache file ", CacheName(path),
                                                    " is not a non-empty regular file"));
   }
   const uint64_t size = static_cast<uint64_t>(st.st_size);
   void* base = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
   if (base == MAP_FAILED) {
     ::close(fd);
-    return absl::ResourceExhaustedError(ErrnoText("cannot map", path));
+    return absl::ResourceExhaustedError(ErrnoText("cannot map", CacheName(path)));
   }
   absl::StatusOr<WeightCacheIndex> index =
       ParseWeightCacheIndex(AsBytes(base, size));
@@ -469,14 +482,14 @@ absl::StatusOr<std::shared_ptr<WeightCacheFile>> WeightCacheFile::Open(const std
     ::close(fd);
     if (!index.ok()) return index.status();
     return absl::FailedPreconditionError(
-        absl::StrCat("weight cache file ", path, " was built for another key"));
+        absl::StrCat("weight cache file ", CacheName(path), " was built for another key"));
   }
   std::shared_ptr<WeightCacheFile> file(new WeightCacheFile(
       path, fd, static_cast<const uint8_t*>(base), size, *std::move(index), verify));
   file->dev_ = st.st_dev;
   file->ino_ = st.st_ino;
   // Taken before the sums are read, so what they check is what is served.
-  LeaseWatcher::Get().Lease(file, fd);
+  file->leased_ = LeaseWatcher::Get().Lease(file, fd);
   if (verify == WeightVerify::kLoad) RETURN_IF_ERROR(file->VerifyAll());
   return file;
 }
@@ -515,7 +528,7 @@ absl::Status WeightCacheFile::VerifyAll() {
   if (bad.load() >= 0) {
     const Part& p = parts[bad.load()];
     return absl::DataLossError(absl::StrCat("part ", p.part, " of array '", p.array->name,
-                                            "' in the weight cache file ", path_,
+                                            "' in the weight cache file ", name(),
                                             " does not match its SHA-256"));
   }
   return absl::OkStatus();
@@ -528,7 +541,7 @@ absl::StatusOr<PackedWeights> WeightCacheFile::Array(absl::string_view name, int
     if (a.name != name) continue;
     if (a.parts != parts || a.part_floats != part_floats) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "weight cache file ", path_, ": array '", name, "' holds ", a.parts, " parts of ",
+          "weight cache file ", this->name(), ": array '", name, "' holds ", a.parts, " parts of ",
           a.part_floats, " floats, the model needs ", parts, " of ", part_floats));
     }
     used_[i] = true;
@@ -537,14 +550,14 @@ absl::StatusOr<PackedWeights> WeightCacheFile::Array(absl::string_view name, int
                          std::make_shared<Guard>(shared_from_this(), &a));
   }
   return absl::FailedPreconditionError(
-      absl::StrCat("weight cache file ", path_, " has no array '", name, "'"));
+      absl::StrCat("weight cache file ", this->name(), " has no array '", name, "'"));
 }
 
 absl::Status WeightCacheFile::CheckAllUsed() const {
   for (size_t i = 0; i < used_.size(); ++i) {
     if (!used_[i]) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "weight cache file ", path_, " holds array '", index_.arrays[i].name,
+          "weight cache file ", name(), " holds array '", index_.arrays[i].name,
           "' that the version's models do not use"));
     }
   }

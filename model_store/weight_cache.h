@@ -152,11 +152,17 @@ class WeightCacheFile : public WeightStore,
   // arrays than the models asked for is not this version's).
   absl::Status CheckAllUsed() const;
   const std::string& path() const { return path_; }
+  // <model>/<version>/<file> under --weight_cache_dir: what messages and
+  // GetModel name (never the server's directory path).
+  std::string name() const;
   uint64_t file_bytes() const { return size_; }
   WeightVerify verify() const { return verify_; }
   // Another process opened the file for writing or truncated it: the
   // version must be loaded again from a new file (the repository does).
   bool retired() const { return retired_.load(std::memory_order_acquire); }
+  // Whether a read lease guards the mapping (not on file systems without
+  // leases, such as some network ones; docs/weight-cache.md).
+  bool leased() const { return leased_; }
 
  private:
   class Guard;
@@ -177,6 +183,7 @@ class WeightCacheFile : public WeightStore,
   std::unique_ptr<std::atomic<uint8_t>[]> state_;
   std::vector<bool> used_;
   std::atomic<bool> retired_{false};
+  bool leased_ = false;
   dev_t dev_ = 0;
   ino_t ino_ = 0;
 };

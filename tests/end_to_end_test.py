@@ -205,7 +205,8 @@ with tempfile.TemporaryDirectory() as tmp:
         dsm = stub.GetModel(inference_pb2.GetModelRequest(model="poly_dsm"), timeout=10).versions[-1]
         check(dsm.mapped_bytes > 0 and 0 < dsm.mapped_resident_bytes <= dsm.mapped_bytes,
               "poly_dsm mapped: %d bytes, %d in memory" % (dsm.mapped_bytes, dsm.mapped_resident_bytes))
-        check(dsm.weight_cache_file.startswith(cache + os.sep) and os.path.isfile(dsm.weight_cache_file) and
+        check(dsm.weight_cache_file.startswith("poly_dsm/") and not dsm.weight_cache_file.startswith(cache) and
+              os.path.isfile(os.path.join(cache, dsm.weight_cache_file)) and
               dsm.weight_verify == "load", "poly_dsm's file %r, verify %r" % (dsm.weight_cache_file, dsm.weight_verify))
         check(dsm.experts == 64 and len(dsm.expert_resident_bytes) == 64 and dsm.expert_bytes > 0 and
               all(0 <= b <= dsm.expert_bytes for b in dsm.expert_resident_bytes),

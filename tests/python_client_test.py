@@ -283,7 +283,8 @@ with tempfile.TemporaryDirectory() as tmp:
         check(v.mapped_bytes > 0 and 0 < v.mapped_resident_bytes <= v.mapped_bytes and
               0 < v.mapped_resident_fraction <= 1,
               "torch_dsm mapped: %d bytes, %d in memory" % (v.mapped_bytes, v.mapped_resident_bytes))
-        check(v.weight_cache_file.startswith(cache + os.sep) and os.path.isfile(v.weight_cache_file) and
+        check(v.weight_cache_file.startswith("torch_dsm/") and
+              os.path.isfile(os.path.join(cache, v.weight_cache_file)) and
               v.weight_verify == "touch", "torch_dsm's weight cache file %r, verify %r" % (v.weight_cache_file,
                                                                                         v.weight_verify))
         check(v.experts == dsm.experts and v.expert_bytes > 0 and

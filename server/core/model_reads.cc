@@ -68,7 +68,7 @@ VersionStatus ToVersionStatus(std::shared_ptr<const Servable> servable, ModelRea
   v.resident_bytes = ResidentBytes(*servable);
   v.mapped_bytes = MappedBytes(m);
   if (m.weight_cache != nullptr) {
-    v.weight_cache_file = m.weight_cache->path();
+    v.weight_cache_file = m.weight_cache->name();
     v.weight_verify = std::string(WeightVerifyName(m.weight_cache->verify()));
   }
   if (reads == ModelReads::kResidency) {
