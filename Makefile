@@ -95,7 +95,7 @@ test-tsan: deps-sanitizers
 
 # Each libFuzzer target on its seed corpus for FUZZ_SECONDS (default 60).
 fuzz: deps-sanitizers $(ASAN_DIR)/build.ninja
-	cmake --build $(ASAN_DIR) -j $(JOBS) --target checkpoint_fuzz checkpoint_structure_fuzz model_config_fuzz request_fuzz http_fuzz shard_request_fuzz dataset_fuzz
+	cmake --build $(ASAN_DIR) -j $(JOBS) --target checkpoint_fuzz checkpoint_structure_fuzz model_config_fuzz request_fuzz http_fuzz shard_request_fuzz dataset_fuzz weight_cache_fuzz
 	BUILD_DIR=$(ASAN_DIR) FUZZ_SECONDS=$(FUZZ_SECONDS) tests/fuzz/run.sh
 
 deps-sanitizers:

@@ -133,10 +133,12 @@ absl::StatusOr<WeightCacheIndex> ParseWeightCacheIndex(absl::Span<const uint8_t>
     const uint64_t parts = a["parts"].get<uint64_t>();
     const uint64_t floats = a["part_floats"].get<uint64_t>();
     if (!names.insert(array.name).second) return bad(absl::StrCat("array '", array.name, "' twice"));
-    // Each array in order, aligned, inside the data, never overlapping.
+    // Each array in order, aligned, inside the data, never overlapping
+    // (parts × floats is not formed before it is known to fit: it could
+    // wrap past 2^64 in a file of terabytes).
     if (parts == 0 || floats == 0 || parts > index.data_bytes || floats > index.data_bytes ||
         array.offset % kAlign != 0 || array.offset < end || array.offset > index.data_bytes ||
-        parts * floats > (index.data_bytes - array.offset) / 4) {
+        parts > (index.data_bytes - array.offset) / 4 / floats) {
       return bad(absl::StrCat("array '", array.name, "' lies outside the data or overlaps another"));
     }
     array.parts = static_cast<int64_t>(parts);

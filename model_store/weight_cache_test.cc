@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -405,6 +406,36 @@ TEST(WeightCacheIndexTest, RefusesEveryDamagedFooterAndIndex) {
   const std::string junk(200, 'x');
   EXPECT_FALSE(
       ParseWeightCacheIndex({reinterpret_cast<const uint8_t*>(junk.data()), junk.size()}).ok());
+}
+
+// An array whose parts × part_floats wraps past 2^64 (2^20 parts of 2^44
+// floats, in a file of 16 TiB of data: a sparse file on a file system that
+// allows one) was taken to fit in 0 bytes; its views then reached terabytes
+// past the mapping. The file is an anonymous mapping here, only its index,
+// sums and footer written.
+TEST(WeightCacheIndexTest, RefusesAnArrayWhoseSizeWrapsPast64Bits) {
+  const uint64_t data_bytes = uint64_t{1} << 44, parts = uint64_t{1} << 20;
+  const std::string index = absl::StrCat(R"({"key":"k","arrays":[{"name":"a","offset":0,"parts":)",
+                                         parts, R"(,"part_floats":)", data_bytes, "}]}");
+  const uint64_t sums_bytes = parts * 64, meta_bytes = index.size() + sums_bytes;
+  const uint64_t size = data_bytes + meta_bytes + 88;
+  void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (base == MAP_FAILED) GTEST_SKIP() << "cannot reserve " << size << " bytes of address space";
+  uint8_t* meta = static_cast<uint8_t*>(base) + data_bytes;
+  std::memcpy(meta, index.data(), index.size());
+  std::memset(meta + index.size(), 'a', sums_bytes);
+  uint8_t* footer = meta + meta_bytes;
+  const uint64_t index_bytes = index.size();
+  std::memcpy(footer, &index_bytes, 8);
+  std::memcpy(footer + 8, &sums_bytes, 8);
+  std::memcpy(footer + 16, Sha256Hex({meta, meta_bytes}).data(), 64);
+  std::memcpy(footer + 80, "SSWCACH1", 8);
+  const absl::StatusOr<WeightCacheIndex> parsed =
+      ParseWeightCacheIndex({static_cast<const uint8_t*>(base), size});
+  ::munmap(base, size);
+  EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << parsed.status();
+  EXPECT_THAT(std::string(parsed.status().message()), ::testing::HasSubstr("lies outside the data"));
 }
 
 }  // namespace

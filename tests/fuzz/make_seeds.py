@@ -6,9 +6,12 @@ with each router kind, with and without a dense twin, packed as
 checkpoint_fuzz reads them. Request seeds are valid and invalid
 PredictRequest and ModelInferRequest messages for request_fuzz's models.
 Config seeds cover each config.pbtxt field. HTTP seeds are what one REST
-client sends on one connection (http_fuzz).
+client sends on one connection (http_fuzz). Weight cache seeds are valid
+cache files of small DSMs at each precision, written by LoadCheckpoint in
+the C++ helper weight_cache_seeds, built with the fuzzers in the ASan build
+(weight_cache_fuzz).
 
-Usage: /usr/bin/python3 tests/fuzz/make_seeds.py <build dir>
+Usage: /usr/bin/python3 tests/fuzz/make_seeds.py <build dir> [<ASan build dir, default build-asan>]
 """
 import hashlib
 import io
@@ -21,6 +24,7 @@ import tempfile
 
 source = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 build = sys.argv[1]
+asan_build = sys.argv[2] if len(sys.argv) > 2 else os.path.join(source, "build-asan")
 corpus = os.path.join(source, "tests", "fuzz", "corpus")
 sys.path.insert(0, os.path.join(source, "tests", "testing"))
 from harness import python_stubs  # noqa: E402
@@ -226,6 +230,14 @@ dataset_seeds = {
 }
 for name, data in dataset_seeds.items():
     write("dataset_fuzz", name, data)
+
+# weight_cache_fuzz: the cache files LoadCheckpoint writes, as is and split
+# into data, index and sums (tests/fuzz/weight_cache_seeds.cc).
+seeds = os.path.join(asan_build, "tests", "fuzz", "weight_cache_seeds")
+shutil.rmtree(os.path.join(corpus, "weight_cache_fuzz"), ignore_errors=True)
+done = subprocess.run([seeds, os.path.join(corpus, "weight_cache_fuzz")], capture_output=True, text=True)
+if done.returncode != 0:
+    sys.exit("%s failed (cmake --build %s --target weight_cache_seeds): %s" % (seeds, asan_build, done.stderr))
 
 for target in sorted(os.listdir(corpus)):
     files = os.listdir(os.path.join(corpus, target))

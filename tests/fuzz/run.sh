@@ -12,7 +12,7 @@ SECONDS_EACH=${FUZZ_SECONDS:-60}
 OUT=${OUT:-$BUILD/fuzz-results}
 mkdir -p "$OUT"
 status=0
-for target in ${FUZZ_TARGETS:-checkpoint_fuzz checkpoint_structure_fuzz model_config_fuzz request_fuzz http_fuzz shard_request_fuzz dataset_fuzz}; do
+for target in ${FUZZ_TARGETS:-checkpoint_fuzz checkpoint_structure_fuzz model_config_fuzz request_fuzz http_fuzz shard_request_fuzz dataset_fuzz weight_cache_fuzz}; do
   corpus="$OUT/corpus-$target"
   mkdir -p "$corpus"
   dict=()
