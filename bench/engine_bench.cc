@@ -22,6 +22,10 @@
 //       o=1, lsh router, and its dense twin, at FP32, BF16 and INT8
 //   (f) this core's read bandwidth: a 1 GiB buffer summed with AVX2 loads
 //       on 1, 2 and 4 streams; the fastest is the limit (e) is held to.
+//   (f') the same read in pieces of one expert slice (256 KiB, 512 KiB,
+//       1 MiB), each somewhere else in the 1 GiB buffer
+//   (g) one expert slice's kernel alone at one row (the bottom matrix of
+//       (e), K=1024 N=256, 512 slices beyond the L3), at each precision
 // For each of (e) the summary prints the weight bytes a row reads (as the
 // engine counts them), the achieved GB/s and its fraction of (f). (e) and
 // its twins take about 3 GiB; --benchmark_filter='-Large' skips them.
@@ -229,13 +233,17 @@ __attribute__((target("avx2"))) uint64_t SumAvx2(const uint64_t* p, size_t words
   _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), total);
   return lanes[0] + lanes[1] + lanes[2] + lanes[3];
 }
-void BM_ReadBandwidth(benchmark::State& state) {
-  constexpr size_t kBytes = size_t{1} << 30;
-  static uint64_t* buffer = [] {
-    auto* p = static_cast<uint64_t*>(std::aligned_alloc(64, kBytes));
-    for (size_t i = 0; i < kBytes / 8; ++i) p[i] = i;  // touch every page
+uint64_t* BandwidthBuffer(size_t bytes) {
+  static uint64_t* buffer = [bytes] {
+    auto* p = static_cast<uint64_t*>(std::aligned_alloc(64, bytes));
+    for (size_t i = 0; i < bytes / 8; ++i) p[i] = i;  // touch every page
     return p;
   }();
+  return buffer;
+}
+void BM_ReadBandwidth(benchmark::State& state) {
+  constexpr size_t kBytes = size_t{1} << 30;
+  uint64_t* buffer = BandwidthBuffer(kBytes);
   if (!__builtin_cpu_supports("avx2")) {
     state.SkipWithError("this CPU has no AVX2");
     return;
@@ -247,6 +255,91 @@ void BM_ReadBandwidth(benchmark::State& state) {
                                             : SumAvx2<4>(buffer, kBytes / 8));
   }
   state.counters["GB/s"] = benchmark::Counter(static_cast<double>(kBytes) / 1e9,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// (g): one expert slice's kernel alone, at one row: the bottom matrix of
+// (e) (K=1024, N=256, bias, ReLU) over 512 slices beyond the L3, each call
+// on another slice (a fixed pseudo-random walk), at FP32 (input-major, as
+// the DSM keeps it), BF16 and INT8. Against BM_ReadBandwidth this says how
+// much of (e)'s loss is the kernel's (conversion, scales, primitive call)
+// rather than the model's (validation, routing, the top layer).
+void BM_KernelRow(benchmark::State& state) {
+  constexpr int64_t kK = 1024, kN = 256, kSlices = 512;
+  struct Slices {
+    std::unique_ptr<MatmulKernel> kernel;
+    PackedWeights weights;
+    std::vector<float> bias;
+  };
+  static Slices slices[3];
+  const int p = static_cast<int>(state.range(0));
+  Slices& s = slices[p];
+  if (s.kernel == nullptr) {
+    const bool fp32 = kPrecisions[p] == Precision::kFp32;
+    s.kernel = std::make_unique<MatmulKernel>(
+        MatmulKernel::Create({.k = kK, .n = kN,
+                              .layout = fp32 ? MatmulSpec::WeightLayout::kInputMajor
+                                             : MatmulSpec::WeightLayout::kOutputMajor,
+                              .bias = true, .relu = true, .allow_packing = !fp32,
+                              .precision = kPrecisions[p]})
+            .value());
+    uint64_t seed = 7;
+    s.weights = s.kernel
+                    ->PackAll(kSlices,
+                              [&seed](int64_t, float* out) -> const float* {
+                                for (int64_t i = 0; i < kK * kN; ++i) {
+                                  seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+                                  out[i] = static_cast<float>(static_cast<int32_t>(seed >> 40)) /
+                                           (1 << 24) * 0.06f;
+                                }
+                                return out;
+                              })
+                    .value();
+    s.bias.assign(kSlices * kN, 0.01f);
+  }
+  SetKernelThreads(1);
+  const std::vector<float>& pool = GetFixture().dsm_inputs;
+  std::vector<float> y(kN);
+  int64_t offset = 0, slice = 0, flops = 0, bytes = 0;
+  for (auto _ : state) {
+    if (offset + 1 > kPoolRows) offset = 0;
+    slice = (slice * 5 + 17) % kSlices;
+    bytes = 0;
+    if (!s.kernel
+             ->Run(pool.data() + offset * kK, 1,
+                   s.weights.data() + slice * s.kernel->packed_floats(),
+                   s.bias.data() + slice * kN, y.data(), &flops, &bytes)
+             .ok()) {
+      state.SkipWithError("run failed");
+      break;
+    }
+    benchmark::DoNotOptimize(y.data());
+    ++offset;
+  }
+  state.counters["weight_bytes"] = static_cast<double>(bytes);
+  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(bytes) / 1e9,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// (f'): the same read in pieces the size of one expert slice (the
+// argument, in KiB), each at another place in the 1 GiB buffer (a fixed
+// pseudo-random walk), on 2 streams: what one row's read of one slice can
+// reach, its start-up (first misses, 4 KiB pages) included.
+void BM_ReadSlices(benchmark::State& state) {
+  constexpr size_t kBytes = size_t{1} << 30;
+  uint64_t* buffer = BandwidthBuffer(kBytes);
+  if (!__builtin_cpu_supports("avx2")) {
+    state.SkipWithError("this CPU has no AVX2");
+    return;
+  }
+  const size_t slice = static_cast<size_t>(state.range(0)) << 10;
+  const size_t slices = kBytes / slice;
+  size_t i = 0;
+  for (auto _ : state) {
+    i = (i * 5 + 17) % slices;
+    benchmark::DoNotOptimize(SumAvx2<2>(buffer + i * slice / 8, slice / 8));
+  }
+  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(slice) / 1e9,
                                               benchmark::Counter::kIsIterationInvariantRate);
 }
 
@@ -323,6 +416,8 @@ BENCHMARK(BM_LshTable)->Arg(1)->Arg(32)->Unit(benchmark::kMicrosecond);
 // Precision: the argument indexes kPrecisions (0 FP32, 1 BF16, 2 INT8).
 BENCHMARK(BM_DsmSparsePrecision)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_ReadBandwidth)->Arg(1)->Arg(2)->Arg(4)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_ReadSlices)->Arg(256)->Arg(512)->Arg(1024)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_KernelRow)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_LargeDsmSparse)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_LargeDsmDense)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond);
 
@@ -389,11 +484,26 @@ void PrintPrecisionSummary(const SummaryReporter& r) {
       }
       std::printf("  %10.0f bytes/row  %5.1f GB/s", bytes, gbs);
       if (limit > 0) {
-        std::printf("  %3.0f%% of the limit (target >= 70%%: %s)", 100 * gbs / limit,
-                    Verdict(gbs >= 0.7 * limit));
+        // Issue 18 asked 70 % of every path; issue 32, 80 % of the sparse
+        // path at every precision.
+        const double target = p == "BM_LargeDsmSparse" ? 0.8 : 0.7;
+        std::printf("  %3.0f%% of the limit (target >= %.0f%%: %s)", 100 * gbs / limit,
+                    100 * target, Verdict(gbs >= target * limit));
       }
       std::printf("\n");
     }
+  }
+  const char* slices[] = {"1024", "512", "256"};  // KiB read per kernel call, as (g)
+  for (int i = 0; i < 3; ++i) {
+    const std::string name = "BM_KernelRow/" + std::to_string(i);
+    const double us = r.Us(name), read = r.Us(std::string("BM_ReadSlices/") + slices[i]);
+    if (us <= 0) continue;
+    const double gbs = r.Counter(name, "weight_bytes") / (us * 1e3);
+    std::printf("  one slice's kernel (K=1024 N=256) at %s, 1 row: %.1f us, %.1f GB/s",
+                std::string(PrecisionName(kPrecisions[i])).c_str(), us, gbs);
+    if (read > 0) std::printf(" (reading %s KiB alone: %.1f us)", slices[i], read);
+    if (limit > 0) std::printf(", %.0f%% of the limit", 100 * gbs / limit);
+    std::printf("\n");
   }
   const double small = r.Us("BM_DsmSparse/1");
   for (int i = 1; i < 3; ++i) {

@@ -2,10 +2,25 @@
 
 #include <omp.h>
 
+// GCC 12 reports the AVX-512 intrinsics' undefined pass-through operands as
+// "(may be) used uninitialized" wherever they are inlined (a known false
+// positive, see precision.cc); the diagnostic is about the header's lines.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+#include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
 #include <algorithm>
+#include <cstring>
 #include <cstdlib>
 #include <new>
 #include <optional>
+#include <type_traits>
 #include <atomic>
 #include <unordered_map>
 #include <utility>
@@ -97,6 +112,195 @@ absl::Mutex& PrimitiveCreationMutex() {
 }
 
 }  // namespace
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// One-row kernels for BF16 and INT8 (the bucket of 1 row).
+//
+// At one row the product is a read of the packed matrix and little else,
+// and the primitive read it well below the memory's rate: on the expert
+// slices of engine_bench's larger-than-cache DSM (K=1024, N=256), 2026-12-07,
+// 11-14 us at INT8 where reading 256 KiB from the same place takes 9 us
+// (BM_KernelRow against BM_ReadSlices). Its brgemm kernel streams one
+// 64-column block after another, and each call pays oneDNN's argument
+// handling (set_data_handle, execute's maps) and, at INT8, a pass over the
+// int32 sums for the scales. These kernels read the same packed bytes, in
+// the same layout (checked in CreateReduced(); any other stays on the
+// primitive), four blocks side by side, and apply the epilogue to the sums
+// in registers. Their results are the primitive's bit for bit: INT8 sums are
+// exact in int32 whatever the order, and BF16 runs the same vdpbf16ps chain
+// per output in the same order, over the same K chunks, added the same way
+// (matmul_kernel_test compares the two at many shapes and epilogues).
+
+const bool kRowVnni = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vnni");
+const bool kRowBf16 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512bf16");
+std::atomic<bool> row_kernels_enabled{true};
+
+// INT8's ReLU is ApplyInt8Epilogue's std::max(v, 0.0f) (v unless v < 0, so
+// -0 stays -0); BF16's is oneDNN's post-op, vmaxps(v, 0) (0 unless v > 0).
+enum class Relu { kNone, kStdMax, kMaxps };
+
+struct RowEpilogue {
+  const float* channel_scales;  // INT8
+  float row_scale;              // INT8
+  const float* bias;            // or null
+  Relu relu;
+  bool accumulate;
+};
+
+// The lanes of columns j..j+15 that exist (j < n).
+inline __mmask16 ValidLanes(int64_t n, int64_t j) {
+  return n - j >= 16 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (n - j)) - 1);
+}
+
+// y[j] for the 16 columns of `v` (lanes past `valid` left alone): the
+// scalar ApplyInt8Epilogue's operations in the same order.
+__attribute__((target("avx512f,avx512bw"))) inline void StoreColumns(__m512 v, float* y,
+                                                                     const float* bias, Relu relu,
+                                                                     bool accumulate,
+                                                                     __mmask16 valid) {
+  if (bias != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(valid, bias));
+  const __m512 zero = _mm512_setzero_ps();
+  if (relu == Relu::kStdMax) {
+    v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), v, zero);
+  } else if (relu == Relu::kMaxps) {
+    v = _mm512_max_ps(v, zero);
+  }
+  if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(valid, y), v);
+  _mm512_mask_storeu_ps(y, valid, v);
+}
+
+// The kernels read four 64-column blocks side by side: one core keeps more
+// misses in flight on several streams than on one, and at one row nothing
+// else limits them. Measured with BM_KernelRow (engine_bench), 2026-12-07,
+// against BM_ReadSlices in the same runs: four streams without software
+// prefetch beat one or two streams, and beat four with prefetches 2 KiB
+// ahead (docs/benchmarks.md, "Serving precision").
+constexpr int kRowStreams = 4;
+
+// INT8, BA16a64b4a: 64-column blocks of kp/4 groups of 256 bytes (4 k x 64
+// columns); the s8s8 compensation (-128 * column sum, int32) after them.
+// x: the quantized row, k4 groups of 4 values (bytes past K are read but
+// meet zero weights). kBlocks blocks starting at column j0 at once.
+template <int kBlocks>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void Int8Blocks(
+    const int8_t* x, int64_t k4, const int8_t* w, int64_t block_bytes, int64_t n, int64_t j0,
+    const int32_t* compensation, const RowEpilogue& e, float* y) {
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  const int8_t* b = w + j0 / 64 * block_bytes;
+  __m512i acc[kBlocks][4];
+  for (auto& block : acc) {
+    for (__m512i& a : block) a = _mm512_setzero_si512();
+  }
+  for (int64_t g = 0; g < k4; ++g) {
+    int32_t x0;
+    std::memcpy(&x0, x + g * 4, 4);
+    const __m512i a0 = _mm512_xor_si512(_mm512_set1_epi32(x0), flip);
+    for (int s = 0; s < kBlocks; ++s) {
+      const int8_t* p = b + s * block_bytes + g * 256;
+      for (int c = 0; c < 4; ++c) {
+        acc[s][c] = _mm512_dpbusd_epi32(acc[s][c], a0, _mm512_loadu_si512(p + 64 * c));
+      }
+    }
+  }
+  for (int s = 0; s < kBlocks; ++s) {
+    for (int c = 0; c < 4; ++c) {
+      const int64_t j = j0 + 64 * s + 16 * c;
+      if (j >= n) break;
+      const __mmask16 valid = ValidLanes(n, j);
+      const __m512i sum = _mm512_add_epi32(acc[s][c], _mm512_loadu_si512(compensation + j));
+      // static_cast<float>(acc) * (row scale * channel scale), as the scalar code.
+      const __m512 scale = _mm512_mul_ps(_mm512_set1_ps(e.row_scale),
+                                         _mm512_maskz_loadu_ps(valid, e.channel_scales + j));
+      const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), scale);
+      StoreColumns(v, y + j, e.bias == nullptr ? nullptr : e.bias + j, e.relu, e.accumulate,
+                   valid);
+    }
+  }
+}
+
+// Runs blocks(std::integral_constant<int, B>, j0) over the N columns, B
+// blocks of 64 from column j0 at a time: kRowStreams while they last.
+template <typename Blocks>
+void ForBlockGroups(int64_t n, Blocks blocks) {
+  const int64_t count = (n + 63) / 64;
+  int64_t b = 0;
+  for (; b + kRowStreams <= count; b += kRowStreams) {
+    blocks(std::integral_constant<int, kRowStreams>(), b * 64);
+  }
+  for (; b + 2 <= count; b += 2) blocks(std::integral_constant<int, 2>(), b * 64);
+  for (; b < count; ++b) blocks(std::integral_constant<int, 1>(), b * 64);
+}
+
+void Int8Row(const int8_t* x, int64_t k4, const int8_t* w, int64_t block_bytes, int64_t n,
+             const int32_t* compensation, const RowEpilogue& e, float* y) {
+  ForBlockGroups(n, [&](auto group, int64_t j0) {
+    Int8Blocks<decltype(group)::value>(x, k4, w, block_bytes, n, j0, compensation, e, y);
+  });
+}
+
+// BF16, BA16a64b2a: 64-column blocks of kp/2 groups of 256 bytes (2 k x 64
+// columns). Each output is one vdpbf16ps chain from zero per K chunk of
+// `chunk2` pairs, the chunks' sums added in order (sum = chunk + sum), as
+// oneDNN's brgemm does; then bias, ReLU and accumulation as its post-ops.
+// x: the row in bfloat16, k2 pairs.
+template <int kBlocks>
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void Bf16Blocks(
+    const uint16_t* x, int64_t k2, const uint16_t* w, int64_t block_elements, int64_t n,
+    int64_t j0, int64_t chunk2, const RowEpilogue& e, float* y) {
+  const uint16_t* b = w + j0 / 64 * block_elements;
+  __m512 total[kBlocks][4];
+  for (auto& block : total) {
+    for (__m512& t : block) t = _mm512_setzero_ps();
+  }
+  for (int64_t c0 = 0; c0 < k2; c0 += chunk2) {
+    const int64_t c1 = std::min(k2, c0 + chunk2);
+    __m512 acc[kBlocks][4];
+    for (auto& block : acc) {
+      for (__m512& a : block) a = _mm512_setzero_ps();
+    }
+    for (int64_t g = c0; g < c1; ++g) {
+      int32_t xp;
+      std::memcpy(&xp, x + g * 2, 4);
+      const __m512bh a = reinterpret_cast<__m512bh>(_mm512_set1_epi32(xp));
+      for (int s = 0; s < kBlocks; ++s) {
+        const uint16_t* p = b + s * block_elements + g * 128;
+        for (int c = 0; c < 4; ++c) {
+          acc[s][c] = _mm512_dpbf16_ps(
+              acc[s][c], reinterpret_cast<__m512bh>(_mm512_loadu_si512(p + 32 * c)), a);
+        }
+      }
+    }
+    for (int s = 0; s < kBlocks; ++s) {
+      for (int c = 0; c < 4; ++c) {
+        total[s][c] = c0 == 0 ? acc[s][c] : _mm512_add_ps(acc[s][c], total[s][c]);
+      }
+    }
+  }
+  for (int s = 0; s < kBlocks; ++s) {
+    for (int c = 0; c < 4; ++c) {
+      const int64_t j = j0 + 64 * s + 16 * c;
+      if (j >= n) break;
+      const __mmask16 valid = ValidLanes(n, j);
+      StoreColumns(total[s][c], y + j, e.bias == nullptr ? nullptr : e.bias + j, e.relu,
+                   e.accumulate, valid);
+    }
+  }
+}
+
+void Bf16Row(const uint16_t* x, int64_t k2, const uint16_t* w, int64_t block_elements, int64_t n,
+             int64_t chunk2, const RowEpilogue& e, float* y) {
+  ForBlockGroups(n, [&](auto group, int64_t j0) {
+    Bf16Blocks<decltype(group)::value>(x, k2, w, block_elements, n, j0, chunk2, e, y);
+  });
+}
+
+}  // namespace
+
+void SetRowKernelsForTesting(bool enabled) { row_kernels_enabled.store(enabled); }
 
 absl::StatusOr<MatmulKernel> MatmulKernel::Create(const MatmulSpec& spec) {
   if (spec.k < 1 || spec.n < 1) {
@@ -232,6 +436,36 @@ absl::StatusOr<bool> MatmulKernel::CreateReduced() {
       return false;
     }
     CreateBuckets(in, out, bf16 && spec.bias, attr);
+    // The one-row kernels read exactly this layout; any other stays on the
+    // primitive.
+    const dnnl_memory_desc_t& md = weights_.data;
+    const dnnl_blocking_desc_t& blk = md.format_desc.blocking;
+    const int64_t kp = md.padded_dims[0], np = md.padded_dims[1];
+    const int64_t inner_k = bf16 ? 2 : 4;
+    // BA16a64b4a (INT8) and BA16a64b2a (BF16): blocks of 64 columns, each
+    // all of K (padded to 16·inner_k) in groups of inner_k values x 64
+    // columns; at INT8 the N int32 compensations right after the blocks.
+    const bool layout = md.format_kind == dnnl_blocked && md.ndims == 2 && md.offset0 == 0 &&
+                        kp % (16 * inner_k) == 0 && np % 64 == 0 && blk.inner_nblks == 3 &&
+                        blk.inner_blks[0] == 16 && blk.inner_idxs[0] == 0 &&
+                        blk.inner_blks[1] == 64 && blk.inner_idxs[1] == 1 &&
+                        blk.inner_blks[2] == inner_k && blk.inner_idxs[2] == 0 &&
+                        blk.strides[0] == 16 * 64 * inner_k && blk.strides[1] == kp * 64;
+    const bool extra =
+        bf16 ? md.extra.flags == dnnl_memory_extra_flag_none
+             : md.extra.flags == dnnl_memory_extra_flag_compensation_conv_s8s8 &&
+                   md.extra.compensation_mask == 2 &&
+                   weights_.get_size() >= static_cast<size_t>(kp * np + 4 * np);
+    row_kernel_ = layout && extra && (bf16 ? kRowBf16 : kRowVnni) &&
+                  row_kernels_enabled.load(std::memory_order_relaxed);
+    row_kp_ = kp;
+    row_block_ = kp * 64;
+    // oneDNN 2.6's brgemm matmul sums K in blocks of 512, or 1024 when K >
+    // 1024 (brgemm_matmul_utils.cpp, compute_blocking_heuristic_avx512);
+    // the BF16 kernel follows it, so only on that version.
+    const dnnl_version_t* version = dnnl_version();
+    row_chunk_ = spec.k > 1024 ? 1024 : 512;
+    if (bf16 && !(version->major == 2 && version->minor == 6)) row_kernel_ = false;
   } catch (const dnnl::error& e) {
     return FromDnnl(e, absl::StrCat(PrecisionName(spec.precision), " matmul creation (K=", spec.k,
                                     ", N=", spec.n, ")"));
@@ -349,6 +583,30 @@ void* MatmulKernel::ConvertInput(const float* x, int64_t m, float* row_scales) c
   return out;
 }
 
+void MatmulKernel::RunRow(const float* x, const float* w, const float* bias, float* y) const {
+  const int64_t k = spec_.k, n = spec_.n;
+  float row_scale = 0.0f;
+  void* src = ConvertInput(x, 1, &row_scale);
+  RowEpilogue e{.channel_scales = nullptr,
+                .row_scale = row_scale,
+                .bias = spec_.bias ? bias : nullptr,
+                .relu = Relu::kNone,
+                .accumulate = spec_.accumulate};
+  if (spec_.precision == Precision::kInt8) {
+    if (spec_.relu) e.relu = Relu::kStdMax;
+    e.channel_scales = w + scales_offset_;
+    const auto* packed = reinterpret_cast<const int8_t*>(w);
+    Int8Row(static_cast<const int8_t*>(src), (k + 3) / 4, packed, row_block_, n,
+            reinterpret_cast<const int32_t*>(packed + row_kp_ * ((n + 63) / 64 * 64)), e, y);
+    return;
+  }
+  if (spec_.relu) e.relu = Relu::kMaxps;
+  auto* row = static_cast<uint16_t*>(src);
+  if (k % 2 == 1) row[k] = 0;  // the pair's other half meets a zero weight
+  Bf16Row(row, (k + 1) / 2, reinterpret_cast<const uint16_t*>(w), row_block_, n,
+          (row_chunk_ + 1) / 2, e, y);
+}
+
 void MatmulKernel::ApplyInt8Epilogue(const int32_t* acc, int64_t m, const float* row_scales,
                                      const float* channel_scales, const float* bias,
                                      float* y) const {
@@ -399,8 +657,12 @@ absl::Status MatmulKernel::RunSgemm(const float* x, int64_t rows, const float* w
 absl::Status MatmulKernel::Run(const float* x, int64_t rows, const float* w, const float* bias,
                                float* y, int64_t* flops, int64_t* weight_bytes) const {
   int64_t reads = 0;
-  // N = 1: sgemm is the faster kernel at every row count measured.
-  if (sgemm_ && spec_.n == 1) {
+  if (rows == 1 && row_kernel_) {
+    // One row at BF16 or INT8, on no oneDNN object at all.
+    RunRow(x, w, bias, y);
+    reads = 1;
+  } else if (sgemm_ && spec_.n == 1) {
+    // N = 1: sgemm is the faster kernel at every row count measured.
     RETURN_IF_ERROR(RunSgemm(x, rows, w, bias, y));
     reads = 1;
   } else {
@@ -431,6 +693,11 @@ absl::Status MatmulKernel::RunBuckets(const float* x, int64_t rows, const float*
       if (sgemm_ && m <= kSgemmMaxRows) {
         RETURN_IF_ERROR(RunSgemm(x + done * spec_.k, m, w, bias, y + done * spec_.n));
         done += m;
+        continue;
+      }
+      if (m == 1 && row_kernel_) {
+        RunRow(x + done * spec_.k, w, bias, y + done * spec_.n);
+        done += 1;
         continue;
       }
       const Bucket& bucket = buckets_[b];

@@ -26,13 +26,16 @@
 // Each of these choices was measured; the figures, their dates and the
 // commands are in docs/benchmarks.md ("Kernel choices").
 //
-// At BF16 and INT8 (spec.precision, see precision.h) every bucket runs on a
-// primitive over weights packed at load in oneDNN's layout for that data
-// type: bf16 x bf16 -> f32 (brgemm avx512_core_bf16 here), and s8 x s8 ->
-// s32 (brgemm avx512_core_vnni) followed by the scales, bias and ReLU applied
-// here. Each matrix's storage then ends with its N float32 scales (INT8).
-// There is no sgemm route and no second copy: at batch 1 these primitives
-// already read their (half or quarter sized) weights at the memory's rate.
+// At BF16 and INT8 (spec.precision, see precision.h) every bucket of 2 or
+// more rows runs on a primitive over weights packed at load in oneDNN's
+// layout for that data type: bf16 x bf16 -> f32 (brgemm avx512_core_bf16
+// here), and s8 x s8 -> s32 (brgemm avx512_core_vnni) followed by the
+// scales, bias and ReLU applied here. Each matrix's storage then ends with
+// its N float32 scales (INT8). One row runs on this file's own AVX-512
+// kernels over the same packed bytes (matmul_kernel.cc, "One-row kernels";
+// since 2026-12-07), which read them faster than the primitive and give its
+// results bit for bit; where the CPU or the layout does not fit them, one
+// row runs on the primitive too. There is no sgemm route and no second copy.
 // A matrix that the blocked layout would pad by more than 25% (N = 1) stays
 // FP32: precision() says what a kernel runs at.
 //
@@ -176,6 +179,9 @@ class MatmulKernel {
   // scratch, returning the primitive's source; INT8 writes each row's scale
   // to row_scales.
   void* ConvertInput(const float* x, int64_t m, float* row_scales) const;
+  // The 1-row bucket at BF16 and INT8 on the kernels of matmul_kernel.cc
+  // ("One-row kernels") instead of the primitive. REQUIRES: row_kernel_.
+  void RunRow(const float* x, const float* w, const float* bias, float* y) const;
   // INT8: y = acc·(row scale · channel scale) + bias, ReLU, [+ y].
   void ApplyInt8Epilogue(const int32_t* acc, int64_t m, const float* row_scales,
                          const float* channel_scales, const float* bias, float* y) const;
@@ -206,6 +212,12 @@ class MatmulKernel {
   int64_t scales_offset_ = 0;   // INT8: where a matrix's N scales start, in floats
   int64_t bytes_per_read_ = 0;
   bool packs_ = false;
+  // BF16 and INT8: the 1-row bucket runs RunRow (weights_ is the layout it
+  // reads: 64-column blocks of row_block_ elements, K padded to row_kp_).
+  bool row_kernel_ = false;
+  int64_t row_kp_ = 0;
+  int64_t row_block_ = 0;
+  int64_t row_chunk_ = 0;  // BF16: the K values oneDNN sums in one chain
   bool sgemm_ = false;             // plain weights, and not ReLU and accumulate together
   bool sgemm_transposed_ = false;  // weights_ is output-major (or N = 1)
   std::array<Bucket, kNumBuckets> buckets_;
@@ -214,6 +226,11 @@ class MatmulKernel {
 // Sets the OpenMP thread count oneDNN uses on the calling thread. The
 // server runs one request per core with 1; benchmarks state what they use.
 void SetKernelThreads(int threads);
+
+// Whether BF16 and INT8 kernels created from now on run one row on their
+// own kernels (true, the default) or on the oneDNN primitive, for tests
+// that compare the two bit for bit.
+void SetRowKernelsForTesting(bool enabled);
 
 // Entries in the calling thread's argument cache (one per kernel and
 // bucket the thread has run), after dropping those of destroyed kernels.

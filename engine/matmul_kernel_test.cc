@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -288,6 +289,71 @@ TEST(MatmulKernelTest, Bf16AndInt8AreWithinTheirBoundOfTheFloat64Reference) {
               << rows << " element " << i << ": " << y[i] << " vs " << ref.y[i];
         }
         EXPECT_EQ(flops, 2 * rows * spec.k * spec.n);
+      }
+    }
+  }
+}
+
+// One row at BF16 and INT8 runs on the kernel's own code (matmul_kernel.cc,
+// "One-row kernels"), which reads oneDNN's packed layout: its outputs must
+// be the primitive's, bit for bit, at every shape and epilogue.
+TEST(MatmulKernelTest, OneRowAtBf16AndInt8IsThePrimitivesResultBitForBit) {
+  using Layout = MatmulSpec::WeightLayout;
+  struct Shape {
+    int64_t k, n;
+  };
+  for (Precision precision : {Precision::kBf16, Precision::kInt8}) {
+    for (const Shape shape : {Shape{1024, 256}, Shape{100, 100}, Shape{37, 70}, Shape{64, 64},
+                              Shape{4096, 64}, Shape{1000, 300}, Shape{33, 129}, Shape{2048, 16},
+                              Shape{3, 200}, Shape{16384, 128}, Shape{600, 64}, Shape{1536, 64},
+                              Shape{1025, 64}}) {
+      for (int flags = 0; flags < 8; ++flags) {
+        MatmulSpec spec{.k = shape.k,
+                        .n = shape.n,
+                        .layout = flags % 2 == 0 ? Layout::kOutputMajor : Layout::kInputMajor,
+                        .bias = (flags & 1) != 0,
+                        .relu = (flags & 2) != 0,
+                        .accumulate = (flags & 4) != 0,
+                        .precision = precision};
+        SetRowKernelsForTesting(false);
+        absl::StatusOr<MatmulKernel> primitive = MatmulKernel::Create(spec);
+        SetRowKernelsForTesting(true);
+        ASSERT_OK_AND_ASSIGN(MatmulKernel own, MatmulKernel::Create(spec));
+        ASSERT_OK(primitive.status());
+        if (own.precision() != precision) continue;  // too narrow: stays FP32
+        ASSERT_EQ(own.packed_floats(), primitive->packed_floats());
+        const int64_t seed = 100 * flags + shape.k + shape.n;
+        std::vector<float> w = RandomInputs(2 * spec.n, spec.k, seed);
+        for (int64_t i = 0; i < spec.k; ++i) w[spec.k * spec.n + i] = 0.0f;  // zero weights
+        ASSERT_OK_AND_ASSIGN(PackedWeights packed, own.PackAll(w.data(), 2));
+        ASSERT_OK_AND_ASSIGN(PackedWeights packed_too, primitive->PackAll(w.data(), 2));
+        ASSERT_EQ(std::memcmp(packed.data(), packed_too.data(), packed.size() * sizeof(float)), 0);
+        std::vector<float> bias = RandomInputs(1, spec.n, seed + 1);
+        bias[0] = 0.0f;
+        std::vector<float> x = RandomInputs(4, spec.k, seed + 2);
+        std::fill(x.begin() + spec.k, x.begin() + 2 * spec.k, 0.0f);  // a zero row
+        for (int64_t i = 0; i < spec.k; i += 3) x[2 * spec.k + i] *= 1e6f;  // a wide row
+        for (int m = 0; m < 2; ++m) {
+          const float* matrix = packed.data() + m * own.packed_floats();
+          for (int64_t r = 0; r < 4; ++r) {
+            std::vector<float> y = RandomInputs(1, spec.n, seed + 3 + r), y_too = y;
+            int64_t flops = 0, bytes = 0, flops_too = 0, bytes_too = 0;
+            ASSERT_OK(own.Run(x.data() + r * spec.k, 1, matrix, bias.data(), y.data(), &flops,
+                              &bytes));
+            ASSERT_OK(primitive->Run(x.data() + r * spec.k, 1, matrix, bias.data(),
+                                     y_too.data(), &flops_too, &bytes_too));
+            EXPECT_EQ(flops, flops_too);
+            EXPECT_EQ(bytes, bytes_too);
+            for (int64_t j = 0; j < spec.n; ++j) {
+              uint32_t a, b;
+              std::memcpy(&a, &y[j], 4);
+              std::memcpy(&b, &y_too[j], 4);
+              ASSERT_EQ(a, b) << PrecisionName(precision) << " K=" << spec.k << " N=" << spec.n
+                              << " flags " << flags << " matrix " << m << " row " << r
+                              << " output " << j << ": " << y[j] << " vs " << y_too[j];
+            }
+          }
+        }
       }
     }
   }
