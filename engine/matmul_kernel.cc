@@ -492,8 +492,18 @@ absl::StatusOr<PackedWeights> MatmulKernel::PackAll(int64_t count, MatrixSource 
 absl::StatusOr<PackedWeights> MatmulKernel::PackInto(WeightStore& store, absl::string_view name,
                                                      int64_t count, MatrixSource matrix) const {
   if (store.Prebuilt()) {
-    return store.Array(name, count, packed_floats_,
-                       [](int64_t, float*) { return absl::OkStatus(); });
+    ASSIGN_OR_RETURN(PackedWeights mapped,
+                     store.Array(name, count, packed_floats_,
+                                 [](int64_t, float*) { return absl::OkStatus(); }));
+    if (!mapped.mapped() || !WritesPadding()) return mapped;
+    // oneDNN zero-fills a padded layout's padding each time a primitive is
+    // given the weights (memory::set_data_handle), which a read-only
+    // mapping cannot take: such arrays are checked and copied out.
+    PackedWeights copy(mapped.size());
+    for (int64_t i = 0; i < count; ++i) RETURN_IF_ERROR(mapped.Touch(i));
+    const float* from = std::as_const(mapped).data();
+    std::copy(from, from + mapped.size(), copy.data());
+    return copy;
   }
   ASSIGN_OR_RETURN(Packer packer, MakePacker());
   std::vector<float> scratch(static_cast<size_t>(packs_ || spec_.precision != Precision::kFp32
@@ -504,6 +514,15 @@ absl::StatusOr<PackedWeights> MatmulKernel::PackInto(WeightStore& store, absl::s
     float* build = scratch.empty() ? dst : scratch.data();
     return packer.Pack(matrix(i, build), dst, i);
   });
+}
+
+bool MatmulKernel::WritesPadding() const {
+  if (!packs_) return false;
+  const dnnl_memory_desc_t& d = weights_.data;
+  for (int i = 0; i < d.ndims; ++i) {
+    if (d.padded_dims[i] != d.dims[i]) return true;
+  }
+  return false;
 }
 
 absl::StatusOr<MatmulKernel::Packer> MatmulKernel::MakePacker() const {

@@ -103,6 +103,10 @@ class MatmulKernel {
   Precision precision() const { return spec_.precision; }
   // Whether the kernel's layout differs from spec.layout.
   bool packs() const { return packs_; }
+  // Whether the kernel's layout pads the matrix (K or N not a multiple of
+  // its blocks): oneDNN then writes zeros into the padding whenever a
+  // primitive is given the weights, so they cannot be read-only.
+  bool WritesPadding() const;
   // Whether 1-2-row buckets run on sgemm (over plain weights).
   bool runs_sgemm() const { return sgemm_; }
 
@@ -140,7 +144,8 @@ class MatmulKernel {
   absl::StatusOr<Packer> MakePacker() const;
   // PackAll into array `name` of `store` (weight_store.h): `count` parts
   // of packed_floats() floats, matrix i packed into part i. A prebuilt
-  // store's array is used as it is and `matrix` is never called.
+  // store's array is used as it is and `matrix` is never called, unless
+  // WritesPadding(): a mapped array is then copied into process memory.
   absl::StatusOr<PackedWeights> PackInto(WeightStore& store, absl::string_view name, int64_t count,
                                          MatrixSource matrix) const;
 

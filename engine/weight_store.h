@@ -52,7 +52,8 @@ class PackedWeights {
   // A view of `floats` floats at `data` in a mapping `guard` keeps alive.
   PackedWeights(const float* data, size_t floats, std::shared_ptr<const MappedArrayGuard> guard);
 
-  // REQUIRES: !mapped().
+  // To fill owned memory: null for a mapped array (read it through the
+  // const overload, e.g. std::as_const).
   float* data() { return owned_.get(); }
   const float* data() const { return data_; }
   size_t size() const { return size_; }

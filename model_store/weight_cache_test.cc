@@ -211,6 +211,24 @@ TEST_F(WeightCacheTest, ACorruptCheckpointIsNeverWritten) {
   }
 }
 
+// Layouts that pad (K = 100 is no multiple of oneDNN's blocks) are written
+// to by oneDNN on every call: they are copied out of the mapping, and the
+// answers stay those of the copy-in path (a read-only mapping would fault).
+TEST_F(WeightCacheTest, PaddedLayoutsAreCopiedOutOfTheMapping) {
+  Checkpoint c;
+  c.sparse = RandomDsm({.d = 100, .o = 3, .experts = 4, .active_units = 60}, 23);
+  c.dense = RandomDense(100, 120, 3, Activation::kRelu, 24);
+  const std::string dir = Publish(c);
+  for (Precision p : {Precision::kFp32, Precision::kBf16, Precision::kInt8}) {
+    SCOPED_TRACE(PrecisionName(p));
+    LoadOptions copy_in;
+    copy_in.precision = p;
+    ASSERT_OK_AND_ASSIGN(LoadedModel copied, LoadCheckpoint(dir, copy_in));
+    ASSERT_OK_AND_ASSIGN(LoadedModel mapped, LoadCheckpoint(dir, Mapped(p)));
+    ExpectSameAnswers(copied, mapped, 100);
+  }
+}
+
 TEST_F(WeightCacheTest, ResidencyCountsWhatIsInMemory) {
   Checkpoint c;
   c.sparse = RandomDsm({.d = 64, .o = 1, .experts = 16, .active_units = 64}, 3);
