@@ -7,7 +7,8 @@
 # targets), docs/reliability.md; bench (engine microbenchmarks);
 # bench-serving (sparse vs dense under load), bench-precision (FP32, BF16 and
 # INT8 under load), bench-sharding (sharded over 2 and 4 shard processes:
-# the hop, memory, the largest model) and bench-lifecycle (dynamic batching and hot reload under
+# the hop, memory, the largest model), bench-memory (mapped weights: loads,
+# sharing, a model larger than memory) and bench-lifecycle (dynamic batching and hot reload under
 # load), docs/benchmarks.md; soak (ten
 # minutes under load with hot reloads), docs/reliability.md; peers (our engine
 # next to PyTorch and FAISS; needs the demo models); clean.
@@ -17,7 +18,7 @@ BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc)
 ASAN_OPTIONS_SET = detect_leaks=1:abort_on_error=0:halt_on_error=1:detect_stack_use_after_return=0
 
-.PHONY: all deps deps-sanitizers configure build install package test test-container test-asan test-tsan fuzz bench bench-serving bench-precision bench-sharding bench-lifecycle soak peers demo clean
+.PHONY: all deps deps-sanitizers configure build install package test test-container test-asan test-tsan fuzz bench bench-serving bench-precision bench-sharding bench-memory bench-lifecycle soak peers demo clean
 
 all: build
 
@@ -115,6 +116,12 @@ bench-precision: build
 # model (docs/benchmarks.md, "Sharded models").
 bench-sharding: build
 	BUILD_DIR=$(BUILD_DIR) bench/sharding_bench.sh
+
+# Mapped weights (issue 32): load times and peaks, two processes on one
+# version, a model 1.5x MEMORY_GIB (default 6) served in a memory cgroup
+# (docs/benchmarks.md, "Mapped weights"). Runs as root (cgroup, page cache).
+bench-memory: build
+	BUILD_DIR=$(BUILD_DIR) bench/memory_bench.sh
 
 bench-lifecycle: build
 	BUILD_DIR=$(BUILD_DIR) bench/lifecycle_bench.sh

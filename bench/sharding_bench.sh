@@ -158,62 +158,9 @@ if part largest; then
 largest=$MODELS/largest
 if ! trained "$MODELS" largest; then
   say "writing largest (d=1024, $LARGEST_EXPERTS experts x 256 units, FP32, random weights, streamed)"
-  /usr/bin/python3 - "$largest" "$LARGEST_EXPERTS" <<'PY'
-# Streams the tensors to disk with their per-expert sums (the manifest the
-# server's writer makes), never holding the model in memory.
-import hashlib, json, os, sys
-import numpy as np
-model_dir, experts = sys.argv[1], int(sys.argv[2])
-d, k, o = 1024, 256, 1
-t = experts * k
-meta = {"format_version": "1", "kind": "dsm", "input_dim": str(d), "output_dim": str(o), "width": str(t),
-        "activation": "relu", "router": "hash", "blocks": "1", "experts": str(experts),
-        "active_units": str(k), "hash_seed": "5", "info.data": "random weights (benchmark)"}
-shapes = [("bottom.weight", [t, d]), ("bottom.bias", [t]), ("top.weight", [o, t]), ("top.bias", [o])]
-header, offset = {"__metadata__": meta}, 0
-for name, shape in shapes:
-    size = 4 * int(np.prod(shape))
-    header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + size]}
-    offset += size
-text = json.dumps(header, separators=(",", ":")).encode()
-text += b" " * ((8 - (8 + len(text)) % 8) % 8)
-head = len(text).to_bytes(8, "little") + text
-tmp = os.path.join(model_dir, ".tmp-1")
-os.makedirs(tmp)
-rng = np.random.default_rng(5)
-whole = hashlib.sha256(head)
-sums = {}
-with open(os.path.join(tmp, "model.safetensors"), "wb") as f:
-    f.write(head)
-    for name, shape in shapes:
-        parts, rows = [], shape[0]
-        if name in ("bottom.weight", "bottom.bias"):
-            for e in range(experts):  # expert e: rows e*k .. (e+1)*k
-                block = (rng.standard_normal((k,) + tuple(shape[1:])) * 0.03).astype(np.float32).tobytes()
-                f.write(block)
-                whole.update(block)
-                parts.append(hashlib.sha256(block).hexdigest())
-            sums[name] = {"axis": 0, "sha256": parts}
-        else:
-            block = (rng.standard_normal(shape) * 0.03).astype(np.float32).tobytes()
-            f.write(block)
-            whole.update(block)
-            if name == "top.weight":  # [1, t]: expert e's columns are contiguous
-                step = len(block) // experts
-                sums[name] = {"axis": 1, "sha256": [hashlib.sha256(block[e * step:(e + 1) * step]).hexdigest()
-                                                    for e in range(experts)]}
-            else:
-                sums[name] = {"sha256": [hashlib.sha256(block).hexdigest()]}
-    f.flush()
-    os.fsync(f.fileno())
-    size = f.tell()
-manifest = {"format_version": 2, "files": {"model.safetensors": {
-    "bytes": size, "sha256": whole.hexdigest(), "header_bytes": len(head),
-    "header_sha256": hashlib.sha256(head).hexdigest(), "tensors": sums}}}
-with open(os.path.join(tmp, "manifest.json"), "w") as f:
-    json.dump(manifest, f)
-os.rename(tmp, os.path.join(model_dir, "1"))
-PY
+  mkdir -p "$largest"
+  /usr/bin/python3 bench/write_random_dsm.py "$largest" --d=1024 --experts="$LARGEST_EXPERTS" --k=256 \
+    --router=hash --seed=5 --scale=0.03 --other_scale=0.03 --draw=float64
 fi
 repo=$OUT/sharding-repo-largest
 rm -rf "$repo"

@@ -4,12 +4,17 @@
 #include <bit>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
+#include <iterator>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/status_macros.h"
 
 namespace sparse {
@@ -143,6 +148,121 @@ absl::Status WritePredictions(const std::string& path, int64_t rows, int64_t col
   out.close();
   if (!out) return absl::DataLossError(absl::StrCat("--output: writing '", path, "' failed"));
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::vector<float>>> ParseRows(const std::string& text, char row_sep,
+                                                          absl::string_view source) {
+  std::vector<std::vector<float>> rows;
+  int64_t line = 0;
+  for (absl::string_view row : absl::StrSplit(text, row_sep)) {
+    ++line;
+    row = absl::StripAsciiWhitespace(row);
+    if (row.empty()) continue;
+    std::vector<float> values;
+    bool numeric = true;
+    for (absl::string_view field : absl::StrSplit(row, ',')) {
+      float v = 0;
+      if (!absl::SimpleAtof(absl::StripAsciiWhitespace(field), &v)) {
+        numeric = false;
+        break;
+      }
+      values.push_back(v);
+    }
+    if (!numeric) {
+      if (rows.empty() && row_sep == '\n') continue;  // a CSV header
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, " row ", line, ": expected numbers, got '", row, "'"));
+    }
+    if (!rows.empty() && values.size() != rows.front().size()) {
+      return absl::InvalidArgumentError(absl::StrCat(source, " row ", line, ": expected ",
+                                                     rows.front().size(), " values, got ",
+                                                     values.size()));
+    }
+    rows.push_back(std::move(values));
+  }
+  if (rows.empty()) return absl::InvalidArgumentError(absl::StrCat(source, ": no input rows"));
+  return rows;
+}
+
+namespace {
+
+// The rows of a .npy file's bytes (NPY 1.0, 2.0 or 3.0).
+absl::StatusOr<std::vector<std::vector<float>>> ParseNpyRows(const std::string& bytes,
+                                                             const std::string& source) {
+  auto bad = [&source](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", why));
+  };
+  if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0) {
+    return bad("not a .npy file (missing the \\x93NUMPY magic)");
+  }
+  const int major = static_cast<unsigned char>(bytes[6]);
+  if (major < 1 || major > 3) return bad(absl::StrCat("unsupported .npy version ", major));
+  const size_t len_bytes = major == 1 ? 2 : 4;
+  if (bytes.size() < 8 + len_bytes) return bad("truncated header");
+  size_t header_len = 0;
+  for (size_t i = 0; i < len_bytes; ++i) {
+    header_len |= static_cast<size_t>(static_cast<unsigned char>(bytes[8 + i])) << (8 * i);
+  }
+  const size_t data_start = 8 + len_bytes + header_len;
+  if (bytes.size() < data_start) return bad("truncated header");
+  const std::string header = bytes.substr(8 + len_bytes, header_len);
+  size_t width = 0;
+  if (absl::StrContains(header, "'<f4'")) {
+    width = 4;
+  } else if (absl::StrContains(header, "'<f8'")) {
+    width = 8;
+  } else {
+    return bad(absl::StrCat("expected a float32 or float64 array ('<f4' or '<f8'), got the "
+                            "header ", absl::StripAsciiWhitespace(header)));
+  }
+  if (absl::StrContains(header, "'fortran_order': True")) return bad("expected C order, got Fortran");
+  const size_t open = header.find("'shape': (");
+  const size_t close = open == std::string::npos ? open : header.find(')', open);
+  if (close == std::string::npos) return bad("the header has no shape");
+  std::vector<int64_t> shape;
+  for (absl::string_view dim : absl::StrSplit(header.substr(open + 10, close - open - 10), ',',
+                                              absl::SkipWhitespace())) {
+    int64_t n = 0;
+    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(dim), &n) || n < 0) {
+      return bad(absl::StrCat("bad shape in the header: ", header.substr(open, close - open + 1)));
+    }
+    shape.push_back(n);
+  }
+  if (shape.empty() || shape.size() > 2) {
+    return bad(absl::StrCat("expected a 1-D or 2-D array, got ", shape.size(), " dimensions"));
+  }
+  const int64_t rows = shape.size() == 2 ? shape[0] : 1, cols = shape.back();
+  if (rows == 0 || cols == 0) return bad("no input rows");
+  if (bytes.size() - data_start < static_cast<size_t>(rows * cols) * width) {
+    return bad(absl::StrCat("expected ", rows * cols * static_cast<int64_t>(width),
+                            " bytes of data, got ", bytes.size() - data_start));
+  }
+  std::vector<std::vector<float>> out(static_cast<size_t>(rows), std::vector<float>(cols));
+  const char* p = bytes.data() + data_start;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c, p += width) {
+      if (width == 4) {
+        std::memcpy(&out[r][c], p, 4);
+      } else {
+        double v;
+        std::memcpy(&v, p, 8);
+        out[r][c] = static_cast<float>(v);
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<std::vector<float>>> ReadRowsFile(const std::string& path,
+                                                             absl::string_view flag) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(flag, ": cannot open '", path, "'"));
+  std::string bytes(std::istreambuf_iterator<char>(in), {});
+  const std::string source = absl::StrCat(flag, " ", path);
+  if (absl::EndsWith(path, ".npy")) return ParseNpyRows(bytes, source);
+  return ParseRows(bytes, '\n', source);
 }
 
 }  // namespace sparse

@@ -3,6 +3,8 @@
 // an input into requests of at most that many rows, sends them one after
 // another in order, and joins the answers into one response, as the Python
 // client's predict does. WritePredictions stores the outputs as CSV or .npy.
+// ParseRows and ReadRowsFile read input rows (predict's --inputs and --csv,
+// bench's --rows).
 #ifndef SPARSE_CLIENT_BATCHED_PREDICT_H_
 #define SPARSE_CLIENT_BATCHED_PREDICT_H_
 
@@ -14,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "client/client.h"
 #include "sparse/v1/inference.pb.h"
@@ -57,6 +60,19 @@ std::string NpyBytes(absl::Span<const float> values, int64_t rows, int64_t cols)
 // each path's label and its rows x cols outputs.
 absl::Status WritePredictions(const std::string& path, int64_t rows, int64_t cols,
                               const std::vector<std::pair<std::string, std::vector<float>>>& paths);
+
+// Rows of numbers from "a,b;c,d" (`row_sep` ';') or CSV text (`row_sep`
+// '\n', where a first line that is not numbers is a header and skipped).
+// Every row must have as many values as the first; errors name `source`
+// and the row.
+absl::StatusOr<std::vector<std::vector<float>>> ParseRows(const std::string& text, char row_sep,
+                                                          absl::string_view source);
+
+// The rows of a file by its extension: ".npy" (a float32 or float64 array
+// of shape (rows, cols) or (cols,), little-endian, C order) or otherwise CSV
+// as ParseRows reads it. `flag` names the flag in errors (e.g. "--rows").
+absl::StatusOr<std::vector<std::vector<float>>> ReadRowsFile(const std::string& path,
+                                                             absl::string_view flag);
 
 }  // namespace sparse
 

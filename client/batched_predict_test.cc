@@ -2,6 +2,8 @@
 // input (issue 31): the .npy bytes by the NPY 1.0 spec, CSV that reads back
 // to the same float32 values, and responses appended in order with costs
 // summed. The split against a real server is tests/large_inputs_test.py.
+// Also the rows sparse-cli bench --rows sends (issue 32): read from .npy or
+// CSV, in order, --batch rows per request, cycling.
 #include "client/batched_predict.h"
 
 #include <unistd.h>
@@ -12,6 +14,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "client/bench_command.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -125,6 +128,78 @@ TEST(AppendResponseTest, RowsOutputsAndRoutesFollowInOrderAndCostsAdd) {
   d.add_outputs(1);
   AppendResponse(d, &c);
   EXPECT_FALSE(c.has_route());
+}
+
+TEST(ReadRowsFileTest, NpyAndCsvGiveTheSameRows) {
+  const std::vector<float> values = {1.5f, -2.0f, 0.25f, 3.0f, 1e-7f, 7.0f};
+  const fs::path npy = TempPath("rows.npy"), csv = TempPath("rows.csv");
+  std::ofstream(npy, std::ios::binary) << NpyBytes(values, 3, 2);
+  std::ofstream(csv) << "x0,x1\n1.5,-2\n0.25,3\n1e-7,7\n";
+  const std::vector<std::vector<float>> want = {{1.5f, -2.0f}, {0.25f, 3.0f}, {1e-7f, 7.0f}};
+  auto from_npy = ReadRowsFile(npy.string(), "--rows");
+  ASSERT_TRUE(from_npy.ok()) << from_npy.status();
+  EXPECT_EQ(*from_npy, want);
+  auto from_csv = ReadRowsFile(csv.string(), "--rows");
+  ASSERT_TRUE(from_csv.ok()) << from_csv.status();
+  EXPECT_EQ(*from_csv, want);
+  fs::remove(npy);
+  fs::remove(csv);
+}
+
+TEST(ReadRowsFileTest, Float64NpyIsReadAndOtherTypesAreRefusedSayingWhy) {
+  const fs::path f8 = TempPath("f8.npy"), i4 = TempPath("i4.npy");
+  std::string header = "{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }";
+  header.append(128 - 10 - header.size() - 1, ' ');
+  header.push_back('\n');
+  std::string bytes = std::string("\x93NUMPY\x01\x00", 8);
+  bytes.push_back(static_cast<char>(header.size()));
+  bytes.push_back(0);
+  bytes += header;
+  const double data[2] = {0.5, -4.0};
+  bytes.append(reinterpret_cast<const char*>(data), sizeof(data));
+  std::ofstream(f8, std::ios::binary) << bytes;
+  auto rows = ReadRowsFile(f8.string(), "--rows");
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(*rows, (std::vector<std::vector<float>>{{0.5f, -4.0f}}));
+  std::string ints = bytes;
+  ints.replace(ints.find("<f8"), 3, "<i8");
+  std::ofstream(i4, std::ios::binary) << ints;
+  auto refused = ReadRowsFile(i4.string(), "--rows");
+  EXPECT_THAT(refused.status().message(), HasSubstr("expected a float32 or float64 array"));
+  EXPECT_THAT(ReadRowsFile(TempPath("missing.npy").string(), "--rows").status().message(),
+              HasSubstr("--rows: cannot open"));
+  fs::remove(f8);
+  fs::remove(i4);
+}
+
+TEST(BenchInputsTest, RowsAreSentInOrderBatchRowsPerRequestWrappingAtTheEnd) {
+  const fs::path csv = TempPath("bench_rows.csv");
+  std::ofstream(csv) << "1,10\n2,20\n3,30\n4,40\n5,50\n";
+  BenchOptions o;
+  o.model = "m";
+  o.rows_path = csv.string();
+  o.batch = 2;
+  auto inputs = BenchInputs(o, 2);
+  ASSERT_TRUE(inputs.ok()) << inputs.status();
+  EXPECT_THAT(*inputs, ElementsAre(ElementsAre(1, 10, 2, 20), ElementsAre(3, 30, 4, 40),
+                                   ElementsAre(5, 50, 1, 10)));
+  o.batch = 1;
+  inputs = BenchInputs(o, 2);
+  ASSERT_TRUE(inputs.ok()) << inputs.status();
+  ASSERT_EQ(inputs->size(), 5u);
+  EXPECT_THAT((*inputs)[4], ElementsAre(5, 50));
+  EXPECT_THAT(BenchInputs(o, 3).status().message(),
+              HasSubstr("rows of 2 values, but model 'm' takes 3"));
+  fs::remove(csv);
+  o.rows_path.clear();  // random rows: 64 batches in [-1, 1], the same on every call
+  auto random = BenchInputs(o, 4);
+  ASSERT_TRUE(random.ok());
+  EXPECT_EQ(random->size(), 64u);
+  EXPECT_EQ(*random, *BenchInputs(o, 4));
+  for (const auto& x : *random) {
+    ASSERT_EQ(x.size(), 4u);
+    for (float v : x) EXPECT_TRUE(v >= -1 && v <= 1) << v;
+  }
 }
 
 }  // namespace

@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/notification.h"
+#include "client/batched_predict.h"
 #include "client/client.h"
 #include "client/rest_client.h"
 #include "client/svg_plot.h"
@@ -375,6 +376,38 @@ absl::Status Check(const BenchOptions& o) {
 
 }  // namespace
 
+absl::StatusOr<std::vector<std::vector<float>>> BenchInputs(const BenchOptions& o, int64_t d) {
+  std::vector<std::vector<float>> inputs;
+  if (o.rows_path.empty()) {
+    std::mt19937_64 rng(1);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (int k = 0; k < kInputPool; ++k) {
+      std::vector<float> x(static_cast<size_t>(o.batch * d));
+      for (float& v : x) v = u(rng);
+      inputs.push_back(std::move(x));
+    }
+    return inputs;
+  }
+  ASSIGN_OR_RETURN(const std::vector<std::vector<float>> rows, ReadRowsFile(o.rows_path, "--rows"));
+  if (static_cast<int64_t>(rows.front().size()) != d) {
+    return absl::InvalidArgumentError(absl::StrCat("--rows ", o.rows_path, ": rows of ",
+                                                   rows.front().size(), " values, but model '",
+                                                   o.model, "' takes ", d));
+  }
+  const int64_t n = static_cast<int64_t>(rows.size());
+  const int64_t requests = (n + o.batch - 1) / o.batch;
+  for (int64_t j = 0; j < requests; ++j) {
+    std::vector<float> x;
+    x.reserve(static_cast<size_t>(o.batch * d));
+    for (int64_t i = 0; i < o.batch; ++i) {
+      const std::vector<float>& row = rows[(j * o.batch + i) % n];
+      x.insert(x.end(), row.begin(), row.end());
+    }
+    inputs.push_back(std::move(x));
+  }
+  return inputs;
+}
+
 LoadPath PredictLoadPath(const std::string& name, SparseClient* client,
                          const std::vector<PredictRequest>* requests, bool dense) {
   LoadPath path;
@@ -443,11 +476,9 @@ absl::Status RunBench(const BenchOptions& o) {
     }
   }
 
-  // Request bodies: kInputPool random batches in [-1, 1], the same for every
-  // path and protocol; Echo carries as many bytes as a Predict request of
-  // this batch.
-  std::mt19937_64 rng(1);
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  // Request bodies: the same for every path and protocol; Echo carries as
+  // many bytes as a Predict request of this batch.
+  ASSIGN_OR_RETURN(const std::vector<std::vector<float>> inputs, BenchInputs(o, d));
   std::vector<PathSetup> setups;
   for (const std::string& name : o.paths) {
     const bool model_path = name == "sparse" || name == "dense";
@@ -464,10 +495,7 @@ absl::Status RunBench(const BenchOptions& o) {
         const std::string version = o.version > 0 ? absl::StrCat(o.version) : "";
         s.rest_path = absl::StrCat("/v2/models/", model,
                                    version.empty() ? "" : absl::StrCat("/versions/", version), "/infer");
-        rng.seed(1);
-        for (int k = 0; k < kInputPool; ++k) {
-          std::vector<float> x(static_cast<size_t>(o.batch * d));
-          for (float& v : x) v = u(rng);
+        for (const std::vector<float>& x : inputs) {
           const std::string bytes(reinterpret_cast<const char*>(x.data()), x.size() * sizeof(float));
           if (protocol == "native") {
             PredictRequest r;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "client/client.h"
 #include "client/load_generator.h"
 
@@ -32,6 +33,9 @@ struct BenchOptions {
   std::vector<std::string> protocols = {"native"};
   std::string http_target;  // sparse-server's --http_port, host:port (rest*)
   int64_t batch = 1;
+  // A .npy or CSV file of input rows (--rows), sent in order, --batch rows
+  // per request, cycling; "" = random rows in [-1, 1].
+  std::string rows_path;
   Load::Mode mode = Load::Mode::kClosed;
   std::vector<int> concurrency;  // closed loop levels
   std::vector<double> rates;     // open loop levels
@@ -47,6 +51,14 @@ struct BenchOptions {
 // (INVALID_ARGUMENT, with the flag to fix), an unreachable server, an
 // unknown model, or a path whose every request failed.
 absl::Status RunBench(const BenchOptions& options);
+
+// The inputs of the requests a bench cycles through, each `o.batch` rows
+// of `d` values, row-major: with `o.rows_path`, the file's rows in order
+// (the last request of a pass wraps around to the first rows when the
+// batch does not divide them; a file of the wrong width is refused);
+// otherwise 64 batches of random values in [-1, 1], seeded alike on every
+// run.
+absl::StatusOr<std::vector<std::vector<float>>> BenchInputs(const BenchOptions& o, int64_t d);
 
 // A load path sending `requests` in turn to Predict (or PredictDense when
 // `dense`) through `client`, with the server's CPU from GetServerStats.

@@ -53,6 +53,7 @@ constexpr FlagRule<CliRun> kRules[] = {
     {"http_target", "bench with --protocols naming rest or rest_binary", RestBench},
     {"echo_target", kBench, Bench},
     {"batch", kBench, Bench},
+    {"rows", kBench, Bench},
     {"mode", kBench, Bench},
     {"concurrency", kClosed, ClosedBench},
     {"rate", kOpen, OpenBench},

@@ -94,7 +94,12 @@ ABSL_FLAG(std::string, http_target, "",
 ABSL_FLAG(std::string, echo_target, "",
           "bench: also measure a bare gRPC echo server at host:port (build/bench/echo_server), "
           "the transport floor (adds bare_echo to --paths).");
-ABSL_FLAG(int64_t, batch, 1, "bench: rows per request (random inputs in [-1, 1]).");
+ABSL_FLAG(int64_t, batch, 1,
+          "bench: rows per request (random inputs in [-1, 1], or the next rows of --rows).");
+ABSL_FLAG(std::string, rows, "",
+          "bench: send these input rows instead of random ones: a .npy file (float32 or float64, "
+          "rows x inputs) or a CSV file (optional header), in order, --batch rows per request, "
+          "cycling through the file.");
 ABSL_FLAG(std::string, mode, "closed",
           "bench: closed (--concurrency requests in flight, each completion sends the next) or "
           "open (requests due at --rate whether or not earlier ones came back; latency counts "
@@ -142,41 +147,6 @@ std::string ToJson(const google::protobuf::Message& m) {
 
 absl::Status Usage(absl::string_view message) {
   return absl::InvalidArgumentError(message);
-}
-
-// Rows of numbers from "a,b;c,d" or CSV text (one row per line).
-absl::StatusOr<std::vector<std::vector<float>>> ParseRows(const std::string& text, char row_sep,
-                                                          absl::string_view source) {
-  std::vector<std::vector<float>> rows;
-  int64_t line = 0;
-  for (absl::string_view row : absl::StrSplit(text, row_sep)) {
-    ++line;
-    row = absl::StripAsciiWhitespace(row);
-    if (row.empty()) continue;
-    std::vector<float> values;
-    bool numeric = true;
-    for (absl::string_view field : absl::StrSplit(row, ',')) {
-      float v = 0;
-      if (!absl::SimpleAtof(absl::StripAsciiWhitespace(field), &v)) {
-        numeric = false;
-        break;
-      }
-      values.push_back(v);
-    }
-    if (!numeric) {
-      if (rows.empty() && row_sep == '\n') continue;  // a CSV header
-      return absl::InvalidArgumentError(
-          absl::StrCat(source, " row ", line, ": expected numbers, got '", row, "'"));
-    }
-    if (!rows.empty() && values.size() != rows.front().size()) {
-      return absl::InvalidArgumentError(absl::StrCat(source, " row ", line, ": expected ",
-                                                     rows.front().size(), " values, got ",
-                                                     values.size()));
-    }
-    rows.push_back(std::move(values));
-  }
-  if (rows.empty()) return absl::InvalidArgumentError(absl::StrCat(source, ": no input rows"));
-  return rows;
 }
 
 absl::StatusOr<std::vector<std::vector<float>>> ReadInputs() {
@@ -492,6 +462,7 @@ absl::Status Bench() {
     o.paths.push_back("bare_echo");
   }
   o.batch = absl::GetFlag(FLAGS_batch);
+  o.rows_path = absl::GetFlag(FLAGS_rows);
   // --mode is closed or open: CheckFlags (CliRunOf) has refused any other.
   const std::string mode = absl::GetFlag(FLAGS_mode), arrival = absl::GetFlag(FLAGS_arrival);
   if (arrival != "constant" && arrival != "poisson") {
@@ -545,7 +516,8 @@ int main(int argc, char** argv) {
       "  sparse-cli models [--json]\n"
       "  sparse-cli health [--model=M] [--wait_seconds=S]  (exit 0 only when SERVING)\n"
       "  sparse-cli bench --model=M [--concurrency=1,4,16] [--batch=1] [--paths=sparse,dense]\n"
-      "                   [--echo_target=host:port] [--csv=F] [--plot=F.svg] [--json]\n"
+      "                   [--rows=F.npy|F.csv] [--echo_target=host:port] [--csv=F] [--plot=F.svg]\n"
+      "                   [--json]\n"
       "  sparse-cli bench --model=M --mode=open --rate=1000,5000 [--arrival=poisson]\n\n"
       "--target says where the server is (default localhost:8500); --tls_ca, --tls_cert and\n"
       "--tls_key reach a server with TLS or mutual TLS on.",

@@ -80,7 +80,8 @@ newest_version_dir() {
 }
 
 # Starts sparse-server on a free loopback port with the given flags; sets
-# server_pid and target. The caller kills $server_pid (stop_server).
+# server_pid and target. The caller kills $server_pid (stop_server). It
+# waits START_SECONDS (default 60) for the models to load.
 start_server() {
   local log=$1
   shift
@@ -89,18 +90,19 @@ start_server() {
   "$SERVER" --address=127.0.0.1 --port=0 "$@" >"$port_file" 2>"$log" &
   server_pid=$!
   local i
-  for i in $(seq 1 600); do
+  for i in $(seq 1 $((${START_SECONDS:-60} * 10))); do
     [[ -s "$port_file" ]] && break
     kill -0 "$server_pid" 2>/dev/null || { cat "$log" >&2; rm -f "$port_file"; exit 1; }
     sleep 0.1
   done
-  [[ -s "$port_file" ]] || { echo "sparse-server did not start within 60 s:" >&2; cat "$log" >&2; exit 1; }
+  [[ -s "$port_file" ]] || { echo "sparse-server did not start within ${START_SECONDS:-60} s:" >&2; cat "$log" >&2; exit 1; }
   target="127.0.0.1:$(head -n 1 "$port_file")"
   # Every port it printed, in order (--port, then --health_port,
   # --metrics_port and --http_port when given).
   mapfile -t server_ports <"$port_file"
   rm -f "$port_file"
-  "$CLI" --target="$target" health >/dev/null || { echo "sparse-server is not serving" >&2; exit 1; }
+  # A connection refused under load is retried (a fresh channel every 0.2 s).
+  "$CLI" --target="$target" health --wait_seconds=10 >/dev/null || { echo "sparse-server is not serving" >&2; exit 1; }
 }
 
 # Stops the process $1 (SIGTERM) if it is running and waits for it.

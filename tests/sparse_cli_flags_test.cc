@@ -97,6 +97,7 @@ class SparseCliFlagsTest : public ::testing::Test {
         {"http_target", "127.0.0.1:2", kBenchRest},
         {"echo_target", "127.0.0.1:3", kBenchRuns},
         {"batch", "2", kBenchRuns},
+        {"rows", d + "/rows.csv", kBenchRuns},
         {"mode", "closed", kBenchClosed | kBenchRest, kBenchOpen},
         {"concurrency", "2", kBenchClosed | kBenchRest},
         {"rate", "5", kBenchOpen},
