@@ -279,7 +279,9 @@ absl::StatusOr<NpyArray> ParseNpy(const std::string& path) {
   }
   const char order = m[1].str()[0];
   const char type = m[2].str()[0];
-  const int size = std::stoi(m[3].str());
+  // A digit run too long for an int (a damaged header) is no valid size.
+  int size = 0;
+  if (!absl::SimpleAtoi(m[3].str(), &size)) size = 0;
   if (order == '>' || type != 'f' || (size != 4 && size != 8)) {
     return bad(absl::StrCat("dtype must be little-endian float32 or float64, got '", m[1].str(),
                             m[2].str(), m[3].str(), "'"));
