@@ -398,13 +398,8 @@ class WeightCacheFile::Guard : public MappedArrayGuard {
           "the weight cache file of this version was opened for writing by another process; the "
           "version is being loaded again from a new file (", file_->name(), ")"));
     }
-    std::atomic<uint8_t>& state = file_->state_[array_->first_sum + part];
-    uint8_t s = state.load(std::memory_order_acquire);
-    if (s == 0) {
-      s = file_->index_.sums[array_->first_sum + part] == Sha256Hex(Bytes(part)) ? 1 : 2;
-      state.store(s, std::memory_order_release);
-    }
-    if (s == 1) return absl::OkStatus();
+    const uint8_t s = file_->state_[array_->first_sum + part].load(std::memory_order_acquire);
+    if (s == 1 || (s == 0 && file_->CheckPart(*array_, part))) return absl::OkStatus();
     return absl::DataLossError(absl::StrCat(
         "part ", part, " of array '", array_->name, "' in the weight cache file ", file_->name(),
         " does not match its SHA-256: the requests that need it fail until the version is "
@@ -434,9 +429,6 @@ class WeightCacheFile::Guard : public MappedArrayGuard {
   int64_t PartBytes() const override { return 4 * array_->part_floats; }
 
  private:
-  absl::Span<const uint8_t> Bytes(int64_t part) const {
-    return AsBytes(file_->base_ + array_->offset + part * PartBytes(), PartBytes());
-  }
   std::shared_ptr<const WeightCacheFile> file_;
   const WeightCacheArray* array_;
 };
@@ -496,36 +488,47 @@ absl::StatusOr<std::shared_ptr<WeightCacheFile>> WeightCacheFile::Open(const std
   return file;
 }
 
+bool WeightCacheFile::CheckPart(const WeightCacheArray& a, int64_t part) const {
+  const uint64_t bytes = 4 * a.part_floats;
+  const bool good =
+      Sha256Hex(AsBytes(base_ + a.offset + part * bytes, bytes)) == index_.sums[a.first_sum + part];
+  state_[a.first_sum + part].store(good ? 1 : 2, std::memory_order_release);
+  return good;
+}
+
 absl::Status WeightCacheFile::VerifyAll() {
   struct Part {
     const WeightCacheArray* array;
     int64_t part;
   };
   std::vector<Part> parts;
+  uint64_t total = 0;
   for (const WeightCacheArray& a : index_.arrays) {
     for (int64_t p = 0; p < a.parts; ++p) parts.push_back({&a, p});
+    total += static_cast<uint64_t>(a.parts * a.part_floats) * 4;
   }
-  // Contiguous runs of parts, one per core, about equal in bytes.
-  const int threads = std::max(1u, std::thread::hardware_concurrency());
+  // Contiguous runs of parts, one per core, about equal in bytes (an
+  // expert's slice of B is far larger than its slice of c).
+  const uint64_t threads = std::max(1u, std::thread::hardware_concurrency());
   ::madvise(const_cast<uint8_t*>(base_), index_.data_bytes, MADV_WILLNEED);
+  std::vector<size_t> starts = {0};
+  uint64_t bytes = 0;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (bytes >= total * starts.size() / threads && starts.size() < threads && i > starts.back()) {
+      starts.push_back(i);
+    }
+    bytes += 4 * static_cast<uint64_t>(parts[i].array->part_floats);
+  }
+  starts.push_back(parts.size());
   std::atomic<int64_t> bad{-1};
   auto check = [&](size_t begin, size_t end) {
     for (size_t i = begin; i < end; ++i) {
-      const WeightCacheArray& a = *parts[i].array;
-      const uint64_t bytes = 4 * a.part_floats;
-      const uint64_t sum = a.first_sum + parts[i].part;
-      const bool good =
-          Sha256Hex(AsBytes(base_ + a.offset + parts[i].part * bytes, bytes)) == index_.sums[sum];
-      state_[sum].store(good ? 1 : 2, std::memory_order_release);
-      if (!good) bad.store(static_cast<int64_t>(i));
+      if (!CheckPart(*parts[i].array, parts[i].part)) bad.store(static_cast<int64_t>(i));
     }
   };
   std::vector<std::thread> workers;
-  const size_t per = (parts.size() + threads - 1) / threads;
-  for (int t = 1; t < threads && t * per < parts.size(); ++t) {
-    workers.emplace_back(check, t * per, std::min(parts.size(), (t + 1) * per));
-  }
-  check(0, std::min(parts.size(), per));
+  for (size_t t = 1; t + 1 < starts.size(); ++t) workers.emplace_back(check, starts[t], starts[t + 1]);
+  check(starts[0], starts[1]);
   for (std::thread& w : workers) w.join();
   if (bad.load() >= 0) {
     const Part& p = parts[bad.load()];

@@ -168,8 +168,12 @@ class WeightCacheFile : public WeightStore,
   class Guard;
   WeightCacheFile(std::string path, int fd, const uint8_t* base, uint64_t size,
                   WeightCacheIndex index, WeightVerify verify);
-  // Checks parts [begin, end) of every array; the parts' state records it.
+  // Checks every part of every array, on every core; the parts' state
+  // records it.
   absl::Status VerifyAll();
+  // Hashes part `part` of `a` against its sum and records the answer in
+  // state_ (Touch on first use, VerifyAll at load).
+  bool CheckPart(const WeightCacheArray& a, int64_t part) const;
   static void OnLeaseBroken(int fd);
   friend class LeaseWatcher;
 
