@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "engine/bucket_index.h"
 #include "engine/workspace.h"
 
 namespace sparse {
@@ -43,33 +46,109 @@ absl::Status StoreReduced(Precision precision, int64_t rows, int64_t o, int64_t 
   return absl::OkStatus();
 }
 
+// A table's values and INT8 scales are cut into parts of this many bytes
+// or so: what a first touch verifies (docs/weight-cache.md).
+constexpr int64_t kPartBytes = 64 << 10;
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Buckets per part: a multiple of 4, so that a part of bfloat16 or int8
+// values is whole floats, near kPartBytes, and no more than the table.
+int64_t BucketsPerPart(int64_t bucket_bytes, int64_t rows) {
+  const int64_t near = std::max<int64_t>(1, kPartBytes / std::max<int64_t>(1, bucket_bytes));
+  return std::min(CeilDiv(near, 4) * 4, CeilDiv(rows, 4) * 4);
+}
+
+template <typename T>
+const uint8_t* AsBytes(const T* p) { return reinterpret_cast<const uint8_t*>(p); }
+uint8_t* AsBytes(float* p) { return reinterpret_cast<uint8_t*>(p); }
+
+// Rows [first, first + count) of `rows` rows of `row_bytes` at `from`,
+// into `out`, the rows past the last zero-filled.
+void CopyRows(const uint8_t* from, int64_t rows, int64_t row_bytes, int64_t first, int64_t count,
+              uint8_t* out) {
+  const int64_t have = std::clamp<int64_t>(rows - first, 0, count);
+  if (have > 0) std::memcpy(out, from + first * row_bytes, static_cast<size_t>(have * row_bytes));
+  std::memset(out + have * row_bytes, 0, static_cast<size_t>((count - have) * row_bytes));
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<LshTableModel>> LshTableModel::Create(
-    const LshTableWeights& w, Precision precision) {
-  RETURN_IF_ERROR(w.Validate());
+    const LshTableWeights& w, Precision precision, WeightStore* store) {
+  WeightStore& arrays = store != nullptr ? *store : CopyIn();
+  // From a prebuilt store only the hashing, α and the bucket counts are read.
+  const bool prebuilt = arrays.Prebuilt();
+  RETURN_IF_ERROR(prebuilt ? w.ValidateSkeleton() : w.Validate());
   const int64_t per_bucket = w.ValuesPerBucket();
+  const int64_t bucket_bytes = per_bucket * PrecisionBytes(precision);
   int64_t parameters = static_cast<int64_t>(w.projection.size() + w.offset.size() + w.alpha.size());
+  int64_t owned = 0, mapped = 0;
   std::vector<Table> tables(w.num_tables);
   for (int64_t i = 0; i < w.num_tables; ++i) {
     const LshTableWeights::Table& src = w.tables[i];
     Table& dst = tables[i];
-    const int64_t n = static_cast<int64_t>(src.keys.size());
-    if (n >= int64_t{1} << 32) {
+    const int64_t n = src.Buckets();
+    if (n >= BucketIndex::kMaxKeys) {
       return absl::InvalidArgumentError(absl::StrCat("table.", i, " has too many buckets: ", n));
     }
-    dst.index.reserve(n);
-    for (int64_t b = 0; b < n; ++b) dst.index.emplace(src.keys[b], static_cast<uint32_t>(b));
-    dst.values.resize((n + 1) * per_bucket);
-    std::copy(src.values.begin(), src.values.end(), dst.values.begin());
-    std::copy(src.fallback.begin(), src.fallback.end(), dst.values.begin() + n * per_bucket);
-    for (float& v : dst.values) v *= w.alpha[i];
-    if (precision != Precision::kFp32) {
-      RETURN_IF_ERROR(StoreReduced(precision, n + 1, w.output_dim, per_bucket, dst.values,
-                                   &dst.bf16, &dst.int8, &dst.scales));
-      dst.values = {};
+    dst.buckets = n;
+    dst.buckets_per_part = BucketsPerPart(bucket_bytes, n + 1);
+    dst.index_slots = BucketIndex::SlotsFor(n);
+    const int64_t parts = CeilDiv(n + 1, dst.buckets_per_part);
+    const std::string prefix = absl::StrCat("table.", i, ".");
+    ASSIGN_OR_RETURN(dst.index, arrays.Array(prefix + "index", 1, BucketIndex::BytesFor(n) / 4,
+                                             [&](int64_t, float* out) {
+                                               BucketIndex::Build(src.keys, AsBytes(out));
+                                               return absl::OkStatus();
+                                             }));
+    // The α-scaled rows (values, then the fallback) at the precision: made
+    // only when the store fills its arrays.
+    std::vector<float> scaled, scales;
+    std::vector<uint16_t> bf16;
+    std::vector<int8_t> int8;
+    if (!prebuilt) {
+      scaled.resize((n + 1) * per_bucket);
+      std::copy(src.values.begin(), src.values.end(), scaled.begin());
+      std::copy(src.fallback.begin(), src.fallback.end(), scaled.begin() + n * per_bucket);
+      for (float& v : scaled) v *= w.alpha[i];
+      if (precision != Precision::kFp32) {
+        RETURN_IF_ERROR(StoreReduced(precision, n + 1, w.output_dim, per_bucket, scaled, &bf16,
+                                     &int8, &scales));
+      }
     }
-    parameters += static_cast<int64_t>(src.values.size() + src.fallback.size() + src.keys.size());
+    const uint8_t* rows = precision == Precision::kFp32   ? AsBytes(scaled.data())
+                          : precision == Precision::kBf16 ? AsBytes(bf16.data())
+                                                          : AsBytes(int8.data());
+    ASSIGN_OR_RETURN(dst.values, arrays.Array(prefix + "values", parts,
+                                              dst.buckets_per_part * bucket_bytes / 4,
+                                              [&](int64_t p, float* out) {
+                                                CopyRows(rows, n + 1, bucket_bytes,
+                                                         p * dst.buckets_per_part,
+                                                         dst.buckets_per_part, AsBytes(out));
+                                                return absl::OkStatus();
+                                              }));
+    if (precision == Precision::kInt8) {
+      // Δ=0: one scale per output for the whole table; Δ=1: o per bucket.
+      const bool per_table = w.degree == 0;
+      const int64_t o = w.output_dim;
+      ASSIGN_OR_RETURN(
+          dst.scales,
+          arrays.Array(prefix + "scales", per_table ? 1 : parts,
+                       per_table ? o : dst.buckets_per_part * o, [&](int64_t p, float* out) {
+                         if (per_table) {
+                           std::copy(scales.begin(), scales.end(), out);
+                         } else {
+                           CopyRows(AsBytes(scales.data()), n + 1, 4 * o, p * dst.buckets_per_part,
+                                    dst.buckets_per_part, AsBytes(out));
+                         }
+                         return absl::OkStatus();
+                       }));
+    }
+    for (const PackedWeights* a : {&dst.index, &dst.values, &dst.scales}) {
+      (a->mapped() ? mapped : owned) += 4 * static_cast<int64_t>(a->size());
+    }
+    parameters += n * per_bucket + per_bucket + n;
   }
   ASSIGN_OR_RETURN(TableHasher hasher, TableHasher::Create(w));
   std::unique_ptr<MatmulKernel> affine;
@@ -95,16 +174,9 @@ absl::StatusOr<std::unique_ptr<LshTableModel>> LshTableModel::Create(
   // values at the precision's width, and at INT8 its o scales).
   info.weight_bytes_per_row =
       (w.total_tables > 0 ? 0 : hasher.weight_bytes_per_row()) +
-      w.num_tables * (per_bucket * PrecisionBytes(precision) +
-                      (precision == Precision::kInt8 ? 4 * w.output_dim : 0));
-  int64_t resident = hasher.resident_bytes();
-  for (const Table& t : tables) {
-    resident += static_cast<int64_t>(4 * t.values.size() + 2 * t.bf16.size() + t.int8.size() +
-                                     4 * t.scales.size()) +
-                static_cast<int64_t>(t.index.capacity() *
-                                     (sizeof(std::pair<uint64_t, uint32_t>) + 1));
-  }
-  info.resident_bytes = resident;
+      w.num_tables * (bucket_bytes + (precision == Precision::kInt8 ? 4 * w.output_dim : 0));
+  info.resident_bytes = hasher.resident_bytes() + owned;
+  info.mapped_bytes = mapped;
   return std::unique_ptr<LshTableModel>(new LshTableModel(
       std::move(info), w, precision, std::move(tables), std::move(hasher), std::move(affine)));
 }
@@ -192,14 +264,13 @@ absl::Status LshTableModel::AddBuckets(const float* x, int64_t n, const uint64_t
     }
     for (int64_t i = 0; i < s_; ++i) {
       const Table& table = tables_[i];
-      const auto it = table.index.find(keys[r * s_ + i]);
-      const bool miss = it == table.index.end();
+      bool miss = false;
+      ASSIGN_OR_RETURN(const int64_t bucket, Lookup(table, keys[r * s_ + i], &miss));
       misses += miss;
       missed[r * s_ + i] = miss ? 1 : 0;
-      const int64_t bucket = miss ? static_cast<int64_t>(table.index.size()) : it->second;
       const float* value;
       if (precision_ == Precision::kFp32) {
-        value = table.values.data() + bucket * per_bucket;
+        value = std::as_const(table.values).data() + bucket * per_bucket;
       } else {
         ReadBucket(table, bucket, converted);
         value = converted;
@@ -228,23 +299,62 @@ absl::Status LshTableModel::AddBuckets(const float* x, int64_t n, const uint64_t
   return absl::OkStatus();
 }
 
+absl::StatusOr<int64_t> LshTableModel::Lookup(const Table& table, uint64_t key,
+                                              bool* missed) const {
+  RETURN_IF_ERROR(table.index.Touch(0));
+  const int64_t row =
+      BucketIndex(reinterpret_cast<const uint8_t*>(std::as_const(table.index).data()),
+                  table.index_slots)
+          .Find(key);
+  *missed = row < 0;
+  const int64_t bucket = row < 0 ? table.buckets : row;
+  if (bucket > table.buckets) {
+    return absl::DataLossError(absl::StrCat("a bucket index names row ", row, " of ",
+                                            table.buckets, " rows"));
+  }
+  const int64_t part = bucket / table.buckets_per_part;
+  RETURN_IF_ERROR(table.values.Touch(part));
+  if (precision_ == Precision::kInt8) RETURN_IF_ERROR(table.scales.Touch(degree_ == 0 ? 0 : part));
+  return bucket;
+}
+
 void LshTableModel::ReadBucket(const Table& table, int64_t b, float* out) const {
   const int64_t per_bucket = degree_ == 0 ? o_ : o_ * (d_ + 1);
+  const float* values = std::as_const(table.values).data();
+  const float* scales = std::as_const(table.scales).data();
   if (precision_ == Precision::kBf16) {
-    const uint16_t* v = table.bf16.data() + b * per_bucket;
+    const uint16_t* v = reinterpret_cast<const uint16_t*>(values) + b * per_bucket;
     for (int64_t j = 0; j < per_bucket; ++j) out[j] = Bf16ToFloat(v[j]);
     return;
   }
-  const int8_t* q = table.int8.data() + b * per_bucket;
+  const int8_t* q = reinterpret_cast<const int8_t*>(values) + b * per_bucket;
   if (degree_ == 0) {
-    for (int64_t j = 0; j < o_; ++j) out[j] = q[j] * table.scales[j];
+    for (int64_t j = 0; j < o_; ++j) out[j] = q[j] * scales[j];
     return;
   }
   const int64_t cols = d_ + 1;
   for (int64_t r = 0; r < o_; ++r) {
-    const float scale = table.scales[b * o_ + r];
+    const float scale = scales[b * o_ + r];
     for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = q[r * cols + c] * scale;
   }
+}
+
+WeightResidency LshTableModel::Residency() const {
+  WeightResidency r;
+  r.mapped_bytes = info().mapped_bytes;
+  if (r.mapped_bytes == 0) return r;
+  auto add = [&r](const PackedWeights& a, int64_t parts) {
+    if (!a.mapped() || parts == 0) return;
+    const int64_t part_bytes = 4 * static_cast<int64_t>(a.size()) / parts;
+    for (int64_t p = 0; p < parts; ++p) r.resident_bytes += a.ResidentBytes(p, part_bytes);
+  };
+  for (const Table& t : tables_) {
+    const int64_t parts = CeilDiv(t.buckets + 1, t.buckets_per_part);
+    add(t.index, 1);
+    add(t.values, parts);
+    add(t.scales, degree_ == 0 ? 1 : parts);
+  }
+  return r;
 }
 
 RoutingCounts LshTableModel::Routing() const {

@@ -104,6 +104,22 @@ absl::Status LshTableWeights::ValidateHashing() const {
   return absl::OkStatus();
 }
 
+absl::Status LshTableWeights::ValidateSkeleton() const {
+  RETURN_IF_ERROR(ValidateHashing());
+  RETURN_IF_ERROR(CheckMatrix("alpha", alpha, num_tables, 1));
+  if (static_cast<int64_t>(tables.size()) != num_tables) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "expected ", num_tables, " tables, got ", tables.size()));
+  }
+  for (size_t i = 0; i < tables.size(); ++i) {
+    if (tables[i].skeleton_buckets < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("table.", i, " is not a skeleton's (no bucket count)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status LshTableWeights::Validate() const {
   RETURN_IF_ERROR(ValidateHashing());
   if (total_tables != 0 && (first_table < 0 || total_tables < num_tables ||

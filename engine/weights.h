@@ -31,6 +31,13 @@ struct LshTableWeights {
     std::vector<uint64_t> keys;   // [n] strictly increasing bucket keys
     std::vector<float> values;    // [n, ValuesPerBucket()]
     std::vector<float> fallback;  // [ValuesPerBucket()] for keys not stored
+    // A skeleton's table (its arrays come from a weight cache file,
+    // engine/weight_store.h): the bucket count, with keys, values and
+    // fallback left empty. -1 otherwise.
+    int64_t skeleton_buckets = -1;
+    int64_t Buckets() const {
+      return skeleton_buckets >= 0 ? skeleton_buckets : static_cast<int64_t>(keys.size());
+    }
   };
 
   int64_t input_dim = 0;    // d
@@ -59,6 +66,9 @@ struct LshTableWeights {
   // What a front server holds (docs/deploy.md): the dimensions and the hash
   // functions, checked as Validate() checks them; no α, no tables.
   absl::Status ValidateHashing() const;
+  // A whole model's skeleton (Table::skeleton_buckets): the hashing, α and
+  // each table's bucket count.
+  absl::Status ValidateSkeleton() const;
 };
 
 // The dense network y = A·σ(Bx + c) + a0 (also the body of a DSM).

@@ -11,6 +11,7 @@
 #include <system_error>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/client_text.h"
 #include "common/internal_error.h"
@@ -207,7 +208,12 @@ std::shared_ptr<const Servable> ModelRepository::Load(const std::string& name, i
     FaultPoint(ErrorSite::kLoader);
     LoaderOptions load = options_;  // the settings, with the budget resolved
     load.max_model_bytes = max_model_bytes_;
+    const auto start = std::chrono::steady_clock::now();
     loaded = LoadServable(name, version, dir, load, precision);
+    if (loaded.ok()) {
+      (*loaded)->load_seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    }
   });
   if (!caught.ok()) loaded = caught;
   {
@@ -286,7 +292,8 @@ void ModelRepository::LoadOrReuse(const std::string& name, const AspiredVersions
     }
     const LoadedModel& loaded = servable->loaded;
     log->push_back(absl::StrCat(
-        "model ", name, " version ", version, " loaded: ", loaded.sparse->info().description,
+        "model ", name, " version ", version, " loaded in ", absl::StrFormat("%.3f", servable->load_seconds),
+        " s: ", loaded.sparse->info().description,
         loaded.weight_cache == nullptr
             ? ""
             : absl::StrCat(" (weights mapped from ", loaded.weight_cache->path(), ", ",

@@ -33,6 +33,9 @@ struct Servable {
   Precision precision = Precision::kFp32;
   // The part of the version it holds (a sharded model's shard or front).
   ModelPart part;
+  // How long its load took (read, verify, build or map, warm up), without
+  // the wait for the load budget.
+  double load_seconds = 0;
   // When a request last used it (steady clock, ns; 0 = never), for a shard
   // server that keeps a version its fronts still use
   // (ModelRepository::Options::retain_in_use). The one mutable field.

@@ -399,6 +399,13 @@ class WeightCacheFile::Guard : public MappedArrayGuard {
           "version is being loaded again from a new file (", file_->name(), ")"));
     }
     const uint8_t s = file_->state_[array_->first_sum + part].load(std::memory_order_acquire);
+    if (s == 0) {
+      // First touch: ask for the whole part at once, so the hash below
+      // reads it in one readahead instead of fault by fault (a cold 2.25
+      // MiB expert slice: 7.1 -> 5.9 ms, docs/benchmarks.md).
+      const uint64_t bytes = 4 * static_cast<uint64_t>(array_->part_floats);
+      file_->WillNeed(array_->offset + part * bytes, bytes);
+    }
     if (s == 1 || (s == 0 && file_->CheckPart(*array_, part))) return absl::OkStatus();
     return absl::DataLossError(absl::StrCat(
         "part ", part, " of array '", array_->name, "' in the weight cache file ", file_->name(),
@@ -488,6 +495,13 @@ absl::StatusOr<std::shared_ptr<WeightCacheFile>> WeightCacheFile::Open(const std
   return file;
 }
 
+void WeightCacheFile::WillNeed(uint64_t offset, uint64_t bytes) const {
+  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const uint64_t first = offset / page * page;
+  // Only a hint: an error changes nothing but the speed.
+  ::madvise(const_cast<uint8_t*>(base_) + first, offset + bytes - first, MADV_WILLNEED);
+}
+
 bool WeightCacheFile::CheckPart(const WeightCacheArray& a, int64_t part) const {
   const uint64_t bytes = 4 * a.part_floats;
   const bool good =
@@ -510,7 +524,6 @@ absl::Status WeightCacheFile::VerifyAll() {
   // Contiguous runs of parts, one per core, about equal in bytes (an
   // expert's slice of B is far larger than its slice of c).
   const uint64_t threads = std::max(1u, std::thread::hardware_concurrency());
-  ::madvise(const_cast<uint8_t*>(base_), index_.data_bytes, MADV_WILLNEED);
   std::vector<size_t> starts = {0};
   uint64_t bytes = 0;
   for (size_t i = 0; i < parts.size(); ++i) {
@@ -521,9 +534,25 @@ absl::Status WeightCacheFile::VerifyAll() {
   }
   starts.push_back(parts.size());
   std::atomic<int64_t> bad{-1};
+  // Each core hashes its run through the mapping while the kernel reads
+  // the next kReadAhead bytes of it (MADV_WILLNEED starts the reads and
+  // returns): reading and hashing overlap. (One WILLNEED over the whole
+  // file first would not: the call blocks while it queues every read.)
+  constexpr uint64_t kReadAhead = 16 << 20;
   auto check = [&](size_t begin, size_t end) {
+    if (begin == end) return;
+    const uint64_t run_end =
+        parts[end - 1].array->offset + (parts[end - 1].part + 1) * 4 * parts[end - 1].array->part_floats;
+    uint64_t ahead = parts[begin].array->offset + parts[begin].part * 4 * parts[begin].array->part_floats;
     for (size_t i = begin; i < end; ++i) {
-      if (!CheckPart(*parts[i].array, parts[i].part)) bad.store(static_cast<int64_t>(i));
+      const WeightCacheArray& a = *parts[i].array;
+      const uint64_t part_end = a.offset + (parts[i].part + 1) * 4 * a.part_floats;
+      while (ahead < run_end && ahead < part_end + kReadAhead) {
+        const uint64_t n = std::min(kReadAhead, run_end - ahead);
+        WillNeed(ahead, n);
+        ahead += n;
+      }
+      if (!CheckPart(a, parts[i].part)) bad.store(static_cast<int64_t>(i));
     }
   };
   std::vector<std::thread> workers;

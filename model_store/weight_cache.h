@@ -174,6 +174,8 @@ class WeightCacheFile : public WeightStore,
   // Hashes part `part` of `a` against its sum and records the answer in
   // state_ (Touch on first use, VerifyAll at load).
   bool CheckPart(const WeightCacheArray& a, int64_t part) const;
+  // Starts reading [offset, offset + bytes) of the file into memory.
+  void WillNeed(uint64_t offset, uint64_t bytes) const;
   static void OnLeaseBroken(int fd);
   friend class LeaseWatcher;
 

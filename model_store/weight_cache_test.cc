@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -253,14 +254,95 @@ TEST_F(WeightCacheTest, ResidencyCountsWhatIsInMemory) {
   EXPECT_LT(cold.resident_bytes, r.mapped_bytes / 2);
 }
 
-TEST_F(WeightCacheTest, LshTablesAndVersionOneManifestsAreCopiedIn) {
-  Checkpoint lsh;
-  lsh.sparse = RandomLshTable({}, 5);
-  ASSERT_OK_AND_ASSIGN(LoadedModel loaded,
-                       LoadCheckpoint(Publish(lsh, "lsh"), Mapped(Precision::kFp32)));
-  EXPECT_EQ(loaded.weight_cache, nullptr);
-  EXPECT_EQ(loaded.sparse->info().mapped_bytes, 0);
+void CorruptPart(const std::string& path, const std::string& name, int64_t part);
 
+// LSH tables are mapped too: each table's bucket index, values and INT8
+// scales, at every precision and degree, for both hash families; outputs,
+// FLOPs, bytes and bucket misses equal the copy-in path's, and the process
+// holds only the hash functions.
+TEST_F(WeightCacheTest, LshTablesAreMappedAndAnswerAsCopiedIn) {
+  int n = 0;
+  for (int64_t degree : {0, 1}) {
+    for (HashFamily family : {HashFamily::kHyperplane, HashFamily::kEuclidean}) {
+      Checkpoint c;
+      // Many buckets of Δ=1 values (o·(d+1) floats each): several parts per table.
+      c.sparse = RandomLshTable({.d = 12, .o = 3, .s = 3, .m = 8, .degree = degree,
+                                 .family = family, .sample_rows = 4096},
+                                60 + n);
+      const std::string dir = Publish(c, absl::StrCat("lsh", n++));
+      for (Precision p : {Precision::kFp32, Precision::kBf16, Precision::kInt8}) {
+        SCOPED_TRACE(absl::StrCat("degree ", degree, " ", HashFamilyName(family), " ",
+                                  PrecisionName(p)));
+        LoadOptions copy_in;
+        copy_in.precision = p;
+        ASSERT_OK_AND_ASSIGN(LoadedModel copied, LoadCheckpoint(dir, copy_in));
+        ASSERT_OK_AND_ASSIGN(LoadedModel built, LoadCheckpoint(dir, Mapped(p)));
+        EXPECT_EQ(built.weight_cache_event, "built");
+        ASSERT_NE(built.weight_cache, nullptr);
+        ExpectSameAnswers(copied, built, 12);
+        ASSERT_OK_AND_ASSIGN(LoadedModel again,
+                             LoadCheckpoint(dir, Mapped(p, WeightVerify::kTouch)));
+        EXPECT_EQ(again.weight_cache_event, "mapped");
+        ExpectSameAnswers(copied, again, 12);
+        const Answer want = RunModel(*copied.sparse, RandomInputs(64, 12, 3), 64);
+        const Answer got = RunModel(*again.sparse, RandomInputs(64, 12, 3), 64);
+        EXPECT_EQ(want.route.bucket_missed, got.route.bucket_missed);
+        EXPECT_EQ(want.route.bucket_keys, got.route.bucket_keys);
+        const ModelInfo& info = again.sparse->info();
+        EXPECT_EQ(info.mapped_bytes + info.resident_bytes,
+                  copied.sparse->info().resident_bytes);
+        EXPECT_LT(info.resident_bytes, info.mapped_bytes);
+        EXPECT_EQ(again.sparse->Residency().mapped_bytes, info.mapped_bytes);
+      }
+    }
+  }
+}
+
+// A corrupt group of buckets, checked on touch, fails only the rows whose
+// buckets are in it; checked at load, the file is rebuilt.
+TEST_F(WeightCacheTest, ACorruptBucketGroupFailsOnlyTheRowsThatReadIt) {
+  Checkpoint c;
+  // Δ=1, d=64, o=2: o·(d+1)·4 = 520 bytes a bucket, 128 buckets a part.
+  c.sparse = RandomLshTable({.d = 64, .o = 2, .s = 1, .m = 10, .degree = 1,
+                             .sample_rows = 8192, .keep_fraction = 1.0},
+                            70);
+  const auto& lsh = std::get<LshTableWeights>(c.sparse);
+  ASSERT_GT(lsh.tables[0].keys.size(), 256u) << "needs buckets in parts 0 and 1";
+  const std::string dir = Publish(c);
+  ASSERT_OK(LoadCheckpoint(dir, Mapped(Precision::kFp32)).status());
+  const std::string path = CacheFile();
+  ASSERT_FALSE(path.empty());
+  ASSERT_OK_AND_ASSIGN(LoadedModel probe, LoadCheckpoint(dir));
+  // A row whose bucket is stored in part 0 (rows 0-127) and one in part 1.
+  std::vector<float> in0, in1;
+  for (int seed = 0; seed < 2000 && (in0.empty() || in1.empty()); ++seed) {
+    const std::vector<float> x = RandomInputs(1, 64, seed);
+    const Answer a = RunModel(*probe.sparse, x, 1);
+    if (a.route.bucket_missed[0]) continue;
+    const auto& keys = lsh.tables[0].keys;
+    const int64_t row =
+        std::lower_bound(keys.begin(), keys.end(), a.route.bucket_keys[0]) - keys.begin();
+    if (row < 128 && in0.empty()) in0 = x;
+    if (row >= 128 && row < 256 && in1.empty()) in1 = x;
+  }
+  ASSERT_FALSE(in0.empty());
+  ASSERT_FALSE(in1.empty());
+  CorruptPart(path, "sparse/table.0.values", 1);
+  ASSERT_OK_AND_ASSIGN(LoadedModel touch,
+                       LoadCheckpoint(dir, Mapped(Precision::kFp32, WeightVerify::kTouch)));
+  EXPECT_EQ(touch.weight_cache_event, "mapped");
+  const Answer bad = RunModel(*touch.sparse, in1, 1);
+  EXPECT_EQ(bad.status.code(), absl::StatusCode::kDataLoss) << bad.status;
+  EXPECT_NE(bad.status.message().find("part 1 of array 'sparse/table.0.values'"),
+            std::string::npos)
+      << bad.status;
+  EXPECT_EQ(RunModel(*touch.sparse, in0, 1).y, RunModel(*probe.sparse, in0, 1).y);
+  ASSERT_OK_AND_ASSIGN(LoadedModel load, LoadCheckpoint(dir, Mapped(Precision::kFp32)));
+  EXPECT_NE(load.weight_cache_event.find("rebuilt: "), std::string::npos);
+  EXPECT_EQ(RunModel(*load.sparse, in1, 1).y, RunModel(*probe.sparse, in1, 1).y);
+}
+
+TEST_F(WeightCacheTest, VersionOneManifestsAreCopiedIn) {
   Checkpoint dsm;
   dsm.sparse = RandomDsm({}, 6);
   const std::string dir = Publish(dsm, "v1");

@@ -220,9 +220,10 @@ void ReportStarted(const sparse::SparseServer& server, const sparse::ServerOptio
       continue;
     }
     const auto& newest = state.versions.rbegin()->second->loaded;
-    std::fprintf(stderr, "sparse-server: model %s: %zu version(s), newest %lld: %s\n",
+    std::fprintf(stderr, "sparse-server: model %s: %zu version(s), newest %lld (loaded in %.3f s): %s\n",
                  name.c_str(), state.versions.size(),
                  static_cast<long long>(state.versions.rbegin()->first),
+                 state.versions.rbegin()->second->load_seconds,
                  newest.sparse->info().description.c_str());
   }
   std::fprintf(stderr, "sparse-server: listening on %s:%d (%s) with %d workers\n",

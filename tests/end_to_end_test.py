@@ -213,20 +213,25 @@ with tempfile.TemporaryDirectory() as tmp:
               "poly_dsm: residency of its 64 expert slices of %d bytes: %s" % (dsm.expert_bytes,
                                                                               list(dsm.expert_resident_bytes)[:8]))
         lsh = stub.GetModel(inference_pb2.GetModelRequest(model="poly_lsh"), timeout=10).versions[-1]
-        check(lsh.mapped_bytes == 0 and lsh.weight_cache_file == "" and not lsh.expert_resident_bytes,
-              "poly_lsh is copied in: mapped %d, file %r" % (lsh.mapped_bytes, lsh.weight_cache_file))
+        check(lsh.mapped_bytes > 0 and lsh.weight_cache_file.startswith("poly_lsh/") and
+              os.path.isfile(os.path.join(cache, lsh.weight_cache_file)) and not lsh.expert_resident_bytes,
+              "poly_lsh's bucket tables are mapped, with no experts to list: mapped %d, file %r, experts %s" %
+              (lsh.mapped_bytes, lsh.weight_cache_file, list(lsh.expert_resident_bytes)[:4]))
         models_out = run([CLI, "--target=" + target, "models"])
-        mapped_lines = [l for l in models_out.stdout.splitlines() if " mapped, " in l]
-        percent = round(100 * dsm.mapped_resident_bytes / dsm.mapped_bytes)
-        check(models_out.returncode == 0 and len(mapped_lines) == 1 and "% in memory" in mapped_lines[0] and
-              "expert slices wholly in memory" in mapped_lines[0] and "weight_verify=load" in mapped_lines[0],
-              "sparse-cli models shows the mapping of poly_dsm alone: " + models_out.stdout + models_out.stderr)
         lines_out = models_out.stdout.splitlines()
-        check(len(mapped_lines) == 1 and lines_out.index(mapped_lines[0]) > 0 and
-              lines_out[lines_out.index(mapped_lines[0]) - 1].startswith("poly_dsm"),
-              "the mapped line follows poly_dsm's row: " + models_out.stdout)
-        check(abs(int(mapped_lines[0].split("% in memory")[0].split()[-1]) - percent) <= 1 if mapped_lines else False,
-              "sparse-cli's percentage agrees with GetModel's %d%%: %s" % (percent, mapped_lines))
+        # Each mapped version's line follows its row: poly_dsm's names its
+        # expert slices, poly_lsh's (bucket tables) has none to name.
+        mapped_after = {lines_out[i - 1].split()[0]: lines_out[i] for i in range(1, len(lines_out))
+                        if " mapped, " in lines_out[i] and lines_out[i - 1].split()}
+        percent = round(100 * dsm.mapped_resident_bytes / dsm.mapped_bytes)
+        dsm_line, lsh_line = mapped_after.get("poly_dsm", ""), mapped_after.get("poly_lsh", "")
+        check(models_out.returncode == 0 and sorted(mapped_after) == ["poly_dsm", "poly_lsh"] and
+              "% in memory" in dsm_line and "expert slices wholly in memory" in dsm_line and
+              "weight_verify=load" in dsm_line and "% in memory" in lsh_line and "expert" not in lsh_line,
+              "sparse-cli models shows a mapping line under poly_dsm and poly_lsh: " +
+              models_out.stdout + models_out.stderr)
+        check(abs(int(dsm_line.split("% in memory")[0].split()[-1]) - percent) <= 1 if dsm_line else False,
+              "sparse-cli's percentage agrees with GetModel's %d%%: %s" % (percent, dsm_line))
     finally:
         code, log = stop(server)
     check(code == 0, "the server on weight cache files stops cleanly (exit %s): %s" % (code, log))

@@ -10,10 +10,10 @@
 namespace sparse {
 namespace {
 
-// The engine's bytes per stored bucket key (hash-index slot, control byte
-// and load-factor slack) and per table (bookkeeping of the decoded and the
-// engine tables).
-constexpr uint64_t kIndexBytesPerKey = 32;
+// The engine's bytes per stored bucket key (a BucketIndex slot of 12
+// bytes, at most 4 slots per key) and per table (bookkeeping of the decoded
+// and the engine tables).
+constexpr uint64_t kIndexBytesPerKey = 48;
 constexpr uint64_t kBytesPerTable = 256;
 // Copies of the tensor files at the peak of a load: the decoded tensors,
 // the engine tables and the values scaled by α.
@@ -44,7 +44,8 @@ class LshTableCodec final : public KindCodec {
                                        const ModelPart& part) const override;
   absl::Status Validate(const SparseWeights& w, ModelPart::Role role) const override {
     const auto& lsh = std::get<LshTableWeights>(w);
-    return ModelPart{.role = role}.RoutingOnly() ? lsh.ValidateHashing() : lsh.Validate();
+    if (role == ModelPart::Role::kSkeleton) return lsh.ValidateSkeleton();
+    return role == ModelPart::Role::kFront ? lsh.ValidateHashing() : lsh.Validate();
   }
   std::pair<int64_t, int64_t> Dims(const SparseWeights& w) const override {
     const auto& lsh = std::get<LshTableWeights>(w);
@@ -54,12 +55,11 @@ class LshTableCodec final : public KindCodec {
   uint64_t MinFileCopies() const override { return kLshFileCopies; }
   absl::string_view SignatureTensor() const override { return "hash.projection"; }
   KindLoadCost LoadCost(const SparseWeights& w, int64_t rows) const override;
-  // Bucket tables are copied in (docs/weight-cache.md): `store` is unused.
   absl::StatusOr<std::unique_ptr<Model>> CreateModel(const SparseWeights& w, Precision precision,
-                                                     WeightStore& /*store*/) const override {
-    return LshTableModel::Create(std::get<LshTableWeights>(w), precision);
+                                                     WeightStore& store) const override {
+    return LshTableModel::Create(std::get<LshTableWeights>(w), precision, &store);
   }
-  bool MapsWeights() const override { return false; }
+  bool MapsWeights() const override { return true; }
   const DenseWeights* CostOnlyNetwork(const SparseWeights&) const override { return nullptr; }
   // LSH tables are always float32 (their tensors are not weight matrices).
   void RoundToStorage(Precision, SparseWeights*) const override {}
@@ -133,7 +133,10 @@ absl::StatusOr<SparseWeights> LshTableCodec::Decode(MetadataReader& meta, Tensor
   ASSIGN_OR_RETURN(w.projection, tensors.F32("hash.projection", {hashes, w.input_dim},
                                              shard ? &tables_hashes : nullptr));
   ASSIGN_OR_RETURN(w.offset, tensors.F32("hash.offset", {hashes}, shard ? &tables_hashes : nullptr));
-  const bool front = part.RoutingOnly();
+  const bool front = part.role == ModelPart::Role::kFront;
+  // A mapped model's skeleton: the tables' bucket counts, their arrays
+  // coming from the weight cache file.
+  const bool skeleton = part.role == ModelPart::Role::kSkeleton;
   if (front) {
     tensors.Skip("alpha");
   } else {
@@ -148,6 +151,11 @@ absl::StatusOr<SparseWeights> LshTableCodec::Decode(MetadataReader& meta, Tensor
     }
     auto& table = w.tables.emplace_back();
     ASSIGN_OR_RETURN(int64_t n, tensors.Length(prefix + ".keys"));
+    if (skeleton) {
+      table.skeleton_buckets = n;
+      for (const char* t : {".keys", ".values", ".fallback"}) tensors.Skip(prefix + t);
+      continue;
+    }
     ASSIGN_OR_RETURN(table.keys, tensors.Get<uint64_t>(prefix + ".keys", DType::kU64, {n}));
     std::vector<int64_t> values_shape = {n};
     values_shape.insert(values_shape.end(), per_bucket.begin(), per_bucket.end());
