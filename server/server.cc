@@ -211,6 +211,7 @@ absl::Status SparseServer::OpenRepository(const ServerOptions& options, int work
     shards.keepalive = absl::Seconds(options.shard_keepalive_seconds);
     metrics_->AddShards(options.shard_targets);
     ServerMetrics* metrics = metrics_.get();
+    shards.on_send = [metrics](int shard) { metrics->ShardCallSent(shard); };
     shards.on_call = [metrics](int shard, int code, double seconds) {
       metrics->ObserveShardCall(shard, code, seconds);
     };
@@ -291,7 +292,8 @@ absl::Status SparseServer::ServeMetrics(const ServerOptions& options) {
   routing_collector_ = std::make_shared<RoutingCollector>(core_.get());
   metrics_endpoint_ = std::make_unique<MetricsEndpoint>(
       std::vector<std::shared_ptr<prometheus::Collectable>>{
-          metrics_->registry(), routing_collector_, std::make_shared<InternalErrorCollector>()});
+          metrics_->registry(), routing_collector_, std::make_shared<LoadCollector>(core_.get()),
+          std::make_shared<InternalErrorCollector>()});
   // Its own port and thread, plaintext (as Prometheus scrapes), under the
   // same limits as the REST port: no client can hold its thread.
   HttpServer::Options http = HttpOptions(options);

@@ -423,6 +423,7 @@ absl::Status ShardedModel::Fanout(const Calls& calls, absl::Time deadline,
   for (const auto& c : calls) {
     Call* call = c.get();
     const ShardSet* shards = shards_;
+    if (shards->options().on_send) shards->options().on_send(call->shard);
     shards_->shard(c->shard).StartComputePartial(
         &call->request, deadline, &call->response,
         [pending, call, shards, start](absl::Status status) {

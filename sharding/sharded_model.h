@@ -74,6 +74,9 @@ class ShardSet {
     // Told of every answered shard call (any thread; may be empty): the
     // shard index, gRPC's code and the seconds from sent to answered.
     std::function<void(int shard, int code, double seconds)> on_call = nullptr;
+    // Told of every shard call as it is sent (any thread; may be empty);
+    // on_call follows once for each.
+    std::function<void(int shard)> on_send = nullptr;
   };
   // A gRPC channel per target (GrpcShardConnection); no credentials:
   // plaintext.

@@ -133,6 +133,21 @@ with tempfile.TemporaryDirectory() as tmp:
                   if l.startswith("sparse_expert_resident_bytes{")),
               "per-expert residency labelled model, version, block, expert")
 
+        # Load signals for autoscalers and alerts: every serving path has its
+        # in-flight, queued and capacity series (all answered now: 0 waiting).
+        for path in ("sparse", "dense"):
+            labels = '{model="m",path="%s",version="1"}' % path
+            check(value("sparse_requests_in_flight" + labels) == 0 and value("sparse_requests_queued" + labels) == 0,
+                  "in-flight and queued gauges of the %s path, 0 when idle" % path)
+            check((value("sparse_queue_capacity" + labels) or 0) > 0, "queue capacity of the %s path" % path)
+        check((value("sparse_workers ") or 0) >= 1 and value("sparse_workers_busy ") is not None and
+              value("sparse_worker_queue_tasks ") == 0 and (value("sparse_worker_queue_capacity ") or 0) > 0,
+              "worker pool gauges: %s" % [l for l in lines if l.startswith("sparse_worker")])
+        check(value('sparse_failed_versions{model="m"}') == 0, "failed versions gauge")
+        for name in ("sparse_requests_in_flight", "sparse_requests_queued", "sparse_queue_capacity", "sparse_workers",
+                     "sparse_workers_busy", "sparse_failed_versions"):
+            check("# TYPE %s gauge" % name in lines, "%s is a gauge with help text" % name)
+
         # A real Prometheus scrapes it; its query must see the same numbers.
         prom_port = free_port()
         config = os.path.join(tmp, "prometheus.yml")

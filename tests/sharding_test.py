@@ -304,6 +304,11 @@ with tempfile.TemporaryDirectory() as tmp:
         check(re.search(r'^sparse_shard_call_seconds_count\{shard="%s",target="127\.0\.0\.1:%d"\} [1-9]'
                         % (re.escape(victim_label), shard_ports[victim]), metrics, re.M) is not None,
               "sparse_shard_call_seconds counts the calls to shard %s" % victim_label)
+        in_flight = re.findall(r'^sparse_shard_calls_in_flight\{shard="(\d+/\d+)",target="[^"]*"\} (\S+)$',
+                               metrics, re.M)
+        check(sorted(shard for shard, _ in in_flight) == ["%d/%d" % (i, N) for i in range(N)] and
+              all(float(v) == 0 for _, v in in_flight),
+              "sparse_shard_calls_in_flight: one gauge per shard, 0 once every call is answered: %s" % in_flight)
 
         # Back on the same port: the front reconnects by itself.
         restarted = subprocess.Popen(

@@ -352,6 +352,13 @@ void RunBatch(const Servable& servable, bool dense, std::vector<PendingRequest> 
   RunTogether(model, run, options, live, finish);
 }
 
+// Requests waiting for a worker: `delta` for each of `batch` (one servable's).
+void CountQueued(const std::vector<PendingRequest>& batch, bool dense, int64_t delta) {
+  for (const PendingRequest& p : batch) {
+    if (p.statistics != nullptr) p.statistics->AddQueued(dense, delta);
+  }
+}
+
 }  // namespace
 
 BatchingOptions ToBatchingOptions(const std::optional<sparse::v1::DynamicBatching>& config,
@@ -400,6 +407,7 @@ void InferenceCore::FinishPending(PendingRequest& p, const absl::Status& status)
     times.output_ns = NanosBetween(answering, answered);
     times.total_ns = times.decode_ns + NanosBetween(p.arrival, answered);
     p.statistics->RecordRequest(dense, times);
+    p.statistics->AddInFlight(dense, -1);
   }
   absl::MutexLock lock(&mu_);
   --in_flight_;
@@ -456,6 +464,7 @@ void InferenceCore::Infer(const InferRequest& request, InferResponse* response, 
   }
   std::shared_ptr<ServableState> state = StateFor(*servable);
   pending.statistics = state->statistics;
+  pending.statistics->AddInFlight(request.dense, 1);
   if (absl::Status admitted = Admit(**servable, options_.max_batch_rows, request); !admitted.ok()) {
     FinishPending(pending, admitted);
     return;
@@ -487,12 +496,15 @@ void InferenceCore::Submit(std::shared_ptr<const Servable> servable, bool dense,
   // Shared: if the pool's queue is full the task is dropped, and the
   // requests are still answered here.
   auto shared = std::make_shared<std::vector<PendingRequest>>(std::move(batch));
+  CountQueued(*shared, dense, 1);
   const bool queued = pool_.Submit([this, shared, dense, servable = std::move(servable)] {
+    CountQueued(*shared, dense, -1);
     RunBatch(*servable, dense, std::move(*shared), [this](PendingRequest& p, const absl::Status& s) {
       FinishPending(p, s);
     });
   });
   if (!queued) {
+    CountQueued(*shared, dense, -1);
     for (PendingRequest& p : *shared) {
       FinishPending(p, absl::UnavailableError("the inference queue is full; retry with backoff"));
     }
@@ -524,6 +536,39 @@ PathStatistics InferenceCore::Statistics(const ModelHandle& path) const {
   return state != nullptr ? state->statistics->Get(path.dense()) : PathStatistics{};
 }
 
+ServerLoad InferenceCore::Load() const {
+  ServerLoad load;
+  load.workers = pool_.threads();
+  load.busy_workers = pool_.busy();
+  load.worker_queue = pool_.queued();
+  load.worker_queue_capacity = pool_.max_queue();
+  for (const auto& [name, state] : *repository_->snapshot()) {
+    load.failed_versions[name] = static_cast<int64_t>(state.failures.size());
+    const std::optional<sparse::v1::DynamicBatching> batching =
+        state.config.has_dynamic_batching() ? std::optional(state.config.dynamic_batching())
+                                            : std::nullopt;
+    for (const auto& [number, servable] : state.versions) {
+      std::shared_ptr<ServableState> live;
+      {
+        absl::ReaderMutexLock lock(&states_mu_);
+        live = FindState(*servable);
+      }
+      for (bool dense : {false, true}) {
+        if (dense && servable->loaded.dense == nullptr) continue;
+        PathLoad p{.model = name, .version = number, .dense = dense};
+        if (live != nullptr) {
+          p.in_flight = live->statistics->in_flight(dense);
+          p.queued = live->statistics->queued(dense);
+        }
+        const BatchingOptions options = ToBatchingOptions(batching, workers(), dense);
+        p.queue_capacity = options.enabled ? options.max_queue_size : pool_.max_queue();
+        load.paths.push_back(std::move(p));
+      }
+    }
+  }
+  return load;
+}
+
 std::shared_ptr<InferenceCore::ServableState> InferenceCore::FindState(
     const Servable& servable) const {
   auto it = states_.find(&servable);
@@ -536,8 +581,11 @@ std::shared_ptr<InferenceCore::ServableState> InferenceCore::FindState(
 void InferenceCore::Enqueue(std::shared_ptr<const Servable> servable,
                             std::shared_ptr<ServableState> queues, bool dense,
                             const BatchingOptions& options, PendingRequest pending) {
+  // Counted before it is queued: a worker may take it at once.
+  if (pending.statistics != nullptr) pending.statistics->AddQueued(dense, 1);
   switch (queues->batchers[dense ? 1 : 0].Add(&pending, options)) {
     case Batcher::AddResult::kFull:
+      if (pending.statistics != nullptr) pending.statistics->AddQueued(dense, -1);
       FinishPending(pending, absl::UnavailableError(absl::StrCat(
                  "the batching queue of model '", servable->model,
                  "' is full (dynamic_batching.max_queue_size); retry with backoff")));
@@ -556,6 +604,7 @@ void InferenceCore::ScheduleDrain(std::shared_ptr<const Servable> servable,
   const bool queued = pool_.Submit([this, servable, queues, dense, &batcher] {
     bool another = false;
     std::vector<PendingRequest> batch = batcher.Take(&another);
+    CountQueued(batch, dense, -1);
     // Another worker forms the next batch while this one computes.
     if (another) ScheduleDrain(servable, queues, dense);
     if (batch.empty()) return;
@@ -567,7 +616,9 @@ void InferenceCore::ScheduleDrain(std::shared_ptr<const Servable> servable,
     batcher.Finished(rows);
   });
   if (!queued) {
-    for (PendingRequest& p : batcher.TakeAll()) {
+    std::vector<PendingRequest> refused = batcher.TakeAll();
+    CountQueued(refused, dense, -1);
+    for (PendingRequest& p : refused) {
       FinishPending(p, absl::UnavailableError("the inference queue is full; retry with backoff"));
     }
   }

@@ -127,6 +127,10 @@ class InferenceCore {
   // The statistics of one path of a loaded version: zeros until a request
   // for it is admitted (server/core/statistics.h).
   PathStatistics Statistics(const ModelHandle& path) const;
+  // Requests in flight and queued per serving version and path, the
+  // workers' use, and the versions that failed to load: what metrics
+  // export for autoscalers and alerts. Cheap (atomic reads, no residency).
+  ServerLoad Load() const;
 
   // The threads that run inference: for work that must share them, and for
   // tests that hold a worker to make requests queue.

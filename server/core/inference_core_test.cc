@@ -399,6 +399,56 @@ TEST_F(InferenceCoreTest, TheObserveHookSeesEveryAnswerOnce) {
   EXPECT_EQ(failed, 1);
 }
 
+// The load gauges: requests in flight and queued per version and path, the
+// workers' use, and each path's queue capacity, rising while requests wait
+// and back to zero once they are answered.
+TEST_F(InferenceCoreTest, LoadCountsWhatIsInFlightAndQueuedPerPath) {
+  std::unique_ptr<InferenceCore> core = Core(/*inline_max_flops=*/0, /*max_queue=*/100);
+  auto find = [](const ServerLoad& load, const std::string& model, bool dense) {
+    for (const PathLoad& p : load.paths) {
+      if (p.model == model && p.dense == dense) return p;
+    }
+    ADD_FAILURE() << "no path " << model << (dense ? " dense" : " sparse");
+    return PathLoad{};
+  };
+  const ServerLoad idle = core->Load();
+  EXPECT_EQ(idle.workers, 1);
+  EXPECT_EQ(idle.busy_workers, 0);
+  EXPECT_EQ(idle.worker_queue_capacity, 100);
+  EXPECT_EQ(find(idle, "dsm", false).in_flight, 0);
+  EXPECT_EQ(find(idle, "dsm", false).queue_capacity, 100);  // not batched: the worker queue
+  EXPECT_EQ(find(idle, "batched", true).queue_capacity, 1024);  // max_queue_size's default
+  for (const PathLoad& p : idle.paths) EXPECT_FALSE(p.model == "lsh" && p.dense);  // no twin
+  EXPECT_EQ(idle.failed_versions.at("dsm"), 0);
+
+  std::shared_ptr<absl::Notification> release = HoldWorker(*core);
+  std::vector<std::unique_ptr<Call>> calls;
+  for (int i = 0; i < 3; ++i) calls.push_back(std::make_unique<Call>("dsm", RandomInputs(1, kD, i), 1));
+  for (int i = 0; i < 2; ++i) {
+    calls.push_back(std::make_unique<Call>("batched", RandomInputs(1, kD, 9 + i), 1, /*dense=*/true));
+  }
+  for (auto& c : calls) core->Infer(c->request, &c->response, c->Done());
+  const ServerLoad busy = core->Load();
+  EXPECT_EQ(busy.busy_workers, 1);
+  EXPECT_EQ(find(busy, "dsm", false).in_flight, 3);
+  EXPECT_EQ(find(busy, "dsm", false).queued, 3);
+  EXPECT_EQ(find(busy, "dsm", true).in_flight, 0);
+  EXPECT_EQ(find(busy, "batched", true).in_flight, 2);
+  EXPECT_EQ(find(busy, "batched", true).queued, 2);
+  // Three lone requests and one drain task wait for the worker.
+  EXPECT_EQ(busy.worker_queue, 4);
+  release->Notify();
+  for (auto& c : calls) ASSERT_OK(c->Wait());
+  // `done` runs before a request leaves the count: wait for the last one.
+  for (int i = 0; i < 500 && core->in_flight() > 0; ++i) absl::SleepFor(absl::Milliseconds(2));
+  const ServerLoad after = core->Load();
+  for (const PathLoad& p : after.paths) {
+    EXPECT_EQ(p.in_flight, 0) << p.model;
+    EXPECT_EQ(p.queued, 0) << p.model;
+  }
+  EXPECT_EQ(after.worker_queue, 0);
+}
+
 TEST_F(InferenceCoreTest, StatisticsCountEachRequestAndEachBatchPerVersionAndPath) {
   std::unique_ptr<InferenceCore> core = Core(0);
   absl::StatusOr<ModelHandle> handle = core->Resolve("batched", 0);

@@ -136,6 +136,30 @@ struct VersionRouting {
   RoutingCounts since_warmup;
 };
 
+// The load on one path of a loaded version now (InferenceCore::Load).
+struct PathLoad {
+  std::string model;
+  int64_t version = 0;
+  bool dense = false;
+  int64_t in_flight = 0;  // admitted, not yet answered (inline ones included)
+  int64_t queued = 0;     // of those, waiting for a worker
+  // Requests that may wait on this path before the next is refused with
+  // UNAVAILABLE: its dynamic_batching.max_queue_size when the path batches,
+  // else the worker queue's --max_queue (shared by every path).
+  int64_t queue_capacity = 0;
+};
+// The load on the whole server now.
+struct ServerLoad {
+  std::vector<PathLoad> paths;  // every serving version's sparse path, and dense when it has one
+  int workers = 0;
+  int64_t busy_workers = 0;        // running a task now
+  int64_t worker_queue = 0;        // tasks waiting for a worker
+  int64_t worker_queue_capacity = 0;
+  // Per model the repository knows: versions that failed to load (and are
+  // retried when their files change), 0 for a model whose versions all load.
+  std::map<std::string, int64_t> failed_versions;
+};
+
 // For the core: the read structs of a loaded version and of a model's state.
 VersionStatus ToVersionStatus(std::shared_ptr<const Servable> servable,
                               ModelReads reads = ModelReads::kFixed);

@@ -22,6 +22,7 @@
 #ifndef SPARSE_SERVER_CORE_STATISTICS_H_
 #define SPARSE_SERVER_CORE_STATISTICS_H_
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 
@@ -78,16 +79,32 @@ struct ExecutionTimes {
   int64_t output_ns = 0;
 };
 
-// The statistics of one servable (model version), both paths. Thread-safe.
+// The statistics of one servable (model version), both paths, and its load
+// now (the gauges an autoscaler reads). Thread-safe.
 class ServableStatistics {
  public:
   void RecordRequest(bool dense, const RequestTimes& times);
   void RecordExecution(bool dense, const ExecutionTimes& times);
   PathStatistics Get(bool dense) const;
 
+  // Requests admitted to a path and not yet answered (`delta` +1 at
+  // admission, -1 once answered), and of them those waiting for a worker
+  // (in the batching queue or the worker queue; +1 when queued, -1 when
+  // their batch starts or they are refused).
+  void AddInFlight(bool dense, int64_t delta) {
+    in_flight_[dense].fetch_add(delta, std::memory_order_relaxed);
+  }
+  void AddQueued(bool dense, int64_t delta) {
+    queued_[dense].fetch_add(delta, std::memory_order_relaxed);
+  }
+  int64_t in_flight(bool dense) const { return in_flight_[dense].load(std::memory_order_relaxed); }
+  int64_t queued(bool dense) const { return queued_[dense].load(std::memory_order_relaxed); }
+
  private:
   mutable absl::Mutex mu_;
   PathStatistics paths_[2] ABSL_GUARDED_BY(mu_);  // sparse, dense
+  std::atomic<int64_t> in_flight_[2] = {0, 0};
+  std::atomic<int64_t> queued_[2] = {0, 0};
 };
 
 }  // namespace sparse

@@ -38,8 +38,15 @@ void WorkerPool::Work() {
     // A task answers its own requests, failing them when what it runs
     // throws (InferenceCore); this catches what escapes even that, so the
     // worker lives on.
+    busy_.fetch_add(1, std::memory_order_relaxed);
     (void)CatchInternal(ErrorSite::kWorker, task);
+    busy_.fetch_sub(1, std::memory_order_relaxed);
   }
+}
+
+int64_t WorkerPool::queued() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int64_t>(queue_.size());
 }
 
 }  // namespace sparse

@@ -8,6 +8,7 @@
 #ifndef SPARSE_SERVER_CORE_WORKER_POOL_H_
 #define SPARSE_SERVER_CORE_WORKER_POOL_H_
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -32,6 +33,11 @@ class WorkerPool {
   bool Submit(std::function<void()> task);
 
   int threads() const { return static_cast<int>(workers_.size()); }
+  int64_t max_queue() const { return max_queue_; }
+  // Workers running a task now, and tasks waiting for one (gauges: read
+  // without stopping the pool).
+  int64_t busy() const { return busy_.load(std::memory_order_relaxed); }
+  int64_t queued() const;
 
  private:
   void Work();
@@ -43,6 +49,7 @@ class WorkerPool {
   mutable absl::Mutex mu_;
   std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::atomic<int64_t> busy_{0};
   std::vector<std::thread> workers_;
 };
 

@@ -79,7 +79,11 @@ ServerMetrics::ServerMetrics()
                          .Name("sparse_shard_call_seconds")
                          .Help("A front's calls to each shard index, from sent to answered "
                                "(every code)")
-                         .Register(*registry_)) {
+                         .Register(*registry_)),
+      shard_in_flight_(prometheus::BuildGauge()
+                           .Name("sparse_shard_calls_in_flight")
+                           .Help("A front's calls to each shard index sent and not yet answered")
+                           .Register(*registry_)) {
   absl::MutexLock lock(&mu_);
   AddModel("");  // requests for models that are not loaded
 }
@@ -149,7 +153,13 @@ void ServerMetrics::AddShards(const std::vector<std::string>& targets) {
       shards_[i].calls[code] = &shard_calls_.Add(with_code);
     }
     shards_[i].seconds = &shard_seconds_.Add(labels, SecondsBuckets());
+    shards_[i].in_flight = &shard_in_flight_.Add(labels);
   }
+}
+
+void ServerMetrics::ShardCallSent(int shard) const {
+  if (shard < 0 || shard >= static_cast<int>(shards_.size())) return;
+  shards_[shard].in_flight->Increment();
 }
 
 void ServerMetrics::ObserveShardCall(int shard, int code, double seconds) const {
@@ -157,6 +167,7 @@ void ServerMetrics::ObserveShardCall(int shard, int code, double seconds) const 
   const ShardSeries& s = shards_[shard];
   s.calls[code >= 0 && code < kCodes ? code : 2]->Increment();  // 2: UNKNOWN
   s.seconds->Observe(seconds);
+  s.in_flight->Decrement();
 }
 
 std::vector<prometheus::MetricFamily> RoutingCollector::Collect() const {
@@ -271,6 +282,67 @@ std::vector<prometheus::MetricFamily> RoutingCollector::Collect() const {
   return {std::move(rows),          std::move(imbalance),     std::move(lookups),
           std::move(misses),        std::move(resident),      std::move(mapped),
           std::move(mapped_resident), std::move(expert_bytes), std::move(expert_resident)};
+}
+
+std::vector<prometheus::MetricFamily> LoadCollector::Collect() const {
+  auto gauge = [](const char* name, const char* help) {
+    return prometheus::MetricFamily{name, help, prometheus::MetricType::Gauge, {}};
+  };
+  prometheus::MetricFamily in_flight = gauge(
+      "sparse_requests_in_flight",
+      "Requests admitted to a path of a serving version and not yet answered (those run on the "
+      "caller's thread included)");
+  prometheus::MetricFamily queued = gauge(
+      "sparse_requests_queued",
+      "Of sparse_requests_in_flight, the requests waiting for a worker (in the batching queue or "
+      "the worker queue)");
+  prometheus::MetricFamily capacity = gauge(
+      "sparse_queue_capacity",
+      "Requests that may wait on a path before the next is refused with UNAVAILABLE: its "
+      "dynamic_batching.max_queue_size, or --max_queue (shared by every path) when it does not "
+      "batch");
+  prometheus::MetricFamily workers = gauge("sparse_workers", "Inference threads (--workers)");
+  prometheus::MetricFamily busy =
+      gauge("sparse_workers_busy", "Inference threads running a task now");
+  prometheus::MetricFamily tasks =
+      gauge("sparse_worker_queue_tasks", "Tasks (requests or batches) waiting for a worker");
+  prometheus::MetricFamily task_capacity = gauge(
+      "sparse_worker_queue_capacity", "Tasks that may wait for a worker (--max_queue)");
+  prometheus::MetricFamily failed = gauge(
+      "sparse_failed_versions",
+      "Versions of a model that failed to load (GetModel says why; retried when their files "
+      "change); 0 when every version loads");
+  using Label = prometheus::ClientMetric::Label;
+  const ServerLoad load = core_->Load();
+  for (const PathLoad& p : load.paths) {
+    prometheus::ClientMetric m;
+    m.label = {Label{"model", p.model}, Label{"path", p.dense ? "dense" : "sparse"},
+               Label{"version", std::to_string(p.version)}};
+    prometheus::ClientMetric q = m, c = m;
+    m.gauge.value = static_cast<double>(p.in_flight);
+    q.gauge.value = static_cast<double>(p.queued);
+    c.gauge.value = static_cast<double>(p.queue_capacity);
+    in_flight.metric.push_back(std::move(m));
+    queued.metric.push_back(std::move(q));
+    capacity.metric.push_back(std::move(c));
+  }
+  auto one = [](prometheus::MetricFamily& family, double value) {
+    prometheus::ClientMetric m;
+    m.gauge.value = value;
+    family.metric.push_back(std::move(m));
+  };
+  one(workers, load.workers);
+  one(busy, static_cast<double>(load.busy_workers));
+  one(tasks, static_cast<double>(load.worker_queue));
+  one(task_capacity, static_cast<double>(load.worker_queue_capacity));
+  for (const auto& [model, versions] : load.failed_versions) {
+    prometheus::ClientMetric m;
+    m.label = {Label{"model", model}};
+    m.gauge.value = static_cast<double>(versions);
+    failed.metric.push_back(std::move(m));
+  }
+  return {std::move(in_flight), std::move(queued), std::move(capacity), std::move(workers),
+          std::move(busy),      std::move(tasks),  std::move(task_capacity), std::move(failed)};
 }
 
 std::vector<prometheus::MetricFamily> InternalErrorCollector::Collect() const {

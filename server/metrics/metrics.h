@@ -32,6 +32,27 @@
 //   sparse_expert_resident_bytes{model,version,block,expert}  gauge, of each expert's mapped
 //                                                slice, bytes in memory now (mincore at the scrape)
 //
+// and the load now, for autoscalers and alerts (LoadCollector), per serving
+// version and path:
+//
+//   sparse_requests_in_flight{model,version,path}  gauge, admitted and not yet answered
+//   sparse_requests_queued{model,version,path}     gauge, of those, waiting for a worker
+//   sparse_queue_capacity{model,version,path}      gauge, requests that may wait before
+//                                                UNAVAILABLE (dynamic_batching.max_queue_size,
+//                                                or --max_queue when the path does not batch)
+//
+// per server and per model:
+//
+//   sparse_workers                               gauge, inference threads (--workers)
+//   sparse_workers_busy                          gauge, of those, running a task now
+//   sparse_worker_queue_tasks                    gauge, tasks waiting for a worker
+//   sparse_worker_queue_capacity                 gauge, --max_queue
+//   sparse_failed_versions{model}                gauge, versions that failed to load
+//
+// and on a sharded model's front, pushed as calls go out and come back:
+//
+//   sparse_shard_calls_in_flight{shard,target}   gauge, calls sent and not yet answered
+//
 // and, for the whole process (InternalErrorCollector):
 //
 //   sparse_internal_errors_total{where}          counter, exceptions caught at an entry point
@@ -89,6 +110,8 @@ class ServerMetrics {
   // A front's shards, one target per index ("i/N" labels them). Call once,
   // before the first ObserveShardCall.
   void AddShards(const std::vector<std::string>& targets);
+  // One call sent to shard `shard` (any thread): in flight until observed.
+  void ShardCallSent(int shard) const;
   // One answered call to shard `shard` (any thread); `code` is gRPC's.
   void ObserveShardCall(int shard, int code, double seconds) const;
 
@@ -109,6 +132,7 @@ class ServerMetrics {
   struct ShardSeries {
     std::array<prometheus::Counter*, kCodes> calls{};
     prometheus::Histogram* seconds = nullptr;
+    prometheus::Gauge* in_flight = nullptr;
   };
   void AddModel(const std::string& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -123,6 +147,7 @@ class ServerMetrics {
   prometheus::Family<prometheus::Gauge>& loaded_;
   prometheus::Family<prometheus::Counter>& shard_calls_;
   prometheus::Family<prometheus::Histogram>& shard_seconds_;
+  prometheus::Family<prometheus::Gauge>& shard_in_flight_;
   // Set once by AddShards before any call is observed, then only read.
   std::vector<ShardSeries> shards_;
   mutable absl::Mutex mu_;
@@ -139,6 +164,17 @@ class ServerMetrics {
 class RoutingCollector final : public prometheus::Collectable {
  public:
   explicit RoutingCollector(const InferenceCore* core) : core_(core) {}
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+ private:
+  const InferenceCore* const core_;
+};
+
+// The load signals above, read from the core at each scrape (atomic reads;
+// InferenceCore::Load): what an autoscaler or an alert targets.
+class LoadCollector final : public prometheus::Collectable {
+ public:
+  explicit LoadCollector(const InferenceCore* core) : core_(core) {}
   std::vector<prometheus::MetricFamily> Collect() const override;
 
  private:
