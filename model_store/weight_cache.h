@@ -65,9 +65,13 @@ inline constexpr int kWeightCacheLayoutVersion = 1;
 // What a cache file must have been built from: the checkpoint's files (as
 // their manifest sums name them), the serving precision, whether a
 // cost-only dense endpoint was built, and this build's kernels (oneDNN's
-// version and the ISA it runs). Equal keys, equal arrays.
+// version and the ISA it runs). Equal keys, equal arrays. `shard` is
+// empty for a whole model (its key is then what it was before shards were
+// mapped, so existing files stay valid), or a shard's part's "i/N"
+// (ShardSpec::ToString): each shard of a version has its own file.
 std::string WeightCacheKey(const std::string& model_sha256, const std::string& dense_sha256,
-                           Precision precision, bool cost_only_dense);
+                           Precision precision, bool cost_only_dense,
+                           const std::string& shard = "");
 // The file a key names in `dir`: <first 16 hex digits of SHA-256(key)>.weights.
 std::string WeightCachePath(const std::string& dir, const std::string& key);
 
