@@ -1,13 +1,15 @@
 // The weight cache (docs/weight-cache.md): one file per model version,
-// serving precision and machine, holding every large array of the
-// version's engine models (a DSM's expert slices of B, Aᵀ and c, a dense
-// network's layers) already in the layout the kernels consume, so that a
-// server maps it read-only and computes on the mapping: a version's
-// weights are paged in as requests touch them, paged out under memory
-// pressure, and shared by every process that serves it.
+// serving precision and machine (and shard, for a DSM shard's part),
+// holding every large array of the version's engine models (a DSM's expert
+// slices of B, Aᵀ and c, a dense network's layers) already in the layout
+// the kernels consume, so that a server maps it read-only and computes on
+// the mapping: a version's weights are paged in as requests touch them,
+// paged out under memory pressure, and shared by every process that
+// serves it.
 //
 // The server writes the file the first time it loads the version (after
-// the whole-file SHA-256 of the checkpoint), into a directory it owns
+// the whole-file SHA-256 of the checkpoint; a shard after the part sums of
+// the ranges it reads), into a directory it owns
 // (--weight_cache_dir; an emptyDir in Kubernetes, since the repository is
 // mounted read-only), and never rewrites it: a file is written under a
 // temporary name, synced, and renamed into place. A file whose key (the
