@@ -133,7 +133,7 @@ with tempfile.TemporaryDirectory() as tmp:
         api = pb_grpc.SparseInferenceStub(grpc.insecure_channel("127.0.0.1:%d" % front_ports[0]))
 
         # ---- Each shard maps its DSM part from its own file ---------------
-        files = set()
+        files = []
         for i, port in enumerate(shard_ports):
             stub = pb_grpc.SparseInferenceStub(grpc.insecure_channel("127.0.0.1:%d" % port))
             dsm = stub.GetModel(pb.GetModelRequest(model="dsm"), timeout=10).versions[0]
@@ -144,11 +144,14 @@ with tempfile.TemporaryDirectory() as tmp:
             check(dsm.resident_bytes < dsm.mapped_bytes // 10,
                   "shard %d: %d resident bytes beside %d mapped" %
                   (i, dsm.resident_bytes, dsm.mapped_bytes))
+            check(len(dsm.expert_resident_bytes) == L * E // N,
+                  "shard %d: residency of %d expert slices, expected its own %d" %
+                  (i, len(dsm.expert_resident_bytes), L * E // N))
             check(lsh.mapped_bytes == 0 and lsh.weight_cache_file == "",
                   "shard %d: its LSH part is mapped (%r); LSH shards are copied in" %
                   (i, lsh.weight_cache_file))
-            files.add(dsm.weight_cache_file)
-        check(len(files) == N, "the %d shards map %d distinct files: %s" % (N, len(files), files))
+            files.append(dsm.weight_cache_file)
+        check(len(set(files)) == N, "the %d shards map %d distinct files: %s" % (N, len(set(files)), files))
 
         # ---- 1,000 rows: routes, FLOPs, bytes and outputs -----------------
         x = np.random.default_rng(3).uniform(-1, 1, (1000, D)).astype(np.float32)
@@ -326,11 +329,12 @@ with tempfile.TemporaryDirectory() as tmp:
                         % (re.escape(victim_label), shard_ports[victim]), metrics, re.M) is not None,
               "sparse_shard_call_seconds counts the calls to shard %s" % victim_label)
 
-        # Back on the same port: the front reconnects by itself.
+        # Back on the same port: the front reconnects by itself. It maps the
+        # file the killed process wrote.
         restarted = subprocess.Popen(
             [os.path.join(build, "server", "sparse-server"), "--model_repository=" + repo,
              "--address=127.0.0.1", "--port=%d" % shard_ports[victim], "--shard=%d/%d" % (victim, N),
-             "--poll_seconds=0.5", "--shard_retain_seconds=5"],
+             "--poll_seconds=0.5", "--shard_retain_seconds=5", "--weight_cache_dir=" + cache],
             stdout=subprocess.PIPE, text=True)
         servers.append(restarted)
         shards[victim] = restarted
@@ -354,6 +358,11 @@ with tempfile.TemporaryDirectory() as tmp:
             except grpc.RpcError:
                 failures += 1
         check(failures == 0, "%d of 200 requests failed after the shard came back" % failures)
+        again = pb_grpc.SparseInferenceStub(grpc.insecure_channel("127.0.0.1:%d" % shard_ports[victim]))
+        mapped = again.GetModel(pb.GetModelRequest(model="dsm"), timeout=10).versions[0]
+        check(mapped.weight_cache_file == files[victim] and mapped.mapped_bytes > 0,
+              "the restarted shard maps %r, its first process %r" %
+              (mapped.weight_cache_file, files[victim]))
 
         # ---- Hot reload under load -------------------------------------------
         # The expected answers of versions 1 and 2 come from an unsharded
