@@ -19,8 +19,10 @@ absl::StatusOr<std::unique_ptr<DsmModel>> DsmModel::Create(const DsmWeights& w,
                                                           Precision precision,
                                                           WeightStore* store) {
   WeightStore& arrays = store != nullptr ? *store : CopyIn();
-  // From a prebuilt store only the dimensions, the router and a0 are read.
-  RETURN_IF_ERROR(arrays.Prebuilt() && !w.IsShard() ? w.ValidateRouting() : w.Validate());
+  // From a prebuilt store only the dimensions, the router and a0 are read
+  // (of a shard's part, its skeleton: the dimensions and its expert range,
+  // which ValidateRouting checks of a shard; it holds neither router nor a0).
+  RETURN_IF_ERROR(arrays.Prebuilt() ? w.ValidateRouting() : w.Validate());
   const DenseWeights& net = w.network;
   const bool relu = net.activation == Activation::kRelu;
   const bool topk = w.router == RouterKind::kTopk;

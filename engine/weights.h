@@ -113,7 +113,10 @@ struct DsmWeights {
   absl::Status Validate() const;
   // What a front server holds (docs/deploy.md): every dimension, the router
   // tensors and a0, checked as Validate() checks them; the network's other
-  // tensors may be empty.
+  // tensors may be empty. Of a shard's part, what its skeleton holds (a
+  // shard mapped from its weight cache file): every dimension, a0 (zeros:
+  // the front adds it) and that its experts lie within the block's, with
+  // no router tensors.
   absl::Status ValidateRouting() const;
 };
 

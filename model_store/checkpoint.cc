@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <new>
 #include <stdexcept>
 #include <system_error>
@@ -346,6 +347,15 @@ absl::Status ReadSparse(const std::string& dir, const ManifestEntry& entry, bool
     return absl::InvalidArgumentError(
         absl::StrCat(kModelFile, ": kind must be ", KindNames(), ", got '", kind, "'"));
   }
+  if ((checkpoint->part.role == ModelPart::Role::kShardSkeleton ||
+       checkpoint->part.units.has_value()) &&
+      !codec->MapsShardWeights()) {
+    // Its Decode would read such a part as something else (a whole model,
+    // or all of the shard's units).
+    return absl::FailedPreconditionError(absl::StrCat(
+        kModelFile, ": a shard's skeleton or a group of its units is read only of a kind whose "
+        "shards are mapped (dsm), not of kind '", kind, "'"));
+  }
   ASSIGN_OR_RETURN(checkpoint->sparse, codec->Decode(meta, tensors, kModelFile, checkpoint->part));
   RETURN_IF_ERROR(meta.Finish(&checkpoint->info));
   RETURN_IF_ERROR(tensors.Finish());
@@ -365,7 +375,7 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir, const LoadOpti
   // has the sums to check them (format_version 2); a shard never reads the
   // dense twin.
   const bool ranged = part.role != ModelPart::Role::kWhole && read_manifest.format_version >= 2;
-  const bool read_dense = manifest.contains(kDenseFile) && part.role != ModelPart::Role::kShard;
+  const bool read_dense = manifest.contains(kDenseFile) && !part.Shard();
   // The files the manifest declares, against the budget before any is read
   // (a part is checked once it is read, against what it read).
   uint64_t file_bytes = 0;
@@ -517,31 +527,41 @@ const KindCodec* KindOfManifest(const ManifestEntry& model) {
   return nullptr;
 }
 
-// Hands the arrays of a model made from a shard's part (a group of the
-// whole model's experts) to `writer` at the whole model's part indices.
+// Hands the arrays of a model made from a group of units (a shard's part,
+// ReadCheckpoint kShard) to `writer`: part p of each at place(p) of the
+// file's array of `parts` parts, the whole model's (KindCodec::WholePartOf)
+// or a shard's (ShardPartOf). A place outside the array fails the write.
 class GroupStore : public WeightStore {
  public:
-  GroupStore(WeightCacheWriter* writer, const KindCodec& codec, const SparseWeights& group)
-      : writer_(writer), codec_(codec), group_(group) {}
+  GroupStore(WeightCacheWriter* writer, int64_t parts, std::function<int64_t(int64_t)> place)
+      : writer_(writer), parts_(parts), place_(std::move(place)) {}
   absl::StatusOr<PackedWeights> Array(absl::string_view name, int64_t parts, int64_t part_floats,
                                       PartFill fill) override {
-    if (!writer_->Has(name)) {
-      RETURN_IF_ERROR(writer_->Reserve(name, codec_.WholeParts(group_), part_floats));
-    }
+    if (!writer_->Has(name)) RETURN_IF_ERROR(writer_->Reserve(name, parts_, part_floats));
     std::vector<float> part(static_cast<size_t>(part_floats));
     for (int64_t p = 0; p < parts; ++p) {
       std::fill(part.begin(), part.end(), 0.0f);
       RETURN_IF_ERROR(fill(p, part.data()));
-      RETURN_IF_ERROR(writer_->WritePart(name, codec_.WholePartOf(group_, p), part.data()));
+      RETURN_IF_ERROR(writer_->WritePart(name, place_(p), part.data()));
     }
     return PackedWeights();
   }
 
  private:
   WeightCacheWriter* writer_;
-  const KindCodec& codec_;
-  const SparseWeights& group_;
+  const int64_t parts_;
+  const std::function<int64_t(int64_t)> place_;
 };
+
+// The bytes a group of a weight cache file's units decodes at most: about
+// options.cache_group_bytes, at most a quarter of the memory budget.
+uint64_t CacheGroupBytes(const LoadOptions& options) {
+  uint64_t group_bytes = std::max<uint64_t>(options.cache_group_bytes, 1);
+  if (options.max_bytes > 0) {
+    group_bytes = std::max<uint64_t>(1, std::min(group_bytes, options.max_bytes / 4));
+  }
+  return group_bytes;
+}
 
 // The SHA-256 of a whole file, read in 8 MiB pieces, against `entry`.
 absl::Status CheckWholeFile(const std::string& dir, const std::string& name,
@@ -585,8 +605,7 @@ absl::Status WriteWeightCache(const std::string& dir, const Manifest& manifest,
   absl::Status status = [&]() -> absl::Status {
     // A group decodes its tensors and holds them while it is packed: at
     // most a quarter of the memory budget.
-    uint64_t group_bytes = std::max<uint64_t>(options.cache_group_bytes, 1);
-    if (options.max_bytes > 0) group_bytes = std::max<uint64_t>(1, std::min(group_bytes, options.max_bytes / 4));
+    const uint64_t group_bytes = CacheGroupBytes(options);
     const int groups = static_cast<int>(std::clamp<uint64_t>(
         (model.bytes + group_bytes - 1) / group_bytes, 1,
         static_cast<uint64_t>(std::min<int64_t>(experts, kMaxShards))));
@@ -594,7 +613,8 @@ absl::Status WriteWeightCache(const std::string& dir, const Manifest& manifest,
       LoadOptions group_options = options;
       group_options.part = {.role = ModelPart::Role::kShard, .shard = {.index = g, .count = groups}};
       ASSIGN_OR_RETURN(Checkpoint group, ReadCheckpoint(dir, group_options));
-      GroupStore store(&writer, codec, group.sparse);
+      GroupStore store(&writer, codec.WholeParts(group.sparse),
+                       [&](int64_t p) { return codec.WholePartOf(group.sparse, p); });
       PrefixedStore sparse(&store, "sparse/");
       RETURN_IF_ERROR(codec.CreateModel(group.sparse, options.precision, sparse).status());
     }
@@ -609,17 +629,70 @@ absl::Status WriteWeightCache(const std::string& dir, const Manifest& manifest,
   return status;
 }
 
-// The mapped load (weight_cache.h); nullopt when the version cannot be
-// mapped (a format_version 1 manifest, a kind that is copied in).
+// Writes the weight cache file of a shard's part (`skeleton`, read
+// already) one group of the shard's experts at a time, each group's ranges
+// checked against their part sums as they are read: writing it holds one
+// group decoded and no packed copy, never the shard's part twice. Like
+// the shard's copy-in read, it reads only the shard's ranges; the whole
+// file's SHA-256 is not checked (format_version 2's part sums are).
+absl::Status WriteShardWeightCache(const std::string& dir, const Manifest& manifest,
+                                   const Checkpoint& skeleton, const LoadOptions& options,
+                                   WeightCacheWriter& writer) {
+  const KindCodec& codec = CodecOf(skeleton.sparse);
+  const auto* dsm = std::get_if<DsmWeights>(&skeleton.sparse);
+  if (dsm == nullptr || !dsm->IsShard()) {
+    return absl::InternalError(absl::StrCat(
+        "a shard's weight cache file is written from a DSM shard's skeleton, got kind '",
+        codec.name(), "'", dsm != nullptr ? " that is not a shard's part" : ""));
+  }
+  const UnitRange owned{dsm->first_expert, dsm->first_expert + dsm->num_experts};
+  // The shard's share of the file is about its experts' share of it: the
+  // sliced tensors are nearly all of a DSM's bytes.
+  const uint64_t model_bytes = manifest.files.at(kModelFile).bytes;
+  const uint64_t shard_bytes =
+      SatMul(model_bytes / static_cast<uint64_t>(dsm->total_experts) + 1,
+             static_cast<uint64_t>(owned.size()));
+  const uint64_t group_bytes = CacheGroupBytes(options);
+  const int groups = static_cast<int>(std::clamp<uint64_t>(
+      (shard_bytes + group_bytes - 1) / group_bytes, 1,
+      static_cast<uint64_t>(std::min<int64_t>(owned.size(), kMaxShards))));
+  for (int g = 0; g < groups; ++g) {
+    const UnitRange in_shard = OwnedUnits(owned.size(), g, groups);
+    LoadOptions group_options = options;
+    group_options.part = options.part;
+    group_options.part.units = UnitRange{owned.begin + in_shard.begin, owned.begin + in_shard.end};
+    ASSIGN_OR_RETURN(Checkpoint group, ReadCheckpoint(dir, group_options));
+    GroupStore store(&writer, codec.ShardParts(skeleton.sparse), [&](int64_t p) {
+      return codec.ShardPartOf(group.sparse, skeleton.sparse, p);
+    });
+    PrefixedStore sparse(&store, "sparse/");
+    RETURN_IF_ERROR(codec.CreateModel(group.sparse, options.precision, sparse).status());
+  }
+  return absl::OkStatus();
+}
+
+// The mapped load (weight_cache.h) of a whole model or of a shard's part;
+// nullopt when it cannot be mapped (a format_version 1 manifest, a kind
+// that is copied in, or whose shards are).
 absl::StatusOr<std::optional<LoadedModel>> LoadMapped(const std::string& dir,
                                                       const LoadOptions& options) {
   ASSIGN_OR_RETURN(Manifest manifest, ReadManifest(dir));
   const KindCodec* kind = KindOfManifest(manifest.files[kModelFile]);
-  if (manifest.format_version < 2 || kind == nullptr || !kind->MapsWeights()) return std::nullopt;
-  const std::string key = WeightCacheKey(
-      manifest.files[kModelFile].sha256,
-      manifest.files.contains(kDenseFile) ? manifest.files[kDenseFile].sha256 : "",
-      options.precision, options.cost_only_dense);
+  const bool shard = options.part.role == ModelPart::Role::kShard;
+  if (manifest.format_version < 2 || kind == nullptr || !kind->MapsWeights() ||
+      (shard && (!kind->MapsShardWeights() || options.part.units.has_value()))) {
+    return std::nullopt;
+  }
+  // A shard's file holds its experts only: no dense network (a shard
+  // serves none), and its key names the shard, so that each shard of the
+  // version, and each split of it, has its own file.
+  const std::string key =
+      shard ? WeightCacheKey(manifest.files[kModelFile].sha256, "", options.precision,
+                             /*cost_only_dense=*/false, options.part.shard.ToString())
+            : WeightCacheKey(
+                  manifest.files[kModelFile].sha256,
+                  manifest.files.contains(kDenseFile) ? manifest.files[kDenseFile].sha256 : "",
+                  options.precision, options.cost_only_dense);
   const std::string path = WeightCachePath(options.weight_cache_dir, key);
   absl::StatusOr<std::shared_ptr<WeightCacheFile>> file =
       WeightCacheFile::Open(path, key, options.weight_verify);
@@ -629,17 +702,23 @@ absl::StatusOr<std::optional<LoadedModel>> LoadMapped(const std::string& dir,
                                             : absl::StrCat("rebuilt: ", file.status().message());
   }
   // The skeleton: dimensions, routing, a0 (and the dense twin), read as a
-  // front reads them, each range checked against its sum.
+  // front reads them, each range checked against its sum; of a shard, its
+  // dimensions and expert range.
   LoadOptions skeleton_options = options;
-  skeleton_options.part = {.role = ModelPart::Role::kSkeleton};
+  skeleton_options.part = shard ? ModelPart{.role = ModelPart::Role::kShardSkeleton,
+                                            .shard = options.part.shard}
+                                : ModelPart{.role = ModelPart::Role::kSkeleton};
   ASSIGN_OR_RETURN(Checkpoint skeleton, ReadCheckpoint(dir, skeleton_options));
-  skeleton.part = {};
+  // What the models are made of: a whole model (a cost-only dense endpoint
+  // if it has one) or the shard's part (none).
+  skeleton.part = shard ? options.part : ModelPart{};
   if (!file.ok()) {
     // First sight: every file's SHA-256 checked, the arrays written part
     // by part in the kernels' layouts, then mapped.
     ASSIGN_OR_RETURN(std::unique_ptr<WeightCacheWriter> writer,
                      WeightCacheWriter::Create(path, key));
-    RETURN_IF_ERROR(WriteWeightCache(dir, manifest, skeleton, options, *writer));
+    RETURN_IF_ERROR(shard ? WriteShardWeightCache(dir, manifest, skeleton, options, *writer)
+                          : WriteWeightCache(dir, manifest, skeleton, options, *writer));
     RETURN_IF_ERROR(writer->Publish());
     file = WeightCacheFile::Open(path, key, options.weight_verify);
     RETURN_IF_ERROR(file.status());
@@ -663,7 +742,8 @@ absl::StatusOr<LoadedModel> LoadCheckpoint(const std::string& version_dir,
           "a front's part of a sharded model routes to its shards; the server builds it from "
           "ReadCheckpoint");
     }
-    if (!options.weight_cache_dir.empty() && options.part.role == ModelPart::Role::kWhole) {
+    if (!options.weight_cache_dir.empty() && (options.part.role == ModelPart::Role::kWhole ||
+                                              options.part.role == ModelPart::Role::kShard)) {
       ASSIGN_OR_RETURN(std::optional<LoadedModel> mapped, LoadMapped(version_dir, options));
       if (mapped.has_value()) return *std::move(mapped);
     }

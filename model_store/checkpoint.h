@@ -43,11 +43,24 @@ struct ModelPart {
     // What kFront reads, of a whole model whose large arrays come from its
     // weight cache file (weight_cache.h): never split, any router.
     kSkeleton,
+    // What kShard reads, of a shard's part whose large arrays come from the
+    // shard's own weight cache file: its dimensions and the range of units
+    // it owns (a DSM shard's first_expert, total_experts and num_experts),
+    // none of its sliced tensors. Only kinds that MapsShardWeights()
+    // (kind_codec.h) read it; no dense twin, as for kShard.
+    kShardSkeleton,
   };
   // Only the dimensions, routing and a0 of the sparse model are read.
   bool RoutingOnly() const { return role == Role::kFront || role == Role::kSkeleton; }
+  // A shard's part, read whole or as its skeleton.
+  bool Shard() const { return role == Role::kShard || role == Role::kShardSkeleton; }
   Role role = Role::kWhole;
   ShardSpec shard = {};  // kShard: this server's i/N; kFront: count = N
+  // kShard: read these units (experts of every block) instead of all that
+  // shard i/N owns; they must lie within them. A shard's weight cache file
+  // is written one such group of its units at a time. Only kinds that
+  // MapsShardWeights() honour it; others refuse it.
+  std::optional<UnitRange> units = std::nullopt;
 };
 
 struct Checkpoint {
@@ -105,8 +118,9 @@ struct LoadOptions {
   bool cost_only_dense = true;
   // Where this version's weight cache file lives (weight_cache.h:
   // --weight_cache_dir/<model>/<version>); empty: weights are copied into
-  // process memory. Only a whole model of a kind that MapsWeights(), with
-  // a format_version 2 manifest, is mapped; others are copied in.
+  // process memory. Only a whole model of a kind that MapsWeights(), or a
+  // shard's part (kShard) of a kind that MapsShardWeights(), with a
+  // format_version 2 manifest, is mapped; others are copied in.
   std::string weight_cache_dir = {};
   WeightVerify weight_verify = WeightVerify::kLoad;
   // Writing a weight cache file decodes the model's experts in groups of
@@ -168,7 +182,9 @@ struct LoadedModel {
 // With options.weight_cache_dir the models of a version that can be mapped
 // compute on its weight cache file (weight_cache.h): mapped as it is when
 // it is valid for this version and build, otherwise (re)built first from
-// the whole checkpoint, verified as ReadCheckpoint verifies it.
+// the whole checkpoint, verified as ReadCheckpoint verifies it. A shard's
+// part has its own file (its key names the shard), built from the shard's
+// ranges only, each checked against its part sum.
 absl::StatusOr<LoadedModel> LoadCheckpoint(const std::string& version_dir,
                                            const LoadOptions& options = {});
 

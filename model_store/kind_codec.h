@@ -110,6 +110,21 @@ class KindCodec {
     return -1;
   }
   virtual int64_t WholeParts(const SparseWeights& /*shard_part*/) const { return 0; }
+  // Whether a shard's part (kShard) of this kind is served from its own
+  // weight cache file: made from its skeleton (ReadCheckpoint
+  // kShardSkeleton) and a prebuilt store, the file written one group of
+  // the shard's units at a time (kShard with ModelPart::units), part `part`
+  // of an array of the model made from the group `group` being part
+  // ShardPartOf(group, shard, part) of the array of the model made from
+  // the shard's part `shard` (its skeleton), which has ShardParts(shard)
+  // parts. Separate from MapsWeights(): a kind may map its whole models
+  // before its shards. Kinds that do not copy a shard's part in.
+  virtual bool MapsShardWeights() const { return false; }
+  virtual int64_t ShardPartOf(const SparseWeights& /*group*/, const SparseWeights& /*shard*/,
+                              int64_t /*part*/) const {
+    return -1;
+  }
+  virtual int64_t ShardParts(const SparseWeights& /*shard*/) const { return 0; }
   // The network a dense endpoint runs unmasked, as a cost-only baseline,
   // when the version has no dense twin; null if the kind has none (or `w`
   // is a shard's part).

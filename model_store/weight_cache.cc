@@ -69,9 +69,9 @@ absl::StatusOr<WeightVerify> ParseWeightVerify(absl::string_view name) {
 }
 
 std::string WeightCacheKey(const std::string& model_sha256, const std::string& dense_sha256,
-                           Precision precision, bool cost_only_dense) {
+                           Precision precision, bool cost_only_dense, const std::string& shard) {
   const dnnl_version_t* v = dnnl_version();
-  const Json key = {
+  Json key = {
       {"layout", kWeightCacheLayoutVersion},
       {"onednn", absl::StrCat(v->major, ".", v->minor, ".", v->patch, " ", v->hash)},
       {"isa", static_cast<int>(dnnl::get_effective_cpu_isa())},
@@ -80,6 +80,9 @@ std::string WeightCacheKey(const std::string& model_sha256, const std::string& d
       {"dense_sha256", dense_sha256},
       {"cost_only_dense", cost_only_dense},
   };
+  // Only a shard's key has the field: a whole model's key, and so the name
+  // and key of its existing file, is unchanged.
+  if (!shard.empty()) key["shard"] = shard;
   return key.dump();
 }
 

@@ -1,13 +1,15 @@
 // The weight cache (docs/weight-cache.md): one file per model version,
-// serving precision and machine, holding every large array of the
-// version's engine models (a DSM's expert slices of B, Aᵀ and c, a dense
-// network's layers) already in the layout the kernels consume, so that a
-// server maps it read-only and computes on the mapping: a version's
-// weights are paged in as requests touch them, paged out under memory
-// pressure, and shared by every process that serves it.
+// serving precision and machine (and shard, for a DSM shard's part),
+// holding every large array of the version's engine models (a DSM's expert
+// slices of B, Aᵀ and c, a dense network's layers) already in the layout
+// the kernels consume, so that a server maps it read-only and computes on
+// the mapping: a version's weights are paged in as requests touch them,
+// paged out under memory pressure, and shared by every process that
+// serves it.
 //
 // The server writes the file the first time it loads the version (after
-// the whole-file SHA-256 of the checkpoint), into a directory it owns
+// the whole-file SHA-256 of the checkpoint; a shard after the part sums of
+// the ranges it reads), into a directory it owns
 // (--weight_cache_dir; an emptyDir in Kubernetes, since the repository is
 // mounted read-only), and never rewrites it: a file is written under a
 // temporary name, synced, and renamed into place. A file whose key (the
@@ -65,9 +67,13 @@ inline constexpr int kWeightCacheLayoutVersion = 1;
 // What a cache file must have been built from: the checkpoint's files (as
 // their manifest sums name them), the serving precision, whether a
 // cost-only dense endpoint was built, and this build's kernels (oneDNN's
-// version and the ISA it runs). Equal keys, equal arrays.
+// version and the ISA it runs). Equal keys, equal arrays. `shard` is
+// empty for a whole model (its key is then what it was before shards were
+// mapped, so existing files stay valid), or a shard's part's "i/N"
+// (ShardSpec::ToString): each shard of a version has its own file.
 std::string WeightCacheKey(const std::string& model_sha256, const std::string& dense_sha256,
-                           Precision precision, bool cost_only_dense);
+                           Precision precision, bool cost_only_dense,
+                           const std::string& shard = "");
 // The file a key names in `dir`: <first 16 hex digits of SHA-256(key)>.weights.
 std::string WeightCachePath(const std::string& dir, const std::string& key);
 

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -499,6 +500,292 @@ TEST_F(WeightCacheTest, TruncatingTheMappedFileUnderLoadRetiresItWithoutACrash) 
   ASSERT_OK_AND_ASSIGN(LoadedModel again, LoadCheckpoint(dir, Mapped(Precision::kFp32)));
   EXPECT_EQ(again.weight_cache_event, "built");
   EXPECT_OK(RunModel(*again.sparse, RandomInputs(3, 32, 1), 3).status);
+}
+
+// ---- A shard's part, mapped from its own file
+
+LoadOptions ShardOf(LoadOptions options, int index, int count) {
+  options.part = {.role = ModelPart::Role::kShard, .shard = {.index = index, .count = count}};
+  return options;
+}
+
+// What a shard answers for the routes `given`: its partial outputs, FLOPs
+// and weight bytes.
+Answer RunShard(const Model& shard, const std::vector<float>& x, int64_t rows, const Route& given) {
+  Answer a;
+  a.y.resize(rows * shard.info().output_dim);
+  a.status = shard.Predict(x, rows, absl::MakeSpan(a.y), &a.stats, nullptr, {.given = &given});
+  return a;
+}
+
+// Every partial output, FLOP and weight byte of the shard `mapped` equals
+// `copied`'s, on the routes the whole model `whole` takes.
+void ExpectSameShardAnswers(const Model& whole, const LoadedModel& copied,
+                            const LoadedModel& mapped, int64_t d) {
+  EXPECT_EQ(mapped.dense, nullptr) << "a shard holds no dense endpoint";
+  const Model& a = *copied.sparse;
+  const Model& b = *mapped.sparse;
+  EXPECT_TRUE(b.info().needs_given_route);
+  EXPECT_EQ(a.info().weight_bytes_per_row, b.info().weight_bytes_per_row);
+  EXPECT_EQ(a.info().flops_per_row, b.info().flops_per_row);
+  EXPECT_EQ(a.info().parameters, b.info().parameters);
+  EXPECT_EQ(a.info().description, b.info().description);
+  int64_t flops = 0;  // a row may route to none of the shard's experts; 130 rows do
+  for (int64_t rows : {1, 7, 130}) {
+    const std::vector<float> x = RandomInputs(rows, d, 300 + rows);
+    const Answer routed = RunModel(whole, x, rows);
+    ASSERT_OK(routed.status);
+    const Answer want = RunShard(a, x, rows, routed.route);
+    const Answer got = RunShard(b, x, rows, routed.route);
+    ASSERT_OK(want.status);
+    ASSERT_OK(got.status);
+    EXPECT_EQ(want.y, got.y) << b.info().description << " rows=" << rows;
+    EXPECT_EQ(want.stats.flops, got.stats.flops);
+    EXPECT_EQ(want.stats.weight_bytes, got.stats.weight_bytes);
+    flops += got.stats.flops;
+  }
+  EXPECT_GT(flops, 0) << "the shard computed nothing: its answers compare nothing";
+}
+
+TEST_F(WeightCacheTest, AMappedShardAnswersAsTheShardCopiedIn) {
+  int n = 0;
+  for (RouterKind router : {RouterKind::kLsh, RouterKind::kHash, RouterKind::kKmeans}) {
+    Checkpoint c;
+    c.sparse = RandomDsm({.d = 12, .o = 3, .blocks = 2, .experts = 8, .active_units = 8,
+                          .router = router},
+                         60 + n);
+    // The twin is the front's: a shard never reads it, nor puts it in its file.
+    c.dense = RandomDense(12, 40, 3, Activation::kRelu, 70 + n);
+    const std::string dir = Publish(c, absl::StrCat("s", n++));
+    for (Precision p : {Precision::kFp32, Precision::kBf16, Precision::kInt8}) {
+      LoadOptions copy_in;
+      copy_in.precision = p;
+      ASSERT_OK_AND_ASSIGN(LoadedModel whole, LoadCheckpoint(dir, copy_in));
+      for (int i = 0; i < 3; ++i) {
+        SCOPED_TRACE(absl::StrCat(RouterKindName(router), " ", PrecisionName(p), " shard ", i, "/3"));
+        ASSERT_OK_AND_ASSIGN(LoadedModel copied, LoadCheckpoint(dir, ShardOf(copy_in, i, 3)));
+        // Shard 1 is written one expert at a time, the others in one group.
+        LoadOptions mapped = ShardOf(Mapped(p), i, 3);
+        if (i == 1) mapped.cache_group_bytes = 1000;
+        ASSERT_OK_AND_ASSIGN(LoadedModel built, LoadCheckpoint(dir, mapped));
+        EXPECT_EQ(built.weight_cache_event, "built");
+        ASSERT_NE(built.weight_cache, nullptr);
+        EXPECT_GT(built.sparse->info().mapped_bytes, 0);
+        EXPECT_EQ(copied.sparse->info().mapped_bytes, 0);
+        ExpectSameShardAnswers(*whole.sparse, copied, built, 12);
+        // The next load maps the file the first one wrote.
+        ASSERT_OK_AND_ASSIGN(LoadedModel again,
+                             LoadCheckpoint(dir, ShardOf(Mapped(p, WeightVerify::kTouch), i, 3)));
+        EXPECT_EQ(again.weight_cache_event, "mapped");
+        EXPECT_EQ(again.weight_cache->path(), built.weight_cache->path());
+        ExpectSameShardAnswers(*whole.sparse, copied, again, 12);
+      }
+    }
+  }
+}
+
+// A mapped shard holds a0's zeros in process memory and maps its slice:
+// what the shard copied in holds, less that.
+TEST_F(WeightCacheTest, AMappedShardHoldsLittleAndMapsItsSlice) {
+  Checkpoint c;
+  c.sparse = RandomDsm({.d = 64, .o = 2, .blocks = 2, .experts = 8, .active_units = 64}, 81);
+  const std::string dir = Publish(c);
+  const int64_t o = 2, slice_bytes = 4 * (64 * 64 + 64 * o + 64);
+  for (Precision p : {Precision::kFp32, Precision::kInt8}) {
+    SCOPED_TRACE(PrecisionName(p));
+    LoadOptions copy_in;
+    copy_in.precision = p;
+    ASSERT_OK_AND_ASSIGN(LoadedModel copied, LoadCheckpoint(dir, ShardOf(copy_in, 1, 4)));
+    ASSERT_OK_AND_ASSIGN(LoadedModel mapped, LoadCheckpoint(dir, ShardOf(Mapped(p), 1, 4)));
+    const ModelInfo& info = mapped.sparse->info();
+    EXPECT_EQ(info.resident_bytes, 4 * o);
+    EXPECT_EQ(info.mapped_bytes, copied.sparse->info().resident_bytes - 4 * o);
+    if (p == Precision::kFp32) {
+      // Shard 1 of 4 owns 2 of 8 experts in each of 2 blocks.
+      EXPECT_EQ(info.mapped_bytes, 2 * 2 * slice_bytes);
+    }
+    const WeightResidency r = mapped.sparse->Residency();
+    EXPECT_EQ(r.mapped_bytes, info.mapped_bytes);
+    EXPECT_EQ(r.part_resident_bytes.size(), 2u * 2u);
+  }
+}
+
+TEST_F(WeightCacheTest, EachShardOfAVersionHasItsOwnFile) {
+  Checkpoint c;
+  c.sparse = RandomDsm({.d = 8, .o = 1, .experts = 8, .active_units = 16}, 82);
+  const std::string dir = Publish(c);
+  const LoadOptions o = Mapped(Precision::kFp32);
+  ASSERT_OK_AND_ASSIGN(LoadedModel whole, LoadCheckpoint(dir, o));
+  ASSERT_OK_AND_ASSIGN(LoadedModel first, LoadCheckpoint(dir, ShardOf(o, 0, 2)));
+  ASSERT_OK_AND_ASSIGN(LoadedModel second, LoadCheckpoint(dir, ShardOf(o, 1, 2)));
+  ASSERT_OK_AND_ASSIGN(LoadedModel other_split, LoadCheckpoint(dir, ShardOf(o, 0, 4)));
+  std::set<std::string> paths;
+  for (const LoadedModel* m : {&whole, &first, &second, &other_split}) {
+    ASSERT_NE(m->weight_cache, nullptr);
+    EXPECT_EQ(m->weight_cache_event, "built");
+    EXPECT_EQ(fs::path(m->weight_cache->path()).parent_path(), fs::path(o.weight_cache_dir));
+    paths.insert(m->weight_cache->path());
+  }
+  EXPECT_EQ(paths.size(), 4u) << "the whole model, shards 0/2 and 1/2, and shard 0/4";
+  // The whole model's key is what it was before shards were mapped (its
+  // files stay valid); a shard's names the shard.
+  const std::string whole_key = WeightCacheKey("a", "b", Precision::kFp32, true);
+  EXPECT_EQ(whole_key, WeightCacheKey("a", "b", Precision::kFp32, true, ""));
+  EXPECT_EQ(whole_key.find("shard"), std::string::npos) << whole_key;
+  EXPECT_NE(WeightCacheKey("a", "", Precision::kFp32, false, "1/2").find(R"("shard":"1/2")"),
+            std::string::npos);
+  // Each maps its own file again.
+  ASSERT_OK_AND_ASSIGN(LoadedModel again, LoadCheckpoint(dir, ShardOf(o, 1, 2)));
+  EXPECT_EQ(again.weight_cache_event, "mapped");
+  EXPECT_EQ(again.weight_cache->path(), second.weight_cache->path());
+}
+
+TEST_F(WeightCacheTest, ADamagedShardFileIsRebuilt) {
+  Checkpoint c;
+  c.sparse = RandomDsm({.d = 8, .o = 2, .blocks = 2, .experts = 8, .active_units = 16}, 83);
+  const std::string dir = Publish(c);
+  ASSERT_OK_AND_ASSIGN(LoadedModel whole, LoadCheckpoint(dir));
+  ASSERT_OK_AND_ASSIGN(LoadedModel copied, LoadCheckpoint(dir, ShardOf({}, 1, 2)));
+  const LoadOptions o = ShardOf(Mapped(Precision::kFp32), 1, 2);
+  std::string path;
+  {
+    ASSERT_OK_AND_ASSIGN(LoadedModel built, LoadCheckpoint(dir, o));
+    path = built.weight_cache->path();
+  }
+  // A part's bytes changed: its sum fails at load, and the file is rebuilt.
+  CorruptPart(path, "sparse/top", 5);
+  ASSERT_OK_AND_ASSIGN(LoadedModel rebuilt, LoadCheckpoint(dir, o));
+  EXPECT_NE(rebuilt.weight_cache_event.find("rebuilt: "), std::string::npos)
+      << rebuilt.weight_cache_event;
+  EXPECT_NE(rebuilt.weight_cache_event.find("part 5 of array 'sparse/top'"), std::string::npos)
+      << rebuilt.weight_cache_event;
+  EXPECT_EQ(rebuilt.weight_cache->path(), path);
+  ExpectSameShardAnswers(*whole.sparse, copied, rebuilt, 8);
+  // A truncated one too.
+  rebuilt = {};
+  ::chmod(path.c_str(), 0644);
+  ASSERT_EQ(::truncate(path.c_str(), 1000), 0);
+  ASSERT_OK_AND_ASSIGN(LoadedModel again, LoadCheckpoint(dir, o));
+  EXPECT_NE(again.weight_cache_event.find("rebuilt: "), std::string::npos)
+      << again.weight_cache_event;
+  ExpectSameShardAnswers(*whole.sparse, copied, again, 8);
+}
+
+// A shard builds its file from its own ranges, each checked against its
+// part sum, never the whole file: a corrupt expert fails only the shard
+// that owns it, and that shard writes no file.
+TEST_F(WeightCacheTest, AShardFileIsBuiltFromTheShardsRangesOnly) {
+  Checkpoint c;
+  c.sparse = RandomDsm({.d = 8, .o = 2, .blocks = 1, .experts = 8, .active_units = 4}, 84);
+  const std::string dir = Publish(c);
+  // top.weight is [o, t]: expert 7's columns are the last 4 of each row;
+  // the file's last tensor bytes are top.weight's unless top.bias follows.
+  const std::string model = dir + "/" + kModelFile;
+  std::ifstream in(model, std::ios::binary);
+  uint64_t header_len = 0;
+  in.read(reinterpret_cast<char*>(&header_len), 8);
+  std::string header(header_len, '\0');
+  in.read(header.data(), header_len);
+  in.close();
+  const size_t name_at = header.find("\"top.weight\"");
+  ASSERT_NE(name_at, std::string::npos);
+  const size_t offsets_at = header.find("\"data_offsets\":[", name_at);
+  ASSERT_NE(offsets_at, std::string::npos);
+  const uint64_t begin = std::stoull(header.substr(offsets_at + 16));
+  // Row 1, column 28 (expert 7's first), at F32.
+  const uint64_t at = 8 + header_len + begin + (1 * 32 + 28) * 4;
+  fs::permissions(dir, fs::perms::owner_all, fs::perm_options::add);
+  ::chmod(model.c_str(), 0644);
+  std::fstream f(model, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(at);
+  char byte = 0;
+  f.read(&byte, 1);
+  byte ^= 0x5a;
+  f.seekp(at);
+  f.write(&byte, 1);
+  f.close();
+  for (int i = 0; i < 3; ++i) {
+    SCOPED_TRACE(absl::StrCat("shard ", i));
+    ASSERT_OK_AND_ASSIGN(LoadedModel shard,
+                         LoadCheckpoint(dir, ShardOf(Mapped(Precision::kFp32), i, 4)));
+    EXPECT_EQ(shard.weight_cache_event, "built");
+  }
+  const absl::Status bad = LoadCheckpoint(dir, ShardOf(Mapped(Precision::kFp32), 3, 4)).status();
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument) << bad;
+  EXPECT_NE(bad.message().find("tensor 'top.weight' part 7 has SHA-256"), std::string::npos)
+      << bad;
+  int files = 0;
+  for (const auto& e : fs::recursive_directory_iterator(root_ / "cache")) {
+    files += e.is_regular_file() && e.path().extension() == ".weights";
+  }
+  EXPECT_EQ(files, 3) << "shards 0, 1 and 2; none for shard 3";
+}
+
+// An LSH table's shards are copied in (their kind maps no shard weights),
+// and a topk DSM is refused as a shard whether mapped or not.
+TEST_F(WeightCacheTest, LshShardsAreCopiedInAndTopkIsNeverSharded) {
+  Checkpoint lsh;
+  lsh.sparse = RandomLshTable({}, 85);
+  const std::string lsh_dir = Publish(lsh, "lsh");
+  ASSERT_OK_AND_ASSIGN(LoadedModel copied,
+                       LoadCheckpoint(lsh_dir, ShardOf(Mapped(Precision::kFp32), 0, 2)));
+  EXPECT_EQ(copied.weight_cache, nullptr);
+  EXPECT_EQ(copied.sparse->info().mapped_bytes, 0);
+  EXPECT_TRUE(copied.sparse->info().needs_given_route);
+  EXPECT_EQ(CacheFile(), "");
+
+  Checkpoint topk;
+  topk.sparse = RandomDsm({.d = 8, .o = 1, .experts = 0, .active_units = 8,
+                           .router = RouterKind::kTopk, .topk_block_units = 32},
+                          86);
+  const std::string topk_dir = Publish(topk, "topk");
+  const absl::Status s = LoadCheckpoint(topk_dir, ShardOf(Mapped(Precision::kFp32), 0, 2)).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("cannot be sharded"), std::string::npos) << s;
+  EXPECT_EQ(CacheFile(), "");
+}
+
+// The skeleton and a group of a shard's units are read only of a kind
+// whose shards are mapped: another kind's decoder would read them as
+// something else.
+TEST_F(WeightCacheTest, ShardSkeletonsAndGroupsAreRefusedForKindsThatCopyShardsIn) {
+  Checkpoint lsh;
+  lsh.sparse = RandomLshTable({}, 87);
+  const std::string dir = Publish(lsh, "lsh");
+  LoadOptions skeleton;
+  skeleton.part = {.role = ModelPart::Role::kShardSkeleton, .shard = {.index = 0, .count = 2}};
+  EXPECT_EQ(ReadCheckpoint(dir, skeleton).status().code(), absl::StatusCode::kFailedPrecondition);
+  LoadOptions group = ShardOf({}, 0, 2);
+  group.part.units = UnitRange{0, 1};
+  EXPECT_EQ(ReadCheckpoint(dir, group).status().code(), absl::StatusCode::kFailedPrecondition);
+
+  Checkpoint c;
+  c.sparse = RandomDsm({.d = 8, .o = 1, .experts = 8, .active_units = 16}, 88);
+  const std::string dsm = Publish(c, "dsm");
+  // A group outside the shard's experts [4, 8) is refused.
+  LoadOptions outside = ShardOf({}, 1, 2);
+  outside.part.units = UnitRange{3, 5};
+  const absl::Status s = ReadCheckpoint(dsm, outside).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("experts [3, 5) are not a non-empty part of the experts [4, 8)"),
+            std::string::npos)
+      << s;
+  outside.part.units = UnitRange{5, 7};
+  ASSERT_OK_AND_ASSIGN(Checkpoint inside, ReadCheckpoint(dsm, outside));
+  const auto& w = std::get<DsmWeights>(inside.sparse);
+  EXPECT_EQ(w.first_expert, 5);
+  EXPECT_EQ(w.num_experts, 2);
+  EXPECT_EQ(w.total_experts, 8);
+  // The skeleton: the shard's dimensions, none of its tensors.
+  skeleton.part.shard = {.index = 1, .count = 2};
+  ASSERT_OK_AND_ASSIGN(Checkpoint bones, ReadCheckpoint(dsm, skeleton));
+  const auto& b = std::get<DsmWeights>(bones.sparse);
+  EXPECT_EQ(b.first_expert, 4);
+  EXPECT_EQ(b.num_experts, 4);
+  EXPECT_EQ(b.network.width, 4 * 16);
+  EXPECT_TRUE(b.network.bottom_weight.empty());
+  EXPECT_TRUE(b.network.top_weight.empty());
+  EXPECT_EQ(b.network.top_bias, std::vector<float>(1, 0.0f)) << "a0 is the front's";
 }
 
 TEST(WeightCacheIndexTest, RefusesEveryDamagedFooterAndIndex) {

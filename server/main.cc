@@ -100,8 +100,9 @@ ABSL_FLAG(std::string, weight_cache_dir, "",
           "version's weights in the kernels' layout, written on its first load, and computes on a "
           "read-only mapping of that file: memory then follows the experts requests use, and "
           "processes serving one version share it (docs/weight-cache.md). Empty: weights are "
-          "copied into process memory, as they are for versions that cannot be mapped: LSH tables, "
-          "format_version 1 manifests, and a shard's or front's part.");
+          "copied into process memory, as they are for versions that cannot be mapped: LSH tables "
+          "(and their shards' parts) and format_version 1 manifests. A DSM shard (--shard) maps "
+          "its part from a file of its own.");
 ABSL_FLAG(std::string, weight_verify, "load",
           "When a mapped weight cache file's per-part SHA-256 sums are checked: 'load' (every part, "
           "on every core, before the version serves) or 'touch' (each expert slice on its first "

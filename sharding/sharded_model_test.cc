@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <deque>
+#include <filesystem>
 #include <map>
 #include <string>
 #include <thread>
@@ -57,10 +58,14 @@ class FakeShard {
     for (std::thread& t : workers_) t.join();
   }
 
-  // Loads this shard's part of `version_dir` as version `version`.
-  absl::Status Serve(int64_t version, const std::string& version_dir) {
+  // Loads this shard's part of `version_dir` as version `version`; mapped
+  // from its weight cache file under `weight_cache_dir` when one is given,
+  // as a shard server started with --weight_cache_dir loads it.
+  absl::Status Serve(int64_t version, const std::string& version_dir,
+                     const std::string& weight_cache_dir = "") {
     LoadOptions options;
     options.part = {.role = ModelPart::Role::kShard, .shard = spec_};
+    options.weight_cache_dir = weight_cache_dir;
     absl::StatusOr<LoadedModel> loaded = LoadCheckpoint(version_dir, options);
     if (!loaded.ok()) return loaded.status();
     auto served = std::make_shared<const LoadedModel>(*std::move(loaded));
@@ -316,12 +321,14 @@ class ShardedModelTest : public ::testing::Test {
     return absl::StrCat(model_dir, "/", version);
   }
 
-  // `count` fake shards, each serving its part of `version_dir` as `version`.
-  void StartShards(int count, int64_t version, const std::string& version_dir) {
+  // `count` fake shards, each serving its part of `version_dir` as `version`
+  // (mapped from a file under `weight_cache_dir` when one is given).
+  void StartShards(int count, int64_t version, const std::string& version_dir,
+                   const std::string& weight_cache_dir = "") {
     fakes_.clear();
     for (int i = 0; i < count; ++i) {
       fakes_.push_back(std::make_unique<FakeShard>(i, count));
-      ASSERT_OK(fakes_.back()->Serve(version, version_dir));
+      ASSERT_OK(fakes_.back()->Serve(version, version_dir, weight_cache_dir));
     }
   }
 
@@ -424,6 +431,42 @@ TEST_F(ShardedModelTest, DsmFanoutEqualsTheWholeModel) {
     int64_t calls = 0;
     for (const auto& f : fakes_) calls += f->partial_calls();
     EXPECT_LE(calls, 4 * count + 2);
+  }
+}
+
+// Shards that map their parts from their weight cache files (a shard server
+// with --weight_cache_dir) answer the front exactly as shards that copy
+// them in, and each shard wrote a file of its own.
+TEST_F(ShardedModelTest, MappedShardsAnswerAsShardsCopiedIn) {
+  const std::string dir = Write(Dsm(8), 1);
+  const std::unique_ptr<Model> whole = Whole(dir);
+  ASSERT_NE(whole, nullptr);
+  const std::vector<float> x = testing::RandomInputs(300, 16, 11);
+  for (int count : {2, 3}) {
+    SCOPED_TRACE(absl::StrCat(count, " shards"));
+    StartShards(count, 1, dir);
+    const std::unique_ptr<ShardSet> copied_shards = Shards({});
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<Model> copied, Front(*copied_shards, 1, dir));
+    absl::Status s;
+    const Answer want = Predict(*copied, x, &s);
+    ASSERT_OK(s);
+
+    const std::string cache = (dir_ / absl::StrCat("cache", count)).string();
+    StartShards(count, 1, dir, cache);
+    int files = 0;
+    for (const auto& e : std::filesystem::recursive_directory_iterator(cache)) {
+      files += e.is_regular_file() && e.path().extension() == ".weights";
+    }
+    EXPECT_EQ(files, count) << "one file per shard";
+    const std::unique_ptr<ShardSet> mapped_shards = Shards({});
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<Model> mapped, Front(*mapped_shards, 1, dir));
+    ExpectSameAnswers(*mapped, *whole, x, count);
+    const Answer got = Predict(*mapped, x, &s);
+    ASSERT_OK(s);
+    EXPECT_EQ(got.y, want.y);
+    EXPECT_EQ(got.stats.flops, want.stats.flops);
+    EXPECT_EQ(got.stats.weight_bytes, want.stats.weight_bytes);
+    EXPECT_EQ(mapped->info().weight_bytes_per_row, copied->info().weight_bytes_per_row);
   }
 }
 

@@ -10,6 +10,8 @@ against an unsharded server on the same repository.
   A front whose files differ from the shards' under the same version
   refuses to load it. A row whose output overflows fails with the
   unsharded server's error, its own row named, and only its request.
+  The shards run with --weight_cache_dir: each maps its DSM part from a
+  file of its own (its LSH part is copied in), and answers as above.
 - Killing one shard fails only the requests routed to it, UNAVAILABLE,
   within their deadline; once it is back (same port, the front not
   restarted) every request succeeds again within a few seconds. The
@@ -116,9 +118,10 @@ with tempfile.TemporaryDirectory() as tmp:
         whole, whole_ports = start_server(build, repo)
         servers.append(whole)
         shards, shard_ports = [], []
+        cache = os.path.join(tmp, "cache")
         for i in range(N):
             shard, ports = start_server(build, repo, "--shard=%d/%d" % (i, N), "--poll_seconds=0.5",
-                                        "--shard_retain_seconds=5")
+                                        "--shard_retain_seconds=5", "--weight_cache_dir=" + cache)
             servers.append(shard)
             shards.append(shard)
             shard_ports.append(ports[0])
@@ -128,6 +131,27 @@ with tempfile.TemporaryDirectory() as tmp:
         servers.append(front)
         ref = pb_grpc.SparseInferenceStub(grpc.insecure_channel("127.0.0.1:%d" % whole_ports[0]))
         api = pb_grpc.SparseInferenceStub(grpc.insecure_channel("127.0.0.1:%d" % front_ports[0]))
+
+        # ---- Each shard maps its DSM part from its own file ---------------
+        files = []
+        for i, port in enumerate(shard_ports):
+            stub = pb_grpc.SparseInferenceStub(grpc.insecure_channel("127.0.0.1:%d" % port))
+            dsm = stub.GetModel(pb.GetModelRequest(model="dsm"), timeout=10).versions[0]
+            lsh = stub.GetModel(pb.GetModelRequest(model="lsh"), timeout=10).versions[0]
+            check(dsm.mapped_bytes > 0 and dsm.weight_cache_file.startswith("dsm/1/"),
+                  "shard %d: its DSM part is not mapped: %d bytes from %r" %
+                  (i, dsm.mapped_bytes, dsm.weight_cache_file))
+            check(dsm.resident_bytes < dsm.mapped_bytes // 10,
+                  "shard %d: %d resident bytes beside %d mapped" %
+                  (i, dsm.resident_bytes, dsm.mapped_bytes))
+            check(len(dsm.expert_resident_bytes) == L * E // N,
+                  "shard %d: residency of %d expert slices, expected its own %d" %
+                  (i, len(dsm.expert_resident_bytes), L * E // N))
+            check(lsh.mapped_bytes == 0 and lsh.weight_cache_file == "",
+                  "shard %d: its LSH part is mapped (%r); LSH shards are copied in" %
+                  (i, lsh.weight_cache_file))
+            files.append(dsm.weight_cache_file)
+        check(len(set(files)) == N, "the %d shards map %d distinct files: %s" % (N, len(set(files)), files))
 
         # ---- 1,000 rows: routes, FLOPs, bytes and outputs -----------------
         x = np.random.default_rng(3).uniform(-1, 1, (1000, D)).astype(np.float32)
@@ -310,11 +334,12 @@ with tempfile.TemporaryDirectory() as tmp:
               all(float(v) == 0 for _, v in in_flight),
               "sparse_shard_calls_in_flight: one gauge per shard, 0 once every call is answered: %s" % in_flight)
 
-        # Back on the same port: the front reconnects by itself.
+        # Back on the same port: the front reconnects by itself. It maps the
+        # file the killed process wrote.
         restarted = subprocess.Popen(
             [os.path.join(build, "server", "sparse-server"), "--model_repository=" + repo,
              "--address=127.0.0.1", "--port=%d" % shard_ports[victim], "--shard=%d/%d" % (victim, N),
-             "--poll_seconds=0.5", "--shard_retain_seconds=5"],
+             "--poll_seconds=0.5", "--shard_retain_seconds=5", "--weight_cache_dir=" + cache],
             stdout=subprocess.PIPE, text=True)
         servers.append(restarted)
         shards[victim] = restarted
@@ -338,6 +363,11 @@ with tempfile.TemporaryDirectory() as tmp:
             except grpc.RpcError:
                 failures += 1
         check(failures == 0, "%d of 200 requests failed after the shard came back" % failures)
+        again = pb_grpc.SparseInferenceStub(grpc.insecure_channel("127.0.0.1:%d" % shard_ports[victim]))
+        mapped = again.GetModel(pb.GetModelRequest(model="dsm"), timeout=10).versions[0]
+        check(mapped.weight_cache_file == files[victim] and mapped.mapped_bytes > 0,
+              "the restarted shard maps %r, its first process %r" %
+              (mapped.weight_cache_file, files[victim]))
 
         # ---- Hot reload under load -------------------------------------------
         # The expected answers of versions 1 and 2 come from an unsharded

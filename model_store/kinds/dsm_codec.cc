@@ -105,7 +105,11 @@ class DsmCodec final : public KindCodec {
                                        const ModelPart& part) const override;
   absl::Status Validate(const SparseWeights& w, ModelPart::Role role) const override {
     const auto& dsm = std::get<DsmWeights>(w);
-    return ModelPart{.role = role}.RoutingOnly() ? dsm.ValidateRouting() : dsm.Validate();
+    // A shard's skeleton holds its dimensions and expert range, which
+    // ValidateRouting checks of a shard's part, and no tensors.
+    return ModelPart{.role = role}.RoutingOnly() || role == ModelPart::Role::kShardSkeleton
+               ? dsm.ValidateRouting()
+               : dsm.Validate();
   }
   std::pair<int64_t, int64_t> Dims(const SparseWeights& w) const override {
     const DenseWeights& net = std::get<DsmWeights>(w).network;
@@ -130,6 +134,25 @@ class DsmCodec final : public KindCodec {
   int64_t WholeParts(const SparseWeights& shard_part) const override {
     const auto& dsm = std::get<DsmWeights>(shard_part);
     return dsm.IsShard() ? dsm.num_blocks * dsm.total_experts : 0;
+  }
+  bool MapsShardWeights() const override { return true; }
+  // A shard's arrays are per expert slice too, block-major over the
+  // shard's own experts (l·E_shard + e - first_expert).
+  int64_t ShardPartOf(const SparseWeights& group, const SparseWeights& shard,
+                      int64_t part) const override {
+    const auto& g = std::get<DsmWeights>(group);
+    const auto& s = std::get<DsmWeights>(shard);
+    if (!g.IsShard() || !s.IsShard() || g.router == RouterKind::kTopk ||
+        g.first_expert < s.first_expert ||
+        g.first_expert + g.num_experts > s.first_expert + s.num_experts) {
+      return -1;
+    }
+    const int64_t l = part / g.num_experts, e = part % g.num_experts;
+    return l * s.num_experts + (g.first_expert - s.first_expert) + e;
+  }
+  int64_t ShardParts(const SparseWeights& shard) const override {
+    const auto& dsm = std::get<DsmWeights>(shard);
+    return dsm.IsShard() ? dsm.num_blocks * dsm.num_experts : 0;
   }
   const DenseWeights* CostOnlyNetwork(const SparseWeights& w) const override {
     const auto& dsm = std::get<DsmWeights>(w);
@@ -192,18 +215,43 @@ absl::StatusOr<SparseWeights> DsmCodec::Decode(MetadataReader& meta, TensorReade
   ASSIGN_OR_RETURN(w.num_blocks, meta.Dim("blocks"));
   ASSIGN_OR_RETURN(w.num_experts, meta.Dim("experts"));
   ASSIGN_OR_RETURN(w.active_units, meta.Dim("active_units"));
-  const bool shard = part.role == ModelPart::Role::kShard;
+  const bool shard = part.Shard();
+  // A shard's skeleton: its dimensions and expert range, no sliced tensor.
+  const bool skeleton = part.role == ModelPart::Role::kShardSkeleton;
   const bool front = part.RoutingOnly();
-  if (part.role == ModelPart::Role::kShard || part.role == ModelPart::Role::kFront) {
+  if (shard || part.role == ModelPart::Role::kFront) {
     RETURN_IF_ERROR(CheckSplit(w, meta, tensors, file, part));
+  }
+  if (part.units.has_value() && part.role != ModelPart::Role::kShard) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        file, ": a range of experts is read only as a shard's part (kShard), not as part role ",
+        static_cast<int>(part.role)));
   }
   std::optional<Selection> units;
   UnitRange owned;
   if (shard) {
     owned = OwnedUnits(w.num_experts, part.shard.index, part.shard.count);
+    if (part.units.has_value()) {
+      // A group of the shard's experts (its weight cache file is written
+      // group by group): within what the shard owns, never empty.
+      const UnitRange group = *part.units;
+      if (group.begin < owned.begin || group.end > owned.end || group.size() < 1) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            file, ": experts [", group.begin, ", ", group.end, ") are not a non-empty part of "
+            "the experts [", owned.begin, ", ", owned.end, ") shard ", part.shard.ToString(),
+            " owns"));
+      }
+      owned = group;
+    }
     units = ExpertUnits(w.num_blocks, w.num_experts, w.active_units, owned, 0);
   }
-  ASSIGN_OR_RETURN(w.network, DecodeNetwork(meta, tensors, units ? &*units : nullptr, front));
+  ASSIGN_OR_RETURN(w.network, DecodeNetwork(meta, tensors, units && !skeleton ? &*units : nullptr,
+                                            front || skeleton));
+  if (skeleton) {
+    // The width the shard's tensors would have had: L·E_shard·k, no more
+    // than the file's width (CheckSplit held L·E·k to it).
+    w.network.width = units->Units();
+  }
   if (shard) {
     // The front adds a0 and routes: the shard's part holds neither.
     std::fill(w.network.top_bias.begin(), w.network.top_bias.end(), 0.0f);
