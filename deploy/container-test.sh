@@ -129,7 +129,8 @@ cleanup() {
 trap cleanup EXIT
 say "starting the image with $REPO mounted read-only at /models"
 # The HEALTHCHECK runs on demand below (podman's timer needs systemd).
-podman run -d --name "$container" --health-interval=disable -p 127.0.0.1::8500 -v "$(realpath "$REPO"):/models:ro" "$IMAGE" 2>"$BUILD/container-run.log" \
+podman run -d --name "$container" --health-interval=disable -p 127.0.0.1::8500 -v "$(realpath "$REPO"):/models:ro" \
+  "$IMAGE" --drain_seconds=25 --weight_cache_dir=/var/cache/sparse-serve 2>"$BUILD/container-run.log" \
   >/dev/null || { cat "$BUILD/container-run.log" >&2; fail "podman run"; }
 port=$(podman port "$container" 8500/tcp | head -n 1 | sed 's/.*://')
 [[ -n "$port" ]] || fail "no host port for the container's 8500"
@@ -173,6 +174,10 @@ PY
   done
 done
 [[ $checked -eq 4 ]] || fail "checked $checked of 4 endpoint/model pairs"
+# Served from weight cache files the container wrote (--weight_cache_dir):
+# both models' weights are mapped, not copied in.
+mapped=$("$CLI" --target="$container_target" models | grep -c " mapped, " || true)
+[[ $mapped -eq 2 ]] || { "$CLI" --target="$container_target" models >&2; fail "$mapped of 2 models mapped in the container"; }
 say "${size_mb} MB image, user $user, Predict and PredictDense equal the host server's"
 
 # 6. The sharded topology as plain Pods (deploy/podman-sharded/pods.yaml)
