@@ -36,13 +36,13 @@ class FirstError final : public google::protobuf::io::ErrorCollector {
       raw = message;
     }
   }
-  void AddWarning(int line, int column, const std::string& message) override {
-    warnings.push_back({line + 1, column + 1, message});
+  void AddWarning(int line, int /*column*/, const std::string& message) override {
+    warnings.push_back({line + 1, message});
   }
   std::string error;
   std::string raw;  // the first error without its position
   struct Warning {
-    int line, column;
+    int line;  // protobuf's column is past the field's name: not kept
     std::string message;
   };
   std::vector<Warning> warnings;
@@ -384,7 +384,6 @@ absl::StatusOr<sparse::v1::ModelConfig> ParseTritonConfig(absl::string_view text
     std::string type, field;
     if (!UnknownField(warning.message, &type, &field)) continue;
     const std::string path = TritonPath(type, field);
-    // The line only: protobuf's column is past the field's name.
     return TritonError(absl::StrCat("line ", warning.line, ": ",
                                     ClientText(path, 128), " is refused: ", WhyRefused(path)));
   }
