@@ -135,7 +135,7 @@ class ModelRepository::Reaper {
 };
 
 ModelRepository::ModelRepository(std::string root, Options options)
-    : source_(std::move(root)),
+    : source_(std::move(root), options.single_model),
       options_(std::move(options)),
       max_model_bytes_(options_.max_model_bytes > 0 ? options_.max_model_bytes
                                                     : DefaultModelBudgetBytes()),
@@ -257,10 +257,11 @@ void ModelRepository::LoadOrReuse(const std::string& name, const AspiredVersions
         other_precision = loaded->second;
       }
     }
-    // A failure is of these files at this precision.
-    const std::string fingerprint =
-        absl::StrCat(RepositorySource::Fingerprint(source_.VersionDir(name, version)), " ",
-                     PrecisionName(precision));
+    // A failure is of these files at this precision (and these declared dims).
+    const std::string fingerprint = absl::StrCat(
+        RepositorySource::Fingerprint(source_.VersionDir(name, version)), " ",
+        PrecisionName(precision), " ", state->config.declared_input_dim(), "x",
+        state->config.declared_output_dim());
     const auto now = std::chrono::steady_clock::now();
     const ModelState::Failure* before = nullptr;
     if (previous != nullptr) {
@@ -275,6 +276,15 @@ void ModelRepository::LoadOrReuse(const std::string& name, const AspiredVersions
     }
     std::string error;
     std::shared_ptr<const Servable> servable = Load(name, version, precision, &error);
+    if (servable != nullptr) {
+      // Triton's schema declares the input and output widths.
+      const ModelInfo& info = servable->loaded.sparse->info();
+      if (absl::Status s = CheckDeclaredDims(state->config, info.input_dim, info.output_dim);
+          !s.ok()) {
+        error = std::string(s.message());
+        servable = nullptr;
+      }
+    }
     if (servable == nullptr) {
       // Logged once per new error or new files, not on every retry.
       if (!same_files || before->error != error) {
@@ -322,7 +332,19 @@ void ModelRepository::LoadOrReuse(const std::string& name, const AspiredVersions
 ModelState ModelRepository::ScanModel(const std::string& name, const ModelState* previous,
                                       bool retry_failed, std::vector<std::string>* log) const {
   ModelState state;
-  source_.ReadModelConfig(name, previous, &state, log);
+  // A config whose declared dims disagree with a version that serves is a
+  // config error (the previous config stays), as one that does not parse.
+  source_.ReadModelConfig(name, previous, &state, log, [previous](const sparse::v1::ModelConfig& c) {
+    if (previous == nullptr) return absl::OkStatus();
+    for (const auto& [version, servable] : previous->versions) {
+      const ModelInfo& info = servable->loaded.sparse->info();
+      if (absl::Status s = CheckDeclaredDims(c, info.input_dim, info.output_dim); !s.ok()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(s.message(), " (version ", version, ", which serves)"));
+      }
+    }
+    return absl::OkStatus();
+  });
   std::error_code ec;
   const std::vector<int64_t> on_disk = source_.ListVersions(name, &ec);
   if (ec) {

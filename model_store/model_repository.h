@@ -67,6 +67,9 @@ class ModelRepository {
     // version its fronts still route with until they have all moved on.
     // 0 = unload at once.
     std::chrono::milliseconds retain_in_use{0};
+    // --model_name: the root is KServe's layout of this one model
+    // (RepositorySource); empty = a repository of model directories.
+    std::string single_model;
   };
 
   // Loads what `root` holds. Errors only if `root` is not a readable

@@ -205,6 +205,66 @@ TEST_F(ModelRepositoryTest, ABadConfigKeepsThePreviousOneAndSaysWhere) {
   EXPECT_THAT(ParseModelConfig("no_such_field: 1").status().message(), HasSubstr("line 1"));
 }
 
+TEST_F(ModelRepositoryTest, ATritonSchemaConfigServesAndItsDimsAreCheckedAgainstEachVersion) {
+  Publish("m", 1);  // d = 8, o = 1
+  WriteConfig("m", R"(name: "m"
+max_batch_size: 16
+input [ { name: "input" data_type: TYPE_FP32 dims: [ 8 ] } ]
+output [ { name: "output" data_type: TYPE_FP32 dims: [ 1 ] } ]
+dynamic_batching { max_queue_delay_microseconds: 200 }
+instance_group [ { count: 1 kind: KIND_CPU } ]
+version_policy: { latest: { num_versions: 1 } }
+)");
+  auto repo = Open();
+  std::optional<sparse::v1::DynamicBatching> batching;
+  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const Servable> served, repo->Find("m", 0, &batching));
+  EXPECT_EQ(served->version, 1);
+  ASSERT_TRUE(batching.has_value());
+  EXPECT_EQ(batching->max_batch_rows(), 16);
+  EXPECT_EQ(batching->max_queue_delay_us(), 200);
+
+  // Dims that disagree with the version that serves: a config error, the
+  // previous config stays.
+  WriteConfig("m", "name: \"m\" max_batch_size: 16\n"
+                   "input [ { name: \"input\" data_type: TYPE_FP32 dims: [ 9 ] } ]");
+  repo->Rescan();
+  EXPECT_THAT(repo->snapshot()->at("m").config_error,
+              HasSubstr("config.pbtxt declares input dims [9], but this version's model takes "
+                        "d = 8 inputs (version 1, which serves)"));
+  ASSERT_OK_AND_ASSIGN(served, repo->Find("m", 0, &batching));
+  EXPECT_EQ(batching->max_batch_rows(), 16);  // the previous config
+
+  // A new model under a config whose dims disagree: its version fails, naming both.
+  Publish("n", 1);
+  WriteConfig("n", "output [ { name: \"output\" data_type: TYPE_FP32 dims: [ 3 ] } ]");
+  repo->Rescan();
+  const ModelState& n = repo->snapshot()->at("n");
+  EXPECT_TRUE(n.versions.empty());
+  ASSERT_EQ(n.failures.count(1), 1u);
+  EXPECT_THAT(n.failures.at(1).error,
+              HasSubstr("declares output dims [3], but this version's model gives o = 1 outputs"));
+  // Fixed: tried again at once (the dims are part of the failure's fingerprint).
+  WriteConfig("n", "output [ { name: \"output\" data_type: TYPE_FP32 dims: [ 1 ] } ]");
+  repo->Rescan();
+  EXPECT_THAT(Versions(*repo, "n"), ::testing::ElementsAre(1));
+}
+
+TEST_F(ModelRepositoryTest, KServesLayoutServesOneModelUnderItsFlagName) {
+  // One version's files directly in the root: version 1 of model "km".
+  Publish("staging", 4);
+  for (const auto& entry : fs::directory_iterator(root_ / "staging" / "4")) {
+    fs::rename(entry.path(), root_ / entry.path().filename());
+  }
+  fs::remove_all(root_ / "staging");
+  auto repo = OpenWith([](ModelRepository::Options& o) { o.single_model = "km"; });
+  EXPECT_THAT(Versions(*repo, "km"), ::testing::ElementsAre(1));
+  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const Servable> served, repo->Find("km", 0));
+  EXPECT_EQ(served->model, "km");
+  EXPECT_EQ(repo->snapshot()->size(), 1u);
+  ASSERT_OK(repo->LoadModel("km").status());
+  EXPECT_FALSE(repo->LoadModel("other").ok());
+}
+
 TEST_F(ModelRepositoryTest, DynamicBatchingFollowsTheConfigWithoutReloading) {
   Publish("m", 1);
   auto repo = Open();

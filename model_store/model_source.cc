@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <map>
 #include <set>
 
 #include "absl/strings/match.h"
@@ -11,6 +12,8 @@
 #include "google/protobuf/io/tokenizer.h"
 #include "google/protobuf/text_format.h"
 #include "common/client_text.h"
+#include "common/status_macros.h"
+#include "inference/model_config.pb.h"
 #include "model_store/file_util.h"
 
 namespace sparse {
@@ -23,25 +26,112 @@ constexpr char kConfigFile[] = "config.pbtxt";
 // A config holds a few lines; this bounds what reading one can cost.
 constexpr uint64_t kMaxConfigBytes = 1 << 20;
 
-// Collects the first text-format error with its position.
+// Collects the first text-format error with its position, and (parsing
+// with unknown fields allowed) every unknown field the parser skipped.
 class FirstError final : public google::protobuf::io::ErrorCollector {
  public:
   void AddError(int line, int column, const std::string& message) override {
-    if (error.empty()) error = absl::StrCat("line ", line + 1, " column ", column + 1, ": ", message);
+    if (error.empty()) {
+      error = absl::StrCat("line ", line + 1, " column ", column + 1, ": ", message);
+      raw = message;
+    }
+  }
+  void AddWarning(int line, int /*column*/, const std::string& message) override {
+    warnings.push_back({line + 1, message});
   }
   std::string error;
+  std::string raw;  // the first error without its position
+  struct Warning {
+    int line;  // protobuf's column is past the field's name: not kept
+    std::string message;
+  };
+  std::vector<Warning> warnings;
 };
 
-}  // namespace
+// The message type and field of protobuf's text-format complaint 'Message
+// type "T" has no field named "F".'; false for any other message.
+bool UnknownField(absl::string_view message, std::string* type, std::string* field) {
+  constexpr absl::string_view kType = "Message type \"";
+  constexpr absl::string_view kField = "\" has no field named \"";
+  const size_t t = message.find(kType);
+  if (t == absl::string_view::npos) return false;
+  const size_t f = message.find(kField, t + kType.size());
+  if (f == absl::string_view::npos) return false;
+  const size_t end = message.find('"', f + kField.size());
+  if (end == absl::string_view::npos) return false;
+  *type = std::string(message.substr(t + kType.size(), f - t - kType.size()));
+  *field = std::string(message.substr(f + kField.size(), end - f - kField.size()));
+  return true;
+}
 
-absl::StatusOr<sparse::v1::ModelConfig> ParseModelConfig(absl::string_view text) {
-  sparse::v1::ModelConfig config;
-  google::protobuf::TextFormat::Parser parser;
-  FirstError errors;
-  parser.RecordErrorsTo(&errors);
-  if (!parser.ParseFromString(std::string(text), &config)) {
-    return absl::InvalidArgumentError(absl::StrCat(kConfigFile, " ", errors.error));
-  }
+// Fields of Triton's ModelConfig that today's form does not have: a
+// config.pbtxt whose first unknown field (for today's form) is one of these
+// is read in Triton's schema.
+bool TritonOnlyField(absl::string_view type, absl::string_view field) {
+  static const std::set<std::string, std::less<>> kTop = {
+      "name", "platform", "backend", "runtime", "max_batch_size", "input", "output",
+      "batch_input", "batch_output", "optimization", "sequence_batching", "ensemble_scheduling",
+      "instance_group", "default_model_filename", "cc_model_filenames", "metric_tags",
+      "parameters", "model_warmup", "model_operations", "model_transaction_policy",
+      "model_repository_agents", "response_cache"};
+  static const std::set<std::string, std::less<>> kBatching = {
+      "preferred_batch_size", "max_queue_delay_microseconds", "preserve_ordering",
+      "priority_levels", "default_priority_level", "default_queue_policy",
+      "priority_queue_policy"};
+  if (type == "sparse.v1.ModelConfig") return kTop.count(field) > 0;
+  if (type == "sparse.v1.DynamicBatching") return kBatching.count(field) > 0;
+  return false;
+}
+
+// Why a field of Triton's schema is refused (the field as a path).
+std::string WhyRefused(absl::string_view path) {
+  static const std::map<std::string, std::string, std::less<>> kWhy = {
+      {"sequence_batching", "sequence batching is not supported: the models are stateless"},
+      {"ensemble_scheduling", "ensembles are not supported: each model serves on its own"},
+      {"optimization", "the server chooses its kernels itself (oneDNN, per precision); set "
+                       "parameters { key: \"precision\" ... } for the number format"},
+      {"model_warmup", "the server warms every version up itself before it serves"},
+      {"batch_input", "batch inputs are not supported: the model has one input, 'input'"},
+      {"batch_output", "batch outputs are not supported: the model has one output, 'output'"},
+      {"model_transaction_policy", "decoupled models are not supported: one response per request"},
+      {"response_cache", "the response cache is not supported"},
+      {"model_repository_agents", "repository agents are not supported"},
+      {"dynamic_batching.default_queue_policy", "queue policies are not supported yet"},
+      {"dynamic_batching.priority_queue_policy", "queue policies are not supported yet"},
+      {"precision", "in Triton's schema it is a model option: parameters { key: \"precision\" "
+                    "value { string_value: \"INT8\" } }"},
+  };
+  auto it = kWhy.find(path);
+  return it != kWhy.end() ? it->second : "sparse-serve does not support it";
+}
+
+// The path of a field in Triton's schema, from its message type.
+std::string TritonPath(absl::string_view type, absl::string_view field) {
+  static const std::map<std::string, std::string, std::less<>> kPrefix = {
+      {"inference.ModelConfig", ""},
+      {"inference.ModelDynamicBatching", "dynamic_batching."},
+      {"inference.ModelInstanceGroup", "instance_group."},
+      {"inference.ModelInput", "input."},
+      {"inference.ModelOutput", "output."},
+      {"inference.ModelParameter", "parameters.value."},
+      {"inference.ModelVersionPolicy", "version_policy."},
+      {"inference.ModelVersionPolicy.Latest", "version_policy.latest."},
+      {"inference.ModelVersionPolicy.All", "version_policy.all."},
+      {"inference.ModelVersionPolicy.Specific", "version_policy.specific."},
+  };
+  auto it = kPrefix.find(type);
+  return absl::StrCat(it != kPrefix.end() ? it->second : absl::StrCat(type, "."), field);
+}
+
+constexpr absl::string_view kTriton = "config.pbtxt (Triton's schema)";
+
+absl::Status TritonError(absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(kTriton, ": ", what));
+}
+
+// Checks what both forms share (version policy, batching bounds, precision,
+// priorities) once the config is in today's form.
+absl::Status ValidateModelConfig(const sparse::v1::ModelConfig& config) {
   const sparse::v1::VersionPolicy& policy = config.version_policy();
   if (policy.has_latest() && policy.latest().num_versions() < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -75,7 +165,264 @@ absl::StatusOr<sparse::v1::ModelConfig> ParseModelConfig(absl::string_view text)
     return absl::InvalidArgumentError(absl::StrCat(
         kConfigFile, ": precision must be FP32, BF16 or INT8; got ", config.precision()));
   }
+  if (config.priority_levels() > kMaxPriorityLevels) {
+    return absl::InvalidArgumentError(absl::StrCat(kConfigFile, ": priority_levels must be <= ",
+                                                   kMaxPriorityLevels, ", got ",
+                                                   config.priority_levels()));
+  }
+  if (config.priority_levels() == 0
+          ? config.default_priority_level() != 0
+          : config.default_priority_level() < 1 ||
+                config.default_priority_level() > config.priority_levels()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kConfigFile, ": default_priority_level must be in [1, priority_levels] (0 without "
+        "priority_levels), got ", config.default_priority_level(), " with priority_levels ",
+        config.priority_levels()));
+  }
+  if (config.declared_input_dim() < 0 || config.declared_output_dim() < 0 ||
+      config.instance_count() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kConfigFile, ": declared_input_dim, declared_output_dim and instance_count must be >= 0"));
+  }
+  return absl::OkStatus();
+}
+
+// The width a Triton input or output declares: dims [w] (the batch
+// dimension apart, max_batch_size > 0), or [w] or [-1, w] with
+// max_batch_size 0 (the rows are part of the shape).
+absl::StatusOr<int64_t> DeclaredWidth(absl::string_view what,
+                                      const google::protobuf::RepeatedField<int64_t>& dims,
+                                      bool batched) {
+  const bool ok = dims.size() == 1 ? dims[0] >= 1
+                                   : !batched && dims.size() == 2 && dims[0] == -1 && dims[1] >= 1;
+  if (!ok) {
+    return TritonError(absl::StrCat(
+        what, ".dims must be ",
+        batched ? "[w] (the batch dimension is implicit with max_batch_size > 0)"
+                : "[w] or [-1, w] (max_batch_size 0)",
+        " with w the model's width, got [", absl::StrJoin(dims, ", "), "]"));
+  }
+  return dims[dims.size() - 1];
+}
+
+// Maps a config in Triton's schema to today's form, refusing every field
+// the server cannot honour by name.
+absl::StatusOr<sparse::v1::ModelConfig> FromTriton(const inference::ModelConfig& t,
+                                                   absl::string_view model) {
+  sparse::v1::ModelConfig config;
+  if (!t.name().empty() && !model.empty() && t.name() != model) {
+    return TritonError(absl::StrCat("name is \"", ClientText(t.name(), 128),
+                                    "\" but the model directory is \"", ClientText(model, 128),
+                                    "\"; they must be the same (Triton's rule)"));
+  }
+  if (!t.platform().empty() && !absl::StartsWith(t.platform(), "sparse-serve")) {
+    return TritonError(absl::StrCat("platform is \"", ClientText(t.platform(), 128),
+                                    "\"; this server serves sparse-serve checkpoints only: leave "
+                                    "platform out, or \"sparse-serve\""));
+  }
+  if (!t.backend().empty() && t.backend() != "sparse-serve") {
+    return TritonError(absl::StrCat("backend is \"", ClientText(t.backend(), 128),
+                                    "\"; this server serves sparse-serve checkpoints only: leave "
+                                    "backend out, or \"sparse-serve\""));
+  }
+  if (t.max_batch_size() < 0 || t.max_batch_size() > (1 << 20)) {
+    return TritonError(absl::StrCat("max_batch_size must be in [0, 1048576], got ",
+                                    t.max_batch_size()));
+  }
+  const bool batched = t.max_batch_size() > 0;
+  if (t.input_size() > 1 || t.output_size() > 1) {
+    return TritonError(absl::StrCat("the model has one input ('input') and one output ('output'); "
+                                    "got ", t.input_size(), " input(s) and ", t.output_size(),
+                                    " output(s)"));
+  }
+  for (const inference::ModelInput& input : t.input()) {
+    if (input.name() != "input") {
+      return TritonError(absl::StrCat("input.name must be \"input\" (the model's input tensor as "
+                                      "the server's OIP names it), got \"",
+                                      ClientText(input.name(), 128), "\""));
+    }
+    if (input.data_type() != inference::TYPE_FP32) {
+      return TritonError(absl::StrCat("input.data_type must be TYPE_FP32, got ",
+                                      inference::DataType_Name(input.data_type())));
+    }
+    ASSIGN_OR_RETURN(const int64_t width, DeclaredWidth("input", input.dims(), batched));
+    config.set_declared_input_dim(width);
+  }
+  for (const inference::ModelOutput& output : t.output()) {
+    if (output.name() != "output") {
+      return TritonError(absl::StrCat("output.name must be \"output\" (the model's output tensor "
+                                      "as the server's OIP names it), got \"",
+                                      ClientText(output.name(), 128), "\""));
+    }
+    if (output.data_type() != inference::TYPE_FP32) {
+      return TritonError(absl::StrCat("output.data_type must be TYPE_FP32, got ",
+                                      inference::DataType_Name(output.data_type())));
+    }
+    ASSIGN_OR_RETURN(const int64_t width, DeclaredWidth("output", output.dims(), batched));
+    config.set_declared_output_dim(width);
+  }
+  if (t.has_version_policy()) {
+    // The same messages, field for field.
+    if (!config.mutable_version_policy()->ParseFromString(t.version_policy().SerializeAsString())) {
+      return TritonError("version_policy does not convert");  // not reached: same wire format
+    }
+  }
+  if (t.has_dynamic_batching()) {
+    const inference::ModelDynamicBatching& b = t.dynamic_batching();
+    if (!batched) {
+      return TritonError("dynamic_batching needs max_batch_size > 0 (the most rows a batch holds)");
+    }
+    if (b.max_queue_delay_microseconds() > 10'000'000) {
+      return TritonError(absl::StrCat(
+          "dynamic_batching.max_queue_delay_microseconds must be <= 10000000, got ",
+          b.max_queue_delay_microseconds()));
+    }
+    if (b.preserve_ordering()) {
+      return TritonError(
+          "dynamic_batching.preserve_ordering is refused: batches of a model run on several "
+          "workers at once and answer as each finishes");
+    }
+    sparse::v1::DynamicBatching* out = config.mutable_dynamic_batching();
+    out->set_max_batch_rows(t.max_batch_size());
+    out->set_max_queue_delay_us(static_cast<int64_t>(b.max_queue_delay_microseconds()));
+    if (b.preferred_batch_size_size() > 1) {
+      return TritonError(absl::StrCat(
+          "dynamic_batching.preferred_batch_size takes at most one size (the rows a batch waits "
+          "for, at most max_batch_size), got [",
+          absl::StrJoin(b.preferred_batch_size(), ", "), "]"));
+    }
+    for (int32_t size : b.preferred_batch_size()) {
+      if (size < 1 || size > t.max_batch_size()) {
+        return TritonError(absl::StrCat("dynamic_batching.preferred_batch_size must be in [1, ",
+                                        t.max_batch_size(), "] (max_batch_size), got ", size));
+      }
+      out->set_max_batch_rows(size);
+    }
+    config.set_priority_levels(b.priority_levels());
+    config.set_default_priority_level(b.default_priority_level());
+  }
+  if (t.instance_group_size() > 1) {
+    return TritonError(absl::StrCat("instance_group takes one group (KIND_CPU), got ",
+                                    t.instance_group_size()));
+  }
+  for (const inference::ModelInstanceGroup& group : t.instance_group()) {
+    if (group.kind() != inference::ModelInstanceGroup::KIND_CPU &&
+        group.kind() != inference::ModelInstanceGroup::KIND_AUTO) {
+      return TritonError(absl::StrCat("instance_group.kind must be KIND_CPU (the server runs on "
+                                      "CPUs only), got ",
+                                      inference::ModelInstanceGroup::Kind_Name(group.kind())));
+    }
+    if (group.count() < 0) {
+      return TritonError(absl::StrCat("instance_group.count must be >= 0, got ", group.count()));
+    }
+    config.set_instance_count(group.count());
+  }
+  // Model options, sorted: the first refused one is always the same.
+  std::map<std::string, std::string> parameters;
+  for (const auto& [key, value] : t.parameters()) parameters[key] = value.string_value();
+  for (const auto& [key, value] : parameters) {
+    const std::string field = absl::StrCat("parameters[\"", ClientText(key, 64), "\"]");
+    if (key == "precision") {
+      sparse::v1::Precision precision;
+      if (!sparse::v1::Precision_Parse(value, &precision)) {
+        return TritonError(absl::StrCat(field, " must be FP32, BF16 or INT8, got \"",
+                                        ClientText(value, 64), "\""));
+      }
+      config.set_precision(precision);
+    } else if (key == "max_queue_size" || key == "paths") {
+      if (!t.has_dynamic_batching()) {
+        return TritonError(absl::StrCat(field, " is a dynamic batching option: add "
+                                        "dynamic_batching { } to use it"));
+      }
+      if (key == "max_queue_size") {
+        int64_t size = 0;
+        if (!absl::SimpleAtoi(value, &size) || size < 1 || size > (1 << 24)) {
+          return TritonError(absl::StrCat(field, " must be an integer in [1, 16777216], got \"",
+                                          ClientText(value, 64), "\""));
+        }
+        config.mutable_dynamic_batching()->set_max_queue_size(size);
+      } else {
+        sparse::v1::DynamicBatching::Paths paths;
+        if (!sparse::v1::DynamicBatching::Paths_Parse(value, &paths)) {
+          return TritonError(absl::StrCat(field, " must be BOTH, DENSE_ONLY or SPARSE_ONLY, got \"",
+                                          ClientText(value, 64), "\""));
+        }
+        config.mutable_dynamic_batching()->set_paths(paths);
+      }
+    } else if (key == "max_batch_rows") {
+      return TritonError(absl::StrCat(field, " is refused: in Triton's schema it is "
+                                      "max_batch_size (or dynamic_batching.preferred_batch_size)"));
+    } else if (key == "max_queue_delay_us") {
+      return TritonError(absl::StrCat(field, " is refused: in Triton's schema it is "
+                                      "dynamic_batching.max_queue_delay_microseconds"));
+    } else if (key == "flops_per_row" || key == "weight_bytes_per_row" ||
+               key == "dense_flops_per_row" || key == "dense_cost_only") {
+      return TritonError(absl::StrCat(field, " is refused: the server reports it (ModelConfig); "
+                                      "it is not a setting"));
+    } else {
+      return TritonError(absl::StrCat(field, " is refused: not a model option (the options are "
+                                      "precision, max_queue_size and paths)"));
+    }
+  }
   return config;
+}
+
+// config.pbtxt in Triton's schema: parsed skipping unknown fields, then the
+// first one skipped refused by name, then mapped.
+absl::StatusOr<sparse::v1::ModelConfig> ParseTritonConfig(absl::string_view text,
+                                                          absl::string_view model) {
+  inference::ModelConfig triton;
+  google::protobuf::TextFormat::Parser parser;
+  FirstError errors;
+  parser.RecordErrorsTo(&errors);
+  parser.AllowUnknownField(true);
+  // An unknown field is refused even when the parse then fails: protobuf
+  // 3.21 cannot skip some unknown values (a list of messages without ':',
+  // `model_warmup [ {...} ]`), and the field came first.
+  const bool parsed = parser.ParseFromString(std::string(text), &triton);
+  for (const FirstError::Warning& warning : errors.warnings) {
+    std::string type, field;
+    if (!UnknownField(warning.message, &type, &field)) continue;
+    const std::string path = TritonPath(type, field);
+    return TritonError(absl::StrCat("line ", warning.line, ": ",
+                                    ClientText(path, 128), " is refused: ", WhyRefused(path)));
+  }
+  if (!parsed) return TritonError(errors.error);
+  return FromTriton(triton, model);
+}
+
+}  // namespace
+
+absl::StatusOr<sparse::v1::ModelConfig> ParseModelConfig(absl::string_view text,
+                                                         absl::string_view model) {
+  sparse::v1::ModelConfig config;
+  google::protobuf::TextFormat::Parser parser;
+  FirstError errors;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(std::string(text), &config)) {
+    std::string type, field;
+    if (!UnknownField(errors.raw, &type, &field) || !TritonOnlyField(type, field)) {
+      return absl::InvalidArgumentError(absl::StrCat(kConfigFile, " ", errors.error));
+    }
+    ASSIGN_OR_RETURN(config, ParseTritonConfig(text, model));
+  }
+  RETURN_IF_ERROR(ValidateModelConfig(config));
+  return config;
+}
+
+absl::Status CheckDeclaredDims(const sparse::v1::ModelConfig& config, int64_t input_dim,
+                               int64_t output_dim) {
+  if (config.declared_input_dim() != 0 && config.declared_input_dim() != input_dim) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        kConfigFile, " declares input dims [", config.declared_input_dim(),
+        "], but this version's model takes d = ", input_dim, " inputs"));
+  }
+  if (config.declared_output_dim() != 0 && config.declared_output_dim() != output_dim) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        kConfigFile, " declares output dims [", config.declared_output_dim(),
+        "], but this version's model gives o = ", output_dim, " outputs"));
+  }
+  return absl::OkStatus();
 }
 
 Precision PrecisionFromConfig(sparse::v1::Precision precision) {
@@ -113,8 +460,36 @@ AspiredVersions SelectVersions(const sparse::v1::VersionPolicy& policy,
   return aspired;
 }
 
+std::string RepositorySource::ModelDir(const std::string& model) const {
+  return single_model_.empty() ? (fs::path(root_) / model).string() : root_;
+}
+
+RepositorySource::SingleLayout RepositorySource::ReadSingleLayout(std::error_code* ec) const {
+  SingleLayout layout;
+  for (fs::directory_iterator it(root_, *ec); !*ec && it != fs::directory_iterator();
+       it.increment(*ec)) {
+    const std::string name = it->path().filename().string();
+    std::error_code entry_ec;
+    int64_t version = 0;
+    if (absl::SimpleAtoi(name, &version) && version >= 1 && std::to_string(version) == name &&
+        it->is_directory(entry_ec)) {
+      layout.version_dirs.push_back(version);
+    } else if ((name == "manifest.json" || name == "model.safetensors") &&
+               !it->is_directory(entry_ec)) {
+      layout.version_files.push_back(name);
+    }
+  }
+  std::sort(layout.version_dirs.rbegin(), layout.version_dirs.rend());
+  std::sort(layout.version_files.begin(), layout.version_files.end());
+  return layout;
+}
+
 std::vector<std::string> RepositorySource::ListModels(std::error_code* ec) const {
   std::vector<std::string> models;
+  if (!single_model_.empty()) {
+    if (fs::is_directory(root_, *ec)) models.push_back(single_model_);
+    return models;
+  }
   for (fs::directory_iterator it(root_, *ec); !*ec && it != fs::directory_iterator();
        it.increment(*ec)) {
     const std::string name = it->path().filename().string();
@@ -126,18 +501,42 @@ std::vector<std::string> RepositorySource::ListModels(std::error_code* ec) const
 
 bool RepositorySource::HasModel(const std::string& model) const {
   std::error_code ec;
+  if (!single_model_.empty()) return model == single_model_ && fs::is_directory(root_, ec);
   return CheckModelName(model).ok() && fs::is_directory(fs::path(root_) / model, ec);
 }
 
 std::string RepositorySource::VersionDir(const std::string& model, int64_t version) const {
-  return (fs::path(root_) / model / std::to_string(version)).string();
+  if (!single_model_.empty()) {
+    // One version's files directly in the root: that is version 1.
+    std::error_code ec;
+    if (version == 1 && !ReadSingleLayout(&ec).version_files.empty()) return root_;
+  }
+  return (fs::path(ModelDir(model)) / std::to_string(version)).string();
 }
 
 std::vector<int64_t> RepositorySource::ListVersions(const std::string& model,
                                                     std::error_code* ec,
                                                     std::vector<std::string>* not_versions) const {
   std::vector<int64_t> versions;
-  fs::directory_iterator it(fs::path(root_) / model, *ec);
+  if (!single_model_.empty()) {
+    if (model != single_model_) return versions;
+    const SingleLayout layout = ReadSingleLayout(ec);
+    // Both a version's files and version directories: ambiguous, nothing
+    // serves (NothingToServe says why).
+    if (*ec || (!layout.version_files.empty() && !layout.version_dirs.empty())) return versions;
+    if (!layout.version_files.empty()) return {1};
+    if (layout.version_dirs.empty() && not_versions != nullptr) {
+      ListVersionsIn(root_, ec, not_versions);
+    }
+    return layout.version_dirs;
+  }
+  return ListVersionsIn(ModelDir(model), ec, not_versions);
+}
+
+std::vector<int64_t> RepositorySource::ListVersionsIn(const std::string& dir, std::error_code* ec,
+                                                      std::vector<std::string>* not_versions) {
+  std::vector<int64_t> versions;
+  fs::directory_iterator it(dir, *ec);
   for (; !*ec && it != fs::directory_iterator(); it.increment(*ec)) {
     int64_t version = 0;
     std::error_code entry_ec;
@@ -160,6 +559,25 @@ std::vector<int64_t> RepositorySource::ListVersions(const std::string& model,
 std::string RepositorySource::NothingToServe(const std::string& model) const {
   constexpr absl::string_view kReason = "no version directory to serve";
   std::error_code ec;
+  if (!single_model_.empty()) {
+    const SingleLayout layout = ReadSingleLayout(&ec);
+    if (!ec && !layout.version_files.empty() && !layout.version_dirs.empty()) {
+      std::vector<std::string> dirs;
+      for (int64_t v : layout.version_dirs) dirs.push_back(absl::StrCat(v, "/"));
+      return absl::StrCat(
+          "--model_name: the repository holds both version directories (",
+          absl::StrJoin(dirs, ", "), ") and a version's own files (",
+          absl::StrJoin(layout.version_files, ", "),
+          "); KServe's layout is one or the other: a model (version directories) or one "
+          "version (its files)");
+    }
+    if (!ec && layout.version_dirs.empty() && layout.version_files.empty()) {
+      return absl::StrCat(
+          "--model_name: the repository holds neither version directories (1/, 2/, ...) nor a "
+          "version's files (manifest.json and model.safetensors); a repository of model "
+          "directories is served without --model_name");
+    }
+  }
   std::vector<std::string> others;
   const std::vector<int64_t> versions = ListVersions(model, &ec, &others);
   if (ec) return absl::StrCat(kReason, " (cannot list it: ", ec.message(), ")");
@@ -241,7 +659,7 @@ bool RepositorySource::InsideRoot(const std::string& dir) const {
 }
 
 absl::StatusOr<std::string> RepositorySource::ReadConfigText(const std::string& model) const {
-  const fs::path path = fs::path(root_) / model / kConfigFile;
+  const fs::path path = fs::path(ModelDir(model)) / kConfigFile;
   std::error_code ec;
   if (fs::symlink_status(path, ec).type() == fs::file_type::not_found) return std::string();
   const fs::path real = fs::canonical(path, ec);
@@ -261,8 +679,10 @@ absl::StatusOr<std::string> RepositorySource::ReadConfigText(const std::string& 
   return std::string(reinterpret_cast<const char*>(file->bytes().data()), file->bytes().size());
 }
 
-void RepositorySource::ReadModelConfig(const std::string& model, const ModelState* previous,
-                                       ModelState* state, std::vector<std::string>* log) const {
+void RepositorySource::ReadModelConfig(
+    const std::string& model, const ModelState* previous, ModelState* state,
+    std::vector<std::string>* log,
+    const std::function<absl::Status(const sparse::v1::ModelConfig&)>& check) const {
   if (previous != nullptr) {
     state->config = previous->config;
     state->config_text = previous->config_text;
@@ -285,7 +705,10 @@ void RepositorySource::ReadModelConfig(const std::string& model, const ModelStat
   if (previous != nullptr && *text == previous->config_text && previous->config_error.empty()) {
     return;  // unchanged
   }
-  absl::StatusOr<sparse::v1::ModelConfig> config = ParseModelConfig(*text);
+  absl::StatusOr<sparse::v1::ModelConfig> config = ParseModelConfig(*text, model);
+  if (config.ok() && check) {
+    if (absl::Status checked = check(*config); !checked.ok()) config = checked;
+  }
   if (!config.ok()) {
     fail(config.status().message());
     return;

@@ -14,6 +14,7 @@
 #define SPARSE_MODEL_STORE_MODEL_SOURCE_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -27,8 +28,23 @@
 namespace sparse {
 
 // Parses config.pbtxt text and checks its values. Errors name the line and
-// column (never a path).
-absl::StatusOr<sparse::v1::ModelConfig> ParseModelConfig(absl::string_view text);
+// column (never a path). The text is today's form (sparse.v1.ModelConfig)
+// or Triton's schema (inference.ModelConfig, as Seldon Core 2 writes it),
+// told apart by the first field today's form does not know; Triton's is
+// mapped to today's form, and every field the server cannot honour is
+// refused by name (docs/configuration.md). With `model`, Triton's `name`
+// must be it (Triton's rule: the model directory's name).
+absl::StatusOr<sparse::v1::ModelConfig> ParseModelConfig(absl::string_view text,
+                                                         absl::string_view model = {});
+
+// At most this many priority levels (Triton's priority_levels).
+inline constexpr uint64_t kMaxPriorityLevels = 1024;
+
+// Whether a loaded version's widths (d inputs, o outputs) are what the
+// config declares (Triton's input and output dims); FAILED_PRECONDITION
+// naming both otherwise.
+absl::Status CheckDeclaredDims(const sparse::v1::ModelConfig& config, int64_t input_dim,
+                               int64_t output_dim);
 
 // A plain model directory name: not empty, no '/', NUL, "." or "..", not
 // hidden. INVALID_ARGUMENT otherwise.
@@ -57,7 +73,12 @@ AspiredVersions SelectVersions(const sparse::v1::VersionPolicy& policy,
 
 class RepositorySource {
  public:
-  explicit RepositorySource(std::string root) : root_(std::move(root)) {}
+  // With `single_model` (--model_name), the root is KServe's layout: the
+  // directory of that one model (version directories 1/, 2/, ... and its
+  // config.pbtxt), or of one version (manifest.json and model.safetensors
+  // directly in it), served as version 1.
+  explicit RepositorySource(std::string root, std::string single_model = "")
+      : root_(std::move(root)), single_model_(std::move(single_model)) {}
 
   const std::string& root() const { return root_; }
 
@@ -70,8 +91,12 @@ class RepositorySource {
   // config.pbtxt: absent = defaults; unreadable or unparsable = the
   // previous config stays (or the defaults, the first time) and
   // config_error says why. Appends a log line when that changes.
-  void ReadModelConfig(const std::string& model, const ModelState* previous, ModelState* state,
-                       std::vector<std::string>* log) const;
+  // `check`, when given, vets a config that parsed (e.g. its declared
+  // dims against the versions that serve); its error is a config error.
+  void ReadModelConfig(
+      const std::string& model, const ModelState* previous, ModelState* state,
+      std::vector<std::string>* log,
+      const std::function<absl::Status(const sparse::v1::ModelConfig&)>& check = nullptr) const;
 
   // The version directories of `model`, newest first (canonical names
   // only: "7", not "007"); *ec is set when they cannot be listed. With
@@ -97,12 +122,25 @@ class RepositorySource {
   static uint64_t FileBytes(const std::string& dir);
 
  private:
+  // The version directories in `dir` (ListVersions).
+  static std::vector<int64_t> ListVersionsIn(const std::string& dir, std::error_code* ec,
+                                             std::vector<std::string>* not_versions);
   // config.pbtxt of `model` (empty when absent), or why it cannot be read:
   // not a regular file, too large, or leading outside the root.
   absl::StatusOr<std::string> ReadConfigText(const std::string& model) const;
   bool UnderRoot(const std::string& resolved) const;
+  // The directory of `model`: <root>/<model>, or the root itself with
+  // --model_name.
+  std::string ModelDir(const std::string& model) const;
+  // KServe's layout (single_model_): what the root holds.
+  struct SingleLayout {
+    std::vector<int64_t> version_dirs;  // newest first
+    std::vector<std::string> version_files;  // manifest.json, model.safetensors found directly
+  };
+  SingleLayout ReadSingleLayout(std::error_code* ec) const;
 
   const std::string root_;
+  const std::string single_model_;
 };
 
 }  // namespace sparse

@@ -17,6 +17,11 @@ ABSL_FLAG(std::string, model_repository, "",
           "Model repository: <repository>/<model>/<version>/ directories written by sparse-train. "
           "Each model's config.pbtxt picks the versions that load (default: the newest one that "
           "loads); a request without a version gets the newest loaded.");
+ABSL_FLAG(std::string, model_name, "",
+          "Serve --model_repository as KServe's layout of one model named this (e.g. "
+          "--model_repository=/mnt/models --model_name=m): its version directories 1/, 2/, ... "
+          "(and config.pbtxt), or one version's files (manifest.json, model.safetensors) served "
+          "as version 1. Empty: a repository of model directories.");
 ABSL_FLAG(std::string, address, "0.0.0.0", "Address to listen on (127.0.0.1 for loopback only).");
 ABSL_FLAG(int, port, 8500, "gRPC port (0 picks a free one and prints it).");
 ABSL_FLAG(int, workers, 0, "Inference worker threads, one request each (0 = one per core).");
@@ -151,6 +156,7 @@ namespace {
 // cannot be read as what it takes. ServerOptions::Validate checks the rest.
 bool OptionsFromFlags(sparse::ServerOptions& options) {
   options.model_repository = absl::GetFlag(FLAGS_model_repository);
+  options.model_name = absl::GetFlag(FLAGS_model_name);
   options.address = absl::GetFlag(FLAGS_address);
   options.port = absl::GetFlag(FLAGS_port);
   options.workers = absl::GetFlag(FLAGS_workers);

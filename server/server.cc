@@ -57,6 +57,14 @@ struct Problems {
 // The repository, the gRPC port, the workers and the queue.
 void CheckServing(const ServerOptions& o, Problems& p) {
   p.Need(!o.model_repository.empty(), "model_repository", "a directory", "nothing");
+  if (!o.model_name.empty()) {
+    absl::Status name = CheckModelName(o.model_name);
+    if (name.ok()) name = CheckNotDenseTwinName(o.model_name);
+    if (!name.ok()) {
+      p.Add(absl::StrCat("--model_name takes a model name (", name.message(), "), got '",
+                         o.model_name, "'"));
+    }
+  }
   p.Need(o.port >= 0 && o.port <= 65535, "port", "0..65535 (0 = a free port)", o.port);
   p.Need(o.workers >= 0, "workers", "a count >= 0 (0 = one per core)", o.workers);
   p.Need(o.max_queue >= 1, "max_queue", "a count >= 1", o.max_queue);
@@ -192,6 +200,7 @@ absl::Status SparseServer::OpenRepository(const ServerOptions& options, int work
   ModelRepository::Options repository_options;
   static_cast<LoaderOptions&>(repository_options) = options;  // the flags' load settings
   repository_options.workers = workers;                        // resolved
+  repository_options.single_model = options.model_name;
   // Readiness and metrics follow every snapshot. The servers do not exist
   // during the first load; Start() sets their health once they run.
   repository_options.on_publish = [this](const RepositorySnapshot& snapshot) {
@@ -237,6 +246,15 @@ absl::Status SparseServer::OpenRepository(const ServerOptions& options, int work
       return absl::NotFoundError(absl::StrCat("no loadable model in ", options.model_repository,
                                               ": ", failed, failed == 1 ? " version" : " versions",
                                               " failed to load (why is above)"));
+    }
+    if (!options.model_name.empty()) {
+      const std::map<std::string, std::string> not_served = repository_->NotServed();
+      auto why = not_served.find(options.model_name);
+      return absl::NotFoundError(absl::StrCat(
+          "no loadable model in ", options.model_repository, " (--model_name=",
+          options.model_name, "): ",
+          why != not_served.end() ? why->second
+                                  : "expected <version>/ directories or one version's files"));
     }
     return absl::NotFoundError(absl::StrCat("no loadable model in ", options.model_repository,
                                             " (expected <model>/<version>/ directories written by "

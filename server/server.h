@@ -38,6 +38,10 @@ struct ServerOptions : LoaderOptions {
   ServerOptions() { workers = 0; }
 
   std::string model_repository;
+  // --model_name: model_repository is KServe's layout of this one model
+  // (its version directories, or one version's files), served under this
+  // name; empty = a repository of model directories.
+  std::string model_name;
   std::string address = "0.0.0.0";
   int port = 8500;             // 0 picks a free port (see SparseServer::port)
   int64_t max_queue = 1024;    // requests waiting for a worker

@@ -23,6 +23,7 @@ constexpr char kHttpPorts[] = "servers with an HTTP port (--http_port or --metri
 
 constexpr FlagRule<ServerRun> kRules[] = {
     {"model_repository", kEvery, Always},
+    {"model_name", kEvery, Always},
     {"address", kEvery, Always},
     {"port", kEvery, Always},
     {"workers", kEvery, Always},

@@ -51,6 +51,9 @@ TEST(ServerFlagRulesTest, MutualTlsNeedsTlsAndHttpLimitsNeedAnHttpPort) {
       << threads;
   EXPECT_TRUE(Check(ServerRun{.http = true}, {"http_threads", "http_max_connections"}).ok());
   EXPECT_TRUE(Check(ServerRun{}, {"drain_seconds", "port", "poll_seconds", "max_model_bytes"}).ok());
+  // KServe's layout (--model_name) applies to every kind of run.
+  EXPECT_TRUE(Check(ServerRun{}, {"model_repository", "model_name"}).ok());
+  EXPECT_TRUE(Check(ServerRun{.shard = true}, {"model_name"}).ok());
 }
 
 TEST(ServerFlagRulesTest, RunFollowsTheOptions) {

@@ -10,6 +10,7 @@ import csv as csvlib
 import json
 import math
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -235,5 +236,60 @@ with tempfile.TemporaryDirectory() as tmp:
     finally:
         code, log = stop(server)
     check(code == 0, "the server on weight cache files stops cleanly (exit %s): %s" % (code, log))
+
+    # Triton's schema (as Seldon Core 2 writes config.pbtxt) and KServe's
+    # layout (/mnt/models holding one version, named by --model_name): the
+    # same version of poly_lsh answers exactly as it does from a plain
+    # repository without a config.pbtxt.
+    lsh_dir = os.path.join(repo, "poly_lsh")
+    lsh_version = max(int(v) for v in os.listdir(lsh_dir) if v.isdigit())
+    lsh_files = os.path.join(lsh_dir, str(lsh_version))
+    triton_repo = os.path.join(tmp, "triton_repo")
+    for name in ("plain", "mymodel", "gpu"):
+        shutil.copytree(lsh_files, os.path.join(triton_repo, name, "1"))
+    # The dims are the model's own, as ListModels said above.
+    lsh_status = models["poly_lsh"].versions[-1]
+    example = ('name: "mymodel"\nmax_batch_size: 64\n'
+               'input [ { name: "input" data_type: TYPE_FP32 dims: [ %d ] } ]\n'
+               'output [ { name: "output" data_type: TYPE_FP32 dims: [ %d ] } ]\n'
+               'dynamic_batching { max_queue_delay_microseconds: 200 }\n'
+               'instance_group [ { count: 1 kind: KIND_CPU } ]\n'
+               'version_policy: { latest: { num_versions: 1 } }\n')
+    with open(os.path.join(triton_repo, "mymodel", "config.pbtxt"), "w") as f:
+        f.write(example % (lsh_status.input_dim, lsh_status.output_dim))
+    with open(os.path.join(triton_repo, "gpu", "config.pbtxt"), "w") as f:
+        f.write('name: "gpu"\ninstance_group [ { count: 1 kind: KIND_GPU } ]\n')
+    kserve = os.path.join(tmp, "mnt_models")
+    shutil.copytree(lsh_files, kserve)  # one version's files, directly
+    answers = {}
+    for label, flags in (("triton", ["--model_repository=" + triton_repo]),
+                         ("kserve", ["--model_repository=" + kserve, "--model_name=m"])):
+        server = subprocess.Popen([SERVER, "--address=127.0.0.1", "--port=0"] + flags,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            stub = inference_pb2_grpc.SparseInferenceStub(
+                grpc.insecure_channel("127.0.0.1:%d" % int(server.stdout.readline())))
+            d = lsh_status.input_dim
+            x = [((i * 37) % 101) / 50.0 - 1.0 for i in range(3 * d)]
+            names = ("plain", "mymodel") if label == "triton" else ("m",)
+            for name in names:
+                status = stub.GetModel(inference_pb2.GetModelRequest(model=name), timeout=10)
+                check(status.config_error == "" and [v.version for v in status.versions] == [1],
+                      "%s: %s serves version 1 with no config error: %r" % (label, name, status.config_error))
+                request = inference_pb2.PredictRequest(model=name, rows=3, inputs=x)
+                answers[name] = (list(stub.Predict(request, timeout=10).outputs),
+                                 list(stub.PredictDense(request, timeout=10).outputs))
+            if label == "triton":
+                gpu = stub.GetModel(inference_pb2.GetModelRequest(model="gpu"), timeout=10)
+                check("instance_group.kind must be KIND_CPU" in gpu.config_error and "KIND_GPU" in gpu.config_error,
+                      "KIND_GPU is refused by name: %r" % gpu.config_error)
+        finally:
+            code, log = stop(server)
+        check(code == 0, "the %s server stops cleanly (exit %s): %s" % (label, code, log))
+        if label == "triton":
+            check("instance_group.kind must be KIND_CPU" in log, "the refusal is logged: " + log)
+    check(answers.get("mymodel") == answers.get("plain") and answers.get("m") == answers.get("plain") and
+          answers.get("plain") is not None,
+          "Triton's schema and KServe's layout serve the same answers as the plain repository")
 
 finish()

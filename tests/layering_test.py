@@ -32,7 +32,10 @@ GENERATED_NATIVE = "sparse/v1/"
 ROOMS = {
     "common": ["common/"],
     "engine": ["engine/", "common/"],
-    "model_store": ["model_store/", "engine/", "common/", "sparse/v1/model_config.pb.h"],
+    # config.pbtxt's two schemas: today's and Triton's (model_source.cc reads
+    # both; docs/configuration.md, "Triton's schema (Seldon Core 2)").
+    "model_store": ["model_store/", "engine/", "common/", "sparse/v1/model_config.pb.h",
+                    "inference/model_config.pb.h"],
     "trainer": ["trainer/", "model_store/", "engine/", "common/"],
     "server/core": ["server/core/", "model_store/", "engine/", "common/",
                     "sparse/v1/model_config.pb.h"],

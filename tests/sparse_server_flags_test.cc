@@ -49,6 +49,7 @@ std::vector<FlagCase> Table() {
   constexpr uint32_t kHttpPorts = kHttp | kMetrics;
   return {
       {"model_repository", "/nonexistent/other", kEvery},
+      {"model_name", "m", kEvery},
       {"address", "127.0.0.1", kEvery},
       {"port", "0", kEvery},
       {"workers", "1", kEvery},

@@ -76,6 +76,20 @@ with tempfile.TemporaryDirectory() as tmp:
         "batching": b"dynamic_batching { max_batch_rows: 32 max_queue_delay_us: 5000 max_queue_size: 64 paths: DENSE_ONLY }\n",
         "both": b"version_policy { latest { num_versions: 1 } }\ndynamic_batching { max_batch_rows: 8 }\n",
         "bad": b"version_policy { latest { num_versions: 0 } }\n",
+        # Triton's schema (as Seldon Core 2 writes it): accepted, and refused fields.
+        "triton": (b'name: "mymodel"\nmax_batch_size: 64\n'
+                   b'input [ { name: "input" data_type: TYPE_FP32 dims: [ 96 ] } ]\n'
+                   b'output [ { name: "output" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+                   b'dynamic_batching { preferred_batch_size: [ 32 ] max_queue_delay_microseconds: 200 '
+                   b'priority_levels: 2 default_priority_level: 1 }\n'
+                   b'instance_group [ { count: 1 kind: KIND_CPU } ]\n'
+                   b'version_policy: { latest: { num_versions: 1 } }\n'
+                   b'parameters { key: "precision" value { string_value: "INT8" } }\n'
+                   b'parameters { key: "paths" value { string_value: "DENSE_ONLY" } }\n'),
+        "triton_refused": (b'name: "m"\nmax_batch_size: 8\n'
+                           b'instance_group [ { count: 2 kind: KIND_GPU gpus: [ 0 ] } ]\n'
+                           b'sequence_batching { max_sequence_idle_microseconds: 5 }\n'
+                           b'model_warmup [ { name: "w" batch_size: 1 } ]\n'),
     }
     for name, text in configs.items():
         write("model_config_fuzz", name, text)

@@ -1,5 +1,6 @@
-// Fuzzes config.pbtxt parsing and validation (ParseModelConfig): any text
-// gets a config or an error naming the line, never a crash.
+// Fuzzes config.pbtxt parsing and validation (ParseModelConfig), today's
+// form and Triton's schema (corpus: triton, triton_refused): any text gets a
+// config or an error naming the line or the field, never a crash.
 #include <cstdint>
 #include <string>
 
@@ -7,11 +8,17 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const absl::StatusOr<sparse::v1::ModelConfig> config =
-      sparse::ParseModelConfig(absl::string_view(reinterpret_cast<const char*>(data), size));
+      sparse::ParseModelConfig(absl::string_view(reinterpret_cast<const char*>(data), size),
+                               "mymodel");
   if (config.ok()) {
     // What the repository derives from a valid config stays in range.
     const auto& b = config->dynamic_batching();
     if (b.max_batch_rows() < 0 || b.max_queue_delay_us() < 0 || b.max_queue_size() < 0) __builtin_trap();
+    if (config->declared_input_dim() < 0 || config->declared_output_dim() < 0 ||
+        config->priority_levels() > sparse::kMaxPriorityLevels ||
+        config->default_priority_level() > config->priority_levels()) {
+      __builtin_trap();
+    }
   }
   return 0;
 }
