@@ -628,8 +628,7 @@ std::shared_ptr<const RepositorySnapshot> ModelRepository::snapshot() const {
 }
 
 absl::StatusOr<std::shared_ptr<const Servable>> ModelRepository::Find(
-    absl::string_view model, int64_t version,
-    std::optional<sparse::v1::DynamicBatching>* batching) const {
+    absl::string_view model, int64_t version, Scheduling* scheduling) const {
   absl::ReaderMutexLock lock(&snapshot_mu_);
   auto it = snapshot_->find(std::string(model));
   if (it == snapshot_->end()) {
@@ -660,13 +659,15 @@ absl::StatusOr<std::shared_ptr<const Servable>> ModelRepository::Find(
                                                "' has no version that loads", why,
                                                " (GetModel lists why)"));
   }
-  if (batching != nullptr) {
+  if (scheduling != nullptr) {
     const sparse::v1::ModelConfig& config = it->second.config;
     if (config.has_dynamic_batching()) {
-      *batching = config.dynamic_batching();
+      scheduling->batching = config.dynamic_batching();
     } else {
-      batching->reset();
+      scheduling->batching.reset();
     }
+    scheduling->priority_levels = static_cast<uint32_t>(config.priority_levels());
+    scheduling->default_priority_level = static_cast<uint32_t>(config.default_priority_level());
   }
   if (version == 0) return versions.rbegin()->second;
   auto v = versions.find(version);

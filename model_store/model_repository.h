@@ -83,12 +83,10 @@ class ModelRepository {
   // The version to serve: `version`, or the newest when it is 0.
   // NOT_FOUND names the model or version asked for and what is loaded;
   // UNAVAILABLE when the model is known but no version of it loaded.
-  // With `batching`, also the model's dynamic_batching settings as they are
-  // now (nullopt when its config.pbtxt asks for none): they can change
-  // without a reload.
+  // With `scheduling`, also the model's batching and priority settings as
+  // they are now: they can change without a reload.
   absl::StatusOr<std::shared_ptr<const Servable>> Find(
-      absl::string_view model, int64_t version,
-      std::optional<sparse::v1::DynamicBatching>* batching = nullptr) const;
+      absl::string_view model, int64_t version, Scheduling* scheduling = nullptr) const;
   std::shared_ptr<const RepositorySnapshot> snapshot() const;
   // Model directories that serve nothing and why, as of the last scan or
   // load of each: "no version directory to serve" (with what the directory

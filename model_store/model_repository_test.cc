@@ -216,8 +216,9 @@ instance_group [ { count: 1 kind: KIND_CPU } ]
 version_policy: { latest: { num_versions: 1 } }
 )");
   auto repo = Open();
-  std::optional<sparse::v1::DynamicBatching> batching;
-  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const Servable> served, repo->Find("m", 0, &batching));
+  Scheduling scheduling;
+  const std::optional<sparse::v1::DynamicBatching>& batching = scheduling.batching;
+  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const Servable> served, repo->Find("m", 0, &scheduling));
   EXPECT_EQ(served->version, 1);
   ASSERT_TRUE(batching.has_value());
   EXPECT_EQ(batching->max_batch_rows(), 16);
@@ -231,7 +232,7 @@ version_policy: { latest: { num_versions: 1 } }
   EXPECT_THAT(repo->snapshot()->at("m").config_error,
               HasSubstr("config.pbtxt declares input dims [9], but this version's model takes "
                         "d = 8 inputs (version 1, which serves)"));
-  ASSERT_OK_AND_ASSIGN(served, repo->Find("m", 0, &batching));
+  ASSERT_OK_AND_ASSIGN(served, repo->Find("m", 0, &scheduling));
   EXPECT_EQ(batching->max_batch_rows(), 16);  // the previous config
 
   // A new model under a config whose dims disagree: its version fails, naming both.
@@ -268,18 +269,19 @@ TEST_F(ModelRepositoryTest, KServesLayoutServesOneModelUnderItsFlagName) {
 TEST_F(ModelRepositoryTest, DynamicBatchingFollowsTheConfigWithoutReloading) {
   Publish("m", 1);
   auto repo = Open();
-  std::optional<sparse::v1::DynamicBatching> batching;
-  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const Servable> before, repo->Find("m", 0, &batching));
+  Scheduling scheduling;
+  const std::optional<sparse::v1::DynamicBatching>& batching = scheduling.batching;
+  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const Servable> before, repo->Find("m", 0, &scheduling));
   EXPECT_FALSE(batching.has_value());
   WriteConfig("m", "dynamic_batching { max_batch_rows: 32 }");
   repo->Rescan();
-  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const Servable> after, repo->Find("m", 0, &batching));
+  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const Servable> after, repo->Find("m", 0, &scheduling));
   EXPECT_EQ(after.get(), before.get());  // the same loaded version
   ASSERT_TRUE(batching.has_value());
   EXPECT_EQ(batching->max_batch_rows(), 32);
   WriteConfig("m", "dynamic_batching { max_batch_rows: 32 paths: DENSE_ONLY }");
   repo->Rescan();
-  ASSERT_OK_AND_ASSIGN(after, repo->Find("m", 0, &batching));
+  ASSERT_OK_AND_ASSIGN(after, repo->Find("m", 0, &scheduling));
   EXPECT_EQ(after.get(), before.get());
   ASSERT_TRUE(batching.has_value());
   EXPECT_EQ(batching->paths(), sparse::v1::DynamicBatching::DENSE_ONLY);

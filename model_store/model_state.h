@@ -46,6 +46,14 @@ struct Servable {
   }
 };
 
+// How a model's requests are scheduled, from its config.pbtxt as it is now
+// (it can change without a reload).
+struct Scheduling {
+  std::optional<sparse::v1::DynamicBatching> batching;  // nullopt: no batching
+  uint32_t priority_levels = 0;                         // 0: no levels
+  uint32_t default_priority_level = 0;
+};
+
 struct ModelState {
   using Versions = std::map<int64_t, std::shared_ptr<const Servable>>;
   Versions versions;  // may be empty while every selected version fails

@@ -228,10 +228,23 @@ with tempfile.TemporaryDirectory() as tmp:
              ["unknown input ''", "one input, 'input'"]),
             ("1,025 rows", json.dumps({"inputs": [tensor_json([1025, 8], data=[row] * 1025)]}), (),
              ["batch of 1025 rows exceeds the limit of 1024 rows", "--max_batch_rows"]),
+            # Admission parameters (issue 33): whole numbers, named when wrong.
+            ("a priority that is not a number",
+             json.dumps({"parameters": {"priority": "high"}, "inputs": [tensor_json([1, 8], data=row)]}), (),
+             ["parameter 'priority' must be a whole number >= 0"]),
+            ("a negative timeout",
+             json.dumps({"parameters": {"timeout": -5}, "inputs": [tensor_json([1, 8], data=row)]}), (),
+             ["parameter 'timeout' must be a whole number >= 0, got -5"]),
             ("5,000 rows", json.dumps({"inputs": [tensor_json([5000, 8], data=[row] * 5000)]}), (),
              ["more than 1024 rows of 8 inputs", "the limit is 1024 rows per request",
               "--max_batch_rows"]),
         ]
+        # A priority the model has no levels for is ignored (Triton's rule),
+        # and a generous timeout changes nothing.
+        status, _, body = curl(http, "POST", "/v2/models/m/infer",
+                               json.dumps({"parameters": {"priority": 2, "timeout": 10000000},
+                                           "inputs": [tensor_json([1, 8], data=row)]}))
+        check(status == 200, "REST priority 2 and timeout 10 s on a model without levels -> %d %s" % (status, body[:200]))
         for label, data, headers, says in terms:
             status, error = rest_error(data, headers)
             check(status == 400 and all(s in error for s in says),

@@ -1,6 +1,7 @@
 #include "server/core/batcher.h"
 
 #include <algorithm>
+#include <iterator>
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -17,9 +18,17 @@ Batcher::AddResult Batcher::Add(PendingRequest* request, const BatchingOptions& 
   if (!(sane == options_)) options_ = sane;
   if (static_cast<int64_t>(queue_.size()) >= options_.max_queue_size) return AddResult::kFull;
   queued_rows_ += request->request->rows;
-  queue_.push_back(std::move(*request));
-  if (drain_scheduled_) return AddResult::kQueued;
+  const int level = request->level;
+  // Highest level (lowest number) first, in arrival order within a level.
+  auto at = queue_.end();
+  while (at != queue_.begin() && std::prev(at)->level > level) --at;
+  queue_.insert(at, std::move(*request));
+  // One drain task waits for a worker at a time, unless this request
+  // outranks it: then one more, at this request's level, so that it does
+  // not wait behind the worker queue's lower levels.
+  if (drain_scheduled_ && level >= drain_level_) return AddResult::kQueued;
   drain_scheduled_ = true;
+  drain_level_ = level;
   return AddResult::kQueuedScheduleDrain;
 }
 
@@ -48,8 +57,14 @@ std::vector<PendingRequest> Batcher::Take(bool* schedule_another) {
   queued_rows_ -= rows;
   running_rows_ += rows;
   drain_scheduled_ = !queue_.empty();
+  if (drain_scheduled_) drain_level_ = queue_.front().level;
   *schedule_another = drain_scheduled_;
   return batch;
+}
+
+int Batcher::DrainLevel() const {
+  absl::MutexLock lock(&mu_);
+  return drain_level_;
 }
 
 void Batcher::Finished(int64_t rows) {

@@ -52,6 +52,12 @@ struct PendingRequest {
   InferDone done;
   // Where its servable's statistics go; null before the servable is known.
   std::shared_ptr<ServableStatistics> statistics;
+  // When it is answered DEADLINE_EXCEEDED if still queued: the earlier of
+  // the request's deadline and its arrival + timeout.
+  absl::Time deadline = absl::InfiniteFuture();
+  // Its priority level (1 highest; InferRequest::priority resolved against
+  // the model's levels): what orders the queues it waits in.
+  int level = 1;
 };
 
 class Batcher {
@@ -62,13 +68,14 @@ class Batcher {
 
   enum class AddResult { kQueued, kQueuedScheduleDrain, kFull };
   // Adopts `options` (when they differ from the last ones), then queues
-  // `request` unless max_queue_size requests wait already (then it is handed
-  // back untouched in *request, and kFull is returned). On
-  // kQueuedScheduleDrain the caller must run (or schedule) a drain task that
-  // calls Take().
+  // `request` by its level (PendingRequest::level) unless max_queue_size
+  // requests wait already (then it is handed back untouched in *request,
+  // and kFull is returned). On kQueuedScheduleDrain the caller must run (or
+  // schedule, at DrainLevel()) a drain task that calls Take().
   AddResult Add(PendingRequest* request, const BatchingOptions& options);
 
-  // For a drain task: returns the oldest requests up to max_batch_rows rows
+  // For a drain task: returns the first requests (highest level, then
+  // oldest) up to max_batch_rows rows
   // (at least one request; none only if TakeAll() emptied the queue). With
   // max_queue_delay_us set, it first waits for the fair share of rows (see
   // above), up to max_queue_delay_us after the oldest request arrived.
@@ -77,6 +84,10 @@ class Batcher {
   // run, unless it was empty.
   std::vector<PendingRequest> Take(bool* schedule_another);
   void Finished(int64_t rows);
+
+  // The priority level a drain task asked for now should wait at (the
+  // level of the best request waiting).
+  int DrainLevel() const;
 
   // Removes every waiting request (for when a drain task cannot be
   // scheduled); the caller finishes them.
@@ -98,6 +109,7 @@ class Batcher {
   int64_t queued_rows_ ABSL_GUARDED_BY(mu_) = 0;
   bool drain_scheduled_ ABSL_GUARDED_BY(mu_) = false;
   int64_t running_rows_ ABSL_GUARDED_BY(mu_) = 0;  // rows taken and not Finished()
+  int drain_level_ ABSL_GUARDED_BY(mu_) = 1;  // of the drain task asked for last
 };
 
 }  // namespace sparse

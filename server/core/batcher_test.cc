@@ -34,6 +34,35 @@ std::vector<int64_t> Rows(const std::vector<PendingRequest>& batch) {
   return rows;
 }
 
+// Priority levels: a batch takes the highest level first, oldest first
+// within a level; a request that outranks the drain task asked for gets one
+// more at its own level.
+TEST_F(BatcherTest, TakesTheHighestLevelFirstAndAsksForADrainAtAHigherLevel) {
+  Batcher b;
+  BatchingOptions o{.enabled = true, .workers = 1, .max_batch_rows = 2, .max_queue_delay_us = 0,
+                    .max_queue_size = 10};
+  auto at = [&](int64_t rows, int level) {
+    PendingRequest p = Pending(rows);
+    p.level = level;
+    return p;
+  };
+  PendingRequest low = at(1, 3), low2 = at(2, 3), high = at(3, 1), mid = at(4, 2);
+  EXPECT_EQ(b.Add(&low, o), Batcher::AddResult::kQueuedScheduleDrain);
+  EXPECT_EQ(b.DrainLevel(), 3);
+  EXPECT_EQ(b.Add(&low2, o), Batcher::AddResult::kQueued);
+  EXPECT_EQ(b.Add(&high, o), Batcher::AddResult::kQueuedScheduleDrain);  // outranks level 3
+  EXPECT_EQ(b.DrainLevel(), 1);
+  EXPECT_EQ(b.Add(&mid, o), Batcher::AddResult::kQueued);  // level 1 is asked for already
+  bool another = false;
+  EXPECT_EQ(Rows(b.Take(&another)), (std::vector<int64_t>{3}));
+  EXPECT_TRUE(another);
+  EXPECT_EQ(b.DrainLevel(), 2);
+  EXPECT_EQ(Rows(b.Take(&another)), (std::vector<int64_t>{4}));
+  EXPECT_EQ(Rows(b.Take(&another)), (std::vector<int64_t>{1}));  // 1 + 2 > 2 rows
+  EXPECT_EQ(Rows(b.Take(&another)), (std::vector<int64_t>{2}));
+  EXPECT_FALSE(another);
+}
+
 TEST_F(BatcherTest, TakesTheOldestRequestsUpToMaxRowsAndAsksForOneDrainAtATime) {
   Batcher b;
   BatchingOptions o = BatchingOptions{.enabled = true, .workers = 1, .max_batch_rows = 8, .max_queue_delay_us = 0, .max_queue_size = 10};

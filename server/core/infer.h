@@ -35,6 +35,16 @@ struct InferRequest {
   // answered DEADLINE_EXCEEDED / CANCELLED before any compute.
   absl::Time deadline = absl::InfiniteFuture();
   std::function<bool()> cancelled;  // may be empty: never cancelled
+  // OIP's `timeout` parameter (and the native API's timeout_us): a request
+  // still queued this long after it arrived is answered DEADLINE_EXCEEDED,
+  // as at `deadline` (the earlier of the two counts). The only deadline a
+  // REST request has.
+  absl::Duration timeout = absl::InfiniteDuration();
+  // Its priority level, as Triton's: 1 is the highest, 0 means the model's
+  // dynamic_batching.default_priority_level. A model with priority_levels
+  // set refuses a level above them; one without ignores it. Requests wait
+  // for a worker, and in a batching queue, highest level first.
+  uint32_t priority = 0;
   // Time the frontend spent decoding its protocol's request into this one;
   // counted as the request's compute_input (server/core/statistics.h).
   int64_t decode_ns = 0;

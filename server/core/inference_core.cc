@@ -199,7 +199,7 @@ void Answer(const BatchRun& batch, int64_t first_row, const InferRequest& reques
 absl::Status Stale(const PendingRequest& p) {
   // The deadline first: a gRPC call is also cancelled at its deadline, and
   // the deadline is the code to report then.
-  if (p.request->deadline < absl::Now()) {
+  if (p.deadline < absl::Now()) {
     return absl::DeadlineExceededError("the request's deadline passed before it could run");
   }
   if (p.request->cancelled && p.request->cancelled()) {
@@ -228,7 +228,7 @@ std::vector<PendingRequest> LiveRequests(std::vector<PendingRequest> batch, cons
 PredictOptions BatchPredictOptions(const std::vector<PendingRequest>& live) {
   PredictOptions options;
   options.deadline = absl::InfinitePast();
-  for (const PendingRequest& p : live) options.deadline = std::max(options.deadline, p.request->deadline);
+  for (const PendingRequest& p : live) options.deadline = std::max(options.deadline, p.deadline);
   if (live.size() == 1) options.given = live.front().request->given_route;
   return options;
 }
@@ -352,6 +352,25 @@ void RunBatch(const Servable& servable, bool dense, std::vector<PendingRequest> 
   RunTogether(model, run, options, live, finish);
 }
 
+// The priority level of a request asking for `priority` (InferRequest::
+// priority) of a model scheduled by `config`: Triton's rules. Without
+// priority_levels every request runs at level 1 (levels compare across
+// models: the worker queue is shared).
+absl::StatusOr<int> PriorityLevel(const Scheduling& config, uint32_t priority) {
+  const uint32_t levels = config.priority_levels;
+  if (levels == 0) return 1;
+  if (priority == 0) {
+    const uint32_t fallback = config.default_priority_level;
+    return static_cast<int>(fallback >= 1 && fallback <= levels ? fallback : levels);
+  }
+  if (priority > levels) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "priority ", priority, " is not one of the model's priority levels 1 (highest) to ",
+        levels, " (config.pbtxt priority_levels); 0 asks for its default"));
+  }
+  return static_cast<int>(priority);
+}
+
 // Requests waiting for a worker: `delta` for each of `batch` (one servable's).
 void CountQueued(const std::vector<PendingRequest>& batch, bool dense, int64_t delta) {
   for (const PendingRequest& p : batch) {
@@ -423,6 +442,9 @@ void InferenceCore::Infer(const InferRequest& request, InferResponse* response, 
     draining = draining_;
   }
   PendingRequest pending{&request, response, arrival, std::move(done), nullptr};
+  pending.deadline = request.timeout == absl::InfiniteDuration()
+                         ? request.deadline
+                         : std::min(request.deadline, absl::Now() + request.timeout);
   // A front's keep-alive is answered while draining: the version stays
   // retained until the front moves on.
   const bool keepalive = request.shard_call.has_value() && request.rows == 0;
@@ -437,14 +459,15 @@ void InferenceCore::Infer(const InferRequest& request, InferResponse* response, 
       return;
     }
   }
-  std::optional<sparse::v1::DynamicBatching> batching;
+  Scheduling scheduling;
   absl::StatusOr<std::shared_ptr<const Servable>> servable;
   if (!request.resolved.empty()) {
     servable = request.resolved.servable_;
-    batching = request.resolved.batching_;
+    if (request.resolved.scheduling_ != nullptr) scheduling = *request.resolved.scheduling_;
   } else {
-    servable = repository_->Find(request.model, request.version, &batching);
+    servable = repository_->Find(request.model, request.version, &scheduling);
   }
+  const std::optional<sparse::v1::DynamicBatching>& batching = scheduling.batching;
   if (!servable.ok()) {
     FinishPending(pending, servable.status());
     return;
@@ -469,6 +492,12 @@ void InferenceCore::Infer(const InferRequest& request, InferResponse* response, 
     FinishPending(pending, admitted);
     return;
   }
+  absl::StatusOr<int> level = PriorityLevel(scheduling, request.priority);
+  if (!level.ok()) {
+    FinishPending(pending, level.status());
+    return;
+  }
+  pending.level = *level;
   std::vector<PendingRequest> batch;
   const ModelInfo& info = PathModel(**servable, request.dense)->info();
   // A front waits on its shards: never on the caller's (a protocol's) thread.
@@ -497,12 +526,13 @@ void InferenceCore::Submit(std::shared_ptr<const Servable> servable, bool dense,
   // requests are still answered here.
   auto shared = std::make_shared<std::vector<PendingRequest>>(std::move(batch));
   CountQueued(*shared, dense, 1);
+  const int level = shared->front().level;
   const bool queued = pool_.Submit([this, shared, dense, servable = std::move(servable)] {
     CountQueued(*shared, dense, -1);
     RunBatch(*servable, dense, std::move(*shared), [this](PendingRequest& p, const absl::Status& s) {
       FinishPending(p, s);
     });
-  });
+  }, level);
   if (!queued) {
     CountQueued(*shared, dense, -1);
     for (PendingRequest& p : *shared) {
@@ -614,7 +644,7 @@ void InferenceCore::ScheduleDrain(std::shared_ptr<const Servable> servable,
       FinishPending(p, s);
     });
     batcher.Finished(rows);
-  });
+  }, batcher.DrainLevel());
   if (!queued) {
     std::vector<PendingRequest> refused = batcher.TakeAll();
     CountQueued(refused, dense, -1);

@@ -139,6 +139,9 @@ class InferenceCoreTest : public ::testing::Test {
     ASSERT_OK(WriteCheckpoint((*root_ / "lsh").string(), 1, lsh));
     // The same DSM with dynamic batching on both paths.
     ASSERT_OK(WriteBatched(*root_, dsm));
+    // And with three priority levels, 2 by default.
+    ASSERT_OK(WriteCheckpoint((*root_ / "prio").string(), 1, dsm));
+    std::ofstream(*root_ / "prio" / "config.pbtxt") << "priority_levels: 3 default_priority_level: 2\n";
     repository_ = OpenRepository(*root_);
     ASSERT_NE(repository_, nullptr);
   }
@@ -397,6 +400,61 @@ TEST_F(InferenceCoreTest, TheObserveHookSeesEveryAnswerOnce) {
   EXPECT_FALSE(bad.Wait().ok());
   EXPECT_EQ(ok, 1);
   EXPECT_EQ(failed, 1);
+}
+
+// Priority levels (Triton's: 1 the highest, 0 the model's default): queued
+// requests run highest level first; a level beyond the model's is refused;
+// a model without levels ignores them.
+TEST_F(InferenceCoreTest, QueuedRequestsRunByPriorityLevel) {
+  std::unique_ptr<InferenceCore> core = Core(/*inline_max_flops=*/0);
+  std::shared_ptr<absl::Notification> release = HoldWorker(*core);
+  absl::Mutex mu;
+  std::vector<uint32_t> answered;
+  std::vector<std::unique_ptr<Call>> calls;
+  for (uint32_t priority : {3u, 0u, 1u, 2u}) {
+    calls.push_back(std::make_unique<Call>("prio", RandomInputs(1, kD, priority), 1));
+    calls.back()->request.priority = priority;
+    Call* c = calls.back().get();
+    core->Infer(c->request, &c->response, [&mu, &answered, c, priority](absl::Status s) {
+      {
+        absl::MutexLock lock(&mu);
+        answered.push_back(priority);
+      }
+      c->Done()(std::move(s));
+    });
+  }
+  release->Notify();
+  for (auto& c : calls) ASSERT_OK(c->Wait());
+  // 1, then the two at level 2 (0 asks for the default, 2) in arrival order, then 3.
+  EXPECT_EQ(answered, (std::vector<uint32_t>{1, 0, 2, 3}));
+
+  Call beyond("prio", RandomInputs(1, kD, 7), 1);
+  beyond.request.priority = 4;
+  core->Infer(beyond.request, &beyond.response, beyond.Done());
+  const absl::Status refused = beyond.Wait();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.message(), HasSubstr("priority 4 is not one of the model's priority levels 1 "
+                                           "(highest) to 3"));
+  Call ignored("dsm", RandomInputs(1, kD, 8), 1);
+  ignored.request.priority = 9;
+  core->Infer(ignored.request, &ignored.response, ignored.Done());
+  EXPECT_OK(ignored.Wait());
+}
+
+// A request's timeout (OIP's `timeout`) is a deadline counted from its
+// arrival: still queued past it, it is answered DEADLINE_EXCEEDED.
+TEST_F(InferenceCoreTest, ARequestQueuedPastItsTimeoutIsAnsweredDeadlineExceeded) {
+  std::unique_ptr<InferenceCore> core = Core(/*inline_max_flops=*/0);
+  std::shared_ptr<absl::Notification> release = HoldWorker(*core);
+  Call late("dsm", RandomInputs(1, kD, 1), 1), patient("dsm", RandomInputs(1, kD, 2), 1);
+  late.request.timeout = absl::Milliseconds(1);
+  patient.request.timeout = absl::Seconds(60);
+  core->Infer(late.request, &late.response, late.Done());
+  core->Infer(patient.request, &patient.response, patient.Done());
+  absl::SleepFor(absl::Milliseconds(20));
+  release->Notify();
+  EXPECT_EQ(late.Wait().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_OK(patient.Wait());
 }
 
 // The load gauges: requests in flight and queued per version and path, the

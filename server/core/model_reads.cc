@@ -18,7 +18,7 @@ const ModelInfo& ModelHandle::info() const {
   return dense_ ? servable_->loaded.dense->info() : servable_->loaded.sparse->info();
 }
 
-ModelHandle ModelHandle::Path(bool dense) const { return ModelHandle(servable_, dense, batching_); }
+ModelHandle ModelHandle::Path(bool dense) const { return ModelHandle(servable_, dense, scheduling_); }
 
 namespace {
 
@@ -82,7 +82,7 @@ VersionStatus ToVersionStatus(std::shared_ptr<const Servable> servable, ModelRea
   if (servable->part.role == ModelPart::Role::kFront) v.shards = servable->part.shard.count;
   if (servable->part.role == ModelPart::Role::kShard) v.shard = servable->part.shard.ToString();
   v.info = m.info;
-  v.handle = ModelHandle(std::move(servable), false, std::nullopt);
+  v.handle = ModelHandle(std::move(servable), false, nullptr);
   return v;
 }
 
@@ -103,10 +103,10 @@ ModelStatus ToModelStatus(const std::string& name, const ModelState& state, Mode
 
 absl::StatusOr<ModelHandle> InferenceCore::Resolve(absl::string_view model,
                                                    int64_t version) const {
-  std::optional<sparse::v1::DynamicBatching> batching;
+  auto scheduling = std::make_shared<Scheduling>();
   ASSIGN_OR_RETURN(std::shared_ptr<const Servable> servable,
-                   repository_->Find(model, version, &batching));
-  return ModelHandle(std::move(servable), false, std::move(batching));
+                   repository_->Find(model, version, scheduling.get()));
+  return ModelHandle(std::move(servable), false, std::move(scheduling));
 }
 
 std::vector<ModelStatus> InferenceCore::Models(ModelReads reads) const {

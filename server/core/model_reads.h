@@ -28,6 +28,7 @@ namespace sparse {
 
 // model_store/model_state.h: the core's types, never a frontend's.
 struct Servable;
+struct Scheduling;  // model_store/model_state.h
 struct ModelState;
 struct VersionStatus;
 
@@ -57,20 +58,19 @@ class ModelHandle {
   const ModelInfo& info() const;
   // The same version's other path. REQUIRES: has_dense() when `dense`.
   ModelHandle Path(bool dense) const;
-  // The model's dynamic_batching settings when it was resolved (nullopt: none).
-  const std::optional<sparse::v1::DynamicBatching>& batching() const { return batching_; }
 
  private:
   friend class InferenceCore;
   friend VersionStatus ToVersionStatus(std::shared_ptr<const Servable> servable,
                                        ModelReads reads);
   ModelHandle(std::shared_ptr<const Servable> servable, bool dense,
-              std::optional<sparse::v1::DynamicBatching> batching)
-      : servable_(std::move(servable)), dense_(dense), batching_(std::move(batching)) {}
+              std::shared_ptr<const Scheduling> scheduling)
+      : servable_(std::move(servable)), dense_(dense), scheduling_(std::move(scheduling)) {}
 
   std::shared_ptr<const Servable> servable_;
   bool dense_ = false;
-  std::optional<sparse::v1::DynamicBatching> batching_;
+  // The model's batching and priority settings when it was resolved.
+  std::shared_ptr<const Scheduling> scheduling_;
 };
 
 // One loaded version.

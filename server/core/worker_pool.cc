@@ -17,10 +17,11 @@ WorkerPool::~WorkerPool() {
   for (std::thread& t : workers_) t.join();
 }
 
-bool WorkerPool::Submit(std::function<void()> task) {
+bool WorkerPool::Submit(std::function<void()> task, int level) {
   absl::MutexLock lock(&mu_);
-  if (stopping_ || static_cast<int64_t>(queue_.size()) >= max_queue_) return false;
-  queue_.push_back(std::move(task));
+  if (stopping_ || queued_ >= max_queue_) return false;
+  queues_[level].push_back(std::move(task));
+  ++queued_;
   return true;
 }
 
@@ -31,9 +32,12 @@ void WorkerPool::Work() {
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(this, &WorkerPool::HasWorkOrStopping));
-      if (queue_.empty()) return;  // stopping and drained
-      task = std::move(queue_.front());
-      queue_.pop_front();
+      if (queued_ == 0) return;  // stopping and drained
+      auto first = queues_.begin();  // the highest level waiting
+      task = std::move(first->second.front());
+      first->second.pop_front();
+      if (first->second.empty()) queues_.erase(first);
+      --queued_;
     }
     // A task answers its own requests, failing them when what it runs
     // throws (InferenceCore); this catches what escapes even that, so the
@@ -46,7 +50,7 @@ void WorkerPool::Work() {
 
 int64_t WorkerPool::queued() const {
   absl::MutexLock lock(&mu_);
-  return static_cast<int64_t>(queue_.size());
+  return queued_;
 }
 
 }  // namespace sparse

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <thread>
 #include <vector>
 
@@ -28,9 +29,10 @@ class WorkerPool {
   WorkerPool(const WorkerPool&) = delete;
   WorkerPool& operator=(const WorkerPool&) = delete;
 
-  // Queues `task`; false (and `task` is dropped unrun) when the queue holds
-  // max_queue tasks already.
-  bool Submit(std::function<void()> task);
+  // Queues `task` at priority `level` (1 is the highest; a free worker
+  // takes the first task of the highest level waiting); false (and `task`
+  // is dropped unrun) when the queue holds max_queue tasks already.
+  bool Submit(std::function<void()> task, int level = 1);
 
   int threads() const { return static_cast<int>(workers_.size()); }
   int64_t max_queue() const { return max_queue_; }
@@ -42,12 +44,14 @@ class WorkerPool {
  private:
   void Work();
   bool HasWorkOrStopping() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return stopping_ || !queue_.empty();
+    return stopping_ || queued_ > 0;
   }
 
   const int64_t max_queue_;
   mutable absl::Mutex mu_;
-  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  // By level; a level's queue is dropped when it empties.
+  std::map<int, std::deque<std::function<void()>>> queues_ ABSL_GUARDED_BY(mu_);
+  int64_t queued_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<int64_t> busy_{0};
   std::vector<std::thread> workers_;

@@ -2,7 +2,9 @@
 
 #include <atomic>
 #include <stdexcept>
+#include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/internal_error.h"
@@ -21,6 +23,34 @@ TEST(WorkerPoolTest, ATaskThatThrowsIsCountedAndTheWorkerGoesOn) {
   }
   EXPECT_EQ(done.load(), 1);
   EXPECT_EQ(InternalErrors(ErrorSite::kWorker), before + 1);
+}
+
+TEST(WorkerPoolTest, AFreeWorkerTakesTheHighestLevelFirstInOrderWithinALevel) {
+  absl::Notification release, started;
+  absl::Mutex mu;
+  std::vector<int> order;
+  {
+    WorkerPool pool(1, 100);
+    ASSERT_TRUE(pool.Submit([&] {
+      started.Notify();
+      release.WaitForNotification();
+    }));
+    started.WaitForNotification();
+    auto record = [&](int id) {
+      return [&, id] {
+        absl::MutexLock lock(&mu);
+        order.push_back(id);
+      };
+    };
+    ASSERT_TRUE(pool.Submit(record(30), 3));
+    ASSERT_TRUE(pool.Submit(record(10), 1));
+    ASSERT_TRUE(pool.Submit(record(20), 2));
+    ASSERT_TRUE(pool.Submit(record(11), 1));
+    ASSERT_TRUE(pool.Submit(record(31), 3));
+    EXPECT_EQ(pool.queued(), 5);
+    release.Notify();
+  }
+  EXPECT_EQ(order, (std::vector<int>{10, 11, 20, 30, 31}));
 }
 
 TEST(WorkerPoolTest, RunsEveryTaskAndDrainsOnDestruction) {

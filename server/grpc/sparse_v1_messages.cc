@@ -72,6 +72,11 @@ InferRequest ToInferRequest(const sparse::v1::PredictRequest& request, bool dens
   out.rows = request.rows();
   out.inputs = absl::MakeConstSpan(request.inputs().data(), request.inputs_size());
   out.return_route = request.return_route();
+  out.priority = request.priority();
+  // Beyond ~292 years, no timeout.
+  if (request.timeout_us() > 0 && request.timeout_us() < (uint64_t{1} << 62)) {
+    out.timeout = absl::Microseconds(static_cast<int64_t>(request.timeout_us()));
+  }
   return out;
 }
 

@@ -80,10 +80,50 @@ bool IsSet(const inference::InferParameter& p) {
   return false;
 }
 
+// A request parameter that must be a whole number >= 0 (`priority`, and
+// `timeout` in microseconds): absent is 0. REST sends a JSON integer as
+// uint64 (int64 when negative), gRPC clients either.
+absl::StatusOr<uint64_t> WholeParam(const inference::ModelInferRequest& in, const char* key) {
+  auto it = in.parameters().find(key);
+  if (it == in.parameters().end()) return 0;
+  const inference::InferParameter& p = it->second;
+  switch (p.parameter_choice_case()) {
+    case inference::InferParameter::kUint64Param:
+      return p.uint64_param();
+    case inference::InferParameter::kInt64Param:
+      if (p.int64_param() >= 0) return static_cast<uint64_t>(p.int64_param());
+      return absl::InvalidArgumentError(absl::StrCat(
+          "parameter '", key, "' must be a whole number >= 0, got ", p.int64_param()));
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "parameter '", key, "' must be a whole number >= 0 (an integer parameter), got ",
+          ClientText(p.ShortDebugString())));
+  }
+}
+
+// `priority` (a level, 1 the highest; 0 the model's default) and `timeout`
+// (microseconds a request may wait before DEADLINE_EXCEEDED; 0 none), into
+// the core's request.
+absl::Status ReadAdmission(const inference::ModelInferRequest& in, InferRequest* out) {
+  ASSIGN_OR_RETURN(const uint64_t priority, WholeParam(in, "priority"));
+  ASSIGN_OR_RETURN(const uint64_t timeout_us, WholeParam(in, "timeout"));
+  if (priority > std::numeric_limits<uint32_t>::max()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("parameter 'priority' is a priority level (1 is the highest), got ", priority));
+  }
+  out->priority = static_cast<uint32_t>(priority);
+  // Beyond ~292 years, no timeout.
+  if (timeout_us > 0 && timeout_us < (uint64_t{1} << 62)) {
+    out->timeout = absl::Microseconds(static_cast<int64_t>(timeout_us));
+  }
+  return absl::OkStatus();
+}
+
 // The request's parameters and requested outputs, as Triton's clients send
-// them. Kept: the one output, `output`, asked for by name. Ignored, being
-// harmless here: priority, timeout, binary_data / binary_data_output /
-// binary_data_size (HTTP encodings), and anything else unknown. Refused,
+// them. Kept: the one output, `output`, asked for by name; `priority` and
+// `timeout` (ReadAdmission). Ignored, being harmless here: binary_data /
+// binary_data_output / binary_data_size (HTTP encodings), and anything else
+// unknown. Refused,
 // since they would change what the answer means: sequence batching
 // (sequence_id, sequence_start, sequence_end), classification outputs and
 // shared-memory tensors.
@@ -340,6 +380,7 @@ absl::StatusOr<InferRequest> TranslateModelInfer(const InferenceCore& core,
   out.dense = t.dense;
   RETURN_IF_ERROR(
       ToInferRequest(core, request, path.info().input_dim, encoding, storage, &out));
+  RETURN_IF_ERROR(ReadAdmission(request, &out));
   out.resolved = std::move(path);  // the core runs it on this version: one lookup
   return out;
 }
