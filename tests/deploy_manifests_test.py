@@ -312,8 +312,10 @@ check(all(r["resources"]["overrides"] == {"namespace": {"resource": "namespace"}
 rendered_autoscaling = {}
 scaled_objects = []
 if kubectl:
-    for base_name, base_dir in (("unsharded", K8S), ("sharded", SHARDED)):
-        for component in ("hpa", "keda"):
+    LWS_DIR = os.path.abspath(os.path.join(source, "deploy", "kubernetes-lws"))
+    for base_name, base_dir, components in (("unsharded", K8S, ("hpa", "keda")), ("sharded", SHARDED, ("hpa", "keda")),
+                                            ("lws", LWS_DIR, ("hpa",))):
+        for component in components:
             where = os.path.join(sys.argv[2], "deploy-manifests", "%s-%s" % (base_name, component))
             os.makedirs(where, exist_ok=True)
             with open(os.path.join(where, "kustomization.yaml"), "w") as f:
@@ -322,7 +324,7 @@ if kubectl:
                                 "components": [os.path.relpath(os.path.join(AUTOSCALING, component), where)]}, f)
             objects = render(where)
             rendered_autoscaling[(base_name, component)] = where
-            front = objects.get("Deployment", [{}])[0]
+            front = (objects.get("Deployment") or objects.get("LeaderWorkerSet") or [{}])[0]
             front_name = front.get("metadata", {}).get("name")
             if component == "hpa":
                 hpas = objects.get("HorizontalPodAutoscaler", [])
