@@ -20,9 +20,11 @@ on loopback alone, and dry-run too.
 The autoscaling components (deploy/autoscaling/hpa and keda) are rendered
 on the unsharded Deployment and on the sharded fronts: the HPA's Pods
 metrics are the prometheus-adapter rules' (no CPU), the KEDA overlay drops
-the base HPA and its ScaledObject scales the same Deployment and validates
-against KEDA's published CRD schema (vendored with its licences in
-tests/schemas/keda/, run with node); a broken one is refused. The KServe
+the base HPA and its ScaledObject scales the same Deployment. The
+ScaledObjects and deploy/prometheus/prometheus-rule.yaml (alerts.yaml's
+groups, unchanged) validate against KEDA's and the Prometheus Operator's
+published CRD schemas (vendored with their licences in tests/schemas/,
+run with node); broken ones are refused. The KServe
 runtime serves format sparse-serve over v2 REST and gRPC from /mnt/models
 with --model_name={{.Name}} and Prometheus annotations on its metrics
 port, and the InferenceServices use it. The LeaderWorkerSet overlay
@@ -32,7 +34,8 @@ port, and the InferenceServices use it. The LeaderWorkerSet overlay
 leaders, the HPA scales the LeaderWorkerSet.
 kubectl needs an API server for discovery even in a client dry run; with
 no cluster here, a stub on loopback answers discovery for the kinds used
-(keda.sh, serving.kserve.io and leaderworkerset.x-k8s.io too) and "not
+(keda.sh, monitoring.coreos.com, serving.kserve.io and
+leaderworkerset.x-k8s.io too) and "not
 found" for every object (so kubectl plans a create), and
 --validate=false skips the OpenAPI download the stub cannot offer: kubectl
 still decodes each object and maps its kind. The field checks above are
@@ -348,24 +351,37 @@ if kubectl:
             if base_name == "sharded":
                 check(len(objects.get("StatefulSet", [])) == 2, "sharded + %s keeps the shards" % component)
 
-# KEDA's published CRD schema (tests/schemas/keda/, vendored with its
-# licences): every ScaledObject as rendered validates, and a broken one
-# does not (the validator is live).
+# The Prometheus Operator's form of the alerts: the same groups as
+# deploy/prometheus/alerts.yaml (which promtool tests).
+PROMETHEUS_DIR = os.path.join(source, "deploy", "prometheus")
+with open(os.path.join(PROMETHEUS_DIR, "alerts.yaml")) as f:
+    alert_groups = yaml.safe_load(f)
+with open(os.path.join(PROMETHEUS_DIR, "prometheus-rule.yaml")) as f:
+    prometheus_rule = yaml.safe_load(f)
+check(prometheus_rule.get("kind") == "PrometheusRule" and prometheus_rule.get("spec") == alert_groups,
+      "prometheus-rule.yaml holds alerts.yaml's groups unchanged")
+
+# The published CRD schemas (tests/schemas/, vendored with their
+# licences): every ScaledObject as rendered and the PrometheusRule
+# validate, and broken ones do not (the validator is live).
 node = shutil.which("node")
 check(node is not None, "node is installed (deploy/install-deps.sh installs nodejs)")
 if node and scaled_objects:
-    broken = json.loads(json.dumps(scaled_objects[0]))
-    broken["spec"]["triggers"][0]["metadata"]["threshold"] = 1
-    broken["spec"]["minReplicaCount"] = "two"
-    for objects, want in ((scaled_objects, 0), ([broken], 1)):
-        path = os.path.join(sys.argv[2], "deploy-manifests", "keda-objects.json")
+    broken_so = json.loads(json.dumps(scaled_objects[0]))
+    broken_so["spec"]["triggers"][0]["metadata"]["threshold"] = 1
+    broken_rule = json.loads(json.dumps(prometheus_rule))
+    broken_rule["spec"]["groups"][0]["rules"][0]["for"] = 60
+    for objects, want in ((scaled_objects + [prometheus_rule], 0), ([broken_so], 1), ([broken_rule], 1)):
+        path = os.path.join(sys.argv[2], "deploy-manifests", "crd-objects.json")
         with open(path, "w") as f:
             json.dump(objects, f)
-        done = subprocess.run([node, os.path.join(source, "tests", "schemas", "keda", "validate.mjs"), path],
+        done = subprocess.run([node, os.path.join(source, "tests", "schemas", "validate.mjs"), path],
                               capture_output=True, text=True, timeout=60)
-        check(done.returncode == want and ("must be string" in done.stdout) == (want == 1),
-              "KEDA's schema %s the %s: %s%s" % ("accepts" if want == 0 else "refuses", "ScaledObjects" if want == 0
-                                                  else "broken ScaledObject", done.stdout, done.stderr[-500:]))
+        names = ", ".join("%s %s" % (o["kind"], o["metadata"]["name"]) for o in objects)
+        check(done.returncode == want and ("must be string" in done.stdout) == (want == 1) and
+              done.stdout.count("ok " if want == 0 else "invalid ") == len(objects),
+              "the published schemas %s %s: %s%s" % ("accept" if want == 0 else "refuse the broken", names,
+                                                     done.stdout, done.stderr[-500:]))
 
 # KServe (deploy/kserve/): the runtime and the InferenceServices on it.
 KSERVE = os.path.join(source, "deploy", "kserve")
@@ -459,6 +475,7 @@ class Discovery(http.server.BaseHTTPRequestHandler):
               "autoscaling/v2": [("horizontalpodautoscalers", "HorizontalPodAutoscaler", True)],
               "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)],
               "keda.sh/v1alpha1": [("scaledobjects", "ScaledObject", True)],
+              "monitoring.coreos.com/v1": [("prometheusrules", "PrometheusRule", True)],
               "serving.kserve.io/v1alpha1": [("clusterservingruntimes", "ClusterServingRuntime", False)],
               "serving.kserve.io/v1beta1": [("inferenceservices", "InferenceService", True)],
               "leaderworkerset.x-k8s.io/v1": [("leaderworkersets", "LeaderWorkerSet", True)]}
@@ -512,7 +529,8 @@ if kubectl:
     server_url = "http://127.0.0.1:%d" % stub.server_address[1]
     env = dict(os.environ, KUBECONFIG=os.devnull, HOME=os.environ.get("HOME", "/tmp"))
     targets = ([["-f", p] for p in sorted(on_disk)] + [["-k", "."], ["-k", SHARDED], ["-f", PODS], ["-k", LWS],
-               ["-f", os.path.join(AUTOSCALING, "prometheus-adapter-config.yaml")]] +
+               ["-f", os.path.join(AUTOSCALING, "prometheus-adapter-config.yaml")],
+               ["-f", os.path.join(PROMETHEUS_DIR, "prometheus-rule.yaml")]] +
                [["-f", p] for p in sorted(glob.glob(os.path.join(KSERVE, "*.yaml")))] +
                [["-k", where] for where in rendered_autoscaling.values()])
     for target in targets:
