@@ -25,10 +25,12 @@ PACKAGES=(
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # the TLS test makes its certificates with the openssl command line; the
-  # metrics test is scraped by a real Prometheus server; the deployment
-  # test parses YAML; the slow-client test attacks the HTTP ports with
-  # slowhttptest
-  openssl prometheus python3-yaml slowhttptest
+  # metrics and observability tests are scraped by a real Prometheus server
+  # (and run promtool, in the same package); the deployment test parses
+  # YAML and validates the KEDA manifests with KEDA's schema compiled to
+  # JavaScript (tests/schemas/keda/, run by nodejs); the slow-client test
+  # attacks the HTTP ports with slowhttptest
+  openssl prometheus python3-yaml nodejs slowhttptest
 )
 
 # Optional: bench/peers (make peers) compares us with PyTorch (installed

@@ -3,6 +3,7 @@
 // on the dense baseline), grpc.health.v1.Health and server reflection.
 // SIGINT or SIGTERM stops it cleanly. Run with --help for the flags.
 #include <cstdio>
+#include <cstdlib>
 #include <thread>
 
 #include "absl/flags/flag.h"
@@ -118,6 +119,13 @@ ABSL_FLAG(std::string, shard, "",
           "\"Sharded models\"): load only experts [iE/N, (i+1)E/N) of each DSM block, or tables "
           "[is/N, (i+1)s/N) of each LSH model, read and checked range by range, and answer the "
           "fronts' sparse.v1.ShardService calls. On Kubernetes the pod's ordinal gives i.");
+ABSL_FLAG(std::string, shard_index_env, "",
+          "A shard whose index is in this environment variable (e.g. LWS_WORKER_INDEX on a "
+          "LeaderWorkerSet): --shard then gives the count alone, e.g. --shard=/4 "
+          "(docs/deploy.md, \"LeaderWorkerSet\").");
+ABSL_FLAG(int, shard_index_offset, 0,
+          "Added to a shard's index, from --shard or --shard_index_env: -1 on a LeaderWorkerSet, "
+          "whose workers are numbered 1..N after the leader's 0.");
 ABSL_FLAG(std::string, shard_targets, "",
           "Serve as the front of sharded models: one gRPC target per shard index, in order, "
           "separated by ';' (e.g. 'dns:///shard-0.shards:8500;dns:///shard-1.shards:8500'; a "
@@ -193,6 +201,8 @@ bool OptionsFromFlags(sparse::ServerOptions& options) {
     options.weight_verify = *verify;
   }
   options.shard = absl::GetFlag(FLAGS_shard);
+  options.shard_index_env = absl::GetFlag(FLAGS_shard_index_env);
+  options.shard_index_offset = absl::GetFlag(FLAGS_shard_index_offset);
   for (absl::string_view target :
        absl::StrSplit(absl::GetFlag(FLAGS_shard_targets), ';', absl::SkipWhitespace())) {
     options.shard_targets.emplace_back(absl::StripAsciiWhitespace(target));
@@ -295,6 +305,11 @@ int main(int argc, char** argv) {
   // A flag set where it would be ignored (server/server_flag_rules.h).
   if (const absl::Status applies = sparse::CheckServerFlags(options); !applies.ok()) {
     std::fprintf(stderr, "sparse-server: error: %s\n", std::string(applies.message()).c_str());
+    return 1;
+  }
+  // A shard index from the environment (--shard_index_env) and its offset.
+  if (const absl::Status index = sparse::ResolveShardIndex(options, std::getenv); !index.ok()) {
+    std::fprintf(stderr, "sparse-server: %s\n", std::string(index.message()).c_str());
     return 1;
   }
   // Every bad flag on its own line, naming the flag, what it takes and what it got.

@@ -6,6 +6,7 @@
 #include <set>
 #include <thread>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/pem.h"
@@ -158,6 +159,53 @@ absl::Status ServerOptions::Validate() const {
   CheckSharding(*this, problems);
   if (problems.lines.empty()) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrJoin(problems.lines, "\n"));
+}
+
+absl::Status ResolveShardIndex(ServerOptions& o,
+                               absl::FunctionRef<const char*(const char*)> getenv) {
+  if (o.shard_index_env.empty() && o.shard_index_offset == 0) return absl::OkStatus();
+  const size_t slash = o.shard.find('/');
+  const std::string count = slash == std::string::npos ? "" : o.shard.substr(slash + 1);
+  std::string index_text = slash == std::string::npos ? o.shard : o.shard.substr(0, slash);
+  std::string source = absl::StrCat("--shard=", o.shard);
+  if (!o.shard_index_env.empty()) {
+    if (!index_text.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--shard_index_env=", o.shard_index_env, " gives the shard index, so --shard takes the "
+          "count alone ('/N', e.g. /4), got '", o.shard, "'"));
+    }
+    const char* value = getenv(o.shard_index_env.c_str());
+    if (value == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--shard_index_env=", o.shard_index_env, ": expected the environment variable ",
+          o.shard_index_env, " to hold the shard index (an integer), but it is not set"));
+    }
+    index_text = value;
+    source = absl::StrCat(o.shard_index_env, "=", value);
+  } else {
+    // A StatefulSet pod's name ends in its ordinal, as in ParseShardSpec.
+    if (const size_t dash = index_text.rfind('-'); dash != std::string::npos && dash > 0) {
+      index_text = index_text.substr(dash + 1);
+    }
+  }
+  int64_t index = 0;
+  if (!absl::SimpleAtoi(index_text, &index)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the shard index is an integer, got '", index_text, "' from ", source));
+  }
+  int64_t n = 0;
+  if (!absl::SimpleAtoi(count, &n) || n < 1 || n > kMaxShards) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--shard: expected the shard count N in 1..", kMaxShards, " after '/', got '", o.shard, "'"));
+  }
+  const int64_t shifted = index + o.shard_index_offset;
+  if (shifted < 0 || shifted >= n) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the shard index ", index, " (", source, ") plus --shard_index_offset=",
+        o.shard_index_offset, " is ", shifted, "; expected 0 <= i < ", n, " (the shard count)"));
+  }
+  o.shard = absl::StrCat(shifted, "/", n);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<SparseServer>> SparseServer::Start(

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "common/client_tls.h"
@@ -106,6 +107,13 @@ struct ServerOptions : LoaderOptions {
   // `shard_wait_seconds` for every shard to serve it. A server is one or
   // the other, or neither.
   std::string shard;
+  // A shard whose index the platform gives in an environment variable
+  // (LeaderWorkerSet's LWS_WORKER_INDEX, 1..N beside the leader's 0):
+  // `shard` is then "/N", the count alone, and ResolveShardIndex reads the
+  // index from `shard_index_env` at start-up. `shard_index_offset` is added
+  // to the index, whichever gave it (-1 for LWS's workers).
+  std::string shard_index_env;
+  int shard_index_offset = 0;
   std::vector<std::string> shard_targets;
   double shard_wait_seconds = 120;
   double shard_retain_seconds = 60;
@@ -123,6 +131,14 @@ struct ServerOptions : LoaderOptions {
   // front, --tls_client_ca without TLS) is server/server_flag_rules.h's.
   absl::Status Validate() const;
 };
+
+// Makes `options.shard` "i/N" from "/N" and the environment variable
+// `options.shard_index_env` (read with `getenv`), plus
+// `options.shard_index_offset`; from "i/N" with an offset, adds it. A
+// no-op without either. INVALID_ARGUMENT saying what was expected and what
+// came: the variable unset or not an integer, an index outside [0, N).
+absl::Status ResolveShardIndex(ServerOptions& options,
+                               absl::FunctionRef<const char*(const char*)> getenv);
 
 class SparseServer {
  public:

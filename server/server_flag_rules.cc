@@ -8,6 +8,7 @@ namespace {
 
 bool Always(const ServerRun&) { return true; }
 bool Shard(const ServerRun& r) { return r.shard; }
+bool ShardCountOnly(const ServerRun& r) { return r.shard_count_only; }
 bool Front(const ServerRun& r) { return r.front; }
 bool Tls(const ServerRun& r) { return r.tls; }
 bool Http(const ServerRun& r) { return r.http; }
@@ -52,6 +53,10 @@ constexpr FlagRule<ServerRun> kRules[] = {
     {"weight_cache_dir", kEvery, Always},
     {"weight_verify", "servers with --weight_cache_dir", WeightCache},
     {"shard", kEvery, Always},
+    {"shard_index_env",
+     "a shard given its count alone (--shard=/N): the index comes from the environment",
+     ShardCountOnly},
+    {"shard_index_offset", "a shard (--shard=i/N or --shard=/N): it shifts the index", Shard},
     {"shard_targets", kEvery, Always},
     {"shard_wait_seconds", "a front (--shard_targets): how long a load waits for its shards",
      Front},
@@ -70,6 +75,7 @@ constexpr FlagRule<ServerRun> kRules[] = {
 
 ServerRun ServerRun::Of(const ServerOptions& options) {
   return ServerRun{.shard = !options.shard.empty(),
+                   .shard_count_only = !options.shard.empty() && options.shard[0] == '/',
                    .front = !options.shard_targets.empty(),
                    .tls = !options.tls_cert_file.empty(),
                    .http = options.http_port >= 0,
@@ -78,7 +84,8 @@ ServerRun ServerRun::Of(const ServerOptions& options) {
 }
 
 std::string ServerRun::Describe() const {
-  return absl::StrCat(shard   ? "a shard (--shard)"
+  return absl::StrCat(shard_count_only ? "a shard given its count alone (--shard=/N)"
+                      : shard         ? "a shard (--shard)"
                       : front ? "a front (--shard_targets)"
                               : "a server that is neither shard nor front",
                       tls ? ", with TLS" : ", plaintext (no --tls_cert)",

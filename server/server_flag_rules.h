@@ -24,7 +24,8 @@ namespace sparse {
 
 // What a sparse-server run is, as far as flags care.
 struct ServerRun {
-  bool shard = false;    // --shard=i/N
+  bool shard = false;    // --shard=i/N (or /N)
+  bool shard_count_only = false;  // --shard=/N: the index from --shard_index_env
   bool front = false;    // --shard_targets
   bool tls = false;      // --tls_cert (and --tls_key)
   bool http = false;     // --http_port >= 0

@@ -17,9 +17,26 @@ in order, the Services selecting fronts or shards as they should. The same
 topology as plain Pods for podman kube play (deploy/podman-sharded/) is
 checked for its names, targets, read-only repository and a front published
 on loopback alone, and dry-run too.
+The autoscaling components (deploy/autoscaling/hpa and keda) are rendered
+on the unsharded Deployment and on the sharded fronts: the HPA's Pods
+metrics are the prometheus-adapter rules' (no CPU), the KEDA overlay drops
+the base HPA and its ScaledObject scales the same Deployment. The
+ScaledObjects and deploy/prometheus/prometheus-rule.yaml (alerts.yaml's
+groups, unchanged) validate against KEDA's and the Prometheus Operator's
+published CRD schemas (vendored with their licences in tests/schemas/,
+run with node); broken ones are refused. The KServe
+runtime serves format sparse-serve over v2 REST and gRPC from /mnt/models
+with --model_name={{.Name}} and Prometheus annotations on its metrics
+port, and the InferenceServices use it. The LeaderWorkerSet overlay
+(deploy/kubernetes-lws/): the leader's targets name its group's workers
+1..N in order, a worker is shard LWS_WORKER_INDEX - 1 of N
+(--shard_index_env, --shard_index_offset=-1), the Services and PDB select
+leaders, the HPA scales the LeaderWorkerSet.
 kubectl needs an API server for discovery even in a client dry run; with
 no cluster here, a stub on loopback answers discovery for the kinds used
-and "not found" for every object (so kubectl plans a create), and
+(keda.sh, monitoring.coreos.com, serving.kserve.io and
+leaderworkerset.x-k8s.io too) and "not
+found" for every object (so kubectl plans a create), and
 --validate=false skips the OpenAPI download the stub cannot offer: kubectl
 still decodes each object and maps its kind. The field checks above are
 what stands in for schema validation.
@@ -275,13 +292,195 @@ stop = float(str(server.get("stop_grace_period", "10s")).rstrip("s"))
 check(compose_drain and stop >= compose_drain[0], "stop_grace_period %ss covers the drain %s" % (stop, compose_drain))
 
 
+def render(kustomization_dir):
+    done = subprocess.run([kubectl, "kustomize", kustomization_dir], capture_output=True, text=True, timeout=60)
+    check(done.returncode == 0, "kubectl kustomize %s: %s" % (kustomization_dir, done.stderr[-500:]))
+    objects = {}
+    for doc in yaml.safe_load_all(done.stdout or ""):
+        if doc:
+            objects.setdefault(doc["kind"], []).append(doc)
+    return objects
+
+
+# Autoscaling (deploy/autoscaling/): the components on the unsharded
+# Deployment and on the sharded fronts, rendered from kustomizations
+# written under the build directory (kustomize takes relative paths only).
+AUTOSCALING = os.path.join(source, "deploy", "autoscaling")
+with open(os.path.join(AUTOSCALING, "prometheus-adapter-config.yaml")) as f:
+    adapter_map = yaml.safe_load(f)
+adapter_rules = yaml.safe_load(adapter_map["data"]["config.yaml"])["rules"]
+adapter_metrics = {r["name"]["as"] for r in adapter_rules}
+check(all(r["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+          for r in adapter_rules), "the adapter's rules map the namespace and pod labels to their resources")
+rendered_autoscaling = {}
+scaled_objects = []
+if kubectl:
+    LWS_DIR = os.path.abspath(os.path.join(source, "deploy", "kubernetes-lws"))
+    for base_name, base_dir, components in (("unsharded", K8S, ("hpa", "keda")), ("sharded", SHARDED, ("hpa", "keda")),
+                                            ("lws", LWS_DIR, ("hpa",))):
+        for component in components:
+            where = os.path.join(sys.argv[2], "deploy-manifests", "%s-%s" % (base_name, component))
+            os.makedirs(where, exist_ok=True)
+            with open(os.path.join(where, "kustomization.yaml"), "w") as f:
+                yaml.safe_dump({"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                                "resources": [os.path.relpath(base_dir, where)],
+                                "components": [os.path.relpath(os.path.join(AUTOSCALING, component), where)]}, f)
+            objects = render(where)
+            rendered_autoscaling[(base_name, component)] = where
+            front = (objects.get("Deployment") or objects.get("LeaderWorkerSet") or [{}])[0]
+            front_name = front.get("metadata", {}).get("name")
+            if component == "hpa":
+                hpas = objects.get("HorizontalPodAutoscaler", [])
+                check(len(hpas) == 1 and not objects.get("ScaledObject"), "%s + hpa: one HPA" % base_name)
+                h = hpas[0]["spec"] if hpas else {}
+                names = {m.get("pods", {}).get("metric", {}).get("name") for m in h.get("metrics", [])}
+                check(all(m["type"] == "Pods" for m in h.get("metrics", [])) and names == adapter_metrics,
+                      "%s + hpa: Pods metrics %s are the adapter's %s, no CPU" % (base_name, names, adapter_metrics))
+                check(h.get("scaleTargetRef", {}).get("name") == front_name, "%s + hpa scales %s" % (base_name, front_name))
+            else:
+                check(not objects.get("HorizontalPodAutoscaler"), "%s + keda: the base HPA is gone (KEDA makes its own)"
+                      % base_name)
+                so = objects.get("ScaledObject", [{}])[0]
+                scaled_objects.append(so)
+                check(so.get("spec", {}).get("scaleTargetRef", {}).get("name") == front_name,
+                      "%s + keda: the ScaledObject scales %s" % (base_name, front_name))
+                triggers = so.get("spec", {}).get("triggers", [])
+                check(triggers and all(t["type"] == "prometheus" and "sparse_requests" in t["metadata"]["query"]
+                                       and "cpu" not in t["metadata"]["query"] for t in triggers),
+                      "%s + keda: prometheus triggers on the load gauges" % base_name)
+            if base_name == "sharded":
+                check(len(objects.get("StatefulSet", [])) == 2, "sharded + %s keeps the shards" % component)
+
+# The Prometheus Operator's form of the alerts: the same groups as
+# deploy/prometheus/alerts.yaml (which promtool tests).
+PROMETHEUS_DIR = os.path.join(source, "deploy", "prometheus")
+with open(os.path.join(PROMETHEUS_DIR, "alerts.yaml")) as f:
+    alert_groups = yaml.safe_load(f)
+with open(os.path.join(PROMETHEUS_DIR, "prometheus-rule.yaml")) as f:
+    prometheus_rule = yaml.safe_load(f)
+check(prometheus_rule.get("kind") == "PrometheusRule" and prometheus_rule.get("spec") == alert_groups,
+      "prometheus-rule.yaml holds alerts.yaml's groups unchanged")
+
+# The published CRD schemas (tests/schemas/, vendored with their
+# licences): every ScaledObject as rendered and the PrometheusRule
+# validate, and broken ones do not (the validator is live).
+node = shutil.which("node")
+check(node is not None, "node is installed (deploy/install-deps.sh installs nodejs)")
+if node and scaled_objects:
+    broken_so = json.loads(json.dumps(scaled_objects[0]))
+    broken_so["spec"]["triggers"][0]["metadata"]["threshold"] = 1
+    broken_rule = json.loads(json.dumps(prometheus_rule))
+    broken_rule["spec"]["groups"][0]["rules"][0]["for"] = 60
+    for objects, want in ((scaled_objects + [prometheus_rule], 0), ([broken_so], 1), ([broken_rule], 1)):
+        path = os.path.join(sys.argv[2], "deploy-manifests", "crd-objects.json")
+        with open(path, "w") as f:
+            json.dump(objects, f)
+        done = subprocess.run([node, os.path.join(source, "tests", "schemas", "validate.mjs"), path],
+                              capture_output=True, text=True, timeout=60)
+        names = ", ".join("%s %s" % (o["kind"], o["metadata"]["name"]) for o in objects)
+        check(done.returncode == want and ("must be string" in done.stdout) == (want == 1) and
+              done.stdout.count("ok " if want == 0 else "invalid ") == len(objects),
+              "the published schemas %s %s: %s%s" % ("accept" if want == 0 else "refuse the broken", names,
+                                                     done.stdout, done.stderr[-500:]))
+
+# KServe (deploy/kserve/): the runtime and the InferenceServices on it.
+KSERVE = os.path.join(source, "deploy", "kserve")
+kserve = {}
+for path in sorted(glob.glob(os.path.join(KSERVE, "*.yaml"))):
+    with open(path) as f:
+        for doc in yaml.safe_load_all(f):
+            kserve.setdefault(doc["kind"], []).append(doc)
+runtime = kserve.get("ClusterServingRuntime", [{}])[0]
+rspec = runtime.get("spec", {})
+check(runtime.get("apiVersion") == "serving.kserve.io/v1alpha1", "a ClusterServingRuntime")
+check([f.get("name") for f in rspec.get("supportedModelFormats", [])] == ["sparse-serve"],
+      "the runtime supports model format sparse-serve: %s" % rspec.get("supportedModelFormats"))
+check(set(rspec.get("protocolVersions", [])) == {"v2", "grpc-v2"}, "protocol v2 over REST and gRPC")
+rc = rspec.get("containers", [{}])[0]
+rargs = rc.get("args", [])
+check(rc.get("name") == "kserve-container" and rc.get("image") == c.get("image"),
+      "the runtime's kserve-container runs the image: %s" % rc.get("image"))
+check("--model_repository=/mnt/models" in rargs and "--model_name={{.Name}}" in rargs,
+      "the runtime serves /mnt/models under the InferenceService's name: %s" % rargs)
+check("--http_port=8080" in rargs, "REST on KServe's port 8080: %s" % rargs)
+metrics_flag = [a.split("=", 1)[1] for a in rargs if a.startswith("--metrics_port=")]
+annotations = rspec.get("annotations", {})
+check(metrics_flag and annotations.get("prometheus.kserve.io/port") == metrics_flag[0] ==
+      annotations.get("prometheus.io/port") and annotations.get("prometheus.io/scrape") == "true",
+      "Prometheus scrape annotations name the metrics port: %s %s" % (annotations, metrics_flag))
+grpc_port = [a.split("=", 1)[1] for a in rargs if a.startswith("--port=")]
+for isvc in kserve.get("InferenceService", []):
+    model = isvc["spec"]["predictor"]["model"]
+    name = isvc["metadata"]["name"]
+    check(model.get("modelFormat", {}).get("name") == "sparse-serve" and
+          model.get("runtime") == runtime.get("metadata", {}).get("name") and
+          model.get("protocolVersion") in rspec.get("protocolVersions", []),
+          "InferenceService %s runs on the runtime: %s" % (name, model))
+    if model.get("protocolVersion") == "grpc-v2":
+        check([str(p.get("containerPort")) for p in model.get("ports", [])] == grpc_port and
+              model["ports"][0].get("name") == "h2c", "InferenceService %s routes h2c to --port %s" % (name, grpc_port))
+check(len(kserve.get("InferenceService", [])) >= 1, "an InferenceService example")
+
+# LeaderWorkerSet (deploy/kubernetes-lws/): leader = front, workers = shards.
+LWS = os.path.abspath(os.path.join(source, "deploy", "kubernetes-lws"))
+if kubectl:
+    lws_objects = render(LWS)
+    check(not lws_objects.get("Deployment") and not lws_objects.get("StatefulSet"),
+          "the LWS overlay has no Deployment or StatefulSet")
+    lws = lws_objects.get("LeaderWorkerSet", [{}])[0]
+    lws_name = lws.get("metadata", {}).get("name")
+    template = lws.get("spec", {}).get("leaderWorkerTemplate", {})
+    size = template.get("size", 0)
+    shards = size - 1
+    leader = template.get("leaderTemplate", {})
+    worker = template.get("workerTemplate", {})
+    lc = leader.get("spec", {}).get("containers", [{}])[0]
+    wc = worker.get("spec", {}).get("containers", [{}])[0]
+    lws_targets = [a.split("=", 1)[1] for a in lc.get("args", []) if a.startswith("--shard_targets=")]
+    check(shards >= 1 and len(lws_targets) == 1 and lws_targets[0].split(";") ==
+          ["dns:///$(POD_NAME)-%d.%s:%d" % (i, lws_name, GRPC_PORT) for i in range(1, size)],
+          "the leader's targets are its group's workers 1..%d in order: %s" % (shards, lws_targets))
+    lenv = {e["name"]: e for e in lc.get("env", [])}
+    check(lenv.get("POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name",
+          "the leader gets POD_NAME from metadata.name")
+    wargs = wc.get("args", [])
+    check("--shard=/%d" % shards in wargs and "--shard_index_env=LWS_WORKER_INDEX" in wargs and
+          "--shard_index_offset=-1" in wargs,
+          "a worker is shard LWS_WORKER_INDEX - 1 of %d: %s" % (shards, wargs))
+    check(lws_name != "sparse-serve" and lws_name not in {s["metadata"]["name"] for s in lws_objects.get("Service", [])},
+          "the LWS's name (%s) is free for the headless Service LWS makes" % lws_name)
+    leader_labels = leader.get("metadata", {}).get("labels", {})
+    worker_labels = worker.get("metadata", {}).get("labels", {})
+    for svc in lws_objects.get("Service", []):
+        selector = svc["spec"].get("selector", {})
+        check(selector.items() <= leader_labels.items() and not selector.items() <= worker_labels.items(),
+              "Service %s selects the leaders (fronts), not the workers" % svc["metadata"]["name"])
+    for role, container, labels in (("leader", lc, leader_labels), ("worker", wc, worker_labels)):
+        check(container.get("image") == c.get("image"), "the %s runs the image" % role)
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            check(container.get(probe, {}).get("grpc", {}).get("port") == GRPC_PORT,
+                  "the %s's %s is a native gRPC probe" % (role, probe))
+        pod_spec = (leader if role == "leader" else worker).get("spec", {})
+        check(pod_spec.get("securityContext", {}).get("runAsUser") == uid, "the %s runs as the image's user" % role)
+    lws_hpa = lws_objects.get("HorizontalPodAutoscaler", [{}])[0].get("spec", {}).get("scaleTargetRef", {})
+    check(lws_hpa.get("kind") == "LeaderWorkerSet" and lws_hpa.get("name") == lws_name and
+          lws_hpa.get("apiVersion") == lws.get("apiVersion"), "the HPA scales the LeaderWorkerSet's groups: %s" % lws_hpa)
+    pdb_selector = lws_objects.get("PodDisruptionBudget", [{}])[0].get("spec", {}).get("selector", {})
+    check(pdb_selector.get("matchLabels", {}).items() <= leader_labels.items(), "the PDB keeps a leader")
+
+
 # kubectl against a discovery stub.
 class Discovery(http.server.BaseHTTPRequestHandler):
     GROUPS = {"apps/v1": [("deployments", "Deployment", True), ("statefulsets", "StatefulSet", True)],
               "autoscaling/v2": [("horizontalpodautoscalers", "HorizontalPodAutoscaler", True)],
-              "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)]}
+              "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)],
+              "keda.sh/v1alpha1": [("scaledobjects", "ScaledObject", True)],
+              "monitoring.coreos.com/v1": [("prometheusrules", "PrometheusRule", True)],
+              "serving.kserve.io/v1alpha1": [("clusterservingruntimes", "ClusterServingRuntime", False)],
+              "serving.kserve.io/v1beta1": [("inferenceservices", "InferenceService", True)],
+              "leaderworkerset.x-k8s.io/v1": [("leaderworkersets", "LeaderWorkerSet", True)]}
     CORE = [("services", "Service", True), ("persistentvolumeclaims", "PersistentVolumeClaim", True),
-            ("pods", "Pod", True),
+            ("pods", "Pod", True), ("configmaps", "ConfigMap", True),
             ("namespaces", "Namespace", False)]
 
     @staticmethod
@@ -298,9 +497,12 @@ class Discovery(http.server.BaseHTTPRequestHandler):
             body = {"kind": "APIVersions", "versions": ["v1"],
                     "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}
         elif path == "/apis":
+            groups = {}
+            for gv in self.GROUPS:  # one entry per group, every version of it
+                groups.setdefault(gv.split("/")[0], []).append({"groupVersion": gv, "version": gv.split("/")[1]})
             body = {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
-                {"name": gv.split("/")[0], "versions": [{"groupVersion": gv, "version": gv.split("/")[1]}],
-                 "preferredVersion": {"groupVersion": gv, "version": gv.split("/")[1]}} for gv in self.GROUPS]}
+                {"name": name, "versions": versions, "preferredVersion": versions[-1]}
+                for name, versions in groups.items()]}
         elif path == "/api/v1":
             body = self.resources("v1", self.CORE)
         elif path.startswith("/apis/") and path[len("/apis/"):] in self.GROUPS:
@@ -326,7 +528,11 @@ if kubectl:
     threading.Thread(target=stub.serve_forever, daemon=True).start()
     server_url = "http://127.0.0.1:%d" % stub.server_address[1]
     env = dict(os.environ, KUBECONFIG=os.devnull, HOME=os.environ.get("HOME", "/tmp"))
-    targets = [["-f", p] for p in sorted(on_disk)] + [["-k", "."], ["-k", SHARDED], ["-f", PODS]]
+    targets = ([["-f", p] for p in sorted(on_disk)] + [["-k", "."], ["-k", SHARDED], ["-f", PODS], ["-k", LWS],
+               ["-f", os.path.join(AUTOSCALING, "prometheus-adapter-config.yaml")],
+               ["-f", os.path.join(PROMETHEUS_DIR, "prometheus-rule.yaml")]] +
+               [["-f", p] for p in sorted(glob.glob(os.path.join(KSERVE, "*.yaml")))] +
+               [["-k", where] for where in rendered_autoscaling.values()])
     for target in targets:
         done = subprocess.run([kubectl, "apply", "--dry-run=client", "--validate=false", "--server=" + server_url,
                                "--namespace=default", "--cache-dir=" + os.path.join(sys.argv[2], "kubectl-cache")]

@@ -7,6 +7,7 @@
 // opens); a flag that does not stops the run first with "sparse-server:
 // error: --flag applies only to ...". A flag added to sparse-server must join
 // Table(), or EveryFlagInHelpIsInTheTable fails.
+#include <cstdlib>
 #include <set>
 #include <string>
 #include <vector>
@@ -25,8 +26,11 @@ enum ServerRunKind : uint32_t {
   kHttp = 1 << 4,     // --http_port=0
   kMetrics = 1 << 5,  // --metrics_port=0
   kCache = 1 << 6,    // --weight_cache_dir=...
+  kShardEnv = 1 << 7,  // --shard=/2 --shard_index_env=... (the index from the environment)
 };
-constexpr uint32_t kRunCount = 7;
+constexpr uint32_t kRunCount = 8;
+// kShardEnv's index, as a LeaderWorkerSet worker's LWS_WORKER_INDEX.
+constexpr char kIndexVariable[] = "SPARSE_FLAGS_TEST_SHARD_INDEX";
 constexpr uint32_t kEvery = (1u << kRunCount) - 1;
 
 std::string Base(uint32_t run) {
@@ -39,6 +43,8 @@ std::string Base(uint32_t run) {
     case kHttp: return repository + " --http_port=0";
     case kMetrics: return repository + " --metrics_port=0";
     case kCache: return repository + " --weight_cache_dir=/nonexistent/cache";
+    case kShardEnv:
+      return repository + " --shard=/2 --shard_index_env=" + kIndexVariable;
   }
   return "";
 }
@@ -77,10 +83,12 @@ std::vector<FlagCase> Table() {
       {"cost_only_dense", "false", kEvery},
       {"weight_cache_dir", "/nonexistent/other-cache", kEvery, kCache},
       {"weight_verify", "touch", kCache},
-      {"shard", "1/2", kEvery},
+      {"shard", "1/2", kEvery, kShardEnv},
+      {"shard_index_env", kIndexVariable, kShardEnv, kShardEnv},
+      {"shard_index_offset", "0", kShard | kShardEnv},
       {"shard_targets", "127.0.0.1:3", kEvery},
       {"shard_wait_seconds", "5", kFront},
-      {"shard_retain_seconds", "5", kShard},
+      {"shard_retain_seconds", "5", kShard | kShardEnv},
       {"shard_max_reconnect_seconds", "1", kFront},
       {"shard_keepalive_seconds", "1", kFront},
       {"shard_tls", "true", kFront},
@@ -108,6 +116,7 @@ TEST(SparseServerFlagsTest, EveryFlagInHelpIsInTheTable) {
 // Each kind of server with every flag that applies to it reaches Validate;
 // each flag where it does not apply is refused before, naming it.
 TEST(SparseServerFlagsTest, FlagsPassTogetherWhereTheyApplyAndEachIsRefusedNamingWhyElsewhere) {
+  setenv(kIndexVariable, "1", 1);
   const std::vector<FlagJob> jobs = FlagJobs(Table(), kRunCount, Base);
   const std::vector<CommandOutput> outputs = RunFlagJobs(jobs, Command, 8);
   for (size_t i = 0; i < jobs.size(); ++i) {
@@ -137,6 +146,22 @@ TEST(SparseServerFlagsTest, AShardFlagOnAFrontIsRefusedWithItsReason) {
             "how long it keeps a version its fronts call; this run is a front (--shard_targets), "
             "plaintext (no --tls_cert), no --http_port, no --metrics_port, where it would be "
             "ignored: drop it or change the run\n");
+}
+
+// A LeaderWorkerSet worker: the index from the environment, less one.
+TEST(SparseServerFlagsTest, TheShardIndexComesFromTheEnvironmentWithAnOffset) {
+  const std::string command = std::string(kIndexVariable) + "=3 " + SPARSE_SERVER_BINARY +
+                              " --model_repository=/nonexistent --shard=/2 --shard_index_env=" +
+                              kIndexVariable;
+  const CommandOutput out_of_range = RunCommand(command + " 2>&1");
+  EXPECT_EQ(out_of_range.exit_code, 1);
+  EXPECT_EQ(out_of_range.out, std::string("sparse-server: the shard index 3 (") + kIndexVariable +
+                                  "=3) plus --shard_index_offset=0 is 3; expected 0 <= i < 2 (the "
+                                  "shard count)\n");
+  // 3 - 2 = 1 of 2: past the index, to the bad --max_queue.
+  const CommandOutput shifted =
+      RunCommand(command + " --shard_index_offset=-2 --max_queue=0 2>&1");
+  EXPECT_NE(shifted.out.find(kValidated), std::string::npos) << shifted.out;
 }
 
 }  // namespace
