@@ -78,7 +78,14 @@ with tempfile.TemporaryDirectory() as tmp:
             samples.append((now - started, version, m["VmRSS"], m["RssAnon"], m["RssFile"]))
             time.sleep(1)
         out, err = bench.communicate()
-        status = stub.GetModel(pb.GetModelRequest(model="m"), timeout=10)
+        # The last version may have been published as the bench ended: give
+        # the rescan (--poll_seconds) and its load time to serve it.
+        deadline = time.time() + 30
+        while True:
+            status = stub.GetModel(pb.GetModelRequest(model="m"), timeout=10)
+            if [v.version for v in status.versions] == [version] or time.time() > deadline:
+                break
+            time.sleep(0.2)
     finally:
         if bench.poll() is None:
             bench.kill()
