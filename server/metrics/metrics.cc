@@ -32,6 +32,11 @@ constexpr const char* kCodeNames[] = {
     "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
     "UNAUTHENTICATED"};
 
+// An empty gauge family, filled at a scrape.
+prometheus::MetricFamily GaugeFamily(const char* name, const char* help) {
+  return prometheus::MetricFamily{name, help, prometheus::MetricType::Gauge, {}};
+}
+
 }  // namespace
 
 ServerMetrics::ServerMetrics()
@@ -192,26 +197,23 @@ std::vector<prometheus::MetricFamily> RoutingCollector::Collect() const {
                                   "answered); miss rate = misses / lookups",
                                   prometheus::MetricType::Counter,
                                   {}};
-  auto gauge = [](const char* name, const char* help) {
-    return prometheus::MetricFamily{name, help, prometheus::MetricType::Gauge, {}};
-  };
-  prometheus::MetricFamily resident = gauge(
+  prometheus::MetricFamily resident = GaugeFamily(
       "sparse_model_resident_bytes",
       "Bytes a loaded version holds for its weights in process memory, both paths (every packed "
       "copy, biases, tables, indexes), by precision; weights mapped from the weight cache file are "
       "excluded (sparse_model_mapped_bytes)");
-  prometheus::MetricFamily mapped = gauge(
+  prometheus::MetricFamily mapped = GaugeFamily(
       "sparse_model_mapped_bytes",
       "Bytes of a loaded version's weights read from its weight cache file mapping, both paths "
       "(0: copied into process memory)");
-  prometheus::MetricFamily mapped_resident = gauge(
+  prometheus::MetricFamily mapped_resident = GaugeFamily(
       "sparse_model_mapped_resident_bytes",
       "Of sparse_model_mapped_bytes, the bytes in memory (page cache, mincore) at the scrape");
-  prometheus::MetricFamily expert_bytes = gauge(
+  prometheus::MetricFamily expert_bytes = GaugeFamily(
       "sparse_expert_bytes",
       "Bytes of one expert's mapped weight slice (its rows of B and A transposed, and their "
       "biases) of a routed DSM");
-  prometheus::MetricFamily expert_resident = gauge(
+  prometheus::MetricFamily expert_resident = GaugeFamily(
       "sparse_expert_resident_bytes",
       "Bytes of each expert's mapped weight slice in memory (page cache, mincore) at the scrape, "
       "of sparse_expert_bytes (routed DSMs served from a weight cache file)");
@@ -285,30 +287,27 @@ std::vector<prometheus::MetricFamily> RoutingCollector::Collect() const {
 }
 
 std::vector<prometheus::MetricFamily> LoadCollector::Collect() const {
-  auto gauge = [](const char* name, const char* help) {
-    return prometheus::MetricFamily{name, help, prometheus::MetricType::Gauge, {}};
-  };
-  prometheus::MetricFamily in_flight = gauge(
+  prometheus::MetricFamily in_flight = GaugeFamily(
       "sparse_requests_in_flight",
       "Requests admitted to a path of a serving version and not yet answered (those run on the "
       "caller's thread included)");
-  prometheus::MetricFamily queued = gauge(
+  prometheus::MetricFamily queued = GaugeFamily(
       "sparse_requests_queued",
       "Of sparse_requests_in_flight, the requests waiting for a worker (in the batching queue or "
       "the worker queue)");
-  prometheus::MetricFamily capacity = gauge(
+  prometheus::MetricFamily capacity = GaugeFamily(
       "sparse_queue_capacity",
       "Requests that may wait on a path before the next is refused with UNAVAILABLE: its "
       "dynamic_batching.max_queue_size, or --max_queue (shared by every path) when it does not "
       "batch");
-  prometheus::MetricFamily workers = gauge("sparse_workers", "Inference threads (--workers)");
+  prometheus::MetricFamily workers = GaugeFamily("sparse_workers", "Inference threads (--workers)");
   prometheus::MetricFamily busy =
-      gauge("sparse_workers_busy", "Inference threads running a task now");
+      GaugeFamily("sparse_workers_busy", "Inference threads running a task now");
   prometheus::MetricFamily tasks =
-      gauge("sparse_worker_queue_tasks", "Tasks (requests or batches) waiting for a worker");
-  prometheus::MetricFamily task_capacity = gauge(
+      GaugeFamily("sparse_worker_queue_tasks", "Tasks (requests or batches) waiting for a worker");
+  prometheus::MetricFamily task_capacity = GaugeFamily(
       "sparse_worker_queue_capacity", "Tasks that may wait for a worker (--max_queue)");
-  prometheus::MetricFamily failed = gauge(
+  prometheus::MetricFamily failed = GaugeFamily(
       "sparse_failed_versions",
       "Versions of a model that failed to load (GetModel says why; retried when their files "
       "change); 0 when every version loads");
