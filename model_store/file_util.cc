@@ -140,18 +140,27 @@ absl::Status RandomAccessFile::ReadAt(uint64_t offset, absl::Span<uint8_t> out) 
                                                    offset + out.size(), ") are past its size of ",
                                                    size_));
   }
+  const absl::Status read = PreadFully(fd_, offset, out, name_);
+  if (absl::IsOutOfRange(read)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        name_, " shrank while being read (", size_, " bytes when opened): is it still being "
+        "written? Publish a version by renaming a finished directory into place"));
+  }
+  return read;
+}
+
+absl::Status PreadFully(int fd, uint64_t offset, absl::Span<uint8_t> out, absl::string_view name) {
   size_t done = 0;
   while (done < out.size()) {
-    const ssize_t n = ::pread(fd_, out.data() + done, out.size() - done,
+    const ssize_t n = ::pread(fd, out.data() + done, out.size() - done,
                               static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
-      return ErrnoStatus(errno, absl::StrCat("cannot read ", name_));
+      return ErrnoStatus(errno, absl::StrCat("cannot read ", name));
     }
     if (n == 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          name_, " shrank while being read (", size_, " bytes when opened): is it still being "
-          "written? Publish a version by renaming a finished directory into place"));
+      return absl::OutOfRangeError(absl::StrCat(name, " ends at byte ", offset + done,
+                                                ", before byte ", offset + out.size()));
     }
     done += static_cast<size_t>(n);
   }

@@ -58,6 +58,11 @@ class FileContents {
 // An open regular file read at chosen offsets (pread), for readers that
 // need only some byte ranges of a large file (a shard's tensor parts).
 // Move-only; ReadAt is safe from many threads.
+// Fills `out` with the bytes of `fd` at [offset, offset + out.size()),
+// through short reads and EINTR. OUT_OF_RANGE when the file ends first;
+// the errno's status (naming `name`) when a read fails.
+absl::Status PreadFully(int fd, uint64_t offset, absl::Span<uint8_t> out, absl::string_view name);
+
 class RandomAccessFile {
  public:
   // Opens `path` as FileContents::Read does (regular files only, without

@@ -516,13 +516,10 @@ bool WeightCacheFile::CheckPart(const WeightCacheArray& a, int64_t part) const {
   const uint64_t begin = a.offset + part * bytes;
   Sha256 sha;
   bool good = true;
-  for (uint64_t at = 0; at < bytes && good;) {
-    const size_t want = static_cast<size_t>(std::min<uint64_t>(kChunk, bytes - at));
-    const ssize_t got = ::pread(fd_, buffer.data(), want, static_cast<off_t>(begin + at));
-    if (got < 0 && errno == EINTR) continue;
-    good = got == static_cast<ssize_t>(want);
-    if (good) sha.Update(absl::MakeConstSpan(buffer.data(), want));
-    at += want;
+  for (uint64_t at = 0; at < bytes && good; at += kChunk) {
+    const absl::Span<uint8_t> chunk(buffer.data(), std::min<uint64_t>(kChunk, bytes - at));
+    good = PreadFully(fd_, begin + at, chunk, path_).ok();
+    if (good) sha.Update(chunk);
   }
   good = good && sha.HexDigest() == index_.sums[a.first_sum + part];
   state_[a.first_sum + part].store(good ? 1 : 2, std::memory_order_release);
