@@ -18,7 +18,7 @@ BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc)
 ASAN_OPTIONS_SET = detect_leaks=1:abort_on_error=0:halt_on_error=1:detect_stack_use_after_return=0
 
-.PHONY: all deps deps-sanitizers configure build install package test test-container test-asan test-tsan fuzz bench bench-serving bench-precision bench-sharding bench-memory bench-lifecycle soak peers demo clean
+.PHONY: all deps deps-sanitizers configure build install package test test-container test-asan test-tsan fuzz bench bench-serving bench-precision bench-sharding bench-memory bench-admission bench-lifecycle soak peers demo clean
 
 all: build
 
@@ -83,7 +83,7 @@ test-asan: deps-sanitizers $(ASAN_DIR)/build.ninja
 # tests that serve gRPC in process report its own hand-overs
 # (docs/reliability.md). TSAN_TARGETS / TSAN_TESTS (a ctest regex) pick
 # others, e.g. make test-tsan TSAN_TARGETS=batcher_test TSAN_TESTS=batcher.
-TSAN_TARGETS ?= worker_pool_test batcher_test inference_core_test model_repository_test concurrency_test checkpoint_faults_test http_server_test sharded_model_test
+TSAN_TARGETS ?= worker_pool_test admission_gate_test batcher_test inference_core_test model_repository_test concurrency_test checkpoint_faults_test http_server_test sharded_model_test
 empty :=
 space := $(empty) $(empty)
 TSAN_TESTS ?= ^($(subst $(space),|,$(strip $(TSAN_TARGETS))))$$
@@ -122,6 +122,11 @@ bench-sharding: build
 # (docs/benchmarks.md, "Mapped weights"). Runs as root (cgroup, page cache).
 bench-memory: build
 	BUILD_DIR=$(BUILD_DIR) bench/memory_bench.sh
+
+# Admission control under a flood (issue 33): priorities, then per-model
+# shares, against poly_lsh alone (docs/benchmarks.md "Admission control").
+bench-admission: build
+	BUILD_DIR=$(BUILD_DIR) bench/admission_bench.sh
 
 bench-lifecycle: build
 	BUILD_DIR=$(BUILD_DIR) bench/lifecycle_bench.sh

@@ -502,6 +502,7 @@ absl::Status RunBench(const BenchOptions& o) {
             r.set_model(o.model);
             r.set_version(o.version);
             r.set_rows(o.batch);
+            r.set_priority(o.priority);
             r.mutable_inputs()->Add(x.begin(), x.end());
             s.predict.push_back(std::move(r));
           } else if (protocol == "oip") {
@@ -513,17 +514,20 @@ absl::Status RunBench(const BenchOptions& o) {
             input->set_datatype("FP32");
             input->add_shape(o.batch);
             input->add_shape(d);
+            if (o.priority > 0) (*r.mutable_parameters())["priority"].set_uint64_param(o.priority);
             r.add_raw_input_contents(bytes);
             s.infer.push_back(std::move(r));
           } else if (protocol == "rest") {
-            const Json body = {{"inputs", {{{"name", "input"}, {"shape", {o.batch, d}},
-                                            {"datatype", "FP32"}, {"data", x}}}}};
+            Json body = {{"inputs", {{{"name", "input"}, {"shape", {o.batch, d}},
+                                      {"datatype", "FP32"}, {"data", x}}}}};
+            if (o.priority > 0) body["parameters"] = {{"priority", o.priority}};
             s.bodies.push_back(body.dump());
           } else {  // rest_binary
-            const Json header = {
+            Json header = {
                 {"inputs", {{{"name", "input"}, {"shape", {o.batch, d}}, {"datatype", "FP32"},
                              {"parameters", {{"binary_data_size", bytes.size()}}}}}},
                 {"outputs", {{{"name", "output"}, {"parameters", {{"binary_data", true}}}}}}};
+            if (o.priority > 0) header["parameters"] = {{"priority", o.priority}};
             const std::string text = header.dump();
             s.header_length = static_cast<int64_t>(text.size());
             s.bodies.push_back(text + bytes);

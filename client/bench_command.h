@@ -41,6 +41,7 @@ struct BenchOptions {
   std::vector<double> rates;     // open loop levels
   bool poisson = false;
   Schedule schedule;
+  uint32_t priority = 0;  // each request's priority level; 0: the model's default
   std::chrono::milliseconds timeout{30000};
   std::string csv_path, plot_path;  // "" = not written
   bool json = false;                // print JSON instead of the table

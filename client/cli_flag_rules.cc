@@ -65,6 +65,7 @@ constexpr FlagRule<CliRun> kRules[] = {
     {"stability", kBench, Bench},
     {"max_requests", kBench, Bench},
     {"max_outstanding", kOpen, OpenBench},
+    {"priority", kBench, Bench},
     {"plot", kBench, Bench},
     {"quiet", kPredictOrBench, PredictOrBench},
     {"allow_remote", kBench, Bench},

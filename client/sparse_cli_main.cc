@@ -123,6 +123,10 @@ ABSL_FLAG(int64_t, max_requests, 1000000, "bench: at most this many requests per
 ABSL_FLAG(int64_t, max_outstanding, 4096,
           "bench, open loop: at most this many requests in flight; when reached, sending waits "
           "(and the wait counts in latency).");
+ABSL_FLAG(uint32_t, priority, 0,
+          "bench: the priority level every request asks for (1 is the highest; 0 the model's "
+          "default), on every protocol: the native API's PredictRequest.priority, OIP's "
+          "`priority` parameter. A model without priority_levels ignores it.");
 ABSL_FLAG(std::string, plot, "", "bench: write an SVG plot of latency (p50, p99) vs throughput here.");
 ABSL_FLAG(bool, quiet, false,
           "bench, predict: no progress line on stderr (predict shows one only on a terminal, "
@@ -482,6 +486,7 @@ absl::Status Bench() {
   o.schedule.stability = absl::GetFlag(FLAGS_stability);
   o.schedule.max_requests = absl::GetFlag(FLAGS_max_requests);
   o.schedule.max_outstanding = absl::GetFlag(FLAGS_max_outstanding);
+  o.priority = absl::GetFlag(FLAGS_priority);
   o.timeout = std::chrono::milliseconds(absl::GetFlag(FLAGS_timeout_ms));
   o.csv_path = absl::GetFlag(FLAGS_csv);
   o.plot_path = absl::GetFlag(FLAGS_plot);

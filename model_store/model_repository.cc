@@ -668,6 +668,8 @@ absl::StatusOr<std::shared_ptr<const Servable>> ModelRepository::Find(
     }
     scheduling->priority_levels = static_cast<uint32_t>(config.priority_levels());
     scheduling->default_priority_level = static_cast<uint32_t>(config.default_priority_level());
+    scheduling->instance_count = config.instance_count();
+    scheduling->limits = config.limits();
   }
   if (version == 0) return versions.rbegin()->second;
   auto v = versions.find(version);

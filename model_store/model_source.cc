@@ -184,6 +184,22 @@ absl::Status ValidateModelConfig(const sparse::v1::ModelConfig& config) {
     return absl::InvalidArgumentError(absl::StrCat(
         kConfigFile, ": declared_input_dim, declared_output_dim and instance_count must be >= 0"));
   }
+  if (config.has_limits()) {
+    const sparse::v1::Limits& l = config.limits();
+    if (l.max_in_flight() < 0 || l.max_in_flight() > (1 << 24) || l.worker_weight() > kMaxWorkerWeight ||
+        !sparse::v1::Limits::Action_IsValid(l.over_limit())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kConfigFile, ": limits needs 0 <= max_in_flight <= 16777216, over_limit REJECT or "
+          "DELAY and 0 <= worker_weight <= ", kMaxWorkerWeight, "; got ", l.ShortDebugString()));
+    }
+    const bool delays = l.over_limit() == sparse::v1::Limits::DELAY;
+    if (delays ? l.max_delay_us() < 1 || l.max_delay_us() > kMaxDelayUs : l.max_delay_us() != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kConfigFile, ": limits.max_delay_us is how long a request over max_in_flight waits "
+          "with over_limit: DELAY, in [1, ", kMaxDelayUs, "] (0 with REJECT); got ",
+          l.max_delay_us(), " with over_limit: ", sparse::v1::Limits::Action_Name(l.over_limit())));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -349,6 +365,26 @@ absl::StatusOr<sparse::v1::ModelConfig> FromTriton(const inference::ModelConfig&
         }
         config.mutable_dynamic_batching()->set_paths(paths);
       }
+    } else if (key == "max_in_flight" || key == "max_delay_us" || key == "worker_weight") {
+      const int64_t most = key == "max_in_flight" ? (1 << 24)
+                           : key == "max_delay_us" ? kMaxDelayUs
+                                                   : kMaxWorkerWeight;
+      int64_t number = 0;
+      if (!absl::SimpleAtoi(value, &number) || number < 0 || number > most) {
+        return TritonError(absl::StrCat(field, " must be an integer in [0, ", most, "], got \"",
+                                        ClientText(value, 64), "\""));
+      }
+      sparse::v1::Limits* limits = config.mutable_limits();
+      if (key == "max_in_flight") limits->set_max_in_flight(number);
+      if (key == "max_delay_us") limits->set_max_delay_us(number);
+      if (key == "worker_weight") limits->set_worker_weight(static_cast<uint32_t>(number));
+    } else if (key == "over_limit") {
+      sparse::v1::Limits::Action action;
+      if (!sparse::v1::Limits::Action_Parse(value, &action)) {
+        return TritonError(absl::StrCat(field, " must be REJECT or DELAY, got \"",
+                                        ClientText(value, 64), "\""));
+      }
+      config.mutable_limits()->set_over_limit(action);
     } else if (key == "max_batch_rows") {
       return TritonError(absl::StrCat(field, " is refused: in Triton's schema it is "
                                       "max_batch_size (or dynamic_batching.preferred_batch_size)"));

@@ -39,6 +39,9 @@ absl::StatusOr<sparse::v1::ModelConfig> ParseModelConfig(absl::string_view text,
 
 // At most this many priority levels (Triton's priority_levels).
 inline constexpr uint64_t kMaxPriorityLevels = 1024;
+// Bounds of limits.worker_weight and limits.max_delay_us (a minute).
+inline constexpr int64_t kMaxWorkerWeight = 1000;
+inline constexpr int64_t kMaxDelayUs = 60'000'000;
 
 // Whether a loaded version's widths (d inputs, o outputs) are what the
 // config declares (Triton's input and output dims); FAILED_PRECONDITION

@@ -296,6 +296,44 @@ TEST(ParseModelConfigTest, PriorityLevelsInTodaysForm) {
               HasSubstr("priority_levels must be <= 1024"));
 }
 
+TEST(ParseModelConfigTest, LimitsInBothForms) {
+  absl::StatusOr<sparse::v1::ModelConfig> today = ParseModelConfig(
+      "instance_count: 1 limits { max_in_flight: 16 over_limit: DELAY max_delay_us: 5000 "
+      "worker_weight: 3 }");
+  ASSERT_TRUE(today.ok()) << today.status();
+  EXPECT_EQ(today->limits().max_in_flight(), 16);
+  EXPECT_EQ(today->limits().over_limit(), sparse::v1::Limits::DELAY);
+  EXPECT_EQ(today->limits().max_delay_us(), 5000);
+  EXPECT_EQ(today->limits().worker_weight(), 3u);
+  absl::StatusOr<sparse::v1::ModelConfig> triton = ParseModelConfig(R"(
+    name: "m" max_batch_size: 8
+    instance_group [ { count: 1 kind: KIND_CPU } ]
+    parameters { key: "max_in_flight" value { string_value: "16" } }
+    parameters { key: "over_limit" value { string_value: "DELAY" } }
+    parameters { key: "max_delay_us" value { string_value: "5000" } }
+    parameters { key: "worker_weight" value { string_value: "3" } }
+  )", "m");
+  ASSERT_TRUE(triton.ok()) << triton.status();
+  EXPECT_EQ(triton->limits().SerializeAsString(), today->limits().SerializeAsString());
+  EXPECT_EQ(triton->instance_count(), 1);
+
+  auto error = [](absl::string_view text) {
+    return std::string(ParseModelConfig(text, "m").status().message());
+  };
+  EXPECT_THAT(error("limits { max_in_flight: -1 }"), HasSubstr("0 <= max_in_flight <= 16777216"));
+  EXPECT_THAT(error("limits { worker_weight: 1001 }"), HasSubstr("0 <= worker_weight <= 1000"));
+  EXPECT_THAT(error("limits { max_in_flight: 4 over_limit: DELAY }"),
+              HasSubstr("limits.max_delay_us is how long a request over max_in_flight waits "
+                        "with over_limit: DELAY, in [1, 60000000] (0 with REJECT); got 0"));
+  EXPECT_THAT(error("limits { max_in_flight: 4 max_delay_us: 10 }"),
+              HasSubstr("got 10 with over_limit: REJECT"));
+  EXPECT_THAT(error("name: \"m\" parameters { key: \"over_limit\" value { string_value: \"WAIT\" } }"),
+              HasSubstr("parameters[\"over_limit\"] must be REJECT or DELAY, got \"WAIT\""));
+  EXPECT_THAT(
+      error("name: \"m\" parameters { key: \"max_in_flight\" value { string_value: \"lots\" } }"),
+      HasSubstr("parameters[\"max_in_flight\"] must be an integer in [0, 16777216], got \"lots\""));
+}
+
 TEST(RepositorySourceTest, KServesLayoutOfOneModel) {
   TempDir root("model_source_test");
   fs::create_directories(root / "1");

@@ -52,6 +52,8 @@ struct Scheduling {
   std::optional<sparse::v1::DynamicBatching> batching;  // nullopt: no batching
   uint32_t priority_levels = 0;                         // 0: no levels
   uint32_t default_priority_level = 0;
+  int32_t instance_count = 0;   // the most workers that run the model at once; 0: any
+  sparse::v1::Limits limits;    // max_in_flight 0: no limit
 };
 
 struct ModelState {

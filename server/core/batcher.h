@@ -26,6 +26,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -58,6 +59,9 @@ struct PendingRequest {
   // Its priority level (1 highest; InferRequest::priority resolved against
   // the model's levels): what orders the queues it waits in.
   int level = 1;
+  // The model whose limits.max_in_flight it holds a place under (left when
+  // it is answered); empty when the model has no limit.
+  std::string gate = {};
 };
 
 class Batcher {

@@ -378,6 +378,17 @@ void CountQueued(const std::vector<PendingRequest>& batch, bool dense, int64_t d
   }
 }
 
+// The worker pool's line for `model`'s work: its own when its config gives
+// it a weight or a cap on workers, else the line shared by every model
+// without one (first come, first served among them).
+WorkerPool::Share ShareOf(const std::string& model, const Scheduling& config) {
+  const uint32_t weight = config.limits.worker_weight();
+  if (weight == 0 && config.instance_count <= 0) return WorkerPool::Share();
+  return WorkerPool::Share{.line = model,
+                           .weight = std::max<uint32_t>(1, weight),
+                           .max_running = std::max(0, config.instance_count)};
+}
+
 }  // namespace
 
 BatchingOptions ToBatchingOptions(const std::optional<sparse::v1::DynamicBatching>& config,
@@ -428,6 +439,9 @@ void InferenceCore::FinishPending(PendingRequest& p, const absl::Status& status)
     p.statistics->RecordRequest(dense, times);
     p.statistics->AddInFlight(dense, -1);
   }
+  // Its place goes to the next request waiting, before the drain can see
+  // this one gone.
+  if (!p.gate.empty()) gates_.Leave(p.gate);
   absl::MutexLock lock(&mu_);
   --in_flight_;
 }
@@ -498,30 +512,80 @@ void InferenceCore::Infer(const InferRequest& request, InferResponse* response, 
     return;
   }
   pending.level = *level;
-  std::vector<PendingRequest> batch;
-  const ModelInfo& info = PathModel(**servable, request.dense)->info();
-  // A front waits on its shards: never on the caller's (a protocol's) thread.
-  if (!info.remote && request.rows * info.flops_per_row <= options_.inline_max_flops) {
-    batch.push_back(std::move(pending));
-    RunBatch(**servable, request.dense, std::move(batch), [this](PendingRequest& p, const absl::Status& s) {
-      FinishPending(p, s);
-    });
-    return;
+  Admitted admitted{.pending = std::move(pending),
+                    .servable = *std::move(servable),
+                    .state = std::move(state),
+                    .batching = batching,
+                    .share = ShareOf(request.model, scheduling)};
+  const int32_t instances = scheduling.instance_count;
+  admitted.workers = instances > 0 ? std::min(instances, workers()) : workers();
+  if (scheduling.limits.max_in_flight() > 0) {
+    return EnterGate(std::move(admitted), scheduling.limits);
   }
-  const BatchingOptions options = ToBatchingOptions(batching, workers(), request.dense);
+  Dispatch(std::move(admitted), /*on_worker=*/false);
+}
+
+void InferenceCore::EnterGate(Admitted admitted, const sparse::v1::Limits& limits) {
+  // Kept here while it waits: the gate holds only how to resume it.
+  auto held = std::make_shared<Admitted>(std::move(admitted));
+  PendingRequest& pending = held->pending;
+  const bool dense = pending.request->dense;
+  const std::string model = pending.request->model;
+  pending.statistics->AddQueued(dense, 1);  // waiting counts as queued
+  absl::StatusOr<AdmissionGates::Entry> entry = gates_.Enter(
+      model, limits, pending.level, pending.deadline, [this, held, dense](const absl::Status& s) {
+        PendingRequest& p = held->pending;
+        p.statistics->AddQueued(dense, -1);
+        if (!s.ok()) return FinishPending(p, s);
+        p.gate = p.request->model;
+        // Resumed on the thread that freed the place: the request goes on
+        // from a worker, so that no thread runs a chain of them.
+        const int level = p.level;
+        const WorkerPool::Share share = held->share;
+        if (!pool_.Submit([this, held] { Dispatch(std::move(*held), /*on_worker=*/true); }, level,
+                          share)) {
+          FinishPending(p, absl::UnavailableError("the inference queue is full; retry with backoff"));
+        }
+      });
+  if (!entry.ok()) {
+    pending.statistics->AddQueued(dense, -1);
+    return FinishPending(pending, entry.status());
+  }
+  if (*entry == AdmissionGates::Entry::kWaiting) return;
+  pending.statistics->AddQueued(dense, -1);
+  pending.gate = model;
+  Dispatch(std::move(*held), /*on_worker=*/false);
+}
+
+void InferenceCore::Dispatch(Admitted admitted, bool on_worker) {
+  const InferRequest& request = *admitted.pending.request;
+  const ModelInfo& info = PathModel(*admitted.servable, request.dense)->info();
+  const BatchingOptions options =
+      ToBatchingOptions(admitted.batching, admitted.workers, request.dense);
   // A shard's calls each come with their own route, and each reports its own
   // exact FLOPs (its rows hold different numbers of this shard's experts):
   // they are not batched together. Their front batches.
-  if (options.enabled && !info.needs_given_route) {
-    Enqueue(*std::move(servable), std::move(state), request.dense, options, std::move(pending));
+  const bool batched = options.enabled && !info.needs_given_route;
+  // A front waits on its shards: never on the caller's (a protocol's) thread.
+  const bool cheap = !info.remote && request.rows * info.flops_per_row <= options_.inline_max_flops;
+  std::vector<PendingRequest> batch;
+  if (cheap || (on_worker && !batched)) {
+    batch.push_back(std::move(admitted.pending));
+    RunBatch(*admitted.servable, request.dense, std::move(batch),
+             [this](PendingRequest& p, const absl::Status& s) { FinishPending(p, s); });
     return;
   }
-  batch.push_back(std::move(pending));
-  Submit(*std::move(servable), request.dense, std::move(batch));
+  if (batched) {
+    Enqueue(std::move(admitted.servable), std::move(admitted.state), request.dense, options,
+            admitted.share, std::move(admitted.pending));
+    return;
+  }
+  batch.push_back(std::move(admitted.pending));
+  Submit(std::move(admitted.servable), request.dense, admitted.share, std::move(batch));
 }
 
 void InferenceCore::Submit(std::shared_ptr<const Servable> servable, bool dense,
-                           std::vector<PendingRequest> batch) {
+                           const WorkerPool::Share& share, std::vector<PendingRequest> batch) {
   // Shared: if the pool's queue is full the task is dropped, and the
   // requests are still answered here.
   auto shared = std::make_shared<std::vector<PendingRequest>>(std::move(batch));
@@ -532,7 +596,7 @@ void InferenceCore::Submit(std::shared_ptr<const Servable> servable, bool dense,
     RunBatch(*servable, dense, std::move(*shared), [this](PendingRequest& p, const absl::Status& s) {
       FinishPending(p, s);
     });
-  }, level);
+  }, level, share);
   if (!queued) {
     CountQueued(*shared, dense, -1);
     for (PendingRequest& p : *shared) {
@@ -610,7 +674,8 @@ std::shared_ptr<InferenceCore::ServableState> InferenceCore::FindState(
 
 void InferenceCore::Enqueue(std::shared_ptr<const Servable> servable,
                             std::shared_ptr<ServableState> queues, bool dense,
-                            const BatchingOptions& options, PendingRequest pending) {
+                            const BatchingOptions& options, const WorkerPool::Share& share,
+                            PendingRequest pending) {
   // Counted before it is queued: a worker may take it at once.
   if (pending.statistics != nullptr) pending.statistics->AddQueued(dense, 1);
   switch (queues->batchers[dense ? 1 : 0].Add(&pending, options)) {
@@ -623,20 +688,21 @@ void InferenceCore::Enqueue(std::shared_ptr<const Servable> servable,
     case Batcher::AddResult::kQueued:
       return;
     case Batcher::AddResult::kQueuedScheduleDrain:
-      ScheduleDrain(std::move(servable), std::move(queues), dense);
+      ScheduleDrain(std::move(servable), std::move(queues), dense, share);
       return;
   }
 }
 
 void InferenceCore::ScheduleDrain(std::shared_ptr<const Servable> servable,
-                                  std::shared_ptr<ServableState> queues, bool dense) {
+                                  std::shared_ptr<ServableState> queues, bool dense,
+                                  const WorkerPool::Share& share) {
   Batcher& batcher = queues->batchers[dense ? 1 : 0];
-  const bool queued = pool_.Submit([this, servable, queues, dense, &batcher] {
+  const bool queued = pool_.Submit([this, servable, queues, dense, &batcher, share] {
     bool another = false;
     std::vector<PendingRequest> batch = batcher.Take(&another);
     CountQueued(batch, dense, -1);
     // Another worker forms the next batch while this one computes.
-    if (another) ScheduleDrain(servable, queues, dense);
+    if (another) ScheduleDrain(servable, queues, dense, share);
     if (batch.empty()) return;
     int64_t rows = 0;
     for (const PendingRequest& p : batch) rows += p.request->rows;
@@ -644,7 +710,7 @@ void InferenceCore::ScheduleDrain(std::shared_ptr<const Servable> servable,
       FinishPending(p, s);
     });
     batcher.Finished(rows);
-  }, batcher.DrainLevel());
+  }, batcher.DrainLevel(), share);
   if (!queued) {
     std::vector<PendingRequest> refused = batcher.TakeAll();
     CountQueued(refused, dense, -1);

@@ -47,6 +47,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "engine/sharding.h"
+#include "server/core/admission_gate.h"
 #include "server/core/batcher.h"
 #include "server/core/infer.h"
 #include "server/core/model_reads.h"
@@ -145,16 +146,33 @@ class InferenceCore {
 
  private:
   struct ServableState;  // per servable: one Batcher per path, the statistics
+  // A request past admission, with what it runs on and how it is scheduled.
+  struct Admitted {
+    PendingRequest pending;
+    std::shared_ptr<const Servable> servable;
+    std::shared_ptr<ServableState> state;
+    std::optional<sparse::v1::DynamicBatching> batching;
+    WorkerPool::Share share;
+    int workers = 1;  // the most that run its model at once (instance_count)
+  };
 
+  // Runs an admitted request: here when it is cheap (or this is a worker
+  // and it is not batched), else on its batcher or alone on a worker.
+  void Dispatch(Admitted admitted, bool on_worker);
+  // Takes a place under the model's limits.max_in_flight, then dispatches;
+  // or waits for one (DELAY), or is refused (REJECT).
+  void EnterGate(Admitted admitted, const sparse::v1::Limits& limits);
   // Runs `batch` (requests of one servable and path) on a worker.
   void Submit(std::shared_ptr<const Servable> servable, bool dense,
-              std::vector<PendingRequest> batch);
+              const WorkerPool::Share& share, std::vector<PendingRequest> batch);
   // Queues an admitted request on its servable's batcher.
   void Enqueue(std::shared_ptr<const Servable> servable, std::shared_ptr<ServableState> queues,
-               bool dense, const BatchingOptions& options, PendingRequest pending);
+               bool dense, const BatchingOptions& options, const WorkerPool::Share& share,
+               PendingRequest pending);
   // Asks a worker to take a batch from the servable's batcher and run it.
   void ScheduleDrain(std::shared_ptr<const Servable> servable,
-                     std::shared_ptr<ServableState> queues, bool dense);
+                     std::shared_ptr<ServableState> queues, bool dense,
+                     const WorkerPool::Share& share);
   std::shared_ptr<ServableState> StateFor(const std::shared_ptr<const Servable>& servable);
   // The live state of `servable`, or null. REQUIRES: states_mu_, shared.
   std::shared_ptr<ServableState> FindState(const Servable& servable) const
@@ -177,6 +195,10 @@ class InferenceCore {
   absl::flat_hash_map<const Servable*, std::shared_ptr<ServableState>> states_
       ABSL_GUARDED_BY(states_mu_);
 
+  // Per-model limits of requests in flight; destroyed after the pool, whose
+  // last tasks may free places, and before the rest of the core, which the
+  // requests still waiting are answered with.
+  AdmissionGates gates_;
   // Declared last: destroyed first, so queued tasks finish while the rest
   // of the core is still there.
   WorkerPool pool_;

@@ -142,6 +142,16 @@ class InferenceCoreTest : public ::testing::Test {
     // And with three priority levels, 2 by default.
     ASSERT_OK(WriteCheckpoint((*root_ / "prio").string(), 1, dsm));
     std::ofstream(*root_ / "prio" / "config.pbtxt") << "priority_levels: 3 default_priority_level: 2\n";
+    // And with limits: at most 2 in flight, the rest refused; at most 1,
+    // the rest waiting up to a minute; at most 1, the rest waiting 20 ms.
+    const std::pair<const char*, const char*> limited[] = {
+        {"reject2", "limits { max_in_flight: 2 }"},
+        {"delay1", "limits { max_in_flight: 1 over_limit: DELAY max_delay_us: 60000000 }"},
+        {"delay1short", "limits { max_in_flight: 1 over_limit: DELAY max_delay_us: 20000 }"}};
+    for (const auto& [name, config] : limited) {
+      ASSERT_OK(WriteCheckpoint((*root_ / name).string(), 1, dsm));
+      std::ofstream(*root_ / name / "config.pbtxt") << config << "\n";
+    }
     repository_ = OpenRepository(*root_);
     ASSERT_NE(repository_, nullptr);
   }
@@ -439,6 +449,66 @@ TEST_F(InferenceCoreTest, QueuedRequestsRunByPriorityLevel) {
   ignored.request.priority = 9;
   core->Infer(ignored.request, &ignored.response, ignored.Done());
   EXPECT_OK(ignored.Wait());
+}
+
+// limits.max_in_flight with REJECT: the request over the limit is refused
+// at once with RESOURCE_EXHAUSTED; the others, and other models, serve.
+TEST_F(InferenceCoreTest, ARequestOverItsModelsLimitIsRefusedAtOnce) {
+  std::unique_ptr<InferenceCore> core = Core(/*inline_max_flops=*/0);
+  std::shared_ptr<absl::Notification> release = HoldWorker(*core);
+  std::vector<std::unique_ptr<Call>> calls;
+  for (int i = 0; i < 3; ++i) {
+    calls.push_back(std::make_unique<Call>("reject2", RandomInputs(1, kD, i), 1));
+    core->Infer(calls.back()->request, &calls.back()->response, calls.back()->Done());
+  }
+  const absl::Status over = calls[2]->Wait();  // answered while the worker is held
+  EXPECT_EQ(over.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(over.message(), HasSubstr("model 'reject2' has its limit of 2 requests in flight"));
+  Call other("dsm", RandomInputs(1, kD, 9), 1);
+  core->Infer(other.request, &other.response, other.Done());
+  release->Notify();
+  EXPECT_OK(calls[0]->Wait());
+  EXPECT_OK(calls[1]->Wait());
+  EXPECT_OK(other.Wait());
+  Call again("reject2", RandomInputs(1, kD, 4), 1);  // the places are free again
+  core->Infer(again.request, &again.response, again.Done());
+  EXPECT_OK(again.Wait());
+  EXPECT_EQ(again.response.outputs.size(), 2u);
+}
+
+// limits.over_limit DELAY: a request over the limit waits for a place,
+// counted as queued, and is answered once one frees; past max_delay_us it
+// is RESOURCE_EXHAUSTED.
+TEST_F(InferenceCoreTest, ARequestOverItsModelsLimitWaitsForAPlaceUpToItsDelay) {
+  std::unique_ptr<InferenceCore> core = Core(/*inline_max_flops=*/0);
+  std::shared_ptr<absl::Notification> release = HoldWorker(*core);
+  Call first("delay1", RandomInputs(1, kD, 1), 1), second("delay1", RandomInputs(1, kD, 2), 1);
+  core->Infer(first.request, &first.response, first.Done());
+  core->Infer(second.request, &second.response, second.Done());
+  Call short_first("delay1short", RandomInputs(1, kD, 3), 1);
+  Call short_second("delay1short", RandomInputs(1, kD, 4), 1);
+  core->Infer(short_first.request, &short_first.response, short_first.Done());
+  core->Infer(short_second.request, &short_second.response, short_second.Done());
+  // The worker is still held: the second of delay1short runs out of delay.
+  const absl::Status waited = short_second.Wait();
+  EXPECT_EQ(waited.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(waited.message(), HasSubstr("no place freed within limits.max_delay_us (20000 us)"));
+  int64_t queued = 0;
+  for (const PathLoad& p : core->Load().paths) {
+    if (p.model == "delay1" && !p.dense) queued = p.queued;
+  }
+  EXPECT_EQ(queued, 2);  // one for the worker, one for a place
+  EXPECT_EQ(core->in_flight(), 3);
+  release->Notify();
+  EXPECT_OK(first.Wait());
+  EXPECT_OK(second.Wait());
+  EXPECT_OK(short_first.Wait());
+  // Same answer as without a limit.
+  Call plain("dsm", second.x, 1);
+  core->Infer(plain.request, &plain.response, plain.Done());
+  ASSERT_OK(plain.Wait());
+  EXPECT_EQ(second.response.outputs, plain.response.outputs);
+  EXPECT_TRUE(core->Drain(absl::Now() + absl::Seconds(30)));
 }
 
 // A request's timeout (OIP's `timeout`) is a deadline counted from its

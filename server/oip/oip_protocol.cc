@@ -359,12 +359,36 @@ void ToTritonModelConfig(const std::string& name, const VersionStatus& version, 
           static_cast<uint64_t>(batching.max_queue_delay_us));
       params["max_batch_rows"].set_string_value(absl::StrCat(batching.max_batch_rows));
       params["max_queue_size"].set_string_value(absl::StrCat(batching.max_queue_size));
+      out->mutable_dynamic_batching()->set_priority_levels(config.priority_levels());
+      out->mutable_dynamic_batching()->set_default_priority_level(config.default_priority_level());
     }
   }
+  // Where Triton's schema has no place for them (levels without batching,
+  // the limits), they are model options, as a Triton-schema config.pbtxt
+  // sets them.
+  if (config.priority_levels() > 0) {
+    params["priority_levels"].set_string_value(absl::StrCat(config.priority_levels()));
+    params["default_priority_level"].set_string_value(
+        absl::StrCat(config.default_priority_level()));
+  }
+  const sparse::v1::Limits& limits = config.limits();
+  if (limits.max_in_flight() > 0) {
+    params["max_in_flight"].set_string_value(absl::StrCat(limits.max_in_flight()));
+    params["over_limit"].set_string_value(sparse::v1::Limits::Action_Name(limits.over_limit()));
+    if (limits.max_delay_us() > 0) {
+      params["max_delay_us"].set_string_value(absl::StrCat(limits.max_delay_us()));
+    }
+  }
+  if (limits.worker_weight() > 0) {
+    params["worker_weight"].set_string_value(absl::StrCat(limits.worker_weight()));
+  }
+  // The workers that may run the model at once: its instance_count, or
+  // every worker of the server.
   inference::ModelInstanceGroup* group = out->add_instance_group();
   group->set_name(absl::StrCat(name, "_cpu"));
   group->set_kind(inference::ModelInstanceGroup::KIND_CPU);
-  group->set_count(core.workers());
+  group->set_count(config.instance_count() > 0 ? std::min(config.instance_count(), core.workers())
+                                               : core.workers());
 }
 
 absl::StatusOr<InferRequest> TranslateModelInfer(const InferenceCore& core,
