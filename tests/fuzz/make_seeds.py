@@ -76,6 +76,8 @@ with tempfile.TemporaryDirectory() as tmp:
         "batching": b"dynamic_batching { max_batch_rows: 32 max_queue_delay_us: 5000 max_queue_size: 64 paths: DENSE_ONLY }\n",
         "both": b"version_policy { latest { num_versions: 1 } }\ndynamic_batching { max_batch_rows: 8 }\n",
         "bad": b"version_policy { latest { num_versions: 0 } }\n",
+        "limits": (b"instance_count: 1\nlimits { max_in_flight: 64 over_limit: DELAY max_delay_us: 20000 "
+                   b"worker_weight: 3 }\n"),
         # Triton's schema (as Seldon Core 2 writes it): accepted, and refused fields.
         "triton": (b'name: "mymodel"\nmax_batch_size: 64\n'
                    b'input [ { name: "input" data_type: TYPE_FP32 dims: [ 96 ] } ]\n'
@@ -85,7 +87,11 @@ with tempfile.TemporaryDirectory() as tmp:
                    b'instance_group [ { count: 1 kind: KIND_CPU } ]\n'
                    b'version_policy: { latest: { num_versions: 1 } }\n'
                    b'parameters { key: "precision" value { string_value: "INT8" } }\n'
-                   b'parameters { key: "paths" value { string_value: "DENSE_ONLY" } }\n'),
+                   b'parameters { key: "paths" value { string_value: "DENSE_ONLY" } }\n'
+                   b'parameters { key: "max_in_flight" value { string_value: "16" } }\n'
+                   b'parameters { key: "over_limit" value { string_value: "DELAY" } }\n'
+                   b'parameters { key: "max_delay_us" value { string_value: "5000" } }\n'
+                   b'parameters { key: "worker_weight" value { string_value: "2" } }\n'),
         "triton_refused": (b'name: "m"\nmax_batch_size: 8\n'
                            b'instance_group [ { count: 2 kind: KIND_GPU gpus: [ 0 ] } ]\n'
                            b'sequence_batching { max_sequence_idle_microseconds: 5 }\n'

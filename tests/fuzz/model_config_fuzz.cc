@@ -19,6 +19,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         config->default_priority_level() > config->priority_levels()) {
       __builtin_trap();
     }
+    // Limits the core schedules by stay in range (a DELAY has its bound).
+    const auto& l = config->limits();
+    if (l.max_in_flight() < 0 || l.worker_weight() > sparse::kMaxWorkerWeight ||
+        config->instance_count() < 0 ||
+        (l.over_limit() == sparse::v1::Limits::DELAY &&
+         (l.max_delay_us() < 1 || l.max_delay_us() > sparse::kMaxDelayUs))) {
+      __builtin_trap();
+    }
   }
   return 0;
 }
