@@ -109,6 +109,7 @@ class SparseCliFlagsTest : public ::testing::Test {
         {"stability", "0.2", kBenchRuns},
         {"max_requests", "10", kBenchRuns},
         {"max_outstanding", "8", kBenchOpen},
+        {"priority", "1", kBenchRuns},
         {"plot", d + "/plot.svg", kBenchRuns},
         {"quiet", "true", kPredictRuns | kBenchRuns},
         {"allow_remote", "true", kBenchRuns},
