@@ -13,6 +13,8 @@ PACKAGES=(
   g++ cmake ninja-build ccache pkg-config make python3
   # libraries (DESIGN.md §6)
   libabsl-dev libdnnl-dev nlohmann-json3-dev libssl-dev libeigen3-dev
+  # zlib reads gzip-compressed IDX datasets (sparse-train --dataset=idx)
+  zlib1g-dev
   # Debian's oneDNN is built with the OpenCL GPU runtime: its CMake config
   # calls find_package(OpenCL REQUIRED), and apt only recommends the package
   ocl-icd-opencl-dev
@@ -31,6 +33,9 @@ PACKAGES=(
   # JavaScript (tests/schemas/keda/, run by nodejs); the slow-client test
   # attacks the HTTP ports with slowhttptest
   openssl prometheus python3-yaml nodejs slowhttptest
+  # real data no one here made: Fashion-MNIST's IDX files under
+  # /usr/share/datasets/fashion-mnist/ (sparse-train --dataset=fashion_mnist)
+  dataset-fashion-mnist
 )
 
 # Optional: bench/peers (make peers) compares us with PyTorch (installed

@@ -1,6 +1,7 @@
 #include "trainer/dataset.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -8,11 +9,15 @@
 #include <random>
 #include <regex>
 
+#include <zlib.h>
+
 #include "Eigen/Dense"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/status_macros.h"
 #include "model_store/file_util.h"
@@ -506,6 +511,130 @@ absl::StatusOr<Dataset> ReadCsv(const std::string& path, const CsvOptions& optio
     RETURN_IF_ERROR(parser.Add(line, line_no));
   }
   return std::move(parser).Finish();
+}
+
+namespace {
+
+// An IDX file's header and its data, read through zlib (gzip or plain).
+struct IdxFile {
+  std::vector<int64_t> dims;
+  std::vector<uint8_t> data;
+};
+
+absl::StatusOr<IdxFile> ReadIdxFile(const std::string& path, int expected_dims,
+                                    int64_t max_values) {
+  gzFile file = gzopen(path.c_str(), "rb");
+  if (file == nullptr) {
+    return absl::NotFoundError(absl::StrCat(path, ": cannot open: ", std::strerror(errno)));
+  }
+  // Reads exactly `size` bytes; false when the file ends (or fails) first.
+  auto read = [file](void* out, int64_t size) {
+    auto* bytes = static_cast<char*>(out);
+    while (size > 0) {
+      const unsigned chunk = static_cast<unsigned>(std::min<int64_t>(size, 1 << 30));
+      const int got = gzread(file, bytes, chunk);
+      if (got <= 0) return false;
+      bytes += got;
+      size -= got;
+    }
+    return true;
+  };
+  IdxFile idx;
+  absl::Status status = [&]() -> absl::Status {
+    uint8_t magic[4];
+    if (!read(magic, 4)) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": not an IDX file (shorter than its 4-byte magic)"));
+    }
+    if (magic[0] != 0 || magic[1] != 0 || magic[2] != 0x08 || magic[3] != expected_dims) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s: magic 0x%02x%02x%02x%02x is not an IDX file of unsigned bytes with %d "
+          "dimension(s) (0x000008%02x)%s",
+          path, magic[0], magic[1], magic[2], magic[3], expected_dims, expected_dims,
+          expected_dims == 3 ? ": give the images file first, then the labels" : ""));
+    }
+    int64_t values = 1;
+    for (int i = 0; i < expected_dims; ++i) {
+      uint8_t b[4];
+      if (!read(b, 4)) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ": cut short in its header"));
+      }
+      const int64_t dim = int64_t{b[0]} << 24 | int64_t{b[1]} << 16 | int64_t{b[2]} << 8 | b[3];
+      if (dim < 1) return absl::InvalidArgumentError(absl::StrCat(path, ": dimension ", i, " is 0"));
+      idx.dims.push_back(dim);
+      values *= dim;  // each dim < 2^32 and the product checked at once
+      if (values > max_values) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            path, ": dimensions ", absl::StrJoin(idx.dims, " x "), " hold more than ", max_values,
+            " values, the most sparse-train reads"));
+      }
+    }
+    // Grown as the data arrives: a header cannot make a short file
+    // allocate what it promises.
+    for (int64_t have = 0; have < values;) {
+      const int64_t chunk = std::min<int64_t>(values - have, 1 << 20);
+      idx.data.resize(have + chunk);
+      if (!read(idx.data.data() + have, chunk)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            path, ": cut short: its header (", absl::StrJoin(idx.dims, " x "), ") promises ",
+            values, " bytes of data"));
+      }
+      have += chunk;
+    }
+    char extra;
+    if (gzread(file, &extra, 1) > 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": bytes after the ", values, " its header (", absl::StrJoin(idx.dims, " x "),
+          ") promises"));
+    }
+    int error = Z_OK;
+    const char* message = gzerror(file, &error);
+    if (error != Z_OK && error != Z_STREAM_END) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": ", message));
+    }
+    return absl::OkStatus();
+  }();
+  gzclose(file);
+  if (!status.ok()) return status;
+  return idx;
+}
+
+}  // namespace
+
+absl::StatusOr<Dataset> ReadIdx(const std::string& images_path, const std::string& labels_path,
+                                int64_t classes) {
+  constexpr int64_t kMaxPixels = 1 << 20, kMaxValues = int64_t{1} << 32;
+  ASSIGN_OR_RETURN(IdxFile images, ReadIdxFile(images_path, 3, kMaxValues));
+  ASSIGN_OR_RETURN(IdxFile labels, ReadIdxFile(labels_path, 1, kMaxValues));
+  const int64_t n = images.dims[0], d = images.dims[1] * images.dims[2];
+  if (d > kMaxPixels) {
+    return absl::InvalidArgumentError(absl::StrCat(images_path, ": images of ", images.dims[1], " x ",
+                                                   images.dims[2], " pixels; at most ", kMaxPixels));
+  }
+  if (labels.dims[0] != n) {
+    return absl::InvalidArgumentError(absl::StrCat(labels_path, ": ", labels.dims[0],
+                                                   " labels for the ", n, " images of ",
+                                                   images_path));
+  }
+  const int64_t largest = *std::max_element(labels.data.begin(), labels.data.end());
+  if (classes <= 0) classes = std::max<int64_t>(2, largest + 1);
+  if (largest >= classes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        labels_path, ": label ", largest, " is not one of the ", classes, " classes 0 to ",
+        classes - 1, " (those of the training file)"));
+  }
+  if (n * std::max(d, classes) > kMaxValues) {
+    return absl::InvalidArgumentError(absl::StrCat(images_path, ": ", n, " images hold more than ",
+                                                   kMaxValues, " values"));
+  }
+  Dataset data;
+  data.rows = n;
+  data.d = d;
+  data.o = classes;
+  data.x.resize(n * d);
+  for (int64_t i = 0; i < n * d; ++i) data.x[i] = images.data[i] / 255.0f;
+  data.y.assign(n * classes, 0.0f);
+  for (int64_t r = 0; r < n; ++r) data.y[r * classes + labels.data[r]] = 1.0f;
+  return data;
 }
 
 absl::StatusOr<Dataset> ReadNpy(const std::string& x_path, const std::string& y_path) {

@@ -81,6 +81,16 @@ absl::StatusOr<Dataset> ReadCsv(const std::string& path, const CsvOptions& optio
 // (little-endian float32 or float64, C order).
 absl::StatusOr<Dataset> ReadNpy(const std::string& x_path, const std::string& y_path);
 
+// Reads an IDX pair, the format of MNIST and Fashion-MNIST: images [n, h, w]
+// of unsigned bytes (magic 0x00000803) and labels [n] of unsigned bytes
+// (0x00000801), each gzip-compressed or not. Inputs are the pixels / 255
+// (d = h·w), targets one-hot over `classes` (o = classes; 0 = the largest
+// label + 1). Errors name the file and what was expected: a wrong magic, a
+// count that differs between the files, a file cut short or with bytes
+// after its data, a label >= classes, an image over 2^20 pixels.
+absl::StatusOr<Dataset> ReadIdx(const std::string& images_path, const std::string& labels_path,
+                                int64_t classes = 0);
+
 // Splits off the last `fraction` of a seeded shuffle as a test set.
 absl::StatusOr<std::pair<Dataset, Dataset>> SplitHoldout(const Dataset& data, double fraction,
                                                          uint64_t seed);

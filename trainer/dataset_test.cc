@@ -5,6 +5,9 @@
 #include <filesystem>
 #include <fstream>
 
+#include <zlib.h>
+
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/matchers.h"
 
@@ -12,6 +15,7 @@ namespace sparse {
 namespace {
 
 namespace fs = std::filesystem;
+using ::testing::HasSubstr;
 
 class DatasetFileTest : public ::testing::Test {
  protected:
@@ -271,6 +275,77 @@ TEST_F(DatasetFileTest, NpyErrors) {
     EXPECT_NE(r.status().message().find(c.expected), std::string::npos)
         << r.status().message() << "\nexpected: " << c.expected;
   }
+}
+
+// An IDX file of unsigned bytes: magic 0x000008<dims>, big-endian dims, data.
+std::string Idx(const std::vector<uint32_t>& dims, const std::string& data) {
+  std::string out = {0, 0, 8, static_cast<char>(dims.size())};
+  for (uint32_t v : dims) {
+    for (int shift : {24, 16, 8, 0}) out += static_cast<char>((v >> shift) & 0xff);
+  }
+  return out + data;
+}
+
+TEST_F(DatasetFileTest, IdxImagesAndLabelsRawAndGzipped) {
+  // Two 2x3 images and their labels 2 and 0.
+  const std::string pixels = {0, 51, 102, static_cast<char>(255), 0, 0, 10, 20, 30, 40, 50, 60};
+  const std::string images = Write("images-idx3-ubyte", Idx({2, 2, 3}, pixels));
+  const std::string labels = Write("labels-idx1-ubyte", Idx({2}, {2, 0}));
+  // The same, gzip-compressed as MNIST ships them.
+  const std::string gz_images = (dir_ / "images-idx3-ubyte.gz").string();
+  const std::string gz_labels = (dir_ / "labels-idx1-ubyte.gz").string();
+  for (const auto& [path, raw] : {std::pair{gz_images, Idx({2, 2, 3}, pixels)},
+                                  std::pair{gz_labels, Idx({2}, {2, 0})}}) {
+    gzFile f = gzopen(path.c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    ASSERT_EQ(gzwrite(f, raw.data(), raw.size()), static_cast<int>(raw.size()));
+    ASSERT_EQ(gzclose(f), Z_OK);
+  }
+  for (const auto& [x, y] : {std::pair{images, labels}, std::pair{gz_images, gz_labels}}) {
+    absl::StatusOr<Dataset> data = ReadIdx(x, y);
+    ASSERT_OK(data.status());
+    EXPECT_EQ(data->rows, 2);
+    EXPECT_EQ(data->d, 6);
+    EXPECT_EQ(data->o, 3);  // labels 0 to 2
+    EXPECT_FLOAT_EQ(data->x[1], 51 / 255.0f);
+    EXPECT_FLOAT_EQ(data->x[3], 1.0f);
+    EXPECT_FLOAT_EQ(data->x[11], 60 / 255.0f);
+    EXPECT_EQ(data->y, (std::vector<float>{0, 0, 1, 1, 0, 0}));
+  }
+  // A test file takes the training file's classes.
+  absl::StatusOr<Dataset> ten = ReadIdx(images, labels, 10);
+  ASSERT_OK(ten.status());
+  EXPECT_EQ(ten->o, 10);
+  EXPECT_EQ(ten->y[2], 1.0f);
+  EXPECT_EQ(ten->y[10], 1.0f);
+}
+
+TEST_F(DatasetFileTest, IdxErrorsSayWhatWasExpected) {
+  const std::string pixels(12, 7);
+  const std::string images = Write("i", Idx({2, 2, 3}, pixels));
+  const std::string labels = Write("l", Idx({2}, {1, 0}));
+  auto error = [](const absl::StatusOr<Dataset>& d) {
+    EXPECT_FALSE(d.ok());
+    return std::string(d.status().message());
+  };
+  EXPECT_THAT(error(ReadIdx(labels, images)),
+              HasSubstr("magic 0x00000801 is not an IDX file of unsigned bytes with 3 dimension(s) "
+                        "(0x00000803): give the images file first, then the labels"));
+  EXPECT_THAT(error(ReadIdx(Write("short", Idx({2, 2, 3}, pixels.substr(0, 11))), labels)),
+              HasSubstr("cut short: its header (2 x 2 x 3) promises 12 bytes of data"));
+  EXPECT_THAT(error(ReadIdx(Write("long", Idx({2, 2, 3}, pixels + "x")), labels)),
+              HasSubstr("bytes after the 12 its header (2 x 2 x 3) promises"));
+  EXPECT_THAT(error(ReadIdx(images, Write("three", Idx({3}, {0, 1, 1})))),
+              HasSubstr("3 labels for the 2 images of"));
+  EXPECT_THAT(error(ReadIdx(images, Write("big", Idx({2}, {0, 12})), 10)),
+              HasSubstr("label 12 is not one of the 10 classes 0 to 9"));
+  EXPECT_THAT(error(ReadIdx(Write("huge", Idx({1, 2048, 2048}, "")), labels)),
+              HasSubstr("cut short"));
+  EXPECT_THAT(error(ReadIdx(Write("vast", Idx({65536, 65536, 65536}, "")), labels)),
+              HasSubstr("the most sparse-train reads"));
+  EXPECT_THAT(error(ReadIdx(Write("empty", ""), labels)), HasSubstr("shorter than its 4-byte magic"));
+  EXPECT_EQ(ReadIdx((dir_ / "missing").string(), labels).status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 TEST(SplitHoldoutTest, SplitsDeterministicallyWithoutLosingRows) {

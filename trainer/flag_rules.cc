@@ -19,9 +19,10 @@ bool PolynomialDegree(const RunShape& r) {
 }
 bool Manifold(const RunShape& r) { return r.dataset == "manifold"; }
 bool ReluNet(const RunShape& r) { return r.dataset == "relu_net"; }
-bool Files(const RunShape& r) { return !r.synthetic(); }
+bool Files(const RunShape& r) { return r.files(); }
 bool Csv(const RunShape& r) { return r.dataset == "csv"; }
-bool Holdout(const RunShape& r) { return !r.synthetic() && !r.test_file; }
+bool Holdout(const RunShape& r) { return r.files() && !r.test_file; }
+bool SampledRows(const RunShape& r) { return !r.files(); }
 bool Dsm(const RunShape& r) { return r.kind == ModelKind::kDsm; }
 bool ChosenDsm(const RunShape& r) { return Dsm(r) && !r.search; }
 bool RoutedDsm(const RunShape& r) { return ChosenDsm(r) && r.router != RouterKind::kTopk; }
@@ -47,13 +48,13 @@ constexpr FlagRule<RunShape> kRules[] = {
     {"manifold_dim", "--dataset=manifold", Manifold},
     {"relu_width", "--dataset=relu_net", ReluNet},
     {"function_seed", kSynthetic, Synthetic},
-    {"train_rows", kSynthetic, Synthetic},
-    {"test_rows", kSynthetic, Synthetic},
-    {"train_file", "--dataset=csv or npy", Files},
-    {"test_file", "--dataset=csv or npy", Files},
+    {"train_rows", "synthetic data and --dataset=fashion_mnist (its first rows)", SampledRows},
+    {"test_rows", "synthetic data and --dataset=fashion_mnist (its first rows)", SampledRows},
+    {"train_file", "--dataset=csv, npy or idx", Files},
+    {"test_file", "--dataset=csv, npy or idx", Files},
     {"outputs", "--dataset=csv (an npy targets file has its own width)", Csv},
     {"csv_separator", "--dataset=csv", Csv},
-    {"holdout", "--dataset=csv or npy without --test_file (the test file is the test set)",
+    {"holdout", "--dataset=csv, npy or idx without --test_file (the test file is the test set)",
      Holdout},
     // Model
     {"model", "every run", Always},
@@ -127,7 +128,14 @@ std::string FormatFromFileName(absl::string_view spec) {
   const std::vector<absl::string_view> parts = absl::StrSplit(lower, ',');
   const bool npy = std::all_of(parts.begin(), parts.end(),
                                [](absl::string_view p) { return absl::EndsWith(p, ".npy"); });
-  return npy ? "npy" : "";
+  if (npy) return "npy";
+  // MNIST's names: train-images-idx3-ubyte.gz,train-labels-idx1-ubyte.gz.
+  const bool idx = parts.size() == 2 &&
+                   std::all_of(parts.begin(), parts.end(), [](absl::string_view p) {
+                     return absl::StrContains(p, "idx") &&
+                            (absl::EndsWith(p, "ubyte") || absl::EndsWith(p, "ubyte.gz"));
+                   });
+  return idx ? "idx" : "";
 }
 
 absl::StatusOr<std::string> ResolveDataset(const DatasetFlags& flags) {
@@ -137,16 +145,16 @@ absl::StatusOr<std::string> ResolveDataset(const DatasetFlags& flags) {
     if (implied.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "cannot tell the format of --train_file=", flags.train_file,
-          " from its name (expected a .csv or .tsv file, or 'inputs.npy,targets.npy'): pass "
-          "--dataset=csv or --dataset=npy"));
+          " from its name (expected a .csv or .tsv file, 'inputs.npy,targets.npy' or "
+          "'images-idx3-ubyte.gz,labels-idx1-ubyte.gz'): pass --dataset=csv, npy or idx"));
     }
     dataset = implied;
   }
-  if (dataset != "csv" && dataset != "npy") {
-    if (!ParseSyntheticKind(dataset).ok()) {
+  if (dataset != "csv" && dataset != "npy" && dataset != "idx") {
+    if (dataset != "fashion_mnist" && !ParseSyntheticKind(dataset).ok()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "--dataset must be csv, npy or a synthetic function (polynomial, hypercube, relu_net, "
-          "manifold), got '", dataset, "'"));
+          "--dataset must be csv, npy, idx, fashion_mnist or a synthetic function (polynomial, "
+          "hypercube, relu_net, manifold), got '", dataset, "'"));
     }
     return dataset;  // the rules refuse the file flags
   }

@@ -29,7 +29,9 @@ namespace sparse {
 // What a run does, as far as flags care; built from the flags that choose
 // (--dataset or the file's format, --model, --router, --family, --dry_run).
 struct RunShape {
-  std::string dataset = "polynomial";  // a synthetic kind, "csv" or "npy"
+  // A synthetic kind, a file format ("csv", "npy", "idx"), or
+  // "fashion_mnist" (Debian's dataset-fashion-mnist, IDX files).
+  std::string dataset = "polynomial";
   ModelKind kind = ModelKind::kDsm;    // kDsm or kLshTable
   RouterKind router = RouterKind::kLsh;
   HashFamily family = HashFamily::kHyperplane;
@@ -37,7 +39,8 @@ struct RunShape {
   bool publish = true;     // false under --dry_run
   bool search = false;     // --search chooses router, experts and units
 
-  bool synthetic() const { return dataset != "csv" && dataset != "npy"; }
+  bool files() const { return dataset == "csv" || dataset == "npy" || dataset == "idx"; }
+  bool synthetic() const { return !files() && dataset != "fashion_mnist"; }
   // "--dataset=csv --model=dsm --router=lsh --dry_run", as a user would type it.
   std::string Describe() const;
 };
@@ -56,7 +59,8 @@ absl::Status CheckFlagsApply(const RunShape& run,
 absl::Status CheckRulesCover(const std::vector<std::string>& defined);
 
 // The format a --train_file / --test_file value names by its extension:
-// "csv" for .csv or .tsv, "npy" for "inputs.npy,targets.npy", "" otherwise.
+// "csv" for .csv or .tsv, "npy" for "inputs.npy,targets.npy", "idx" for
+// "images-idx3-ubyte[.gz],labels-idx1-ubyte[.gz]", "" otherwise.
 std::string FormatFromFileName(absl::string_view spec);
 
 // The dataset a run reads. --dataset when the user set it (a file whose

@@ -55,12 +55,17 @@ TEST(FlagRulesTest, TrainFileImpliesItsFormatOrNeedsDataset) {
   EXPECT_EQ(FormatFromFileName("x.npy,y.npy"), "npy");
   EXPECT_EQ(FormatFromFileName("x.npy,y.txt"), "");
   EXPECT_EQ(FormatFromFileName("data.txt"), "");
+  EXPECT_EQ(FormatFromFileName("train-images-idx3-ubyte.gz,train-labels-idx1-ubyte.gz"), "idx");
+  EXPECT_EQ(FormatFromFileName("images-idx3-ubyte,labels-idx1-ubyte"), "idx");
+  EXPECT_EQ(FormatFromFileName("train-images-idx3-ubyte.gz"), "");
+  EXPECT_EQ(ResolveDataset({.dataset = "fashion_mnist", .dataset_set = true}).value(),
+            "fashion_mnist");
   EXPECT_EQ(ResolveDataset({.dataset = "polynomial", .train_file = "a.csv"}).value(), "csv");
   EXPECT_EQ(ResolveDataset({.dataset = "polynomial"}).value(), "polynomial");
   EXPECT_EQ(ResolveDataset({.dataset = "csv", .dataset_set = true, .train_file = "a.txt"}).value(),
             "csv");
   absl::Status unknown = ResolveDataset({.dataset = "polynomial", .train_file = "a.txt"}).status();
-  EXPECT_NE(unknown.message().find("pass --dataset=csv or --dataset=npy"), std::string::npos);
+  EXPECT_NE(unknown.message().find("pass --dataset=csv, npy or idx"), std::string::npos);
   absl::Status mismatch = ResolveDataset({.dataset = "csv",
                                           .dataset_set = true,
                                           .train_file = "a.csv",

@@ -34,19 +34,25 @@
 // Data
 ABSL_FLAG(std::string, dataset, "polynomial",
           "Training data: a synthetic function (polynomial, hypercube, relu_net, manifold) "
-          "sampled on U[-1,1]^d, or 'csv' / 'npy' to read --train_file (implied by its name: "
-          ".csv or .tsv, or 'inputs.npy,targets.npy'). A flag set where it does not apply is "
-          "refused.");
+          "sampled on U[-1,1]^d; 'csv', 'npy' or 'idx' to read --train_file (implied by its "
+          "name: .csv or .tsv, 'inputs.npy,targets.npy', or MNIST's "
+          "'images-idx3-ubyte.gz,labels-idx1-ubyte.gz'); or 'fashion_mnist', Debian's "
+          "dataset-fashion-mnist (784 pixels in [0, 1], 10 one-hot targets; 60,000 training "
+          "and 10,000 test images, the first --train_rows / --test_rows of them). A flag set "
+          "where it does not apply is refused.");
 ABSL_FLAG(int64_t, d, 8, "Synthetic data: input dimension d.");
 ABSL_FLAG(int64_t, poly_degree, 4, "polynomial / manifold: degree D of the polynomial.");
 ABSL_FLAG(int64_t, manifold_dim, 8, "manifold: intrinsic dimension k of p(Ax), A in R^{k x d}.");
 ABSL_FLAG(int64_t, relu_width, 64, "relu_net: width of the target network's hidden layers.");
 ABSL_FLAG(uint64_t, function_seed, 1, "Synthetic data: seed that draws the target function.");
-ABSL_FLAG(int64_t, train_rows, 65536, "Synthetic data: training rows (paper: 2^16).");
-ABSL_FLAG(int64_t, test_rows, 16384, "Synthetic data: test rows (paper: 2^14).");
+ABSL_FLAG(int64_t, train_rows, 65536,
+          "Synthetic data: training rows (paper: 2^16). fashion_mnist: at most this many.");
+ABSL_FLAG(int64_t, test_rows, 16384,
+          "Synthetic data: test rows (paper: 2^14). fashion_mnist: at most this many.");
 ABSL_FLAG(std::string, train_file, "",
           "csv: a CSV file (optional header, '#' comment lines; the last --outputs columns are "
-          "targets). npy: 'inputs.npy,targets.npy'.");
+          "targets). npy: 'inputs.npy,targets.npy'. idx: 'images,labels', IDX files of unsigned "
+          "bytes, gzip-compressed or not (inputs: pixels / 255; targets: one-hot labels).");
 ABSL_FLAG(std::string, test_file, "",
           "Test data in the --train_file format; without it --holdout of the training file is "
           "held out.");
@@ -197,7 +203,10 @@ absl::StatusOr<TrainOptions> OptionsFromFlags(const RunShape& run) {
   return o;
 }
 
-absl::StatusOr<Dataset> ReadFile(const std::string& format, const std::string& spec) {
+// `classes`: an IDX test file's one-hot width, the training file's (0 for
+// the training file itself).
+absl::StatusOr<Dataset> ReadFile(const std::string& format, const std::string& spec,
+                                 int64_t classes = 0) {
   if (format == "csv") {
     CsvOptions options{.outputs = absl::GetFlag(FLAGS_outputs)};
     const std::string separator = absl::GetFlag(FLAGS_csv_separator);
@@ -213,9 +222,20 @@ absl::StatusOr<Dataset> ReadFile(const std::string& format, const std::string& s
   std::vector<std::string> parts = absl::StrSplit(spec, ',');
   if (parts.size() != 2) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "npy data is given as 'inputs.npy,targets.npy', got '", spec, "'"));
+        format == "idx" ? "idx data is given as 'images-idx3-ubyte.gz,labels-idx1-ubyte.gz'"
+                        : "npy data is given as 'inputs.npy,targets.npy'",
+        ", got '", spec, "'"));
   }
+  if (format == "idx") return ReadIdx(parts[0], parts[1], classes);
   return ReadNpy(parts[0], parts[1]);
+}
+
+// The first `rows` rows of `data` (all when it has fewer).
+void KeepFirstRows(int64_t rows, Dataset* data) {
+  if (rows >= data->rows) return;
+  data->rows = rows;
+  data->x.resize(rows * data->d);
+  data->y.resize(rows * data->o);
 }
 
 struct Data {
@@ -225,7 +245,26 @@ struct Data {
 
 absl::StatusOr<Data> LoadData(const std::string& dataset) {
   Data data;
-  if (dataset == "csv" || dataset == "npy") {
+  if (dataset == "fashion_mnist") {
+    const std::string dir = "/usr/share/datasets/fashion-mnist/";
+    if (!fs::exists(dir + "train-images-idx3-ubyte.gz")) {
+      return absl::NotFoundError(
+          "--dataset=fashion_mnist reads Debian's dataset-fashion-mnist package, which is not "
+          "installed: apt-get install dataset-fashion-mnist (deploy/install-deps.sh installs it)");
+    }
+    ASSIGN_OR_RETURN(data.train, ReadIdx(dir + "train-images-idx3-ubyte.gz",
+                                         dir + "train-labels-idx1-ubyte.gz", 10));
+    ASSIGN_OR_RETURN(data.test, ReadIdx(dir + "t10k-images-idx3-ubyte.gz",
+                                        dir + "t10k-labels-idx1-ubyte.gz", 10));
+    ASSIGN_OR_RETURN(const int64_t train_rows, CheckPositive("train_rows", absl::GetFlag(FLAGS_train_rows)));
+    ASSIGN_OR_RETURN(const int64_t test_rows, CheckPositive("test_rows", absl::GetFlag(FLAGS_test_rows)));
+    KeepFirstRows(train_rows, &data.train);
+    KeepFirstRows(test_rows, &data.test);
+    data.description = absl::StrCat("Fashion-MNIST (", data.train.rows, " training and ",
+                                    data.test.rows, " test images of 28 x 28 pixels, 10 classes)");
+    return data;
+  }
+  if (dataset == "csv" || dataset == "npy" || dataset == "idx") {
     const std::string train_file = absl::GetFlag(FLAGS_train_file);
     if (train_file.empty()) {
       return absl::InvalidArgumentError(absl::StrCat("--dataset=", dataset, " needs --train_file"));
@@ -234,7 +273,7 @@ absl::StatusOr<Data> LoadData(const std::string& dataset) {
     const std::string test_file = absl::GetFlag(FLAGS_test_file);
     if (!test_file.empty()) {
       data.train = std::move(all);
-      ASSIGN_OR_RETURN(data.test, ReadFile(dataset, test_file));
+      ASSIGN_OR_RETURN(data.test, ReadFile(dataset, test_file, dataset == "idx" ? data.train.o : 0));
       // File names only: the description is stored in the checkpoint and
       // served by GetModel, where directories have no business.
       data.description = absl::StrCat(dataset, " ", fs::path(train_file).filename().string(),

@@ -1,9 +1,11 @@
 // Fuzzes sparse-train's readers of a user's data files (trainer/dataset.h),
 // the first thing a new user feeds the project: ReadCsv (comments, a
-// header, a sniffed or given separator, the targets' columns) and ReadNpy
-// (two .npy files, inputs and targets). The first byte picks the reader
-// and its options; the rest is the file (for .npy, two files: the next two
-// bytes, little-endian, give the first one's length). A file is read or refused with a message, never
+// header, a sniffed or given separator, the targets' columns), ReadNpy
+// (two .npy files, inputs and targets) and ReadIdx (MNIST's IDX images and
+// labels, gzip-compressed or not). The first byte picks the reader and its
+// options (even: CSV; low bits 01: .npy; 11: IDX); the rest is the file
+// (for .npy and IDX, two files: the next two bytes, little-endian, give the
+// first one's length). A file is read or refused with a message, never
 // a crash, and what is read holds rows x d inputs and rows x o targets, all
 // finite.
 #include <algorithm>
@@ -59,7 +61,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const std::string x = dir + "/inputs.npy", y = dir + "/targets.npy";
     Write(x, data + 3, split);
     Write(y, data + 3 + split, body - split);
-    CheckRead(sparse::ReadNpy(x, y));
+    if ((mode & 3) == 1) {
+      CheckRead(sparse::ReadNpy(x, y));
+    } else {
+      CheckRead(sparse::ReadIdx(x, y, /*classes=*/(mode >> 2) & 15));
+    }
   }
   return 0;
 }

@@ -13,6 +13,7 @@ the C++ helper weight_cache_seeds, built with the fuzzers in the ASan build
 
 Usage: /usr/bin/python3 tests/fuzz/make_seeds.py <build dir> [<ASan build dir, default build-asan>]
 """
+import gzip
 import hashlib
 import io
 import os
@@ -223,8 +224,9 @@ for name, data in http_seeds.items():
 import numpy  # noqa: E402  (Debian's python3-numpy)
 
 # dataset_fuzz: sparse-train's data files. First byte even: a CSV (bits 1-2
-# outputs - 1, bits 3-4 the separator: sniffed, ',', ';', tab); odd: two
-# .npy files, the first one's length in the next two bytes.
+# outputs - 1, bits 3-4 the separator: sniffed, ',', ';', tab); low bits
+# 01: two .npy files, 11: IDX images and labels (bits 2-5 the classes, 0 =
+# from the labels); the first file's length in the next two bytes.
 
 
 def npy(array):
@@ -238,7 +240,19 @@ def npy_pair(x, y):
     return bytes([1]) + struct.pack("<H", len(a)) + a + b
 
 
+def idx(dims, data):
+    return bytes([0, 0, 8, len(dims)]) + b"".join(struct.pack(">I", v) for v in dims) + bytes(data)
+
+
+def idx_pair(mode, images, labels):
+    return bytes([mode]) + struct.pack("<H", len(images)) + images + labels
+
+
 dataset_seeds = {
+    "idx_raw": idx_pair(3, idx([2, 2, 3], range(0, 240, 20)), idx([2], [2, 0])),
+    "idx_gzip_ten_classes": idx_pair(3 | 10 << 2, gzip.compress(idx([1, 28, 28], [128] * 784), mtime=0),
+                                     gzip.compress(idx([1], [9]), mtime=0)),
+    "idx_swapped": idx_pair(3, idx([2], [1, 0]), idx([2, 1, 1], [0, 255])),
     "csv_header_comment": b"\x00# made by hand\nx0,x1,y\n0.5,1,2\n-1,2.5e-1,3\n",
     "csv_semicolon_two_outputs": b"\x02a;b;c;d\n1;2;3;4\n5;6;7;8\n",
     "csv_tab_given": b"\x18x\ty\n1\t2\n",
