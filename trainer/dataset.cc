@@ -561,12 +561,12 @@ absl::StatusOr<IdxFile> ReadIdxFile(const std::string& path, int expected_dims,
       const int64_t dim = int64_t{b[0]} << 24 | int64_t{b[1]} << 16 | int64_t{b[2]} << 8 | b[3];
       if (dim < 1) return absl::InvalidArgumentError(absl::StrCat(path, ": dimension ", i, " is 0"));
       idx.dims.push_back(dim);
-      values *= dim;  // each dim < 2^32 and the product checked at once
-      if (values > max_values) {
+      if (dim > max_values / values) {
         return absl::InvalidArgumentError(absl::StrCat(
             path, ": dimensions ", absl::StrJoin(idx.dims, " x "), " hold more than ", max_values,
             " values, the most sparse-train reads"));
       }
+      values *= dim;
     }
     // Grown as the data arrives: a header cannot make a short file
     // allocate what it promises.
