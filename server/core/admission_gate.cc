@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <iterator>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -12,11 +13,11 @@
 namespace sparse {
 namespace {
 
-// Whether `gate` has a place for one more request.
-template <typename Gate>
-bool HasPlace(const Gate& gate) {
-  // A limit taken away (0) lets everyone in.
-  return gate.limits.max_in_flight() <= 0 || gate.in < gate.limits.max_in_flight();
+// "model 'm' has its limit of N requests in flight (config.pbtxt
+// limits.max_in_flight)": how a refusal and an expired wait both begin.
+std::string AtLimit(absl::string_view model, const sparse::v1::Limits& limits) {
+  return absl::StrCat("model '", ClientText(model), "' has its limit of ", limits.max_in_flight(),
+                      " requests in flight (config.pbtxt limits.max_in_flight)");
 }
 
 // The places being handed on by a Leave() on this thread (see Leave()).
@@ -54,14 +55,13 @@ absl::StatusOr<AdmissionGates::Entry> AdmissionGates::Enter(absl::string_view mo
   Gate& gate = gates_[model];
   gate.limits = limits;
   // Those already waiting go first.
-  if (gate.waiting.empty() && HasPlace(gate)) {
+  if (gate.waiting.empty() && gate.has_place()) {
     ++gate.in;
     return Entry::kEntered;
   }
   if (limits.over_limit() != sparse::v1::Limits::DELAY || limits.max_delay_us() <= 0) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "model '", ClientText(model), "' has its limit of ", limits.max_in_flight(),
-        " requests in flight (config.pbtxt limits.max_in_flight); retry with backoff"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat(AtLimit(model, limits), "; retry with backoff"));
   }
   Waiter waiter{.level = level,
                 .expiry = absl::Now() + absl::Microseconds(limits.max_delay_us()),
@@ -89,7 +89,7 @@ void AdmissionGates::Leave(absl::string_view model) {
     if (it == gates_.end()) return;
     Gate& gate = it->second;
     gate.in = std::max<int64_t>(0, gate.in - 1);
-    while (!gate.waiting.empty() && HasPlace(gate)) {
+    while (!gate.waiting.empty() && gate.has_place()) {
       ++gate.in;
       admitted.push_back(std::move(gate.waiting.front().resume));
       gate.waiting.pop_front();
@@ -133,11 +133,9 @@ void AdmissionGates::ExpireWaiters() {
                       ClientText(model), "''s limit of ", gate.limits.max_in_flight(),
                       " requests in flight (config.pbtxt limits.max_in_flight)"))
                 : absl::ResourceExhaustedError(absl::StrCat(
-                      "model '", ClientText(model), "' has its limit of ",
-                      gate.limits.max_in_flight(),
-                      " requests in flight (config.pbtxt limits.max_in_flight), and no place "
-                      "freed within limits.max_delay_us (",
-                      gate.limits.max_delay_us(), " us); retry with backoff"));
+                      AtLimit(model, gate.limits), ", and no place freed within "
+                      "limits.max_delay_us (", gate.limits.max_delay_us(),
+                      " us); retry with backoff"));
         expired.emplace_back(std::move(w->resume), std::move(why));
         w = gate.waiting.erase(w);
       }

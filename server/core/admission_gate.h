@@ -68,6 +68,8 @@ class AdmissionGates {
     int64_t in = 0;
     sparse::v1::Limits limits;  // the latest a request came with
     std::deque<Waiter> waiting;
+    // A place for one more request; a limit taken away (0) lets everyone in.
+    bool has_place() const { return limits.max_in_flight() <= 0 || in < limits.max_in_flight(); }
   };
 
   void ExpireWaiters();

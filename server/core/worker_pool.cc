@@ -35,24 +35,24 @@ bool WorkerPool::Submit(std::function<void()> task, int level, const Share& shar
   return true;
 }
 
-std::deque<WorkerPool::Task>* WorkerPool::Next(const std::string** name) {
-  for (auto& [level, by_line] : queues_) {
-    std::deque<Task>* best = nullptr;
+std::optional<WorkerPool::Pick> WorkerPool::Next() {
+  for (auto level = queues_.begin(); level != queues_.end(); ++level) {
+    std::optional<Pick> best;
     const Line* best_line = nullptr;
-    for (auto& [line_name, tasks] : by_line) {
-      const Line& line = lines_.at(line_name);
+    for (auto it = level->second.begin(); it != level->second.end(); ++it) {
+      const Line& line = lines_.at(it->first);
       if (line.max_running > 0 && line.running >= line.max_running) continue;
-      if (best == nullptr || line.used < best_line->used ||
-          (line.used == best_line->used && tasks.front().seq < best->front().seq)) {
-        best = &tasks;
+      if (!best.has_value() || line.used < best_line->used ||
+          (line.used == best_line->used &&
+           it->second.front().seq < best->line->second.front().seq)) {
+        best = Pick{level, it};
         best_line = &line;
-        *name = &line_name;
       }
     }
     // Lines at their cap leave the workers to lower levels' tasks.
-    if (best != nullptr) return best;
+    if (best.has_value()) return best;
   }
-  return nullptr;
+  return std::nullopt;
 }
 
 void WorkerPool::Work() {
@@ -63,19 +63,14 @@ void WorkerPool::Work() {
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(this, &WorkerPool::HasRunnableOrStopping));
-      const std::string* name = nullptr;
-      std::deque<Task>* tasks = Next(&name);
-      if (tasks == nullptr) return;  // stopping and drained
-      line_name = *name;
-      task = std::move(tasks->front().run);
-      tasks->pop_front();
-      for (auto level = queues_.begin(); level != queues_.end(); ++level) {
-        auto it = level->second.find(line_name);
-        if (it == level->second.end() || &it->second != tasks) continue;
-        if (tasks->empty()) level->second.erase(it);
-        if (level->second.empty()) queues_.erase(level);
-        break;
-      }
+      const std::optional<Pick> pick = Next();
+      if (!pick.has_value()) return;  // stopping and drained
+      line_name = pick->line->first;
+      std::deque<Task>& tasks = pick->line->second;
+      task = std::move(tasks.front().run);
+      tasks.pop_front();
+      if (tasks.empty()) pick->level->second.erase(pick->line);
+      if (pick->level->second.empty()) queues_.erase(pick->level);
       Line& line = lines_.at(line_name);
       --line.queued;
       ++line.running;

@@ -25,6 +25,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -77,14 +78,20 @@ class WorkerPool {
     uint64_t seq = 0;  // arrival order, across lines
   };
   // Level -> line -> its tasks in order; an empty one is dropped.
-  using Queues = std::map<int, std::map<std::string, std::deque<Task>>>;
+  using LineQueues = std::map<std::string, std::deque<Task>>;
+  using Queues = std::map<int, LineQueues>;
+  // Where the task a free worker takes next waits: its level and its line.
+  struct Pick {
+    Queues::iterator level;
+    LineQueues::iterator line;
+  };
 
   void Work();
-  // The line a free worker serves next, or queues_.end()-like null.
-  std::deque<Task>* Next(const std::string** line) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The line a free worker serves next; nullopt when every waiting line is
+  // at its cap, or nothing waits.
+  std::optional<Pick> Next() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool HasRunnableOrStopping() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    const std::string* unused;
-    return (stopping_ && queued_ == 0) || Next(&unused) != nullptr;
+    return (stopping_ && queued_ == 0) || Next().has_value();
   }
 
   const int64_t max_queue_;
