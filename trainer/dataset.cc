@@ -1,7 +1,6 @@
 #include "trainer/dataset.h"
 
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -521,24 +520,77 @@ struct IdxFile {
   std::vector<uint8_t> data;
 };
 
-absl::StatusOr<IdxFile> ReadIdxFile(const std::string& path, int expected_dims,
-                                    int64_t max_values) {
-  gzFile file = gzopen(path.c_str(), "rb");
-  if (file == nullptr) {
-    return absl::NotFoundError(absl::StrCat(path, ": cannot open: ", std::strerror(errno)));
+// The bytes of an IDX file read whole (FileContents: a FIFO, device or
+// directory is refused without blocking), handed out in order, inflated
+// on the way when they are gzip's.
+class IdxBytes {
+ public:
+  explicit IdxBytes(FileContents file) : file_(std::move(file)) {
+    const absl::Span<const uint8_t> b = file_.bytes();
+    gzip_ = b.size() >= 2 && b[0] == 0x1f && b[1] == 0x8b;
+    if (gzip_) {
+      stream_.next_in = const_cast<Bytef*>(b.data());
+      stream_.avail_in = static_cast<uInt>(std::min<size_t>(b.size(), ~uInt{0}));
+      initialized_ = inflateInit2(&stream_, 16 + MAX_WBITS) == Z_OK;  // gzip's header and trailer
+      ok_ = initialized_;
+    }
   }
-  // Reads exactly `size` bytes; false when the file ends (or fails) first.
-  auto read = [file](void* out, int64_t size) {
-    auto* bytes = static_cast<char*>(out);
-    while (size > 0) {
-      const unsigned chunk = static_cast<unsigned>(std::min<int64_t>(size, 1 << 30));
-      const int got = gzread(file, bytes, chunk);
-      if (got <= 0) return false;
+  ~IdxBytes() {
+    if (initialized_) inflateEnd(&stream_);
+  }
+  IdxBytes(const IdxBytes&) = delete;
+  IdxBytes& operator=(const IdxBytes&) = delete;
+
+  // Reads exactly `size` bytes; false when the data ends (or is not valid
+  // gzip) first.
+  bool Read(void* out, int64_t size) {
+    if (!gzip_) {
+      const absl::Span<const uint8_t> b = file_.bytes();
+      if (static_cast<uint64_t>(size) > b.size() - offset_) return false;
+      std::memcpy(out, b.data() + offset_, size);
+      offset_ += size;
+      return true;
+    }
+    auto* bytes = static_cast<Bytef*>(out);
+    while (size > 0 && ok_) {
+      const uInt chunk = static_cast<uInt>(std::min<int64_t>(size, 1 << 30));
+      stream_.next_out = bytes;
+      stream_.avail_out = chunk;
+      const int result = inflate(&stream_, Z_NO_FLUSH);
+      const uInt got = chunk - stream_.avail_out;
       bytes += got;
       size -= got;
+      if (result == Z_STREAM_END) ended_ = true;
+      if ((result != Z_OK && result != Z_STREAM_END) || (got == 0 && size > 0)) ok_ = false;
+      if (ended_ && size > 0) return false;
     }
-    return true;
-  };
+    return size == 0;
+  }
+  // Whether data remains after what was read.
+  bool More() {
+    char extra;
+    return gzip_ ? !ended_ && Read(&extra, 1) : offset_ < file_.bytes().size();
+  }
+  // Why a gzip stream stopped early ("" when it did not).
+  std::string Error() const {
+    return gzip_ && !ok_ && stream_.msg != nullptr ? stream_.msg : "";
+  }
+
+ private:
+  FileContents file_;
+  bool gzip_ = false;
+  bool initialized_ = false;  // inflateInit2 succeeded: inflateEnd owed
+  bool ok_ = true;
+  bool ended_ = false;
+  uint64_t offset_ = 0;
+  z_stream stream_{};
+};
+
+absl::StatusOr<IdxFile> ReadIdxFile(const std::string& path, int expected_dims,
+                                    int64_t max_values) {
+  ASSIGN_OR_RETURN(FileContents contents, FileContents::Read(path, path));
+  IdxBytes file(std::move(contents));
+  auto read = [&file](void* out, int64_t size) { return file.Read(out, size); };
   IdxFile idx;
   absl::Status status = [&]() -> absl::Status {
     uint8_t magic[4];
@@ -580,21 +632,19 @@ absl::StatusOr<IdxFile> ReadIdxFile(const std::string& path, int expected_dims,
       }
       have += chunk;
     }
-    char extra;
-    if (gzread(file, &extra, 1) > 0) {
+    if (file.More()) {
       return absl::InvalidArgumentError(absl::StrCat(
           path, ": bytes after the ", values, " its header (", absl::StrJoin(idx.dims, " x "),
           ") promises"));
     }
-    int error = Z_OK;
-    const char* message = gzerror(file, &error);
-    if (error != Z_OK && error != Z_STREAM_END) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": ", message));
-    }
     return absl::OkStatus();
   }();
-  gzclose(file);
-  if (!status.ok()) return status;
+  if (!status.ok()) {
+    const std::string gzip_error = file.Error();
+    if (gzip_error.empty()) return status;
+    return absl::InvalidArgumentError(
+        absl::StrCat(status.message(), " (the gzip stream is corrupt: ", gzip_error, ")"));
+  }
   return idx;
 }
 

@@ -87,7 +87,8 @@ absl::StatusOr<Dataset> ReadNpy(const std::string& x_path, const std::string& y_
 // (d = h·w), targets one-hot over `classes` (o = classes; 0 = the largest
 // label + 1). Errors name the file and what was expected: a wrong magic, a
 // count that differs between the files, a file cut short or with bytes
-// after its data, a label >= classes, an image over 2^20 pixels.
+// after its data, a corrupt gzip stream, a label >= classes, an image over
+// 2^20 pixels, a FIFO or device (refused without blocking).
 absl::StatusOr<Dataset> ReadIdx(const std::string& images_path, const std::string& labels_path,
                                 int64_t classes = 0);
 

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include <sys/stat.h>
 #include <zlib.h>
 
 #include "gmock/gmock.h"
@@ -346,6 +347,29 @@ TEST_F(DatasetFileTest, IdxErrorsSayWhatWasExpected) {
   EXPECT_THAT(error(ReadIdx(Write("empty", ""), labels)), HasSubstr("shorter than its 4-byte magic"));
   EXPECT_EQ(ReadIdx((dir_ / "missing").string(), labels).status().code(),
             absl::StatusCode::kNotFound);
+  // A FIFO where a file belongs is refused at once, never waited on.
+  const std::string fifo = (dir_ / "fifo").string();
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_EQ(ReadIdx(fifo, labels).status().code(), absl::StatusCode::kInvalidArgument);
+  // A gzip stream corrupt half way says so.
+  std::string gz;
+  {
+    const std::string raw = Idx({2, 2, 3}, pixels);
+    uLongf size = compressBound(raw.size()) + 32;
+    gz.resize(size);
+    z_stream z{};
+    ASSERT_EQ(deflateInit2(&z, 9, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY), Z_OK);
+    z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(raw.data()));
+    z.avail_in = raw.size();
+    z.next_out = reinterpret_cast<Bytef*>(gz.data());
+    z.avail_out = size;
+    ASSERT_EQ(deflate(&z, Z_FINISH), Z_STREAM_END);
+    gz.resize(z.total_out);
+    deflateEnd(&z);
+  }
+  gz[gz.size() / 2] ^= 0x55;
+  gz[gz.size() / 2 + 1] ^= 0x55;
+  EXPECT_FALSE(ReadIdx(Write("corrupt.gz", gz), labels).ok());
 }
 
 TEST(SplitHoldoutTest, SplitsDeterministicallyWithoutLosingRows) {
